@@ -1,0 +1,276 @@
+"""Streaming JSONL: line-numbered reading, atomic writing, and a rejects file.
+
+Nothing here holds a whole file in memory: lines are read one at a time with a byte limit, so a
+multi-gigabyte rollout file or a single 50 MB line costs a bounded amount of memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+import orjson
+
+DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
+# How much of a rejected line is copied into the rejects file; enough to find and fix it.
+RAW_KEEP_BYTES = 64 * 1024
+_CHUNK = 1024 * 1024
+
+
+class InputError(Exception):
+    """A problem with an input path or file that stops the whole run (one clear sentence)."""
+
+
+@dataclass(slots=True)
+class Line:
+    """One physical line of an input file, before parsing."""
+
+    number: int
+    data: bytes  # without the trailing newline; cut to RAW_KEEP_BYTES when oversize
+    size: int  # full size in bytes, without the newline
+    oversize: bool = False
+    unterminated: bool = False  # last line of the file, with no trailing newline
+
+
+@dataclass(slots=True)
+class Parsed:
+    """A parsed line: `obj` on success, else `code` + `reason` say why it could not be used."""
+
+    number: int
+    obj: Any = None
+    code: str | None = None
+    reason: str | None = None
+    raw: bytes = b""
+
+    @property
+    def ok(self) -> bool:
+        """True when the line parsed as JSON."""
+        return self.code is None
+
+
+def check_input_path(path: str | os.PathLike[str]) -> Path:
+    """Return `path` as a Path, or raise InputError when it is missing or not a regular file."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: no such file.")
+    if p.is_dir():
+        raise InputError(f"{p}: is a directory, not a JSONL file.")
+    if not os.access(p, os.R_OK):
+        raise InputError(f"{p}: cannot be read (permission denied).")
+    return p
+
+
+def open_binary(path: str | os.PathLike[str]) -> IO[bytes]:
+    """Open a (possibly gzip-compressed) file for binary reading."""
+    p = check_input_path(path)
+    if p.suffix == ".gz":
+        return gzip.open(p, "rb")
+    return open(p, "rb", buffering=_CHUNK)
+
+
+def iter_lines(path: str | os.PathLike[str], max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[Line]:
+    """Yield every line of `path` with its 1-based number, reading at most `max_line_bytes` of each."""
+    with open_binary(path) as f:
+        number = 0
+        while True:
+            chunk = f.readline(max_line_bytes + 1)
+            if not chunk:
+                return
+            number += 1
+            if chunk.endswith(b"\n"):
+                yield Line(number, chunk[:-1].rstrip(b"\r"), len(chunk) - 1)
+                continue
+            if len(chunk) <= max_line_bytes:
+                yield Line(number, chunk, len(chunk), unterminated=True)
+                return
+            # Oversize: skip to the end of the line without keeping it in memory.
+            size = len(chunk)
+            kept = chunk[:RAW_KEEP_BYTES]
+            ended = False
+            while True:
+                rest = f.readline(_CHUNK)
+                if not rest:
+                    break
+                if rest.endswith(b"\n"):
+                    size += len(rest) - 1
+                    ended = True
+                    break
+                size += len(rest)
+            yield Line(number, kept, size, oversize=True, unterminated=not ended)
+            if not ended:
+                return
+
+
+def _nonfinite_key(data: bytes) -> str | None:
+    """Name the key holding NaN/Infinity when `data` is JSON apart from such constants."""
+    import json
+
+    found: list[str] = []
+
+    def constant(name: str) -> float:
+        found.append(name)
+        return math.nan
+
+    try:
+        obj = json.loads(data, parse_constant=constant)
+    except (ValueError, RecursionError):
+        return None
+    if not found:
+        return None
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                return f"'{key}' is {found[0]}"
+    return f"the line contains {found[0]}"
+
+
+def _describe_json_error(line: Line, exc: Exception) -> tuple[str, str]:
+    data = line.data
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as ude:
+        return "invalid_utf8", f"not valid UTF-8 (byte 0x{data[ude.start]:02x} at column {ude.start + 1})"
+    stripped = data.strip()
+    if not stripped:
+        return "empty_line", "empty line"
+    nonfinite = _nonfinite_key(data)
+    if nonfinite:
+        return "non_finite_number", f"{nonfinite}, which is not a finite number (not valid JSON)"
+    if line.unterminated:
+        return "truncated", "truncated JSON at end of file (the file ends mid-record)"
+    msg = str(exc).split(":", 1)[0].strip() or "invalid JSON"
+    return "invalid_json", f"invalid JSON ({msg[:1].lower()}{msg[1:]})"
+
+
+def parse_line(line: Line) -> Parsed:
+    """Parse one line as JSON; failures carry a stable code and a one-sentence reason."""
+    if line.oversize:
+        mb = line.size / 1e6
+        limit = DEFAULT_MAX_LINE_BYTES / 1e6
+        return Parsed(
+            line.number,
+            code="line_too_long",
+            reason=f"line is {mb:.1f} MB, over the {limit:.0f} MB limit per line",
+            raw=line.data,
+        )
+    try:
+        obj = orjson.loads(line.data)
+    except orjson.JSONDecodeError as exc:
+        code, reason = _describe_json_error(line, exc)
+        return Parsed(line.number, code=code, reason=reason, raw=line.data)
+    return Parsed(line.number, obj=obj, raw=line.data)
+
+
+def read_jsonl(path: str | os.PathLike[str], max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[Parsed]:
+    """Yield each line of `path` parsed (or with the reason it failed), in order, streaming."""
+    for line in iter_lines(path, max_line_bytes):
+        p = parse_line(line)
+        if p.code == "line_too_long" and max_line_bytes != DEFAULT_MAX_LINE_BYTES:
+            p.reason = f"line is {line.size / 1e6:.1f} MB, over the {max_line_bytes / 1e6:g} MB limit per line"
+        yield p
+
+
+def dumps(obj: Any) -> bytes:
+    """Serialize one JSON line (no newline); keeps non-str dict keys and numpy scalars working."""
+    return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temp path beside `path`; on success it replaces `path` atomically, on error it is removed."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+class JsonlWriter:
+    """Write JSON lines to a temp file that becomes `path` only when closed without error."""
+
+    def __init__(self, path: str | os.PathLike[str], *, append: bool = False) -> None:
+        self.path = Path(path)
+        self.count = 0
+        self._append = append
+        self._ctx: contextlib.AbstractContextManager[Path] | None = None
+        self._f: IO[bytes] | None = None
+
+    def __enter__(self) -> "JsonlWriter":
+        if self._append:
+            # Appending (resume) writes in place: every line is flushed whole, so a crash loses
+            # at most the line in flight, which resume logic re-does.
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._f = open(self.path, "ab")
+        else:
+            self._ctx = atomic_path(self.path)
+            tmp = self._ctx.__enter__()
+            self._f = open(tmp, "wb", buffering=_CHUNK)
+        return self
+
+    def write(self, obj: Any) -> None:
+        """Append one record as a JSON line."""
+        assert self._f is not None
+        self._f.write(dumps(obj) + b"\n")
+        self.count += 1
+
+    def write_raw(self, line: bytes) -> None:
+        """Append an already-serialized JSON line (no newline)."""
+        assert self._f is not None
+        self._f.write(line + b"\n")
+        self.count += 1
+
+    def flush(self) -> None:
+        """Flush buffered lines to the OS (used by resumable writers)."""
+        assert self._f is not None
+        self._f.flush()
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        assert self._f is not None
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        if self._ctx is not None:
+            self._ctx.__exit__(exc_type, exc, tb)
+
+
+class RejectsWriter:
+    """Record every unusable input line as `{line, code, reason, raw}` in a JSONL file (atomic)."""
+
+    def __init__(self, path: str | os.PathLike[str] | None) -> None:
+        self._writer = JsonlWriter(path) if path else None
+        self.count = 0
+
+    def __enter__(self) -> "RejectsWriter":
+        if self._writer:
+            self._writer.__enter__()
+        return self
+
+    def add(self, line: int, code: str, reason: str, raw: bytes = b"", source: str | None = None) -> None:
+        """Record one rejected line."""
+        self.count += 1
+        if not self._writer:
+            return
+        rec: dict[str, Any] = {"line": line, "code": code, "reason": reason}
+        if source is not None:
+            rec["source"] = source
+        rec["raw"] = raw[:RAW_KEEP_BYTES].decode("utf-8", errors="replace")
+        if len(raw) > RAW_KEEP_BYTES or code == "line_too_long":
+            rec["raw_truncated"] = True
+        self._writer.write(rec)
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self._writer:
+            self._writer.__exit__(exc_type, exc, tb)

@@ -1,0 +1,383 @@
+"""NeMo Gym rollout records: the one place that knows the rollout JSONL schema.
+
+A record is the plain dict parsed from one JSONL line; it flows through gymverl unchanged (unknown
+keys are kept). This module says whether a dict is a usable rollout, and how to read the parts
+the rest of gymverl needs (task key, reward, task fields, completion status).
+
+Schema (what `ng_collect_rollouts` writes, one JSON object per line):
+- `responses_create_params`: object; `input` is a string or a list of items (messages with `role`
+  and `content`, `function_call`, `function_call_output`, `reasoning`), `tools` a list or null.
+- `response`: an OpenAI Responses-API object; `output` is a list of items (same item types).
+- `reward`: a finite number (usually 0.0-1.0; some environments, e.g. blackjack, use -1.0).
+- optional: `_ng_task_index`, `_ng_rollout_index` (ints), `agent_ref` ({type, name} or str),
+  plus any task fields (`expected_answer`, `options`, ...) and verifier outputs at top level.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import orjson
+
+from gymverl.jsonl import DEFAULT_MAX_LINE_BYTES, Parsed, RejectsWriter, read_jsonl
+
+REQUIRED_KEYS = ("responses_create_params", "response", "reward")
+# Keys NeMo Gym itself writes on a rollout line; everything else at top level is a task field or a
+# verifier output.
+ROLLOUT_KEYS = frozenset(
+    {
+        "responses_create_params",
+        "response",
+        "reward",
+        "_ng_task_index",
+        "_ng_rollout_index",
+        "agent_ref",
+        "_ng_environment_server",
+        "_ng_result_type",
+        "mask_sample",
+        "failure_kind",
+        "failure_reason",
+        "reward_components",
+    }
+)
+ITEM_TYPES = frozenset(
+    {"message", "function_call", "function_call_output", "reasoning", "output_text", "input_text"}
+)
+_MESSAGE_ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+
+
+class RecordError(ValueError):
+    """A line that is JSON but not a usable rollout; `code` groups reasons in summaries."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def _check_items(items: list[Any], where: str) -> None:
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise RecordError("wrong_type", f"'{where}[{i}]' must be an object, got {_type_name(item)}")
+        t = item.get("type")
+        if t is None:
+            # Responses-API "easy input message": {role, content} without a type.
+            if item.get("role") in _MESSAGE_ROLES:
+                continue
+            raise RecordError("bad_item", f"'{where}[{i}]' has no 'type' and no message 'role'")
+        if t not in ITEM_TYPES:
+            raise RecordError("bad_item", f"'{where}[{i}]' has unknown item type {t!r}")
+        if t == "message":
+            if item.get("role") not in _MESSAGE_ROLES:
+                raise RecordError("bad_item", f"'{where}[{i}]' is a message with role {item.get('role')!r}")
+        elif t == "function_call":
+            if not isinstance(item.get("name"), str) or not isinstance(item.get("call_id"), str):
+                raise RecordError("bad_item", f"'{where}[{i}]' is a function_call without a string 'name' and 'call_id'")
+        elif t == "function_call_output":
+            if not isinstance(item.get("call_id"), str):
+                raise RecordError("bad_item", f"'{where}[{i}]' is a function_call_output without a string 'call_id'")
+
+
+def check_record(obj: Any) -> None:
+    """Raise RecordError with a one-sentence reason when `obj` is not a usable rollout."""
+    if not isinstance(obj, dict):
+        raise RecordError("not_object", f"line is a JSON {_type_name(obj)}, not an object")
+    for key in REQUIRED_KEYS:
+        if key not in obj:
+            raise RecordError("missing_key", f"missing required key '{key}'")
+    check_task(obj)
+    response = obj["response"]
+    if not isinstance(response, dict):
+        raise RecordError("wrong_type", f"'response' must be an object, got {_type_name(response)}")
+    output = response.get("output")
+    if not isinstance(output, list):
+        if "output" not in response:
+            raise RecordError("missing_key", "missing required key 'response.output'")
+        raise RecordError("wrong_type", f"'response.output' must be an array, got {_type_name(output)}")
+    _check_items(output, "response.output")
+    reward = obj["reward"]
+    if isinstance(reward, bool) or not isinstance(reward, (int, float)):
+        raise RecordError("wrong_type", f"'reward' must be a number, got {_type_name(reward)}")
+    if not math.isfinite(reward):
+        raise RecordError("non_finite_number", f"'reward' is {reward}, not a finite number")
+
+
+def check_task(obj: Any) -> None:
+    """Raise RecordError unless `obj` is a valid NeMo Gym task (input row): the part shared with rollouts."""
+    if not isinstance(obj, dict):
+        raise RecordError("not_object", f"line is a JSON {_type_name(obj)}, not an object")
+    rcp = obj.get("responses_create_params")
+    if rcp is None:
+        raise RecordError("missing_key", "missing required key 'responses_create_params'")
+    if not isinstance(rcp, dict):
+        raise RecordError("wrong_type", f"'responses_create_params' must be an object, got {_type_name(rcp)}")
+    if "input" not in rcp:
+        raise RecordError("missing_key", "missing required key 'responses_create_params.input'")
+    inp = rcp["input"]
+    if isinstance(inp, list):
+        _check_items(inp, "responses_create_params.input")
+    elif not isinstance(inp, str):
+        raise RecordError(
+            "wrong_type", f"'responses_create_params.input' must be a string or an array, got {_type_name(inp)}"
+        )
+    tools = rcp.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        raise RecordError("wrong_type", f"'responses_create_params.tools' must be an array, got {_type_name(tools)}")
+    for key in ("_ng_task_index", "_ng_rollout_index"):
+        v = obj.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+            raise RecordError("wrong_type", f"'{key}' must be a non-negative integer, got {v!r}")
+
+
+# ---- reading parts of a record -----------------------------------------------------------------
+
+
+def task_fields(record: dict[str, Any]) -> dict[str, Any]:
+    """Top-level keys that are not NeMo Gym rollout keys: task fields and verifier outputs."""
+    return {k: v for k, v in record.items() if k not in ROLLOUT_KEYS}
+
+
+def prompt_hash(record: dict[str, Any]) -> str:
+    """A stable hash of the task prompt (`input` + `tools` + `instructions`) for grouping rollouts."""
+    rcp = record.get("responses_create_params") or {}
+    key = {"input": rcp.get("input"), "tools": rcp.get("tools"), "instructions": rcp.get("instructions")}
+    return hashlib.sha1(orjson.dumps(key, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+
+
+def task_key(record: dict[str, Any]) -> str:
+    """The task a rollout belongs to: `_ng_task_index` when present, else the prompt hash."""
+    idx = record.get("_ng_task_index")
+    agent = agent_name(record)
+    if isinstance(idx, int) and not isinstance(idx, bool):
+        return f"{agent}#{idx}" if agent else f"#{idx}"
+    return f"{agent}@{prompt_hash(record)}" if agent else f"@{prompt_hash(record)}"
+
+
+def agent_name(record: dict[str, Any]) -> str | None:
+    """The agent that produced a rollout (`agent_ref.name`), if recorded."""
+    ref = record.get("agent_ref")
+    if isinstance(ref, dict):
+        name = ref.get("name")
+        return name if isinstance(name, str) else None
+    return ref if isinstance(ref, str) else None
+
+
+def is_incomplete(record: dict[str, Any]) -> bool:
+    """True when the response was cut short (`status` not completed, or `incomplete_details` set)."""
+    response = record.get("response") or {}
+    status = response.get("status")
+    return bool(response.get("incomplete_details")) or (status is not None and status != "completed")
+
+
+def output_tokens(record: dict[str, Any]) -> int | None:
+    """Output tokens from `response.usage`, when the collector recorded them."""
+    usage = (record.get("response") or {}).get("usage")
+    if isinstance(usage, dict):
+        n = usage.get("output_tokens")
+        if isinstance(n, int) and not isinstance(n, bool):
+            return n
+    return None
+
+
+def final_text(record: dict[str, Any]) -> str:
+    """The text of the last assistant message in the response output ('' if none)."""
+    for item in reversed((record.get("response") or {}).get("output") or []):
+        if isinstance(item, dict) and item.get("type", "message") == "message" and item.get("role") == "assistant":
+            return content_text(item.get("content"))
+    return ""
+
+
+def content_text(content: Any) -> str:
+    """Concatenate the text parts of a Responses-API message `content` (string or parts list)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    parts: list[str] = []
+    if isinstance(content, list):
+        for part in content:
+            if isinstance(part, str):
+                parts.append(part)
+            elif isinstance(part, dict):
+                text = part.get("text")
+                if text is None and part.get("type") == "refusal":
+                    text = part.get("refusal")
+                if isinstance(text, str):
+                    parts.append(text)
+    return "".join(parts)
+
+
+# ---- streaming validation ----------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Checked:
+    """One input line after validation: a usable `record`, or a rejection (`code`, `reason`)."""
+
+    line: int
+    record: dict[str, Any] | None
+    code: str | None = None
+    reason: str | None = None
+    raw: bytes = b""
+
+
+def iter_checked(
+    path: str | os.PathLike[str], *, tasks: bool = False, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+) -> Iterator[Checked]:
+    """Yield every line of a rollout (or, with `tasks=True`, a task) file, validated, in order."""
+    check = check_task if tasks else check_record
+    for p in read_jsonl(path, max_line_bytes):
+        yield _checked(p, check)
+
+
+def _checked(p: Parsed, check: Any) -> Checked:
+    if not p.ok:
+        return Checked(p.number, None, p.code, p.reason, p.raw)
+    try:
+        check(p.obj)
+    except RecordError as exc:
+        return Checked(p.number, None, exc.code, exc.reason, p.raw)
+    return Checked(p.number, p.obj, raw=p.raw)
+
+
+REWARD_BINS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+@dataclass
+class ValidationSummary:
+    """Counts gathered while streaming a rollout file; the report `gymverl validate` prints."""
+
+    path: str
+    lines: int = 0
+    valid: int = 0
+    rejected: int = 0
+    rejected_by_code: Counter[str] = field(default_factory=Counter)
+    first_rejections: list[dict[str, Any]] = field(default_factory=list)
+    reward_sum: float = 0.0
+    reward_min: float | None = None
+    reward_max: float | None = None
+    reward_values: Counter[float] = field(default_factory=Counter)
+    reward_hist: list[int] = field(default_factory=lambda: [0] * 10)
+    reward_out_of_range: int = 0
+    incomplete: int = 0
+    masked: int = 0
+    rollouts_per_task: Counter[str] = field(default_factory=Counter)
+    agents: Counter[str] = field(default_factory=Counter)
+    max_examples: int = 20
+
+    def add(self, c: Checked) -> None:
+        """Fold one checked line into the summary."""
+        self.lines += 1
+        if c.record is None:
+            self.rejected += 1
+            self.rejected_by_code[c.code or "unknown"] += 1
+            if len(self.first_rejections) < self.max_examples:
+                self.first_rejections.append({"line": c.line, "code": c.code, "reason": c.reason})
+            return
+        self.valid += 1
+        rec = c.record
+        self.rollouts_per_task[task_key(rec)] += 1
+        self.agents[agent_name(rec) or "(unnamed)"] += 1
+        reward = rec.get("reward")
+        if isinstance(reward, bool) or not isinstance(reward, (int, float)):
+            return  # a tasks file: no reward yet
+        r = float(reward)
+        self.reward_sum += r
+        self.reward_min = r if self.reward_min is None else min(self.reward_min, r)
+        self.reward_max = r if self.reward_max is None else max(self.reward_max, r)
+        if len(self.reward_values) < 50 or r in self.reward_values:
+            self.reward_values[r] += 1
+        if 0.0 <= r <= 1.0:
+            self.reward_hist[min(int(r * 10), 9)] += 1
+        else:
+            self.reward_out_of_range += 1
+        if is_incomplete(rec):
+            self.incomplete += 1
+        if rec.get("mask_sample") is True:
+            self.masked += 1
+
+    @property
+    def reward_mean(self) -> float | None:
+        """Mean reward of the valid rows."""
+        n = sum(self.reward_hist) + self.reward_out_of_range
+        return self.reward_sum / n if n else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The summary as plain JSON-able data (`--json`)."""
+        per_task = list(self.rollouts_per_task.values())
+        dist = Counter(per_task)
+        return {
+            "path": self.path,
+            "lines": self.lines,
+            "valid": self.valid,
+            "rejected": self.rejected,
+            "rejected_by_reason": dict(self.rejected_by_code.most_common()),
+            "rejections": self.first_rejections,
+            "reward": {
+                "mean": self.reward_mean,
+                "min": self.reward_min,
+                "max": self.reward_max,
+                "histogram": {f"{lo:.1f}-{hi:.1f}": n for lo, hi, n in zip(REWARD_BINS, REWARD_BINS[1:], self.reward_hist)},
+                "out_of_0_1": self.reward_out_of_range,
+                "values": {str(k): v for k, v in sorted(self.reward_values.items())} if len(self.reward_values) <= 20 else None,
+            },
+            "tasks": len(self.rollouts_per_task),
+            "rollouts_per_task": {
+                "min": min(per_task) if per_task else 0,
+                "max": max(per_task) if per_task else 0,
+                "mean": (sum(per_task) / len(per_task)) if per_task else 0.0,
+                "distribution": {str(k): v for k, v in sorted(dist.items())},
+            },
+            "incomplete": self.incomplete,
+            "masked": self.masked,
+            "agents": dict(self.agents.most_common()),
+        }
+
+
+def validate_file(
+    path: str | os.PathLike[str],
+    *,
+    rejects: str | os.PathLike[str] | None = None,
+    tasks: bool = False,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    on_line: Any = None,
+) -> ValidationSummary:
+    """Validate every line of a rollout file (streaming); write rejected lines to `rejects` if given."""
+    summary = ValidationSummary(str(path))
+    with RejectsWriter(rejects) as rw:
+        for c in iter_checked(path, tasks=tasks, max_line_bytes=max_line_bytes):
+            summary.add(c)
+            if c.record is None:
+                rw.add(c.line, c.code or "unknown", c.reason or "", c.raw)
+            if on_line is not None:
+                on_line(c)
+    return summary
+
+
+def group_by_task(records: Iterator[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Group records by `task_key`, preserving first-seen task order (holds one group set in memory)."""
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for rec in records:
+        groups[task_key(rec)].append(rec)
+    return dict(groups)
