@@ -1,0 +1,356 @@
+"""Find the NeMo Gym environment and run NeMo Gym servers on loopback, as subprocesses.
+
+gymverl never imports `nemo_gym` (it needs Python >= 3.12 and lives in its own venv); it runs
+NeMo Gym's own `ng_run` there and talks to the servers over HTTP. Everything binds to 127.0.0.1:
+servers (NeMo Gym's default host), the head server (a free port we pick, so several runs can
+coexist), and the Ray cluster `ng_run` starts (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0` makes Ray
+use the loopback address instead of the host's).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections import deque
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import orjson
+
+ENV_VAR = "GYMVERL_NEMO_GYM_ENV"
+DEFAULT_ENV_NAME = ".nemo-gym-venv"
+_READY = re.compile(r"All (\d+) / (\d+) servers ready")
+_CRASHED = re.compile(r"Process `([^`]+)` finished unexpectedly")
+
+
+class NemoGymError(RuntimeError):
+    """NeMo Gym is missing or its servers could not be started (one clear sentence)."""
+
+
+def find_env(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The NeMo Gym venv: `explicit`, else $GYMVERL_NEMO_GYM_ENV, else ./.nemo-gym-venv or the repo's."""
+    candidates: list[Path] = []
+    if explicit:
+        candidates = [Path(explicit)]
+    elif os.environ.get(ENV_VAR):
+        candidates = [Path(os.environ[ENV_VAR])]
+    else:
+        candidates = [Path.cwd() / DEFAULT_ENV_NAME, Path(__file__).resolve().parent.parent / DEFAULT_ENV_NAME]
+    for env in candidates:
+        if (env / "bin" / "ng_run").exists():
+            return env.resolve()
+    where = explicit or os.environ.get(ENV_VAR) or " or ".join(str(c) for c in candidates)
+    raise NemoGymError(
+        f"NeMo Gym not found at {where}: create it with `make setup` (Python 3.12 venv with "
+        f"`pip install nemo-gym==0.4.0 uv`) or point --nemo-gym-env / ${ENV_VAR} at one."
+    )
+
+
+def package_dir(env: Path) -> Path:
+    """The site-packages folder holding NeMo Gym's `resources_servers/`, `responses_api_agents/`, ..."""
+    for sp in sorted((env / "lib").glob("python3*/site-packages")):
+        if (sp / "resources_servers").is_dir():
+            return sp
+    raise NemoGymError(f"{env}: no NeMo Gym servers (resources_servers/) in this venv; is nemo-gym installed?")
+
+
+def nemo_gym_version(env: Path) -> str | None:
+    """The installed nemo-gym version, from its dist-info folder name."""
+    for sp in (env / "lib").glob("python3*/site-packages"):
+        for d in sp.glob("nemo_gym-*.dist-info"):
+            return d.name[len("nemo_gym-") : -len(".dist-info")]
+    return None
+
+
+def resources_server_config(env: Path, name: str) -> Path:
+    """The shipped config file of resources server `name` (e.g. `mcqa`, `math_with_judge`)."""
+    root = package_dir(env) / "resources_servers" / name / "configs"
+    for candidate in (root / f"{name}.yaml", *sorted(root.glob("*.yaml"))):
+        if candidate.exists():
+            return candidate
+    available = sorted(p.name for p in (package_dir(env) / "resources_servers").iterdir() if p.is_dir())
+    raise NemoGymError(f"unknown NeMo Gym resources server {name!r}; available: {', '.join(available[:20])}, ...")
+
+
+def resources_only_config(config: Path, out: Path) -> tuple[Path, bool]:
+    """Copy a NeMo Gym config keeping only its resources servers (no agents); say if one needs a model."""
+    import yaml  # pyyaml comes with transformers/datasets; NeMo Gym configs are YAML
+
+    data = yaml.safe_load(config.read_text()) or {}
+    kept = {k: v for k, v in data.items() if isinstance(v, dict) and "resources_servers" in v}
+    if not kept:
+        raise NemoGymError(f"{config}: no resources server defined in this config.")
+    out.write_text(yaml.safe_dump(kept, sort_keys=False))
+    # e.g. math_with_judge names `policy_model` as its (optional) judge: the reference must resolve.
+    return out, "responses_api_models" in yaml.safe_dump(kept)
+
+
+def free_port() -> int:
+    """A TCP port that is free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def subprocess_env(env: Path) -> dict[str, str]:
+    """Environment for NeMo Gym subprocesses: its venv first, uv on the system Python, Ray on loopback."""
+    python_dirs = [str(env / "bin")]
+    # uv (used by ng_run to build per-server venvs) must find a Python 3.12 interpreter on PATH.
+    for cand in (Path("/root/.pyenv/versions/3.12.1/bin"), Path(os.path.realpath(env / "bin" / "python")).parent):
+        if cand.is_dir():
+            python_dirs.append(str(cand))
+    out = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
+    out["PATH"] = os.pathsep.join(python_dirs + [os.environ.get("PATH", "")])
+    out.setdefault("UV_PYTHON_DOWNLOADS", "never")
+    out.setdefault("UV_PYTHON_PREFERENCE", "only-system")
+    out["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    out.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    out.setdefault("PYTHONUNBUFFERED", "1")
+    return out
+
+
+class NemoGymServers:
+    """NeMo Gym servers started with `ng_run` for the duration of a `with` block.
+
+    `urls` maps each server's process name (the top-level config key, e.g. `math_with_judge`,
+    `math_with_judge_simple_agent`, `policy_model`) to its base URL on 127.0.0.1.
+    """
+
+    def __init__(
+        self,
+        configs: Sequence[str | os.PathLike[str]],
+        *,
+        overrides: Sequence[str] = (),
+        env: str | os.PathLike[str] | None = None,
+        policy_base_url: str | None = None,
+        policy_model_name: str = "policy",
+        policy_api_key: str = "dummy",
+        resources_only: bool = False,
+        startup_timeout: float = 600.0,
+        log_path: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.env = find_env(env)
+        self.cwd = package_dir(self.env)
+        self.configs = [Path(c) for c in configs]
+        self.overrides = list(overrides)
+        self.policy = (policy_base_url, policy_model_name, policy_api_key)
+        self.resources_only = resources_only
+        self.startup_timeout = startup_timeout
+        self.log_path = Path(log_path) if log_path else None
+        self.head_port = free_port()
+        self.urls: dict[str, str] = {}
+        self.instances: list[dict[str, Any]] = []
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._tail: deque[str] = deque(maxlen=60)
+        self._ready = threading.Event()
+        self._crashed: list[str] = []
+        self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
+        self._reader: threading.Thread | None = None
+        self._needs_model = False
+
+    # ---- argv ----------------------------------------------------------------------------------
+    def _config_paths(self) -> list[str]:
+        if self.resources_only and self._tmpdir is None:
+            self._tmpdir = tempfile.TemporaryDirectory(prefix="gymverl-ng-")
+        paths: list[str] = []
+        needs_model = False
+        for c in self.configs:
+            p = c if c.is_absolute() or not (self.cwd / c).exists() else self.cwd / c
+            if not p.exists():
+                raise NemoGymError(f"NeMo Gym config not found: {c}")
+            if self.resources_only:
+                assert self._tmpdir is not None
+                p, wants = resources_only_config(p, Path(self._tmpdir.name) / f"{len(paths)}_{p.name}")
+                needs_model |= wants
+            paths.append(str(p.resolve()))
+        if needs_model:
+            paths.append(str(self.cwd / "responses_api_models" / "openai_model" / "configs" / "openai_model.yaml"))
+        self._needs_model = needs_model
+        return paths
+
+    def argv(self) -> list[str]:
+        """The `ng_run` command line (Hydra overrides), as an argv list."""
+        args = [str(self.env / "bin" / "ng_run"), f"+config_paths=[{','.join(self._config_paths())}]"]
+        base_url, model, key = self.policy
+        if not self.resources_only or base_url or self._needs_model:
+            args += [
+                f"+policy_base_url={base_url or 'http://127.0.0.1:9/v1'}",
+                f"+policy_api_key={key}",
+                f"+policy_model_name={model}",
+            ]
+        args += [
+            "++head_server.host=127.0.0.1",
+            f"++head_server.port={self.head_port}",
+            # Per-server venvs are built once (from the package registry) and reused after that.
+            "+skip_venv_if_present=true",
+        ]
+        return args + self.overrides
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> "NemoGymServers":
+        """Start `ng_run` and wait until every server reports ready (or raise NemoGymError)."""
+        argv = self.argv()
+        log = open(self.log_path, "ab") if self.log_path else None
+        self._proc = subprocess.Popen(
+            argv,
+            cwd=self.cwd,
+            env=subprocess_env(self.env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # own process group: Ctrl-C handling and cleanup are ours
+        )
+        self._reader = threading.Thread(target=self._read_output, args=(log,), daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + self.startup_timeout
+        try:
+            while not self._ready.wait(0.25):
+                if self._proc.poll() is not None or self._crashed:
+                    raise NemoGymError(
+                        "NeMo Gym servers failed to start"
+                        + (f" ({', '.join(self._crashed)} exited)" if self._crashed else f" (ng_run exited with {self._proc.returncode})")
+                        + f"; last output:\n{self.output_tail()}"
+                    )
+                if time.monotonic() > deadline:
+                    raise NemoGymError(
+                        f"NeMo Gym servers not ready after {self.startup_timeout:.0f} s; last output:\n{self.output_tail()}"
+                    )
+            self.instances = self._fetch_instances()
+            self.urls = {i["process_name"]: i["url"] for i in self.instances if i.get("url")}
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _read_output(self, log: Any) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        for raw in self._proc.stdout:
+            if log is not None:
+                log.write(raw)
+                log.flush()
+            line = raw.decode("utf-8", errors="replace").rstrip()
+            self._tail.append(line)
+            if _READY.search(line):
+                self._ready.set()
+            m = _CRASHED.search(line)
+            if m:
+                self._crashed.append(m.group(1))
+        if log is not None:
+            log.close()
+
+    def _fetch_instances(self) -> list[dict[str, Any]]:
+        url = f"http://127.0.0.1:{self.head_port}/server_instances"
+        with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 - loopback only
+            data = orjson.loads(resp.read())
+        return data if isinstance(data, list) else []
+
+    def output_tail(self, n: int = 25) -> str:
+        """The last `n` lines ng_run printed (for error messages)."""
+        return "\n".join(list(self._tail)[-n:])
+
+    def url(self, name: str) -> str:
+        """The base URL of server `name` (process name or server type name)."""
+        if name in self.urls:
+            return self.urls[name]
+        for inst in self.instances:
+            if inst.get("name") == name and inst.get("url"):
+                return inst["url"]
+        raise NemoGymError(f"no NeMo Gym server named {name!r}; running: {', '.join(self.urls)}")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop ng_run and everything it started (servers, Ray): SIGINT, then SIGTERM/SIGKILL the group."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        if proc is not None:
+            for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+                # Ray and server processes live in the same process group even after ng_run exits.
+                try:
+                    os.killpg(proc.pid, sig)
+                except (ProcessLookupError, PermissionError):
+                    break
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=wait)
+                time.sleep(0.2)
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+        if self._tmpdir is not None:
+            self._tmpdir.cleanup()
+            self._tmpdir = None
+        self._proc = None
+
+    def __enter__(self) -> "NemoGymServers":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def start_resources_servers(
+    names: Sequence[str], *, env: str | os.PathLike[str] | None = None, **kwargs: Any
+) -> NemoGymServers:
+    """A (not yet started) NemoGymServers running only the named resources servers, e.g. ["mcqa"]."""
+    found = find_env(env)
+    configs = [resources_server_config(found, n) for n in names]
+    return NemoGymServers(configs, env=found, resources_only=True, **kwargs)
+
+
+@contextlib.contextmanager
+def running_resources_servers(names: Sequence[str], **kwargs: Any) -> Iterator[NemoGymServers]:
+    """Context manager: the named resources servers running on 127.0.0.1; stopped on exit."""
+    servers = start_resources_servers(names, **kwargs)
+    with servers:
+        yield servers
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m gymverl.nemo_gym NAME...`: start resources servers, print their URLs, run until Ctrl-C."""
+    names = list(argv if argv is not None else sys.argv[1:])
+    if not names:
+        print("usage: python -m gymverl.nemo_gym RESOURCES_SERVER [...]", file=sys.stderr)
+        return 2
+    try:
+        with running_resources_servers(names) as servers:
+            for name, url in servers.urls.items():
+                print(f"{name}\t{url}", flush=True)
+            while True:
+                time.sleep(3600)
+    except KeyboardInterrupt:
+        return 130
+    except NemoGymError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+
+
+__all__ = [
+    "ENV_VAR",
+    "NemoGymError",
+    "NemoGymServers",
+    "find_env",
+    "free_port",
+    "nemo_gym_version",
+    "package_dir",
+    "resources_only_config",
+    "resources_server_config",
+    "running_resources_servers",
+    "start_resources_servers",
+    "subprocess_env",
+]
