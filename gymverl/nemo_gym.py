@@ -77,8 +77,14 @@ def resources_server_config(env: Path, name: str) -> Path:
     for candidate in (root / f"{name}.yaml", *sorted(root.glob("*.yaml"))):
         if candidate.exists():
             return candidate
-    available = sorted(p.name for p in (package_dir(env) / "resources_servers").iterdir() if p.is_dir())
-    raise NemoGymError(f"unknown NeMo Gym resources server {name!r}; available: {', '.join(available[:20])}, ...")
+    import difflib
+
+    available = sorted(p.name for p in (package_dir(env) / "resources_servers").iterdir() if (p / "configs").is_dir())
+    close = difflib.get_close_matches(name, available, n=3)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise NemoGymError(
+        f"unknown NeMo Gym resources server {name!r}; {hint}{len(available)} are installed (`gym list` names them)."
+    )
 
 
 def resources_only_config(config: Path, out: Path) -> tuple[Path, bool]:

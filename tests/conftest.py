@@ -29,3 +29,22 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     texts = [line for p in [SAMPLE_DATA / "rollouts.jsonl"] for line in p.read_text().splitlines()]
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"), texts)
+
+
+@pytest.fixture(scope="session")
+def nemo_gym_env() -> Path:
+    """The NeMo Gym venv (made by `make setup`); a missing one fails loudly, it is never skipped."""
+    from gymverl.nemo_gym import find_env
+
+    return find_env()
+
+
+@pytest.fixture(scope="session")
+def gym_servers(nemo_gym_env: Path, tmp_path_factory: pytest.TempPathFactory):
+    """Real NeMo Gym resources servers on 127.0.0.1 for the whole session: math_with_judge
+    (rule-based: math-verify), xlam_fc (function-call matching) and mcqa; `.url(name)` gives each URL."""
+    from gymverl.nemo_gym import running_resources_servers
+
+    log = tmp_path_factory.mktemp("ng") / "ng_run.log"
+    with running_resources_servers(["math_with_judge", "xlam_fc", "mcqa"], env=nemo_gym_env, log_path=log) as servers:
+        yield servers
