@@ -11,6 +11,7 @@ import gzip
 import math
 import os
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Iterator
@@ -21,6 +22,7 @@ DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
 # How much of a rejected line is copied into the rejects file; enough to find and fix it.
 RAW_KEEP_BYTES = 64 * 1024
 _CHUNK = 1024 * 1024
+_BOM = b"\xef\xbb\xbf"
 
 
 class InputError(Exception):
@@ -76,58 +78,103 @@ def open_binary(path: str | os.PathLike[str]) -> IO[bytes]:
 
 def iter_lines(path: str | os.PathLike[str], max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[Line]:
     """Yield every line of `path` with its 1-based number, reading at most `max_line_bytes` of each."""
-    with open_binary(path) as f:
-        number = 0
-        while True:
-            chunk = f.readline(max_line_bytes + 1)
-            if not chunk:
-                return
-            number += 1
-            if chunk.endswith(b"\n"):
-                yield Line(number, chunk[:-1].rstrip(b"\r"), len(chunk) - 1)
-                continue
-            if len(chunk) <= max_line_bytes:
-                yield Line(number, chunk, len(chunk), unterminated=True)
-                return
-            # Oversize: skip to the end of the line without keeping it in memory.
-            size = len(chunk)
-            kept = chunk[:RAW_KEEP_BYTES]
-            ended = False
+    if max_line_bytes < 1:
+        raise InputError(f"the per-line size limit must be positive, got {max_line_bytes} bytes.")
+    p = check_input_path(path)
+    number = 0
+    try:
+        with open_binary(p) as f:
             while True:
-                rest = f.readline(_CHUNK)
-                if not rest:
-                    break
-                if rest.endswith(b"\n"):
-                    size += len(rest) - 1
-                    ended = True
-                    break
-                size += len(rest)
-            yield Line(number, kept, size, oversize=True, unterminated=not ended)
-            if not ended:
-                return
+                chunk = f.readline(max_line_bytes + 1)
+                if not chunk:
+                    return
+                number += 1
+                if number == 1 and chunk.startswith(_BOM):
+                    # Some editors and Windows tools start UTF-8 files with a byte order mark.
+                    chunk = chunk[len(_BOM) :]
+                    if not chunk:
+                        return
+                if chunk.endswith(b"\n"):
+                    yield Line(number, chunk[:-1].rstrip(b"\r"), len(chunk) - 1)
+                    continue
+                if len(chunk) <= max_line_bytes:
+                    yield Line(number, chunk, len(chunk), unterminated=True)
+                    return
+                # Oversize: skip to the end of the line without keeping it in memory.
+                size = len(chunk)
+                kept = chunk[:RAW_KEEP_BYTES]
+                del chunk
+                ended = False
+                while True:
+                    rest = f.readline(_CHUNK)
+                    if not rest:
+                        break
+                    if rest.endswith(b"\n"):
+                        size += len(rest) - 1
+                        ended = True
+                        break
+                    size += len(rest)
+                yield Line(number, kept, size, oversize=True, unterminated=not ended)
+                if not ended:
+                    return
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        # Only compressed input gets here: a cut or corrupt .gz cannot be read past this point.
+        raise InputError(f"{p}: corrupt or truncated gzip data after line {number} ({exc}).") from None
 
 
-def _nonfinite_key(data: bytes) -> str | None:
-    """Name the key holding NaN/Infinity when `data` is JSON apart from such constants."""
+class _NonFinite:
+    """Stands in for a NaN/Infinity literal or an overflowing number while locating it."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def _parse_float(text: str) -> Any:
+    value = float(text)
+    return value if math.isfinite(value) else _NonFinite(text)
+
+
+def _parse_int(text: str) -> Any:
+    value = int(text)
+    # orjson reads integers beyond 64 bits as doubles; past ~1.8e308 that is infinity.
+    if len(text) > 300 and not math.isfinite(float(text)):
+        return _NonFinite(text)
+    return value
+
+
+def _find_nonfinite(obj: Any, path: str) -> tuple[str, str] | None:
+    stack: list[tuple[Any, str]] = [(obj, path)]
+    while stack:
+        value, where = stack.pop()
+        if isinstance(value, _NonFinite):
+            return where, value.text
+        if isinstance(value, dict):
+            items = [(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()]
+            stack.extend(reversed(items))
+        elif isinstance(value, list):
+            stack.extend(reversed([(v, f"{where}[{i}]") for i, v in enumerate(value)]))
+    return None
+
+
+def _nonfinite_reason(data: bytes) -> str | None:
+    """When `data` is JSON apart from NaN/Infinity or a number too large for a double, say where."""
     import json
 
-    found: list[str] = []
-
-    def constant(name: str) -> float:
-        found.append(name)
-        return math.nan
-
     try:
-        obj = json.loads(data, parse_constant=constant)
+        obj = json.loads(data, parse_constant=_NonFinite, parse_float=_parse_float, parse_int=_parse_int)
     except (ValueError, RecursionError):
         return None
-    if not found:
+    found = _find_nonfinite(obj, "")
+    if found is None:
         return None
-    if isinstance(obj, dict):
-        for key, value in obj.items():
-            if isinstance(value, float) and not math.isfinite(value):
-                return f"'{key}' is {found[0]}"
-    return f"the line contains {found[0]}"
+    where, text = found
+    what = f"'{where}'" if where else "the line"
+    if text in ("NaN", "Infinity", "-Infinity"):
+        return f"{what} is {text}, which is not a finite number (JSON has no NaN or Infinity)"
+    shown = text if len(text) <= 24 else text[:20] + "..."
+    return f"{what} is {shown}, too large to be a finite number"
 
 
 def _describe_json_error(line: Line, exc: Exception) -> tuple[str, str]:
@@ -135,28 +182,41 @@ def _describe_json_error(line: Line, exc: Exception) -> tuple[str, str]:
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as ude:
+        if line.unterminated and ude.end == len(data) and ude.reason == "unexpected end of data":
+            return "truncated", "truncated JSON at end of file (the file ends mid-record)"
         return "invalid_utf8", f"not valid UTF-8 (byte 0x{data[ude.start]:02x} at column {ude.start + 1})"
-    stripped = data.strip()
-    if not stripped:
+    if not data.strip():
         return "empty_line", "empty line"
-    nonfinite = _nonfinite_key(data)
+    nonfinite = _nonfinite_reason(data)
     if nonfinite:
-        return "non_finite_number", f"{nonfinite}, which is not a finite number (not valid JSON)"
-    if line.unterminated:
-        return "truncated", "truncated JSON at end of file (the file ends mid-record)"
-    msg = str(exc).split(":", 1)[0].strip() or "invalid JSON"
-    return "invalid_json", f"invalid JSON ({msg[:1].lower()}{msg[1:]})"
+        return "non_finite_number", nonfinite
+    msg = str(exc).rsplit(": line ", 1)[0].strip() or "invalid JSON"
+    if msg.startswith("unexpected end of data"):
+        if line.unterminated:
+            return "truncated", "truncated JSON at end of file (the file ends mid-record)"
+        return "invalid_json", "invalid JSON: the line ends mid-record"
+    pos = getattr(exc, "pos", None)
+    at = f" at column {pos + 1}" if isinstance(pos, int) else ""
+    if msg[1:2].islower():  # "Unexpected x" -> "unexpected x", but keep "UTF-8 ..." as it is
+        msg = msg[:1].lower() + msg[1:]
+    return "invalid_json", f"invalid JSON{at} ({msg})"
 
 
-def parse_line(line: Line) -> Parsed:
+def _size(n: int) -> str:
+    if n >= 1_000_000:
+        return f"{n / 1e6:.1f} MB"
+    if n >= 1_000:
+        return f"{n / 1e3:.1f} KB"
+    return f"{n} bytes"
+
+
+def parse_line(line: Line, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Parsed:
     """Parse one line as JSON; failures carry a stable code and a one-sentence reason."""
     if line.oversize:
-        mb = line.size / 1e6
-        limit = DEFAULT_MAX_LINE_BYTES / 1e6
         return Parsed(
             line.number,
             code="line_too_long",
-            reason=f"line is {mb:.1f} MB, over the {limit:.0f} MB limit per line",
+            reason=f"line is {_size(line.size)}, over the {_size(max_line_bytes)} limit per line",
             raw=line.data,
         )
     try:
@@ -170,10 +230,7 @@ def parse_line(line: Line) -> Parsed:
 def read_jsonl(path: str | os.PathLike[str], max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[Parsed]:
     """Yield each line of `path` parsed (or with the reason it failed), in order, streaming."""
     for line in iter_lines(path, max_line_bytes):
-        p = parse_line(line)
-        if p.code == "line_too_long" and max_line_bytes != DEFAULT_MAX_LINE_BYTES:
-            p.reason = f"line is {line.size / 1e6:.1f} MB, over the {max_line_bytes / 1e6:g} MB limit per line"
-        yield p
+        yield parse_line(line, max_line_bytes)
 
 
 def dumps(obj: Any) -> bytes:
@@ -189,6 +246,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    # mkstemp creates 0600 files; give the output the permissions a plain open() would.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_path, 0o666 & ~umask)
     try:
         yield tmp_path
         os.replace(tmp_path, final)

@@ -31,6 +31,13 @@ def _json_text(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+def _output_text(output: Any) -> str:
+    # A function_call_output's `output` is a string, or a list of content parts (input_text, ...).
+    if isinstance(output, list) and all(isinstance(p, dict) and isinstance(p.get("text"), str) for p in output):
+        return content_text(output)
+    return _json_text(output)
+
+
 def _reasoning_text(item: dict[str, Any]) -> str:
     parts: list[str] = []
     for key in ("summary", "content"):
@@ -81,7 +88,7 @@ def items_to_messages(items: Iterable[Any], *, include_reasoning: bool = False) 
             open_assistant.setdefault("tool_calls", []).append(call)
         elif kind == "function_call_output":
             messages.append(
-                {"role": "tool", "tool_call_id": item.get("call_id"), "content": _json_text(item.get("output", ""))}
+                {"role": "tool", "tool_call_id": item.get("call_id"), "content": _output_text(item.get("output", ""))}
             )
             open_assistant = None
         elif kind == "reasoning":

@@ -43,11 +43,14 @@ ROLLOUT_KEYS = frozenset(
         "failure_kind",
         "failure_reason",
         "reward_components",
+        "skills_ref",
+        "_ng_failure_class",
+        "_ng_no_persist",
     }
 )
-ITEM_TYPES = frozenset(
-    {"message", "function_call", "function_call_output", "reasoning", "output_text", "input_text"}
-)
+# The Responses-API item types NeMo Gym reads and writes (nemo_gym.openai_utils.NeMoGymResponseInputItem);
+# gymverl.messages converts exactly these, so a record that validates also converts.
+ITEM_TYPES = frozenset({"message", "function_call", "function_call_output", "reasoning"})
 _MESSAGE_ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 
 
@@ -76,21 +79,28 @@ def _type_name(value: Any) -> str:
     return type(value).__name__
 
 
+def _short(value: Any) -> str:
+    """`repr` of a value for a reason, cut so one odd line cannot flood a report."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _check_items(items: list[Any], where: str) -> None:
     for i, item in enumerate(items):
         if not isinstance(item, dict):
             raise RecordError("wrong_type", f"'{where}[{i}]' must be an object, got {_type_name(item)}")
         t = item.get("type")
+        role = item.get("role")
         if t is None:
             # Responses-API "easy input message": {role, content} without a type.
-            if item.get("role") in _MESSAGE_ROLES:
+            if isinstance(role, str) and role in _MESSAGE_ROLES:
                 continue
             raise RecordError("bad_item", f"'{where}[{i}]' has no 'type' and no message 'role'")
-        if t not in ITEM_TYPES:
-            raise RecordError("bad_item", f"'{where}[{i}]' has unknown item type {t!r}")
+        if not isinstance(t, str) or t not in ITEM_TYPES:
+            raise RecordError("bad_item", f"'{where}[{i}]' has unknown item type {_short(t)}")
         if t == "message":
-            if item.get("role") not in _MESSAGE_ROLES:
-                raise RecordError("bad_item", f"'{where}[{i}]' is a message with role {item.get('role')!r}")
+            if not isinstance(role, str) or role not in _MESSAGE_ROLES:
+                raise RecordError("bad_item", f"'{where}[{i}]' is a message with role {_short(role)}")
         elif t == "function_call":
             if not isinstance(item.get("name"), str) or not isinstance(item.get("call_id"), str):
                 raise RecordError("bad_item", f"'{where}[{i}]' is a function_call without a string 'name' and 'call_id'")
@@ -127,9 +137,9 @@ def check_task(obj: Any) -> None:
     """Raise RecordError unless `obj` is a valid NeMo Gym task (input row): the part shared with rollouts."""
     if not isinstance(obj, dict):
         raise RecordError("not_object", f"line is a JSON {_type_name(obj)}, not an object")
-    rcp = obj.get("responses_create_params")
-    if rcp is None:
+    if "responses_create_params" not in obj:
         raise RecordError("missing_key", "missing required key 'responses_create_params'")
+    rcp = obj["responses_create_params"]
     if not isinstance(rcp, dict):
         raise RecordError("wrong_type", f"'responses_create_params' must be an object, got {_type_name(rcp)}")
     if "input" not in rcp:
@@ -147,7 +157,7 @@ def check_task(obj: Any) -> None:
     for key in ("_ng_task_index", "_ng_rollout_index"):
         v = obj.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
-            raise RecordError("wrong_type", f"'{key}' must be a non-negative integer, got {v!r}")
+            raise RecordError("wrong_type", f"'{key}' must be a non-negative integer, got {_short(v)}")
 
 
 # ---- reading parts of a record -----------------------------------------------------------------
@@ -251,6 +261,22 @@ def iter_checked(
         yield _checked(p, check)
 
 
+# orjson reads up to 1024 nested levels but writes at most 254: deeper records could be read and
+# never written back, so they are rejected here rather than crash a later command.
+MAX_DEPTH = 254
+
+
+def _too_deep(obj: Any, limit: int = MAX_DEPTH) -> bool:
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value
+        if depth > limit:
+            return True
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return False
+
+
 def _checked(p: Parsed, check: Any) -> Checked:
     if not p.ok:
         return Checked(p.number, None, p.code, p.reason, p.raw)
@@ -258,7 +284,10 @@ def _checked(p: Parsed, check: Any) -> Checked:
         check(p.obj)
     except RecordError as exc:
         return Checked(p.number, None, exc.code, exc.reason, p.raw)
-    return Checked(p.number, p.obj, raw=p.raw)
+    raw = p.raw
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _too_deep(p.obj):
+        return Checked(p.number, None, "too_deep", f"nested more than {MAX_DEPTH} levels deep", raw)
+    return Checked(p.number, p.obj, raw=raw)
 
 
 REWARD_BINS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
