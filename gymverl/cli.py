@@ -424,5 +424,437 @@ def stats(
         raise typer.Exit(EXIT_REJECTED)
 
 
+# ---- train-offline -----------------------------------------------------------------------------
+
+
+def _render_train_plan(plan: Any, out: Console) -> None:
+    """The planned VeRL command and its data arithmetic."""
+    t = Table(title="train-offline plan", show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column()
+    o = plan.options
+    t.add_row("device", f"{o.device} ({o.nnodes} node(s) x {o.nproc} process(es))")
+    t.add_row("train rows", str(plan.train_rows))
+    if plan.val_rows is not None:
+        t.add_row("val rows", str(plan.val_rows))
+    t.add_row("batch size", f"{plan.batch_size} global, micro {o.micro_batch_size} per process")
+    t.add_row("steps", f"{plan.steps_per_epoch} per epoch x {o.epochs} epoch(s) = {plan.total_steps}")
+    if o.lora_rank:
+        t.add_row("LoRA", f"rank {o.lora_rank}, alpha {o.lora_alpha if o.lora_alpha is not None else 2 * o.lora_rank}, modules {o.lora_target_modules}")
+    t.add_row("output", str(plan.out))
+    for note in plan.notes:
+        t.add_row("note", f"[yellow]{note}[/]")
+    out.print(t)
+    out.print("[bold]command[/]:")
+    out.print(plan.shell(), highlight=False, soft_wrap=True)
+
+
+def _render_train_result(result: Any, out: Console) -> None:
+    """Summary of a finished run."""
+    t = Table(title="train-offline", show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column()
+    t.add_row("steps", str(result.steps))
+    if result.first_loss is not None:
+        t.add_row("loss", f"{result.first_loss:.4f} -> {result.last_loss:.4f}")
+    t.add_row("tokens", str(result.tokens))
+    if result.tokens_per_second:
+        t.add_row("tokens/s", f"{result.tokens_per_second:,.0f} (from step 2 on)")
+    if result.peak_memory_gb:
+        t.add_row("peak GPU memory", f"{result.peak_memory_gb:.2f} GB")
+    t.add_row("wall time", f"{result.wall_seconds:.1f} s")
+    if result.checkpoint:
+        t.add_row("checkpoint", str(result.checkpoint))
+    if result.hf_model:
+        t.add_row("Hugging Face model", f"[green]{result.hf_model}[/]")
+    t.add_row("log", str(result.log))
+    out.print(t)
+
+
+@app.command("train-offline")
+def train_offline_command(
+    data: Annotated[
+        Optional[Path], typer.Argument(help="SFT parquet from `gymverl to-parquet --format sft` (omit with --from-rollouts).", show_default=False)
+    ] = None,
+    overrides: Annotated[
+        Optional[list[str]],
+        typer.Argument(help="After `--`: VeRL key=value overrides, passed through unchanged (they win over gymverl's).", show_default=False),
+    ] = None,
+    model: Annotated[str, typer.Option("--model", "-m", help="Base model: a local Hugging Face model directory (or a Hub id).", show_default=False)] = "",
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory: checkpoints/, hf_model/, train.log, metrics.jsonl.", show_default=False)] = None,
+    val: Annotated[Optional[Path], typer.Option("--val", help="Validation parquet (same format as DATA).")] = None,
+    from_rollouts: Annotated[
+        Optional[Path], typer.Option("--from-rollouts", help="Rollout JSONL: select the successful rollouts and convert them to SFT parquet first.")
+    ] = None,
+    min_reward: Annotated[float, typer.Option("--min-reward", help="With --from-rollouts: keep rollouts with reward >= this.")] = 1.0,
+    epochs: Annotated[int, typer.Option("--epochs", help="Training epochs.")] = 1,
+    lr: Annotated[float, typer.Option("--lr", help="Learning rate.")] = 1e-5,
+    batch_size: Annotated[
+        Optional[int], typer.Option("--batch-size", help="Global batch size (rows per optimizer step). Default: VeRL's 256, capped at the dataset size.", show_default=False)
+    ] = None,
+    micro_batch_size: Annotated[int, typer.Option("--micro-batch-size", help="Rows per forward pass per process.")] = 4,
+    max_length: Annotated[int, typer.Option("--max-length", help="Maximum tokens per conversation.")] = 1024,
+    lora_rank: Annotated[int, typer.Option("--lora-rank", help="LoRA rank; 0 trains all weights.")] = 0,
+    lora_alpha: Annotated[Optional[int], typer.Option("--lora-alpha", help="LoRA alpha (default 2 x rank).", show_default=False)] = None,
+    lora_target_modules: Annotated[str, typer.Option("--lora-target-modules", help="LoRA target modules (VeRL's model.target_modules).")] = "all-linear",
+    nproc: Annotated[int, typer.Option("--nproc", help="Processes (GPUs) per node.")] = 1,
+    nnodes: Annotated[int, typer.Option("--nnodes", help="Number of nodes (run the same command on each, with its --node-rank).")] = 1,
+    node_rank: Annotated[int, typer.Option("--node-rank", help="This node's rank (multi-node).")] = 0,
+    master_addr: Annotated[Optional[str], typer.Option("--master-addr", help="Address of node 0 (multi-node).", show_default=False)] = None,
+    master_port: Annotated[int, typer.Option("--master-port", help="Rendezvous port on node 0 (multi-node).")] = 29500,
+    device: Annotated[str, typer.Option("--device", help="cuda for real training; cpu for a smoke run with gymverl's CPU plugin (tiny models only).")] = "cuda",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in an existing OUTDIR.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete an existing gymverl OUTDIR and start over.")] = False,
+    export: Annotated[bool, typer.Option("--export/--no-export", help="Export the last checkpoint to OUTDIR/hf_model with verl.model_merger.")] = True,
+    save_freq: Annotated[int, typer.Option("--save-freq", help="Checkpoint every N steps (-1: only at the end).")] = -1,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check the inputs, print the VeRL command and stop.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Echo every line VeRL prints.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan (with --dry-run) or the result as JSON.")] = False,
+) -> None:
+    """Fine-tune a model on SFT parquet with VeRL's own trainer (verl.trainer.sft_trainer via torchrun).
+
+    Example: gymverl train-offline sft.parquet -m ./Qwen2.5-0.5B -o runs/sft --epochs 2 -- optim.weight_decay=0.1
+
+    Exit code 0 when training (and the export) finished, 1 when VeRL failed, 2 on usage errors.
+    """
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from gymverl import train as tr
+
+    overrides = list(overrides or [])
+    if from_rollouts is not None and data is not None:
+        if "=" not in str(data):
+            fail("give either DATA or --from-rollouts, not both.")
+        overrides.insert(0, str(data))  # with --from-rollouts the first pass-through word lands here
+        data = None
+    if not model:
+        fail("--model is required (a local Hugging Face model directory).")
+    if out is None:
+        fail("--out/-o is required (the output directory).")
+    if data is None and from_rollouts is None:
+        fail("give an SFT parquet file (DATA) or --from-rollouts ROLLOUTS.jsonl.")
+    view = err_console if as_json else console
+    opts = tr.TrainOptions(
+        train=data or Path("."), model=model, out=out, val=val, epochs=epochs, lr=lr, batch_size=batch_size,
+        micro_batch_size=micro_batch_size, max_length=max_length, lora_rank=lora_rank, lora_alpha=lora_alpha,
+        lora_target_modules=lora_target_modules, nproc=nproc, nnodes=nnodes, node_rank=node_rank,
+        master_addr=master_addr, master_port=master_port, device=device, resume=resume, overwrite=overwrite,
+        export=export, save_freq=save_freq, overrides=overrides,
+    )
+    try:
+        if from_rollouts is not None:
+            existing_file(from_rollouts)
+            tr.check_out_dir(out, resume, overwrite)
+            prepared = tr.sft_from_rollouts(from_rollouts, out / "data", min_reward=min_reward)
+            view.print(f"selected {prepared.rows} of {prepared.lines} rollouts (reward >= {min_reward:g}) -> [bold]{prepared.train}[/]")
+            opts.train, opts.val = prepared.train, opts.val or prepared.val
+        plan = tr.plan_training(opts, check_device=not dry_run)
+    except tr.TrainError as exc:
+        fail(str(exc))
+    if dry_run:
+        if as_json:
+            print_json({"argv": plan.argv, "env": plan.env, "train_rows": plan.train_rows, "val_rows": plan.val_rows,
+                        "batch_size": plan.batch_size, "steps_per_epoch": plan.steps_per_epoch,
+                        "total_steps": plan.total_steps, "notes": plan.notes})
+        else:
+            _render_train_plan(plan, view)
+        return
+    _render_train_plan(plan, view)
+
+    progress = Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+        TextColumn("step {task.completed}/{task.total}"), TextColumn("{task.fields[loss]}"),
+        TimeElapsedColumn(), console=view, transient=False,
+    )
+
+    def on_event(ev: Any) -> None:
+        if ev.kind == "step":
+            loss = ev.metrics.get("train/loss")
+            progress.update(task, completed=ev.step, description="training",
+                            loss=f"loss {loss:.4f}" if loss is not None else "")
+        elif ev.kind == "total":
+            progress.update(task, total=ev.total)
+        elif verbose:
+            progress.console.print(ev.line, highlight=False, markup=False)
+
+    try:
+        with progress:
+            task = progress.add_task("starting VeRL", total=plan.total_steps, loss="")
+            result = tr.run_training(plan, on_event)
+        if result.returncode != 0:
+            err_console.print("\n".join(result.tail[-15:]), highlight=False, markup=False)
+            fail(f"VeRL exited with code {result.returncode}; full log: {result.log}.", EXIT_REJECTED)
+        if export:
+            if result.checkpoint is None:
+                fail(f"VeRL finished but wrote no checkpoint under {plan.checkpoints}.", EXIT_REJECTED)
+            with view.status("exporting the Hugging Face model (verl.model_merger)"):
+                result.hf_model = tr.export_hf(result.checkpoint, plan.out / tr.HF_MODEL, log=result.log)
+            tr.record_result(plan, result)
+    except tr.TrainError as exc:
+        fail(str(exc), EXIT_REJECTED)
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/]: VeRL stopped; resume with --resume.")
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if as_json:
+        print_json(result.to_dict())
+    else:
+        _render_train_result(result, view)
+        if result.hf_model:
+            view.print(f"Hugging Face model: [bold green]{result.hf_model}[/]")
+
+
+# ---- collect -----------------------------------------------------------------------------------
+
+
+@app.command(
+    context_settings={"allow_extra_args": True},
+    epilog=(
+        "Anything after `--` goes to NeMo Gym's collector unchanged, e.g. "
+        "`-- +responses_create_params.temperature=0.7`.\n\n"
+        "Examples:\n\n"
+        "gymverl collect -i tasks.jsonl -o rollouts.jsonl -n 4   (servers already started with ng_run)\n\n"
+        "gymverl collect -i tasks.jsonl -o rollouts.jsonl -n 4 --servers math_with_judge "
+        "--policy-url http://127.0.0.1:8000/v1 --policy-model my-model"
+    ),
+)
+def collect(
+    ctx: typer.Context,
+    input: Annotated[Path, typer.Option("--input", "-i", help="NeMo Gym tasks JSONL (one task per line, with `agent_ref`).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Rollouts JSONL to write (NeMo Gym writes it as it goes).")],
+    agent: Annotated[Optional[str], typer.Option("--agent", "-a", help="Agent for tasks without `agent_ref`.")] = None,
+    num_samples: Annotated[int, typer.Option("--num-samples", "-n", help="Rollouts per task (NeMo Gym's repeat option).")] = 1,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first K tasks.")] = None,
+    concurrency: Annotated[Optional[int], typer.Option("--concurrency", "-c", help="Rollouts in flight at once (default: NeMo Gym's, unlimited).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output (and its NeMo Gym sidecar files).")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted collection into the same output.")] = False,
+    head_url: Annotated[
+        str, typer.Option("--head-url", envvar="GYMVERL_HEAD_URL", help="NeMo Gym head server of running servers (ng_run).")
+    ] = "http://127.0.0.1:11000",
+    servers: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--servers",
+            help="Start these NeMo Gym configs with ng_run for the duration (repeatable or comma-separated; "
+            "a bare name like `math_with_judge` means that resources server's shipped config).",
+        ),
+    ] = None,
+    policy_url: Annotated[Optional[str], typer.Option("--policy-url", help="With --servers: the model's OpenAI-compatible base URL (…/v1).")] = None,
+    policy_model: Annotated[str, typer.Option("--policy-model", help="With --servers: the model name to request.")] = "policy",
+    policy_api_key: Annotated[
+        str, typer.Option("--policy-api-key", envvar="GYMVERL_POLICY_API_KEY", help="With --servers: the model server's API key.")
+    ] = "dummy",
+    model_type: Annotated[
+        str,
+        typer.Option("--model-type", help="With --servers and --policy-url: NeMo Gym model server (openai_model = Responses API, vllm_model = Chat Completions)."),
+    ] = "openai_model",
+    nemo_gym_env: Annotated[
+        Optional[Path], typer.Option("--nemo-gym-env", help="NeMo Gym venv (default: $GYMVERL_NEMO_GYM_ENV, else ./.nemo-gym-venv).")
+    ] = None,
+    log: Annotated[Optional[Path], typer.Option("--log", help="Collector's own output (default: <output stem>_collect.log).")] = None,
+    rejects: Annotated[Optional[Path], typer.Option("--rejects", help="Write output lines that fail validation here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON (for scripts).")] = False,
+) -> None:
+    """Collect rollouts with NeMo Gym's own collector, n per task, then validate the output.
+
+    Checks first that every task line is valid, that the NeMo Gym servers and agents answer, and that
+    no existing output is overwritten by accident. Exit code 0 when every expected rollout was written
+    and is valid; 1 when the collector failed or rollouts are missing, failed or invalid (partial output
+    is kept: continue with --resume); 2 on usage errors (bad option, missing file, servers not running);
+    130 when interrupted.
+    """
+    import shlex
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from rich.markup import escape
+
+    from gymverl import collect as C
+
+    out_console = err_console if as_json else console
+    progress = Progress(
+        TextColumn("[bold]collecting[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[failed]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=out_console,
+        transient=False,
+    )
+    bar: dict[str, Any] = {}
+
+    def stop_progress() -> None:
+        if bar.pop("started", False):
+            progress.stop()
+
+    def on_stage(name: str, info: dict[str, Any]) -> None:
+        if name == "tasks":
+            agents = ", ".join(f"{a} ({n})" for a, n in info["agents"].items())
+            out_console.print(escape(f"{info['tasks']} tasks × {num_samples} samples; agents: {agents}"), highlight=False)
+        elif name == "servers":
+            out_console.print(escape(f"starting NeMo Gym servers (ng_run): {', '.join(info['configs'])}"), highlight=False)
+        elif name == "collect":
+            out_console.print(f"[dim]$ {escape(shlex.join(info['argv']))}[/]", highlight=False)
+            out_console.print(f"[dim]collector log: {escape(info['log'])}[/]", highlight=False)
+            bar["id"] = progress.add_task("collect", total=info["expected"] or None, failed="")
+            bar["started"] = True
+            progress.start()
+        elif name == "validate":
+            stop_progress()
+
+    def on_progress(written: int, failed: int) -> None:
+        if "id" in bar:
+            progress.update(bar["id"], completed=written, failed=f"[red]{failed} failed[/]" if failed else "")
+
+    try:
+        result = C.collect(
+            input,
+            output,
+            agent=agent,
+            num_samples=num_samples,
+            limit=limit,
+            concurrency=concurrency,
+            overwrite=overwrite,
+            resume=resume,
+            head_url=head_url,
+            servers=servers or (),
+            policy_url=policy_url,
+            policy_model=policy_model,
+            policy_api_key=policy_api_key,
+            model_type=model_type,
+            nemo_gym_env=nemo_gym_env,
+            extra=list(ctx.args),
+            log_path=log,
+            rejects=rejects,
+            on_progress=on_progress,
+            on_stage=on_stage,
+        )
+    except C.CollectError as exc:
+        stop_progress()
+        if exc.details and not as_json:
+            r = Table(title="rejected task lines", title_justify="left")
+            r.add_column("line", justify="right")
+            r.add_column("reason")
+            for d in exc.details:
+                r.add_row(str(d["line"]), d["reason"])
+            err_console.print(r)
+        if as_json:
+            print_json({"ok": False, "exit_code": exc.code, "message": str(exc), "rejections": exc.details})
+            raise typer.Exit(exc.code)
+        fail(escape(str(exc)), exc.code)
+        return
+    except KeyboardInterrupt:
+        stop_progress()
+        fail(escape(f"interrupted before collection finished; any partial output is in {output}."), EXIT_INTERRUPTED)
+        return
+    finally:
+        stop_progress()
+    if as_json:
+        print_json(result.to_dict())
+    else:
+        if result.validation is not None:
+            render_validation(result.validation.to_dict(), title="collect")
+        if rejects and result.validation is not None and result.validation.rejected:
+            console.print(f"rejected lines written to [bold]{rejects}[/]")
+        if result.ok:
+            console.print(f"[bold green]ok:[/] {escape(result.message)}", highlight=False)
+        else:
+            err_console.print(f"[bold red]error:[/] {escape(result.message)}", highlight=False)
+    raise typer.Exit(result.code)
+
+
+# ---- demo --------------------------------------------------------------------------------------
+
+
+class _RichDemoReporter:
+    """Renders the demo's steps with rich: a rule per step, details, and a status line."""
+
+    STYLE = {"ok": "green", "skipped": "yellow", "unavailable": "magenta", "failed": "red"}
+    MARK = {"ok": "✓", "skipped": "–", "unavailable": "?", "failed": "✗"}
+
+    def __init__(self, quiet_stats: bool = False) -> None:
+        self.quiet_stats = quiet_stats
+
+    def start(self, index: int, total: int, name: str, title: str) -> None:
+        console.rule(f"[bold][{index}/{total}] {title}", align="left")
+
+    def info(self, message: str) -> None:
+        console.print(f"  {message}", highlight=False)
+
+    def done(self, result: Any) -> None:
+        style = self.STYLE.get(result.status, "")
+        console.print(
+            f"  [{style}]{self.MARK.get(result.status, '')} {result.status}[/] [dim]({result.seconds:.1f} s)[/] {result.summary}",
+            highlight=False,
+        )
+        for p in result.outputs:
+            console.print(f"    [dim]->[/] {p}", highlight=False)
+
+    def show_stats(self, data: dict[str, Any]) -> None:
+        if not self.quiet_stats:
+            render_stats(data, show_tasks=10)
+
+
+@app.command()
+def demo(
+    out: Annotated[
+        Optional[Path], typer.Option("--out", help="Output directory (default: a fresh ./gymverl-demo-out, -2, -3, ...).")
+    ] = None,
+    skip: Annotated[
+        Optional[list[str]],
+        typer.Option("--skip", help="Skip a step: rescore (and the servers), stats, parquet, train. Repeat or comma-separate."),
+    ] = None,
+    data: Annotated[
+        Optional[Path], typer.Option("--data", help="Directory with rollouts.jsonl and tasks.jsonl (default: the repo's sample_data/).")
+    ] = None,
+    nemo_gym_env: Annotated[
+        Optional[Path],
+        typer.Option("--nemo-gym-env", help="NeMo Gym venv (default: $GYMVERL_NEMO_GYM_ENV or ./.nemo-gym-venv)."),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out written by an earlier demo.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the step report as JSON at the end (progress goes to stderr).")] = False,
+) -> None:
+    """Run the whole pipeline on sample_data/: NeMo Gym servers, validate, rescore, stats, parquet, CPU training.
+
+    Every step prints what it did and where its output is; servers it started are stopped at the
+    end, also on Ctrl-C. Exit code 0 when every step worked, 1 when a step failed or is unavailable,
+    2 on usage errors, 130 when interrupted.
+    """
+    global console
+    from gymverl.demo import SAMPLE_DATA, DemoError, DemoOptions, run_demo
+
+    skips = frozenset(s.strip() for item in (skip or []) for s in item.split(",") if s.strip())
+    opts = DemoOptions(out=out, data=data or SAMPLE_DATA, skip=skips, nemo_gym_env=nemo_gym_env, overwrite=overwrite)
+    saved = console
+    if as_json:
+        console = err_console  # stdout carries the JSON only
+    try:
+        report = run_demo(opts, _RichDemoReporter())
+    except DemoError as exc:
+        console = saved
+        fail(str(exc))
+    except KeyboardInterrupt:
+        console = saved
+        err_console.print("[yellow]interrupted[/]: NeMo Gym servers and training stopped.")
+        raise typer.Exit(EXIT_INTERRUPTED)
+    finally:
+        console = saved
+    if as_json:
+        print_json(report.to_dict())
+    else:
+        t = Table(title=f"demo: {report.seconds:.0f} s, outputs in {report.out}", title_justify="left")
+        t.add_column("step")
+        t.add_column("status")
+        t.add_column("time", justify="right")
+        t.add_column("result", overflow="fold")
+        for s in report.steps:
+            style = _RichDemoReporter.STYLE.get(s.status, "")
+            t.add_row(s.name, f"[{style}]{s.status}[/]", f"{s.seconds:.1f} s", s.summary)
+        console.print(t)
+        console.print(f"step report: [bold]{report.out / 'demo.json'}[/]")
+    if not report.ok:
+        raise typer.Exit(EXIT_REJECTED)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

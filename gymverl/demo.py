@@ -1,0 +1,558 @@
+"""`gymverl demo`: the whole pipeline on `sample_data/`, with embedded defaults, in one call.
+
+Steps (each prints what it did and where its output is):
+ 1. servers   start real NeMo Gym resources servers on 127.0.0.1 (in the background, via ng_run)
+ 2. model     build a tiny local Qwen2 model + tokenizer (no downloads) for the training step
+ 3. validate  check the sample rollouts line by line
+ 4. rescore   re-score them against the running servers' /verify; then stop the servers
+ 5. stats     pass rate, pass@k, reward and length statistics (+ a PNG)
+ 6. parquet   convert to VeRL parquet: `rl` (prompts + ground truth) and `sft` (correct rollouts)
+ 7. train     a short CPU run of VeRL's SFT trainer on the sft parquet with the tiny model
+
+Servers are stopped when they are no longer needed and, whatever happens (Ctrl-C, SIGTERM, an
+error), before `run_demo` returns or raises. A step whose gymverl part is missing from this install
+is reported as *unavailable*, never faked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol
+
+REPO_DIR = Path(__file__).resolve().parent.parent
+SAMPLE_DATA = REPO_DIR / "sample_data"
+DEFAULT_OUT = Path("gymverl-demo-out")
+# The sample rollouts come from two NeMo Gym environments; each agent is verified by its resources server.
+DEMO_SERVERS = {
+    "math_with_judge_simple_agent": "math_with_judge",
+    "xlam_fc_simple_agent": "xlam_fc",
+}
+STEPS = ("servers", "model", "validate", "rescore", "stats", "parquet", "train")
+# What `--skip` accepts; skipping rescore also skips the servers it needs.
+SKIPPABLE = ("rescore", "stats", "parquet", "train")
+OK, SKIPPED, UNAVAILABLE, FAILED = "ok", "skipped", "unavailable", "failed"
+
+
+class DemoError(Exception):
+    """A problem with the demo's options (bad output directory, missing sample data): one sentence."""
+
+
+class Unavailable(Exception):
+    """A gymverl part a step needs is not in this install (the step is reported, not faked)."""
+
+
+@dataclass
+class DemoOptions:
+    """Everything `gymverl demo` takes (the CLI options)."""
+
+    out: Path | None = None  # None: a fresh ./gymverl-demo-out[-N]
+    data: Path = SAMPLE_DATA
+    skip: frozenset[str] = frozenset()
+    nemo_gym_env: Path | None = None
+    overwrite: bool = False
+    server_timeout: float = 600.0
+    train_epochs: int = 2
+    train_batch_size: int = 4
+    train_max_length: int = 1024
+    val_fraction: float = 0.2
+
+
+@dataclass
+class StepResult:
+    """The outcome of one step: status, duration, a one-line summary, its outputs."""
+
+    name: str
+    title: str
+    status: str = OK
+    seconds: float = 0.0
+    summary: str = ""
+    outputs: list[Path] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {
+            "name": self.name,
+            "title": self.title,
+            "status": self.status,
+            "seconds": round(self.seconds, 2),
+            "summary": self.summary,
+            "outputs": [str(p) for p in self.outputs],
+            "details": _jsonable(self.details),
+        }
+
+
+@dataclass
+class DemoReport:
+    """All step results, in order, and where everything was written."""
+
+    out: Path
+    steps: list[StepResult] = field(default_factory=list)
+    seconds: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """True when no step failed or was unavailable (and the run was not interrupted)."""
+        return not self.interrupted and all(s.status in (OK, SKIPPED) for s in self.steps)
+
+    def step(self, name: str) -> StepResult | None:
+        """The result of step `name`, if it ran."""
+        return next((s for s in self.steps if s.name == name), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (also written to OUT/demo.json)."""
+        return {
+            "out": str(self.out),
+            "ok": self.ok,
+            "interrupted": self.interrupted,
+            "seconds": round(self.seconds, 2),
+            "steps": [s.to_dict() for s in self.steps],
+        }
+
+
+class Reporter(Protocol):
+    """Where the demo tells the user what is happening (the CLI renders it with rich)."""
+
+    def start(self, index: int, total: int, name: str, title: str) -> None: ...
+    def info(self, message: str) -> None: ...
+    def done(self, result: StepResult) -> None: ...
+    def show_stats(self, data: dict[str, Any]) -> None: ...
+
+
+class PlainReporter:
+    """A Reporter printing plain lines (library use, logs)."""
+
+    def __init__(self, write: Callable[[str], None] = print) -> None:
+        self.write = write
+
+    def start(self, index: int, total: int, name: str, title: str) -> None:
+        """A step begins."""
+        self.write(f"[{index}/{total}] {title}")
+
+    def info(self, message: str) -> None:
+        """A line of detail inside a step."""
+        self.write(f"    {message}")
+
+    def done(self, result: StepResult) -> None:
+        """A step ended."""
+        self.write(f"    -> {result.status} ({result.seconds:.1f} s): {result.summary}")
+        for p in result.outputs:
+            self.write(f"       {p}")
+
+    def show_stats(self, data: dict[str, Any]) -> None:
+        """The stats step's numbers (a few lines here; the CLI shows its tables)."""
+        o = data["overall"]
+        pk = ", ".join(f"pass@{r['k']} {r['pass_at_k']:.3f}" for r in o["pass_at_k"] if r["pass_at_k"] is not None)
+        self.write(f"    {o['rollouts']} rollouts, {o['tasks']} tasks, mean reward {o['reward']['mean']:.3f}, {pk}")
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, float) and obj != obj:  # NaN
+        return None
+    return obj
+
+
+def fresh_out_dir(base: Path = DEFAULT_OUT) -> Path:
+    """`base` if it does not exist or is empty, else the first free `base-2`, `base-3`, ..."""
+    if not base.exists() or (base.is_dir() and not any(base.iterdir())):
+        return base
+    n = 2
+    while True:
+        cand = base.with_name(f"{base.name}-{n}")
+        if not cand.exists():
+            return cand
+        n += 1
+
+
+def prepare_out_dir(opts: DemoOptions) -> Path:
+    """The output directory to use (created); raises DemoError for an unusable one."""
+    if opts.out is None:
+        out = fresh_out_dir()
+    else:
+        out = opts.out
+        if out.exists() and not out.is_dir():
+            raise DemoError(f"--out {out} is a file, not a directory.")
+        if out.is_dir() and any(out.iterdir()):
+            if not opts.overwrite:
+                raise DemoError(f"--out {out} is not empty; pass --overwrite to replace it or choose another directory.")
+            if not (out / "demo.json").exists():
+                raise DemoError(f"--out {out} was not written by `gymverl demo` (no demo.json); refusing to delete it.")
+            import shutil
+
+            shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def check_data(data: Path) -> tuple[Path, Path]:
+    """The (tasks, rollouts) files of a demo data directory; raises DemoError when missing."""
+    rollouts, tasks = data / "rollouts.jsonl", data / "tasks.jsonl"
+    if not rollouts.is_file():
+        raise DemoError(
+            f"{rollouts}: sample rollouts not found; run the demo from a gymverl checkout or pass --data DIR."
+        )
+    return tasks, rollouts
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt while the demo runs, so cleanup code runs for both."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _BackgroundServers:
+    """NeMo Gym servers started in a thread (so the demo works meanwhile), always stopped."""
+
+    def __init__(self, servers: Any) -> None:
+        self.servers = servers
+        self.error: BaseException | None = None
+        self.started_at = time.monotonic()
+        self.ready_seconds: float | None = None
+        self._thread = threading.Thread(target=self._run, name="gymverl-demo-servers", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.servers.start()
+            self.ready_seconds = time.monotonic() - self.started_at
+        except BaseException as exc:  # reported by wait()
+            self.error = exc
+
+    def start(self) -> "_BackgroundServers":
+        self._thread.start()
+        return self
+
+    def wait(self, on_wait: Callable[[], None] | None = None) -> Any:
+        """Block until the servers are ready; re-raise the start error, if any."""
+        if self._thread.is_alive() and on_wait is not None:
+            on_wait()
+        while self._thread.is_alive():
+            self._thread.join(0.2)
+        if self.error is not None:
+            raise self.error
+        return self.servers
+
+    def stop(self) -> None:
+        """Stop everything ng_run started; safe to call while start() is still running, and twice."""
+        self.servers.stop()
+        # start() sees ng_run gone and returns (it stops again itself); then make sure.
+        self._thread.join(30)
+        self.servers.stop()
+
+
+class Demo:
+    """One demo run: the steps as methods, sharing paths and results."""
+
+    def __init__(self, opts: DemoOptions, reporter: Reporter, out: Path) -> None:
+        self.opts = opts
+        self.r = reporter
+        self.out = out
+        self.tasks, self.rollouts = check_data(opts.data)
+        self.report = DemoReport(out)
+        self.bg: _BackgroundServers | None = None
+        self.current = self.rollouts  # the rollouts later steps read (rescored ones once available)
+        self.sft_train: Path | None = None
+        self.sft_val: Path | None = None
+        self.model_dir: Path | None = None
+        self.index = 0
+
+    # ---- running steps -------------------------------------------------------------------------
+
+    def skipped(self, name: str) -> bool:
+        """True when the user skipped this step (rescore implies servers; train implies model)."""
+        s = self.opts.skip
+        return name in s or (name == "servers" and "rescore" in s) or (name == "model" and "train" in s)
+
+    def run_step(self, name: str, title: str, fn: Callable[[StepResult], None]) -> StepResult:
+        """Run one step, timing it and turning a missing part or an error into its status."""
+        self.index += 1
+        result = StepResult(name, title)
+        self.r.start(self.index, len(STEPS), name, title)
+        t0 = time.monotonic()
+        if self.skipped(name):
+            result.status, result.summary = SKIPPED, "skipped (--skip)"
+        else:
+            try:
+                fn(result)
+            except Unavailable as exc:
+                result.status, result.summary = UNAVAILABLE, str(exc)
+            except KeyboardInterrupt:
+                result.status, result.summary = FAILED, "interrupted"
+                result.seconds = time.monotonic() - t0
+                self.report.steps.append(result)
+                raise
+            except Exception as exc:  # a failed step is reported; later steps that need it are skipped
+                result.status = FAILED
+                result.summary = f"{type(exc).__name__}: {exc}".splitlines()[0][:400]
+                result.details.setdefault("error", str(exc)[-4000:])
+        result.seconds = time.monotonic() - t0
+        self.report.steps.append(result)
+        self.r.done(result)
+        return result
+
+    def blocked(self, result: StepResult, needs: str) -> bool:
+        """Mark `result` skipped when the step it needs did not succeed; True if so."""
+        dep = self.report.step(needs)
+        if dep is None or dep.status == OK:
+            return False
+        result.status = SKIPPED
+        result.summary = f"skipped: needs the {needs} step, which is {dep.status}"
+        return True
+
+    def run(self) -> DemoReport:
+        """Run every step in order; servers are stopped before this returns or raises."""
+        t0 = time.monotonic()
+        try:
+            self.run_step("servers", "Start NeMo Gym resources servers on 127.0.0.1", self.step_servers)
+            self.run_step("model", "Build a tiny local model + tokenizer (for the training step)", self.step_model)
+            self.run_step("validate", f"Validate {self.rollouts}", self.step_validate)
+            self.run_step("rescore", "Rescore the rollouts against NeMo Gym /verify", self.step_rescore)
+            self.stop_servers()
+            self.run_step("stats", "Reward statistics", self.step_stats)
+            self.run_step("parquet", "Convert to VeRL parquet (rl and sft)", self.step_parquet)
+            self.run_step("train", "Train offline on CPU: VeRL SFT trainer, tiny model", self.step_train)
+        except KeyboardInterrupt:
+            self.report.interrupted = True
+            raise
+        finally:
+            self.stop_servers()
+            self.report.seconds = time.monotonic() - t0
+            with contextlib.suppress(OSError):
+                (self.out / "demo.json").write_text(json.dumps(self.report.to_dict(), indent=2) + "\n")
+        return self.report
+
+    def stop_servers(self) -> None:
+        """Stop the NeMo Gym servers (and Ray) if this demo started them."""
+        if self.bg is not None:
+            bg, self.bg = self.bg, None
+            bg.stop()
+            self.r.info("NeMo Gym servers stopped")
+
+    # ---- steps ---------------------------------------------------------------------------------
+
+    def step_servers(self, res: StepResult) -> None:
+        """Start the resources servers the sample rollouts need, in the background."""
+        from gymverl.nemo_gym import start_resources_servers
+
+        names = sorted(set(DEMO_SERVERS.values()))
+        log = self.out / "logs" / "ng_run.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        servers = start_resources_servers(
+            names, env=self.opts.nemo_gym_env, log_path=log, startup_timeout=self.opts.server_timeout
+        )
+        self.bg = _BackgroundServers(servers).start()
+        res.summary = f"starting {', '.join(names)} via ng_run in the background (ready before rescoring)"
+        res.outputs = [log]
+        res.details = {"servers": names, "nemo_gym_env": str(servers.env), "log": log}
+
+    def step_model(self, res: StepResult) -> None:
+        """Build the tiny model used by the training step."""
+        from gymverl.tiny import build_tiny_model
+
+        out = self.out / "tiny-model"
+        texts = self.rollouts.read_text(encoding="utf-8").splitlines()
+        build_tiny_model(out, texts)
+        self.model_dir = out
+        import json as _json
+
+        cfg = _json.loads((out / "config.json").read_text())
+        res.summary = (
+            f"random Qwen2 ({cfg.get('num_hidden_layers')} layers, hidden {cfg.get('hidden_size')}, "
+            f"vocab {cfg.get('vocab_size')}) with a chat template"
+        )
+        res.outputs = [out]
+
+    def step_validate(self, res: StepResult) -> None:
+        """Validate the sample rollouts (a line-numbered report; rejects written to a file)."""
+        from gymverl.records import validate_file
+
+        rejects = self.out / "validate-rejects.jsonl"
+        summary = validate_file(self.rollouts, rejects=rejects)
+        data = summary.to_dict()
+        (self.out / "validate.json").write_text(json.dumps(data, indent=2) + "\n")
+        res.details = {"lines": summary.lines, "valid": summary.valid, "rejected": summary.rejected}
+        res.summary = (
+            f"{summary.lines} lines: {summary.valid} valid rollouts, {summary.rejected} rejected; "
+            f"{data['tasks']} tasks, {summary.incomplete} truncated responses"
+        )
+        res.outputs = [self.out / "validate.json"] + ([rejects] if summary.rejected else [])
+        if summary.rejected:
+            raise RuntimeError(f"{summary.rejected} sample rollouts are invalid (see {rejects})")
+
+    def step_rescore(self, res: StepResult) -> None:
+        """Rescore every rollout against its environment's /verify (routed by agent)."""
+        if self.blocked(res, "servers"):
+            return
+        assert self.bg is not None
+        bg = self.bg
+        servers = bg.wait(lambda: self.r.info("waiting for the NeMo Gym servers to be ready ..."))
+        urls = {agent: servers.url(name) for agent, name in DEMO_SERVERS.items()}
+        self.r.info(
+            f"servers ready after {bg.ready_seconds or 0:.0f} s: "
+            + ", ".join(f"{n} {servers.url(n)}" for n in sorted(set(DEMO_SERVERS.values())))
+        )
+        out = self.out / "rescored.jsonl"
+        failures = self.out / "rescore-failures.jsonl"
+        summary = _rescore(self.rollouts, out, failures, urls)
+        res.details = summary
+        res.outputs = [out] + ([failures] if summary.get("failed") else [])
+        res.summary = (
+            f"{summary['rows']} rollouts verified: {summary['changed']} rewards changed, "
+            f"mean reward {summary['mean_before']:.3f} -> {summary['mean_after']:.3f}, {summary['failed']} failures"
+        )
+        if summary.get("failed"):
+            raise RuntimeError(f"{summary['failed']} rollouts could not be verified (see {failures})")
+        self.current = out
+
+    def step_stats(self, res: StepResult) -> None:
+        """Statistics of the (rescored) rollouts, compared with the originals when rescored."""
+        from gymverl.stats import compare_stats, compute_stats, plot_stats
+
+        stats = compute_stats(self.current)
+        before = compute_stats(self.rollouts) if self.current != self.rollouts else None
+        data = stats.to_dict()
+        payload: dict[str, Any] = {"stats": data}
+        if before is not None:
+            payload["comparison"] = compare_stats(before, stats)
+        (self.out / "stats.json").write_text(json.dumps(_jsonable(payload), indent=2) + "\n")
+        png = self.out / "stats.png"
+        res.outputs = [self.out / "stats.json"]
+        try:
+            plot_stats(stats, png, against=before)
+            res.outputs.append(png)
+        except ImportError:
+            self.r.info("matplotlib is not installed: no stats.png (pip install 'gymverl[plot]')")
+        self.r.show_stats(data)
+        o = data["overall"]
+        p = {r["k"]: r["pass_at_k"] for r in o["pass_at_k"]}
+        res.details = {"pass_rate": o["pass_rate"], "pass_at_k": p, "mean_reward": o["reward"]["mean"]}
+        res.summary = (
+            f"{o['tasks']} tasks: pass@1 {p.get(1, 0):.3f}, pass@{max(p)} {p[max(p)]:.3f}; "
+            f"{o['tasks_all_solved']} all solved, {o['tasks_all_failed']} all failed"
+        ) if p else "no rollouts"
+
+    def step_parquet(self, res: StepResult) -> None:
+        """Convert to VeRL parquet: rl (one prompt per task) and sft (correct rollouts only)."""
+        out = self.out / "parquet"
+        done = _to_parquet(self.current, self.tasks, out, self.opts.val_fraction)
+        res.details = done
+        res.outputs = [Path(p) for fmt in done.values() for p in fmt.get("files", [])]
+        res.summary = "; ".join(
+            f"{fmt}: {d.get('train_rows', '?')} train + {d.get('val_rows', 0)} val rows" for fmt, d in done.items()
+        )
+        sft = done.get("sft", {})
+        self.sft_train = Path(sft["train"]) if sft.get("train") else None
+        self.sft_val = Path(sft["val"]) if sft.get("val") else None
+
+    def step_train(self, res: StepResult) -> None:
+        """A short CPU run of VeRL's SFT trainer on the sft parquet, with the tiny model."""
+        if self.blocked(res, "parquet") or self.blocked(res, "model"):
+            return
+        try:
+            from gymverl.train import TrainOptions, train_offline
+        except ImportError as exc:
+            raise Unavailable(f"gymverl.train is not available in this install ({exc})") from None
+        assert self.model_dir is not None and self.sft_train is not None
+        out = self.out / "train"
+        opts = TrainOptions(
+            train=self.sft_train,
+            model=str(self.model_dir),
+            out=out,
+            epochs=self.opts.train_epochs,
+            batch_size=self.opts.train_batch_size,
+            micro_batch_size=self.opts.train_batch_size,
+            max_length=self.opts.train_max_length,
+            device="cpu",
+            lr=1e-4,
+        )
+        self.r.info(f"VeRL log: {out / 'train.log'}")
+
+        def on_event(ev: Any) -> None:
+            if ev.kind == "step":
+                loss = ev.metrics.get("train/loss")
+                self.r.info(f"step {ev.step}: loss {loss:.4f}" if loss is not None else f"step {ev.step}")
+
+        result = train_offline(opts, on_event)
+        res.details = result.to_dict()
+        res.outputs = [out / "train.log"] + ([result.hf_model] if result.hf_model else [])
+        if result.returncode != 0:
+            tail = "\n".join(result.tail[-15:])
+            raise RuntimeError(f"VeRL exited with code {result.returncode}; last output:\n{tail}")
+        loss = (
+            f", loss {result.first_loss:.3f} -> {result.last_loss:.3f}"
+            if result.first_loss is not None and result.last_loss is not None
+            else ""
+        )
+        res.summary = f"{result.steps} steps in {result.wall_seconds:.0f} s{loss}; model exported to {result.hf_model}"
+
+
+# ---- adapters to the other gymverl parts -------------------------------------------------------
+
+
+def _rescore(rollouts: Path, out: Path, failures: Path, urls: dict[str, str]) -> dict[str, Any]:
+    """Rescore with gymverl.rescore; returns {rows, changed, failed, mean_before, mean_after}."""
+    try:
+        import gymverl.rescore as rescore  # noqa: F401
+    except ImportError as exc:
+        raise Unavailable(f"gymverl.rescore is not available in this install ({exc})") from None
+    raise Unavailable("gymverl.rescore has no library entry point the demo knows yet")
+
+
+def _to_parquet(rollouts: Path, tasks: Path, out: Path, val_fraction: float) -> dict[str, dict[str, Any]]:
+    """Write rl and sft parquet with gymverl's converter; returns per-format files and row counts."""
+    try:
+        import gymverl.select  # noqa: F401
+    except ImportError as exc:
+        raise Unavailable(f"gymverl's parquet converter is not available in this install ({exc})") from None
+    raise Unavailable("gymverl's parquet converter has no library entry point the demo knows yet")
+
+
+def run_demo(opts: DemoOptions, reporter: Reporter | None = None) -> DemoReport:
+    """Run the demo; raises DemoError for bad options, KeyboardInterrupt after cleanup on Ctrl-C."""
+    unknown = set(opts.skip) - set(SKIPPABLE)
+    if unknown:
+        raise DemoError(f"cannot skip {', '.join(sorted(unknown))}; steps that can be skipped: {', '.join(SKIPPABLE)}.")
+    check_data(opts.data)
+    out = prepare_out_dir(opts)
+    demo = Demo(opts, reporter or PlainReporter(), out)
+    with _sigterm_as_interrupt():
+        return demo.run()
+
+
+__all__ = [
+    "DEMO_SERVERS",
+    "DemoError",
+    "DemoOptions",
+    "DemoReport",
+    "PlainReporter",
+    "Reporter",
+    "STEPS",
+    "SKIPPABLE",
+    "StepResult",
+    "fresh_out_dir",
+    "run_demo",
+]
