@@ -81,14 +81,46 @@ def iter_lines(path: str | os.PathLike[str], max_line_bytes: int = DEFAULT_MAX_L
     if max_line_bytes < 1:
         raise InputError(f"the per-line size limit must be positive, got {max_line_bytes} bytes.")
     p = check_input_path(path)
+    first = min(max_line_bytes + 1, _CHUNK)
     number = 0
     try:
         with open_binary(p) as f:
             while True:
-                chunk = f.readline(max_line_bytes + 1)
+                chunk = f.readline(first)
                 if not chunk:
                     return
                 number += 1
+                if len(chunk) == first and not chunk.endswith(b"\n"):
+                    # A long line: read on in pieces, never more than the limit (+1 byte to know).
+                    pieces = [chunk]
+                    size = len(chunk)
+                    while size <= max_line_bytes:
+                        more = f.readline(min(_CHUNK, max_line_bytes + 1 - size))
+                        if not more:
+                            break
+                        pieces.append(more)
+                        size += len(more)
+                        if more.endswith(b"\n"):
+                            break
+                    if size > max_line_bytes and not pieces[-1].endswith(b"\n"):
+                        kept = pieces[0][:RAW_KEEP_BYTES]
+                        del pieces, chunk
+                        ended = False
+                        while True:  # skip the rest of the line, 1 MB at a time
+                            rest = f.readline(_CHUNK)
+                            if not rest:
+                                break
+                            if rest.endswith(b"\n"):
+                                size += len(rest) - 1
+                                ended = True
+                                break
+                            size += len(rest)
+                        yield Line(number, kept, size, oversize=True, unterminated=not ended)
+                        if not ended:
+                            return
+                        continue
+                    chunk = b"".join(pieces)
+                    del pieces
                 if number == 1 and chunk.startswith(_BOM):
                     # Some editors and Windows tools start UTF-8 files with a byte order mark.
                     chunk = chunk[len(_BOM) :]
@@ -97,26 +129,8 @@ def iter_lines(path: str | os.PathLike[str], max_line_bytes: int = DEFAULT_MAX_L
                 if chunk.endswith(b"\n"):
                     yield Line(number, chunk[:-1].rstrip(b"\r"), len(chunk) - 1)
                     continue
-                if len(chunk) <= max_line_bytes:
-                    yield Line(number, chunk, len(chunk), unterminated=True)
-                    return
-                # Oversize: skip to the end of the line without keeping it in memory.
-                size = len(chunk)
-                kept = chunk[:RAW_KEEP_BYTES]
-                del chunk
-                ended = False
-                while True:
-                    rest = f.readline(_CHUNK)
-                    if not rest:
-                        break
-                    if rest.endswith(b"\n"):
-                        size += len(rest) - 1
-                        ended = True
-                        break
-                    size += len(rest)
-                yield Line(number, kept, size, oversize=True, unterminated=not ended)
-                if not ended:
-                    return
+                yield Line(number, chunk, len(chunk), unterminated=True)
+                return
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
         # Only compressed input gets here: a cut or corrupt .gz cannot be read past this point.
         raise InputError(f"{p}: corrupt or truncated gzip data after line {number} ({exc}).") from None
