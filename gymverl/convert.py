@@ -1,0 +1,729 @@
+"""Rollouts (or NeMo Gym tasks) -> VeRL parquet: stream, select, build rows, write shards atomically.
+
+`convert(input, output, ConvertOptions(...)) -> ConvertSummary` is the library entry point behind
+`gymverl to-parquet` (and what `train-offline --from-rollouts` and the demo call).
+
+Memory stays constant in the input size:
+- formats whose rows depend on one rollout only (sft without task-level filters, rl from a tasks
+  file) stream straight from the input to the parquet writer;
+- task-level work (rl rows per task, dpo pairs, best-of-n, solved/unsolved, dedup) first spills
+  every valid rollout to temporary partition files by a hash of its task key (a small metadata
+  line and the ready-built row payload), then handles one partition at a time. A partition holds
+  roughly `partition_bytes` of input, so the working set does not grow with the file.
+Every input line ends up in exactly one bucket of the summary: a row, a selection rule, or a
+rejection with its line number and reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Callable, Iterator
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from gymverl.formats import FORMATS, FieldRules, RowError, data_source_of
+from gymverl.formats import dpo as dpo_fmt
+from gymverl.formats import rl as rl_fmt
+from gymverl.formats import sft as sft_fmt
+from gymverl.jsonl import DEFAULT_MAX_LINE_BYTES, RejectsWriter, check_input_path, read_jsonl
+from gymverl.records import Checked, is_incomplete, iter_checked, task_key
+from gymverl.select import (
+    RULES,
+    Member,
+    SelectOptions,
+    dedup_key,
+    needs_grouping,
+    pair_task,
+    record_status,
+    select_task,
+    split_of,
+    task_status,
+)
+
+SPLITS = ("train", "val")
+MAX_EXAMPLES = 20
+
+
+class ConvertError(Exception):
+    """A problem that stops the whole conversion (bad option combination, unreadable tokenizer, ...)."""
+
+
+@dataclass
+class ConvertOptions:
+    """Everything `convert` needs besides the paths; defaults match `gymverl to-parquet`."""
+
+    fmt: str = "sft"
+    select: SelectOptions = field(default_factory=SelectOptions)
+    tasks_path: str | os.PathLike[str] | None = None  # NeMo Gym tasks file: decides task fields
+    ground_truth_field: str | None = None
+    data_source: str | None = None  # default: the agent name, else the input file's stem
+    ability: str = "nemo_gym"
+    include_reasoning: bool = False
+    tokenizer: str | os.PathLike[str] | None = None  # needed by select.max_tokens
+    shard_size: int | None = None
+    dry_run: bool = False
+    rejects_path: str | os.PathLike[str] | None = None
+    input_kind: str = "auto"  # auto | rollouts | tasks
+    tmp_dir: str | os.PathLike[str] | None = None
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    partition_bytes: int = 32 * 1024 * 1024
+    batch_rows: int = 1000
+
+
+@dataclass
+class ConvertSummary:
+    """What a conversion did: every input line accounted for, rows and files per split."""
+
+    input: str
+    output: str
+    fmt: str
+    input_kind: str = "rollouts"
+    dry_run: bool = False
+    grouped: bool = False
+    lines: int = 0
+    valid: int = 0
+    rejected: int = 0
+    rejected_by_code: Counter[str] = field(default_factory=Counter)
+    rejections: list[dict[str, Any]] = field(default_factory=list)
+    filtered: Counter[str] = field(default_factory=Counter)  # rule -> input lines removed by it
+    kept_lines: int = 0  # input lines that went into a row
+    rows: Counter[str] = field(default_factory=Counter)  # split -> rows
+    tasks: int | None = None  # counted when rollouts are grouped by task
+    tasks_by_split: Counter[str] = field(default_factory=Counter)  # tasks with at least one row
+    tasks_dropped: Counter[str] = field(default_factory=Counter)  # reason -> tasks without rows
+    missing_ground_truth: int = 0
+    files: dict[str, list[str]] = field(default_factory=dict)
+    bytes_written: int = 0
+    seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+    def reject(self, line: int, code: str, reason: str) -> None:
+        """Count one rejected input line (keeping the first few as examples)."""
+        self.rejected += 1
+        self.rejected_by_code[code] += 1
+        if len(self.rejections) < MAX_EXAMPLES:
+            self.rejections.append({"line": line, "code": code, "reason": reason})
+
+    @property
+    def accounted(self) -> int:
+        """Lines in some bucket; equals `lines` after a finished run."""
+        return self.rejected + sum(self.filtered.values()) + self.kept_lines
+
+    def to_dict(self) -> dict[str, Any]:
+        """The summary as plain JSON-able data (`--json`)."""
+        return {
+            "input": self.input,
+            "output": self.output,
+            "format": self.fmt,
+            "input_kind": self.input_kind,
+            "dry_run": self.dry_run,
+            "lines": self.lines,
+            "valid": self.valid,
+            "rejected": self.rejected,
+            "rejected_by_reason": dict(self.rejected_by_code.most_common()),
+            "rejections": self.rejections,
+            "filtered": {k: self.filtered[k] for k in RULES if self.filtered.get(k)},
+            "kept_lines": self.kept_lines,
+            "rows": {s: self.rows.get(s, 0) for s in SPLITS},
+            "tasks": self.tasks,
+            "tasks_by_split": {s: self.tasks_by_split.get(s, 0) for s in SPLITS} if self.tasks is not None else None,
+            "tasks_dropped": dict(self.tasks_dropped),
+            "missing_ground_truth": self.missing_ground_truth,
+            "files": self.files,
+            "bytes_written": self.bytes_written,
+            "seconds": round(self.seconds, 3),
+            "lines_per_second": round(self.lines / self.seconds) if self.seconds > 0 else None,
+            "warnings": self.warnings,
+        }
+
+
+# ---- inputs ------------------------------------------------------------------------------------
+
+
+def detect_input_kind(path: str | os.PathLike[str], max_lines: int = 50) -> str:
+    """'rollouts' when the first JSON objects carry a `response`, 'tasks' when they only have the task input."""
+    for n, p in enumerate(read_jsonl(path)):
+        if n >= max_lines:
+            break
+        if p.ok and isinstance(p.obj, dict):
+            if "response" in p.obj:
+                return "rollouts"
+            if "responses_create_params" in p.obj:
+                return "tasks"
+    return "rollouts"
+
+
+def load_task_keys(path: str | os.PathLike[str]) -> tuple[frozenset[str], int]:
+    """The field names used by a NeMo Gym tasks file (minus NeMo Gym's own keys) and how many lines were unusable."""
+    from gymverl.records import ROLLOUT_KEYS
+
+    keys: set[str] = set()
+    bad = 0
+    for p in read_jsonl(check_input_path(path)):
+        if not p.ok or not isinstance(p.obj, dict):
+            bad += 1
+            continue
+        keys.update(k for k in p.obj if k not in ROLLOUT_KEYS and k != "responses_create_params")
+    return frozenset(keys), bad
+
+
+def _source_stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".gz", ".jsonl", ".json"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    return name or "nemo_gym"
+
+
+class TokenCounter:
+    """Counts chat-template tokens of a conversation with the user's tokenizer (for --max-tokens)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        try:
+            from transformers import AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+        except Exception as exc:  # noqa: BLE001 - any failure is one clear message
+            raise ConvertError(f"cannot load a tokenizer from {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ConvertError(f"the tokenizer in {path} has no chat template, so token lengths cannot be measured.")
+        self.object_arguments = sft_fmt.template_wants_object_arguments(self.tokenizer)
+
+    def count(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, *, generation_prompt: bool = False) -> int:
+        """Tokens of `messages` (and `tools`) rendered by the chat template."""
+        if self.object_arguments:
+            messages = sft_fmt.arguments_as_objects(messages)
+        ids = self.tokenizer.apply_chat_template(
+            messages, tools=tools or None, tokenize=True, add_generation_prompt=generation_prompt
+        )
+        if isinstance(ids, dict) or hasattr(ids, "keys"):
+            ids = ids["input_ids"]
+        return len(ids)
+
+
+# ---- output ------------------------------------------------------------------------------------
+
+
+class ParquetSink:
+    """Writes rows per split into parquet shards: temp files beside the output, renamed on `commit`.
+
+    `output` is a directory (files `train.parquet`, `val.parquet`, or `train-00000-of-00003.parquet`
+    ... with shards) or, with a single split, a `.parquet` file path.
+    """
+
+    def __init__(
+        self,
+        output: Path,
+        schema: pa.Schema,
+        *,
+        shard_size: int | None = None,
+        dry_run: bool = False,
+        batch_rows: int = 1000,
+    ) -> None:
+        self.output = output
+        self.schema = schema
+        self.shard_size = shard_size
+        self.dry_run = dry_run
+        self.batch_rows = batch_rows
+        self.single_file = output.suffix == ".parquet"
+        self.dir = output.parent if self.single_file else output
+        self.counts: Counter[str] = Counter()
+        self._buf: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
+        self._shards: dict[str, list[Path]] = {s: [] for s in SPLITS}
+        self._writer: dict[str, pq.ParquetWriter | None] = {s: None for s in SPLITS}
+        self._in_shard: Counter[str] = Counter()
+
+    def add(self, split: str, row: dict[str, Any]) -> None:
+        """Queue one row for `split`; its `extra_info.split` and `.index` are set here."""
+        if self.single_file and split != "train":
+            raise ConvertError("a validation split needs --output to be a directory, not a .parquet file.")
+        info = row["extra_info"]
+        info["split"] = split
+        info["index"] = self.counts[split]
+        self.counts[split] += 1
+        if self.dry_run:
+            return
+        buf = self._buf[split]
+        buf.append(row)
+        room = self.shard_size - self._in_shard[split] if self.shard_size else self.batch_rows
+        if len(buf) >= min(self.batch_rows, room):
+            self._flush(split)
+
+    def _flush(self, split: str) -> None:
+        buf = self._buf[split]
+        if not buf:
+            return
+        table = pa.Table.from_pylist(buf, schema=self.schema)
+        buf.clear()
+        w = self._writer[split]
+        if w is None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{split}-", suffix=".parquet.tmp", dir=self.dir)
+            os.close(fd)
+            self._shards[split].append(Path(tmp))
+            w = self._writer[split] = pq.ParquetWriter(tmp, self.schema, compression="zstd")
+        w.write_table(table)
+        self._in_shard[split] += table.num_rows
+        if self.shard_size and self._in_shard[split] >= self.shard_size:
+            w.close()
+            self._writer[split] = None
+            self._in_shard[split] = 0
+
+    def _final_names(self, split: str, n: int) -> list[Path]:
+        if self.single_file:
+            stem = self.output.name[: -len(".parquet")]
+            if self.shard_size:
+                return [self.dir / f"{stem}-{i:05d}-of-{n:05d}.parquet" for i in range(n)]
+            return [self.output]
+        if self.shard_size:
+            return [self.dir / f"{split}-{i:05d}-of-{n:05d}.parquet" for i in range(n)]
+        return [self.dir / f"{split}.parquet"]
+
+    def _stale(self, split: str) -> list[Path]:
+        """Earlier outputs of this split that the new files would not overwrite (old shard sets)."""
+        if not self.dir.is_dir():
+            return []
+        stem = self.output.name[: -len(".parquet")] if self.single_file else split
+        pat = re.compile(rf"^{re.escape(stem)}(-\d{{5}}-of-\d{{5}})?\.parquet$")
+        return [p for p in self.dir.iterdir() if pat.match(p.name)]
+
+    def commit(self) -> dict[str, list[str]]:
+        """Close every shard and move the temp files to their final names; returns split -> paths."""
+        files: dict[str, list[str]] = {}
+        if self.dry_run:
+            return files
+        for split in SPLITS:
+            self._flush(split)
+            if self._writer[split] is not None:
+                self._writer[split].close()  # type: ignore[union-attr]
+                self._writer[split] = None
+        for split in SPLITS:
+            tmps = self._shards[split]
+            if not tmps:
+                continue
+            finals = self._final_names(split, len(tmps))
+            keep = set(finals)
+            for old in self._stale(split):
+                if old not in keep:
+                    old.unlink()
+            for tmp, final in zip(tmps, finals):
+                os.replace(tmp, final)
+            files[split] = [str(p) for p in finals]
+            self._shards[split] = []
+        return files
+
+    def abort(self) -> None:
+        """Remove every temp file (after an error or interrupt); existing outputs stay as they were."""
+        for split in SPLITS:
+            w = self._writer[split]
+            if w is not None:
+                with contextlib.suppress(Exception):
+                    w.close()
+                self._writer[split] = None
+            for tmp in self._shards[split]:
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+            self._shards[split] = []
+
+
+# ---- the conversion ----------------------------------------------------------------------------
+
+SCHEMAS = {"sft": sft_fmt.SCHEMA, "rl": rl_fmt.SCHEMA, "dpo": dpo_fmt.SCHEMA}
+Progress = Callable[[int, int | None], None]  # (input bytes read, total bytes or None)
+
+
+@dataclass
+class _Ctx:
+    opts: ConvertOptions
+    rules: FieldRules
+    default_source: str
+    tasks_input: bool
+    summary: ConvertSummary
+    sink: ParquetSink
+    rejects: RejectsWriter
+    counter: TokenCounter | None
+
+    def reject(self, line: int, code: str, reason: str, raw: bytes) -> None:
+        self.summary.reject(line, code, reason)
+        self.rejects.add(line, code, reason, raw)
+
+
+def convert(
+    input_path: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    options: ConvertOptions | None = None,
+    *,
+    on_progress: Progress | None = None,
+) -> ConvertSummary:
+    """Convert a rollout (or, for rl, tasks) JSONL file to VeRL parquet under `output`; see module doc."""
+    opts = options or ConvertOptions()
+    started = time.perf_counter()
+    src = check_input_path(input_path)
+    out = Path(output)
+    if opts.fmt not in FORMATS:
+        raise ConvertError(f"unknown format {opts.fmt!r}; choose one of {', '.join(FORMATS)}.")
+    try:
+        opts.select.check()
+    except ValueError as exc:
+        raise ConvertError(str(exc)) from None
+    if opts.shard_size is not None and opts.shard_size < 1:
+        raise ConvertError("--shard-size must be at least 1.")
+    if out.suffix == ".parquet" and opts.select.val_fraction > 0:
+        raise ConvertError("with --val-fraction, --output must be a directory (train.parquet and val.parquet go into it).")
+    if out.exists() and not out.is_dir() and out.suffix != ".parquet":
+        raise ConvertError(f"{out}: exists and is not a directory.")
+    if opts.select.max_tokens is not None and not opts.tokenizer:
+        raise ConvertError("--max-tokens needs --tokenizer (a local Hugging Face tokenizer directory).")
+    kind = opts.input_kind if opts.input_kind != "auto" else detect_input_kind(src)
+    if kind not in ("rollouts", "tasks"):
+        raise ConvertError(f"unknown input kind {kind!r}; choose auto, rollouts or tasks.")
+    tasks_input = kind == "tasks"
+    if tasks_input and opts.fmt != "rl":
+        raise ConvertError(
+            f"{src} looks like a NeMo Gym tasks file (no 'response' in its lines): only --format rl converts tasks; "
+            "collect rollouts first for sft or dpo."
+        )
+    sel = opts.select
+    if opts.fmt == "rl":
+        unused = [n for n, v in (("--min-reward", sel.min_reward), ("--best-of-n", sel.best_of_n), ("--dedup", sel.dedup)) if v]
+        if unused:
+            raise ConvertError(f"{', '.join(unused)} select rollouts, but --format rl writes one row per task; use --drop-solved/--drop-unsolved.")
+    if tasks_input and (sel.drop_solved or sel.drop_unsolved):
+        raise ConvertError("--drop-solved/--drop-unsolved need rollouts with rewards, not a tasks file.")
+
+    task_keys = None
+    summary = ConvertSummary(str(src), str(out), opts.fmt, input_kind=kind, dry_run=opts.dry_run)
+    if opts.tasks_path is not None:
+        task_keys, bad = load_task_keys(opts.tasks_path)
+        if bad:
+            summary.warnings.append(f"{bad} lines of the tasks file {opts.tasks_path} are not JSON objects and were ignored.")
+    rules = FieldRules(task_keys=task_keys, ground_truth_field=opts.ground_truth_field)
+    counter = TokenCounter(opts.tokenizer) if sel.max_tokens is not None and opts.tokenizer else None
+    sink = ParquetSink(out, SCHEMAS[opts.fmt], shard_size=opts.shard_size, dry_run=opts.dry_run, batch_rows=opts.batch_rows)
+    summary.grouped = needs_grouping(opts.fmt, sel, tasks_input=tasks_input)
+    total = None if src.suffix == ".gz" else src.stat().st_size
+    try:
+        with RejectsWriter(opts.rejects_path) as rejects:
+            ctx = _Ctx(opts, rules, opts.data_source or _source_stem(src), tasks_input, summary, sink, rejects, counter)
+            lines = _lines_with_progress(src, tasks_input, opts.max_line_bytes, on_progress, total)
+            if summary.grouped:
+                _convert_grouped(ctx, lines, total)
+            else:
+                _convert_streaming(ctx, lines)
+        summary.files = sink.commit()
+    except BaseException:
+        sink.abort()
+        raise
+    summary.rows = Counter(sink.counts)
+    summary.bytes_written = sum(os.path.getsize(p) for ps in summary.files.values() for p in ps)
+    summary.seconds = time.perf_counter() - started
+    if summary.accounted != summary.lines:  # pragma: no cover - an internal bug, never user input
+        raise AssertionError(f"accounting mismatch: {summary.accounted} of {summary.lines} lines")
+    if opts.fmt == "rl" and summary.missing_ground_truth:
+        which = f"field {opts.ground_truth_field!r}" if opts.ground_truth_field else "expected-answer field"
+        summary.warnings.append(
+            f"{summary.missing_ground_truth} RL rows have no {which}; their reward_model.ground_truth is empty "
+            "(the NeMo Gym verifier still gets all task fields through extra_info.nemo_gym)."
+        )
+    if sum(summary.rows.values()) == 0:
+        summary.warnings.append("no rows were kept, so nothing was written.")
+    return summary
+
+
+def _lines_with_progress(
+    src: Path, tasks_input: bool, max_line_bytes: int, on_progress: Progress | None, total: int | None
+) -> Iterator[Checked]:
+    done = 0
+    every = 0
+    for c in iter_checked(src, tasks=tasks_input, max_line_bytes=max_line_bytes):
+        if on_progress is not None:
+            done += len(c.raw) + 1
+            every += 1
+            if every >= 2000:
+                on_progress(done, total)
+                every = 0
+        yield c
+    if on_progress is not None:
+        on_progress(total if total is not None else done, total)
+
+
+def _key_of(c: Checked, tasks_input: bool) -> str:
+    rec = c.record
+    assert rec is not None
+    if tasks_input and not isinstance(rec.get("_ng_task_index"), int):
+        # NeMo Gym numbers tasks by their row in the input file; using the same index keeps a task in
+        # the same split whether the tasks file or its rollouts are converted.
+        return task_key({**rec, "_ng_task_index": c.line - 1})
+    return task_key(rec)
+
+
+def _rl_row(ctx: _Ctx, rec: dict[str, Any], key: str, stats: tuple[int, float, float] | None) -> dict[str, Any]:
+    row, _ = rl_fmt.rl_row(
+        rec,
+        rules=ctx.rules,
+        data_source=ctx.opts.data_source or data_source_of(rec, ctx.default_source),
+        ability=ctx.opts.ability,
+        task_key=key,
+        stats=stats,
+    )
+    return row
+
+
+def _rl_too_long(ctx: _Ctx, row: dict[str, Any]) -> bool:
+    if ctx.counter is None or ctx.opts.select.max_tokens is None:
+        return False
+    return ctx.counter.count(row["prompt"], generation_prompt=True) > ctx.opts.select.max_tokens
+
+
+def _sft_payload(ctx: _Ctx, c: Checked, key: str) -> tuple[dict[str, Any] | None, str | None]:
+    """(row, None) for a kept rollout, (None, rule) when a per-rollout rule removes it; RowError when unusable."""
+    rec = c.record
+    assert rec is not None
+    status = record_status(float(rec["reward"]), is_incomplete(rec), ctx.opts.select)
+    if status:
+        return None, status
+    messages, tools = sft_fmt.conversation(rec, include_reasoning=ctx.opts.include_reasoning)
+    if ctx.counter is not None and ctx.counter.count(messages, tools) > (ctx.opts.select.max_tokens or 0):
+        return None, "max_tokens"
+    row = sft_fmt.sft_row(
+        rec,
+        data_source=ctx.opts.data_source or data_source_of(rec, ctx.default_source),
+        task_key=key,
+        line=c.line,
+        messages=messages,
+        tools=tools,
+    )
+    return row, None
+
+
+def _dpo_payload(ctx: _Ctx, c: Checked) -> tuple[dict[str, Any] | None, str | None]:
+    rec = c.record
+    assert rec is not None
+    status = record_status(float(rec["reward"]), is_incomplete(rec), ctx.opts.select)
+    if status:
+        return None, status
+    side = dpo_fmt.dpo_side(rec, include_reasoning=ctx.opts.include_reasoning)
+    if ctx.counter is not None:
+        from gymverl.messages import rollout_messages
+
+        if ctx.counter.count(rollout_messages(rec, include_reasoning=ctx.opts.include_reasoning)) > (ctx.opts.select.max_tokens or 0):
+            return None, "max_tokens"
+    side["data_source"] = ctx.opts.data_source or data_source_of(rec, ctx.default_source)
+    return side, None
+
+
+def _convert_streaming(ctx: _Ctx, lines: Iterator[Checked]) -> None:
+    """One pass, row by row: sft without task-level rules, or rl from a tasks file."""
+    s, sel = ctx.summary, ctx.opts.select
+    for c in lines:
+        s.lines += 1
+        if c.record is None:
+            ctx.reject(c.line, c.code or "unknown", c.reason or "", c.raw)
+            continue
+        s.valid += 1
+        key = _key_of(c, ctx.tasks_input)
+        split = split_of(key, sel.val_fraction, sel.split_seed)
+        try:
+            if ctx.opts.fmt == "rl":
+                row = _rl_row(ctx, c.record, key, None)
+                status = "max_tokens" if _rl_too_long(ctx, row) else None
+            else:
+                row, status = _sft_payload(ctx, c, key)  # type: ignore[assignment]
+        except RowError as exc:
+            ctx.reject(c.line, exc.code, exc.reason, c.raw)
+            continue
+        if status:
+            s.filtered[status] += 1
+            continue
+        s.kept_lines += 1
+        if ctx.opts.fmt == "rl":
+            s.tasks = (s.tasks or 0) + 1
+            s.tasks_by_split[split] += 1
+            if not row["reward_model"]["ground_truth"]:
+                s.missing_ground_truth += 1
+        ctx.sink.add(split, row)
+
+
+# ---- grouped conversion (spill to partitions) --------------------------------------------------
+
+
+class _Partitions:
+    """Per-partition files of (meta line, payload line) pairs, routed by a hash of the task key."""
+
+    def __init__(self, root: Path, n: int) -> None:
+        self.root = root
+        self.n = n
+        self._meta: list[IO[bytes]] = []
+        self._data: list[IO[bytes]] = []
+        for i in range(n):
+            self._meta.append(open(root / f"{i}.meta", "wb", buffering=256 * 1024))
+            self._data.append(open(root / f"{i}.data", "wb", buffering=256 * 1024))
+
+    def index(self, key: str) -> int:
+        if self.n == 1:
+            return 0
+        return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=4).digest(), "big") % self.n
+
+    def add(self, key: str, meta: list[Any], payload: Any) -> None:
+        i = self.index(key)
+        self._meta[i].write(orjson.dumps(meta) + b"\n")
+        self._data[i].write(orjson.dumps(payload) + b"\n")
+
+    def close(self) -> None:
+        for f in self._meta + self._data:
+            f.close()
+
+    def read(self, i: int) -> tuple[Path, Path]:
+        return self.root / f"{i}.meta", self.root / f"{i}.data"
+
+
+def _convert_grouped(ctx: _Ctx, lines: Iterator[Checked], total: int | None) -> None:
+    """Two passes: spill valid rollouts to task-hash partitions, then decide and write task by task."""
+    s, sel, fmt = ctx.summary, ctx.opts.select, ctx.opts.fmt
+    n_parts = 1 if not total else max(1, min(128, -(-total // ctx.opts.partition_bytes)))
+    if ctx.opts.tmp_dir is not None:
+        tmp_parent: Path | None = Path(ctx.opts.tmp_dir)
+    elif not ctx.opts.dry_run:
+        # Beside the output: the user sized that disk for this data; /tmp may be small.
+        tmp_parent = ctx.sink.dir
+    else:
+        tmp_parent = None
+    if tmp_parent is not None:
+        tmp_parent.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix=".gymverl-spill-", dir=tmp_parent))
+    try:
+        parts = _Partitions(root, n_parts)
+        try:
+            for c in lines:
+                s.lines += 1
+                if c.record is None:
+                    ctx.reject(c.line, c.code or "unknown", c.reason or "", c.raw)
+                    continue
+                rec = c.record
+                s.valid += 1
+                key = task_key(rec)
+                try:
+                    if fmt == "rl":
+                        payload: Any = _rl_row(ctx, rec, key, None)
+                        status = None
+                    elif fmt == "sft":
+                        payload, status = _sft_payload(ctx, c, key)
+                    else:
+                        payload, status = _dpo_payload(ctx, c)
+                except RowError as exc:
+                    ctx.reject(c.line, exc.code, exc.reason, c.raw)
+                    continue
+                dk = dedup_key(rec) if sel.dedup and status is None else None
+                parts.add(key, [key, c.line, float(rec["reward"]), status, dk], payload)
+        finally:
+            parts.close()
+        s.tasks = 0
+        for i in range(n_parts):
+            _finish_partition(ctx, *parts.read(i))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _finish_partition(ctx: _Ctx, meta_path: Path, data_path: Path) -> None:
+    s, sel, fmt = ctx.summary, ctx.opts.select, ctx.opts.fmt
+    groups: dict[str, list[Member]] = {}
+    with open(meta_path, "rb") as f:
+        for slot, raw in enumerate(f):
+            key, line, reward, status, dk = orjson.loads(raw)
+            groups.setdefault(key, []).append(Member(line, reward, status, dk, slot))
+    # Decide every task first, then fetch only the payloads that become rows.
+    plan: list[tuple[str, str, Any]] = []  # (task key, split, what to build)
+    needed: set[int] = set()
+    for key, members in groups.items():
+        s.tasks = (s.tasks or 0) + 1
+        split = split_of(key, sel.val_fraction, sel.split_seed)
+        if fmt == "rl":
+            verdict = task_status(members, sel)
+            if verdict:
+                s.filtered[verdict] += len(members)
+                s.tasks_dropped[verdict] += 1
+                continue
+            rewards = [m.reward for m in members]
+            stats = (len(rewards), sum(r >= sel.solved_threshold for r in rewards) / len(rewards), sum(rewards) / len(rewards))
+            plan.append((key, split, (members, stats)))
+            needed.add(members[0].slot)
+            continue
+        select_task(members, sel)
+        if fmt == "sft":
+            kept = [m for m in members if m.status is None]
+            for m in members:
+                if m.status is not None:
+                    s.filtered[m.status] += 1
+            if kept:
+                plan.append((key, split, kept))
+                needed.update(m.slot for m in kept)
+            else:
+                s.tasks_dropped[_drop_reason(members)] += 1
+        else:
+            pairs = pair_task(members, sel)
+            for m in members:
+                if m.status is not None:
+                    s.filtered[m.status] += 1
+            if pairs:
+                plan.append((key, split, pairs))
+                needed.update(m.slot for p in pairs for m in p)
+            else:
+                s.tasks_dropped[_drop_reason(members)] += 1
+    payloads: dict[int, Any] = {}
+    if needed:
+        with open(data_path, "rb") as f:
+            for slot, raw in enumerate(f):
+                if slot in needed:
+                    payloads[slot] = orjson.loads(raw)
+    for key, split, what in plan:
+        if fmt == "rl":
+            members, stats = what
+            row = payloads[members[0].slot]
+            if _rl_too_long(ctx, row):
+                s.filtered["max_tokens"] += len(members)
+                s.tasks_dropped["max_tokens"] += 1
+                continue
+            row["extra_info"]["n"], row["extra_info"]["pass_rate"], row["extra_info"]["mean_reward"] = stats
+            if not row["reward_model"]["ground_truth"]:
+                s.missing_ground_truth += 1
+            s.kept_lines += len(members)
+            ctx.sink.add(split, row)
+        elif fmt == "sft":
+            for m in what:
+                s.kept_lines += 1
+                ctx.sink.add(split, payloads[m.slot])
+        else:
+            for chosen, rejected in what:
+                s.kept_lines += 2
+                c, r = payloads[chosen.slot], payloads[rejected.slot]
+                ctx.sink.add(
+                    split,
+                    dpo_fmt.dpo_row(
+                        c,
+                        r,
+                        chosen_reward=chosen.reward,
+                        rejected_reward=rejected.reward,
+                        data_source=c["data_source"],
+                        task_key=key,
+                        chosen_line=chosen.line,
+                        rejected_line=rejected.line,
+                    ),
+                )
+        s.tasks_by_split[split] += 1
+
+
+def _drop_reason(members: list[Member]) -> str:
+    """Why a task produced no row: the rule that removed most of its rollouts."""
+    counts = Counter(m.status for m in members if m.status)
+    return counts.most_common(1)[0][0] if counts else "no rollouts"

@@ -1,0 +1,103 @@
+"""RL rows for VeRL's `RLHFDataset` (`verl.trainer.main_ppo`, GRPO/PPO): one row per task.
+
+Columns: `data_source`, `prompt` (the task input as chat messages), `ability`,
+`reward_model` {style: "rule", ground_truth: str}, `extra_info` {split, index, task_key, nemo_gym,
+n, pass_rate, mean_reward}. `extra_info.nemo_gym` is a JSON string of
+{"responses_create_params", "task", "agent_ref"}: everything `gymverl.reward.compute_score` needs
+to send a new answer to the task's NeMo Gym `/verify`. `n` / `pass_rate` / `mean_reward` describe
+the collected rollouts of the task (null when converting a tasks file), for curricula.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+
+from gymverl.formats import FieldRules, RowError, dumps_str
+from gymverl.messages import MessageError, prompt_messages
+
+SCHEMA = pa.schema(
+    [
+        pa.field("data_source", pa.string()),
+        pa.field(
+            "prompt",
+            pa.list_(pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())])),
+            nullable=False,
+        ),
+        pa.field("ability", pa.string()),
+        pa.field("reward_model", pa.struct([pa.field("style", pa.string()), pa.field("ground_truth", pa.string())])),
+        pa.field(
+            "extra_info",
+            pa.struct(
+                [
+                    pa.field("split", pa.string()),
+                    pa.field("index", pa.int64()),
+                    pa.field("task_key", pa.string()),
+                    pa.field("nemo_gym", pa.string()),
+                    pa.field("n", pa.int64()),
+                    pa.field("pass_rate", pa.float64()),
+                    pa.field("mean_reward", pa.float64()),
+                ]
+            ),
+        ),
+    ]
+)
+
+
+def rl_prompt(record: dict[str, Any]) -> list[dict[str, str]]:
+    """The task input as `{role, content}` messages (what VeRL's agent loop templates)."""
+    try:
+        messages = prompt_messages(record["responses_create_params"])
+    except MessageError as exc:
+        raise RowError("bad_messages", f"cannot convert the prompt to chat messages: {exc}") from None
+    out: list[dict[str, str]] = []
+    for m in messages:
+        # A prompt column holding tool calls would need struct fields that every other row then
+        # carries as nulls (the Arrow null-key trap), so such prompts are refused, not mangled.
+        if m.get("tool_calls") or m.get("role") == "tool":
+            raise RowError("prompt_has_tool_calls", "the task input contains tool calls, which an RL prompt row cannot hold")
+        out.append({"role": m["role"], "content": m.get("content") or ""})
+    if not out:
+        raise RowError("empty_prompt", "the task input has no messages")
+    return out
+
+
+def rl_row(
+    record: dict[str, Any],
+    *,
+    rules: FieldRules,
+    data_source: str,
+    ability: str,
+    task_key: str,
+    stats: tuple[int, float, float] | None = None,
+) -> tuple[dict[str, Any], bool]:
+    """One RL row for the task of `record` (split/index filled in by the writer) and whether it has a ground truth.
+
+    `stats` = (n rollouts, pass rate, mean reward) of the task's collected rollouts, if any.
+    """
+    prompt = rl_prompt(record)
+    fields = rules.task_fields(record)
+    gt = rules.ground_truth(fields)
+    nemo_gym = {
+        "responses_create_params": record["responses_create_params"],
+        "task": fields,
+        "agent_ref": record.get("agent_ref"),
+    }
+    n, pass_rate, mean_reward = stats if stats is not None else (None, None, None)
+    row = {
+        "data_source": data_source,
+        "prompt": prompt,
+        "ability": ability,
+        "reward_model": {"style": "rule", "ground_truth": gt if gt is not None else ""},
+        "extra_info": {
+            "split": None,
+            "index": None,
+            "task_key": task_key,
+            "nemo_gym": dumps_str(nemo_gym),
+            "n": n,
+            "pass_rate": pass_rate,
+            "mean_reward": mean_reward,
+        },
+    }
+    return row, gt is not None
