@@ -856,5 +856,178 @@ def demo(
         raise typer.Exit(EXIT_REJECTED)
 
 
+# ---- rescore -----------------------------------------------------------------------------------
+
+
+def render_rescore(d: dict[str, Any], show_tasks: int = 20) -> None:
+    """Render `RescoreSummary.to_dict()`: totals, per-task before/after, failures, rejections."""
+    t = Table(title=f"rescore: {d['input']} -> {d['output']}", show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column(justify="right")
+    t.add_row("lines", str(d["lines"]))
+    t.add_row("rescored", f"[green]{d['rescored']}[/]")
+    t.add_row("failed (not written)", f"[red]{d['failed']}[/]" if d["failed"] else "0")
+    t.add_row("rejected (invalid, not sent)", f"[red]{d['rejected']}[/]" if d["rejected"] else "0")
+    t.add_row("rewards changed", f"{d['changed']}  (up {d['went_up']}, down {d['went_down']})")
+    if d["mean_before"] is not None:
+        delta = d["mean_after"] - d["mean_before"]
+        color = "green" if delta > 1e-12 else ("red" if delta < -1e-12 else "")
+        ds = f"{delta:+.4f}"
+        t.add_row("mean reward before -> after", f"{d['mean_before']:.4f} -> {d['mean_after']:.4f}  " + (f"[{color}]{ds}[/]" if color else ds))
+    if d["tasks_joined"] or d["tasks_not_found"]:
+        t.add_row("task fields re-joined (--tasks)", f"{d['tasks_joined']} rows" + (f", [yellow]{d['tasks_not_found']} rows without a task[/]" if d["tasks_not_found"] else ""))
+        if d["added_fields"]:
+            t.add_row("fields added", ", ".join(f"{k} ({v})" for k, v in d["added_fields"].items()))
+    if d["resumed_from_line"]:
+        t.add_row("resumed after line", str(d["resumed_from_line"]))
+    if d["rows_per_second"]:
+        t.add_row("this run", f"{d['rows_this_run']} rows in {d['seconds']:.1f} s ({d['rows_per_second']:.0f} rows/s)")
+    if len(d["servers"]) > 1 or any(s["failed"] for s in d["servers"]):
+        t.add_row("requests per server", ", ".join(f"{s['url']}: {s['sent']}" + (f" ({s['failed']} failed)" if s["failed"] else "") for s in d["servers"]))
+    console.print(t)
+    tasks = d.get("per_task") or []
+    if tasks:
+        shown = sorted(tasks, key=lambda r: -abs(r["mean_after"] - r["mean_before"]))[:show_tasks]
+        shown.sort(key=lambda r: r["task"])
+        title = "per task" if len(tasks) <= show_tasks else f"per task ({show_tasks} most changed of {len(tasks)})"
+        pt = Table(title=title, title_justify="left")
+        pt.add_column("task", overflow="fold")
+        for col in ("rows", "mean before", "mean after", "delta", "rows changed"):
+            pt.add_column(col, justify="right")
+        for r in shown:
+            delta = r["mean_after"] - r["mean_before"]
+            color = "green" if delta > 1e-12 else ("red" if delta < -1e-12 else "")
+            ds = f"{delta:+.3f}"
+            pt.add_row(r["task"], str(r["n"]), f"{r['mean_before']:.3f}", f"{r['mean_after']:.3f}", f"[{color}]{ds}[/]" if color else ds, str(r["changed"]) if r["changed"] else "")
+        console.print(pt)
+    if d["failed"] or d["rejected"]:
+        f = Table(title=f"failures and rejections (all in {d['failures']})", title_justify="left")
+        f.add_column("line", justify="right")
+        f.add_column("kind")
+        f.add_column("reason")
+        f.add_column("attempts", justify="right")
+        for ex in d["examples"]:
+            f.add_row(str(ex["line"]), str(ex["kind"]), str(ex["error"] or ex["reason"]), str(ex["attempts"] or ""))
+        more = d["failed"] + d["rejected"] - len(d["examples"])
+        if more > 0:
+            f.add_row("…", "", f"{more} more in {d['failures']}", "")
+        console.print(f)
+        if d["failures_by_reason"]:
+            console.print("[red]failed by reason[/]: " + ", ".join(f"{k}: {v}" for k, v in d["failures_by_reason"].items()))
+        if d["rejected_by_reason"]:
+            console.print("[red]rejected by reason[/]: " + ", ".join(f"{k}: {v}" for k, v in d["rejected_by_reason"].items()))
+
+
+def _rescore_progress(path: Path) -> tuple[Any, Any]:
+    """A rich progress bar on stderr (terminal only) and its callback for `rescore_file`."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    if not err_console.is_terminal:
+        return None, None
+    size = path.stat().st_size if path.suffix != ".gz" else None
+    progress = Progress(
+        TextColumn("[bold]rescore[/]"), BarColumn(), TextColumn("{task.fields[rows]} rows"),
+        TextColumn("{task.fields[rate]} rows/s"), TextColumn("[red]{task.fields[bad]}[/]"),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=True,
+    )
+    task = progress.add_task("rescore", total=size, rows=0, rate="-", bad="")
+    start = [None]
+
+    def on_progress(summary: Any, done_bytes: int) -> None:
+        import time as _time
+
+        now = _time.monotonic()
+        if start[0] is None:
+            start[0] = (now, summary.rows_this_run)
+        t0, r0 = start[0]
+        rate = (summary.rows_this_run - r0) / (now - t0) if now > t0 else 0.0
+        bad = summary.failed + summary.rejected
+        progress.update(task, completed=done_bytes, rows=summary.lines, rate=f"{rate:.0f}", bad=f"{bad} failed" if bad else "")
+
+    return progress, on_progress
+
+
+@app.command()
+def rescore(
+    rollouts: Annotated[Path, typer.Argument(help="Rollout JSONL written by NeMo Gym (.jsonl or .jsonl.gz).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Write the rescored rollouts here (input order; old reward kept as reward_before).")],
+    server: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--server", "-s", envvar="GYMVERL_VERIFY_URL",
+            help="Resources server base URL (POST {URL}/verify). Repeat to load-balance; NAME=URL routes rows whose "
+            "agent_ref.name is or starts with NAME (e.g. math_with_judge=http://127.0.0.1:8001). Env: GYMVERL_VERIFY_URL.",
+        ),
+    ] = None,
+    failures: Annotated[
+        Optional[Path], typer.Option("--failures", help="Failure records (invalid rows and failed verifications) go here. Default: OUT stem + .failures.jsonl.")
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run into the same OUTPUT: skips lines already done, no duplicates, no gaps.")] = False,
+    tasks: Annotated[
+        Optional[Path], typer.Option("--tasks", help="NeMo Gym tasks JSONL: re-join task fields missing from rollouts (by _ng_task_index, else prompt hash).")
+    ] = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, help="Requests in flight at once (all servers together).")] = 32,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.001, help="Seconds per request attempt.")] = 60.0,
+    retries: Annotated[int, typer.Option("--retries", min=0, help="Retries per row on timeouts, connection errors, 429 and 5xx (exponential backoff with jitter).")] = 4,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when a suspicious share of rewards goes down (likely missing task fields).")] = False,
+    flip_threshold: Annotated[float, typer.Option("--flip-threshold", min=0.0, max=1.0, help="Warn when at least this share of rescored rewards went down.")] = 0.25,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Process at most this many more lines, then stop (resume later with --resume).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON (for scripts).")] = False,
+    show_tasks: Annotated[int, typer.Option("--show-tasks", help="Rows in the per-task before/after table (the most changed tasks).")] = 20,
+) -> None:
+    """Re-score rollouts against a live NeMo Gym /verify and write them with the new rewards.
+
+    A row whose verification finally fails (after retries) goes to the failures file with the reason and is never written with a made-up reward.
+
+    Exit code 0 all rows rescored; 1 some rows failed or were rejected, the run stopped early (resume with --resume), or --strict saw a suspicious reward flip; 2 usage error; 130 interrupted (resume with --resume).
+    """
+    from gymverl.rescore import RescoreError, rescore_file
+    from gymverl.verify import VerifyClient, VerifyConfigError
+
+    path = existing_file(rollouts)
+    if tasks is not None:
+        existing_file(tasks)
+    if not server:
+        fail("give at least one --server URL (or NAME=URL), or set GYMVERL_VERIFY_URL.")
+    specs = [s for spec in server for s in spec.split()]  # the env var may hold several, space-separated
+    try:
+        client = VerifyClient(specs, concurrency=concurrency, timeout=timeout, retries=retries)
+    except VerifyConfigError as exc:
+        fail(str(exc))
+    progress, on_progress = (None, None) if as_json else _rescore_progress(path)
+    try:
+        if progress is not None:
+            progress.start()
+        summary = rescore_file(
+            path, output, client=client, failures=failures, resume=resume, tasks=tasks,
+            flip_threshold=flip_threshold, limit=limit, on_progress=on_progress, handle_signals=True,
+        )
+    except (InputError, RescoreError) as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"{exc.filename or output}: {exc.strerror or exc}.")
+    finally:
+        if progress is not None:
+            progress.stop()
+    data = summary.to_dict()
+    warning = data["warning"]
+    if as_json:
+        print_json(data)
+    else:
+        render_rescore(data, show_tasks)
+        if summary.complete:
+            console.print(f"rescored rollouts written to [bold]{output}[/]" + (f"; failures in [bold]{summary.failures_path}[/]" if data["failed"] or data["rejected"] else ""))
+    if warning:
+        err_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
+    if summary.interrupted:
+        err_console.print(
+            f"[bold red]stopped:[/] {summary.interrupted}; {summary.lines} of the input lines are done. "
+            f"Continue with the same command plus --resume.", highlight=False,
+        )
+        raise typer.Exit(EXIT_INTERRUPTED if summary.interrupted.startswith(("interrupted", "terminated")) else EXIT_REJECTED)
+    if summary.failed or summary.rejected or summary.lines == 0 or (strict and warning):
+        raise typer.Exit(EXIT_REJECTED)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

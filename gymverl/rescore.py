@@ -1,0 +1,720 @@
+"""Re-score rollouts against a live NeMo Gym `/verify`: concurrent, retried, resumable, lossless.
+
+Every input line ends as exactly one of: an output row (the rollout with the verifier's new
+`reward`, the old one kept as `reward_before`, other verifier outputs updated) or a record in the
+failures file (a row that failed validation, or whose verification finally failed). A failure is
+never written as a reward.
+
+Both files are written in input order (a bounded reorder window holds rows that finish early), so
+the pair is always a prefix of the input. A checkpoint beside the output (`.<OUT>.rescore-state`)
+records, after both files are flushed, how many input lines are done and each file's size; a
+resumed run truncates the files to those sizes (dropping anything written after the last
+checkpoint) and continues with the next line: no duplicates, no gaps, order kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import orjson
+
+from gymverl.jsonl import RAW_KEEP_BYTES, InputError, JsonlWriter, check_input_path, iter_lines, parse_line
+from gymverl.records import (
+    RecordError,
+    agent_name,
+    check_record,
+    check_task,
+    iter_checked,
+    prompt_hash,
+    task_fields,
+    task_key,
+)
+from gymverl.verify import ECHO_KEYS, VerifyClient, VerifyResult, build_request, fetch_request_fields
+
+STATE_VERSION = 1
+TRANSIENT = frozenset({"timeout", "connection", "http_429", "http_5xx"})
+CHECKPOINT_SECONDS = 1.0
+
+
+class RescoreError(Exception):
+    """A problem that stops the whole run before it starts (one clear sentence)."""
+
+
+# ---- task join (--tasks) ------------------------------------------------------------------------
+
+
+class TaskIndex:
+    """NeMo Gym task rows, looked up by `_ng_task_index` (row position) or by prompt hash."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = str(path)
+        self.by_index: dict[int, dict[str, Any]] = {}
+        self.by_hash: dict[str, dict[str, Any]] = {}
+        self.rejected: list[tuple[int, str]] = []
+        for c in iter_checked(path, tasks=True):
+            if c.record is None:
+                self.rejected.append((c.line, c.reason or ""))
+                continue
+            self.by_index[c.line - 1] = c.record
+            self.by_hash.setdefault(prompt_hash(c.record), c.record)
+
+    def __len__(self) -> int:
+        return len(self.by_index)
+
+    def find(self, record: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The task a rollout came from: by task index when its prompt matches, else by prompt hash."""
+        h = prompt_hash(dict(record))
+        idx = record.get("_ng_task_index")
+        if isinstance(idx, int) and not isinstance(idx, bool):
+            task = self.by_index.get(idx)
+            if task is not None and prompt_hash(task) == h:
+                return task
+        return self.by_hash.get(h)
+
+    @staticmethod
+    def missing_fields(record: Mapping[str, Any], task: Mapping[str, Any]) -> dict[str, Any]:
+        """Task fields the rollout lacks (absent or null), to add to the /verify body and the row."""
+        return {k: v for k, v in task_fields(dict(task)).items() if record.get(k) is None and v is not None}
+
+
+# ---- summary ------------------------------------------------------------------------------------
+
+
+@dataclass
+class RescoreSummary:
+    """What a rescore run did (whole file, resumed parts included); `to_dict()` is the `--json`."""
+
+    input: str
+    output: str
+    failures_path: str
+    lines: int = 0
+    rescored: int = 0
+    failed: int = 0
+    rejected: int = 0
+    changed: int = 0
+    went_up: int = 0
+    went_down: int = 0
+    sum_before: float = 0.0
+    sum_after: float = 0.0
+    per_task: dict[str, list[float]] = field(default_factory=dict)  # task -> [n, sum before, sum after, changed]
+    failures_by_reason: Counter[str] = field(default_factory=Counter)
+    rejected_by_code: Counter[str] = field(default_factory=Counter)
+    examples: list[dict[str, Any]] = field(default_factory=list)  # first failures/rejections
+    joined_tasks: int = 0
+    unjoined: int = 0
+    added_fields: Counter[str] = field(default_factory=Counter)
+    null_echoed: Counter[str] = field(default_factory=Counter)
+    absent_accepted: Counter[str] = field(default_factory=Counter)
+    resumed_from: int = 0
+    complete: bool = False
+    interrupted: str | None = None
+    seconds: float = 0.0
+    rows_this_run: int = 0
+    servers: list[dict[str, Any]] = field(default_factory=list)
+    flip_threshold: float = 0.25
+    max_examples: int = 20
+
+    def add_ok(self, task: str, before: float | None, after: float) -> None:
+        """Fold one rescored row into the totals."""
+        self.lines += 1
+        self.rescored += 1
+        b = after if before is None else before
+        self.sum_before += b
+        self.sum_after += after
+        moved = abs(after - b) > 1e-9
+        if moved:
+            self.changed += 1
+            if after > b:
+                self.went_up += 1
+            else:
+                self.went_down += 1
+        t = self.per_task.get(task)
+        if t is None:
+            t = self.per_task[task] = [0, 0.0, 0.0, 0]
+        t[0] += 1
+        t[1] += b
+        t[2] += after
+        t[3] += moved
+
+    def add_failure(self, rec: Mapping[str, Any]) -> None:
+        """Fold one failures-file record into the totals."""
+        self.lines += 1
+        if rec.get("kind") == "invalid":
+            self.rejected += 1
+            self.rejected_by_code[str(rec.get("reason"))] += 1
+        else:
+            self.failed += 1
+            self.failures_by_reason[self._reason_label(rec)] += 1
+        if len(self.examples) < self.max_examples:
+            self.examples.append({k: rec.get(k) for k in ("line", "kind", "reason", "status", "error", "attempts")})
+
+    @staticmethod
+    def _reason_label(rec: Mapping[str, Any]) -> str:
+        status = rec.get("status")
+        reason = str(rec.get("reason"))
+        return f"{reason} ({status})" if status and reason.startswith("http") else reason
+
+    @property
+    def mean_before(self) -> float | None:
+        """Mean old reward over the rescored rows."""
+        return self.sum_before / self.rescored if self.rescored else None
+
+    @property
+    def mean_after(self) -> float | None:
+        """Mean new reward over the rescored rows."""
+        return self.sum_after / self.rescored if self.rescored else None
+
+    @property
+    def suspicious(self) -> bool:
+        """True when a suspicious share of rewards went down (a sign of missing task fields)."""
+        return self.rescored > 0 and self.went_down >= 2 and self.went_down / self.rescored >= self.flip_threshold
+
+    def likely_missing_fields(self) -> list[str]:
+        """Fields to look at when rewards flip: accepted by /verify but absent, then echoed as null."""
+        names = [k for k, _ in self.absent_accepted.most_common()]
+        names += [k for k, _ in self.null_echoed.most_common() if k not in names]
+        return names
+
+    def warning(self) -> str | None:
+        """The loud warning text when rewards flipped suspiciously, else None."""
+        if not self.suspicious:
+            return None
+        share = self.went_down / self.rescored
+        msg = (
+            f"{self.went_down} of {self.rescored} rewards went down ({share:.0%}); the rollouts may lack task "
+            "fields the verifier needs"
+        )
+        absent = [f"{k} (absent from {n} rows)" for k, n in self.absent_accepted.most_common(8)]
+        nulls = [f"{k} ({n} rows)" for k, n in self.null_echoed.most_common(8)]
+        if absent:
+            msg += f"; the server's /verify accepts fields these rows lack: {', '.join(absent)}"
+        if nulls:
+            msg += f"; the server answered null for: {', '.join(nulls)}"
+        msg += ". Re-join them from the NeMo Gym input file with --tasks TASKS.jsonl."
+        return msg
+
+    def to_dict(self, per_task: bool | None = None) -> dict[str, Any]:
+        """Plain JSON-able data."""
+        tasks = [
+            {"task": k, "n": int(v[0]), "mean_before": v[1] / v[0], "mean_after": v[2] / v[0], "changed": int(v[3])}
+            for k, v in self.per_task.items()
+        ]
+        include_tasks = per_task if per_task is not None else len(tasks) <= 1000
+        return {
+            "input": self.input,
+            "output": self.output,
+            "failures": self.failures_path,
+            "complete": self.complete,
+            "interrupted": self.interrupted,
+            "lines": self.lines,
+            "rescored": self.rescored,
+            "failed": self.failed,
+            "rejected": self.rejected,
+            "changed": self.changed,
+            "went_up": self.went_up,
+            "went_down": self.went_down,
+            "mean_before": self.mean_before,
+            "mean_after": self.mean_after,
+            "failures_by_reason": dict(self.failures_by_reason.most_common()),
+            "rejected_by_reason": dict(self.rejected_by_code.most_common()),
+            "examples": self.examples,
+            "tasks": len(tasks),
+            "per_task": tasks if include_tasks else None,
+            "tasks_joined": self.joined_tasks,
+            "tasks_not_found": self.unjoined,
+            "added_fields": dict(self.added_fields.most_common()),
+            "null_echoed": dict(self.null_echoed.most_common()),
+            "absent_accepted_fields": dict(self.absent_accepted.most_common()),
+            "warning": self.warning(),
+            "resumed_from_line": self.resumed_from,
+            "seconds": self.seconds,
+            "rows_this_run": self.rows_this_run,
+            "rows_per_second": self.rows_this_run / self.seconds if self.seconds > 0 else None,
+            "servers": self.servers,
+        }
+
+
+# ---- output rows --------------------------------------------------------------------------------
+
+
+def rescored_row(record: Mapping[str, Any], answer: Mapping[str, Any], added: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The rollout with the verifier's answer applied: new `reward`, old one as `reward_before`
+    (placed right after it), other verifier outputs updated; echoed request parts are ignored."""
+    out: dict[str, Any] = {}
+    for k, v in record.items():
+        if k == "reward_before":
+            continue
+        out[k] = v
+        if k == "reward":
+            out["reward_before"] = v
+    if added:
+        out.update(added)
+    for k, v in answer.items():
+        if k in ECHO_KEYS or (v is None and k not in out):
+            continue
+        out[k] = v
+    out["reward"] = answer["reward"]
+    return out
+
+
+def failure_record(line: int, record: Mapping[str, Any] | None, result: VerifyResult) -> dict[str, Any]:
+    """A failures-file record for a row whose verification failed."""
+    rec: dict[str, Any] = {"line": line, "kind": "verify"}
+    rec.update(result.failure())
+    if record is not None:
+        rec["task"] = task_key(dict(record))
+        rec["agent"] = agent_name(dict(record))
+        rec["reward_before"] = record.get("reward")
+    return rec
+
+
+def rejected_record(line: int, code: str, reason: str, raw: bytes) -> dict[str, Any]:
+    """A failures-file record for a line that is not a usable rollout (not sent)."""
+    rec: dict[str, Any] = {"line": line, "kind": "invalid", "reason": code, "status": None, "error": reason, "attempts": 0}
+    rec["raw"] = raw[:RAW_KEEP_BYTES].decode("utf-8", errors="replace")
+    if len(raw) > RAW_KEEP_BYTES or code == "line_too_long":
+        rec["raw_truncated"] = True
+    return rec
+
+
+# ---- checkpoint ---------------------------------------------------------------------------------
+
+
+def default_failures_path(output: str | os.PathLike[str]) -> Path:
+    """`out.jsonl` -> `out.failures.jsonl` (same folder)."""
+    p = Path(output)
+    name = p.name
+    for suffix in (".jsonl.gz", ".jsonl", ".json"):
+        if name.endswith(suffix):
+            return p.with_name(name[: -len(suffix)] + ".failures.jsonl")
+    return p.with_name(name + ".failures.jsonl")
+
+
+def state_path(output: str | os.PathLike[str]) -> Path:
+    """The checkpoint file beside `output`."""
+    p = Path(output)
+    return p.with_name(f".{p.name}.rescore-state")
+
+
+def input_fingerprint(path: Path) -> dict[str, Any]:
+    """Size and a hash of the first MB: enough to refuse resuming against a different input."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 20)
+    return {"path": str(path.resolve()), "size": path.stat().st_size, "head_sha1": hashlib.sha1(head).hexdigest()}
+
+
+def _write_state(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(orjson.dumps(state, option=orjson.OPT_INDENT_2))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_state(output: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The checkpoint of a previous run into `output`, if any."""
+    p = state_path(output)
+    if not p.exists():
+        return None
+    try:
+        state = orjson.loads(p.read_bytes())
+    except orjson.JSONDecodeError:
+        raise RescoreError(f"{p}: checkpoint is corrupt; delete it and the output to start over.") from None
+    if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+        raise RescoreError(f"{p}: checkpoint from another gymverl version; run without --resume to start over.")
+    return state
+
+
+# ---- the run ------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Pending:
+    line: int
+    record: dict[str, Any] | None = None
+    size: int = 0
+    out: dict[str, Any] | None = None  # output row when verified
+    fail: dict[str, Any] | None = None  # failures record otherwise
+    done: bool = False
+    transient: bool = False
+
+
+ProgressFn = Callable[[RescoreSummary, int], None]
+
+
+class _Run:
+    def __init__(
+        self,
+        input_path: Path,
+        output: Path,
+        failures: Path,
+        client: VerifyClient,
+        *,
+        resume: bool,
+        tasks: TaskIndex | None,
+        window: int,
+        max_failures_in_a_row: int,
+        flip_threshold: float,
+        on_progress: ProgressFn | None,
+        handle_signals: bool,
+        limit: int | None,
+    ) -> None:
+        self.input, self.output, self.failures_path, self.client = input_path, output, failures, client
+        self.resume, self.tasks, self.window = resume, tasks, window
+        self.max_failures_in_a_row = max_failures_in_a_row
+        self.on_progress, self.handle_signals, self.limit = on_progress, handle_signals, limit
+        self.summary = RescoreSummary(str(input_path), str(output), str(failures), flip_threshold=flip_threshold)
+        self.state_file = state_path(output)
+        self.pending: dict[int, _Pending] = {}
+        self.next_write = 1
+        self.bytes_done = 0
+        self.in_a_row = 0
+        self.stop_reason: str | None = None
+        self.stop = asyncio.Event()
+        self.advanced = asyncio.Event()
+        self._last_checkpoint = 0.0
+        self._last_progress = 0.0
+        self._accepted: dict[str, asyncio.Future[list[str] | None]] = {}
+        self._input_exhausted = False
+
+    # -- resume --------------------------------------------------------------------------------
+    def _prepare_files(self) -> tuple[int, int, int]:
+        """Decide where to start: (lines done, output bytes, failures bytes)."""
+        fp = input_fingerprint(self.input)
+        self.fingerprint = fp
+        state = read_state(self.output) if self.resume else None
+        if state is None:
+            if self.resume and (self.output.exists() and self.output.stat().st_size > 0):
+                raise RescoreError(
+                    f"{self.output} exists but has no rescore checkpoint to resume from; run without --resume to start over."
+                )
+            return 0, 0, 0
+        old = state.get("input", {})
+        if old.get("size") != fp["size"] or old.get("head_sha1") != fp["head_sha1"]:
+            raise RescoreError(
+                f"cannot resume: {self.input} is not the input the interrupted run used ({old.get('path')}); "
+                "run without --resume to start over."
+            )
+        out_bytes, fail_bytes = int(state["output_bytes"]), int(state["failures_bytes"])
+        for path, size in ((self.output, out_bytes), (self.failures_path, fail_bytes)):
+            have = path.stat().st_size if path.exists() else 0
+            if have < size:
+                raise RescoreError(f"cannot resume: {path} is shorter than the checkpoint says; run without --resume to start over.")
+        return int(state["lines_done"]), out_bytes, fail_bytes
+
+    def _replay(self, out_bytes: int, fail_bytes: int) -> None:
+        """Rebuild the summary of lines done by earlier runs from the output and failures files."""
+        s = self.summary
+        for path, size, add in (
+            (self.output, out_bytes, lambda r: s.add_ok(task_key(r), r.get("reward_before"), float(r["reward"]))),
+            (self.failures_path, fail_bytes, s.add_failure),
+        ):
+            if not size:
+                continue
+            with open(path, "rb") as f:
+                left = size
+                while left > 0:
+                    raw = f.readline(left)
+                    if not raw:
+                        break
+                    left -= len(raw)
+                    if raw.strip():
+                        add(orjson.loads(raw))
+
+    def _checkpoint(self, out: JsonlWriter, fails: JsonlWriter, *, complete: bool = False, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_checkpoint < CHECKPOINT_SECONDS:
+            return
+        self._last_checkpoint = now
+        for w in (out, fails):
+            w.flush()
+            assert w._f is not None
+            os.fsync(w._f.fileno())
+        _write_state(
+            self.state_file,
+            {
+                "version": STATE_VERSION,
+                "input": self.fingerprint,
+                "lines_done": self.next_write - 1,
+                "output_bytes": out._f.tell() if out._f else 0,
+                "failures_bytes": fails._f.tell() if fails._f else 0,
+                "complete": complete,
+                "servers": {"pool": self.client.pool, "routes": self.client.routes},
+            },
+        )
+
+    # -- main ----------------------------------------------------------------------------------
+    async def run(self) -> RescoreSummary:
+        start = time.monotonic()
+        done, out_bytes, fail_bytes = self._prepare_files()
+        self.summary.resumed_from = done
+        if done:
+            self._replay(out_bytes, fail_bytes)
+        for path, size in ((self.output, out_bytes), (self.failures_path, fail_bytes)):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "ab") as f:
+                f.truncate(size)  # drop anything written after the last checkpoint
+        self.next_write = done + 1
+        loop = asyncio.get_running_loop()
+        if self.handle_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self._interrupt, sig)
+        try:
+            with JsonlWriter(self.output, append=True) as out, JsonlWriter(self.failures_path, append=True) as fails:
+                self._out, self._fails = out, fails
+                self._checkpoint(out, fails, force=True)
+                await self.client.open()
+                queue: asyncio.Queue[_Pending | None] = asyncio.Queue(maxsize=self.client.concurrency * 2)
+                workers = [asyncio.create_task(self._worker(queue)) for _ in range(self.client.concurrency)]
+                producer = asyncio.create_task(self._produce(queue, done))
+                stopper = asyncio.create_task(self.stop.wait())
+                await asyncio.wait({producer, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                if not self.stop.is_set():
+                    await producer
+                    for _ in workers:
+                        await queue.put(None)
+                    finished = asyncio.gather(*workers)
+                    await asyncio.wait({finished, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                    if finished.done():
+                        finished.result()
+                for t in (producer, *workers, stopper):
+                    t.cancel()
+                await asyncio.gather(producer, *workers, stopper, return_exceptions=True)
+                if self.stop.is_set():
+                    self.summary.interrupted = self.stop_reason
+                    self._drain(final=False)
+                else:
+                    self._drain(final=True)
+                    self.summary.complete = self._input_exhausted and not self.pending
+                    if not self.summary.complete:
+                        self.summary.interrupted = f"stopped after {self.limit} rows (--limit)"
+                self._checkpoint(out, fails, complete=self.summary.complete, force=True)
+            if self.summary.complete and self.failures_path.exists() and self.failures_path.stat().st_size == 0:
+                self.failures_path.unlink()  # nothing failed: no empty failures file left behind
+        finally:
+            if self.handle_signals:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(sig)
+            await self.client.close()
+        self.summary.seconds = time.monotonic() - start
+        self.summary.servers = self.client.server_stats()
+        self._report_progress(force=True)
+        return self.summary
+
+    def _interrupt(self, sig: int) -> None:
+        self.stop_reason = "interrupted (Ctrl-C)" if sig == signal.SIGINT else "terminated (SIGTERM)"
+        self.stop.set()
+
+    async def _produce(self, queue: asyncio.Queue[_Pending | None], done: int) -> None:
+        taken = 0
+        for ln in iter_lines(self.input):
+            if ln.number <= done:
+                self.bytes_done += ln.size + 1
+                continue
+            if self.limit is not None and taken >= self.limit:
+                return
+            taken += 1
+            # Bound memory: never run more than `window` lines ahead of the oldest unwritten one.
+            while ln.number - self.next_write >= self.window:
+                self.advanced.clear()
+                await self.advanced.wait()
+            p = parse_line(ln)
+            item = _Pending(ln.number, size=ln.size + 1)
+            self.pending[ln.number] = item
+            if not p.ok:
+                item.fail, item.done = rejected_record(ln.number, p.code or "invalid", p.reason or "", p.raw), True
+                self._drain()
+                continue
+            try:
+                check_record(p.obj)
+            except RecordError as exc:
+                item.fail, item.done = rejected_record(ln.number, exc.code, exc.reason, p.raw), True
+                self._drain()
+                continue
+            item.record = p.obj
+            await queue.put(item)
+        self._input_exhausted = True
+
+    async def _worker(self, queue: asyncio.Queue[_Pending | None]) -> None:
+        while True:
+            item = await queue.get()
+            if item is None:
+                return
+            record = item.record
+            assert record is not None
+            added: dict[str, Any] = {}
+            if self.tasks is not None:
+                task = self.tasks.find(record)
+                if task is None:
+                    self.summary.unjoined += 1
+                else:
+                    self.summary.joined_tasks += 1
+                    added = TaskIndex.missing_fields(record, task)
+                    for k in added:
+                        self.summary.added_fields[k] += 1
+            body = build_request(record, added)
+            result = await self.client.verify_body(body, agent=agent_name(record))
+            if result.ok:
+                assert result.answer is not None
+                self.in_a_row = 0
+                item.out = rescored_row(record, result.answer, added)
+                before, after = record.get("reward"), result.answer["reward"]
+                if isinstance(before, (int, float)) and after < before:
+                    # Diagnose rewards that went down: nulls in the answer, fields the server takes but the row lacks.
+                    for k, v in result.answer.items():
+                        if v is None and body.get(k) is None and k not in ECHO_KEYS:
+                            self.summary.null_echoed[k] += 1
+                    await self._note_absent(result.server, body)
+            else:
+                item.fail = failure_record(item.line, record, result)
+                item.transient = result.reason in TRANSIENT
+                if item.transient:
+                    self.in_a_row += 1
+                    if self.in_a_row >= self.max_failures_in_a_row and not self.stop.is_set():
+                        self.stop_reason = (
+                            f"verifier unreachable: {self.in_a_row} rows in a row failed ({result.reason}: {result.error})"
+                        )
+                        self.stop.set()
+                else:
+                    self.in_a_row = 0
+            item.record = None  # free the row early; the output row holds what is needed
+            item.done = True
+            self._drain()
+
+    async def _note_absent(self, server: str | None, body: Mapping[str, Any]) -> None:
+        """Count task fields the server's /verify accepts that this row did not send (diagnostics)."""
+        if server is None:
+            return
+        fetch = self._accepted.get(server)
+        if fetch is None:
+            fetch = self._accepted[server] = asyncio.ensure_future(fetch_request_fields(server))
+        for k in await fetch or ():
+            if body.get(k) is None:
+                self.summary.absent_accepted[k] += 1
+
+    def _drain(self, final: bool = False) -> None:
+        """Write finished rows in input order. A run of transient failures is held back until a
+        later row succeeds (or the run ends normally), so that if the verifier went down and the
+        run stops, those rows are retried on --resume instead of being recorded as failures."""
+        out, fails = self._out, self._fails
+        wrote = False
+        while True:
+            item = self.pending.get(self.next_write)
+            if item is None or not item.done:
+                break
+            if item.transient and not final:
+                # Look ahead: is this streak followed by a finished non-transient row?
+                n = self.next_write
+                while (nxt := self.pending.get(n)) is not None and nxt.done and nxt.transient:
+                    n += 1
+                if nxt is None or not nxt.done:
+                    break
+            del self.pending[self.next_write]
+            if item.out is not None:
+                out.write(item.out)
+                o = item.out
+                self.summary.add_ok(task_key(o), o.get("reward_before"), float(o["reward"]))
+            else:
+                assert item.fail is not None
+                fails.write(item.fail)
+                self.summary.add_failure(item.fail)
+            self.summary.rows_this_run += 1
+            self.bytes_done += item.size
+            self.next_write += 1
+            wrote = True
+        if wrote:
+            self.advanced.set()
+            self._checkpoint(out, fails)
+            self._report_progress()
+
+    def _report_progress(self, force: bool = False) -> None:
+        if self.on_progress is None:
+            return
+        now = time.monotonic()
+        if force or now - self._last_progress >= 0.1:
+            self._last_progress = now
+            self.on_progress(self.summary, self.bytes_done)
+
+
+def rescore_file(
+    input_path: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    servers: list[str] | str | None = None,
+    *,
+    client: VerifyClient | None = None,
+    failures: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    tasks: str | os.PathLike[str] | TaskIndex | None = None,
+    concurrency: int | None = None,
+    timeout: float | None = None,
+    retries: int | None = None,
+    window: int | None = None,
+    max_failures_in_a_row: int | None = None,
+    flip_threshold: float = 0.25,
+    limit: int | None = None,
+    on_progress: ProgressFn | None = None,
+    handle_signals: bool = False,
+) -> RescoreSummary:
+    """Re-score a rollout file against NeMo Gym `/verify` servers (see the module docstring).
+
+    Raises InputError / RescoreError (one sentence) for problems found before any row is sent.
+    """
+    path = check_input_path(input_path)
+    out = Path(output)
+    if out.resolve() == path.resolve():
+        raise RescoreError("the output file must differ from the input file.")
+    fails = Path(failures) if failures is not None else default_failures_path(out)
+    if fails.resolve() in (out.resolve(), path.resolve()):
+        raise RescoreError("the failures file must differ from the input and output files.")
+    if client is None:
+        if not servers:
+            raise RescoreError("no verifier server given (use --server URL or NAME=URL).")
+        kw: dict[str, Any] = {}
+        if concurrency is not None:
+            kw["concurrency"] = concurrency
+        if timeout is not None:
+            kw["timeout"] = timeout
+        if retries is not None:
+            kw["retries"] = retries
+        client = VerifyClient([servers] if isinstance(servers, str) else list(servers), **kw)
+    task_index = TaskIndex(tasks) if tasks is not None and not isinstance(tasks, TaskIndex) else tasks
+    if task_index is not None and len(task_index) == 0:
+        raise RescoreError(f"{task_index.path}: no valid NeMo Gym task rows to join.")
+    run = _Run(
+        path,
+        out,
+        fails,
+        client,
+        resume=resume,
+        tasks=task_index,
+        window=window or max(1024, 16 * client.concurrency),
+        max_failures_in_a_row=max_failures_in_a_row or max(10, 2 * client.concurrency),
+        flip_threshold=flip_threshold,
+        on_progress=on_progress,
+        handle_signals=handle_signals,
+        limit=limit,
+    )
+    return asyncio.run(run.run())
+
+
+__all__ = [
+    "RescoreError",
+    "RescoreSummary",
+    "TaskIndex",
+    "default_failures_path",
+    "failure_record",
+    "read_state",
+    "rejected_record",
+    "rescore_file",
+    "rescored_row",
+    "state_path",
+]

@@ -1,0 +1,398 @@
+"""Async client for NeMo Gym's `POST /verify`: one connection pool, bounded concurrency, retries.
+
+Used by `gymverl rescore` and by the VeRL reward function (`gymverl.reward`). The rules:
+- Retry (exponential backoff with full jitter, `Retry-After` honoured) on timeouts, connection
+  errors, HTTP 429 and 5xx; never on other 4xx (a 422 means the request itself is wrong, so
+  sending it again cannot help); never on a 200 whose body is not a verify answer.
+- A request that finally fails becomes a `VerifyResult` with `ok=False` and the reason (status,
+  error text, attempts). Callers must never turn it into a reward.
+- Several servers: rows are routed by agent name (`NAME=URL`) and spread over a pool of URLs
+  (least requests in flight first), so one slow replica does not hold the others back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+import aiohttp
+import orjson
+
+from gymverl.records import agent_name
+
+DEFAULT_CONCURRENCY = 32  # a NeMo Gym resources server (one uvicorn worker) saturates well below this
+DEFAULT_TIMEOUT = 60.0
+DEFAULT_RETRIES = 4
+# Keys gymverl itself adds to a rescored row; never sent back to a verifier.
+GYMVERL_KEYS = frozenset({"reward_before"})
+# Keys of a /verify answer that echo the request rather than report on it.
+ECHO_KEYS = frozenset({"responses_create_params", "response"})
+_ERROR_TEXT_CHARS = 500
+
+
+class VerifyConfigError(ValueError):
+    """Bad client settings (e.g. an unusable server URL): one clear sentence."""
+
+
+@dataclass(slots=True)
+class VerifyResult:
+    """The outcome of one /verify call: `answer` (the server's JSON) when `ok`, else why it failed."""
+
+    ok: bool
+    answer: dict[str, Any] | None = None
+    reason: str | None = None  # failure class: timeout, connection, http_429, http_5xx, http_4xx, bad_response, no_server
+    status: int | None = None  # last HTTP status, if a response came back
+    error: str | None = None  # error text (server `detail`, exception message)
+    attempts: int = 0
+    server: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def reward(self) -> float | None:
+        """The verifier's reward (only when `ok`)."""
+        return float(self.answer["reward"]) if self.ok and self.answer is not None else None
+
+    def failure(self) -> dict[str, Any]:
+        """The failure as plain data (for a failures file)."""
+        return {
+            "reason": self.reason,
+            "status": self.status,
+            "error": self.error,
+            "attempts": self.attempts,
+            "server": self.server,
+        }
+
+
+def normalize_url(url: str) -> str:
+    """A server base URL without trailing `/` or `/verify`; raises VerifyConfigError when unusable."""
+    u = url.strip().rstrip("/")
+    if u.endswith("/verify"):
+        u = u[: -len("/verify")]
+    if not (u.startswith("http://") or u.startswith("https://")) or len(u.split("://", 1)[1]) == 0:
+        raise VerifyConfigError(f"server URL {url!r} must start with http:// or https:// (e.g. http://127.0.0.1:8000).")
+    return u
+
+
+def parse_servers(specs: Iterable[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """Split `URL` and `NAME=URL` specs (comma-separated lists allowed) into a default pool and routes."""
+    pool: list[str] = []
+    routes: dict[str, list[str]] = {}
+    for spec in specs:
+        for part in str(spec).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            name, sep, url = part.partition("=")
+            if sep and "://" not in name:
+                if not name:
+                    raise VerifyConfigError(f"server spec {part!r} has an empty name before '='.")
+                routes.setdefault(name.strip(), []).append(normalize_url(url))
+            else:
+                pool.append(normalize_url(part))
+    if not pool and not routes:
+        raise VerifyConfigError("no verifier server given (use --server URL or NAME=URL).")
+    return pool, routes
+
+
+def clean_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """`responses_create_params` without null-valued keys: older NeMo Gym writes explicit nulls that
+    the current server's pydantic models reject with HTTP 422 (e.g. `parallel_tool_calls: null`)."""
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def build_request(record: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The /verify body for a rollout: the row minus `reward` (and gymverl's own keys), null
+    optional fields dropped from `responses_create_params`, plus `extra` task fields. The row is
+    not modified."""
+    body = {k: v for k, v in record.items() if k != "reward" and k not in GYMVERL_KEYS}
+    rcp = body.get("responses_create_params")
+    if isinstance(rcp, dict):
+        body["responses_create_params"] = clean_params(rcp)
+    if extra:
+        body.update(extra)
+    return body
+
+
+def describe_error_body(data: bytes) -> str:
+    """Short text for an error response: FastAPI `detail` entries as `loc: msg`, else the body."""
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return data[:_ERROR_TEXT_CHARS].decode("utf-8", errors="replace").strip() or "(empty body)"
+    detail = obj.get("detail") if isinstance(obj, dict) else None
+    if isinstance(detail, list):
+        parts = []
+        for d in detail:
+            if isinstance(d, dict):
+                loc = ".".join(str(x) for x in d.get("loc", []) if x != "body")
+                parts.append(f"{loc}: {d.get('msg', '')}" if loc else str(d.get("msg", "")))
+            else:
+                parts.append(str(d))
+        text = "; ".join(parts)
+    elif detail is not None:
+        text = str(detail)
+    else:
+        text = data.decode("utf-8", errors="replace")
+    return text[:_ERROR_TEXT_CHARS]
+
+
+class _Retryable(Exception):
+    """Internal: one attempt failed in a way worth retrying."""
+
+    def __init__(self, reason: str, error: str, status: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(error)
+        self.reason, self.error, self.status, self.retry_after = reason, error, status, retry_after
+
+
+class _Final(Exception):
+    """Internal: one attempt failed in a way that retrying cannot fix."""
+
+    def __init__(self, reason: str, error: str, status: int | None = None) -> None:
+        super().__init__(error)
+        self.reason, self.error, self.status = reason, error, status
+
+
+@dataclass
+class _Server:
+    url: str
+    in_flight: int = 0
+    sent: int = 0
+    failed: int = 0
+
+
+@dataclass
+class VerifyClient:
+    """An async /verify client: `async with VerifyClient(["http://..."]) as c: await c.verify(row)`.
+
+    `servers` are `URL` or `NAME=URL` specs. A row goes to the servers named after its agent
+    (`agent_ref.name`; a name also matches agents it prefixes, so `math_with_judge=URL` serves
+    `math_with_judge_simple_agent`), else to the unnamed pool. Within a pool the server with the
+    fewest requests in flight gets the next one; a retry prefers another server.
+    """
+
+    servers: Iterable[str]
+    concurrency: int = DEFAULT_CONCURRENCY
+    timeout: float = DEFAULT_TIMEOUT
+    retries: int = DEFAULT_RETRIES
+    backoff: float = 0.5  # first retry waits up to this long (full jitter), doubling each time
+    max_backoff: float = 30.0
+    seed: int | None = None
+    pool: list[str] = field(init=False)
+    routes: dict[str, list[str]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise VerifyConfigError("concurrency must be at least 1.")
+        if not self.timeout > 0:
+            raise VerifyConfigError("timeout must be a positive number of seconds.")
+        if self.retries < 0:
+            raise VerifyConfigError("retries must be 0 or more.")
+        self.pool, self.routes = parse_servers(self.servers if not isinstance(self.servers, str) else [self.servers])
+        self._servers: dict[str, _Server] = {}
+        for url in itertools.chain(self.pool, *self.routes.values()):
+            self._servers.setdefault(url, _Server(url))
+        self._route_cache: dict[str | None, list[_Server] | None] = {}
+        self._rr = itertools.count()
+        self._rng = random.Random(self.seed)
+        self._session: aiohttp.ClientSession | None = None
+        self._sem: asyncio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+    async def open(self) -> "VerifyClient":
+        """Create the connection pool (bound to the running event loop)."""
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                limit=self.concurrency, limit_per_host=0, keepalive_timeout=30.0, ttl_dns_cache=300
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                timeout=aiohttp.ClientTimeout(total=None),
+                skip_auto_headers=("User-Agent",),
+            )
+            self._sem = asyncio.Semaphore(self.concurrency)
+            self._loop = asyncio.get_running_loop()
+        return self
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> "VerifyClient":
+        return await self.open()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    @property
+    def closed(self) -> bool:
+        """True when no pool is open."""
+        return self._session is None or self._session.closed
+
+    # ---- routing -------------------------------------------------------------------------------
+    def servers_for(self, agent: str | None) -> list[str] | None:
+        """The URLs a row of agent `agent` may go to (None: no server for it)."""
+        chosen = self._candidates(agent)
+        return [s.url for s in chosen] if chosen else None
+
+    def _candidates(self, agent: str | None) -> list[_Server] | None:
+        if agent in self._route_cache:
+            return self._route_cache[agent]
+        urls: list[str] | None = None
+        if agent is not None and self.routes:
+            if agent in self.routes:
+                urls = self.routes[agent]
+            else:
+                prefixes = [n for n in self.routes if agent.startswith(n)]
+                if prefixes:
+                    urls = self.routes[max(prefixes, key=len)]
+        if urls is None:
+            urls = self.pool or None
+        found = [self._servers[u] for u in urls] if urls else None
+        self._route_cache[agent] = found
+        return found
+
+    def _pick(self, candidates: list[_Server], avoid: _Server | None) -> _Server:
+        if len(candidates) == 1:
+            return candidates[0]
+        pool = [s for s in candidates if s is not avoid] or candidates
+        low = min(s.in_flight for s in pool)
+        best = [s for s in pool if s.in_flight == low]
+        return best[next(self._rr) % len(best)]
+
+    # ---- requests ------------------------------------------------------------------------------
+    async def verify(self, record: Mapping[str, Any], *, extra: Mapping[str, Any] | None = None) -> VerifyResult:
+        """Verify one rollout row (its body is built with `build_request`)."""
+        return await self.verify_body(build_request(record, extra), agent=agent_name(record))
+
+    async def verify_body(self, body: Mapping[str, Any] | bytes, *, agent: str | None = None) -> VerifyResult:
+        """POST an already-built body (dict or JSON bytes) to /verify, with retries; never raises for
+        server or network trouble, returns a failed VerifyResult instead."""
+        if self._session is None:
+            await self.open()
+        assert self._session is not None and self._sem is not None
+        candidates = self._candidates(agent)
+        if not candidates:
+            names = ", ".join(sorted(self.routes)) or "(none)"
+            return VerifyResult(False, reason="no_server", error=f"no --server for agent {agent!r} (routes: {names})")
+        data = body if isinstance(body, bytes) else orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY)
+        start = time.monotonic()
+        last: _Retryable | None = None
+        server: _Server | None = None
+        attempt = 0
+        async with self._sem:
+            while True:
+                attempt += 1
+                server = self._pick(candidates, server if last is not None else None)
+                server.in_flight += 1
+                server.sent += 1
+                try:
+                    answer = await self._attempt(server, data)
+                    return VerifyResult(True, answer, status=200, attempts=attempt, server=server.url, seconds=time.monotonic() - start)
+                except _Final as exc:
+                    server.failed += 1
+                    return VerifyResult(
+                        False, reason=exc.reason, status=exc.status, error=exc.error, attempts=attempt,
+                        server=server.url, seconds=time.monotonic() - start,
+                    )
+                except _Retryable as exc:
+                    server.failed += 1
+                    last = exc
+                finally:
+                    server.in_flight -= 1
+                if attempt > self.retries:
+                    return VerifyResult(
+                        False, reason=last.reason, status=last.status, error=last.error, attempts=attempt,
+                        server=server.url, seconds=time.monotonic() - start,
+                    )
+                await asyncio.sleep(self._delay(attempt, last.retry_after))
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        cap = min(self.max_backoff, self.backoff * (2 ** (attempt - 1)))
+        delay = self._rng.uniform(0, cap)  # full jitter: spreads a thundering herd of retries
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.max_backoff))
+        return delay
+
+    async def _attempt(self, server: _Server, data: bytes) -> dict[str, Any]:
+        assert self._session is not None
+        try:
+            async with self._session.post(
+                server.url + "/verify",
+                data=data,
+                headers={"Content-Type": "application/json"},
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+            ) as resp:
+                raw = await resp.read()
+                status = resp.status
+                retry_after = resp.headers.get("Retry-After")
+        except asyncio.TimeoutError:
+            raise _Retryable("timeout", f"no answer within {self.timeout:g} s") from None
+        except aiohttp.ClientResponseError as exc:  # e.g. malformed HTTP from the server
+            raise _Retryable("connection", f"{type(exc).__name__}: {exc.message}", exc.status or None) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise _Retryable("connection", f"{type(exc).__name__}: {exc}".rstrip(": ")) from None
+        if status == 200:
+            try:
+                answer = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                raise _Final("bad_response", f"HTTP 200 but the body is not JSON: {raw[:200]!r}", status) from None
+            reward = answer.get("reward") if isinstance(answer, dict) else None
+            if isinstance(reward, bool) or not isinstance(reward, (int, float)) or reward != reward:
+                raise _Final("bad_response", f"HTTP 200 but no numeric 'reward' in the answer: {raw[:200]!r}", status)
+            return answer
+        text = describe_error_body(raw)
+        if status == 429 or status >= 500:
+            ra: float | None = None
+            if retry_after:
+                try:
+                    ra = float(retry_after)
+                except ValueError:
+                    ra = None
+            raise _Retryable("http_429" if status == 429 else "http_5xx", f"HTTP {status}: {text}", status, ra)
+        raise _Final("http_4xx" if 400 <= status < 500 else "http_other", f"HTTP {status}: {text}", status)
+
+    def server_stats(self) -> list[dict[str, Any]]:
+        """Requests sent / failed per server URL (attempts, retries included)."""
+        return [{"url": s.url, "sent": s.sent, "failed": s.failed} for s in self._servers.values()]
+
+
+async def fetch_request_fields(session_or_url: str, timeout: float = 10.0) -> list[str] | None:
+    """The task fields a server's /verify accepts (from its FastAPI `/openapi.json`), or None."""
+    url = normalize_url(session_or_url) + "/openapi.json"
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s:
+            async with s.get(url) as resp:
+                if resp.status != 200:
+                    return None
+                spec = orjson.loads(await resp.read())
+        ref = spec["paths"]["/verify"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        if "$ref" in ref:
+            ref = spec["components"]["schemas"][ref["$ref"].rsplit("/", 1)[-1]]
+        return [k for k in ref.get("properties", {}) if k not in ECHO_KEYS]
+    except Exception:  # noqa: BLE001 - a diagnostic only; any server may lack the schema
+        return None
+
+
+__all__ = [
+    "DEFAULT_CONCURRENCY",
+    "DEFAULT_RETRIES",
+    "DEFAULT_TIMEOUT",
+    "ECHO_KEYS",
+    "VerifyClient",
+    "VerifyConfigError",
+    "VerifyResult",
+    "build_request",
+    "clean_params",
+    "describe_error_body",
+    "fetch_request_fields",
+    "normalize_url",
+    "parse_servers",
+]
