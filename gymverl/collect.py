@@ -1,0 +1,743 @@
+"""Collect rollouts with NeMo Gym's own collector, then check what it wrote.
+
+gymverl never re-implements rollout collection: it builds the argument list of the installed
+NeMo Gym's collector (`gym eval run --no-serve ...` where that exists, else the legacy
+`ng_collect_rollouts +key=value ...`; which one, and how each option is spelled, is read from the
+installed NeMo Gym, not assumed), runs it as a subprocess in its own process group, follows the
+growing output file for progress, forwards Ctrl-C, and validates the output line by line.
+
+Before starting it checks what would otherwise fail late: every task line is valid, the head
+server and each agent the tasks name are reachable, and an existing output is not silently lost
+(`overwrite=True` replaces it, `resume=True` continues it with NeMo Gym's own resume).
+
+The collector writes its output file itself, incrementally (that is what makes NeMo Gym's resume
+work and keeps partial output after a crash), so that file is not written atomically by gymverl.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import orjson
+
+from gymverl.jsonl import InputError, check_input_path
+from gymverl.nemo_gym import (
+    NemoGymError,
+    NemoGymServers,
+    find_env,
+    nemo_gym_version,
+    package_dir,
+    resources_server_config,
+    subprocess_env,
+)
+from gymverl.records import ValidationSummary, agent_name, iter_checked, validate_file
+
+DEFAULT_HEAD_URL = "http://127.0.0.1:11000"  # NeMo Gym's default head server address
+# Our option -> the `gym eval run` flag that carries it (checked against `gym eval run --help`).
+GYM_FLAGS = {
+    "agent": "--agent",
+    "input": "--input",
+    "output": "--output",
+    "limit": "--limit",
+    "num_repeats": "--num-repeats",
+    "concurrency": "--concurrency",
+    "resume": "--resume",
+}
+# Our option -> the RolloutCollectionConfig field that carries it in the legacy Hydra spelling.
+HYDRA_KEYS = {
+    "agent": "agent_name",
+    "input": "input_jsonl_fpath",
+    "output": "output_jsonl_fpath",
+    "limit": "limit",
+    "num_repeats": "num_repeats",
+    "concurrency": "num_samples_in_parallel",
+    "resume": "resume_from_cache",
+}
+EXIT_FAILED, EXIT_USAGE = 1, 2
+_EXC_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?([A-Z]\w*(?:Error|Exception|Exit)): (.+)$")
+_ARGPARSE_ERR = re.compile(r"^\S+(?: \S+)*: error: (.+)$")
+
+
+class CollectError(Exception):
+    """Collection cannot start or failed; `code` is the CLI exit code (2 usage, 1 failed/rejected)."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE, details: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.details = details or []
+
+
+# ---- which collector, and how it is spelled ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Collector:
+    """The installed NeMo Gym collector: base command, option spelling ("flags" or "hydra"), version."""
+
+    env: Path
+    command: tuple[str, ...]
+    style: str
+    options: dict[str, str]
+    version: str | None = None
+
+    def supports(self, option: str) -> bool:
+        """True when this collector has `option` (one of GYM_FLAGS' keys)."""
+        return option in self.options
+
+
+def _gym_flags(env: Path) -> dict[str, str] | None:
+    """The collection flags `gym eval run --help` lists, or None when there is no usable `gym eval run`."""
+    gym = env / "bin" / "gym"
+    if not gym.exists():
+        return None
+    try:
+        out = subprocess.run(
+            [str(gym), "eval", "run", "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=subprocess_env(env),
+            stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = out.stdout
+    if out.returncode != 0 or "--no-serve" not in text:
+        return None  # without --no-serve, `gym eval run` would start its own servers
+    found = {name: flag for name, flag in GYM_FLAGS.items() if re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", text)}
+    return found if {"input", "output"} <= found.keys() else None
+
+
+def _hydra_keys(env: Path) -> dict[str, str] | None:
+    """The legacy collector's config fields (RolloutCollectionConfig), read from the installed package."""
+    if not (env / "bin" / "ng_collect_rollouts").exists():
+        return None
+    probe = (
+        "import json\n"
+        "try:\n from nemo_gym.rollout_collection import RolloutCollectionConfig as C\n"
+        "except ImportError:\n from nemo_gym.cli.eval import RolloutCollectionConfig as C\n"
+        "print(json.dumps(sorted(C.model_fields)))\n"
+    )
+    try:
+        out = subprocess.run(
+            [str(env / "bin" / "python"), "-c", probe],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=subprocess_env(env),
+            stdin=subprocess.DEVNULL,
+        )
+        fields = set(orjson.loads(out.stdout.strip().splitlines()[-1])) if out.returncode == 0 else set()
+    except (OSError, subprocess.TimeoutExpired, IndexError, orjson.JSONDecodeError):
+        return None
+    found = {name: key for name, key in HYDRA_KEYS.items() if key in fields}
+    return found if {"input", "output"} <= found.keys() else None
+
+
+def detect_collector(env: Path) -> Collector:
+    """Find how the NeMo Gym in `env` collects rollouts: `gym eval run --no-serve`, else `ng_collect_rollouts`."""
+    version = nemo_gym_version(env)
+    flags = _gym_flags(env)
+    if flags is not None:
+        return Collector(env, (str(env / "bin" / "gym"), "eval", "run", "--no-serve"), "flags", flags, version)
+    keys = _hydra_keys(env)
+    if keys is not None:
+        return Collector(env, (str(env / "bin" / "ng_collect_rollouts"),), "hydra", keys, version)
+    raise CollectError(
+        f"no rollout collector found in the NeMo Gym at {env} (neither `gym eval run --no-serve` nor "
+        f"`ng_collect_rollouts` with an input/output option); is nemo-gym installed there?"
+    )
+
+
+def head_overrides(head_url: str) -> list[str]:
+    """Hydra overrides that point a NeMo Gym client at the head server `head_url`."""
+    u = urllib.parse.urlsplit(head_url if "://" in head_url else f"http://{head_url}")
+    if not u.hostname or not u.port:
+        raise CollectError(f"head server URL {head_url!r} needs a host and a port, e.g. {DEFAULT_HEAD_URL}.")
+    return [f"++head_server.host={u.hostname}", f"++head_server.port={u.port}"]
+
+
+def collector_argv(
+    collector: Collector,
+    *,
+    input: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    agent: str | None = None,
+    num_samples: int = 1,
+    limit: int | None = None,
+    concurrency: int | None = None,
+    resume: bool = False,
+    head_url: str = DEFAULT_HEAD_URL,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """The collector's command line as an argv list (never a shell string); `extra` goes last, unchanged."""
+    values: dict[str, Any] = {
+        "input": str(Path(input).resolve()),
+        "output": str(Path(output).resolve()),
+        "agent": agent,
+        "num_repeats": num_samples if num_samples != 1 else None,
+        "limit": limit,
+        "concurrency": concurrency,
+        "resume": True if resume else None,
+    }
+    argv = list(collector.command)
+    for name, value in values.items():
+        if value is None:
+            continue
+        if name not in collector.options:
+            raise CollectError(
+                f"the installed NeMo Gym ({collector.version or 'unknown version'}) has no collector option for "
+                f"{name.replace('_', '-')}; drop that option or upgrade nemo-gym."
+            )
+        opt = collector.options[name]
+        if collector.style == "flags":
+            argv += [opt] if value is True else [opt, str(value)]
+        else:
+            argv.append(f"+{opt}={'true' if value is True else value}")
+    return argv + head_overrides(head_url) + list(extra)
+
+
+# ---- preflight: tasks, output, servers ---------------------------------------------------------
+
+
+@dataclass
+class TaskCheck:
+    """What a pass over the tasks file found: tasks to run, agents they need, rejected lines."""
+
+    path: str
+    lines: int = 0
+    tasks: int = 0  # valid tasks among the first `limit` lines (what the collector will run)
+    agents: Counter[str] = field(default_factory=Counter)
+    missing_agent: list[int] = field(default_factory=list)
+    rejected: int = 0
+    rejections: list[dict[str, Any]] = field(default_factory=list)
+
+
+def check_tasks(
+    path: str | os.PathLike[str], *, limit: int | None = None, agent: str | None = None, max_examples: int = 20
+) -> TaskCheck:
+    """Stream the tasks file: every line must be a valid NeMo Gym task naming an agent (or `agent` given)."""
+    try:
+        p = check_input_path(path)
+    except InputError as exc:
+        raise CollectError(str(exc)) from None
+    if p.suffix == ".gz":
+        raise CollectError(f"{p}: NeMo Gym's collector reads plain JSONL; decompress it first (gunzip -k {p}).")
+    result = TaskCheck(str(p))
+    for c in iter_checked(p, tasks=True):
+        result.lines += 1
+        if c.record is None:
+            result.rejected += 1
+            if len(result.rejections) < max_examples:
+                result.rejections.append({"line": c.line, "code": c.code, "reason": c.reason})
+            continue
+        if limit is not None and c.line > limit:
+            continue  # checked, but the collector will not run it
+        name = agent_name(c.record) or agent
+        if name is None:
+            result.missing_agent.append(c.line)
+            continue
+        result.tasks += 1
+        result.agents[name] += 1
+    if result.rejected:
+        first = result.rejections[0]
+        raise CollectError(
+            f"{p}: {result.rejected} of {result.lines} lines are not valid NeMo Gym tasks "
+            f"(line {first['line']}: {first['reason']}); fix them before collecting.",
+            code=EXIT_FAILED,
+            details=result.rejections,
+        )
+    if result.missing_agent:
+        lines = ", ".join(map(str, result.missing_agent[:10])) + (" …" if len(result.missing_agent) > 10 else "")
+        raise CollectError(f"{p}: lines {lines} name no agent (`agent_ref`); pass --agent NAME.")
+    if result.lines == 0:
+        raise CollectError(f"{p}: file is empty (no tasks).")
+    return result
+
+
+def sidecar_paths(output: str | os.PathLike[str]) -> dict[str, Path]:
+    """Files NeMo Gym's collector writes beside `output`: materialized inputs, failures, aggregate metrics."""
+    out = Path(output)
+    return {
+        "materialized_inputs": out.with_name(out.stem + "_materialized_inputs.jsonl"),
+        "failures": out.with_name(out.stem + "_failures.jsonl"),
+        "aggregate_metrics": out.with_name(out.stem + "_aggregate_metrics.json"),
+    }
+
+
+def prepare_output(output: str | os.PathLike[str], *, overwrite: bool = False, resume: bool = False) -> None:
+    """Refuse to clobber an existing output unless told; on overwrite remove it and its sidecars."""
+    out = Path(output)
+    if overwrite and resume:
+        raise CollectError("--overwrite and --resume contradict each other; pass one.")
+    if out.exists() and out.is_dir():
+        raise CollectError(f"{out}: is a directory; give a file path for the rollouts.")
+    if not out.parent.exists():
+        raise CollectError(f"{out.parent}: no such directory for the output.")
+    if out.exists() and not (overwrite or resume):
+        raise CollectError(f"{out} already exists: pass --resume to continue that collection or --overwrite to replace it.")
+    if overwrite:
+        # NeMo Gym appends to its failures sidecar even on a fresh run: stale failures would be miscounted.
+        for p in [out, *sidecar_paths(out).values()]:
+            p.unlink(missing_ok=True)
+
+
+def _get(url: str, timeout: float) -> bytes:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - user-given server URL
+        return resp.read()
+
+
+def agent_config_hint(env: Path | None, agent: str) -> str | None:
+    """The shipped NeMo Gym config (path relative to the package) that defines `agent`, if any."""
+    if env is None:
+        return None
+    try:
+        root = package_dir(env)
+    except NemoGymError:
+        return None
+    pattern = re.compile(rf"^{re.escape(agent)}:\s*$", re.M)
+    for sub in ("resources_servers", "responses_api_agents", "environments", "benchmarks"):
+        # A server's own `<name>/configs/<name>.yaml` first: it is the one its README starts.
+        found = sorted((root / sub).glob("*/configs/*.yaml"), key=lambda c: (c.stem != c.parent.parent.name, str(c)))
+        for cfg in found + sorted((root / sub).glob("*/config.yaml")):
+            try:
+                if pattern.search(cfg.read_text(errors="replace")):
+                    return str(cfg.relative_to(root))
+            except OSError:
+                continue
+    return None
+
+
+def start_hint(env: Path | None, agents: Iterable[str]) -> str:
+    """The `ng_run` command that would start servers for `agents` (with a model server config)."""
+    configs = [c for c in dict.fromkeys(agent_config_hint(env, a) for a in agents) if c]
+    configs = configs or ["<resources server config>"]
+    configs.append("responses_api_models/openai_model/configs/openai_model.yaml")
+    return (
+        f'ng_run "+config_paths=[{",".join(configs)}]" +policy_base_url=<URL>/v1 +policy_api_key=<KEY> '
+        f"+policy_model_name=<MODEL> (from {package_dir(env) if env else 'the NeMo Gym package folder'})"
+    )
+
+
+def check_servers(head_url: str, agents: Iterable[str], *, env: Path | None = None, timeout: float = 5.0) -> dict[str, str]:
+    """Check the head server answers and every agent in `agents` runs and answers; return agent -> URL."""
+    import yaml
+
+    agents = sorted(set(agents))
+    base = head_url.rstrip("/")
+    try:
+        raw = _get(f"{base}/global_config_dict_yaml", timeout)
+        cfg = yaml.safe_load(orjson.loads(raw)) if raw.startswith(b'"') else yaml.safe_load(raw)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise CollectError(
+            f"no NeMo Gym head server answers at {base} ({reason}); start the servers first, e.g. "
+            f"{start_hint(env, agents)}, or pass --servers CONFIG to let gymverl start them."
+        ) from None
+    cfg = cfg if isinstance(cfg, dict) else {}
+    running = {k for k, v in cfg.items() if isinstance(v, dict) and "responses_api_agents" in v}
+    urls: dict[str, str] = {}
+    for name in agents:
+        if name not in running:
+            hint = agent_config_hint(env, name)
+            where = f" (defined in {hint})" if hint else ""
+            raise CollectError(
+                f"agent {name!r} is not running on the NeMo Gym servers at {base} "
+                f"(running agents: {', '.join(sorted(running)) or 'none'}); add its config{where} to ng_run's +config_paths."
+            )
+        inner = next(iter(cfg[name]["responses_api_agents"].values()), None) or {}
+        host, port = inner.get("host"), inner.get("port")
+        if not host or not port:
+            continue  # not started yet or an unusual config: the collector will report it
+        url = f"http://{host}:{port}"
+        try:
+            _get(url + "/", timeout)
+        except urllib.error.HTTPError:
+            pass  # it answered
+        except (urllib.error.URLError, OSError) as exc:
+            raise CollectError(
+                f"agent {name!r} is configured at {url} but does not answer ({getattr(exc, 'reason', exc)}); "
+                f"restart the NeMo Gym servers (ng_run)."
+            ) from None
+        urls[name] = url
+    return urls
+
+
+# ---- running the collector ---------------------------------------------------------------------
+
+
+class LineCounter:
+    """Counts the lines of a file another process appends to (survives it being removed and recreated)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.count = 0
+        self._offset = 0
+        self._ino: int | None = None
+
+    def update(self) -> int:
+        """Read what was appended since the last call; return the number of complete lines."""
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            self.count, self._offset, self._ino = 0, 0, None
+            return 0
+        if st.st_ino != self._ino or st.st_size < self._offset:
+            self.count, self._offset, self._ino = 0, 0, st.st_ino
+        if st.st_size > self._offset:
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                while chunk := f.read(1 << 20):
+                    self.count += chunk.count(b"\n")
+                    self._offset += len(chunk)
+        return self.count
+
+
+@dataclass
+class RunResult:
+    """How the collector process ended and what it had written."""
+
+    returncode: int | None
+    interrupted: bool
+    written: int
+    failed: int
+    seconds: float
+    reason: str | None = None
+
+
+def failure_reason(log_path: Path, max_bytes: int = 256 * 1024) -> str | None:
+    """The most telling error line in the collector's log (last exception or argparse error)."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(max(0, log_path.stat().st_size - max_bytes))
+            lines = f.read().decode("utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        s = line.strip()
+        m = _EXC_LINE.match(s) or _ARGPARSE_ERR.match(s)
+        if m:
+            return (f"{m.group(1)}: {m.group(2)}" if m.re is _EXC_LINE else m.group(1))[:500]
+    return None
+
+
+def _stop_group(proc: subprocess.Popen[bytes], grace: float) -> None:
+    """SIGINT the collector's process group (what Ctrl-C would do), then escalate if it lingers."""
+    for sig, wait in ((signal.SIGINT, grace), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def run_collector(
+    argv: Sequence[str],
+    *,
+    env: Path,
+    output: str | os.PathLike[str],
+    log_path: str | os.PathLike[str],
+    on_progress: Callable[[int, int], None] | None = None,
+    poll: float = 0.25,
+    grace: float = 15.0,
+) -> RunResult:
+    """Run the collector until it exits; report progress from the output file; Ctrl-C stops it cleanly."""
+    out = Path(output)
+    written, failures = LineCounter(out), LineCounter(sidecar_paths(out)["failures"])
+    log = Path(log_path)
+    start = time.monotonic()
+    interrupted = False
+    old_term = None
+    if threading.current_thread() is threading.main_thread():
+        # A SIGTERM to gymverl (a job scheduler) stops the collector the same way Ctrl-C does.
+        def _term(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt
+
+        old_term = signal.signal(signal.SIGTERM, _term)
+    try:
+        with open(log, "wb") as logf:
+            proc = subprocess.Popen(
+                list(argv),
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=subprocess_env(env),
+                start_new_session=True,  # our own group: Ctrl-C reaches gymverl, which forwards it once
+            )
+            try:
+                while proc.poll() is None:
+                    if on_progress is not None:
+                        on_progress(written.update(), failures.update())
+                    time.sleep(poll)
+            except KeyboardInterrupt:
+                interrupted = True
+                _stop_group(proc, grace)
+            finally:
+                if proc.poll() is None:  # any other exception: never leave the collector behind
+                    _stop_group(proc, grace)
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+    n, f = written.update(), failures.update()
+    if on_progress is not None:
+        on_progress(n, f)
+    rc = proc.returncode
+    return RunResult(rc, interrupted, n, f, time.monotonic() - start, None if rc == 0 else failure_reason(log))
+
+
+# ---- the whole collection ----------------------------------------------------------------------
+
+
+@dataclass
+class CollectResult:
+    """Outcome of `collect`: the run, the validation of its output, and a verdict with its exit code."""
+
+    output: str
+    log: str
+    argv: list[str]
+    expected: int
+    run: RunResult
+    validation: ValidationSummary | None
+    failures_path: str | None
+    ok: bool
+    code: int
+    message: str
+    servers: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able data for `--json`."""
+        return {
+            "ok": self.ok,
+            "exit_code": self.code,
+            "message": self.message,
+            "output": self.output,
+            "log": self.log,
+            "argv": self.argv,
+            "expected_rollouts": self.expected,
+            "written": self.run.written,
+            "failed_rollouts": self.run.failed,
+            "failures_file": self.failures_path,
+            "collector_exit_code": self.run.returncode,
+            "interrupted": self.run.interrupted,
+            "seconds": round(self.run.seconds, 3),
+            "validation": self.validation.to_dict() if self.validation else None,
+            "servers": self.servers,
+        }
+
+
+def expected_rollouts(tasks: TaskCheck, num_samples: int, output: Path, resume: bool) -> int:
+    """How many rollouts the collector should write in total (resume: what its materialized inputs list)."""
+    mat = sidecar_paths(output)["materialized_inputs"]
+    if resume and mat.exists() and output.exists():
+        with open(mat, "rb") as f:
+            return sum(1 for line in f if line.strip())
+    return tasks.tasks * num_samples
+
+
+def default_log_path(output: str | os.PathLike[str]) -> Path:
+    """Where the collector's own output goes: `<stem>_collect.log` beside the rollouts."""
+    out = Path(output)
+    return out.with_name(out.stem + "_collect.log")
+
+
+def resolve_server_configs(env: Path, configs: Sequence[str], policy_url: str | None, model_type: str) -> list[Path]:
+    """Config paths for ng_run: a bare name means that resources server's shipped config; adds a model
+    server config (`model_type`) when a policy URL is given and no config defines `policy_model`."""
+    root = package_dir(env)
+    paths: list[Path] = []
+    for c in configs:
+        for part in (p for p in c.split(",") if p):
+            p = Path(part)
+            if p.exists() or (root / p).exists():
+                paths.append(p.resolve() if p.exists() else root / p)
+            elif "/" not in part and not part.endswith((".yaml", ".yml")):
+                paths.append(resources_server_config(env, part))
+            else:
+                raise CollectError(f"NeMo Gym config not found: {part} (looked in . and {root}).")
+    if policy_url:
+        defines_policy = re.compile(r"^policy_model:\s*$", re.M)
+        if not any(defines_policy.search(p.read_text(errors="replace")) for p in paths):
+            model_cfg = root / "responses_api_models" / model_type / "configs" / f"{model_type}.yaml"
+            if not model_cfg.exists():
+                raise CollectError(f"unknown NeMo Gym model server type {model_type!r} (no {model_cfg}).")
+            paths.append(model_cfg)
+    return paths
+
+
+def collect(
+    input: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    agent: str | None = None,
+    num_samples: int = 1,
+    limit: int | None = None,
+    concurrency: int | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    head_url: str = DEFAULT_HEAD_URL,
+    servers: Sequence[str] = (),
+    policy_url: str | None = None,
+    policy_model: str = "policy",
+    policy_api_key: str = "dummy",
+    model_type: str = "openai_model",
+    nemo_gym_env: str | os.PathLike[str] | None = None,
+    extra: Sequence[str] = (),
+    log_path: str | os.PathLike[str] | None = None,
+    rejects: str | os.PathLike[str] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+    on_stage: Callable[[str, dict[str, Any]], None] | None = None,
+    server_startup_timeout: float = 600.0,
+) -> CollectResult:
+    """Check, run NeMo Gym's collector (starting `servers` for the duration if given), validate the output.
+
+    Raises CollectError (with `.code`) when it cannot start; otherwise returns a CollectResult whose
+    `code` is 0 (all expected rollouts written and valid), 1 (collector failed, rollouts missing,
+    failed or rejected) or 130 (interrupted).
+    """
+    stage = on_stage or (lambda name, info: None)
+    if num_samples < 1:
+        raise CollectError(f"--num-samples must be at least 1, got {num_samples}.")
+    if limit is not None and limit < 1:
+        raise CollectError(f"--limit must be at least 1, got {limit}.")
+    if concurrency is not None and concurrency < 1:
+        raise CollectError(f"--concurrency must be at least 1, got {concurrency}.")
+    try:
+        env = find_env(nemo_gym_env)
+    except NemoGymError as exc:
+        raise CollectError(str(exc)) from None
+    tasks = check_tasks(input, limit=limit, agent=agent)
+    stage("tasks", {"tasks": tasks.tasks, "lines": tasks.lines, "agents": dict(tasks.agents)})
+    out = Path(output).resolve()
+    prepare_output(out, overwrite=overwrite, resume=resume)
+    collector = detect_collector(env)
+    expected = expected_rollouts(tasks, num_samples, out, resume)
+    log = Path(log_path) if log_path else default_log_path(out)
+
+    with contextlib.ExitStack() as stack:
+        if servers:
+            configs = resolve_server_configs(env, servers, policy_url, model_type)
+            stage("servers", {"configs": [str(c) for c in configs]})
+            ng = NemoGymServers(
+                configs,
+                env=env,
+                policy_base_url=policy_url,
+                policy_model_name=policy_model,
+                policy_api_key=policy_api_key,
+                startup_timeout=server_startup_timeout,
+                log_path=log.with_name(log.stem.removesuffix("_collect") + "_servers.log"),
+            )
+            try:
+                stack.enter_context(ng)
+            except NemoGymError as exc:
+                raise CollectError(str(exc).split("\n", 1)[0] + f" (ng_run output: {ng.log_path})", code=EXIT_FAILED) from None
+            head_url = f"http://127.0.0.1:{ng.head_port}"
+        agent_urls = check_servers(head_url, tasks.agents, env=env)
+        argv = collector_argv(
+            collector,
+            input=tasks.path,
+            output=out,
+            agent=agent,
+            num_samples=num_samples,
+            limit=limit,
+            concurrency=concurrency,
+            resume=resume,
+            head_url=head_url,
+            extra=extra,
+        )
+        stage("collect", {"argv": argv, "expected": expected, "log": str(log), "agents": agent_urls})
+        run = run_collector(argv, env=env, output=out, log_path=log, on_progress=on_progress)
+        # Servers stop here (end of the with-block), before validation reads the file.
+
+    validation = None
+    if out.exists():
+        stage("validate", {"output": str(out)})
+        validation = validate_file(out, rejects=rejects)
+    fail_path = sidecar_paths(out)["failures"]
+    result = CollectResult(
+        output=str(out),
+        log=str(log),
+        argv=argv,
+        expected=expected,
+        run=run,
+        validation=validation,
+        failures_path=str(fail_path) if fail_path.exists() and run.failed else None,
+        ok=False,
+        code=EXIT_FAILED,
+        message="",
+        servers=agent_urls,
+    )
+    _verdict(result)
+    return result
+
+
+def _verdict(r: CollectResult) -> None:
+    """Set ok/code/message: one sentence a user can act on."""
+    v = r.validation
+    valid = v.valid if v else 0
+    rejected = v.rejected if v else 0
+    kept = f"{valid} valid rollouts of {r.expected} expected kept in {r.output}"
+    if r.run.interrupted:
+        r.code, r.message = 130, f"interrupted: {kept}; continue with --resume."
+        return
+    if r.run.returncode != 0:
+        why = f": {r.run.reason}" if r.run.reason else ""
+        r.message = (
+            f"NeMo Gym's collector failed (exit code {r.run.returncode}){why}; {kept}"
+            + ("; continue with --resume" if valid else "")
+            + f"; its log: {r.log}."
+        )
+        return
+    problems = []
+    if rejected:
+        problems.append(f"{rejected} lines rejected by validation")
+    if r.run.failed:
+        problems.append(f"{r.run.failed} rollouts failed (see {r.failures_path})")
+    if valid < r.expected and not r.run.failed:
+        problems.append(f"{r.expected - valid} rollouts missing")
+    if problems:
+        r.message = f"collection finished with problems: {', '.join(problems)}; {kept}."
+        return
+    r.ok, r.code = True, 0
+    r.message = f"collected {valid} rollouts ({len(v.rollouts_per_task) if v else 0} tasks) into {r.output}."
+
+
+__all__ = [
+    "DEFAULT_HEAD_URL",
+    "CollectError",
+    "CollectResult",
+    "Collector",
+    "LineCounter",
+    "RunResult",
+    "TaskCheck",
+    "agent_config_hint",
+    "check_servers",
+    "check_tasks",
+    "collect",
+    "collector_argv",
+    "default_log_path",
+    "detect_collector",
+    "expected_rollouts",
+    "failure_reason",
+    "head_overrides",
+    "prepare_output",
+    "resolve_server_configs",
+    "run_collector",
+    "sidecar_paths",
+]

@@ -1,0 +1,386 @@
+"""gymverl.collect without running servers: collector detection and argv, preflight checks,
+progress counting, Ctrl-C forwarding, and the CLI's messages and exit codes."""
+
+from __future__ import annotations
+
+import _thread
+import gzip
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from gymverl import collect as C
+from gymverl.cli import app
+from gymverl.nemo_gym import free_port, subprocess_env
+
+from conftest import SAMPLE_DATA
+from policy_server import SAMPLE_SCRIPT, PolicyServer, ScriptedPolicy
+
+TASKS = SAMPLE_DATA / "tasks.jsonl"
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def collector(nemo_gym_env: Path) -> C.Collector:
+    return C.detect_collector(nemo_gym_env)
+
+
+# ---- detection and argv ------------------------------------------------------------------------
+
+
+def test_detects_gym_eval_run_and_its_flags(collector: C.Collector) -> None:
+    assert collector.style == "flags"
+    assert collector.command[1:] == ("eval", "run", "--no-serve")
+    assert collector.options["num_repeats"] == "--num-repeats"
+    assert collector.options["concurrency"] == "--concurrency"
+    assert collector.version == "0.4.0"
+
+
+def test_legacy_hydra_keys_are_read_from_the_installed_package(nemo_gym_env: Path) -> None:
+    keys = C._hydra_keys(nemo_gym_env)
+    assert keys is not None
+    assert keys["num_repeats"] == "num_repeats"
+    assert keys["concurrency"] == "num_samples_in_parallel"
+    assert keys["resume"] == "resume_from_cache"
+
+
+def _gym_translation(env: Path, argv: list[str]) -> list[str]:
+    """The Hydra overrides NeMo Gym's own `gym` parser makes of our argv (no servers involved)."""
+    probe = (
+        "import json, sys\n"
+        "from nemo_gym.cli.main import build_parser, _merge_config_paths\n"
+        "args, rest = build_parser().parse_known_args(sys.argv[1:])\n"
+        "assert not [t for t in rest if t.startswith('-')], rest\n"
+        "print(json.dumps([t for f in args._command.flags for t in f.translate_to_hydra(args)] + rest))\n"
+    )
+    out = subprocess.run(
+        [str(env / "bin" / "python"), "-c", probe, *argv[1:]], capture_output=True, text=True, env=subprocess_env(env), timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_argv_means_what_we_intend_to_nemo_gyms_own_parser(collector: C.Collector, nemo_gym_env: Path, tmp_path: Path) -> None:
+    argv = C.collector_argv(
+        collector,
+        input=TASKS,
+        output=tmp_path / "out.jsonl",
+        agent="math_with_judge_simple_agent",
+        num_samples=4,
+        limit=3,
+        concurrency=2,
+        resume=True,
+        head_url="http://127.0.0.1:12345",
+        extra=["+responses_create_params.temperature=0.5"],
+    )
+    assert argv[0].endswith("/bin/gym")
+    tokens = _gym_translation(nemo_gym_env, argv)
+    assert f"+input_jsonl_fpath={TASKS.resolve()}" in tokens
+    assert f"+output_jsonl_fpath={tmp_path / 'out.jsonl'}" in tokens
+    for tok in (
+        "+agent_name=math_with_judge_simple_agent",
+        "+num_repeats=4",
+        "+limit=3",
+        "+num_samples_in_parallel=2",
+        "+resume_from_cache=true",
+        "++head_server.host=127.0.0.1",
+        "++head_server.port=12345",
+    ):
+        assert tok in tokens, (tok, tokens)
+    assert tokens[-1] == "+responses_create_params.temperature=0.5"  # pass-through, unchanged, last
+
+
+def test_defaults_leave_nemo_gym_defaults_alone(collector: C.Collector, tmp_path: Path) -> None:
+    argv = C.collector_argv(collector, input=TASKS, output=tmp_path / "o.jsonl")
+    assert not {"--num-repeats", "--limit", "--concurrency", "--resume", "--agent"} & set(argv)
+
+
+def test_hydra_style_argv(tmp_path: Path) -> None:
+    legacy = C.Collector(Path("/env"), ("/env/bin/ng_collect_rollouts",), "hydra", dict(C.HYDRA_KEYS), "0.2.0")
+    argv = C.collector_argv(legacy, input=TASKS, output=tmp_path / "o.jsonl", num_samples=8, resume=True, extra=["+x=1"])
+    assert argv[:3] == ["/env/bin/ng_collect_rollouts", f"+input_jsonl_fpath={TASKS.resolve()}", f"+output_jsonl_fpath={tmp_path / 'o.jsonl'}"]
+    assert "+num_repeats=8" in argv and "+resume_from_cache=true" in argv and argv[-1] == "+x=1"
+
+
+def test_missing_collector_option_is_a_clear_error(tmp_path: Path) -> None:
+    old = C.Collector(Path("/env"), ("ng_collect_rollouts",), "hydra", {"input": "input_jsonl_fpath", "output": "output_jsonl_fpath"}, "0.1")
+    with pytest.raises(C.CollectError, match="no collector option for num-repeats"):
+        C.collector_argv(old, input=TASKS, output=tmp_path / "o.jsonl", num_samples=4)
+
+
+def test_head_url_needs_host_and_port() -> None:
+    assert C.head_overrides("127.0.0.1:5") == ["++head_server.host=127.0.0.1", "++head_server.port=5"]
+    with pytest.raises(C.CollectError, match="needs a host and a port"):
+        C.head_overrides("http://localhost")
+
+
+# ---- preflight ---------------------------------------------------------------------------------
+
+
+def test_check_tasks_counts_tasks_and_agents() -> None:
+    t = C.check_tasks(TASKS)
+    assert (t.lines, t.tasks) == (5, 5)
+    assert t.agents == {"math_with_judge_simple_agent": 3, "xlam_fc_simple_agent": 2}
+    assert C.check_tasks(TASKS, limit=2).tasks == 2
+
+
+def test_bad_task_lines_are_reported_by_line(tmp_path: Path) -> None:
+    lines = TASKS.read_text().splitlines()
+    bad = tmp_path / "t.jsonl"
+    bad.write_text("\n".join([lines[0], '{"question": "no prompt"}', lines[1], "{not json", ""]) + "\n")
+    with pytest.raises(C.CollectError) as exc:
+        C.check_tasks(bad)
+    assert exc.value.code == 1
+    assert [d["line"] for d in exc.value.details] == [2, 4, 5]
+    assert "3 of 5 lines are not valid NeMo Gym tasks (line 2: missing required key 'responses_create_params')" in str(exc.value)
+
+
+def test_tasks_without_agent_need_agent_option(tmp_path: Path) -> None:
+    row = json.loads(TASKS.read_text().splitlines()[0])
+    del row["agent_ref"]
+    f = tmp_path / "t.jsonl"
+    f.write_text(json.dumps(row) + "\n")
+    with pytest.raises(C.CollectError, match="lines 1 name no agent .*--agent"):
+        C.check_tasks(f)
+    assert C.check_tasks(f, agent="a").agents == {"a": 1}
+
+
+def test_gz_and_empty_inputs_are_refused(tmp_path: Path) -> None:
+    gz = tmp_path / "t.jsonl.gz"
+    with gzip.open(gz, "wb") as f:
+        f.write(TASKS.read_bytes())
+    with pytest.raises(C.CollectError, match="decompress it first"):
+        C.check_tasks(gz)
+    empty = tmp_path / "e.jsonl"
+    empty.write_text("")
+    with pytest.raises(C.CollectError, match="file is empty"):
+        C.check_tasks(empty)
+    with pytest.raises(C.CollectError, match="no such file"):
+        C.check_tasks(tmp_path / "missing.jsonl")
+
+
+def test_existing_output_is_never_silently_overwritten(tmp_path: Path) -> None:
+    out = tmp_path / "r.jsonl"
+    out.write_text("old\n")
+    side = C.sidecar_paths(out)
+    side["failures"].write_text("stale failure\n")
+    with pytest.raises(C.CollectError, match="already exists: pass --resume .* or --overwrite"):
+        C.prepare_output(out)
+    C.prepare_output(out, resume=True)
+    assert out.read_text() == "old\n" and side["failures"].exists()
+    with pytest.raises(C.CollectError, match="contradict"):
+        C.prepare_output(out, overwrite=True, resume=True)
+    C.prepare_output(out, overwrite=True)
+    assert not out.exists() and not side["failures"].exists()
+
+
+class _FakeHead(BaseHTTPRequestHandler):
+    """Fault injection: a head server whose config lists an agent on a port nobody listens on."""
+
+    config: dict = {}
+
+    def do_GET(self) -> None:  # noqa: N802
+        body = json.dumps(json.dumps(self.config)).encode()  # NeMo Gym sends a JSON string holding YAML
+        self.send_response(200 if self.path == "/global_config_dict_yaml" else 404)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture()
+def fake_head():
+    dead = free_port()
+    _FakeHead.config = {
+        "head_server": {"host": "127.0.0.1", "port": 1},
+        "dead_agent": {"responses_api_agents": {"simple_agent": {"host": "127.0.0.1", "port": dead}}},
+    }
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _FakeHead)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_unreachable_head_names_the_ng_run_command(nemo_gym_env: Path) -> None:
+    with pytest.raises(C.CollectError) as exc:
+        C.check_servers(f"http://127.0.0.1:{free_port()}", ["math_with_judge_simple_agent"], env=nemo_gym_env)
+    msg = str(exc.value)
+    assert exc.value.code == 2 and "\n" not in msg
+    assert "no NeMo Gym head server answers" in msg and "ng_run" in msg
+    assert "resources_servers/math_with_judge/configs/math_with_judge.yaml" in msg and "--servers" in msg
+
+
+def test_agent_not_running_or_not_answering(fake_head: str, nemo_gym_env: Path) -> None:
+    with pytest.raises(C.CollectError, match=r"agent 'xlam_fc_simple_agent' is not running .*running agents: dead_agent.*xlam_fc.yaml"):
+        C.check_servers(fake_head, ["xlam_fc_simple_agent"], env=nemo_gym_env)
+    with pytest.raises(C.CollectError, match="agent 'dead_agent' is configured at http://127.0.0.1:\\d+ but does not answer"):
+        C.check_servers(fake_head, ["dead_agent"])
+
+
+# ---- progress, failure reasons, Ctrl-C ----------------------------------------------------------
+
+
+def test_line_counter_follows_appends_and_recreation(tmp_path: Path) -> None:
+    f = tmp_path / "grow.jsonl"
+    lc = C.LineCounter(f)
+    assert lc.update() == 0
+    f.write_bytes(b"a\nb\n")
+    assert lc.update() == 2
+    with open(f, "ab") as fh:
+        fh.write(b"c\npartial")
+    assert lc.update() == 3
+    f.unlink()
+    f.write_bytes(b"x\n")  # the collector removes the output and starts again
+    assert lc.update() == 1
+
+
+def test_failure_reason_picks_the_last_exception(tmp_path: Path) -> None:
+    log = tmp_path / "c.log"
+    log.write_text(
+        "Collecting rollouts: 10%\nTraceback (most recent call last):\n  File x\n"
+        "aiohttp.client_exceptions.ClientResponseError: 500, message='Internal Server Error', url='http://127.0.0.1:1/run'\n"
+    )
+    assert C.failure_reason(log) == "ClientResponseError: 500, message='Internal Server Error', url='http://127.0.0.1:1/run'"
+    log.write_text("usage: gym\ngym: error: unrecognized arguments: --bogus\n")
+    assert C.failure_reason(log) == "unrecognized arguments: --bogus"
+
+
+FAKE_COLLECTOR = r"""
+import signal, sys, time
+out, n, flag = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+def stop(sig, frame):
+    open(flag, "w").write("SIGINT")
+    sys.exit(130)
+signal.signal(signal.SIGINT, stop)
+for i in range(n):
+    with open(out, "a") as f:
+        f.write('{"i": %d}\n' % i)
+    time.sleep(0.2)
+sys.exit(3)
+"""
+
+
+def test_run_collector_reports_progress_and_crash(tmp_path: Path, nemo_gym_env: Path) -> None:
+    """Fault injection: a stand-in collector that writes 3 lines then dies with exit code 3."""
+    script = tmp_path / "fake.py"
+    script.write_text(FAKE_COLLECTOR)
+    out = tmp_path / "o.jsonl"
+    seen: list[int] = []
+    r = C.run_collector(
+        [sys.executable, str(script), str(out), "3", str(tmp_path / "flag")],
+        env=nemo_gym_env,
+        output=out,
+        log_path=tmp_path / "log",
+        on_progress=lambda w, f: seen.append(w),
+        poll=0.05,
+    )
+    assert (r.returncode, r.interrupted, r.written) == (3, False, 3)
+    assert seen == sorted(seen) and seen[-1] == 3 and 0 < len(set(seen))
+
+
+def test_ctrl_c_is_forwarded_to_the_collector_once(tmp_path: Path, nemo_gym_env: Path) -> None:
+    script = tmp_path / "fake.py"
+    script.write_text(FAKE_COLLECTOR)
+    out, flag = tmp_path / "o.jsonl", tmp_path / "flag"
+    threading.Timer(1.0, _thread.interrupt_main).start()  # Ctrl-C arrives as KeyboardInterrupt in gymverl
+    t0 = time.monotonic()
+    r = C.run_collector(
+        [sys.executable, str(script), str(out), "1000", str(flag)], env=nemo_gym_env, output=out, log_path=tmp_path / "log", poll=0.05
+    )
+    assert r.interrupted and r.returncode == 130
+    assert flag.read_text() == "SIGINT"  # the collector got SIGINT and shut down by itself
+    assert 0 < r.written < 1000 and time.monotonic() - t0 < 10
+
+
+# ---- the policy server (unit level; the e2e tests drive it through NeMo Gym) --------------------
+
+
+def _post(url: str, body: dict) -> dict:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.load(resp)
+
+
+def test_policy_server_speaks_both_apis_deterministically() -> None:
+    weather = SAMPLE_SCRIPT[3]
+    with PolicyServer(ScriptedPolicy()) as ps:
+        args = []
+        for _ in range(4):
+            r = _post(ps.base_url + "/responses", {"input": [{"role": "user", "content": weather["match"]}]})
+            (call,) = r["output"]
+            assert call["type"] == "function_call"
+            args.append(json.loads(call["arguments"]))
+        assert args == [a["tool_call"]["arguments"] for a in weather["answers"]]
+        follow = _post(
+            ps.base_url + "/responses",
+            {"input": [{"role": "user", "content": weather["match"]}, call, {"type": "function_call_output", "call_id": call["call_id"], "output": "{}"}]},
+        )
+        assert follow["output"][0]["content"][0]["text"] == weather["answers"][3]["then"]
+        chat = _post(ps.base_url + "/chat/completions", {"messages": [{"role": "user", "content": SAMPLE_SCRIPT[0]["match"]}]})
+        assert chat["choices"][0]["message"]["content"] == SAMPLE_SCRIPT[0]["answers"][0]["text"]
+        ps.policy.fail_after = ps.policy.requests
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            _post(ps.base_url + "/responses", {"input": "x"})
+        assert exc.value.code == 400
+
+
+# ---- CLI ---------------------------------------------------------------------------------------
+
+
+def _invoke(*args: str):
+    return runner.invoke(app, ["collect", *args])
+
+
+def test_cli_missing_servers_is_exit_2_without_traceback(tmp_path: Path) -> None:
+    res = _invoke("-i", str(TASKS), "-o", str(tmp_path / "o.jsonl"), "--head-url", f"http://127.0.0.1:{free_port()}")
+    assert res.exit_code == 2, res.output
+    assert "no NeMo Gym head server answers" in res.output and "ng_run" in res.output
+    assert "Traceback" not in res.output and not (tmp_path / "o.jsonl").exists()
+
+
+def test_cli_bad_task_line_is_exit_1_with_line_numbers(tmp_path: Path) -> None:
+    bad = tmp_path / "t.jsonl"
+    bad.write_text(TASKS.read_text() + '{"responses_create_params": {"input": 3}}\n')
+    res = _invoke("-i", str(bad), "-o", str(tmp_path / "o.jsonl"))
+    assert res.exit_code == 1, res.output
+    assert "6" in res.output and "'responses_create_params.input' must be a string or an array" in res.output
+    assert "Traceback" not in res.output
+
+
+def test_cli_existing_output_and_bad_options(tmp_path: Path) -> None:
+    out = tmp_path / "o.jsonl"
+    out.write_text("{}\n")
+    res = _invoke("-i", str(TASKS), "-o", str(out))
+    assert res.exit_code == 2 and "--overwrite" in res.output
+    assert out.read_text() == "{}\n"
+    res = _invoke("-i", str(TASKS), "-o", str(tmp_path / "x.jsonl"), "-n", "0")
+    assert res.exit_code == 2 and "--num-samples must be at least 1" in res.output
+    res = _invoke("-i", str(TASKS), "-o", str(tmp_path / "x.jsonl"), "--bogus")
+    assert res.exit_code == 2 and "No such option" in res.output
+
+
+def test_cli_missing_nemo_gym_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GYMVERL_NEMO_GYM_ENV", str(tmp_path / "nowhere"))
+    res = _invoke("-i", str(TASKS), "-o", str(tmp_path / "o.jsonl"))
+    assert res.exit_code == 2 and "NeMo Gym not found" in res.output
+    res = _invoke("-i", str(TASKS), "-o", str(tmp_path / "o.jsonl"), "--nemo-gym-env", str(tmp_path / "elsewhere"))
+    assert res.exit_code == 2 and "elsewhere" in res.output
+
+
+def test_cli_json_error(tmp_path: Path) -> None:
+    res = _invoke("-i", str(tmp_path / "missing.jsonl"), "-o", str(tmp_path / "o.jsonl"), "--json")
+    assert res.exit_code == 2
+    data = json.loads(res.stdout)
+    assert data["ok"] is False and "no such file" in data["message"]
