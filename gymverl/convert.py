@@ -86,7 +86,7 @@ class ConvertSummary:
     """What a conversion did: every input line accounted for, rows and files per split."""
 
     input: str
-    output: str
+    output: str | None
     fmt: str
     input_kind: str = "rollouts"
     dry_run: bool = False
@@ -361,16 +361,21 @@ class _Ctx:
 
 def convert(
     input_path: str | os.PathLike[str],
-    output: str | os.PathLike[str],
+    output: str | os.PathLike[str] | None,
     options: ConvertOptions | None = None,
     *,
     on_progress: Progress | None = None,
 ) -> ConvertSummary:
-    """Convert a rollout (or, for rl, tasks) JSONL file to VeRL parquet under `output`; see module doc."""
+    """Convert a rollout (or, for rl, tasks) JSONL file to VeRL parquet under `output`; see module doc.
+
+    `output` may be None only with `options.dry_run` (nothing is written then anyway).
+    """
     opts = options or ConvertOptions()
     started = time.perf_counter()
     src = check_input_path(input_path)
-    out = Path(output)
+    if output is None and not opts.dry_run:
+        raise ConvertError("an output directory is needed unless this is a dry run.")
+    out = Path(output) if output is not None else Path("(dry-run)")
     if opts.fmt not in FORMATS:
         raise ConvertError(f"unknown format {opts.fmt!r}; choose one of {', '.join(FORMATS)}.")
     try:
@@ -403,7 +408,7 @@ def convert(
         raise ConvertError("--drop-solved/--drop-unsolved need rollouts with rewards, not a tasks file.")
 
     task_keys = None
-    summary = ConvertSummary(str(src), str(out), opts.fmt, input_kind=kind, dry_run=opts.dry_run)
+    summary = ConvertSummary(str(src), str(output) if output is not None else None, opts.fmt, input_kind=kind, dry_run=opts.dry_run)
     if opts.tasks_path is not None:
         task_keys, bad = load_task_keys(opts.tasks_path)
         if bad:

@@ -1,0 +1,84 @@
+"""VeRL dataset class for gymverl's SFT parquet (JSON-string `messages` / `tools` columns).
+
+Why JSON strings: parquet merges the struct types of nested columns across rows, so a nested
+`messages` or `tools` value read back gains `null` keys that only other rows had (another tool's
+parameters, `tool_calls: null`, ...), and the chat template renders them. gymverl therefore stores
+each row's conversation and tool schemas as JSON text; this class decodes them per row, so every
+row renders exactly what it contained.
+
+Point VeRL's SFT trainer at it:
+
+    python -m verl.trainer.sft_trainer ... \\
+        data.custom_cls.path=$(python -c 'import gymverl.verl_data as m; print(m.__file__)') \\
+        data.custom_cls.name=GymverlSFTDataset
+
+Tool-call arguments are stored as the model wrote them (a JSON string, OpenAI form). Chat templates
+that JSON-encode arguments themselves (`arguments | tojson`: Qwen2.5, Llama 3.1) need objects
+instead; the class detects that from the tokenizer's template (`data.tool_arguments=auto`, the
+default) or takes `+data.tool_arguments=object` / `string`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+from verl.utils.dataset.multiturn_sft_dataset import MultiTurnSFTDataset
+
+from gymverl.formats.sft import arguments_as_objects, template_wants_object_arguments
+
+JSON_COLUMNS = ("messages", "tools", "prompt", "chosen", "rejected")
+
+
+def decode_json(value: Any) -> Any:
+    """Decode a JSON-string cell; other values (already lists, None) pass through."""
+    if isinstance(value, (str, bytes)):
+        return json.loads(value)
+    return value
+
+
+def decode_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A gymverl parquet row with its JSON-string columns (messages, tools, prompt, chosen, rejected) decoded."""
+    out = dict(row)
+    for key in JSON_COLUMNS:
+        if key in out and isinstance(out[key], (str, bytes)):
+            out[key] = json.loads(out[key])
+    return out
+
+
+class GymverlSFTDataset(MultiTurnSFTDataset):
+    """`MultiTurnSFTDataset` that reads gymverl's JSON-string `messages` and `tools` columns."""
+
+    def __init__(
+        self,
+        parquet_files: str | list[str],
+        tokenizer: Any,
+        config: Any,
+        processor: Optional[Any] = None,
+        max_samples: int = -1,
+    ) -> None:
+        mode = (config or {}).get("tool_arguments", "auto")
+        if mode not in ("auto", "object", "string"):
+            raise ValueError(f"data.tool_arguments must be auto, object or string, got {mode!r}")
+        self._tool_arguments_mode = mode
+        super().__init__(parquet_files, tokenizer, config, processor=processor, max_samples=max_samples)
+
+    def _read_files_and_process(self) -> None:
+        super()._read_files_and_process()
+        if self.tools is not None:
+            # An empty tool list would still switch some templates into tool mode; None does not.
+            # Missing tools come back as pandas NA (pyarrow dtype backend): anything not JSON text is "no tools".
+            self.tools = [(json.loads(t) or None) if isinstance(t, (str, bytes)) else None for t in self.tools]
+        mode = self._tool_arguments_mode
+        if mode == "auto":
+            mode = "object" if template_wants_object_arguments(self.tokenizer) else "string"
+        self._object_arguments = mode == "object"
+
+    def _build_messages(self, example: dict) -> list:
+        value = example[self.messages_key]
+        if isinstance(value, (str, bytes)):
+            messages = json.loads(value)
+            if self._object_arguments:
+                messages = arguments_as_objects(messages)
+            example = {**example, self.messages_key: messages}
+        return super()._build_messages(example)
