@@ -1196,5 +1196,170 @@ def to_parquet(
         raise typer.Exit(EXIT_REJECTED)
 
 
+# ---- to-parquet --------------------------------------------------------------------------------
+
+
+def render_to_parquet(summary: dict[str, Any]) -> None:
+    """Render a conversion summary (from `ConvertSummary.to_dict`) as rich tables."""
+    from gymverl.select import RULES
+
+    title = f"to-parquet ({summary['format']}{', dry run' if summary['dry_run'] else ''}): {summary['input']}"
+    t = Table(title=title, show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column(justify="right")
+    t.add_column(style="dim")
+    t.add_row("input lines", str(summary["lines"]), summary["input_kind"])
+    t.add_row("rejected", f"[red]{summary['rejected']}[/]" if summary["rejected"] else "0", "unusable lines (see below)")
+    for rule, n in summary["filtered"].items():
+        t.add_row(f"filtered: {rule}", f"[yellow]{n}[/]", RULES.get(rule, ""))
+    unit = {"rl": "rollouts summarised into task rows", "dpo": "rollouts used in pairs"}.get(summary["format"], "rollouts written as rows")
+    t.add_row("kept", f"[green]{summary['kept_lines']}[/]", unit)
+    rows = summary["rows"]
+    t.add_row("rows", str(rows["train"] + rows["val"]), f"train {rows['train']}, val {rows['val']}")
+    if summary["tasks"] is not None:
+        tb = summary["tasks_by_split"]
+        dropped = ", ".join(f"{k} {v}" for k, v in summary["tasks_dropped"].items())
+        t.add_row("tasks", str(summary["tasks"]), f"train {tb['train']}, val {tb['val']}" + (f"; no rows: {dropped}" if dropped else ""))
+    if summary["lines_per_second"] and summary["seconds"] >= 1.0:
+        t.add_row("speed", f"{summary['lines_per_second']:,} lines/s", f"{summary['seconds']:.1f} s")
+    console.print(t)
+    if summary["rejected"]:
+        r = Table(title="rejected lines", title_justify="left")
+        r.add_column("line", justify="right")
+        r.add_column("reason")
+        for rej in summary["rejections"]:
+            r.add_row(str(rej["line"]), rej["reason"])
+        if summary["rejected"] > len(summary["rejections"]):
+            r.add_row("…", f"{summary['rejected'] - len(summary['rejections'])} more (see --rejects)")
+        console.print(r)
+        by = ", ".join(f"{k}: {v}" for k, v in summary["rejected_by_reason"].items())
+        console.print(f"[red]rejected by reason[/]: {by}")
+    for split, paths in summary["files"].items():
+        shown = paths[0] if len(paths) == 1 else f"{paths[0]} … ({len(paths)} shards)"
+        console.print(f"{split}: [bold]{shown}[/]")
+
+
+@app.command("to-parquet")
+def to_parquet(
+    input_path: Annotated[Path, typer.Argument(metavar="INPUT", help="Rollout JSONL from NeMo Gym (.jsonl or .jsonl.gz); for --format rl also a NeMo Gym tasks file.")],
+    output: Annotated[
+        Optional[Path],
+        typer.Option("--output", "-o", help="Output directory (train.parquet, val.parquet, or train-00000-of-0000N.parquet shards), or a .parquet file when there is no val split."),
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="rl: one row per task for GRPO/PPO (main_ppo); sft: one row per rollout for sft_trainer; dpo: preference pairs.")] = "sft",
+    tasks: Annotated[Optional[Path], typer.Option("--tasks", help="The NeMo Gym tasks JSONL the rollouts came from: its fields are the task fields, every other top-level key is a verifier output.")] = None,
+    ground_truth_field: Annotated[Optional[str], typer.Option("--ground-truth-field", help="Task field holding the expected answer (default: the first of expected_answer, expected_answers, ground_truth, answer, ...).")] = None,
+    data_source: Annotated[Optional[str], typer.Option("--data-source", help="data_source of every row (default: the agent name, else the input file's stem).")] = None,
+    ability: Annotated[str, typer.Option("--ability", help="The rl `ability` column.")] = "nemo_gym",
+    min_reward: Annotated[Optional[float], typer.Option("--min-reward", help="Drop rollouts whose reward is below this.")] = None,
+    best_of_n: Annotated[Optional[int], typer.Option("--best-of-n", min=1, help="Keep only the K highest-reward rollouts of each task (ties: input order).")] = None,
+    drop_solved: Annotated[bool, typer.Option("--drop-solved", help="Drop tasks every rollout solved (GRPO difficulty filter).")] = False,
+    drop_unsolved: Annotated[bool, typer.Option("--drop-unsolved", help="Drop tasks no rollout solved (GRPO difficulty filter).")] = False,
+    solved_threshold: Annotated[float, typer.Option("--solved-threshold", help="A rollout solves its task when reward >= this.")] = 1.0,
+    dedup: Annotated[bool, typer.Option("--dedup", help="Drop rollouts whose response repeats an earlier one of the same task.")] = False,
+    keep_incomplete: Annotated[bool, typer.Option("--keep-incomplete", help="Keep responses that were cut off (status incomplete); dropped by default for sft and dpo.")] = False,
+    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", min=1, help="Drop rows longer than this many tokens (chat template applied; rl: the prompt). Needs --tokenizer.")] = None,
+    tokenizer: Annotated[Optional[Path], typer.Option("--tokenizer", help="Local Hugging Face tokenizer directory, for --max-tokens.")] = None,
+    val_fraction: Annotated[float, typer.Option("--val-fraction", min=0.0, max=0.99, help="Share of *tasks* in val.parquet; a hash of the task key decides, so no task is in both splits and every run agrees.")] = 0.0,
+    split_seed: Annotated[str, typer.Option("--split-seed", help="Changes which tasks land in val (still deterministic).")] = "gymverl",
+    pairs_per_task: Annotated[int, typer.Option("--pairs-per-task", min=1, help="dpo: at most this many pairs per task (best with worst, then next).")] = 1,
+    min_margin: Annotated[float, typer.Option("--min-margin", min=0.0, help="dpo: smallest reward gap between chosen and rejected (always above 0).")] = 0.0,
+    include_reasoning: Annotated[bool, typer.Option("--include-reasoning", help="sft/dpo: keep reasoning items as `reasoning_content` on assistant messages.")] = False,
+    shard_size: Annotated[Optional[int], typer.Option("--shard-size", min=1, help="Rows per parquet file; writes NAME-00000-of-0000N.parquet shards.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be kept and filtered; write nothing.")] = False,
+    rejects: Annotated[Optional[Path], typer.Option("--rejects", help="Write every rejected line as {line, code, reason, raw} JSONL here.")] = None,
+    input_kind: Annotated[str, typer.Option("--input-kind", help="auto, rollouts or tasks (auto: lines with a `response` are rollouts).")] = "auto",
+    tmp_dir: Annotated[Optional[Path], typer.Option("--tmp-dir", help="Where to spill rollouts while grouping by task (default: beside the output).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON (for scripts).")] = False,
+    max_line_mb: Annotated[float, typer.Option("--max-line-mb", help="Reject lines longer than this (MB).")] = DEFAULT_MAX_LINE_BYTES / 1e6,
+) -> None:
+    """Convert rollouts into parquet VeRL trains on unchanged, with rejection sampling and a train/val split.
+
+    Every input line is accounted for: written as (part of) a row, removed by a named filter, or
+    rejected with its line number and reason. SFT rows store `messages`/`tools` as JSON strings:
+    train with data.custom_cls.path=<gymverl/verl_data.py> data.custom_cls.name=GymverlSFTDataset.
+
+    Exit code 0 success; 1 some lines were rejected or no row was kept; 2 usage error; 130 interrupted.
+    """
+    from gymverl.convert import ConvertError, ConvertOptions, convert
+    from gymverl.select import SelectOptions
+
+    path = existing_file(input_path)
+    if output is None and not dry_run:
+        fail("give --output DIR (or --dry-run to only see the summary).")
+    if fmt not in ("rl", "sft", "dpo"):
+        fail(f"--format must be rl, sft or dpo, not {fmt!r}.")
+    if tasks is not None:
+        existing_file(tasks)
+    if max_tokens is not None and tokenizer is None:
+        fail("--max-tokens needs --tokenizer (a local Hugging Face tokenizer directory).")
+    if tokenizer is not None and not tokenizer.exists():
+        fail(f"{tokenizer}: no such tokenizer directory.")
+    options = ConvertOptions(
+        fmt=fmt,
+        select=SelectOptions(
+            min_reward=min_reward,
+            best_of_n=best_of_n,
+            drop_solved=drop_solved,
+            drop_unsolved=drop_unsolved,
+            dedup=dedup,
+            max_tokens=max_tokens,
+            drop_incomplete=not keep_incomplete and fmt != "rl",
+            solved_threshold=solved_threshold,
+            val_fraction=val_fraction,
+            split_seed=split_seed,
+            pairs_per_task=pairs_per_task,
+            min_margin=min_margin,
+        ),
+        tasks_path=tasks,
+        ground_truth_field=ground_truth_field,
+        data_source=data_source,
+        ability=ability,
+        include_reasoning=include_reasoning,
+        tokenizer=tokenizer,
+        shard_size=shard_size,
+        dry_run=dry_run,
+        rejects_path=rejects,
+        input_kind=input_kind,
+        tmp_dir=tmp_dir,
+        max_line_bytes=int(max_line_mb * 1e6),
+    )
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = None if as_json else Progress(
+        TextColumn("converting"), BarColumn(), DownloadColumn(), TimeRemainingColumn(), console=err_console, transient=True
+    )
+    bar = progress.add_task("convert", total=None) if progress is not None else None
+
+    def on_progress(done: int, total: Optional[int]) -> None:
+        if progress is not None and bar is not None:
+            progress.update(bar, completed=done, total=total)
+
+    try:
+        if progress is not None:
+            progress.start()
+        summary = convert(path, output, options, on_progress=on_progress)
+    except (InputError, ConvertError) as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail("interrupted; nothing was written (earlier outputs are unchanged).", EXIT_INTERRUPTED)
+    except OSError as exc:
+        fail(f"{exc.filename or output}: {exc.strerror or exc}.")
+    finally:
+        if progress is not None:
+            progress.stop()
+    data = summary.to_dict()
+    if as_json:
+        print_json(data)
+    else:
+        render_to_parquet(data)
+        if rejects and summary.rejected:
+            console.print(f"rejected lines written to [bold]{rejects}[/]")
+        for w in summary.warnings:
+            err_console.print(f"[bold yellow]warning:[/] {w}", highlight=False)
+    if summary.rejected or sum(summary.rows.values()) == 0:
+        raise typer.Exit(EXIT_REJECTED)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

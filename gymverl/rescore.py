@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
 import signal
 import time
 from collections import Counter
@@ -31,15 +32,15 @@ from gymverl.records import (
     RecordError,
     agent_name,
     check_record,
-    check_task,
+    content_text,
     iter_checked,
-    prompt_hash,
     task_fields,
     task_key,
 )
 from gymverl.verify import ECHO_KEYS, VerifyClient, VerifyResult, build_request, fetch_request_fields
 
 STATE_VERSION = 1
+_FIELD_REQUIRED = re.compile(r"(?:^|; |HTTP 422: )([A-Za-z_][\w.]*): Field required")
 TRANSIENT = frozenset({"timeout", "connection", "http_429", "http_5xx"})
 CHECKPOINT_SECONDS = 1.0
 
@@ -51,33 +52,50 @@ class RescoreError(Exception):
 # ---- task join (--tasks) ------------------------------------------------------------------------
 
 
+def prompt_key(record: Mapping[str, Any]) -> str:
+    """A prompt hash that ignores representation details (`type: "message"`, string vs parts
+    content, key order), so rollouts re-join the task rows they were collected from."""
+    rcp = record.get("responses_create_params") or {}
+    inp = rcp.get("input")
+    items = [{"role": "user", "content": inp}] if isinstance(inp, str) else (inp or [])
+    norm: list[Any] = []
+    for item in items:
+        if isinstance(item, dict) and item.get("type", "message") == "message" and "role" in item:
+            norm.append([item.get("role"), content_text(item.get("content"))])
+        else:
+            norm.append(item)
+    tools = sorted(t.get("name", "") for t in rcp.get("tools") or [] if isinstance(t, dict))
+    key = [norm, tools, rcp.get("instructions") or None]
+    return hashlib.sha1(orjson.dumps(key, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+
+
 class TaskIndex:
-    """NeMo Gym task rows, looked up by `_ng_task_index` (row position) or by prompt hash."""
+    """NeMo Gym task rows, looked up by `_ng_task_index` (row position) or by prompt."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = str(path)
         self.by_index: dict[int, dict[str, Any]] = {}
-        self.by_hash: dict[str, dict[str, Any]] = {}
+        self.by_prompt: dict[str, dict[str, Any]] = {}
         self.rejected: list[tuple[int, str]] = []
         for c in iter_checked(path, tasks=True):
             if c.record is None:
                 self.rejected.append((c.line, c.reason or ""))
                 continue
             self.by_index[c.line - 1] = c.record
-            self.by_hash.setdefault(prompt_hash(c.record), c.record)
+            self.by_prompt.setdefault(prompt_key(c.record), c.record)
 
     def __len__(self) -> int:
         return len(self.by_index)
 
     def find(self, record: Mapping[str, Any]) -> dict[str, Any] | None:
-        """The task a rollout came from: by task index when its prompt matches, else by prompt hash."""
-        h = prompt_hash(dict(record))
+        """The task a rollout came from: by task index when its prompt matches, else by prompt."""
+        key = prompt_key(record)
         idx = record.get("_ng_task_index")
         if isinstance(idx, int) and not isinstance(idx, bool):
             task = self.by_index.get(idx)
-            if task is not None and prompt_hash(task) == h:
+            if task is not None and prompt_key(task) == key:
                 return task
-        return self.by_hash.get(h)
+        return self.by_prompt.get(key)
 
     @staticmethod
     def missing_fields(record: Mapping[str, Any], task: Mapping[str, Any]) -> dict[str, Any]:
@@ -113,6 +131,7 @@ class RescoreSummary:
     added_fields: Counter[str] = field(default_factory=Counter)
     null_echoed: Counter[str] = field(default_factory=Counter)
     absent_accepted: Counter[str] = field(default_factory=Counter)
+    required_missing: Counter[str] = field(default_factory=Counter)  # from 422 "X: Field required"
     resumed_from: int = 0
     complete: bool = False
     interrupted: str | None = None
@@ -153,6 +172,9 @@ class RescoreSummary:
         else:
             self.failed += 1
             self.failures_by_reason[self._reason_label(rec)] += 1
+            if rec.get("status") == 422:
+                for name in _FIELD_REQUIRED.findall(str(rec.get("error") or "")):
+                    self.required_missing[name] += 1
         if len(self.examples) < self.max_examples:
             self.examples.append({k: rec.get(k) for k in ("line", "kind", "reason", "status", "error", "attempts")})
 
@@ -184,22 +206,24 @@ class RescoreSummary:
         return names
 
     def warning(self) -> str | None:
-        """The loud warning text when rewards flipped suspiciously, else None."""
-        if not self.suspicious:
+        """The loud warning text when rewards flipped suspiciously or required fields are missing."""
+        parts: list[str] = []
+        if self.required_missing:
+            fields = ", ".join(f"{k} ({n} rows)" for k, n in self.required_missing.most_common(8))
+            parts.append(f"the verifier rejected rows for missing required fields: {fields}")
+        if self.suspicious:
+            share = self.went_down / self.rescored
+            msg = f"{self.went_down} of {self.rescored} rewards went down ({share:.0%}); the rollouts may lack task fields the verifier needs"
+            absent = [f"{k} (absent from {n} rows)" for k, n in self.absent_accepted.most_common(8)]
+            nulls = [f"{k} ({n} rows)" for k, n in self.null_echoed.most_common(8)]
+            if absent:
+                msg += f"; the server's /verify accepts fields these rows lack: {', '.join(absent)}"
+            if nulls:
+                msg += f"; the server answered null for: {', '.join(nulls)}"
+            parts.append(msg)
+        if not parts:
             return None
-        share = self.went_down / self.rescored
-        msg = (
-            f"{self.went_down} of {self.rescored} rewards went down ({share:.0%}); the rollouts may lack task "
-            "fields the verifier needs"
-        )
-        absent = [f"{k} (absent from {n} rows)" for k, n in self.absent_accepted.most_common(8)]
-        nulls = [f"{k} ({n} rows)" for k, n in self.null_echoed.most_common(8)]
-        if absent:
-            msg += f"; the server's /verify accepts fields these rows lack: {', '.join(absent)}"
-        if nulls:
-            msg += f"; the server answered null for: {', '.join(nulls)}"
-        msg += ". Re-join them from the NeMo Gym input file with --tasks TASKS.jsonl."
-        return msg
+        return "; ".join(parts) + ". Re-join task fields from the NeMo Gym input file with --tasks TASKS.jsonl."
 
     def to_dict(self, per_task: bool | None = None) -> dict[str, Any]:
         """Plain JSON-able data."""
@@ -233,6 +257,7 @@ class RescoreSummary:
             "added_fields": dict(self.added_fields.most_common()),
             "null_echoed": dict(self.null_echoed.most_common()),
             "absent_accepted_fields": dict(self.absent_accepted.most_common()),
+            "required_fields_missing": dict(self.required_missing.most_common()),
             "warning": self.warning(),
             "resumed_from_line": self.resumed_from,
             "seconds": self.seconds,

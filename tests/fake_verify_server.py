@@ -1,0 +1,182 @@
+"""A tiny /verify endpoint for FAULT INJECTION ONLY (scoring itself is tested against real NeMo Gym).
+
+It answers `POST /verify` like a NeMo Gym resources server (the request echoed back plus
+`reward`), with a recognisable reward that is never 0.0, so a test can tell a real answer from
+a silently invented one: reward = 0.1 + (crc32(response.id) % 9) / 10.
+
+Faults follow a per-row plan: `--plan 500,429,ok` makes each row's 1st attempt get HTTP 500, the
+2nd HTTP 429, the 3rd and later an answer (the last step repeats). Steps: ok, any HTTP status
+(500, 503, 429, 422, 400, ...), `timeout` (answer after --hang seconds), `reset` (drop the
+connection without answering), `garbage` (200 with a non-JSON body), `noreward` (200 without a
+reward). `--every K` applies the plan only to rows with crc32(id) % K == 0 (others: ok).
+`--latency S` delays every answer; `--die-after N` exits the process (no clean shutdown) on the
+Nth request, so a test can kill it mid-run and start it again on the same `--port`.
+
+Run: python tests/fake_verify_server.py --port 0 [...]; it prints `PORT <n>` once listening.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import zlib
+from collections import Counter
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+
+def row_id(body: dict[str, Any]) -> str:
+    """The id the plan is keyed by: response.id, else the task/rollout indices."""
+    resp = body.get("response") or {}
+    rid = resp.get("id") if isinstance(resp, dict) else None
+    return str(rid if rid is not None else (body.get("_ng_task_index"), body.get("_ng_rollout_index")))
+
+
+def fake_reward(rid: str) -> float:
+    """The reward this server gives a row: deterministic and never 0.0."""
+    return round(0.1 + (zlib.crc32(rid.encode()) % 9) / 10, 1)
+
+
+def build_app(args: argparse.Namespace) -> web.Application:
+    """The aiohttp app implementing the plan."""
+    attempts: Counter[str] = Counter()
+    plan = [s.strip() for s in args.plan.split(",") if s.strip()] or ["ok"]
+    state = {"requests": 0}
+
+    async def verify(request: web.Request) -> web.StreamResponse:
+        state["requests"] += 1
+        if args.die_after and state["requests"] >= args.die_after:
+            os._exit(17)  # simulate a crash: no response, sockets torn down by the OS
+        raw = await request.read()
+        if args.fast:
+            # Benchmark mode: no JSON parsing, a fixed small answer.
+            if args.latency:
+                await asyncio.sleep(args.latency)
+            return web.Response(body=b'{"reward":1.0}', content_type="application/json")
+        body = orjson.loads(raw)
+        rid = row_id(body)
+        attempts[rid] += 1
+        n = attempts[rid]
+        step = "ok"
+        if args.every <= 1 or zlib.crc32(rid.encode()) % args.every == 0:
+            step = plan[min(n, len(plan)) - 1]
+        if args.latency:
+            await asyncio.sleep(args.latency)
+        if step == "ok":
+            answer = dict(body)
+            answer["reward"] = fake_reward(rid)
+            answer["attempt"] = n
+            return web.Response(body=orjson.dumps(answer), content_type="application/json")
+        if step == "timeout":
+            await asyncio.sleep(args.hang)
+            return web.Response(body=b'{"reward": 0.0}', content_type="application/json")
+        if step == "reset":
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response(status=500)
+        if step == "garbage":
+            return web.Response(body=b"<html>oops</html>", content_type="text/html")
+        if step == "noreward":
+            return web.Response(body=b'{"detail": "no reward here"}', content_type="application/json")
+        status = int(step)
+        headers = {"Retry-After": "0"} if status == 429 else None
+        detail = [{"loc": ["body", "question"], "msg": "Field required", "type": "missing"}] if status == 422 else f"injected {status}"
+        return web.Response(status=status, body=orjson.dumps({"detail": detail}), content_type="application/json", headers=headers)
+
+    async def stats(request: web.Request) -> web.Response:
+        return web.Response(body=orjson.dumps({"requests": state["requests"], "rows": len(attempts)}), content_type="application/json")
+
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_post("/verify", verify)
+    app.router.add_get("/stats", stats)
+    return app
+
+
+async def serve(args: argparse.Namespace) -> None:
+    """Listen on 127.0.0.1 and print `PORT <n>`; run until killed."""
+    runner = web.AppRunner(build_app(args), access_log=None, handle_signals=True)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", args.port, reuse_address=True, backlog=1024)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    print(f"PORT {port}", flush=True)
+    await asyncio.Event().wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--plan", default="ok")
+    p.add_argument("--every", type=int, default=1)
+    p.add_argument("--latency", type=float, default=0.0)
+    p.add_argument("--hang", type=float, default=30.0)
+    p.add_argument("--die-after", type=int, default=0)
+    p.add_argument("--fast", action="store_true", help="benchmark mode: fixed answer, no parsing")
+    args = p.parse_args(argv)
+    try:
+        import uvloop  # noqa: F401
+
+        uvloop.install()
+    except ImportError:
+        pass
+    try:
+        asyncio.run(serve(args))
+    except KeyboardInterrupt:
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
+
+
+class FakeServer:
+    """Test helper: run this server as a subprocess on 127.0.0.1 (`url`, `stop()`, `start()` again)."""
+
+    def __init__(self, *args: str, port: int = 0) -> None:
+        self.args = list(args)
+        self.port = port
+        self.proc: Any = None
+
+    @property
+    def url(self) -> str:
+        """Base URL (POST {url}/verify)."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, *args: str) -> "FakeServer":
+        """Start (or restart on the same port, optionally with new args) and wait until listening."""
+        import subprocess
+
+        if args:
+            self.args = list(args)
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--port", str(self.port), *self.args],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.startswith("PORT "):
+            self.stop()
+            raise RuntimeError(f"fake verify server did not start: {line!r}")
+        self.port = int(line.split()[1])
+        return self
+
+    def stop(self) -> None:
+        """Kill the process (SIGKILL: like a crash) and reap it."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+        if self.proc is not None:
+            self.proc.wait(timeout=10)
+            if self.proc.stdout:
+                self.proc.stdout.close()
+        self.proc = None
+
+    def __enter__(self) -> "FakeServer":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
