@@ -1,0 +1,661 @@
+"""Offline training: launch VeRL's own SFT trainer (`verl.trainer.sft_trainer`) on gymverl parquet.
+
+gymverl never trains anything itself. This module
+- checks the inputs (rows vs batch size, output directory, model path, GPUs) with one-sentence errors,
+- builds the `torchrun ... -m verl.trainer.sft_trainer key=value ...` argv and its environment
+  (`build_command`, pure, so `--dry-run` and tests see exactly what would run),
+- runs it, streaming VeRL's `step:N - train/loss:... ` console lines as events (`run_training`),
+- exports the last checkpoint as a Hugging Face model directory with VeRL's `verl.model_merger`
+  (`export_hf`).
+
+`--device cpu` adds the CPU platform plugin (`gymverl.verl_cpu`) through VeRL's external-module
+hook: a smoke mode for pipelines and tests, not for real training.
+
+Output directory layout (OUTDIR):
+    checkpoints/global_step_N/   VeRL's FSDP checkpoints (resume from here with --resume)
+    hf_model/                    the exported Hugging Face model (+ lora_adapter/ with LoRA)
+    train.log                    everything VeRL printed
+    metrics.jsonl                VeRL's own file logger: {"step", "data": {...}} per step
+    gymverl-train.json           the command, environment additions and a summary of the run
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+TRAINER_MODULE = "verl.trainer.sft_trainer"
+MERGER_MODULE = "verl.model_merger"
+VERL_DEFAULT_BATCH_SIZE = 256
+MARKER = "gymverl-train.json"
+CHECKPOINTS = "checkpoints"
+HF_MODEL = "hf_model"
+LOG = "train.log"
+METRICS = "metrics.jsonl"
+DATA_MODULE = Path(__file__).with_name("verl_data.py")
+
+# CPU smoke mode: load gymverl's platform plugin (gymverl/verl_cpu.py) inside every worker.
+CPU_ENV = {
+    "VERL_USE_EXTERNAL_MODULES": "gymverl.verl_cpu",
+    "VERL_PLATFORM": "cpu",
+    # The FSDP engine is registered for cuda/npu only; this picks its class, not the device.
+    "VERL_ENGINE_DEVICE": "cuda",
+}
+CPU_OVERRIDES = [
+    "trainer.device=cpu",
+    "engine.strategy=fsdp2",
+    "+model.override_config.attn_implementation=sdpa",
+    # VeRL's 8 dataloader workers would only compete with training for the cores.
+    "data.num_workers=0",
+]
+
+
+class TrainError(Exception):
+    """A problem with the training inputs or run, described in one sentence."""
+
+
+@dataclass
+class TrainOptions:
+    """Everything `gymverl train-offline` needs (the CLI options, as a plain dataclass)."""
+
+    train: Path
+    model: str
+    out: Path
+    val: Optional[Path] = None
+    epochs: int = 1
+    lr: float = 1e-5
+    batch_size: Optional[int] = None  # global; None: VeRL's 256, capped at the dataset size
+    micro_batch_size: int = 4  # per GPU
+    max_length: int = 1024
+    lora_rank: int = 0
+    lora_alpha: Optional[int] = None
+    lora_target_modules: str = "all-linear"
+    nproc: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: Optional[str] = None
+    master_port: int = 29500
+    device: str = "cuda"
+    resume: bool = False
+    overwrite: bool = False
+    export: bool = True
+    save_freq: int = -1
+    project: str = "gymverl"
+    experiment: Optional[str] = None
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TrainPlan:
+    """A checked, ready-to-run training command."""
+
+    options: TrainOptions
+    argv: list[str]
+    env: dict[str, str]  # only the variables gymverl adds to the current environment
+    train_rows: int
+    val_rows: Optional[int]
+    batch_size: int
+    steps_per_epoch: int
+    total_steps: int
+    data_class: Optional[tuple[str, str]]  # (path, class name) of the dataset class, when used
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def out(self) -> Path:
+        """The output directory."""
+        return self.options.out
+
+    @property
+    def checkpoints(self) -> Path:
+        """VeRL's `trainer.default_local_dir`."""
+        return self.options.out / CHECKPOINTS
+
+    def shell(self) -> str:
+        """The command as one copy-pasteable shell line (environment included)."""
+        import shlex
+
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items())
+        return (env + " " if env else "") + shlex.join(self.argv)
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced."""
+
+    returncode: int
+    steps: int = 0
+    first_loss: Optional[float] = None
+    last_loss: Optional[float] = None
+    losses: list[float] = field(default_factory=list)
+    tokens: int = 0
+    train_seconds: float = 0.0
+    tokens_per_second: Optional[float] = None
+    peak_memory_gb: Optional[float] = None
+    wall_seconds: float = 0.0
+    checkpoint: Optional[Path] = None
+    hf_model: Optional[Path] = None
+    log: Optional[Path] = None
+    tail: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        d = asdict(self)
+        d.pop("tail")
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
+
+
+@dataclass
+class Event:
+    """One thing seen while VeRL runs: a log line, a step's metrics, or the total step count."""
+
+    kind: str  # "line" | "step" | "total"
+    line: str = ""
+    step: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    total: int = 0
+
+
+# ---- inputs ---------------------------------------------------------------------------------------
+
+
+def parquet_info(path: Path) -> tuple[int, dict[str, str]]:
+    """Row count and {column: arrow type} of a parquet file, from its footer only."""
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        raise TrainError(f"{path}: no such parquet file.")
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises several types for a bad file
+        raise TrainError(f"{path}: not a readable parquet file ({exc}).") from None
+    schema = pf.schema_arrow
+    return pf.metadata.num_rows, {f.name: str(f.type) for f in schema}
+
+
+def find_data_class(path: Path = DATA_MODULE) -> Optional[tuple[str, str]]:
+    """(file, class name) of gymverl's MultiTurnSFTDataset subclass, found without importing VeRL."""
+    if not path.is_file():
+        return None
+    tree = ast.parse(path.read_text())
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef):
+            for base in node.bases:
+                name = base.attr if isinstance(base, ast.Attribute) else getattr(base, "id", "")
+                if name == "MultiTurnSFTDataset":
+                    return str(path), node.name
+    return None
+
+
+def _looks_like_hub_id(model: str) -> bool:
+    return (
+        re.fullmatch(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+", model) is not None
+        and not model.startswith((".", "/", "~"))
+    )
+
+
+def check_model(model: str) -> Optional[str]:
+    """Raise TrainError unless `model` is a local model directory; returns a note for a Hub id."""
+    p = Path(model).expanduser()
+    if p.exists():
+        if not (p / "config.json").is_file():
+            raise TrainError(f"{model}: not a Hugging Face model directory (no config.json).")
+        return None
+    if _looks_like_hub_id(model):
+        return f"{model} is not a local directory; VeRL will load it as a Hugging Face Hub id."
+    raise TrainError(f"{model}: model path does not exist.")
+
+
+def check_out_dir(out: Path, resume: bool, overwrite: bool) -> Optional[str]:
+    """Refuse an existing non-empty OUTDIR unless --resume or --overwrite (VeRL would silently resume)."""
+    if resume and overwrite:
+        raise TrainError("--resume and --overwrite exclude each other.")
+    if not out.exists():
+        if resume:
+            raise TrainError(f"{out}: nothing to resume (directory does not exist).")
+        return None
+    if not out.is_dir():
+        raise TrainError(f"{out}: exists and is not a directory.")
+    if not any(out.iterdir()):
+        return None
+    ours = (out / MARKER).exists() or (out / CHECKPOINTS).exists()
+    if resume:
+        if not (out / CHECKPOINTS).exists():
+            raise TrainError(f"{out}: no {CHECKPOINTS}/ to resume from.")
+        return f"resuming from the latest checkpoint in {out / CHECKPOINTS}"
+    if overwrite:
+        if not ours:
+            # Never delete a directory gymverl did not write.
+            raise TrainError(f"{out}: not a gymverl training directory; refusing to overwrite it.")
+        return f"overwriting {out}"
+    raise TrainError(
+        f"{out}: output directory exists; VeRL would silently resume from it, "
+        "pass --resume to continue training or --overwrite to start over."
+    )
+
+
+def check_gpus(nproc: int) -> None:
+    """Raise TrainError unless this machine has at least `nproc` CUDA GPUs."""
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if n == 0:
+        raise TrainError("--device cuda but no CUDA GPU is visible here; use --device cpu for a smoke run.")
+    if n < nproc:
+        raise TrainError(f"--nproc {nproc} but only {n} CUDA GPU(s) are visible.")
+
+
+def override_key(override: str) -> str:
+    """The config key of a Hydra override (`+a.b=1` -> `a.b`, `~a.b` -> `a.b`)."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """Raise TrainError for a pass-through argument that is not a Hydra `key=value` override."""
+    for o in overrides:
+        if o.startswith("-"):
+            raise TrainError(f"{o!r}: VeRL overrides are key=value (options go before `--`).")
+        if "=" not in o and not o.startswith("~"):
+            raise TrainError(f"{o!r}: a VeRL override must look like key=value.")
+
+
+def steps_per_epoch(rows: int, batch_size: int, world: int) -> int:
+    """Optimizer steps per epoch the way VeRL counts them (DistributedSampler + drop_last)."""
+    per_rank_rows = rows // world
+    per_rank_batch = batch_size // world
+    return per_rank_rows // per_rank_batch if per_rank_batch else 0
+
+
+# ---- the command ----------------------------------------------------------------------------------
+
+
+def torchrun_path() -> str:
+    """The `torchrun` beside this Python (so the trainer runs in the same environment)."""
+    beside = Path(sys.executable).with_name("torchrun")
+    return str(beside) if beside.exists() else (shutil.which("torchrun") or "torchrun")
+
+
+def _q(value: Any) -> str:
+    """A value as Hydra override text."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(json.dumps(str(v)) for v in value) + "]"
+    return str(value)
+
+
+def build_command(
+    opts: TrainOptions,
+    *,
+    batch_size: int,
+    data_class: Optional[tuple[str, str]] = None,
+    torchrun: Optional[str] = None,
+) -> tuple[list[str], dict[str, str]]:
+    """The torchrun argv and the environment variables to add; pure (no checks, no I/O)."""
+    launcher = [torchrun or torchrun_path()]
+    if opts.nnodes == 1:
+        launcher += ["--standalone", "--nnodes=1", f"--nproc_per_node={opts.nproc}"]
+    else:
+        launcher += [
+            f"--nnodes={opts.nnodes}",
+            f"--nproc_per_node={opts.nproc}",
+            f"--node_rank={opts.node_rank}",
+            f"--master_addr={opts.master_addr}",
+            f"--master_port={opts.master_port}",
+        ]
+    out = opts.out.resolve()
+    cfg: list[tuple[str, Any]] = [
+        ("data.train_files", opts.train.resolve()),
+        ("data.val_files", opts.val.resolve() if opts.val else "null"),
+        ("data.messages_key", "messages"),
+        ("data.tools_key", "tools"),
+        ("data.train_batch_size", batch_size),
+        ("data.micro_batch_size_per_gpu", opts.micro_batch_size),
+        ("data.max_length", opts.max_length),
+        ("model.path", opts.model if _looks_like_hub_id(opts.model) and not Path(opts.model).exists() else Path(opts.model).expanduser().resolve()),
+        ("optim.lr", opts.lr),
+        ("trainer.total_epochs", opts.epochs),
+        ("trainer.default_local_dir", out / CHECKPOINTS),
+        ("trainer.project_name", opts.project),
+        ("trainer.experiment_name", opts.experiment or opts.out.name),
+        ("trainer.logger", ["console", "file"]),
+        ("trainer.nnodes", opts.nnodes),
+        ("trainer.n_gpus_per_node", opts.nproc),
+        ("trainer.save_freq", opts.save_freq),
+        # gymverl checks OUTDIR itself: resume only when asked, never by accident.
+        ("trainer.resume_mode", "auto" if opts.resume else "disable"),
+    ]
+    if data_class:
+        cfg += [("data.custom_cls.path", data_class[0]), ("data.custom_cls.name", data_class[1])]
+    if opts.lora_rank > 0:
+        cfg += [
+            ("model.lora_rank", opts.lora_rank),
+            ("model.lora_alpha", opts.lora_alpha if opts.lora_alpha is not None else 2 * opts.lora_rank),
+            ("model.target_modules", opts.lora_target_modules),
+        ]
+    env = {
+        "PYTHONUNBUFFERED": "1",  # step lines must reach the progress view as they happen
+        "VERL_FILE_LOGGER_PATH": str(out / METRICS),
+    }
+    overrides = [f"{k}={_q(v)}" for k, v in cfg]
+    if opts.device == "cpu":
+        env.update(CPU_ENV)
+        overrides += CPU_OVERRIDES
+    # The user's pass-through overrides win: drop ours for the same key (Hydra rejects duplicates).
+    user_keys = {override_key(o) for o in opts.overrides}
+    overrides = [o for o in overrides if override_key(o) not in user_keys] + list(opts.overrides)
+    return launcher + ["-m", TRAINER_MODULE] + overrides, env
+
+
+def plan_training(opts: TrainOptions, *, check_device: bool = True) -> TrainPlan:
+    """Check the inputs and build the command; raises TrainError with one clear sentence."""
+    if opts.device not in ("cuda", "cpu"):
+        raise TrainError(f"--device must be cuda or cpu, not {opts.device!r}.")
+    for name in ("epochs", "nproc", "nnodes", "micro_batch_size", "max_length"):
+        if getattr(opts, name) < 1:
+            raise TrainError(f"--{name.replace('_', '-')} must be at least 1.")
+    if opts.lora_rank < 0:
+        raise TrainError("--lora-rank must be 0 (off) or positive.")
+    if not opts.lr > 0:
+        raise TrainError("--lr must be positive.")
+    if opts.nnodes > 1 and not opts.master_addr:
+        raise TrainError("--nnodes > 1 needs --master-addr (the address of the node with --node-rank 0).")
+    if not 0 <= opts.node_rank < opts.nnodes:
+        raise TrainError(f"--node-rank must be between 0 and {opts.nnodes - 1}.")
+    check_overrides(opts.overrides)
+    notes: list[str] = []
+
+    rows, columns = parquet_info(opts.train)
+    if "messages" not in columns:
+        raise TrainError(f"{opts.train}: no `messages` column; write it with `gymverl to-parquet --format sft`.")
+    val_rows = None
+    if opts.val:
+        val_rows, val_columns = parquet_info(opts.val)
+        if "messages" not in val_columns:
+            raise TrainError(f"{opts.val}: no `messages` column.")
+    world = opts.nproc * opts.nnodes
+    if opts.batch_size is None:
+        # VeRL's default, but never more than the data: a 20-row smoke set should just work.
+        batch_size = min(VERL_DEFAULT_BATCH_SIZE, rows - rows % world)
+        if batch_size != VERL_DEFAULT_BATCH_SIZE:
+            notes.append(f"batch size {batch_size} (VeRL's default {VERL_DEFAULT_BATCH_SIZE} capped at the {rows} training rows)")
+    else:
+        batch_size = opts.batch_size
+    if batch_size < world or batch_size % world:
+        raise TrainError(f"batch size {batch_size} must be a multiple of the {world} training processes.")
+    if rows < batch_size:
+        raise TrainError(
+            f"{opts.train}: {rows} training rows, fewer than the batch size {batch_size}; "
+            "VeRL would run 0 steps and fail, lower --batch-size."
+        )
+    if val_rows is not None and val_rows < batch_size:
+        raise TrainError(
+            f"{opts.val}: {val_rows} validation rows, fewer than the batch size {batch_size} "
+            "(VeRL validates in batches of that size), lower --batch-size or add rows."
+        )
+    per_epoch = steps_per_epoch(rows, batch_size, world)
+    if per_epoch == 0:
+        raise TrainError(f"{rows} training rows over {world} processes give no full batch of {batch_size}.")
+
+    data_class = None
+    if columns["messages"] in ("string", "large_string"):
+        data_class = find_data_class()
+        if data_class is None and not any(override_key(o) == "data.custom_cls.path" for o in opts.overrides):
+            raise TrainError(
+                f"{opts.train}: `messages` is stored as JSON strings but gymverl's VeRL dataset class "
+                f"({DATA_MODULE}) is missing."
+            )
+
+    note = check_model(opts.model)
+    if note:
+        notes.append(note)
+    note = check_out_dir(opts.out, opts.resume, opts.overwrite)
+    if note:
+        notes.append(note)
+    if opts.device == "cuda" and check_device:
+        check_gpus(opts.nproc)
+
+    argv, env = build_command(opts, batch_size=batch_size, data_class=data_class)
+    total = per_epoch * opts.epochs
+    for o in opts.overrides:
+        if override_key(o) == "trainer.total_training_steps" and o.split("=", 1)[1].isdigit():
+            total = int(o.split("=", 1)[1])
+    return TrainPlan(
+        options=opts,
+        argv=argv,
+        env=env,
+        train_rows=rows,
+        val_rows=val_rows,
+        batch_size=batch_size,
+        steps_per_epoch=per_epoch,
+        total_steps=total,
+        data_class=data_class,
+        notes=notes,
+    )
+
+
+# ---- running --------------------------------------------------------------------------------------
+
+_STEP = re.compile(r"(?:^|[^\w/])step:(\d+) - (.*)$")
+_TOTAL = re.compile(r"Total (?:training )?steps: (\d+)")
+
+
+def parse_step_line(line: str) -> Optional[tuple[int, dict[str, float]]]:
+    """(step, metrics) from a VeRL console-logger line `step:N - key:value - ...`, else None."""
+    m = _STEP.search(line)
+    if not m:
+        return None
+    metrics: dict[str, float] = {}
+    for part in m.group(2).split(" - "):
+        key, sep, value = part.strip().partition(":")
+        if not sep:
+            continue
+        try:
+            metrics[key] = float(value)
+        except ValueError:
+            continue
+    return int(m.group(1)), metrics
+
+
+def _lines(stream: Any) -> Iterator[tuple[bytes, str]]:
+    """(raw chunk, line) pairs; tqdm redraws with \\r, so both \\r and \\n end a line."""
+    buf = b""
+    fd = stream.fileno()
+    while True:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        yield chunk, ""
+        buf += chunk
+        *complete, buf = re.split(rb"[\r\n]", buf)
+        for raw in complete:
+            if raw.strip():
+                yield b"", raw.decode("utf-8", "replace")
+    if buf.strip():
+        yield b"", buf.decode("utf-8", "replace")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stop torchrun and its workers (own session: signal the whole group), escalating."""
+    for sig, wait in ((signal.SIGINT, 15), (signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        if proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def run_training(plan: TrainPlan, on_event: Optional[Callable[[Event], None]] = None) -> TrainResult:
+    """Run the planned command, stream its output as events, and collect step metrics."""
+    emit = on_event or (lambda _e: None)
+    out = plan.out
+    if plan.options.overwrite and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    # Written first: it marks OUTDIR as gymverl's, so a later --overwrite may delete it.
+    _write_json(out / MARKER, {"argv": plan.argv, "env": plan.env, "options": _jsonable(asdict(plan.options)), "result": None})
+    log_path = out / LOG
+    result = TrainResult(returncode=-1, log=log_path)
+    t0 = time.monotonic()
+    first_step_t: Optional[float] = None
+    last_step_t: Optional[float] = None
+    tokens_after_first = 0
+    tail: list[str] = []
+    env = {**os.environ, **plan.env}
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            plan.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=env, start_new_session=True,
+        )
+        try:
+            assert proc.stdout is not None
+            for chunk, line in _lines(proc.stdout):
+                if chunk:
+                    log.write(chunk)
+                    continue
+                tail.append(line)
+                del tail[:-40]
+                parsed = parse_step_line(line)
+                if parsed:
+                    step, metrics = parsed
+                    now = time.monotonic()
+                    result.steps = step
+                    loss = metrics.get("train/loss")
+                    if loss is not None:
+                        result.losses.append(loss)
+                    tok = int(metrics.get("train/global_tokens", 0))
+                    result.tokens += tok
+                    if first_step_t is None:
+                        first_step_t = now
+                    else:
+                        tokens_after_first += tok
+                    last_step_t = now
+                    mem = metrics.get("perf/max_memory_allocated_gb")
+                    if mem is not None:
+                        result.peak_memory_gb = max(result.peak_memory_gb or 0.0, mem)
+                    emit(Event("step", line=line, step=step, metrics=metrics))
+                    continue
+                m = _TOTAL.search(line)
+                if m:
+                    emit(Event("total", line=line, total=int(m.group(1))))
+                emit(Event("line", line=line))
+            proc.wait()
+        except BaseException:
+            _stop(proc)
+            raise
+    result.returncode = proc.returncode
+    result.wall_seconds = time.monotonic() - t0
+    result.tail = tail
+    if result.losses:
+        result.first_loss, result.last_loss = result.losses[0], result.losses[-1]
+    if first_step_t is not None and last_step_t is not None and last_step_t > first_step_t:
+        # Throughput from step 2 on: step 1 carries start-up costs.
+        result.train_seconds = last_step_t - first_step_t
+        result.tokens_per_second = tokens_after_first / result.train_seconds
+    result.checkpoint = latest_checkpoint(plan.checkpoints)
+    record_result(plan, result)
+    return result
+
+
+def record_result(plan: TrainPlan, result: TrainResult) -> None:
+    """Store the command and the run's summary in OUTDIR/gymverl-train.json."""
+    _write_json(
+        plan.out / MARKER,
+        {"argv": plan.argv, "env": plan.env, "options": _jsonable(asdict(plan.options)), "result": result.to_dict()},
+    )
+
+
+def latest_checkpoint(checkpoints: Path) -> Optional[Path]:
+    """The `global_step_N` directory VeRL recorded as its latest, if any."""
+    tracker = checkpoints / "latest_checkpointed_iteration.txt"
+    if tracker.is_file():
+        step = tracker.read_text().strip()
+        path = checkpoints / f"global_step_{step}"
+        if path.is_dir():
+            return path
+    steps = sorted(checkpoints.glob("global_step_*"), key=lambda p: int(p.name.rsplit("_", 1)[1]))
+    return steps[-1] if steps else None
+
+
+def export_hf(checkpoint: Path, target: Path, *, merge_lora: bool = True, log: Optional[Path] = None) -> Path:
+    """Merge a VeRL FSDP checkpoint into a Hugging Face model directory with `verl.model_merger`.
+
+    With LoRA, VeRL's merger writes the base weights plus `lora_adapter/`; when `merge_lora` and
+    peft is installed, the adapter is also folded into the weights so `target` loads as a plain model.
+    """
+    tmp = target.with_name(f".{target.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    argv = [sys.executable, "-m", MERGER_MODULE, "merge", "--backend", "fsdp",
+            "--local_dir", str(checkpoint), "--target_dir", str(tmp)]
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    if log is not None:
+        with open(log, "ab") as f:
+            f.write(b"\n$ " + " ".join(argv).encode() + b"\n" + proc.stdout)
+    if proc.returncode != 0:
+        last = proc.stdout.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
+        raise TrainError(f"verl.model_merger failed on {checkpoint} ({last[0]}).")
+    if merge_lora and (tmp / "lora_adapter" / "adapter_config.json").is_file():
+        _fold_lora(tmp)
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)
+    return target
+
+
+def _fold_lora(model_dir: Path) -> None:
+    """Fold `model_dir/lora_adapter` into the base weights in `model_dir` (peft's merge_and_unload)."""
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return  # the adapter stays beside the base weights, loadable with peft
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(str(model_dir), torch_dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, str(model_dir / "lora_adapter")).merge_and_unload()
+    merged.save_pretrained(str(model_dir), safe_serialization=True)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def train_offline(
+    opts: TrainOptions, on_event: Optional[Callable[[Event], None]] = None
+) -> TrainResult:
+    """Plan, run and export in one call (the library form of `gymverl train-offline`)."""
+    plan = plan_training(opts)
+    result = run_training(plan, on_event)
+    if result.returncode == 0 and opts.export:
+        if result.checkpoint is None:
+            raise TrainError(f"VeRL finished but wrote no checkpoint under {plan.checkpoints}.")
+        result.hf_model = export_hf(result.checkpoint, plan.out / HF_MODEL, log=result.log)
+        record_result(plan, result)
+    return result

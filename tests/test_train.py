@@ -1,0 +1,343 @@
+"""train-offline without training: the VeRL argv (GPU path), Hydra accepting it, guard rails, log parsing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from gymverl import train as tr
+from gymverl.cli import app
+
+runner = CliRunner()
+
+
+def _sft_parquet(path: Path, rows: int, *, json_strings: bool = False) -> Path:
+    """`rows` SFT rows in gymverl's contract (messages/tools as JSON strings) or as native lists."""
+    msgs = [[{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}] for i in range(rows)]
+    if json_strings:
+        table = pa.table({"messages": [json.dumps(m) for m in msgs], "tools": [None] * rows})
+    else:
+        table = pa.table({"messages": msgs})
+    pq.write_table(table, path)
+    return path
+
+
+@pytest.fixture()
+def model_dir(tmp_path: Path) -> Path:
+    """Just enough of a model directory for the checks (the argv tests never load it)."""
+    d = tmp_path / "model"
+    d.mkdir()
+    (d / "config.json").write_text("{}")
+    return d
+
+
+@pytest.fixture()
+def data(tmp_path: Path) -> Path:
+    # native list columns: these tests need no dataset class (the JSON-string case is tested below)
+    return _sft_parquet(tmp_path / "sft.parquet", 64)
+
+
+def _opts(data: Path, model_dir: Path, tmp_path: Path, **kw) -> tr.TrainOptions:
+    return tr.TrainOptions(train=data, model=str(model_dir), out=tmp_path / "run", **kw)
+
+
+def _cfg(argv: list[str]) -> dict[str, str]:
+    """The key=value overrides after `-m verl.trainer.sft_trainer`."""
+    i = argv.index(tr.TRAINER_MODULE)
+    return dict(a.split("=", 1) for a in argv[i + 1 :])
+
+
+def _launcher(argv: list[str]) -> list[str]:
+    return argv[1 : argv.index("-m")]
+
+
+# ---- argv (GPU path) ----------------------------------------------------------------------------
+
+
+def test_gpu_single_node_argv(data, model_dir, tmp_path):
+    plan = tr.plan_training(_opts(data, model_dir, tmp_path, nproc=8, epochs=3, lr=2e-5, batch_size=32), check_device=False)
+    argv = plan.argv
+    assert Path(argv[0]).name == "torchrun"
+    assert _launcher(argv) == ["--standalone", "--nnodes=1", "--nproc_per_node=8"]
+    assert argv[argv.index("-m") + 1] == "verl.trainer.sft_trainer"
+    cfg = _cfg(argv)
+    assert cfg["data.train_files"] == str(data.resolve())
+    assert cfg["model.path"] == str(model_dir.resolve())
+    assert cfg["trainer.total_epochs"] == "3"
+    assert cfg["optim.lr"] == "2e-05"
+    assert cfg["data.train_batch_size"] == "32"
+    assert cfg["trainer.n_gpus_per_node"] == "8"
+    assert cfg["trainer.default_local_dir"] == str((tmp_path / "run" / "checkpoints").resolve())
+    assert cfg["trainer.resume_mode"] == "disable"
+    # GPU runs get nothing of the CPU smoke mode.
+    assert "trainer.device" not in cfg and "engine.strategy" not in cfg
+    assert not set(tr.CPU_ENV) & set(plan.env)
+    assert plan.steps_per_epoch == 64 // 32 and plan.total_steps == 2 * 3
+
+
+def test_multi_node_argv(data, model_dir, tmp_path):
+    opts = _opts(data, model_dir, tmp_path, nproc=4, nnodes=2, node_rank=1, master_addr="10.0.0.1", master_port=6000, batch_size=16)
+    plan = tr.plan_training(opts, check_device=False)
+    assert _launcher(plan.argv) == [
+        "--nnodes=2", "--nproc_per_node=4", "--node_rank=1", "--master_addr=10.0.0.1", "--master_port=6000",
+    ]
+    cfg = _cfg(plan.argv)
+    assert cfg["trainer.nnodes"] == "2" and cfg["trainer.n_gpus_per_node"] == "4"
+    # 64 rows over 8 ranks, 2 rows per rank per step -> 4 steps
+    assert plan.steps_per_epoch == 4
+
+
+def test_multi_node_needs_master_addr(data, model_dir, tmp_path):
+    with pytest.raises(tr.TrainError, match="--master-addr"):
+        tr.plan_training(_opts(data, model_dir, tmp_path, nnodes=2), check_device=False)
+
+
+def test_lora_argv(data, model_dir, tmp_path):
+    cfg = _cfg(tr.plan_training(_opts(data, model_dir, tmp_path, lora_rank=16), check_device=False).argv)
+    assert (cfg["model.lora_rank"], cfg["model.lora_alpha"], cfg["model.target_modules"]) == ("16", "32", "all-linear")
+    cfg = _cfg(tr.plan_training(_opts(data, model_dir, tmp_path, lora_rank=8, lora_alpha=8, lora_target_modules="[q_proj,v_proj]"), check_device=False).argv)
+    assert (cfg["model.lora_rank"], cfg["model.lora_alpha"], cfg["model.target_modules"]) == ("8", "8", "[q_proj,v_proj]")
+    assert "model.lora_rank" not in _cfg(tr.plan_training(_opts(data, model_dir, tmp_path), check_device=False).argv)
+
+
+def test_overrides_pass_through_and_win(data, model_dir, tmp_path):
+    user = ["optim.lr=0.5", "+model.override_config.rope_theta=10000", "trainer.logger=[console]", "~data.custom_cls"]
+    argv = tr.plan_training(_opts(data, model_dir, tmp_path, lr=1e-5, overrides=user), check_device=False).argv
+    # unchanged, in order, at the end; gymverl's own value for the same key is dropped
+    assert argv[-len(user) :] == user
+    keys = [tr.override_key(a) for a in argv[argv.index(tr.TRAINER_MODULE) + 1 :]]
+    assert keys.count("optim.lr") == 1 and keys.count("trainer.logger") == 1
+    assert "optim.lr=1e-05" not in argv
+
+
+@pytest.mark.parametrize("bad", ["--foo", "optim.lr", "-x=1"])
+def test_bad_override_is_refused(data, model_dir, tmp_path, bad):
+    with pytest.raises(tr.TrainError, match="key=value"):
+        tr.plan_training(_opts(data, model_dir, tmp_path, overrides=[bad]), check_device=False)
+
+
+def test_cpu_mode_env_and_overrides(data, model_dir, tmp_path):
+    plan = tr.plan_training(_opts(data, model_dir, tmp_path, device="cpu"), check_device=False)
+    assert plan.env["VERL_USE_EXTERNAL_MODULES"] == "gymverl.verl_cpu"
+    assert plan.env["VERL_PLATFORM"] == "cpu" and plan.env["VERL_ENGINE_DEVICE"] == "cuda"
+    cfg = _cfg(plan.argv)
+    assert cfg["trainer.device"] == "cpu" and cfg["engine.strategy"] == "fsdp2"
+    assert cfg["+model.override_config.attn_implementation"] == "sdpa"
+
+
+def test_json_string_data_uses_gymverl_dataset_class(tmp_path, model_dir):
+    found = tr.find_data_class()
+    strings = _sft_parquet(tmp_path / "s.parquet", 8, json_strings=True)
+    lists = _sft_parquet(tmp_path / "l.parquet", 8)
+    assert "data.custom_cls.path" not in _cfg(tr.plan_training(tr.TrainOptions(train=lists, model=str(model_dir), out=tmp_path / "a"), check_device=False).argv)
+    if found is None:
+        with pytest.raises(tr.TrainError, match="JSON strings"):
+            tr.plan_training(tr.TrainOptions(train=strings, model=str(model_dir), out=tmp_path / "b"), check_device=False)
+    else:
+        cfg = _cfg(tr.plan_training(tr.TrainOptions(train=strings, model=str(model_dir), out=tmp_path / "b"), check_device=False).argv)
+        assert (cfg["data.custom_cls.path"], cfg["data.custom_cls.name"]) == found
+        assert Path(found[0]).name == "verl_data.py"
+
+
+def test_find_data_class_reads_the_subclass(tmp_path):
+    src = tmp_path / "d.py"
+    src.write_text("import x\nclass Helper: pass\nclass Mine(x.MultiTurnSFTDataset):\n    pass\n")
+    assert tr.find_data_class(src) == (str(src), "Mine")
+    src.write_text("class Helper: pass\n")
+    assert tr.find_data_class(src) is None
+
+
+def test_hydra_accepts_the_generated_overrides(data, model_dir, tmp_path):
+    """Compose VeRL's own sft_trainer config with our overrides (a wrong key would fail here)."""
+    import verl.trainer.sft_trainer as sft
+    from hydra import compose, initialize_config_dir
+
+    plan = tr.plan_training(
+        _opts(data, model_dir, tmp_path, device="cpu", lora_rank=4, val=data, overrides=["optim.weight_decay=0.1"]),
+        check_device=False,
+    )
+    overrides = plan.argv[plan.argv.index(tr.TRAINER_MODULE) + 1 :]
+    with initialize_config_dir(config_dir=str(Path(sft.__file__).parent / "config"), version_base=None):
+        cfg = compose(config_name="sft_trainer_engine", overrides=overrides)
+    assert cfg.data.train_batch_size == 64
+    assert cfg.model.lora_rank == 4 and cfg.optim.weight_decay == 0.1
+    assert list(cfg.trainer.logger) == ["console", "file"]
+    assert cfg.model.override_config.attn_implementation == "sdpa"
+    assert cfg.data.val_files == str(data.resolve())
+
+
+# ---- guard rails --------------------------------------------------------------------------------
+
+
+def test_dataset_smaller_than_batch(tmp_path, model_dir):
+    small = _sft_parquet(tmp_path / "small.parquet", 10)
+    with pytest.raises(tr.TrainError, match="10 training rows, fewer than the batch size 16"):
+        tr.plan_training(tr.TrainOptions(train=small, model=str(model_dir), out=tmp_path / "o", batch_size=16), check_device=False)
+    # the default batch size shrinks to the data instead (and says so)
+    plan = tr.plan_training(tr.TrainOptions(train=small, model=str(model_dir), out=tmp_path / "o", nproc=4), check_device=False)
+    assert plan.batch_size == 8 and plan.steps_per_epoch == 1
+    assert any("capped" in n for n in plan.notes)
+
+
+def test_val_smaller_than_batch(tmp_path, data, model_dir):
+    small = _sft_parquet(tmp_path / "val.parquet", 3)
+    with pytest.raises(tr.TrainError, match="3 validation rows"):
+        tr.plan_training(_opts(data, model_dir, tmp_path, val=small, batch_size=8), check_device=False)
+
+
+def test_batch_not_multiple_of_world(data, model_dir, tmp_path):
+    with pytest.raises(tr.TrainError, match="multiple of the 4"):
+        tr.plan_training(_opts(data, model_dir, tmp_path, nproc=4, batch_size=6), check_device=False)
+
+
+def test_existing_outdir(data, model_dir, tmp_path):
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    with pytest.raises(tr.TrainError, match="silently resume.*--resume.*--overwrite"):
+        tr.plan_training(_opts(data, model_dir, tmp_path), check_device=False)
+    resume = tr.plan_training(_opts(data, model_dir, tmp_path, resume=True), check_device=False)
+    assert _cfg(resume.argv)["trainer.resume_mode"] == "auto"
+    assert tr.plan_training(_opts(data, model_dir, tmp_path, overwrite=True), check_device=False).notes
+    with pytest.raises(tr.TrainError, match="exclude"):
+        tr.plan_training(_opts(data, model_dir, tmp_path, resume=True, overwrite=True), check_device=False)
+
+
+def test_overwrite_refuses_a_foreign_directory(data, model_dir, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    with pytest.raises(tr.TrainError, match="not a gymverl training directory"):
+        tr.plan_training(_opts(data, model_dir, tmp_path, overwrite=True), check_device=False)
+
+
+def test_resume_needs_a_directory(data, model_dir, tmp_path):
+    with pytest.raises(tr.TrainError, match="nothing to resume"):
+        tr.plan_training(_opts(data, model_dir, tmp_path, resume=True), check_device=False)
+
+
+def test_missing_model(data, tmp_path):
+    with pytest.raises(tr.TrainError, match="model path does not exist"):
+        tr.plan_training(tr.TrainOptions(train=data, model=str(tmp_path / "nope"), out=tmp_path / "o"), check_device=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(tr.TrainError, match="no config.json"):
+        tr.plan_training(tr.TrainOptions(train=data, model=str(tmp_path / "empty"), out=tmp_path / "o"), check_device=False)
+    # a Hub id is passed through with a note
+    plan = tr.plan_training(tr.TrainOptions(train=data, model="Qwen/Qwen2.5-0.5B-Instruct", out=tmp_path / "o"), check_device=False)
+    assert _cfg(plan.argv)["model.path"] == "Qwen/Qwen2.5-0.5B-Instruct" and plan.notes
+
+
+def test_missing_or_bad_data(tmp_path, model_dir):
+    with pytest.raises(tr.TrainError, match="no such parquet file"):
+        tr.plan_training(tr.TrainOptions(train=tmp_path / "x.parquet", model=str(model_dir), out=tmp_path / "o"), check_device=False)
+    bad = tmp_path / "bad.parquet"
+    bad.write_text("not parquet")
+    with pytest.raises(tr.TrainError, match="not a readable parquet"):
+        tr.plan_training(tr.TrainOptions(train=bad, model=str(model_dir), out=tmp_path / "o"), check_device=False)
+    nomsg = tmp_path / "rl.parquet"
+    pq.write_table(pa.table({"prompt": ["x"] * 4}), nomsg)
+    with pytest.raises(tr.TrainError, match="no `messages` column"):
+        tr.plan_training(tr.TrainOptions(train=nomsg, model=str(model_dir), out=tmp_path / "o"), check_device=False)
+
+
+def test_no_gpu_with_device_cuda(data, model_dir, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(tr.TrainError, match="no CUDA GPU"):
+        tr.plan_training(_opts(data, model_dir, tmp_path, device="cuda"))
+
+
+# ---- CLI ----------------------------------------------------------------------------------------
+
+
+def test_cli_dry_run_json(data, model_dir, tmp_path):
+    res = runner.invoke(
+        app,
+        ["train-offline", str(data), "-m", str(model_dir), "-o", str(tmp_path / "run"), "--nproc", "2",
+         "--lora-rank", "8", "--batch-size", "16", "--dry-run", "--json", "--", "optim.weight_decay=0.1", "+a.b=1"],
+    )
+    assert res.exit_code == 0, res.output
+    plan = json.loads(res.stdout)
+    assert plan["argv"][-2:] == ["optim.weight_decay=0.1", "+a.b=1"]
+    assert "--nproc_per_node=2" in plan["argv"]
+    assert _cfg(plan["argv"])["model.lora_rank"] == "8"
+    assert plan["total_steps"] == 4
+    assert not (tmp_path / "run").exists()  # a dry run writes nothing
+
+
+def test_cli_dry_run_text_shows_command(data, model_dir, tmp_path):
+    res = runner.invoke(app, ["train-offline", str(data), "-m", str(model_dir), "-o", str(tmp_path / "r"), "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert "verl.trainer.sft_trainer" in res.output and "torchrun" in res.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--batch-size", "128"], "fewer than the batch size"),
+        (["-m", "/nonexistent/model"], "does not exist"),
+        (["--device", "tpu"], "cuda or cpu"),
+        (["--epochs", "0"], "--epochs must be at least 1"),
+    ],
+)
+def test_cli_usage_errors_exit_2(data, model_dir, tmp_path, args, message):
+    base = ["train-offline", str(data), "-m", str(model_dir), "-o", str(tmp_path / "r"), "--dry-run"]
+    res = runner.invoke(app, base + args)
+    assert res.exit_code == 2
+    assert message in " ".join(res.stderr.split())
+    assert "Traceback" not in res.output
+
+
+def test_cli_requires_model_and_out(data, tmp_path):
+    res = runner.invoke(app, ["train-offline", str(data), "-o", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "--model" in res.stderr
+    res = runner.invoke(app, ["train-offline", str(data), "-m", "x/y"])
+    assert res.exit_code == 2 and "--out" in res.stderr
+
+
+def test_cli_existing_outdir(data, model_dir, tmp_path):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "train.log").write_text("x")
+    res = runner.invoke(app, ["train-offline", str(data), "-m", str(model_dir), "-o", str(tmp_path / "r"), "--dry-run"])
+    assert res.exit_code == 2 and "--resume" in res.stderr
+
+
+# ---- log parsing --------------------------------------------------------------------------------
+
+
+def test_parse_step_line():
+    line = (
+        "Epoch 1/3:   0%|          | 0/2 [00:00<?, ?it/s]step:3 - perf/max_memory_allocated_gb:1.5 - "
+        "train/loss:5.78125 - train/lr:0.001 - train/global_tokens:108 - train/total_tokens(B):3.24e-07"
+    )
+    step, metrics = tr.parse_step_line(line)
+    assert step == 3
+    assert metrics["train/loss"] == 5.78125 and metrics["train/global_tokens"] == 108
+    assert metrics["train/total_tokens(B)"] == pytest.approx(3.24e-07)
+    assert tr.parse_step_line("Total steps: 6, num_warmup_steps: 0") is None
+    assert tr.parse_step_line("global_step:3 - x:1") is None
+
+
+def test_steps_per_epoch_matches_verl_sampler():
+    """Same count as VeRL's DistributedSampler(drop_last) + DataLoader(drop_last)."""
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    for rows, batch, world in [(64, 16, 1), (10, 8, 4), (103, 12, 3), (7, 4, 2)]:
+        sampler = DistributedSampler(range(rows), num_replicas=world, rank=0, drop_last=True, shuffle=False)
+        loader = DataLoader(range(rows), batch_size=batch // world, sampler=sampler, drop_last=True)
+        assert tr.steps_per_epoch(rows, batch, world) == len(loader), (rows, batch, world)
+
+
+def test_latest_checkpoint(tmp_path):
+    assert tr.latest_checkpoint(tmp_path) is None
+    for n in (2, 10, 4):
+        (tmp_path / f"global_step_{n}").mkdir()
+    assert tr.latest_checkpoint(tmp_path).name == "global_step_10"
+    (tmp_path / "latest_checkpointed_iteration.txt").write_text("4")
+    assert tr.latest_checkpoint(tmp_path).name == "global_step_4"
