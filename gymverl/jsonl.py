@@ -85,6 +85,9 @@ def iter_lines(path: str | os.PathLike[str], max_line_bytes: int = DEFAULT_MAX_L
     number = 0
     try:
         with open_binary(p) as f:
+            if f.peek(len(_BOM)).startswith(_BOM):  # type: ignore[attr-defined]
+                # Some editors and Windows tools start UTF-8 files with a byte order mark.
+                f.read(len(_BOM))
             while True:
                 chunk = f.readline(first)
                 if not chunk:
@@ -121,11 +124,6 @@ def iter_lines(path: str | os.PathLike[str], max_line_bytes: int = DEFAULT_MAX_L
                         continue
                     chunk = b"".join(pieces)
                     del pieces
-                if number == 1 and chunk.startswith(_BOM):
-                    # Some editors and Windows tools start UTF-8 files with a byte order mark.
-                    chunk = chunk[len(_BOM) :]
-                    if not chunk:
-                        return
                 if chunk.endswith(b"\n"):
                     yield Line(number, chunk[:-1].rstrip(b"\r"), len(chunk) - 1)
                     continue

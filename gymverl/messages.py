@@ -41,7 +41,10 @@ def _output_text(output: Any) -> str:
 def _reasoning_text(item: dict[str, Any]) -> str:
     parts: list[str] = []
     for key in ("summary", "content"):
-        for part in item.get(key) or []:
+        value = item.get(key)
+        if not isinstance(value, list):
+            continue
+        for part in value:
             if isinstance(part, dict) and isinstance(part.get("text"), str):
                 parts.append(part["text"])
     return "\n".join(parts)

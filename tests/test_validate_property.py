@@ -1,0 +1,161 @@
+"""Property tests: whatever bytes or JSON a file holds, validation never raises and accounts for every line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gymverl.jsonl import RAW_KEEP_BYTES
+from gymverl.messages import rollout_messages
+from gymverl.records import RecordError, check_record, iter_checked, validate_file
+from test_records import GOOD, good
+
+SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("prop")
+
+
+def physical_lines(data: bytes) -> int:
+    """Lines as a reader sees them: split on \\n; a last line without \\n counts; a leading BOM is not content."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    return data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
+
+
+# Bytes that look a little like JSONL, so parsing gets past the first byte often.
+_fragments = st.sampled_from(
+    [GOOD, GOOD[:50], b"{", b"}", b"[", b"]", b'"', b":", b",", b"\n", b"\r\n", b"NaN", b"1e999", b"\xff",
+     b"\xc3", b"\xef\xbb\xbf", b"null", b" ", b"\\u", b"\\ud800", b'{"reward": 1}', b"\x00"]
+)
+jsonl_ish = st.lists(st.one_of(_fragments, st.binary(max_size=40)), max_size=30).map(b"".join)
+any_bytes = st.one_of(st.binary(max_size=2000), jsonl_ish)
+
+
+def check_accounting(path: Path, data: bytes, rejects: Path) -> None:
+    s = validate_file(path, rejects=rejects)
+    assert s.valid + s.rejected == s.lines == physical_lines(data)
+    rows = [orjson.loads(x) for x in rejects.read_bytes().splitlines()]
+    assert len(rows) == s.rejected
+    assert [r["line"] for r in rows] == sorted({r["line"] for r in rows})
+    for r in rows:
+        assert 1 <= r["line"] <= s.lines and r["reason"] and r["code"]
+        assert len(r["raw"].encode("utf-8", "surrogatepass")) <= 3 * RAW_KEEP_BYTES
+    assert sum(s.rejected_by_code.values()) == s.rejected
+
+
+@SETTINGS
+@given(data=any_bytes)
+def test_any_bytes_never_raise_and_every_line_is_counted(workdir, data):
+    path = workdir / "bytes.jsonl"
+    path.write_bytes(data)
+    check_accounting(path, data, workdir / "bytes.rejects.jsonl")
+
+
+@SETTINGS
+@given(data=any_bytes, limit=st.integers(min_value=1, max_value=64))
+def test_any_bytes_with_a_tiny_line_limit(workdir, data, limit):
+    path = workdir / "limit.jsonl"
+    path.write_bytes(data)
+    s = validate_file(path, max_line_bytes=limit)
+    assert s.valid + s.rejected == s.lines == physical_lines(data)
+
+
+json_leaf = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=20),
+)
+json_value = st.recursive(
+    json_leaf, lambda kids: st.one_of(st.lists(kids, max_size=4), st.dictionaries(st.text(max_size=8), kids, max_size=4)),
+    max_leaves=20,
+)
+
+ITEM_KEYS = ["type", "role", "content", "name", "call_id", "arguments", "output", "summary", "id"]
+item = st.one_of(
+    json_value,
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "type": st.one_of(st.sampled_from(["message", "function_call", "function_call_output", "reasoning", "x"]), json_value),
+            "role": st.one_of(st.sampled_from(["user", "assistant", "system", "developer", "tool", "bot"]), json_value),
+            "content": json_value, "name": st.one_of(st.text(max_size=5), json_value),
+            "call_id": st.one_of(st.text(max_size=5), json_value), "arguments": json_value,
+            "output": json_value, "summary": json_value,
+        },
+    ),
+)
+items = st.one_of(st.lists(item, max_size=5), json_value)
+record_like = st.fixed_dictionaries(
+    {},
+    optional={
+        "responses_create_params": st.one_of(
+            st.fixed_dictionaries({}, optional={"input": st.one_of(st.text(max_size=10), items), "tools": json_value,
+                                                "instructions": json_value}),
+            json_value,
+        ),
+        "response": st.one_of(st.fixed_dictionaries({}, optional={"output": items, "status": json_value,
+                                                                  "incomplete_details": json_value}), json_value),
+        "reward": st.one_of(st.floats(allow_nan=True, allow_infinity=True), json_value),
+        "_ng_task_index": json_value, "_ng_rollout_index": json_value, "agent_ref": json_value,
+        "mask_sample": json_value, "extra": json_value,
+    },
+)
+
+
+def dump(value) -> bytes:
+    # Python's json writes NaN/Infinity and big ints as they are: exactly the input validate must cope with.
+    return json.dumps(value).encode()
+
+
+@SETTINGS
+@given(values=st.lists(st.one_of(json_value, record_like), max_size=8))
+def test_arbitrary_json_per_line(workdir, values):
+    data = b"".join(dump(v) + b"\n" for v in values)
+    path = workdir / "values.jsonl"
+    path.write_bytes(data)
+    check_accounting(path, data, workdir / "values.rejects.jsonl")
+    for c in iter_checked(path):
+        if c.record is not None:
+            # Whatever validates converts to chat messages and writes back as JSON.
+            rollout_messages(c.record, include_reasoning=True)
+            orjson.dumps(c.record)
+            assert c.record == orjson.loads(c.raw)
+
+
+@SETTINGS
+@given(rec=record_like)
+def test_check_record_raises_only_record_error(rec):
+    try:
+        check_record(rec)
+    except RecordError as exc:
+        assert exc.code and exc.reason and "\n" not in exc.reason
+    else:
+        rollout_messages(rec)
+
+
+@SETTINGS
+@given(cut=st.integers(min_value=1, max_value=len(GOOD) - 1), n_good=st.integers(min_value=0, max_value=3))
+def test_any_cut_last_record_is_reported_as_truncated(workdir, cut, n_good):
+    data = (GOOD + b"\n") * n_good + GOOD[:cut]
+    path = workdir / "cut.jsonl"
+    path.write_bytes(data)
+    s = validate_file(path)
+    assert (s.lines, s.valid, s.rejected) == (n_good + 1, n_good, 1)
+    assert s.first_rejections == [
+        {"line": n_good + 1, "code": "truncated", "reason": "truncated JSON at end of file (the file ends mid-record)"}
+    ]
+
+
+def test_valid_record_shapes_round_trip(workdir):
+    rec = good(extra={"nested": [1, 2.5, None, "é"]})
+    path = workdir / "one.jsonl"
+    path.write_bytes(dump(rec) + b"\n")
+    (c,) = list(iter_checked(path))
+    assert c.record == rec
