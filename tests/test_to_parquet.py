@@ -1,0 +1,273 @@
+"""`gymverl to-parquet` / gymverl.convert: accounting, selection against a naive reference, splits,
+shards, atomic output, tasks-file input, and `datasets.load_dataset` on every format."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from conftest import SAMPLE_DATA
+from gymverl.cli import app
+from gymverl.convert import ConvertError, ConvertOptions, convert
+from gymverl.select import SelectOptions
+
+ROLLOUTS = SAMPLE_DATA / "rollouts.jsonl"
+TASKS = SAMPLE_DATA / "tasks.jsonl"
+runner = CliRunner()
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _rows(out: Path, split: str = "train") -> list[dict[str, Any]]:
+    files = sorted(out.glob(f"{split}*.parquet"))
+    return [r for f in files for r in pq.read_table(f).to_pylist()]
+
+
+def _reference_sft_lines(path: Path, *, min_reward: float | None = None, best_of_n: int | None = None,
+                         drop_solved: bool = False, drop_unsolved: bool = False) -> set[int]:
+    """Naive in-memory reference of the selection rules: the input line numbers that should become rows."""
+    by_task: dict[int, list[tuple[int, dict[str, Any]]]] = defaultdict(list)
+    for n, rec in enumerate(_records(path), start=1):
+        by_task[rec["_ng_task_index"]].append((n, rec))
+    keep: set[int] = set()
+    for items in by_task.values():
+        rewards = [r["reward"] for _, r in items]
+        if drop_solved and all(x >= 1.0 for x in rewards):
+            continue
+        if drop_unsolved and not any(x >= 1.0 for x in rewards):
+            continue
+        cands = [(n, r) for n, r in items if r["response"]["status"] == "completed"]
+        if min_reward is not None:
+            cands = [(n, r) for n, r in cands if r["reward"] >= min_reward]
+        cands.sort(key=lambda t: (-t[1]["reward"], t[0]))
+        if best_of_n is not None:
+            cands = cands[:best_of_n]
+        keep.update(n for n, _ in cands)
+    return keep
+
+
+@pytest.mark.parametrize(
+    "sel",
+    [
+        {},
+        {"min_reward": 0.5},
+        {"best_of_n": 1},
+        {"drop_unsolved": True, "best_of_n": 2},
+        {"drop_solved": True, "drop_unsolved": True, "min_reward": 1.0},
+    ],
+)
+def test_sft_selection_matches_reference(tmp_path: Path, sel: dict[str, Any]) -> None:
+    summary = convert(ROLLOUTS, tmp_path / "out", ConvertOptions(fmt="sft", select=SelectOptions(**sel)))
+    rows = _rows(tmp_path / "out")
+    assert {r["extra_info"]["line"] for r in rows} == _reference_sft_lines(ROLLOUTS, **sel)
+    assert summary.rows["train"] == len(rows)
+    assert summary.lines == 20 and summary.accounted == 20
+    assert [r["extra_info"]["index"] for r in rows] == list(range(len(rows)))
+
+
+def test_grouping_does_not_depend_on_input_order_or_partitioning(tmp_path: Path) -> None:
+    lines = ROLLOUTS.read_text().splitlines()
+    random.Random(7).shuffle(lines)
+    shuffled = tmp_path / "shuffled.jsonl"
+    shuffled.write_text("\n".join(lines) + "\n")
+    for sel, key in [
+        # ties in best-of-n are broken by input order, so only (task, reward) must agree there
+        (SelectOptions(best_of_n=2, drop_unsolved=True), lambda r: (r["extra_info"]["task_key"], r["extra_info"]["reward"])),
+        (SelectOptions(drop_solved=True, dedup=True), lambda r: (r["extra_info"]["task_key"], r["messages"])),
+    ]:
+        a = convert(ROLLOUTS, tmp_path / "a", ConvertOptions(fmt="sft", select=sel))
+        b = convert(shuffled, tmp_path / "b", ConvertOptions(fmt="sft", select=sel, partition_bytes=2000))  # many partitions
+        assert sorted(map(key, _rows(tmp_path / "a"))) == sorted(map(key, _rows(tmp_path / "b")))
+        assert a.filtered == b.filtered and a.tasks == b.tasks == 5
+
+
+def _with_bad_lines(tmp_path: Path) -> tuple[Path, dict[int, str]]:
+    lines = ROLLOUTS.read_text().splitlines()
+    no_answer = json.loads(lines[0])
+    no_answer["response"]["output"] = []
+    bad = {
+        3: ('{"responses_create_params": {"input": "hi"}, "response": ', "invalid_json"),
+        6: ("[1, 2, 3]", "not_object"),
+        9: (json.dumps({"responses_create_params": {"input": "hi"}, "response": {"output": []}}), "missing_key"),
+        12: (json.dumps(no_answer), "no_assistant_turn"),
+    }
+    out: list[str] = []
+    for n in range(1, len(lines) + len(bad) + 1):
+        out.append(bad[n][0] if n in bad else lines.pop(0))
+    p = tmp_path / "mixed.jsonl"
+    p.write_text("\n".join(out) + "\n")
+    return p, {n: code for n, (_, code) in bad.items()}
+
+
+@pytest.mark.parametrize("fmt", ["sft", "rl", "dpo"])
+def test_every_line_is_accounted_for(tmp_path: Path, fmt: str) -> None:
+    src, bad = _with_bad_lines(tmp_path)
+    if fmt != "sft":
+        bad = {n: c for n, c in bad.items() if c != "no_assistant_turn" or fmt == "dpo"}
+    rejects = tmp_path / "rejects.jsonl"
+    summary = convert(src, tmp_path / fmt, ConvertOptions(fmt=fmt, rejects_path=rejects))
+    assert summary.lines == 24
+    assert summary.rejected + sum(summary.filtered.values()) + summary.kept_lines == 24
+    got = {r["line"]: r["code"] for r in _records(rejects)}
+    assert got == bad
+    assert all(r["raw"] and r["reason"] for r in _records(rejects))
+
+
+def test_cli_reports_rejections_and_exit_code(tmp_path: Path) -> None:
+    src, bad = _with_bad_lines(tmp_path)
+    res = runner.invoke(app, ["to-parquet", str(src), "-o", str(tmp_path / "o"), "--json"])
+    assert res.exit_code == 1
+    data = json.loads(res.stdout)
+    assert {r["line"] for r in data["rejections"]} == set(bad)
+    assert data["lines"] == data["rejected"] + sum(data["filtered"].values()) + data["kept_lines"]
+    res = runner.invoke(app, ["to-parquet", str(ROLLOUTS), "-o", str(tmp_path / "ok")])
+    assert res.exit_code == 0, res.output
+    assert "filtered: incomplete" in res.stdout and "train" in res.stdout
+
+
+def test_val_split_is_by_task_and_stable(tmp_path: Path) -> None:
+    opts = ConvertOptions(fmt="sft", select=SelectOptions(val_fraction=0.5, drop_incomplete=False))
+    convert(ROLLOUTS, tmp_path / "a", opts)
+    convert(ROLLOUTS, tmp_path / "b", opts)
+    train, val = _rows(tmp_path / "a", "train"), _rows(tmp_path / "a", "val")
+    assert train and val and len(train) + len(val) == 20
+    t_tasks = {r["extra_info"]["task_key"] for r in train}
+    v_tasks = {r["extra_info"]["task_key"] for r in val}
+    assert not t_tasks & v_tasks
+    assert all(r["extra_info"]["split"] == "val" for r in val)
+    assert _rows(tmp_path / "b", "val") == val  # same split, same rows on a rerun
+    # RL rows from the tasks file put each task in the same split as its rollouts.
+    convert(TASKS, tmp_path / "rl", ConvertOptions(fmt="rl", select=SelectOptions(val_fraction=0.5)))
+    assert {r["extra_info"]["task_key"] for r in _rows(tmp_path / "rl", "val")} == v_tasks
+
+
+def test_shards_and_stale_shards(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    s = convert(ROLLOUTS, out, ConvertOptions(fmt="sft", shard_size=4))
+    names = sorted(p.name for p in out.glob("*.parquet"))
+    assert names == [f"train-{i:05d}-of-00005.parquet" for i in range(5)]  # 19 rows
+    assert [pq.read_metadata(out / n).num_rows for n in names] == [4, 4, 4, 4, 3]
+    assert s.files["train"] == [str(out / n) for n in names]
+    convert(ROLLOUTS, out, ConvertOptions(fmt="sft", shard_size=10))
+    assert sorted(p.name for p in out.glob("*.parquet")) == ["train-00000-of-00002.parquet", "train-00001-of-00002.parquet"]
+    assert not list(out.glob(".*"))  # no temp files or spill directories left
+
+
+def test_dry_run_writes_nothing(tmp_path: Path) -> None:
+    res = runner.invoke(app, ["to-parquet", str(ROLLOUTS), "-o", str(tmp_path / "o"), "--format", "dpo", "--dry-run", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["rows"]["train"] > 0
+    assert not (tmp_path / "o").exists()
+
+
+def test_failed_run_leaves_previous_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out"
+    convert(ROLLOUTS, out, ConvertOptions(fmt="sft"))
+    before = (out / "train.parquet").read_bytes()
+    import gymverl.convert as conv
+
+    def boom(*a: Any, **k: Any) -> Any:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(conv.sft_fmt, "sft_row", boom)
+    with pytest.raises(RuntimeError):
+        convert(ROLLOUTS, out, ConvertOptions(fmt="sft", batch_rows=1))
+    assert (out / "train.parquet").read_bytes() == before
+    assert sorted(p.name for p in out.iterdir()) == ["train.parquet"]
+
+
+def test_rl_from_tasks_and_from_rollouts(tmp_path: Path) -> None:
+    s = convert(TASKS, tmp_path / "t", ConvertOptions(fmt="rl"))
+    assert s.input_kind == "tasks" and s.rows["train"] == 5
+    rows = _rows(tmp_path / "t")
+    tasks = _records(TASKS)
+    assert [r["reward_model"]["ground_truth"] for r in rows[:3]] == [t["expected_answer"] for t in tasks[:3]]
+    assert all(r["extra_info"]["n"] is None for r in rows)
+    s = convert(ROLLOUTS, tmp_path / "r", ConvertOptions(fmt="rl", select=SelectOptions(drop_solved=True, drop_unsolved=True)))
+    rows = _rows(tmp_path / "r")
+    by_task = defaultdict(list)
+    for rec in _records(ROLLOUTS):
+        by_task[rec["_ng_task_index"]].append(rec["reward"])
+    expect = {i: sum(x >= 1 for x in v) / len(v) for i, v in by_task.items() if 0 < sum(x >= 1 for x in v) < len(v)}
+    assert {int(r["extra_info"]["task_key"].split("#")[1]): r["extra_info"]["pass_rate"] for r in rows} == expect
+    assert s.filtered == {"solved": 4, "unsolved": 4} and s.kept_lines == 12
+
+
+def test_tasks_file_decides_task_fields(tmp_path: Path) -> None:
+    slim = tmp_path / "tasks.jsonl"
+    slim.write_text("\n".join(json.dumps({"responses_create_params": t["responses_create_params"], "expected_answer": t.get("expected_answer")}) for t in _records(TASKS)) + "\n")
+    convert(ROLLOUTS, tmp_path / "a", ConvertOptions(fmt="rl", tasks_path=slim))
+    convert(ROLLOUTS, tmp_path / "b", ConvertOptions(fmt="rl"))
+    with_tasks = json.loads(_rows(tmp_path / "a")[0]["extra_info"]["nemo_gym"])["task"]
+    heuristic = json.loads(_rows(tmp_path / "b")[0]["extra_info"]["nemo_gym"])["task"]
+    assert set(with_tasks) == {"expected_answer"}
+    assert set(heuristic) == {"question", "expected_answer"}  # extracted_answer, library_reward, ... excluded
+
+
+def test_max_tokens_uses_the_chat_template(tmp_path: Path, tiny_model: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from gymverl.messages import chat_tools, rollout_messages
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model))
+    lengths = {}
+    for n, rec in enumerate(_records(ROLLOUTS), start=1):
+        if rec["response"]["status"] == "completed":
+            tools = chat_tools(rec["responses_create_params"].get("tools")) or None
+            ids = tok.apply_chat_template(rollout_messages(rec), tools=tools, tokenize=True)
+            lengths[n] = len(ids["input_ids"] if hasattr(ids, "keys") else ids)
+    limit = sorted(lengths.values())[len(lengths) // 2]
+    res = runner.invoke(app, ["to-parquet", str(ROLLOUTS), "-o", str(tmp_path / "o"), "--max-tokens", str(limit), "--tokenizer", str(tiny_model), "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["filtered"]["max_tokens"] == sum(v > limit for v in lengths.values()) > 0
+    assert {r["extra_info"]["line"] for r in _rows(tmp_path / "o")} == {n for n, v in lengths.items() if v <= limit}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--format", "sft", str(TASKS)], "tasks file"),
+        (["--format", "rl", "--best-of-n", "2", str(ROLLOUTS)], "one row per task"),
+        (["--max-tokens", "10", str(ROLLOUTS)], "--tokenizer"),
+        (["--format", "xml", str(ROLLOUTS)], "--format"),
+        (["--val-fraction", "0.2", str(ROLLOUTS), "-o", "x.parquet"], "directory"),
+        (["/nonexistent/rollouts.jsonl"], "no such file"),
+    ],
+)
+def test_usage_errors_exit_2(tmp_path: Path, args: list[str], message: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    if "-o" not in args:
+        args = [*args, "-o", str(tmp_path / "o")]
+    res = runner.invoke(app, ["to-parquet", *args])
+    assert res.exit_code == 2, res.output
+    assert message in res.output and "Traceback" not in res.output
+    assert not list(tmp_path.glob("o/*"))
+
+
+def test_library_errors_are_convert_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConvertError, match="tasks file"):
+        convert(TASKS, tmp_path / "o", ConvertOptions(fmt="dpo"))
+
+
+@pytest.mark.parametrize("fmt", ["rl", "sft", "dpo"])
+def test_datasets_load_every_format(tmp_path: Path, fmt: str) -> None:
+    import datasets
+
+    s = convert(ROLLOUTS, tmp_path / fmt, ConvertOptions(fmt=fmt, select=SelectOptions(val_fraction=0.4), shard_size=3))
+    for split, files in s.files.items():
+        ds = datasets.load_dataset("parquet", data_files=files, cache_dir=str(tmp_path / "hf"))["train"]
+        assert len(ds) == s.rows[split] > 0
+        assert {r["split"] for r in ds["extra_info"]} == {split}
+        if fmt in ("sft", "dpo"):
+            col = "messages" if fmt == "sft" else "chosen"
+            assert all(isinstance(json.loads(v), list) for v in ds[col])
