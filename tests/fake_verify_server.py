@@ -9,7 +9,8 @@ Faults follow a per-row plan: `--plan 500,429,ok` makes each row's 1st attempt g
 (500, 503, 429, 422, 400, ...), `timeout` (answer after --hang seconds), `reset` (drop the
 connection without answering), `garbage` (200 with a non-JSON body), `noreward` (200 without a
 reward). `--every K` applies the plan only to rows with crc32(id) % K == 0 (others: ok).
-`--latency S` delays every answer; `--die-after N` exits the process (no clean shutdown) on the
+`--latency S` delays every answer (`--jitter S` adds a random extra delay, so answers finish out
+of order); `--die-after N` exits the process (no clean shutdown) on the
 Nth request, so a test can kill it mid-run and start it again on the same `--port`.
 
 Run: python tests/fake_verify_server.py --port 0 [...]; it prints `PORT <n>` once listening.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
 import sys
 import zlib
 from collections import Counter
@@ -45,10 +47,19 @@ def build_app(args: argparse.Namespace) -> web.Application:
     """The aiohttp app implementing the plan."""
     attempts: Counter[str] = Counter()
     plan = [s.strip() for s in args.plan.split(",") if s.strip()] or ["ok"]
-    state = {"requests": 0}
+    state = {"requests": 0, "in_flight": 0, "max_in_flight": 0}
+    rng = random.Random(args.seed)
 
     async def verify(request: web.Request) -> web.StreamResponse:
         state["requests"] += 1
+        state["in_flight"] += 1
+        state["max_in_flight"] = max(state["max_in_flight"], state["in_flight"])
+        try:
+            return await _verify(request)
+        finally:
+            state["in_flight"] -= 1
+
+    async def _verify(request: web.Request) -> web.StreamResponse:
         if args.die_after and state["requests"] >= args.die_after:
             os._exit(17)  # simulate a crash: no response, sockets torn down by the OS
         raw = await request.read()
@@ -64,8 +75,9 @@ def build_app(args: argparse.Namespace) -> web.Application:
         step = "ok"
         if args.every <= 1 or zlib.crc32(rid.encode()) % args.every == 0:
             step = plan[min(n, len(plan)) - 1]
-        if args.latency:
-            await asyncio.sleep(args.latency)
+        delay = args.latency + (rng.uniform(0, args.jitter) if args.jitter else 0.0)
+        if delay:
+            await asyncio.sleep(delay)
         if step == "ok":
             answer = dict(body)
             answer["reward"] = fake_reward(rid)
@@ -88,7 +100,8 @@ def build_app(args: argparse.Namespace) -> web.Application:
         return web.Response(status=status, body=orjson.dumps({"detail": detail}), content_type="application/json", headers=headers)
 
     async def stats(request: web.Request) -> web.Response:
-        return web.Response(body=orjson.dumps({"requests": state["requests"], "rows": len(attempts)}), content_type="application/json")
+        data = dict(state, rows=len(attempts), attempts_max=max(attempts.values(), default=0))
+        return web.Response(body=orjson.dumps(data), content_type="application/json")
 
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_post("/verify", verify)
@@ -114,6 +127,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--plan", default="ok")
     p.add_argument("--every", type=int, default=1)
     p.add_argument("--latency", type=float, default=0.0)
+    p.add_argument("--jitter", type=float, default=0.0, help="extra random latency, uniform in [0, S]")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--hang", type=float, default=30.0)
     p.add_argument("--die-after", type=int, default=0)
     p.add_argument("--fast", action="store_true", help="benchmark mode: fixed answer, no parsing")
@@ -180,3 +195,10 @@ class FakeServer:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+    def stats(self) -> dict[str, Any]:
+        """Requests served, rows seen, highest concurrency seen (GET /stats)."""
+        import urllib.request
+
+        with urllib.request.urlopen(self.url + "/stats", timeout=10) as resp:  # noqa: S310 - loopback
+            return orjson.loads(resp.read())

@@ -1,0 +1,211 @@
+"""gymverl.verify: request building, routing, and the retry/failure rules under injected faults.
+
+Faults come from tests/fake_verify_server.py (a separate process on 127.0.0.1); real scoring is
+tested against real NeMo Gym servers in test_rescore_real.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import socket
+import time
+from typing import Any
+
+import pytest
+
+from conftest import SAMPLE_DATA
+from fake_verify_server import FakeServer, fake_reward
+from gymverl.verify import (
+    VerifyClient,
+    VerifyConfigError,
+    build_request,
+    clean_params,
+    describe_error_body,
+    parse_servers,
+)
+
+
+def sample_rows() -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (SAMPLE_DATA / "rollouts.jsonl").read_text().splitlines()]
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+async def verify_all(client: VerifyClient, rows: list[dict[str, Any]]) -> list[Any]:
+    async with client:
+        return await asyncio.gather(*(client.verify(r) for r in rows))
+
+
+# ---- request body --------------------------------------------------------------------------------
+
+
+def test_build_request_drops_reward_and_null_params_without_touching_the_row() -> None:
+    row = sample_rows()[0]
+    row["responses_create_params"].update({"parallel_tool_calls": None, "tool_choice": None, "temperature": 0.5})
+    row["reward_before"] = 0.25
+    original = copy.deepcopy(row)
+    body = build_request(row, {"options": [{"A": "x"}]})
+    assert row == original  # the row itself is unchanged
+    assert "reward" not in body and "reward_before" not in body
+    assert "parallel_tool_calls" not in body["responses_create_params"]
+    assert "tool_choice" not in body["responses_create_params"]
+    assert body["responses_create_params"]["temperature"] == 0.5
+    assert body["responses_create_params"]["input"] == row["responses_create_params"]["input"]
+    assert body["options"] == [{"A": "x"}]
+    assert body["expected_answer"] == row["expected_answer"] and body["response"] == row["response"]
+
+
+def test_clean_params_keeps_falsy_values_that_are_not_null() -> None:
+    assert clean_params({"a": None, "b": False, "c": 0, "d": "", "e": []}) == {"b": False, "c": 0, "d": "", "e": []}
+
+
+def test_describe_error_body_summarises_fastapi_details() -> None:
+    body = json.dumps({"detail": [{"loc": ["body", "question"], "msg": "Field required", "input": {"huge": "x" * 10_000}}]})
+    assert describe_error_body(body.encode()) == "question: Field required"
+    assert describe_error_body(b'{"detail": "Not Found"}') == "Not Found"
+    assert describe_error_body(b"<html>bad gateway</html>") == "<html>bad gateway</html>"
+
+
+# ---- servers and routing -------------------------------------------------------------------------
+
+
+def test_parse_servers_pool_routes_and_errors() -> None:
+    pool, routes = parse_servers(["http://a:1/", "math=http://m:2/verify", "http://b:3,xlam=http://x:4"])
+    assert pool == ["http://a:1", "http://b:3"]
+    assert routes == {"math": ["http://m:2"], "xlam": ["http://x:4"]}
+    with pytest.raises(VerifyConfigError, match="must start with http"):
+        parse_servers(["localhost:8000"])
+    with pytest.raises(VerifyConfigError, match="no verifier server"):
+        parse_servers([])
+
+
+def test_routing_by_agent_name_exact_then_longest_prefix_then_pool() -> None:
+    c = VerifyClient(["http://pool:1", "math=http://m:1", "math_with_judge=http://mj:1", "xlam_fc_simple_agent=http://x:1"])
+    assert c.servers_for("math_with_judge_simple_agent") == ["http://mj:1"]
+    assert c.servers_for("math_other_agent") == ["http://m:1"]
+    assert c.servers_for("xlam_fc_simple_agent") == ["http://x:1"]
+    assert c.servers_for("mcqa_simple_agent") == ["http://pool:1"]
+    assert c.servers_for(None) == ["http://pool:1"]
+    assert VerifyClient(["math=http://m:1"]).servers_for("mcqa") is None
+
+
+def test_row_without_a_route_is_a_failure_not_a_request() -> None:
+    row = sample_rows()[0]  # math_with_judge_simple_agent
+    (res,) = run(verify_all(VerifyClient(["xlam_fc=http://127.0.0.1:9"]), [row]))
+    assert not res.ok and res.reason == "no_server" and res.attempts == 0 and res.reward is None
+    assert "math_with_judge_simple_agent" in res.error
+
+
+def test_backoff_is_jittered_capped_and_honours_retry_after() -> None:
+    c = VerifyClient(["http://a:1"], backoff=0.5, max_backoff=4.0, seed=1)
+    delays = [c._delay(attempt, None) for attempt in (1, 2, 3, 4, 5, 6) for _ in range(50)]
+    assert all(0 <= d <= 4.0 for d in delays)
+    assert max(delays[:50]) <= 0.5 and max(delays[-50:]) > 2.0  # grows with the attempt number
+    assert len(set(delays)) > 250  # jittered, not a fixed schedule
+    assert c._delay(1, 3.0) >= 3.0 and c._delay(1, 100.0) == 4.0
+
+
+def test_bad_settings_are_refused() -> None:
+    for kw in ({"concurrency": 0}, {"timeout": 0}, {"retries": -1}):
+        with pytest.raises(VerifyConfigError):
+            VerifyClient(["http://a:1"], **kw)
+
+
+# ---- faults --------------------------------------------------------------------------------------
+
+
+def test_retries_500_429_and_connection_reset_then_succeeds() -> None:
+    rows = sample_rows()[:6]
+    with FakeServer("--plan", "500,429,reset,503,ok") as srv:
+        results = run(verify_all(VerifyClient([srv.url], retries=4, backoff=0.01), rows))
+        stats = srv.stats()
+    for row, res in zip(rows, results):
+        assert res.ok, res
+        assert res.attempts == 5
+        assert res.reward == fake_reward(row["response"]["id"])
+    assert stats["requests"] == 5 * len(rows)
+
+
+def test_422_is_not_retried_and_carries_the_servers_detail() -> None:
+    with FakeServer("--plan", "422") as srv:
+        (res,) = run(verify_all(VerifyClient([srv.url], retries=5, backoff=0.01), sample_rows()[:1]))
+        assert srv.stats()["requests"] == 1
+    assert not res.ok and res.reward is None
+    assert (res.reason, res.status, res.attempts) == ("http_4xx", 422, 1)
+    assert res.error == "HTTP 422: question: Field required"
+
+
+def test_other_4xx_is_not_retried_either() -> None:
+    with FakeServer("--plan", "404") as srv:
+        (res,) = run(verify_all(VerifyClient([srv.url], retries=5, backoff=0.01), sample_rows()[:1]))
+    assert (res.ok, res.status, res.attempts) == (False, 404, 1)
+
+
+def test_persistent_5xx_gives_up_after_the_retries() -> None:
+    with FakeServer("--plan", "503") as srv:
+        (res,) = run(verify_all(VerifyClient([srv.url], retries=2, backoff=0.01), sample_rows()[:1]))
+        assert srv.stats()["requests"] == 3
+    assert not res.ok and (res.reason, res.status, res.attempts) == ("http_5xx", 503, 3)
+    assert res.failure() == {"reason": "http_5xx", "status": 503, "error": "HTTP 503: injected 503", "attempts": 3, "server": srv.url}
+
+
+def test_timeouts_are_retried_and_then_reported() -> None:
+    with FakeServer("--plan", "timeout", "--hang", "20") as srv:
+        t0 = time.monotonic()
+        (res,) = run(verify_all(VerifyClient([srv.url], timeout=0.3, retries=1, backoff=0.01), sample_rows()[:1]))
+        elapsed = time.monotonic() - t0
+    assert not res.ok and (res.reason, res.attempts) == ("timeout", 2)
+    assert elapsed < 5
+
+
+def test_timeout_then_answer_on_retry() -> None:
+    with FakeServer("--plan", "timeout,ok", "--hang", "20") as srv:
+        (res,) = run(verify_all(VerifyClient([srv.url], timeout=0.3, retries=2, backoff=0.01), sample_rows()[:1]))
+    assert res.ok and res.attempts == 2
+
+
+def test_a_200_without_a_reward_is_a_failure_not_a_zero() -> None:
+    for step in ("garbage", "noreward"):
+        with FakeServer("--plan", step) as srv:
+            (res,) = run(verify_all(VerifyClient([srv.url], retries=3, backoff=0.01), sample_rows()[:1]))
+        assert not res.ok and res.reason == "bad_response" and res.attempts == 1 and res.reward is None
+
+
+def test_connection_refused_is_retried_then_reported() -> None:
+    url = f"http://127.0.0.1:{closed_port()}"
+    (res,) = run(verify_all(VerifyClient([url], retries=2, backoff=0.01), sample_rows()[:1]))
+    assert not res.ok and (res.reason, res.attempts, res.status) == ("connection", 3, None)
+
+
+def test_concurrency_is_bounded() -> None:
+    rows = [dict(r, response=dict(r["response"], id=f"r{i}")) for i, r in enumerate(sample_rows() * 2)]
+    with FakeServer("--latency", "0.15") as srv:
+        t0 = time.monotonic()
+        results = run(verify_all(VerifyClient([srv.url], concurrency=4), rows))
+        elapsed = time.monotonic() - t0
+        stats = srv.stats()
+    assert all(r.ok for r in results)
+    assert stats["max_in_flight"] == 4
+    assert elapsed >= 0.15 * len(rows) / 4 * 0.9
+
+
+def test_load_balancing_and_failover_to_a_healthy_server() -> None:
+    rows = [dict(r, response=dict(r["response"], id=f"r{i}")) for i, r in enumerate(sample_rows() * 2)]
+    with FakeServer("--latency", "0.02") as a, FakeServer("--latency", "0.02") as b:
+        results = run(verify_all(VerifyClient([a.url, b.url], concurrency=8), rows))
+        sa, sb = a.stats()["requests"], b.stats()["requests"]
+    assert all(r.ok for r in results)
+    assert sa + sb == len(rows) and sa >= 8 and sb >= 8
+    with FakeServer("--plan", "503") as bad, FakeServer() as good:
+        results = run(verify_all(VerifyClient([bad.url, good.url], concurrency=4, retries=3, backoff=0.01), rows[:12]))
+    assert all(r.ok and r.server == good.url for r in results)
