@@ -356,7 +356,7 @@ def build_command(
     return launcher + ["-m", TRAINER_MODULE] + overrides, env
 
 
-def plan_training(opts: TrainOptions, *, check_device: bool = True) -> TrainPlan:
+def plan_training(opts: TrainOptions, *, check_device: bool = True, check_out: bool = True) -> TrainPlan:
     """Check the inputs and build the command; raises TrainError with one clear sentence."""
     if opts.device not in ("cuda", "cpu"):
         raise TrainError(f"--device must be cuda or cpu, not {opts.device!r}.")
@@ -418,9 +418,10 @@ def plan_training(opts: TrainOptions, *, check_device: bool = True) -> TrainPlan
     note = check_model(opts.model)
     if note:
         notes.append(note)
-    note = check_out_dir(opts.out, opts.resume, opts.overwrite)
-    if note:
-        notes.append(note)
+    if check_out:
+        note = check_out_dir(opts.out, opts.resume, opts.overwrite)
+        if note:
+            notes.append(note)
     if opts.device == "cuda" and check_device:
         check_gpus(opts.nproc)
 
@@ -441,6 +442,94 @@ def plan_training(opts: TrainOptions, *, check_device: bool = True) -> TrainPlan
         data_class=data_class,
         notes=notes,
     )
+
+
+# ---- --from-rollouts -----------------------------------------------------------------------------
+
+
+@dataclass
+class PreparedData:
+    """SFT parquet made from rollouts by `sft_from_rollouts` (gymverl.convert)."""
+
+    train: Path
+    val: Optional[Path]
+    rows: int
+    val_rows: int
+    lines: int
+    rejected: int
+    summary: dict[str, Any]
+
+
+def sft_from_rollouts(
+    rollouts: Path,
+    out_dir: Path,
+    *,
+    min_reward: Optional[float] = 1.0,
+    best_of_n: Optional[int] = None,
+    dedup: bool = False,
+    val_fraction: float = 0.0,
+    rejects: Optional[Path] = None,
+) -> PreparedData:
+    """Rejection sampling + SFT conversion (`gymverl to-parquet --format sft`) into `out_dir`."""
+    from gymverl.convert import ConvertError, ConvertOptions, convert
+    from gymverl.jsonl import InputError
+    from gymverl.select import SelectOptions
+
+    select = SelectOptions(min_reward=min_reward, best_of_n=best_of_n, dedup=dedup, val_fraction=val_fraction)
+    try:
+        summary = convert(rollouts, out_dir, ConvertOptions(fmt="sft", select=select, rejects_path=rejects))
+    except (ConvertError, InputError) as exc:
+        raise TrainError(str(exc)) from None
+    files = summary.files
+    if not files.get("train"):
+        raise TrainError(
+            f"{rollouts}: no rollout passed the selection ({summary.lines} lines, {summary.rejected} rejected); "
+            "nothing to train on."
+        )
+    if len(files["train"]) != 1 or len(files.get("val", [])) > 1:  # pragma: no cover - no shard_size given
+        raise TrainError("expected one train parquet file.")
+    return PreparedData(
+        train=Path(files["train"][0]),
+        val=Path(files["val"][0]) if files.get("val") else None,
+        rows=summary.rows.get("train", 0),
+        val_rows=summary.rows.get("val", 0),
+        lines=summary.lines,
+        rejected=summary.rejected,
+        summary=summary.to_dict(),
+    )
+
+
+def plan_from_rollouts(
+    opts: TrainOptions, rollouts: Path, *, dry_run: bool = False, **select: Any
+) -> tuple[TrainPlan, PreparedData]:
+    """Check OUTDIR, convert the rollouts into OUTDIR/data (a temporary copy for a dry run), plan."""
+    import tempfile
+
+    note = check_out_dir(opts.out, opts.resume, opts.overwrite)
+    data_dir = opts.out / "data"
+    user_val = opts.val
+    if dry_run:
+        with tempfile.TemporaryDirectory(prefix="gymverl-dry-") as tmp:
+            prepared = sft_from_rollouts(rollouts, Path(tmp), **select)
+            opts.train, opts.val = prepared.train, user_val or prepared.val
+            plan = plan_training(opts, check_device=False, check_out=False)
+        # Show the paths the real run will use.
+        plan.argv = [a.replace(tmp, str(data_dir.resolve())) for a in plan.argv]
+        prepared.train = data_dir / prepared.train.name
+        prepared.val = data_dir / prepared.val.name if prepared.val else None
+        opts.train, opts.val = prepared.train, user_val or prepared.val
+    else:
+        if opts.overwrite and opts.out.exists():
+            shutil.rmtree(opts.out)  # check_out_dir made sure it is a gymverl directory
+            opts.overwrite = False
+        data_dir.mkdir(parents=True, exist_ok=True)
+        prepared = sft_from_rollouts(rollouts, data_dir, rejects=data_dir / "rejects.jsonl", **select)
+        opts.train, opts.val = prepared.train, user_val or prepared.val
+        plan = plan_training(opts, check_out=False)
+    if note:
+        plan.notes.append(note)
+    plan.notes.insert(0, f"{prepared.rows} train + {prepared.val_rows} val rows selected from {prepared.lines} rollout lines")
+    return plan, prepared
 
 
 # ---- running --------------------------------------------------------------------------------------
@@ -623,10 +712,11 @@ def _fold_lora(model_dir: Path) -> None:
         from peft import PeftModel
     except ImportError:
         return  # the adapter stays beside the base weights, loadable with peft
-    import torch
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
-    base = AutoModelForCausalLM.from_pretrained(str(model_dir), torch_dtype=torch.float32)
+    hf_logging.disable_progress_bar()  # keep the CLI's own output clean
+    base = AutoModelForCausalLM.from_pretrained(str(model_dir), torch_dtype="auto")
     merged = PeftModel.from_pretrained(base, str(model_dir / "lora_adapter")).merge_and_unload()
     merged.save_pretrained(str(model_dir), safe_serialization=True)
 

@@ -17,7 +17,6 @@ from typer.testing import CliRunner
 
 from gymverl import train as tr
 from gymverl.cli import app
-from gymverl.jsonl import read_jsonl
 from gymverl.records import is_incomplete
 
 from conftest import FIXTURES, SAMPLE_DATA
@@ -27,62 +26,35 @@ pytestmark = [pytest.mark.verl, pytest.mark.timeout(600)]
 TOOL_FIXTURE = FIXTURES / "example_single_tool_call.jsonl"
 
 
-def _sft_rows(path: Path) -> list[dict]:
-    """SFT rows (B's row builder) for the complete rollouts with reward 1 of one file."""
-    from gymverl.formats.sft import sft_row
-
-    rows = []
-    for p in read_jsonl(path):
-        rec = p.obj
-        if rec.get("reward") == 1.0 and not is_incomplete(rec):
-            rows.append(sft_row(rec, data_source=path.stem, task_key=str(p.number), line=p.number))
-    return rows
-
-
 @pytest.fixture(scope="module")
 def sft_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, int]:
-    """(parquet, rows, rows with tool calls): a tiny dataset, a multiple of the batch size 4."""
-    from gymverl.formats.sft import SCHEMA
+    """(parquet, rows, rows with tool calls): `to-parquet --format sft` of sample_data/ and of the real
+    tool-call fixture (reward 1 only), in one file whose row count is a multiple of the batch size 4."""
+    from gymverl.convert import ConvertOptions, convert
+    from gymverl.select import SelectOptions
 
-    rows = _sft_rows(SAMPLE_DATA / "rollouts.jsonl") + _sft_rows(TOOL_FIXTURE)
-    rows = rows[: len(rows) - len(rows) % 4]
-    for i, r in enumerate(rows):
-        r["extra_info"]["split"], r["extra_info"]["index"] = "train", i
-    tool_rows = sum(1 for r in rows if '"tool_calls"' in r["messages"])
-    assert tool_rows >= 3, "the dataset must contain tool-call conversations"
-    path = tmp_path_factory.mktemp("sft") / "train.parquet"
-    pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), path)
-    return path, len(rows), tool_rows
-
-
-def _data_class_overrides(tmp: Path) -> list[str]:
-    """gymverl's dataset class is found automatically; until it exists, a minimal JSON decoder."""
-    if tr.find_data_class() is not None:
-        return []
-    src = tmp / "decode_json.py"
-    src.write_text(
-        "import json\n"
-        "from verl.utils.dataset.multiturn_sft_dataset import MultiTurnSFTDataset\n"
-        "class JsonSFT(MultiTurnSFTDataset):\n"
-        "    def _read_files_and_process(self):\n"
-        "        super()._read_files_and_process()\n"
-        "        self.messages = [json.loads(m) for m in self.messages]\n"
-        "        self.tools = [json.loads(t) if isinstance(t, str) else None for t in self.tools]\n"
-        "        self.dataframe = self.dataframe.drop(columns=['messages', 'tools'])\n"
-        "        self.dataframe['messages'] = [None] * len(self.messages)\n"
-        "        self.dataframe['tools'] = [None] * len(self.messages)\n"
-    )
-    return [f"data.custom_cls.path={src}", "data.custom_cls.name=JsonSFT"]
+    tmp = tmp_path_factory.mktemp("sft")
+    tables = []
+    for src in (SAMPLE_DATA / "rollouts.jsonl", TOOL_FIXTURE):
+        summary = convert(src, tmp / src.stem, ConvertOptions(fmt="sft", select=SelectOptions(min_reward=1.0)))
+        tables.append(pq.read_table(summary.files["train"][0]))
+    table = pa.concat_tables(tables)
+    table = table.slice(0, table.num_rows - table.num_rows % 4)
+    tool_rows = sum(1 for m in table.column("messages").to_pylist() if '"tool_calls"' in m)
+    fixture_rows = tables[1].num_rows
+    assert tool_rows >= 3 and fixture_rows >= 3, "the dataset must contain the fixture's tool-call conversations"
+    path = tmp / "train.parquet"
+    pq.write_table(table, path)
+    return path, table.num_rows, tool_rows
 
 
-def _dataset_tokens(parquet: Path, model: Path, overrides: list[str], max_length: int) -> int:
-    """Total tokens of all rows as VeRL's (gymverl's) dataset class tokenizes them."""
+def _dataset_tokens(parquet: Path, model: Path, max_length: int) -> int:
+    """Total tokens of all rows as VeRL tokenizes them through gymverl's dataset class."""
     from omegaconf import OmegaConf
     from transformers import AutoTokenizer
     from verl.trainer.sft_trainer import create_sft_dataset
 
-    custom = dict(o.split("=", 1) for o in overrides)
-    path, name = tr.find_data_class() or (custom["data.custom_cls.path"], custom["data.custom_cls.name"])
+    path, name = tr.find_data_class()
     cfg = OmegaConf.create({"messages_key": "messages", "tools_key": "tools", "max_length": max_length,
                             "truncation": "error", "pad_mode": "no_padding", "custom_cls": {"path": path, "name": name}})
     ds = create_sft_dataset([str(parquet)], cfg, AutoTokenizer.from_pretrained(str(model)), None)
@@ -115,12 +87,11 @@ def test_cpu_end_to_end(sft_data, tiny_model, tmp_path):
     an HF model exported that loads with transformers and generates."""
     parquet, rows, _tool_rows = sft_data
     out = tmp_path / "run"
-    extra = _data_class_overrides(tmp_path)
     res = CliRunner().invoke(
         app,
         ["train-offline", str(parquet), "-m", str(tiny_model), "-o", str(out), "--device", "cpu",
          "--epochs", "3", "--batch-size", "4", "--micro-batch-size", "4", "--lr", "3e-3", "--max-length", "2048",
-         "--json", "--", *extra],
+         "--json"],
     )
     assert res.exit_code == 0, res.output + (out / "train.log").read_text()[-3000:]
     result = json.loads(res.stdout)
@@ -138,7 +109,7 @@ def test_cpu_end_to_end(sft_data, tiny_model, tmp_path):
 
     # every row (the tool-call conversations included) went through each epoch
     epoch_tokens = sum(m["data"]["train/global_tokens"] for m in metrics[:steps_per_epoch])
-    assert epoch_tokens == _dataset_tokens(parquet, tiny_model, extra, 2048)
+    assert epoch_tokens == _dataset_tokens(parquet, tiny_model, 2048)
 
     # the exported model: plain transformers loads it, it generates, and training changed it
     hf = Path(result["hf_model"])
@@ -159,20 +130,27 @@ def test_cpu_end_to_end(sft_data, tiny_model, tmp_path):
 
 
 @pytest.mark.slow
-def test_cpu_lora_two_processes(sft_data, tiny_model, tmp_path):
-    """LoRA over 2 gloo processes; the exported model has the adapter folded into its weights."""
-    parquet, rows, _ = sft_data
+def test_cpu_from_rollouts_lora_two_processes(tiny_model, tmp_path):
+    """--from-rollouts (selection + sft conversion first), LoRA, 2 gloo processes; the exported model has
+    the adapter folded into its weights."""
     out = tmp_path / "lora"
-    opts = tr.TrainOptions(
-        train=parquet, model=str(tiny_model), out=out, device="cpu", nproc=2, epochs=1, batch_size=4,
-        micro_batch_size=2, lr=1e-2, lora_rank=4, max_length=2048, overrides=_data_class_overrides(tmp_path),
+    res = CliRunner().invoke(
+        app,
+        ["train-offline", "--from-rollouts", str(SAMPLE_DATA / "rollouts.jsonl"), "-m", str(tiny_model), "-o", str(out),
+         "--device", "cpu", "--nproc", "2", "--batch-size", "4", "--micro-batch-size", "2", "--lr", "1e-2",
+         "--lora-rank", "4", "--json", "--", "optim.weight_decay=0.0"],
     )
-    steps = []
-    result = tr.train_offline(opts, lambda ev: steps.append(ev.step) if ev.kind == "step" else None)
-    assert result.returncode == 0, "\n".join(result.tail)
-    assert steps == list(range(1, rows // 4 + 1))
+    assert res.exit_code == 0, res.output + ((out / "train.log").read_text()[-3000:] if (out / "train.log").exists() else "")
+    result = json.loads(res.stdout)
+    rows = pq.read_metadata(out / "data" / "train.parquet").num_rows
+    # sample_data: 20 rollouts, reward 1 and complete -> the selected rows
+    assert rows == sum(1 for r in map(json.loads, (SAMPLE_DATA / "rollouts.jsonl").read_text().splitlines())
+                       if r["reward"] >= 1.0 and not is_incomplete(r))
+    assert result["steps"] == rows // 4
     assert (out / "checkpoints" / f"global_step_{rows // 4}" / "model_world_size_2_rank_1.pt").is_file()
-    hf = result.hf_model
+    argv = json.loads((out / "gymverl-train.json").read_text())["argv"]
+    assert "--nproc_per_node=2" in argv and argv[-1] == "optim.weight_decay=0.0"
+    hf = Path(result["hf_model"])
     assert (hf / "lora_adapter" / "adapter_config.json").is_file()
     before, after = _weights(tiny_model), _weights(hf)
     assert not any("lora" in k for k in after)
