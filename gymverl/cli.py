@@ -489,6 +489,12 @@ def train_offline_command(
         Optional[Path], typer.Option("--from-rollouts", help="Rollout JSONL: select the successful rollouts and convert them to SFT parquet first.")
     ] = None,
     min_reward: Annotated[float, typer.Option("--min-reward", help="With --from-rollouts: keep rollouts with reward >= this.")] = 1.0,
+    best_of_n: Annotated[
+        Optional[int], typer.Option("--best-of-n", help="With --from-rollouts: keep at most the N best rollouts per task.", show_default=False)
+    ] = None,
+    val_fraction: Annotated[
+        float, typer.Option("--val-fraction", help="With --from-rollouts: share of tasks held out as validation data.")
+    ] = 0.0,
     epochs: Annotated[int, typer.Option("--epochs", help="Training epochs.")] = 1,
     lr: Annotated[float, typer.Option("--lr", help="Learning rate.")] = 1e-5,
     batch_size: Annotated[
@@ -543,16 +549,20 @@ def train_offline_command(
         master_addr=master_addr, master_port=master_port, device=device, resume=resume, overwrite=overwrite,
         export=export, save_freq=save_freq, overrides=overrides,
     )
+    prepared = None
     try:
         if from_rollouts is not None:
             existing_file(from_rollouts)
-            tr.check_out_dir(out, resume, overwrite)
-            prepared = tr.sft_from_rollouts(from_rollouts, out / "data", min_reward=min_reward)
-            view.print(f"selected {prepared.rows} of {prepared.lines} rollouts (reward >= {min_reward:g}) -> [bold]{prepared.train}[/]")
-            opts.train, opts.val = prepared.train, opts.val or prepared.val
-        plan = tr.plan_training(opts, check_device=not dry_run)
+            plan, prepared = tr.plan_from_rollouts(
+                opts, from_rollouts, dry_run=dry_run, min_reward=min_reward, best_of_n=best_of_n, val_fraction=val_fraction
+            )
+        else:
+            plan = tr.plan_training(opts, check_device=not dry_run)
     except tr.TrainError as exc:
         fail(str(exc))
+    if prepared is not None and prepared.rejected:
+        where = "" if dry_run else f" (see {out / 'data' / 'rejects.jsonl'})"
+        err_console.print(f"[yellow]warning[/]: {prepared.rejected} of {prepared.lines} rollout lines rejected{where}.")
     if dry_run:
         if as_json:
             print_json({"argv": plan.argv, "env": plan.env, "train_rows": plan.train_rows, "val_rows": plan.val_rows,
@@ -560,7 +570,7 @@ def train_offline_command(
                         "total_steps": plan.total_steps, "notes": plan.notes})
         else:
             _render_train_plan(plan, view)
-        return
+        raise typer.Exit(EXIT_REJECTED if prepared is not None and prepared.rejected else EXIT_OK)
     _render_train_plan(plan, view)
 
     progress = Progress(
@@ -603,6 +613,9 @@ def train_offline_command(
         _render_train_result(result, view)
         if result.hf_model:
             view.print(f"Hugging Face model: [bold green]{result.hf_model}[/]")
+    if prepared is not None and prepared.rejected:
+        # Trained, but some input lines never made it: scripts should notice.
+        raise typer.Exit(EXIT_REJECTED)
 
 
 # ---- collect -----------------------------------------------------------------------------------
