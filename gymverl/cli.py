@@ -781,6 +781,9 @@ def collect(
 # ---- demo --------------------------------------------------------------------------------------
 
 
+from rich.markup import escape  # noqa: E402 - demo output contains paths and brackets
+
+
 class _RichDemoReporter:
     """Renders the demo's steps with rich: a rule per step, details, and a status line."""
 
@@ -794,16 +797,19 @@ class _RichDemoReporter:
         console.rule(f"[bold][{index}/{total}] {title}", align="left")
 
     def info(self, message: str) -> None:
-        console.print(f"  {message}", highlight=False)
+        style = "dim" if message.startswith("same as:") else ("yellow" if "warning" in message else "")
+        console.print(f"  [{style}]{escape(message)}[/]" if style else f"  {escape(message)}", highlight=False)
 
     def done(self, result: Any) -> None:
         style = self.STYLE.get(result.status, "")
         console.print(
-            f"  [{style}]{self.MARK.get(result.status, '')} {result.status}[/] [dim]({result.seconds:.1f} s)[/] {result.summary}",
+            f"  [{style}]{self.MARK.get(result.status, '')} {result.status}[/] [dim]({result.seconds:.1f} s)[/] {escape(result.summary)}",
             highlight=False,
         )
+        from gymverl.demo import display_path
+
         for p in result.outputs:
-            console.print(f"    [dim]->[/] {p}", highlight=False)
+            console.print(f"    [dim]->[/] {escape(display_path(p))}", highlight=False)
 
     def show_stats(self, data: dict[str, Any]) -> None:
         if not self.quiet_stats:
@@ -864,7 +870,7 @@ def demo(
         t.add_column("result", overflow="fold")
         for s in report.steps:
             style = _RichDemoReporter.STYLE.get(s.status, "")
-            t.add_row(s.name, f"[{style}]{s.status}[/]", f"{s.seconds:.1f} s", s.summary)
+            t.add_row(s.name, f"[{style}]{s.status}[/]", f"{s.seconds:.1f} s", escape(s.summary))
         console.print(t)
         console.print(f"step report: [bold]{report.out / 'demo.json'}[/]")
     if not report.ok:

@@ -59,7 +59,7 @@ class DemoOptions:
     overwrite: bool = False
     server_timeout: float = 600.0
     train_epochs: int = 2
-    train_batch_size: int = 4
+    train_batch_size: int = 2
     train_max_length: int = 1024
     val_fraction: float = 0.2
 
@@ -145,7 +145,7 @@ class PlainReporter:
         """A step ended."""
         self.write(f"    -> {result.status} ({result.seconds:.1f} s): {result.summary}")
         for p in result.outputs:
-            self.write(f"       {p}")
+            self.write(f"       {display_path(p)}")
 
     def show_stats(self, data: dict[str, Any]) -> None:
         """The stats step's numbers (a few lines here; the CLI shows its tables)."""
@@ -264,6 +264,21 @@ class _BackgroundServers:
         self.servers.stop()
 
 
+def display_path(p: str | os.PathLike[str]) -> str:
+    """`p` relative to the working directory when it lies below it (shorter to read), else as is."""
+    path = Path(p)
+    with contextlib.suppress(ValueError):
+        if path.is_absolute():
+            return str(path.relative_to(Path.cwd())) or "."
+    return str(path)
+
+
+def _shell(*args: Any) -> str:
+    import shlex
+
+    return shlex.join(display_path(a) if isinstance(a, Path) else str(a) for a in args)
+
+
 class Demo:
     """One demo run: the steps as methods, sharing paths and results."""
 
@@ -329,7 +344,7 @@ class Demo:
         try:
             self.run_step("servers", "Start NeMo Gym resources servers on 127.0.0.1", self.step_servers)
             self.run_step("model", "Build a tiny local model + tokenizer (for the training step)", self.step_model)
-            self.run_step("validate", f"Validate {self.rollouts}", self.step_validate)
+            self.run_step("validate", f"Validate {display_path(self.rollouts)}", self.step_validate)
             self.run_step("rescore", "Rescore the rollouts against NeMo Gym /verify", self.step_rescore)
             self.stop_servers()
             self.run_step("stats", "Reward statistics", self.step_stats)
@@ -352,11 +367,17 @@ class Demo:
             bg.stop()
             self.r.info("NeMo Gym servers stopped")
 
+    def cmd(self, *args: Any) -> None:
+        """Tell the user the gymverl command that does what this step does."""
+        self.r.info(f"same as: {_shell(*args)}")
+
     # ---- steps ---------------------------------------------------------------------------------
 
     def step_servers(self, res: StepResult) -> None:
         """Start the resources servers the sample rollouts need, in the background."""
         from gymverl.nemo_gym import start_resources_servers
+
+        _rescore_api()  # the servers are only for rescoring: no rescore, no servers
 
         names = sorted(set(DEMO_SERVERS.values()))
         log = self.out / "logs" / "ng_run.log"
@@ -391,6 +412,7 @@ class Demo:
         from gymverl.records import validate_file
 
         rejects = self.out / "validate-rejects.jsonl"
+        self.cmd("gymverl", "validate", self.rollouts, "--rejects", rejects)
         summary = validate_file(self.rollouts, rejects=rejects)
         data = summary.to_dict()
         (self.out / "validate.json").write_text(json.dumps(data, indent=2) + "\n")
@@ -405,27 +427,41 @@ class Demo:
 
     def step_rescore(self, res: StepResult) -> None:
         """Rescore every rollout against its environment's /verify (routed by agent)."""
+        _rescore_api()
         if self.blocked(res, "servers"):
             return
         assert self.bg is not None
         bg = self.bg
         servers = bg.wait(lambda: self.r.info("waiting for the NeMo Gym servers to be ready ..."))
         urls = {agent: servers.url(name) for agent, name in DEMO_SERVERS.items()}
-        self.r.info(
-            f"servers ready after {bg.ready_seconds or 0:.0f} s: "
-            + ", ".join(f"{n} {servers.url(n)}" for n in sorted(set(DEMO_SERVERS.values())))
-        )
+        ready = ", ".join(f"{n} {servers.url(n)}" for n in sorted(set(DEMO_SERVERS.values())))
+        self.r.info(f"servers ready after {bg.ready_seconds or 0:.0f} s: {ready}")
+        started = self.report.step("servers")
+        if started is not None:
+            started.summary = f"{ready} (ready after {bg.ready_seconds or 0:.0f} s; stopped after rescoring)"
+            started.details["urls"] = {n: servers.url(n) for n in sorted(set(DEMO_SERVERS.values()))}
+            started.details["ready_seconds"] = bg.ready_seconds
         out = self.out / "rescored.jsonl"
         failures = self.out / "rescore-failures.jsonl"
-        summary = _rescore(self.rollouts, out, failures, urls)
-        res.details = summary
-        res.outputs = [out] + ([failures] if summary.get("failed") else [])
+        args = ["gymverl", "rescore", self.rollouts, "-o", out, "--tasks", self.tasks]
+        for agent, url in urls.items():
+            args += ["--server", f"{agent}={url}"]
+        self.cmd(*args)
+        summary = _rescore(self.rollouts, out, failures, urls, self.tasks)
+        res.details = {k: summary.get(k) for k in ("lines", "rescored", "failed", "rejected", "changed", "mean_before", "mean_after", "per_task", "warning", "seconds")}
+        res.outputs = [out] + ([failures] if summary.get("failed") or summary.get("rejected") else [])
+        mb, ma = summary.get("mean_before"), summary.get("mean_after")
+        means = f", mean reward {mb:.3f} -> {ma:.3f}" if mb is not None and ma is not None else ""
         res.summary = (
-            f"{summary['rows']} rollouts verified: {summary['changed']} rewards changed, "
-            f"mean reward {summary['mean_before']:.3f} -> {summary['mean_after']:.3f}, {summary['failed']} failures"
+            f"{summary['rescored']} of {summary['lines']} rollouts verified by NeMo Gym: "
+            f"{summary['changed']} rewards changed{means}; {summary['failed']} failed, {summary['rejected']} rejected"
         )
-        if summary.get("failed"):
-            raise RuntimeError(f"{summary['failed']} rollouts could not be verified (see {failures})")
+        if summary.get("warning"):
+            self.r.info(f"warning: {summary['warning']}")
+        if summary.get("failed") or summary.get("rejected") or not summary.get("complete", True):
+            raise RuntimeError(
+                f"{summary['failed']} rollouts could not be verified and {summary['rejected']} were rejected (see {failures})"
+            )
         self.current = out
 
     def step_stats(self, res: StepResult) -> None:
@@ -434,12 +470,13 @@ class Demo:
 
         stats = compute_stats(self.current)
         before = compute_stats(self.rollouts) if self.current != self.rollouts else None
+        png = self.out / "stats.png"
+        self.cmd("gymverl", "stats", self.current, *(["--against", self.rollouts] if before else []), "--plot", png)
         data = stats.to_dict()
         payload: dict[str, Any] = {"stats": data}
         if before is not None:
             payload["comparison"] = compare_stats(before, stats)
         (self.out / "stats.json").write_text(json.dumps(_jsonable(payload), indent=2) + "\n")
-        png = self.out / "stats.png"
         res.outputs = [self.out / "stats.json"]
         try:
             plot_stats(stats, png, against=before)
@@ -458,12 +495,19 @@ class Demo:
     def step_parquet(self, res: StepResult) -> None:
         """Convert to VeRL parquet: rl (one prompt per task) and sft (correct rollouts only)."""
         out = self.out / "parquet"
+        vf = f"{self.opts.val_fraction:g}"
+        common = [self.current, "--tasks", self.tasks, "--val-fraction", vf]
+        self.cmd("gymverl", "to-parquet", *common, "--format", "rl", "-o", out / "rl")
+        self.cmd("gymverl", "to-parquet", *common, "--format", "sft", "--min-reward", "1.0", "-o", out / "sft")
         done = _to_parquet(self.current, self.tasks, out, self.opts.val_fraction)
         res.details = done
         res.outputs = [Path(p) for fmt in done.values() for p in fmt.get("files", [])]
-        res.summary = "; ".join(
-            f"{fmt}: {d.get('train_rows', '?')} train + {d.get('val_rows', 0)} val rows" for fmt, d in done.items()
-        )
+        for fmt, d in done.items():
+            dropped = ", ".join(f"{n} {rule}" for rule, n in d["filtered"].items())
+            self.r.info(f"{fmt}: {d['train_rows']} train + {d['val_rows']} val rows" + (f" (dropped: {dropped})" if dropped else ""))
+            for w in d["warnings"]:
+                self.r.info(f"{fmt}: warning: {w}")
+        res.summary = "; ".join(f"{fmt}: {d['train_rows']} train + {d['val_rows']} val rows" for fmt, d in done.items())
         sft = done.get("sft", {})
         self.sft_train = Path(sft["train"]) if sft.get("train") else None
         self.sft_val = Path(sft["val"]) if sft.get("val") else None
@@ -478,8 +522,13 @@ class Demo:
             raise Unavailable(f"gymverl.train is not available in this install ({exc})") from None
         assert self.model_dir is not None and self.sft_train is not None
         out = self.out / "train"
+        parquet = self.report.step("parquet")
+        val_rows = parquet.details.get("sft", {}).get("val_rows", 0) if parquet else 0
+        # VeRL validates in batches of the training batch size: only use the val split when it fills one.
+        val = self.sft_val if self.sft_val is not None and val_rows >= self.opts.train_batch_size else None
         opts = TrainOptions(
             train=self.sft_train,
+            val=val,
             model=str(self.model_dir),
             out=out,
             epochs=self.opts.train_epochs,
@@ -489,12 +538,19 @@ class Demo:
             device="cpu",
             lr=1e-4,
         )
+        self.cmd(
+            "gymverl", "train-offline", opts.train, *(["--val", opts.val] if opts.val else []), "-m", opts.model, "-o", out,
+            "--device", "cpu", "--epochs", opts.epochs, "--batch-size", opts.batch_size,
+            "--micro-batch-size", opts.micro_batch_size, "--lr", opts.lr,
+        )
         self.r.info(f"VeRL log: {out / 'train.log'}")
 
         def on_event(ev: Any) -> None:
-            if ev.kind == "step":
-                loss = ev.metrics.get("train/loss")
-                self.r.info(f"step {ev.step}: loss {loss:.4f}" if loss is not None else f"step {ev.step}")
+            if ev.kind != "step":
+                return
+            parts = [f"{label} {ev.metrics[key]:.4f}" for key, label in (("train/loss", "loss"), ("val/loss", "val loss")) if key in ev.metrics]
+            if parts:
+                self.r.info(f"step {ev.step}: " + ", ".join(parts))
 
         result = train_offline(opts, on_event)
         res.details = result.to_dict()
@@ -513,22 +569,58 @@ class Demo:
 # ---- adapters to the other gymverl parts -------------------------------------------------------
 
 
-def _rescore(rollouts: Path, out: Path, failures: Path, urls: dict[str, str]) -> dict[str, Any]:
-    """Rescore with gymverl.rescore; returns {rows, changed, failed, mean_before, mean_after}."""
+def _rescore_api() -> Callable[..., Any]:
+    """gymverl.rescore.rescore_file, or Unavailable when that part is missing from this install."""
     try:
-        import gymverl.rescore as rescore  # noqa: F401
+        from gymverl.rescore import rescore_file
     except ImportError as exc:
         raise Unavailable(f"gymverl.rescore is not available in this install ({exc})") from None
-    raise Unavailable("gymverl.rescore has no library entry point the demo knows yet")
+    return rescore_file
+
+
+def _rescore(rollouts: Path, out: Path, failures: Path, urls: dict[str, str], tasks: Path | None) -> dict[str, Any]:
+    """Rescore with gymverl.rescore, each agent's rows routed to its server (`NAME=URL`)."""
+    rescore_file = _rescore_api()
+    summary = rescore_file(
+        rollouts,
+        out,
+        [f"{agent}={url}" for agent, url in urls.items()],
+        failures=failures,
+        tasks=tasks if tasks is not None and tasks.is_file() else None,
+    )
+    return summary.to_dict()
 
 
 def _to_parquet(rollouts: Path, tasks: Path, out: Path, val_fraction: float) -> dict[str, dict[str, Any]]:
-    """Write rl and sft parquet with gymverl's converter; returns per-format files and row counts."""
+    """Write rl (every task) and sft (correct, complete rollouts) parquet with gymverl.convert."""
     try:
-        import gymverl.select  # noqa: F401
+        from gymverl.convert import ConvertOptions, convert
+        from gymverl.select import SelectOptions
     except ImportError as exc:
-        raise Unavailable(f"gymverl's parquet converter is not available in this install ({exc})") from None
-    raise Unavailable("gymverl's parquet converter has no library entry point the demo knows yet")
+        raise Unavailable(f"gymverl's parquet converter (gymverl.convert) is not available in this install ({exc})") from None
+    tasks_path = tasks if tasks.is_file() else None
+    plans = {
+        # one prompt per task, with the ground truth and what /verify needs in extra_info
+        "rl": SelectOptions(val_fraction=val_fraction),
+        # rejection sampling: only rollouts the verifier rewarded 1.0 become SFT conversations
+        "sft": SelectOptions(min_reward=1.0, val_fraction=val_fraction),
+    }
+    done: dict[str, dict[str, Any]] = {}
+    for fmt, sel in plans.items():
+        summary = convert(rollouts, out / fmt, ConvertOptions(fmt=fmt, select=sel, tasks_path=tasks_path)).to_dict()
+        if summary["rejected"]:
+            raise RuntimeError(f"{fmt}: {summary['rejected']} input lines rejected: {summary['rejections'][:3]}")
+        files = summary["files"]
+        done[fmt] = {
+            "train_rows": summary["rows"].get("train", 0),
+            "val_rows": summary["rows"].get("val", 0),
+            "filtered": summary["filtered"],
+            "files": [p for split in ("train", "val") for p in files.get(split, [])],
+            "train": (files.get("train") or [None])[0],
+            "val": (files.get("val") or [None])[0],
+            "warnings": summary["warnings"],
+        }
+    return done
 
 
 def run_demo(opts: DemoOptions, reporter: Reporter | None = None) -> DemoReport:
@@ -553,6 +645,7 @@ __all__ = [
     "STEPS",
     "SKIPPABLE",
     "StepResult",
+    "display_path",
     "fresh_out_dir",
     "run_demo",
 ]
