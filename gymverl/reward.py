@@ -45,10 +45,9 @@ DEFAULT_CONCURRENCY = 64
 _TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.S)
 _THINK = re.compile(r"^\s*<think>.*?</think>\s*", re.S)
 
-# (event loop) -> {settings key -> client}: an aiohttp pool belongs to the loop that made it.
-_CLIENTS: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, ...], VerifyClient]]" = (
-    weakref.WeakKeyDictionary()
-)
+# id(event loop) -> (weak ref to the loop, {settings -> client}): an aiohttp pool belongs to the
+# loop that made it. Entries of closed or collected loops are dropped on the next lookup.
+_CLIENTS: dict[int, tuple["weakref.ReferenceType[asyncio.AbstractEventLoop]", dict[tuple[Any, ...], VerifyClient]]] = {}
 
 
 class VerifyFailed(RuntimeError):
@@ -95,11 +94,23 @@ def get_client(**kwargs: Any) -> VerifyClient:
     timeout = float(_setting(kwargs, "timeout", "GYMVERL_VERIFY_TIMEOUT", DEFAULT_TIMEOUT))
     retries = int(_setting(kwargs, "retries", "GYMVERL_VERIFY_RETRIES", DEFAULT_RETRIES))
     key = (specs, concurrency, timeout, retries)
-    per_loop = _CLIENTS.setdefault(loop, {})
+    entry = _CLIENTS.get(id(loop))
+    if entry is None or entry[0]() is not loop:
+        _prune()
+        entry = _CLIENTS[id(loop)] = (weakref.ref(loop), {})
+    per_loop = entry[1]
     client = per_loop.get(key)
     if client is None:
         client = per_loop[key] = VerifyClient(list(specs), concurrency=concurrency, timeout=timeout, retries=retries)
     return client
+
+
+def _prune() -> None:
+    """Forget the pools of event loops that are closed or gone."""
+    for k, (ref, _) in list(_CLIENTS.items()):
+        loop = ref()
+        if loop is None or loop.is_closed():
+            del _CLIENTS[k]
 
 
 def _json_value(value: Any) -> Any:
@@ -120,12 +131,16 @@ def response_from_text(text: str, params: Mapping[str, Any] | None = None, *, mo
         text = _THINK.sub("", text, count=1)
     output: list[dict[str, Any]] = []
     calls: list[dict[str, Any]] = []
+    kept: list[str] = []  # the text outside parsed tool calls (an unparsable block stays text)
+    pos = 0
     for m in _TOOL_CALL.finditer(text):
         try:
             call = orjson.loads(m.group(1))
         except orjson.JSONDecodeError:
             continue
         if isinstance(call, dict) and isinstance(call.get("name"), str):
+            kept.append(text[pos : m.start()])
+            pos = m.end()
             args = call.get("arguments", {})
             calls.append(
                 {
@@ -137,7 +152,7 @@ def response_from_text(text: str, params: Mapping[str, Any] | None = None, *, mo
                     "status": "completed",
                 }
             )
-    message_text = _TOOL_CALL.sub("", text).strip() if calls else text
+    message_text = ("".join(kept) + text[pos:]).strip() if calls else text
     if message_text or not calls:
         output.append(
             {
