@@ -384,3 +384,43 @@ def test_cli_json_error(tmp_path: Path) -> None:
     assert res.exit_code == 2
     data = json.loads(res.stdout)
     assert data["ok"] is False and "no such file" in data["message"]
+
+
+def test_sigterm_stops_the_collector_like_ctrl_c(tmp_path: Path, nemo_gym_env: Path) -> None:
+    import os
+    import signal
+
+    script = tmp_path / "fake.py"
+    script.write_text(FAKE_COLLECTOR)
+    out, flag = tmp_path / "o.jsonl", tmp_path / "flag"
+    before = signal.getsignal(signal.SIGTERM)
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    r = C.run_collector(
+        [sys.executable, str(script), str(out), "1000", str(flag)], env=nemo_gym_env, output=out, log_path=tmp_path / "log", poll=0.05
+    )
+    assert r.interrupted and flag.read_text() == "SIGINT"
+    assert signal.getsignal(signal.SIGTERM) is before  # our handler is only installed while collecting
+
+
+def _result(tmp_path: Path, *, rc: int = 0, written: int = 20, failed: int = 0, valid: int = 20, rejected: int = 0) -> C.CollectResult:
+    from gymverl.records import ValidationSummary
+
+    v = ValidationSummary(str(tmp_path / "o.jsonl"))
+    v.lines, v.valid, v.rejected = valid + rejected, valid, rejected
+    v.rollouts_per_task.update({f"#{i}": 4 for i in range(valid // 4)})
+    r = C.CollectResult(
+        str(tmp_path / "o.jsonl"), "log", [], 20, C.RunResult(rc, False, written, failed, 1.0), v, "f.jsonl", False, 1, ""
+    )
+    C._verdict(r)
+    return r
+
+
+def test_verdict_says_what_is_wrong(tmp_path: Path) -> None:
+    ok = _result(tmp_path)
+    assert ok.ok and ok.code == 0 and "collected 20 rollouts (5 tasks)" in ok.message
+    r = _result(tmp_path, valid=16, failed=4)
+    assert r.code == 1 and "4 rollouts failed (see f.jsonl)" in r.message and "16 valid rollouts of 20 expected" in r.message
+    r = _result(tmp_path, valid=12)
+    assert r.code == 1 and "8 rollouts missing" in r.message
+    r = _result(tmp_path, valid=19, rejected=1)
+    assert r.code == 1 and "1 lines rejected by validation" in r.message
