@@ -332,8 +332,45 @@ def start_hint(env: Path | None, agents: Iterable[str]) -> str:
     )
 
 
+_INTERP = re.compile(r"^\$\{([\w.]+)\}$")
+
+
+def _resolve(cfg: dict[str, Any], value: Any) -> Any:
+    """Resolve a whole-value `${a.b}` interpolation (as an unresolved OmegaConf dump has) against `cfg`."""
+    for _ in range(5):
+        m = _INTERP.match(value) if isinstance(value, str) else None
+        if not m:
+            return value
+        node: Any = cfg
+        for part in m.group(1).split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        value = node
+    return value
+
+
+def _server_config(cfg: dict[str, Any], name: str, kind: str) -> dict[str, Any] | None:
+    """The inner config of server instance `name` of `kind` (e.g. responses_api_agents), if running."""
+    outer = cfg.get(name)
+    if not isinstance(outer, dict) or not isinstance(outer.get(kind), dict):
+        return None
+    inner = next(iter(outer[kind].values()), None)
+    return inner if isinstance(inner, dict) else None
+
+
+def _answers(url: str, timeout: float) -> str | None:
+    """None when something answers HTTP at `url` (any status), else why not."""
+    try:
+        _get(url, timeout)
+    except urllib.error.HTTPError:
+        return None  # it answered
+    except (urllib.error.URLError, OSError) as exc:
+        return str(getattr(exc, "reason", exc))
+    return None
+
+
 def check_servers(head_url: str, agents: Iterable[str], *, env: Path | None = None, timeout: float = 5.0) -> dict[str, str]:
-    """Check the head server answers and every agent in `agents` runs and answers; return agent -> URL."""
+    """Check the head server, every agent in `agents`, the resources and model servers each uses, and the
+    model's own upstream URL all answer; return server name -> URL (the upstream as "<model> upstream")."""
     import yaml
 
     agents = sorted(set(agents))
@@ -348,31 +385,51 @@ def check_servers(head_url: str, agents: Iterable[str], *, env: Path | None = No
             f"{start_hint(env, agents)}, or pass --servers CONFIG to let gymverl start them."
         ) from None
     cfg = cfg if isinstance(cfg, dict) else {}
-    running = {k for k, v in cfg.items() if isinstance(v, dict) and "responses_api_agents" in v}
+    running = sorted(k for k, v in cfg.items() if isinstance(v, dict) and "responses_api_agents" in v)
     urls: dict[str, str] = {}
     for name in agents:
-        if name not in running:
+        inner = _server_config(cfg, name, "responses_api_agents")
+        if inner is None:
             hint = agent_config_hint(env, name)
             where = f" (defined in {hint})" if hint else ""
             raise CollectError(
                 f"agent {name!r} is not running on the NeMo Gym servers at {base} "
-                f"(running agents: {', '.join(sorted(running)) or 'none'}); add its config{where} to ng_run's +config_paths."
+                f"(running agents: {', '.join(running) or 'none'}); add its config{where} to ng_run's +config_paths."
             )
-        inner = next(iter(cfg[name]["responses_api_agents"].values()), None) or {}
-        host, port = inner.get("host"), inner.get("port")
-        if not host or not port:
-            continue  # not started yet or an unusual config: the collector will report it
-        url = f"http://{host}:{port}"
-        try:
-            _get(url + "/", timeout)
-        except urllib.error.HTTPError:
-            pass  # it answered
-        except (urllib.error.URLError, OSError) as exc:
-            raise CollectError(
-                f"agent {name!r} is configured at {url} but does not answer ({getattr(exc, 'reason', exc)}); "
-                f"restart the NeMo Gym servers (ng_run)."
-            ) from None
-        urls[name] = url
+        # The agent, then the servers it calls: a dead one would fail every rollout, late.
+        targets = [(name, "agent", inner)]
+        for ref_key, label in (("resources_server", "resources server"), ("model_server", "model server")):
+            ref = inner.get(ref_key)
+            if isinstance(ref, dict) and ref.get("name") and ref.get("type"):
+                sub = _server_config(cfg, ref["name"], ref["type"])
+                if sub is not None:
+                    targets.append((ref["name"], label, sub))
+        for server, label, sc in targets:
+            if server in urls:
+                continue
+            host, port = _resolve(cfg, sc.get("host")), _resolve(cfg, sc.get("port"))
+            if not host or not port:
+                continue  # an unusual config: the collector will report it
+            url = f"http://{host}:{port}"
+            why = _answers(url + "/", timeout)
+            if why:
+                who = f"agent {server!r}" if label == "agent" else f"{label} {server!r} (used by agent {name!r})"
+                raise CollectError(
+                    f"{who} is configured at {url} but does not answer ({why}); "
+                    f"restart the NeMo Gym servers (ng_run)."
+                )
+            urls[server] = url
+            if label == "model server":
+                upstream = _resolve(cfg, sc.get("openai_base_url") or sc.get("base_url"))
+                upstream = upstream[0] if isinstance(upstream, list) and upstream else upstream
+                if isinstance(upstream, str) and upstream.startswith("http"):
+                    why = _answers(upstream.rstrip("/") + "/models", timeout)
+                    if why:
+                        raise CollectError(
+                            f"the model behind NeMo Gym's {server!r} server, {upstream}, does not answer ({why}); "
+                            f"start your model server (e.g. `vllm serve MODEL`) or point +policy_base_url at it."
+                        )
+                    urls[f"{server} upstream"] = upstream
     return urls
 
 

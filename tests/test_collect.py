@@ -184,13 +184,14 @@ def test_existing_output_is_never_silently_overwritten(tmp_path: Path) -> None:
 
 
 class _FakeHead(BaseHTTPRequestHandler):
-    """Fault injection: a head server whose config lists an agent on a port nobody listens on."""
+    """Fault injection: a head server (that also answers as every NeMo Gym server it lists) whose
+    config points at ports nobody listens on; `config` is filled in by the fixture."""
 
     config: dict = {}
 
     def do_GET(self) -> None:  # noqa: N802
         body = json.dumps(json.dumps(self.config)).encode()  # NeMo Gym sends a JSON string holding YAML
-        self.send_response(200 if self.path == "/global_config_dict_yaml" else 404)
+        self.send_response(200)
         self.end_headers()
         self.wfile.write(body)
 
@@ -200,15 +201,28 @@ class _FakeHead(BaseHTTPRequestHandler):
 
 @pytest.fixture()
 def fake_head():
-    dead = free_port()
-    _FakeHead.config = {
-        "head_server": {"host": "127.0.0.1", "port": 1},
-        "dead_agent": {"responses_api_agents": {"simple_agent": {"host": "127.0.0.1", "port": dead}}},
-    }
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _FakeHead)
+    me, dead = srv.server_address[1], free_port()
+    agent = lambda model: {  # noqa: E731
+        "host": "127.0.0.1",
+        "port": me,
+        "resources_server": {"type": "resources_servers", "name": "rs"},
+        "model_server": {"type": "responses_api_models", "name": model},
+    }
+    _FakeHead.config = {
+        "head_server": {"host": "127.0.0.1", "port": me},
+        "policy_base_url": f"http://127.0.0.1:{dead}/v1",
+        "dead_agent": {"responses_api_agents": {"simple_agent": {"host": "127.0.0.1", "port": dead}}},
+        "ok_agent": {"responses_api_agents": {"simple_agent": agent("live_model")}},
+        "no_policy_agent": {"responses_api_agents": {"simple_agent": agent("policy_model")}},
+        "rs": {"resources_servers": {"x": {"host": "127.0.0.1", "port": me}}},
+        # An unresolved OmegaConf dump: the upstream URL is an interpolation of a top-level key.
+        "policy_model": {"responses_api_models": {"openai_model": {"host": "127.0.0.1", "port": me, "openai_base_url": "${policy_base_url}"}}},
+        "live_model": {"responses_api_models": {"openai_model": {"host": "127.0.0.1", "port": me, "openai_base_url": f"http://127.0.0.1:{me}/v1"}}},
+    }
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    yield f"http://127.0.0.1:{me}"
     srv.shutdown()
     srv.server_close()
 
@@ -227,6 +241,13 @@ def test_agent_not_running_or_not_answering(fake_head: str, nemo_gym_env: Path) 
         C.check_servers(fake_head, ["xlam_fc_simple_agent"], env=nemo_gym_env)
     with pytest.raises(C.CollectError, match="agent 'dead_agent' is configured at http://127.0.0.1:\\d+ but does not answer"):
         C.check_servers(fake_head, ["dead_agent"])
+    with pytest.raises(C.CollectError) as exc:
+        C.check_servers(fake_head, ["no_policy_agent"])
+    assert "the model behind NeMo Gym's 'policy_model' server, http://127.0.0.1:" in str(exc.value)
+    assert "does not answer" in str(exc.value) and "start your model server" in str(exc.value)
+    urls = C.check_servers(fake_head, ["ok_agent"])
+    assert set(urls) == {"ok_agent", "rs", "live_model", "live_model upstream"}
+    assert urls["live_model upstream"] == fake_head + "/v1"
 
 
 # ---- progress, failure reasons, Ctrl-C ----------------------------------------------------------

@@ -71,10 +71,13 @@ def _run_json(*args: str):
     return res, json.loads(res.stdout)
 
 
-def test_four_validated_rollouts_per_task_with_real_rewards(stack: str, tmp_path: Path) -> None:
+def test_four_validated_rollouts_per_task_with_real_rewards(stack: str, policy: PolicyServer, tmp_path: Path) -> None:
     out = tmp_path / "rollouts.jsonl"
     res, data = _run_json("-i", str(TASKS), "-o", str(out), "--num-samples", "4", "--concurrency", "4", "--head-url", stack)
     assert res.exit_code == 0, res.output
+    # Preflight found every server each agent uses in NeMo Gym's own config, down to the policy URL.
+    assert {"math_with_judge_simple_agent", "xlam_fc_simple_agent", "math_with_judge", "xlam_fc", "policy_model"} < set(data["servers"])
+    assert data["servers"]["policy_model upstream"] == policy.base_url
     assert data["ok"] and data["expected_rollouts"] == 20 and data["written"] == 20
     v = data["validation"]
     assert (v["valid"], v["rejected"], v["tasks"]) == (20, 0, 5)
