@@ -163,6 +163,9 @@ class _Server:
     sent: int = 0
     failed: int = 0
 
+    def __post_init__(self) -> None:
+        self.verify_url = self.url + "/verify"
+
 
 @dataclass
 class VerifyClient:
@@ -212,8 +215,10 @@ class VerifyClient:
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 cookie_jar=aiohttp.DummyCookieJar(),
-                timeout=aiohttp.ClientTimeout(total=None),
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                headers={"Content-Type": "application/json"},
                 skip_auto_headers=("User-Agent",),
+                auto_decompress=False,
             )
             self._sem = asyncio.Semaphore(self.concurrency)
             self._loop = asyncio.get_running_loop()
@@ -324,12 +329,7 @@ class VerifyClient:
     async def _attempt(self, server: _Server, data: bytes) -> dict[str, Any]:
         assert self._session is not None
         try:
-            async with self._session.post(
-                server.url + "/verify",
-                data=data,
-                headers={"Content-Type": "application/json"},
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
-            ) as resp:
+            async with self._session.post(server.verify_url, data=data) as resp:
                 raw = await resp.read()
                 status = resp.status
                 retry_after = resp.headers.get("Retry-After")
