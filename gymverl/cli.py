@@ -823,7 +823,7 @@ def demo(
     ] = None,
     skip: Annotated[
         Optional[list[str]],
-        typer.Option("--skip", help="Skip a step: rescore (and the servers), stats, parquet, train. Repeat or comma-separate."),
+        typer.Option("--skip", help="Skip a step: rescore (and the servers), stats, parquet, reward, train. Repeat or comma-separate."),
     ] = None,
     data: Annotated[
         Optional[Path], typer.Option("--data", help="Directory with rollouts.jsonl and tasks.jsonl (default: the repo's sample_data/).")

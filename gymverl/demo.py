@@ -7,7 +7,10 @@ Steps (each prints what it did and where its output is):
  4. rescore   re-score them against the running servers' /verify; then stop the servers
  5. stats     pass rate, pass@k, reward and length statistics (+ a PNG)
  6. parquet   convert to VeRL parquet: `rl` (prompts + ground truth) and `sft` (correct rollouts)
- 7. train     a short CPU run of VeRL's SFT trainer on the sft parquet with the tiny model
+ 7. reward    score answers to the rl prompts with `gymverl.reward.compute_score` (the VeRL reward
+              function) against the same servers: the reference answer must get 1.0, a non-answer 0.0;
+              then stop the servers
+ 8. train     a short CPU run of VeRL's SFT trainer on the sft parquet with the tiny model
 
 Servers are stopped when they are no longer needed and, whatever happens (Ctrl-C, SIGTERM, an
 error), before `run_demo` returns or raises. A step whose gymverl part is missing from this install
@@ -34,9 +37,9 @@ DEMO_SERVERS = {
     "math_with_judge_simple_agent": "math_with_judge",
     "xlam_fc_simple_agent": "xlam_fc",
 }
-STEPS = ("servers", "model", "validate", "rescore", "stats", "parquet", "train")
+STEPS = ("servers", "model", "validate", "rescore", "stats", "parquet", "reward", "train")
 # What `--skip` accepts; skipping rescore also skips the servers it needs.
-SKIPPABLE = ("rescore", "stats", "parquet", "train")
+SKIPPABLE = ("rescore", "stats", "parquet", "reward", "train")
 OK, SKIPPED, UNAVAILABLE, FAILED = "ok", "skipped", "unavailable", "failed"
 
 
@@ -293,6 +296,8 @@ class Demo:
         self.sft_train: Path | None = None
         self.sft_val: Path | None = None
         self.model_dir: Path | None = None
+        self.rl_files: list[Path] = []
+        self.urls: dict[str, str] = {}
         self.index = 0
 
     # ---- running steps -------------------------------------------------------------------------
@@ -346,9 +351,10 @@ class Demo:
             self.run_step("model", "Build a tiny local model + tokenizer (for the training step)", self.step_model)
             self.run_step("validate", f"Validate {display_path(self.rollouts)}", self.step_validate)
             self.run_step("rescore", "Rescore the rollouts against NeMo Gym /verify", self.step_rescore)
-            self.stop_servers()
             self.run_step("stats", "Reward statistics", self.step_stats)
             self.run_step("parquet", "Convert to VeRL parquet (rl and sft)", self.step_parquet)
+            self.run_step("reward", "Score rl prompts with the VeRL reward function (NeMo Gym /verify)", self.step_reward)
+            self.stop_servers()  # training needs the cores more than idle servers do
             self.run_step("train", "Train offline on CPU: VeRL SFT trainer, tiny model", self.step_train)
         except KeyboardInterrupt:
             self.report.interrupted = True
@@ -434,6 +440,7 @@ class Demo:
         bg = self.bg
         servers = bg.wait(lambda: self.r.info("waiting for the NeMo Gym servers to be ready ..."))
         urls = {agent: servers.url(name) for agent, name in DEMO_SERVERS.items()}
+        self.urls = urls
         ready = ", ".join(f"{n} {servers.url(n)}" for n in sorted(set(DEMO_SERVERS.values())))
         self.r.info(f"servers ready after {bg.ready_seconds or 0:.0f} s: {ready}")
         started = self.report.step("servers")
@@ -508,9 +515,42 @@ class Demo:
             for w in d["warnings"]:
                 self.r.info(f"{fmt}: warning: {w}")
         res.summary = "; ".join(f"{fmt}: {d['train_rows']} train + {d['val_rows']} val rows" for fmt, d in done.items())
+        self.rl_files = [Path(p) for p in done.get("rl", {}).get("files", [])]
         sft = done.get("sft", {})
         self.sft_train = Path(sft["train"]) if sft.get("train") else None
         self.sft_val = Path(sft["val"]) if sft.get("val") else None
+
+    def step_reward(self, res: StepResult) -> None:
+        """Score each rl row twice with gymverl.reward.compute_score: its reference answer, and a non-answer."""
+        try:
+            from gymverl.reward import compute_score  # noqa: F401
+        except ImportError as exc:
+            raise Unavailable(f"gymverl.reward is not available in this install ({exc})") from None
+        if self.blocked(res, "parquet") or self.blocked(res, "rescore"):
+            return
+        import gymverl.reward
+
+        env = " ".join(f"{agent}={url}" for agent, url in self.urls.items())
+        self.r.info(
+            f"in VeRL: GYMVERL_VERIFY_URL={_shell(env)} python -m verl.trainer.main_ppo ... "
+            f"reward.custom_reward_function.path={display_path(gymverl.reward.__file__)} "
+            "reward.custom_reward_function.name=compute_score"
+        )
+        rows = _score_rl_rows(self.rl_files, self.urls)
+        res.details = {"rows": rows}
+        right = sum(1 for r in rows if r["reference_score"] == 1.0)
+        wrong = sum(1 for r in rows if r["non_answer_score"] == 0.0)
+        for r in rows:
+            self.r.info(
+                f"{r['data_source']} #{r['index']} ({r['split']}): reference answer -> {r['reference_score']:g}, "
+                f"non-answer -> {r['non_answer_score']:g}"
+            )
+        res.summary = (
+            f"{len(rows)} rl prompts scored via /verify: reference answer 1.0 on {right}/{len(rows)}, "
+            f"non-answer 0.0 on {wrong}/{len(rows)}"
+        )
+        if right != len(rows) or wrong != len(rows):
+            raise RuntimeError(res.summary)
 
     def step_train(self, res: StepResult) -> None:
         """A short CPU run of VeRL's SFT trainer on the sft parquet, with the tiny model."""
@@ -621,6 +661,59 @@ def _to_parquet(rollouts: Path, tasks: Path, out: Path, val_fraction: float) -> 
             "warnings": summary["warnings"],
         }
     return done
+
+
+def reference_answer(ground_truth: str, tools: Any) -> str:
+    """What a policy would answer to get reward 1.0 on a sample task: a tool call or a boxed answer."""
+    if tools:
+        calls = json.loads(ground_truth)
+        return "\n".join(
+            "<tool_call>\n" + json.dumps({"name": c["name"], "arguments": c["arguments"]}) + "\n</tool_call>" for c in calls
+        )
+    return f"The answer is \\boxed{{{ground_truth}}}."
+
+
+NON_ANSWER = "I am not sure."
+
+
+def _score_rl_rows(files: list[Path], urls: dict[str, str]) -> list[dict[str, Any]]:
+    """Score every rl row's reference answer and a non-answer the way VeRL's reward loop would."""
+    import asyncio
+
+    import pyarrow.parquet as pq
+
+    from gymverl.reward import compute_score, get_client
+
+    rows = [row for f in files for row in pq.read_table(f).to_pylist()]
+    servers = [f"{agent}={url}" for agent, url in urls.items()]
+
+    async def score_all() -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        try:
+            for row in rows:
+                info = row["extra_info"]
+                ng = json.loads(info["nemo_gym"]) if isinstance(info["nemo_gym"], str) else info["nemo_gym"]
+                gt = row["reward_model"]["ground_truth"]
+                answer = reference_answer(gt, (ng.get("responses_create_params") or {}).get("tools"))
+                good, bad = await asyncio.gather(
+                    compute_score(row["data_source"], answer, gt, info, server=servers),
+                    compute_score(row["data_source"], NON_ANSWER, gt, info, server=servers),
+                )
+                out.append(
+                    {
+                        "data_source": row["data_source"],
+                        "split": info.get("split"),
+                        "index": info.get("index"),
+                        "reference_answer": answer,
+                        "reference_score": good["score"],
+                        "non_answer_score": bad["score"],
+                    }
+                )
+        finally:
+            await get_client(server=servers).close()  # the pool belongs to this event loop
+        return out
+
+    return asyncio.run(score_all())
 
 
 def run_demo(opts: DemoOptions, reporter: Reporter | None = None) -> DemoReport:

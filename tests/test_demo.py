@@ -29,6 +29,7 @@ def _err(res) -> str:
     """stderr with rich's line wrapping undone."""
     return " ".join(res.stderr.split())
 GYMVERL = [sys.executable, "-m", "gymverl.cli"]
+QUICK = "rescore,stats,parquet,reward,train"  # --skip: validate only
 
 
 def _sample_rows() -> list[dict]:
@@ -100,7 +101,7 @@ def test_demo_without_servers_or_training(tmp_path: Path) -> None:
     report = run_demo(DemoOptions(out=out, skip=frozenset({"rescore", "train"})), PlainReporter(lines.append))
     assert _statuses(report) == {
         "servers": "skipped", "model": "skipped", "validate": "ok", "rescore": "skipped",
-        "stats": "ok", "parquet": "ok", "train": "skipped",
+        "stats": "ok", "parquet": "ok", "reward": "skipped", "train": "skipped",
     }
     assert report.ok
     # validate: every sample line is a valid rollout
@@ -119,7 +120,7 @@ def test_demo_without_servers_or_training(tmp_path: Path) -> None:
     assert sft["train_rows"] + sft["val_rows"] == 11
     # every step says what it did and where; the equivalent commands are printed
     text = "\n".join(lines)
-    for expected in ("[3/7]", "same as: gymverl validate", "same as: gymverl to-parquet", "--format sft --min-reward 1.0"):
+    for expected in ("[3/8]", "same as: gymverl validate", "same as: gymverl to-parquet", "--format sft --min-reward 1.0"):
         assert expected in text
     assert "parquet/sft/train.parquet" in text
     saved = json.loads((out / "demo.json").read_text())
@@ -143,13 +144,14 @@ def test_demo_reports_a_missing_part_as_unavailable(tmp_path: Path, monkeypatch:
 
 def test_demo_without_nemo_gym_fails_that_step_and_goes_on(tmp_path: Path) -> None:
     report = run_demo(
-        DemoOptions(out=tmp_path / "out", nemo_gym_env=tmp_path / "no-venv", skip=frozenset({"train", "parquet"})),
+        DemoOptions(out=tmp_path / "out", nemo_gym_env=tmp_path / "no-venv", skip=frozenset({"train"})),
         PlainReporter(lambda _line: None),
     )
     st = _statuses(report)
     assert st["servers"] == "failed" and "NeMo Gym not found" in report.step("servers").summary
     assert st["rescore"] == "skipped" and "needs the servers step" in report.step("rescore").summary
-    assert st["validate"] == "ok" and st["stats"] == "ok"
+    assert st["validate"] == "ok" and st["stats"] == "ok" and st["parquet"] == "ok"
+    assert st["reward"] == "skipped"
     assert not report.ok
 
 
@@ -170,15 +172,15 @@ def test_demo_out_dir_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "precious.txt").write_text("keep me")
-    res = runner.invoke(app, ["demo", "--out", str(mine), "--skip", "rescore,train,stats,parquet"])
+    res = runner.invoke(app, ["demo", "--out", str(mine), "--skip", QUICK])
     assert res.exit_code == 2 and "not empty" in _err(res)
-    res = runner.invoke(app, ["demo", "--out", str(mine), "--overwrite", "--skip", "rescore,train,stats,parquet"])
+    res = runner.invoke(app, ["demo", "--out", str(mine), "--overwrite", "--skip", QUICK])
     assert res.exit_code == 2 and "refusing" in _err(res)
     assert (mine / "precious.txt").read_text() == "keep me"
     # a directory written by an earlier demo can be replaced
     old = tmp_path / "old"
-    assert runner.invoke(app, ["demo", "--out", str(old), "--skip", "rescore,train,stats,parquet"]).exit_code == 0
-    assert runner.invoke(app, ["demo", "--out", str(old), "--overwrite", "--skip", "rescore,train,stats,parquet"]).exit_code == 0
+    assert runner.invoke(app, ["demo", "--out", str(old), "--skip", QUICK]).exit_code == 0
+    assert runner.invoke(app, ["demo", "--out", str(old), "--overwrite", "--skip", QUICK]).exit_code == 0
     # the default is a fresh folder in the working directory
     monkeypatch.chdir(tmp_path)
     assert fresh_out_dir() == Path("gymverl-demo-out")
@@ -216,7 +218,7 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert proc.returncode == 0, stderr.decode()[-5000:]
     report = json.loads(stdout)
     steps = {s["name"]: s for s in report["steps"]}
-    assert [s["status"] for s in report["steps"]] == ["ok"] * 7, [(s["name"], s["summary"]) for s in report["steps"]]
+    assert [s["status"] for s in report["steps"]] == ["ok"] * 8, [(s["name"], s["summary"]) for s in report["steps"]]
     assert wall < 300, f"the demo took {wall:.0f} s (limit: 5 minutes)"
 
     # the servers really ran on loopback, and everything they started is gone
@@ -246,6 +248,11 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     sft = steps["parquet"]["details"]["sft"]
     assert sum(_rows(p) for p in sft["files"]) == 11
 
+    # reward: VeRL's reward function (gymverl.reward.compute_score) scored every rl prompt via /verify
+    scored = steps["reward"]["details"]["rows"]
+    assert len(scored) == 5
+    assert all(r["reference_score"] == 1.0 and r["non_answer_score"] == 0.0 for r in scored)
+
     # train: VeRL ran steps on CPU and the model was exported as a Hugging Face directory
     train = steps["train"]["details"]
     assert train["returncode"] == 0 and train["steps"] >= 2
@@ -262,7 +269,7 @@ def test_demo_interrupted_stops_its_servers(tmp_path: Path, sig: int) -> None:
     """Ctrl-C (or SIGTERM) while NeMo Gym is starting: exit 130, and ng_run + Ray are gone."""
     out = tmp_path / "demo-out"
     proc = subprocess.Popen(
-        [*GYMVERL, "demo", "--out", str(out), "--skip", "stats,parquet,train"],
+        [*GYMVERL, "demo", "--out", str(out), "--skip", "stats,parquet,reward,train"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     tracker = _Tracker(proc.pid)
