@@ -445,3 +445,22 @@ def test_verdict_says_what_is_wrong(tmp_path: Path) -> None:
     assert r.code == 1 and "8 rollouts missing" in r.message
     r = _result(tmp_path, valid=19, rejected=1)
     assert r.code == 1 and "1 lines rejected by validation" in r.message
+
+
+def test_cli_passes_args_after_double_dash_and_reports_a_collector_failure(fake_head: str, tmp_path: Path) -> None:
+    """The real NeMo Gym collector against a fake head whose agent cannot /run: it fails before writing."""
+    row = json.loads(TASKS.read_text().splitlines()[0])
+    row["agent_ref"] = {"type": "responses_api_agents", "name": "ok_agent"}
+    tasks = tmp_path / "t.jsonl"
+    tasks.write_text(json.dumps(row) + "\n")
+    out = tmp_path / "o.jsonl"
+    res = runner.invoke(
+        app, ["collect", "-i", str(tasks), "-o", str(out), "--head-url", fake_head, "--json", "--", "+responses_create_params.temperature=0.25"]
+    )
+    assert res.exit_code == 1, res.output
+    data = json.loads(res.stdout)
+    assert data["argv"][-1] == "+responses_create_params.temperature=0.25"
+    assert data["collector_exit_code"] not in (0, None)
+    assert data["message"].startswith("NeMo Gym's collector failed (exit code")
+    assert "0 valid rollouts of 1 expected" in data["message"] and "Traceback" not in res.output
+    assert Path(data["log"]).read_text()  # the collector's own output is kept for the user
