@@ -245,9 +245,32 @@ def read_jsonl(path: str | os.PathLike[str], max_line_bytes: int = DEFAULT_MAX_L
         yield parse_line(line, max_line_bytes)
 
 
-def dumps(obj: Any) -> bytes:
-    """Serialize one JSON line (no newline); keeps non-str dict keys and numpy scalars working."""
-    return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY)
+_DUMPS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+
+
+def dumps(obj: Any, *, sort_keys: bool = False) -> bytes:
+    """Serialize one JSON line (no newline); keeps non-str dict keys, numpy scalars and deep nesting working."""
+    try:
+        return orjson.dumps(obj, option=_DUMPS | orjson.OPT_SORT_KEYS if sort_keys else _DUMPS)
+    except orjson.JSONEncodeError as exc:
+        # orjson writes at most 254 nested levels but reads up to 1024: a record read from a file
+        # must always be writable again, so deeper ones go through the standard library.
+        if "ecursion" not in str(exc):
+            raise
+        return _dumps_deep(obj, sort_keys)
+
+
+def _dumps_deep(obj: Any, sort_keys: bool) -> bytes:
+    import json
+    import sys
+
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 10_000))
+    try:
+        text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), sort_keys=sort_keys, allow_nan=False)
+    finally:
+        sys.setrecursionlimit(limit)
+    return text.encode()
 
 
 @contextlib.contextmanager

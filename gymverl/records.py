@@ -20,11 +20,17 @@ import math
 import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional, Union
 
 import orjson
 
-from gymverl.jsonl import DEFAULT_MAX_LINE_BYTES, Parsed, RejectsWriter, read_jsonl
+from gymverl.jsonl import DEFAULT_MAX_LINE_BYTES, Parsed, RejectsWriter, dumps, iter_lines, parse_line, read_jsonl
+
+try:  # optional accelerators for validate_file: the same results without them, about 3x slower
+    import msgspec as _msgspec
+    import simdjson as _simdjson
+except ImportError:  # pragma: no cover
+    _msgspec = _simdjson = None
 
 REQUIRED_KEYS = ("responses_create_params", "response", "reward")
 # Keys NeMo Gym itself writes on a rollout line; everything else at top level is a task field or a
@@ -172,7 +178,7 @@ def prompt_hash(record: dict[str, Any]) -> str:
     """A stable hash of the task prompt (`input` + `tools` + `instructions`) for grouping rollouts."""
     rcp = record.get("responses_create_params") or {}
     key = {"input": rcp.get("input"), "tools": rcp.get("tools"), "instructions": rcp.get("instructions")}
-    return hashlib.sha1(orjson.dumps(key, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+    return hashlib.sha1(dumps(key, sort_keys=True)).hexdigest()[:16]
 
 
 def task_key(record: dict[str, Any]) -> str:
@@ -261,22 +267,6 @@ def iter_checked(
         yield _checked(p, check)
 
 
-# orjson reads up to 1024 nested levels but writes at most 254: deeper records could be read and
-# never written back, so they are rejected here rather than crash a later command.
-MAX_DEPTH = 254
-
-
-def _too_deep(obj: Any, limit: int = MAX_DEPTH) -> bool:
-    stack: list[tuple[Any, int]] = [(obj, 1)]
-    while stack:
-        value, depth = stack.pop()
-        children = value.values() if isinstance(value, dict) else value
-        if depth > limit:
-            return True
-        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
-    return False
-
-
 def _checked(p: Parsed, check: Any) -> Checked:
     if not p.ok:
         return Checked(p.number, None, p.code, p.reason, p.raw)
@@ -284,10 +274,7 @@ def _checked(p: Parsed, check: Any) -> Checked:
         check(p.obj)
     except RecordError as exc:
         return Checked(p.number, None, exc.code, exc.reason, p.raw)
-    raw = p.raw
-    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _too_deep(p.obj):
-        return Checked(p.number, None, "too_deep", f"nested more than {MAX_DEPTH} levels deep", raw)
-    return Checked(p.number, p.obj, raw=raw)
+    return Checked(p.number, p.obj, raw=p.raw)
 
 
 REWARD_BINS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -317,33 +304,43 @@ class ValidationSummary:
 
     def add(self, c: Checked) -> None:
         """Fold one checked line into the summary."""
-        self.lines += 1
         if c.record is None:
+            self.lines += 1
             self.rejected += 1
             self.rejected_by_code[c.code or "unknown"] += 1
             if len(self.first_rejections) < self.max_examples:
                 self.first_rejections.append({"line": c.line, "code": c.code, "reason": c.reason})
             return
-        self.valid += 1
         rec = c.record
-        self.rollouts_per_task[task_key(rec)] += 1
-        self.agents[agent_name(rec) or "(unnamed)"] += 1
         reward = rec.get("reward")
         if isinstance(reward, bool) or not isinstance(reward, (int, float)):
-            return  # a tasks file: no reward yet
-        r = float(reward)
+            # A tasks file: no reward yet.
+            self._add_valid(None, task_key(rec), agent_name(rec), False, False)
+        else:
+            self._add_valid(float(reward), task_key(rec), agent_name(rec), is_incomplete(rec), rec.get("mask_sample") is True)
+
+    def _add_valid(self, reward: float | None, key: str, agent: str | None, incomplete: bool, masked: bool) -> None:
+        self.lines += 1
+        self.valid += 1
+        self.rollouts_per_task[key] += 1
+        self.agents[agent or "(unnamed)"] += 1
+        if reward is None:
+            return
+        r = reward
         self.reward_sum += r
-        self.reward_min = r if self.reward_min is None else min(self.reward_min, r)
-        self.reward_max = r if self.reward_max is None else max(self.reward_max, r)
+        if self.reward_min is None or r < self.reward_min:
+            self.reward_min = r
+        if self.reward_max is None or r > self.reward_max:
+            self.reward_max = r
         if len(self.reward_values) < 50 or r in self.reward_values:
             self.reward_values[r] += 1
         if 0.0 <= r <= 1.0:
             self.reward_hist[min(int(r * 10), 9)] += 1
         else:
             self.reward_out_of_range += 1
-        if is_incomplete(rec):
+        if incomplete:
             self.incomplete += 1
-        if rec.get("mask_sample") is True:
+        if masked:
             self.masked += 1
 
     @property
@@ -384,6 +381,109 @@ class ValidationSummary:
         }
 
 
+if _msgspec is not None:
+    # The keys `check_record` reads, typed; msgspec skips everything else without building it.
+
+    class _FItem(_msgspec.Struct):
+        type: Optional[str] = None
+        role: Optional[str] = None
+        name: Optional[str] = None
+        call_id: Optional[str] = None
+
+    class _FAgent(_msgspec.Struct):
+        name: Any = None
+
+    class _FParams(_msgspec.Struct):
+        input: Union[str, list[_FItem]]
+        tools: Optional[list[_msgspec.Raw]] = None
+
+    class _FResponse(_msgspec.Struct):
+        output: list[_FItem]
+        status: Any = None
+        incomplete_details: Any = None
+
+    class _FRecord(_msgspec.Struct):
+        responses_create_params: _FParams
+        response: _FResponse
+        reward: float
+        task_index: Optional[int] = _msgspec.field(default=None, name="_ng_task_index")
+        rollout_index: Optional[int] = _msgspec.field(default=None, name="_ng_rollout_index")
+        agent_ref: Union[_FAgent, str, None] = None
+        mask_sample: Any = None
+
+
+class _FastRollouts:
+    """Confirms that a line is a valid rollout without building Python objects for all of it.
+
+    Two C parsers share the work: simdjson checks the whole line (JSON syntax, UTF-8, escapes,
+    number range, depth limit 1024: as strict as orjson or stricter) and msgspec decodes only the
+    keys `check_record` looks at, typed, keeping the last of repeated keys as orjson does. Only
+    "valid" is trusted: any other outcome sends the line down the orjson path, which has the final
+    word and the exact reason, so results are identical with or without these packages. A byte
+    order mark at the start of a line (simdjson skips it, orjson does not) also goes that way.
+    """
+
+    def __init__(self) -> None:
+        assert _simdjson is not None and _msgspec is not None
+        self._parser = _simdjson.Parser()
+        self._decode = _msgspec.json.Decoder(_FRecord).decode
+
+    def __call__(self, data: bytes) -> tuple[float, str, str | None, bool, bool] | None:
+        """(reward, task key, agent, incomplete, masked) when `data` is certainly valid, else None."""
+        if data[:3] == b"\xef\xbb\xbf":
+            return None
+        try:
+            self._parser.parse(data)  # validation only: the lazy document is dropped at once
+            rec = self._decode(data)
+        except Exception:
+            return None
+        return _fast_summary(rec)
+
+
+def _fast_items(items: list[Any]) -> bool:
+    for item in items:
+        t = item.type
+        if t is None:
+            if item.role in _MESSAGE_ROLES:
+                continue
+            return False
+        if t not in ITEM_TYPES:
+            return False
+        if t == "message":
+            if item.role not in _MESSAGE_ROLES:
+                return False
+        elif t == "function_call":
+            if item.name is None or item.call_id is None:
+                return False
+        elif t == "function_call_output" and item.call_id is None:
+            return False
+    return True
+
+
+def _fast_summary(rec: Any) -> tuple[float, str, str | None, bool, bool] | None:
+    """The rest of `check_record` on a typed record, plus what the summary needs."""
+    inp = rec.responses_create_params.input
+    if type(inp) is list and not _fast_items(inp):
+        return None
+    response = rec.response
+    if not _fast_items(response.output):
+        return None
+    reward = rec.reward
+    if not math.isfinite(reward):
+        return None
+    index = rec.task_index
+    if index is None or index < 0:
+        return None  # no task index: the prompt hash needs the whole record (orjson path)
+    if rec.rollout_index is not None and rec.rollout_index < 0:
+        return None
+    ref = rec.agent_ref
+    agent = ref if type(ref) is str else (ref.name if ref is not None and type(ref.name) is str else None)
+    status = response.status
+    incomplete = bool(response.incomplete_details) or (status is not None and status != "completed")
+    key = f"{agent}#{index}" if agent else f"#{index}"
+    return reward, key, agent, incomplete, rec.mask_sample is True
+
+
 def validate_file(
     path: str | os.PathLike[str],
     *,
@@ -394,8 +494,18 @@ def validate_file(
 ) -> ValidationSummary:
     """Validate every line of a rollout file (streaming); write rejected lines to `rejects` if given."""
     summary = ValidationSummary(str(path))
+    check = check_task if tasks else check_record
+    # The fast path only confirms valid rollouts; tasks files and callers that want each parsed
+    # record (on_line) take the orjson path for every line.
+    fast = _FastRollouts() if _msgspec is not None and not tasks and on_line is None else None
     with RejectsWriter(rejects) as rw:
-        for c in iter_checked(path, tasks=tasks, max_line_bytes=max_line_bytes):
+        for line in iter_lines(path, max_line_bytes):
+            if fast is not None and not line.oversize:
+                found = fast(line.data)
+                if found is not None:
+                    summary._add_valid(*found)
+                    continue
+            c = _checked(parse_line(line, max_line_bytes), check)
             summary.add(c)
             if c.record is None:
                 rw.add(c.line, c.code or "unknown", c.reason or "", c.raw)

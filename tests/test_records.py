@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
@@ -88,9 +89,6 @@ def with_value(path: str, value: Any) -> dict[str, Any]:
 GOOD = line(good())
 _UTF8_BAD = line(good(expected_answer="caf_")).replace(b"caf_", b"caf\xff")
 _UTF8_COLUMN = _UTF8_BAD.index(b"\xff") + 1
-# 300 nested arrays: orjson reads that (limit 1024) but cannot write it back (limit 254).
-_DEEP = line(good(extra="x")).replace(b'"extra":"x"', b'"extra":' + b"[" * 300 + b"]" * 300)
-
 # Every bad-input case of issue 2: (id, file content, bad line number, code, exact reason).
 # Shared with tests/test_validate_cli.py, which runs the same table through the CLI.
 BAD_INPUTS: list[tuple[str, bytes, int, str, str]] = [
@@ -157,7 +155,6 @@ BAD_INPUTS: list[tuple[str, bytes, int, str, str]] = [
      "'reward' is 1e999, too large to be a finite number"),
     ("nan_in_verifier_output", line(good(score=0.5)).replace(b'"score":0.5', b'"score":NaN') + b"\n", 1,
      "non_finite_number", "'score' is NaN, which is not a finite number (JSON has no NaN or Infinity)"),
-    ("too_deep_to_write_back", _DEEP + b"\n", 1, "too_deep", "nested more than 254 levels deep"),
 ]
 for _case in BAD_INPUTS:
     assert _case[1].count(b"\n") >= _case[2] - 1, _case[0]
@@ -217,6 +214,25 @@ def test_missing_or_directory_path_is_input_error(tmp_path, make: Callable[[Path
         validate_file(target, rejects=rejects)
     assert str(exc.value) in (f"{target}: no such file.", f"{target}: is a directory, not a JSONL file.")
     assert not rejects.exists()  # the atomic rejects file is not left behind half-written
+
+
+def test_deep_records_validate_and_write_back(tmp_path):
+    # orjson reads 1024 nested levels but writes only 254: gymverl.jsonl.dumps must cope.
+    from gymverl.jsonl import dumps
+
+    data = line(good(extra="x")).replace(b'"extra":"x"', b'"extra":' + b"[" * 600 + b"]" * 600)
+    src = tmp_path / "deep.jsonl"
+    src.write_bytes(data + b"\n")
+    (c,) = list(iter_checked(src))
+    assert c.record is not None
+    assert dumps(c.record) == data
+    assert validate_file(src).valid == 1
+    too_deep = line(good(extra="x")).replace(b'"extra":"x"', b'"extra":' + b"[" * 1100 + b"]" * 1100)
+    src.write_bytes(too_deep + b"\n")
+    s = validate_file(src)
+    (rej,) = s.first_rejections
+    assert (rej["line"], rej["code"]) == (1, "invalid_json")
+    assert re.fullmatch(r"invalid JSON at column \d+ \(depth limit exceeded\)", rej["reason"])
 
 
 def test_every_line_is_valid_or_rejected_in_order(tmp_path):

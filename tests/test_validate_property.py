@@ -15,7 +15,7 @@ from gymverl.messages import rollout_messages
 from gymverl.records import RecordError, check_record, iter_checked, validate_file
 from test_records import GOOD, good
 
-SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @pytest.fixture(scope="module")
@@ -159,3 +159,118 @@ def test_valid_record_shapes_round_trip(workdir):
     path.write_bytes(dump(rec) + b"\n")
     (c,) = list(iter_checked(path))
     assert c.record == rec
+
+
+# ---- the accelerated path (simdjson + msgspec) gives exactly the orjson path's results ------------
+
+import contextlib  # noqa: E402
+
+from gymverl import records  # noqa: E402
+from gymverl.records import _FastRollouts, agent_name, is_incomplete, task_key  # noqa: E402
+
+
+@contextlib.contextmanager
+def orjson_path_only():
+    saved = records._msgspec
+    records._msgspec = None
+    try:
+        yield
+    finally:
+        records._msgspec = saved
+
+
+def both_ways(workdir: Path, data: bytes) -> None:
+    path = workdir / "both.jsonl"
+    path.write_bytes(data)
+    fast = validate_file(path, rejects=workdir / "fast.rejects.jsonl").to_dict()
+    with orjson_path_only():
+        slow = validate_file(path, rejects=workdir / "slow.rejects.jsonl").to_dict()
+    assert fast == slow
+    assert (workdir / "fast.rejects.jsonl").read_bytes() == (workdir / "slow.rejects.jsonl").read_bytes()
+
+
+def test_accelerators_are_installed_and_used():
+    assert records._msgspec is not None and records._simdjson is not None, "pip install msgspec pysimdjson"
+    found = _FastRollouts()(GOOD)
+    rec = orjson.loads(GOOD)
+    assert found == (1.0, task_key(rec), agent_name(rec), is_incomplete(rec), False)
+
+
+def test_fast_path_accepts_the_sample_rollouts():
+    from conftest import SAMPLE_DATA
+
+    fast = _FastRollouts()
+    for raw in (SAMPLE_DATA / "rollouts.jsonl").read_bytes().splitlines():
+        rec = orjson.loads(raw)
+        assert fast(raw) == (float(rec["reward"]), task_key(rec), agent_name(rec), is_incomplete(rec), False)
+
+
+@SETTINGS
+@given(values=st.lists(st.one_of(record_like, json_value), max_size=6))
+def test_fast_and_orjson_paths_agree_on_arbitrary_json(workdir, values):
+    both_ways(workdir, b"".join(dump(v) + b"\n" for v in values))
+
+
+@SETTINGS
+@given(data=any_bytes)
+def test_fast_and_orjson_paths_agree_on_any_bytes(workdir, data):
+    both_ways(workdir, data)
+
+
+DUP_KEYS = ["reward", "_ng_task_index", "_ng_rollout_index", "response", "responses_create_params", "agent_ref", "mask_sample"]
+
+
+@SETTINGS
+@given(
+    key=st.sampled_from(DUP_KEYS), value=json_value, first=st.booleans(),
+    item_key=st.sampled_from(["type", "role", "name", "call_id"]), item_value=json_value, which=st.integers(0, 2),
+)
+def test_repeated_keys_read_like_orjson(workdir, key, value, first, item_key, item_value, which):
+    # JSON leaves repeated keys to the reader; gymverl must read them as orjson does (last wins).
+    v = dump(value)
+    top = b'{"' + key.encode() + b'":' + v + b"," + GOOD[1:] if first else GOOD[:-1] + b',"' + key.encode() + b'":' + v + b"}"
+    marker = [b'{"type":"function_call",', b'{"type":"function_call_output",', b'{"type":"message",'][which]
+    dup = b'"' + item_key.encode() + b'":' + dump(item_value) + b","
+    item = GOOD.replace(marker, marker + dup if not first else marker[:1] + dup + marker[1:], 1)
+    assert item != GOOD
+    both_ways(workdir, top + b"\n" + item + b"\n" + GOOD + b"\n")
+    for raw in (top, item):
+        found = _FastRollouts()(raw)
+        if found is not None:
+            rec = orjson.loads(raw)
+            check_record(rec)
+            assert found == (float(rec["reward"]), task_key(rec), agent_name(rec), is_incomplete(rec), rec.get("mask_sample") is True)
+
+
+@SETTINGS
+@given(value=json_value, where=st.sampled_from(["extra", "usage", "content"]))
+def test_values_only_orjson_rejects_are_not_let_through(workdir, value, where):
+    # Numbers beyond a double, NaN, big ints, odd unicode: anywhere in a line, including keys the
+    # fast path skips, the two paths must agree.
+    rec = good()
+    if where == "extra":
+        rec["extra"] = value
+    elif where == "usage":
+        rec["response"]["usage"] = {"output_tokens": value}
+    else:
+        rec["response"]["output"][2]["content"] = value
+    both_ways(workdir, dump(rec) + b"\n")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        GOOD.replace(b'"expected_answer":"sunny"', b'"expected_answer":1e400'),
+        GOOD.replace(b'"expected_answer":"sunny"', b'"expected_answer":' + b"9" * 400),
+        GOOD.replace(b'"expected_answer":"sunny"', b'"expected_answer":18446744073709551616'),
+        GOOD.replace(b'"expected_answer":"sunny"', b'"expected_answer":"\xff"'),
+        GOOD.replace(b'"expected_answer":"sunny"', b'"expected_answer":"\xed\xa0\x80"'),
+        GOOD.replace(b'"expected_answer":"sunny"', b'"expected_answer":"\\ud800"'),
+        GOOD.replace(b'"expected_answer":"sunny"', b'"expected_answer":NaN'),
+        b"\xef\xbb\xbf" + GOOD,
+        GOOD.replace(b'"_ng_task_index":0', b'"_ng_task_index":18446744073709551616'),
+        GOOD.replace(b'"expected_answer":"sunny"', b'"expected_answer":' + b"[" * 1030 + b"]" * 1030),
+    ],
+)
+def test_known_differences_between_parsers_are_handled(workdir, raw):
+    both_ways(workdir, b'{"a": 1}\n' + raw + b"\n" + GOOD + b"\n")
