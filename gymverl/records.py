@@ -24,7 +24,7 @@ from typing import Any, Iterator, Optional, Union
 
 import orjson
 
-from gymverl.jsonl import DEFAULT_MAX_LINE_BYTES, Parsed, RejectsWriter, dumps, iter_lines, parse_line, read_jsonl
+from gymverl.jsonl import DEFAULT_MAX_LINE_BYTES, InputError, Parsed, RejectsWriter, dumps, iter_lines, parse_line, read_jsonl
 
 try:  # optional accelerators for validate_file: the same results without them, about 3x slower
     import msgspec as _msgspec
@@ -493,6 +493,9 @@ def validate_file(
     on_line: Any = None,
 ) -> ValidationSummary:
     """Validate every line of a rollout file (streaming); write rejected lines to `rejects` if given."""
+    if rejects is not None and os.path.exists(rejects) and os.path.exists(path) and os.path.samefile(rejects, path):
+        # The rejects file replaces its path when done: that would overwrite the input.
+        raise InputError(f"{rejects}: the rejects file cannot be the input file.")
     summary = ValidationSummary(str(path))
     check = check_task if tasks else check_record
     # The fast path only confirms valid rollouts; tasks files and callers that want each parsed

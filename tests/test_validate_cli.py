@@ -181,3 +181,11 @@ def test_gzip_input_and_corrupt_gzip(tmp_path):
     assert r.exit_code == 2
     assert r.stderr.startswith(f"error: {bad}: corrupt or truncated gzip data after line")
     assert "Traceback" not in r.output
+
+
+def test_rejects_file_cannot_be_the_input(tmp_path):
+    src = write(tmp_path, GOOD + b"\n[1]\n")
+    r = invoke(src, "--rejects", src)
+    assert r.exit_code == 2
+    assert r.stderr.strip() == f"error: {src}: the rejects file cannot be the input file."
+    assert src.read_bytes() == GOOD + b"\n[1]\n"  # untouched
