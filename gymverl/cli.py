@@ -714,6 +714,8 @@ def collect(
             bar["id"] = progress.add_task("collect", total=info["expected"] or None, failed="")
             bar["started"] = True
             progress.start()
+        elif name == "warning":
+            err_console.print(f"[yellow]warning:[/] {escape(info['message'])}", highlight=False)
         elif name == "validate":
             stop_progress()
 

@@ -685,6 +685,13 @@ def collect(
     prepare_output(out, overwrite=overwrite, resume=resume)
     collector = detect_collector(env)
     expected = expected_rollouts(tasks, num_samples, out, resume)
+    if resume and expected != tasks.tasks * num_samples:
+        # NeMo Gym's resume replays the first run's materialized inputs, not this run's options.
+        stage(
+            "warning",
+            {"message": f"resuming the earlier run's {expected} rollouts (its materialized inputs); "
+             f"this run's --num-samples/--limit ({tasks.tasks} tasks × {num_samples}) do not apply."},
+        )
     log = Path(log_path) if log_path else default_log_path(out)
 
     with contextlib.ExitStack() as stack:

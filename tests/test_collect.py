@@ -464,3 +464,13 @@ def test_cli_passes_args_after_double_dash_and_reports_a_collector_failure(fake_
     assert data["message"].startswith("NeMo Gym's collector failed (exit code")
     assert "0 valid rollouts of 1 expected" in data["message"] and "Traceback" not in res.output
     assert Path(data["log"]).read_text()  # the collector's own output is kept for the user
+
+
+def test_expected_rollouts_on_resume_follow_nemo_gyms_materialized_inputs(tmp_path: Path) -> None:
+    tasks = C.check_tasks(TASKS)
+    out = tmp_path / "r.jsonl"
+    assert C.expected_rollouts(tasks, 4, out, resume=True) == 20  # nothing to resume: a fresh run
+    out.write_text("")
+    C.sidecar_paths(out)["materialized_inputs"].write_text("{}\n" * 10)
+    assert C.expected_rollouts(tasks, 4, out, resume=True) == 10
+    assert C.expected_rollouts(tasks, 4, out, resume=False) == 20

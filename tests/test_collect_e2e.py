@@ -8,7 +8,9 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
+import uuid
 from collections import defaultdict
 from pathlib import Path
 
@@ -163,14 +165,44 @@ def test_ctrl_c_stops_the_collector_and_keeps_partial_output(stack: str, policy:
     assert 2 <= len(kept) < 20
 
 
-def test_servers_option_starts_collects_and_stops_everything(policy: PolicyServer, tmp_path: Path, nemo_gym_env: Path) -> None:
+def _marked(mark: str) -> list[str]:
+    """Live processes that inherited GYMVERL_E2E_MARK=mark (ng_run, its servers, Ray, the collector)."""
+    found = []
+    for p in psutil.process_iter(["pid", "name", "status"]):
+        try:
+            if p.info["status"] != psutil.STATUS_ZOMBIE and p.environ().get("GYMVERL_E2E_MARK") == mark:
+                found.append(f"{p.pid} {p.info['name']}")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def test_servers_option_starts_collects_and_stops_everything(
+    policy: PolicyServer, tmp_path: Path, nemo_gym_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`--servers` runs ng_run for the duration (no module stack needed) and leaves nothing behind."""
+    mark = uuid.uuid4().hex
+    monkeypatch.setenv("GYMVERL_E2E_MARK", mark)  # inherited by everything ng_run starts, Ray included
     out = tmp_path / "r.jsonl"
-    res, data = _run_json(
-        "-i", str(TASKS), "-o", str(out), "-n", "2", "--limit", "3",
-        "--servers", "math_with_judge", "--policy-url", policy.base_url, "--nemo-gym-env", str(nemo_gym_env),
-    )  # fmt: skip
+    seen: set[str] = set()
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(1.0):
+            seen.update(name.split(" ", 1)[1] for name in _marked(mark))
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        res, data = _run_json(
+            "-i", str(TASKS), "-o", str(out), "-n", "2", "--limit", "3",
+            "--servers", "math_with_judge", "--policy-url", policy.base_url, "--nemo-gym-env", str(nemo_gym_env),
+        )  # fmt: skip
+    finally:
+        done.set()
+        watcher.join()
     assert res.exit_code == 0, res.output
+    assert {"raylet", "gcs_server"} <= seen, seen  # the marker does reach Ray: the check below means something
     assert data["validation"]["valid"] == 6
     assert _rewards_by_task(_rows(out)) == {t: sorted(SAMPLE_REWARDS[t][:2]) for t in range(3)}
     assert (tmp_path / "r_servers.log").exists() and (tmp_path / "r_collect.log").exists()
@@ -181,3 +213,7 @@ def test_servers_option_starts_collects_and_stops_everything(policy: PolicyServe
         if any(f"head_server.port={port}" in part for part in (p.info["cmdline"] or []))
     ]
     assert not leftovers, f"ng_run still running: {leftovers}"
+    deadline = time.monotonic() + 20
+    while _marked(mark) and time.monotonic() < deadline:
+        time.sleep(0.5)  # Ray workers exit a moment after their raylet
+    assert not _marked(mark), f"left running: {_marked(mark)}"
