@@ -11,12 +11,15 @@ Memory stays constant in the input size:
   line and the ready-built row payload), then handles one partition at a time. A partition holds
   roughly `partition_bytes` of input, so the working set does not grow with the file.
 Every input line ends up in exactly one bucket of the summary: a row, a selection rule, or a
-rejection with its line number and reason.
+rejection with its line number and reason. Rows are built after selection, so a rollout that a
+rule removes is counted under that rule even if it could not have been converted; rollouts that
+are kept but cannot become a row (e.g. no assistant turn) are rejections.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import os
 import re
@@ -264,7 +267,7 @@ class ParquetSink:
         buf = self._buf[split]
         if not buf:
             return
-        table = pa.Table.from_pylist(buf, schema=self.schema)
+        table = _to_table(buf, self.schema)
         buf.clear()
         w = self._writer[split]
         if w is None:
@@ -335,6 +338,19 @@ class ParquetSink:
                 with contextlib.suppress(FileNotFoundError):
                     tmp.unlink()
             self._shards[split] = []
+
+
+def _to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    """Rows -> Arrow table, column by column (several times faster than `Table.from_pylist`)."""
+    arrays = []
+    for f in schema:
+        if pa.types.is_struct(f.type):
+            values = [r[f.name] for r in rows]
+            children = [pa.array([v[c.name] for v in values], type=c.type) for c in f.type]
+            arrays.append(pa.StructArray.from_arrays(children, fields=list(f.type)))
+        else:
+            arrays.append(pa.array([r[f.name] for r in rows], type=f.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 # ---- the conversion ----------------------------------------------------------------------------
@@ -419,13 +435,8 @@ def convert(
     summary.grouped = needs_grouping(opts.fmt, sel, tasks_input=tasks_input)
     total = None if src.suffix == ".gz" else src.stat().st_size
     try:
-        with RejectsWriter(opts.rejects_path) as rejects:
-            ctx = _Ctx(opts, rules, opts.data_source or _source_stem(src), tasks_input, summary, sink, rejects, counter)
-            lines = _lines_with_progress(src, tasks_input, opts.max_line_bytes, on_progress, total)
-            if summary.grouped:
-                _convert_grouped(ctx, lines, total)
-            else:
-                _convert_streaming(ctx, lines)
+        with _fewer_gc_passes():
+            _run(opts, src, summary, rules, sink, counter, tasks_input, on_progress, total)
         summary.files = sink.commit()
     except BaseException:
         sink.abort()
@@ -444,6 +455,38 @@ def convert(
     if sum(summary.rows.values()) == 0:
         summary.warnings.append("no rows were kept, so nothing was written.")
     return summary
+
+
+def _run(
+    opts: ConvertOptions,
+    src: Path,
+    summary: ConvertSummary,
+    rules: FieldRules,
+    sink: ParquetSink,
+    counter: TokenCounter | None,
+    tasks_input: bool,
+    on_progress: Progress | None,
+    total: int | None,
+) -> None:
+    with RejectsWriter(opts.rejects_path) as rejects:
+        ctx = _Ctx(opts, rules, opts.data_source or _source_stem(src), tasks_input, summary, sink, rejects, counter)
+        lines = _lines_with_progress(src, tasks_input, opts.max_line_bytes, on_progress, total)
+        if summary.grouped:
+            _convert_grouped(ctx, lines, total)
+        else:
+            _convert_streaming(ctx, lines)
+
+
+@contextlib.contextmanager
+def _fewer_gc_passes() -> Iterator[None]:
+    """Run the cyclic GC less often while converting: every record allocates many short-lived dicts
+    (freed by reference counting; they form no cycles), and frequent generation-0 passes cost ~20% CPU."""
+    old = gc.get_threshold()
+    gc.set_threshold(max(old[0], 50_000), old[1], old[2])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
 
 
 def _lines_with_progress(
@@ -491,13 +534,8 @@ def _rl_too_long(ctx: _Ctx, row: dict[str, Any]) -> bool:
     return ctx.counter.count(row["prompt"], generation_prompt=True) > ctx.opts.select.max_tokens
 
 
-def _sft_payload(ctx: _Ctx, c: Checked, key: str) -> tuple[dict[str, Any] | None, str | None]:
-    """(row, None) for a kept rollout, (None, rule) when a per-rollout rule removes it; RowError when unusable."""
-    rec = c.record
-    assert rec is not None
-    status = record_status(float(rec["reward"]), is_incomplete(rec), ctx.opts.select)
-    if status:
-        return None, status
+def _sft_build(ctx: _Ctx, rec: dict[str, Any], line: int, key: str) -> tuple[dict[str, Any] | None, str | None]:
+    """(row, None) for a kept rollout, (None, "max_tokens") when too long; RowError when unusable."""
     messages, tools = sft_fmt.conversation(rec, include_reasoning=ctx.opts.include_reasoning)
     if ctx.counter is not None and ctx.counter.count(messages, tools) > (ctx.opts.select.max_tokens or 0):
         return None, "max_tokens"
@@ -505,27 +543,25 @@ def _sft_payload(ctx: _Ctx, c: Checked, key: str) -> tuple[dict[str, Any] | None
         rec,
         data_source=ctx.opts.data_source or data_source_of(rec, ctx.default_source),
         task_key=key,
-        line=c.line,
+        line=line,
         messages=messages,
         tools=tools,
     )
     return row, None
 
 
-def _dpo_payload(ctx: _Ctx, c: Checked) -> tuple[dict[str, Any] | None, str | None]:
-    rec = c.record
-    assert rec is not None
-    status = record_status(float(rec["reward"]), is_incomplete(rec), ctx.opts.select)
-    if status:
-        return None, status
+def _dpo_build(ctx: _Ctx, rec: dict[str, Any]) -> dict[str, Any]:
     side = dpo_fmt.dpo_side(rec, include_reasoning=ctx.opts.include_reasoning)
-    if ctx.counter is not None:
-        from gymverl.messages import rollout_messages
-
-        if ctx.counter.count(rollout_messages(rec, include_reasoning=ctx.opts.include_reasoning)) > (ctx.opts.select.max_tokens or 0):
-            return None, "max_tokens"
     side["data_source"] = ctx.opts.data_source or data_source_of(rec, ctx.default_source)
-    return side, None
+    return side
+
+
+def _too_long_rollout(ctx: _Ctx, rec: dict[str, Any]) -> bool:
+    """--max-tokens on the whole conversation (used before task-level rules, so best-of-n sees only fitting rollouts)."""
+    if ctx.counter is None:
+        return False
+    messages, tools = sft_fmt.conversation(rec, include_reasoning=ctx.opts.include_reasoning)
+    return ctx.counter.count(messages, tools) > (ctx.opts.select.max_tokens or 0)
 
 
 def _convert_streaming(ctx: _Ctx, lines: Iterator[Checked]) -> None:
@@ -537,19 +573,23 @@ def _convert_streaming(ctx: _Ctx, lines: Iterator[Checked]) -> None:
             ctx.reject(c.line, c.code or "unknown", c.reason or "", c.raw)
             continue
         s.valid += 1
+        rec = c.record
         key = _key_of(c, ctx.tasks_input)
         split = split_of(key, sel.val_fraction, sel.split_seed)
         try:
             if ctx.opts.fmt == "rl":
-                row = _rl_row(ctx, c.record, key, None)
-                status = "max_tokens" if _rl_too_long(ctx, row) else None
+                row: dict[str, Any] | None = _rl_row(ctx, rec, key, None)
+                status = "max_tokens" if _rl_too_long(ctx, row) else None  # type: ignore[arg-type]
             else:
-                row, status = _sft_payload(ctx, c, key)  # type: ignore[assignment]
+                status = record_status(float(rec["reward"]), is_incomplete(rec), sel)
+                row = None
+                if status is None:
+                    row, status = _sft_build(ctx, rec, c.line, key)
         except RowError as exc:
             ctx.reject(c.line, exc.code, exc.reason, c.raw)
             continue
-        if status:
-            s.filtered[status] += 1
+        if status or row is None:
+            s.filtered[status or "unknown"] += 1
             continue
         s.kept_lines += 1
         if ctx.opts.fmt == "rl":
@@ -564,7 +604,8 @@ def _convert_streaming(ctx: _Ctx, lines: Iterator[Checked]) -> None:
 
 
 class _Partitions:
-    """Per-partition files of (meta line, payload line) pairs, routed by a hash of the task key."""
+    """Per-partition files routed by a hash of the task key: small meta lines, and the raw input
+    line of every rollout still in the running (an empty line for the others, to keep slots aligned)."""
 
     def __init__(self, root: Path, n: int) -> None:
         self.root = root
@@ -580,22 +621,26 @@ class _Partitions:
             return 0
         return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=4).digest(), "big") % self.n
 
-    def add(self, key: str, meta: list[Any], payload: Any) -> None:
+    def add(self, key: str, meta: list[Any], raw: bytes) -> None:
         i = self.index(key)
         self._meta[i].write(orjson.dumps(meta) + b"\n")
-        self._data[i].write(orjson.dumps(payload) + b"\n")
+        self._data[i].write(raw + b"\n")
 
     def close(self) -> None:
         for f in self._meta + self._data:
             f.close()
 
-    def read(self, i: int) -> tuple[Path, Path]:
+    def paths(self, i: int) -> tuple[Path, Path]:
         return self.root / f"{i}.meta", self.root / f"{i}.data"
 
 
 def _convert_grouped(ctx: _Ctx, lines: Iterator[Checked], total: int | None) -> None:
-    """Two passes: spill valid rollouts to task-hash partitions, then decide and write task by task."""
-    s, sel, fmt = ctx.summary, ctx.opts.select, ctx.opts.fmt
+    """Two passes: spill valid rollouts to task-hash partitions, then decide and write task by task.
+
+    Rows are built in the second pass and only for rollouts that are kept, so a heavy filter
+    (best-of-n, unsolved tasks) also saves the conversion work of everything it drops.
+    """
+    s, sel = ctx.summary, ctx.opts.select
     n_parts = 1 if not total else max(1, min(128, -(-total // ctx.opts.partition_bytes)))
     if ctx.opts.tmp_dir is not None:
         tmp_parent: Path | None = Path(ctx.opts.tmp_dir)
@@ -618,24 +663,22 @@ def _convert_grouped(ctx: _Ctx, lines: Iterator[Checked], total: int | None) -> 
                 rec = c.record
                 s.valid += 1
                 key = task_key(rec)
-                try:
-                    if fmt == "rl":
-                        payload: Any = _rl_row(ctx, rec, key, None)
-                        status = None
-                    elif fmt == "sft":
-                        payload, status = _sft_payload(ctx, c, key)
-                    else:
-                        payload, status = _dpo_payload(ctx, c)
-                except RowError as exc:
-                    ctx.reject(c.line, exc.code, exc.reason, c.raw)
-                    continue
+                status = None
+                if ctx.opts.fmt != "rl":
+                    status = record_status(float(rec["reward"]), is_incomplete(rec), sel)
+                    if status is None and ctx.counter is not None:
+                        try:
+                            status = "max_tokens" if _too_long_rollout(ctx, rec) else None
+                        except RowError as exc:
+                            ctx.reject(c.line, exc.code, exc.reason, c.raw)
+                            continue
                 dk = dedup_key(rec) if sel.dedup and status is None else None
-                parts.add(key, [key, c.line, float(rec["reward"]), status, dk], payload)
+                parts.add(key, [key, c.line, float(rec["reward"]), status, dk], c.raw if status is None else b"")
         finally:
             parts.close()
         s.tasks = 0
         for i in range(n_parts):
-            _finish_partition(ctx, *parts.read(i))
+            _finish_partition(ctx, *parts.paths(i))
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -647,7 +690,7 @@ def _finish_partition(ctx: _Ctx, meta_path: Path, data_path: Path) -> None:
         for slot, raw in enumerate(f):
             key, line, reward, status, dk = orjson.loads(raw)
             groups.setdefault(key, []).append(Member(line, reward, status, dk, slot))
-    # Decide every task first, then fetch only the payloads that become rows.
+    # Decide every task first, then read back only the rollouts that become rows.
     plan: list[tuple[str, str, Any]] = []  # (task key, split, what to build)
     needed: set[int] = set()
     for key, members in groups.items():
@@ -667,64 +710,108 @@ def _finish_partition(ctx: _Ctx, meta_path: Path, data_path: Path) -> None:
         select_task(members, sel)
         if fmt == "sft":
             kept = [m for m in members if m.status is None]
-            for m in members:
-                if m.status is not None:
-                    s.filtered[m.status] += 1
-            if kept:
-                plan.append((key, split, kept))
-                needed.update(m.slot for m in kept)
-            else:
-                s.tasks_dropped[_drop_reason(members)] += 1
+            what: Any = kept
+            needed.update(m.slot for m in kept)
         else:
-            pairs = pair_task(members, sel)
-            for m in members:
-                if m.status is not None:
-                    s.filtered[m.status] += 1
-            if pairs:
-                plan.append((key, split, pairs))
-                needed.update(m.slot for p in pairs for m in p)
-            else:
-                s.tasks_dropped[_drop_reason(members)] += 1
-    payloads: dict[int, Any] = {}
+            what = pair_task(members, sel)
+            needed.update(m.slot for p in what for m in p)
+        for m in members:
+            if m.status is not None:
+                s.filtered[m.status] += 1
+        if what:
+            plan.append((key, split, what))
+        else:
+            s.tasks_dropped[_drop_reason(members)] += 1
+    raws: dict[int, bytes] = {}
     if needed:
         with open(data_path, "rb") as f:
             for slot, raw in enumerate(f):
                 if slot in needed:
-                    payloads[slot] = orjson.loads(raw)
+                    raws[slot] = raw.rstrip(b"\n")
     for key, split, what in plan:
         if fmt == "rl":
             members, stats = what
-            row = payloads[members[0].slot]
-            if _rl_too_long(ctx, row):
-                s.filtered["max_tokens"] += len(members)
-                s.tasks_dropped["max_tokens"] += 1
-                continue
-            row["extra_info"]["n"], row["extra_info"]["pass_rate"], row["extra_info"]["mean_reward"] = stats
-            if not row["reward_model"]["ground_truth"]:
-                s.missing_ground_truth += 1
-            s.kept_lines += len(members)
-            ctx.sink.add(split, row)
+            _emit_rl(ctx, key, split, members, stats, raws[members[0].slot])
         elif fmt == "sft":
-            for m in what:
-                s.kept_lines += 1
-                ctx.sink.add(split, payloads[m.slot])
+            _emit_sft(ctx, key, split, what, raws)
         else:
-            for chosen, rejected in what:
-                s.kept_lines += 2
-                c, r = payloads[chosen.slot], payloads[rejected.slot]
-                ctx.sink.add(
-                    split,
-                    dpo_fmt.dpo_row(
-                        c,
-                        r,
-                        chosen_reward=chosen.reward,
-                        rejected_reward=rejected.reward,
-                        data_source=c["data_source"],
-                        task_key=key,
-                        chosen_line=chosen.line,
-                        rejected_line=rejected.line,
-                    ),
-                )
+            _emit_dpo(ctx, key, split, what, raws)
+
+
+def _emit_rl(ctx: _Ctx, key: str, split: str, members: list[Member], stats: tuple[int, float, float], raw: bytes) -> None:
+    s = ctx.summary
+    try:
+        row = _rl_row(ctx, orjson.loads(raw), key, stats)
+    except RowError as exc:
+        # Every rollout of the task shares the prompt that failed: all are rejected with its reason.
+        for i, m in enumerate(members):
+            ctx.reject(m.line, exc.code, exc.reason if i == 0 else f"{exc.reason} (same task as line {members[0].line})", raw if i == 0 else b"")
+        s.tasks_dropped[exc.code] += 1
+        return
+    if _rl_too_long(ctx, row):
+        s.filtered["max_tokens"] += len(members)
+        s.tasks_dropped["max_tokens"] += 1
+        return
+    if not row["reward_model"]["ground_truth"]:
+        s.missing_ground_truth += 1
+    s.kept_lines += len(members)
+    s.tasks_by_split[split] += 1
+    ctx.sink.add(split, row)
+
+
+def _emit_sft(ctx: _Ctx, key: str, split: str, kept: list[Member], raws: dict[int, bytes]) -> None:
+    s = ctx.summary
+    wrote = False
+    for m in kept:
+        raw = raws[m.slot]
+        try:
+            row, status = _sft_build(ctx, orjson.loads(raw), m.line, key)
+        except RowError as exc:
+            ctx.reject(m.line, exc.code, exc.reason, raw)
+            continue
+        if row is None:
+            s.filtered[status or "max_tokens"] += 1
+            continue
+        s.kept_lines += 1
+        ctx.sink.add(split, row)
+        wrote = True
+    if wrote:
+        s.tasks_by_split[split] += 1
+
+
+def _emit_dpo(ctx: _Ctx, key: str, split: str, pairs: list[tuple[Member, Member]], raws: dict[int, bytes]) -> None:
+    s = ctx.summary
+    wrote = False
+    for chosen, rejected in pairs:
+        sides: list[dict[str, Any] | None] = []
+        for m in (chosen, rejected):
+            raw = raws[m.slot]
+            try:
+                sides.append(_dpo_build(ctx, orjson.loads(raw)))
+            except RowError as exc:
+                ctx.reject(m.line, exc.code, exc.reason, raw)
+                sides.append(None)
+        c, r = sides
+        if c is None or r is None:
+            # The usable half of a broken pair has nobody left to pair with.
+            s.filtered["unpaired"] += int(c is not None) + int(r is not None)
+            continue
+        s.kept_lines += 2
+        ctx.sink.add(
+            split,
+            dpo_fmt.dpo_row(
+                c,
+                r,
+                chosen_reward=chosen.reward,
+                rejected_reward=rejected.reward,
+                data_source=c["data_source"],
+                task_key=key,
+                chosen_line=chosen.line,
+                rejected_line=rejected.line,
+            ),
+        )
+        wrote = True
+    if wrote:
         s.tasks_by_split[split] += 1
 
 

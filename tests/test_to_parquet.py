@@ -108,13 +108,21 @@ def _with_bad_lines(tmp_path: Path) -> tuple[Path, dict[int, str]]:
     return p, {n: code for n, (_, code) in bad.items()}
 
 
-@pytest.mark.parametrize("fmt", ["sft", "rl", "dpo"])
-def test_every_line_is_accounted_for(tmp_path: Path, fmt: str) -> None:
+@pytest.mark.parametrize(
+    "fmt, sel, row_error",
+    [
+        ("sft", {}, True),  # streaming
+        ("sft", {"best_of_n": 10}, True),  # grouped: the broken rollout is kept, so building its row fails
+        ("rl", {}, False),  # rl rows need only the prompt
+        ("dpo", {}, False),  # its task has only reward-1.0 rollouts: counted as unpaired before any row is built
+    ],
+)
+def test_every_line_is_accounted_for(tmp_path: Path, fmt: str, sel: dict[str, Any], row_error: bool) -> None:
     src, bad = _with_bad_lines(tmp_path)
-    if fmt != "sft":
-        bad = {n: c for n, c in bad.items() if c != "no_assistant_turn" or fmt == "dpo"}
+    if not row_error:
+        bad = {n: c for n, c in bad.items() if c != "no_assistant_turn"}
     rejects = tmp_path / "rejects.jsonl"
-    summary = convert(src, tmp_path / fmt, ConvertOptions(fmt=fmt, rejects_path=rejects))
+    summary = convert(src, tmp_path / fmt, ConvertOptions(fmt=fmt, select=SelectOptions(**sel), rejects_path=rejects))
     assert summary.lines == 24
     assert summary.rejected + sum(summary.filtered.values()) + summary.kept_lines == 24
     got = {r["line"]: r["code"] for r in _records(rejects)}
