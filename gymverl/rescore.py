@@ -714,6 +714,9 @@ def rescore_file(
     task_index = TaskIndex(tasks) if tasks is not None and not isinstance(tasks, TaskIndex) else tasks
     if task_index is not None and len(task_index) == 0:
         raise RescoreError(f"{task_index.path}: no valid NeMo Gym task rows to join.")
+    win = window or max(1024, 16 * client.concurrency)
+    # A held-back run of failures must be able to trip the breaker before it fills the window.
+    breaker = min(max_failures_in_a_row or max(10, 2 * client.concurrency), max(1, win - 1))
     run = _Run(
         path,
         out,
@@ -721,8 +724,8 @@ def rescore_file(
         client,
         resume=resume,
         tasks=task_index,
-        window=window or max(1024, 16 * client.concurrency),
-        max_failures_in_a_row=max_failures_in_a_row or max(10, 2 * client.concurrency),
+        window=win,
+        max_failures_in_a_row=breaker,
         flip_threshold=flip_threshold,
         on_progress=on_progress,
         handle_signals=handle_signals,

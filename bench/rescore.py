@@ -1,0 +1,244 @@
+"""Benchmark `gymverl rescore` (the whole pipeline: read, validate, /verify, write in order).
+
+Targets (issue 7), all ratios measured in one run:
+1. fixed 20 ms latency endpoint, --concurrency 64: >= 80% of the ideal 64 / 0.020 s = 3,200 rows/s;
+2. the same endpoint: >= 20x the one-request-at-a-time pattern (the conceptual wrapper in the
+   NeMo Gym docs: `requests.post(url + "/verify", json=row)` per row, in a loop);
+3. client overhead: >= 2,000 rows/s with gymverl on one core (client pinned to one CPU, the
+   zero-latency endpoint pinned to another); also reported as client CPU seconds per row;
+4. a real NeMo Gym `mcqa` server: gymverl vs one-at-a-time vs NeMo Gym's own async client
+   (`nemo_gym.server_utils.request`, what its rollout collection uses, driven with the same
+   concurrency). nemo-gym 0.4.0 has no re-verification command (`gym eval reverify` came later),
+   so its own client is the fairest "what the server can serve" reference. Target: >= 90%.
+
+The local endpoint is tests/fake_verify_server.py in `--fast` mode (fixed answer, no parsing).
+
+    .venv/bin/python bench/rescore.py            # all four (the real server takes ~1-2 min to start)
+    .venv/bin/python bench/rescore.py --no-real  # local endpoint only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from fake_verify_server import FakeServer  # noqa: E402
+
+from gymverl.rescore import rescore_file  # noqa: E402
+
+
+def make_rows(path: Path, n: int) -> None:
+    """n sample_data rollouts (cycled, unique ids): ~1.9 KB per line, like a short NeMo Gym rollout."""
+    base = [json.loads(x) for x in (REPO / "sample_data" / "rollouts.jsonl").read_text().splitlines()]
+    with open(path, "w") as f:
+        for i in range(n):
+            r = base[i % len(base)]
+            r = dict(r, response=dict(r["response"], id=f"resp_{i}"))
+            f.write(json.dumps(r) + "\n")
+
+
+def pin(cpu: int | None) -> Callable[[], None] | None:
+    """preexec_fn pinning a child process to one CPU (None: no pinning)."""
+    if cpu is None:
+        return None
+    return lambda: os.sched_setaffinity(0, {cpu})
+
+
+def cpus() -> list[int]:
+    return sorted(os.sched_getaffinity(0))
+
+
+def timed_rescore(inp: Path, out: Path, servers: list[str], concurrency: int) -> dict[str, Any]:
+    """One rescore run: wall time, rows/s, client CPU seconds."""
+    for p in (out, out.with_name(out.stem + ".failures.jsonl")):
+        p.unlink(missing_ok=True)
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    t0 = time.perf_counter()
+    s = rescore_file(inp, out, servers, concurrency=concurrency)
+    wall = time.perf_counter() - t0
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    assert s.complete and s.failed == 0, s.to_dict()
+    return {"rows": s.rescored, "seconds": wall, "rows_per_s": s.rescored / wall, "client_cpu_s": cpu, "rows_per_cpu_s": s.rescored / cpu}
+
+
+def one_at_a_time(inp: Path, url: str, n: int) -> dict[str, Any]:
+    """The conceptual wrapper from the NeMo Gym docs: one blocking POST per row, in a loop."""
+    import requests
+
+    rows = [json.loads(x) for x in inp.read_text().splitlines()[:n]]
+    session = requests.Session()  # the kindest version of it: keep-alive connection reuse
+    t0 = time.perf_counter()
+    for row in rows:
+        body = {k: v for k, v in row.items() if k != "reward"}
+        body["responses_create_params"] = {k: v for k, v in body["responses_create_params"].items() if v is not None}
+        r = session.post(url + "/verify", json=body, timeout=60)
+        r.raise_for_status()
+        r.json()["reward"]
+    wall = time.perf_counter() - t0
+    return {"rows": n, "seconds": wall, "rows_per_s": n / wall}
+
+
+NEMO_GYM_CLIENT = r'''
+import asyncio, sys, time, orjson
+from nemo_gym.server_utils import (GlobalAIOHTTPAsyncClientConfig, set_global_aiohttp_client,
+    request, raise_for_status, get_response_json)
+path, url, conc = sys.argv[1], sys.argv[2], int(sys.argv[3])
+rows = [orjson.loads(l) for l in open(path, "rb")]
+async def main():
+    set_global_aiohttp_client(GlobalAIOHTTPAsyncClientConfig())
+    sem = asyncio.Semaphore(conc)
+    async def one(row):
+        body = {k: v for k, v in row.items() if k != "reward"}
+        body["responses_create_params"] = {k: v for k, v in body["responses_create_params"].items() if v is not None}
+        async with sem:
+            res = await request("POST", url + "/verify", json=body)
+            await raise_for_status(res)
+            return (await get_response_json(res))["reward"]
+    t0 = time.perf_counter()
+    out = await asyncio.gather(*(one(r) for r in rows))
+    print(orjson.dumps({"rows": len(out), "seconds": time.perf_counter() - t0}).decode())
+asyncio.run(main())
+'''
+
+
+def nemo_gym_client(env: Path, inp: Path, url: str, concurrency: int) -> dict[str, Any]:
+    """NeMo Gym's own aiohttp client (its rollout collection's request path), same rows and concurrency."""
+    res = subprocess.run(
+        [str(env / "bin" / "python"), "-c", NEMO_GYM_CLIENT, str(inp), url, str(concurrency)],
+        capture_output=True, text=True, timeout=600,
+    )
+    if res.returncode != 0:
+        raise RuntimeError(res.stderr[-2000:])
+    d = json.loads(res.stdout.strip().splitlines()[-1])
+    d["rows_per_s"] = d["rows"] / d["seconds"]
+    return d
+
+
+def mcqa_rows(env: Path, path: Path, n: int) -> None:
+    """n mcqa rollouts built from NeMo Gym's own mcqa example tasks: right, wrong and unparsable answers."""
+    from gymverl.nemo_gym import package_dir
+    from gymverl.reward import response_from_text
+
+    tasks = [json.loads(x) for x in (package_dir(env) / "resources_servers" / "mcqa" / "data" / "example.jsonl").read_text().splitlines()]
+    answers = ["Thinking it through, the answer is \\boxed{%s}.", "\\boxed{A}", "I am not sure."]
+    with open(path, "w") as f:
+        for i in range(n):
+            t = tasks[i % len(tasks)]
+            text = answers[i % 3] % t["expected_answer"] if "%s" in answers[i % 3] else answers[i % 3]
+            row = dict(t, response=response_from_text(text, t["responses_create_params"]), reward=0.0, _ng_task_index=i % len(tasks))
+            f.write(json.dumps(row) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", type=int, default=8000, help="rows for the 20 ms and zero-latency runs")
+    ap.add_argument("--real-rows", type=int, default=3000)
+    ap.add_argument("--real-concurrency", type=int, default=32)
+    ap.add_argument("--no-real", action="store_true", help="skip the real NeMo Gym server")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args()
+    results: dict[str, Any] = {"cpus": len(cpus()), "loadavg": os.getloadavg()}
+    tmp = Path(tempfile.mkdtemp(prefix="gymverl-bench-rescore-"))
+    inp = tmp / "rows.jsonl"
+    make_rows(inp, args.rows)
+    out = tmp / "out.jsonl"
+
+    # 1 + 2: fixed 20 ms latency.
+    with FakeServer("--fast", "--latency", "0.02") as srv:
+        timed_rescore(inp, out, [srv.url], 64)  # warm-up (imports, first connections)
+        c64 = timed_rescore(inp, out, [srv.url], 64)
+        seq = one_at_a_time(inp, srv.url, 150)
+    # Diagnostic: the same at 100 ms (ideal 640 rows/s) needs 5x less CPU, so on a loaded machine
+    # it shows whether a shortfall at 20 ms is the concurrency design or a lack of free CPU.
+    with FakeServer("--fast", "--latency", "0.1") as srv:
+        c64_100 = timed_rescore(inp.with_name("rows.jsonl"), out, [srv.url], 64)
+    results["latency_100ms"] = {"concurrency_64": c64_100, "share_of_ideal": c64_100["rows_per_s"] / 640}
+    ideal = 64 / 0.020
+    results["latency_20ms"] = {
+        "concurrency_64": c64, "ideal_rows_per_s": ideal, "share_of_ideal": c64["rows_per_s"] / ideal,
+        "one_at_a_time": seq, "speedup_vs_one_at_a_time": c64["rows_per_s"] / seq["rows_per_s"],
+    }
+
+    # 3: client overhead on one core (server on another one).
+    cs = cpus()
+    client_cpu, server_cpu = (cs[0], cs[1]) if len(cs) >= 2 else (None, None)
+    if client_cpu is not None:
+        os.sched_setaffinity(0, {client_cpu})
+    srv = FakeServer("--fast")
+    srv_pre = pin(server_cpu)
+    import subprocess as _sp
+
+    srv.proc = _sp.Popen([sys.executable, str(REPO / "tests" / "fake_verify_server.py"), "--port", "0", "--fast"],
+                         stdout=_sp.PIPE, stderr=_sp.DEVNULL, text=True, preexec_fn=srv_pre)
+    srv.port = int(srv.proc.stdout.readline().split()[1])  # type: ignore[union-attr]
+    try:
+        timed_rescore(inp, out, [srv.url], 64)
+        zero = timed_rescore(inp, out, [srv.url], 64)
+    finally:
+        srv.stop()
+        os.sched_setaffinity(0, set(cs))
+    results["zero_latency_one_core"] = dict(zero, client_cpu=client_cpu, server_cpu=server_cpu)
+
+    # 4: real NeMo Gym mcqa server.
+    if not args.no_real:
+        from gymverl.nemo_gym import find_env, running_resources_servers
+
+        env = find_env()
+        real_inp = tmp / "mcqa.jsonl"
+        mcqa_rows(env, real_inp, args.real_rows)
+        t0 = time.perf_counter()
+        with running_resources_servers(["mcqa"], env=env) as servers:
+            started = time.perf_counter() - t0
+            url = servers.url("mcqa")
+            conc = args.real_concurrency
+            one_at_a_time(real_inp, url, 200)  # warm-up
+            runs: dict[str, list[dict[str, Any]]] = {"gymverl": [], "nemo_gym_client": []}
+            for _ in range(2):  # alternate, so load changes on the shared machine hit both alike
+                runs["nemo_gym_client"].append(nemo_gym_client(env, real_inp, url, conc))
+                runs["gymverl"].append(timed_rescore(real_inp, out, [url], conc))
+            seq = one_at_a_time(real_inp, url, 500)
+        best = {k: max(r["rows_per_s"] for r in v) for k, v in runs.items()}
+        results["real_mcqa"] = {
+            "server_start_s": started, "rows": args.real_rows, "concurrency": conc, "runs": runs,
+            "one_at_a_time": seq, "gymverl_rows_per_s": best["gymverl"], "nemo_gym_client_rows_per_s": best["nemo_gym_client"],
+            "gymverl_vs_nemo_gym_client": best["gymverl"] / best["nemo_gym_client"],
+            "gymverl_vs_one_at_a_time": best["gymverl"] / seq["rows_per_s"],
+            "note": "nemo-gym 0.4.0 has no re-verification command; reference = its own async client at the same concurrency",
+        }
+
+    l20 = results["latency_20ms"]
+    print("| measurement | rows/s | target | ok |")
+    print("| --- | ---: | --- | --- |")
+    print(f"| 20 ms endpoint, concurrency 64 | {l20['concurrency_64']['rows_per_s']:.0f} ({l20['share_of_ideal']:.0%} of ideal {ideal:.0f}) | >= 80% of ideal | {l20['share_of_ideal'] >= 0.8} |")
+    print(f"| 20 ms endpoint, one at a time | {l20['one_at_a_time']['rows_per_s']:.1f} (gymverl {l20['speedup_vs_one_at_a_time']:.0f}x) | >= 20x | {l20['speedup_vs_one_at_a_time'] >= 20} |")
+    l100 = results["latency_100ms"]
+    print(f"| 100 ms endpoint, concurrency 64 (diagnostic) | {l100['concurrency_64']['rows_per_s']:.0f} ({l100['share_of_ideal']:.0%} of ideal 640) | | |")
+    z = results["zero_latency_one_core"]
+    print(f"| zero-latency endpoint, client on one core | {z['rows_per_s']:.0f} ({z['rows_per_cpu_s']:.0f} rows per client CPU second) | >= 2,000 | {z['rows_per_s'] >= 2000} |")
+    if "real_mcqa" in results:
+        r = results["real_mcqa"]
+        print(f"| real mcqa, gymverl, concurrency {r['concurrency']} | {r['gymverl_rows_per_s']:.0f} | | |")
+        print(f"| real mcqa, NeMo Gym's own client, concurrency {r['concurrency']} | {r['nemo_gym_client_rows_per_s']:.0f} (gymverl {r['gymverl_vs_nemo_gym_client']:.0%}) | >= 90% | {r['gymverl_vs_nemo_gym_client'] >= 0.9} |")
+        print(f"| real mcqa, one at a time | {r['one_at_a_time']['rows_per_s']:.0f} (gymverl {r['gymverl_vs_one_at_a_time']:.1f}x) | | |")
+    print(f"\n{results['cpus']} CPUs, load average {results['loadavg'][0]:.1f} at start")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
