@@ -828,7 +828,7 @@ def demo(
         typer.Option("--skip", help="Skip a step: rescore (and the servers), stats, parquet, reward, train. Repeat or comma-separate."),
     ] = None,
     data: Annotated[
-        Optional[Path], typer.Option("--data", help="Directory with rollouts.jsonl and tasks.jsonl (default: the repo's sample_data/).")
+        Optional[Path], typer.Option("--data", help="Directory with rollouts.jsonl and tasks.jsonl (default: the repo's sample_data/); each agent NAME_simple_agent is verified by resources server NAME.")
     ] = None,
     nemo_gym_env: Annotated[
         Optional[Path],

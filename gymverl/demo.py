@@ -32,7 +32,8 @@ from typing import Any, Callable, Iterator, Protocol
 REPO_DIR = Path(__file__).resolve().parent.parent
 SAMPLE_DATA = REPO_DIR / "sample_data"
 DEFAULT_OUT = Path("gymverl-demo-out")
-# The sample rollouts come from two NeMo Gym environments; each agent is verified by its resources server.
+# The sample rollouts come from two NeMo Gym environments; each agent is verified by its resources
+# server (other agents: the name without `_simple_agent`, NeMo Gym's naming convention).
 DEMO_SERVERS = {
     "math_with_judge_simple_agent": "math_with_judge",
     "xlam_fc_simple_agent": "xlam_fc",
@@ -41,6 +42,29 @@ STEPS = ("servers", "model", "validate", "rescore", "stats", "parquet", "reward"
 # What `--skip` accepts; skipping rescore also skips the servers it needs.
 SKIPPABLE = ("rescore", "stats", "parquet", "reward", "train")
 OK, SKIPPED, UNAVAILABLE, FAILED = "ok", "skipped", "unavailable", "failed"
+
+
+def server_for_agent(agent: str) -> str:
+    """The NeMo Gym resources server that verifies `agent`'s rollouts (`math_with_judge_simple_agent` -> `math_with_judge`)."""
+    if agent in DEMO_SERVERS:
+        return DEMO_SERVERS[agent]
+    for suffix in ("_simple_agent", "_agent"):
+        if agent.endswith(suffix):
+            return agent[: -len(suffix)]
+    return agent
+
+
+def agents_in(rollouts: Path) -> list[str]:
+    """The agent names (`agent_ref.name`) in a rollout file, in first-seen order (streaming)."""
+    from gymverl.records import agent_name, iter_checked
+
+    seen: dict[str, None] = {}
+    for c in iter_checked(rollouts):
+        if c.record is not None:
+            name = agent_name(c.record)
+            if name:
+                seen.setdefault(name, None)
+    return list(seen)
 
 
 class DemoError(Exception):
@@ -298,6 +322,7 @@ class Demo:
         self.model_dir: Path | None = None
         self.rl_files: list[Path] = []
         self.urls: dict[str, str] = {}
+        self.routes: dict[str, str] = {}  # agent name -> resources server name
         self.index = 0
 
     # ---- running steps -------------------------------------------------------------------------
@@ -385,7 +410,11 @@ class Demo:
 
         _rescore_api()  # the servers are only for rescoring: no rescore, no servers
 
-        names = sorted(set(DEMO_SERVERS.values()))
+        agents = agents_in(self.rollouts)
+        if not agents:
+            raise RuntimeError(f"{self.rollouts}: no rollout names its agent (agent_ref), so there is no server to start")
+        self.routes = {agent: server_for_agent(agent) for agent in agents}
+        names = sorted(set(self.routes.values()))
         log = self.out / "logs" / "ng_run.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         servers = start_resources_servers(
@@ -439,14 +468,15 @@ class Demo:
         assert self.bg is not None
         bg = self.bg
         servers = bg.wait(lambda: self.r.info("waiting for the NeMo Gym servers to be ready ..."))
-        urls = {agent: servers.url(name) for agent, name in DEMO_SERVERS.items()}
+        urls = {agent: servers.url(name) for agent, name in self.routes.items()}
         self.urls = urls
-        ready = ", ".join(f"{n} {servers.url(n)}" for n in sorted(set(DEMO_SERVERS.values())))
+        names = sorted(set(self.routes.values()))
+        ready = ", ".join(f"{n} {servers.url(n)}" for n in names)
         self.r.info(f"servers ready after {bg.ready_seconds or 0:.0f} s: {ready}")
         started = self.report.step("servers")
         if started is not None:
-            started.summary = f"{ready} (ready after {bg.ready_seconds or 0:.0f} s; stopped after rescoring)"
-            started.details["urls"] = {n: servers.url(n) for n in sorted(set(DEMO_SERVERS.values()))}
+            started.summary = f"{ready} (ready after {bg.ready_seconds or 0:.0f} s; stopped before training)"
+            started.details["urls"] = {n: servers.url(n) for n in names}
             started.details["ready_seconds"] = bg.ready_seconds
         out = self.out / "rescored.jsonl"
         failures = self.out / "rescore-failures.jsonl"
@@ -739,6 +769,8 @@ __all__ = [
     "SKIPPABLE",
     "StepResult",
     "display_path",
+    "agents_in",
     "fresh_out_dir",
     "run_demo",
+    "server_for_agent",
 ]

@@ -75,11 +75,14 @@ class Distribution:
         self.count += 1
         self.total += x
         self.total_sq += x * x
-        self.min = x if self.min is None or x < self.min else self.min
-        self.max = x if self.max is None or x > self.max else self.max
-        if self.values is not None:
-            self.values[x] += 1
-            if len(self.values) <= self.MAX_DISTINCT:
+        if self.min is None or x < self.min:
+            self.min = x
+        if self.max is None or x > self.max:
+            self.max = x
+        values = self.values
+        if values is not None:
+            values[x] = values.get(x, 0) + 1
+            if len(values) <= self.MAX_DISTINCT:
                 return
             # Too many distinct values to keep exactly: switch to a reservoir sample of what was seen.
             # (weighted draw from the counts: never expands them into one value per rollout)
@@ -280,6 +283,33 @@ class TaskCounter:
         return self.reward_sum / self.n if self.n else 0.0
 
 
+@dataclass(slots=True)
+class Facts:
+    """What stats needs from one rollout, read once and shared by the overall, group and task counters."""
+
+    reward: float
+    correct: bool
+    incomplete: bool
+    failed: bool
+    masked: bool
+    tokens: int | None
+    chars: int
+
+    @classmethod
+    def of(cls, record: dict[str, Any], threshold: float) -> "Facts":
+        """Read the facts of one valid rollout."""
+        reward = float(record["reward"])
+        return cls(
+            reward,
+            reward >= threshold,
+            is_incomplete(record),
+            is_failed(record),
+            record.get("mask_sample") is True,
+            output_tokens(record),
+            response_chars(record),
+        )
+
+
 @dataclass
 class GroupStats:
     """Statistics over a set of rollouts (a whole file or one agent / data source)."""
@@ -299,25 +329,23 @@ class GroupStats:
     chars_sum_correct: float = 0.0
     chars_sum_incorrect: float = 0.0
 
-    def add(self, record: dict[str, Any], reward: float, correct: bool) -> None:
-        """Fold one rollout in."""
+    def add(self, f: "Facts") -> None:
+        """Fold one rollout (its facts, computed once per line) in."""
         self.rollouts += 1
+        correct = f.correct
         self.correct += correct
-        self.reward.add(reward)
-        if is_incomplete(record):
-            self.incomplete += 1
-        if is_failed(record):
-            self.failed += 1
-        if record.get("mask_sample") is True:
-            self.masked += 1
-        toks = output_tokens(record)
+        self.reward.add(f.reward)
+        self.incomplete += f.incomplete
+        self.failed += f.failed
+        self.masked += f.masked
+        toks = f.tokens
         if toks is not None:
             self.tokens.add(toks)
             if correct:
                 self.length_sum_correct += toks
             else:
                 self.length_sum_incorrect += toks
-        chars = response_chars(record)
+        chars = f.chars
         self.chars.add(chars)
         if correct:
             self.chars_sum_correct += chars
@@ -421,24 +449,24 @@ class RolloutStats:
                 self.rejections.append({"line": c.line, "code": c.code, "reason": c.reason})
             return
         rec = c.record
-        reward = float(rec["reward"])
-        correct = reward >= self.threshold
+        f = Facts.of(rec, self.threshold)
+        reward = f.reward
         group = group_of(rec, self.group_by)
         assert self.overall is not None
-        self.overall.add(rec, reward, correct)
+        self.overall.add(f)
         g = self.groups.get(group)
         if g is None:
             g = self.groups[group] = GroupStats(group, self.threshold)
-        g.add(rec, reward, correct)
+        g.add(f)
         key = task_key(rec)
         t = self.tasks.get(key)
         if t is None:
             t = self.tasks[key] = TaskCounter(group)
         t.n += 1
-        t.correct += correct
+        t.correct += f.correct
         t.reward_sum += reward
-        t.incomplete += is_incomplete(rec)
-        t.failed += is_failed(rec)
+        t.incomplete += f.incomplete
+        t.failed += f.failed
         if t.first_reward is None:
             t.first_reward = reward
         elif reward != t.first_reward:

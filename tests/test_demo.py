@@ -304,6 +304,10 @@ def _cmd(p: psutil.Process) -> list[str]:
         return []
 
 
-def test_demo_servers_match_the_sample_agents() -> None:
-    agents = {r["agent_ref"]["name"] for r in _sample_rows()}
-    assert set(demo_mod.DEMO_SERVERS) == agents
+def test_demo_servers_for_the_sample_agents() -> None:
+    assert demo_mod.agents_in(SAMPLE_DATA / "rollouts.jsonl") == ["math_with_judge_simple_agent", "xlam_fc_simple_agent"]
+    assert [demo_mod.server_for_agent(a) for a in ("math_with_judge_simple_agent", "xlam_fc_simple_agent")] == [
+        "math_with_judge", "xlam_fc",
+    ]
+    assert demo_mod.server_for_agent("mcqa_simple_agent") == "mcqa"
+    assert demo_mod.server_for_agent("blackjack") == "blackjack"
