@@ -12,7 +12,7 @@ catch), then, pinned to one CPU core and in one process, times:
 Both must agree on the number of valid lines (a cross-check that the schemas match). Prints MB/s
 and lines/s for each, the ratio, and whether the targets (>= 3x baseline, >= 50 MB/s) are met.
 
-Run: .venv/bin/python bench/validate.py [--lines 200000] [--repeat 1] [--json]
+Run: .venv/bin/python bench/validate.py [--lines 200000] [--repeat 1] [--orjson-only] [--json]
 """
 
 from __future__ import annotations
@@ -141,6 +141,18 @@ def gymverl_validate(path: Path) -> dict[str, Any]:
     return {"valid": s.valid, "rejected": s.rejected, "reward_sum": s.reward_sum, "tasks": len(s.rollouts_per_task), "incomplete": s.incomplete}
 
 
+def gymverl_orjson_only(path: Path) -> dict[str, Any]:
+    """gymverl without its optional accelerators (msgspec, pysimdjson): the orjson path for every line."""
+    from gymverl import records
+
+    saved = records._msgspec
+    records._msgspec = None
+    try:
+        return gymverl_validate(path)
+    finally:
+        records._msgspec = saved
+
+
 # ---- the generated file ------------------------------------------------------------------------
 
 WORDS = (
@@ -232,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=1, help="time each validator this many times, keep the best")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     ap.add_argument("--keep", type=Path, help="write the generated file here instead of a temp dir")
+    ap.add_argument("--orjson-only", action="store_true", help="also time gymverl without msgspec/pysimdjson")
     args = ap.parse_args(argv)
 
     # One core: the targets are per core, and pinning keeps the two runs comparable.
@@ -248,7 +261,10 @@ def main(argv: list[str] | None = None) -> int:
             while f.read(1 << 24):
                 pass
         results = {}
-        for name, fn in (("gymverl", gymverl_validate), ("json+pydantic", baseline_validate)):
+        runs = [("gymverl", gymverl_validate), ("json+pydantic", baseline_validate)]
+        if args.orjson_only:
+            runs.append(("gymverl/orjson", gymverl_orjson_only))
+        for name, fn in runs:
             wall, cpu, res = _time(fn, path, args.repeat)
             results[name] = {
                 "wall_s": round(wall, 3),
@@ -256,13 +272,16 @@ def main(argv: list[str] | None = None) -> int:
                 "mb_per_s": round(size / 1e6 / wall, 1),
                 "lines_per_s": round(args.lines / wall),
                 "cpu_mb_per_s": round(size / 1e6 / cpu, 1),
+                "cpu_lines_per_s": round(args.lines / cpu),
                 **res,
             }
     g, b = results["gymverl"], results["json+pydantic"]
     ratio = b["wall_s"] / g["wall_s"]
     cpu_ratio = b["cpu_s"] / g["cpu_s"]
     agree = (g["valid"], g["rejected"]) == (b["valid"], b["rejected"]) and g["rejected"] == broken
-    ok = ratio >= TARGET_RATIO and g["mb_per_s"] >= TARGET_MBPS and agree
+    # Targets are judged on CPU time: the run is pinned to one core, and on a shared machine wall
+    # time also counts the time spent waiting for that core (on an idle machine the two agree).
+    ok = cpu_ratio >= TARGET_RATIO and g["cpu_mb_per_s"] >= TARGET_MBPS and agree
     report = {
         "lines": args.lines,
         "bytes": size,
@@ -276,17 +295,20 @@ def main(argv: list[str] | None = None) -> int:
         "counts_agree": agree,
         "targets": {"speedup": TARGET_RATIO, "mb_per_s": TARGET_MBPS, "met": ok},
         "python": sys.version.split()[0],
+        "load_average": [round(x, 2) for x in os.getloadavg()],
         "cpus_visible": os.cpu_count(),
     }
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         print(f"file: {args.lines:,} lines, {size / 1e6:,.1f} MB (avg {size // args.lines:,} B/line), {broken} broken; one core")
-        print(f"{'validator':<15}{'wall s':>9}{'cpu s':>9}{'MB/s':>9}{'lines/s':>11}{'valid':>9}{'rejected':>10}")
+        print(f"{'validator':<16}{'cpu s':>8}{'MB/s':>8}{'lines/s':>10}  |{'wall s':>8}{'MB/s':>8}{'lines/s':>10}  |{'valid':>9}{'rejected':>9}")
         for name, r in results.items():
-            print(f"{name:<15}{r['wall_s']:>9.2f}{r['cpu_s']:>9.2f}{r['mb_per_s']:>9.1f}{r['lines_per_s']:>11,}{r['valid']:>9,}{r['rejected']:>10,}")
-        print(f"speedup: {ratio:.2f}x wall, {cpu_ratio:.2f}x cpu (target >= {TARGET_RATIO:g}x); "
-              f"gymverl {g['mb_per_s']:.1f} MB/s (target >= {TARGET_MBPS:g}); counts agree: {agree}")
+            cpu_lps = round(args.lines / r["cpu_s"])
+            print(f"{name:<16}{r['cpu_s']:>8.2f}{r['cpu_mb_per_s']:>8.1f}{cpu_lps:>10,}  |{r['wall_s']:>8.2f}{r['mb_per_s']:>8.1f}"
+                  f"{r['lines_per_s']:>10,}  |{r['valid']:>9,}{r['rejected']:>9,}")
+        print(f"speedup: {cpu_ratio:.2f}x cpu, {ratio:.2f}x wall (target >= {TARGET_RATIO:g}x); gymverl {g['cpu_mb_per_s']:.1f} MB/s cpu, "
+              f"{g['mb_per_s']:.1f} MB/s wall (target >= {TARGET_MBPS:g}); counts agree: {agree}; load average {os.getloadavg()[0]:.1f}")
         print("targets met" if ok else "TARGETS MISSED")
     return 0 if ok else 1
 
