@@ -417,3 +417,36 @@ def test_on_line_sees_every_line(tmp_path):
     seen = []
     validate_file(src, on_line=lambda c: seen.append((c.line, c.code)))
     assert seen == [(1, None), (2, "not_object"), (3, None)]
+
+
+def _peak_validating(src: Path, accelerated: bool) -> tuple[int, int]:
+    import tracemalloc
+
+    from gymverl import records
+
+    saved = records._msgspec
+    if not accelerated:
+        records._msgspec = None
+    tracemalloc.start()
+    try:
+        s = validate_file(src)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        records._msgspec = saved
+    return s.valid, peak
+
+
+@pytest.mark.parametrize("accelerated", [True, False])
+def test_validate_streams_in_constant_memory(tmp_path, accelerated):
+    peaks = {}
+    for n in (2_000, 10_000):
+        src = tmp_path / f"{n}.jsonl"
+        with open(src, "wb") as f:
+            for i in range(n):
+                f.write(line(good(_ng_task_index=i % 50, _ng_rollout_index=i // 50, reward=(i % 7) / 7)) + b"\n")
+        valid, peaks[n] = _peak_validating(src, accelerated)
+        assert valid == n
+    # 5x the lines (about 6 MB), the same memory: one line and one 1 MB read buffer at a time.
+    assert peaks[10_000] < peaks[2_000] + 100_000
+    assert peaks[10_000] < 3_000_000 < (tmp_path / "10000.jsonl").stat().st_size
