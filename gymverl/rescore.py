@@ -15,6 +15,7 @@ checkpoint) and continues with the next line: no duplicates, no gaps, order kept
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import re
@@ -407,6 +408,7 @@ class _Run:
         self.stop = asyncio.Event()
         self.advanced = asyncio.Event()
         self._last_checkpoint = 0.0
+        self._persisting: asyncio.Future[None] | None = None
         self._last_progress = 0.0
         self._accepted: dict[str, asyncio.Future[list[str] | None]] = {}
         self._input_exhausted = False
@@ -456,26 +458,43 @@ class _Run:
                         add(orjson.loads(raw))
 
     def _checkpoint(self, out: JsonlWriter, fails: JsonlWriter, *, complete: bool = False, force: bool = False) -> None:
+        """Record progress: flush both files, then (off the event loop unless `force`) fsync them
+        and write the checkpoint naming the offsets flushed, so it never points past durable data."""
         now = time.monotonic()
-        if not force and now - self._last_checkpoint < CHECKPOINT_SECONDS:
+        busy = self._persisting is not None and not self._persisting.done()
+        if not force and (busy or now - self._last_checkpoint < CHECKPOINT_SECONDS):
             return
         self._last_checkpoint = now
         for w in (out, fails):
             w.flush()
-            assert w._f is not None
-            os.fsync(w._f.fileno())
-        _write_state(
-            self.state_file,
-            {
-                "version": STATE_VERSION,
-                "input": self.fingerprint,
-                "lines_done": self.next_write - 1,
-                "output_bytes": out._f.tell() if out._f else 0,
-                "failures_bytes": fails._f.tell() if fails._f else 0,
-                "complete": complete,
-                "servers": {"pool": self.client.pool, "routes": self.client.routes},
-            },
-        )
+        assert out._f is not None and fails._f is not None
+        state = {
+            "version": STATE_VERSION,
+            "input": self.fingerprint,
+            "lines_done": self.next_write - 1,
+            "output_bytes": out._f.tell(),
+            "failures_bytes": fails._f.tell(),
+            "complete": complete,
+            "servers": {"pool": self.client.pool, "routes": self.client.routes},
+        }
+        fds = (out._f.fileno(), fails._f.fileno())
+        if force:
+            assert not busy, "await _settle() before a forced checkpoint"
+            self._persist(fds, state)
+        else:
+            # fsync can take tens of ms on a busy disk: not on the loop that keeps requests flowing.
+            self._persisting = asyncio.get_running_loop().run_in_executor(None, self._persist, fds, state)
+
+    def _persist(self, fds: tuple[int, int], state: dict[str, Any]) -> None:
+        for fd in fds:
+            os.fsync(fd)
+        _write_state(self.state_file, state)
+
+    async def _settle(self) -> None:
+        """Wait for a checkpoint being written in the background."""
+        if self._persisting is not None:
+            await self._persisting
+            self._persisting = None
 
     # -- main ----------------------------------------------------------------------------------
     async def run(self) -> RescoreSummary:
@@ -496,33 +515,38 @@ class _Run:
         try:
             with JsonlWriter(self.output, append=True) as out, JsonlWriter(self.failures_path, append=True) as fails:
                 self._out, self._fails = out, fails
-                self._checkpoint(out, fails, force=True)
-                await self.client.open()
-                queue: asyncio.Queue[_Pending | None] = asyncio.Queue(maxsize=self.client.concurrency * 2)
-                workers = [asyncio.create_task(self._worker(queue)) for _ in range(self.client.concurrency)]
-                producer = asyncio.create_task(self._produce(queue, done))
-                stopper = asyncio.create_task(self.stop.wait())
-                await asyncio.wait({producer, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                if not self.stop.is_set():
-                    await producer
-                    for _ in workers:
-                        await queue.put(None)
-                    finished = asyncio.gather(*workers)
-                    await asyncio.wait({finished, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                    if finished.done():
-                        finished.result()
-                for t in (producer, *workers, stopper):
-                    t.cancel()
-                await asyncio.gather(producer, *workers, stopper, return_exceptions=True)
-                if self.stop.is_set():
-                    self.summary.interrupted = self.stop_reason
-                    self._drain(final=False)
-                else:
-                    self._drain(final=True)
-                    self.summary.complete = self._input_exhausted and not self.pending
-                    if not self.summary.complete:
-                        self.summary.interrupted = f"stopped after {self.limit} rows (--limit)"
-                self._checkpoint(out, fails, complete=self.summary.complete, force=True)
+                try:
+                    self._checkpoint(out, fails, force=True)
+                    await self.client.open()
+                    queue: asyncio.Queue[_Pending | None] = asyncio.Queue(maxsize=self.client.concurrency * 2)
+                    workers = [asyncio.create_task(self._worker(queue)) for _ in range(self.client.concurrency)]
+                    producer = asyncio.create_task(self._produce(queue, done))
+                    stopper = asyncio.create_task(self.stop.wait())
+                    await asyncio.wait({producer, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                    if not self.stop.is_set():
+                        await producer
+                        for _ in workers:
+                            await queue.put(None)
+                        finished = asyncio.gather(*workers)
+                        await asyncio.wait({finished, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                        if finished.done():
+                            finished.result()
+                    for t in (producer, *workers, stopper):
+                        t.cancel()
+                    await asyncio.gather(producer, *workers, stopper, return_exceptions=True)
+                    if self.stop.is_set():
+                        self.summary.interrupted = self.stop_reason
+                        self._drain(final=False)
+                    else:
+                        self._drain(final=True)
+                        self.summary.complete = self._input_exhausted and not self.pending
+                        if not self.summary.complete:
+                            self.summary.interrupted = f"stopped after {self.limit} rows (--limit)"
+                    await self._settle()
+                    self._checkpoint(out, fails, complete=self.summary.complete, force=True)
+                finally:
+                    with contextlib.suppress(Exception):
+                        await self._settle()  # never close the files under a background fsync
             if self.summary.complete and self.failures_path.exists() and self.failures_path.stat().st_size == 0:
                 self.failures_path.unlink()  # nothing failed: no empty failures file left behind
         finally:

@@ -21,6 +21,7 @@ from typing import Any, Iterable, Mapping
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from gymverl.records import agent_name
 
@@ -164,7 +165,7 @@ class _Server:
     failed: int = 0
 
     def __post_init__(self) -> None:
-        self.verify_url = self.url + "/verify"
+        self.verify_url = URL(self.url + "/verify")  # parsed once, not per request
 
 
 @dataclass
