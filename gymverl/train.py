@@ -125,7 +125,9 @@ class TrainPlan:
         import shlex
 
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items())
-        return (env + " " if env else "") + shlex.join(self.argv)
+        # VeRL's file logger opens OUTDIR/metrics.jsonl without creating its directory.
+        mkdir = f"mkdir -p {shlex.quote(str(self.out.resolve()))} && "
+        return mkdir + (env + " " if env else "") + shlex.join(self.argv)
 
 
 @dataclass
