@@ -252,6 +252,20 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def _shielded() -> Iterator[None]:
+    """Ignore Ctrl-C / SIGTERM for a moment (an impatient second Ctrl-C must not cut cleanup short)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 class _BackgroundServers:
     """NeMo Gym servers started in a thread (so the demo works meanwhile), always stopped."""
 
@@ -395,7 +409,9 @@ class Demo:
         """Stop the NeMo Gym servers (and Ray) if this demo started them."""
         if self.bg is not None:
             bg, self.bg = self.bg, None
-            bg.stop()
+            self.r.info("stopping the NeMo Gym servers (ng_run, Ray) ...")
+            with _shielded():
+                bg.stop()
             self.r.info("NeMo Gym servers stopped")
 
     def cmd(self, *args: Any) -> None:

@@ -264,9 +264,11 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.nemo_gym
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_demo_interrupted_stops_its_servers(tmp_path: Path, sig: int) -> None:
-    """Ctrl-C (or SIGTERM) while NeMo Gym is starting: exit 130, and ng_run + Ray are gone."""
+@pytest.mark.parametrize(
+    ("sig", "times"), [(signal.SIGINT, 1), (signal.SIGINT, 2), (signal.SIGTERM, 1)], ids=["ctrl-c", "ctrl-c-twice", "sigterm"]
+)
+def test_demo_interrupted_stops_its_servers(tmp_path: Path, sig: int, times: int) -> None:
+    """Ctrl-C (even twice) or SIGTERM while NeMo Gym is starting: exit 130, and ng_run + Ray are gone."""
     out = tmp_path / "demo-out"
     proc = subprocess.Popen(
         [*GYMVERL, "demo", "--out", str(out), "--skip", "stats,parquet,reward,train"],
@@ -286,6 +288,10 @@ def test_demo_interrupted_stops_its_servers(tmp_path: Path, sig: int) -> None:
         tracker.poll()
         assert len(tracker.seen) >= 4 and any("ng_run" in cmd for _, cmd in tracker.seen.values())
         proc.send_signal(sig)
+        for _ in range(times - 1):
+            time.sleep(1.0)  # an impatient user presses Ctrl-C again while the servers are stopping
+            if proc.poll() is None:
+                proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
