@@ -977,7 +977,7 @@ def rescore(
     server: Annotated[
         Optional[list[str]],
         typer.Option(
-            "--server", "-s", envvar="GYMVERL_VERIFY_URL",
+            "--server", "-s", envvar="GYMVERL_VERIFY_URL", metavar="URL|NAME=URL",
             help="Resources server base URL (POST {URL}/verify). Repeat to load-balance; NAME=URL routes rows whose "
             "agent_ref.name is or starts with NAME (e.g. math_with_judge=http://127.0.0.1:8001). Env: GYMVERL_VERIFY_URL.",
         ),
@@ -986,6 +986,7 @@ def rescore(
         Optional[Path], typer.Option("--failures", help="Failure records (invalid rows and failed verifications) go here. Default: OUT stem + .failures.jsonl.")
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run into the same OUTPUT: skips lines already done, no duplicates, no gaps.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over even if OUTPUT holds an unfinished run (otherwise refused: use --resume).")] = False,
     tasks: Annotated[
         Optional[Path], typer.Option("--tasks", help="NeMo Gym tasks JSONL: re-join task fields missing from rollouts (by _ng_task_index, else prompt hash).")
     ] = None,
@@ -1022,7 +1023,7 @@ def rescore(
         if progress is not None:
             progress.start()
         summary = rescore_file(
-            path, output, client=client, failures=failures, resume=resume, tasks=tasks,
+            path, output, client=client, failures=failures, resume=resume, overwrite=overwrite, tasks=tasks,
             flip_threshold=flip_threshold, limit=limit, on_progress=on_progress, handle_signals=True,
         )
     except (InputError, RescoreError) as exc:

@@ -386,6 +386,7 @@ class _Run:
         client: VerifyClient,
         *,
         resume: bool,
+        overwrite: bool,
         tasks: TaskIndex | None,
         window: int,
         max_failures_in_a_row: int,
@@ -396,6 +397,7 @@ class _Run:
     ) -> None:
         self.input, self.output, self.failures_path, self.client = input_path, output, failures, client
         self.resume, self.tasks, self.window = resume, tasks, window
+        self.overwrite = overwrite
         self.max_failures_in_a_row = max_failures_in_a_row
         self.on_progress, self.handle_signals, self.limit = on_progress, handle_signals, limit
         self.summary = RescoreSummary(str(input_path), str(output), str(failures), flip_threshold=flip_threshold)
@@ -418,6 +420,13 @@ class _Run:
         """Decide where to start: (lines done, output bytes, failures bytes)."""
         fp = input_fingerprint(self.input)
         self.fingerprint = fp
+        if not self.resume and not self.overwrite:
+            old_state = read_state(self.output) if self.output.exists() else None
+            if old_state is not None and not old_state.get("complete"):
+                raise RescoreError(
+                    f"{self.output} holds an unfinished rescore run ({old_state.get('lines_done', 0)} lines done); "
+                    "continue it with --resume, or start over with --overwrite."
+                )
         state = read_state(self.output) if self.resume else None
         if state is None:
             if self.resume and (self.output.exists() and self.output.stat().st_size > 0):
@@ -702,6 +711,7 @@ def rescore_file(
     client: VerifyClient | None = None,
     failures: str | os.PathLike[str] | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     tasks: str | os.PathLike[str] | TaskIndex | None = None,
     concurrency: int | None = None,
     timeout: float | None = None,
@@ -714,6 +724,9 @@ def rescore_file(
     handle_signals: bool = False,
 ) -> RescoreSummary:
     """Re-score a rollout file against NeMo Gym `/verify` servers (see the module docstring).
+
+    `resume` continues an unfinished run into `output`; without it, an unfinished run there is
+    refused unless `overwrite` (a finished one is simply replaced).
 
     Raises InputError / RescoreError (one sentence) for problems found before any row is sent.
     """
@@ -747,6 +760,7 @@ def rescore_file(
         fails,
         client,
         resume=resume,
+        overwrite=overwrite,
         tasks=task_index,
         window=win,
         max_failures_in_a_row=breaker,

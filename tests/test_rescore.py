@@ -209,12 +209,16 @@ def test_resume_refuses_a_different_input_or_a_missing_checkpoint(tmp_path: Path
     make_input(inp, 10)
     with FakeServer() as srv:
         rescore_file(inp, out, [srv.url], limit=5)
+        with pytest.raises(RescoreError, match=r"unfinished rescore run \(5 lines done\); continue it with --resume"):
+            rescore_file(inp, out, [srv.url])
         make_input(inp, 12)
         with pytest.raises(RescoreError, match="not the input the interrupted run used"):
             rescore_file(inp, out, [srv.url], resume=True)
         state_path(out).unlink()
         with pytest.raises(RescoreError, match="no rescore checkpoint"):
             rescore_file(inp, out, [srv.url], resume=True)
+        rescore_file(inp, out, [srv.url], limit=3)
+        assert rescore_file(inp, out, [srv.url], overwrite=True).complete
     with pytest.raises(RescoreError, match="must differ"):
         rescore_file(inp, inp, ["http://127.0.0.1:9"])
 
