@@ -31,6 +31,9 @@ from typing import Annotated, Any, Callable, Literal, Optional, Union
 import orjson
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictInt, StrictStr, Tag, ValidationError
 
+from gymverl import records
+from gymverl.records import validate_file
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("GYMVERL_SHARED", REPO.parent / "shared"))
 FIXTURES = SHARED / "fixtures" / "nemo_gym_rollouts"
@@ -135,16 +138,12 @@ def baseline_validate(path: Path) -> dict[str, Any]:
 
 def gymverl_validate(path: Path) -> dict[str, Any]:
     """gymverl's own validation: `validate_file` (the library call behind `gymverl validate`)."""
-    from gymverl.records import validate_file
-
     s = validate_file(path)
     return {"valid": s.valid, "rejected": s.rejected, "reward_sum": s.reward_sum, "tasks": len(s.rollouts_per_task), "incomplete": s.incomplete}
 
 
 def gymverl_orjson_only(path: Path) -> dict[str, Any]:
     """gymverl without its optional accelerators (msgspec, pysimdjson): the orjson path for every line."""
-    from gymverl import records
-
     saved = records._msgspec
     records._msgspec = None
     try:

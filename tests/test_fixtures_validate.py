@@ -53,3 +53,21 @@ def test_sample_tasks_validate_with_tasks_flag():
     assert r.exit_code == 0, r.output
     s = json.loads(r.stdout)
     assert (s["lines"], s["valid"], s["rejected"]) == (_lines(path), 5, 0)
+
+
+def test_bench_validate_runs_and_both_validators_agree():
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    r = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "validate.py"), "--lines", "400", "--json"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert r.returncode in (0, 1), r.stderr  # 1 only says a speed target was missed on this tiny file
+    report = json.loads(r.stdout)
+    assert report["counts_agree"] is True
+    for res in report["results"].values():
+        assert res["valid"] + res["rejected"] == 400
+        assert res["rejected"] == report["broken_lines"]
