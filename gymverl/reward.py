@@ -10,7 +10,8 @@ holds the task's `responses_create_params`, task fields and agent):
 
 Settings come from `reward_kwargs` (VeRL passes them as keyword arguments), else environment
 variables: `server` / GYMVERL_VERIFY_URL (one URL, several separated by spaces or commas, or
-NAME=URL entries routed by agent name), `concurrency` / GYMVERL_VERIFY_CONCURRENCY (64),
+NAME=URL entries routed by agent name), `concurrency` / GYMVERL_VERIFY_CONCURRENCY (32 per reward worker; VeRL runs `reward.num_workers`,
+8 by default, so up to 256 requests in flight),
 `timeout` / GYMVERL_VERIFY_TIMEOUT (60 s), `retries` / GYMVERL_VERIFY_RETRIES (4),
 `on_failure` / GYMVERL_VERIFY_ON_FAILURE, `extra_fields` (verifier outputs to report).
 
@@ -41,7 +42,7 @@ import orjson
 from gymverl.verify import DEFAULT_RETRIES, DEFAULT_TIMEOUT, VerifyClient, VerifyResult, build_request
 
 ENV_URL = "GYMVERL_VERIFY_URL"
-DEFAULT_CONCURRENCY = 64
+DEFAULT_CONCURRENCY = 32  # per reward worker process; VeRL runs reward.num_workers (8) of them
 _TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.S)
 _THINK = re.compile(r"^\s*<think>.*?</think>\s*", re.S)
 
