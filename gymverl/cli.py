@@ -837,7 +837,7 @@ def demo(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out written by an earlier demo.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the step report as JSON at the end (progress goes to stderr).")] = False,
 ) -> None:
-    """Run the whole pipeline on sample_data/: NeMo Gym servers, validate, rescore, stats, parquet, CPU training.
+    """Run the whole pipeline on sample_data/: NeMo Gym servers, validate, rescore, stats, parquet, reward function, CPU training.
 
     Every step prints what it did and where its output is; servers it started are stopped at the
     end, also on Ctrl-C. Exit code 0 when every step worked, 1 when a step failed or is unavailable,

@@ -387,3 +387,37 @@ def test_cli_empty_file(tmp_path: Path) -> None:
     res = runner.invoke(app, ["stats", str(path), "--json"])
     assert res.exit_code == 1
     assert json.loads(res.stdout)["overall"]["rollouts"] == 0
+
+
+# ---- the real NeMo Gym rollouts (shared fixtures) -----------------------------------------------
+
+
+def test_real_nemo_gym_rollouts(fixture_files: list[Path]) -> None:
+    """Every real rollout file: all lines counted, numbers match a direct read of the file."""
+    for path in fixture_files:
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        d = compute_stats(path).to_dict()
+        o = d["overall"]
+        assert (d["lines"], d["rejected"], o["rollouts"]) == (len(rows), 0, len(rows)), path.name
+        assert sum(t["n"] for t in d["per_task"]) == len(rows)
+        assert o["correct"] == sum(1 for r in rows if r["reward"] >= 1.0), path.name
+        assert o["reward"]["mean"] == pytest.approx(sum(r["reward"] for r in rows) / len(rows))
+        truncated = sum(
+            1 for r in rows if r["response"].get("incomplete_details") or r["response"].get("status") not in (None, "completed")
+        )
+        assert o["incomplete"] == truncated, path.name
+        with_usage = all(isinstance((r["response"].get("usage") or {}).get("output_tokens"), int) for r in rows)
+        assert o["length"]["unit"] == ("output_tokens" if with_usage else "characters"), path.name
+        p1 = next(p for p in o["pass_at_k"] if p["k"] == 1)["pass_at_k"]
+        per_task = d["per_task"]
+        assert p1 == pytest.approx(sum(t["correct"] / t["n"] for t in per_task) / len(per_task))
+
+
+def test_real_blackjack_rewards_minus_one_to_one(fixture_files: list[Path]) -> None:
+    path = next((p for p in fixture_files if p.name == "blackjack.jsonl"), None)
+    assert path is not None
+    rewards = [json.loads(line)["reward"] for line in path.read_text().splitlines()]
+    o = compute_stats(path).to_dict()["overall"]
+    assert o["reward"]["min"] == min(rewards) == -1.0
+    assert o["correct"] == rewards.count(1.0)  # only wins count at the default threshold
+    assert compute_stats(path, threshold=0.0).to_dict()["overall"]["correct"] == sum(1 for r in rewards if r >= 0)
