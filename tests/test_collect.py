@@ -6,7 +6,6 @@ from __future__ import annotations
 import _thread
 import gzip
 import json
-import shutil
 import subprocess
 import sys
 import threading
