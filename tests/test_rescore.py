@@ -345,3 +345,38 @@ def test_cli_usage_errors_are_one_sentence(tmp_path: Path) -> None:
         res = runner.invoke(app, args, env={"GYMVERL_VERIFY_URL": ""})
         assert res.exit_code == 2, (args, res.output)
         assert msg in res.output and "Traceback" not in res.output
+
+
+def test_a_slow_row_does_not_let_memory_grow_past_the_window(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows finishing after a slow one wait in a bounded reorder window, not in an unbounded buffer."""
+    import gymverl.rescore as rescore_mod
+
+    inp = tmp_path / "in.jsonl"
+    make_input(inp, 400)
+    seen: list[int] = []
+    orig = rescore_mod._Run._drain
+
+    def spy(self: Any, final: bool = False) -> None:
+        seen.append(len(self.pending))
+        orig(self, final)
+
+    monkeypatch.setattr(rescore_mod._Run, "_drain", spy)
+    # every 50th row times out once (0.5 s) and then answers; the rest answer at once
+    with FakeServer("--plan", "timeout,ok", "--every", "50", "--hang", "5") as srv:
+        summary = rescore_file(inp, tmp_path / "out.jsonl", [srv.url], concurrency=8, timeout=0.5, window=32)
+    check_exactly_once(inp, tmp_path / "out.jsonl", tmp_path / "out.failures.jsonl")
+    assert summary.complete and summary.failed == 0
+    assert 24 <= max(seen) <= 32 + 1  # the window filled up, and no further
+
+
+def test_gzip_input(tmp_path: Path) -> None:
+    import gzip
+
+    plain = tmp_path / "in.jsonl"
+    make_input(plain, 30)
+    gz = tmp_path / "in.jsonl.gz"
+    gz.write_bytes(gzip.compress(plain.read_bytes()))
+    with FakeServer() as srv:
+        summary = rescore_file(gz, tmp_path / "out.jsonl", [srv.url])
+    assert summary.complete and summary.rescored == 30
+    check_exactly_once(plain, tmp_path / "out.jsonl", tmp_path / "out.failures.jsonl")
