@@ -93,7 +93,7 @@ def test_oversize_line_is_rejected_and_the_next_line_still_read(tmp_path):
     big = b'{"x": "' + b"a" * 5000 + b'"}'
     out = parsed(tmp_path, b'{"a": 1}\n' + big + b'\n{"a": 3}\n', max_line_bytes=1000)
     assert [(p.number, p.code) for p in out] == [(1, None), (2, "line_too_long"), (3, None)]
-    assert out[1].reason == "line is 5.0 KB, over the 1.0 KB limit per line"
+    assert out[1].reason == "line is 5 KB, over the 1 KB limit per line"
     assert out[1].raw == big[:1001]  # what was read before the limit was hit
     assert out[2].obj == {"a": 3}
 
@@ -108,7 +108,7 @@ def test_line_exactly_at_the_limit_is_read(tmp_path):
 def test_oversize_last_line_without_newline(tmp_path):
     out = parsed(tmp_path, b'{"a": 1}\n' + b"b" * 3000, max_line_bytes=1000)
     assert [(p.number, p.code) for p in out] == [(1, None), (2, "line_too_long")]
-    assert out[1].reason == "line is 3.0 KB, over the 1.0 KB limit per line"
+    assert out[1].reason == "line is 3 KB, over the 1 KB limit per line"
 
 
 def test_50mb_line_is_rejected_without_holding_it_in_memory(tmp_path):
@@ -128,10 +128,10 @@ def test_50mb_line_is_rejected_without_holding_it_in_memory(tmp_path):
         tracemalloc.stop()
     assert out == [
         (1, None, None, 8),
-        (2, "line_too_long", f"line is {size / 1e6:.1f} MB, over the 16.8 MB limit per line", RAW_KEEP_BYTES),
+        (2, "line_too_long", f"line is {size / 1e6:.1f} MB, over the 16 MB limit per line", RAW_KEEP_BYTES),
         (3, None, None, 8),
     ]
-    # At most the per-line limit (16.8 MB) plus one 1 MB read in memory, never the 52 MB line.
+    # At most the per-line limit (16 MB) plus one 1 MB read in memory, never the 52 MB line.
     assert peak < DEFAULT_MAX_LINE_BYTES + 3 * (1 << 20)
 
 

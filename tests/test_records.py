@@ -193,7 +193,7 @@ def test_50mb_line_rejected_with_its_size(tmp_path):
     s = validate_file(src, rejects=tmp_path / "rej.jsonl")
     assert (s.lines, s.valid, s.rejected) == (3, 2, 1)
     assert s.first_rejections == [
-        {"line": 2, "code": "line_too_long", "reason": "line is 50.0 MB, over the 16.8 MB limit per line"}
+        {"line": 2, "code": "line_too_long", "reason": "line is 50 MB, over the 16 MB limit per line"}
     ]
     (rej,) = [orjson.loads(x) for x in (tmp_path / "rej.jsonl").read_bytes().splitlines()]
     assert rej["line"] == 2 and rej["raw_truncated"] is True and len(rej["raw"]) == 64 * 1024

@@ -86,7 +86,7 @@ def test_rejects_raw_is_cut_at_64kb(tmp_path):
     assert r.exit_code == 1
     (row,) = [orjson.loads(x) for x in rejects.read_bytes().splitlines()]
     assert row["code"] == "line_too_long"
-    assert row["reason"] == f"line is {len(bad) / 1e3:.1f} KB, over the 50.0 KB limit per line"
+    assert row["reason"] == "line is 100 KB, over the 50 KB limit per line"  # 100,041 bytes
     assert row["raw"] == bad[:50_001].decode() and row["raw_truncated"] is True
     r2 = invoke(src, "--rejects", rejects)  # under the default limit: a whole-line reject, raw cut at 64 KB
     assert r2.exit_code == 1
@@ -113,7 +113,7 @@ def test_50mb_line_via_cli(tmp_path):
     assert r.exit_code == 1
     s = json.loads(r.stdout)
     assert s["rejections"] == [
-        {"line": 2, "code": "line_too_long", "reason": "line is 50.0 MB, over the 16.8 MB limit per line"}
+        {"line": 2, "code": "line_too_long", "reason": "line is 50 MB, over the 16 MB limit per line"}
     ]
     assert (s["valid"], s["rejected"]) == (2, 1)
 
