@@ -625,11 +625,11 @@ class Demo:
             lr=1e-4,
         )
         self.cmd(
-            "gymverl", "train-offline", opts.train, *(["--val", opts.val] if opts.val else []), "-m", opts.model, "-o", out,
+            "gymverl", "train-offline", opts.train, *(["--val", opts.val] if opts.val else []), "-m", Path(opts.model), "-o", out,
             "--device", "cpu", "--epochs", opts.epochs, "--batch-size", opts.batch_size,
             "--micro-batch-size", opts.micro_batch_size, "--lr", opts.lr,
         )
-        self.r.info(f"VeRL log: {out / 'train.log'}")
+        self.r.info(f"VeRL log: {display_path(out / 'train.log')}")
 
         def on_event(ev: Any) -> None:
             if ev.kind != "step":
