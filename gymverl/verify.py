@@ -210,8 +210,10 @@ class VerifyClient:
     async def open(self) -> "VerifyClient":
         """Create the connection pool (bound to the running event loop)."""
         if self._session is None:
+            # Idle connections are dropped after 4 s: NeMo Gym servers (uvicorn) close them after 5 s,
+            # and reusing one the server is closing costs a failed attempt and a retry.
             connector = aiohttp.TCPConnector(
-                limit=self.concurrency, limit_per_host=0, keepalive_timeout=30.0, ttl_dns_cache=300
+                limit=self.concurrency, limit_per_host=0, keepalive_timeout=4.0, ttl_dns_cache=300
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
