@@ -210,8 +210,9 @@ class VerifyClient:
     async def open(self) -> "VerifyClient":
         """Create the connection pool (bound to the running event loop)."""
         if self._session is None:
-            # Idle connections are dropped after 4 s: NeMo Gym servers (uvicorn) close them after 5 s,
-            # and reusing one the server is closing costs a failed attempt and a retry.
+            # Idle connections are dropped after 4 s, before a server with uvicorn's default 5 s
+            # keep-alive closes them (NeMo Gym's own servers use 30 s): reusing a connection the
+            # server is closing costs a failed attempt and a retry.
             connector = aiohttp.TCPConnector(
                 limit=self.concurrency, limit_per_host=0, keepalive_timeout=4.0, ttl_dns_cache=300
             )
