@@ -987,6 +987,7 @@ def rescore(
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run into the same OUTPUT: skips lines already done, no duplicates, no gaps.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over even if OUTPUT holds an unfinished run (otherwise refused: use --resume).")] = False,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Re-send the rows a finished run into OUTPUT recorded as failed verifications; other rows are kept, order too.")] = False,
     tasks: Annotated[
         Optional[Path], typer.Option("--tasks", help="NeMo Gym tasks JSONL: re-join task fields missing from rollouts (by _ng_task_index, else prompt hash).")
     ] = None,
@@ -1023,7 +1024,7 @@ def rescore(
         if progress is not None:
             progress.start()
         summary = rescore_file(
-            path, output, client=client, failures=failures, resume=resume, overwrite=overwrite, tasks=tasks,
+            path, output, client=client, failures=failures, resume=resume, overwrite=overwrite, retry_failed=retry_failed, tasks=tasks,
             flip_threshold=flip_threshold, limit=limit, on_progress=on_progress, handle_signals=True,
         )
     except (InputError, RescoreError) as exc:
@@ -1044,10 +1045,16 @@ def rescore(
     if warning:
         err_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
     if summary.interrupted:
-        err_console.print(
-            f"[bold red]stopped:[/] {summary.interrupted}; {summary.lines} of the input lines are done. "
-            f"Continue with the same command plus --resume.", highlight=False,
-        )
+        if retry_failed:
+            err_console.print(
+                f"[bold red]stopped:[/] {summary.interrupted}; {output} and its failures file are unchanged. "
+                "Run the same command again to retry.", highlight=False,
+            )
+        else:
+            err_console.print(
+                f"[bold red]stopped:[/] {summary.interrupted}; {summary.lines} of the input lines are done. "
+                f"Continue with the same command plus --resume.", highlight=False,
+            )
         raise typer.Exit(EXIT_INTERRUPTED if summary.interrupted.startswith(("interrupted", "terminated")) else EXIT_REJECTED)
     if summary.failed or summary.rejected or summary.lines == 0 or (strict and warning):
         raise typer.Exit(EXIT_REJECTED)

@@ -387,6 +387,7 @@ class _Run:
         *,
         resume: bool,
         overwrite: bool,
+        retry_failed: bool,
         tasks: TaskIndex | None,
         window: int,
         max_failures_in_a_row: int,
@@ -398,6 +399,9 @@ class _Run:
         self.input, self.output, self.failures_path, self.client = input_path, output, failures, client
         self.resume, self.tasks, self.window = resume, tasks, window
         self.overwrite = overwrite
+        self.retry = retry_failed
+        self._retry_lines: set[int] = set()
+        self._old: tuple[Any, Any] | None = None  # retry mode: (old output file, old failures file)
         self.max_failures_in_a_row = max_failures_in_a_row
         self.on_progress, self.handle_signals, self.limit = on_progress, handle_signals, limit
         self.summary = RescoreSummary(str(input_path), str(output), str(failures), flip_threshold=flip_threshold)
@@ -414,6 +418,7 @@ class _Run:
         self._last_progress = 0.0
         self._accepted: dict[str, asyncio.Future[list[str] | None]] = {}
         self._input_exhausted = False
+        self._pending_fail: dict[str, Any] | None = None
 
     # -- resume --------------------------------------------------------------------------------
     def _prepare_files(self) -> tuple[int, int, int]:
@@ -447,6 +452,25 @@ class _Run:
                 raise RescoreError(f"cannot resume: {path} is shorter than the checkpoint says; run without --resume to start over.")
         return int(state["lines_done"]), out_bytes, fail_bytes
 
+    def _prepare_retry(self) -> None:
+        """Retry mode: check the finished run, collect the lines whose verification failed."""
+        self.fingerprint = fp = input_fingerprint(self.input)
+        state = read_state(self.output)
+        if state is None:
+            raise RescoreError(f"{self.output} has no rescore run to retry failures of; run without --retry-failed first.")
+        old = state.get("input", {})
+        if old.get("size") != fp["size"] or old.get("head_sha1") != fp["head_sha1"]:
+            raise RescoreError(f"cannot retry: {self.input} is not the input of the run that wrote {self.output}.")
+        if not state.get("complete"):
+            raise RescoreError(f"{self.output} holds an unfinished run; finish it with --resume before --retry-failed.")
+        if self.failures_path.exists():
+            with open(self.failures_path, "rb") as f:
+                for raw in f:
+                    if raw.strip():
+                        rec = orjson.loads(raw)
+                        if rec.get("kind") == "verify":
+                            self._retry_lines.add(int(rec["line"]))
+
     def _replay(self, out_bytes: int, fail_bytes: int) -> None:
         """Rebuild the summary of lines done by earlier runs from the output and failures files."""
         s = self.summary
@@ -469,6 +493,8 @@ class _Run:
     def _checkpoint(self, out: JsonlWriter, fails: JsonlWriter, *, complete: bool = False, force: bool = False) -> None:
         """Record progress: flush both files, then (off the event loop unless `force`) fsync them
         and write the checkpoint naming the offsets flushed, so it never points past durable data."""
+        if self.retry:
+            return  # a retry pass writes temp files that replace the old ones at the end
         now = time.monotonic()
         busy = self._persisting is not None and not self._persisting.done()
         if not force and (busy or now - self._last_checkpoint < CHECKPOINT_SECONDS):
@@ -494,6 +520,22 @@ class _Run:
             # fsync can take tens of ms on a busy disk: not on the loop that keeps requests flowing.
             self._persisting = asyncio.get_running_loop().run_in_executor(None, self._persist, fds, state)
 
+    def _finish_retry(self, out_path: Path, fail_path: Path) -> None:
+        """Retry mode: swap the rewritten files in (only when the pass completed)."""
+        if not self.summary.complete:
+            return  # interrupted: the old files stay as they were
+        out_bytes, fail_bytes = out_path.stat().st_size, fail_path.stat().st_size
+        os.replace(out_path, self.output)
+        os.replace(fail_path, self.failures_path)
+        _write_state(
+            self.state_file,
+            {
+                "version": STATE_VERSION, "input": self.fingerprint, "lines_done": self.next_write - 1,
+                "output_bytes": out_bytes, "failures_bytes": fail_bytes, "complete": True,
+                "servers": {"pool": self.client.pool, "routes": self.client.routes},
+            },
+        )
+
     def _persist(self, fds: tuple[int, int], state: dict[str, Any]) -> None:
         for fd in fds:
             os.fsync(fd)
@@ -508,21 +550,32 @@ class _Run:
     # -- main ----------------------------------------------------------------------------------
     async def run(self) -> RescoreSummary:
         start = time.monotonic()
-        done, out_bytes, fail_bytes = self._prepare_files()
-        self.summary.resumed_from = done
-        if done:
-            self._replay(out_bytes, fail_bytes)
-        for path, size in ((self.output, out_bytes), (self.failures_path, fail_bytes)):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "ab") as f:
-                f.truncate(size)  # drop anything written after the last checkpoint
+        out_path, fail_path = self.output, self.failures_path
+        if self.retry:
+            # Rewrite both files beside the old ones; they replace them only when the pass completes.
+            self._prepare_retry()
+            done = 0
+            out_path = self.output.with_name(f".{self.output.name}.retry.tmp")
+            fail_path = self.failures_path.with_name(f".{self.failures_path.name}.retry.tmp")
+            for path in (out_path, fail_path):
+                path.unlink(missing_ok=True)
+            self._old = (open(self.output, "rb"), open(self.failures_path, "rb") if self.failures_path.exists() else None)
+        else:
+            done, out_bytes, fail_bytes = self._prepare_files()
+            self.summary.resumed_from = done
+            if done:
+                self._replay(out_bytes, fail_bytes)
+            for path, size in ((self.output, out_bytes), (self.failures_path, fail_bytes)):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with open(path, "ab") as f:
+                    f.truncate(size)  # drop anything written after the last checkpoint
         self.next_write = done + 1
         loop = asyncio.get_running_loop()
         if self.handle_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self._interrupt, sig)
         try:
-            with JsonlWriter(self.output, append=True) as out, JsonlWriter(self.failures_path, append=True) as fails:
+            with JsonlWriter(out_path, append=True) as out, JsonlWriter(fail_path, append=True) as fails:
                 self._out, self._fails = out, fails
                 try:
                     self._checkpoint(out, fails, force=True)
@@ -556,9 +609,18 @@ class _Run:
                 finally:
                     with contextlib.suppress(Exception):
                         await self._settle()  # never close the files under a background fsync
+            if self.retry:
+                self._finish_retry(out_path, fail_path)
             if self.summary.complete and self.failures_path.exists() and self.failures_path.stat().st_size == 0:
                 self.failures_path.unlink()  # nothing failed: no empty failures file left behind
         finally:
+            if self._old is not None:
+                for f in self._old:
+                    if f is not None:
+                        f.close()
+            if self.retry:
+                for path in (out_path, fail_path):
+                    path.unlink(missing_ok=True)
             if self.handle_signals:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(sig)
@@ -585,9 +647,12 @@ class _Run:
             while ln.number - self.next_write >= self.window:
                 self.advanced.clear()
                 await self.advanced.wait()
-            p = parse_line(ln)
             item = _Pending(ln.number, size=ln.size + 1)
             self.pending[ln.number] = item
+            if self._old is not None and self._copy_old(item):
+                self._drain()
+                continue
+            p = parse_line(ln)
             if not p.ok:
                 item.fail, item.done = rejected_record(ln.number, p.code or "invalid", p.reason or "", p.raw), True
                 self._drain()
@@ -601,6 +666,35 @@ class _Run:
             item.record = p.obj
             await queue.put(item)
         self._input_exhausted = True
+
+    def _copy_old(self, item: _Pending) -> bool:
+        """Retry mode: fill `item` from the finished run unless its verification is to be retried."""
+        old_out = self._old[0]  # type: ignore[index]
+        if self._pending_fail is None:
+            self._next_old_failure()  # peek: failure records are in line order
+        fail = self._pending_fail
+        if fail is not None and fail["line"] == item.line:
+            self._pending_fail = None  # consumed: copied, or replaced by the new outcome
+            if item.line in self._retry_lines:
+                return False
+            item.fail, item.done = fail, True
+            return True
+        raw = old_out.readline()
+        if not raw.strip():
+            raise RescoreError(f"{self.output} has fewer rows than its checkpoint says; cannot retry failures.")
+        item.out, item.done = orjson.loads(raw), True
+        return True
+
+    def _next_old_failure(self) -> None:
+        fails = self._old[1] if self._old else None  # type: ignore[index]
+        self._pending_fail = None
+        while fails is not None:
+            raw = fails.readline()
+            if not raw:
+                return
+            if raw.strip():
+                self._pending_fail = orjson.loads(raw)
+                return
 
     async def _worker(self, queue: asyncio.Queue[_Pending | None]) -> None:
         while True:
@@ -712,6 +806,7 @@ def rescore_file(
     failures: str | os.PathLike[str] | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    retry_failed: bool = False,
     tasks: str | os.PathLike[str] | TaskIndex | None = None,
     concurrency: int | None = None,
     timeout: float | None = None,
@@ -726,7 +821,9 @@ def rescore_file(
     """Re-score a rollout file against NeMo Gym `/verify` servers (see the module docstring).
 
     `resume` continues an unfinished run into `output`; without it, an unfinished run there is
-    refused unless `overwrite` (a finished one is simply replaced).
+    refused unless `overwrite` (a finished one is simply replaced). `retry_failed` re-sends the rows
+    of a finished run whose verification failed, copies every other row, and replaces the output
+    and failures files (order kept) only if that pass completes.
 
     Raises InputError / RescoreError (one sentence) for problems found before any row is sent.
     """
@@ -737,6 +834,8 @@ def rescore_file(
     fails = Path(failures) if failures is not None else default_failures_path(out)
     if fails.resolve() in (out.resolve(), path.resolve()):
         raise RescoreError("the failures file must differ from the input and output files.")
+    if retry_failed and (resume or overwrite):
+        raise RescoreError("--retry-failed works on a finished run; do not combine it with --resume or --overwrite.")
     if client is None:
         if not servers:
             raise RescoreError("no verifier server given (use --server URL or NAME=URL).")
@@ -761,6 +860,7 @@ def rescore_file(
         client,
         resume=resume,
         overwrite=overwrite,
+        retry_failed=retry_failed,
         tasks=task_index,
         window=win,
         max_failures_in_a_row=breaker,

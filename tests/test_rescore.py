@@ -380,3 +380,38 @@ def test_gzip_input(tmp_path: Path) -> None:
         summary = rescore_file(gz, tmp_path / "out.jsonl", [srv.url])
     assert summary.complete and summary.rescored == 30
     check_exactly_once(plain, tmp_path / "out.jsonl", tmp_path / "out.failures.jsonl")
+
+
+def test_retry_failed_resends_only_failed_rows_and_keeps_order(tmp_path: Path) -> None:
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    rows = make_input(inp, 80)
+    lines = inp.read_text().splitlines()
+    lines[9] = "{broken"  # an invalid line stays an invalid-line record
+    inp.write_text("\n".join(lines) + "\n")
+    fails_path = default_failures_path(out)
+    with FakeServer("--plan", "503", "--every", "4") as srv:  # a flaky replica: some rows fail for good
+        first = rescore_file(inp, out, [srv.url], retries=1, concurrency=8)
+    assert first.complete and first.failed > 5 and first.rejected == 1
+    failed_lines = {f["line"] for f in read_jsonl(fails_path) if f["kind"] == "verify"}
+    before, before_fails = read_jsonl(out), read_jsonl(fails_path)
+    # A retry pass cut short (the verifier goes away again) leaves both files exactly as they were.
+    with FakeServer("--die-after", "3") as srv:
+        cut = rescore_file(inp, out, [srv.url], retry_failed=True, retries=0, max_failures_in_a_row=2, concurrency=2)
+    assert not cut.complete and cut.interrupted and cut.interrupted.startswith("verifier unreachable")
+    assert read_jsonl(out) == before and read_jsonl(fails_path) == before_fails
+    assert not list(tmp_path.glob(".*.retry.tmp"))
+    with FakeServer() as srv:
+        again = rescore_file(inp, out, [srv.url], retry_failed=True)
+        assert srv.stats()["requests"] == len(failed_lines)  # only the failed rows were sent again
+    assert again.complete and again.failed == 0 and again.rejected == 1 and again.rescored == 79
+    out_rows, fails = check_exactly_once(inp, out, fails_path)
+    assert [f["line"] for f in fails] == [10]
+    kept = [r for r in out_rows if r["response"]["id"] in {b["response"]["id"] for b in before}]
+    assert kept == before  # rows that had succeeded are copied unchanged
+    assert read_state(out)["complete"] and read_state(out)["lines_done"] == 80  # type: ignore[index]
+    with FakeServer("--plan", "503") as srv:
+        rescore_file(inp, out, [srv.url], retry_failed=True)  # nothing left to retry: a plain copy
+        assert srv.stats()["requests"] == 0
+    assert read_jsonl(out) == out_rows
+    with pytest.raises(RescoreError, match="do not combine"):
+        rescore_file(inp, out, ["http://127.0.0.1:9"], retry_failed=True, resume=True)
