@@ -146,6 +146,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=8000, help="rows for the 20 ms and zero-latency runs")
     ap.add_argument("--real-rows", type=int, default=3000)
     ap.add_argument("--real-concurrency", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds on the real server (best of each is reported)")
     ap.add_argument("--no-real", action="store_true", help="skip the real NeMo Gym server")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
@@ -205,7 +206,7 @@ def main() -> None:
             conc = args.real_concurrency
             one_at_a_time(real_inp, url, 200)  # warm-up
             runs: dict[str, list[dict[str, Any]]] = {"gymverl": [], "nemo_gym_client": []}
-            for _ in range(2):  # alternate, so load changes on the shared machine hit both alike
+            for _ in range(args.rounds):  # alternate, so load changes on a shared machine hit both alike
                 runs["nemo_gym_client"].append(nemo_gym_client(env, real_inp, url, conc))
                 runs["gymverl"].append(timed_rescore(real_inp, out, [url], conc))
             seq = one_at_a_time(real_inp, url, 500)
