@@ -605,7 +605,9 @@ def train_offline_command(
     except tr.TrainError as exc:
         fail(str(exc), EXIT_REJECTED)
     except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/]: VeRL stopped; resume with --resume.")
+        ckpt = tr.latest_checkpoint(plan.checkpoints)
+        hint = f"continue from {ckpt.name} with --resume" if ckpt else "no checkpoint was saved yet (see --save-freq); start over with --overwrite"
+        err_console.print(f"[yellow]interrupted[/]: VeRL stopped; {hint}.")
         raise typer.Exit(EXIT_INTERRUPTED)
     if as_json:
         print_json(result.to_dict())

@@ -16,12 +16,14 @@ Output directory layout (OUTDIR):
     hf_model/                    the exported Hugging Face model (+ lora_adapter/ with LoRA)
     train.log                    everything VeRL printed
     metrics.jsonl                VeRL's own file logger: {"step", "data": {...}} per step
+                                 (an earlier run's file is kept as metrics.1.jsonl, ... on --resume)
     gymverl-train.json           the command, environment additions and a summary of the run
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import os
 import re
@@ -29,6 +31,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -575,19 +578,58 @@ def _lines(stream: Any) -> Iterator[tuple[bytes, str]]:
         yield b"", buf.decode("utf-8", "replace")
 
 
+def _descendants(pid: int) -> list[int]:
+    """All descendant pids (Linux /proc); torchrun starts its workers in sessions of their own."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        for children in Path(f"/proc/{p}/task").glob("*/children"):
+            try:
+                kids = [int(x) for x in children.read_text().split()]
+            except OSError:
+                continue
+            out += kids
+            todo += kids
+    return out
+
+
 def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """Stop torchrun and its workers (own session: signal the whole group), escalating."""
-    for sig, wait in ((signal.SIGINT, 15), (signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+    """Stop torchrun and its workers: SIGINT (torchrun forwards it), then SIGTERM, then SIGKILL to all."""
+    for sig, wait in ((signal.SIGINT, 20), (signal.SIGTERM, 10), (signal.SIGKILL, 5)):
         if proc.poll() is not None:
-            return
+            break
+        workers = _descendants(proc.pid)
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
-            return
+            break
+        if sig != signal.SIGINT:
+            for pid in workers:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
         try:
             proc.wait(wait)
         except subprocess.TimeoutExpired:
             continue
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """SIGTERM/SIGHUP act like Ctrl-C while VeRL runs, so its processes are always stopped."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 def run_training(plan: TrainPlan, on_event: Optional[Callable[[Event], None]] = None) -> TrainResult:
@@ -597,6 +639,13 @@ def run_training(plan: TrainPlan, on_event: Optional[Callable[[Event], None]] = 
     if plan.options.overwrite and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+    metrics = out / METRICS
+    if metrics.exists():
+        # VeRL's file logger truncates its file; keep the earlier run's metrics (resume) beside it.
+        n = 1
+        while (out / f"metrics.{n}.jsonl").exists():
+            n += 1
+        metrics.rename(out / f"metrics.{n}.jsonl")
     # Written first: it marks OUTDIR as gymverl's, so a later --overwrite may delete it.
     _write_json(out / MARKER, {"argv": plan.argv, "env": plan.env, "options": _jsonable(asdict(plan.options)), "result": None})
     log_path = out / LOG
@@ -607,7 +656,7 @@ def run_training(plan: TrainPlan, on_event: Optional[Callable[[Event], None]] = 
     tokens_after_first = 0
     tail: list[str] = []
     env = {**os.environ, **plan.env}
-    with open(log_path, "ab") as log:
+    with _signals_interrupt(), open(log_path, "ab", buffering=0) as log:  # unbuffered: `tail -f` works
         proc = subprocess.Popen(
             plan.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=env, start_new_session=True,

@@ -157,3 +157,42 @@ def test_cpu_from_rollouts_lora_two_processes(tiny_model, tmp_path):
     changed = [k for k in after if "proj" in k and not (before[k] - after[k]).abs().max() < 1e-6]
     assert changed, "the LoRA adapter was not folded into the weights"
     _generate(hf)
+
+
+@pytest.mark.slow
+def test_cpu_interrupt_then_resume(sft_data, tiny_model, tmp_path):
+    """SIGTERM mid-run: exit 130, no VeRL process left behind; --resume continues from the saved step."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    parquet, rows, _ = sft_data
+    out = tmp_path / "run"
+    gymverl = [str(Path(sys.executable).with_name("gymverl")), "train-offline", str(parquet), "-m", str(tiny_model),
+               "-o", str(out), "--device", "cpu", "--batch-size", "4", "--max-length", "2048", "--no-export"]
+    proc = subprocess.Popen(gymverl + ["--epochs", "1000", "--save-freq", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    ckpt = out / "checkpoints" / "latest_checkpointed_iteration.txt"
+    deadline = time.monotonic() + 300
+    while not ckpt.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    assert ckpt.exists(), "no checkpoint within 300 s"
+    workers = tr._descendants(proc.pid)
+    assert workers, "torchrun and its worker should be running"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err.decode()
+    assert "--resume" in err.decode()
+    time.sleep(1)
+    alive = [p for p in workers if os.path.exists(f"/proc/{p}") and "zombie" not in Path(f"/proc/{p}/status").read_text().lower()]
+    assert not alive, f"left running: {alive}"
+
+    saved = int(tr.latest_checkpoint(out / "checkpoints").name.rsplit("_", 1)[1])
+    total = 2 * (rows // 4)
+    assert saved < total, "the interrupted run got too far for this test"
+    res = CliRunner().invoke(app, [*gymverl[1:], "--epochs", "2", "--resume", "--json"])
+    assert res.exit_code == 0, res.output
+    metrics = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert metrics == list(range(saved + 1, total + 1))
+    assert (out / "metrics.1.jsonl").exists()  # the first run's metrics are kept
