@@ -25,7 +25,13 @@ $(NG_VENV)/.installed:
 	$(NG_VENV)/bin/pip install -q nemo-gym==0.4.0 uv
 	touch $@
 
-setup: $(VENV)/.installed $(NG_VENV)/.installed
+# ng_run builds one venv per NeMo Gym server on first start (from the package registry); do it
+# once here so the demo and the tests start fast.
+$(NG_VENV)/.servers-built: $(VENV)/.installed $(NG_VENV)/.installed
+	$(VENV)/bin/python -m gymverl.nemo_gym --warmup math_with_judge xlam_fc mcqa
+	touch $@
+
+setup: $(VENV)/.installed $(NG_VENV)/.installed $(NG_VENV)/.servers-built
 
 demo: setup
 	$(VENV)/bin/gymverl demo

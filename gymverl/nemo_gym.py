@@ -324,22 +324,29 @@ def running_resources_servers(names: Sequence[str], **kwargs: Any) -> Iterator[N
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m gymverl.nemo_gym NAME...`: start resources servers, print their URLs, run until Ctrl-C."""
-    names = list(argv if argv is not None else sys.argv[1:])
+    """`python -m gymverl.nemo_gym [--warmup] NAME...`: start resources servers and print their URLs.
+
+    Without `--warmup` it runs until Ctrl-C; with it, it stops right after the servers are ready
+    (`make setup` uses that so NeMo Gym's per-server venvs are built before the first real run).
+    """
+    args = list(argv if argv is not None else sys.argv[1:])
+    warmup = "--warmup" in args
+    names = [a for a in args if a != "--warmup"]
     if not names:
-        print("usage: python -m gymverl.nemo_gym RESOURCES_SERVER [...]", file=sys.stderr)
+        print("usage: python -m gymverl.nemo_gym [--warmup] RESOURCES_SERVER [...]", file=sys.stderr)
         return 2
     try:
         with running_resources_servers(names) as servers:
             for name, url in servers.urls.items():
                 print(f"{name}\t{url}", flush=True)
-            while True:
+            while not warmup:
                 time.sleep(3600)
     except KeyboardInterrupt:
         return 130
     except NemoGymError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

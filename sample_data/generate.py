@@ -87,6 +87,20 @@ MATH_TASKS = [
     ),
 ]
 
+# What math_with_judge's math-verify reports as `extracted_answer` for each sampled answer above,
+# so that rescoring the sample data against the real server changes nothing.
+EXTRACTED = {
+    **{(0, r): "56" for r in range(4)},
+    (1, 0): "4",
+    (1, 1): "10",
+    (1, 2): "4",
+    (1, 3): "Eq(2*x, 8)",
+    (2, 0): "2/5",
+    (2, 1): "2/5",
+    (2, 2): "1/6",
+    (2, 3): "0.800000000000000",
+}
+
 FC_TASKS = [
     (
         "What's the weather like in Paris right now?",
@@ -168,7 +182,7 @@ def main() -> None:
         tasks.append({"responses_create_params": rcp, "question": question, "expected_answer": expected, "agent_ref": MATH_AGENT})
         for r, (text, reward, truncated) in enumerate(samples):
             rid = f"t{t}r{r}"
-            extracted = text.rsplit("\\boxed{", 1)[1][:-1] if "\\boxed{" in text and not truncated else None
+            extracted = EXTRACTED[(t, r)]
             rollouts.append(
                 {
                     "responses_create_params": {**rcp, "temperature": 1.0},
