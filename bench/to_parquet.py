@@ -5,8 +5,9 @@ more than 10% above the 100,000-rollout run; throughput at least 3x
 `pandas.read_json(lines=True)` + `DataFrame.to_parquet` on the same file.
 
 Each measurement runs in a fresh subprocess (peak RSS = that process's ru_maxrss). Throughput is
-judged on CPU seconds (user + sys) because wall time on a shared machine mostly measures the
-neighbours; both are printed. Both sides are single-process. The generated
+wall-clock lines per second, both sides measured in the same run; CPU seconds (user + sys,
+workers included) are printed beside it because on a shared machine wall time also measures the
+neighbours. pandas is single-process; so are the gymverl configs except `sft-2workers`. The generated
 rollouts are the sample rollouts (full NeMo Gym Responses-API objects: math answers and tool-call
 conversations, 4 per task) with task-specific prompts, tasks interleaved as a concurrent collector
 writes them. pandas runs on the 100k file (on 1M it
@@ -85,12 +86,14 @@ CHILD_OURS = """
 import json, resource, sys, time
 from gymverl.convert import ConvertOptions, convert
 from gymverl.select import SelectOptions
-src, out, fmt, sel, tmp = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4]), sys.argv[5]
+src, out, fmt, sel, tmp, workers = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4]), sys.argv[5], int(sys.argv[6])
 t, c = time.perf_counter(), time.process_time()
-s = convert(src, out, ConvertOptions(fmt=fmt, select=SelectOptions(**sel), tmp_dir=tmp, shard_size=500000))
+s = convert(src, out, ConvertOptions(fmt=fmt, select=SelectOptions(**sel), tmp_dir=tmp, shard_size=500000, workers=workers))
 dt = time.perf_counter() - t
-u = resource.getrusage(resource.RUSAGE_SELF)
-print(json.dumps({"seconds": dt, "cpu": time.process_time() - c, "rss_mb": u.ru_maxrss / 1024,
+u, ch = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+# Peak RSS of the whole job: this process plus (for worker runs) each worker at its peak.
+rss = (u.ru_maxrss + (workers * ch.ru_maxrss if workers > 1 else 0)) / 1024
+print(json.dumps({"seconds": dt, "cpu": time.process_time() - c + ch.ru_utime + ch.ru_stime, "rss_mb": rss,
                   "lines": s.lines, "rows": sum(s.rows.values()), "accounted": s.accounted}))
 """
 
@@ -113,10 +116,11 @@ def run_child(code: str, *args: str) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-CONFIGS = {
-    "sft": ("sft", {}),  # streams row by row
-    "sft-grouped": ("sft", {"best_of_n": 2, "drop_unsolved": True}),  # spills to task partitions
-    "rl": ("rl", {"drop_solved": True}),  # one row per task
+CONFIGS = {  # name: (format, selection, worker processes)
+    "sft": ("sft", {}, 1),  # streams row by row
+    "sft-grouped": ("sft", {"best_of_n": 2, "drop_unsolved": True}, 1),  # spills to task partitions
+    "rl": ("rl", {"drop_solved": True}, 1),  # one row per task
+    "sft-2workers": ("sft", {}, 2),  # --workers 2: scaling on more cores
 }
 
 
@@ -137,9 +141,9 @@ def main() -> None:
         generate(src, n)
         print(f"\n{n:,} rollouts: {src.stat().st_size / 1e6:.0f} MB (ready in {time.perf_counter() - t:.0f} s)")
         for name in args.configs:
-            fmt, sel = CONFIGS[name]
+            fmt, sel, workers = CONFIGS[name]
             out = args.workdir / f"out-{name}-{n}"
-            r = run_child(CHILD_OURS, str(src), str(out), fmt, json.dumps(sel), str(args.workdir))
+            r = run_child(CHILD_OURS, str(src), str(out), fmt, json.dumps(sel), str(args.workdir), str(workers))
             assert r["accounted"] == r["lines"] == n, r
             results[(name, n)] = r
             print(f"  gymverl {name:12s} wall {r['seconds']:7.1f} s  cpu {r['cpu']:7.1f} s  {n / r['cpu']:9,.0f} lines/cpu-s  peak RSS {r['rss_mb']:6.0f} MB  rows {r['rows']:,}")
@@ -153,13 +157,15 @@ def main() -> None:
     for n, p in pandas.items():
         for name in args.configs:
             r = results[(name, n)]
-            speedup = p["cpu"] / r["cpu"]
+            speedup = p["seconds"] / r["seconds"]
             good = speedup >= 3.0
             ok &= good
-            print(f"  throughput {name:12s} at {n:,}: {speedup:5.1f}x pandas by CPU time, {p['seconds'] / r['seconds']:5.1f}x by wall time  (target >= 3x)  {'PASS' if good else 'FAIL'}")
+            print(f"  throughput {name:12s} at {n:,}: {speedup:5.1f}x pandas (wall time; {p['cpu'] / r['cpu']:.1f}x by CPU time)  (target >= 3x)  {'PASS' if good else 'FAIL'}")
     if len(args.sizes) >= 2:
         small, big = min(args.sizes), max(args.sizes)
         for name in args.configs:
+            if CONFIGS[name][2] > 1:
+                continue  # the memory target is for the default single-process run
             a, b = results[(name, small)]["rss_mb"], results[(name, big)]["rss_mb"]
             good = b < 500 and b <= 1.10 * a
             ok &= good

@@ -1136,6 +1136,7 @@ def to_parquet(
     rejects: Annotated[Optional[Path], typer.Option("--rejects", help="Write every rejected line as {line, code, reason, raw} JSONL here.")] = None,
     input_kind: Annotated[str, typer.Option("--input-kind", help="auto, rollouts or tasks (auto: lines with a `response` are rollouts).")] = "auto",
     tmp_dir: Annotated[Optional[Path], typer.Option("--tmp-dir", help="Where to spill rollouts while grouping by task (default: beside the output).")] = None,
+    workers: Annotated[int, typer.Option("--workers", "-j", min=1, help="Processes that parse and convert lines (each adds ~100 MB); 1 keeps everything in one process.")] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON (for scripts).")] = False,
     max_line_mb: Annotated[float, typer.Option("--max-line-mb", help="Reject lines longer than this (MB).")] = DEFAULT_MAX_LINE_BYTES / 1e6,
 ) -> None:
@@ -1189,6 +1190,7 @@ def to_parquet(
         input_kind=input_kind,
         tmp_dir=tmp_dir,
         max_line_bytes=int(max_line_mb * 1e6),
+        workers=workers,
     )
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 

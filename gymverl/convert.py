@@ -39,8 +39,8 @@ from gymverl.formats import FORMATS, FieldRules, RowError, data_source_of
 from gymverl.formats import dpo as dpo_fmt
 from gymverl.formats import rl as rl_fmt
 from gymverl.formats import sft as sft_fmt
-from gymverl.jsonl import DEFAULT_MAX_LINE_BYTES, RejectsWriter, check_input_path, read_jsonl
-from gymverl.records import Checked, is_incomplete, iter_checked, task_key
+from gymverl.jsonl import DEFAULT_MAX_LINE_BYTES, Line, RejectsWriter, check_input_path, iter_lines, parse_line, read_jsonl
+from gymverl.records import Checked, RecordError, check_record, check_task, is_incomplete, iter_checked, task_key
 from gymverl.select import (
     RULES,
     Member,
@@ -82,6 +82,9 @@ class ConvertOptions:
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     partition_bytes: int = 32 * 1024 * 1024
     batch_rows: int = 1000
+    # Processes that parse, validate and build rows; 1 = all in this process (constant ~150 MB).
+    # Each extra worker adds roughly 100 MB and scales throughput on multi-core machines.
+    workers: int = 1
 
 
 @dataclass
@@ -311,15 +314,20 @@ class ParquetSink:
             if self._writer[split] is not None:
                 self._writer[split].close()  # type: ignore[union-attr]
                 self._writer[split] = None
+        wrote_any = any(self._shards[split] for split in SPLITS)
         for split in SPLITS:
             tmps = self._shards[split]
+            finals = self._final_names(split, len(tmps)) if tmps else []
+            if wrote_any:
+                # The directory must describe this run only: an old val.parquet or a longer old
+                # shard set would otherwise be picked up by a glob. (A run that keeps nothing
+                # leaves earlier outputs alone.)
+                keep = set(finals)
+                for old in self._stale(split):
+                    if old not in keep:
+                        old.unlink()
             if not tmps:
                 continue
-            finals = self._final_names(split, len(tmps))
-            keep = set(finals)
-            for old in self._stale(split):
-                if old not in keep:
-                    old.unlink()
             for tmp, final in zip(tmps, finals):
                 os.replace(tmp, final)
             files[split] = [str(p) for p in finals]
@@ -341,16 +349,8 @@ class ParquetSink:
 
 
 def _to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
-    """Rows -> Arrow table, column by column (several times faster than `Table.from_pylist`)."""
-    arrays = []
-    for f in schema:
-        if pa.types.is_struct(f.type):
-            values = [r[f.name] for r in rows]
-            children = [pa.array([v[c.name] for v in values], type=c.type) for c in f.type]
-            arrays.append(pa.StructArray.from_arrays(children, fields=list(f.type)))
-        else:
-            arrays.append(pa.array([r[f.name] for r in rows], type=f.type))
-    return pa.Table.from_arrays(arrays, schema=schema)
+    """Rows -> Arrow table with the format's fixed schema (no type inference, so no struct merging)."""
+    return pa.Table.from_pylist(rows, schema=schema)
 
 
 # ---- the conversion ----------------------------------------------------------------------------
@@ -429,7 +429,7 @@ def convert(
         task_keys, bad = load_task_keys(opts.tasks_path)
         if bad:
             summary.warnings.append(f"{bad} lines of the tasks file {opts.tasks_path} are not JSON objects and were ignored.")
-    rules = FieldRules(task_keys=task_keys, ground_truth_field=opts.ground_truth_field)
+    rules = FieldRules(task_keys=task_keys, ground_truth_field=opts.ground_truth_field, keep_all=tasks_input)
     counter = TokenCounter(opts.tokenizer) if sel.max_tokens is not None and opts.tokenizer else None
     sink = ParquetSink(out, SCHEMAS[opts.fmt], shard_size=opts.shard_size, dry_run=opts.dry_run, batch_rows=opts.batch_rows)
     summary.grouped = needs_grouping(opts.fmt, sel, tasks_input=tasks_input)
@@ -470,11 +470,16 @@ def _run(
 ) -> None:
     with RejectsWriter(opts.rejects_path) as rejects:
         ctx = _Ctx(opts, rules, opts.data_source or _source_stem(src), tasks_input, summary, sink, rejects, counter)
-        lines = _lines_with_progress(src, tasks_input, opts.max_line_bytes, on_progress, total)
-        if summary.grouped:
-            _convert_grouped(ctx, lines, total)
+        workers = max(1, opts.workers)
+        handler = _pass1_result if summary.grouped else _stream_result
+        if workers > 1:
+            results = _parallel_results(ctx, src, handler, workers, on_progress, total)
         else:
-            _convert_streaming(ctx, lines)
+            results = (handler(ctx, c) for c in _lines_with_progress(src, tasks_input, opts.max_line_bytes, on_progress, total))
+        if summary.grouped:
+            _convert_grouped(ctx, results, total)
+        else:
+            _convert_streaming(ctx, results)
 
 
 @contextlib.contextmanager
@@ -564,33 +569,72 @@ def _too_long_rollout(ctx: _Ctx, rec: dict[str, Any]) -> bool:
     return ctx.counter.count(messages, tools) > (ctx.opts.select.max_tokens or 0)
 
 
-def _convert_streaming(ctx: _Ctx, lines: Iterator[Checked]) -> None:
+# Per-line handlers return one of these tuples; they run inline or in worker processes:
+#   ("rej", line, code, reason, raw)   not a valid record
+#   ("bad", line, code, reason, raw)   a valid record no row can be built from
+#   ("filt", rule)                     removed by a per-rollout rule
+#   ("row", split, row, line)          streaming: a finished row
+#   ("meta", key, meta, raw)           grouped pass 1: what selection needs, and the raw line to spill
+
+
+def _stream_result(ctx: _Ctx, c: Checked) -> tuple[Any, ...]:
+    """Streaming: one line -> a row, a filter verdict or a rejection."""
+    if c.record is None:
+        return ("rej", c.line, c.code or "unknown", c.reason or "", c.raw)
+    rec = c.record
+    sel = ctx.opts.select
+    key = _key_of(c, ctx.tasks_input)
+    split = split_of(key, sel.val_fraction, sel.split_seed)
+    try:
+        if ctx.opts.fmt == "rl":
+            row: dict[str, Any] | None = _rl_row(ctx, rec, key, None)
+            status = "max_tokens" if _rl_too_long(ctx, row) else None  # type: ignore[arg-type]
+        else:
+            status = record_status(float(rec["reward"]), is_incomplete(rec), sel)
+            row = None
+            if status is None:
+                row, status = _sft_build(ctx, rec, c.line, key)
+    except RowError as exc:
+        return ("bad", c.line, exc.code, exc.reason, c.raw)
+    if status or row is None:
+        return ("filt", status or "unknown")
+    return ("row", split, row, c.line)
+
+
+def _pass1_result(ctx: _Ctx, c: Checked) -> tuple[Any, ...]:
+    """Grouped pass 1: one line -> its selection facts (+ raw line if still in the running) or a rejection."""
+    if c.record is None:
+        return ("rej", c.line, c.code or "unknown", c.reason or "", c.raw)
+    rec = c.record
+    sel = ctx.opts.select
+    key = task_key(rec)
+    status = None
+    if ctx.opts.fmt != "rl":
+        status = record_status(float(rec["reward"]), is_incomplete(rec), sel)
+        if status is None and ctx.counter is not None:
+            try:
+                status = "max_tokens" if _too_long_rollout(ctx, rec) else None
+            except RowError as exc:
+                return ("bad", c.line, exc.code, exc.reason, c.raw)
+    dk = dedup_key(rec) if sel.dedup and status is None else None
+    return ("meta", key, [key, c.line, float(rec["reward"]), status, dk], c.raw if status is None else b"")
+
+
+def _convert_streaming(ctx: _Ctx, results: Iterator[tuple[Any, ...]]) -> None:
     """One pass, row by row: sft without task-level rules, or rl from a tasks file."""
-    s, sel = ctx.summary, ctx.opts.select
-    for c in lines:
+    s = ctx.summary
+    for r in results:
         s.lines += 1
-        if c.record is None:
-            ctx.reject(c.line, c.code or "unknown", c.reason or "", c.raw)
+        kind = r[0]
+        if kind in ("rej", "bad"):
+            s.valid += kind == "bad"
+            ctx.reject(*r[1:])
             continue
         s.valid += 1
-        rec = c.record
-        key = _key_of(c, ctx.tasks_input)
-        split = split_of(key, sel.val_fraction, sel.split_seed)
-        try:
-            if ctx.opts.fmt == "rl":
-                row: dict[str, Any] | None = _rl_row(ctx, rec, key, None)
-                status = "max_tokens" if _rl_too_long(ctx, row) else None  # type: ignore[arg-type]
-            else:
-                status = record_status(float(rec["reward"]), is_incomplete(rec), sel)
-                row = None
-                if status is None:
-                    row, status = _sft_build(ctx, rec, c.line, key)
-        except RowError as exc:
-            ctx.reject(c.line, exc.code, exc.reason, c.raw)
+        if kind == "filt":
+            s.filtered[r[1]] += 1
             continue
-        if status or row is None:
-            s.filtered[status or "unknown"] += 1
-            continue
+        _, split, row, _line = r
         s.kept_lines += 1
         if ctx.opts.fmt == "rl":
             s.tasks = (s.tasks or 0) + 1
@@ -598,6 +642,82 @@ def _convert_streaming(ctx: _Ctx, lines: Iterator[Checked]) -> None:
             if not row["reward_model"]["ground_truth"]:
                 s.missing_ground_truth += 1
         ctx.sink.add(split, row)
+
+
+# ---- parallel line processing ------------------------------------------------------------------
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(opts: ConvertOptions, rules: FieldRules, default_source: str, tasks_input: bool, handler: str) -> None:
+    counter = TokenCounter(opts.tokenizer) if opts.select.max_tokens is not None and opts.tokenizer else None
+    _WORKER["ctx"] = _Ctx(opts, rules, default_source, tasks_input, None, None, None, counter)  # type: ignore[arg-type]
+    _WORKER["handler"] = _pass1_result if handler == "pass1" else _stream_result
+    _WORKER["check"] = check_task if tasks_input else check_record
+    _WORKER["max_line_bytes"] = opts.max_line_bytes
+
+
+def _work(batch: list[Line]) -> list[tuple[Any, ...]]:
+    """Worker: parse, validate and handle a batch of raw lines (same steps as `iter_checked`)."""
+    ctx, handler, check = _WORKER["ctx"], _WORKER["handler"], _WORKER["check"]
+    out = []
+    for line in batch:
+        p = parse_line(line)
+        if not p.ok:
+            reason = p.reason or ""
+            if p.code == "line_too_long" and _WORKER["max_line_bytes"] != DEFAULT_MAX_LINE_BYTES:
+                reason = f"line is {line.size / 1e6:.1f} MB, over the {_WORKER['max_line_bytes'] / 1e6:g} MB limit per line"
+            c = Checked(p.number, None, p.code, reason, p.raw)
+        else:
+            try:
+                check(p.obj)
+                c = Checked(p.number, p.obj, raw=p.raw)
+            except RecordError as exc:
+                c = Checked(p.number, None, exc.code, exc.reason, p.raw)
+        out.append(handler(ctx, c))
+    return out
+
+
+def _parallel_results(
+    ctx: _Ctx, src: Path, handler: Any, workers: int, on_progress: Progress | None, total: int | None, batch_lines: int = 256
+) -> Iterator[tuple[Any, ...]]:
+    """Handle lines in `workers` processes, yielding results in input order with a bounded window in flight."""
+    import multiprocessing as mp
+    from collections import deque
+    from concurrent.futures import Future, ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    # spawn, not fork: a forked child would inherit Arrow's thread pools and locks mid-state.
+    pool = ProcessPoolExecutor(
+        workers,
+        mp_context=mp.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(ctx.opts, ctx.rules, ctx.default_source, ctx.tasks_input, "pass1" if handler is _pass1_result else "stream"),
+    )
+    try:
+        pending: deque[Future[list[tuple[Any, ...]]]] = deque()
+        done = 0
+        batch: list[Line] = []
+        for line in iter_lines(src, ctx.opts.max_line_bytes):
+            batch.append(line)
+            done += line.size + 1
+            if len(batch) >= batch_lines:
+                pending.append(pool.submit(_work, batch))
+                batch = []
+                if on_progress is not None:
+                    on_progress(done, total)
+                while len(pending) >= workers * 4:
+                    yield from pending.popleft().result()
+        if batch:
+            pending.append(pool.submit(_work, batch))
+        while pending:
+            yield from pending.popleft().result()
+        if on_progress is not None:
+            on_progress(total if total is not None else done, total)
+    except BrokenProcessPool:
+        raise ConvertError("a worker process died (out of memory or killed); rerun with --workers 1.") from None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # ---- grouped conversion (spill to partitions) --------------------------------------------------
@@ -634,7 +754,7 @@ class _Partitions:
         return self.root / f"{i}.meta", self.root / f"{i}.data"
 
 
-def _convert_grouped(ctx: _Ctx, lines: Iterator[Checked], total: int | None) -> None:
+def _convert_grouped(ctx: _Ctx, lines: Iterator[tuple[Any, ...]], total: int | None) -> None:
     """Two passes: spill valid rollouts to task-hash partitions, then decide and write task by task.
 
     Rows are built in the second pass and only for rollouts that are kept, so a heavy filter
@@ -655,25 +775,15 @@ def _convert_grouped(ctx: _Ctx, lines: Iterator[Checked], total: int | None) -> 
     try:
         parts = _Partitions(root, n_parts)
         try:
-            for c in lines:
+            for r in lines:
                 s.lines += 1
-                if c.record is None:
-                    ctx.reject(c.line, c.code or "unknown", c.reason or "", c.raw)
+                if r[0] in ("rej", "bad"):
+                    s.valid += r[0] == "bad"
+                    ctx.reject(*r[1:])
                     continue
-                rec = c.record
                 s.valid += 1
-                key = task_key(rec)
-                status = None
-                if ctx.opts.fmt != "rl":
-                    status = record_status(float(rec["reward"]), is_incomplete(rec), sel)
-                    if status is None and ctx.counter is not None:
-                        try:
-                            status = "max_tokens" if _too_long_rollout(ctx, rec) else None
-                        except RowError as exc:
-                            ctx.reject(c.line, exc.code, exc.reason, c.raw)
-                            continue
-                dk = dedup_key(rec) if sel.dedup and status is None else None
-                parts.add(key, [key, c.line, float(rec["reward"]), status, dk], c.raw if status is None else b"")
+                _, key, meta, raw = r
+                parts.add(key, meta, raw)
         finally:
             parts.close()
         s.tasks = 0

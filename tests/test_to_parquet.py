@@ -165,9 +165,12 @@ def test_shards_and_stale_shards(tmp_path: Path) -> None:
     assert names == [f"train-{i:05d}-of-00005.parquet" for i in range(5)]  # 19 rows
     assert [pq.read_metadata(out / n).num_rows for n in names] == [4, 4, 4, 4, 3]
     assert s.files["train"] == [str(out / n) for n in names]
-    convert(ROLLOUTS, out, ConvertOptions(fmt="sft", shard_size=10))
-    assert sorted(p.name for p in out.glob("*.parquet")) == ["train-00000-of-00002.parquet", "train-00001-of-00002.parquet"]
-    assert not list(out.glob(".*"))  # no temp files or spill directories left
+    s = convert(ROLLOUTS, out, ConvertOptions(fmt="sft", shard_size=3, select=SelectOptions(val_fraction=0.4)))
+    for split in ("train", "val"):
+        k = -(-s.rows[split] // 3)
+        assert k > 0 and sorted(p.name for p in out.glob(f"{split}*.parquet")) == [f"{split}-{i:05d}-of-{k:05d}.parquet" for i in range(k)]
+    convert(ROLLOUTS, out, ConvertOptions(fmt="sft"))  # no shards, no val split: the old files go
+    assert sorted(p.name for p in out.iterdir()) == ["train.parquet"]  # no temp files or spill directories either
 
 
 def test_dry_run_writes_nothing(tmp_path: Path) -> None:
@@ -279,3 +282,28 @@ def test_datasets_load_every_format(tmp_path: Path, fmt: str) -> None:
         if fmt in ("sft", "dpo"):
             col = "messages" if fmt == "sft" else "chosen"
             assert all(isinstance(json.loads(v), list) for v in ds[col])
+
+
+def test_tasks_input_keeps_every_task_field(tmp_path: Path) -> None:
+    """A tasks file has no verifier outputs: even names the heuristic would drop stay task fields."""
+    rec = {**_records(TASKS)[0], "num_expected": 1, "judge_prompt": "Compare the answers."}
+    p = tmp_path / "tasks.jsonl"
+    p.write_text(json.dumps(rec) + "\n")
+    convert(p, tmp_path / "o", ConvertOptions(fmt="rl"))
+    task = json.loads(_rows(tmp_path / "o")[0]["extra_info"]["nemo_gym"])["task"]
+    assert task == {k: v for k, v in rec.items() if k not in ("responses_create_params", "agent_ref")}
+
+
+@pytest.mark.parametrize("fmt, sel", [("sft", {}), ("sft", {"best_of_n": 2, "dedup": True}), ("rl", {}), ("dpo", {})])
+def test_worker_processes_give_the_same_result(tmp_path: Path, fmt: str, sel: dict[str, Any]) -> None:
+    src, _ = _with_bad_lines(tmp_path)
+    out = {}
+    for workers in (1, 2):
+        rej = tmp_path / f"rejects-{workers}.jsonl"
+        s = convert(src, tmp_path / f"w{workers}", ConvertOptions(fmt=fmt, select=SelectOptions(**sel), workers=workers, rejects_path=rej))
+        d = s.to_dict()
+        for k in ("seconds", "lines_per_second", "output", "files", "bytes_written"):
+            d.pop(k)
+        out[workers] = (d, _rows(tmp_path / f"w{workers}"), sorted(map(json.dumps, _records(rej))))
+    assert out[1] == out[2]
+    assert out[1][0]["rejected"] >= 3 and out[1][1]

@@ -93,6 +93,7 @@ class FieldRules:
 
     task_keys: frozenset[str] | None = None
     ground_truth_field: str | None = None
+    keep_all: bool = False  # the input *is* a tasks file: every non-NeMo-Gym key is a task field
 
     def task_fields(self, record: dict[str, Any]) -> dict[str, Any]:
         """The task fields of `record` (what the verifier needs besides the response)."""
@@ -100,7 +101,9 @@ class FieldRules:
         for k, v in record.items():
             if k in ROLLOUT_KEYS or k == "responses_create_params":
                 continue
-            if self.task_keys is not None:
+            if self.keep_all:
+                out[k] = v
+            elif self.task_keys is not None:
                 if k in self.task_keys:
                     out[k] = v
             elif not looks_like_verifier_output(k):
