@@ -289,12 +289,17 @@ def torchrun_path() -> str:
     return str(beside) if beside.exists() else (shutil.which("torchrun") or "torchrun")
 
 
+_PLAIN = re.compile(r"[\w./\-+:@~]+")
+
+
 def _q(value: Any) -> str:
-    """A value as Hydra override text."""
+    """A value as Hydra override text (paths with spaces, commas, quotes... are quoted for Hydra's grammar)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(json.dumps(str(v)) for v in value) + "]"
+    if isinstance(value, Path) and not _PLAIN.fullmatch(str(value)):
+        return "'" + str(value).replace("'", "\\'") + "'"
     return str(value)
 
 
@@ -340,7 +345,7 @@ def build_command(
         ("trainer.resume_mode", "auto" if opts.resume else "disable"),
     ]
     if data_class:
-        cfg += [("data.custom_cls.path", data_class[0]), ("data.custom_cls.name", data_class[1])]
+        cfg += [("data.custom_cls.path", Path(data_class[0])), ("data.custom_cls.name", data_class[1])]
     if opts.lora_rank > 0:
         cfg += [
             ("model.lora_rank", opts.lora_rank),

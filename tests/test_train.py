@@ -157,6 +157,9 @@ def test_hydra_accepts_the_generated_overrides(data, model_dir, tmp_path):
     import verl.trainer.sft_trainer as sft
     from hydra import compose, initialize_config_dir
 
+    odd = tmp_path / "my data, v1 (it's)"  # Hydra would read a bare comma as a list
+    odd.mkdir()
+    data = data.rename(odd / "sft.parquet")
     plan = tr.plan_training(
         _opts(data, model_dir, tmp_path, device="cpu", lora_rank=4, val=data, overrides=["optim.weight_decay=0.1"]),
         check_device=False,
