@@ -459,6 +459,8 @@ def _render_train_result(result: Any, out: Console) -> None:
     t.add_row("steps", str(result.steps))
     if result.first_loss is not None:
         t.add_row("loss", f"{result.first_loss:.4f} -> {result.last_loss:.4f}")
+    if result.val_loss is not None:
+        t.add_row("validation loss", f"{result.val_loss:.4f}")
     t.add_row("tokens", str(result.tokens))
     if result.tokens_per_second:
         t.add_row("tokens/s", f"{result.tokens_per_second:,.0f} (from step 2 on)")
@@ -584,6 +586,8 @@ def train_offline_command(
             loss = ev.metrics.get("train/loss")
             progress.update(task, completed=ev.step, description="training",
                             loss=f"loss {loss:.4f}" if loss is not None else "")
+        elif ev.kind == "val":
+            progress.console.print(f"step {ev.step}: validation loss {ev.metrics['val/loss']:.4f}", highlight=False)
         elif ev.kind == "total":
             progress.update(task, total=ev.total)
         elif verbose:

@@ -142,6 +142,7 @@ class TrainResult:
     first_loss: Optional[float] = None
     last_loss: Optional[float] = None
     losses: list[float] = field(default_factory=list)
+    val_loss: Optional[float] = None  # the last validation loss VeRL logged
     tokens: int = 0
     train_seconds: float = 0.0
     tokens_per_second: Optional[float] = None
@@ -163,7 +164,7 @@ class TrainResult:
 class Event:
     """One thing seen while VeRL runs: a log line, a step's metrics, or the total step count."""
 
-    kind: str  # "line" | "step" | "total"
+    kind: str  # "line" | "step" (training metrics) | "val" (validation loss) | "total" (step count)
     line: str = ""
     step: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
@@ -675,6 +676,11 @@ def run_training(plan: TrainPlan, on_event: Optional[Callable[[Event], None]] = 
                 tail.append(line)
                 del tail[:-40]
                 parsed = parse_step_line(line)
+                if parsed and "train/loss" not in parsed[1] and "val/loss" in parsed[1]:
+                    # VeRL logs validation as its own `step:N - val/loss:x` line.
+                    result.val_loss = parsed[1]["val/loss"]
+                    emit(Event("val", line=line, step=parsed[0], metrics=parsed[1]))
+                    continue
                 if parsed:
                     step, metrics = parsed
                     now = time.monotonic()

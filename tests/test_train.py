@@ -402,3 +402,39 @@ def test_cli_data_and_from_rollouts_conflict(data, model_dir, tmp_path):
         ["train-offline", str(data), "--from-rollouts", str(SAMPLE_DATA / "rollouts.jsonl"), "-m", str(model_dir), "-o", str(tmp_path / "r")],
     )
     assert res.exit_code == 2 and "not both" in res.stderr
+
+
+def test_run_training_streams_events(tmp_path, data, model_dir):
+    """run_training on a stand-in trainer: step/val/total events, tqdm \\r redraws, log kept, losses."""
+    import sys
+
+    fake = tmp_path / "fake_trainer.py"
+    fake.write_text(
+        "import sys, time\n"
+        "print('Total steps: 3, num_warmup_steps: 0', flush=True)\n"
+        "for i, loss in enumerate([2.5, 2.0, 1.5], 1):\n"
+        "    sys.stderr.write(f'Epoch 1/1: {i}/3\\r'); sys.stderr.flush()\n"
+        "    print(f'step:{i} - train/loss:{loss} - train/global_tokens:100 - perf/max_memory_allocated_gb:{i}.5', flush=True)\n"
+        "print('step:3 - val/loss:1.25', flush=True)\n"
+    )
+    plan = tr.plan_training(_opts(data, model_dir, tmp_path), check_device=False)
+    plan.argv = [sys.executable, str(fake)]
+    events = []
+    result = tr.run_training(plan, events.append)
+    assert result.returncode == 0
+    assert [e.step for e in events if e.kind == "step"] == [1, 2, 3]
+    assert [e.total for e in events if e.kind == "total"] == [3]
+    assert result.losses == [2.5, 2.0, 1.5] and result.val_loss == 1.25
+    assert result.tokens == 300 and result.peak_memory_gb == 3.5 and result.steps == 3
+    assert "Epoch 1/1: 2/3" in (plan.out / "train.log").read_text()
+    assert json.loads((plan.out / "gymverl-train.json").read_text())["result"]["val_loss"] == 1.25
+
+
+def test_run_training_failure_keeps_tail(tmp_path, data, model_dir):
+    import sys
+
+    plan = tr.plan_training(_opts(data, model_dir, tmp_path), check_device=False)
+    plan.argv = [sys.executable, "-c", "import sys; print('boom: the real reason'); sys.exit(3)"]
+    result = tr.run_training(plan)
+    assert result.returncode == 3 and result.tail[-1] == "boom: the real reason"
+    assert result.checkpoint is None
