@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pyarrow as pa
 
 from gymverl.formats import RowError, dumps_str
-from gymverl.messages import MessageError, chat_tools, rollout_messages
+from gymverl.messages import MessageError, chat_tools, prompt_messages, response_messages
 
 SCHEMA = pa.schema(
     [
@@ -37,11 +38,49 @@ SCHEMA = pa.schema(
 )
 
 
+class _PromptCache:
+    """Converted prompts and tools of recent tasks: the n rollouts of a task share them, so each is
+    converted once. Keyed by the JSON bytes of the task input; bounded (cleared when full)."""
+
+    def __init__(self, size: int = 512) -> None:
+        self.size = size
+        self.prompts: dict[bytes, list[dict[str, Any]]] = {}
+        self.tools: dict[bytes, list[dict[str, Any]]] = {}
+
+    def prompt(self, rcp: dict[str, Any], include_reasoning: bool) -> list[dict[str, Any]]:
+        key = orjson.dumps([rcp.get("instructions"), rcp.get("input"), include_reasoning])
+        hit = self.prompts.get(key)
+        if hit is None:
+            if len(self.prompts) >= self.size:
+                self.prompts.clear()
+            hit = self.prompts[key] = prompt_messages(rcp, include_reasoning=include_reasoning)
+        return hit
+
+    def chat_tools(self, tools: Any) -> list[dict[str, Any]]:
+        if not tools:
+            return []
+        key = orjson.dumps(tools)
+        hit = self.tools.get(key)
+        if hit is None:
+            if len(self.tools) >= self.size:
+                self.tools.clear()
+            hit = self.tools[key] = chat_tools(tools)
+        return hit
+
+
+_CACHE = _PromptCache()
+
+
 def conversation(record: dict[str, Any], *, include_reasoning: bool = False) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The rollout's chat messages and chat tools; RowError when it has nothing to train on."""
+    """The rollout's chat messages and chat tools; RowError when it has nothing to train on.
+
+    Same result as `rollout_messages` + `chat_tools`; the returned lists share message dicts with
+    other rollouts of the task, so treat them as read-only.
+    """
     try:
-        messages = rollout_messages(record, include_reasoning=include_reasoning)
-        tools = chat_tools(record["responses_create_params"].get("tools"))
+        rcp = record["responses_create_params"]
+        messages = _CACHE.prompt(rcp, include_reasoning) + response_messages(record, include_reasoning=include_reasoning)
+        tools = _CACHE.chat_tools(rcp.get("tools"))
     except MessageError as exc:
         raise RowError("bad_messages", f"cannot convert to chat messages: {exc}") from None
     if not any(m.get("role") == "assistant" for m in messages):
@@ -101,8 +140,6 @@ def template_wants_object_arguments(tokenizer: Any) -> bool:
 
 def arguments_as_objects(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Copy of `messages` with JSON-object tool-call arguments parsed into dicts (others left as they are)."""
-    import orjson
-
     out: list[dict[str, Any]] = []
     for m in messages:
         calls = m.get("tool_calls")
