@@ -344,6 +344,8 @@ def build_command(
         ("trainer.save_freq", opts.save_freq),
         # gymverl checks OUTDIR itself: resume only when asked, never by accident.
         ("trainer.resume_mode", "auto" if opts.resume else "disable"),
+        # Hydra would otherwise write outputs/<date>/<time>/ into the user's working directory.
+        ("hydra.run.dir", out / "hydra"),
     ]
     if data_class:
         cfg += [("data.custom_cls.path", Path(data_class[0])), ("data.custom_cls.name", data_class[1])]
