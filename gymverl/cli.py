@@ -72,6 +72,23 @@ def main(
 # ---- validate ----------------------------------------------------------------------------------
 
 
+def render_rejections(
+    examples: list[dict[str, Any]], total: int, by_reason: dict[str, int], *, title: str = "rejected lines", out: Console | None = None
+) -> None:
+    """Render rejected input lines (line number + reason), how many more there are, and counts by reason."""
+    out = out or console
+    r = Table(title=title, title_justify="left")
+    r.add_column("line", justify="right")
+    r.add_column("reason")
+    for rej in examples:
+        r.add_row(str(rej["line"]), rej["reason"])
+    if total > len(examples):
+        r.add_row("…", f"{total - len(examples)} more (see --rejects)")
+    out.print(r)
+    if by_reason:
+        out.print("[red]rejected by reason[/]: " + ", ".join(f"{k}: {v}" for k, v in by_reason.items()))
+
+
 def render_validation(summary: dict[str, Any], title: str = "validate") -> None:
     """Render a validation summary (from `ValidationSummary.to_dict`) as rich tables."""
     t = Table(title=f"{title}: {summary['path']}", show_header=False, title_justify="left")
@@ -105,16 +122,7 @@ def render_validation(summary: dict[str, Any], title: str = "validate") -> None:
             h.add_row(label, str(n), "█" * round(20 * n / peak))
         console.print(h)
     if summary["rejected"]:
-        r = Table(title="rejected lines", title_justify="left")
-        r.add_column("line", justify="right")
-        r.add_column("reason")
-        for rej in summary["rejections"]:
-            r.add_row(str(rej["line"]), rej["reason"])
-        if summary["rejected"] > len(summary["rejections"]):
-            r.add_row("…", f"{summary['rejected'] - len(summary['rejections'])} more (see --rejects)")
-        console.print(r)
-        by = ", ".join(f"{k}: {v}" for k, v in summary["rejected_by_reason"].items())
-        console.print(f"[red]rejected by reason[/]: {by}")
+        render_rejections(summary["rejections"], summary["rejected"], summary["rejected_by_reason"])
 
 
 @app.command()
@@ -755,12 +763,7 @@ def collect(
     except C.CollectError as exc:
         stop_progress()
         if exc.details and not as_json:
-            r = Table(title="rejected task lines", title_justify="left")
-            r.add_column("line", justify="right")
-            r.add_column("reason")
-            for d in exc.details:
-                r.add_row(str(d["line"]), d["reason"])
-            err_console.print(r)
+            render_rejections(exc.details, len(exc.details), {}, title="rejected task lines", out=err_console)
         if as_json:
             print_json({"ok": False, "exit_code": exc.code, "message": str(exc), "rejections": exc.details})
             raise typer.Exit(exc.code)
@@ -1094,16 +1097,7 @@ def render_to_parquet(summary: dict[str, Any]) -> None:
         t.add_row("speed", f"{summary['lines_per_second']:,} lines/s", f"{summary['seconds']:.1f} s")
     console.print(t)
     if summary["rejected"]:
-        r = Table(title="rejected lines", title_justify="left")
-        r.add_column("line", justify="right")
-        r.add_column("reason")
-        for rej in summary["rejections"]:
-            r.add_row(str(rej["line"]), rej["reason"])
-        if summary["rejected"] > len(summary["rejections"]):
-            r.add_row("…", f"{summary['rejected'] - len(summary['rejections'])} more (see --rejects)")
-        console.print(r)
-        by = ", ".join(f"{k}: {v}" for k, v in summary["rejected_by_reason"].items())
-        console.print(f"[red]rejected by reason[/]: {by}")
+        render_rejections(summary["rejections"], summary["rejected"], summary["rejected_by_reason"])
     for split, paths in summary["files"].items():
         shown = paths[0] if len(paths) == 1 else f"{paths[0]} … ({len(paths)} shards)"
         console.print(f"{split}: [bold]{shown}[/]")
