@@ -12,13 +12,25 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from typer.core import TyperGroup
 from rich.console import Console
 from rich.table import Table
 
 from gymverl import __version__
 from gymverl.jsonl import DEFAULT_MAX_LINE_BYTES, InputError, check_input_path
 
+class _PipelineOrder(TyperGroup):
+    """List commands in pipeline order in `--help`, not in the order their sections are defined."""
+
+    ORDER = ("collect", "validate", "rescore", "stats", "to-parquet", "train-offline", "demo")
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda n: self.ORDER.index(n) if n in self.ORDER else len(self.ORDER))
+
+
 app = typer.Typer(
+    cls=_PipelineOrder,
     name="gymverl",
     help=(
         "Turn NeMo Gym rollouts into VeRL training data and training runs.\n\n"
