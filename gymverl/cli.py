@@ -121,8 +121,9 @@ def render_validation(summary: dict[str, Any], title: str = "validate") -> None:
     t.add_row("incomplete responses", f"[yellow]{summary['incomplete']}[/]" if summary["incomplete"] else "0")
     if summary.get("masked"):
         t.add_row("mask_sample", str(summary["masked"]))
-    if len(summary.get("agents", {})) > 1 or "(unnamed)" not in summary.get("agents", {}):
-        t.add_row("agents", ", ".join(f"{k} ({v})" for k, v in summary["agents"].items()))
+    agents = summary.get("agents") or {}
+    if len(agents) > 1 or (agents and "(unnamed)" not in agents):
+        t.add_row("agents", ", ".join(f"{k} ({v})" for k, v in agents.items()))
     console.print(t)
     if rw["mean"] is not None and any(rw["histogram"].values()):
         h = Table(title="reward histogram", title_justify="left", show_header=False)
