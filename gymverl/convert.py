@@ -26,8 +26,11 @@ import re
 import shutil
 import tempfile
 import time
+from array import array
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import accumulate
+from operator import itemgetter
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
@@ -38,9 +41,10 @@ import pyarrow.parquet as pq
 from gymverl.formats import FORMATS, FieldRules, RowError, data_source_of
 from gymverl.formats import dpo as dpo_fmt
 from gymverl.formats import rl as rl_fmt
+from gymverl.formats import fast as fast_fmt
 from gymverl.formats import sft as sft_fmt
 from gymverl.jsonl import DEFAULT_MAX_LINE_BYTES, Line, RejectsWriter, check_input_path, iter_lines, parse_line, read_jsonl
-from gymverl.records import Checked, RecordError, check_record, check_task, is_incomplete, iter_checked, task_key
+from gymverl.records import Checked, RecordError, check_record, check_task, is_incomplete, task_key
 from gymverl.select import (
     RULES,
     Member,
@@ -349,8 +353,92 @@ class ParquetSink:
 
 
 def _to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
-    """Rows -> Arrow table with the format's fixed schema (no type inference, so no struct merging)."""
-    return pa.Table.from_pylist(rows, schema=schema)
+    """Rows -> Arrow table with the format's fixed schema (no type inference, so no struct merging).
+
+    Columns of strings, integers, floats and structs of those are assembled from raw buffers:
+    quicker than `Table.from_pylist`, which also imports pandas (~0.4 s) on first use. Other types
+    (rl's prompt list), or any value of an unexpected type, go through `from_pylist`.
+    """
+    try:
+        arrays = [_column(values, f) for values, f in zip(_transpose(rows, schema.names), schema)]
+        return pa.Table.from_arrays(arrays, schema=schema)
+    except _Unbuildable:
+        return pa.Table.from_pylist(rows, schema=schema)
+
+
+class _Unbuildable(Exception):
+    """A column that `_column` does not assemble itself."""
+
+
+def _column(values: list[Any], f: pa.Field) -> pa.Array:
+    """One Arrow array of type `f.type` from Python values (None = null); _Unbuildable otherwise."""
+    t = f.type
+    n = len(values)
+    types = set(map(type, values))
+    if not types <= _ALLOWED.get(t, _STRUCT_TYPES if pa.types.is_struct(t) else frozenset()):
+        raise _Unbuildable
+    nulls = values.count(None) if type(None) in types else 0
+    if nulls and not f.nullable:
+        raise _Unbuildable
+    bitmap = _validity(values) if nulls else None
+    if t == pa.string():
+        texts = [v if v is not None else "" for v in values] if nulls else values
+        joined = "".join(texts)
+        if joined.isascii():  # one character per byte: no per-value encoding needed
+            data = joined.encode()
+            lengths = list(map(len, texts))
+        else:
+            try:
+                encoded = [v.encode() for v in texts]
+            except UnicodeEncodeError:  # lone surrogates: Arrow reports them
+                raise _Unbuildable from None
+            data = b"".join(encoded)
+            lengths = list(map(len, encoded))
+        if len(data) >= 2**31:  # beyond 32-bit offsets: Arrow decides what to do
+            raise _Unbuildable
+        offsets = array("i", accumulate(lengths, initial=0))
+        return pa.Array.from_buffers(t, n, [bitmap, pa.py_buffer(offsets), pa.py_buffer(data)], null_count=nulls)
+    if t == pa.int64() or t == pa.float64():
+        try:
+            buf = array("q" if t == pa.int64() else "d", [v if v is not None else 0 for v in values] if nulls else values)
+        except OverflowError:  # beyond 64 bits: Arrow reports it
+            raise _Unbuildable from None
+        return pa.Array.from_buffers(t, n, [bitmap, pa.py_buffer(buf)], null_count=nulls)
+    if pa.types.is_struct(t):
+        if nulls:
+            raise _Unbuildable
+        fields = list(t)
+        children = _transpose(values, [c.name for c in fields])
+        return pa.StructArray.from_arrays([_column(v, c) for v, c in zip(children, fields)], fields=fields)
+    raise _Unbuildable
+
+
+_STR_TYPES = frozenset({str, type(None)})
+_INT_TYPES = frozenset({int, type(None)})
+_FLOAT_TYPES = frozenset({float, int, type(None)})
+_STRUCT_TYPES = frozenset({dict, type(None)})
+_ALLOWED = {pa.string(): _STR_TYPES, pa.int64(): _INT_TYPES, pa.float64(): _FLOAT_TYPES}
+
+
+def _transpose(dicts: list[dict[str, Any]], names: list[str]) -> list[list[Any]]:
+    """Columns `names` of a list of dicts (a missing key reads as None)."""
+    if not all(type(d) is dict for d in dicts):
+        raise _Unbuildable
+    try:
+        if len(names) == 1:
+            return [list(map(itemgetter(names[0]), dicts))]
+        return [list(col) for col in zip(*map(itemgetter(*names), dicts))]
+    except KeyError:
+        return [[d.get(k) for d in dicts] for k in names]
+
+
+def _validity(values: list[Any]) -> pa.Buffer:
+    """Arrow validity bitmap (LSB first): a bit per value, set unless it is None."""
+    bits = bytearray((len(values) + 7) // 8)
+    for i, v in enumerate(values):
+        if v is not None:
+            bits[i >> 3] |= 1 << (i & 7)
+    return pa.py_buffer(bytes(bits))
 
 
 # ---- the conversion ----------------------------------------------------------------------------
@@ -369,6 +457,14 @@ class _Ctx:
     sink: ParquetSink
     rejects: RejectsWriter
     counter: TokenCounter | None
+    _fast: Any = None
+
+    def fast_reader(self) -> fast_fmt.FastSFT | None:
+        """The fast SFT reader for this conversion (None when it does not apply: --max-tokens, no msgspec)."""
+        if self._fast is None:
+            ok = fast_fmt.available() and self.counter is None and not self.tasks_input
+            self._fast = fast_fmt.FastSFT(include_reasoning=self.opts.include_reasoning) if ok else False
+        return self._fast or None
 
     def reject(self, line: int, code: str, reason: str, raw: bytes) -> None:
         self.summary.reject(line, code, reason)
@@ -475,7 +571,7 @@ def _run(
         if workers > 1:
             results = _parallel_results(ctx, src, handler, workers, on_progress, total)
         else:
-            results = (handler(ctx, c) for c in _lines_with_progress(src, tasks_input, opts.max_line_bytes, on_progress, total))
+            results = _local_results(ctx, src, handler, on_progress, total)
         if summary.grouped:
             _convert_grouped(ctx, results, total)
         else:
@@ -494,21 +590,94 @@ def _fewer_gc_passes() -> Iterator[None]:
         gc.set_threshold(*old)
 
 
-def _lines_with_progress(
-    src: Path, tasks_input: bool, max_line_bytes: int, on_progress: Progress | None, total: int | None
-) -> Iterator[Checked]:
+def _local_results(ctx: _Ctx, src: Path, handler: Any, on_progress: Progress | None, total: int | None) -> Iterator[tuple[Any, ...]]:
+    """Handle every line in this process, in order: the fast path when it is sure, else the exact one."""
+    check = check_task if ctx.tasks_input else check_record
+    max_line_bytes = ctx.opts.max_line_bytes
+    fast = _fast_handler(ctx, handler)
     done = 0
     every = 0
-    for c in iter_checked(src, tasks=tasks_input, max_line_bytes=max_line_bytes):
+    for line in iter_lines(src, max_line_bytes):
         if on_progress is not None:
-            done += len(c.raw) + 1
+            done += line.size + 1
             every += 1
             if every >= 2000:
                 on_progress(done, total)
                 every = 0
-        yield c
+        r = fast(line) if fast is not None and not line.oversize else None
+        yield r if r is not None else handler(ctx, _check_line(line, check, max_line_bytes))
     if on_progress is not None:
         on_progress(total if total is not None else done, total)
+
+
+def _check_line(line: Line, check: Callable[[Any], None], max_line_bytes: int) -> Checked:
+    """One raw line parsed (orjson) and validated: the exact path, same steps as `iter_checked`."""
+    p = parse_line(line, max_line_bytes)
+    if not p.ok:
+        return Checked(p.number, None, p.code, p.reason, p.raw)
+    try:
+        check(p.obj)
+    except RecordError as exc:
+        return Checked(p.number, None, exc.code, exc.reason, p.raw)
+    return Checked(p.number, p.obj, raw=p.raw)
+
+
+# ---- fast path ---------------------------------------------------------------------------------
+# For valid rollouts with a task index (nearly every line of a real file), msgspec + simdjson read
+# only what selection and the SFT row need (gymverl.formats.fast). A handler returns None whenever
+# the fast reader is not certain, and that line takes the exact path above: same results either way.
+
+
+def _fast_handler(ctx: _Ctx, handler: Any) -> Callable[[Line], tuple[Any, ...] | None] | None:
+    """The fast twin of `handler` for this conversion, or None when it does not apply."""
+    if handler is _stream_result:
+        if ctx.opts.fmt != "sft":
+            return None
+        reader = ctx.fast_reader()
+        return None if reader is None else lambda line: _fast_stream_result(ctx, reader, line)
+    if ctx.opts.select.dedup:  # the dedup key needs the whole parsed response
+        return None
+    reader = ctx.fast_reader()
+    return None if reader is None else lambda line: _fast_pass1_result(ctx, reader, line)
+
+
+def _fast_stream_result(ctx: _Ctx, reader: fast_fmt.FastSFT, line: Line) -> tuple[Any, ...] | None:
+    """`_stream_result` for sft, or None (then the exact path handles the line)."""
+    got = reader.decode(line.data)
+    if got is None:
+        return None
+    sel = ctx.opts.select
+    split = split_of(got.key, sel.val_fraction, sel.split_seed)
+    status = record_status(got.reward, got.incomplete, sel)
+    if status:
+        return ("filt", status)
+    row = _fast_sft_row(ctx, reader, got, line.number)
+    return None if row is None else ("row", split, row, line.number)
+
+
+def _fast_pass1_result(ctx: _Ctx, reader: fast_fmt.FastSFT, line: Line) -> tuple[Any, ...] | None:
+    """`_pass1_result` without dedup or --max-tokens, or None (then the exact path handles the line)."""
+    got = reader.decode(line.data)
+    if got is None:
+        return None
+    status = None if ctx.opts.fmt == "rl" else record_status(got.reward, got.incomplete, ctx.opts.select)
+    return ("meta", got.key, [got.key, line.number, got.reward, status, None], line.data if status is None else b"")
+
+
+def _fast_sft_row(ctx: _Ctx, reader: fast_fmt.FastSFT, got: fast_fmt.FastRollout, line: int) -> dict[str, Any] | None:
+    """The SFT row of a decoded rollout (built by `sft_row`, like every SFT row), or None."""
+    conv = reader.conversation(got)
+    if conv is None:
+        return None
+    messages, tools = conv
+    return sft_fmt.sft_row(
+        {"reward": got.reward, "_ng_rollout_index": got.rollout_index},
+        data_source=ctx.opts.data_source or got.agent or ctx.default_source,
+        task_key=got.key,
+        line=line,
+        messages=messages,
+        tools=tools,
+    )
 
 
 def _key_of(c: Checked, tasks_input: bool) -> str:
@@ -658,23 +827,15 @@ def _init_worker(opts: ConvertOptions, rules: FieldRules, default_source: str, t
 
 
 def _work(batch: list[Line]) -> list[tuple[Any, ...]]:
-    """Worker: parse, validate and handle a batch of raw lines (same steps as `iter_checked`)."""
+    """Worker: handle a batch of raw lines (the same steps as `_local_results`)."""
     ctx, handler, check = _WORKER["ctx"], _WORKER["handler"], _WORKER["check"]
+    if "fast" not in _WORKER:
+        _WORKER["fast"] = _fast_handler(ctx, handler)
+    fast, max_line_bytes = _WORKER["fast"], _WORKER["max_line_bytes"]
     out = []
     for line in batch:
-        p = parse_line(line)
-        if not p.ok:
-            reason = p.reason or ""
-            if p.code == "line_too_long" and _WORKER["max_line_bytes"] != DEFAULT_MAX_LINE_BYTES:
-                reason = f"line is {line.size / 1e6:.1f} MB, over the {_WORKER['max_line_bytes'] / 1e6:g} MB limit per line"
-            c = Checked(p.number, None, p.code, reason, p.raw)
-        else:
-            try:
-                check(p.obj)
-                c = Checked(p.number, p.obj, raw=p.raw)
-            except RecordError as exc:
-                c = Checked(p.number, None, exc.code, exc.reason, p.raw)
-        out.append(handler(ctx, c))
+        r = fast(line) if fast is not None and not line.oversize else None
+        out.append(r if r is not None else handler(ctx, _check_line(line, check, max_line_bytes)))
     return out
 
 
@@ -872,8 +1033,17 @@ def _emit_rl(ctx: _Ctx, key: str, split: str, members: list[Member], stats: tupl
 def _emit_sft(ctx: _Ctx, key: str, split: str, kept: list[Member], raws: dict[int, bytes]) -> None:
     s = ctx.summary
     wrote = False
+    reader = ctx.fast_reader()
     for m in kept:
         raw = raws[m.slot]
+        if reader is not None:
+            got = reader.decode(raw, validated=True)  # pass 1 validated the line
+            row = _fast_sft_row(ctx, reader, got, m.line) if got is not None and got.key == key else None
+            if row is not None:
+                s.kept_lines += 1
+                ctx.sink.add(split, row)
+                wrote = True
+                continue
         try:
             row, status = _sft_build(ctx, orjson.loads(raw), m.line, key)
         except RowError as exc:

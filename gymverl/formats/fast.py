@@ -1,0 +1,239 @@
+"""A faster route from a rollout line to its SFT conversation, for the common case only.
+
+Same pattern as `gymverl.records._FastRollouts` (what `validate` uses): simdjson checks the whole
+line (syntax, UTF-8, escapes, number range, depth: as strict as orjson or stricter) and msgspec
+decodes only the keys an SFT row needs, typed, in C. The prompt and the tools, shared by the n
+rollouts of a task, are kept as raw JSON bytes and converted once per distinct value.
+
+Only a clean result is trusted: whenever anything is unusual (a line `check_record` would reject,
+a conversion error, no assistant turn, a value whose reading could depend on the parser) these
+functions return None and the caller takes the exact orjson path for that line, which has the final
+word and the exact reasons. So conversions give the same rows with or without this module (or
+without msgspec/pysimdjson installed).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional, Union
+
+import orjson
+
+from gymverl.messages import ROLE_MAP, MessageError, _reasoning_text, chat_tools, prompt_messages
+from gymverl.records import RecordError, _check_items, _fast_items, content_text
+
+try:
+    import msgspec
+    import simdjson
+except ImportError:  # pragma: no cover - optional accelerators
+    msgspec = simdjson = None  # type: ignore[assignment]
+
+_BOM = b"\xef\xbb\xbf"
+_U64_MAX = 2**64 - 1  # orjson reads larger integers as floats (then not a valid index): leave those to it
+
+if msgspec is not None:
+    _NULL = msgspec.Raw(b"null")
+
+    class _Item(msgspec.Struct):
+        type: Optional[str] = None
+        role: Optional[str] = None
+        content: Any = None
+        name: Optional[str] = None
+        call_id: Optional[str] = None
+        # Strings only: a missing value has a default in `items_to_messages`, and anything else would
+        # be re-encoded, which is orjson's business.
+        arguments: Union[str, msgspec.UnsetType] = msgspec.UNSET
+        output: Union[str, msgspec.UnsetType] = msgspec.UNSET
+        summary: Any = None
+
+    class _Agent(msgspec.Struct):
+        name: Any = None
+
+    class _Params(msgspec.Struct):
+        input: msgspec.Raw
+        instructions: msgspec.Raw = _NULL
+        tools: msgspec.Raw = _NULL
+
+    class _Response(msgspec.Struct):
+        output: list[_Item]
+        status: Any = None
+        incomplete_details: Any = None
+
+    class _Record(msgspec.Struct):
+        responses_create_params: _Params
+        response: _Response
+        reward: float
+        task_index: Optional[int] = msgspec.field(default=None, name="_ng_task_index")
+        rollout_index: Optional[int] = msgspec.field(default=None, name="_ng_rollout_index")
+        agent_ref: Union[_Agent, str, None] = None
+
+
+def available() -> bool:
+    """True when msgspec and pysimdjson are installed (otherwise every line takes the orjson path)."""
+    return msgspec is not None and simdjson is not None
+
+
+class FastRollout:
+    """What the fast decoder read from one valid rollout line."""
+
+    __slots__ = ("rec", "key", "agent", "reward", "incomplete", "rollout_index", "prompt", "tools")
+
+    def __init__(
+        self, rec: Any, key: str, agent: str | None, incomplete: bool, prompt: tuple[list[dict[str, Any]], bool], tools: list[dict[str, Any]]
+    ) -> None:
+        self.rec = rec
+        self.key = key
+        self.agent = agent
+        self.reward: float = rec.reward
+        self.incomplete = incomplete
+        self.rollout_index: int | None = rec.rollout_index
+        self.prompt = prompt  # (converted prompt messages, whether one is an assistant turn)
+        self.tools = tools  # chat tools ([] when none)
+
+
+class FastSFT:
+    """Decodes valid rollout lines and builds their chat conversation; None means "use the exact path"."""
+
+    def __init__(self, *, include_reasoning: bool = False, cache_size: int = 512) -> None:
+        assert available()
+        self.include_reasoning = include_reasoning
+        self.cache_size = cache_size
+        self._parser = simdjson.Parser()
+        self._decode = msgspec.json.Decoder(_Record).decode
+        self._prompts: dict[tuple[bytes, bytes], tuple[list[dict[str, Any]], bool] | None] = {}
+        self._tools: dict[bytes, list[dict[str, Any]] | None] = {}
+
+    def decode(self, data: bytes, *, validated: bool = False) -> FastRollout | None:
+        """The rollout facts when `data` is certainly a valid rollout with a task index, else None.
+
+        `validated=True` skips the JSON syntax check (the line passed it already, e.g. in pass 1).
+        """
+        if not validated:
+            if data[:3] == _BOM:  # simdjson skips a byte order mark, orjson rejects it
+                return None
+            try:
+                self._parser.parse(data)  # validation only: the lazy document is dropped at once
+            except Exception:  # noqa: BLE001 - any doubt goes to the exact path
+                return None
+        try:
+            rec = self._decode(data)
+        except Exception:  # noqa: BLE001
+            return None
+        if not _fast_items(rec.response.output) or not math.isfinite(rec.reward):
+            return None
+        index = rec.task_index
+        if index is None or index < 0 or index > _U64_MAX:
+            return None  # no task index: the prompt hash needs the whole record (exact path)
+        ri = rec.rollout_index
+        if ri is not None and (ri < 0 or ri > _U64_MAX):
+            return None
+        ref = rec.agent_ref
+        agent = ref if type(ref) is str else (ref.name if ref is not None and type(ref.name) is str else None)
+        status = rec.response.status
+        incomplete = bool(rec.response.incomplete_details) or (status is not None and status != "completed")
+        # The prompt and tools are checked here too, so a None later means "cannot convert", not "invalid".
+        rcp = rec.responses_create_params
+        prompt = self._prompt(rcp)
+        tools = self._chat_tools(rcp.tools)
+        if prompt is None or tools is None:
+            return None
+        return FastRollout(rec, f"{agent}#{index}" if agent else f"#{index}", agent, incomplete, prompt, tools)
+
+    def conversation(self, got: FastRollout) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
+        """(messages, tools) exactly as `sft.conversation` builds them, or None (exact path decides)."""
+        response = _response_messages(got.rec.response.output, self.include_reasoning)
+        if response is None:
+            return None
+        messages, prompt_has_assistant = got.prompt
+        if not prompt_has_assistant and not any(m["role"] == "assistant" for m in response):
+            return None  # no assistant turn: the exact path rejects it with its reason
+        return messages + response, got.tools
+
+    def _prompt(self, rcp: Any) -> tuple[list[dict[str, Any]], bool] | None:
+        key = (bytes(rcp.instructions), bytes(rcp.input))
+        try:
+            return self._prompts[key]
+        except KeyError:
+            pass
+        value: tuple[list[dict[str, Any]], bool] | None = None
+        try:
+            inp = orjson.loads(key[1])
+            ok = isinstance(inp, str)
+            if isinstance(inp, list):
+                _check_items(inp, "responses_create_params.input")
+                ok = True
+            if ok:
+                messages = prompt_messages({"instructions": orjson.loads(key[0]), "input": inp}, include_reasoning=self.include_reasoning)
+                value = (messages, any(m.get("role") == "assistant" for m in messages))
+        except (orjson.JSONDecodeError, RecordError, MessageError):
+            value = None
+        if len(self._prompts) >= self.cache_size:
+            self._prompts.clear()
+        self._prompts[key] = value
+        return value
+
+    def _chat_tools(self, raw: Any) -> list[dict[str, Any]] | None:
+        key = bytes(raw)
+        try:
+            return self._tools[key]
+        except KeyError:
+            pass
+        value: list[dict[str, Any]] | None = None
+        try:
+            tools = orjson.loads(key)
+            if tools is None or isinstance(tools, list):
+                value = chat_tools(tools) if tools else []
+        except (orjson.JSONDecodeError, MessageError):
+            value = None
+        if len(self._tools) >= self.cache_size:
+            self._tools.clear()
+        self._tools[key] = value
+        return value
+
+
+def _response_messages(items: list[Any], include_reasoning: bool) -> list[dict[str, Any]] | None:
+    """`messages.items_to_messages` for decoded items that passed `_fast_items`; None when unsure."""
+    messages: list[dict[str, Any]] = []
+    pending: list[str] = []
+    open_assistant: dict[str, Any] | None = None
+    for item in items:
+        kind = item.type
+        if kind is None or kind == "message":  # a typeless item passed validation only with a message role
+            role = ROLE_MAP.get(item.role, item.role)
+            text = content_text(item.content)
+            if role == "assistant":
+                open_assistant = {"role": "assistant", "content": text}
+                if include_reasoning and pending:
+                    open_assistant["reasoning_content"] = "\n".join(pending)
+                pending.clear()
+                messages.append(open_assistant)
+            else:
+                messages.append({"role": role, "content": text})
+                open_assistant = None
+        elif kind == "function_call":
+            if not item.call_id:
+                return None  # "" falls back to the item id: rare, left to the exact path
+            args = item.arguments
+            call = {
+                "type": "function",
+                "id": item.call_id,
+                "function": {"name": item.name, "arguments": "{}" if args is msgspec.UNSET else args},
+            }
+            if open_assistant is None:
+                open_assistant = {"role": "assistant", "content": ""}
+                if include_reasoning and pending:
+                    open_assistant["reasoning_content"] = "\n".join(pending)
+                pending.clear()
+                messages.append(open_assistant)
+            open_assistant.setdefault("tool_calls", []).append(call)
+        elif kind == "function_call_output":
+            out = item.output
+            messages.append({"role": "tool", "tool_call_id": item.call_id, "content": "" if out is msgspec.UNSET else out})
+            open_assistant = None
+        elif kind == "reasoning":
+            text = _reasoning_text({"summary": item.summary, "content": item.content})
+            if text:
+                pending.append(text)
+        else:
+            return None
+    return messages
