@@ -44,7 +44,7 @@ from gymverl.formats import rl as rl_fmt
 from gymverl.formats import fast as fast_fmt
 from gymverl.formats import sft as sft_fmt
 from gymverl.jsonl import DEFAULT_MAX_LINE_BYTES, Line, RejectsWriter, check_input_path, iter_lines, parse_line, read_jsonl
-from gymverl.records import Checked, RecordError, check_record, check_task, is_incomplete, task_key
+from gymverl.records import Checked, RecordError, _FastRollouts, check_record, check_task, is_incomplete, task_key
 from gymverl.select import (
     RULES,
     Member,
@@ -635,10 +635,10 @@ def _fast_handler(ctx: _Ctx, handler: Any) -> Callable[[Line], tuple[Any, ...] |
             return None
         reader = ctx.fast_reader()
         return None if reader is None else lambda line: _fast_stream_result(ctx, reader, line)
-    if ctx.opts.select.dedup:  # the dedup key needs the whole parsed response
+    if ctx.opts.select.dedup or ctx.fast_reader() is None:  # the dedup key needs the whole parsed response
         return None
-    reader = ctx.fast_reader()
-    return None if reader is None else lambda line: _fast_pass1_result(ctx, reader, line)
+    check = _FastRollouts()
+    return lambda line: _fast_pass1_result(ctx, check, line)
 
 
 def _fast_stream_result(ctx: _Ctx, reader: fast_fmt.FastSFT, line: Line) -> tuple[Any, ...] | None:
@@ -655,13 +655,17 @@ def _fast_stream_result(ctx: _Ctx, reader: fast_fmt.FastSFT, line: Line) -> tupl
     return None if row is None else ("row", split, row, line.number)
 
 
-def _fast_pass1_result(ctx: _Ctx, reader: fast_fmt.FastSFT, line: Line) -> tuple[Any, ...] | None:
-    """`_pass1_result` without dedup or --max-tokens, or None (then the exact path handles the line)."""
-    got = reader.decode(line.data)
+def _fast_pass1_result(ctx: _Ctx, check: _FastRollouts, line: Line) -> tuple[Any, ...] | None:
+    """`_pass1_result` without dedup or --max-tokens, or None (then the exact path handles the line).
+
+    Pass 1 needs only the selection facts, which `validate`'s fast check reads (rows come in pass 2).
+    """
+    got = check(line.data)
     if got is None:
         return None
-    status = None if ctx.opts.fmt == "rl" else record_status(got.reward, got.incomplete, ctx.opts.select)
-    return ("meta", got.key, [got.key, line.number, got.reward, status, None], line.data if status is None else b"")
+    reward, key, _agent, incomplete, _masked = got
+    status = None if ctx.opts.fmt == "rl" else record_status(reward, incomplete, ctx.opts.select)
+    return ("meta", key, [key, line.number, reward, status, None], line.data if status is None else b"")
 
 
 def _fast_sft_row(ctx: _Ctx, reader: fast_fmt.FastSFT, got: fast_fmt.FastRollout, line: int) -> dict[str, Any] | None:
@@ -891,6 +895,7 @@ class _Partitions:
     def __init__(self, root: Path, n: int) -> None:
         self.root = root
         self.n = n
+        self._recent: dict[str, int] = {}
         self._meta: list[IO[bytes]] = []
         self._data: list[IO[bytes]] = []
         for i in range(n):
@@ -903,9 +908,16 @@ class _Partitions:
         return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=4).digest(), "big") % self.n
 
     def add(self, key: str, meta: list[Any], raw: bytes) -> None:
-        i = self.index(key)
-        self._meta[i].write(orjson.dumps(meta) + b"\n")
-        self._data[i].write(raw + b"\n")
+        # A task's rollouts mostly arrive close together: remember the last few keys' partitions.
+        i = self._recent.get(key)
+        if i is None:
+            if len(self._recent) >= 4096:
+                self._recent.clear()
+            i = self._recent[key] = self.index(key)
+        self._meta[i].write(orjson.dumps(meta, option=orjson.OPT_APPEND_NEWLINE))
+        data = self._data[i]
+        data.write(raw)
+        data.write(b"\n")
 
     def close(self) -> None:
         for f in self._meta + self._data:

@@ -440,6 +440,10 @@ class _FastRollouts:
         return _fast_summary(rec)
 
 
+# msgspec reads any integer as an int; orjson reads those beyond 64 bits as floats (not a valid index).
+_U64_MAX = 2**64 - 1
+
+
 def _fast_items(items: list[Any]) -> bool:
     for item in items:
         t = item.type
@@ -472,9 +476,9 @@ def _fast_summary(rec: Any) -> tuple[float, str, str | None, bool, bool] | None:
     if not math.isfinite(reward):
         return None
     index = rec.task_index
-    if index is None or index < 0:
+    if index is None or index < 0 or index > _U64_MAX:
         return None  # no task index: the prompt hash needs the whole record (orjson path)
-    if rec.rollout_index is not None and rec.rollout_index < 0:
+    if rec.rollout_index is not None and not 0 <= rec.rollout_index <= _U64_MAX:
         return None
     ref = rec.agent_ref
     agent = ref if type(ref) is str else (ref.name if ref is not None and type(ref.name) is str else None)
