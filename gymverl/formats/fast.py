@@ -29,6 +29,7 @@ except ImportError:  # pragma: no cover - optional accelerators
     msgspec = simdjson = None  # type: ignore[assignment]
 
 _BOM = b"\xef\xbb\xbf"
+_NO_TOOLS: list[dict[str, Any]] = []  # shared, read-only
 _U64_MAX = 2**64 - 1  # orjson reads larger integers as floats (then not a valid index): leave those to it
 
 if msgspec is not None:
@@ -100,7 +101,7 @@ class FastSFT:
         self.cache_size = cache_size
         self._parser = simdjson.Parser()
         self._decode = msgspec.json.Decoder(_Record).decode
-        self._prompts: dict[tuple[bytes, bytes], tuple[list[dict[str, Any]], bool] | None] = {}
+        self._prompts: dict[Any, tuple[list[dict[str, Any]], bool] | None] = {}
         self._tools: dict[bytes, list[dict[str, Any]] | None] = {}
 
     def decode(self, data: bytes, *, validated: bool = False) -> FastRollout | None:
@@ -150,20 +151,24 @@ class FastSFT:
         return messages + response, got.tools
 
     def _prompt(self, rcp: Any) -> tuple[list[dict[str, Any]], bool] | None:
-        key = (bytes(rcp.instructions), bytes(rcp.input))
+        # Keyed by the raw JSON of input (+ instructions when present: msgspec hands back the very
+        # default object when the key is missing).
+        instructions = rcp.instructions
+        inp_json = bytes(rcp.input)
+        key: Any = inp_json if instructions is _NULL else (bytes(instructions), inp_json)
         try:
             return self._prompts[key]
         except KeyError:
             pass
         value: tuple[list[dict[str, Any]], bool] | None = None
         try:
-            inp = orjson.loads(key[1])
+            inp = orjson.loads(inp_json)
             ok = isinstance(inp, str)
             if isinstance(inp, list):
                 _check_items(inp, "responses_create_params.input")
                 ok = True
             if ok:
-                messages = prompt_messages({"instructions": orjson.loads(key[0]), "input": inp}, include_reasoning=self.include_reasoning)
+                messages = prompt_messages({"instructions": orjson.loads(bytes(instructions)), "input": inp}, include_reasoning=self.include_reasoning)
                 value = (messages, any(m.get("role") == "assistant" for m in messages))
         except (orjson.JSONDecodeError, RecordError, MessageError):
             value = None
@@ -173,6 +178,8 @@ class FastSFT:
         return value
 
     def _chat_tools(self, raw: Any) -> list[dict[str, Any]] | None:
+        if raw is _NULL:  # no tools key
+            return _NO_TOOLS
         key = bytes(raw)
         try:
             return self._tools[key]
