@@ -1,0 +1,283 @@
+"""to-parquet's fast path (msgspec + simdjson, gymverl/formats/fast.py) and the pandas-free table
+builder must give exactly what the orjson path and `Table.from_pylist` give, line for line."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+from pathlib import Path
+from typing import Any, Callable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from gymverl import convert as conv
+from gymverl.convert import ConvertOptions, convert
+from gymverl.formats import dpo as dpo_fmt
+from gymverl.formats import fast as fast_fmt
+from gymverl.formats import sft as sft_fmt
+from gymverl.select import SelectOptions
+
+from conftest import SAMPLE_DATA
+
+pytestmark = pytest.mark.skipif(not fast_fmt.available(), reason="msgspec/pysimdjson not installed")
+
+MUTATIONS: dict[str, Callable[[dict[str, Any]], None]] = {}
+
+
+def mutation(f: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
+    MUTATIONS[f.__name__] = f
+    return f
+
+
+def _items(r: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    return [it for it in r["response"]["output"] if it.get("type") == kind]
+
+
+@mutation
+def no_task_index(r: dict[str, Any]) -> None:
+    r.pop("_ng_task_index", None)
+
+
+@mutation
+def index_beyond_64_bits(r: dict[str, Any]) -> None:
+    r["_ng_task_index"] = 2**64
+
+
+@mutation
+def largest_64_bit_index(r: dict[str, Any]) -> None:
+    r["_ng_task_index"] = 2**64 - 1
+
+
+@mutation
+def boolean_reward(r: dict[str, Any]) -> None:
+    r["reward"] = True
+
+
+@mutation
+def integer_reward(r: dict[str, Any]) -> None:
+    r["reward"] = 1
+
+
+@mutation
+def agent_as_string(r: dict[str, Any]) -> None:
+    r["agent_ref"] = "my_agent"
+
+
+@mutation
+def agent_name_not_string(r: dict[str, Any]) -> None:
+    r["agent_ref"] = {"type": "x", "name": 5}
+
+
+@mutation
+def message_without_type(r: dict[str, Any]) -> None:
+    for it in _items(r, "message"):
+        del it["type"]
+
+
+@mutation
+def empty_call_id(r: dict[str, Any]) -> None:
+    for it in _items(r, "function_call"):
+        it["call_id"], it["id"] = "", "item_id"
+
+
+@mutation
+def object_arguments(r: dict[str, Any]) -> None:
+    for it in _items(r, "function_call"):
+        it["arguments"] = {"a": 1}
+
+
+@mutation
+def missing_arguments(r: dict[str, Any]) -> None:
+    for it in _items(r, "function_call"):
+        it.pop("arguments", None)
+
+
+@mutation
+def tool_output_parts(r: dict[str, Any]) -> None:
+    r["response"]["output"].append({"type": "function_call_output", "call_id": "c", "output": [{"type": "input_text", "text": "hi"}]})
+
+
+@mutation
+def tool_output_missing(r: dict[str, Any]) -> None:
+    r["response"]["output"].append({"type": "function_call_output", "call_id": "c"})
+
+
+@mutation
+def reasoning_first(r: dict[str, Any]) -> None:
+    r["response"]["output"].insert(0, {"type": "reasoning", "summary": [{"type": "summary_text", "text": "think"}], "content": [{"text": "more"}]})
+
+
+@mutation
+def unknown_item(r: dict[str, Any]) -> None:
+    r["response"]["output"].append({"type": "web_search_call"})
+
+
+@mutation
+def no_output(r: dict[str, Any]) -> None:
+    r["response"]["output"] = []
+
+
+@mutation
+def tools_not_a_list(r: dict[str, Any]) -> None:
+    r["responses_create_params"]["tools"] = {"a": 1}
+
+
+@mutation
+def tool_not_an_object(r: dict[str, Any]) -> None:
+    r["responses_create_params"]["tools"] = [5]
+
+
+@mutation
+def instructions(r: dict[str, Any]) -> None:
+    r["responses_create_params"]["instructions"] = "Be brief."
+
+
+@mutation
+def input_string(r: dict[str, Any]) -> None:
+    r["responses_create_params"]["input"] = "a plain string prompt"
+
+
+@mutation
+def input_bad_role(r: dict[str, Any]) -> None:
+    r["responses_create_params"]["input"] = [{"type": "message", "role": "wizard", "content": "x"}]
+
+
+@mutation
+def assistant_in_prompt_only(r: dict[str, Any]) -> None:
+    r["responses_create_params"]["input"] = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    r["response"]["output"] = []
+
+
+@mutation
+def incomplete(r: dict[str, Any]) -> None:
+    r["response"]["status"] = "incomplete"
+
+
+@mutation
+def content_parts(r: dict[str, Any]) -> None:
+    for it in _items(r, "message"):
+        it["content"] = [{"type": "refusal", "refusal": "no"}, "x", {"text": 5}]
+
+
+@mutation
+def message_name_not_string(r: dict[str, Any]) -> None:
+    for it in _items(r, "message"):
+        it["name"] = 5
+
+
+def _mixed_file(path: Path) -> Path:
+    """Sample rollouts, then each mutation (alone and in random pairs), plus lines only orjson judges."""
+    base = [json.loads(line) for line in (SAMPLE_DATA / "rollouts.jsonl").read_text().splitlines()]
+    rng = random.Random(3)
+    recs = list(base)
+    for f in MUTATIONS.values():
+        for r in base[::3]:
+            r = copy.deepcopy(r)
+            f(r)
+            recs.append(r)
+    for r in base:
+        r = copy.deepcopy(r)
+        for f in rng.sample(list(MUTATIONS.values()), 2):
+            f(r)
+        recs.append(r)
+    lines = [json.dumps(r, ensure_ascii=False).encode() for r in recs]
+    lines[3:3] = [
+        b"\xef\xbb\xbf" + lines[0],  # byte order mark mid-file
+        lines[1][:-1] + b',"reward":0.25}',  # repeated key: the last one counts
+        lines[2].replace(b'"reward":', b'"x":1e999,"reward":', 1),  # number too large for a double
+        lines[3].replace(b'"content":"', b'"content":"\\ud800', 1),  # lone surrogate escape
+        lines[4].replace(b'"content":"', b'"content":"\xff', 1),  # invalid UTF-8
+        b"not json",
+        b"[1, 2]",
+    ]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def _run(src: Path, out: Path, fmt: str, sel: dict[str, Any], fast: bool, monkeypatch: pytest.MonkeyPatch, **opts: Any) -> tuple[Any, ...]:
+    with monkeypatch.context() as m:
+        if not fast:
+            m.setattr(fast_fmt, "available", lambda: False)
+        rejects = out.with_suffix(".rejects.jsonl")
+        s = convert(src, out, ConvertOptions(fmt=fmt, select=SelectOptions(**sel), rejects_path=rejects, **opts))
+    summary = s.to_dict()
+    for k in ("seconds", "lines_per_second", "files", "output", "bytes_written"):
+        summary.pop(k)
+    tables = {split: [pq.read_table(p).to_pylist() for p in paths] for split, paths in s.files.items()}
+    return summary, tables, rejects.read_bytes() if rejects.exists() else b""
+
+
+@pytest.mark.parametrize(
+    ("fmt", "sel", "opts"),
+    [
+        ("sft", {}, {}),
+        ("sft", {}, {"include_reasoning": True}),
+        ("sft", {"min_reward": 0.5, "val_fraction": 0.4}, {}),
+        ("sft", {"best_of_n": 2, "drop_unsolved": True}, {}),
+        ("rl", {"drop_solved": True}, {}),
+        ("dpo", {}, {}),
+    ],
+)
+def test_fast_path_gives_the_exact_paths_rows_and_rejections(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str, sel: dict[str, Any], opts: dict[str, Any]) -> None:
+    src = _mixed_file(tmp_path / "mixed.jsonl")
+    exact = _run(src, tmp_path / "exact", fmt, sel, False, monkeypatch, **opts)
+    fast = _run(src, tmp_path / "fast", fmt, sel, True, monkeypatch, **opts)
+    assert fast == exact
+    assert exact[0]["rejected"] > 0 and sum(exact[0]["rows"].values()) > 0
+
+
+def test_fast_reader_takes_most_valid_lines_and_declines_the_odd_ones(tmp_path: Path) -> None:
+    reader = fast_fmt.FastSFT()
+    plain = (SAMPLE_DATA / "rollouts.jsonl").read_bytes().splitlines()
+    taken = [reader.decode(line) for line in plain]
+    assert all(t is not None for t in taken)
+    convs = [reader.conversation(t) for t in taken if t is not None]
+    assert all(c is not None for c in convs)
+    rows = convert(SAMPLE_DATA / "rollouts.jsonl", tmp_path / "o", ConvertOptions(select=SelectOptions(drop_incomplete=False)))
+    assert rows.rows["train"] == len(plain)
+    for name in ("index_beyond_64_bits", "boolean_reward", "unknown_item", "empty_call_id", "tools_not_a_list"):
+        r = json.loads(next(line for line in plain if b'"function_call"' in line))
+        MUTATIONS[name](r)
+        got = reader.decode(json.dumps(r).encode())
+        assert got is None or reader.conversation(got) is None, name
+
+
+def _value(t: pa.DataType, rng: random.Random) -> Any:
+    if t == pa.string():
+        return rng.choice([None, "", "abc", "é☃ \u2028", "x" * rng.randint(0, 50)])
+    if t == pa.int64():
+        return rng.choice([None, 0, -5, 2**63 - 1, -(2**63), rng.randint(0, 10**6)])
+    if t == pa.float64():
+        return rng.choice([None, 0.0, 1, -2.5, 1e300])
+    return {c.name: _value(c.type, rng) for c in t if rng.random() < 0.9}
+
+
+@pytest.mark.parametrize("schema", [sft_fmt.SCHEMA, dpo_fmt.SCHEMA], ids=["sft", "dpo"])
+def test_table_builder_matches_from_pylist(schema: pa.Schema) -> None:
+    rng = random.Random(7)
+    built = 0
+    for _ in range(200):
+        rows = [{f.name: _value(f.type, rng) for f in schema if rng.random() < 0.98} for _ in range(rng.randint(1, 30))]
+        try:
+            want = pa.Table.from_pylist(rows, schema=schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError):
+            with pytest.raises((pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError)):
+                conv._to_table(rows, schema)
+            continue
+        got = conv._to_table(rows, schema)
+        got.validate(full=True)
+        assert got.equals(want)
+        built += 1
+    assert built > 20
+
+
+def test_table_builder_falls_back_for_unexpected_types() -> None:
+    schema = sft_fmt.SCHEMA
+    row = {"messages": "[]", "tools": None, "data_source": "d", "extra_info": {"split": "train", "index": True, "task_key": "k", "line": 1, "reward": 1.0, "rollout_index": None}}
+    with pytest.raises((pa.ArrowInvalid, pa.ArrowTypeError, TypeError)) as exact:
+        pa.Table.from_pylist([row], schema=schema)
+    with pytest.raises(type(exact.value)):
+        conv._to_table([row], schema)
