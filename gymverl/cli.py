@@ -48,7 +48,8 @@ EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 def fail(message: str, code: int = EXIT_USAGE) -> None:
     """Print one clear sentence to stderr and exit with `code`."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    # soft_wrap: a long path must not break the sentence over lines (scripts grep for it).
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -169,7 +170,7 @@ def validate(
     else:
         render_validation(data)
         if summary.lines == 0:
-            err_console.print(f"[bold red]error:[/] {path}: file is empty (no rollouts).")
+            err_console.print(f"[bold red]error:[/] {path}: file is empty (no rollouts).", soft_wrap=True)
         if rejects and summary.rejected:
             console.print(f"rejected lines written to [bold]{rejects}[/]")
     if summary.rejected or summary.lines == 0:
@@ -442,7 +443,7 @@ def stats(
             console.print(f"plot written to [bold]{plot}[/]")
     for s in (result, before):
         if s is not None and s.lines == 0:
-            err_console.print(f"[bold red]error:[/] {s.path}: file is empty (no rollouts).")
+            err_console.print(f"[bold red]error:[/] {s.path}: file is empty (no rollouts).", soft_wrap=True)
     if result.rejected or result.lines == 0 or (before is not None and (before.rejected or before.lines == 0)):
         raise typer.Exit(EXIT_REJECTED)
 
@@ -798,7 +799,7 @@ def collect(
         if result.ok:
             console.print(f"[bold green]ok:[/] {escape(result.message)}", highlight=False)
         else:
-            err_console.print(f"[bold red]error:[/] {escape(result.message)}", highlight=False)
+            err_console.print(f"[bold red]error:[/] {escape(result.message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(result.code)
 
 
