@@ -44,7 +44,7 @@ from gymverl.formats import rl as rl_fmt
 from gymverl.formats import fast as fast_fmt
 from gymverl.formats import sft as sft_fmt
 from gymverl.jsonl import DEFAULT_MAX_LINE_BYTES, Line, RejectsWriter, check_input_path, iter_lines, parse_line, read_jsonl
-from gymverl.records import Checked, RecordError, _FastRollouts, check_record, check_task, is_incomplete, task_key
+from gymverl.records import Checked, RecordError, check_record, check_task, is_incomplete, task_key
 from gymverl.select import (
     RULES,
     Member,
@@ -635,10 +635,10 @@ def _fast_handler(ctx: _Ctx, handler: Any) -> Callable[[Line], tuple[Any, ...] |
             return None
         reader = ctx.fast_reader()
         return None if reader is None else lambda line: _fast_stream_result(ctx, reader, line)
-    if ctx.opts.select.dedup or ctx.fast_reader() is None:  # the dedup key needs the whole parsed response
+    if ctx.opts.select.dedup:  # the dedup key needs the whole parsed response
         return None
-    check = _FastRollouts()
-    return lambda line: _fast_pass1_result(ctx, check, line)
+    reader = ctx.fast_reader()
+    return None if reader is None else lambda line: _fast_pass1_result(ctx, reader, line)
 
 
 def _fast_stream_result(ctx: _Ctx, reader: fast_fmt.FastSFT, line: Line) -> tuple[Any, ...] | None:
@@ -655,15 +655,15 @@ def _fast_stream_result(ctx: _Ctx, reader: fast_fmt.FastSFT, line: Line) -> tupl
     return None if row is None else ("row", split, row, line.number)
 
 
-def _fast_pass1_result(ctx: _Ctx, check: _FastRollouts, line: Line) -> tuple[Any, ...] | None:
+def _fast_pass1_result(ctx: _Ctx, reader: fast_fmt.FastSFT, line: Line) -> tuple[Any, ...] | None:
     """`_pass1_result` without dedup or --max-tokens, or None (then the exact path handles the line).
 
-    Pass 1 needs only the selection facts, which `validate`'s fast check reads (rows come in pass 2).
+    Pass 1 needs only the selection facts: prompts are checked, not converted (rows come in pass 2).
     """
-    got = check(line.data)
+    got = reader.decode(line.data, rows=False)
     if got is None:
         return None
-    reward, key, _agent, incomplete, _masked = got
+    reward, key, incomplete = got.reward, got.key, got.incomplete
     status = None if ctx.opts.fmt == "rl" else record_status(reward, incomplete, ctx.opts.select)
     return ("meta", key, [key, line.number, reward, status, None], line.data if status is None else b"")
 

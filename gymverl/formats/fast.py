@@ -20,7 +20,7 @@ from typing import Any, Optional, Union
 import orjson
 
 from gymverl.messages import ROLE_MAP, MessageError, _reasoning_text, chat_tools, prompt_messages
-from gymverl.records import RecordError, _check_items, _fast_items, content_text
+from gymverl.records import RecordError, _check_items, _fast_items, content_text, prompt_hash
 
 try:
     import msgspec
@@ -103,11 +103,14 @@ class FastSFT:
         self._decode = msgspec.json.Decoder(_Record).decode
         self._prompts: dict[Any, tuple[list[dict[str, Any]], bool] | None] = {}
         self._tools: dict[bytes, list[dict[str, Any]] | None] = {}
+        self._inputs: dict[bytes, bool] = {}
+        self._hashes: dict[tuple[bytes, bytes, bytes], str] = {}
 
-    def decode(self, data: bytes, *, validated: bool = False) -> FastRollout | None:
-        """The rollout facts when `data` is certainly a valid rollout with a task index, else None.
+    def decode(self, data: bytes, *, validated: bool = False, rows: bool = True) -> FastRollout | None:
+        """The rollout facts when `data` is certainly a valid rollout, else None.
 
-        `validated=True` skips the JSON syntax check (the line passed it already, e.g. in pass 1).
+        `validated=True` skips the JSON syntax check (the line passed it already, e.g. in pass 1);
+        `rows=False` only checks the prompt and tools instead of converting them (selection only).
         """
         if not validated:
             if data[:3] == _BOM:  # simdjson skips a byte order mark, orjson rejects it
@@ -123,8 +126,8 @@ class FastSFT:
         if not _fast_items(rec.response.output) or not math.isfinite(rec.reward):
             return None
         index = rec.task_index
-        if index is None or index < 0 or index > _U64_MAX:
-            return None  # no task index: the prompt hash needs the whole record (exact path)
+        if index is not None and (index < 0 or index > _U64_MAX):
+            return None
         ri = rec.rollout_index
         if ri is not None and (ri < 0 or ri > _U64_MAX):
             return None
@@ -134,11 +137,61 @@ class FastSFT:
         incomplete = bool(rec.response.incomplete_details) or (status is not None and status != "completed")
         # The prompt and tools are checked here too, so a None later means "cannot convert", not "invalid".
         rcp = rec.responses_create_params
-        prompt = self._prompt(rcp)
-        tools = self._chat_tools(rcp.tools)
-        if prompt is None or tools is None:
-            return None
-        return FastRollout(rec, f"{agent}#{index}" if agent else f"#{index}", agent, incomplete, prompt, tools)
+        if rows:
+            prompt = self._prompt(rcp)
+            tools = self._chat_tools(rcp.tools)
+            if prompt is None or tools is None:
+                return None
+        else:
+            prompt = tools = None  # type: ignore[assignment]
+            if not self._input_ok(rcp.input) or not self._tools_ok(rcp.tools):
+                return None
+        if index is not None:
+            key = f"{agent}#{index}" if agent else f"#{index}"
+        else:  # the task is named by a hash of its prompt (records.task_key)
+            digest = self._prompt_hash(rcp)
+            if digest is None:
+                return None
+            key = f"{agent}@{digest}" if agent else f"@{digest}"
+        return FastRollout(rec, key, agent, incomplete, prompt, tools)  # type: ignore[arg-type]
+
+    def _input_ok(self, raw: Any) -> bool:
+        """`check_task`'s verdict on `responses_create_params.input` (cached by its JSON)."""
+        key = bytes(raw)
+        ok = self._inputs.get(key)
+        if ok is None:
+            try:
+                inp = orjson.loads(key)
+                if isinstance(inp, list):
+                    _check_items(inp, "responses_create_params.input")
+                ok = isinstance(inp, (str, list))
+            except (orjson.JSONDecodeError, RecordError):
+                ok = False
+            if len(self._inputs) >= self.cache_size:
+                self._inputs.clear()
+            self._inputs[key] = ok
+        return ok
+
+    def _tools_ok(self, raw: Any) -> bool:
+        """`check_task`'s verdict on `responses_create_params.tools`: an array or null."""
+        if raw is _NULL:
+            return True
+        return bytes(memoryview(raw)[:1]) in (b"[", b"n")  # valid JSON starting so: an array, or null
+
+    def _prompt_hash(self, rcp: Any) -> str | None:
+        """`records.prompt_hash` from the raw JSON of input, tools and instructions (cached)."""
+        key = (bytes(rcp.input), bytes(rcp.tools), bytes(rcp.instructions))
+        digest = self._hashes.get(key)
+        if digest is None:
+            try:
+                params = {"input": orjson.loads(key[0]), "tools": orjson.loads(key[1]), "instructions": orjson.loads(key[2])}
+            except orjson.JSONDecodeError:
+                return None
+            digest = prompt_hash({"responses_create_params": params})
+            if len(self._hashes) >= self.cache_size:
+                self._hashes.clear()
+            self._hashes[key] = digest
+        return digest
 
     def conversation(self, got: FastRollout) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
         """(messages, tools) exactly as `sft.conversation` builds them, or None (exact path decides)."""
