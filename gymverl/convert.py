@@ -44,7 +44,7 @@ from gymverl.formats import rl as rl_fmt
 from gymverl.formats import fast as fast_fmt
 from gymverl.formats import sft as sft_fmt
 from gymverl.jsonl import DEFAULT_MAX_LINE_BYTES, Line, RejectsWriter, check_input_path, iter_lines, parse_line, read_jsonl
-from gymverl.records import Checked, RecordError, check_record, check_task, is_incomplete, task_key
+from gymverl.records import Checked, RecordError, _FastRollouts, check_record, check_task, is_incomplete, task_key
 from gymverl.select import (
     RULES,
     Member,
@@ -638,7 +638,7 @@ def _fast_handler(ctx: _Ctx, handler: Any) -> Callable[[Line], tuple[Any, ...] |
     if ctx.opts.select.dedup:  # the dedup key needs the whole parsed response
         return None
     reader = ctx.fast_reader()
-    return None if reader is None else lambda line: _fast_pass1_result(ctx, reader, line)
+    return None if reader is None else _FastPass1(ctx, reader)
 
 
 def _fast_stream_result(ctx: _Ctx, reader: fast_fmt.FastSFT, line: Line) -> tuple[Any, ...] | None:
@@ -655,17 +655,37 @@ def _fast_stream_result(ctx: _Ctx, reader: fast_fmt.FastSFT, line: Line) -> tupl
     return None if row is None else ("row", split, row, line.number)
 
 
-def _fast_pass1_result(ctx: _Ctx, reader: fast_fmt.FastSFT, line: Line) -> tuple[Any, ...] | None:
+class _FastPass1:
     """`_pass1_result` without dedup or --max-tokens, or None (then the exact path handles the line).
 
-    Pass 1 needs only the selection facts: prompts are checked, not converted (rows come in pass 2).
+    Pass 1 needs only the selection facts. `validate`'s check reads them quickest, but only from
+    rollouts with a task index; the SFT reader (prompts checked, not converted) takes the others. A
+    file whose rollouts have no index soon stops trying the first.
     """
-    got = reader.decode(line.data, rows=False)
-    if got is None:
-        return None
-    reward, key, incomplete = got.reward, got.key, got.incomplete
-    status = None if ctx.opts.fmt == "rl" else record_status(reward, incomplete, ctx.opts.select)
-    return ("meta", key, [key, line.number, reward, status, None], line.data if status is None else b"")
+
+    def __init__(self, ctx: _Ctx, reader: fast_fmt.FastSFT) -> None:
+        self.ctx = ctx
+        self.reader = reader
+        self.check: _FastRollouts | None = _FastRollouts()
+        self.tried = self.hits = 0
+
+    def __call__(self, line: Line) -> tuple[Any, ...] | None:
+        found = None
+        if self.check is not None:
+            self.tried += 1
+            found = self.check(line.data)
+            if found is not None:
+                self.hits += 1
+                reward, key, _agent, incomplete, _masked = found
+            elif self.tried >= 1000 and self.hits * 2 < self.tried:
+                self.check = None
+        if found is None:
+            got = self.reader.decode(line.data, rows=False)
+            if got is None:
+                return None
+            reward, key, incomplete = got.reward, got.key, got.incomplete
+        status = None if self.ctx.opts.fmt == "rl" else record_status(reward, incomplete, self.ctx.opts.select)
+        return ("meta", key, [key, line.number, reward, status, None], line.data if status is None else b"")
 
 
 def _fast_sft_row(ctx: _Ctx, reader: fast_fmt.FastSFT, got: fast_fmt.FastRollout, line: int) -> dict[str, Any] | None:
