@@ -623,9 +623,9 @@ def _check_line(line: Line, check: Callable[[Any], None], max_line_bytes: int) -
 
 
 # ---- fast path ---------------------------------------------------------------------------------
-# For valid rollouts with a task index (nearly every line of a real file), msgspec + simdjson read
-# only what selection and the SFT row need (gymverl.formats.fast). A handler returns None whenever
-# the fast reader is not certain, and that line takes the exact path above: same results either way.
+# For valid rollouts (nearly every line of a real file), msgspec + simdjson read only what selection
+# and the SFT row need (gymverl.formats.fast). A handler returns None whenever the fast reader is not
+# certain, and that line takes the exact path above: same results either way (tests/test_convert_fast.py).
 
 
 def _fast_handler(ctx: _Ctx, handler: Any) -> Callable[[Line], tuple[Any, ...] | None] | None:

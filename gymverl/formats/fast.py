@@ -34,8 +34,9 @@ _U64_MAX = 2**64 - 1  # orjson reads larger integers as floats (then not a valid
 
 if msgspec is not None:
     _NULL = msgspec.Raw(b"null")
+    # gc=False: decoded JSON cannot form reference cycles, so the collector need not track these.
 
-    class _Item(msgspec.Struct):
+    class _Item(msgspec.Struct, gc=False):
         type: Optional[str] = None
         role: Optional[str] = None
         content: Any = None
@@ -47,20 +48,20 @@ if msgspec is not None:
         output: Union[str, msgspec.UnsetType] = msgspec.UNSET
         summary: Any = None
 
-    class _Agent(msgspec.Struct):
+    class _Agent(msgspec.Struct, gc=False):
         name: Any = None
 
-    class _Params(msgspec.Struct):
+    class _Params(msgspec.Struct, gc=False):
         input: msgspec.Raw
         instructions: msgspec.Raw = _NULL
         tools: msgspec.Raw = _NULL
 
-    class _Response(msgspec.Struct):
+    class _Response(msgspec.Struct, gc=False):
         output: list[_Item]
         status: Any = None
         incomplete_details: Any = None
 
-    class _Record(msgspec.Struct):
+    class _Record(msgspec.Struct, gc=False):
         responses_create_params: _Params
         response: _Response
         reward: float
