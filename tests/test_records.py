@@ -450,3 +450,26 @@ def test_validate_streams_in_constant_memory(tmp_path, accelerated):
     # 5x the lines (about 6 MB), the same memory: one line and one 1 MB read buffer at a time.
     assert peaks[10_000] < peaks[2_000] + 100_000
     assert peaks[10_000] < 3_000_000 < (tmp_path / "10000.jsonl").stat().st_size
+
+
+@pytest.mark.parametrize("accelerated", [True, False])
+@pytest.mark.parametrize("value", [2**64 - 1, 2**64, 10**30])
+def test_task_index_beyond_64_bits_same_verdict_on_both_paths(tmp_path, monkeypatch, accelerated, value):
+    """msgspec reads any integer exactly, orjson reads those beyond 64 bits as floats: the fast path
+    must hand such lines to the exact path, so the verdict never depends on the accelerators."""
+    from gymverl import records
+
+    if not accelerated:
+        monkeypatch.setattr(records, "_msgspec", None)
+    line = (SAMPLE_DATA / "rollouts.jsonl").read_text().splitlines()[0]
+    assert '"_ng_task_index": 0' in line
+    src = tmp_path / "big.jsonl"
+    src.write_text(line.replace('"_ng_task_index": 0', f'"_ng_task_index": {value}') + "\n")
+    s = validate_file(src)
+    if value <= 2**64 - 1:
+        assert (s.valid, s.rejected) == (1, 0)
+    else:
+        assert (s.valid, s.rejected) == (0, 1)
+        assert s.first_rejections[0]["line"] == 1
+        assert s.first_rejections[0]["code"] == "wrong_type"
+        assert "'_ng_task_index' must be a non-negative integer" in s.first_rejections[0]["reason"]
