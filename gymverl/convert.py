@@ -43,8 +43,8 @@ from gymverl.formats import dpo as dpo_fmt
 from gymverl.formats import rl as rl_fmt
 from gymverl.formats import fast as fast_fmt
 from gymverl.formats import sft as sft_fmt
-from gymverl.jsonl import DEFAULT_MAX_LINE_BYTES, Line, RejectsWriter, check_input_path, iter_lines, parse_line, read_jsonl
-from gymverl.records import Checked, RecordError, _FastRollouts, check_record, check_task, is_incomplete, task_key
+from gymverl.jsonl import DEFAULT_MAX_LINE_BYTES, Line, RejectsWriter, check_input_path, iter_lines, read_jsonl
+from gymverl.records import Checked, _FastRollouts, check_line, check_record, check_task, is_incomplete, task_key
 from gymverl.select import (
     RULES,
     Member,
@@ -605,21 +605,9 @@ def _local_results(ctx: _Ctx, src: Path, handler: Any, on_progress: Progress | N
                 on_progress(done, total)
                 every = 0
         r = fast(line) if fast is not None and not line.oversize else None
-        yield r if r is not None else handler(ctx, _check_line(line, check, max_line_bytes))
+        yield r if r is not None else handler(ctx, check_line(line, check, max_line_bytes))
     if on_progress is not None:
         on_progress(total if total is not None else done, total)
-
-
-def _check_line(line: Line, check: Callable[[Any], None], max_line_bytes: int) -> Checked:
-    """One raw line parsed (orjson) and validated: the exact path, same steps as `iter_checked`."""
-    p = parse_line(line, max_line_bytes)
-    if not p.ok:
-        return Checked(p.number, None, p.code, p.reason, p.raw)
-    try:
-        check(p.obj)
-    except RecordError as exc:
-        return Checked(p.number, None, exc.code, exc.reason, p.raw)
-    return Checked(p.number, p.obj, raw=p.raw)
 
 
 # ---- fast path ---------------------------------------------------------------------------------
@@ -860,7 +848,7 @@ def _work(batch: list[tuple[int, bytes, int, bool, bool]]) -> list[tuple[Any, ..
     for fields in batch:
         line = Line(*fields)
         r = fast(line) if fast is not None and not line.oversize else None
-        out.append(r if r is not None else handler(ctx, _check_line(line, check, max_line_bytes)))
+        out.append(r if r is not None else handler(ctx, check_line(line, check, max_line_bytes)))
     return out
 
 
@@ -955,7 +943,7 @@ def _convert_grouped(ctx: _Ctx, lines: Iterator[tuple[Any, ...]], total: int | N
     Rows are built in the second pass and only for rollouts that are kept, so a heavy filter
     (best-of-n, unsolved tasks) also saves the conversion work of everything it drops.
     """
-    s, sel = ctx.summary, ctx.opts.select
+    s = ctx.summary
     n_parts = 1 if not total else max(1, min(128, -(-total // ctx.opts.partition_bytes)))
     if ctx.opts.tmp_dir is not None:
         tmp_parent: Path | None = Path(ctx.opts.tmp_dir)

@@ -28,11 +28,10 @@ from typing import Any, Callable, Mapping
 
 import orjson
 
-from gymverl.jsonl import RAW_KEEP_BYTES, InputError, JsonlWriter, check_input_path, iter_lines, parse_line
+from gymverl.jsonl import RAW_KEEP_BYTES, JsonlWriter, check_input_path, iter_lines
 from gymverl.records import (
-    RecordError,
     agent_name,
-    check_record,
+    check_line,
     content_text,
     iter_checked,
     task_fields,
@@ -652,18 +651,12 @@ class _Run:
             if self._old is not None and self._copy_old(item):
                 self._drain()
                 continue
-            p = parse_line(ln)
-            if not p.ok:
-                item.fail, item.done = rejected_record(ln.number, p.code or "invalid", p.reason or "", p.raw), True
+            c = check_line(ln)
+            if c.record is None:
+                item.fail, item.done = rejected_record(ln.number, c.code or "invalid", c.reason or "", c.raw), True
                 self._drain()
                 continue
-            try:
-                check_record(p.obj)
-            except RecordError as exc:
-                item.fail, item.done = rejected_record(ln.number, exc.code, exc.reason, p.raw), True
-                self._drain()
-                continue
-            item.record = p.obj
+            item.record = c.record
             await queue.put(item)
         self._input_exhausted = True
 
