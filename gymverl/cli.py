@@ -7,26 +7,53 @@ Exit codes (all commands): 0 success, 1 the job ran but some input was rejected 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
+import click
 import typer
 from typer.core import TyperGroup
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from gymverl import __version__
+from gymverl.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_REJECTED, EXIT_USAGE, GymverlError, from_os_error
 from gymverl.jsonl import DEFAULT_MAX_LINE_BYTES, InputError, check_input_path
 
 class _PipelineOrder(TyperGroup):
-    """List commands in pipeline order in `--help`, not in the order their sections are defined."""
+    """List commands in pipeline order in `--help`; turn every error into one sentence and an exit code.
+
+    This is the one place where exceptions become exit codes (`gymverl.errors`): a `GymverlError`
+    prints its sentence, an `OSError` that escaped a command becomes one (disk full: exit 1), Ctrl-C
+    exits 130, and anything unexpected prints one line instead of a traceback
+    (`GYMVERL_DEBUG=1` shows the traceback).
+    """
 
     ORDER = ("collect", "validate", "rescore", "stats", "to-parquet", "train-offline", "demo")
 
     def list_commands(self, ctx: Any) -> list[str]:
         names = super().list_commands(ctx)
         return sorted(names, key=lambda n: self.ORDER.index(n) if n in self.ORDER else len(self.ORDER))
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, click.exceptions.ClickException, click.exceptions.Abort):
+            raise
+        except GymverlError as exc:
+            _fail_now(str(exc), exc.exit_code)
+        except OSError as exc:
+            err = from_os_error(exc)
+            _fail_now(str(err), err.exit_code)
+        except KeyboardInterrupt:
+            _fail_now("interrupted.", EXIT_INTERRUPTED)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence: never a traceback
+            if os.environ.get("GYMVERL_DEBUG"):
+                raise
+            _fail_now(f"internal error ({type(exc).__name__}: {exc}); set GYMVERL_DEBUG=1 for the traceback.", EXIT_FAILED)
 
 
 app = typer.Typer(
@@ -43,14 +70,17 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 
-EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-
 
 def fail(message: str, code: int = EXIT_USAGE) -> None:
-    """Print one clear sentence to stderr and exit with `code`."""
+    """Print one clear sentence (rich markup allowed) to stderr and exit with `code`."""
     # soft_wrap: a long path must not break the sentence over lines (scripts grep for it).
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def _fail_now(message: str, code: int) -> None:
+    """`fail` for plain text (library messages hold paths and brackets, never markup)."""
+    fail(escape(message), code)
 
 
 def existing_file(path: Path) -> Path:
@@ -709,7 +739,6 @@ def collect(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from rich.markup import escape
 
     from gymverl import collect as C
 
@@ -806,7 +835,6 @@ def collect(
 # ---- demo --------------------------------------------------------------------------------------
 
 
-from rich.markup import escape  # noqa: E402 - demo output contains paths and brackets
 
 
 class _RichDemoReporter:

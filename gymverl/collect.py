@@ -44,6 +44,7 @@ from gymverl.nemo_gym import (
     subprocess_env,
 )
 from gymverl.records import ValidationSummary, agent_name, iter_checked, validate_file
+from gymverl.errors import EXIT_FAILED, EXIT_USAGE, GymverlError
 
 DEFAULT_HEAD_URL = "http://127.0.0.1:11000"  # NeMo Gym's default head server address
 # Our option -> the `gym eval run` flag that carries it (checked against `gym eval run --help`).
@@ -66,17 +67,16 @@ HYDRA_KEYS = {
     "concurrency": "num_samples_in_parallel",
     "resume": "resume_from_cache",
 }
-EXIT_FAILED, EXIT_USAGE = 1, 2
+
 _EXC_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?([A-Z]\w*(?:Error|Exception|Exit)): (.+)$")
 _ARGPARSE_ERR = re.compile(r"^\S+(?: \S+)*: error: (.+)$")
 
 
-class CollectError(Exception):
+class CollectError(GymverlError):
     """Collection cannot start or failed; `code` is the CLI exit code (2 usage, 1 failed/rejected)."""
 
     def __init__(self, message: str, code: int = EXIT_USAGE, details: list[dict[str, Any]] | None = None) -> None:
-        super().__init__(message)
-        self.code = code
+        super().__init__(message, code)
         self.details = details or []
 
 

@@ -57,12 +57,13 @@ from gymverl.select import (
     split_of,
     task_status,
 )
+from gymverl.errors import UsageError
 
 SPLITS = ("train", "val")
 MAX_EXAMPLES = 20
 
 
-class ConvertError(Exception):
+class ConvertError(UsageError):
     """A problem that stops the whole conversion (bad option combination, unreadable tokenizer, ...)."""
 
 

@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
+from gymverl.errors import UsageError
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 SAMPLE_DATA = REPO_DIR / "sample_data"
@@ -67,7 +68,7 @@ def agents_in(rollouts: Path) -> list[str]:
     return list(seen)
 
 
-class DemoError(Exception):
+class DemoError(UsageError):
     """A problem with the demo's options (bad output directory, missing sample data): one sentence."""
 
 

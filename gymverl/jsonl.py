@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO, Any, Iterator
 
 import orjson
+from gymverl.errors import UsageError
 
 DEFAULT_MAX_LINE_BYTES = 16_000_000  # 16 MB: far above any real rollout, far below what would hurt
 # How much of a rejected line is copied into the rejects file; enough to find and fix it.
@@ -25,7 +26,7 @@ _CHUNK = 1024 * 1024
 _BOM = b"\xef\xbb\xbf"
 
 
-class InputError(Exception):
+class InputError(UsageError):
     """A problem with an input path or file that stops the whole run (one clear sentence)."""
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import orjson
+from gymverl.errors import RunError
 
 ENV_VAR = "GYMVERL_NEMO_GYM_ENV"
 DEFAULT_ENV_NAME = ".nemo-gym-venv"
@@ -32,7 +33,7 @@ _READY = re.compile(r"All (\d+) / (\d+) servers ready")
 _CRASHED = re.compile(r"Process `([^`]+)` finished unexpectedly")
 
 
-class NemoGymError(RuntimeError):
+class NemoGymError(RunError, RuntimeError):
     """NeMo Gym is missing or its servers could not be started (one clear sentence)."""
 
 

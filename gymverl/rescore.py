@@ -38,6 +38,7 @@ from gymverl.records import (
     task_key,
 )
 from gymverl.verify import ECHO_KEYS, VerifyClient, VerifyResult, build_request, fetch_request_fields
+from gymverl.errors import UsageError
 
 STATE_VERSION = 1
 _FIELD_REQUIRED = re.compile(r"(?:^|; |HTTP 422: )([A-Za-z_][\w.]*): Field required")
@@ -45,7 +46,7 @@ TRANSIENT = frozenset({"timeout", "connection", "http_429", "http_5xx"})
 CHECKPOINT_SECONDS = 1.0
 
 
-class RescoreError(Exception):
+class RescoreError(UsageError):
     """A problem that stops the whole run before it starts (one clear sentence)."""
 
 

@@ -40,6 +40,7 @@ from typing import Any, Mapping
 import orjson
 
 from gymverl.verify import DEFAULT_RETRIES, DEFAULT_TIMEOUT, VerifyClient, VerifyResult, build_request
+from gymverl.errors import RunError, UsageError
 
 ENV_URL = "GYMVERL_VERIFY_URL"
 DEFAULT_CONCURRENCY = 32  # per reward worker process; VeRL runs reward.num_workers (8) of them
@@ -51,7 +52,7 @@ _THINK = re.compile(r"^\s*<think>.*?</think>\s*", re.S)
 _CLIENTS: dict[int, tuple["weakref.ReferenceType[asyncio.AbstractEventLoop]", dict[tuple[Any, ...], VerifyClient]]] = {}
 
 
-class VerifyFailed(RuntimeError):
+class VerifyFailed(RunError, RuntimeError):
     """Raised by compute_score when /verify finally failed and `on_failure="raise"` (the default)."""
 
     def __init__(self, result: VerifyResult, where: str = "") -> None:
@@ -61,7 +62,7 @@ class VerifyFailed(RuntimeError):
         self.result = result
 
 
-class RewardConfigError(ValueError):
+class RewardConfigError(UsageError, ValueError):
     """compute_score cannot run: missing server URL or missing `extra_info.nemo_gym`."""
 
 

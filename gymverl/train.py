@@ -36,6 +36,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
+from gymverl.errors import UsageError
 
 TRAINER_MODULE = "verl.trainer.sft_trainer"
 MERGER_MODULE = "verl.model_merger"
@@ -63,7 +64,7 @@ CPU_OVERRIDES = [
 ]
 
 
-class TrainError(Exception):
+class TrainError(UsageError):
     """A problem with the training inputs or run, described in one sentence."""
 
 

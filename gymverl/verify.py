@@ -24,6 +24,7 @@ import orjson
 from yarl import URL
 
 from gymverl.records import agent_name
+from gymverl.errors import UsageError
 
 DEFAULT_CONCURRENCY = 32  # a NeMo Gym resources server (one uvicorn worker) saturates well below this
 DEFAULT_TIMEOUT = 60.0
@@ -35,7 +36,7 @@ ECHO_KEYS = frozenset({"responses_create_params", "response"})
 _ERROR_TEXT_CHARS = 500
 
 
-class VerifyConfigError(ValueError):
+class VerifyConfigError(UsageError, ValueError):
     """Bad client settings (e.g. an unusable server URL): one clear sentence."""
 
 
