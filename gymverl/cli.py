@@ -15,6 +15,17 @@ from typing import Annotated, Any, Optional
 import click
 import typer
 from typer.core import TyperGroup
+
+try:  # typer >= 0.2x carries its own copy of click; its exceptions are not click's
+    from typer._click import exceptions as _typer_click_exc
+except ImportError:  # pragma: no cover - older typer uses click itself
+    _typer_click_exc = click.exceptions
+
+# Exceptions that already mean "exit with this code and this usage message": let click handle them.
+_CLICK_PASS_THROUGH = (
+    typer.Exit, typer.Abort, click.exceptions.ClickException, click.exceptions.Abort, click.exceptions.Exit,
+    _typer_click_exc.ClickException,
+)
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -41,7 +52,7 @@ class _PipelineOrder(TyperGroup):
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
-        except (typer.Exit, click.exceptions.ClickException, click.exceptions.Abort):
+        except _CLICK_PASS_THROUGH:
             raise
         except GymverlError as exc:
             _fail_now(str(exc), exc.exit_code)

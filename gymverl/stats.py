@@ -646,7 +646,7 @@ def plot_stats(stats: RolloutStats, out: str | os.PathLike[str], against: Rollou
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from gymverl.jsonl import atomic_path
+    from gymverl.files import atomic_path
 
     runs: list[tuple[RolloutStats, str | None]] = [(against, "before"), (stats, "after")] if against else [(stats, None)]
     colors = ["#9aa5b1", "#2f6fb0"] if len(runs) == 2 else ["#2f6fb0"]

@@ -11,13 +11,13 @@ from pathlib import Path
 import orjson
 import pytest
 
+from gymverl.files import atomic_path
 from gymverl.jsonl import (
     DEFAULT_MAX_LINE_BYTES,
     RAW_KEEP_BYTES,
     InputError,
     JsonlWriter,
     RejectsWriter,
-    atomic_path,
     check_input_path,
     dumps,
     iter_lines,

@@ -1,0 +1,225 @@
+"""Every output gymverl writes goes through this module: atomic, locked, never over an input.
+
+The guarantees (stated once, in the README too):
+
+- **Atomic.** An output is written to a temp file in its own directory, flushed and fsync'ed, then
+  renamed over the final path (`os.replace`), and the directory entry is fsync'ed. A reader sees
+  the old file or the whole new one, never half of one; on any error the temp file is removed and
+  an existing output is left as it was.
+- **Permissions** follow the user's umask, like a plain `open()` (mkstemp alone would give 0600).
+- **Compressed by name.** An output whose name ends in `.gz` is written gzip-compressed.
+- **Never over an input.** `check_outputs` refuses, in one sentence, an output that is the same file
+  as an input of the same command: the same path, a symlink to it, or a hard link (same inode).
+- **Locked.** `output_lock` holds an advisory `flock` on a sidecar `.NAME.lock` beside the output for
+  the whole run, so two processes can never write the same output at once; the second one is told
+  the first one's PID. The sidecar is removed on release.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import gzip
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Iterable, Iterator
+
+from gymverl.errors import RunError, UsageError
+
+
+def is_gzip_name(path: str | os.PathLike[str]) -> bool:
+    """True when an output named `path` is to be gzip-compressed (its name ends in `.gz`)."""
+    return str(path).lower().endswith(".gz")
+
+
+def _umask() -> int:
+    # os.umask can only be read by setting it; set it straight back.
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def fsync_dir(directory: str | os.PathLike[str]) -> None:
+    """fsync a directory so a rename inside it survives a crash (best effort where unsupported)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str], *, prefix: str | None = None) -> Iterator[Path]:
+    """Yield a temp path beside `path`; on success it replaces `path` atomically, on error it is removed.
+
+    The caller writes the temp path itself (any library that takes a path: pyarrow, matplotlib).
+    The file is fsync'ed before the rename and given the permissions a plain `open()` would give.
+    Raises whatever writing raised; the final path is untouched then.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=prefix or f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_umask())
+    try:
+        yield tmp_path
+        _fsync_file(tmp_path)
+        os.replace(tmp_path, final)
+        fsync_dir(final.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def _fsync_file(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike[str], *, compress: bool | None = None) -> Iterator[IO[bytes]]:
+    """Open a binary stream whose bytes become `path` atomically when the block ends without error.
+
+    `compress=None` gzips when the name ends in `.gz`; True/False force it. The stream is buffered;
+    errors while writing or closing (disk full) propagate and leave no file behind.
+    """
+    gz = is_gzip_name(path) if compress is None else compress
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as raw:
+            if gz:
+                # mtime=0: the same rows give the same bytes (reproducible outputs).
+                with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as stream:
+                    yield stream  # type: ignore[misc]
+            else:
+                yield raw
+
+
+def _identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)  # follows symlinks: a link to an input is that input
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def check_outputs(outputs: Iterable[str | os.PathLike[str] | None], inputs: Iterable[str | os.PathLike[str] | None]) -> None:
+    """Refuse (UsageError, exit 2) an output that is an input of the same command, or two outputs that are one file.
+
+    Compares resolved paths and (device, inode), so a symlink or hard link to an input is caught.
+    `None` entries and `-` (stdin/stdout) are ignored. Call it before anything is written.
+    """
+    ins = [Path(p) for p in inputs if p is not None and str(p) != "-"]
+    outs = [Path(p) for p in outputs if p is not None and str(p) != "-"]
+    in_ids = {}
+    for p in ins:
+        ident = _identity(p)
+        if ident is not None:
+            in_ids[ident] = p
+    seen: dict[object, Path] = {}
+    for out in outs:
+        keys: list[object] = [("path", os.path.realpath(out))]
+        ident = _identity(out)
+        if ident is not None:
+            keys.append(ident)
+            if ident in in_ids:
+                what = "is" if os.path.realpath(out) == os.path.realpath(in_ids[ident]) else "is the same file as"
+                raise UsageError(f"output {out} {what} the input {in_ids[ident]}; choose another output path (inputs are never overwritten).")
+        for inp in ins:
+            if os.path.realpath(out) == os.path.realpath(inp):
+                raise UsageError(f"output {out} is the input {inp}; choose another output path (inputs are never overwritten).")
+        for key in keys:
+            if key in seen:
+                raise UsageError(f"outputs {seen[key]} and {out} are the same file; give each output its own path.")
+        for key in keys:
+            seen[key] = out
+
+
+def _lock_path(output: Path) -> Path:
+    return output.parent / f".{output.name}.lock"
+
+
+class OutputLock:
+    """An exclusive advisory lock on one output path, held by this process until `release()`.
+
+    Implemented as `flock` on a sidecar `.NAME.lock` in the output's directory holding the owner's
+    PID. Locks are advisory: they stop other gymverl processes, not other programs.
+    """
+
+    def __init__(self, output: str | os.PathLike[str]) -> None:
+        self.output = Path(output)
+        self.path = _lock_path(self.output)
+        self._fd: int | None = None
+
+    def acquire(self) -> "OutputLock":
+        """Take the lock or raise `RunError` (exit 1) naming the PID that holds it. Never blocks."""
+        self.output.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                owner = _read_pid(fd)
+                os.close(fd)
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise
+                who = f"process {owner}" if owner else "another process"
+                raise RunError(f"{self.output} is being written by {who} (another gymverl run); wait for it to finish or choose another output.") from None
+            # The previous owner may have removed the sidecar between our open and our flock: then
+            # we hold a lock on an unlinked file and must try again on the new one.
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Remove the sidecar and drop the lock (unlink first, so no one can lock a stale file)."""
+        if self._fd is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> "OutputLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        data = os.pread(fd, 32, 0)
+        return int(data.strip() or b"0") or None
+    except (OSError, ValueError):
+        return None
+
+
+@contextlib.contextmanager
+def output_lock(*outputs: str | os.PathLike[str] | None) -> Iterator[None]:
+    """Hold `OutputLock`s on every given output (None skipped) for the duration of the block."""
+    with contextlib.ExitStack() as stack:
+        for out in outputs:
+            if out is not None and str(out) != "-":
+                stack.enter_context(OutputLock(out))
+        yield
