@@ -33,6 +33,7 @@ from rich.table import Table
 from gymverl import __version__
 from gymverl.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_REJECTED, EXIT_USAGE, GymverlError, from_os_error
 from gymverl.jsonl import DEFAULT_MAX_LINE_BYTES, InputError, check_input_path
+from gymverl.proc import signals_as_interrupt
 
 class _PipelineOrder(TyperGroup):
     """List commands in pipeline order in `--help`; turn every error into one sentence and an exit code.
@@ -51,7 +52,9 @@ class _PipelineOrder(TyperGroup):
 
     def invoke(self, ctx: Any) -> Any:
         try:
-            return super().invoke(ctx)
+            # SIGTERM / SIGHUP stop every command the way Ctrl-C does (same cleanup, exit 130).
+            with signals_as_interrupt():
+                return super().invoke(ctx)
         except _CLICK_PASS_THROUGH:
             raise
         except GymverlError as exc:
