@@ -32,6 +32,8 @@ from rich.table import Table
 
 from gymverl import __version__
 from gymverl.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_REJECTED, EXIT_USAGE, GymverlError, from_os_error
+from gymverl.errors import Interrupted
+from gymverl.files import check_outputs, output_lock
 from gymverl.jsonl import DEFAULT_MAX_LINE_BYTES, InputError, check_input_path
 from gymverl.proc import signals_as_interrupt
 
@@ -200,12 +202,10 @@ def validate(
     from gymverl.records import validate_file
 
     path = existing_file(rollouts)
-    try:
+    # The rejects file is never the input (nor a link to it), and one run at a time writes it.
+    check_outputs([rejects], [path])
+    with output_lock(rejects):
         summary = validate_file(path, rejects=rejects, tasks=tasks, max_line_bytes=int(max_line_mb * 1e6))
-    except InputError as exc:
-        fail(str(exc))
-    except OSError as exc:
-        fail(f"{path}: {exc.strerror or exc}.")
     data = summary.to_dict()
     if summary.lines == 0:
         data["error"] = "file is empty"
@@ -454,13 +454,10 @@ def stats(
         fail(f"--plot writes a PNG file; give a path ending in .png, not {plot}.")
     path = existing_file(rollouts)
     other = existing_file(against) if against is not None else None
-    try:
-        result = _compute_stats_cli(path, threshold, group_by, not as_json)
-        before = _compute_stats_cli(other, threshold, group_by, not as_json) if other is not None else None
-    except InputError as exc:
-        fail(str(exc))
-    except OSError as exc:
-        fail(f"{exc.filename or path}: {exc.strerror or exc}.")
+    # Checked up front (plot_stats checks again): a bad --plot path must not cost a full read first.
+    check_outputs([plot], [path, other])
+    result = _compute_stats_cli(path, threshold, group_by, not as_json)
+    before = _compute_stats_cli(other, threshold, group_by, not as_json) if other is not None else None
     from gymverl.stats import compare_stats, plot_stats
 
     comparison = compare_stats(before, result) if before is not None else None
@@ -469,8 +466,6 @@ def stats(
             plot_stats(result, plot, against=before)
         except ImportError:
             fail("--plot needs matplotlib: pip install 'gymverl[plot]'.")
-        except OSError as exc:
-            fail(f"{plot}: cannot write the plot ({exc.strerror or exc}).")
     data = result.to_dict(per_task=per_task or len(result.tasks) <= 1000)
     if as_json:
         out: dict[str, Any] = data
@@ -1202,7 +1197,7 @@ def to_parquet(
 
     Exit code 0 success; 1 some lines were rejected or no row was kept; 2 usage error; 130 interrupted.
     """
-    from gymverl.convert import ConvertError, ConvertOptions, convert
+    from gymverl.convert import ConvertOptions, convert
     from gymverl.select import SelectOptions
 
     path = existing_file(input_path)
@@ -1261,12 +1256,8 @@ def to_parquet(
         if progress is not None:
             progress.start()
         summary = convert(path, output, options, on_progress=on_progress)
-    except (InputError, ConvertError) as exc:
-        fail(str(exc))
-    except KeyboardInterrupt:
-        fail("interrupted; nothing was written (earlier outputs are unchanged).", EXIT_INTERRUPTED)
-    except OSError as exc:
-        fail(f"{exc.filename or output}: {exc.strerror or exc}.")
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: convert removed its temp and spill files
+        raise Interrupted("interrupted; nothing was written (earlier outputs are unchanged).") from None
     finally:
         if progress is not None:
             progress.stop()

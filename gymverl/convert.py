@@ -23,7 +23,7 @@ import gc
 import hashlib
 import os
 import re
-import shutil
+import signal
 import tempfile
 import time
 from array import array
@@ -57,7 +57,9 @@ from gymverl.select import (
     split_of,
     task_status,
 )
-from gymverl.errors import UsageError
+from gymverl.errors import GymverlError, Interrupted, UsageError, from_os_error
+from gymverl.files import check_outputs, commit_temp, new_temp_file, output_lock, remove_quietly, scratch_dir
+from gymverl.proc import shielded
 
 SPLITS = ("train", "val")
 MAX_EXAMPLES = 20
@@ -230,7 +232,11 @@ class ParquetSink:
     """Writes rows per split into parquet shards: temp files beside the output, renamed on `commit`.
 
     `output` is a directory (files `train.parquet`, `val.parquet`, or `train-00000-of-00003.parquet`
-    ... with shards) or, with a single split, a `.parquet` file path.
+    ... with shards) or, with a single split, a `.parquet` file path (`NAME-00000-of-0000N.parquet`
+    with shards). Unfinished shards live in a private scratch directory inside the output's
+    directory (`gymverl.files.scratch_dir`), so an interrupted run leaves nothing a later run keeps.
+    `protect` lists input files: no output may be one of them, and stale-output cleanup never
+    deletes them. A write error (disk full) is raised as one sentence naming the output.
     """
 
     def __init__(
@@ -241,19 +247,24 @@ class ParquetSink:
         shard_size: int | None = None,
         dry_run: bool = False,
         batch_rows: int = 1000,
+        protect: tuple[str | os.PathLike[str] | None, ...] = (),
     ) -> None:
         self.output = output
         self.schema = schema
         self.shard_size = shard_size
         self.dry_run = dry_run
         self.batch_rows = batch_rows
+        self.protect = protect
         self.single_file = output.suffix == ".parquet"
         self.dir = output.parent if self.single_file else output
         self.counts: Counter[str] = Counter()
+        self.warnings: list[str] = []
         self._buf: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
         self._shards: dict[str, list[Path]] = {s: [] for s in SPLITS}
         self._writer: dict[str, pq.ParquetWriter | None] = {s: None for s in SPLITS}
         self._in_shard: Counter[str] = Counter()
+        self._scratch = contextlib.ExitStack()
+        self._tmp_dir: Path | None = None
 
     def add(self, split: str, row: dict[str, Any]) -> None:
         """Queue one row for `split`; its `extra_info.split` and `.index` are set here."""
@@ -271,25 +282,32 @@ class ParquetSink:
         if len(buf) >= min(self.batch_rows, room):
             self._flush(split)
 
+    def _write_error(self, exc: OSError) -> GymverlError:
+        where = f"output {self.output}" if self.single_file else f"output directory {self.dir}"
+        return from_os_error(exc, where)
+
     def _flush(self, split: str) -> None:
         buf = self._buf[split]
         if not buf:
             return
         table = _to_table(buf, self.schema)
         buf.clear()
-        w = self._writer[split]
-        if w is None:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{split}-", suffix=".parquet.tmp", dir=self.dir)
-            os.close(fd)
-            self._shards[split].append(Path(tmp))
-            w = self._writer[split] = pq.ParquetWriter(tmp, self.schema, compression="zstd")
-        w.write_table(table)
-        self._in_shard[split] += table.num_rows
-        if self.shard_size and self._in_shard[split] >= self.shard_size:
-            w.close()
-            self._writer[split] = None
-            self._in_shard[split] = 0
+        try:
+            w = self._writer[split]
+            if w is None:
+                if self._tmp_dir is None:
+                    self._tmp_dir = self._scratch.enter_context(scratch_dir(self.dir, kind="parquet"))
+                tmp = new_temp_file(self._tmp_dir, prefix=f"{split}-", suffix=".parquet")
+                self._shards[split].append(tmp)
+                w = self._writer[split] = pq.ParquetWriter(tmp, self.schema, compression="zstd")
+            w.write_table(table)
+            self._in_shard[split] += table.num_rows
+            if self.shard_size and self._in_shard[split] >= self.shard_size:
+                self._writer[split] = None
+                w.close()
+                self._in_shard[split] = 0
+        except OSError as exc:
+            raise self._write_error(exc) from None
 
     def _final_names(self, split: str, n: int) -> list[Path]:
         if self.single_file:
@@ -301,56 +319,94 @@ class ParquetSink:
             return [self.dir / f"{split}-{i:05d}-of-{n:05d}.parquet" for i in range(n)]
         return [self.dir / f"{split}.parquet"]
 
-    def _stale(self, split: str) -> list[Path]:
-        """Earlier outputs of this split that the new files would not overwrite (old shard sets)."""
+    def planned_outputs(self) -> list[Path]:
+        """The unsharded output files this sink may write (for the up-front input/output check)."""
+        return [self.output] if self.single_file else [self.dir / f"{s}.parquet" for s in SPLITS]
+
+    def _stale(self, keep: set[str]) -> list[Path]:
+        """Earlier outputs that the new files do not overwrite (an old val.parquet, a longer old shard set).
+
+        Only files gymverl wrote are candidates: a regular file (not a symlink) named like one of our
+        outputs whose parquet columns are one of gymverl's schemas, and never an input of this run.
+        Same-named files that fail these checks are left in place with a warning.
+        """
         if not self.dir.is_dir():
             return []
-        stem = self.output.name[: -len(".parquet")] if self.single_file else split
-        pat = re.compile(rf"^{re.escape(stem)}(-\d{{5}}-of-\d{{5}})?\.parquet$")
-        return [p for p in self.dir.iterdir() if pat.match(p.name)]
+        stems = [self.output.name[: -len(".parquet")]] if self.single_file else list(SPLITS)
+        pat = re.compile(rf"^({'|'.join(map(re.escape, stems))})(-\d{{5}}-of-\d{{5}})?\.parquet$")
+        stale = []
+        for p in sorted(self.dir.iterdir()):
+            if not pat.match(p.name) or p.name in keep:
+                continue
+            if _is_gymverl_output(p) and not _is_one_of(p, self.protect):
+                stale.append(p)
+            else:
+                self.warnings.append(f"{p} looks like an earlier output but was not written by gymverl; it was left in place.")
+        return stale
 
     def commit(self) -> dict[str, list[str]]:
-        """Close every shard and move the temp files to their final names; returns split -> paths."""
+        """Close every shard and move the temp files to their final names; returns split -> paths.
+
+        Raises UsageError before renaming anything if a final name is one of `protect` (an input).
+        """
         files: dict[str, list[str]] = {}
         if self.dry_run:
             return files
+        try:
+            for split in SPLITS:
+                self._flush(split)
+                w = self._writer[split]
+                if w is not None:
+                    self._writer[split] = None
+                    w.close()
+        except OSError as exc:
+            raise self._write_error(exc) from None
+        moves = [(split, tmp, final) for split in SPLITS for tmp, final in zip(self._shards[split], self._final_names(split, len(self._shards[split])))]
+        check_outputs([final for _, _, final in moves], self.protect)
+        for split, tmp, final in moves:
+            commit_temp(tmp, final)
+            files.setdefault(split, []).append(str(final))
         for split in SPLITS:
-            self._flush(split)
-            if self._writer[split] is not None:
-                self._writer[split].close()  # type: ignore[union-attr]
-                self._writer[split] = None
-        wrote_any = any(self._shards[split] for split in SPLITS)
-        for split in SPLITS:
-            tmps = self._shards[split]
-            finals = self._final_names(split, len(tmps)) if tmps else []
-            if wrote_any:
-                # The directory must describe this run only: an old val.parquet or a longer old
-                # shard set would otherwise be picked up by a glob. (A run that keeps nothing
-                # leaves earlier outputs alone.)
-                keep = set(finals)
-                for old in self._stale(split):
-                    if old not in keep:
-                        old.unlink()
-            if not tmps:
-                continue
-            for tmp, final in zip(tmps, finals):
-                os.replace(tmp, final)
-            files[split] = [str(p) for p in finals]
             self._shards[split] = []
+        if moves:
+            # The directory must describe this run only: an old val.parquet or a longer old shard
+            # set would otherwise be picked up by a glob. Removed only after the new files are in
+            # place (a run that keeps nothing leaves earlier outputs alone).
+            remove_quietly(*self._stale({final.name for _, _, final in moves}))
+        self._scratch.close()
         return files
 
     def abort(self) -> None:
         """Remove every temp file (after an error or interrupt); existing outputs stay as they were."""
-        for split in SPLITS:
-            w = self._writer[split]
-            if w is not None:
-                with contextlib.suppress(Exception):
-                    w.close()
-                self._writer[split] = None
-            for tmp in self._shards[split]:
-                with contextlib.suppress(FileNotFoundError):
-                    tmp.unlink()
-            self._shards[split] = []
+        with shielded():
+            for split in SPLITS:
+                w, self._writer[split] = self._writer[split], None
+                if w is not None:
+                    with contextlib.suppress(Exception):
+                        w.close()
+                remove_quietly(*self._shards[split])
+                self._shards[split] = []
+            self._scratch.close()
+
+
+def _is_gymverl_output(path: Path) -> bool:
+    """True for a regular parquet file whose columns are those of one of gymverl's formats."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        names = set(pq.read_schema(path).names)
+    except Exception:  # noqa: BLE001 - not parquet (or unreadable): not ours
+        return False
+    return any(names == set(schema.names) for schema in SCHEMAS.values())
+
+
+def _is_one_of(path: Path, others: tuple[str | os.PathLike[str] | None, ...]) -> bool:
+    """True when `path` is the same file (path, symlink or hard link) as one of `others`."""
+    try:
+        check_outputs([path], others)
+    except UsageError:
+        return True
+    return False
 
 
 def _to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
@@ -501,6 +557,8 @@ def convert(
         raise ConvertError("with --val-fraction, --output must be a directory (train.parquet and val.parquet go into it).")
     if out.exists() and not out.is_dir() and out.suffix != ".parquet":
         raise ConvertError(f"{out}: exists and is not a directory.")
+    if out.suffix == ".parquet" and out.is_dir():
+        raise ConvertError(f"{out}: is a directory; give a directory without the .parquet suffix or a file path.")
     if opts.select.max_tokens is not None and not opts.tokenizer:
         raise ConvertError("--max-tokens needs --tokenizer (a local Hugging Face tokenizer directory).")
     kind = opts.input_kind if opts.input_kind != "auto" else detect_input_kind(src)
@@ -527,17 +585,30 @@ def convert(
         if bad:
             summary.warnings.append(f"{bad} lines of the tasks file {opts.tasks_path} are not JSON objects and were ignored.")
     rules = FieldRules(task_keys=task_keys, ground_truth_field=opts.ground_truth_field, keep_all=tasks_input)
+    inputs = (src, opts.tasks_path)
+    sink = ParquetSink(
+        out, SCHEMAS[opts.fmt], shard_size=opts.shard_size, dry_run=opts.dry_run, batch_rows=opts.batch_rows, protect=inputs
+    )
+    # No output may be an input (same path, symlink or hard link): refused before anything is written.
+    check_outputs([*([] if opts.dry_run else sink.planned_outputs()), opts.rejects_path], inputs)
     counter = TokenCounter(opts.tokenizer) if sel.max_tokens is not None and opts.tokenizer else None
-    sink = ParquetSink(out, SCHEMAS[opts.fmt], shard_size=opts.shard_size, dry_run=opts.dry_run, batch_rows=opts.batch_rows)
     summary.grouped = needs_grouping(opts.fmt, sel, tasks_input=tasks_input)
     total = None if src.suffix == ".gz" else src.stat().st_size
-    try:
-        with _fewer_gc_passes():
-            _run(opts, src, summary, rules, sink, counter, tasks_input, on_progress, total)
-        summary.files = sink.commit()
-    except BaseException:
-        sink.abort()
-        raise
+    if not opts.dry_run and not sink.single_file:
+        try:
+            out.mkdir(parents=True, exist_ok=True)  # the directory holds its own lock
+        except OSError as exc:
+            raise from_os_error(exc, str(out)) from None
+    # Held for the whole run: a second gymverl writing the same output (or rejects file) is refused.
+    with output_lock(None if opts.dry_run else out, opts.rejects_path):
+        try:
+            with _fewer_gc_passes():
+                _run(opts, src, summary, rules, sink, counter, tasks_input, on_progress, total)
+            summary.files = sink.commit()
+        except BaseException:
+            sink.abort()
+            raise
+    summary.warnings.extend(sink.warnings)
     summary.rows = Counter(sink.counts)
     summary.bytes_written = sum(os.path.getsize(p) for ps in summary.files.values() for p in ps)
     summary.seconds = time.perf_counter() - started
@@ -573,10 +644,13 @@ def _run(
             results = _parallel_results(ctx, src, handler, workers, on_progress, total)
         else:
             results = _local_results(ctx, src, handler, on_progress, total)
-        if summary.grouped:
-            _convert_grouped(ctx, results, total)
-        else:
-            _convert_streaming(ctx, results)
+        # closing: on an error or Ctrl-C/SIGTERM the worker pool is shut down here and now, not
+        # whenever the traceback that holds the generator is freed.
+        with contextlib.closing(results):
+            if summary.grouped:
+                _convert_grouped(ctx, results, total)
+            else:
+                _convert_streaming(ctx, results)
 
 
 @contextlib.contextmanager
@@ -832,6 +906,9 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(opts: ConvertOptions, rules: FieldRules, default_source: str, tasks_input: bool, handler: str) -> None:
+    # Ctrl-C reaches the whole process group: the parent stops the pool and cleans up; a worker
+    # that raised KeyboardInterrupt itself would only print a traceback and break the pool.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     counter = TokenCounter(opts.tokenizer) if opts.select.max_tokens is not None and opts.tokenizer else None
     _WORKER["ctx"] = _Ctx(opts, rules, default_source, tasks_input, None, None, None, counter)  # type: ignore[arg-type]
     _WORKER["handler"] = _pass1_result if handler == "pass1" else _stream_result
@@ -901,7 +978,8 @@ def _parallel_results(
 
 class _Partitions:
     """Per-partition files routed by a hash of the task key: small meta lines, and the raw input
-    line of every rollout still in the running (an empty line for the others, to keep slots aligned)."""
+    line of every rollout still in the running (an empty line for the others, to keep slots aligned).
+    A write error (disk full) is raised as one sentence naming the spill directory, not the output."""
 
     def __init__(self, root: Path, n: int) -> None:
         self.root = root
@@ -909,9 +987,13 @@ class _Partitions:
         self._recent: dict[str, int] = {}
         self._meta: list[IO[bytes]] = []
         self._data: list[IO[bytes]] = []
-        for i in range(n):
-            self._meta.append(open(root / f"{i}.meta", "wb", buffering=256 * 1024))
-            self._data.append(open(root / f"{i}.data", "wb", buffering=256 * 1024))
+        try:
+            for i in range(n):
+                self._meta.append(open(root / f"{i}.meta", "wb", buffering=256 * 1024))
+                self._data.append(open(root / f"{i}.data", "wb", buffering=256 * 1024))
+        except OSError as exc:
+            self.close(quiet=True)
+            raise _spill_error(exc, root) from None
 
     def index(self, key: str) -> int:
         if self.n == 1:
@@ -925,14 +1007,24 @@ class _Partitions:
             if len(self._recent) >= 4096:
                 self._recent.clear()
             i = self._recent[key] = self.index(key)
-        self._meta[i].write(orjson.dumps(meta, option=orjson.OPT_APPEND_NEWLINE))
-        data = self._data[i]
-        data.write(raw)
-        data.write(b"\n")
+        try:
+            self._meta[i].write(orjson.dumps(meta, option=orjson.OPT_APPEND_NEWLINE))
+            data = self._data[i]
+            data.write(raw)
+            data.write(b"\n")
+        except OSError as exc:
+            raise _spill_error(exc, self.root) from None
 
-    def close(self) -> None:
+    def close(self, *, quiet: bool = False) -> None:
+        """Close every file (all of them, even after a failure); the first write error is raised."""
+        first: OSError | None = None
         for f in self._meta + self._data:
-            f.close()
+            try:
+                f.close()
+            except OSError as exc:
+                first = first or exc
+        if first is not None and not quiet:
+            raise _spill_error(first, self.root) from None
 
     def paths(self, i: int) -> tuple[Path, Path]:
         return self.root / f"{i}.meta", self.root / f"{i}.data"
@@ -947,16 +1039,17 @@ def _convert_grouped(ctx: _Ctx, lines: Iterator[tuple[Any, ...]], total: int | N
     s = ctx.summary
     n_parts = 1 if not total else max(1, min(128, -(-total // ctx.opts.partition_bytes)))
     if ctx.opts.tmp_dir is not None:
-        tmp_parent: Path | None = Path(ctx.opts.tmp_dir)
+        tmp_parent = Path(ctx.opts.tmp_dir)
     elif not ctx.opts.dry_run:
         # Beside the output: the user sized that disk for this data; /tmp may be small.
         tmp_parent = ctx.sink.dir
     else:
-        tmp_parent = None
-    if tmp_parent is not None:
-        tmp_parent.mkdir(parents=True, exist_ok=True)
-    root = Path(tempfile.mkdtemp(prefix=".gymverl-spill-", dir=tmp_parent))
+        tmp_parent = Path(tempfile.gettempdir())
     try:
+        tmp_parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _spill_error(exc, tmp_parent) from None
+    with scratch_dir(tmp_parent, kind="spill") as root:
         parts = _Partitions(root, n_parts)
         try:
             for r in lines:
@@ -968,13 +1061,19 @@ def _convert_grouped(ctx: _Ctx, lines: Iterator[tuple[Any, ...]], total: int | N
                 s.valid += 1
                 _, key, meta, raw = r
                 parts.add(key, meta, raw)
-        finally:
-            parts.close()
+        except BaseException:
+            parts.close(quiet=True)  # the first error (or the interrupt) is what the user sees
+            raise
+        parts.close()
         s.tasks = 0
         for i in range(n_parts):
             _finish_partition(ctx, *parts.paths(i))
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+
+
+def _spill_error(exc: OSError, where: Path) -> GymverlError:
+    """A spill write failed: name the spill directory (not the output), and say how to move it."""
+    err = from_os_error(exc, f"temporary spill directory {where}")
+    return type(err)(f"{str(err).rstrip('.')}; free space there or choose another place with --tmp-dir.")
 
 
 def _finish_partition(ctx: _Ctx, meta_path: Path, data_path: Path) -> None:

@@ -22,11 +22,14 @@ import errno
 import fcntl
 import gzip
 import os
+import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import IO, Iterable, Iterator
 
 from gymverl.errors import RunError, UsageError
+from gymverl.proc import shielded as _shielded
 
 
 def is_gzip_name(path: str | os.PathLike[str]) -> bool:
@@ -55,6 +58,34 @@ def fsync_dir(directory: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+def new_temp_file(directory: str | os.PathLike[str], *, prefix: str, suffix: str = ".tmp") -> Path:
+    """Create an empty temp file in `directory` (made if missing) with the permissions a plain `open()` gives.
+
+    mkstemp alone would give 0600, which the final file would keep after the rename.
+    """
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=directory)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+    finally:
+        os.close(fd)
+    return Path(tmp)
+
+
+def commit_temp(tmp: str | os.PathLike[str], final: str | os.PathLike[str]) -> None:
+    """fsync the finished temp file `tmp`, rename it over `final` (same filesystem) and fsync the directory."""
+    _fsync_file(Path(tmp))
+    os.replace(tmp, final)
+    fsync_dir(Path(final).parent)
+
+
+def remove_quietly(*paths: str | os.PathLike[str]) -> None:
+    """Delete files that may already be gone (cleanup after an error or interrupt)."""
+    for p in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(p)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str], *, prefix: str | None = None) -> Iterator[Path]:
     """Yield a temp path beside `path`; on success it replaces `path` atomically, on error it is removed.
@@ -64,19 +95,13 @@ def atomic_path(path: str | os.PathLike[str], *, prefix: str | None = None) -> I
     Raises whatever writing raised; the final path is untouched then.
     """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=prefix or f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())
+    tmp_path = new_temp_file(final.parent, prefix=prefix or f".{final.name}.")
     try:
         yield tmp_path
-        _fsync_file(tmp_path)
-        os.replace(tmp_path, final)
-        fsync_dir(final.parent)
+        commit_temp(tmp_path, final)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()
+        with _shielded():
+            remove_quietly(tmp_path)
         raise
 
 
@@ -90,21 +115,36 @@ def _fsync_file(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike[str], *, compress: bool | None = None) -> Iterator[IO[bytes]]:
+def atomic_open(path: str | os.PathLike[str], *, compress: bool | None = None, buffering: int = -1) -> Iterator[IO[bytes]]:
     """Open a binary stream whose bytes become `path` atomically when the block ends without error.
 
-    `compress=None` gzips when the name ends in `.gz`; True/False force it. The stream is buffered;
-    errors while writing or closing (disk full) propagate and leave no file behind.
+    `compress=None` gzips when the name ends in `.gz`; True/False force it. `buffering` is passed to
+    `open()`. Errors while writing or closing (disk full) propagate and leave no file behind.
     """
     gz = is_gzip_name(path) if compress is None else compress
     with atomic_path(path) as tmp:
-        with open(tmp, "wb") as raw:
+        with open(tmp, "wb", buffering=buffering) as raw:
             if gz:
                 # mtime=0: the same rows give the same bytes (reproducible outputs).
                 with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as stream:
                     yield stream  # type: ignore[misc]
             else:
                 yield raw
+
+
+def open_append(path: str | os.PathLike[str], *, compress: bool | None = None) -> IO[bytes]:
+    """Open `path` for appending in place (resumable outputs), gzip by name like `atomic_open`.
+
+    A gzip file gets a new gzip member, which every gzip reader (gymverl's included) reads as one
+    stream; `flush()` on it makes every line written so far readable. Not atomic by design: the
+    caller flushes whole lines, so a crash loses at most the line in flight.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    gz = is_gzip_name(path) if compress is None else compress
+    if gz:
+        return gzip.open(final, "ab")  # type: ignore[return-value]
+    return open(final, "ab")
 
 
 def _identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:
@@ -148,7 +188,19 @@ def check_outputs(outputs: Iterable[str | os.PathLike[str] | None], inputs: Iter
 
 
 def _lock_path(output: Path) -> Path:
+    if output.is_dir():
+        # An output directory (to-parquet -o DIR) holds its own lock: DIR may be "." or a mount point.
+        return output / ".gymverl.lock"
     return output.parent / f".{output.name}.lock"
+
+
+def _leftover_temps(output: Path) -> list[Path]:
+    """Temp files `atomic_path` made for `output` (`.NAME.XXXXXXXX.tmp`): only a dead run leaves them."""
+    pat = re.compile(rf"^\.{re.escape(output.name)}\.[A-Za-z0-9_]{{8}}\.tmp$")
+    try:
+        return [p for p in output.parent.iterdir() if pat.match(p.name) and p.is_file() and not p.is_symlink()]
+    except OSError:
+        return []
 
 
 class OutputLock:
@@ -189,6 +241,10 @@ class OutputLock:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
+        if not self.output.is_dir():
+            # We hold the lock, so no live gymverl run is writing this output: a temp file of its
+            # name was left by a run that was killed (SIGKILL, power loss) and is removed now.
+            remove_quietly(*_leftover_temps(self.output))
         return self
 
     def release(self) -> None:
@@ -223,3 +279,58 @@ def output_lock(*outputs: str | os.PathLike[str] | None) -> Iterator[None]:
             if out is not None and str(out) != "-":
                 stack.enter_context(OutputLock(out))
         yield
+
+
+# ---- scratch directories -------------------------------------------------------------------------
+
+_SCRATCH_OWNER = ".owner"
+
+
+@contextlib.contextmanager
+def scratch_dir(parent: str | os.PathLike[str], *, kind: str = "tmp") -> Iterator[Path]:
+    """A private temp directory `.gymverl-KIND-XXXXXXXX` in `parent`, removed with everything in it on exit.
+
+    Used for to-parquet's spill partitions and unfinished parquet shards: a directory beside the
+    output is on the same filesystem, so finished files are renamed out of it. The directory holds a
+    `flock`ed owner file for as long as it lives; on entry, every `.gymverl-*` directory in `parent`
+    whose owner file is no longer locked (its run was killed with SIGKILL, or the machine died) is
+    removed, so leftovers never pile up. Directories without an owner file are never touched.
+    Removal ignores Ctrl-C/SIGTERM, so a second signal cannot cut it short.
+    """
+    base = Path(parent)
+    base.mkdir(parents=True, exist_ok=True)
+    _sweep_scratch(base)
+    root = Path(tempfile.mkdtemp(prefix=f".gymverl-{kind}-", dir=base))
+    fd = -1
+    try:
+        fd = os.open(root / _SCRATCH_OWNER, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # blocks only while a sweeper looks at it (never long)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield root
+    finally:
+        with _shielded():
+            shutil.rmtree(root, ignore_errors=True)
+            if fd >= 0:
+                os.close(fd)
+
+
+def _sweep_scratch(base: Path) -> None:
+    try:
+        candidates = [p for p in base.iterdir() if p.name.startswith(".gymverl-") and p.is_dir() and not p.is_symlink()]
+    except OSError:
+        return
+    for d in candidates:
+        try:
+            fd = os.open(d / _SCRATCH_OWNER, os.O_RDWR)
+        except OSError:
+            continue  # not ours, or its owner has not created the file yet
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # its run is alive
+            # An empty owner file: the owner has created it but not locked it yet (it blocks on us).
+            if _read_pid(fd) is not None:
+                shutil.rmtree(d, ignore_errors=True)
+        finally:
+            os.close(fd)

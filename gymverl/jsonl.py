@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import IO, Any, Iterator
 
 import orjson
-from gymverl.errors import UsageError
-from gymverl.files import atomic_path
+from gymverl.errors import UsageError, from_os_error
+from gymverl.files import atomic_open, open_append
 
 DEFAULT_MAX_LINE_BYTES = 16_000_000  # 16 MB: far above any real rollout, far below what would hurt
 # How much of a rejected line is copied into the rejects file; enough to find and fix it.
@@ -275,51 +275,73 @@ def _dumps_deep(obj: Any, sort_keys: bool) -> bytes:
 
 
 class JsonlWriter:
-    """Write JSON lines to a temp file that becomes `path` only when closed without error."""
+    """Write JSON lines to a temp file that becomes `path` only when closed without error.
+
+    A name ending in `.gz` is written gzip-compressed (also when appending). Any `OSError` while
+    writing (disk full, file-size limit) is raised as one sentence naming `path` (`from_os_error`:
+    exit 1 for out-of-space, else 2). Locking and the input/output check are the caller's
+    (`gymverl.files.output_lock`, `check_outputs`): they cover a whole run, not one file object.
+    """
 
     def __init__(self, path: str | os.PathLike[str], *, append: bool = False) -> None:
         self.path = Path(path)
         self.count = 0
         self._append = append
-        self._ctx: contextlib.AbstractContextManager[Path] | None = None
+        self._ctx: contextlib.AbstractContextManager[IO[bytes]] | None = None
         self._f: IO[bytes] | None = None
 
     def __enter__(self) -> "JsonlWriter":
-        if self._append:
-            # Appending (resume) writes in place: every line is flushed whole, so a crash loses
-            # at most the line in flight, which resume logic re-does.
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._f = open(self.path, "ab")
-        else:
-            self._ctx = atomic_path(self.path)
-            tmp = self._ctx.__enter__()
-            self._f = open(tmp, "wb", buffering=_CHUNK)
+        try:
+            if self._append:
+                # Appending (resume) writes in place: every line is flushed whole, so a crash loses
+                # at most the line in flight, which resume logic re-does.
+                self._f = open_append(self.path)
+            else:
+                self._ctx = atomic_open(self.path, buffering=_CHUNK)
+                self._f = self._ctx.__enter__()
+        except OSError as exc:
+            raise from_os_error(exc, str(self.path)) from None
         return self
 
     def write(self, obj: Any) -> None:
         """Append one record as a JSON line."""
-        assert self._f is not None
-        self._f.write(dumps(obj) + b"\n")
-        self.count += 1
+        self.write_raw(dumps(obj))
 
     def write_raw(self, line: bytes) -> None:
         """Append an already-serialized JSON line (no newline)."""
         assert self._f is not None
-        self._f.write(line + b"\n")
+        try:
+            self._f.write(line + b"\n")
+        except OSError as exc:
+            raise from_os_error(exc, str(self.path)) from None
         self.count += 1
 
     def flush(self) -> None:
         """Flush buffered lines to the OS (used by resumable writers)."""
         assert self._f is not None
-        self._f.flush()
+        try:
+            self._f.flush()
+        except OSError as exc:
+            raise from_os_error(exc, str(self.path)) from None
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         assert self._f is not None
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self._f.close()
-        if self._ctx is not None:
-            self._ctx.__exit__(exc_type, exc, tb)
+        f, self._f = self._f, None
+        try:
+            if self._ctx is not None:
+                # atomic_open closes, fsyncs and renames (or removes the temp file on error).
+                self._ctx.__exit__(exc_type, exc, tb)
+            else:
+                try:
+                    f.flush()
+                    if exc_type is None:
+                        os.fsync(f.fileno())  # a GzipFile's fileno() is its file's
+                finally:
+                    f.close()
+        except OSError as err:
+            if exc_type is not None:
+                raise  # already failing: keep the first error
+            raise from_os_error(err, str(self.path)) from None
 
 
 class RejectsWriter:

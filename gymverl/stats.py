@@ -640,13 +640,19 @@ def short_task_label(key: str, width: int = 18) -> str:
 
 
 def plot_stats(stats: RolloutStats, out: str | os.PathLike[str], against: RolloutStats | None = None) -> None:
-    """Write a PNG: reward histogram and pass rate per task (sorted); `against` is drawn as 'before'."""
+    """Write a PNG: reward histogram and pass rate per task (sorted); `against` is drawn as 'before'.
+
+    The file is written atomically and locked while written (`gymverl.files`); `out` must not be
+    either rollout file (UsageError, exit 2). ImportError when matplotlib is missing.
+    """
+    from gymverl.errors import from_os_error
+    from gymverl.files import atomic_path, check_outputs, output_lock
+
+    check_outputs([out], [stats.path, against.path if against is not None else None])
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from gymverl.files import atomic_path
 
     runs: list[tuple[RolloutStats, str | None]] = [(against, "before"), (stats, "after")] if against else [(stats, None)]
     colors = ["#9aa5b1", "#2f6fb0"] if len(runs) == 2 else ["#2f6fb0"]
@@ -707,9 +713,13 @@ def plot_stats(stats: RolloutStats, out: str | os.PathLike[str], against: Rollou
         title = f"before: {os.path.basename(str(against.path))}   after: {title}"
     fig.suptitle(title)
     fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    try:
+        with output_lock(out), atomic_path(out) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+    except OSError as exc:  # name the plot, not its temp file
+        raise from_os_error(exc, str(out)) from None
+    finally:
+        plt.close(fig)
 
 
 __all__ = [

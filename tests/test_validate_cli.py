@@ -183,9 +183,18 @@ def test_gzip_input_and_corrupt_gzip(tmp_path):
     assert "Traceback" not in r.output
 
 
-def test_rejects_file_cannot_be_the_input(tmp_path):
+@pytest.mark.parametrize("link", ["same", "symlink", "hardlink"])
+def test_rejects_file_cannot_be_the_input(tmp_path, link):
+    # The one wording every command uses for an output that is an input (gymverl.files.check_outputs).
     src = write(tmp_path, GOOD + b"\n[1]\n")
-    r = invoke(src, "--rejects", src)
+    rejects = src if link == "same" else tmp_path / "rej.jsonl"
+    if link == "symlink":
+        rejects.symlink_to(src)
+    elif link == "hardlink":
+        rejects.hardlink_to(src)
+    r = invoke(src, "--rejects", rejects)
     assert r.exit_code == 2
-    assert r.stderr.strip() == f"error: {src}: the rejects file cannot be the input file."
+    assert r.stderr.startswith(f"error: output {rejects} ")
+    assert f"the input {src}; choose another output path" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
     assert src.read_bytes() == GOOD + b"\n[1]\n"  # untouched
