@@ -14,6 +14,13 @@ Every input line ends up in exactly one bucket of the summary: a row, a selectio
 rejection with its line number and reason. Rows are built after selection, so a rollout that a
 rule removes is counted under that rule even if it could not have been converted; rollouts that
 are kept but cannot become a row (e.g. no assistant turn) are rejections.
+
+Outputs follow `gymverl.files`: no output (parquet, rejects) may be an input (UsageError before
+anything is written); each is locked for the run; parquet is renamed into place only when the
+whole run succeeded, with the umask's permissions; the spill and unfinished shards live in private
+scratch directories that are removed on any error, Ctrl-C or SIGTERM (worker processes included),
+and that a later run sweeps if a run was SIGKILLed. A full disk or file-size limit is a `RunError`
+(exit 1) naming the spill directory or the output, whichever filled up.
 """
 
 from __future__ import annotations
@@ -57,7 +64,7 @@ from gymverl.select import (
     split_of,
     task_status,
 )
-from gymverl.errors import GymverlError, Interrupted, UsageError, from_os_error
+from gymverl.errors import GymverlError, UsageError, from_os_error
 from gymverl.files import check_outputs, commit_temp, new_temp_file, output_lock, remove_quietly, scratch_dir
 from gymverl.proc import shielded
 
@@ -319,9 +326,10 @@ class ParquetSink:
             return [self.dir / f"{split}-{i:05d}-of-{n:05d}.parquet" for i in range(n)]
         return [self.dir / f"{split}.parquet"]
 
-    def planned_outputs(self) -> list[Path]:
-        """The unsharded output files this sink may write (for the up-front input/output check)."""
-        return [self.output] if self.single_file else [self.dir / f"{s}.parquet" for s in SPLITS]
+    def planned_outputs(self, splits: tuple[str, ...] = SPLITS) -> list[Path]:
+        """The unsharded output files of `splits` (for the up-front input/output check; `commit`
+        checks the final names, shards included, again before renaming anything)."""
+        return [self.output] if self.single_file else [self.dir / f"{s}.parquet" for s in splits]
 
     def _stale(self, keep: set[str]) -> list[Path]:
         """Earlier outputs that the new files do not overwrite (an old val.parquet, a longer old shard set).
@@ -590,24 +598,32 @@ def convert(
         out, SCHEMAS[opts.fmt], shard_size=opts.shard_size, dry_run=opts.dry_run, batch_rows=opts.batch_rows, protect=inputs
     )
     # No output may be an input (same path, symlink or hard link): refused before anything is written.
-    check_outputs([*([] if opts.dry_run else sink.planned_outputs()), opts.rejects_path], inputs)
+    splits = SPLITS if sel.val_fraction > 0 else ("train",)
+    check_outputs([*([] if opts.dry_run else sink.planned_outputs(splits)), opts.rejects_path], inputs)
     counter = TokenCounter(opts.tokenizer) if sel.max_tokens is not None and opts.tokenizer else None
     summary.grouped = needs_grouping(opts.fmt, sel, tasks_input=tasks_input)
     total = None if src.suffix == ".gz" else src.stat().st_size
-    if not opts.dry_run and not sink.single_file:
+    made_dir = not opts.dry_run and not sink.single_file and not out.is_dir()
+    if made_dir:
         try:
             out.mkdir(parents=True, exist_ok=True)  # the directory holds its own lock
         except OSError as exc:
             raise from_os_error(exc, str(out)) from None
-    # Held for the whole run: a second gymverl writing the same output (or rejects file) is refused.
-    with output_lock(None if opts.dry_run else out, opts.rejects_path):
-        try:
-            with _fewer_gc_passes():
-                _run(opts, src, summary, rules, sink, counter, tasks_input, on_progress, total)
-            summary.files = sink.commit()
-        except BaseException:
-            sink.abort()
-            raise
+    try:
+        # Held for the whole run: a second gymverl writing the same output (or rejects file) is refused.
+        with output_lock(None if opts.dry_run else out, opts.rejects_path):
+            try:
+                with _fewer_gc_passes():
+                    _run(opts, src, summary, rules, sink, counter, tasks_input, on_progress, total)
+                summary.files = sink.commit()
+            except BaseException:
+                sink.abort()
+                raise
+    except BaseException:
+        if made_dir:  # a failed run leaves no trace, not even the empty directory it made
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
     summary.warnings.extend(sink.warnings)
     summary.rows = Counter(sink.counts)
     summary.bytes_written = sum(os.path.getsize(p) for ps in summary.files.values() for p in ps)
@@ -1072,6 +1088,8 @@ def _convert_grouped(ctx: _Ctx, lines: Iterator[tuple[Any, ...]], total: int | N
 
 def _spill_error(exc: OSError, where: Path) -> GymverlError:
     """A spill write failed: name the spill directory (not the output), and say how to move it."""
+    if where.name.startswith(".gymverl-"):
+        where = where.parent  # the private scratch directory is gone by the time the user reads this
     err = from_os_error(exc, f"temporary spill directory {where}")
     return type(err)(f"{str(err).rstrip('.')}; free space there or choose another place with --tmp-dir.")
 

@@ -12,7 +12,12 @@ The guarantees (stated once, in the README too):
   as an input of the same command: the same path, a symlink to it, or a hard link (same inode).
 - **Locked.** `output_lock` holds an advisory `flock` on a sidecar `.NAME.lock` beside the output for
   the whole run, so two processes can never write the same output at once; the second one is told
-  the first one's PID. The sidecar is removed on release.
+  the first one's PID. The sidecar is removed on release. (An output directory holds its lock
+  inside: `DIR/.gymverl.lock`.) Holding the lock, a run removes the temp files of that output
+  left by a killed run.
+- **No leftovers.** Work files (to-parquet's spill, unfinished parquet shards) live in a
+  `scratch_dir` that is removed on any exit; one left by a SIGKILLed run is removed by the next
+  run that makes a scratch directory in the same place.
 """
 
 from __future__ import annotations

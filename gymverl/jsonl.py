@@ -340,12 +340,14 @@ class JsonlWriter:
                     f.close()
         except OSError as err:
             if exc_type is not None:
-                raise  # already failing: keep the first error
+                # Already failing (often the same full disk, hit again by the final flush): the
+                # temp file is gone either way, and the first error is the one to report.
+                return
             raise from_os_error(err, str(self.path)) from None
 
 
 class RejectsWriter:
-    """Record every unusable input line as `{line, code, reason, raw}` in a JSONL file (atomic)."""
+    """Record every unusable input line as `{line, code, reason, raw}` in a JSONL file (atomic; gzip when named .gz)."""
 
     def __init__(self, path: str | os.PathLike[str] | None) -> None:
         self._writer = JsonlWriter(path) if path else None

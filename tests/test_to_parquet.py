@@ -307,3 +307,69 @@ def test_worker_processes_give_the_same_result(tmp_path: Path, fmt: str, sel: di
         out[workers] = (d, _rows(tmp_path / f"w{workers}"), sorted(map(json.dumps, _records(rej))))
     assert out[1] == out[2]
     assert out[1][0]["rejected"] >= 3 and out[1][1]
+
+
+# ---- single-file output and stale-output cleanup (issue 10) ------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["sft", "rl", "dpo"])
+def test_single_file_output(tmp_path: Path, fmt: str) -> None:
+    # Before: commit() renamed the temp file to out.parquet, then deleted it as a "stale" val file: exit 2.
+    out = tmp_path / "out.parquet"
+    out.write_bytes(b"an older out.parquet")
+    res = runner.invoke(app, ["to-parquet", str(ROLLOUTS), "-o", str(out), "-f", fmt, "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["files"] == {"train": [str(out)]}
+    assert pq.read_metadata(out).num_rows == summary["rows"]["train"] > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.parquet"]  # no temp, lock or scratch left
+
+
+def test_single_file_shards_replace_only_their_own_earlier_files(tmp_path: Path) -> None:
+    out = tmp_path / "out.parquet"
+    s = convert(ROLLOUTS, out, ConvertOptions(shard_size=5))
+    assert s.files["train"] == [str(tmp_path / f"out-{i:05d}-of-00004.parquet") for i in range(4)]
+    # Files named like outputs that gymverl did not write stay: a user's note, and an input file.
+    (tmp_path / "out-00009-of-00010.parquet").write_text("my notes, not parquet")
+    data = tmp_path / "val.parquet"
+    data.write_bytes(ROLLOUTS.read_bytes())
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "val.parquet").hardlink_to(data)
+    s = convert(ROLLOUTS, out, ConvertOptions())
+    assert s.files["train"] == [str(out)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "out-00009-of-00010.parquet", "out.parquet", "val.parquet"]
+    assert any("out-00009-of-00010.parquet" in w and "not written by gymverl" in w for w in s.warnings)
+    # The stale-split cleanup of a directory never deletes an input (here a hard link of it).
+    s = convert(d / "val.parquet", d, ConvertOptions())
+    assert sorted(p.name for p in d.iterdir()) == ["train.parquet", "val.parquet"]
+    assert (d / "val.parquet").read_bytes() == ROLLOUTS.read_bytes()
+
+
+def test_failed_single_file_run_keeps_the_existing_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out.parquet"
+    convert(ROLLOUTS, out, ConvertOptions())
+    before = out.read_bytes()
+    import gymverl.convert as conv
+
+    def boom(*a: Any, **k: Any) -> Any:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(conv.sft_fmt, "sft_row", boom)
+    with pytest.raises(RuntimeError):
+        convert(ROLLOUTS, out, ConvertOptions(batch_rows=1))
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.parquet"]
+
+
+def test_single_file_case_from_the_issue(tmp_path: Path) -> None:
+    from conftest import SHARED
+
+    case = SHARED / "cases" / "single-file-parquet-output"
+    if not case.is_dir():
+        pytest.skip(f"shared case {case} not present")
+    for fmt in ("sft", "rl", "dpo"):
+        out = tmp_path / f"{fmt}.parquet"
+        res = runner.invoke(app, ["to-parquet", str(case / "rollouts.jsonl"), "-o", str(out), "-f", fmt])
+        assert res.exit_code == 0, res.output
+        assert pq.read_metadata(out).num_rows > 0
