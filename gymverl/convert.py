@@ -64,7 +64,7 @@ from gymverl.select import (
     split_of,
     task_status,
 )
-from gymverl.errors import GymverlError, UsageError, from_os_error
+from gymverl.errors import GymverlError, RunError, UsageError, from_os_error
 from gymverl.files import check_outputs, commit_temp, new_temp_file, output_lock, remove_quietly, scratch_dir
 from gymverl.proc import shielded
 
@@ -371,16 +371,18 @@ class ParquetSink:
             raise self._write_error(exc) from None
         moves = [(split, tmp, final) for split in SPLITS for tmp, final in zip(self._shards[split], self._final_names(split, len(self._shards[split])))]
         check_outputs([final for _, _, final in moves], self.protect)
-        for split, tmp, final in moves:
-            commit_temp(tmp, final)
-            files.setdefault(split, []).append(str(final))
-        for split in SPLITS:
-            self._shards[split] = []
-        if moves:
-            # The directory must describe this run only: an old val.parquet or a longer old shard
-            # set would otherwise be picked up by a glob. Removed only after the new files are in
-            # place (a run that keeps nothing leaves earlier outputs alone).
-            remove_quietly(*self._stale({final.name for _, _, final in moves}))
+        # A few renames: a signal now must not leave half of the new shard set beside half of the old.
+        with shielded():
+            for split, tmp, final in moves:
+                commit_temp(tmp, final)
+                files.setdefault(split, []).append(str(final))
+            for split in SPLITS:
+                self._shards[split] = []
+            if moves:
+                # The directory must describe this run only: an old val.parquet or a longer old shard
+                # set would otherwise be picked up by a glob. Removed only after the new files are in
+                # place (a run that keeps nothing leaves earlier outputs alone).
+                remove_quietly(*self._stale({final.name for _, _, final in moves}))
         self._scratch.close()
         return files
 
@@ -1091,7 +1093,9 @@ def _spill_error(exc: OSError, where: Path) -> GymverlError:
     if where.name.startswith(".gymverl-"):
         where = where.parent  # the private scratch directory is gone by the time the user reads this
     err = from_os_error(exc, f"temporary spill directory {where}")
-    return type(err)(f"{str(err).rstrip('.')}; free space there or choose another place with --tmp-dir.")
+    if not isinstance(err, RunError):
+        return err
+    return RunError(f"{str(err).rstrip('.')}; free space there or choose another place with --tmp-dir.")
 
 
 def _finish_partition(ctx: _Ctx, meta_path: Path, data_path: Path) -> None:
