@@ -474,3 +474,34 @@ def test_file_size_limit_exits_1_and_leaves_nothing(tmp_path: Path, random_input
     where = f"temporary spill directory {tmp_path / 'spill'}" if grouped else f"output directory {out}"
     assert r.stderr.strip().startswith(f"error: {where}: {reason}"), r.stderr
     assert not out.exists() and _tree(tmp_path / "spill") == []
+
+
+def test_two_real_runs_on_one_output(tmp_path: Path, big_input: Path) -> None:
+    out = tmp_path / "o"
+    first = _popen("to-parquet", big_input, "-o", out, "--best-of-n", "1")
+    try:
+        _wait_for(lambda: any(p.name.startswith(".gymverl-spill-") for p in out.glob(".*")), first)
+        second = _cli("to-parquet", big_input, "-o", out)
+        assert second.returncode == 1
+        assert second.stderr.strip() == (
+            f"error: {out} is being written by process {first.pid} (another gymverl run); wait for it to finish or choose another output."
+        )
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=120)
+    assert first.returncode == 130 and not out.exists()
+
+
+def test_a_later_run_removes_what_a_killed_run_left(tmp_path: Path, big_input: Path) -> None:
+    # SIGKILL cannot be cleaned up after; the next run into the same place removes the leftovers.
+    out = tmp_path / "o"
+    proc = _popen("to-parquet", big_input, "-o", out, "--best-of-n", "1", "--rejects", tmp_path / "rej.jsonl")
+    _wait_for(lambda: any(p.name.startswith(".gymverl-spill-") for p in out.glob(".*")), proc)
+    proc.kill()
+    proc.communicate(timeout=60)
+    left = [p.name for p in out.iterdir()] + [p.name for p in tmp_path.glob(".rej.jsonl.*.tmp")]
+    assert any(n.startswith(".gymverl-spill-") for n in left) and any(n.endswith(".tmp") for n in left), left
+    r = _cli("to-parquet", ROLLOUTS, "-o", out, "--best-of-n", "1", "--rejects", tmp_path / "rej.jsonl")
+    assert r.returncode == 0, r.stderr
+    assert _tree(out) == ["train.parquet"]
+    assert not list(tmp_path.glob(".rej.jsonl.*"))
