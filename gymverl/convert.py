@@ -621,11 +621,11 @@ def convert(
             except BaseException:
                 sink.abort()
                 raise
-    except BaseException:
-        if made_dir:  # a failed run leaves no trace, not even the empty directory it made
+    finally:
+        if made_dir and not summary.files:
+            # A failed run, or one that kept no row, leaves no trace: not even the directory it made.
             with contextlib.suppress(OSError):
                 out.rmdir()
-        raise
     summary.warnings.extend(sink.warnings)
     summary.rows = Counter(sink.counts)
     summary.bytes_written = sum(os.path.getsize(p) for ps in summary.files.values() for p in ps)
