@@ -23,8 +23,9 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from gymverl.records import agent_name
 from gymverl.errors import UsageError
+from gymverl.jsonl import dumps
+from gymverl.records import agent_name
 
 DEFAULT_CONCURRENCY = 32  # a NeMo Gym resources server (one uvicorn worker) saturates well below this
 DEFAULT_TIMEOUT = 60.0
@@ -223,7 +224,10 @@ class VerifyClient:
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
                 headers={"Content-Type": "application/json"},
                 skip_auto_headers=("User-Agent",),
-                auto_decompress=False,
+                # aiohttp asks for gzip/deflate on every request (Accept-Encoding), so it must also
+                # decode such answers (a compressing proxy, FastAPI's GZipMiddleware); an
+                # uncompressed answer costs nothing extra.
+                auto_decompress=True,
             )
             self._sem = asyncio.Semaphore(self.concurrency)
             self._loop = asyncio.get_running_loop()
@@ -292,7 +296,8 @@ class VerifyClient:
         if not candidates:
             names = ", ".join(sorted(self.routes)) or "(none)"
             return VerifyResult(False, reason="no_server", error=f"no --server for agent {agent!r} (routes: {names})")
-        data = body if isinstance(body, bytes) else orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY)
+        # jsonl.dumps: orjson, but a row nested deeper than orjson writes (254 levels) still goes.
+        data = body if isinstance(body, bytes) else dumps(body)
         start = time.monotonic()
         last: _Retryable | None = None
         server: _Server | None = None

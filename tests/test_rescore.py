@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 from conftest import REPO, SAMPLE_DATA
 from fake_verify_server import FakeServer, fake_reward
 from gymverl.cli import app
+from gymverl.errors import UsageError
 from gymverl.rescore import (
     RescoreError,
     RescoreSummary,
@@ -217,9 +218,12 @@ def test_resume_refuses_a_different_input_or_a_missing_checkpoint(tmp_path: Path
         state_path(out).unlink()
         with pytest.raises(RescoreError, match="no rescore checkpoint"):
             rescore_file(inp, out, [srv.url], resume=True)
-        rescore_file(inp, out, [srv.url], limit=3)
+        # Without its checkpoint the output is not known to be a rescore run: never replaced unasked.
+        with pytest.raises(RescoreError, match="not from a gymverl rescore run; choose another path, or pass --overwrite"):
+            rescore_file(inp, out, [srv.url], limit=3)
+        rescore_file(inp, out, [srv.url], limit=3, overwrite=True)
         assert rescore_file(inp, out, [srv.url], overwrite=True).complete
-    with pytest.raises(RescoreError, match="must differ"):
+    with pytest.raises(UsageError, match="is the input"):
         rescore_file(inp, inp, ["http://127.0.0.1:9"])
 
 
@@ -339,7 +343,7 @@ def test_cli_usage_errors_are_one_sentence(tmp_path: Path) -> None:
         (["rescore", str(inp), "-o", str(tmp_path / "o.jsonl")], "give at least one --server"),
         (["rescore", str(inp), "-o", str(tmp_path / "o.jsonl"), "-s", "localhost:1"], "must start with http"),
         (["rescore", str(tmp_path / "nope.jsonl"), "-o", str(tmp_path / "o.jsonl"), "-s", "http://127.0.0.1:9"], "no such file"),
-        (["rescore", str(inp), "-o", str(inp), "-s", "http://127.0.0.1:9"], "must differ"),
+        (["rescore", str(inp), "-o", str(inp), "-s", "http://127.0.0.1:9"], "is the input"),
     ]
     for args, msg in cases:
         res = runner.invoke(app, args, env={"GYMVERL_VERIFY_URL": ""})
