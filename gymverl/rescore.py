@@ -66,9 +66,12 @@ def prompt_key(record: Mapping[str, Any]) -> str:
             norm.append([item.get("role"), content_text(item.get("content"))])
         else:
             norm.append(item)
-    tools = sorted(t.get("name", "") for t in rcp.get("tools") or [] if isinstance(t, dict))
+    # A tool's name is a string in any real file, but validate accepts any JSON there (a number
+    # must not crash the join): non-strings are keyed by their JSON text.
+    tools = sorted(n if isinstance(n := t.get("name", ""), str) else dumps(n).decode() for t in rcp.get("tools") or [] if isinstance(t, dict))
     key = [norm, tools, rcp.get("instructions") or None]
-    return hashlib.sha1(orjson.dumps(key, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+    # jsonl.dumps: a prompt nested deeper than orjson writes (254 levels) is still keyed.
+    return hashlib.sha1(dumps(key, sort_keys=True)).hexdigest()[:16]
 
 
 class TaskIndex:
