@@ -120,6 +120,12 @@ def build_request(record: Mapping[str, Any], extra: Mapping[str, Any] | None = N
     return body
 
 
+def encode_body(body: Mapping[str, Any]) -> bytes:
+    """The JSON bytes POSTed for a /verify body (orjson; rows nested deeper than the 254 levels
+    orjson writes go through the standard library, so any row validate accepts can be sent)."""
+    return dumps(body)
+
+
 def describe_error_body(data: bytes) -> str:
     """Short text for an error response: FastAPI `detail` entries as `loc: msg`, else the body."""
     try:
@@ -296,8 +302,7 @@ class VerifyClient:
         if not candidates:
             names = ", ".join(sorted(self.routes)) or "(none)"
             return VerifyResult(False, reason="no_server", error=f"no --server for agent {agent!r} (routes: {names})")
-        # jsonl.dumps: orjson, but a row nested deeper than orjson writes (254 levels) still goes.
-        data = body if isinstance(body, bytes) else dumps(body)
+        data = body if isinstance(body, bytes) else encode_body(body)
         start = time.monotonic()
         last: _Retryable | None = None
         server: _Server | None = None
@@ -402,6 +407,7 @@ __all__ = [
     "build_request",
     "clean_params",
     "describe_error_body",
+    "encode_body",
     "fetch_request_fields",
     "normalize_url",
     "parse_servers",
