@@ -599,6 +599,9 @@ class _Run:
         self.next_write = done + 1
         loop = asyncio.get_running_loop()
         signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        # Restored afterwards: asyncio's remove_signal_handler would leave SIGTERM/SIGHUP at their
+        # defaults, dropping the CLI's "stop like Ctrl-C" handlers (gymverl.proc).
+        previous = {sig: signal.getsignal(sig) for sig in signals} if self.handle_signals else {}
         if self.handle_signals:
             for sig in signals:
                 loop.add_signal_handler(sig, self._interrupt, sig)
@@ -632,6 +635,8 @@ class _Run:
             if self.handle_signals:
                 for sig in signals:
                     loop.remove_signal_handler(sig)
+                    if previous[sig] is not None:
+                        signal.signal(sig, previous[sig])
             await self.client.close()
         self.summary.seconds = time.monotonic() - start
         self.summary.servers = self.client.server_stats()
