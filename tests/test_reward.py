@@ -138,7 +138,13 @@ def test_one_pool_per_event_loop_reused_across_calls_and_bounded() -> None:
 
 def test_scores_through_a_server_that_gzips_its_answers() -> None:
     with FakeServer("--compress", "gzip") as srv:
-        out = asyncio.run(compute_score("xlam", "hi", "", extra_info(), server=srv.url, retries=0))
+        async def go() -> dict[str, Any]:
+            try:
+                return await compute_score("xlam", "hi", "", extra_info(), server=srv.url, retries=0)
+            finally:
+                await get_client(server=srv.url, retries=0).close()  # no pool left open at exit
+
+        out = asyncio.run(go())
     assert 0.1 <= out["score"] <= 0.9 and out["verify_failed"] == 0.0 and out["verify_attempts"] == 1
 
 
