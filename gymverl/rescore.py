@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import hashlib
 import os
 import re
@@ -29,7 +30,7 @@ from typing import Any, Callable, Mapping
 import orjson
 
 from gymverl.errors import RunError, UsageError, from_os_error
-from gymverl.files import ResumableFile, atomic_open, check_outputs, output_lock
+from gymverl.files import ResumableFile, atomic_open, check_outputs, is_gzip_name, output_lock
 from gymverl.jsonl import RAW_KEEP_BYTES, check_input_path, dumps, iter_lines
 from gymverl.records import (
     agent_name,
@@ -341,6 +342,11 @@ def input_fingerprint(path: Path) -> dict[str, Any]:
     return {"path": str(path.resolve()), "size": path.stat().st_size, "head_sha1": hashlib.sha1(head).hexdigest()}
 
 
+def _open_output(path: Path) -> Any:
+    """Read back one of rescore's own outputs (gzip when named `.gz`, as it was written)."""
+    return gzip.open(path, "rb") if is_gzip_name(path) else open(path, "rb")
+
+
 def _write_state(path: Path, state: dict[str, Any]) -> None:
     # Atomic (temp beside it, fsync, rename): a crash leaves the previous checkpoint or this one.
     with atomic_open(path, compress=False) as f:
@@ -480,29 +486,25 @@ class _Run:
         if not state.get("complete"):
             raise RescoreError(f"{self.output} holds an unfinished run; finish it with --resume before --retry-failed.")
         if self.failures_path.exists():
-            with open(self.failures_path, "rb") as f:
+            with _open_output(self.failures_path) as f:
                 for raw in f:
                     if raw.strip():
                         rec = orjson.loads(raw)
                         if rec.get("kind") == "verify":
                             self._retry_lines.add(int(rec["line"]))
 
-    def _replay(self, out_bytes: int, fail_bytes: int) -> None:
-        """Rebuild the summary of lines done by earlier runs from the output and failures files."""
+    def _replay(self) -> None:
+        """Rebuild the summary of lines done by earlier runs from the output and failures files
+        (already cut back to the checkpoint, so all they hold is done)."""
         s = self.summary
-        for path, size, add in (
-            (self.output, out_bytes, lambda r: s.add_ok(task_key(r), r.get("reward_before"), float(r["reward"]))),
-            (self.failures_path, fail_bytes, s.add_failure),
+        for path, add in (
+            (self.output, lambda r: s.add_ok(task_key(r), r.get("reward_before"), float(r["reward"]))),
+            (self.failures_path, s.add_failure),
         ):
-            if not size:
+            if not path.exists() or path.stat().st_size == 0:
                 continue
-            with open(path, "rb") as f:
-                left = size
-                while left > 0:
-                    raw = f.readline(left)
-                    if not raw:
-                        break
-                    left -= len(raw)
+            with _open_output(path) as f:
+                for raw in f:
                     if raw.strip():
                         add(orjson.loads(raw))
 
@@ -589,12 +591,10 @@ class _Run:
             fail_path = self.failures_path.with_name(f".{self.failures_path.name}.retry.tmp")
             for path in (out_path, fail_path):
                 path.unlink(missing_ok=True)
-            self._old = (open(self.output, "rb"), open(self.failures_path, "rb") if self.failures_path.exists() else None)
+            self._old = (_open_output(self.output), _open_output(self.failures_path) if self.failures_path.exists() else None)
         else:
             done, out_bytes, fail_bytes = self._prepare_files()
             self.summary.resumed_from = done
-            if done:
-                self._replay(out_bytes, fail_bytes)
         self._durable = (out_bytes, fail_bytes)
         self.next_write = done + 1
         loop = asyncio.get_running_loop()
@@ -608,8 +608,10 @@ class _Run:
         try:
             try:
                 # Opening cuts each file back to the checkpoint: anything written after it is dropped.
-                self._out = ResumableFile(out_path, out_bytes)
-                self._fails = ResumableFile(fail_path, fail_bytes)
+                self._out = ResumableFile(out_path, out_bytes, compress=is_gzip_name(self.output))
+                self._fails = ResumableFile(fail_path, fail_bytes, compress=is_gzip_name(self.failures_path))
+                if done:
+                    self._replay()
                 self._checkpoint(force=True)
                 await self.client.open()
                 await self._process(done)

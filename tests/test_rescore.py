@@ -733,3 +733,34 @@ def test_a_verifier_behind_a_compressing_proxy(tmp_path: Path) -> None:
     data = json.loads(res.stdout)
     assert data["rescored"] == n and data["failed"] == 0
     assert all(r["reward"] == fake_reward(r["response"]["id"]) for r in read_jsonl(out))
+
+
+def test_a_gz_output_is_gzip_resumes_exactly_and_reads_back(tmp_path: Path) -> None:
+    """../shared/cases/gz-named-output-is-plain-text, rescore part: `-o x.jsonl.gz` was plain text
+    that gymverl's own readers then called corrupt. Each checkpoint ends a gzip member, so a
+    resumed run (cut back to a checkpoint) still leaves one valid gzip stream."""
+    import gzip
+
+    from gymverl.records import validate_file
+
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl.gz"
+    make_input(inp, 120)
+    lines = inp.read_text().splitlines()
+    lines[4] = "{broken"
+    inp.write_text("\n".join(lines) + "\n")
+    fails = tmp_path / "out.failures.jsonl.gz"
+    with FakeServer("--plan", "503", "--every", "7") as srv:
+        a = rescore_file(inp, out, [srv.url], failures=fails, limit=50, retries=0)
+        assert not a.complete
+        b = rescore_file(inp, out, [srv.url], failures=fails, resume=True, retries=0)
+        assert b.complete and b.lines == 120 and b.rejected == 1 and b.failed > 0
+    with FakeServer() as srv:
+        c = rescore_file(inp, out, [srv.url], failures=fails, retry_failed=True)
+    assert c.complete and c.failed == 0 and c.rescored == 119
+    assert out.read_bytes()[:2] == b"\x1f\x8b" and fails.read_bytes()[:2] == b"\x1f\x8b"
+    plain_out, plain_fails = tmp_path / "o.jsonl", tmp_path / "f.jsonl"
+    plain_out.write_bytes(gzip.decompress(out.read_bytes()))
+    plain_fails.write_bytes(gzip.decompress(fails.read_bytes()))
+    check_exactly_once(inp, plain_out, plain_fails)
+    s = validate_file(out)  # gymverl's own reader takes it
+    assert s.valid == 119 and s.rejected == 0
