@@ -10,6 +10,13 @@ the pair is always a prefix of the input. A checkpoint beside the output (`.<OUT
 records, after both files are flushed, how many input lines are done and each file's size; a
 resumed run truncates the files to those sizes (dropping anything written after the last
 checkpoint) and continues with the next line: no duplicates, no gaps, order kept.
+
+Both files are locked for the whole run (`gymverl.files.output_lock`: a second run into them stops
+at once, naming this one's PID) and checked against the inputs before anything is written. An
+output named `.gz` is gzip-compressed, one gzip member per checkpoint, so it resumes the same way.
+Any error inside the run (disk full, a file-size limit, a bug met on one line, a failed checkpoint
+write) stops every task at once, cuts both files back to the last checkpoint and is raised as one
+sentence (`RunError`, exit 1, for disk full); the run never waits on a task that has died.
 """
 
 from __future__ import annotations
