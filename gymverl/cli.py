@@ -1046,7 +1046,7 @@ def rescore(
         Optional[Path], typer.Option("--failures", help="Failure records (invalid rows and failed verifications) go here. Default: OUT stem + .failures.jsonl.")
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run into the same OUTPUT: skips lines already done, no duplicates, no gaps.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over even if OUTPUT holds an unfinished run (otherwise refused: use --resume).")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over even if OUTPUT holds an unfinished run (otherwise refused: use --resume) or a file that is not a rescore output.")] = False,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Re-send the rows a finished run into OUTPUT recorded as failed verifications; other rows are kept, order too.")] = False,
     tasks: Annotated[
         Optional[Path], typer.Option("--tasks", help="NeMo Gym tasks JSONL: re-join task fields missing from rollouts (by _ng_task_index, else prompt hash).")
@@ -1066,19 +1066,18 @@ def rescore(
 
     Exit code 0 all rows rescored; 1 some rows failed or were rejected, the run stopped early (resume with --resume), or --strict saw a suspicious reward flip; 2 usage error; 130 interrupted (resume with --resume).
     """
-    from gymverl.rescore import RescoreError, rescore_file
-    from gymverl.verify import VerifyClient, VerifyConfigError
+    from gymverl.rescore import rescore_file
+    from gymverl.verify import VerifyClient
 
-    path = existing_file(rollouts)
+    # Errors (bad input or option, an output that is an input, disk full, ...) are GymverlErrors or
+    # OSErrors: _PipelineOrder.invoke turns them into one sentence and the right exit code.
+    path = check_input_path(rollouts)
     if tasks is not None:
-        existing_file(tasks)
+        check_input_path(tasks)
     if not server:
         fail("give at least one --server URL (or NAME=URL), or set GYMVERL_VERIFY_URL.")
     specs = [s for spec in server for s in spec.split()]  # the env var may hold several, space-separated
-    try:
-        client = VerifyClient(specs, concurrency=concurrency, timeout=timeout, retries=retries)
-    except VerifyConfigError as exc:
-        fail(str(exc))
+    client = VerifyClient(specs, concurrency=concurrency, timeout=timeout, retries=retries)
     progress, on_progress = (None, None) if as_json else _rescore_progress(path)
     try:
         if progress is not None:
@@ -1087,10 +1086,6 @@ def rescore(
             path, output, client=client, failures=failures, resume=resume, overwrite=overwrite, retry_failed=retry_failed, tasks=tasks,
             flip_threshold=flip_threshold, limit=limit, on_progress=on_progress, handle_signals=True,
         )
-    except (InputError, RescoreError) as exc:
-        fail(str(exc))
-    except OSError as exc:
-        fail(f"{exc.filename or output}: {exc.strerror or exc}.")
     finally:
         if progress is not None:
             progress.stop()

@@ -339,3 +339,108 @@ def _sweep_scratch(base: Path) -> None:
                 shutil.rmtree(d, ignore_errors=True)
         finally:
             os.close(fd)
+
+
+# ---- resumable outputs (appended in place) -------------------------------------------------------
+# `gymverl rescore` writes its output and failures files in place, appending, so that a run cut short
+# can be continued: a checkpoint records sizes that are known to be on disk, and a resumed (or
+# failed) run cuts each file back to that size. `ResumableFile` is that kind of output; the
+# checkpoint itself goes through `atomic_open` like every other file.
+
+
+class ResumableFile:
+    """An output appended to in place, cut back to a known size when opened or after a failure.
+
+    `compress=None` gzips when the name ends in `.gz` (True/False force it): each `flush` then
+    writes one complete gzip member, so every size `flush` leaves (the sizes a checkpoint records)
+    ends a valid gzip file, and cutting back to one keeps it valid (gzip readers read concatenated
+    members as one stream).
+
+    Bytes are buffered here (`write` costs one `bytearray` append) and written with `os.write` in
+    chunks of `buffer_bytes`. A failed write raises `OSError` naming the file (disk full: ENOSPC,
+    a file-size limit: EFBIG); the buffered bytes are then dropped, never written twice, and the file
+    is left for the caller to `truncate` back to its last checkpoint. `close(discard=True)` closes
+    without writing what is buffered (the path taken after an error: nothing more is written).
+    The file's permissions follow the umask, like a plain `open()`.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], size: int = 0, *, compress: bool | None = None, buffer_bytes: int = 1 << 20) -> None:
+        """Open `path` (created if missing) and cut it to `size` bytes; raises OSError naming the path."""
+        self.path = Path(path)
+        self.compress = is_gzip_name(path) if compress is None else compress
+        self.buffer_bytes = buffer_bytes
+        self._buf = bytearray()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o666)
+        try:
+            os.ftruncate(self._fd, size)
+        except OSError as exc:
+            os.close(self._fd)
+            self._fd = None
+            raise self._named(exc) from None
+        self.size = size  # bytes handed to the OS so far (what `tell` reports after `flush`)
+
+    def _named(self, exc: OSError) -> OSError:
+        return OSError(exc.errno, exc.strerror or str(exc), str(self.path))
+
+    def write(self, data: bytes) -> None:
+        """Append bytes (buffered; written out once `buffer_bytes` have gathered)."""
+        self._buf += data
+        if len(self._buf) >= self.buffer_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        """Hand everything buffered to the OS; on failure the buffer is dropped and OSError raised."""
+        if not self._buf or self._fd is None:
+            return
+        if self.compress:
+            # mtime=0: the same rows give the same bytes; level 6: most of 9's ratio, far faster.
+            self._buf[:] = gzip.compress(self._buf, compresslevel=6, mtime=0)
+        view = memoryview(self._buf)
+        try:
+            while view:
+                n = os.write(self._fd, view)
+                self.size += n
+                view = view[n:]
+        except OSError as exc:
+            raise self._named(exc) from None
+        finally:
+            view.release()
+            self._buf.clear()
+
+    def tell(self) -> int:
+        """The file's size once everything buffered is written (before compression)."""
+        return self.size + len(self._buf)
+
+    def fileno(self) -> int:
+        """The OS file descriptor (for an fsync in another thread)."""
+        assert self._fd is not None, "file is closed"
+        return self._fd
+
+    def sync(self) -> None:
+        """fsync the file (after `flush`)."""
+        if self._fd is not None:
+            try:
+                os.fsync(self._fd)
+            except OSError as exc:
+                raise self._named(exc) from None
+
+    def truncate(self, size: int) -> None:
+        """Drop what is buffered and cut the file back to `size` bytes (frees room on a full disk)."""
+        self._buf.clear()
+        if self._fd is not None:
+            os.ftruncate(self._fd, size)
+            self.size = size
+
+    def close(self, *, discard: bool = False) -> None:
+        """Flush and fsync (unless `discard`), then close; the descriptor is closed even when that fails."""
+        if self._fd is None:
+            return
+        try:
+            if not discard:
+                self.flush()
+                self.sync()
+        finally:
+            self._buf.clear()
+            os.close(self._fd)
+            self._fd = None

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-import orjson
-
+from gymverl.jsonl import dumps
 from gymverl.records import content_text
 
 ROLE_MAP = {"developer": "system"}
@@ -28,7 +27,8 @@ class MessageError(ValueError):
 def _json_text(value: Any) -> str:
     if isinstance(value, str):
         return value
-    return orjson.dumps(value).decode()
+    # jsonl.dumps: arguments nested deeper than orjson writes (254 levels) are still valid JSON.
+    return dumps(value).decode()
 
 
 def _output_text(output: Any) -> str:

@@ -10,12 +10,20 @@ the pair is always a prefix of the input. A checkpoint beside the output (`.<OUT
 records, after both files are flushed, how many input lines are done and each file's size; a
 resumed run truncates the files to those sizes (dropping anything written after the last
 checkpoint) and continues with the next line: no duplicates, no gaps, order kept.
+
+Both files are locked for the whole run (`gymverl.files.output_lock`: a second run into them stops
+at once, naming this one's PID) and checked against the inputs before anything is written. An
+output named `.gz` is gzip-compressed, one gzip member per checkpoint, so it resumes the same way.
+Any error inside the run (disk full, a file-size limit, a bug met on one line, a failed checkpoint
+write) stops every task at once, cuts both files back to the last checkpoint and is raised as one
+sentence (`RunError`, exit 1, for disk full); the run never waits on a task that has died.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import hashlib
 import os
 import re
@@ -28,7 +36,9 @@ from typing import Any, Callable, Mapping
 
 import orjson
 
-from gymverl.jsonl import RAW_KEEP_BYTES, JsonlWriter, check_input_path, iter_lines
+from gymverl.errors import RunError, UsageError, from_os_error
+from gymverl.files import ResumableFile, atomic_open, check_outputs, is_gzip_name, output_lock
+from gymverl.jsonl import RAW_KEEP_BYTES, check_input_path, dumps, iter_lines
 from gymverl.records import (
     agent_name,
     check_line,
@@ -38,7 +48,6 @@ from gymverl.records import (
     task_key,
 )
 from gymverl.verify import ECHO_KEYS, VerifyClient, VerifyResult, build_request, fetch_request_fields
-from gymverl.errors import UsageError
 
 STATE_VERSION = 1
 _FIELD_REQUIRED = re.compile(r"(?:^|; |HTTP 422: )([A-Za-z_][\w.]*): Field required")
@@ -65,9 +74,12 @@ def prompt_key(record: Mapping[str, Any]) -> str:
             norm.append([item.get("role"), content_text(item.get("content"))])
         else:
             norm.append(item)
-    tools = sorted(t.get("name", "") for t in rcp.get("tools") or [] if isinstance(t, dict))
+    # A tool's name is a string in any real file, but validate accepts any JSON there (a number
+    # must not crash the join): non-strings are keyed by their JSON text.
+    tools = sorted(n if isinstance(n := t.get("name", ""), str) else dumps(n).decode() for t in rcp.get("tools") or [] if isinstance(t, dict))
     key = [norm, tools, rcp.get("instructions") or None]
-    return hashlib.sha1(orjson.dumps(key, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+    # jsonl.dumps: a prompt nested deeper than orjson writes (254 levels) is still keyed.
+    return hashlib.sha1(dumps(key, sort_keys=True)).hexdigest()[:16]
 
 
 class TaskIndex:
@@ -337,13 +349,15 @@ def input_fingerprint(path: Path) -> dict[str, Any]:
     return {"path": str(path.resolve()), "size": path.stat().st_size, "head_sha1": hashlib.sha1(head).hexdigest()}
 
 
+def _open_output(path: Path) -> Any:
+    """Read back one of rescore's own outputs (gzip when named `.gz`, as it was written)."""
+    return gzip.open(path, "rb") if is_gzip_name(path) else open(path, "rb")
+
+
 def _write_state(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    # Atomic (temp beside it, fsync, rename): a crash leaves the previous checkpoint or this one.
+    with atomic_open(path, compress=False) as f:
         f.write(orjson.dumps(state, option=orjson.OPT_INDENT_2))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_state(output: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -419,6 +433,13 @@ class _Run:
         self._accepted: dict[str, asyncio.Future[list[str] | None]] = {}
         self._input_exhausted = False
         self._pending_fail: dict[str, Any] | None = None
+        self._out: ResumableFile | None = None
+        self._fails: ResumableFile | None = None
+        # (output bytes, failures bytes) named by the last checkpoint known to be on disk.
+        self._durable = (0, 0)
+        # The first exception raised in any background task (worker, producer, checkpoint writer):
+        # it stops the run at once and is raised by `run()`, never left for nobody to await.
+        self._error: BaseException | None = None
 
     # -- resume --------------------------------------------------------------------------------
     def _prepare_files(self) -> tuple[int, int, int]:
@@ -432,6 +453,14 @@ class _Run:
                     f"{self.output} holds an unfinished rescore run ({old_state.get('lines_done', 0)} lines done); "
                     "continue it with --resume, or start over with --overwrite."
                 )
+            if old_state is None:
+                # A file that is not a rescore run's output is never replaced without being asked.
+                for path in (self.output, self.failures_path):
+                    if path.exists() and path.stat().st_size > 0:
+                        raise RescoreError(
+                            f"{path} already exists and is not from a gymverl rescore run; "
+                            "choose another path, or pass --overwrite to replace it."
+                        )
         state = read_state(self.output) if self.resume else None
         if state is None:
             if self.resume and (self.output.exists() and self.output.stat().st_size > 0):
@@ -464,33 +493,29 @@ class _Run:
         if not state.get("complete"):
             raise RescoreError(f"{self.output} holds an unfinished run; finish it with --resume before --retry-failed.")
         if self.failures_path.exists():
-            with open(self.failures_path, "rb") as f:
+            with _open_output(self.failures_path) as f:
                 for raw in f:
                     if raw.strip():
                         rec = orjson.loads(raw)
                         if rec.get("kind") == "verify":
                             self._retry_lines.add(int(rec["line"]))
 
-    def _replay(self, out_bytes: int, fail_bytes: int) -> None:
-        """Rebuild the summary of lines done by earlier runs from the output and failures files."""
+    def _replay(self) -> None:
+        """Rebuild the summary of lines done by earlier runs from the output and failures files
+        (already cut back to the checkpoint, so all they hold is done)."""
         s = self.summary
-        for path, size, add in (
-            (self.output, out_bytes, lambda r: s.add_ok(task_key(r), r.get("reward_before"), float(r["reward"]))),
-            (self.failures_path, fail_bytes, s.add_failure),
+        for path, add in (
+            (self.output, lambda r: s.add_ok(task_key(r), r.get("reward_before"), float(r["reward"]))),
+            (self.failures_path, s.add_failure),
         ):
-            if not size:
+            if not path.exists() or path.stat().st_size == 0:
                 continue
-            with open(path, "rb") as f:
-                left = size
-                while left > 0:
-                    raw = f.readline(left)
-                    if not raw:
-                        break
-                    left -= len(raw)
+            with _open_output(path) as f:
+                for raw in f:
                     if raw.strip():
                         add(orjson.loads(raw))
 
-    def _checkpoint(self, out: JsonlWriter, fails: JsonlWriter, *, complete: bool = False, force: bool = False) -> None:
+    def _checkpoint(self, *, complete: bool = False, force: bool = False) -> None:
         """Record progress: flush both files, then (off the event loop unless `force`) fsync them
         and write the checkpoint naming the offsets flushed, so it never points past durable data."""
         if self.retry:
@@ -500,25 +525,27 @@ class _Run:
         if not force and (busy or now - self._last_checkpoint < CHECKPOINT_SECONDS):
             return
         self._last_checkpoint = now
-        for w in (out, fails):
-            w.flush()
-        assert out._f is not None and fails._f is not None
+        out, fails = self._out, self._fails
+        assert out is not None and fails is not None
+        out.flush()
+        fails.flush()
         state = {
             "version": STATE_VERSION,
             "input": self.fingerprint,
             "lines_done": self.next_write - 1,
-            "output_bytes": out._f.tell(),
-            "failures_bytes": fails._f.tell(),
+            "output_bytes": out.size,
+            "failures_bytes": fails.size,
             "complete": complete,
             "servers": {"pool": self.client.pool, "routes": self.client.routes},
         }
-        fds = (out._f.fileno(), fails._f.fileno())
         if force:
             assert not busy, "await _settle() before a forced checkpoint"
-            self._persist(fds, state)
+            self._persist(state)
         else:
             # fsync can take tens of ms on a busy disk: not on the loop that keeps requests flowing.
-            self._persisting = asyncio.get_running_loop().run_in_executor(None, self._persist, fds, state)
+            fut = asyncio.get_running_loop().run_in_executor(None, self._persist, state)
+            fut.add_done_callback(self._background_done)
+            self._persisting = fut
 
     def _finish_retry(self, out_path: Path, fail_path: Path) -> None:
         """Retry mode: swap the rewritten files in (only when the pass completed)."""
@@ -536,21 +563,33 @@ class _Run:
             },
         )
 
-    def _persist(self, fds: tuple[int, int], state: dict[str, Any]) -> None:
-        for fd in fds:
-            os.fsync(fd)
+    def _persist(self, state: dict[str, Any]) -> None:
+        assert self._out is not None and self._fails is not None
+        self._out.sync()
+        self._fails.sync()
         _write_state(self.state_file, state)
+        self._durable = (state["output_bytes"], state["failures_bytes"])
 
     async def _settle(self) -> None:
-        """Wait for a checkpoint being written in the background."""
+        """Wait for a checkpoint being written in the background (raises what it raised)."""
         if self._persisting is not None:
-            await self._persisting
-            self._persisting = None
+            fut, self._persisting = self._persisting, None
+            await fut
+
+    def _background_done(self, fut: "asyncio.Future[Any]") -> None:
+        """Done-callback of every background task: its exception stops the whole run at once."""
+        if fut.cancelled():
+            return
+        exc = fut.exception()  # retrieved here, so asyncio never reports it as unretrieved
+        if exc is not None and self._error is None:
+            self._error = exc
+            self.stop.set()
 
     # -- main ----------------------------------------------------------------------------------
     async def run(self) -> RescoreSummary:
         start = time.monotonic()
         out_path, fail_path = self.output, self.failures_path
+        out_bytes = fail_bytes = 0
         if self.retry:
             # Rewrite both files beside the old ones; they replace them only when the pass completes.
             self._prepare_retry()
@@ -559,79 +598,121 @@ class _Run:
             fail_path = self.failures_path.with_name(f".{self.failures_path.name}.retry.tmp")
             for path in (out_path, fail_path):
                 path.unlink(missing_ok=True)
-            self._old = (open(self.output, "rb"), open(self.failures_path, "rb") if self.failures_path.exists() else None)
+            self._old = (_open_output(self.output), _open_output(self.failures_path) if self.failures_path.exists() else None)
         else:
             done, out_bytes, fail_bytes = self._prepare_files()
             self.summary.resumed_from = done
-            if done:
-                self._replay(out_bytes, fail_bytes)
-            for path, size in ((self.output, out_bytes), (self.failures_path, fail_bytes)):
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with open(path, "ab") as f:
-                    f.truncate(size)  # drop anything written after the last checkpoint
+        self._durable = (out_bytes, fail_bytes)
         self.next_write = done + 1
         loop = asyncio.get_running_loop()
+        signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        # Restored afterwards: asyncio's remove_signal_handler would leave SIGTERM/SIGHUP at their
+        # defaults, dropping the CLI's "stop like Ctrl-C" handlers (gymverl.proc).
+        previous = {sig: signal.getsignal(sig) for sig in signals} if self.handle_signals else {}
         if self.handle_signals:
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in signals:
                 loop.add_signal_handler(sig, self._interrupt, sig)
         try:
-            with JsonlWriter(out_path, append=True) as out, JsonlWriter(fail_path, append=True) as fails:
-                self._out, self._fails = out, fails
-                try:
-                    self._checkpoint(out, fails, force=True)
-                    await self.client.open()
-                    queue: asyncio.Queue[_Pending | None] = asyncio.Queue(maxsize=self.client.concurrency * 2)
-                    workers = [asyncio.create_task(self._worker(queue)) for _ in range(self.client.concurrency)]
-                    producer = asyncio.create_task(self._produce(queue, done))
-                    stopper = asyncio.create_task(self.stop.wait())
-                    await asyncio.wait({producer, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                    if not self.stop.is_set():
-                        await producer
-                        for _ in workers:
-                            await queue.put(None)
-                        finished = asyncio.gather(*workers)
-                        await asyncio.wait({finished, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                        if finished.done():
-                            finished.result()
-                    for t in (producer, *workers, stopper):
-                        t.cancel()
-                    await asyncio.gather(producer, *workers, stopper, return_exceptions=True)
-                    if self.stop.is_set():
-                        self.summary.interrupted = self.stop_reason
-                        self._drain(final=False)
-                    else:
-                        self._drain(final=True)
-                        self.summary.complete = self._input_exhausted and not self.pending
-                        if not self.summary.complete:
-                            self.summary.interrupted = f"stopped after {self.limit} rows (--limit)"
-                    await self._settle()
-                    self._checkpoint(out, fails, complete=self.summary.complete, force=True)
-                finally:
-                    with contextlib.suppress(Exception):
-                        await self._settle()  # never close the files under a background fsync
+            try:
+                # Opening cuts each file back to the checkpoint: anything written after it is dropped.
+                self._out = ResumableFile(out_path, out_bytes, compress=is_gzip_name(self.output))
+                self._fails = ResumableFile(fail_path, fail_bytes, compress=is_gzip_name(self.failures_path))
+                if done:
+                    self._replay()
+                self._checkpoint(force=True)
+                await self.client.open()
+                await self._process(done)
+                await self._settle()
+                self._checkpoint(complete=self.summary.complete, force=True)
+            except BaseException:
+                await self._abandon()
+                raise
+            for f in (self._out, self._fails):
+                f.close()
             if self.retry:
                 self._finish_retry(out_path, fail_path)
             if self.summary.complete and self.failures_path.exists() and self.failures_path.stat().st_size == 0:
                 self.failures_path.unlink()  # nothing failed: no empty failures file left behind
         finally:
             if self._old is not None:
-                for f in self._old:
-                    if f is not None:
-                        f.close()
+                for old in self._old:
+                    if old is not None:
+                        old.close()
             if self.retry:
                 for path in (out_path, fail_path):
                     path.unlink(missing_ok=True)
             if self.handle_signals:
-                for sig in (signal.SIGINT, signal.SIGTERM):
+                for sig in signals:
                     loop.remove_signal_handler(sig)
+                    if previous[sig] is not None:
+                        signal.signal(sig, previous[sig])
             await self.client.close()
         self.summary.seconds = time.monotonic() - start
         self.summary.servers = self.client.server_stats()
         self._report_progress(force=True)
         return self.summary
 
+    async def _process(self, done: int) -> None:
+        """Run the producer and the workers until the input is done, the run is stopped, or any
+        of them fails; in every case all of them are cancelled and awaited before returning."""
+        queue: asyncio.Queue[_Pending | None] = asyncio.Queue(maxsize=self.client.concurrency * 2)
+        workers = [asyncio.create_task(self._worker(queue)) for _ in range(self.client.concurrency)]
+        producer = asyncio.create_task(self._produce(queue, done))
+        for t in (producer, *workers):
+            t.add_done_callback(self._background_done)
+        stopper = asyncio.create_task(self.stop.wait())
+        tasks: list[asyncio.Task[Any]] = [producer, *workers, stopper]
+        try:
+            # A failing task sets `stop` (its done-callback), so every wait below ends at once then.
+            await asyncio.wait({producer, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if not self.stop.is_set():
+                finisher = asyncio.create_task(self._finish_workers(queue, len(workers), workers))
+                tasks.append(finisher)
+                await asyncio.wait({finisher, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            fetches = list(self._accepted.values())
+            for t in (*tasks, *fetches):
+                t.cancel()
+            # Awaiting them all retrieves every exception: nothing is left "never retrieved".
+            await asyncio.gather(*tasks, *fetches, return_exceptions=True)
+        if self._error is None:
+            for t in tasks:
+                if not t.cancelled() and t.exception() is not None:
+                    self._error = t.exception()
+                    break
+        if self._error is not None:
+            raise self._error
+        if self.stop.is_set():
+            self.summary.interrupted = self.stop_reason
+            self._drain(final=False)
+        else:
+            self._drain(final=True)
+            self.summary.complete = self._input_exhausted and not self.pending
+            if not self.summary.complete:
+                self.summary.interrupted = f"stopped after {self.limit} rows (--limit)"
+
+    @staticmethod
+    async def _finish_workers(queue: "asyncio.Queue[_Pending | None]", n: int, workers: list["asyncio.Task[None]"]) -> None:
+        for _ in range(n):
+            await queue.put(None)
+        await asyncio.gather(*workers)
+
+    async def _abandon(self) -> None:
+        """After an error: write nothing more, cut both files back to the last checkpoint on disk
+        (so they hold whole lines only, and `--resume` continues from there), close them."""
+        with contextlib.suppress(Exception):
+            await self._settle()  # never cut a file under a checkpoint being written
+        for f, size in ((self._out, self._durable[0]), (self._fails, self._durable[1])):
+            if f is None:
+                continue
+            with contextlib.suppress(OSError):
+                if not self.retry:
+                    f.truncate(size)
+            with contextlib.suppress(OSError):
+                f.close(discard=True)
+
     def _interrupt(self, sig: int) -> None:
-        self.stop_reason = "interrupted (Ctrl-C)" if sig == signal.SIGINT else "terminated (SIGTERM)"
+        self.stop_reason = "interrupted (Ctrl-C)" if sig == signal.SIGINT else f"terminated ({signal.Signals(sig).name})"
         self.stop.set()
 
     async def _produce(self, queue: asyncio.Queue[_Pending | None], done: int) -> None:
@@ -695,46 +776,56 @@ class _Run:
             item = await queue.get()
             if item is None:
                 return
-            record = item.record
-            assert record is not None
-            added: dict[str, Any] = {}
-            if self.tasks is not None:
-                task = self.tasks.find(record)
-                if task is None:
-                    self.summary.unjoined += 1
-                else:
-                    self.summary.joined_tasks += 1
-                    added = TaskIndex.missing_fields(record, task)
-                    for k in added:
-                        self.summary.added_fields[k] += 1
-            body = build_request(record, added)
-            result = await self.client.verify_body(body, agent=agent_name(record))
-            if result.ok:
-                assert result.answer is not None
-                self.in_a_row = 0
-                item.out = rescored_row(record, result.answer, added)
-                before, after = record.get("reward"), result.answer["reward"]
-                if isinstance(before, (int, float)) and after < before:
-                    # Diagnose rewards that went down: nulls in the answer, fields the server takes but the row lacks.
-                    for k, v in result.answer.items():
-                        if v is None and body.get(k) is None and k not in ECHO_KEYS:
-                            self.summary.null_echoed[k] += 1
-                    await self._note_absent(result.server, body)
-            else:
-                item.fail = failure_record(item.line, record, result)
-                item.transient = result.reason in TRANSIENT
-                if item.transient:
-                    self.in_a_row += 1
-                    if self.in_a_row >= self.max_failures_in_a_row and not self.stop.is_set():
-                        self.stop_reason = (
-                            f"verifier unreachable: {self.in_a_row} rows in a row failed ({result.reason}: {result.error})"
-                        )
-                        self.stop.set()
-                else:
-                    self.in_a_row = 0
+            try:
+                await self._rescore_item(item)
+            except Exception as exc:
+                # A bug met on one line must name that line, and stops the run (never a hang).
+                raise RunError(
+                    f"{self.input}: line {item.line}: gymverl failed on this line ({type(exc).__name__}: {exc}); "
+                    "please report it with the line. Lines before it are saved; continue with --resume."
+                ) from exc
             item.record = None  # free the row early; the output row holds what is needed
             item.done = True
             self._drain()
+
+    async def _rescore_item(self, item: _Pending) -> None:
+        record = item.record
+        assert record is not None
+        added: dict[str, Any] = {}
+        if self.tasks is not None:
+            task = self.tasks.find(record)
+            if task is None:
+                self.summary.unjoined += 1
+            else:
+                self.summary.joined_tasks += 1
+                added = TaskIndex.missing_fields(record, task)
+                for k in added:
+                    self.summary.added_fields[k] += 1
+        body = build_request(record, added)
+        result = await self.client.verify_body(body, agent=agent_name(record))
+        if result.ok:
+            assert result.answer is not None
+            self.in_a_row = 0
+            item.out = rescored_row(record, result.answer, added)
+            before, after = record.get("reward"), result.answer["reward"]
+            if isinstance(before, (int, float)) and after < before:
+                # Diagnose rewards that went down: nulls in the answer, fields the server takes but the row lacks.
+                for k, v in result.answer.items():
+                    if v is None and body.get(k) is None and k not in ECHO_KEYS:
+                        self.summary.null_echoed[k] += 1
+                await self._note_absent(result.server, body)
+        else:
+            item.fail = failure_record(item.line, record, result)
+            item.transient = result.reason in TRANSIENT
+            if item.transient:
+                self.in_a_row += 1
+                if self.in_a_row >= self.max_failures_in_a_row and not self.stop.is_set():
+                    self.stop_reason = (
+                        f"verifier unreachable: {self.in_a_row} rows in a row failed ({result.reason}: {result.error})"
+                    )
+                    self.stop.set()
+            else:
+                self.in_a_row = 0
 
     async def _note_absent(self, server: str | None, body: Mapping[str, Any]) -> None:
         """Count task fields the server's /verify accepts that this row did not send (diagnostics)."""
@@ -752,6 +843,7 @@ class _Run:
         later row succeeds (or the run ends normally), so that if the verifier went down and the
         run stops, those rows are retried on --resume instead of being recorded as failures."""
         out, fails = self._out, self._fails
+        assert out is not None and fails is not None
         wrote = False
         while True:
             item = self.pending.get(self.next_write)
@@ -766,12 +858,12 @@ class _Run:
                     break
             del self.pending[self.next_write]
             if item.out is not None:
-                out.write(item.out)
+                out.write(dumps(item.out) + b"\n")
                 o = item.out
                 self.summary.add_ok(task_key(o), o.get("reward_before"), float(o["reward"]))
             else:
                 assert item.fail is not None
-                fails.write(item.fail)
+                fails.write(dumps(item.fail) + b"\n")
                 self.summary.add_failure(item.fail)
             self.summary.rows_this_run += 1
             self.bytes_done += item.size
@@ -779,7 +871,7 @@ class _Run:
             wrote = True
         if wrote:
             self.advanced.set()
-            self._checkpoint(out, fails)
+            self._checkpoint()
             self._report_progress()
 
     def _report_progress(self, force: bool = False) -> None:
@@ -819,15 +911,22 @@ def rescore_file(
     of a finished run whose verification failed, copies every other row, and replaces the output
     and failures files (order kept) only if that pass completes.
 
-    Raises InputError / RescoreError (one sentence) for problems found before any row is sent.
+    Outputs (`output`, the failures file, the checkpoint) are checked against the inputs (the
+    rollouts and `tasks`) before anything is written, and locked for the whole run.
+
+    Raises (each one sentence, `exit_code` set): InputError / RescoreError (exit 2) for problems
+    found before any row is sent, an output that is an input, or an existing file that is not a
+    rescore run's output; RunError (exit 1) when another process is writing the same output (its
+    PID named), when the disk fills or a file-size limit is reached, or when a line cannot be
+    processed: the run stops at once, both files are cut back to the last checkpoint (whole lines
+    only) and `resume=True` continues from there.
     """
     path = check_input_path(input_path)
     out = Path(output)
-    if out.resolve() == path.resolve():
-        raise RescoreError("the output file must differ from the input file.")
     fails = Path(failures) if failures is not None else default_failures_path(out)
-    if fails.resolve() in (out.resolve(), path.resolve()):
-        raise RescoreError("the failures file must differ from the input and output files.")
+    tasks_path = Path(tasks.path) if isinstance(tasks, TaskIndex) else (Path(tasks) if tasks is not None else None)
+    # Before anything is opened for writing: no output may be an input (path, symlink, hard link).
+    check_outputs([out, fails, state_path(out)], [path, tasks_path])
     if retry_failed and (resume or overwrite):
         raise RescoreError("--retry-failed works on a finished run; do not combine it with --resume or --overwrite.")
     if client is None:
@@ -841,6 +940,35 @@ def rescore_file(
         if retries is not None:
             kw["retries"] = retries
         client = VerifyClient([servers] if isinstance(servers, str) else list(servers), **kw)
+    try:
+        # Held for the whole run: a second rescore into the same files stops at once, naming this one.
+        with output_lock(out, fails):
+            return _rescore_locked(
+                path, out, fails, client, tasks, window, max_failures_in_a_row, flip_threshold, on_progress,
+                handle_signals, limit, resume=resume, overwrite=overwrite, retry_failed=retry_failed,
+            )
+    except OSError as exc:
+        # Disk full or a file-size limit: exit 1 (the command line was fine); anything else: exit 2.
+        raise from_os_error(exc, None if exc.filename else str(out)) from None
+
+
+def _rescore_locked(
+    path: Path,
+    out: Path,
+    fails: Path,
+    client: VerifyClient,
+    tasks: str | os.PathLike[str] | TaskIndex | None,
+    window: int | None,
+    max_failures_in_a_row: int | None,
+    flip_threshold: float,
+    on_progress: ProgressFn | None,
+    handle_signals: bool,
+    limit: int | None,
+    *,
+    resume: bool,
+    overwrite: bool,
+    retry_failed: bool,
+) -> RescoreSummary:
     task_index = TaskIndex(tasks) if tasks is not None and not isinstance(tasks, TaskIndex) else tasks
     if task_index is not None and len(task_index) == 0:
         raise RescoreError(f"{task_index.path}: no valid NeMo Gym task rows to join.")

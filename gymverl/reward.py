@@ -39,6 +39,7 @@ from typing import Any, Mapping
 
 import orjson
 
+from gymverl.jsonl import dumps
 from gymverl.verify import DEFAULT_RETRIES, DEFAULT_TIMEOUT, VerifyClient, VerifyResult, build_request
 from gymverl.errors import RunError, UsageError
 
@@ -150,7 +151,7 @@ def response_from_text(text: str, params: Mapping[str, Any] | None = None, *, mo
                     "id": f"fc_{uuid.uuid4().hex[:24]}",
                     "call_id": f"call_{uuid.uuid4().hex[:24]}",
                     "name": call["name"],
-                    "arguments": args if isinstance(args, str) else orjson.dumps(args).decode(),
+                    "arguments": args if isinstance(args, str) else dumps(args).decode(),
                     "status": "completed",
                 }
             )

@@ -15,7 +15,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-import orjson
+from gymverl.jsonl import dumps
 
 from gymverl.messages import response_messages
 
@@ -105,7 +105,7 @@ def dedup_key(record: dict[str, Any]) -> str:
             for tc in m.get("tool_calls") or []:
                 if isinstance(tc, dict):
                     tc.pop("id", None)
-    return hashlib.blake2b(orjson.dumps(msgs, option=orjson.OPT_SORT_KEYS), digest_size=8).hexdigest()
+    return hashlib.blake2b(dumps(msgs, sort_keys=True), digest_size=8).hexdigest()
 
 
 @dataclass(slots=True)

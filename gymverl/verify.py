@@ -23,8 +23,9 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from gymverl.records import agent_name
 from gymverl.errors import UsageError
+from gymverl.jsonl import dumps
+from gymverl.records import agent_name
 
 DEFAULT_CONCURRENCY = 32  # a NeMo Gym resources server (one uvicorn worker) saturates well below this
 DEFAULT_TIMEOUT = 60.0
@@ -117,6 +118,12 @@ def build_request(record: Mapping[str, Any], extra: Mapping[str, Any] | None = N
     if extra:
         body.update(extra)
     return body
+
+
+def encode_body(body: Mapping[str, Any]) -> bytes:
+    """The JSON bytes POSTed for a /verify body (orjson; rows nested deeper than the 254 levels
+    orjson writes go through the standard library, so any row validate accepts can be sent)."""
+    return dumps(body)
 
 
 def describe_error_body(data: bytes) -> str:
@@ -223,7 +230,10 @@ class VerifyClient:
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
                 headers={"Content-Type": "application/json"},
                 skip_auto_headers=("User-Agent",),
-                auto_decompress=False,
+                # aiohttp asks for gzip/deflate on every request (Accept-Encoding), so it must also
+                # decode such answers (a compressing proxy, FastAPI's GZipMiddleware); an
+                # uncompressed answer costs nothing extra.
+                auto_decompress=True,
             )
             self._sem = asyncio.Semaphore(self.concurrency)
             self._loop = asyncio.get_running_loop()
@@ -292,7 +302,7 @@ class VerifyClient:
         if not candidates:
             names = ", ".join(sorted(self.routes)) or "(none)"
             return VerifyResult(False, reason="no_server", error=f"no --server for agent {agent!r} (routes: {names})")
-        data = body if isinstance(body, bytes) else orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY)
+        data = body if isinstance(body, bytes) else encode_body(body)
         start = time.monotonic()
         last: _Retryable | None = None
         server: _Server | None = None
@@ -397,6 +407,7 @@ __all__ = [
     "build_request",
     "clean_params",
     "describe_error_body",
+    "encode_body",
     "fetch_request_fields",
     "normalize_url",
     "parse_servers",

@@ -9,6 +9,8 @@ Faults follow a per-row plan: `--plan 500,429,ok` makes each row's 1st attempt g
 (500, 503, 429, 422, 400, ...), `timeout` (answer after --hang seconds), `reset` (drop the
 connection without answering), `garbage` (200 with a non-JSON body), `noreward` (200 without a
 reward). `--every K` applies the plan only to rows with crc32(id) % K == 0 (others: ok).
+`--compress gzip|deflate` encodes every answer that way when the request's Accept-Encoding allows
+it (like a compressing proxy or FastAPI's GZipMiddleware).
 `--latency S` delays every answer (`--jitter S` adds a random extra delay, so answers finish out
 of order); `--die-after N` exits the process (no clean shutdown) on the
 Nth request, so a test can kill it mid-run and start it again on the same `--port`.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import os
 import random
 import sys
@@ -43,6 +46,17 @@ def fake_reward(rid: str) -> float:
     return round(0.1 + (zlib.crc32(rid.encode()) % 9) / 10, 1)
 
 
+def _dumps(obj: Any) -> bytes:
+    """orjson, or the standard library for answers nested deeper than orjson writes (254 levels)."""
+    try:
+        return orjson.dumps(obj)
+    except orjson.JSONEncodeError:
+        import json
+
+        sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
+        return json.dumps(obj).encode()
+
+
 def build_app(args: argparse.Namespace) -> web.Application:
     """The aiohttp app implementing the plan."""
     attempts: Counter[str] = Counter()
@@ -55,7 +69,12 @@ def build_app(args: argparse.Namespace) -> web.Application:
         state["in_flight"] += 1
         state["max_in_flight"] = max(state["max_in_flight"], state["in_flight"])
         try:
-            return await _verify(request)
+            resp = await _verify(request)
+            if args.compress and args.compress in request.headers.get("Accept-Encoding", "") and isinstance(resp, web.Response) and resp.body:
+                body = bytes(resp.body)  # type: ignore[arg-type]
+                data = gzip.compress(body) if args.compress == "gzip" else zlib.compress(body)
+                resp = web.Response(status=resp.status, body=data, content_type=resp.content_type, headers={"Content-Encoding": args.compress})
+            return resp
         finally:
             state["in_flight"] -= 1
 
@@ -82,7 +101,7 @@ def build_app(args: argparse.Namespace) -> web.Application:
             answer = dict(body)
             answer["reward"] = fake_reward(rid)
             answer["attempt"] = n
-            return web.Response(body=orjson.dumps(answer), content_type="application/json")
+            return web.Response(body=_dumps(answer), content_type="application/json")
         if step == "timeout":
             await asyncio.sleep(args.hang)
             return web.Response(body=b'{"reward": 0.0}', content_type="application/json")
@@ -131,6 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--hang", type=float, default=30.0)
     p.add_argument("--die-after", type=int, default=0)
+    p.add_argument("--compress", choices=["gzip", "deflate"], default=None, help="encode answers when the client accepts it")
     p.add_argument("--fast", action="store_true", help="benchmark mode: fixed answer, no parsing")
     args = p.parse_args(argv)
     try:

@@ -21,9 +21,10 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from conftest import REPO, SAMPLE_DATA
+from conftest import REPO, SAMPLE_DATA, SHARED
 from fake_verify_server import FakeServer, fake_reward
 from gymverl.cli import app
+from gymverl.errors import RunError, UsageError
 from gymverl.rescore import (
     RescoreError,
     RescoreSummary,
@@ -217,9 +218,12 @@ def test_resume_refuses_a_different_input_or_a_missing_checkpoint(tmp_path: Path
         state_path(out).unlink()
         with pytest.raises(RescoreError, match="no rescore checkpoint"):
             rescore_file(inp, out, [srv.url], resume=True)
-        rescore_file(inp, out, [srv.url], limit=3)
+        # Without its checkpoint the output is not known to be a rescore run: never replaced unasked.
+        with pytest.raises(RescoreError, match="not from a gymverl rescore run; choose another path, or pass --overwrite"):
+            rescore_file(inp, out, [srv.url], limit=3)
+        rescore_file(inp, out, [srv.url], limit=3, overwrite=True)
         assert rescore_file(inp, out, [srv.url], overwrite=True).complete
-    with pytest.raises(RescoreError, match="must differ"):
+    with pytest.raises(UsageError, match="is the input"):
         rescore_file(inp, inp, ["http://127.0.0.1:9"])
 
 
@@ -227,7 +231,7 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "gymverl.cli", "rescore", *args]
 
 
-@pytest.mark.parametrize("how", ["sigkill", "sigint"])
+@pytest.mark.parametrize("how", ["sigkill", "sigint", "sighup"])
 def test_crash_or_ctrl_c_then_resume(tmp_path: Path, how: str) -> None:
     """A real process killed mid-run (SIGKILL: no clean-up at all; or Ctrl-C), then --resume."""
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
@@ -241,7 +245,7 @@ def test_crash_or_ctrl_c_then_resume(tmp_path: Path, how: str) -> None:
             if st and st["lines_done"] >= 30:
                 break
             time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL if how == "sigkill" else signal.SIGINT)
+        proc.send_signal({"sigkill": signal.SIGKILL, "sigint": signal.SIGINT, "sighup": signal.SIGHUP}[how])
         stdout, stderr = proc.communicate(timeout=60)
         if how == "sigkill":
             assert proc.returncode == -signal.SIGKILL
@@ -249,7 +253,8 @@ def test_crash_or_ctrl_c_then_resume(tmp_path: Path, how: str) -> None:
                 f.write(b'{"half a line')  # what a crash mid-write can leave behind
         else:
             assert proc.returncode == 130, stderr
-            assert "--resume" in stderr and json.loads(stdout)["interrupted"] == "interrupted (Ctrl-C)"
+            want = "interrupted (Ctrl-C)" if how == "sigint" else "terminated (SIGHUP)"  # a closed terminal: like Ctrl-C
+            assert "--resume" in stderr and json.loads(stdout)["interrupted"] == want
         done = read_state(out)["lines_done"]  # type: ignore[index]
         assert 30 <= done < 240
         res = subprocess.run(args + ["--resume"], cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -339,7 +344,7 @@ def test_cli_usage_errors_are_one_sentence(tmp_path: Path) -> None:
         (["rescore", str(inp), "-o", str(tmp_path / "o.jsonl")], "give at least one --server"),
         (["rescore", str(inp), "-o", str(tmp_path / "o.jsonl"), "-s", "localhost:1"], "must start with http"),
         (["rescore", str(tmp_path / "nope.jsonl"), "-o", str(tmp_path / "o.jsonl"), "-s", "http://127.0.0.1:9"], "no such file"),
-        (["rescore", str(inp), "-o", str(inp), "-s", "http://127.0.0.1:9"], "must differ"),
+        (["rescore", str(inp), "-o", str(inp), "-s", "http://127.0.0.1:9"], "is the input"),
     ]
     for args, msg in cases:
         res = runner.invoke(app, args, env={"GYMVERL_VERIFY_URL": ""})
@@ -415,3 +420,347 @@ def test_retry_failed_resends_only_failed_rows_and_keeps_order(tmp_path: Path) -
     assert read_jsonl(out) == out_rows
     with pytest.raises(RescoreError, match="do not combine"):
         rescore_file(inp, out, ["http://127.0.0.1:9"], retry_failed=True, resume=True)
+
+
+# ---- issue 10: locked outputs, outputs that are inputs, write errors, crashes, odd valid lines ----
+
+
+def _wait_for(cond: Any, seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not cond():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.02)
+
+
+def _error_lines(stderr: str) -> list[str]:
+    lines = [x for x in stderr.splitlines() if x.strip()]
+    assert "Traceback" not in stderr and "never retrieved" not in stderr, stderr
+    return lines
+
+
+@pytest.mark.parametrize("flag", ["--resume", "--overwrite"])
+def test_two_runs_on_one_output_the_second_is_refused_naming_the_first(tmp_path: Path, flag: str) -> None:
+    """Two processes started together on the same output: one runs, the other stops at once."""
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    make_input(inp, 300)  # ~7 s: the loser starts (and is refused) long before the winner ends
+    with FakeServer("--latency", "0.05") as srv:
+        args = _cli(str(inp), "-o", str(out), "-s", srv.url, "-c", "2", "--json", flag)
+        procs = [subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        results = [p.communicate(timeout=120) for p in procs]
+    codes = [p.returncode for p in procs]
+    assert sorted(codes) == [0, 1], (codes, results)
+    winner, loser = (0, 1) if codes[0] == 0 else (1, 0)
+    (line,) = _error_lines(results[loser][1])
+    assert line.startswith("error: ") and f"process {procs[winner].pid}" in line and str(out) in line
+    data = json.loads(results[winner][0])
+    assert data["complete"] and data["lines"] == 300
+    check_exactly_once(inp, out, default_failures_path(out))
+    assert not list(tmp_path.glob(".*.lock"))  # the lock is released with the run
+
+
+def test_a_second_run_while_the_first_is_running_is_refused_at_once(tmp_path: Path) -> None:
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    make_input(inp, 400)  # ~10 s
+    with FakeServer("--latency", "0.05") as srv:
+        args = _cli(str(inp), "-o", str(out), "-s", srv.url, "-c", "2", "--json")
+        first = subprocess.Popen(args + ["--overwrite"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _wait_for(lambda: state_path(out).exists())
+        start = time.monotonic()
+        second = subprocess.run(args + ["--resume"], cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert time.monotonic() - start < 30 and first.poll() is None
+        assert second.returncode == 1
+        (line,) = _error_lines(second.stderr)
+        assert f"is being written by process {first.pid}" in line
+        # The library refuses too, without touching the files.
+        with pytest.raises(RunError, match=f"process {first.pid}"):
+            rescore_file(inp, out, [srv.url], resume=True)
+        stdout, stderr = first.communicate(timeout=120)
+    assert first.returncode == 0, stderr
+    check_exactly_once(inp, out, default_failures_path(out))
+
+
+def _copy_inputs(tmp_path: Path) -> tuple[Path, Path]:
+    inp, tasks = tmp_path / "in.jsonl", tmp_path / "tasks.jsonl"
+    inp.write_bytes((SAMPLE_DATA / "rollouts.jsonl").read_bytes())
+    tasks.write_bytes((SAMPLE_DATA / "tasks.jsonl").read_bytes())
+    return inp, tasks
+
+
+_COLLISIONS = {
+    "failures is the tasks file": (lambda d: ["-o", "out.jsonl", "--tasks", "tasks.jsonl", "--failures", "tasks.jsonl"], "is the input"),
+    "output is the tasks file": (lambda d: ["-o", "tasks.jsonl", "--tasks", "tasks.jsonl"], "is the input"),
+    "failures is the input": (lambda d: ["-o", "out.jsonl", "--failures", "in.jsonl"], "is the input"),
+    "output is a hard link to the input": (lambda d: (os.link(d / "in.jsonl", d / "same.jsonl"), ["-o", "same.jsonl"])[1], "is the same file as the input"),
+    "output is a symlink to the input": (lambda d: ((d / "ln.jsonl").symlink_to(d / "in.jsonl"), ["-o", "ln.jsonl"])[1], "is the input"),
+    "failures is a hard link to the tasks": (lambda d: (os.link(d / "tasks.jsonl", d / "t2.jsonl"), ["-o", "out.jsonl", "--tasks", "tasks.jsonl", "--failures", "t2.jsonl"])[1], "is the same file as the input"),
+    "output and failures are one file": (lambda d: ["-o", "out.jsonl", "--failures", "out.jsonl"], "are the same file"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_COLLISIONS))
+def test_an_output_that_is_an_input_is_refused_before_anything_is_written(tmp_path: Path, case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    inp, tasks = _copy_inputs(tmp_path)
+    make_args, message = _COLLISIONS[case]
+    opts = make_args(tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, ["rescore", "in.jsonl", *opts, "-s", "http://127.0.0.1:9"], env={"GYMVERL_VERIFY_URL": ""})
+    assert res.exit_code == 2, res.output
+    lines = [x for x in res.output.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], res.output
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing written, nothing created
+
+
+def test_the_shared_case_outputs_over_inputs_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rescore forms of ../shared/cases/output-path-overwrites-input (4, 5, 6 of its README)."""
+    case = SHARED / "cases" / "output-path-overwrites-input"
+    if not case.exists():
+        pytest.skip(f"shared case not found: {case}")
+    monkeypatch.chdir(tmp_path)
+    forms = [
+        ["-o", "out.jsonl", "--tasks", "tasks.jsonl", "--failures", "tasks.jsonl"],
+        ["-o", "tasks.jsonl", "--tasks", "tasks.jsonl"],
+        ["-o", "same.jsonl"],
+    ]
+    for opts in forms:
+        for name in ("rollouts.jsonl", "tasks.jsonl"):
+            (tmp_path / name).unlink(missing_ok=True)
+            (tmp_path / name).write_bytes((case / name).read_bytes())
+        (tmp_path / "same.jsonl").unlink(missing_ok=True)
+        os.link(tmp_path / "rollouts.jsonl", tmp_path / "same.jsonl")
+        before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+        res = runner.invoke(app, ["rescore", "rollouts.jsonl", *opts, "-s", "http://127.0.0.1:9"], env={"GYMVERL_VERIFY_URL": ""})
+        assert res.exit_code == 2 and "inputs are never overwritten" in res.output, (opts, res.output)
+        assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_an_existing_file_that_is_not_a_rescore_output_is_not_replaced(tmp_path: Path) -> None:
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    make_input(inp, 5)
+    with FakeServer() as srv:
+        for victim in (out, default_failures_path(out)):
+            victim.write_text("my notes\n")
+            with pytest.raises(RescoreError, match=f"{victim.name} already exists and is not from a gymverl rescore run"):
+                rescore_file(inp, out, [srv.url])
+            assert victim.read_text() == "my notes\n" and not state_path(out).exists()
+            victim.unlink()
+        out.write_text("my notes\n")
+        assert rescore_file(inp, out, [srv.url], overwrite=True).complete  # asked for: replaced
+        assert rescore_file(inp, out, [srv.url]).complete  # a finished rescore run is simply replaced
+    check_exactly_once(inp, out, default_failures_path(out))
+
+
+def _assert_cut_back_to_checkpoint(out: Path) -> int:
+    """After a failed run: the files hold whole lines only, exactly as far as the checkpoint says;
+    no temp or lock file is left."""
+    state = read_state(out)
+    assert state is not None and not state["complete"]
+    fails = default_failures_path(out)
+    assert out.stat().st_size == state["output_bytes"]
+    assert (fails.stat().st_size if fails.exists() else 0) == state["failures_bytes"]
+    rows = read_jsonl(out) + read_jsonl(fails)  # every line parses: nothing half-written
+    assert len(rows) == state["lines_done"]
+    left = [p.name for p in out.parent.iterdir() if p.name.endswith((".tmp", ".lock"))]
+    assert not left, left
+    return state["lines_done"]
+
+
+def _file_size_limit(limit: int) -> Any:
+    def pre() -> None:
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # so write() fails with EFBIG instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return pre
+
+
+@pytest.mark.timeout(240)
+def test_a_file_size_limit_mid_run_stops_at_once_and_resume_is_exact(tmp_path: Path) -> None:
+    """Before the fix: the write error killed a background task nobody awaited and the run hung
+    forever (more than the 1024-line window left after it)."""
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    make_input(inp, 1500)
+    with FakeServer() as srv:
+        args = _cli(str(inp), "-o", str(out), "-s", srv.url, "--json")
+        start = time.monotonic()
+        res = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=90, preexec_fn=_file_size_limit(256 * 1024))
+        assert time.monotonic() - start < 60
+        assert res.returncode == 1, res.stderr
+        assert _error_lines(res.stderr) == [f"error: {out}: file too large (a file-size limit was reached)."]
+        done = _assert_cut_back_to_checkpoint(out)
+        assert 0 <= done < 1500
+        res = subprocess.run(args + ["--resume"], cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr
+        assert json.loads(res.stdout)["resumed_from_line"] == done
+    check_exactly_once(inp, out, default_failures_path(out))
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Any:
+    """A 1 MB tmpfs (root only; skipped where mounting is not permitted), grown by calling it."""
+    where = tmp_path / "small"
+    where.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)], capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {res.stderr.strip() or res.returncode}")
+
+    def grow(size: str = "32m") -> None:
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(where)], check=True)
+
+    try:
+        yield where, grow
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+@pytest.mark.timeout(240)
+def test_a_full_disk_mid_run_stops_at_once_and_resume_is_exact(tmp_path: Path, small_disk: Any) -> None:
+    where, grow = small_disk
+    inp, out = tmp_path / "in.jsonl", where / "out.jsonl"
+    make_input(inp, 2000)
+    with FakeServer() as srv:
+        args = _cli(str(inp), "-o", str(out), "-s", srv.url, "--json")
+        start = time.monotonic()
+        res = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=90)
+        assert time.monotonic() - start < 60
+        assert res.returncode == 1, res.stderr  # disk full is not a usage error (was 2)
+        (line,) = _error_lines(res.stderr)
+        assert line.startswith("error: ") and line.endswith(": no space left on device."), line
+        done = _assert_cut_back_to_checkpoint(out)
+        grow()
+        res = subprocess.run(args + ["--resume"], cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr
+        assert json.loads(res.stdout)["resumed_from_line"] == done
+    check_exactly_once(inp, out, default_failures_path(out))
+
+
+@pytest.mark.timeout(120)
+def test_a_crash_on_one_line_deep_in_a_long_file_stops_the_run_naming_the_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Any exception in a worker ends the run at once (it used to hang with >1024 lines after it)."""
+    import gc
+
+    import gymverl.rescore as rescore_mod
+
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    make_input(inp, 2000)
+    real = rescore_mod.build_request
+
+    def flaky(record: Any, extra: Any = None) -> Any:
+        if record["response"]["id"] == "resp_499":
+            raise ValueError("boom")
+        return real(record, extra)
+
+    monkeypatch.setattr(rescore_mod, "build_request", flaky)
+    with FakeServer() as srv:
+        with pytest.raises(RunError, match=r"in\.jsonl: line 500: gymverl failed on this line \(ValueError: boom\)") as info:
+            rescore_file(inp, out, [srv.url], concurrency=8)
+        assert info.value.exit_code == 1
+        gc.collect()
+        assert not [r for r in caplog.records if r.name == "asyncio"], [r.getMessage() for r in caplog.records]
+        done = _assert_cut_back_to_checkpoint(out)
+        assert done < 500
+        monkeypatch.setattr(rescore_mod, "build_request", real)
+        summary = rescore_file(inp, out, [srv.url], resume=True)
+    assert summary.complete and summary.resumed_from == done
+    check_exactly_once(inp, out, default_failures_path(out))
+
+
+@pytest.mark.timeout(120)
+def test_a_failing_checkpoint_write_stops_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The background checkpoint writer (a thread) failing with a full disk: exit 1, no hang."""
+    import errno
+
+    import gymverl.rescore as rescore_mod
+
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    make_input(inp, 600)
+    calls = {"n": 0}
+    real = rescore_mod._write_state
+
+    def fill_up(path: Path, state: dict[str, Any]) -> None:
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, state)
+
+    monkeypatch.setattr(rescore_mod, "_write_state", fill_up)
+    monkeypatch.setattr(rescore_mod, "CHECKPOINT_SECONDS", 0.0)
+    with FakeServer("--latency", "0.005") as srv:
+        with pytest.raises(RunError, match=r"rescore-state: no space left on device\.") as info:
+            rescore_file(inp, out, [srv.url], concurrency=4)
+    assert info.value.exit_code == 1
+    _assert_cut_back_to_checkpoint(out)
+
+
+def test_tasks_join_with_a_numeric_tool_name_and_deep_values(tmp_path: Path) -> None:
+    """Lines validate accepts must not crash the --tasks join or the request: a tool named by a
+    number next to a named one (sorting them raised TypeError), values nested past orjson's 254."""
+    deep: Any = "x"
+    for _ in range(300):
+        deep = [deep]
+    rows = make_input(tmp_path / "seed.jsonl", 6)
+    for i, r in enumerate(rows):
+        r["_ng_task_index"] = i
+        r["responses_create_params"]["tools"] = [{"type": "function", "name": "a"}, {"type": "function", "name": 5}]
+        if i % 2:
+            r["responses_create_params"]["input"][-1]["content"] = [{"type": "input_text", "text": "q", "extra": deep}]
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text("".join(json.dumps({k: v for k, v in r.items() if k not in ("response", "reward")}) + "\n" for r in rows))
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({k: v for k, v in r.items() if k not in ("expected_answer", "question")}) + "\n" for r in rows))
+    with FakeServer() as srv:
+        summary = rescore_file(inp, tmp_path / "out.jsonl", [srv.url], tasks=tasks)
+    assert summary.complete and summary.rescored == 6 and summary.joined_tasks == 6
+    assert [o.get("expected_answer") for o in read_jsonl(tmp_path / "out.jsonl")] == [r.get("expected_answer") for r in rows]
+
+
+def test_a_verifier_behind_a_compressing_proxy(tmp_path: Path) -> None:
+    """../shared/cases/rescore-gzip-answers: every answer gzip-encoded (the client asks for it)."""
+    case = SHARED / "cases" / "rescore-gzip-answers" / "rollouts.jsonl"
+    inp = tmp_path / "in.jsonl"
+    if case.exists():
+        inp.write_bytes(case.read_bytes())
+    else:
+        make_input(inp, 2)
+    n = len(inp.read_text().splitlines())
+    out = tmp_path / "out.jsonl"
+    with FakeServer("--compress", "gzip") as srv:
+        res = runner.invoke(app, ["rescore", str(inp), "-o", str(out), "-s", srv.url, "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["rescored"] == n and data["failed"] == 0
+    assert all(r["reward"] == fake_reward(r["response"]["id"]) for r in read_jsonl(out))
+
+
+def test_a_gz_output_is_gzip_resumes_exactly_and_reads_back(tmp_path: Path) -> None:
+    """../shared/cases/gz-named-output-is-plain-text, rescore part: `-o x.jsonl.gz` was plain text
+    that gymverl's own readers then called corrupt. Each checkpoint ends a gzip member, so a
+    resumed run (cut back to a checkpoint) still leaves one valid gzip stream."""
+    import gzip
+
+    from gymverl.records import validate_file
+
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl.gz"
+    make_input(inp, 120)
+    lines = inp.read_text().splitlines()
+    lines[4] = "{broken"
+    inp.write_text("\n".join(lines) + "\n")
+    fails = tmp_path / "out.failures.jsonl.gz"
+    with FakeServer("--plan", "503", "--every", "7") as srv:
+        a = rescore_file(inp, out, [srv.url], failures=fails, limit=50, retries=0)
+        assert not a.complete
+        b = rescore_file(inp, out, [srv.url], failures=fails, resume=True, retries=0)
+        assert b.complete and b.lines == 120 and b.rejected == 1 and b.failed > 0
+    with FakeServer() as srv:
+        c = rescore_file(inp, out, [srv.url], failures=fails, retry_failed=True)
+    assert c.complete and c.failed == 0 and c.rescored == 119
+    assert out.read_bytes()[:2] == b"\x1f\x8b" and fails.read_bytes()[:2] == b"\x1f\x8b"
+    plain_out, plain_fails = tmp_path / "o.jsonl", tmp_path / "f.jsonl"
+    plain_out.write_bytes(gzip.decompress(out.read_bytes()))
+    plain_fails.write_bytes(gzip.decompress(fails.read_bytes()))
+    check_exactly_once(inp, plain_out, plain_fails)
+    s = validate_file(out)  # gymverl's own reader takes it
+    assert s.valid == 119 and s.rejected == 0

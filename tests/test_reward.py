@@ -134,3 +134,26 @@ def test_one_pool_per_event_loop_reused_across_calls_and_bounded() -> None:
     assert stats["requests"] == 48 and stats["max_in_flight"] <= 4
     reward._prune()
     assert not reward._CLIENTS  # both loops are closed: their pools are not kept forever
+
+
+def test_scores_through_a_server_that_gzips_its_answers() -> None:
+    with FakeServer("--compress", "gzip") as srv:
+        async def go() -> dict[str, Any]:
+            try:
+                return await compute_score("xlam", "hi", "", extra_info(), server=srv.url, retries=0)
+            finally:
+                await get_client(server=srv.url, retries=0).close()  # no pool left open at exit
+
+        out = asyncio.run(go())
+    assert 0.1 <= out["score"] <= 0.9 and out["verify_failed"] == 0.0 and out["verify_attempts"] == 1
+
+
+def test_deeply_nested_tool_call_arguments_do_not_crash_the_reward() -> None:
+    """Arguments parsed from the model's text may nest up to orjson's read limit (1024)."""
+    args: Any = 1
+    for _ in range(300):
+        args = {"a": args}
+    text = "<tool_call>" + json.dumps({"name": "get_weather", "arguments": args}) + "</tool_call>"
+    resp = response_from_text(text)
+    (call,) = [o for o in resp["output"] if o["type"] == "function_call"]
+    assert json.loads(call["arguments"]) == args

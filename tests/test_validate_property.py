@@ -274,3 +274,172 @@ def test_values_only_orjson_rejects_are_not_let_through(workdir, value, where):
 )
 def test_known_differences_between_parsers_are_handled(workdir, raw):
     both_ways(workdir, b'{"a": 1}\n' + raw + b"\n" + GOOD + b"\n")
+
+
+# ---- a line validate accepts never crashes a later stage ----------------------------------------
+# Issue 10: values validate lets through (a task field nested ~255 levels deep, past what orjson
+# writes; a tool whose `name` is a number) crashed rescore and the rl row builder. Valid rollouts
+# with arbitrary values in every free-form place must go through rescore's request building, task
+# join and row writing, and the rl/sft row builders, raising nothing but the builders' RowError.
+
+_DEPTHS = st.sampled_from([0, 1, 60, 253, 254, 255, 256, 300, 1000])
+
+
+def _nest(value, depth: int, as_dict: bool):
+    for _ in range(depth):
+        value = {"k": value} if as_dict else [value]
+    return value
+
+
+deep_value = st.builds(_nest, json_value, _DEPTHS, st.booleans())
+free_value = st.one_of(json_value, deep_value)
+
+
+@st.composite
+def valid_rollouts(draw, free_value=free_value):
+    tool_def = st.fixed_dictionaries(
+        {"type": st.just("function"), "name": st.one_of(st.text(max_size=8), free_value)},
+        optional={"parameters": free_value, "description": free_value, "strict": free_value},
+    )
+    rec = good()
+    rcp = rec["responses_create_params"]
+    if draw(st.booleans()):
+        rcp["tools"] = draw(st.one_of(st.none(), st.lists(st.one_of(tool_def, free_value), max_size=3)))
+    if draw(st.booleans()):
+        rcp["input"][1]["content"] = draw(st.one_of(st.text(max_size=10), free_value))
+    if draw(st.booleans()):
+        rcp["instructions"] = draw(free_value)
+    out = rec["response"]["output"]
+    if draw(st.booleans()):
+        out[0]["arguments"] = draw(st.one_of(st.text(max_size=10), free_value))
+    if draw(st.booleans()):
+        out[1]["output"] = draw(free_value)
+    if draw(st.booleans()):
+        out[2]["content"] = draw(free_value)
+    for key in draw(st.lists(st.sampled_from(["expected_answer", "options", "metadata", "question", "x"]), max_size=3)):
+        rec[key] = draw(free_value)
+    if draw(st.booleans()):
+        rec["agent_ref"] = draw(free_value)
+    if draw(st.booleans()):
+        rec["_ng_task_index"] = draw(st.integers(min_value=0, max_value=2**64 - 1))
+    return rec
+
+
+def _line_of(value) -> bytes:
+    import sys
+
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 20_000))
+    try:
+        return json.dumps(value).encode()
+    finally:
+        sys.setrecursionlimit(limit)
+
+
+def _accepted(rec):
+    """The record as validate reads it back from its line, or None when validate rejects the line."""
+    from gymverl.jsonl import Line
+    from gymverl.records import check_line
+
+    data = _line_of(rec)
+    c = check_line(Line(1, data, len(data)))
+    return c.record
+
+
+@SETTINGS
+@given(rec=valid_rollouts(), answer_extra=free_value)
+def test_a_valid_line_never_crashes_rescore(rec, answer_extra):
+    from gymverl.jsonl import dumps
+    from gymverl.rescore import TaskIndex, failure_record, prompt_key, rescored_row
+    from gymverl.records import task_key
+    from gymverl.verify import VerifyResult, build_request, encode_body
+
+    record = _accepted(rec)
+    if record is None:
+        return
+    task = {k: v for k, v in record.items() if k not in ("response", "reward")}
+    assert prompt_key(task) == prompt_key(record)  # --tasks joins it
+    stripped = {k: v for k, v in record.items() if k not in ("expected_answer", "options", "metadata", "question", "x")}
+    added = TaskIndex.missing_fields(stripped, task)
+    body = build_request(stripped, added)
+    sent = orjson.loads(encode_body(body))  # what /verify gets
+    assert "reward" not in sent and all(k in sent for k, v in task.items() if v is not None)
+    try:  # the server's answer is what orjson reads from its body
+        extra = orjson.loads(_line_of(answer_extra))
+    except orjson.JSONDecodeError:
+        extra = None
+    answer = dict(orjson.loads(dumps(body)), reward=0.5, extra=extra)
+    row = rescored_row(record, answer, added)
+    assert orjson.loads(dumps(row))["reward"] == 0.5
+    fail = failure_record(7, record, VerifyResult(False, reason="http_5xx", status=503, error="x", attempts=1))
+    assert orjson.loads(dumps(fail))["task"] == task_key(record)
+
+
+def _rl_and_sft(record) -> None:
+    from gymverl.formats import FieldRules, RowError
+    from gymverl.formats.rl import rl_row
+    from gymverl.formats.sft import sft_row
+    from gymverl.jsonl import dumps
+    from gymverl.records import task_key
+
+    key = task_key(record)
+    for rules in (FieldRules(), FieldRules(keep_all=True), FieldRules(task_keys=frozenset({"expected_answer", "x"}))):
+        try:
+            row, _ = rl_row(record, rules=rules, data_source="d", ability="a", task_key=key)
+        except RowError:
+            continue
+        orjson.loads(row["extra_info"]["nemo_gym"])
+        dumps(row)
+    for reasoning in (False, True):
+        try:
+            row = sft_row(record, data_source="d", task_key=key, line=1, include_reasoning=reasoning)
+        except RowError:
+            continue
+        orjson.loads(row["messages"])
+
+
+@SETTINGS
+@given(rec=valid_rollouts(free_value=json_value))
+def test_a_valid_line_never_crashes_the_rl_and_sft_row_builders(rec):
+    record = _accepted(rec)
+    if record is not None:
+        _rl_and_sft(record)
+
+
+_DEEP = _nest("x", 300, False)
+_FORMATS_XFAIL = pytest.mark.xfail(
+    strict=True,
+    reason="gymverl.formats.dumps_str (and sft's prompt/tools cache keys) call orjson.dumps, which stops at "
+    "254 levels; they belong to the 'files' helper and should call gymverl.jsonl.dumps. Remove this mark then.",
+)
+
+
+def _deep_at(where: str):
+    rec = good()
+    if where == "task field":
+        rec["expected_answer"] = _DEEP
+    elif where == "tool parameters":
+        rec["responses_create_params"]["tools"][0]["parameters"] = {"type": "object", "x": _DEEP}
+    elif where == "call arguments":
+        rec["response"]["output"][0]["arguments"] = {"city": _DEEP}
+    elif where == "tool output":
+        rec["response"]["output"][1]["output"] = [{"type": "input_text", "text": "t", "x": _DEEP}]
+    elif where == "prompt content":
+        rec["responses_create_params"]["input"][1]["content"] = [{"type": "input_text", "text": "q", "x": _DEEP}]
+    return rec
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        pytest.param("task field", marks=_FORMATS_XFAIL),
+        pytest.param("tool parameters", marks=_FORMATS_XFAIL),
+        "call arguments",
+        "tool output",
+        pytest.param("prompt content", marks=_FORMATS_XFAIL),
+    ],
+)
+def test_a_valid_line_nested_deeper_than_orjson_writes_never_crashes_the_row_builders(where):
+    record = _accepted(_deep_at(where))
+    assert record is not None  # validate accepts it (orjson reads 1024 levels)
+    _rl_and_sft(record)

@@ -209,3 +209,31 @@ def test_load_balancing_and_failover_to_a_healthy_server() -> None:
     with FakeServer("--plan", "503") as bad, FakeServer() as good:
         results = run(verify_all(VerifyClient([bad.url, good.url], concurrency=4, retries=3, backoff=0.01), rows[:12]))
     assert all(r.ok and r.server == good.url for r in results)
+
+
+# ---- compressed answers --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_compressed_answers_are_decoded(encoding: str) -> None:
+    """aiohttp sends `Accept-Encoding: gzip, deflate`, so an answer encoded that way (a compressing
+    proxy, FastAPI's GZipMiddleware) must be read; before the fix every row failed as bad_response."""
+    rows = sample_rows()[:4]
+    with FakeServer("--compress", encoding) as srv:
+        results = run(verify_all(VerifyClient([srv.url], retries=0), rows))
+    for row, res in zip(rows, results):
+        assert res.ok, res
+        assert res.reward == fake_reward(row["response"]["id"]) and res.attempts == 1
+
+
+def test_a_row_nested_deeper_than_orjson_writes_is_still_sent() -> None:
+    """orjson reads 1024 levels but writes 254: a valid row nested 300 deep must reach the server."""
+    row = sample_rows()[0]
+    deep: Any = "x"
+    for _ in range(300):
+        deep = [deep]
+    row["expected_answer"] = deep
+    with FakeServer() as srv:
+        (res,) = run(verify_all(VerifyClient([srv.url], retries=0), [row]))
+    assert res.ok, res
+    assert res.answer["expected_answer"] == deep
