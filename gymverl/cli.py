@@ -618,16 +618,13 @@ def train_offline_command(
         export=export, save_freq=save_freq, overrides=overrides,
     )
     prepared = None
-    try:
-        if from_rollouts is not None:
-            existing_file(from_rollouts)
-            plan, prepared = tr.plan_from_rollouts(
-                opts, from_rollouts, dry_run=dry_run, min_reward=min_reward, best_of_n=best_of_n, val_fraction=val_fraction
-            )
-        else:
-            plan = tr.plan_training(opts, check_device=not dry_run)
-    except tr.TrainError as exc:
-        fail(str(exc))
+    if from_rollouts is not None:
+        existing_file(from_rollouts)
+        plan, prepared = tr.plan_from_rollouts(
+            opts, from_rollouts, dry_run=dry_run, min_reward=min_reward, best_of_n=best_of_n, val_fraction=val_fraction
+        )
+    else:
+        plan = tr.plan_training(opts, check_device=not dry_run)
     if prepared is not None and prepared.rejected:
         where = "" if dry_run else f" (see {out / 'data' / 'rejects.jsonl'})"
         err_console.print(f"[yellow]warning[/]: {prepared.rejected} of {prepared.lines} rollout lines rejected{where}.")
@@ -664,8 +661,9 @@ def train_offline_command(
             task = progress.add_task("starting VeRL", total=plan.total_steps, loss="")
             result = tr.run_training(plan, on_event)
         if result.returncode != 0:
-            err_console.print("\n".join(result.tail[-15:]), highlight=False, markup=False)
-            fail(f"VeRL exited with code {result.returncode}; full log: {result.log}.", EXIT_REJECTED)
+            # VeRL's own error line, not torchrun's summary box (which says nothing about the cause).
+            cause = f": {result.cause}" if result.cause else ""
+            _fail_now(f"VeRL exited with code {result.returncode}{cause}; full log: {result.log}.", EXIT_REJECTED)
         if export:
             if result.checkpoint is None:
                 fail(f"VeRL finished but wrote no checkpoint under {plan.checkpoints}.", EXIT_REJECTED)

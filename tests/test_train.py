@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -28,11 +29,15 @@ def _sft_parquet(path: Path, rows: int, *, json_strings: bool = False) -> Path:
 
 
 @pytest.fixture()
-def model_dir(tmp_path: Path) -> Path:
-    """Just enough of a model directory for the checks (the argv tests never load it)."""
+def model_dir(tmp_path: Path, tiny_model: Path) -> Path:
+    """Just enough of a model directory for the checks: config.json and a tokenizer with a chat
+    template (the plan measures every row with it); the argv tests never load the weights."""
     d = tmp_path / "model"
     d.mkdir()
     (d / "config.json").write_text("{}")
+    for f in tiny_model.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            shutil.copy(f, d / f.name)
     return d
 
 

@@ -16,6 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from gymverl import train as tr
+from gymverl.proc import descendants
 from gymverl.cli import app
 from gymverl.records import is_incomplete
 
@@ -178,7 +179,7 @@ def test_cpu_interrupt_then_resume(sft_data, tiny_model, tmp_path):
     while not ckpt.exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.5)
     assert ckpt.exists(), "no checkpoint within 300 s"
-    workers = tr._descendants(proc.pid)
+    workers = descendants(proc.pid)
     assert workers, "torchrun and its worker should be running"
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
