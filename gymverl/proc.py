@@ -94,31 +94,22 @@ def signals_as_interrupt() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def shielded() -> Iterator[None]:
+def _all_stop_signals(handler: Any) -> Iterator[None]:
+    """Handle Ctrl-C, SIGTERM and SIGHUP with `handler` for a moment (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, *STOP_SIGNALS)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def shielded() -> contextlib.AbstractContextManager[None]:
     """Ignore Ctrl-C, SIGTERM and SIGHUP for a moment: an impatient second Ctrl-C must not cut cleanup short."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, *STOP_SIGNALS)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-@contextlib.contextmanager
-def _hurry_on_signal(hurry: threading.Event) -> Iterator[None]:
-    """While stopping: a further Ctrl-C/SIGTERM/SIGHUP skips to the next rung instead of cutting cleanup short."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, lambda *_: hurry.set()) for sig in (signal.SIGINT, *STOP_SIGNALS)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    return _all_stop_signals(signal.SIG_IGN)
 
 
 # ---- the process tree (Linux /proc; elsewhere the process group only) ------------------------------
@@ -248,7 +239,8 @@ class Supervised:
         grace = self.grace if grace is None else grace
         hurry = threading.Event()
         try:
-            with _hurry_on_signal(hurry):
+            # Another Ctrl-C/SIGTERM/SIGHUP while stopping skips to the next rung, never cuts cleanup short.
+            with _all_stop_signals(lambda *_: hurry.set()):
                 for sig, wait in ((signal.SIGINT, grace), (signal.SIGTERM, TERM_WAIT), (signal.SIGKILL, KILL_WAIT)):
                     if not self.running():
                         break

@@ -785,13 +785,15 @@ def export_hf(checkpoint: Path, target: Path, *, merge_lora: bool = True, log: O
         shutil.rmtree(tmp)
     argv = [sys.executable, "-m", MERGER_MODULE, "merge", "--backend", "fsdp",
             "--local_dir", str(checkpoint), "--target_dir", str(tmp)]
-    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    with proc.start(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as merger:  # stopped on Ctrl-C/SIGTERM
+        output = merger.popen.communicate()[0]
     if log is not None:
         with open(log, "ab") as f:
-            f.write(b"\n$ " + " ".join(argv).encode() + b"\n" + proc.stdout)
-    if proc.returncode != 0:
-        last = proc.stdout.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
-        raise TrainError(f"verl.model_merger failed on {checkpoint} ({last[0]}).")
+            f.write(b"\n$ " + " ".join(argv).encode() + b"\n" + output)
+    if merger.returncode != 0:
+        text = output.decode("utf-8", "replace")
+        last = proc.log_cause(text.splitlines()) or (text.strip().splitlines()[-1:] or ["no output"])[0]
+        raise TrainError(f"verl.model_merger failed on {checkpoint} ({last}).")
     if merge_lora and (tmp / "lora_adapter" / "adapter_config.json").is_file():
         _fold_lora(tmp)
     if target.exists():
