@@ -25,7 +25,7 @@ from typing import Any, Iterator, Sequence
 
 import orjson
 from gymverl import proc
-from gymverl.errors import RunError
+from gymverl.errors import GymverlError, RunError
 
 ENV_VAR = "GYMVERL_NEMO_GYM_ENV"
 DEFAULT_ENV_NAME = ".nemo-gym-venv"
@@ -182,6 +182,10 @@ class NemoGymServers:
         self.signalled = False
         self._tail: deque[str] = deque(maxlen=60)
         self._ready = threading.Event()
+        # stop() from another thread (the demo starts servers in the background) must win over a
+        # start() still in progress: no ng_run is started after it, and start() gives up.
+        self._stopped = threading.Event()
+        self._lock = threading.Lock()
         self._crashed: list[str] = []
         self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
         self._reader: threading.Thread | None = None
@@ -235,24 +239,34 @@ class NemoGymServers:
         argv = self.argv()
         log = open(self.log_path, "ab") if self.log_path else None
         try:
-            self._proc = proc.start(argv, cwd=self.cwd, env=subprocess_env(self.env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            with self._lock:
+                if self._stopped.is_set():
+                    raise NemoGymError("NeMo Gym servers were stopped before they started.")
+                child = self._proc = proc.start(
+                    argv, cwd=self.cwd, env=subprocess_env(self.env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+                )
         except BaseException:
             if log is not None:
                 log.close()
             raise
-        self._reader = threading.Thread(target=self._read_output, args=(self._proc.popen.stdout, log), daemon=True)
+        self._reader = threading.Thread(target=self._read_output, args=(child.popen.stdout, log), daemon=True)
         self._reader.start()
         deadline = time.monotonic() + self.startup_timeout
         try:
             while not self._ready.wait(0.25):
-                if self._proc.poll() is not None or self._crashed:
-                    what = f"{', '.join(self._crashed)} exited" if self._crashed else f"ng_run exited with {self._proc.returncode}"
+                if self._stopped.is_set():
+                    raise NemoGymError("NeMo Gym servers were stopped before they were ready.")
+                if child.poll() is not None or self._crashed:
+                    what = f"{', '.join(self._crashed)} exited" if self._crashed else f"ng_run exited with {child.returncode}"
                     self.stop()  # the whole output is read once ng_run and its servers are gone
                     raise self._failure(f"NeMo Gym servers failed to start ({what})")
                 if time.monotonic() > deadline:
                     self.stop()
                     raise self._failure(f"NeMo Gym servers not ready after {self.startup_timeout:.0f} s")
-            self.instances = self._fetch_instances()
+            try:
+                self.instances = self._fetch_instances()
+            except (OSError, ValueError) as exc:  # URLError is an OSError; a bad answer a ValueError
+                raise NemoGymError(f"NeMo Gym's head server on port {self.head_port} did not list its servers ({exc}).") from None
             self.urls = {i["process_name"]: i["url"] for i in self.instances if i.get("url")}
         except BaseException:
             self.stop()
@@ -304,12 +318,18 @@ class NemoGymServers:
     def stop(self, timeout: float = 30.0) -> None:
         """Stop ng_run and everything it started (servers, Ray) with `gymverl.proc`'s ladder; twice is fine.
 
+        Also from another thread while `start()` runs there: it then starts nothing more and raises.
+        A stopped NemoGymServers is not started again (make a new one).
+
         `timeout`: seconds ng_run gets after SIGINT (it stops its servers and Ray itself) before
         SIGTERM and SIGKILL reach the whole group and every descendant.
         """
-        if self._proc is not None:
-            self._proc.stop(grace=timeout)
-            self.signalled = self.signalled or self._proc.signalled
+        with self._lock:
+            self._stopped.set()
+            child = self._proc
+        if child is not None:
+            child.stop(grace=timeout)
+            self.signalled = self.signalled or child.signalled
         if self._reader is not None:
             self._reader.join(timeout=5)
         if self._tmpdir is not None:
@@ -374,11 +394,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 time.sleep(3600)
     except KeyboardInterrupt:
         return 130
-    except NemoGymError as exc:
-        if exc.tail:
-            print(exc.tail, file=sys.stderr)
+    except GymverlError as exc:
+        if getattr(exc, "tail", ""):
+            print(exc.tail, file=sys.stderr)  # type: ignore[attr-defined]
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_code
     return 0
 
 

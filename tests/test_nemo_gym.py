@@ -160,3 +160,39 @@ def test_sigterm_stops_ng_run_ray_and_every_server(nemo_gym_env: Path) -> None:
     assert not left, f"left running after SIGTERM: {left}"
     with pytest.raises((urllib.error.URLError, ConnectionError)):
         urllib.request.urlopen(url + "/", timeout=5)  # noqa: S310 - loopback
+
+
+@pytest.mark.nemo_gym
+def test_stop_from_another_thread_while_starting_leaves_nothing(nemo_gym_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo starts servers in a background thread and stops them from the main one (Ctrl-C):
+    start() gives up with one sentence (not an AttributeError) and nothing it started is left."""
+    mark = uuid.uuid4().hex
+    monkeypatch.setenv("GYMVERL_TEST_MARK", mark)  # inherited by ng_run, Ray and the servers
+    servers = nemo_gym.start_resources_servers(["mcqa"], env=nemo_gym_env)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            servers.start()
+        except BaseException as exc:  # noqa: BLE001 - the test looks at it
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any("ng_run" in p for p in _marked(mark)):
+        time.sleep(0.2)
+    time.sleep(2)
+    servers.stop()
+    thread.join(60)
+    deadline = time.monotonic() + 15
+    while _marked(mark) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = _marked(mark)
+    for entry in left:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            psutil.Process(int(entry.split()[0])).kill()
+    assert not thread.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], NemoGymError), errors
+    assert "stopped before" in str(errors[0])
+    assert not left, f"left running: {left}"
