@@ -69,7 +69,9 @@ def _release_signals() -> None:
     global _holders
     with _lock:
         _holders -= 1
-        if _holders == 0:
+        # Handlers can only be changed from the main thread; a child started there but stopped
+        # from another thread leaves ours in place (they only raise KeyboardInterrupt, as Ctrl-C does).
+        if _holders == 0 and threading.current_thread() is threading.main_thread():
             for sig, handler in _previous.items():
                 if signal.getsignal(sig) is _raise_interrupt:  # nobody replaced ours meanwhile
                     signal.signal(sig, handler)
@@ -223,9 +225,10 @@ class Supervised:
 
     def running(self) -> bool:
         """True while the child or anything it started (group or descendants) is alive."""
+        # Refreshed on every call: a descendant orphaned while we wait must still be known for SIGKILL.
+        live = self._tree.refresh()
         if self.popen.poll() is None:
             return True
-        live = self._tree.refresh()
         return bool(live) or (not self._tree.procfs and self._tree.group_alive())
 
     def stop(self, grace: float | None = None) -> int | None:
