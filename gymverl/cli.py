@@ -907,7 +907,7 @@ def demo(
     2 on usage errors, 130 when interrupted.
     """
     global console
-    from gymverl.demo import SAMPLE_DATA, DemoError, DemoOptions, run_demo
+    from gymverl.demo import SAMPLE_DATA, DemoOptions, run_demo
 
     skips = frozenset(s.strip() for item in (skip or []) for s in item.split(",") if s.strip())
     opts = DemoOptions(out=out, data=data or SAMPLE_DATA, skip=skips, nemo_gym_env=nemo_gym_env, overwrite=overwrite)
@@ -915,10 +915,7 @@ def demo(
     if as_json:
         console = err_console  # stdout carries the JSON only
     try:
-        report = run_demo(opts, _RichDemoReporter())
-    except DemoError as exc:
-        console = saved
-        fail(str(exc))
+        report = run_demo(opts, _RichDemoReporter())  # a DemoError becomes its sentence in _PipelineOrder
     except KeyboardInterrupt:
         console = saved
         err_console.print("[yellow]interrupted[/]: NeMo Gym servers and training stopped.")

@@ -527,3 +527,20 @@ def test_shared_workplace_assistant_rows_are_refused_with_their_length(tmp_path,
     err = " ".join(res.stderr.split())
     assert res.exit_code == 2, res.output
     assert "4 of 4 rows are longer than --max-length 1024 tokens" in err and "from input line" in err, err
+
+
+def test_run_training_failure_names_the_workers_error(tmp_path, data, model_dir):
+    """The cause is VeRL's error line from the log, found above torchrun's summary box."""
+    import sys
+
+    plan = tr.plan_training(_opts(data, model_dir, tmp_path), check_device=False)
+    box = "\n".join([
+        "[rank0]: Traceback (most recent call last):",
+        "[rank0]: ValueError: sequence_length=10438 is larger than self.max_length=1024",
+        "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: ",
+        "=" * 60, "verl.trainer.sft_trainer FAILED", "Failures:", "  <NO_OTHER_FAILURES>", "=" * 60,
+    ])  # fmt: skip
+    plan.argv = [sys.executable, "-c", f"import sys; print({box!r}); sys.exit(1)"]
+    result = tr.run_training(plan)
+    assert result.returncode == 1
+    assert result.cause == "ValueError: sequence_length=10438 is larger than self.max_length=1024"
