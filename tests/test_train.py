@@ -498,13 +498,18 @@ def test_empty_data_and_zero_batch_size_are_clear(tmp_path, model_dir, data):
     assert res.exit_code == 2 and err == f"error: {empty} has no rows.", err
 
 
-def test_model_without_chat_template_fails_the_dry_run(tmp_path, data, model_dir):
-    bare = tmp_path / "notemplate"
+def _without_chat_template(model_dir: Path, bare: Path) -> Path:
+    """A copy of `model_dir` whose tokenizer has no chat template."""
     shutil.copytree(model_dir, bare)
     (bare / "chat_template.jinja").unlink(missing_ok=True)
     cfg = json.loads((bare / "tokenizer_config.json").read_text())
     cfg.pop("chat_template", None)
     (bare / "tokenizer_config.json").write_text(json.dumps(cfg))
+    return bare
+
+
+def test_model_without_chat_template_fails_the_dry_run(tmp_path, data, model_dir):
+    bare = _without_chat_template(model_dir, tmp_path / "notemplate")
     res, err = _dry(data, bare, tmp_path)
     assert res.exit_code == 2 and err == f"error: the tokenizer in {bare} has no chat template; SFT needs one.", err
     # no tokenizer at all: one sentence too, before torchrun
@@ -544,3 +549,18 @@ def test_run_training_failure_names_the_workers_error(tmp_path, data, model_dir)
     result = tr.run_training(plan)
     assert result.returncode == 1
     assert result.cause == "ValueError: sequence_length=10438 is larger than self.max_length=1024"
+
+
+def test_shared_precheck_case_model_without_template(tmp_path, model_dir):
+    """train-offline-unclear-precheck-errors: the shared rollouts with a model whose tokenizer has no
+    chat template fail `--dry-run` with one sentence (it used to pass, and VeRL failed later)."""
+    from conftest import SHARED
+
+    src = SHARED / "cases" / "train-offline-unclear-precheck-errors" / "rollouts.jsonl"
+    if not src.exists():
+        pytest.skip(f"shared case not found: {src}")
+    bare = _without_chat_template(model_dir, tmp_path / "notemplate")
+    res = runner.invoke(app, ["train-offline", "--from-rollouts", str(src), "-m", str(bare), "-o", str(tmp_path / "r"),
+                              "--device", "cpu", "--dry-run"])
+    err = " ".join(res.stderr.split())
+    assert res.exit_code == 2 and err == f"error: the tokenizer in {bare} has no chat template; SFT needs one.", res.output
