@@ -613,16 +613,13 @@ def train_offline_command(
         export=export, save_freq=save_freq, overrides=overrides,
     )
     prepared = None
-    try:
-        if from_rollouts is not None:
-            existing_file(from_rollouts)
-            plan, prepared = tr.plan_from_rollouts(
-                opts, from_rollouts, dry_run=dry_run, min_reward=min_reward, best_of_n=best_of_n, val_fraction=val_fraction
-            )
-        else:
-            plan = tr.plan_training(opts, check_device=not dry_run)
-    except tr.TrainError as exc:
-        fail(str(exc))
+    if from_rollouts is not None:
+        existing_file(from_rollouts)
+        plan, prepared = tr.plan_from_rollouts(
+            opts, from_rollouts, dry_run=dry_run, min_reward=min_reward, best_of_n=best_of_n, val_fraction=val_fraction
+        )
+    else:
+        plan = tr.plan_training(opts, check_device=not dry_run)
     if prepared is not None and prepared.rejected:
         where = "" if dry_run else f" (see {out / 'data' / 'rejects.jsonl'})"
         err_console.print(f"[yellow]warning[/]: {prepared.rejected} of {prepared.lines} rollout lines rejected{where}.")
@@ -659,8 +656,9 @@ def train_offline_command(
             task = progress.add_task("starting VeRL", total=plan.total_steps, loss="")
             result = tr.run_training(plan, on_event)
         if result.returncode != 0:
-            err_console.print("\n".join(result.tail[-15:]), highlight=False, markup=False)
-            fail(f"VeRL exited with code {result.returncode}; full log: {result.log}.", EXIT_REJECTED)
+            # VeRL's own error line, not torchrun's summary box (which says nothing about the cause).
+            cause = f": {result.cause}" if result.cause else ""
+            _fail_now(f"VeRL exited with code {result.returncode}{cause}; full log: {result.log}.", EXIT_REJECTED)
         if export:
             if result.checkpoint is None:
                 fail(f"VeRL finished but wrote no checkpoint under {plan.checkpoints}.", EXIT_REJECTED)
@@ -904,7 +902,7 @@ def demo(
     2 on usage errors, 130 when interrupted.
     """
     global console
-    from gymverl.demo import SAMPLE_DATA, DemoError, DemoOptions, run_demo
+    from gymverl.demo import SAMPLE_DATA, DemoOptions, run_demo
 
     skips = frozenset(s.strip() for item in (skip or []) for s in item.split(",") if s.strip())
     opts = DemoOptions(out=out, data=data or SAMPLE_DATA, skip=skips, nemo_gym_env=nemo_gym_env, overwrite=overwrite)
@@ -912,10 +910,7 @@ def demo(
     if as_json:
         console = err_console  # stdout carries the JSON only
     try:
-        report = run_demo(opts, _RichDemoReporter())
-    except DemoError as exc:
-        console = saved
-        fail(str(exc))
+        report = run_demo(opts, _RichDemoReporter())  # a DemoError becomes its sentence in _PipelineOrder
     except KeyboardInterrupt:
         console = saved
         err_console.print("[yellow]interrupted[/]: NeMo Gym servers and training stopped.")

@@ -19,9 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import signal
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -33,6 +31,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import orjson
 
+from gymverl import proc
 from gymverl.jsonl import InputError, check_input_path
 from gymverl.nemo_gym import (
     NemoGymError,
@@ -68,8 +67,6 @@ HYDRA_KEYS = {
     "resume": "resume_from_cache",
 }
 
-_EXC_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?([A-Z]\w*(?:Error|Exception|Exit)): (.+)$")
-_ARGPARSE_ERR = re.compile(r"^\S+(?: \S+)*: error: (.+)$")
 
 
 class CollectError(GymverlError):
@@ -477,32 +474,7 @@ class RunResult:
 
 def failure_reason(log_path: Path, max_bytes: int = 256 * 1024) -> str | None:
     """The most telling error line in the collector's log (last exception or argparse error)."""
-    try:
-        with open(log_path, "rb") as f:
-            f.seek(max(0, log_path.stat().st_size - max_bytes))
-            lines = f.read().decode("utf-8", errors="replace").splitlines()
-    except OSError:
-        return None
-    for line in reversed(lines):
-        s = line.strip()
-        m = _EXC_LINE.match(s) or _ARGPARSE_ERR.match(s)
-        if m:
-            return (f"{m.group(1)}: {m.group(2)}" if m.re is _EXC_LINE else m.group(1))[:500]
-    return None
-
-
-def _stop_group(proc: subprocess.Popen[bytes], grace: float) -> None:
-    """SIGINT the collector's process group (what Ctrl-C would do), then escalate if it lingers."""
-    for sig, wait in ((signal.SIGINT, grace), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    return proc.log_file_cause(log_path, max_bytes)
 
 
 def run_collector(
@@ -515,47 +487,31 @@ def run_collector(
     poll: float = 0.25,
     grace: float = 15.0,
 ) -> RunResult:
-    """Run the collector until it exits; report progress from the output file; Ctrl-C stops it cleanly."""
+    """Run the collector until it exits; report progress from the output file.
+
+    Ctrl-C, SIGTERM or SIGHUP (or any error here) stops it with `gymverl.proc`'s ladder: SIGINT
+    first, so NeMo Gym keeps what it wrote (`grace` seconds), then SIGTERM/SIGKILL.
+    """
     out = Path(output)
     written, failures = LineCounter(out), LineCounter(sidecar_paths(out)["failures"])
     log = Path(log_path)
     start = time.monotonic()
     interrupted = False
-    old_term = None
-    if threading.current_thread() is threading.main_thread():
-        # A SIGTERM to gymverl (a job scheduler) stops the collector the same way Ctrl-C does.
-        def _term(signum: int, frame: Any) -> None:
-            raise KeyboardInterrupt
-
-        old_term = signal.signal(signal.SIGTERM, _term)
-    try:
-        with open(log, "wb") as logf:
-            proc = subprocess.Popen(
-                list(argv),
-                stdout=logf,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=subprocess_env(env),
-                start_new_session=True,  # our own group: Ctrl-C reaches gymverl, which forwards it once
-            )
-            try:
-                while proc.poll() is None:
-                    if on_progress is not None:
-                        on_progress(written.update(), failures.update())
-                    time.sleep(poll)
-            except KeyboardInterrupt:
-                interrupted = True
-                _stop_group(proc, grace)
-            finally:
-                if proc.poll() is None:  # any other exception: never leave the collector behind
-                    _stop_group(proc, grace)
-    finally:
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
+    with open(log, "wb") as logf, proc.start(
+        argv, stdout=logf, stderr=subprocess.STDOUT, env=subprocess_env(env), grace=grace
+    ) as child:
+        try:
+            while child.poll() is None:
+                if on_progress is not None:
+                    on_progress(written.update(), failures.update())
+                time.sleep(poll)
+        except KeyboardInterrupt:
+            interrupted = True
+            child.stop()
     n, f = written.update(), failures.update()
     if on_progress is not None:
         on_progress(n, f)
-    rc = proc.returncode
+    rc = child.returncode
     return RunResult(rc, interrupted, n, f, time.monotonic() - start, None if rc == 0 else failure_reason(log))
 
 
@@ -710,7 +666,7 @@ def collect(
             try:
                 stack.enter_context(ng)
             except NemoGymError as exc:
-                raise CollectError(str(exc).split("\n", 1)[0] + f" (ng_run output: {ng.log_path})", code=EXIT_FAILED) from None
+                raise CollectError(str(exc), code=EXIT_FAILED) from None
             head_url = f"http://127.0.0.1:{ng.head_port}"
         agent_urls = check_servers(head_url, tasks.agents, env=env)
         argv = collector_argv(

@@ -22,12 +22,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Protocol
+
+from gymverl import proc
 from gymverl.errors import UsageError
 
 REPO_DIR = Path(__file__).resolve().parent.parent
@@ -236,37 +237,6 @@ def check_data(data: Path) -> tuple[Path, Path]:
     return tasks, rollouts
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt while the demo runs, so cleanup code runs for both."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@contextlib.contextmanager
-def _shielded() -> Iterator[None]:
-    """Ignore Ctrl-C / SIGTERM for a moment (an impatient second Ctrl-C must not cut cleanup short)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 class _BackgroundServers:
     """NeMo Gym servers started in a thread (so the demo works meanwhile), always stopped."""
 
@@ -411,7 +381,7 @@ class Demo:
         if self.bg is not None:
             bg, self.bg = self.bg, None
             self.r.info("stopping the NeMo Gym servers (ng_run, Ray) ...")
-            with _shielded():
+            with proc.shielded():
                 bg.stop()
             self.r.info("NeMo Gym servers stopped")
 
@@ -643,8 +613,8 @@ class Demo:
         res.details = result.to_dict()
         res.outputs = [out / "train.log"] + ([result.hf_model] if result.hf_model else [])
         if result.returncode != 0:
-            tail = "\n".join(result.tail[-15:])
-            raise RuntimeError(f"VeRL exited with code {result.returncode}; last output:\n{tail}")
+            cause = f": {result.cause}" if result.cause else ""
+            raise RuntimeError(f"VeRL exited with code {result.returncode}{cause}; full log: {result.log}")
         loss = (
             f", loss {result.first_loss:.3f} -> {result.last_loss:.3f}"
             if result.first_loss is not None and result.last_loss is not None
@@ -771,7 +741,7 @@ def run_demo(opts: DemoOptions, reporter: Reporter | None = None) -> DemoReport:
     check_data(opts.data)
     out = prepare_out_dir(opts)
     demo = Demo(opts, reporter or PlainReporter(), out)
-    with _sigterm_as_interrupt():
+    with proc.signals_as_interrupt():  # SIGTERM/SIGHUP stop the servers and training as Ctrl-C does
         return demo.run()
 
 

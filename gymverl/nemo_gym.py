@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -25,7 +24,8 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import orjson
-from gymverl.errors import RunError
+from gymverl import proc
+from gymverl.errors import GymverlError, RunError
 
 ENV_VAR = "GYMVERL_NEMO_GYM_ENV"
 DEFAULT_ENV_NAME = ".nemo-gym-venv"
@@ -34,7 +34,28 @@ _CRASHED = re.compile(r"Process `([^`]+)` finished unexpectedly")
 
 
 class NemoGymError(RunError, RuntimeError):
-    """NeMo Gym is missing or its servers could not be started (one clear sentence)."""
+    """NeMo Gym is missing or its servers could not be started (one clear sentence).
+
+    `tail`: the last lines ng_run printed, when it ran (shown by `python -m gymverl.nemo_gym`).
+    """
+
+    tail: str = ""
+
+
+# ng_run's own fatal messages: `Error: Found 1 almost-server(s) with validation errors. Fix ...`
+_NG_ERROR = re.compile(r"^Error: (.+?[.!?])(?:\s|$)")
+
+
+def startup_cause(lines: Sequence[str]) -> str | None:
+    """Why ng_run or one of its servers failed, from its output: the last exception or `Error:` line."""
+    for line in reversed(lines):
+        m = _NG_ERROR.match(line.strip())
+        if m:
+            return m.group(1)
+        cause = proc.log_cause([line])
+        if cause:
+            return cause
+    return None
 
 
 def find_env(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -156,9 +177,15 @@ class NemoGymServers:
         self.head_port = free_port()
         self.urls: dict[str, str] = {}
         self.instances: list[dict[str, Any]] = []
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc: proc.Supervised | None = None
+        self._signals = contextlib.ExitStack()
+        self.signalled = False
         self._tail: deque[str] = deque(maxlen=60)
         self._ready = threading.Event()
+        # stop() from another thread (the demo starts servers in the background) must win over a
+        # start() still in progress: no ng_run is started after it, and start() gives up.
+        self._stopped = threading.Event()
+        self._lock = threading.Lock()
         self._crashed: list[str] = []
         self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
         self._reader: threading.Thread | None = None
@@ -204,43 +231,58 @@ class NemoGymServers:
 
     # ---- lifecycle -----------------------------------------------------------------------------
     def start(self) -> "NemoGymServers":
-        """Start `ng_run` and wait until every server reports ready (or raise NemoGymError)."""
+        """Start `ng_run` and wait until every server reports ready (or raise NemoGymError).
+
+        ng_run, Ray and the servers run in a process group of their own (`gymverl.proc.start`); on
+        any error, Ctrl-C, SIGTERM or SIGHUP while starting they are all stopped before this raises.
+        """
         argv = self.argv()
         log = open(self.log_path, "ab") if self.log_path else None
-        self._proc = subprocess.Popen(
-            argv,
-            cwd=self.cwd,
-            env=subprocess_env(self.env),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # own process group: Ctrl-C handling and cleanup are ours
-        )
-        self._reader = threading.Thread(target=self._read_output, args=(log,), daemon=True)
+        try:
+            with self._lock:
+                if self._stopped.is_set():
+                    raise NemoGymError("NeMo Gym servers were stopped before they started.")
+                child = self._proc = proc.start(
+                    argv, cwd=self.cwd, env=subprocess_env(self.env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+                )
+        except BaseException:
+            if log is not None:
+                log.close()
+            raise
+        self._reader = threading.Thread(target=self._read_output, args=(child.popen.stdout, log), daemon=True)
         self._reader.start()
         deadline = time.monotonic() + self.startup_timeout
         try:
             while not self._ready.wait(0.25):
-                if self._proc.poll() is not None or self._crashed:
-                    raise NemoGymError(
-                        "NeMo Gym servers failed to start"
-                        + (f" ({', '.join(self._crashed)} exited)" if self._crashed else f" (ng_run exited with {self._proc.returncode})")
-                        + f"; last output:\n{self.output_tail()}"
-                    )
+                if self._stopped.is_set():
+                    raise NemoGymError("NeMo Gym servers were stopped before they were ready.")
+                if child.poll() is not None or self._crashed:
+                    what = f"{', '.join(self._crashed)} exited" if self._crashed else f"ng_run exited with {child.returncode}"
+                    self.stop()  # the whole output is read once ng_run and its servers are gone
+                    raise self._failure(f"NeMo Gym servers failed to start ({what})")
                 if time.monotonic() > deadline:
-                    raise NemoGymError(
-                        f"NeMo Gym servers not ready after {self.startup_timeout:.0f} s; last output:\n{self.output_tail()}"
-                    )
-            self.instances = self._fetch_instances()
+                    self.stop()
+                    raise self._failure(f"NeMo Gym servers not ready after {self.startup_timeout:.0f} s")
+            try:
+                self.instances = self._fetch_instances()
+            except (OSError, ValueError) as exc:  # URLError is an OSError; a bad answer a ValueError
+                raise NemoGymError(f"NeMo Gym's head server on port {self.head_port} did not list its servers ({exc}).") from None
             self.urls = {i["process_name"]: i["url"] for i in self.instances if i.get("url")}
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _read_output(self, log: Any) -> None:
-        assert self._proc is not None and self._proc.stdout is not None
-        for raw in self._proc.stdout:
+    def _failure(self, what: str) -> NemoGymError:
+        """`what`, the cause found in ng_run's output, and where the whole output is: one sentence."""
+        cause = startup_cause(list(self._tail))
+        where = f"; ng_run output: {self.log_path}" if self.log_path else ""
+        err = NemoGymError(f"{what}: {cause.rstrip('.')}{where}." if cause else f"{what}, without an error message{where}.")
+        err.tail = self.output_tail()
+        return err
+
+    def _read_output(self, stream: Any, log: Any) -> None:
+        for raw in stream:
             if log is not None:
                 log.write(raw)
                 log.flush()
@@ -274,25 +316,20 @@ class NemoGymServers:
         raise NemoGymError(f"no NeMo Gym server named {name!r}; running: {', '.join(self.urls)}")
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop ng_run and everything it started (servers, Ray): SIGINT, then SIGTERM/SIGKILL the group."""
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        if proc is not None:
-            for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-                # Ray and server processes live in the same process group even after ng_run exits.
-                try:
-                    os.killpg(proc.pid, sig)
-                except (ProcessLookupError, PermissionError):
-                    break
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=wait)
-                time.sleep(0.2)
+        """Stop ng_run and everything it started (servers, Ray) with `gymverl.proc`'s ladder; twice is fine.
+
+        Also from another thread while `start()` runs there: it then starts nothing more and raises.
+        A stopped NemoGymServers is not started again (make a new one).
+
+        `timeout`: seconds ng_run gets after SIGINT (it stops its servers and Ray itself) before
+        SIGTERM and SIGKILL reach the whole group and every descendant.
+        """
+        with self._lock:
+            self._stopped.set()
+            child = self._proc
+        if child is not None:
+            child.stop(grace=timeout)
+            self.signalled = self.signalled or child.signalled
         if self._reader is not None:
             self._reader.join(timeout=5)
         if self._tmpdir is not None:
@@ -301,10 +338,22 @@ class NemoGymServers:
         self._proc = None
 
     def __enter__(self) -> "NemoGymServers":
-        return self.start()
+        # SIGTERM/SIGHUP must stop the servers as Ctrl-C does for the whole `with` block, also when
+        # gymverl is used as a library (the CLI holds this already; holding it twice is fine).
+        self._signals.enter_context(proc.signals_as_interrupt())
+        try:
+            return self.start()
+        except BaseException:
+            self._signals.close()
+            raise
 
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        try:
+            self.stop()
+        finally:
+            self._signals.close()
+        if self.signalled and exc_type is None:
+            raise KeyboardInterrupt  # a Ctrl-C while stopping still interrupts the caller
 
 
 def start_resources_servers(
@@ -337,16 +386,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("usage: python -m gymverl.nemo_gym [--warmup] RESOURCES_SERVER [...]", file=sys.stderr)
         return 2
     try:
-        with running_resources_servers(names) as servers:
+        # Run as a script, not through the CLI: SIGTERM/SIGHUP must stop ng_run and Ray like Ctrl-C.
+        with proc.signals_as_interrupt(), running_resources_servers(names) as servers:
             for name, url in servers.urls.items():
                 print(f"{name}\t{url}", flush=True)
             while not warmup:
                 time.sleep(3600)
     except KeyboardInterrupt:
         return 130
-    except NemoGymError as exc:
+    except GymverlError as exc:
+        if getattr(exc, "tail", ""):
+            print(exc.tail, file=sys.stderr)  # type: ignore[attr-defined]
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_code
     return 0
 
 

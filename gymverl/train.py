@@ -23,30 +23,32 @@ Output directory layout (OUTDIR):
 from __future__ import annotations
 
 import ast
-import contextlib
 import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
+
+from gymverl import proc
 from gymverl.errors import UsageError
 
 TRAINER_MODULE = "verl.trainer.sft_trainer"
 MERGER_MODULE = "verl.model_merger"
 VERL_DEFAULT_BATCH_SIZE = 256
+# VeRL's data.max_token_len_per_gpu (the token budget of one dynamic batch): no row may be longer.
+VERL_DEFAULT_MAX_TOKEN_LEN = 8192
 MARKER = "gymverl-train.json"
 CHECKPOINTS = "checkpoints"
 HF_MODEL = "hf_model"
 LOG = "train.log"
 METRICS = "metrics.jsonl"
 DATA_MODULE = Path(__file__).with_name("verl_data.py")
+TORCHRUN_GRACE = 20.0  # seconds torchrun gets after SIGINT to stop its workers itself
 
 # CPU smoke mode: load gymverl's platform plugin (gymverl/verl_cpu.py) inside every worker.
 CPU_ENV = {
@@ -152,6 +154,7 @@ class TrainResult:
     checkpoint: Optional[Path] = None
     hf_model: Optional[Path] = None
     log: Optional[Path] = None
+    cause: Optional[str] = None  # when VeRL failed: its error line from the log (not torchrun's summary box)
     tail: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -282,6 +285,72 @@ def steps_per_epoch(rows: int, batch_size: int, world: int) -> int:
     return per_rank_rows // per_rank_batch if per_rank_batch else 0
 
 
+def load_tokenizer(model: str) -> Any:
+    """The tokenizer of local model directory `model` as a `gymverl.convert.TokenCounter`.
+
+    Raises TrainError when there is none or it has no chat template (VeRL renders every SFT row
+    with it), so `--dry-run` catches it before torchrun starts.
+    """
+    from gymverl.convert import ConvertError, TokenCounter
+
+    try:
+        return TokenCounter(Path(model).expanduser())
+    except ConvertError as exc:
+        if "no chat template" in str(exc):
+            raise TrainError(f"the tokenizer in {model} has no chat template; SFT needs one.") from None
+        raise TrainError(f"{model}: no usable tokenizer ({exc}).") from None
+
+
+def check_lengths(path: Path, counter: Any, max_length: int) -> None:
+    """Raise TrainError when a row of SFT parquet `path` has more than `max_length` chat-template tokens.
+
+    VeRL (truncation=error) would stop at the first such row with a traceback deep in its log; this
+    names the longest row (its position and the rollout line it came from) and the option to change.
+    Counts the way VeRL's dataset does (the model's chat template, tools included).
+    """
+    import pyarrow.parquet as pq
+
+    def decode_json(value: Any) -> Any:  # gymverl's parquet holds JSON text; native lists pass through
+        return json.loads(value) if isinstance(value, (str, bytes)) else value
+
+    table = pq.read_table(path, columns=[c for c in ("messages", "tools", "extra_info") if c in pq.read_schema(path).names])
+    from transformers.utils import logging as hf_logging
+
+    long_rows: list[tuple[int, int]] = []  # (tokens, row index)
+    columns = {name: table.column(name).to_pylist() for name in table.column_names}
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "sequence length is longer than ..." is what we report, once
+    try:
+        for i, messages in enumerate(columns["messages"]):
+            tools = decode_json(columns["tools"][i]) if "tools" in columns else None
+            n = counter.count(decode_json(messages), tools or None)
+            if n > max_length:
+                long_rows.append((n, i))
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if not long_rows:
+        return
+    n, i = max(long_rows)
+    extra = columns.get("extra_info", [None] * (i + 1))[i]
+    source = f" from input line {extra['line']}" if isinstance(extra, dict) and extra.get("line") else ""
+    raise TrainError(
+        f"{path}: {len(long_rows)} of {table.num_rows} rows are longer than --max-length {max_length} tokens "
+        f"(the longest, row {i + 1}{source}, has {n:,}); raise --max-length or drop long rows with "
+        "`gymverl to-parquet --max-tokens`."
+    )
+
+
+def _override_value(overrides: list[str], key: str) -> Optional[str]:
+    """The value the user's pass-through overrides give `key`, if any (the last one wins)."""
+    values = [o.split("=", 1)[1] for o in overrides if "=" in o and override_key(o) == key]
+    return values[-1] if values else None
+
+
+def _override_int(overrides: list[str], key: str, default: int) -> int:
+    value = _override_value(overrides, key)
+    return int(value) if value is not None and value.isdigit() else default
+
+
 # ---- the command ----------------------------------------------------------------------------------
 
 
@@ -333,6 +402,9 @@ def build_command(
         ("data.train_batch_size", batch_size),
         ("data.micro_batch_size_per_gpu", opts.micro_batch_size),
         ("data.max_length", opts.max_length),
+        # Dynamic batching packs rows up to this many tokens; a row longer than it fails VeRL's
+        # assertion, so any --max-length above VeRL's 8192 must raise it too.
+        ("data.max_token_len_per_gpu", max(VERL_DEFAULT_MAX_TOKEN_LEN, _override_int(opts.overrides, "data.max_length", opts.max_length))),
         ("model.path", opts.model if _looks_like_hub_id(opts.model) and not Path(opts.model).exists() else Path(opts.model).expanduser().resolve()),
         ("optim.lr", opts.lr),
         ("trainer.total_epochs", opts.epochs),
@@ -374,8 +446,8 @@ def plan_training(opts: TrainOptions, *, check_device: bool = True, check_out: b
     """Check the inputs and build the command; raises TrainError with one clear sentence."""
     if opts.device not in ("cuda", "cpu"):
         raise TrainError(f"--device must be cuda or cpu, not {opts.device!r}.")
-    for name in ("epochs", "nproc", "nnodes", "micro_batch_size", "max_length"):
-        if getattr(opts, name) < 1:
+    for name in ("epochs", "nproc", "nnodes", "micro_batch_size", "max_length", "batch_size"):
+        if getattr(opts, name) is not None and getattr(opts, name) < 1:
             raise TrainError(f"--{name.replace('_', '-')} must be at least 1.")
     if opts.lora_rank < 0:
         raise TrainError("--lora-rank must be 0 (off) or positive.")
@@ -391,11 +463,15 @@ def plan_training(opts: TrainOptions, *, check_device: bool = True, check_out: b
     rows, columns = parquet_info(opts.train)
     if "messages" not in columns:
         raise TrainError(f"{opts.train}: no `messages` column; write it with `gymverl to-parquet --format sft`.")
+    if rows == 0:
+        raise TrainError(f"{opts.train} has no rows.")
     val_rows = None
     if opts.val:
         val_rows, val_columns = parquet_info(opts.val)
         if "messages" not in val_columns:
             raise TrainError(f"{opts.val}: no `messages` column.")
+        if val_rows == 0:
+            raise TrainError(f"{opts.val} has no rows.")
     world = opts.nproc * opts.nnodes
     if opts.batch_size is None:
         # VeRL's default, but never more than the data: a 20-row smoke set should just work.
@@ -432,6 +508,12 @@ def plan_training(opts: TrainOptions, *, check_device: bool = True, check_out: b
     note = check_model(opts.model)
     if note:
         notes.append(note)
+    else:
+        counter = load_tokenizer(opts.model)
+        max_length = _override_int(opts.overrides, "data.max_length", opts.max_length)
+        if _override_value(opts.overrides, "data.truncation") in (None, "error"):
+            for path in filter(None, (opts.train, opts.val)):
+                check_lengths(path, counter, max_length)
     if check_out:
         note = check_out_dir(opts.out, opts.resume, opts.overwrite)
         if note:
@@ -587,60 +669,6 @@ def _lines(stream: Any) -> Iterator[tuple[bytes, str]]:
         yield b"", buf.decode("utf-8", "replace")
 
 
-def _descendants(pid: int) -> list[int]:
-    """All descendant pids (Linux /proc); torchrun starts its workers in sessions of their own."""
-    out: list[int] = []
-    todo = [pid]
-    while todo:
-        p = todo.pop()
-        for children in Path(f"/proc/{p}/task").glob("*/children"):
-            try:
-                kids = [int(x) for x in children.read_text().split()]
-            except OSError:
-                continue
-            out += kids
-            todo += kids
-    return out
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """Stop torchrun and its workers: SIGINT (torchrun forwards it), then SIGTERM, then SIGKILL to all."""
-    for sig, wait in ((signal.SIGINT, 20), (signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-        if proc.poll() is not None:
-            break
-        workers = _descendants(proc.pid)
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        if sig != signal.SIGINT:
-            for pid in workers:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
-        try:
-            proc.wait(wait)
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-@contextlib.contextmanager
-def _signals_interrupt() -> Iterator[None]:
-    """SIGTERM/SIGHUP act like Ctrl-C while VeRL runs, so its processes are always stopped."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-
-
 def run_training(plan: TrainPlan, on_event: Optional[Callable[[Event], None]] = None) -> TrainResult:
     """Run the planned command, stream its output as events, and collect step metrics."""
     emit = on_event or (lambda _e: None)
@@ -665,14 +693,13 @@ def run_training(plan: TrainPlan, on_event: Optional[Callable[[Event], None]] = 
     tokens_after_first = 0
     tail: list[str] = []
     env = {**os.environ, **plan.env}
-    with _signals_interrupt(), open(log_path, "ab", buffering=0) as log:  # unbuffered: `tail -f` works
-        proc = subprocess.Popen(
-            plan.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=env, start_new_session=True,
-        )
+    # torchrun forwards SIGINT to its workers (in sessions of their own) and gets TORCHRUN_GRACE
+    # seconds to stop them; then proc's ladder reaches every worker with SIGTERM and SIGKILL.
+    with open(log_path, "ab", buffering=0) as log, proc.start(  # unbuffered log: `tail -f` works
+        plan.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, grace=TORCHRUN_GRACE
+    ) as child:
         try:
-            assert proc.stdout is not None
-            for chunk, line in _lines(proc.stdout):
+            for chunk, line in _lines(child.popen.stdout):
                 if chunk:
                     log.write(chunk)
                     continue
@@ -707,11 +734,13 @@ def run_training(plan: TrainPlan, on_event: Optional[Callable[[Event], None]] = 
                 if m:
                     emit(Event("total", line=line, total=int(m.group(1))))
                 emit(Event("line", line=line))
-            proc.wait()
+            child.wait()
         except BaseException:
-            _stop(proc)
+            child.stop()
             raise
-    result.returncode = proc.returncode
+    result.returncode = child.returncode
+    if result.returncode != 0:
+        result.cause = proc.log_file_cause(log_path)
     result.wall_seconds = time.monotonic() - t0
     result.tail = tail
     if result.losses:
@@ -756,13 +785,15 @@ def export_hf(checkpoint: Path, target: Path, *, merge_lora: bool = True, log: O
         shutil.rmtree(tmp)
     argv = [sys.executable, "-m", MERGER_MODULE, "merge", "--backend", "fsdp",
             "--local_dir", str(checkpoint), "--target_dir", str(tmp)]
-    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    with proc.start(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as merger:  # stopped on Ctrl-C/SIGTERM
+        output = merger.popen.communicate()[0]
     if log is not None:
         with open(log, "ab") as f:
-            f.write(b"\n$ " + " ".join(argv).encode() + b"\n" + proc.stdout)
-    if proc.returncode != 0:
-        last = proc.stdout.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
-        raise TrainError(f"verl.model_merger failed on {checkpoint} ({last[0]}).")
+            f.write(b"\n$ " + " ".join(argv).encode() + b"\n" + output)
+    if merger.returncode != 0:
+        text = output.decode("utf-8", "replace")
+        last = proc.log_cause(text.splitlines()) or (text.strip().splitlines()[-1:] or ["no output"])[0]
+        raise TrainError(f"verl.model_merger failed on {checkpoint} ({last}).")
     if merge_lora and (tmp / "lora_adapter" / "adapter_config.json").is_file():
         _fold_lora(tmp)
     if target.exists():

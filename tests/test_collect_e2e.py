@@ -4,6 +4,7 @@ last pointed at our scripted policy (tests/policy_server.py). Rewards come from 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -217,3 +218,36 @@ def test_servers_option_starts_collects_and_stops_everything(
     while _marked(mark) and time.monotonic() < deadline:
         time.sleep(0.5)  # Ray workers exit a moment after their raylet
     assert not _marked(mark), f"left running: {_marked(mark)}"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["sigterm", "sighup"])
+def test_signal_while_servers_start_stops_everything(tmp_path: Path, nemo_gym_env: Path, sig: int) -> None:
+    """servers-leak-on-sigterm, for `collect --servers`: SIGTERM (a scheduler) or SIGHUP (a closed
+    terminal) while ng_run starts: exit 130 and ng_run, Ray and the servers are all gone."""
+    import os
+
+    mark = uuid.uuid4().hex
+    env = {**os.environ, "GYMVERL_E2E_MARK": mark, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "gymverl.cli", "collect", "-i", str(TASKS), "-o", str(tmp_path / "r.jsonl"),
+           "--servers", "math_with_judge", "--policy-url", "http://127.0.0.1:9/v1", "--nemo-gym-env", str(nemo_gym_env)]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None and not any("raylet" in p for p in _marked(mark)):
+            time.sleep(0.3)
+        assert any("raylet" in p for p in _marked(mark)), "Ray did not start"
+        proc.send_signal(sig)
+        output = proc.communicate(timeout=90)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    deadline = time.monotonic() + 15
+    while _marked(mark) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = _marked(mark)
+    for entry in left:  # never leak into the next test
+        with contextlib.suppress(psutil.NoSuchProcess):
+            psutil.Process(int(entry.split()[0])).kill()
+    assert proc.returncode == 130, output
+    assert "Traceback" not in output
+    assert not left, f"left running: {left}"

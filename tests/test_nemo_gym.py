@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
 from gymverl import nemo_gym
 from gymverl.nemo_gym import NemoGymError, find_env, resources_only_config, resources_server_config
 
-from conftest import SAMPLE_DATA
+from conftest import REPO, SAMPLE_DATA
 
 
 def test_find_env_missing_is_one_clear_sentence(tmp_path: Path) -> None:
@@ -81,6 +92,107 @@ def test_start_failure_is_reported_with_output(nemo_gym_env: Path, tmp_path: Pat
     bad = tmp_path / "bad.yaml"
     bad.write_text("broken:\n  resources_servers:\n    does_not_exist:\n      entrypoint: app.py\n")
     servers = nemo_gym.NemoGymServers([bad], env=nemo_gym_env, startup_timeout=120)
-    with pytest.raises(NemoGymError, match="failed to start|not ready"):
+    with pytest.raises(NemoGymError, match="failed to start|not ready") as err:
         servers.start()
     assert servers._proc is None  # stopped and reaped
+    # One sentence with ng_run's own reason, not "last output:" and a page (or nothing) after it.
+    message = str(err.value)
+    assert "\n" not in message and "last output" not in message, message
+    assert "validation errors" in message, message
+    assert "validation errors" in err.value.tail
+
+
+def test_startup_cause_reads_ng_run_and_server_errors() -> None:
+    assert nemo_gym.startup_cause(["Error: Found 1 almost-server(s) with validation errors. Fix the issues above or"]) == (
+        "Found 1 almost-server(s) with validation errors."
+    )
+    lines = ["Traceback (most recent call last):", '  File "app.py", line 3', "ModuleNotFoundError: No module named 'x'", "(pid=1) done"]
+    assert nemo_gym.startup_cause(lines) == "ModuleNotFoundError: No module named 'x'"
+    assert nemo_gym.startup_cause(["all fine", ""]) is None
+
+
+def _marked(mark: str) -> list[str]:
+    """Live processes that inherited GYMVERL_TEST_MARK=mark (ng_run, Ray, the servers)."""
+    found = []
+    for p in psutil.process_iter(["pid", "name", "status"]):
+        try:
+            if p.info["status"] != psutil.STATUS_ZOMBIE and p.environ().get("GYMVERL_TEST_MARK") == mark:
+                found.append(f"{p.pid} {p.info['name']}")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+@pytest.mark.nemo_gym
+@pytest.mark.timeout(300)
+def test_sigterm_stops_ng_run_ray_and_every_server(nemo_gym_env: Path) -> None:
+    """servers-leak-on-sigterm: SIGTERM to `python -m gymverl.nemo_gym mcqa` (a job scheduler, `timeout`)
+    stops ng_run, Ray and the servers as Ctrl-C does: exit 130, nothing left, the port closed."""
+    mark = uuid.uuid4().hex
+    env = {**os.environ, "GYMVERL_TEST_MARK": mark, "PYTHONPATH": str(REPO), "GYMVERL_NEMO_GYM_ENV": str(nemo_gym_env)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gymverl.nemo_gym", "mcqa"], cwd=REPO, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
+    try:
+        try:
+            name, url = lines.get(timeout=180).rstrip("\n").split("\t")
+        except queue.Empty:
+            pytest.fail("mcqa did not start within 180 s")
+        assert name == "mcqa" and url.startswith("http://127.0.0.1:")
+        running = _marked(mark)
+        assert len(running) >= 4 and any("raylet" in r for r in running), running  # the check below means something
+        proc.send_signal(signal.SIGTERM)
+        stderr = proc.communicate(timeout=90)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr[-2000:]
+    deadline = time.monotonic() + 15
+    while _marked(mark) and time.monotonic() < deadline:
+        time.sleep(0.5)  # Ray workers exit a moment after their raylet
+    left = _marked(mark)
+    for entry in left:  # never leak into the next test, even when this one fails
+        with contextlib.suppress(psutil.NoSuchProcess):
+            psutil.Process(int(entry.split()[0])).kill()
+    assert not left, f"left running after SIGTERM: {left}"
+    with pytest.raises((urllib.error.URLError, ConnectionError)):
+        urllib.request.urlopen(url + "/", timeout=5)  # noqa: S310 - loopback
+
+
+@pytest.mark.nemo_gym
+def test_stop_from_another_thread_while_starting_leaves_nothing(nemo_gym_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo starts servers in a background thread and stops them from the main one (Ctrl-C):
+    start() gives up with one sentence (not an AttributeError) and nothing it started is left."""
+    mark = uuid.uuid4().hex
+    monkeypatch.setenv("GYMVERL_TEST_MARK", mark)  # inherited by ng_run, Ray and the servers
+    servers = nemo_gym.start_resources_servers(["mcqa"], env=nemo_gym_env)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            servers.start()
+        except BaseException as exc:  # noqa: BLE001 - the test looks at it
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any("ng_run" in p for p in _marked(mark)):
+        time.sleep(0.2)
+    time.sleep(2)
+    servers.stop()
+    thread.join(60)
+    deadline = time.monotonic() + 15
+    while _marked(mark) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = _marked(mark)
+    for entry in left:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            psutil.Process(int(entry.split()[0])).kill()
+    assert not thread.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], NemoGymError), errors
+    assert "stopped before" in str(errors[0])
+    assert not left, f"left running: {left}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -28,11 +29,15 @@ def _sft_parquet(path: Path, rows: int, *, json_strings: bool = False) -> Path:
 
 
 @pytest.fixture()
-def model_dir(tmp_path: Path) -> Path:
-    """Just enough of a model directory for the checks (the argv tests never load it)."""
+def model_dir(tmp_path: Path, tiny_model: Path) -> Path:
+    """Just enough of a model directory for the checks: config.json and a tokenizer with a chat
+    template (the plan measures every row with it); the argv tests never load the weights."""
     d = tmp_path / "model"
     d.mkdir()
     (d / "config.json").write_text("{}")
+    for f in tiny_model.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            shutil.copy(f, d / f.name)
     return d
 
 
@@ -438,3 +443,124 @@ def test_run_training_failure_keeps_tail(tmp_path, data, model_dir):
     result = tr.run_training(plan)
     assert result.returncode == 3 and result.tail[-1] == "boom: the real reason"
     assert result.checkpoint is None
+
+
+# ---- checks before VeRL starts (train-long-rows-error-hidden, train-offline-unclear-precheck-errors) --
+
+
+def _dry(data: Path, model: Path, tmp_path: Path, *args: str):
+    res = runner.invoke(app, ["train-offline", str(data), "-m", str(model), "-o", str(tmp_path / "r"), "--dry-run", *args])
+    return res, " ".join(res.stderr.split())
+
+
+def _long_rows_parquet(path: Path, lengths: list[int]) -> Path:
+    """SFT rows in gymverl's contract whose answers are `n` space-separated words each, with source lines."""
+    msgs = [[{"role": "user", "content": "q"}, {"role": "assistant", "content": " ".join(["word"] * n)}] for n in lengths]
+    table = pa.table({
+        "messages": [json.dumps(m) for m in msgs], "tools": [None] * len(msgs),
+        "extra_info": [{"line": 10 + i} for i in range(len(msgs))],
+    })  # fmt: skip
+    pq.write_table(table, path)
+    return path
+
+
+def test_rows_longer_than_max_length_are_named_before_verl_starts(tmp_path, model_dir):
+    data = _long_rows_parquet(tmp_path / "long.parquet", [10, 3000, 20, 1500])
+    res, err = _dry(data, model_dir, tmp_path, "--batch-size", "2")
+    assert res.exit_code == 2, res.output
+    assert "2 of 4 rows are longer than --max-length 1024 tokens" in err and "row 2 from input line 11" in err, err
+    assert "raise --max-length" in err and "to-parquet --max-tokens" in err and "Traceback" not in res.output
+    assert "sequence length is longer" not in err  # transformers' own warning is not repeated
+    ok, _ = _dry(data, model_dir, tmp_path, "--batch-size", "2", "--max-length", "20000", "--json")
+    assert ok.exit_code == 0, ok.output
+    # a user who asks VeRL to truncate gets no length check
+    cut, _ = _dry(data, model_dir, tmp_path, "--batch-size", "2", "--", "data.truncation=right")
+    assert cut.exit_code == 0, cut.output
+
+
+def test_max_length_raises_verls_token_budget(data, model_dir, tmp_path):
+    """--max-length above VeRL's 8192-token dynamic batch budget raises data.max_token_len_per_gpu with it."""
+    assert _cfg(tr.plan_training(_opts(data, model_dir, tmp_path), check_device=False).argv)["data.max_token_len_per_gpu"] == "8192"
+    plan = tr.plan_training(_opts(data, model_dir, tmp_path, max_length=16384), check_device=False)
+    assert _cfg(plan.argv)["data.max_token_len_per_gpu"] == "16384"
+    plan = tr.plan_training(_opts(data, model_dir, tmp_path, overrides=["data.max_token_len_per_gpu=20000"], max_length=16384), check_device=False)
+    assert _cfg(plan.argv)["data.max_token_len_per_gpu"] == "20000"  # the user's override wins
+
+
+def test_empty_data_and_zero_batch_size_are_clear(tmp_path, model_dir, data):
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(pa.table({"messages": pa.array([], pa.string()), "tools": pa.array([], pa.string())}), empty)
+    res, err = _dry(empty, model_dir, tmp_path)
+    assert res.exit_code == 2 and err == f"error: {empty} has no rows.", err
+    res, err = _dry(data, model_dir, tmp_path, "--batch-size", "0")
+    assert res.exit_code == 2 and err == "error: --batch-size must be at least 1.", err
+    res, err = _dry(data, model_dir, tmp_path, "--val", str(empty))
+    assert res.exit_code == 2 and err == f"error: {empty} has no rows.", err
+
+
+def _without_chat_template(model_dir: Path, bare: Path) -> Path:
+    """A copy of `model_dir` whose tokenizer has no chat template."""
+    shutil.copytree(model_dir, bare)
+    (bare / "chat_template.jinja").unlink(missing_ok=True)
+    cfg = json.loads((bare / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template", None)
+    (bare / "tokenizer_config.json").write_text(json.dumps(cfg))
+    return bare
+
+
+def test_model_without_chat_template_fails_the_dry_run(tmp_path, data, model_dir):
+    bare = _without_chat_template(model_dir, tmp_path / "notemplate")
+    res, err = _dry(data, bare, tmp_path)
+    assert res.exit_code == 2 and err == f"error: the tokenizer in {bare} has no chat template; SFT needs one.", err
+    # no tokenizer at all: one sentence too, before torchrun
+    empty = tmp_path / "weights-only"
+    empty.mkdir()
+    (empty / "config.json").write_text("{}")
+    res, err = _dry(data, empty, tmp_path)
+    assert res.exit_code == 2 and err.startswith(f"error: {empty}: no usable tokenizer") and "Traceback" not in res.output, err
+
+
+def test_shared_workplace_assistant_rows_are_refused_with_their_length(tmp_path, tiny_model):
+    """The real case: NeMo Gym's workplace_assistant rollouts are several thousand tokens long."""
+    from conftest import SHARED
+
+    src = SHARED / "cases" / "train-long-rows-error-hidden" / "workplace_assistant.jsonl"
+    if not src.exists():
+        pytest.skip(f"shared case not found: {src}")
+    res = runner.invoke(app, ["train-offline", "--from-rollouts", str(src), "-m", str(tiny_model), "-o", str(tmp_path / "r"),
+                              "--device", "cpu", "--dry-run"])
+    err = " ".join(res.stderr.split())
+    assert res.exit_code == 2, res.output
+    assert "4 of 4 rows are longer than --max-length 1024 tokens" in err and "from input line" in err, err
+
+
+def test_run_training_failure_names_the_workers_error(tmp_path, data, model_dir):
+    """The cause is VeRL's error line from the log, found above torchrun's summary box."""
+    import sys
+
+    plan = tr.plan_training(_opts(data, model_dir, tmp_path), check_device=False)
+    box = "\n".join([
+        "[rank0]: Traceback (most recent call last):",
+        "[rank0]: ValueError: sequence_length=10438 is larger than self.max_length=1024",
+        "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: ",
+        "=" * 60, "verl.trainer.sft_trainer FAILED", "Failures:", "  <NO_OTHER_FAILURES>", "=" * 60,
+    ])  # fmt: skip
+    plan.argv = [sys.executable, "-c", f"import sys; print({box!r}); sys.exit(1)"]
+    result = tr.run_training(plan)
+    assert result.returncode == 1
+    assert result.cause == "ValueError: sequence_length=10438 is larger than self.max_length=1024"
+
+
+def test_shared_precheck_case_model_without_template(tmp_path, model_dir):
+    """train-offline-unclear-precheck-errors: the shared rollouts with a model whose tokenizer has no
+    chat template fail `--dry-run` with one sentence (it used to pass, and VeRL failed later)."""
+    from conftest import SHARED
+
+    src = SHARED / "cases" / "train-offline-unclear-precheck-errors" / "rollouts.jsonl"
+    if not src.exists():
+        pytest.skip(f"shared case not found: {src}")
+    bare = _without_chat_template(model_dir, tmp_path / "notemplate")
+    res = runner.invoke(app, ["train-offline", "--from-rollouts", str(src), "-m", str(bare), "-o", str(tmp_path / "r"),
+                              "--device", "cpu", "--dry-run"])
+    err = " ".join(res.stderr.split())
+    assert res.exit_code == 2 and err == f"error: the tokenizer in {bare} has no chat template; SFT needs one.", res.output

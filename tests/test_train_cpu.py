@@ -16,6 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from gymverl import train as tr
+from gymverl.proc import descendants
 from gymverl.cli import app
 from gymverl.records import is_incomplete
 
@@ -178,7 +179,7 @@ def test_cpu_interrupt_then_resume(sft_data, tiny_model, tmp_path):
     while not ckpt.exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.5)
     assert ckpt.exists(), "no checkpoint within 300 s"
-    workers = tr._descendants(proc.pid)
+    workers = descendants(proc.pid)
     assert workers, "torchrun and its worker should be running"
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
@@ -196,3 +197,38 @@ def test_cpu_interrupt_then_resume(sft_data, tiny_model, tmp_path):
     metrics = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert metrics == list(range(saved + 1, total + 1))
     assert (out / "metrics.1.jsonl").exists()  # the first run's metrics are kept
+
+
+def test_verl_failure_shows_verls_error_not_torchruns_box(sft_data, tiny_model, tmp_path):
+    """train-long-rows-error-hidden: when VeRL fails, the terminal says why (VeRL's own error line from
+    train.log), not only torchrun's empty `Failures: <NO_OTHER_FAILURES>` box."""
+    parquet, _, _ = sft_data
+    out = tmp_path / "run"
+    res = CliRunner().invoke(
+        app,
+        ["train-offline", str(parquet), "-m", str(tiny_model), "-o", str(out), "--device", "cpu", "--batch-size", "4",
+         "--max-length", "2048", "--no-export", "--", "data.max_token_len_per_gpu=64"],
+    )
+    err = " ".join(res.stderr.split())
+    assert res.exit_code == 1, res.output
+    assert "max_token_len must be greater than the sequence length" in err, err
+    assert err.startswith("error: VeRL exited with code 1: AssertionError:") and f"full log: {out / 'train.log'}" in err, err
+    assert "NO_OTHER_FAILURES" not in res.output and "Traceback" not in res.output
+
+
+def test_rows_longer_than_8192_tokens_train_with_max_length(tiny_model, tmp_path):
+    """--max-length above 8192 works (VeRL's token budget per batch follows it); it used to fail with
+    `max_token_len must be greater than the sequence length`."""
+    words = " ".join(["word"] * 2400)  # about 9,600 tokens with the tiny tokenizer
+    msgs = [[{"role": "user", "content": "q"}, {"role": "assistant", "content": words}]] * 2
+    parquet = tmp_path / "long.parquet"
+    pq.write_table(pa.table({"messages": [json.dumps(m) for m in msgs], "tools": [None, None]}), parquet)
+    out = tmp_path / "run"
+    res = CliRunner().invoke(
+        app,
+        ["train-offline", str(parquet), "-m", str(tiny_model), "-o", str(out), "--device", "cpu", "--batch-size", "2",
+         "--micro-batch-size", "1", "--max-length", "12000", "--no-export", "--json"],
+    )
+    assert res.exit_code == 0, res.output + (out / "train.log").read_text()[-2000:]
+    assert json.loads(res.stdout)["steps"] == 1
+    assert tr.load_tokenizer(str(tiny_model)).count(msgs[0]) > 8192  # the case this test is about

@@ -1,0 +1,142 @@
+"""gymverl.proc: the one supervisor (own group, SIGINT -> SIGTERM -> SIGKILL to group and descendants)
+and the one signal policy (SIGTERM/SIGHUP act as Ctrl-C). Real processes, real signals, bounded time."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from gymverl import collect as C
+from gymverl import proc
+
+# A child that ignores SIGINT (a slow shutdown) and starts a grandchild in a session of its own
+# (as torchrun does with its workers) that ignores SIGINT and SIGTERM: only the ladder's SIGKILL to
+# every descendant seen stops it. The pids go to argv[1] as they start.
+STUBBORN = r"""
+import os, signal, subprocess, sys, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+grandchild = subprocess.Popen(
+    [sys.executable, "-c",
+     "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"],
+    start_new_session=True,
+)
+with open(sys.argv[1], "w") as f:
+    f.write(f"{os.getpid()} {grandchild.pid}\n")
+time.sleep(600)
+"""
+
+
+def _pids(path: Path, timeout: float = 20.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text().endswith("\n"):
+            return [int(x) for x in path.read_text().split()]
+        time.sleep(0.05)
+    raise AssertionError("the stand-in process did not start")
+
+
+def _alive(pids: list[int]) -> list[int]:
+    out = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                out.append(pid)
+        except psutil.NoSuchProcess:
+            continue
+    return out
+
+
+def _cleanup(pids: list[int]) -> None:
+    for pid in _alive(pids):
+        psutil.Process(pid).kill()
+
+
+def test_stop_reaches_descendants_that_left_the_group(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pids"
+    child = proc.start([sys.executable, "-c", STUBBORN, str(pidfile)])
+    pids = _pids(pidfile)
+    t0 = time.monotonic()
+    try:
+        assert len(_alive(pids)) == 2
+        assert child.stop(grace=0.5) == -signal.SIGTERM  # SIGINT ignored; SIGTERM ends it
+    finally:
+        left = _alive(pids)
+        _cleanup(pids)
+    assert left == [], f"left running: {left}"
+    assert time.monotonic() - t0 < 0.5 + proc.TERM_WAIT + proc.KILL_WAIT + 3
+    assert child.stop() == child.returncode  # twice is fine
+
+
+def test_sigterm_to_gymverl_stops_the_collector_and_its_workers(tmp_path: Path, nemo_gym_env: Path) -> None:
+    """SIGTERM while collecting: the collector and a worker in its own session are both gone afterwards
+    (the old ladder signalled the collector's group only)."""
+    pidfile = tmp_path / "pids"
+    out = tmp_path / "o.jsonl"
+    threading.Thread(target=lambda: (_pids(pidfile), os.kill(os.getpid(), signal.SIGTERM)), daemon=True).start()
+    try:
+        r = C.run_collector(
+            [sys.executable, "-c", STUBBORN, str(pidfile)], env=nemo_gym_env, output=out, log_path=tmp_path / "log",
+            poll=0.05, grace=0.5,
+        )  # fmt: skip
+    finally:
+        pids = _pids(pidfile)
+        left = _alive(pids)
+        _cleanup(pids)
+    assert r.interrupted
+    assert left == [], f"left running: {left}"
+
+
+def test_signals_as_interrupt_nests_and_respects_nohup() -> None:
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    old_hup = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # what `nohup` does
+    try:
+        with proc.signals_as_interrupt():
+            with proc.signals_as_interrupt():
+                pass
+            # The inner block's end must not restore the default while the outer one still holds.
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(1)
+            os.kill(os.getpid(), signal.SIGHUP)  # ignored, as nohup asked: no KeyboardInterrupt
+            time.sleep(0.1)
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, old_hup)
+
+
+def test_started_child_is_interrupted_by_sigterm_also_without_the_cli(tmp_path: Path) -> None:
+    """A library caller gets the same cleanup: SIGTERM raises KeyboardInterrupt while a child runs."""
+    child = proc.start([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+            child.wait(10)
+    finally:
+        child.stop(grace=1)
+    assert child.returncode is not None and not child.running()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_log_cause_skips_torchruns_box() -> None:
+    lines = [
+        "[rank0]:   File \"/x/sft_dataset.py\", line 412, in __getitem__",
+        "[rank0]: ValueError: sequence_length=10438 is larger than self.max_length=1024",
+        "E1130 01:00:00 torch/distributed/elastic/multiprocessing/api.py:874] failed (exitcode: 1)",
+        "Traceback (most recent call last):",
+        "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: ",
+        "============================================================",
+        "verl.trainer.sft_trainer FAILED",
+        "Failures:",
+        "  <NO_OTHER_FAILURES>",
+    ]
+    assert proc.log_cause(lines) == "ValueError: sequence_length=10438 is larger than self.max_length=1024"
+    assert proc.log_cause(["all good"]) is None
