@@ -1132,14 +1132,23 @@ def render_to_parquet(summary: dict[str, Any]) -> None:
     t.add_column(style="bold")
     t.add_column(justify="right")
     t.add_column(style="dim")
-    t.add_row("input lines", str(summary["lines"]), summary["input_kind"])
+    kind = summary["input_kind"]
+    if kind == "materialized_inputs":
+        kind = "NeMo Gym materialized inputs: one line per (task, repeat), one row per task"
+    t.add_row("input lines", str(summary["lines"]), kind)
     t.add_row("rejected", f"[red]{summary['rejected']}[/]" if summary["rejected"] else "0", "unusable lines (see below)")
     for rule, n in summary["filtered"].items():
         t.add_row(f"filtered: {rule}", f"[yellow]{n}[/]", RULES.get(rule, ""))
     unit = {"rl": "rollouts summarised into task rows", "dpo": "rollouts used in pairs"}.get(summary["format"], "rollouts written as rows")
     t.add_row("kept", f"[green]{summary['kept_lines']}[/]", unit)
+    if summary.get("repeats_merged"):
+        t.add_row("repeat lines", str(summary["repeats_merged"]), "further repeats of a task already written (part of kept)")
     rows = summary["rows"]
     t.add_row("rows", str(rows["train"] + rows["val"]), f"train {rows['train']}, val {rows['val']}")
+    tf = summary.get("task_fields") or {}
+    if tf.get("source"):
+        not_joined = sum(tf["not_joined"].values())
+        t.add_row("task fields joined", f"{tf['joined']}", f"from {tf['source']}" + (f"; {not_joined} rows not joined" if not_joined else ""))
     if summary["tasks"] is not None:
         tb = summary["tasks_by_split"]
         dropped = ", ".join(f"{k} {v}" for k, v in summary["tasks_dropped"].items())
@@ -1162,7 +1171,9 @@ def to_parquet(
         typer.Option("--output", "-o", help="Output directory (train.parquet, val.parquet, or train-00000-of-0000N.parquet shards), or a .parquet file when there is no val split."),
     ] = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="rl: one row per task for GRPO/PPO (main_ppo); sft: one row per rollout for sft_trainer; dpo: preference pairs.")] = "sft",
-    tasks: Annotated[Optional[Path], typer.Option("--tasks", help="The NeMo Gym tasks JSONL the rollouts came from: its fields are the task fields, every other top-level key is a verifier output.")] = None,
+    tasks: Annotated[Optional[Path], typer.Option("--tasks", help="rl: the task rows to join onto the rows: the original NeMo Gym tasks file (by _ng_task_index = its line, prompt checked) or <stem>_materialized_inputs.jsonl (by task and repeat index; found beside INPUT without this option). Its fields are the task fields; every other top-level key is a verifier output.")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="rl: stop (exit 2) when rows lack task fields the verifier may need, instead of warning.")] = False,
+    keep_masked: Annotated[bool, typer.Option("--keep-masked", help="Keep rollouts marked mask_sample: true (NeMo Gym >= 0.5: not a valid measurement); dropped by default under the filter 'masked'.")] = False,
     ground_truth_field: Annotated[Optional[str], typer.Option("--ground-truth-field", help="Task field holding the expected answer (default: the first of expected_answer, expected_answers, ground_truth, answer, ...).")] = None,
     data_source: Annotated[Optional[str], typer.Option("--data-source", help="data_source of every row (default: the agent name, else the input file's stem).")] = None,
     ability: Annotated[str, typer.Option("--ability", help="The rl `ability` column.")] = "nemo_gym",
@@ -1221,6 +1232,7 @@ def to_parquet(
             dedup=dedup,
             max_tokens=max_tokens,
             drop_incomplete=not keep_incomplete and fmt != "rl",
+            drop_masked=not keep_masked,
             solved_threshold=solved_threshold,
             val_fraction=val_fraction,
             split_seed=split_seed,
@@ -1228,6 +1240,7 @@ def to_parquet(
             min_margin=min_margin,
         ),
         tasks_path=tasks,
+        strict=strict,
         ground_truth_field=ground_truth_field,
         data_source=data_source,
         ability=ability,
