@@ -736,7 +736,7 @@ def compare_stats(before: RolloutStats, after: RolloutStats, top: int = 10) -> d
     changes: list[dict[str, Any]] = []
     for key, tb in after.tasks.items():
         ta = before.tasks.get(key)
-        if ta is None:
+        if ta is None or not ta.n or not tb.n:  # a fully masked task has no pass rate to compare
             continue
         d = tb.pass_rate - ta.pass_rate
         if d > 1e-12:
@@ -828,9 +828,10 @@ def plot_stats(stats: RolloutStats, out: str | os.PathLike[str], against: Rollou
     ax1.set_ylabel("rollouts")
 
     # Pass rate per task, sorted by the (after) pass rate; tasks matched by key when comparing.
-    order = sorted(stats.tasks, key=lambda k: (-stats.tasks[k].pass_rate, k))
+    measured = [k for k, t in stats.tasks.items() if t.n]  # fully masked tasks have no pass rate
+    order = sorted(measured, key=lambda k: (-stats.tasks[k].pass_rate, k))
     if against is not None:
-        order += [k for k in against.tasks if k not in stats.tasks]
+        order += [k for k, t in against.tasks.items() if t.n and k not in stats.tasks]
     if len(order) <= 40:
         for i, ((s, label), color) in enumerate(zip(runs, colors)):
             xs = [j + (i - (len(runs) - 1) / 2) * slot for j in range(len(order))]
@@ -842,7 +843,7 @@ def plot_stats(stats: RolloutStats, out: str | os.PathLike[str], against: Rollou
         ax2.set_xlabel("task")
     else:
         for (s, label), color in zip(runs, colors):
-            rates = sorted((t.pass_rate for t in s.tasks.values()), reverse=True)
+            rates = sorted((t.pass_rate for t in s.tasks.values() if t.n), reverse=True)
             ax2.step(range(len(rates)), rates, where="post", color=color, label=label)
         ax2.set_xlabel(f"tasks, sorted by pass rate ({len(stats.tasks)})")
     ax2.set_ylim(0, 1.1)
