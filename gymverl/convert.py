@@ -10,6 +10,13 @@ Memory stays constant in the input size:
   every valid rollout to temporary partition files by a hash of its task key (a small metadata
   line and the ready-built row payload), then handles one partition at a time. A partition holds
   roughly `partition_bytes` of input, so the working set does not grow with the file.
+NeMo Gym >= 0.5 files (`gymverl.sidecars`): rl rows get their task fields joined by value from
+`<stem>_materialized_inputs.jsonl` beside the input (or `tasks_path`), on the task and repeat
+index, with a prompt check; rows that still lack fields the verifier may need are a truthful
+warning (an error with `strict`). A materialized-inputs file as input gives one rl row per task.
+`mask_sample: true` rollouts are filtered as `masked` unless `select.drop_masked` is off. A (task,
+repeat) that occurs twice is filtered as `repeated_rollout`; the same pair with two prompts
+(collections numbered from 0 and concatenated) stops the conversion with one sentence.
 Every input line ends up in exactly one bucket of the summary: a row, a selection rule, or a
 rejection with its line number and reason. Rows are built after selection, so a rollout that a
 rule removes is counted under that rule even if it could not have been converted; rollouts that
