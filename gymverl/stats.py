@@ -34,6 +34,8 @@ from __future__ import annotations
 import math
 import os
 import random
+
+import orjson
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -487,10 +489,28 @@ class RolloutStats:
     source: TaskSource | None = None  # task rows, for --group-by a task field the lines lack
     pairs: PairSet | None = None  # (task, repeat) pairs present, when side files are compared
     collection: CollectionReport | None = None
+    _prompt_cache: dict[bytes, str] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.overall is None:
             self.overall = GroupStats("(all)", self.threshold)
+
+    def _prompt_key(self, rec: dict[str, Any]) -> str:
+        """`sidecars.prompt_key`, normalised once per distinct prompt (the n rollouts of a task share it)."""
+        rcp = rec.get("responses_create_params")
+        try:
+            blob = orjson.dumps([rcp.get("input"), rcp.get("tools"), rcp.get("instructions")]) if isinstance(rcp, dict) else None
+        except TypeError:  # e.g. an integer beyond 64 bits: the exact function decides
+            blob = None
+        if blob is None:
+            return prompt_key(rec)
+        cache = self._prompt_cache
+        pk = cache.get(blob)
+        if pk is None:
+            if len(cache) >= 4096:
+                cache.clear()
+            pk = cache[blob] = prompt_key(rec)
+        return pk
 
     def _group_of(self, rec: dict[str, Any]) -> str:
         group = group_of(rec, self.group_by)
@@ -520,7 +540,7 @@ class RolloutStats:
         if idx is not None:
             # Task identity: the same index with another prompt is another task (collections
             # each numbered from 0, concatenated), never merged into this one.
-            pk = prompt_key(rec)
+            pk = self._prompt_key(rec)
             if t is not None and t.prompt != pk:
                 self.split_keys.add(key)
                 key = f"{key}@{pk}"
