@@ -59,7 +59,7 @@ from gymverl.formats import fast as fast_fmt
 from gymverl.formats import sft as sft_fmt
 from gymverl.jsonl import DEFAULT_MAX_LINE_BYTES, Line, RejectsWriter, check_input_path, iter_lines, read_jsonl
 from gymverl.records import Checked, _FastRollouts, _fast_summary, agent_name, check_line, check_record, check_task, is_incomplete, task_key
-from gymverl.sidecars import JOIN_REASONS, TaskSource, merge_fields, prompt_key, sidecar_paths, stem_of
+from gymverl.sidecars import JOIN_REASONS, TaskSource, is_materialized_inputs, merge_fields, prompt_key, sidecar_paths, stem_of
 from gymverl.select import (
     RULES,
     Member,
@@ -212,12 +212,6 @@ def detect_input_kind(path: str | os.PathLike[str], max_lines: int = 50) -> str:
             if "responses_create_params" in p.obj:
                 return "tasks"
     return "rollouts"
-
-
-def _is_materialized(path: Path) -> bool:
-    from gymverl.sidecars import is_materialized_inputs
-
-    return is_materialized_inputs(path)
 
 
 def _task_source(opts: ConvertOptions, src: Path, tasks_input: bool) -> TaskSource | None:
@@ -651,7 +645,7 @@ def convert(
         raise ConvertError("--drop-solved/--drop-unsolved need rollouts with rewards, not a tasks file.")
 
     task_keys = None
-    if tasks_input and opts.fmt == "rl" and _is_materialized(src):
+    if tasks_input and opts.fmt == "rl" and is_materialized_inputs(src):
         kind = "materialized_inputs"  # one line per (task, repeat): rows are grouped by task below
     summary = ConvertSummary(str(src), str(output) if output is not None else None, opts.fmt, input_kind=kind, dry_run=opts.dry_run)
     source = _task_source(opts, src, tasks_input)

@@ -30,12 +30,11 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Container, Iterator, Mapping
+from typing import Any, Container, Mapping
 
 import orjson
 
-from gymverl.errors import UsageError
-from gymverl.jsonl import check_input_path, read_jsonl
+from gymverl.jsonl import check_input_path, iter_lines, read_jsonl
 from gymverl.records import ROLLOUT_KEYS, agent_name, check_task, content_text, RecordError
 
 MATERIALIZED_SUFFIX = "_materialized_inputs.jsonl"
@@ -344,6 +343,17 @@ def settle_failures(path: str | os.PathLike[str], succeeded: Container[tuple[int
 # ---- what a collection holds -------------------------------------------------------------------
 
 
+try:  # optional accelerator: reads only the two indices of a line
+    import msgspec
+
+    class _Ids(msgspec.Struct, gc=False):
+        t: Any = msgspec.field(default=None, name=TASK_INDEX)
+        r: Any = msgspec.field(default=None, name=ROLLOUT_INDEX)
+
+except ImportError:  # pragma: no cover
+    msgspec = None  # type: ignore[assignment]
+
+
 class PairSet:
     """(task index, rollout index) pairs as one bitmask per task: memory ~ tasks x repeats bits."""
 
@@ -368,19 +378,11 @@ class PairSet:
 
 
 def rollout_pairs(path: str | os.PathLike[str]) -> tuple[PairSet, int]:
-    """The (task, repeat) pairs present in a rollouts file, and how many lines repeat a pair."""
-    try:
-        import msgspec
+    """The (task, repeat) pairs present in a rollouts file, and how many lines repeat a pair.
 
-        class _Ids(msgspec.Struct, gc=False):
-            t: Any = msgspec.field(default=None, name=TASK_INDEX)
-            r: Any = msgspec.field(default=None, name=ROLLOUT_INDEX)
-
-        decode: Any = msgspec.json.Decoder(_Ids).decode
-    except ImportError:  # pragma: no cover
-        decode = None
-    from gymverl.jsonl import iter_lines
-
+    Reads only the two indices of each line (msgspec skips the rest); unreadable lines name no pair.
+    """
+    decode = msgspec.json.Decoder(_Ids).decode if msgspec is not None else None
     pairs = PairSet()
     repeated = 0
     for line in iter_lines(path):
