@@ -19,8 +19,8 @@ This module is the one place that knows these files:
   (collect uses it too);
 - `collection_report` says per task how many rollouts were expected, present, failed and missing.
 
-Memory: a `TaskSource` keeps each *distinct* task field row once (the repeats of a task share it)
-plus one small entry per task, so it is bounded by the number of tasks, not of rollouts.
+Memory: a `TaskSource` keeps one small entry per task (the rows stay in the file and are read back
+by byte offset), so it is bounded by the number of tasks, not of rollouts.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import Any, Container, Mapping
 
 import orjson
 
-from gymverl.jsonl import check_input_path, iter_lines, read_jsonl
+from gymverl.jsonl import check_input_path, iter_lines, parse_line, read_jsonl
 from gymverl.records import ROLLOUT_KEYS, agent_name, check_task, content_text, RecordError
 
 MATERIALIZED_SUFFIX = "_materialized_inputs.jsonl"
@@ -144,16 +144,25 @@ class TaskSource:
     another task (shards numbered from 0, a different tasks file) and is not joined.
     Lines that are not valid tasks are counted in `bad_lines` and skipped.
     Raises UsageError (exit 2) when the file is missing or unreadable.
+
+    Memory: per task one small entry (where its row is, a prompt hash, a bitmask of its repeats);
+    the rows themselves stay in the file and are read back by byte offset when looked up (a few
+    recent ones cached). A gzip file cannot be read at an offset cheaply, so its distinct rows
+    (one per task: the repeats of a task share it) are kept in memory.
     """
+
+    CACHE_ROWS = 1024
 
     def __init__(self, path: str | os.PathLike[str], kind: str | None = None) -> None:
         self.path = check_input_path(path)
         self.kind = kind or _detect_kind(self.path)
         self.bad_lines = 0
         self.lines = 0
-        self._rows: list[dict[str, Any]] = []  # distinct field rows
-        self._row_ids: dict[bytes, int] = {}
-        # task index -> [row id, prompt key, agent, bitmask of rollout indices (materialized)]
+        self._seekable = self.path.suffix != ".gz"
+        self._rows: list[dict[str, Any]] = []  # distinct field rows (gzip input only)
+        self._refs: dict[bytes, int] = {}  # digest of a distinct field row -> byte offset (or index in _rows)
+        self._cache: dict[int, dict[str, Any]] = {}
+        # task index -> [row ref, prompt key, agent, bitmask of rollout indices (materialized)]
         self._tasks: dict[int, list[Any]] = {}
         self._ambiguous: set[int] = set()
         self._exceptions: dict[tuple[int, int], int] = {}  # a repeat whose fields differ from its task's
@@ -169,17 +178,44 @@ class TaskSource:
         """task index -> bitmask of the rollout indices the file lists (materialized inputs only)."""
         return {t: e[3] for t, e in self._tasks.items()}
 
-    def _intern(self, fields: dict[str, Any]) -> int:
+    def _intern(self, fields: dict[str, Any], offset: int) -> int:
+        """A reference to this field row: the offset of its first occurrence (or its index in memory)."""
         blob = orjson.dumps(fields, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
-        i = self._row_ids.get(blob)
-        if i is None:
-            i = self._row_ids[blob] = len(self._rows)
-            self._rows.append(fields)
-        return i
+        digest = hashlib.blake2b(blob, digest_size=12).digest()
+        ref = self._refs.get(digest)
+        if ref is None:
+            if self._seekable:
+                ref = offset
+            else:
+                ref = len(self._rows)
+                self._rows.append(fields)
+            self._refs[digest] = ref
+        return ref
+
+    def _row(self, ref: int) -> dict[str, Any]:
+        """The task fields of the row at `ref`."""
+        if not self._seekable:
+            return self._rows[ref]
+        got = self._cache.get(ref)
+        if got is None:
+            with open(self.path, "rb") as f:
+                f.seek(ref)
+                got = input_fields(orjson.loads(f.readline()))
+            if len(self._cache) >= self.CACHE_ROWS:
+                self._cache.clear()
+            self._cache[ref] = got
+        return got
 
     def _load(self) -> None:
         materialized = self.kind == "materialized"
-        for p in read_jsonl(self.path):
+        offset = 0
+        if self._seekable:
+            with open(self.path, "rb") as f:
+                offset = 3 if f.read(3) == b"\xef\xbb\xbf" else 0  # iter_lines skips a byte order mark
+        for line in iter_lines(self.path):
+            start = offset
+            offset += line.size + 1  # size counts everything but the newline
+            p = parse_line(line)
             self.lines += 1
             obj = p.obj
             try:
@@ -201,7 +237,7 @@ class TaskSource:
             agent = agent_name(obj)
             self.field_names.update(fields)
             self.fields_by_agent.setdefault(agent, set()).update(fields)
-            rid = self._intern(fields)
+            rid = self._intern(fields, start)
             pk = prompt_key(obj)
             entry = self._tasks.get(t)
             if entry is None:
@@ -232,7 +268,7 @@ class TaskSource:
                 rid = self._exceptions.get((t, r), rid)
         if prompt_key(record) != entry[1]:
             return Join(None, "prompt_mismatch")
-        return Join(self._rows[rid], "joined")
+        return Join(self._row(rid), "joined")
 
     def wanted_fields(self, agent: str | None) -> set[str]:
         """The task field names the rows of `agent` have in this file (all names if the agent is unknown)."""

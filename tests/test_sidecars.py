@@ -111,3 +111,18 @@ def test_pairs_of_a_rollouts_file(tmp_path: Path) -> None:
     rep = collection_report(src)
     assert rep is not None and rep.complete and rep.expected == 6
     assert collection_report(tmp_path / "tasks.jsonl") is None
+
+
+def test_rows_are_read_back_by_offset_through_a_bom_and_crlf_lines(tmp_path: Path) -> None:
+    import json
+
+    rows = [materialized(task_row(f"q{t}", x=t), t, r) for t in range(3) for r in range(2)]
+    rows[3]["x"] = "odd"  # task 1 repeat 1 differs from its task's other repeat
+    p = tmp_path / "m_materialized_inputs.jsonl"
+    p.write_bytes(b"\xef\xbb\xbf" + b"".join(json.dumps(r).encode() + b"\r\n" for r in rows))
+    src = TaskSource(p)
+    assert src.bad_lines == 0 and len(src) == 3
+    for t in range(3):
+        for r in range(2):
+            want = "odd" if (t, r) == (1, 1) else t
+            assert src.find(rollout(f"q{t}", t, r, 1.0)).fields == {"x": want}
