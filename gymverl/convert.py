@@ -1344,9 +1344,9 @@ def _join_task(ctx: _Ctx, rec: dict[str, Any]) -> dict[str, Any]:
     j = source.find(rec)
     if j.fields is not None:
         s.joined += 1
-        rec = merge_fields(rec, j.fields)
-    else:
-        s.not_joined[j.reason] += 1
+        return merge_fields(rec, j.fields)  # its own task row: complete by definition
+    s.not_joined[j.reason] += 1
+    # Not joined: name the fields the file has for this agent's tasks that the line lacks.
     have = {k for k, v in ctx.rules.task_fields(rec).items() if v is not None}
     missing = source.wanted_fields(agent_name(rec)) - have
     if missing:

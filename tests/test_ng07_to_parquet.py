@@ -187,3 +187,11 @@ def test_real_tasks_sharing_a_prompt_are_joined_by_index(tmp_path: Path) -> None
     convert(d / "r.jsonl", tmp_path / "o", ConvertOptions(fmt="rl"))
     cities = {i: t["expected_answers"][0]["arguments"] for i, t in _tasks_by_index(tmp_path / "o").items()}
     assert cities == {0: {"city": "Paris"}, 1: {"city": "London"}}
+
+
+def test_a_field_only_some_tasks_have_is_no_warning_when_every_row_joins(tmp_path: Path) -> None:
+    tasks = [task_row("q one", expected_answers=[], metadata={"src": "a"}), task_row("q two", expected_answers=[])]
+    write_jsonl(tmp_path / "r_materialized_inputs.jsonl", [materialized(t, i, 0) for i, t in enumerate(tasks)])
+    src = write_jsonl(tmp_path / "r.jsonl", [rollout("q one", 0, 0, 1.0), rollout("q two", 1, 0, 0.0)])
+    s = convert(src, tmp_path / "o", ConvertOptions(fmt="rl", strict=True))
+    assert s.joined == 2 and s.rows_missing_fields == 0 and not s.warnings
