@@ -314,12 +314,18 @@ def render_stats(data: dict[str, Any], show_tasks: int = 30, compact: bool = Fal
         pt.add_column("", no_wrap=True, min_width=10)
         pt.add_column("reward", justify="right")
         pt.add_column("cut", justify="right")
+        masked = any(r.get("masked") for r in per_task)
+        if masked:
+            pt.add_column("masked", justify="right")
         for r in per_task:
             bar = "█" * round(10 * (r["pass_rate"] or 0))
-            pt.add_row(
+            cells = [
                 r["task"], str(r["n"]), str(r["correct"]), _fmt(r["pass_rate"], 3), f"[green]{bar}[/]",
                 _fmt(r["mean_reward"], 3), str(r["incomplete"]) if r["incomplete"] else "",
-            )
+            ]
+            if masked:
+                cells.append(str(r["masked"]) if r["masked"] else "")
+            pt.add_row(*cells)
         console.print(pt)
     if compact:
         return
