@@ -209,10 +209,21 @@ def validate(
     data = summary.to_dict()
     if summary.lines == 0:
         data["error"] = "file is empty"
+    # NeMo Gym >= 0.5 side files: which of the rollouts asked for failed or are missing, per task.
+    from gymverl.sidecars import collection_report
+
+    collection = None if tasks else collection_report(path)
+    data["collection"] = collection.to_dict() if collection is not None else None
+    warning = collection.warning() if collection is not None else None
+    if warning:
+        data["warnings"] = [warning]
     if as_json:
         print_json(data)
     else:
         render_validation(data)
+        render_collection(data["collection"])
+        if warning:
+            err_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
         if summary.lines == 0:
             err_console.print(f"[bold red]error:[/] {path}: file is empty (no rollouts).", soft_wrap=True)
         if rejects and summary.rejected:
@@ -255,7 +266,9 @@ def _stats_rows(d: dict[str, Any]) -> list[tuple[str, str]]:
         ("failed", f"[red]{d['failed']}[/]" if d["failed"] else "0"),
     ]
     if d["masked"]:
-        rows.append(("mask_sample", _fmt(d["masked"])))
+        rows.append(("masked (left out)", f"[yellow]{d['masked']}[/]"))
+    if d.get("tasks_fully_masked"):
+        rows.append(("tasks fully masked", _fmt(d["tasks_fully_masked"])))
     unit = "tokens" if ln["unit"] == "output_tokens" else "chars"
     if ln["count"]:
         rows += [
@@ -301,12 +314,18 @@ def render_stats(data: dict[str, Any], show_tasks: int = 30, compact: bool = Fal
         pt.add_column("", no_wrap=True, min_width=10)
         pt.add_column("reward", justify="right")
         pt.add_column("cut", justify="right")
+        masked = any(r.get("masked") for r in per_task)
+        if masked:
+            pt.add_column("masked", justify="right")
         for r in per_task:
-            bar = "█" * round(10 * r["pass_rate"])
-            pt.add_row(
+            bar = "█" * round(10 * (r["pass_rate"] or 0))
+            cells = [
                 r["task"], str(r["n"]), str(r["correct"]), _fmt(r["pass_rate"], 3), f"[green]{bar}[/]",
                 _fmt(r["mean_reward"], 3), str(r["incomplete"]) if r["incomplete"] else "",
-            )
+            ]
+            if masked:
+                cells.append(str(r["masked"]) if r["masked"] else "")
+            pt.add_row(*cells)
         console.print(pt)
     if compact:
         return
@@ -342,6 +361,38 @@ def render_stats(data: dict[str, Any], show_tasks: int = 30, compact: bool = Fal
         if data["rejected"] > len(data["rejections"]):
             r.add_row("…", f"{data['rejected'] - len(data['rejections'])} more (`gymverl validate --rejects FILE` lists all)")
         console.print(r)
+
+
+def render_collection(col: dict[str, Any] | None, show_tasks: int = 30, out: Console | None = None) -> None:
+    """Render `sidecars.CollectionReport.to_dict()`: expected vs present vs failed rollouts per task."""
+    if not col:
+        return
+    out = out or console
+    t = Table(title="collection (NeMo Gym side files)", title_justify="left", show_header=False)
+    t.add_column(style="bold")
+    t.add_column(justify="right")
+    t.add_column(style="dim")
+    if col["expected"] is not None:
+        t.add_row("expected rollouts", str(col["expected"]), f"{col['tasks_expected']} tasks, from {col['materialized_inputs']}")
+    t.add_row("present", str(col["present"]), "in the rollouts file")
+    f = col.get("failures")
+    if f:
+        note = f"from {f['path']}" + (f"; {f['superseded_rollouts']} earlier failures were retried successfully" if f["superseded_rollouts"] else "")
+        t.add_row("failed", f"[red]{col['failed']}[/]" if col["failed"] else "0", note)
+    if col["expected"] is not None:
+        t.add_row("missing", f"[red]{col['missing']}[/]" if col["missing"] else "0", "neither present nor failed")
+        t.add_row("tasks without rollouts", f"[red]{col['tasks_without_rollouts']}[/]" if col["tasks_without_rollouts"] else "0", "")
+    if col["extra"]:
+        t.add_row("not in materialized inputs", f"[yellow]{col['extra']}[/]", "")
+    out.print(t)
+    rows = col.get("incomplete_tasks") or []
+    if rows and len(rows) <= show_tasks:
+        pt = Table(title=f"incomplete tasks ({col['tasks_incomplete']})", title_justify="left")
+        for name in ("task index", "expected", "present", "failed", "missing"):
+            pt.add_column(name, justify="right")
+        for r in rows:
+            pt.add_row(*(_fmt(r[k]) for k in ("task_index", "expected", "present", "failed", "missing")))
+        out.print(pt)
 
 
 def render_comparison(cmp: dict[str, Any]) -> None:
@@ -384,7 +435,7 @@ def render_comparison(cmp: dict[str, Any]) -> None:
         console.print(c)
 
 
-def _compute_stats_cli(path: Path, threshold: float, group_by: str, show_progress: bool) -> Any:
+def _compute_stats_cli(path: Path, threshold: float, group_by: str, show_progress: bool, tasks: Optional[Path] = None) -> Any:
     """Run `compute_stats` with a transient progress bar on stderr (a terminal only)."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -392,7 +443,7 @@ def _compute_stats_cli(path: Path, threshold: float, group_by: str, show_progres
 
     size = path.stat().st_size if path.suffix != ".gz" else None
     if not show_progress or not err_console.is_terminal:
-        return compute_stats(path, threshold=threshold, group_by=group_by)
+        return compute_stats(path, threshold=threshold, group_by=group_by, tasks_path=tasks)
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
         console=err_console, transient=True,
@@ -406,7 +457,7 @@ def _compute_stats_cli(path: Path, threshold: float, group_by: str, show_progres
             if c.line % 2000 == 0:
                 progress.update(task, completed=done)
 
-        return compute_stats(path, threshold=threshold, group_by=group_by, on_line=on_line)
+        return compute_stats(path, threshold=threshold, group_by=group_by, on_line=on_line, tasks_path=tasks)
 
 
 @app.command()
@@ -439,12 +490,20 @@ def stats(
         bool, typer.Option("--per-task", help="Include every task in --json output (default: only when there are at most 1000).")
     ] = False,
     show_tasks: Annotated[int, typer.Option("--show-tasks", help="Print the per-task table when there are at most this many tasks.")] = 30,
+    tasks: Annotated[
+        Optional[Path],
+        typer.Option("--tasks", help="Task rows for --group-by a task field the rollout lines lack (NeMo Gym >= 0.5 drops them): the original tasks file or <stem>_materialized_inputs.jsonl (used without this option when it is beside ROLLOUTS)."),
+    ] = None,
 ) -> None:
     """Reward statistics: pass rate and pass@k per task, reward and length distributions, truncations.
 
     pass@k is the unbiased estimator 1 - C(n-c, k)/C(n, k) per task (n rollouts, c correct),
-    averaged over the tasks with at least k rollouts. Exit code 0 ok, 1 some lines rejected
-    (they are listed and not counted) or the file is empty, 2 usage error.
+    averaged over the tasks with at least k rollouts. Masked rollouts (mask_sample: true) are left
+    out of every mean, pass rate and pass@k and counted separately; std is the sample std (ddof=1),
+    as NeMo Gym's `gym eval profile`. With NeMo Gym's <stem>_materialized_inputs.jsonl and
+    <stem>_failures.jsonl beside ROLLOUTS, failed and missing rollouts are reported per task.
+    Exit code 0 ok, 1 some lines rejected (they are listed and not counted) or the file is empty,
+    2 usage error.
     """
     import math
 
@@ -454,10 +513,12 @@ def stats(
         fail(f"--plot writes a PNG file; give a path ending in .png, not {plot}.")
     path = existing_file(rollouts)
     other = existing_file(against) if against is not None else None
+    if tasks is not None:
+        existing_file(tasks)
     # Checked up front (plot_stats checks again): a bad --plot path must not cost a full read first.
-    check_outputs([plot], [path, other])
-    result = _compute_stats_cli(path, threshold, group_by, not as_json)
-    before = _compute_stats_cli(other, threshold, group_by, not as_json) if other is not None else None
+    check_outputs([plot], [path, other, tasks])
+    result = _compute_stats_cli(path, threshold, group_by, not as_json, tasks)
+    before = _compute_stats_cli(other, threshold, group_by, not as_json, tasks) if other is not None else None
     from gymverl.stats import compare_stats, plot_stats
 
     comparison = compare_stats(before, result) if before is not None else None
@@ -476,6 +537,9 @@ def stats(
         print_json(out)
     else:
         render_stats(data, show_tasks)
+        render_collection(data.get("collection"), show_tasks)
+        for w in data.get("warnings") or []:
+            err_console.print(f"[bold yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
         if comparison is not None:
             render_comparison(comparison)
         if plot is not None:
@@ -1122,14 +1186,23 @@ def render_to_parquet(summary: dict[str, Any]) -> None:
     t.add_column(style="bold")
     t.add_column(justify="right")
     t.add_column(style="dim")
-    t.add_row("input lines", str(summary["lines"]), summary["input_kind"])
+    kind = summary["input_kind"]
+    if kind == "materialized_inputs":
+        kind = "NeMo Gym materialized inputs: one line per (task, repeat), one row per task"
+    t.add_row("input lines", str(summary["lines"]), kind)
     t.add_row("rejected", f"[red]{summary['rejected']}[/]" if summary["rejected"] else "0", "unusable lines (see below)")
     for rule, n in summary["filtered"].items():
         t.add_row(f"filtered: {rule}", f"[yellow]{n}[/]", RULES.get(rule, ""))
     unit = {"rl": "rollouts summarised into task rows", "dpo": "rollouts used in pairs"}.get(summary["format"], "rollouts written as rows")
     t.add_row("kept", f"[green]{summary['kept_lines']}[/]", unit)
+    if summary.get("repeats_merged"):
+        t.add_row("repeat lines", str(summary["repeats_merged"]), "further repeats of a task already written (part of kept)")
     rows = summary["rows"]
     t.add_row("rows", str(rows["train"] + rows["val"]), f"train {rows['train']}, val {rows['val']}")
+    tf = summary.get("task_fields") or {}
+    if tf.get("source"):
+        not_joined = sum(tf["not_joined"].values())
+        t.add_row("task fields joined", f"{tf['joined']}", f"from {tf['source']}" + (f"; {not_joined} rows not joined" if not_joined else ""))
     if summary["tasks"] is not None:
         tb = summary["tasks_by_split"]
         dropped = ", ".join(f"{k} {v}" for k, v in summary["tasks_dropped"].items())
@@ -1152,7 +1225,10 @@ def to_parquet(
         typer.Option("--output", "-o", help="Output directory (train.parquet, val.parquet, or train-00000-of-0000N.parquet shards), or a .parquet file when there is no val split."),
     ] = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="rl: one row per task for GRPO/PPO (main_ppo); sft: one row per rollout for sft_trainer; dpo: preference pairs.")] = "sft",
-    tasks: Annotated[Optional[Path], typer.Option("--tasks", help="The NeMo Gym tasks JSONL the rollouts came from: its fields are the task fields, every other top-level key is a verifier output.")] = None,
+    tasks: Annotated[Optional[Path], typer.Option("--tasks", help="rl: the task rows to join onto the rows: the original NeMo Gym tasks file (by _ng_task_index = its line, prompt checked) or <stem>_materialized_inputs.jsonl (by task and repeat index; found beside INPUT without this option). Its fields are the task fields; every other top-level key is a verifier output.")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="rl: stop (exit 2) when rows lack task fields the verifier may need, instead of warning.")] = False,
+    side_files: Annotated[bool, typer.Option("--side-files/--no-side-files", help="rl: use NeMo Gym's <stem>_materialized_inputs.jsonl beside INPUT for task fields.")] = True,
+    keep_masked: Annotated[bool, typer.Option("--keep-masked", help="Keep rollouts marked mask_sample: true (NeMo Gym >= 0.5: not a valid measurement); dropped by default under the filter 'masked'.")] = False,
     ground_truth_field: Annotated[Optional[str], typer.Option("--ground-truth-field", help="Task field holding the expected answer (default: the first of expected_answer, expected_answers, ground_truth, answer, ...).")] = None,
     data_source: Annotated[Optional[str], typer.Option("--data-source", help="data_source of every row (default: the agent name, else the input file's stem).")] = None,
     ability: Annotated[str, typer.Option("--ability", help="The rl `ability` column.")] = "nemo_gym",
@@ -1211,6 +1287,7 @@ def to_parquet(
             dedup=dedup,
             max_tokens=max_tokens,
             drop_incomplete=not keep_incomplete and fmt != "rl",
+            drop_masked=not keep_masked,
             solved_threshold=solved_threshold,
             val_fraction=val_fraction,
             split_seed=split_seed,
@@ -1218,6 +1295,8 @@ def to_parquet(
             min_margin=min_margin,
         ),
         tasks_path=tasks,
+        strict=strict,
+        side_files=side_files,
         ground_truth_field=ground_truth_field,
         data_source=data_source,
         ability=ability,

@@ -10,6 +10,13 @@ Memory stays constant in the input size:
   every valid rollout to temporary partition files by a hash of its task key (a small metadata
   line and the ready-built row payload), then handles one partition at a time. A partition holds
   roughly `partition_bytes` of input, so the working set does not grow with the file.
+NeMo Gym >= 0.5 files (`gymverl.sidecars`): rl rows get their task fields joined by value from
+`<stem>_materialized_inputs.jsonl` beside the input (or `tasks_path`), on the task and repeat
+index, with a prompt check; rows that still lack fields the verifier may need are a truthful
+warning (an error with `strict`). A materialized-inputs file as input gives one rl row per task.
+`mask_sample: true` rollouts are filtered as `masked` unless `select.drop_masked` is off. A (task,
+repeat) that occurs twice is filtered as `repeated_rollout`; the same pair with two prompts
+(collections numbered from 0 and concatenated) stops the conversion with one sentence.
 Every input line ends up in exactly one bucket of the summary: a row, a selection rule, or a
 rejection with its line number and reason. Rows are built after selection, so a rollout that a
 rule removes is counted under that rule even if it could not have been converted; rollouts that
@@ -51,7 +58,8 @@ from gymverl.formats import rl as rl_fmt
 from gymverl.formats import fast as fast_fmt
 from gymverl.formats import sft as sft_fmt
 from gymverl.jsonl import DEFAULT_MAX_LINE_BYTES, Line, RejectsWriter, check_input_path, iter_lines, read_jsonl
-from gymverl.records import Checked, _FastRollouts, check_line, check_record, check_task, is_incomplete, task_key
+from gymverl.records import Checked, _FastRollouts, _fast_summary, agent_name, check_line, check_record, check_task, is_incomplete, task_key
+from gymverl.sidecars import JOIN_REASONS, TaskSource, is_materialized_inputs, merge_fields, prompt_key, sidecar_paths, stem_of
 from gymverl.select import (
     RULES,
     Member,
@@ -82,7 +90,11 @@ class ConvertOptions:
 
     fmt: str = "sft"
     select: SelectOptions = field(default_factory=SelectOptions)
-    tasks_path: str | os.PathLike[str] | None = None  # NeMo Gym tasks file: decides task fields
+    # Task rows to join onto rl rows: an original NeMo Gym tasks file or `<stem>_materialized_inputs.jsonl`
+    # (default: the latter when it is beside the input). Its field names are the task fields.
+    tasks_path: str | os.PathLike[str] | None = None
+    side_files: bool = True  # look for `<stem>_materialized_inputs.jsonl` beside the input
+    strict: bool = False  # rl rows that lack task fields the verifier may need are an error, not a warning
     ground_truth_field: str | None = None
     data_source: str | None = None  # default: the agent name, else the input file's stem
     ability: str = "nemo_gym"
@@ -123,6 +135,14 @@ class ConvertSummary:
     tasks_by_split: Counter[str] = field(default_factory=Counter)  # tasks with at least one row
     tasks_dropped: Counter[str] = field(default_factory=Counter)  # reason -> tasks without rows
     missing_ground_truth: int = 0
+    task_source: str | None = None  # the file task fields were joined from
+    task_source_kind: str | None = None  # "materialized" or "tasks"
+    joined: int = 0  # rl rows whose task row was found
+    not_joined: Counter[str] = field(default_factory=Counter)  # sidecars.JOIN_REASONS code -> rl rows
+    missing_task_fields: Counter[str] = field(default_factory=Counter)  # field -> rl rows without it
+    rows_missing_fields: int = 0
+    rows_without_source: int = 0  # rl rows of NeMo Gym >= 0.5 rollouts with no task file to join
+    repeats_merged: int = 0  # materialized-input lines that repeat a task already written
     files: dict[str, list[str]] = field(default_factory=dict)
     bytes_written: int = 0
     seconds: float = 0.0
@@ -160,6 +180,16 @@ class ConvertSummary:
             "tasks_by_split": {s: self.tasks_by_split.get(s, 0) for s in SPLITS} if self.tasks is not None else None,
             "tasks_dropped": dict(self.tasks_dropped),
             "missing_ground_truth": self.missing_ground_truth,
+            "task_fields": {
+                "source": self.task_source,
+                "source_kind": self.task_source_kind,
+                "joined": self.joined,
+                "not_joined": dict(self.not_joined),
+                "rows_missing_fields": self.rows_missing_fields,
+                "missing": dict(self.missing_task_fields.most_common()),
+                "rows_without_source": self.rows_without_source,
+            },
+            "repeats_merged": self.repeats_merged,
             "files": self.files,
             "bytes_written": self.bytes_written,
             "seconds": round(self.seconds, 3),
@@ -184,18 +214,43 @@ def detect_input_kind(path: str | os.PathLike[str], max_lines: int = 50) -> str:
     return "rollouts"
 
 
-def load_task_keys(path: str | os.PathLike[str]) -> tuple[frozenset[str], int]:
-    """The field names used by a NeMo Gym tasks file (minus NeMo Gym's own keys) and how many lines were unusable."""
-    from gymverl.records import ROLLOUT_KEYS
+def _task_source(opts: ConvertOptions, src: Path, tasks_input: bool) -> TaskSource | None:
+    """The task rows joined onto rl rows: --tasks, else the materialized inputs beside a rollouts file."""
+    if opts.tasks_path is not None:
+        return TaskSource(opts.tasks_path)
+    if tasks_input or opts.fmt != "rl" or not opts.side_files:
+        return None  # sft/dpo rows hold no task fields; a tasks file has its own
+    found = sidecar_paths(src).materialized
+    return TaskSource(found, "materialized") if found is not None else None
 
-    keys: set[str] = set()
-    bad = 0
-    for p in read_jsonl(check_input_path(path)):
-        if not p.ok or not isinstance(p.obj, dict):
-            bad += 1
-            continue
-        keys.update(k for k in p.obj if k not in ROLLOUT_KEYS and k != "responses_create_params")
-    return frozenset(keys), bad
+
+# Keys only NeMo Gym >= 0.5 writes on a rollout line: such lines lack the input fields the verifier
+# response does not echo (they are in `<stem>_materialized_inputs.jsonl`).
+_NG05_KEYS = ("_ng_environment_server", "_ng_result_type", "mask_sample", "failure_kind")
+
+
+def _task_field_problems(s: ConvertSummary, src: Path, source: TaskSource | None) -> list[str]:
+    """Truthful warnings about rl rows that may lack task fields /verify needs (errors with --strict)."""
+    out = []
+    if s.rows_without_source:
+        out.append(
+            f"{s.rows_without_source} RL rows come from NeMo Gym >= 0.5 rollouts, whose lines keep only the task fields "
+            "the verifier echoes (0.7.0 drops e.g. math_with_judge's question, mcqa's options, xlam_fc's expected_answers); "
+            f"no {stem_of(src)}_materialized_inputs.jsonl is beside {src} and no --tasks was given, so their "
+            "extra_info.nemo_gym.task may lack fields /verify needs: give --tasks with the materialized inputs or the original tasks file."
+        )
+    if source is not None and s.rows_missing_fields:
+        fields = ", ".join(f"{k} ({n} rows)" for k, n in s.missing_task_fields.most_common())
+        why = "; ".join(f"{n} {JOIN_REASONS.get(r, r)}" for r, n in s.not_joined.most_common())
+        out.append(
+            f"{s.rows_missing_fields} RL rows lack task fields that {source.path} has for their agent: {fields}"
+            + (f" (no task row joined: {why})" if why else "")
+            + "; /verify gets only the fields in extra_info.nemo_gym.task, so these rows may score wrongly."
+        )
+    elif source is not None and s.not_joined:
+        why = "; ".join(f"{n} {JOIN_REASONS.get(r, r)}" for r, n in s.not_joined.most_common())
+        out.append(f"{sum(s.not_joined.values())} RL rows found no task row in {source.path} ({why}); they keep the task fields of their rollout line.")
+    return out
 
 
 def _source_stem(path: Path) -> str:
@@ -525,6 +580,7 @@ class _Ctx:
     rejects: RejectsWriter
     counter: TokenCounter | None
     _fast: Any = None
+    source: TaskSource | None = None  # task rows joined onto rl rows (main process only)
 
     def fast_reader(self) -> fast_fmt.FastSFT | None:
         """The fast SFT reader for this conversion (None when it does not apply: --max-tokens, no msgspec)."""
@@ -589,13 +645,17 @@ def convert(
         raise ConvertError("--drop-solved/--drop-unsolved need rollouts with rewards, not a tasks file.")
 
     task_keys = None
+    if tasks_input and opts.fmt == "rl" and is_materialized_inputs(src):
+        kind = "materialized_inputs"  # one line per (task, repeat): rows are grouped by task below
     summary = ConvertSummary(str(src), str(output) if output is not None else None, opts.fmt, input_kind=kind, dry_run=opts.dry_run)
-    if opts.tasks_path is not None:
-        task_keys, bad = load_task_keys(opts.tasks_path)
-        if bad:
-            summary.warnings.append(f"{bad} lines of the tasks file {opts.tasks_path} are not JSON objects and were ignored.")
+    source = _task_source(opts, src, tasks_input)
+    if source is not None:
+        task_keys = frozenset(source.field_names)
+        summary.task_source, summary.task_source_kind = str(source.path), source.kind
+        if source.bad_lines:
+            summary.warnings.append(f"{source.bad_lines} lines of {source.path} are not valid NeMo Gym task rows and were ignored.")
     rules = FieldRules(task_keys=task_keys, ground_truth_field=opts.ground_truth_field, keep_all=tasks_input)
-    inputs = (src, opts.tasks_path)
+    inputs = (src, opts.tasks_path, source.path if source is not None else None)
     sink = ParquetSink(
         out, SCHEMAS[opts.fmt], shard_size=opts.shard_size, dry_run=opts.dry_run, batch_rows=opts.batch_rows, protect=inputs
     )
@@ -616,7 +676,11 @@ def convert(
         with output_lock(None if opts.dry_run else out, opts.rejects_path):
             try:
                 with _fewer_gc_passes():
-                    _run(opts, src, summary, rules, sink, counter, tasks_input, on_progress, total)
+                    _run(opts, src, summary, rules, sink, counter, tasks_input, on_progress, total, source)
+                problems = _task_field_problems(summary, src, source) if opts.fmt == "rl" and not tasks_input else []
+                if problems and opts.strict:
+                    raise ConvertError(f"--strict: {problems[0]}")
+                summary.warnings.extend(problems)
                 summary.files = sink.commit()
             except BaseException:
                 sink.abort()
@@ -634,9 +698,11 @@ def convert(
         raise AssertionError(f"accounting mismatch: {summary.accounted} of {summary.lines} lines")
     if opts.fmt == "rl" and summary.missing_ground_truth:
         which = f"field {opts.ground_truth_field!r}" if opts.ground_truth_field else "expected-answer field"
+        # Only what is true in every case: compute_score ignores ground_truth, and /verify gets the
+        # task fields the row holds (extra_info.nemo_gym.task), which may or may not be enough.
         summary.warnings.append(
             f"{summary.missing_ground_truth} RL rows have no {which}; their reward_model.ground_truth is empty "
-            "(the NeMo Gym verifier still gets all task fields through extra_info.nemo_gym)."
+            "(gymverl.reward.compute_score does not read it: /verify gets the task fields in extra_info.nemo_gym.task)."
         )
     if sum(summary.rows.values()) == 0:
         summary.warnings.append("no rows were kept, so nothing was written.")
@@ -653,9 +719,10 @@ def _run(
     tasks_input: bool,
     on_progress: Progress | None,
     total: int | None,
+    source: TaskSource | None = None,
 ) -> None:
     with RejectsWriter(opts.rejects_path) as rejects:
-        ctx = _Ctx(opts, rules, opts.data_source or _source_stem(src), tasks_input, summary, sink, rejects, counter)
+        ctx = _Ctx(opts, rules, opts.data_source or _source_stem(src), tasks_input, summary, sink, rejects, counter, source=source)
         workers = max(1, opts.workers)
         handler = _pass1_result if summary.grouped else _stream_result
         if workers > 1:
@@ -729,7 +796,7 @@ def _fast_stream_result(ctx: _Ctx, reader: fast_fmt.FastSFT, line: Line) -> tupl
         return None
     sel = ctx.opts.select
     split = split_of(got.key, sel.val_fraction, sel.split_seed)
-    status = record_status(got.reward, got.incomplete, sel)
+    status = record_status(got.reward, got.incomplete, sel, got.masked)
     if status:
         return ("filt", status)
     row = _fast_sft_row(ctx, reader, got, line.number)
@@ -747,7 +814,7 @@ class _FastPass1:
     def __init__(self, ctx: _Ctx, reader: fast_fmt.FastSFT) -> None:
         self.ctx = ctx
         self.reader = reader
-        self.check: _FastRollouts | None = _FastRollouts()
+        self.check: _FastMeta | None = _FastMeta()
         self.tried = self.hits = 0
 
     def __call__(self, line: Line) -> tuple[Any, ...] | None:
@@ -757,16 +824,35 @@ class _FastPass1:
             found = self.check(line.data)
             if found is not None:
                 self.hits += 1
-                reward, key, _agent, incomplete, _masked = found
+                (reward, key, _agent, incomplete, masked), ri = found
             elif self.tried >= 1000 and self.hits * 2 < self.tried:
                 self.check = None
         if found is None:
             got = self.reader.decode(line.data, rows=False)
             if got is None:
                 return None
-            reward, key, incomplete = got.reward, got.key, got.incomplete
-        status = None if self.ctx.opts.fmt == "rl" else record_status(reward, incomplete, self.ctx.opts.select)
-        return ("meta", key, [key, line.number, reward, status, None], line.data if status is None else b"")
+            reward, key, incomplete, masked, ri = got.reward, got.key, got.incomplete, got.masked, got.rollout_index
+        sel = self.ctx.opts.select
+        if self.ctx.opts.fmt == "rl":
+            status = "masked" if masked and sel.drop_masked else None
+        else:
+            status = record_status(reward, incomplete, sel, masked)
+        return ("meta", key, [key, line.number, reward, status, None, ri], line.data if status is None else b"")
+
+
+class _FastMeta(_FastRollouts):
+    """`validate`'s fast check, also handing back the rollout index (for repeated-rollout checks)."""
+
+    def __call__(self, data: bytes) -> tuple[tuple[float, str, str | None, bool, bool], int | None] | None:  # type: ignore[override]
+        if data[:3] == b"\xef\xbb\xbf":  # simdjson skips a byte order mark, orjson rejects it
+            return None
+        try:
+            self._parser.parse(data)  # validation only: the lazy document is dropped at once
+            rec = self._decode(data)
+        except Exception:  # noqa: BLE001 - any doubt goes to the exact path
+            return None
+        got = _fast_summary(rec)
+        return None if got is None else (got, rec.rollout_index)
 
 
 def _fast_sft_row(ctx: _Ctx, reader: fast_fmt.FastSFT, got: fast_fmt.FastRollout, line: int) -> dict[str, Any] | None:
@@ -864,7 +950,7 @@ def _stream_result(ctx: _Ctx, c: Checked) -> tuple[Any, ...]:
             row: dict[str, Any] | None = _rl_row(ctx, rec, key, None)
             status = "max_tokens" if _rl_too_long(ctx, row) else None  # type: ignore[arg-type]
         else:
-            status = record_status(float(rec["reward"]), is_incomplete(rec), sel)
+            status = record_status(float(rec["reward"]), is_incomplete(rec), sel, rec.get("mask_sample") is True)
             row = None
             if status is None:
                 row, status = _sft_build(ctx, rec, c.line, key)
@@ -872,6 +958,10 @@ def _stream_result(ctx: _Ctx, c: Checked) -> tuple[Any, ...]:
         return ("bad", c.line, exc.code, exc.reason, c.raw)
     if status or row is None:
         return ("filt", status or "unknown")
+    if ctx.tasks_input:
+        # Materialized inputs repeat each task once per repeat: the converter keeps one row per
+        # (task index, prompt), so it needs the prompt (computed here, in the worker).
+        return ("row", split, row, c.line, prompt_key(rec))
     return ("row", split, row, c.line)
 
 
@@ -882,21 +972,25 @@ def _pass1_result(ctx: _Ctx, c: Checked) -> tuple[Any, ...]:
     rec = c.record
     sel = ctx.opts.select
     key = task_key(rec)
-    status = None
+    masked = rec.get("mask_sample") is True
+    status = "masked" if masked and sel.drop_masked else None
     if ctx.opts.fmt != "rl":
-        status = record_status(float(rec["reward"]), is_incomplete(rec), sel)
+        status = record_status(float(rec["reward"]), is_incomplete(rec), sel, masked)
         if status is None and ctx.counter is not None:
             try:
                 status = "max_tokens" if _too_long_rollout(ctx, rec) else None
             except RowError as exc:
                 return ("bad", c.line, exc.code, exc.reason, c.raw)
     dk = dedup_key(rec) if sel.dedup and status is None else None
-    return ("meta", key, [key, c.line, float(rec["reward"]), status, dk], c.raw if status is None else b"")
+    ri = rec.get("_ng_rollout_index")
+    ri = ri if isinstance(ri, int) and not isinstance(ri, bool) and ri >= 0 else None
+    return ("meta", key, [key, c.line, float(rec["reward"]), status, dk, ri], c.raw if status is None else b"")
 
 
 def _convert_streaming(ctx: _Ctx, results: Iterator[tuple[Any, ...]]) -> None:
     """One pass, row by row: sft without task-level rules, or rl from a tasks file."""
     s = ctx.summary
+    seen: dict[str, str] = {}  # rl from tasks: task key -> prompt key (bounded by the task count)
     for r in results:
         s.lines += 1
         kind = r[0]
@@ -908,14 +1002,41 @@ def _convert_streaming(ctx: _Ctx, results: Iterator[tuple[Any, ...]]) -> None:
         if kind == "filt":
             s.filtered[r[1]] += 1
             continue
-        _, split, row, _line = r
+        split, row = r[1], r[2]
         s.kept_lines += 1
+        if ctx.tasks_input:
+            split = _one_row_per_task(ctx, seen, row, split, r[4])
+            if split is None:
+                continue
         if ctx.opts.fmt == "rl":
             s.tasks = (s.tasks or 0) + 1
             s.tasks_by_split[split] += 1
             if not row["reward_model"]["ground_truth"]:
                 s.missing_ground_truth += 1
         ctx.sink.add(split, row)
+
+
+def _one_row_per_task(ctx: _Ctx, seen: dict[str, str], row: dict[str, Any], split: str, prompt: str) -> str | None:
+    """rl from a tasks file: the split of a new task's row, or None for another line of a task
+    already written (materialized inputs hold one line per repeat). The same task index with
+    another prompt is another task (concatenated collections): keyed by (index, prompt)."""
+    info = row["extra_info"]
+    key = info["task_key"]
+    known = seen.get(key)
+    if known is None:
+        seen[key] = prompt
+        return split
+    if known == prompt:
+        ctx.summary.repeats_merged += 1
+        return None
+    key = f"{key}@{prompt}"
+    if key in seen:
+        ctx.summary.repeats_merged += 1
+        return None
+    seen[key] = prompt
+    info["task_key"] = key
+    sel = ctx.opts.select
+    return split_of(key, sel.val_fraction, sel.split_seed)
 
 
 # ---- parallel line processing ------------------------------------------------------------------
@@ -1103,8 +1224,11 @@ def _finish_partition(ctx: _Ctx, meta_path: Path, data_path: Path) -> None:
     groups: dict[str, list[Member]] = {}
     with open(meta_path, "rb") as f:
         for slot, raw in enumerate(f):
-            key, line, reward, status, dk = orjson.loads(raw)
-            groups.setdefault(key, []).append(Member(line, reward, status, dk, slot))
+            key, line, reward, status, dk, ri = orjson.loads(raw)
+            groups.setdefault(key, []).append(Member(line, reward, status, dk, slot, ri))
+    repeated = [key for key, members in groups.items() if _repeats_rollouts(members)]
+    if repeated:
+        _settle_repeats(ctx, groups, repeated, data_path)
     # Decide every task first, then read back only the rollouts that become rows.
     plan: list[tuple[str, str, Any]] = []  # (task key, split, what to build)
     needed: set[int] = set()
@@ -1112,15 +1236,23 @@ def _finish_partition(ctx: _Ctx, meta_path: Path, data_path: Path) -> None:
         s.tasks = (s.tasks or 0) + 1
         split = split_of(key, sel.val_fraction, sel.split_seed)
         if fmt == "rl":
-            verdict = task_status(members, sel)
+            # Masked and repeated rollouts are no measurement: left out of the task's statistics.
+            measured = [m for m in members if m.status is None]
+            for m in members:
+                if m.status is not None:
+                    s.filtered[m.status] += 1
+            if not measured:
+                s.tasks_dropped[_drop_reason(members)] += 1
+                continue
+            verdict = task_status(measured, sel)
             if verdict:
-                s.filtered[verdict] += len(members)
+                s.filtered[verdict] += len(measured)
                 s.tasks_dropped[verdict] += 1
                 continue
-            rewards = [m.reward for m in members]
+            rewards = [m.reward for m in measured]
             stats = (len(rewards), sum(r >= sel.solved_threshold for r in rewards) / len(rewards), sum(rewards) / len(rewards))
-            plan.append((key, split, (members, stats)))
-            needed.add(members[0].slot)
+            plan.append((key, split, (measured, stats)))
+            needed.add(measured[0].slot)
             continue
         select_task(members, sel)
         if fmt == "sft":
@@ -1137,12 +1269,7 @@ def _finish_partition(ctx: _Ctx, meta_path: Path, data_path: Path) -> None:
             plan.append((key, split, what))
         else:
             s.tasks_dropped[_drop_reason(members)] += 1
-    raws: dict[int, bytes] = {}
-    if needed:
-        with open(data_path, "rb") as f:
-            for slot, raw in enumerate(f):
-                if slot in needed:
-                    raws[slot] = raw.rstrip(b"\n")
+    raws = _read_slots(data_path, needed)
     for key, split, what in plan:
         if fmt == "rl":
             members, stats = what
@@ -1153,10 +1280,85 @@ def _finish_partition(ctx: _Ctx, meta_path: Path, data_path: Path) -> None:
             _emit_dpo(ctx, key, split, what, raws)
 
 
+def _read_slots(data_path: Path, slots: set[int]) -> dict[int, bytes]:
+    """The spilled raw lines at `slots` of a partition's data file."""
+    raws: dict[int, bytes] = {}
+    if slots:
+        with open(data_path, "rb") as f:
+            for slot, raw in enumerate(f):
+                if slot in slots:
+                    raws[slot] = raw.rstrip(b"\n")
+    return raws
+
+
+def _repeats_rollouts(members: list[Member]) -> bool:
+    """True when two rollouts of one task key carry the same `_ng_rollout_index`."""
+    # Set and count run in C: no per-rollout Python work on the common path (no repeats).
+    ris = [m.rollout for m in members]
+    distinct = set(ris)
+    nones = ris.count(None)
+    return len(distinct) - (1 if nones else 0) < len(ris) - nones
+
+
+def _settle_repeats(ctx: _Ctx, groups: dict[str, list[Member]], keys: list[str], data_path: Path) -> None:
+    """Task keys whose (task, repeat) pairs occur twice: the same rollout repeated, or two tasks.
+
+    Two prompts under one task index are different tasks (collections each numbered from 0 and
+    concatenated): merging them would put one prompt's rollouts under the other (wrong pass
+    rates, a prompt dropped from rl, pairs across prompts in dpo), so the conversion stops with
+    one sentence. The same prompt twice is one rollout written twice: the later lines are
+    counted under `repeated_rollout`.
+    """
+    by_pair: dict[tuple[str, int], list[Member]] = {}
+    for key in keys:
+        for m in groups[key]:
+            if m.rollout is not None and m.status is None:
+                by_pair.setdefault((key, m.rollout), []).append(m)
+    twice = {pair: ms for pair, ms in by_pair.items() if len(ms) > 1}
+    raws = _read_slots(data_path, {m.slot for ms in twice.values() for m in ms})
+    for (key, ri), ms in twice.items():
+        if len({prompt_key(orjson.loads(raws[m.slot])) for m in ms}) > 1:
+            lines = sorted(m.line for m in ms)
+            raise ConvertError(
+                f"{ctx.summary.input}: lines {lines[0]} and {lines[1]} are rollout {ri} of task {key} but have different prompts, "
+                "as when collections each numbered from 0 are concatenated; convert each collection on its own (or renumber _ng_task_index)."
+            )
+    for key in keys:
+        members = sorted(groups[key], key=lambda m: m.line)
+        seen: set[int] = set()
+        for m in members:
+            if m.rollout is None:
+                continue
+            if m.rollout in seen and m.status is None:
+                m.status = "repeated_rollout"
+            seen.add(m.rollout)
+
+
+def _join_task(ctx: _Ctx, rec: dict[str, Any]) -> dict[str, Any]:
+    """`rec` with the task fields of its task row (when a task source is known) for an rl row."""
+    s, source = ctx.summary, ctx.source
+    if source is None:
+        if any(k in rec for k in _NG05_KEYS):
+            s.rows_without_source += 1
+        return rec
+    j = source.find(rec)
+    if j.fields is not None:
+        s.joined += 1
+        return merge_fields(rec, j.fields)  # its own task row: complete by definition
+    s.not_joined[j.reason] += 1
+    # Not joined: name the fields the file has for this agent's tasks that the line lacks.
+    have = {k for k, v in ctx.rules.task_fields(rec).items() if v is not None}
+    missing = source.wanted_fields(agent_name(rec)) - have
+    if missing:
+        s.rows_missing_fields += 1
+        s.missing_task_fields.update(missing)
+    return rec
+
+
 def _emit_rl(ctx: _Ctx, key: str, split: str, members: list[Member], stats: tuple[int, float, float], raw: bytes) -> None:
     s = ctx.summary
     try:
-        row = _rl_row(ctx, orjson.loads(raw), key, stats)
+        row = _rl_row(ctx, _join_task(ctx, orjson.loads(raw)), key, stats)
     except RowError as exc:
         # Every rollout of the task shares the prompt that failed: all are rejected with its reason.
         for i, m in enumerate(members):

@@ -2,7 +2,7 @@
 
 Rules run in a fixed order and a rollout is counted under the first rule that removes it, so the
 summary adds up to the input:
-per rollout  `incomplete` -> `min_reward` -> `max_tokens`;
+per rollout  `masked` -> `repeated_rollout` -> `incomplete` -> `min_reward` -> `max_tokens`;
 per task     `solved` / `unsolved` (judged on *all* valid rollouts of the task, so a reward
              threshold cannot make a task look solved) -> `duplicate` -> `best_of_n` -> `unpaired` (dpo).
 The train/val split is a hash of the task key: deterministic, identical on every run and machine,
@@ -21,6 +21,8 @@ from gymverl.messages import response_messages
 
 # Rule code -> what the summary says about it, in the order the rules are applied.
 RULES: dict[str, str] = {
+    "masked": "mask_sample: true, not a valid measurement (NeMo Gym >= 0.5; --keep-masked keeps them)",
+    "repeated_rollout": "the same (task, repeat) as an earlier line of the file",
     "incomplete": "response incomplete (cut off before it finished)",
     "min_reward": "reward below --min-reward",
     "max_tokens": "longer than --max-tokens",
@@ -31,6 +33,7 @@ RULES: dict[str, str] = {
     "unpaired": "no rollout of the task to pair with at the required margin (dpo)",
 }
 TASK_RULES = ("max_tokens", "solved", "unsolved")
+_NOT_MEASURED = ("masked", "repeated_rollout")
 
 
 @dataclass
@@ -44,6 +47,9 @@ class SelectOptions:
     dedup: bool = False
     max_tokens: int | None = None
     drop_incomplete: bool = True
+    # NeMo Gym >= 0.5 marks rollouts whose reward is not a valid measurement (judge failed, session
+    # lost, ...) with `mask_sample: true`; `gym eval profile` leaves them out, NeMo RL zeroes their loss.
+    drop_masked: bool = True
     # A rollout "solves" its task when reward >= this (1.0 fits 0/1 verifiers and blackjack's -1/1).
     solved_threshold: float = 1.0
     val_fraction: float = 0.0
@@ -83,8 +89,13 @@ def needs_grouping(fmt: str, opts: SelectOptions, *, tasks_input: bool = False) 
     return bool(opts.best_of_n or opts.drop_solved or opts.drop_unsolved or opts.dedup)
 
 
-def record_status(reward: float, incomplete: bool, opts: SelectOptions) -> str | None:
-    """The first per-rollout rule that removes this rollout (None: keep); `max_tokens` is checked separately."""
+def record_status(reward: float, incomplete: bool, opts: SelectOptions, masked: bool = False) -> str | None:
+    """The first per-rollout rule that removes this rollout (None: keep); `max_tokens` is checked separately.
+
+    `masked`: the rollout has `mask_sample: true` (dropped unless `opts.drop_masked` is off).
+    """
+    if masked and opts.drop_masked:
+        return "masked"
     if opts.drop_incomplete and incomplete:
         return "incomplete"
     if opts.min_reward is not None and reward < opts.min_reward:
@@ -117,13 +128,18 @@ class Member:
     status: str | None = None  # None: still kept; else the RULES code that removed it
     dedup: str | None = None
     slot: int = -1  # where the converter keeps this rollout's row payload
+    rollout: int | None = None  # `_ng_rollout_index`, when recorded
 
 
 def task_status(members: Iterable[Member], opts: SelectOptions) -> str | None:
-    """'solved' / 'unsolved' when the task-level difficulty filter drops the task, else None."""
+    """'solved' / 'unsolved' when the task-level difficulty filter drops the task, else None.
+
+    Judged on every valid rollout of the task except those that are no measurement at all
+    (masked, or a repeated line of the same rollout).
+    """
     if not (opts.drop_solved or opts.drop_unsolved):
         return None
-    rewards = [m.reward for m in members]
+    rewards = [m.reward for m in members if m.status not in _NOT_MEASURED]
     if not rewards:
         return None
     solved = [r >= opts.solved_threshold for r in rewards]

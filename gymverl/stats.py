@@ -8,6 +8,25 @@ A rollout counts as *correct* when `reward >= threshold` (default 1.0: NeMo Gym 
 1.0 for a solved task, 0.0 otherwise; blackjack's -1/0/1 makes only a win correct). pass@k is the
 unbiased estimator of Chen et al. (2021), `1 - C(n-c, k) / C(n, k)` per task, averaged over the
 tasks that have at least k rollouts.
+
+Agreement with NeMo Gym 0.7's own numbers (`gym eval profile`, `/aggregate_metrics`; read from
+`nemo_gym/reward_profile.py` and `nemo_gym/cli/eval.py` of nemo-gym 0.7.0):
+- masked rollouts (`mask_sample: true`) are no measurement: `select_measured` removes them before
+  any quality metric, and so does this module (they are counted in `masked`, per task too, and
+  tasks whose every rollout is masked in `tasks_fully_masked`, like `coverage/fully_masked_tasks`);
+- means are plain means over the measured rollouts (agent level: all rollouts of the agent pooled,
+  `RewardProfiler.profile_from_data` -> `describe_dataframe` -> `DataFrame.mean`);
+- std is the *sample* standard deviation (ddof=1), `DataFrame.std`'s default there; one value
+  gives 0.0 (NeMo Gym fills the NaN of a single value with 0);
+- pass@k: `compute_pass_majority_metrics` uses `1 - C(n_incorrect, k)/C(n, k)` per task over the
+  tasks with at least k rollouts when rewards are 0/1 (the same as here with threshold 1.0), but
+  `max(first k rewards)` when they are not; NeMo Gym reports percentages, this module fractions;
+- a (task, repeat) that occurs twice is counted once (`repeated` counts the extra lines; NeMo Gym
+  refuses such a file), and the same task index with two prompts (concatenated collections) is
+  two tasks, keyed `INDEX@PROMPTHASH`.
+With `<stem>_materialized_inputs.jsonl` / `<stem>_failures.jsonl` beside the file, the report also
+says how many rollouts were expected, failed and missing per task (`collection`); `gym eval
+profile` refuses such a partial run unless told `++allow_partial_rollouts=True`.
 """
 
 from __future__ import annotations
@@ -15,11 +34,14 @@ from __future__ import annotations
 import math
 import os
 import random
+
+import orjson
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from gymverl.records import Checked, agent_name, content_text, is_incomplete, iter_checked, output_tokens, task_key
+from gymverl.sidecars import CollectionReport, PairSet, Sidecars, TaskSource, collection_report, prompt_key, sidecar_paths
 
 DEFAULT_THRESHOLD = 1.0
 # How many rejected lines are kept (line number + reason) for the report; all are counted.
@@ -110,11 +132,10 @@ class Distribution:
 
     @property
     def std(self) -> float | None:
-        """Population standard deviation (exact)."""
+        """Sample standard deviation (ddof=1, exact), as NeMo Gym's profile (pandas `DataFrame.std`); 0.0 for one value."""
         if not self.count:
             return None
-        m = self.total / self.count
-        return math.sqrt(max(self.total_sq / self.count - m * m, 0.0))
+        return _sample_std(self.count, self.total, self.total_sq)
 
     def quantile(self, q: float) -> float | None:
         """The q-quantile (linear interpolation between order statistics, like numpy's default)."""
@@ -179,6 +200,14 @@ class Distribution:
             "max": self.max,
             "exact": self.exact,
         }
+
+
+def _sample_std(n: int, total: float, total_sq: float) -> float:
+    """Sample std (ddof=1) from count, sum and sum of squares; 0.0 for n <= 1 (NeMo Gym's fill value)."""
+    if n <= 1:
+        return 0.0
+    m = total / n
+    return math.sqrt(max((total_sq - n * m * m) / (n - 1), 0.0))
 
 
 def _interpolate(at: Callable[[int], float], n: int, q: float) -> float:
@@ -264,13 +293,20 @@ class TaskCounter:
     """What stats keeps per task: counts and sums, never the rollouts themselves."""
 
     group: str
-    n: int = 0
+    n: int = 0  # measured rollouts (masked and repeated lines are not)
     correct: int = 0
     reward_sum: float = 0.0
     incomplete: int = 0
     failed: int = 0
     first_reward: float | None = None
     varied: bool = False  # False while every reward seen for this task is identical
+    reward_sq: float = 0.0
+    reward_min: float | None = None
+    reward_max: float | None = None
+    masked: int = 0
+    repeated: int = 0
+    prompt: str | None = None  # prompt key of a task keyed by index (task identity)
+    seen: int = 0  # bitmask of the rollout indices seen
 
     @property
     def pass_rate(self) -> float:
@@ -281,6 +317,11 @@ class TaskCounter:
     def mean_reward(self) -> float:
         """Mean reward of this task's rollouts."""
         return self.reward_sum / self.n if self.n else 0.0
+
+    @property
+    def std_reward(self) -> float | None:
+        """Sample std (ddof=1) of this task's rewards, as `gym eval profile`'s `std/reward`."""
+        return _sample_std(self.n, self.reward_sum, self.reward_sq) if self.n else None
 
 
 @dataclass(slots=True)
@@ -330,14 +371,16 @@ class GroupStats:
     chars_sum_incorrect: float = 0.0
 
     def add(self, f: "Facts") -> None:
-        """Fold one rollout (its facts, computed once per line) in."""
+        """Fold one rollout (its facts, computed once per line) in; a masked one is only counted."""
+        if f.masked:
+            self.masked += 1
+            return
         self.rollouts += 1
         correct = f.correct
         self.correct += correct
         self.reward.add(f.reward)
         self.incomplete += f.incomplete
         self.failed += f.failed
-        self.masked += f.masked
         toks = f.tokens
         if toks is not None:
             self.tokens.add(toks)
@@ -357,7 +400,13 @@ class GroupStats:
         return "output_tokens" if self.rollouts and self.tokens.count == self.rollouts else "characters"
 
     def to_dict(self, tasks: list[TaskCounter]) -> dict[str, Any]:
-        """Plain JSON-able summary; `tasks` are this group's per-task counters."""
+        """Plain JSON-able summary; `tasks` are this group's per-task counters.
+
+        `rollouts`, `tasks` and every quality number cover measured rollouts only; `masked` and
+        `tasks_fully_masked` say what was left out.
+        """
+        fully_masked = sum(1 for t in tasks if not t.n and t.masked)
+        tasks = [t for t in tasks if t.n]
         unit = self.length_unit()
         dist = self.tokens if unit == "output_tokens" else self.chars
         sum_c, sum_i = (
@@ -391,6 +440,7 @@ class GroupStats:
             "incomplete": self.incomplete,
             "failed": self.failed,
             "masked": self.masked,
+            "tasks_fully_masked": fully_masked,
             "length": {
                 "unit": unit,
                 **dist.summary(),
@@ -434,10 +484,42 @@ class RolloutStats:
     overall: GroupStats | None = None
     groups: dict[str, GroupStats] = field(default_factory=dict)
     tasks: dict[str, TaskCounter] = field(default_factory=dict)
+    repeated: int = 0  # lines whose (task, repeat) came earlier in the file: counted once
+    split_keys: set[str] = field(default_factory=set)  # task indices that carry two prompts
+    source: TaskSource | None = None  # task rows, for --group-by a task field the lines lack
+    pairs: PairSet | None = None  # (task, repeat) pairs present, when side files are compared
+    collection: CollectionReport | None = None
+    _prompt_cache: dict[bytes, str] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.overall is None:
             self.overall = GroupStats("(all)", self.threshold)
+
+    def _prompt_key(self, rec: dict[str, Any]) -> str:
+        """`sidecars.prompt_key`, normalised once per distinct prompt (the n rollouts of a task share it)."""
+        rcp = rec.get("responses_create_params")
+        try:
+            blob = orjson.dumps([rcp.get("input"), rcp.get("tools"), rcp.get("instructions")]) if isinstance(rcp, dict) else None
+        except TypeError:  # e.g. an integer beyond 64 bits: the exact function decides
+            blob = None
+        if blob is None:
+            return prompt_key(rec)
+        cache = self._prompt_cache
+        pk = cache.get(blob)
+        if pk is None:
+            if len(cache) >= 4096:
+                cache.clear()
+            pk = cache[blob] = prompt_key(rec)
+        return pk
+
+    def _group_of(self, rec: dict[str, Any]) -> str:
+        group = group_of(rec, self.group_by)
+        if group == "(missing)" and self.source is not None:
+            # NeMo Gym >= 0.5 drops input fields from rollout lines: read it from the task row.
+            j = self.source.find(rec)
+            if j.fields is not None and j.fields.get(self.group_by) is not None:
+                return group_of(j.fields, self.group_by)
+        return group
 
     def add(self, c: Checked) -> None:
         """Fold one checked line in (a rejected line is counted and its reason kept)."""
@@ -451,18 +533,45 @@ class RolloutStats:
         rec = c.record
         f = Facts.of(rec, self.threshold)
         reward = f.reward
-        group = group_of(rec, self.group_by)
+        key = task_key(rec)
+        t = self.tasks.get(key)
+        idx, ri = _index(rec.get("_ng_task_index")), _index(rec.get("_ng_rollout_index"))
+        pk = None
+        if idx is not None:
+            # Task identity: the same index with another prompt is another task (collections
+            # each numbered from 0, concatenated), never merged into this one.
+            pk = self._prompt_key(rec)
+            if t is not None and t.prompt != pk:
+                self.split_keys.add(key)
+                key = f"{key}@{pk}"
+                t = self.tasks.get(key)
+        group = self._group_of(rec)
+        if t is None:
+            t = self.tasks[key] = TaskCounter(group, prompt=pk)
+        if ri is not None:
+            bit = 1 << ri
+            if t.seen & bit:  # this (task, repeat) again: reported, counted once
+                t.repeated += 1
+                self.repeated += 1
+                return
+            t.seen |= bit
+        if self.pairs is not None and idx is not None:
+            self.pairs.add(idx, ri or 0)
         assert self.overall is not None
         self.overall.add(f)
         g = self.groups.get(group)
         if g is None:
             g = self.groups[group] = GroupStats(group, self.threshold)
         g.add(f)
-        key = task_key(rec)
-        t = self.tasks.get(key)
-        if t is None:
-            t = self.tasks[key] = TaskCounter(group)
+        if f.masked:
+            t.masked += 1
+            return
         t.n += 1
+        t.reward_sq += reward * reward
+        if t.reward_min is None or reward < t.reward_min:
+            t.reward_min = reward
+        if t.reward_max is None or reward > t.reward_max:
+            t.reward_max = reward
         t.correct += f.correct
         t.reward_sum += reward
         t.incomplete += f.incomplete
@@ -472,21 +581,50 @@ class RolloutStats:
         elif reward != t.first_reward:
             t.varied = True
 
+    def task_label(self, key: str) -> str:
+        """The reported name of a task: `KEY@PROMPTHASH` when its index carries several prompts."""
+        t = self.tasks[key]
+        return f"{key}@{t.prompt}" if key in self.split_keys else key
+
     def per_task(self) -> list[dict[str, Any]]:
-        """One row per task, in first-seen order."""
+        """One row per task, in first-seen order (n, pass rate, means: measured rollouts only)."""
         return [
             {
-                "task": key,
+                "task": self.task_label(key),
                 "group": t.group,
                 "n": t.n,
                 "correct": t.correct,
-                "pass_rate": t.pass_rate,
-                "mean_reward": t.mean_reward,
+                "pass_rate": t.pass_rate if t.n else None,
+                "mean_reward": t.mean_reward if t.n else None,
+                "std_reward": t.std_reward,
+                "min_reward": t.reward_min,
+                "max_reward": t.reward_max,
                 "incomplete": t.incomplete,
                 "failed": t.failed,
+                "masked": t.masked,
+                "repeated": t.repeated,
             }
             for key, t in self.tasks.items()
         ]
+
+    def warnings(self) -> list[str]:
+        """What the numbers do not cover: repeated lines, split task indices, a partial collection."""
+        out = []
+        if self.repeated:
+            out.append(f"{self.repeated} lines repeat a (task, repeat) that came earlier in the file; each rollout was counted once.")
+        if self.split_keys:
+            some = ", ".join(sorted(self.split_keys)[:3])
+            out.append(
+                f"{len(self.split_keys)} task indices carry more than one prompt ({some}; collections numbered from 0 and "
+                "concatenated?): they are reported as separate tasks, KEY@PROMPTHASH."
+            )
+        assert self.overall is not None
+        if self.overall.masked:
+            out.append(f"{self.overall.masked} masked rollouts (mask_sample: true) are left out of every mean, pass rate and pass@k.")
+        w = self.collection.warning() if self.collection is not None else None
+        if w:
+            out.append(w)
+        return out
 
     def to_dict(self, per_task: bool = True) -> dict[str, Any]:
         """The whole report as plain JSON-able data (`--json`)."""
@@ -500,6 +638,7 @@ class RolloutStats:
             "rejected": self.rejected,
             "rejected_by_reason": dict(self.rejected_by_code.most_common()),
             "rejections": self.rejections,
+            "repeated": self.repeated,
             "overall": self.overall.to_dict(tasks),
             "pass_rate_distribution": pass_rate_buckets(tasks),
             "groups": [
@@ -510,6 +649,8 @@ class RolloutStats:
         }
         if per_task:
             out["per_task"] = self.per_task()
+        out["collection"] = self.collection.to_dict() if self.collection is not None else None
+        out["warnings"] = self.warnings()
         return out
 
 
@@ -544,16 +685,38 @@ def compute_stats(
     threshold: float = DEFAULT_THRESHOLD,
     group_by: str = GROUP_BY_AGENT,
     on_line: Callable[[Checked], None] | None = None,
+    tasks_path: str | os.PathLike[str] | None = None,
+    side_files: bool = True,
 ) -> RolloutStats:
-    """Stream a rollout file once and return its statistics (rejected lines are counted, not fatal)."""
+    """Stream a rollout file once and return its statistics (rejected lines are counted, not fatal).
+
+    With `side_files`, NeMo Gym's `<stem>_materialized_inputs.jsonl` and `<stem>_failures.jsonl`
+    beside `path` are compared with it (`collection`: expected, failed, missing per task).
+    `tasks_path` (else the materialized inputs) supplies task fields for a `group_by` field the
+    rollout lines lack. UsageError when `tasks_path` is unreadable.
+    """
     if not math.isfinite(threshold):
         raise ValueError(f"threshold must be a finite number, got {threshold}")
+    sc = sidecar_paths(path) if side_files else Sidecars()
     stats = RolloutStats(str(path), threshold=threshold, group_by=group_by)
+    if group_by not in (GROUP_BY_AGENT, GROUP_BY_NONE):
+        if tasks_path is not None:
+            stats.source = TaskSource(tasks_path)
+        elif sc.materialized is not None:
+            stats.source = TaskSource(sc.materialized, "materialized")
+    if sc.materialized is not None or sc.failures is not None:
+        stats.pairs = PairSet()
     for c in iter_checked(path):
         stats.add(c)
         if on_line is not None:
             on_line(c)
+    if stats.pairs is not None:
+        stats.collection = collection_report(path, stats.pairs, sidecars=sc, source=stats.source)
     return stats
+
+
+def _index(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
 
 
 def _pass_at_k_map(d: dict[str, Any]) -> dict[int, float | None]:
@@ -593,7 +756,7 @@ def compare_stats(before: RolloutStats, after: RolloutStats, top: int = 10) -> d
     changes: list[dict[str, Any]] = []
     for key, tb in after.tasks.items():
         ta = before.tasks.get(key)
-        if ta is None:
+        if ta is None or not ta.n or not tb.n:  # a fully masked task has no pass rate to compare
             continue
         d = tb.pass_rate - ta.pass_rate
         if d > 1e-12:
@@ -685,9 +848,10 @@ def plot_stats(stats: RolloutStats, out: str | os.PathLike[str], against: Rollou
     ax1.set_ylabel("rollouts")
 
     # Pass rate per task, sorted by the (after) pass rate; tasks matched by key when comparing.
-    order = sorted(stats.tasks, key=lambda k: (-stats.tasks[k].pass_rate, k))
+    measured = [k for k, t in stats.tasks.items() if t.n]  # fully masked tasks have no pass rate
+    order = sorted(measured, key=lambda k: (-stats.tasks[k].pass_rate, k))
     if against is not None:
-        order += [k for k in against.tasks if k not in stats.tasks]
+        order += [k for k, t in against.tasks.items() if t.n and k not in stats.tasks]
     if len(order) <= 40:
         for i, ((s, label), color) in enumerate(zip(runs, colors)):
             xs = [j + (i - (len(runs) - 1) / 2) * slot for j in range(len(order))]
@@ -699,7 +863,7 @@ def plot_stats(stats: RolloutStats, out: str | os.PathLike[str], against: Rollou
         ax2.set_xlabel("task")
     else:
         for (s, label), color in zip(runs, colors):
-            rates = sorted((t.pass_rate for t in s.tasks.values()), reverse=True)
+            rates = sorted((t.pass_rate for t in s.tasks.values() if t.n), reverse=True)
             ax2.step(range(len(rates)), rates, where="post", color=color, label=label)
         ax2.set_xlabel(f"tasks, sorted by pass rate ({len(stats.tasks)})")
     ax2.set_ylim(0, 1.1)

@@ -183,6 +183,11 @@ def _mixed_file(path: Path) -> Path:
         for f in rng.sample(list(MUTATIONS.values()), 2):
             f(r)
         recs.append(r)
+    for n, r in enumerate(recs[len(base) :], start=1000):
+        # Copies are further repeats of their task: the same (task, repeat) twice is a repeated
+        # rollout, and a changed prompt under it another task (both checked in test_to_parquet).
+        if "_ng_rollout_index" in r:
+            r["_ng_rollout_index"] = n
     lines = [json.dumps(r, ensure_ascii=False).encode() for r in recs]
     lines[3:3] = [
         b"\xef\xbb\xbf" + lines[0],  # byte order mark mid-file

@@ -124,7 +124,8 @@ def test_sample_data_overall_by_hand() -> None:
     assert o["reward"]["median"] == 1.0  # 9 zeros, 11 ones
     assert o["reward"]["min"] == 0.0 and o["reward"]["max"] == 1.0
     assert o["reward"]["values"] == {"0": 9, "1": 11}
-    assert o["reward"]["std"] == pytest.approx(math.sqrt(0.55 * 0.45))
+    # Sample std (ddof=1), as NeMo Gym's `gym eval profile` (pandas DataFrame.std).
+    assert o["reward"]["std"] == pytest.approx(math.sqrt(0.55 * 0.45 * 20 / 19))
     assert (o["tasks_all_solved"], o["tasks_all_failed"], o["tasks_zero_variance"]) == (1, 1, 2)
     assert (o["incomplete"], o["failed"], o["masked"]) == (1, 0, 0)
     assert o["rollouts_per_task"] == {"min": 4, "max": 4, "mean": 4.0}
@@ -295,7 +296,8 @@ def test_streams_large_file_with_per_task_memory_only(tmp_path: Path) -> None:
     path = tmp_path / "big.jsonl"
     with path.open("w") as f:
         for i in range(2000):
-            r = dict(rows[i % len(rows)])
+            # One prompt per task index (another prompt under an index would be another task).
+            r = dict(rows[(i % 50) % len(rows)])
             r["_ng_task_index"] = i % 50
             r["_ng_rollout_index"] = i // 50
             f.write(json.dumps(r) + "\n")

@@ -94,6 +94,8 @@ def _with_bad_lines(tmp_path: Path) -> tuple[Path, dict[int, str]]:
     lines = ROLLOUTS.read_text().splitlines()
     no_answer = json.loads(lines[0])
     no_answer["response"]["output"] = []
+    # Another repeat of line 1's task (the same (task, repeat) twice would be a repeated rollout).
+    no_answer["_ng_rollout_index"] = 1000
     bad = {
         3: ('{"responses_create_params": {"input": "hi"}, "response": ', "invalid_json"),
         6: ("[1, 2, 3]", "not_object"),

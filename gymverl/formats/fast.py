@@ -68,6 +68,7 @@ if msgspec is not None:
         task_index: Optional[int] = msgspec.field(default=None, name="_ng_task_index")
         rollout_index: Optional[int] = msgspec.field(default=None, name="_ng_rollout_index")
         agent_ref: Union[_Agent, str, None] = None
+        mask_sample: Any = None
 
 
 def available() -> bool:
@@ -78,7 +79,7 @@ def available() -> bool:
 class FastRollout:
     """What the fast decoder read from one valid rollout line."""
 
-    __slots__ = ("rec", "key", "agent", "reward", "incomplete", "rollout_index", "prompt", "tools")
+    __slots__ = ("rec", "key", "agent", "reward", "incomplete", "masked", "rollout_index", "prompt", "tools")
 
     def __init__(
         self, rec: Any, key: str, agent: str | None, incomplete: bool, prompt: tuple[list[dict[str, Any]], bool], tools: list[dict[str, Any]]
@@ -88,6 +89,7 @@ class FastRollout:
         self.agent = agent
         self.reward: float = rec.reward
         self.incomplete = incomplete
+        self.masked: bool = rec.mask_sample is True
         self.rollout_index: int | None = rec.rollout_index
         self.prompt = prompt  # (converted prompt messages, whether one is an assistant turn)
         self.tools = tools  # chat tools ([] when none)

@@ -4,7 +4,10 @@ Columns: `data_source`, `prompt` (the task input as chat messages), `ability`,
 `reward_model` {style: "rule", ground_truth: str}, `extra_info` {split, index, task_key, nemo_gym,
 n, pass_rate, mean_reward}. `extra_info.nemo_gym` is a JSON string of
 {"responses_create_params", "task", "agent_ref"}: everything `gymverl.reward.compute_score` needs
-to send a new answer to the task's NeMo Gym `/verify`. `n` / `pass_rate` / `mean_reward` describe
+to send a new answer to the task's NeMo Gym `/verify` (it sends `task`'s fields and nothing else;
+`reward_model.ground_truth` is not read). NeMo Gym >= 0.5 rollout lines lack the input fields the
+verifier does not echo, so `gymverl.convert` joins them onto the record first, from
+`<stem>_materialized_inputs.jsonl` or the tasks file (`gymverl.sidecars`). `n` / `pass_rate` / `mean_reward` describe
 the collected rollouts of the task (null when converting a tasks file), for curricula.
 """
 
