@@ -13,6 +13,7 @@ Used by `gymverl rescore` and by the VeRL reward function (`gymverl.reward`). Th
 from __future__ import annotations
 
 import asyncio
+import math
 import itertools
 import random
 import time
@@ -28,6 +29,10 @@ from gymverl.jsonl import dumps
 from gymverl.records import agent_name
 
 DEFAULT_CONCURRENCY = 32  # a NeMo Gym resources server (one uvicorn worker) saturates well below this
+# Each request in flight costs a task, a queue slot and a socket: far above any useful value, far
+# below what exhausts memory or file descriptors (10**20 once took 23 GB before a single request).
+MAX_CONCURRENCY = 4096
+MAX_RETRIES = 100
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_RETRIES = 4
 # Keys gymverl itself adds to a rescored row; never sent back to a verifier.
@@ -197,12 +202,12 @@ class VerifyClient:
     routes: dict[str, list[str]] = field(init=False)
 
     def __post_init__(self) -> None:
-        if self.concurrency < 1:
-            raise VerifyConfigError("concurrency must be at least 1.")
-        if not self.timeout > 0:
-            raise VerifyConfigError("timeout must be a positive number of seconds.")
-        if self.retries < 0:
-            raise VerifyConfigError("retries must be 0 or more.")
+        if not 1 <= self.concurrency <= MAX_CONCURRENCY:
+            raise VerifyConfigError(f"concurrency must be between 1 and {MAX_CONCURRENCY}, not {self.concurrency}.")
+        if not (self.timeout > 0 and math.isfinite(self.timeout)):
+            raise VerifyConfigError(f"timeout must be a positive, finite number of seconds, not {self.timeout}.")
+        if not 0 <= self.retries <= MAX_RETRIES:
+            raise VerifyConfigError(f"retries must be between 0 and {MAX_RETRIES}, not {self.retries}.")
         self.pool, self.routes = parse_servers(self.servers if not isinstance(self.servers, str) else [self.servers])
         self._servers: dict[str, _Server] = {}
         for url in itertools.chain(self.pool, *self.routes.values()):
