@@ -43,7 +43,8 @@ from gymverl.formats import dpo as dpo_fmt
 from gymverl.formats import rl as rl_fmt
 from gymverl.formats import fast as fast_fmt
 from gymverl.formats import sft as sft_fmt
-from gymverl.jsonl import DEFAULT_MAX_LINE_BYTES, Line, RejectsWriter, check_input_path, iter_lines, read_jsonl
+from gymverl.inputs import as_input
+from gymverl.jsonl import DEFAULT_MAX_LINE_BYTES, Line, RejectsWriter, iter_lines, read_jsonl
 from gymverl.records import Checked, _FastRollouts, check_line, check_record, check_task, is_incomplete, task_key
 from gymverl.select import (
     RULES,
@@ -105,6 +106,7 @@ class ConvertSummary:
     lines: int = 0
     valid: int = 0
     rejected: int = 0
+    blank: int = 0  # blank lines: skipped, counted in `lines`
     rejected_by_code: Counter[str] = field(default_factory=Counter)
     rejections: list[dict[str, Any]] = field(default_factory=list)
     filtered: Counter[str] = field(default_factory=Counter)  # rule -> input lines removed by it
@@ -129,7 +131,7 @@ class ConvertSummary:
     @property
     def accounted(self) -> int:
         """Lines in some bucket; equals `lines` after a finished run."""
-        return self.rejected + sum(self.filtered.values()) + self.kept_lines
+        return self.rejected + sum(self.filtered.values()) + self.kept_lines + self.blank
 
     def to_dict(self) -> dict[str, Any]:
         """The summary as plain JSON-able data (`--json`)."""
@@ -142,6 +144,7 @@ class ConvertSummary:
             "lines": self.lines,
             "valid": self.valid,
             "rejected": self.rejected,
+            "blank": self.blank,
             "rejected_by_reason": dict(self.rejected_by_code.most_common()),
             "rejections": self.rejections,
             "filtered": {k: self.filtered[k] for k in RULES if self.filtered.get(k)},
@@ -181,20 +184,12 @@ def load_task_keys(path: str | os.PathLike[str]) -> tuple[frozenset[str], int]:
 
     keys: set[str] = set()
     bad = 0
-    for p in read_jsonl(check_input_path(path)):
+    for p in read_jsonl(path):
         if not p.ok or not isinstance(p.obj, dict):
             bad += 1
             continue
         keys.update(k for k in p.obj if k not in ROLLOUT_KEYS and k != "responses_create_params")
     return frozenset(keys), bad
-
-
-def _source_stem(path: Path) -> str:
-    name = path.name
-    for suffix in (".gz", ".jsonl", ".json"):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-    return name or "nemo_gym"
 
 
 class TokenCounter:
@@ -485,7 +480,7 @@ def convert(
     """
     opts = options or ConvertOptions()
     started = time.perf_counter()
-    src = check_input_path(input_path)
+    src = as_input(input_path)  # a path, `-`, a pipe, or an Input the caller opened
     if output is None and not opts.dry_run:
         raise ConvertError("an output directory is needed unless this is a dry run.")
     out = Path(output) if output is not None else Path("(dry-run)")
@@ -503,7 +498,8 @@ def convert(
         raise ConvertError(f"{out}: exists and is not a directory.")
     if opts.select.max_tokens is not None and not opts.tokenizer:
         raise ConvertError("--max-tokens needs --tokenizer (a local Hugging Face tokenizer directory).")
-    kind = opts.input_kind if opts.input_kind != "auto" else detect_input_kind(src)
+    # Detection reads the first lines, conversion all of them: a pipe is spooled first.
+    kind = opts.input_kind if opts.input_kind != "auto" else detect_input_kind(src.reusable(opts.tmp_dir))
     if kind not in ("rollouts", "tasks"):
         raise ConvertError(f"unknown input kind {kind!r}; choose auto, rollouts or tasks.")
     tasks_input = kind == "tasks"
@@ -530,7 +526,7 @@ def convert(
     counter = TokenCounter(opts.tokenizer) if sel.max_tokens is not None and opts.tokenizer else None
     sink = ParquetSink(out, SCHEMAS[opts.fmt], shard_size=opts.shard_size, dry_run=opts.dry_run, batch_rows=opts.batch_rows)
     summary.grouped = needs_grouping(opts.fmt, sel, tasks_input=tasks_input)
-    total = None if src.suffix == ".gz" else src.stat().st_size
+    total = src.progress_total
     try:
         with _fewer_gc_passes():
             _run(opts, src, summary, rules, sink, counter, tasks_input, on_progress, total)
@@ -566,7 +562,7 @@ def _run(
     total: int | None,
 ) -> None:
     with RejectsWriter(opts.rejects_path) as rejects:
-        ctx = _Ctx(opts, rules, opts.data_source or _source_stem(src), tasks_input, summary, sink, rejects, counter)
+        ctx = _Ctx(opts, rules, opts.data_source or src.stem, tasks_input, summary, sink, rejects, counter)
         workers = max(1, opts.workers)
         handler = _pass1_result if summary.grouped else _stream_result
         if workers > 1:
@@ -598,7 +594,8 @@ def _local_results(ctx: _Ctx, src: Path, handler: Any, on_progress: Progress | N
     fast = _fast_handler(ctx, handler)
     done = 0
     every = 0
-    for line in iter_lines(src, max_line_bytes):
+    lines = iter_lines(src, max_line_bytes)
+    for line in lines:
         if on_progress is not None:
             done += line.size + 1
             every += 1
@@ -607,6 +604,9 @@ def _local_results(ctx: _Ctx, src: Path, handler: Any, on_progress: Progress | N
                 every = 0
         r = fast(line) if fast is not None and not line.oversize else None
         yield r if r is not None else handler(ctx, check_line(line, check, max_line_bytes))
+    # Blank lines were skipped by the reader; count them so that every line is accounted for.
+    ctx.summary.blank = lines.blank
+    ctx.summary.lines += lines.blank
     if on_progress is not None:
         on_progress(total if total is not None else done, total)
 
@@ -874,7 +874,8 @@ def _parallel_results(
         done = 0
         # Lines travel as plain tuples: pickling a tuple is several times cheaper than a dataclass.
         batch: list[tuple[int, bytes, int, bool, bool]] = []
-        for line in iter_lines(src, ctx.opts.max_line_bytes):
+        lines = iter_lines(src, ctx.opts.max_line_bytes)
+        for line in lines:
             batch.append((line.number, line.data, line.size, line.oversize, line.unterminated))
             done += line.size + 1
             if len(batch) >= batch_lines:
@@ -886,6 +887,8 @@ def _parallel_results(
                     yield from pending.popleft().result()
         if batch:
             pending.append(pool.submit(_work, batch))
+        ctx.summary.blank = lines.blank  # skipped by the reader, still accounted for
+        ctx.summary.lines += lines.blank
         while pending:
             yield from pending.popleft().result()
         if on_progress is not None:

@@ -61,7 +61,7 @@ GZIP_MAGIC = b"\x1f\x8b"
 # what to do instead. Checked in order, on the raw first bytes (and on the first decompressed
 # bytes of a gzip file).
 _MAGIC: tuple[tuple[bytes, str, str], ...] = (
-    (b"PAR1", "a Parquet file", "this command reads NeMo Gym JSONL (.jsonl or .jsonl.gz), e.g. the rollouts to-parquet was given"),
+    (b"PAR1", "a Parquet file", "this command reads NeMo Gym JSONL (.jsonl or .jsonl.gz)"),
     (b"ARROW1", "an Arrow/Feather file", "this command reads NeMo Gym JSONL (.jsonl or .jsonl.gz)"),
     (b"PK\x03\x04", "a zip archive", "unzip it and give the .jsonl file inside"),
     (b"\x28\xb5\x2f\xfd", "zstd-compressed data", "gymverl reads plain or gzip JSONL; decompress it first (zstd -d) or pipe it in: zstd -dc FILE | gymverl ... -"),

@@ -28,7 +28,8 @@ from typing import Any, Callable, Mapping
 
 import orjson
 
-from gymverl.jsonl import RAW_KEEP_BYTES, JsonlWriter, check_input_path, iter_lines
+from gymverl.inputs import Input, as_input
+from gymverl.jsonl import RAW_KEEP_BYTES, JsonlWriter, iter_lines
 from gymverl.records import (
     agent_name,
     check_line,
@@ -118,6 +119,7 @@ class RescoreSummary:
     rescored: int = 0
     failed: int = 0
     rejected: int = 0
+    blank: int = 0  # blank lines (this run): skipped, counted in `lines`
     changed: int = 0
     went_up: int = 0
     went_down: int = 0
@@ -243,6 +245,7 @@ class RescoreSummary:
             "rescored": self.rescored,
             "failed": self.failed,
             "rejected": self.rejected,
+            "blank": self.blank,
             "changed": self.changed,
             "went_up": self.went_up,
             "went_down": self.went_down,
@@ -330,11 +333,14 @@ def state_path(output: str | os.PathLike[str]) -> Path:
     return p.with_name(f".{p.name}.rescore-state")
 
 
-def input_fingerprint(path: Path) -> dict[str, Any]:
+def input_fingerprint(path: Path | Input) -> dict[str, Any]:
     """Size and a hash of the first MB: enough to refuse resuming against a different input."""
-    with open(path, "rb") as f:
+    src = as_input(path, passes=2)  # a pipe's spooled copy: same bytes, same fingerprint
+    assert src.path is not None
+    with open(src.path, "rb") as f:
         head = f.read(1 << 20)
-    return {"path": str(path.resolve()), "size": path.stat().st_size, "head_sha1": hashlib.sha1(head).hexdigest()}
+    where = src.name if src.spooled else str(src.path.resolve())
+    return {"path": where, "size": src.path.stat().st_size, "head_sha1": hashlib.sha1(head).hexdigest()}
 
 
 def _write_state(path: Path, state: dict[str, Any]) -> None:
@@ -636,7 +642,8 @@ class _Run:
 
     async def _produce(self, queue: asyncio.Queue[_Pending | None], done: int) -> None:
         taken = 0
-        for ln in iter_lines(self.input):
+        # Blank lines keep their numbers (rows are written in line order) and are written nowhere.
+        for ln in iter_lines(self.input, skip_blank=False):
             if ln.number <= done:
                 self.bytes_done += ln.size + 1
                 continue
@@ -649,6 +656,10 @@ class _Run:
                 await self.advanced.wait()
             item = _Pending(ln.number, size=ln.size + 1)
             self.pending[ln.number] = item
+            if ln.blank:
+                item.done = True
+                self._drain()
+                continue
             if self._old is not None and self._copy_old(item):
                 self._drain()
                 continue
@@ -769,10 +780,12 @@ class _Run:
                 out.write(item.out)
                 o = item.out
                 self.summary.add_ok(task_key(o), o.get("reward_before"), float(o["reward"]))
-            else:
-                assert item.fail is not None
+            elif item.fail is not None:
                 fails.write(item.fail)
                 self.summary.add_failure(item.fail)
+            else:  # a blank line: skipped, counted
+                self.summary.lines += 1
+                self.summary.blank += 1
             self.summary.rows_this_run += 1
             self.bytes_done += item.size
             self.next_write += 1
@@ -821,12 +834,14 @@ def rescore_file(
 
     Raises InputError / RescoreError (one sentence) for problems found before any row is sent.
     """
-    path = check_input_path(input_path)
+    # Two passes (fingerprint, then lines): a pipe is spooled to a temp file (see gymverl.inputs).
+    path = as_input(input_path, passes=2)
+    assert path.path is not None
     out = Path(output)
-    if out.resolve() == path.resolve():
+    if out.resolve() == path.path.resolve():
         raise RescoreError("the output file must differ from the input file.")
     fails = Path(failures) if failures is not None else default_failures_path(out)
-    if fails.resolve() in (out.resolve(), path.resolve()):
+    if fails.resolve() in (out.resolve(), path.path.resolve()):
         raise RescoreError("the failures file must differ from the input and output files.")
     if retry_failed and (resume or overwrite):
         raise RescoreError("--retry-failed works on a finished run; do not combine it with --resume or --overwrite.")

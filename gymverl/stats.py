@@ -19,6 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from gymverl.jsonl import iter_lines
 from gymverl.records import Checked, agent_name, content_text, is_incomplete, iter_checked, output_tokens, task_key
 
 DEFAULT_THRESHOLD = 1.0
@@ -429,6 +430,7 @@ class RolloutStats:
     group_by: str = GROUP_BY_AGENT
     lines: int = 0
     rejected: int = 0
+    blank: int = 0  # blank lines: skipped, not rejected, counted in `lines`
     rejected_by_code: Counter[str] = field(default_factory=Counter)
     rejections: list[dict[str, Any]] = field(default_factory=list)
     overall: GroupStats | None = None
@@ -498,6 +500,7 @@ class RolloutStats:
             "group_by": self.group_by,
             "lines": self.lines,
             "rejected": self.rejected,
+            "blank": self.blank,
             "rejected_by_reason": dict(self.rejected_by_code.most_common()),
             "rejections": self.rejections,
             "overall": self.overall.to_dict(tasks),
@@ -549,10 +552,13 @@ def compute_stats(
     if not math.isfinite(threshold):
         raise ValueError(f"threshold must be a finite number, got {threshold}")
     stats = RolloutStats(str(path), threshold=threshold, group_by=group_by)
-    for c in iter_checked(path):
+    lines = iter_lines(path)  # a path, `-`, a pipe or an Input
+    for c in iter_checked(lines):
         stats.add(c)
         if on_line is not None:
             on_line(c)
+    stats.blank = lines.blank  # skipped, not rejected; still accounted for in `lines`
+    stats.lines += lines.blank
     return stats
 
 

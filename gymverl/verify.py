@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -192,8 +193,11 @@ class VerifyClient:
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise VerifyConfigError("concurrency must be at least 1.")
-        if not self.timeout > 0:
-            raise VerifyConfigError("timeout must be a positive number of seconds.")
+        if not (self.timeout > 0 and math.isfinite(self.timeout)):
+            # inf would overflow inside aiohttp's timer, in every request (a hang with a long input).
+            raise VerifyConfigError("timeout must be a positive, finite number of seconds.")
+        if not (math.isfinite(self.backoff) and math.isfinite(self.max_backoff) and self.backoff >= 0 and self.max_backoff >= 0):
+            raise VerifyConfigError("backoff times must be finite numbers of seconds, 0 or more.")
         if self.retries < 0:
             raise VerifyConfigError("retries must be 0 or more.")
         self.pool, self.routes = parse_servers(self.servers if not isinstance(self.servers, str) else [self.servers])
