@@ -64,9 +64,9 @@ _MAGIC: tuple[tuple[bytes, str, str], ...] = (
     (b"PAR1", "a Parquet file", "this command reads NeMo Gym JSONL (.jsonl or .jsonl.gz)"),
     (b"ARROW1", "an Arrow/Feather file", "this command reads NeMo Gym JSONL (.jsonl or .jsonl.gz)"),
     (b"PK\x03\x04", "a zip archive", "unzip it and give the .jsonl file inside"),
-    (b"\x28\xb5\x2f\xfd", "zstd-compressed data", "gymverl reads plain or gzip JSONL; decompress it first (zstd -d) or pipe it in: zstd -dc FILE | gymverl ... -"),
-    (b"BZh", "bzip2-compressed data", "gymverl reads plain or gzip JSONL; decompress it first (bunzip2 -k) or pipe it in: bzcat FILE | gymverl ... -"),
-    (b"\xfd7zXZ\x00", "xz-compressed data", "gymverl reads plain or gzip JSONL; decompress it first (xz -dk) or pipe it in: xzcat FILE | gymverl ... -"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed data", "gymverl reads plain or gzip JSONL: decompress it first (zstd -d FILE), or pipe it in (zstd -dc FILE | gymverl COMMAND -)"),
+    (b"BZh", "bzip2-compressed data", "gymverl reads plain or gzip JSONL: decompress it first (bunzip2 -k FILE), or pipe it in (bzcat FILE | gymverl COMMAND -)"),
+    (b"\xfd7zXZ\x00", "xz-compressed data", "gymverl reads plain or gzip JSONL: decompress it first (xz -dk FILE), or pipe it in (xzcat FILE | gymverl COMMAND -)"),
     (b"\x93NUMPY", "a NumPy array file", "this command reads NeMo Gym JSONL (.jsonl or .jsonl.gz)"),
     (b"SQLite format 3\x00", "an SQLite database", "this command reads NeMo Gym JSONL (.jsonl or .jsonl.gz)"),
 )
@@ -110,8 +110,9 @@ def _sniff_plain(head: bytes, name: str, wrapped: str) -> None:
     if nul >= 0:
         utf16 = head.startswith((b"\xff\xfe", b"\xfe\xff"))
         what = "UTF-16 text" if utf16 else "a binary file"
+        inside = ", inside gzip" if wrapped else ""
         raise InputError(
-            f"{name} is {wrapped}{what} (NUL byte at offset {nul}), not JSONL; gymverl reads UTF-8 JSON lines (.jsonl or .jsonl.gz)."
+            f"{name} is {what} (NUL byte at offset {nul}{inside}), not JSONL; gymverl reads UTF-8 JSON lines (.jsonl or .jsonl.gz)."
         )
 
 
@@ -296,6 +297,12 @@ class _GzipReader(gzip.GzipFile):
 _OPEN_PIPES: dict[tuple[int, int], str] = {}
 
 
+def _check_pipe_unused(identity: tuple[int, int], name: str) -> None:
+    other = _OPEN_PIPES.get(identity)
+    if other is not None:
+        raise InputError(f"{name} and {other} are the same pipe; its data can be read only once, so give it once.")
+
+
 def _forget(identity: tuple[int, int] | None) -> None:
     if identity is not None:
         _OPEN_PIPES.pop(identity, None)
@@ -371,6 +378,9 @@ def open_input(
         raise from_os_error(exc, name) from None
     if stat.S_ISDIR(st.st_mode):
         raise InputError(f"{name}: is a directory, not a {what} file.")
+    if stat.S_ISFIFO(st.st_mode):
+        # Before open(): a second open of a FIFO whose writer is gone would wait forever.
+        _check_pipe_unused((st.st_dev, st.st_ino), name)
     try:
         # A FIFO blocks here until a writer opens it: normal pipe semantics (Ctrl-C/SIGTERM stop it).
         f: IO[bytes] = open(p, "rb", buffering=0)
@@ -394,10 +404,11 @@ def open_input(
 def _from_stream(name: str, stream: IO[bytes], st: os.stat_result, passes: int, tmp_dir: Any) -> Input:
     identity = (st.st_dev, st.st_ino)
     if stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode):
-        other = _OPEN_PIPES.get(identity)
-        if other is not None:
+        try:
+            _check_pipe_unused(identity, name)
+        except InputError:
             stream.close()
-            raise InputError(f"{name} and {other} are the same pipe; its data can be read only once, so give it once.")
+            raise
         _OPEN_PIPES[identity] = name
     else:
         identity = None  # type: ignore[assignment]
