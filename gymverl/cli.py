@@ -35,7 +35,7 @@ from rich.table import Table
 from gymverl import __version__
 from gymverl.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_REJECTED, EXIT_USAGE, GymverlError, UsageError, from_os_error
 from gymverl.inputs import Input, open_input
-from gymverl.jsonl import DEFAULT_MAX_LINE_BYTES, InputError, check_input_path
+from gymverl.jsonl import DEFAULT_MAX_LINE_BYTES
 from gymverl.proc import signals_as_interrupt
 
 class _PipelineOrder(TyperGroup):
@@ -188,15 +188,6 @@ def option_bounds(param: Any) -> Bounds | None:
             return None
     found = getattr(cb, "bounds", None)
     return found if isinstance(found, Bounds) else None
-
-
-def existing_file(path: Path) -> Path:
-    """Exit 2 with a clear message unless `path` is a readable regular file (not a pipe)."""
-    try:
-        return check_input_path(path)
-    except InputError as exc:
-        fail(str(exc))
-    raise AssertionError  # unreachable
 
 
 def input_arg(stack: contextlib.ExitStack, path: Path, *, passes: int = 1, tmp_dir: Optional[Path] = None) -> Input:
