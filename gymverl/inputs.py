@@ -376,6 +376,8 @@ def open_input(
         raise InputError(f"{name}: cannot be read (permission denied).") from None
     except OSError as exc:
         raise from_os_error(exc, name) from None
+    except ValueError:  # e.g. an embedded NUL byte
+        raise InputError(f"{name!r} is not a valid path.") from None
     if stat.S_ISDIR(st.st_mode):
         raise InputError(f"{name}: is a directory, not a {what} file.")
     if stat.S_ISFIFO(st.st_mode):

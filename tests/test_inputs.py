@@ -128,6 +128,15 @@ def test_missing_directory_and_unreadable(tmp_path):
         open_input(tmp_path / "file" / "below")  # a path through a missing directory
     with pytest.raises(InputError, match=r"is a directory, not a JSONL file\.$"):
         open_input(tmp_path)
+    with pytest.raises(InputError, match=r"is not a valid path\.$"):
+        open_input("bad\x00name.jsonl")
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    with pytest.raises(UsageError, match=r"loop: Too many levels of symbolic links\.$"):
+        open_input(loop)
+
+
+def test_unreadable_file(tmp_path):
     if os.geteuid() == 0:
         pytest.skip("root reads any file: the permission case cannot be made here")
     p = tmp_path / "secret.jsonl"
