@@ -290,7 +290,7 @@ def validate(
     ] = None,
     tasks: Annotated[bool, typer.Option("--tasks", help="Check a NeMo Gym *tasks* (input) file instead of rollouts.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON (for scripts).")] = False,
-    max_line_mb: Annotated[float, typer.Option("--max-line-mb", callback=number(above=0, unit='MB'), help="Reject lines longer than this (MB).")] = DEFAULT_MAX_LINE_BYTES / 1e6,
+    max_line_mb: Annotated[float, typer.Option("--max-line-mb", callback=number(above=0, max=100_000, unit='MB'), help="Reject lines longer than this (MB).")] = DEFAULT_MAX_LINE_BYTES / 1e6,
 ) -> None:
     """Check a rollout JSONL file line by line and print a summary.
 
@@ -803,7 +803,7 @@ def collect(
     agent: Annotated[Optional[str], typer.Option("--agent", "-a", help="Agent for tasks without `agent_ref`.")] = None,
     num_samples: Annotated[int, typer.Option("--num-samples", "-n", callback=number(min=1), help="Rollouts per task (NeMo Gym's repeat option).")] = 1,
     limit: Annotated[Optional[int], typer.Option("--limit", callback=number(min=1), help="Only the first K tasks.")] = None,
-    concurrency: Annotated[Optional[int], typer.Option("--concurrency", "-c", callback=number(min=1), help="Rollouts in flight at once (default: NeMo Gym's, unlimited).")] = None,
+    concurrency: Annotated[Optional[int], typer.Option("--concurrency", "-c", callback=number(min=1, max=100_000), help="Rollouts in flight at once (default: NeMo Gym's, unlimited).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output (and its NeMo Gym sidecar files).")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted collection into the same output.")] = False,
     head_url: Annotated[
@@ -1148,9 +1148,9 @@ def rescore(
     tasks: Annotated[
         Optional[Path], typer.Option("--tasks", help="NeMo Gym tasks JSONL: re-join task fields missing from rollouts (by _ng_task_index, else prompt hash).")
     ] = None,
-    concurrency: Annotated[int, typer.Option("--concurrency", "-c", callback=number(min=1), help="Requests in flight at once (all servers together).")] = 32,
-    timeout: Annotated[float, typer.Option("--timeout", callback=number(above=0, unit='seconds'), help="Seconds per request attempt.")] = 60.0,
-    retries: Annotated[int, typer.Option("--retries", callback=number(min=0), help="Retries per row on timeouts, connection errors, 429 and 5xx (exponential backoff with jitter).")] = 4,
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", callback=number(min=1, max=100_000), help="Requests in flight at once (all servers together).")] = 32,
+    timeout: Annotated[float, typer.Option("--timeout", callback=number(above=0, max=7 * 86400, unit='seconds'), help="Seconds per request attempt.")] = 60.0,
+    retries: Annotated[int, typer.Option("--retries", callback=number(min=0, max=100), help="Retries per row on timeouts, connection errors, 429 and 5xx (exponential backoff with jitter).")] = 4,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when a suspicious share of rewards goes down (likely missing task fields).")] = False,
     flip_threshold: Annotated[float, typer.Option("--flip-threshold", callback=number(min=0, max=1), help="Warn when at least this share of rescored rewards went down.")] = 0.25,
     limit: Annotated[Optional[int], typer.Option("--limit", callback=number(min=1), help="Process at most this many more lines, then stop (resume later with --resume).")] = None,
@@ -1282,9 +1282,9 @@ def to_parquet(
     rejects: Annotated[Optional[Path], typer.Option("--rejects", help="Write every rejected line as {line, code, reason, raw} JSONL here.")] = None,
     input_kind: Annotated[str, typer.Option("--input-kind", help="auto, rollouts or tasks (auto: lines with a `response` are rollouts).")] = "auto",
     tmp_dir: Annotated[Optional[Path], typer.Option("--tmp-dir", help="Where to spill rollouts while grouping by task (default: beside the output).")] = None,
-    workers: Annotated[int, typer.Option("--workers", "-j", callback=number(min=1), help="Processes that parse and convert lines (each adds ~100 MB); 1 keeps everything in one process.")] = 1,
+    workers: Annotated[int, typer.Option("--workers", "-j", callback=number(min=1, max=256), help="Processes that parse and convert lines (each adds ~100 MB); 1 keeps everything in one process.")] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON (for scripts).")] = False,
-    max_line_mb: Annotated[float, typer.Option("--max-line-mb", callback=number(above=0, unit='MB'), help="Reject lines longer than this (MB).")] = DEFAULT_MAX_LINE_BYTES / 1e6,
+    max_line_mb: Annotated[float, typer.Option("--max-line-mb", callback=number(above=0, max=100_000, unit='MB'), help="Reject lines longer than this (MB).")] = DEFAULT_MAX_LINE_BYTES / 1e6,
 ) -> None:
     """Convert rollouts into parquet VeRL trains on unchanged, with rejection sampling and a train/val split.
 

@@ -155,3 +155,21 @@ def test_library_callers_get_usage_errors_for_non_finite_values(tmp_path):
         with pytest.raises(UsageError, match="timeout"):
             VerifyClient(["http://127.0.0.1:9"], timeout=timeout)
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["validate", "in.jsonl", "--max-line-mb", "1e303"], "error: --max-line-mb must be above 0 and at most 100000 MB, not 1e+303."),
+        (["rescore", "in.jsonl", "-o", "o.jsonl", "-s", "http://127.0.0.1:9", "--timeout", "1e300"],
+         "error: --timeout must be above 0 and at most 604800 seconds, not 1e+300."),
+        (["rescore", "in.jsonl", "-o", "o.jsonl", "-s", "http://127.0.0.1:9", "-c", "1000000000"],
+         "error: --concurrency must be between 1 and 100000, not 1000000000."),
+        (["to-parquet", "in.jsonl", "-o", "o", "-j", "100000"], "error: --workers must be between 1 and 256, not 100000."),
+    ],
+)
+def test_huge_finite_values_that_would_overflow_or_exhaust_are_refused(args, message, tmp_path, monkeypatch):
+    # 1e303 MB is inf bytes (OverflowError); a billion workers or requests in flight exhaust the machine.
+    monkeypatch.chdir(tmp_path)
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2 and r.stderr.strip() == message, r.output
