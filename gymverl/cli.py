@@ -378,6 +378,8 @@ def render_stats(data: dict[str, Any], show_tasks: int = 30, compact: bool = Fal
         cells = [dict(col).get(label, "-") for col in columns]
         t.add_row(label, *cells)
     console.print(t)
+    if data.get("blank"):
+        console.print(f"[dim]{data['blank']} blank lines skipped (not rollouts, not rejected)[/]")
     ln = o["length"]
     if ln["count"]:
         note = (
@@ -1048,6 +1050,8 @@ def render_rescore(d: dict[str, Any], show_tasks: int = 20) -> None:
     t.add_row("rescored", f"[green]{d['rescored']}[/]")
     t.add_row("failed (not written)", f"[red]{d['failed']}[/]" if d["failed"] else "0")
     t.add_row("rejected (invalid, not sent)", f"[red]{d['rejected']}[/]" if d["rejected"] else "0")
+    if d.get("blank"):
+        t.add_row("blank lines (skipped)", str(d["blank"]))
     t.add_row("rewards changed", f"{d['changed']}  (up {d['went_up']}, down {d['went_down']})")
     if d["mean_before"] is not None:
         delta = d["mean_after"] - d["mean_before"]
@@ -1231,6 +1235,8 @@ def render_to_parquet(summary: dict[str, Any]) -> None:
     t.add_column(style="dim")
     t.add_row("input lines", str(summary["lines"]), summary["input_kind"])
     t.add_row("rejected", f"[red]{summary['rejected']}[/]" if summary["rejected"] else "0", "unusable lines (see below)")
+    if summary.get("blank"):
+        t.add_row("blank lines", str(summary["blank"]), "skipped (empty or only whitespace)")
     for rule, n in summary["filtered"].items():
         t.add_row(f"filtered: {rule}", f"[yellow]{n}[/]", RULES.get(rule, ""))
     unit = {"rl": "rollouts summarised into task rows", "dpo": "rollouts used in pairs"}.get(summary["format"], "rollouts written as rows")
