@@ -194,14 +194,19 @@ class Input:
             raise InputError(f"{self.name} is a pipe that was already read; gymverl can read a pipe only once.")
         stream, head = self._stream, self._head
         self._stream, self._head = None, b""
-        fd, tmp = tempfile.mkstemp(prefix=".gymverl-input-", suffix=".spool", dir=tmp_dir)
-        spool = Path(tmp)
+        tmp = "(temp file)"
+        spool: Path | None = None
         try:
+            if tmp_dir is not None:
+                Path(tmp_dir).mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".gymverl-input-", suffix=".spool", dir=tmp_dir)
+            spool = Path(tmp)
             with os.fdopen(fd, "wb") as out:
                 out.write(head)
                 shutil.copyfileobj(stream, out, _CHUNK)
         except BaseException as exc:  # Ctrl-C/SIGTERM included: never leave a half spool behind
-            spool.unlink(missing_ok=True)
+            if spool is not None:
+                spool.unlink(missing_ok=True)
             stream.close()
             _forget(self._identity)
             if isinstance(exc, OSError):

@@ -478,3 +478,21 @@ def test_only_blank_lines_is_an_empty_file(tmp_path):
     assert r.returncode == 1 and r.stderr.strip() == f"error: {src}: file is empty (no rollouts)."
     r = gymverl("stats", str(src))
     assert r.returncode == 1 and r.stderr.strip() == f"error: {src}: file is empty (no rollouts)."
+
+
+def test_spool_that_does_not_fit_is_one_sentence_exit_1_and_removed(tmp_path):
+    """A file-size limit (like a full disk) while spooling a pipe: exit 1 (not a usage error), no spool left."""
+    import resource
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (10_000, 10_000))  # Python ignores SIGXFSZ: EFBIG
+
+    spool_dir = tmp_path / "spool"
+    r = subprocess.run(
+        [sys.executable, "-m", "gymverl.cli", "to-parquet", "-", "-o", str(tmp_path / "out"), "--tmp-dir", str(spool_dir)],
+        input=DATA, capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=LIMIT, preexec_fn=small_files,
+    )
+    err = r.stderr.decode()
+    assert r.returncode == 1, err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "file too large" in err and "Traceback" not in err
+    assert spools(spool_dir) == [] and not (tmp_path / "out").exists()
