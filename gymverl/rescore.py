@@ -119,7 +119,7 @@ class RescoreSummary:
     rescored: int = 0
     failed: int = 0
     rejected: int = 0
-    blank: int = 0  # blank lines (this run): skipped, counted in `lines`
+    blank: int = 0  # blank lines: skipped, written nowhere, counted in `lines`
     changed: int = 0
     went_up: int = 0
     went_down: int = 0
@@ -646,6 +646,9 @@ class _Run:
         for ln in iter_lines(self.input, skip_blank=False):
             if ln.number <= done:
                 self.bytes_done += ln.size + 1
+                if ln.blank:  # done by an earlier run, written nowhere: _replay cannot see it
+                    self.summary.lines += 1
+                    self.summary.blank += 1
                 continue
             if self.limit is not None and taken >= self.limit:
                 return

@@ -352,12 +352,16 @@ def test_rescore_reads_stdin_and_a_fifo_and_resumes_from_a_pipe(tmp_path):
 
         fifo = tmp_path / "fifo"
         os.mkfifo(fifo)
-        feed_fifo(fifo, DATA, delay=0.2)
-        r = gymverl("rescore", str(fifo), "-o", str(tmp_path / "b.jsonl"), "-s", srv.url, "--limit", "5", "--json", env=env)
-        assert r.returncode == 1 and json.loads(r.stdout)["lines"] == 5, r.stderr  # stopped by --limit
-        feed_fifo(fifo, DATA, delay=0.2)  # the same data again, through the pipe
+        blanky = DATA.replace(b"\n", b"\n\n", 3)  # 3 blank lines among the first rows: done before the resume
+        feed_fifo(fifo, blanky, delay=0.2)
+        r = gymverl("rescore", str(fifo), "-o", str(tmp_path / "b.jsonl"), "-s", srv.url, "--limit", "8", "--json", env=env)
+        assert r.returncode == 1 and json.loads(r.stdout)["lines"] == 8, r.stderr  # stopped by --limit
+        feed_fifo(fifo, blanky, delay=0.2)  # the same data again, through the pipe
         r = gymverl("rescore", str(fifo), "-o", str(tmp_path / "b.jsonl"), "-s", srv.url, "--resume", "--json", env=env)
-        assert summary_lines(r) == N
+        assert summary_lines(r) == N + 3
+        s = json.loads(r.stdout)
+        assert (s["blank"], s["rescored"], s["failed"], s["rejected"]) == (3, N, 0, 0)
+
         def rows(p: Path) -> list[tuple[str, float]]:  # the fake server also echoes a per-row attempt counter
             return [(r["response"]["id"], r["reward"]) for r in map(json.loads, p.read_bytes().splitlines())]
 
