@@ -122,11 +122,11 @@ def test_case_non_finite_numeric_options(tmp_path):
     if not case.exists():
         pytest.skip(f"shared case not found: {case}")
     cases = [
-        (["validate", str(case), "--max-line-mb", "nan"], "error: --max-line-mb must be a finite number (above 0 MB), not nan."),
-        (["validate", str(case), "--max-line-mb", "inf"], "error: --max-line-mb must be a finite number (above 0 MB), not inf."),
-        (["to-parquet", str(case), "-o", str(tmp_path / "o"), "--max-line-mb", "nan"], "error: --max-line-mb must be a finite number (above 0 MB), not nan."),
+        (["validate", str(case), "--max-line-mb", "nan"], "error: --max-line-mb must be a finite number (above 0 and at most 100000 MB), not nan."),
+        (["validate", str(case), "--max-line-mb", "inf"], "error: --max-line-mb must be a finite number (above 0 and at most 100000 MB), not inf."),
+        (["to-parquet", str(case), "-o", str(tmp_path / "o"), "--max-line-mb", "nan"], "error: --max-line-mb must be a finite number (above 0 and at most 100000 MB), not nan."),
         (["rescore", str(case), "-o", str(tmp_path / "r.jsonl"), "-s", "http://127.0.0.1:9", "--timeout", "inf"],
-         "error: --timeout must be a finite number (above 0 seconds), not inf."),
+         "error: --timeout must be a finite number (above 0 and at most 604800 seconds), not inf."),
         (["to-parquet", str(case), "-o", str(tmp_path / "o"), "--min-reward", "nan"], "error: --min-reward must be a finite number, not nan."),
         (["to-parquet", str(case), "-o", str(tmp_path / "o"), "--format", "rl", "--drop-solved", "--solved-threshold", "nan"],
          "error: --solved-threshold must be a finite number, not nan."),

@@ -138,7 +138,7 @@ def test_usage_errors_exit_2(tmp_path):
     assert invoke().exit_code == 2
     r = invoke(src, "--max-line-mb", "0")
     assert r.exit_code == 2
-    assert r.stderr.strip() == "error: --max-line-mb must be above 0 MB, not 0."  # names the option now
+    assert r.stderr.strip() == "error: --max-line-mb must be above 0 and at most 100000 MB, not 0."  # names the option now
 
 
 def test_json_summary_of_sample_rollouts():
