@@ -173,3 +173,34 @@ def test_huge_finite_values_that_would_overflow_or_exhaust_are_refused(args, mes
     monkeypatch.chdir(tmp_path)
     r = runner.invoke(app, args)
     assert r.exit_code == 2 and r.stderr.strip() == message, r.output
+
+
+def _fuzz_value():
+    from hypothesis import strategies as st
+
+    return st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True).map(repr),
+        st.integers(min_value=-(2**70), max_value=2**70).map(str),
+        st.sampled_from(["nan", "-nan", "NaN", "inf", "+inf", "-Infinity", "1e309", "-0", "0", "0.0", "1e-320", "", " ", "1_000", "0x10", "٣"]),
+    )
+
+
+def test_random_option_values_never_a_traceback(tmp_path, monkeypatch):
+    """Any value for any numeric option: exit 0/1/2 with sentences, never a traceback or a hang.
+    (The input files do not exist, so an accepted value ends in 'no such file', exit 2.)"""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    monkeypatch.chdir(tmp_path)
+
+    @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(which=st.integers(min_value=0, max_value=len(NUMERIC) - 1), value=_fuzz_value())
+    def run(which: int, value: str) -> None:
+        command, param = NUMERIC[which]
+        name = max(param.opts, key=len)
+        r = runner.invoke(app, [command, *_args_for(command), f"{name}={value}"])
+        assert r.exit_code == 2, (command, name, value, r.output)
+        assert r.exception is None or isinstance(r.exception, SystemExit), (command, name, value, repr(r.exception))
+        assert "Traceback" not in r.output and "internal error" not in r.output, r.output
+
+    run()
