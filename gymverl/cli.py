@@ -6,7 +6,9 @@ Exit codes (all commands): 0 success, 1 the job ran but some input was rejected 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -31,10 +33,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from gymverl import __version__
-from gymverl.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_REJECTED, EXIT_USAGE, GymverlError, from_os_error
-from gymverl.errors import Interrupted
+from gymverl.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_REJECTED, EXIT_USAGE, GymverlError, Interrupted, UsageError, from_os_error
 from gymverl.files import check_outputs, output_lock
-from gymverl.jsonl import DEFAULT_MAX_LINE_BYTES, InputError, check_input_path
+from gymverl.inputs import Input, open_input
+from gymverl.jsonl import DEFAULT_MAX_LINE_BYTES, check_input_path
+from gymverl.limits import MAX_CONCURRENCY, MAX_RETRIES
 from gymverl.proc import signals_as_interrupt
 
 class _PipelineOrder(TyperGroup):
@@ -99,13 +102,112 @@ def _fail_now(message: str, code: int) -> None:
     fail(escape(message), code)
 
 
-def existing_file(path: Path) -> Path:
-    """Exit 2 with a clear message unless `path` is a readable file."""
+class Bounds:
+    """The values a numeric option accepts; `number()` makes the option's typer callback from it.
+
+    Every int and float option of every command uses one (`number(...)`): NaN and infinities are
+    refused (click's FLOAT accepts "nan" and "inf", and its min/max let NaN through, since every
+    comparison with NaN is false), and so is anything outside the range, with one sentence naming
+    the option (`UsageError`, exit 2, printed by `_PipelineOrder.invoke` like every other error).
+    `tests/test_options.py` finds every numeric option of the app and checks that it has one.
+    """
+
+    def __init__(
+        self, min: float | None = None, max: float | None = None, *, above: float | None = None,
+        also: tuple[float, ...] = (), unit: str = "",
+    ) -> None:
+        self.min, self.max, self.above, self.also, self.unit = min, max, above, also, unit
+
+    def accepts(self, value: float) -> bool:
+        """True when `value` is allowed."""
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        if value in self.also:
+            return True
+        if self.min is not None and value < self.min:
+            return False
+        if self.above is not None and value <= self.above:
+            return False
+        return self.max is None or value <= self.max
+
+    def describe(self) -> str:
+        """The allowed range in words, e.g. 'at least 1', 'between 0 and 1', 'above 0 seconds'."""
+        parts = []
+        if self.min is not None and self.max is not None:
+            parts.append(f"between {self.min:g} and {self.max:g}")
+        else:
+            if self.min is not None:
+                parts.append(f"at least {self.min:g}")
+            if self.above is not None:
+                parts.append(f"above {self.above:g}")
+            if self.max is not None:
+                parts.append(f"at most {self.max:g}")
+        text = " and ".join(parts) or "a finite number"
+        if self.unit and parts:
+            text += f" {self.unit}"
+        if self.also:
+            text += " (or " + ", ".join(f"{v:g}" for v in self.also) + ")"
+        return text
+
+    def check(self, ctx: Any, param: Any, value: Any) -> Any:
+        """Return `value`, or raise UsageError naming the option when it is not accepted."""
+        if value is None or ctx.resilient_parsing:
+            return value
+        if not self.accepts(value):
+            name = max(param.opts, key=len) if param.opts else str(param.name)
+            shown = f"{value:g}" if isinstance(value, float) else str(value)
+            if isinstance(value, float) and not math.isfinite(value):
+                rng = self.describe()
+                rng = "" if rng == "a finite number" else f" ({rng})"
+                raise UsageError(f"{name} must be a finite number{rng}, not {shown}.")
+            raise UsageError(f"{name} must be {self.describe()}, not {shown}.")
+        return value
+
+
+def number(min: float | None = None, max: float | None = None, *, above: float | None = None, also: tuple[float, ...] = (), unit: str = "") -> Any:
+    """The callback of a numeric option: finite, `min <= value <= max`, `value > above`, or one of `also`."""
+    bounds = Bounds(min, max, above=above, also=also, unit=unit)
+
+    # typer reads the callback's signature (type hints): it has to be a plain function.
+    def check(ctx: typer.Context, param: typer.CallbackParam, value: Any) -> Any:
+        return bounds.check(ctx, param, value)
+
+    check.bounds = bounds  # type: ignore[attr-defined]
+    return check  # type: ignore[return-value]
+
+
+def option_bounds(param: Any) -> Bounds | None:
+    """The `Bounds` behind a click parameter built by typer (which wraps the callback), or None."""
+    import inspect
+
+    cb = getattr(param, "callback", None)
+    if cb is None:
+        return None
+    if not isinstance(getattr(cb, "bounds", None), Bounds):
+        try:
+            cb = inspect.getclosurevars(cb).nonlocals.get("callback")
+        except TypeError:
+            return None
+    found = getattr(cb, "bounds", None)
+    return found if isinstance(found, Bounds) else None
+
+
+def input_arg(stack: contextlib.ExitStack, path: Path, *, passes: int = 1, tmp_dir: Optional[Path] = None) -> Input:
+    """Open an input argument (path, `-`, pipe, .gz) for the rest of the command; closed with `stack`
+    (which removes a pipe's spooled copy). Nothing may `fail()` between this and the `try` whose
+    `finally` closes `stack`.
+
+    Errors (missing, directory, Parquet/binary, ...) raise InputError, printed as one sentence."""
     try:
-        return check_input_path(path)
-    except InputError as exc:
-        fail(str(exc))
-    raise AssertionError  # unreachable
+        return stack.enter_context(open_input(path, passes=passes, tmp_dir=tmp_dir))
+    except BaseException:
+        stack.close()
+        raise
+
+
+def _user_path(inp: Input | None) -> Path | None:
+    """The user's file behind an opened input, for output-vs-input checks (a pipe has none)."""
+    return None if inp is None or inp.spooled else inp.path
 
 
 def print_json(data: Any) -> None:
@@ -156,6 +258,8 @@ def render_validation(summary: dict[str, Any], title: str = "validate") -> None:
     t.add_row("lines", str(summary["lines"]))
     t.add_row("valid", f"[green]{summary['valid']}[/]")
     t.add_row("rejected", f"[red]{summary['rejected']}[/]" if summary["rejected"] else "0")
+    if summary.get("blank"):
+        t.add_row("blank lines (skipped)", str(summary["blank"]))
     t.add_row("tasks", str(summary["tasks"]))
     rpt = summary["rollouts_per_task"]
     if summary["tasks"]:
@@ -193,7 +297,7 @@ def validate(
     ] = None,
     tasks: Annotated[bool, typer.Option("--tasks", help="Check a NeMo Gym *tasks* (input) file instead of rollouts.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON (for scripts).")] = False,
-    max_line_mb: Annotated[float, typer.Option("--max-line-mb", help="Reject lines longer than this (MB).")] = DEFAULT_MAX_LINE_BYTES / 1e6,
+    max_line_mb: Annotated[float, typer.Option("--max-line-mb", callback=number(above=0, max=100_000, unit='MB'), help="Reject lines longer than this (MB).")] = DEFAULT_MAX_LINE_BYTES / 1e6,
 ) -> None:
     """Check a rollout JSONL file line by line and print a summary.
 
@@ -201,18 +305,20 @@ def validate(
     """
     from gymverl.records import validate_file
 
-    path = existing_file(rollouts)
-    # The rejects file is never the input (nor a link to it), and one run at a time writes it.
-    check_outputs([rejects], [path])
-    with output_lock(rejects):
-        summary = validate_file(path, rejects=rejects, tasks=tasks, max_line_bytes=int(max_line_mb * 1e6))
+    with contextlib.ExitStack() as stack:
+        path = input_arg(stack, rollouts)
+        # The rejects file is never the input (nor a link to it), and one run at a time writes it.
+        check_outputs([rejects], [_user_path(path)])
+        with output_lock(rejects):
+            summary = validate_file(path, rejects=rejects, tasks=tasks, max_line_bytes=int(max_line_mb * 1e6))
+    empty = summary.valid + summary.rejected == 0  # blank lines alone are no rollouts either
     data = summary.to_dict()
-    if summary.lines == 0:
+    if empty:
         data["error"] = "file is empty"
     # NeMo Gym >= 0.5 side files: which of the rollouts asked for failed or are missing, per task.
     from gymverl.sidecars import collection_report
 
-    collection = None if tasks else collection_report(path)
+    collection = None if tasks else collection_report(str(path))
     data["collection"] = collection.to_dict() if collection is not None else None
     warning = collection.warning() if collection is not None else None
     if warning:
@@ -223,12 +329,12 @@ def validate(
         render_validation(data)
         render_collection(data["collection"])
         if warning:
-            err_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
-        if summary.lines == 0:
-            err_console.print(f"[bold red]error:[/] {path}: file is empty (no rollouts).", soft_wrap=True)
+            err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+        if empty:
+            err_console.print(f"[bold red]error:[/] {escape(str(path))}: file is empty (no rollouts).", soft_wrap=True)
         if rejects and summary.rejected:
             console.print(f"rejected lines written to [bold]{rejects}[/]")
-    if summary.rejected or summary.lines == 0:
+    if summary.rejected or empty:
         raise typer.Exit(EXIT_REJECTED)
 
 
@@ -295,6 +401,8 @@ def render_stats(data: dict[str, Any], show_tasks: int = 30, compact: bool = Fal
         cells = [dict(col).get(label, "-") for col in columns]
         t.add_row(label, *cells)
     console.print(t)
+    if data.get("blank"):
+        console.print(f"[dim]{data['blank']} blank lines skipped (not rollouts, not rejected)[/]")
     ln = o["length"]
     if ln["count"]:
         note = (
@@ -435,20 +543,20 @@ def render_comparison(cmp: dict[str, Any]) -> None:
         console.print(c)
 
 
-def _compute_stats_cli(path: Path, threshold: float, group_by: str, show_progress: bool, tasks: Optional[Path] = None) -> Any:
+def _compute_stats_cli(path: Input, threshold: float, group_by: str, show_progress: bool, tasks: Optional[Path] = None) -> Any:
     """Run `compute_stats` with a transient progress bar on stderr (a terminal only)."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
     from gymverl.stats import compute_stats
 
-    size = path.stat().st_size if path.suffix != ".gz" else None
+    size = path.progress_total
     if not show_progress or not err_console.is_terminal:
         return compute_stats(path, threshold=threshold, group_by=group_by, tasks_path=tasks)
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
         console=err_console, transient=True,
     ) as progress:
-        task = progress.add_task(f"reading {path.name}", total=size)
+        task = progress.add_task(f"reading {escape(path.stem)}", total=size)
         done = 0
 
         def on_line(c: Any) -> None:
@@ -467,6 +575,7 @@ def stats(
         float,
         typer.Option(
             "--threshold",
+            callback=number(),
             help="A rollout is correct when reward >= this (pass rate, pass@k, all-solved/all-failed). "
             "NeMo Gym verifiers give 1.0 for a solved task; blackjack's -1/0/1 counts only wins.",
         ),
@@ -489,7 +598,7 @@ def stats(
     per_task: Annotated[
         bool, typer.Option("--per-task", help="Include every task in --json output (default: only when there are at most 1000).")
     ] = False,
-    show_tasks: Annotated[int, typer.Option("--show-tasks", help="Print the per-task table when there are at most this many tasks.")] = 30,
+    show_tasks: Annotated[int, typer.Option("--show-tasks", callback=number(min=0), help="Print the per-task table when there are at most this many tasks.")] = 30,
     tasks: Annotated[
         Optional[Path],
         typer.Option("--tasks", help="Task rows for --group-by a task field the rollout lines lack (NeMo Gym >= 0.5 drops them): the original tasks file or <stem>_materialized_inputs.jsonl (used without this option when it is beside ROLLOUTS)."),
@@ -505,20 +614,17 @@ def stats(
     Exit code 0 ok, 1 some lines rejected (they are listed and not counted) or the file is empty,
     2 usage error.
     """
-    import math
-
-    if not math.isfinite(threshold):
-        fail("--threshold must be a finite number.")
     if plot is not None and plot.suffix.lower() != ".png":
         fail(f"--plot writes a PNG file; give a path ending in .png, not {plot}.")
-    path = existing_file(rollouts)
-    other = existing_file(against) if against is not None else None
-    if tasks is not None:
-        existing_file(tasks)
-    # Checked up front (plot_stats checks again): a bad --plot path must not cost a full read first.
-    check_outputs([plot], [path, other, tasks])
-    result = _compute_stats_cli(path, threshold, group_by, not as_json, tasks)
-    before = _compute_stats_cli(other, threshold, group_by, not as_json, tasks) if other is not None else None
+    with contextlib.ExitStack() as stack:
+        path = input_arg(stack, rollouts)
+        other = input_arg(stack, against) if against is not None else None
+        if tasks is not None:
+            check_input_path(tasks)  # a regular file (read by key): missing, a directory, Parquet, a pipe: one sentence
+        # Checked up front (plot_stats checks again): a bad --plot path must not cost a full read first.
+        check_outputs([plot], [_user_path(path), _user_path(other), tasks])
+        result = _compute_stats_cli(path, threshold, group_by, not as_json, tasks)
+        before = _compute_stats_cli(other, threshold, group_by, not as_json, tasks) if other is not None else None
     from gymverl.stats import compare_stats, plot_stats
 
     comparison = compare_stats(before, result) if before is not None else None
@@ -544,10 +650,13 @@ def stats(
             render_comparison(comparison)
         if plot is not None:
             console.print(f"plot written to [bold]{plot}[/]")
+    def empty(s: Any) -> bool:  # blank lines alone are no rollouts either
+        return s.lines - getattr(s, "blank", 0) == 0
+
     for s in (result, before):
-        if s is not None and s.lines == 0:
-            err_console.print(f"[bold red]error:[/] {s.path}: file is empty (no rollouts).", soft_wrap=True)
-    if result.rejected or result.lines == 0 or (before is not None and (before.rejected or before.lines == 0)):
+        if s is not None and empty(s):
+            err_console.print(f"[bold red]error:[/] {escape(str(s.path))}: file is empty (no rollouts).", soft_wrap=True)
+    if result.rejected or empty(result) or (before is not None and (before.rejected or empty(before))):
         raise typer.Exit(EXIT_REJECTED)
 
 
@@ -615,33 +724,33 @@ def train_offline_command(
     from_rollouts: Annotated[
         Optional[Path], typer.Option("--from-rollouts", help="Rollout JSONL: select the successful rollouts and convert them to SFT parquet first.")
     ] = None,
-    min_reward: Annotated[float, typer.Option("--min-reward", help="With --from-rollouts: keep rollouts with reward >= this.")] = 1.0,
+    min_reward: Annotated[float, typer.Option("--min-reward", callback=number(), help="With --from-rollouts: keep rollouts with reward >= this.")] = 1.0,
     best_of_n: Annotated[
-        Optional[int], typer.Option("--best-of-n", help="With --from-rollouts: keep at most the N best rollouts per task.", show_default=False)
+        Optional[int], typer.Option("--best-of-n", callback=number(min=1), help="With --from-rollouts: keep at most the N best rollouts per task.", show_default=False)
     ] = None,
     val_fraction: Annotated[
-        float, typer.Option("--val-fraction", help="With --from-rollouts: share of tasks held out as validation data.")
+        float, typer.Option("--val-fraction", callback=number(min=0, max=0.99), help="With --from-rollouts: share of tasks held out as validation data.")
     ] = 0.0,
-    epochs: Annotated[int, typer.Option("--epochs", help="Training epochs.")] = 1,
-    lr: Annotated[float, typer.Option("--lr", help="Learning rate.")] = 1e-5,
+    epochs: Annotated[int, typer.Option("--epochs", callback=number(min=1), help="Training epochs.")] = 1,
+    lr: Annotated[float, typer.Option("--lr", callback=number(above=0), help="Learning rate.")] = 1e-5,
     batch_size: Annotated[
-        Optional[int], typer.Option("--batch-size", help="Global batch size (rows per optimizer step). Default: VeRL's 256, capped at the dataset size.", show_default=False)
+        Optional[int], typer.Option("--batch-size", callback=number(min=1), help="Global batch size (rows per optimizer step). Default: VeRL's 256, capped at the dataset size.", show_default=False)
     ] = None,
-    micro_batch_size: Annotated[int, typer.Option("--micro-batch-size", help="Rows per forward pass per process.")] = 4,
-    max_length: Annotated[int, typer.Option("--max-length", help="Maximum tokens per conversation.")] = 1024,
-    lora_rank: Annotated[int, typer.Option("--lora-rank", help="LoRA rank; 0 trains all weights.")] = 0,
-    lora_alpha: Annotated[Optional[int], typer.Option("--lora-alpha", help="LoRA alpha (default 2 x rank).", show_default=False)] = None,
+    micro_batch_size: Annotated[int, typer.Option("--micro-batch-size", callback=number(min=1), help="Rows per forward pass per process.")] = 4,
+    max_length: Annotated[int, typer.Option("--max-length", callback=number(min=1, unit='tokens'), help="Maximum tokens per conversation.")] = 1024,
+    lora_rank: Annotated[int, typer.Option("--lora-rank", callback=number(min=0), help="LoRA rank; 0 trains all weights.")] = 0,
+    lora_alpha: Annotated[Optional[int], typer.Option("--lora-alpha", callback=number(min=1), help="LoRA alpha (default 2 x rank).", show_default=False)] = None,
     lora_target_modules: Annotated[str, typer.Option("--lora-target-modules", help="LoRA target modules (VeRL's model.target_modules).")] = "all-linear",
-    nproc: Annotated[int, typer.Option("--nproc", help="Processes (GPUs) per node.")] = 1,
-    nnodes: Annotated[int, typer.Option("--nnodes", help="Number of nodes (run the same command on each, with its --node-rank).")] = 1,
-    node_rank: Annotated[int, typer.Option("--node-rank", help="This node's rank (multi-node).")] = 0,
+    nproc: Annotated[int, typer.Option("--nproc", callback=number(min=1), help="Processes (GPUs) per node.")] = 1,
+    nnodes: Annotated[int, typer.Option("--nnodes", callback=number(min=1), help="Number of nodes (run the same command on each, with its --node-rank).")] = 1,
+    node_rank: Annotated[int, typer.Option("--node-rank", callback=number(min=0), help="This node's rank (multi-node).")] = 0,
     master_addr: Annotated[Optional[str], typer.Option("--master-addr", help="Address of node 0 (multi-node).", show_default=False)] = None,
-    master_port: Annotated[int, typer.Option("--master-port", help="Rendezvous port on node 0 (multi-node).")] = 29500,
+    master_port: Annotated[int, typer.Option("--master-port", callback=number(min=1, max=65535), help="Rendezvous port on node 0 (multi-node).")] = 29500,
     device: Annotated[str, typer.Option("--device", help="cuda for real training; cpu for a smoke run with gymverl's CPU plugin (tiny models only).")] = "cuda",
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in an existing OUTDIR.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete an existing gymverl OUTDIR and start over.")] = False,
     export: Annotated[bool, typer.Option("--export/--no-export", help="Export the last checkpoint to OUTDIR/hf_model with verl.model_merger.")] = True,
-    save_freq: Annotated[int, typer.Option("--save-freq", help="Checkpoint every N steps (-1: only at the end).")] = -1,
+    save_freq: Annotated[int, typer.Option("--save-freq", callback=number(min=1, also=(-1,)), help="Checkpoint every N steps (-1: only at the end).")] = -1,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check the inputs, print the VeRL command and stop.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Echo every line VeRL prints.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan (with --dry-run) or the result as JSON.")] = False,
@@ -678,10 +787,10 @@ def train_offline_command(
     )
     prepared = None
     if from_rollouts is not None:
-        existing_file(from_rollouts)
-        plan, prepared = tr.plan_from_rollouts(
-            opts, from_rollouts, dry_run=dry_run, min_reward=min_reward, best_of_n=best_of_n, val_fraction=val_fraction
-        )
+        with open_input(from_rollouts) as rollouts_in:
+            plan, prepared = tr.plan_from_rollouts(
+                opts, rollouts_in, dry_run=dry_run, min_reward=min_reward, best_of_n=best_of_n, val_fraction=val_fraction  # type: ignore[arg-type]
+            )
     else:
         plan = tr.plan_training(opts, check_device=not dry_run)
     if prepared is not None and prepared.rejected:
@@ -766,9 +875,9 @@ def collect(
     input: Annotated[Path, typer.Option("--input", "-i", help="NeMo Gym tasks JSONL (one task per line, with `agent_ref`).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Rollouts JSONL to write (NeMo Gym writes it as it goes).")],
     agent: Annotated[Optional[str], typer.Option("--agent", "-a", help="Agent for tasks without `agent_ref`.")] = None,
-    num_samples: Annotated[int, typer.Option("--num-samples", "-n", help="Rollouts per task (NeMo Gym's repeat option).")] = 1,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first K tasks.")] = None,
-    concurrency: Annotated[Optional[int], typer.Option("--concurrency", "-c", help="Rollouts in flight at once (default: NeMo Gym's, unlimited).")] = None,
+    num_samples: Annotated[int, typer.Option("--num-samples", "-n", callback=number(min=1), help="Rollouts per task (NeMo Gym's repeat option).")] = 1,
+    limit: Annotated[Optional[int], typer.Option("--limit", callback=number(min=1), help="Only the first K tasks.")] = None,
+    concurrency: Annotated[Optional[int], typer.Option("--concurrency", "-c", callback=number(min=1, max=100_000), help="Rollouts in flight at once (default: NeMo Gym's, unlimited).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output (and its NeMo Gym sidecar files).")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted collection into the same output.")] = False,
     head_url: Annotated[
@@ -1010,6 +1119,8 @@ def render_rescore(d: dict[str, Any], show_tasks: int = 20) -> None:
     t.add_row("rescored", f"[green]{d['rescored']}[/]")
     t.add_row("failed (not written)", f"[red]{d['failed']}[/]" if d["failed"] else "0")
     t.add_row("rejected (invalid, not sent)", f"[red]{d['rejected']}[/]" if d["rejected"] else "0")
+    if d.get("blank"):
+        t.add_row("blank lines (skipped)", str(d["blank"]))
     t.add_row("rewards changed", f"{d['changed']}  (up {d['went_up']}, down {d['went_down']})")
     if d["mean_before"] is not None:
         delta = d["mean_after"] - d["mean_before"]
@@ -1060,13 +1171,13 @@ def render_rescore(d: dict[str, Any], show_tasks: int = 20) -> None:
             console.print("[red]rejected by reason[/]: " + ", ".join(f"{k}: {v}" for k, v in d["rejected_by_reason"].items()))
 
 
-def _rescore_progress(path: Path) -> tuple[Any, Any]:
+def _rescore_progress(path: Input) -> tuple[Any, Any]:
     """A rich progress bar on stderr (terminal only) and its callback for `rescore_file`."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     if not err_console.is_terminal:
         return None, None
-    size = path.stat().st_size if path.suffix != ".gz" else None
+    size = path.progress_total
     progress = Progress(
         TextColumn("[bold]rescore[/]"), BarColumn(), TextColumn("{task.fields[rows]} rows"),
         TextColumn("{task.fields[rate]} rows/s"), TextColumn("[red]{task.fields[bad]}[/]"),
@@ -1110,14 +1221,14 @@ def rescore(
     tasks: Annotated[
         Optional[Path], typer.Option("--tasks", help="NeMo Gym tasks JSONL: re-join task fields missing from rollouts (by _ng_task_index, else prompt hash).")
     ] = None,
-    concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, help="Requests in flight at once (all servers together).")] = 32,
-    timeout: Annotated[float, typer.Option("--timeout", min=0.001, help="Seconds per request attempt.")] = 60.0,
-    retries: Annotated[int, typer.Option("--retries", min=0, help="Retries per row on timeouts, connection errors, 429 and 5xx (exponential backoff with jitter).")] = 4,
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", callback=number(min=1, max=MAX_CONCURRENCY), help="Requests in flight at once (all servers together).")] = 32,
+    timeout: Annotated[float, typer.Option("--timeout", callback=number(above=0, max=7 * 86400, unit='seconds'), help="Seconds per request attempt.")] = 60.0,
+    retries: Annotated[int, typer.Option("--retries", callback=number(min=0, max=MAX_RETRIES), help="Retries per row on timeouts, connection errors, 429 and 5xx (exponential backoff with jitter).")] = 4,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when a suspicious share of rewards goes down (likely missing task fields).")] = False,
-    flip_threshold: Annotated[float, typer.Option("--flip-threshold", min=0.0, max=1.0, help="Warn when at least this share of rescored rewards went down.")] = 0.25,
-    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Process at most this many more lines, then stop (resume later with --resume).")] = None,
+    flip_threshold: Annotated[float, typer.Option("--flip-threshold", callback=number(min=0, max=1), help="Warn when at least this share of rescored rewards went down.")] = 0.25,
+    limit: Annotated[Optional[int], typer.Option("--limit", callback=number(min=1), help="Process at most this many more lines, then stop (resume later with --resume).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON (for scripts).")] = False,
-    show_tasks: Annotated[int, typer.Option("--show-tasks", help="Rows in the per-task before/after table (the most changed tasks).")] = 20,
+    show_tasks: Annotated[int, typer.Option("--show-tasks", callback=number(min=0), help="Rows in the per-task before/after table (the most changed tasks).")] = 20,
 ) -> None:
     """Re-score rollouts against a live NeMo Gym /verify and write them with the new rewards.
 
@@ -1130,13 +1241,16 @@ def rescore(
 
     # Errors (bad input or option, an output that is an input, disk full, ...) are GymverlErrors or
     # OSErrors: _PipelineOrder.invoke turns them into one sentence and the right exit code.
-    path = check_input_path(rollouts)
-    if tasks is not None:
-        check_input_path(tasks)
     if not server:
         fail("give at least one --server URL (or NAME=URL), or set GYMVERL_VERIFY_URL.")
     specs = [s for spec in server for s in spec.split()]  # the env var may hold several, space-separated
     client = VerifyClient(specs, concurrency=concurrency, timeout=timeout, retries=retries)
+    stack = contextlib.ExitStack()
+    # Two passes (the resume fingerprint, then the lines): a pipe is spooled to a temp file,
+    # removed when the command ends, however it ends.
+    path = input_arg(stack, rollouts, passes=2)
+    if tasks is not None:
+        check_input_path(tasks)  # a regular file (read by key): missing, a directory, Parquet, a pipe: one sentence
     progress, on_progress = (None, None) if as_json else _rescore_progress(path)
     try:
         if progress is not None:
@@ -1148,6 +1262,7 @@ def rescore(
     finally:
         if progress is not None:
             progress.stop()
+        stack.close()
     data = summary.to_dict()
     warning = data["warning"]
     if as_json:
@@ -1191,6 +1306,8 @@ def render_to_parquet(summary: dict[str, Any]) -> None:
         kind = "NeMo Gym materialized inputs: one line per (task, repeat), one row per task"
     t.add_row("input lines", str(summary["lines"]), kind)
     t.add_row("rejected", f"[red]{summary['rejected']}[/]" if summary["rejected"] else "0", "unusable lines (see below)")
+    if summary.get("blank"):
+        t.add_row("blank lines", str(summary["blank"]), "skipped (empty or only whitespace)")
     for rule, n in summary["filtered"].items():
         t.add_row(f"filtered: {rule}", f"[yellow]{n}[/]", RULES.get(rule, ""))
     unit = {"rl": "rollouts summarised into task rows", "dpo": "rollouts used in pairs"}.get(summary["format"], "rollouts written as rows")
@@ -1232,28 +1349,28 @@ def to_parquet(
     ground_truth_field: Annotated[Optional[str], typer.Option("--ground-truth-field", help="Task field holding the expected answer (default: the first of expected_answer, expected_answers, ground_truth, answer, ...).")] = None,
     data_source: Annotated[Optional[str], typer.Option("--data-source", help="data_source of every row (default: the agent name, else the input file's stem).")] = None,
     ability: Annotated[str, typer.Option("--ability", help="The rl `ability` column.")] = "nemo_gym",
-    min_reward: Annotated[Optional[float], typer.Option("--min-reward", help="Drop rollouts whose reward is below this.")] = None,
-    best_of_n: Annotated[Optional[int], typer.Option("--best-of-n", min=1, help="Keep only the K highest-reward rollouts of each task (ties: input order).")] = None,
+    min_reward: Annotated[Optional[float], typer.Option("--min-reward", callback=number(), help="Drop rollouts whose reward is below this.")] = None,
+    best_of_n: Annotated[Optional[int], typer.Option("--best-of-n", callback=number(min=1), help="Keep only the K highest-reward rollouts of each task (ties: input order).")] = None,
     drop_solved: Annotated[bool, typer.Option("--drop-solved", help="Drop tasks every rollout solved (GRPO difficulty filter).")] = False,
     drop_unsolved: Annotated[bool, typer.Option("--drop-unsolved", help="Drop tasks no rollout solved (GRPO difficulty filter).")] = False,
-    solved_threshold: Annotated[float, typer.Option("--solved-threshold", help="A rollout solves its task when reward >= this.")] = 1.0,
+    solved_threshold: Annotated[float, typer.Option("--solved-threshold", callback=number(), help="A rollout solves its task when reward >= this.")] = 1.0,
     dedup: Annotated[bool, typer.Option("--dedup", help="Drop rollouts whose response repeats an earlier one of the same task.")] = False,
     keep_incomplete: Annotated[bool, typer.Option("--keep-incomplete", help="Keep responses that were cut off (status incomplete); dropped by default for sft and dpo.")] = False,
-    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", min=1, help="Drop rows longer than this many tokens (chat template applied; rl: the prompt). Needs --tokenizer.")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", callback=number(min=1), help="Drop rows longer than this many tokens (chat template applied; rl: the prompt). Needs --tokenizer.")] = None,
     tokenizer: Annotated[Optional[Path], typer.Option("--tokenizer", help="Local Hugging Face tokenizer directory, for --max-tokens.")] = None,
-    val_fraction: Annotated[float, typer.Option("--val-fraction", min=0.0, max=0.99, help="Share of *tasks* in val.parquet; a hash of the task key decides, so no task is in both splits and every run agrees.")] = 0.0,
+    val_fraction: Annotated[float, typer.Option("--val-fraction", callback=number(min=0, max=0.99), help="Share of *tasks* in val.parquet; a hash of the task key decides, so no task is in both splits and every run agrees.")] = 0.0,
     split_seed: Annotated[str, typer.Option("--split-seed", help="Changes which tasks land in val (still deterministic).")] = "gymverl",
-    pairs_per_task: Annotated[int, typer.Option("--pairs-per-task", min=1, help="dpo: at most this many pairs per task (best with worst, then next).")] = 1,
-    min_margin: Annotated[float, typer.Option("--min-margin", min=0.0, help="dpo: smallest reward gap between chosen and rejected (always above 0).")] = 0.0,
+    pairs_per_task: Annotated[int, typer.Option("--pairs-per-task", callback=number(min=1), help="dpo: at most this many pairs per task (best with worst, then next).")] = 1,
+    min_margin: Annotated[float, typer.Option("--min-margin", callback=number(min=0), help="dpo: smallest reward gap between chosen and rejected (always above 0).")] = 0.0,
     include_reasoning: Annotated[bool, typer.Option("--include-reasoning", help="sft/dpo: keep reasoning items as `reasoning_content` on assistant messages.")] = False,
-    shard_size: Annotated[Optional[int], typer.Option("--shard-size", min=1, help="Rows per parquet file; writes NAME-00000-of-0000N.parquet shards.")] = None,
+    shard_size: Annotated[Optional[int], typer.Option("--shard-size", callback=number(min=1), help="Rows per parquet file; writes NAME-00000-of-0000N.parquet shards.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be kept and filtered; write nothing.")] = False,
     rejects: Annotated[Optional[Path], typer.Option("--rejects", help="Write every rejected line as {line, code, reason, raw} JSONL here.")] = None,
     input_kind: Annotated[str, typer.Option("--input-kind", help="auto, rollouts or tasks (auto: lines with a `response` are rollouts).")] = "auto",
     tmp_dir: Annotated[Optional[Path], typer.Option("--tmp-dir", help="Where to spill rollouts while grouping by task (default: beside the output).")] = None,
-    workers: Annotated[int, typer.Option("--workers", "-j", min=1, help="Processes that parse and convert lines (each adds ~100 MB); 1 keeps everything in one process.")] = 1,
+    workers: Annotated[int, typer.Option("--workers", "-j", callback=number(min=1, max=256), help="Processes that parse and convert lines (each adds ~100 MB); 1 keeps everything in one process.")] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON (for scripts).")] = False,
-    max_line_mb: Annotated[float, typer.Option("--max-line-mb", help="Reject lines longer than this (MB).")] = DEFAULT_MAX_LINE_BYTES / 1e6,
+    max_line_mb: Annotated[float, typer.Option("--max-line-mb", callback=number(above=0, max=100_000, unit='MB'), help="Reject lines longer than this (MB).")] = DEFAULT_MAX_LINE_BYTES / 1e6,
 ) -> None:
     """Convert rollouts into parquet VeRL trains on unchanged, with rejection sampling and a train/val split.
 
@@ -1266,17 +1383,18 @@ def to_parquet(
     from gymverl.convert import ConvertOptions, convert
     from gymverl.select import SelectOptions
 
-    path = existing_file(input_path)
     if output is None and not dry_run:
         fail("give --output DIR (or --dry-run to only see the summary).")
     if fmt not in ("rl", "sft", "dpo"):
         fail(f"--format must be rl, sft or dpo, not {fmt!r}.")
-    if tasks is not None:
-        existing_file(tasks)
     if max_tokens is not None and tokenizer is None:
         fail("--max-tokens needs --tokenizer (a local Hugging Face tokenizer directory).")
     if tokenizer is not None and not tokenizer.exists():
         fail(f"{tokenizer}: no such tokenizer directory.")
+    stack = contextlib.ExitStack()
+    # --input-kind auto looks at the first lines before converting: a pipe is spooled (into
+    # --tmp-dir when given) and the copy removed when the command ends, however it ends.
+    path = input_arg(stack, input_path, passes=2 if input_kind == "auto" else 1, tmp_dir=tmp_dir)
     options = ConvertOptions(
         fmt=fmt,
         select=SelectOptions(
@@ -1330,6 +1448,7 @@ def to_parquet(
     finally:
         if progress is not None:
             progress.stop()
+        stack.close()
     data = summary.to_dict()
     if as_json:
         print_json(data)

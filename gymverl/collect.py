@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable, Sequence
 import orjson
 
 from gymverl import proc
-from gymverl.jsonl import InputError, check_input_path
+from gymverl.jsonl import InputError, check_input_path, iter_lines
 from gymverl.nemo_gym import (
     NemoGymError,
     NemoGymServers,
@@ -234,7 +234,8 @@ def check_tasks(
     if p.suffix == ".gz":
         raise CollectError(f"{p}: NeMo Gym's collector reads plain JSONL; decompress it first (gunzip -k {p}).")
     result = TaskCheck(str(p))
-    for c in iter_checked(p, tasks=True):
+    # NeMo Gym's collector parses every line, blank ones too: here a blank line is a rejected task.
+    for c in iter_checked(iter_lines(p, skip_blank=False), tasks=True):
         result.lines += 1
         if c.record is None:
             result.rejected += 1

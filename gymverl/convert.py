@@ -57,7 +57,8 @@ from gymverl.formats import dpo as dpo_fmt
 from gymverl.formats import rl as rl_fmt
 from gymverl.formats import fast as fast_fmt
 from gymverl.formats import sft as sft_fmt
-from gymverl.jsonl import DEFAULT_MAX_LINE_BYTES, Line, RejectsWriter, check_input_path, iter_lines, read_jsonl
+from gymverl.inputs import Input, as_input
+from gymverl.jsonl import DEFAULT_MAX_LINE_BYTES, Line, RejectsWriter, iter_lines, read_jsonl
 from gymverl.records import Checked, _FastRollouts, _fast_summary, agent_name, check_line, check_record, check_task, is_incomplete, task_key
 from gymverl.sidecars import JOIN_REASONS, TaskSource, is_materialized_inputs, merge_fields, prompt_key, sidecar_paths, stem_of
 from gymverl.select import (
@@ -126,6 +127,7 @@ class ConvertSummary:
     lines: int = 0
     valid: int = 0
     rejected: int = 0
+    blank: int = 0  # blank lines: skipped, counted in `lines`
     rejected_by_code: Counter[str] = field(default_factory=Counter)
     rejections: list[dict[str, Any]] = field(default_factory=list)
     filtered: Counter[str] = field(default_factory=Counter)  # rule -> input lines removed by it
@@ -158,7 +160,7 @@ class ConvertSummary:
     @property
     def accounted(self) -> int:
         """Lines in some bucket; equals `lines` after a finished run."""
-        return self.rejected + sum(self.filtered.values()) + self.kept_lines
+        return self.rejected + sum(self.filtered.values()) + self.kept_lines + self.blank
 
     def to_dict(self) -> dict[str, Any]:
         """The summary as plain JSON-able data (`--json`)."""
@@ -171,6 +173,7 @@ class ConvertSummary:
             "lines": self.lines,
             "valid": self.valid,
             "rejected": self.rejected,
+            "blank": self.blank,
             "rejected_by_reason": dict(self.rejected_by_code.most_common()),
             "rejections": self.rejections,
             "filtered": {k: self.filtered[k] for k in RULES if self.filtered.get(k)},
@@ -214,7 +217,7 @@ def detect_input_kind(path: str | os.PathLike[str], max_lines: int = 50) -> str:
     return "rollouts"
 
 
-def _task_source(opts: ConvertOptions, src: Path, tasks_input: bool) -> TaskSource | None:
+def _task_source(opts: ConvertOptions, src: Input, tasks_input: bool) -> TaskSource | None:
     """The task rows joined onto rl rows: --tasks, else the materialized inputs beside a rollouts file."""
     if opts.tasks_path is not None:
         return TaskSource(opts.tasks_path)
@@ -229,14 +232,14 @@ def _task_source(opts: ConvertOptions, src: Path, tasks_input: bool) -> TaskSour
 _NG05_KEYS = ("_ng_environment_server", "_ng_result_type", "mask_sample", "failure_kind")
 
 
-def _task_field_problems(s: ConvertSummary, src: Path, source: TaskSource | None) -> list[str]:
+def _task_field_problems(s: ConvertSummary, src: Input, source: TaskSource | None) -> list[str]:
     """Truthful warnings about rl rows that may lack task fields /verify needs (errors with --strict)."""
     out = []
     if s.rows_without_source:
         out.append(
             f"{s.rows_without_source} RL rows come from NeMo Gym >= 0.5 rollouts, whose lines keep only the task fields "
             "the verifier echoes (0.7.0 drops e.g. math_with_judge's question, mcqa's options, xlam_fc's expected_answers); "
-            f"no {stem_of(src)}_materialized_inputs.jsonl is beside {src} and no --tasks was given, so their "
+            f"no {stem_of(str(src))}_materialized_inputs.jsonl is beside {src} and no --tasks was given, so their "
             "extra_info.nemo_gym.task may lack fields /verify needs: give --tasks with the materialized inputs or the original tasks file."
         )
     if source is not None and s.rows_missing_fields:
@@ -251,14 +254,6 @@ def _task_field_problems(s: ConvertSummary, src: Path, source: TaskSource | None
         why = "; ".join(f"{n} {JOIN_REASONS.get(r, r)}" for r, n in s.not_joined.most_common())
         out.append(f"{sum(s.not_joined.values())} RL rows found no task row in {source.path} ({why}); they keep the task fields of their rollout line.")
     return out
-
-
-def _source_stem(path: Path) -> str:
-    name = path.name
-    for suffix in (".gz", ".jsonl", ".json"):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-    return name or "nemo_gym"
 
 
 class TokenCounter:
@@ -607,7 +602,7 @@ def convert(
     """
     opts = options or ConvertOptions()
     started = time.perf_counter()
-    src = check_input_path(input_path)
+    src = as_input(input_path)  # a path, `-`, a pipe, or an Input the caller opened
     if output is None and not opts.dry_run:
         raise ConvertError("an output directory is needed unless this is a dry run.")
     out = Path(output) if output is not None else Path("(dry-run)")
@@ -627,7 +622,8 @@ def convert(
         raise ConvertError(f"{out}: is a directory; give a directory without the .parquet suffix or a file path.")
     if opts.select.max_tokens is not None and not opts.tokenizer:
         raise ConvertError("--max-tokens needs --tokenizer (a local Hugging Face tokenizer directory).")
-    kind = opts.input_kind if opts.input_kind != "auto" else detect_input_kind(src)
+    # Detection reads the first lines, conversion all of them: a pipe is spooled first.
+    kind = opts.input_kind if opts.input_kind != "auto" else detect_input_kind(src.reusable(opts.tmp_dir))
     if kind not in ("rollouts", "tasks"):
         raise ConvertError(f"unknown input kind {kind!r}; choose auto, rollouts or tasks.")
     tasks_input = kind == "tasks"
@@ -645,7 +641,7 @@ def convert(
         raise ConvertError("--drop-solved/--drop-unsolved need rollouts with rewards, not a tasks file.")
 
     task_keys = None
-    if tasks_input and opts.fmt == "rl" and is_materialized_inputs(src):
+    if tasks_input and opts.fmt == "rl" and is_materialized_inputs(src.reusable(opts.tmp_dir).path):
         kind = "materialized_inputs"  # one line per (task, repeat): rows are grouped by task below
     summary = ConvertSummary(str(src), str(output) if output is not None else None, opts.fmt, input_kind=kind, dry_run=opts.dry_run)
     source = _task_source(opts, src, tasks_input)
@@ -655,7 +651,8 @@ def convert(
         if source.bad_lines:
             summary.warnings.append(f"{source.bad_lines} lines of {source.path} are not valid NeMo Gym task rows and were ignored.")
     rules = FieldRules(task_keys=task_keys, ground_truth_field=opts.ground_truth_field, keep_all=tasks_input)
-    inputs = (src, opts.tasks_path, source.path if source is not None else None)
+    # The user's file (a pipe has no path to protect; its spooled copy is ours).
+    inputs = (None if src.spooled else src.path, opts.tasks_path, source.path if source is not None else None)
     sink = ParquetSink(
         out, SCHEMAS[opts.fmt], shard_size=opts.shard_size, dry_run=opts.dry_run, batch_rows=opts.batch_rows, protect=inputs
     )
@@ -664,7 +661,7 @@ def convert(
     check_outputs([*([] if opts.dry_run else sink.planned_outputs(splits)), opts.rejects_path], inputs)
     counter = TokenCounter(opts.tokenizer) if sel.max_tokens is not None and opts.tokenizer else None
     summary.grouped = needs_grouping(opts.fmt, sel, tasks_input=tasks_input)
-    total = None if src.suffix == ".gz" else src.stat().st_size
+    total = src.progress_total
     made_dir = not opts.dry_run and not sink.single_file and not out.is_dir()
     if made_dir:
         try:
@@ -711,7 +708,7 @@ def convert(
 
 def _run(
     opts: ConvertOptions,
-    src: Path,
+    src: Input,
     summary: ConvertSummary,
     rules: FieldRules,
     sink: ParquetSink,
@@ -722,7 +719,7 @@ def _run(
     source: TaskSource | None = None,
 ) -> None:
     with RejectsWriter(opts.rejects_path) as rejects:
-        ctx = _Ctx(opts, rules, opts.data_source or _source_stem(src), tasks_input, summary, sink, rejects, counter, source=source)
+        ctx = _Ctx(opts, rules, opts.data_source or src.stem, tasks_input, summary, sink, rejects, counter, source=source)
         workers = max(1, opts.workers)
         handler = _pass1_result if summary.grouped else _stream_result
         if workers > 1:
@@ -750,14 +747,15 @@ def _fewer_gc_passes() -> Iterator[None]:
         gc.set_threshold(*old)
 
 
-def _local_results(ctx: _Ctx, src: Path, handler: Any, on_progress: Progress | None, total: int | None) -> Iterator[tuple[Any, ...]]:
+def _local_results(ctx: _Ctx, src: Input, handler: Any, on_progress: Progress | None, total: int | None) -> Iterator[tuple[Any, ...]]:
     """Handle every line in this process, in order: the fast path when it is sure, else the exact one."""
     check = check_task if ctx.tasks_input else check_record
     max_line_bytes = ctx.opts.max_line_bytes
     fast = _fast_handler(ctx, handler)
     done = 0
     every = 0
-    for line in iter_lines(src, max_line_bytes):
+    lines = iter_lines(src, max_line_bytes)
+    for line in lines:
         if on_progress is not None:
             done += line.size + 1
             every += 1
@@ -766,6 +764,9 @@ def _local_results(ctx: _Ctx, src: Path, handler: Any, on_progress: Progress | N
                 every = 0
         r = fast(line) if fast is not None and not line.oversize else None
         yield r if r is not None else handler(ctx, check_line(line, check, max_line_bytes))
+    # Blank lines were skipped by the reader; count them so that every line is accounted for.
+    ctx.summary.blank = lines.blank
+    ctx.summary.lines += lines.blank
     if on_progress is not None:
         on_progress(total if total is not None else done, total)
 
@@ -1070,7 +1071,7 @@ def _work(batch: list[tuple[int, bytes, int, bool, bool]]) -> list[tuple[Any, ..
 
 
 def _parallel_results(
-    ctx: _Ctx, src: Path, handler: Any, workers: int, on_progress: Progress | None, total: int | None, batch_lines: int = 256
+    ctx: _Ctx, src: Input, handler: Any, workers: int, on_progress: Progress | None, total: int | None, batch_lines: int = 256
 ) -> Iterator[tuple[Any, ...]]:
     """Handle lines in `workers` processes, yielding results in input order with a bounded window in flight."""
     import multiprocessing as mp
@@ -1090,7 +1091,8 @@ def _parallel_results(
         done = 0
         # Lines travel as plain tuples: pickling a tuple is several times cheaper than a dataclass.
         batch: list[tuple[int, bytes, int, bool, bool]] = []
-        for line in iter_lines(src, ctx.opts.max_line_bytes):
+        lines = iter_lines(src, ctx.opts.max_line_bytes)
+        for line in lines:
             batch.append((line.number, line.data, line.size, line.oversize, line.unterminated))
             done += line.size + 1
             if len(batch) >= batch_lines:
@@ -1102,6 +1104,8 @@ def _parallel_results(
                     yield from pending.popleft().result()
         if batch:
             pending.append(pool.submit(_work, batch))
+        ctx.summary.blank = lines.blank  # skipped by the reader, still accounted for
+        ctx.summary.lines += lines.blank
         while pending:
             yield from pending.popleft().result()
         if on_progress is not None:

@@ -2,6 +2,11 @@
 
 Nothing here holds a whole file in memory: lines are read one at a time with a byte limit, so a
 multi-gigabyte rollout file or a single 50 MB line costs a bounded amount of memory.
+
+Every reader takes a path, ``-`` (standard input) or an already opened `gymverl.inputs.Input`;
+opening goes through `gymverl.inputs` (pipes, gzip by magic bytes, Parquet/binary refused).
+Blank lines (empty or only spaces/tabs/CR) are skipped and counted (`LineReader.blank`), never
+rejected: a trailing empty line is not a broken record.
 """
 
 from __future__ import annotations
@@ -13,21 +18,22 @@ import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Iterator, Union
 
 import orjson
 from gymverl.errors import UsageError, from_os_error
 from gymverl.files import atomic_open, open_append
+from gymverl.inputs import Input, InputError, as_input, regular_file
 
 DEFAULT_MAX_LINE_BYTES = 16_000_000  # 16 MB: far above any real rollout, far below what would hurt
 # How much of a rejected line is copied into the rejects file; enough to find and fix it.
 RAW_KEEP_BYTES = 64 * 1024
 _CHUNK = 1024 * 1024
 _BOM = b"\xef\xbb\xbf"
+# JSON's whitespace on a line (the newline is already gone); a line of only these is blank.
+_BLANK = b" \t\r"
 
-
-class InputError(UsageError):
-    """A problem with an input path or file that stops the whole run (one clear sentence)."""
+InputSource = Union[str, "os.PathLike[str]", Input]
 
 
 @dataclass(slots=True)
@@ -39,6 +45,7 @@ class Line:
     size: int  # full size in bytes, without the newline
     oversize: bool = False
     unterminated: bool = False  # last line of the file, with no trailing newline
+    blank: bool = False  # only whitespace (yielded only by LineReader(skip_blank=False))
 
 
 @dataclass(slots=True)
@@ -58,81 +65,145 @@ class Parsed:
 
 
 def check_input_path(path: str | os.PathLike[str]) -> Path:
-    """Return `path` as a Path, or raise InputError when it is missing or not a regular file."""
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"{p}: no such file.")
-    if p.is_dir():
-        raise InputError(f"{p}: is a directory, not a JSONL file.")
-    if not os.access(p, os.R_OK):
-        raise InputError(f"{p}: cannot be read (permission denied).")
-    return p
+    """Return `path` as a Path when it is a readable regular JSONL file (plain or gzip).
+
+    For inputs that must be a real file (e.g. handed on to another program); readers that can
+    stream take `open_input` / `iter_lines` instead. Raises InputError (one sentence) when it is
+    missing, a directory, unreadable, a Parquet or other binary file, or a pipe.
+    """
+    return regular_file(path)
 
 
-def open_binary(path: str | os.PathLike[str]) -> IO[bytes]:
-    """Open a (possibly gzip-compressed) file for binary reading."""
-    p = check_input_path(path)
-    if p.suffix == ".gz":
-        return gzip.open(p, "rb")
-    return open(p, "rb", buffering=_CHUNK)
+def open_binary(source: InputSource) -> IO[bytes]:
+    """Open an input for binary reading, decompressing gzip (detected by magic bytes)."""
+    return as_input(source).open()
 
 
-def iter_lines(path: str | os.PathLike[str], max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[Line]:
-    """Yield every line of `path` with its 1-based number, reading at most `max_line_bytes` of each."""
+def _max_line_bytes(max_line_bytes: Any) -> int:
+    # Library callers bypass the CLI's option checks: a NaN/inf/float limit must not get further.
+    if isinstance(max_line_bytes, bool) or not isinstance(max_line_bytes, int):
+        if isinstance(max_line_bytes, float) and math.isfinite(max_line_bytes) and max_line_bytes == int(max_line_bytes):
+            max_line_bytes = int(max_line_bytes)
+        else:
+            raise UsageError(f"the per-line size limit must be a whole number of bytes, got {max_line_bytes!r}.")
     if max_line_bytes < 1:
         raise InputError(f"the per-line size limit must be positive, got {max_line_bytes} bytes.")
-    p = check_input_path(path)
-    first = min(max_line_bytes + 1, _CHUNK)
-    number = 0
-    try:
-        with open_binary(p) as f:
-            if f.peek(len(_BOM)).startswith(_BOM):  # type: ignore[attr-defined]
-                # Some editors and Windows tools start UTF-8 files with a byte order mark.
-                f.read(len(_BOM))
-            while True:
-                chunk = f.readline(first)
-                if not chunk:
-                    return
-                number += 1
-                if len(chunk) == first and not chunk.endswith(b"\n"):
-                    # A long line: read on in pieces, never more than the limit (+1 byte to know).
-                    pieces = [chunk]
-                    size = len(chunk)
-                    while size <= max_line_bytes:
-                        more = f.readline(min(_CHUNK, max_line_bytes + 1 - size))
-                        if not more:
-                            break
-                        pieces.append(more)
-                        size += len(more)
-                        if more.endswith(b"\n"):
-                            break
-                    if size > max_line_bytes and not pieces[-1].endswith(b"\n"):
-                        kept = pieces[0][:RAW_KEEP_BYTES]
-                        del pieces, chunk
-                        ended = False
-                        while True:  # skip the rest of the line, 1 MB at a time
-                            rest = f.readline(_CHUNK)
-                            if not rest:
-                                break
-                            if rest.endswith(b"\n"):
-                                size += len(rest) - 1
-                                ended = True
-                                break
-                            size += len(rest)
-                        yield Line(number, kept, size, oversize=True, unterminated=not ended)
-                        if not ended:
-                            return
+    return max_line_bytes
+
+
+class LineReader:
+    """Iterate over the lines of an input with their 1-based physical numbers (see `iter_lines`).
+
+    After (or during) iteration, `lines` is the number of physical lines read and `blank` how
+    many of them were blank: skipped (the default) or yielded with `Line.blank` set.
+    """
+
+    def __init__(self, source: InputSource, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, *, skip_blank: bool = True) -> None:
+        self.max_line_bytes = _max_line_bytes(max_line_bytes)
+        self.input = as_input(source)
+        self.skip_blank = skip_blank
+        self.lines = 0
+        self.blank = 0
+        self._it: Iterator[Line] | None = None
+
+    @property
+    def name(self) -> str:
+        """The input's name for messages."""
+        return self.input.name
+
+    def __iter__(self) -> Iterator[Line]:
+        # The generator itself: `for line in reader` then costs no Python call per line.
+        if self._it is None:
+            self._it = self._read()
+        return self._it
+
+    def __next__(self) -> Line:
+        return next(iter(self))
+
+    def _read(self) -> Iterator[Line]:
+        skip = self.skip_blank
+        number = 0
+        try:
+            for line in self._physical():
+                number = line.number
+                d = line.data
+                # Cheap first: a JSON line starts with '{' (or another non-blank byte).
+                if (not d or d[0] in _BLANK) and not line.oversize and not d.strip(_BLANK):
+                    self.blank += 1
+                    if skip:
                         continue
-                    chunk = b"".join(pieces)
-                    del pieces
-                if chunk.endswith(b"\n"):
-                    yield Line(number, chunk[:-1].rstrip(b"\r"), len(chunk) - 1)
-                    continue
-                yield Line(number, chunk, len(chunk), unterminated=True)
-                return
-    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
-        # Only compressed input gets here: a cut or corrupt .gz cannot be read past this point.
-        raise InputError(f"{p}: corrupt or truncated gzip data after line {number} ({exc}).") from None
+                    line.blank = True
+                yield line
+        finally:
+            self.lines = number
+
+    def _physical(self) -> Iterator[Line]:
+        max_line_bytes = self.max_line_bytes
+        src = self.input
+        first = min(max_line_bytes + 1, _CHUNK)
+        number = 0
+        try:
+            with src.open() as f:
+                if f.peek(len(_BOM))[: len(_BOM)] == _BOM:  # type: ignore[attr-defined]
+                    # Some editors and Windows tools start UTF-8 files with a byte order mark.
+                    f.read(len(_BOM))
+                while True:
+                    chunk = f.readline(first)
+                    if not chunk:
+                        return
+                    number += 1
+                    if len(chunk) == first and not chunk.endswith(b"\n"):
+                        # A long line: read on in pieces, never more than the limit (+1 byte to know).
+                        pieces = [chunk]
+                        size = len(chunk)
+                        while size <= max_line_bytes:
+                            more = f.readline(min(_CHUNK, max_line_bytes + 1 - size))
+                            if not more:
+                                break
+                            pieces.append(more)
+                            size += len(more)
+                            if more.endswith(b"\n"):
+                                break
+                        if size > max_line_bytes and not pieces[-1].endswith(b"\n"):
+                            kept = pieces[0][:RAW_KEEP_BYTES]
+                            del pieces, chunk
+                            ended = False
+                            while True:  # skip the rest of the line, 1 MB at a time
+                                rest = f.readline(_CHUNK)
+                                if not rest:
+                                    break
+                                if rest.endswith(b"\n"):
+                                    size += len(rest) - 1
+                                    ended = True
+                                    break
+                                size += len(rest)
+                            yield Line(number, kept, size, oversize=True, unterminated=not ended)
+                            if not ended:
+                                return
+                            continue
+                        chunk = b"".join(pieces)
+                        del pieces
+                    if chunk.endswith(b"\n"):
+                        yield Line(number, chunk[:-1].rstrip(b"\r"), len(chunk) - 1)
+                        continue
+                    yield Line(number, chunk, len(chunk), unterminated=True)
+                    return
+        except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+            # Only compressed input gets here: a cut or corrupt .gz cannot be read past this point.
+            raise InputError(f"{src.name}: corrupt or truncated gzip data after line {number} ({exc}).") from None
+
+
+def iter_lines(
+    source: InputSource, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, *, skip_blank: bool = True
+) -> LineReader:
+    """Every line of `source` with its 1-based physical number, reading at most `max_line_bytes` of each.
+
+    `source` is a path, ``-`` or an `Input` (a pipe is read once). Blank lines are skipped and
+    counted in the returned reader's `blank` (with `skip_blank=False` they are yielded with
+    `Line.blank` set, for callers that need every number). Raises InputError for an input that
+    cannot be read as JSONL (see `gymverl.inputs`) or a corrupt gzip stream.
+    """
+    return LineReader(source, max_line_bytes, skip_blank=skip_blank)
 
 
 class _NonFinite:
@@ -198,7 +269,7 @@ def _describe_json_error(line: Line, exc: Exception) -> tuple[str, str]:
         if line.unterminated and ude.end == len(data) and ude.reason == "unexpected end of data":
             return "truncated", "truncated JSON at end of file (the file ends mid-record)"
         return "invalid_utf8", f"not valid UTF-8 (byte 0x{data[ude.start]:02x} at column {ude.start + 1})"
-    if not data.strip():
+    if not data.strip(_BLANK):  # only reached by callers that parse blank lines themselves
         return "empty_line", "empty line"
     nonfinite = _nonfinite_reason(data)
     if nonfinite:
@@ -240,10 +311,15 @@ def parse_line(line: Line, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Pars
     return Parsed(line.number, obj=obj, raw=line.data)
 
 
-def read_jsonl(path: str | os.PathLike[str], max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[Parsed]:
-    """Yield each line of `path` parsed (or with the reason it failed), in order, streaming."""
-    for line in iter_lines(path, max_line_bytes):
-        yield parse_line(line, max_line_bytes)
+def read_jsonl(source: InputSource | LineReader, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[Parsed]:
+    """Yield each non-blank line of `source` parsed (or with the reason it failed), in order, streaming.
+
+    `source` may be a `LineReader` (from `iter_lines`) when the caller wants its `blank` count.
+    """
+    lines = source if isinstance(source, LineReader) else iter_lines(source, max_line_bytes)
+    limit = lines.max_line_bytes
+    for line in lines:
+        yield parse_line(line, limit)
 
 
 _DUMPS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY

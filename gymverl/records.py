@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional, Union
 
 
+from gymverl.inputs import as_input
 from gymverl.jsonl import DEFAULT_MAX_LINE_BYTES, InputError, Line, Parsed, RejectsWriter, dumps, iter_lines, parse_line, read_jsonl
 
 try:  # optional accelerators for validate_file: the same results without them, about 3x slower
@@ -258,9 +259,11 @@ class Checked:
 
 
 def iter_checked(
-    path: str | os.PathLike[str], *, tasks: bool = False, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    path: Any, *, tasks: bool = False, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
 ) -> Iterator[Checked]:
-    """Yield every line of a rollout (or, with `tasks=True`, a task) file, validated, in order."""
+    """Yield every non-blank line of a rollout (or, with `tasks=True`, a task) file, validated, in order.
+
+    `path` is a path, `-`, an `Input`, or a `LineReader` (from `iter_lines`, to read its `blank` count)."""
     check = check_task if tasks else check_record
     for p in read_jsonl(path, max_line_bytes):
         yield _checked(p, check)
@@ -292,6 +295,7 @@ class ValidationSummary:
     lines: int = 0
     valid: int = 0
     rejected: int = 0
+    blank: int = 0  # blank lines: skipped, not rejected; lines = valid + rejected + blank
     rejected_by_code: Counter[str] = field(default_factory=Counter)
     first_rejections: list[dict[str, Any]] = field(default_factory=list)
     reward_sum: float = 0.0
@@ -362,6 +366,7 @@ class ValidationSummary:
             "lines": self.lines,
             "valid": self.valid,
             "rejected": self.rejected,
+            "blank": self.blank,
             "rejected_by_reason": dict(self.rejected_by_code.most_common()),
             "rejections": self.first_rejections,
             "reward": {
@@ -501,16 +506,18 @@ def validate_file(
     on_line: Any = None,
 ) -> ValidationSummary:
     """Validate every line of a rollout file (streaming); write rejected lines to `rejects` if given."""
-    if rejects is not None and os.path.exists(rejects) and os.path.exists(path) and os.path.samefile(rejects, path):
+    src = as_input(path)  # a path, `-`, a pipe, or an Input the caller opened
+    if rejects is not None and src.path is not None and os.path.exists(rejects) and os.path.samefile(rejects, src.path):
         # The rejects file replaces its path when done: that would overwrite the input.
         raise InputError(f"{rejects}: the rejects file cannot be the input file.")
-    summary = ValidationSummary(str(path))
+    summary = ValidationSummary(str(src))
     check = check_task if tasks else check_record
     # The fast path only confirms valid rollouts; tasks files and callers that want each parsed
     # record (on_line) take the orjson path for every line.
     fast = _FastRollouts() if _msgspec is not None and not tasks and on_line is None else None
     with RejectsWriter(rejects) as rw:
-        for line in iter_lines(path, max_line_bytes):
+        lines = iter_lines(src, max_line_bytes)
+        for line in lines:
             if fast is not None and not line.oversize:
                 found = fast(line.data)
                 if found is not None:
@@ -522,6 +529,8 @@ def validate_file(
                 rw.add(c.line, c.code or "unknown", c.reason or "", c.raw)
             if on_line is not None:
                 on_line(c)
+    summary.blank = lines.blank  # skipped, not rejected; still accounted for in `lines`
+    summary.lines += lines.blank
     return summary
 
 

@@ -38,7 +38,8 @@ import orjson
 
 from gymverl.errors import RunError, UsageError, from_os_error
 from gymverl.files import ResumableFile, atomic_open, check_outputs, is_gzip_name, output_lock
-from gymverl.jsonl import RAW_KEEP_BYTES, check_input_path, dumps, iter_lines
+from gymverl.inputs import Input, as_input
+from gymverl.jsonl import RAW_KEEP_BYTES, dumps, iter_lines
 from gymverl.records import (
     agent_name,
     check_line,
@@ -130,6 +131,7 @@ class RescoreSummary:
     rescored: int = 0
     failed: int = 0
     rejected: int = 0
+    blank: int = 0  # blank lines: skipped, written nowhere, counted in `lines`
     changed: int = 0
     went_up: int = 0
     went_down: int = 0
@@ -255,6 +257,7 @@ class RescoreSummary:
             "rescored": self.rescored,
             "failed": self.failed,
             "rejected": self.rejected,
+            "blank": self.blank,
             "changed": self.changed,
             "went_up": self.went_up,
             "went_down": self.went_down,
@@ -342,11 +345,14 @@ def state_path(output: str | os.PathLike[str]) -> Path:
     return p.with_name(f".{p.name}.rescore-state")
 
 
-def input_fingerprint(path: Path) -> dict[str, Any]:
+def input_fingerprint(path: Path | Input) -> dict[str, Any]:
     """Size and a hash of the first MB: enough to refuse resuming against a different input."""
-    with open(path, "rb") as f:
+    src = as_input(path, passes=2)  # a pipe's spooled copy: same bytes, same fingerprint
+    assert src.path is not None
+    with open(src.path, "rb") as f:
         head = f.read(1 << 20)
-    return {"path": str(path.resolve()), "size": path.stat().st_size, "head_sha1": hashlib.sha1(head).hexdigest()}
+    where = src.name if src.spooled else str(src.path.resolve())
+    return {"path": where, "size": src.path.stat().st_size, "head_sha1": hashlib.sha1(head).hexdigest()}
 
 
 def _open_output(path: Path) -> Any:
@@ -717,9 +723,13 @@ class _Run:
 
     async def _produce(self, queue: asyncio.Queue[_Pending | None], done: int) -> None:
         taken = 0
-        for ln in iter_lines(self.input):
+        # Blank lines keep their numbers (rows are written in line order) and are written nowhere.
+        for ln in iter_lines(self.input, skip_blank=False):
             if ln.number <= done:
                 self.bytes_done += ln.size + 1
+                if ln.blank:  # done by an earlier run, written nowhere: _replay cannot see it
+                    self.summary.lines += 1
+                    self.summary.blank += 1
                 continue
             if self.limit is not None and taken >= self.limit:
                 return
@@ -730,6 +740,10 @@ class _Run:
                 await self.advanced.wait()
             item = _Pending(ln.number, size=ln.size + 1)
             self.pending[ln.number] = item
+            if ln.blank:
+                item.done = True
+                self._drain()
+                continue
             if self._old is not None and self._copy_old(item):
                 self._drain()
                 continue
@@ -861,10 +875,12 @@ class _Run:
                 out.write(dumps(item.out) + b"\n")
                 o = item.out
                 self.summary.add_ok(task_key(o), o.get("reward_before"), float(o["reward"]))
-            else:
-                assert item.fail is not None
+            elif item.fail is not None:
                 fails.write(dumps(item.fail) + b"\n")
                 self.summary.add_failure(item.fail)
+            else:  # a blank line: skipped, counted
+                self.summary.lines += 1
+                self.summary.blank += 1
             self.summary.rows_this_run += 1
             self.bytes_done += item.size
             self.next_write += 1
@@ -921,12 +937,14 @@ def rescore_file(
     processed: the run stops at once, both files are cut back to the last checkpoint (whole lines
     only) and `resume=True` continues from there.
     """
-    path = check_input_path(input_path)
+    # Two passes (fingerprint, then lines): a pipe is spooled to a temp file (see gymverl.inputs).
+    path = as_input(input_path, passes=2)
+    assert path.path is not None
     out = Path(output)
     fails = Path(failures) if failures is not None else default_failures_path(out)
     tasks_path = Path(tasks.path) if isinstance(tasks, TaskIndex) else (Path(tasks) if tasks is not None else None)
     # Before anything is opened for writing: no output may be an input (path, symlink, hard link).
-    check_outputs([out, fails, state_path(out)], [path, tasks_path])
+    check_outputs([out, fails, state_path(out)], [None if path.spooled else path.path, tasks_path])
     if retry_failed and (resume or overwrite):
         raise RescoreError("--retry-failed works on a finished run; do not combine it with --resume or --overwrite.")
     if client is None:

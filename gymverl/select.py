@@ -12,6 +12,7 @@ and never puts one task in both splits.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -59,6 +60,11 @@ class SelectOptions:
 
     def check(self) -> None:
         """Raise ValueError (one sentence) on settings that cannot work."""
+        # NaN compares false with everything: a NaN threshold would silently filter nothing.
+        for name, value in (("--min-reward", self.min_reward), ("--solved-threshold", self.solved_threshold),
+                            ("--min-margin", self.min_margin), ("--val-fraction", self.val_fraction)):
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, not {value}.")
         if self.best_of_n is not None and self.best_of_n < 1:
             raise ValueError("--best-of-n must be at least 1.")
         if not 0.0 <= self.val_fraction < 1.0:

@@ -68,7 +68,7 @@ def sidecar_paths(rollouts: str | os.PathLike[str]) -> Sidecars:
 
     A file that is itself a side file (its name ends in one of the suffixes) has no side files.
     """
-    p = Path(rollouts)
+    p = Path(str(rollouts))  # str(): an opened `gymverl.inputs.Input` names the user's path
     stem = stem_of(p)
     if stem.endswith(("_materialized_inputs", "_failures")):
         return Sidecars()

@@ -40,6 +40,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from gymverl.jsonl import iter_lines
 from gymverl.records import Checked, agent_name, content_text, is_incomplete, iter_checked, output_tokens, task_key
 from gymverl.sidecars import CollectionReport, PairSet, Sidecars, TaskSource, collection_report, prompt_key, sidecar_paths
 
@@ -479,6 +480,7 @@ class RolloutStats:
     group_by: str = GROUP_BY_AGENT
     lines: int = 0
     rejected: int = 0
+    blank: int = 0  # blank lines: skipped, not rejected, counted in `lines`
     rejected_by_code: Counter[str] = field(default_factory=Counter)
     rejections: list[dict[str, Any]] = field(default_factory=list)
     overall: GroupStats | None = None
@@ -636,6 +638,7 @@ class RolloutStats:
             "group_by": self.group_by,
             "lines": self.lines,
             "rejected": self.rejected,
+            "blank": self.blank,
             "rejected_by_reason": dict(self.rejected_by_code.most_common()),
             "rejections": self.rejections,
             "repeated": self.repeated,
@@ -706,10 +709,13 @@ def compute_stats(
             stats.source = TaskSource(sc.materialized, "materialized")
     if sc.materialized is not None or sc.failures is not None:
         stats.pairs = PairSet()
-    for c in iter_checked(path):
+    lines = iter_lines(path)  # a path, `-`, a pipe or an Input
+    for c in iter_checked(lines):
         stats.add(c)
         if on_line is not None:
             on_line(c)
+    stats.blank = lines.blank  # skipped, not rejected; still accounted for in `lines`
+    stats.lines += lines.blank
     if stats.pairs is not None:
         stats.collection = collection_report(path, stats.pairs, sidecars=sc, source=stats.source)
     return stats

@@ -13,8 +13,8 @@ Used by `gymverl rescore` and by the VeRL reward function (`gymverl.reward`). Th
 from __future__ import annotations
 
 import asyncio
-import math
 import itertools
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -28,13 +28,7 @@ from gymverl.errors import UsageError
 from gymverl.jsonl import dumps
 from gymverl.records import agent_name
 
-DEFAULT_CONCURRENCY = 32  # a NeMo Gym resources server (one uvicorn worker) saturates well below this
-# Each request in flight costs a task, a queue slot and a socket: far above any useful value, far
-# below what exhausts memory or file descriptors (10**20 once took 23 GB before a single request).
-MAX_CONCURRENCY = 4096
-MAX_RETRIES = 100
-DEFAULT_TIMEOUT = 60.0
-DEFAULT_RETRIES = 4
+from gymverl.limits import DEFAULT_CONCURRENCY, DEFAULT_RETRIES, DEFAULT_TIMEOUT, MAX_CONCURRENCY, MAX_RETRIES  # noqa: F401 (re-exported)
 # Keys gymverl itself adds to a rescored row; never sent back to a verifier.
 GYMVERL_KEYS = frozenset({"reward_before"})
 # Keys of a /verify answer that echo the request rather than report on it.
@@ -205,7 +199,10 @@ class VerifyClient:
         if not 1 <= self.concurrency <= MAX_CONCURRENCY:
             raise VerifyConfigError(f"concurrency must be between 1 and {MAX_CONCURRENCY}, not {self.concurrency}.")
         if not (self.timeout > 0 and math.isfinite(self.timeout)):
+            # inf would overflow inside aiohttp's timer, in every request (a hang with a long input).
             raise VerifyConfigError(f"timeout must be a positive, finite number of seconds, not {self.timeout}.")
+        if not (math.isfinite(self.backoff) and math.isfinite(self.max_backoff) and self.backoff >= 0 and self.max_backoff >= 0):
+            raise VerifyConfigError("backoff times must be finite numbers of seconds, 0 or more.")
         if not 0 <= self.retries <= MAX_RETRIES:
             raise VerifyConfigError(f"retries must be between 0 and {MAX_RETRIES}, not {self.retries}.")
         self.pool, self.routes = parse_servers(self.servers if not isinstance(self.servers, str) else [self.servers])

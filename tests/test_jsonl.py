@@ -47,8 +47,6 @@ def test_lines_numbered_from_one_with_objects(tmp_path):
 @pytest.mark.parametrize(
     "data, number, code, reason",
     [
-        (b'{"a": 1}\n\n{"a": 2}\n', 2, "empty_line", "empty line"),
-        (b'{"a": 1}\n   \t\n', 2, "empty_line", "empty line"),
         (b'{"a": 1}\n{"a": 2', 2, "truncated", "truncated JSON at end of file (the file ends mid-record)"),
         (b'{"a": "caf\xc3', 1, "truncated", "truncated JSON at end of file (the file ends mid-record)"),
         (b'{"a": 2\n{"a": 1}\n', 1, "invalid_json", "invalid JSON: the line ends mid-record"),
@@ -139,6 +137,36 @@ def test_empty_file_has_no_lines(tmp_path):
     assert parsed(tmp_path, b"") == []
 
 
+@pytest.mark.parametrize(
+    "data, numbers, blank",
+    [
+        (b'{"a": 1}\n\n{"a": 2}\n', [1, 3], 1),
+        (b'{"a": 1}\n   \t\n', [1], 1),  # whitespace only
+        (b'{"a": 1}\n\n', [1], 1),  # a trailing empty line
+        (b'{"a": 1}\r\n\r\n  ', [1], 2),  # CRLF blank line, then spaces without a newline
+        (b"\n\n\n", [], 3),
+        (b'\xef\xbb\xbf\n{"a": 1}\n', [2], 1),  # a BOM, then an empty first line
+    ],
+)
+def test_blank_lines_are_skipped_and_counted_not_rejected(tmp_path, data, numbers, blank):
+    reader = iter_lines(write(tmp_path, data))
+    got = list(read_jsonl(reader))
+    assert [p.number for p in got] == numbers and all(p.ok for p in got)
+    assert reader.blank == blank
+    assert reader.lines == len(numbers) + blank  # every physical line accounted for
+
+
+def test_blank_lines_kept_when_asked_keep_their_numbers(tmp_path):
+    lines = list(iter_lines(write(tmp_path, b'{"a": 1}\n \n{"a": 2}\n'), skip_blank=False))
+    assert [(ln.number, ln.blank) for ln in lines] == [(1, False), (2, True), (3, False)]
+
+
+def test_form_feed_line_is_not_blank_but_invalid(tmp_path):
+    # Only JSON whitespace makes a line blank; anything else is a rejected line with its reason.
+    got = parsed(tmp_path, b'{"a": 1}\n\x0c\n')
+    assert [(p.number, p.code) for p in got] == [(1, None), (2, "invalid_json")]
+
+
 def test_gzip_input(tmp_path):
     p = tmp_path / "r.jsonl.gz"
     p.write_bytes(gzip.compress(b'{"a": 1}\n{"a": 2\n'))
@@ -155,6 +183,15 @@ def test_corrupt_gzip_is_one_input_error(tmp_path):
 def test_non_positive_line_limit_is_an_input_error(tmp_path):
     with pytest.raises(InputError, match="per-line size limit must be positive, got 0 bytes"):
         list(iter_lines(write(tmp_path, b"{}\n"), max_line_bytes=0))
+
+
+@pytest.mark.parametrize("limit", [float("nan"), float("inf"), -float("inf"), 1.5, "10", True])
+def test_non_finite_or_non_integer_line_limit_is_a_usage_error(tmp_path, limit):
+    # Library callers bypass the CLI's option checks (fault: nan -> ValueError traceback).
+    from gymverl.errors import UsageError
+
+    with pytest.raises(UsageError, match="per-line size limit"):
+        list(iter_lines(write(tmp_path, b"{}\n"), max_line_bytes=limit))
 
 
 def test_missing_path_and_directory(tmp_path):

@@ -138,11 +138,12 @@ def test_invalid_rows_are_reported_like_validate_and_not_sent(tmp_path: Path) ->
         assert srv.stats()["requests"] == 3
     fails = read_jsonl(tmp_path / "out.failures.jsonl")
     assert [(f["line"], f["kind"], f["reason"]) for f in fails] == [
-        (2, "invalid", "invalid_json"), (3, "invalid", "missing_key"), (5, "invalid", "empty_line"),
-    ]
+        (2, "invalid", "invalid_json"), (3, "invalid", "missing_key"),
+    ]  # line 5 is blank: skipped and counted, written nowhere
     assert fails[1]["error"] == "missing required key 'reward'" and fails[0]["raw"] == "{not json"
     assert [r["response"]["id"] for r in read_jsonl(tmp_path / "out.jsonl")] == [g["response"]["id"] for g in good]
-    assert summary.rejected == 3 and summary.rejected_by_code == {"invalid_json": 1, "missing_key": 1, "empty_line": 1}
+    assert summary.rejected == 2 and summary.rejected_by_code == {"invalid_json": 1, "missing_key": 1}
+    assert summary.blank == 1 and summary.lines == 6 == summary.rescored + summary.rejected + summary.blank
 
 
 def test_server_killed_and_restarted_mid_run_loses_nothing(tmp_path: Path) -> None:

@@ -73,8 +73,7 @@ def test_rejects_file_only_written_with_option_and_lists_each_bad_line(tmp_path)
     assert [(x["line"], x["code"], x["raw"]) for x in rows] == [
         (2, "not_object", "[1]"),
         (4, "invalid_json", "{oops"),
-        (5, "empty_line", ""),
-    ]
+    ]  # line 5 is blank: skipped and counted, not a rejection
     assert all(set(x) == {"line", "code", "reason", "raw"} for x in rows)
 
 
@@ -139,7 +138,7 @@ def test_usage_errors_exit_2(tmp_path):
     assert invoke().exit_code == 2
     r = invoke(src, "--max-line-mb", "0")
     assert r.exit_code == 2
-    assert r.stderr.strip() == "error: the per-line size limit must be positive, got 0 bytes."
+    assert r.stderr.strip() == "error: --max-line-mb must be above 0 and at most 100000 MB, not 0."  # names the option now
 
 
 def test_json_summary_of_sample_rollouts():
