@@ -164,7 +164,7 @@ def test_library_callers_get_usage_errors_for_non_finite_values(tmp_path):
         (["rescore", "in.jsonl", "-o", "o.jsonl", "-s", "http://127.0.0.1:9", "--timeout", "1e300"],
          "error: --timeout must be above 0 and at most 604800 seconds, not 1e+300."),
         (["rescore", "in.jsonl", "-o", "o.jsonl", "-s", "http://127.0.0.1:9", "-c", "1000000000"],
-         "error: --concurrency must be between 1 and 100000, not 1000000000."),
+         "error: --concurrency must be between 1 and 4096, not 1000000000."),
         (["to-parquet", "in.jsonl", "-o", "o", "-j", "100000"], "error: --workers must be between 1 and 256, not 100000."),
     ],
 )
