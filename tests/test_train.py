@@ -493,7 +493,7 @@ def test_empty_data_and_zero_batch_size_are_clear(tmp_path, model_dir, data):
     res, err = _dry(empty, model_dir, tmp_path)
     assert res.exit_code == 2 and err == f"error: {empty} has no rows.", err
     res, err = _dry(data, model_dir, tmp_path, "--batch-size", "0")
-    assert res.exit_code == 2 and err == "error: --batch-size must be at least 1.", err
+    assert res.exit_code == 2 and err == "error: --batch-size must be at least 1, not 0.", err
     res, err = _dry(data, model_dir, tmp_path, "--val", str(empty))
     assert res.exit_code == 2 and err == f"error: {empty} has no rows.", err
 
