@@ -28,7 +28,7 @@ from gymverl.cli import app
 # Per-example wall-clock bound: far above what any example needs, far below "hangs".
 EXAMPLE_SECONDS = 45
 # No shrinking: a hang costs EXAMPLE_SECONDS per shrink step; the first failing example is reported as is.
-SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
+SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
                     phases=[Phase.explicit, Phase.reuse, Phase.generate])
 
 SAMPLE_LINES = (SAMPLE_DATA / "rollouts.jsonl").read_bytes().splitlines(keepends=True)
@@ -227,7 +227,7 @@ def verify_server() -> Any:
         yield srv
 
 
-@settings(SETTINGS, max_examples=20)
+@settings(SETTINGS, max_examples=60)
 @given(data=fuzzed_files(), seed=st.integers(0, 2**16))
 def test_rescore(work: Path, verify_server: FakeServer, data: bytes, seed: int) -> None:
     rnd = random.Random(seed)
