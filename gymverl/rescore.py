@@ -48,7 +48,7 @@ from gymverl.records import (
     task_fields,
     task_key,
 )
-from gymverl.verify import ECHO_KEYS, VerifyClient, VerifyResult, build_request, fetch_request_fields
+from gymverl.verify import ECHO_KEYS, VERDICT_KEYS, VerifyClient, VerifyResult, build_request, fetch_request_fields
 
 STATE_VERSION = 1
 _FIELD_REQUIRED = re.compile(r"(?:^|; |HTTP 422: )([A-Za-z_][\w.]*): Field required")
@@ -291,7 +291,8 @@ def rescored_row(record: Mapping[str, Any], answer: Mapping[str, Any], added: Ma
     (placed right after it), other verifier outputs updated; echoed request parts are ignored."""
     out: dict[str, Any] = {}
     for k, v in record.items():
-        if k == "reward_before":
+        # The old verdict (mask_sample, failure_kind, ...) belongs to the old reward: the answer's replaces it.
+        if k == "reward_before" or k in VERDICT_KEYS:
             continue
         out[k] = v
         if k == "reward":
