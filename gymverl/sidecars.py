@@ -34,7 +34,7 @@ from typing import Any, Container, Mapping
 
 import orjson
 
-from gymverl.jsonl import check_input_path, iter_lines, parse_line, read_jsonl
+from gymverl.jsonl import check_input_path, dumps, iter_lines, parse_line, read_jsonl
 from gymverl.records import ROLLOUT_KEYS, agent_name, check_task, content_text, RecordError
 
 MATERIALIZED_SUFFIX = "_materialized_inputs.jsonl"
@@ -106,7 +106,8 @@ def prompt_key(record: Mapping[str, Any]) -> str:
             norm.append(item)
     tools = sorted(str(t.get("name", "")) for t in rcp.get("tools") or [] if isinstance(t, Mapping))
     key = [norm, tools, rcp.get("instructions") or None]
-    return hashlib.sha1(orjson.dumps(key, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)).hexdigest()[:16]
+    # jsonl.dumps: a prompt nested deeper than orjson writes (254 levels; validate accepts 1024) is still keyed.
+    return hashlib.sha1(dumps(key, sort_keys=True)).hexdigest()[:16]
 
 
 def input_fields(row: Mapping[str, Any]) -> dict[str, Any]:
