@@ -12,6 +12,8 @@ reward), `judge_failed` (200 as NeMo Gym >= 0.5's judge fail-safe answers: rewar
 mask_sample true, failure_kind and _ng_failure_class `judge_failed`), `masked` (200, reward 0.0,
 mask_sample true, no failure kind), `degraded` (200, a real reward with failure_kind set and
 mask_sample false: a valid measurement).
+`--ng07` makes answers look like NeMo Gym 0.7.0's (mask_sample false, failure_kind and
+failure_reason null); `--accepts A,B` serves `/openapi.json` declaring those /verify request fields.
 `--reverify-mode MODE` answers `GET /reverify_mode` with "MODE" (stateless, unsupported, unknown;
 `none`, the default, has no such route: a 404 as from NeMo Gym 0.4.0). `--every K` applies the plan only to rows with crc32(id) % K == 0 (others: ok).
 `--compress gzip|deflate` encodes every answer that way when the request's Accept-Encoding allows
@@ -106,6 +108,8 @@ def build_app(args: argparse.Namespace) -> web.Application:
             answer = dict(body)
             answer["reward"] = fake_reward(rid)
             answer["attempt"] = n
+            if args.ng07:
+                answer.update(mask_sample=False, failure_kind=None, failure_reason=None)
             return web.Response(body=_dumps(answer), content_type="application/json")
         if step == "timeout":
             await asyncio.sleep(args.hang)
@@ -138,6 +142,17 @@ def build_app(args: argparse.Namespace) -> web.Application:
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_post("/verify", verify)
     app.router.add_get("/stats", stats)
+    if args.accepts:
+        props = {k: {"title": k} for k in ["responses_create_params", "response", *args.accepts.split(",")]}
+        spec = {
+            "paths": {"/verify": {"post": {"requestBody": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Req"}}}}}}},
+            "components": {"schemas": {"Req": {"properties": props}}},
+        }
+
+        async def openapi(request: web.Request) -> web.Response:
+            return web.Response(body=orjson.dumps(spec), content_type="application/json")
+
+        app.router.add_get("/openapi.json", openapi)
     if args.reverify_mode != "none":
 
         async def reverify_mode(request: web.Request) -> web.Response:
@@ -172,6 +187,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--die-after", type=int, default=0)
     p.add_argument("--compress", choices=["gzip", "deflate"], default=None, help="encode answers when the client accepts it")
     p.add_argument("--fast", action="store_true", help="benchmark mode: fixed answer, no parsing")
+    p.add_argument("--ng07", action="store_true", help="answers carry 0.7.0's mask_sample/failure_kind/failure_reason")
+    p.add_argument("--accepts", default="", help="serve /openapi.json declaring these /verify fields (comma-separated)")
     p.add_argument("--reverify-mode", default="none", help="answer GET /reverify_mode with this (none: no such route)")
     args = p.parse_args(argv)
     try:
