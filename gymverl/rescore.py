@@ -80,11 +80,12 @@ def task_source_for(input_path: str | os.PathLike[str], tasks: "str | os.PathLik
     if isinstance(tasks, TaskSource):
         return tasks
     if tasks is not None:
-        return TaskSource(tasks)
+        # Rollouts without an index (NeMo Gym's example rollouts) join by prompt only when it is unambiguous.
+        return TaskSource(tasks, prompt_fallback=True)
     if not side_files:
         return None
     found = sidecar_paths(input_path).materialized
-    return TaskSource(found, "materialized") if found is not None else None
+    return TaskSource(found, "materialized", prompt_fallback=True) if found is not None else None
 
 
 # ---- GET /reverify_mode ---------------------------------------------------------------------------

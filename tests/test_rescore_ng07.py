@@ -163,6 +163,11 @@ def test_materialized_inputs_beside_the_input_are_joined_on_both_indices(tmp_pat
         s = rescore_file(inp, tmp_path / "o3.jsonl", [srv.url], tasks=tasks)
         assert s.task_source_kind == "tasks"
         assert [o["expected_answer"] for o in read(tmp_path / "o3.jsonl")] == [truth[r["_ng_task_index"]] for r in rollouts]
+        # A row without an index is joined by prompt only when the prompt names one task: not here.
+        noidx = write(tmp_path / "noidx.jsonl", [{k: v for k, v in r.items() if not k.startswith("_ng")} for r in rollouts])
+        s = rescore_file(noidx, tmp_path / "o5.jsonl", [srv.url], tasks=tmp_path / "r_materialized_inputs.jsonl")
+        assert s.joined_tasks == 0 and dict(s.unjoined_by_reason) == {"prompt_ambiguous": 4}
+        assert all("expected_answer" not in o for o in read(tmp_path / "o5.jsonl"))
         # --no-side-files: nothing joined.
         s = rescore_file(inp, tmp_path / "o4.jsonl", [srv.url], side_files=False)
         assert s.task_source is None and s.joined_tasks == 0 and all("expected_answer" not in o for o in read(tmp_path / "o4.jsonl"))

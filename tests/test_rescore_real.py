@@ -44,7 +44,8 @@ def routes(gym_servers: Any) -> list[str]:
 def test_sample_rollouts_keep_their_rewards(gym_servers: Any, tmp_path: Path) -> None:
     """sample_data's rewards are what the real verifiers return; the verifier outputs are refreshed."""
     out = tmp_path / "out.jsonl"
-    summary = rescore_file(SAMPLE_DATA / "rollouts.jsonl", out, routes(gym_servers), concurrency=8)
+    # force: 0.7.0's math_with_judge and xlam_fc answer GET /reverify_mode "unknown" (stateless in fact).
+    summary = rescore_file(SAMPLE_DATA / "rollouts.jsonl", out, routes(gym_servers), concurrency=8, force=True)
     assert summary.complete and summary.failed == 0 and summary.rescored == 20
     assert summary.changed == 0, [r for r in read_jsonl(out) if r["reward"] != r["reward_before"]]
     rows_in = read_jsonl(SAMPLE_DATA / "rollouts.jsonl")
@@ -132,7 +133,7 @@ def test_math_fixture_missing_required_fields_are_failures_not_zeros(gym_servers
     src = FIXTURES / "math_with_judge.jsonl"
     url = gym_servers.url("math_with_judge")
     out = tmp_path / "out.jsonl"
-    res = runner.invoke(app, ["rescore", str(src), "-o", str(out), "-s", url])
+    res = runner.invoke(app, ["rescore", str(src), "-o", str(out), "-s", url, "--force"])
     assert res.exit_code == 1
     assert out.read_text() == ""  # no reward was invented for any row
     fails = read_jsonl(tmp_path / "out.failures.jsonl")
@@ -141,7 +142,7 @@ def test_math_fixture_missing_required_fields_are_failures_not_zeros(gym_servers
     assert "missing required fields: question" in res.stderr.replace("\n", " ")
 
     joined = tmp_path / "joined.jsonl"
-    summary = rescore_file(src, joined, [url], tasks=ng_data(nemo_gym_env, "math_with_judge"))
+    summary = rescore_file(src, joined, [url], tasks=ng_data(nemo_gym_env, "math_with_judge"), force=True)
     assert summary.failed == 0 and summary.joined_tasks == 5
     rows_in, rows_out = read_jsonl(src), read_jsonl(joined)
     # The rule-based verdict (math-verify) matches the original library_reward. Row 2's answer is a
@@ -154,10 +155,41 @@ def test_math_fixture_missing_required_fields_are_failures_not_zeros(gym_servers
 def test_xlam_fixture_flip_names_expected_answers(gym_servers: Any, nemo_gym_env: Path, tmp_path: Path) -> None:
     src = FIXTURES / "xlam_fc.jsonl"
     url = gym_servers.url("xlam_fc")
-    summary = rescore_file(src, tmp_path / "out.jsonl", [url])
+    summary = rescore_file(src, tmp_path / "out.jsonl", [url], force=True)
     assert summary.went_down == 3 and "expected_answers (absent from 3 rows)" in (summary.warning() or "")
-    fixed = rescore_file(src, tmp_path / "joined.jsonl", [url], tasks=ng_data(nemo_gym_env, "xlam_fc"))
-    assert fixed.changed == 0 and fixed.warning() is None and fixed.rescored == 5
+    # ng07-08: only the task field is named, never NeMo Gym >= 0.5's _ng_rollout_id / failure_kind / failure_reason.
+    for name in ("_ng_rollout_id", "failure_kind", "failure_reason", "mask_sample"):
+        assert name not in (summary.warning() or "")
+    fixed = rescore_file(src, tmp_path / "joined.jsonl", [url], tasks=ng_data(nemo_gym_env, "xlam_fc"), force=True)
+    assert fixed.changed == 0 and fixed.rescored == 5
+    assert fixed.warning() is not None and "--force" in fixed.warning() if nemo_gym_version_of(nemo_gym_env) >= (0, 5) else fixed.warning() is None
+
+
+def nemo_gym_version_of(env: Path) -> tuple[int, ...]:
+    """The installed nemo-gym version as a tuple (0, 4, 0) / (0, 7, 0)."""
+    from gymverl.nemo_gym import nemo_gym_version
+
+    return tuple(int(x) for x in str(nemo_gym_version(env) or "0").split(".")[:3] if x.isdigit())
+
+
+def test_reverify_mode_of_real_servers(gym_servers: Any, nemo_gym_env: Path, tmp_path: Path) -> None:
+    """0.7.0: mcqa says "stateless" (used), math_with_judge and xlam_fc "unknown" (refused without
+    --force, as gym eval reverify refuses them); 0.4.0 has no such route: "not_declared", used."""
+    import asyncio
+
+    from gymverl.rescore import RescoreError, fetch_reverify_mode
+
+    modes = {n: asyncio.run(fetch_reverify_mode(gym_servers.url(n))) for n in ("mcqa", "math_with_judge", "xlam_fc")}
+    src = tmp_path / "in.jsonl"
+    src.write_text((FIXTURES / "xlam_fc.jsonl").read_text())
+    if nemo_gym_version_of(nemo_gym_env) >= (0, 5):
+        assert modes == {"mcqa": "stateless", "math_with_judge": "unknown", "xlam_fc": "unknown"}
+        with pytest.raises(RescoreError, match="reverify_mode"):
+            rescore_file(src, tmp_path / "o.jsonl", [gym_servers.url("xlam_fc")])
+        assert not (tmp_path / "o.jsonl").exists()
+    else:
+        assert set(modes.values()) == {"not_declared"}
+        assert rescore_file(src, tmp_path / "o.jsonl", [gym_servers.url("xlam_fc")]).rescored == 5
 
 
 # ---- the VeRL reward function, loaded and called the way VeRL does it ----------------------------
