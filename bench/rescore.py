@@ -15,7 +15,8 @@ Targets (issue 7), all ratios measured in one run:
    the same mcqa collection (rollouts + `<stem>_materialized_inputs.jsonl`) at the same
    concurrency. `gym eval reverify` starts its own servers; its time is taken from its
    "Verifying with N concurrent requests" line to its end-of-loop line (server start, payload
-   preparation and shutdown excluded, which favours it). gymverl runs against a 0.7.0 mcqa server
+   preparation and shutdown excluded, which favours it; it leaves the servers it started running
+   when it exits, so the bench ends its process group). gymverl runs against a 0.7.0 mcqa server
    the bench starts itself (`ng_run`, one shared venv linked as every server's `.venv`).
    `--ng07-env VENV` (default: $GYMVERL_NEMO_GYM_07_ENV, else .nemo-gym-venv) selects the venv.
 
@@ -155,7 +156,9 @@ def mcqa_rows(env: Path, path: Path, n: int) -> None:
 # Server folders the mcqa config starts (resources server, its simple agent, the policy model):
 # each gets a `.venv` link to the one NeMo Gym venv (uv cannot build per-server venvs on a Python
 # older than nemo-gym 0.7.0's Requires-Python).
-NG07_FOLDERS = ("resources_servers/mcqa", "responses_api_agents/simple_agent", "responses_api_models/openai_model")
+NG07_FOLDERS = (
+    "resources_servers/mcqa", "responses_api_agents/simple_agent", "responses_api_models/openai_model", "environment_servers/legacy_agent",
+)
 
 
 def ng07_env(arg: Path | None) -> Path:
@@ -224,6 +227,11 @@ def run_lines(argv: list[str], env: dict[str, str], cwd: Path, until: Callable[[
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{argv[1:3]} did not finish within {timeout:.0f} s; last output: {[l for _, l in lines[-5:]]}")
             if not sel.select(timeout=1.0):
+                if proc.poll() is not None:
+                    # Exited, but its children keep the pipe open: `gym eval reverify` (0.7.0)
+                    # leaves the servers it started running. End that process group.
+                    kill_group(proc.pid)
+                    return proc, lines
                 continue
             chunk = os.read(proc.stdout.fileno(), 65536)
             if not chunk:
@@ -242,6 +250,18 @@ def run_lines(argv: list[str], env: dict[str, str], cwd: Path, until: Callable[[
         raise
     finally:
         sel.close()
+
+
+def kill_group(pgid: int) -> None:
+    """SIGTERM, then SIGKILL, what is left of a process group whose leader has exited."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        time.sleep(3)
 
 
 def stop_group(proc: Any) -> None:
@@ -292,6 +312,18 @@ def ng07_collection(env: Path, folder: Path, n: int) -> Path:
     return out
 
 
+def mcqa_url(head: int) -> str:
+    """The mcqa server's URL, from the head server's /server_instances."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{head}/server_instances", timeout=30) as resp:  # noqa: S310 - loopback
+        instances = json.loads(resp.read())
+    for inst in instances:
+        if "mcqa" in str(inst.get("process_name", "")) and "agent" not in str(inst.get("process_name", "")):
+            return str(inst["url"]).rstrip("/")
+    raise RuntimeError(f"no mcqa server among {instances}")
+
+
 def gym_reverify(env: Path, work: Path, rollouts: Path, concurrency: int, timeout: float = 900) -> dict[str, Any]:
     """`gym eval reverify` on the collection: its verification loop's wall time, from its output."""
     args, configs = ng07_server_args(env, work, free_port(), free_port())
@@ -323,12 +355,12 @@ def ng07_side_by_side(env: Path, work: Path, n: int, concurrency: int, rounds: i
     args, configs = ng07_server_args(env, work, head, port)
     argv = [str(env / "bin" / "ng_run"), "+config_paths=[" + ",".join(configs) + "]", *args]
     t0 = time.perf_counter()
-    proc, lines = run_lines(argv, ng07_subprocess_env(env, work), ng07_site(env), lambda l: "servers ready" in l, 600)
+    proc, lines = run_lines(argv, ng07_subprocess_env(env, work), ng07_site(env), lambda l: l.startswith("All ") and "servers ready!" in l, 600)
     try:
         if proc.poll() is not None:
-            raise RuntimeError(f"ng_run exited {proc.returncode}: {[l for _, l in lines[-15:]]}")
+            raise RuntimeError(f"ng_run exited {proc.returncode}: {[l for _, l in lines[-60:]]}")
         started = time.perf_counter() - t0
-        url = f"http://127.0.0.1:{port}"
+        url = mcqa_url(head)
         out = work / "gymverl_rescored.jsonl"
         timed_rescore(rollouts, out, [url], concurrency)  # warm-up
         gv = [timed_rescore(rollouts, out, [url], concurrency) for _ in range(rounds)]

@@ -308,9 +308,10 @@ class RescoreSummary:
             return None
         text = "; ".join(parts)
         if self.required_missing or self.suspicious:
-            hint = "re-join task fields from the NeMo Gym input file with --tasks TASKS.jsonl"
-            if self.task_source_kind is None:
-                hint += " (or keep <stem>_materialized_inputs.jsonl beside the rollouts)"
+            if self.task_source is None:
+                hint = "re-join task fields from the NeMo Gym input file with --tasks TASKS.jsonl (or keep <stem>_materialized_inputs.jsonl beside the rollouts)"
+            else:
+                hint = f"the task rows joined from {self.task_source} do not supply them: check that it is the input these rollouts were collected from"
             text += ". " + hint[0].upper() + hint[1:]
         return text + "."
 

@@ -267,3 +267,23 @@ def test_compute_score_through_verls_reward_loader(gym_servers: Any, tiny_model:
     assert all(r["reward_extra_info"]["verify_failed"] == 0.0 for r in results)
     math = [r for r, ro in zip(results, rollouts) if "expected_answer" in ro]
     assert all(r["reward_extra_info"]["extracted_answer"] is not None for r in math)
+
+
+def test_ng07_07_materialized_join_scores_like_gym_eval_reverify(gym_servers: Any, tmp_path: Path) -> None:
+    """../shared/cases/ng07-07: two xlam_fc tasks share prompt and tools (truth Paris / London), the
+    policy said Paris each time. Joined on (_ng_task_index, _ng_rollout_index), as `gym eval
+    reverify` does, task 0 scores 1.0 and task 1 0.0: the collected rewards."""
+    from conftest import SHARED
+
+    case = SHARED / "cases" / "ng07-07-rescore-materialized-join-by-line"
+    if not case.exists():
+        pytest.skip(f"{case} not present")
+    for name in ("r.jsonl", "r_materialized_inputs.jsonl"):
+        (tmp_path / name).write_bytes((case / name).read_bytes())
+    url = gym_servers.url("xlam_fc")
+    want = {(0, 0): 1.0, (0, 1): 1.0, (1, 0): 0.0, (1, 1): 0.0}
+    for tasks in (None, case / "tasks.jsonl"):  # beside the input (found by itself), or the original tasks file
+        out = tmp_path / f"out_{'side' if tasks is None else 'tasks'}.jsonl"
+        s = rescore_file(tmp_path / "r.jsonl", out, [url], tasks=tasks, force=True)
+        assert s.joined_tasks == 4 and s.failed == 0 and s.changed == 0, s.to_dict()
+        assert {(r["_ng_task_index"], r["_ng_rollout_index"]): r["reward"] for r in read_jsonl(out)} == want
