@@ -35,7 +35,7 @@ from typing import Any, Container, Mapping
 import orjson
 
 from gymverl.jsonl import check_input_path, dumps, iter_lines, parse_line, read_jsonl
-from gymverl.records import ROLLOUT_KEYS, agent_name, check_task, content_text, RecordError
+from gymverl.records import RecordError, agent_name, check_task, content_text, is_ng_key
 
 MATERIALIZED_SUFFIX = "_materialized_inputs.jsonl"
 FAILURES_SUFFIX = "_failures.jsonl"
@@ -112,7 +112,7 @@ def prompt_key(record: Mapping[str, Any]) -> str:
 
 def input_fields(row: Mapping[str, Any]) -> dict[str, Any]:
     """The task fields of a task row: everything except NeMo Gym's own keys and the prompt."""
-    return {k: v for k, v in row.items() if k not in ROLLOUT_KEYS and k != "responses_create_params"}
+    return {k: v for k, v in row.items() if not is_ng_key(k) and k != "responses_create_params"}
 
 
 def _index(v: Any) -> int | None:
