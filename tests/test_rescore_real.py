@@ -54,7 +54,9 @@ def test_sample_rollouts_keep_their_rewards(gym_servers: Any, tmp_path: Path) ->
     for before, after in zip(rows_in, rows_out):
         assert after["reward"] == after["reward_before"] == before["reward"]
         if "library_reward" in after:  # math_with_judge reports what math-verify extracted
-            assert after["library_reward"] == before["reward"] and after["extracted_answer"] is not None
+            assert after["library_reward"] == before["reward"]
+            # 0.7.0's math_with_judge reports no extracted answer for a wrong one.
+            assert after["extracted_answer"] is not None or before["reward"] == 0.0
         else:
             assert {"num_expected", "num_predicted", "num_correct", "predicted_calls"} <= set(after)
     assert {s["url"]: s["sent"] for s in summary.servers} == {
@@ -123,9 +125,12 @@ def test_mcqa_fixture_nulls_missing_fields_warning_and_tasks_rejoin(gym_servers:
     res = runner.invoke(app, ["rescore", str(src), "-o", str(out2), "-s", url, "--strict", "--json", "--tasks", str(ng_data(nemo_gym_env, "mcqa"))])
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
-    assert data["tasks_joined"] == 5 and data["changed"] == 0 and data["warning"] is None
+    # 0.7.0's mcqa grader also reads \boxed{C: <option text>}: row 3 of NeMo Gym's 0.4-era example goes 0.0 -> 1.0.
+    newer = nemo_gym_version_of(nemo_gym_env) >= (0, 5)
+    assert data["tasks_joined"] == 5 and data["changed"] == (1 if newer else 0) and data["went_down"] == 0 and data["warning"] is None
     rows = read_jsonl(out2)
-    assert [r["reward"] for r in rows] == [r["reward"] for r in read_jsonl(src)]
+    before = [r["reward"] for r in read_jsonl(src)]
+    assert [r["reward"] for r in rows] == ([1.0 if i == 2 else b for i, b in enumerate(before)] if newer else before)
     assert all(r["options"] and r["grading_mode"] for r in rows)  # re-joined fields kept in the output
 
 
@@ -265,8 +270,9 @@ def test_compute_score_through_verls_reward_loader(gym_servers: Any, tiny_model:
     keys = {frozenset(r["reward_extra_info"]) for r in results}
     assert keys == {frozenset({"score", "verify_failed", "verify_attempts", "extracted_answer", "num_correct"})}
     assert all(r["reward_extra_info"]["verify_failed"] == 0.0 for r in results)
-    math = [r for r, ro in zip(results, rollouts) if "expected_answer" in ro]
-    assert all(r["reward_extra_info"]["extracted_answer"] is not None for r in math)
+    # 0.7.0's math_with_judge reports no extracted answer for a wrong one: checked on the right ones.
+    math = [r for r, ro in zip(results, rollouts) if "expected_answer" in ro and ro["reward"] == 1.0]
+    assert math and all(r["reward_extra_info"]["extracted_answer"] is not None for r in math)
 
 
 def test_ng07_07_materialized_join_scores_like_gym_eval_reverify(gym_servers: Any, tmp_path: Path) -> None:
