@@ -202,6 +202,10 @@ def ng07_server_args(env: Path, work: Path, head: int, port: int) -> tuple[list[
 def ng07_subprocess_env(env: Path, work: Path) -> dict[str, str]:
     e = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
     ray_tmp = Path(tempfile.mkdtemp(prefix="gvb-ray-", dir="/tmp"))  # AF_UNIX paths: keep it short
+    import atexit
+    import shutil
+
+    atexit.register(shutil.rmtree, ray_tmp, ignore_errors=True)
     e.update(
         PATH=f"{env / 'bin'}:{e.get('PATH', '')}", PYTHONUNBUFFERED="1", RAY_TMPDIR=str(ray_tmp),
         RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0",
