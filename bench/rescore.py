@@ -11,10 +11,20 @@ Targets (issue 7), all ratios measured in one run:
    concurrency). nemo-gym 0.4.0 has no re-verification command (`gym eval reverify` came later),
    so its own client is the fairest "what the server can serve" reference. Target: >= 90%.
 
+5. side by side with `gym eval reverify` of nemo-gym 0.7.0 (its own re-verification command) on
+   the same mcqa collection (rollouts + `<stem>_materialized_inputs.jsonl`) at the same
+   concurrency. `gym eval reverify` starts its own servers; its time is taken from its
+   "Verifying with N concurrent requests" line to its end-of-loop line (server start, payload
+   preparation and shutdown excluded, which favours it; it leaves the servers it started running
+   when it exits, so the bench ends its process group). gymverl runs against a 0.7.0 mcqa server
+   the bench starts itself (`ng_run`, one shared venv linked as every server's `.venv`).
+   `--ng07-env VENV` (default: $GYMVERL_NEMO_GYM_07_ENV, else .nemo-gym-venv) selects the venv.
+
 The local endpoint is tests/fake_verify_server.py in `--fast` mode (fixed answer, no parsing).
 
     .venv/bin/python bench/rescore.py            # all four (the real server takes ~1-2 min to start)
     .venv/bin/python bench/rescore.py --no-real  # local endpoint only
+    .venv/bin/python bench/rescore.py --only-reverify --reverify-rows 1000   # 5 only
 """
 
 from __future__ import annotations
@@ -141,6 +151,238 @@ def mcqa_rows(env: Path, path: Path, n: int) -> None:
             f.write(json.dumps(row) + "\n")
 
 
+# ---- 5: gym eval reverify (nemo-gym >= 0.5) -------------------------------------------------------
+
+# Server folders the mcqa config starts (resources server, its simple agent, the policy model):
+# each gets a `.venv` link to the one NeMo Gym venv (uv cannot build per-server venvs on a Python
+# older than nemo-gym 0.7.0's Requires-Python).
+NG07_FOLDERS = (
+    "resources_servers/mcqa", "responses_api_agents/simple_agent", "responses_api_models/openai_model", "environment_servers/legacy_agent",
+)
+
+
+def ng07_env(arg: Path | None) -> Path:
+    """The nemo-gym 0.7.0 venv: --ng07-env, $GYMVERL_NEMO_GYM_07_ENV, else .nemo-gym-venv in the repo."""
+    env = arg or Path(os.environ.get("GYMVERL_NEMO_GYM_07_ENV") or REPO / ".nemo-gym-venv")
+    if not (env / "bin" / "gym").exists():
+        raise SystemExit(f"{env} has no nemo-gym >= 0.5 (bin/gym missing): pass --ng07-env VENV or run make setup")
+    return env
+
+
+def ng07_site(env: Path) -> Path:
+    """The venv's site-packages (NeMo Gym's config paths are relative to it)."""
+    (site,) = (env / "lib").glob("python3*/site-packages")
+    return site
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ng07_server_args(env: Path, work: Path, head: int, port: int) -> tuple[list[str], list[str]]:
+    """Config and overrides that start mcqa (+ agent, + placeholder policy) on fixed loopback ports."""
+    site = ng07_site(env)
+    links = work / "venvs"
+    for folder in NG07_FOLDERS:
+        d = links / folder
+        d.mkdir(parents=True, exist_ok=True)
+        if not (d / ".venv").exists():
+            (d / ".venv").symlink_to(env)
+    return [
+        "+policy_base_url=http://127.0.0.1:9/v1", "+policy_api_key=dummy", "+policy_model_name=dummy",
+        "++head_server.host=127.0.0.1", f"++head_server.port={head}", "++model_endpoint_readiness_timeout_seconds=0",
+        f"++mcqa.resources_servers.mcqa.port={port}", "+skip_venv_if_present=true", f"+uv_venv_dir={links}",
+    ], [str(site / "resources_servers/mcqa/configs/mcqa.yaml"), str(site / "responses_api_models/openai_model/configs/openai_model.yaml")]
+
+
+def ng07_subprocess_env(env: Path, work: Path) -> dict[str, str]:
+    e = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
+    ray_tmp = Path(tempfile.mkdtemp(prefix="gvb-ray-", dir="/tmp"))  # AF_UNIX paths: keep it short
+    import atexit
+    import shutil
+
+    atexit.register(shutil.rmtree, ray_tmp, ignore_errors=True)
+    e.update(
+        PATH=f"{env / 'bin'}:{e.get('PATH', '')}", PYTHONUNBUFFERED="1", RAY_TMPDIR=str(ray_tmp),
+        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0",
+    )
+    return e
+
+
+def run_lines(argv: list[str], env: dict[str, str], cwd: Path, until: Callable[[str], bool] | None, timeout: float) -> tuple[Any, list[tuple[float, str]]]:
+    """Start argv in its own process group; read its output lines (timestamped) until `until`
+    matches one (then return the live process) or it exits. Raises on timeout."""
+    import selectors
+    import signal
+
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    lines: list[tuple[float, str]] = []
+    sel = selectors.DefaultSelector()
+    assert proc.stdout is not None
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    buf = b""
+    try:
+        while True:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{argv[1:3]} did not finish within {timeout:.0f} s; last output: {[l for _, l in lines[-5:]]}")
+            if not sel.select(timeout=1.0):
+                if proc.poll() is not None:
+                    # Exited, but its children keep the pipe open: `gym eval reverify` (0.7.0)
+                    # leaves the servers it started running. End that process group.
+                    kill_group(proc.pid)
+                    return proc, lines
+                continue
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            if not chunk:
+                proc.wait(timeout=60)
+                return proc, lines
+            buf += chunk
+            *done, buf = buf.split(b"\n")
+            now = time.perf_counter()
+            for raw in done:
+                line = raw.decode(errors="replace")
+                lines.append((now, line))
+                if until is not None and until(line):
+                    return proc, lines
+    except BaseException:
+        stop_group(proc)
+        raise
+    finally:
+        sel.close()
+
+
+def kill_group(pgid: int) -> None:
+    """SIGTERM, then SIGKILL, what is left of a process group whose leader has exited."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        time.sleep(3)
+
+
+def stop_group(proc: Any) -> None:
+    """SIGTERM the process group (Ray, servers), then SIGKILL what is left."""
+    import signal
+
+    if proc is None or proc.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGINT, 20), (signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def ng07_collection(env: Path, folder: Path, n: int) -> Path:
+    """A 0.7.0-shaped mcqa collection of n rollouts: `r.jsonl` (task fields the verifier does not
+    declare left out, `_ng_task_index`/`_ng_rollout_index`, agent_ref) and
+    `r_materialized_inputs.jsonl` (one line per (task, repeat))."""
+    from gymverl.reward import response_from_text
+
+    site = ng07_site(env)
+    tasks = [json.loads(x) for x in (site / "resources_servers/mcqa/data/example.jsonl").read_text().splitlines()]
+    answers = ["Thinking it through, the answer is \\boxed{%s}.", "\\boxed{A}", "I am not sure."]
+    agent = {"type": "responses_api_agents", "name": "mcqa_simple_agent"}
+    repeats = max(1, -(-n // len(tasks)))
+    rows, mat = [], []
+    for i in range(n):
+        t, r = i % len(tasks), i // len(tasks)
+        task = dict(tasks[t], agent_ref=agent)
+        text = answers[i % 3] % task["expected_answer"] if "%s" in answers[i % 3] else answers[i % 3]
+        # 0.7.0 keeps only the fields the verifier's response echoes (mcqa: expected_answer);
+        # options, grading_mode and uuid are in the materialized inputs only.
+        line = {k: v for k, v in task.items() if k not in ("options", "grading_mode", "uuid")}
+        rows.append(dict(line, response=response_from_text(text, task["responses_create_params"]), reward=0.0, _ng_task_index=t, _ng_rollout_index=r))
+    for r in range(repeats):
+        for t, task in enumerate(tasks):
+            if r * len(tasks) + t < n:
+                mat.append(dict(task, agent_ref=agent, _ng_task_index=t, _ng_rollout_index=r))
+    out = folder / "r.jsonl"
+    out.write_text("".join(json.dumps(x) + "\n" for x in rows))
+    (folder / "r_materialized_inputs.jsonl").write_text("".join(json.dumps(x) + "\n" for x in mat))
+    return out
+
+
+def mcqa_url(head: int) -> str:
+    """The mcqa server's URL, from the head server's /server_instances."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{head}/server_instances", timeout=30) as resp:  # noqa: S310 - loopback
+        instances = json.loads(resp.read())
+    for inst in instances:
+        if "mcqa" in str(inst.get("process_name", "")) and "agent" not in str(inst.get("process_name", "")):
+            return str(inst["url"]).rstrip("/")
+    raise RuntimeError(f"no mcqa server among {instances}")
+
+
+def gym_reverify(env: Path, work: Path, rollouts: Path, concurrency: int, timeout: float = 900) -> dict[str, Any]:
+    """`gym eval reverify` on the collection: its verification loop's wall time, from its output."""
+    args, configs = ng07_server_args(env, work, free_port(), free_port())
+    out = work / "gym_reverified.jsonl"
+    argv = [str(env / "bin" / "gym"), "eval", "reverify"]
+    for c in configs:
+        argv += ["--config", c]
+    argv += ["--inputs", str(rollouts.with_name("r_materialized_inputs.jsonl")), "--rollouts", str(rollouts), "-o", str(out),
+             "--concurrency", str(concurrency), "--disable-aggregation", "--overwrite", *args]
+    t0 = time.perf_counter()
+    proc, lines = run_lines(argv, ng07_subprocess_env(env, work), ng07_site(env), None, timeout)
+    total = time.perf_counter() - t0
+    start = next((t for t, l in lines if "concurrent requests" in l), None)
+    end = next((t for t, l in lines if "aggregate-metrics computation" in l or "Computing aggregate metrics" in l), None)
+    if proc.returncode != 0 or start is None or end is None:
+        raise RuntimeError(f"gym eval reverify failed (exit {proc.returncode}): {[l for _, l in lines[-15:]]}")
+    rows = [json.loads(x) for x in out.read_text().splitlines() if x.strip()]
+    seconds = end - start
+    return {"rows": len(rows), "seconds": seconds, "rows_per_s": len(rows) / seconds, "command_seconds": total,
+            "rewards": {(r["_ng_task_index"], r["_ng_rollout_index"]): r["reward"] for r in rows}}
+
+
+def ng07_side_by_side(env: Path, work: Path, n: int, concurrency: int, rounds: int) -> dict[str, Any]:
+    """gymverl rescore vs `gym eval reverify` (0.7.0), same file, same concurrency; rewards compared."""
+    coll = work / "coll"
+    coll.mkdir(parents=True, exist_ok=True)
+    rollouts = ng07_collection(env, coll, n)
+    head, port = free_port(), free_port()
+    args, configs = ng07_server_args(env, work, head, port)
+    argv = [str(env / "bin" / "ng_run"), "+config_paths=[" + ",".join(configs) + "]", *args]
+    t0 = time.perf_counter()
+    proc, lines = run_lines(argv, ng07_subprocess_env(env, work), ng07_site(env), lambda l: l.startswith("All ") and "servers ready!" in l, 600)
+    try:
+        if proc.poll() is not None:
+            raise RuntimeError(f"ng_run exited {proc.returncode}: {[l for _, l in lines[-60:]]}")
+        started = time.perf_counter() - t0
+        url = mcqa_url(head)
+        out = work / "gymverl_rescored.jsonl"
+        timed_rescore(rollouts, out, [url], concurrency)  # warm-up
+        gv = [timed_rescore(rollouts, out, [url], concurrency) for _ in range(rounds)]
+        ours = {(r["_ng_task_index"], r["_ng_rollout_index"]): r["reward"] for r in map(json.loads, out.read_text().splitlines())}
+    finally:
+        stop_group(proc)
+    gym = [gym_reverify(env, work, rollouts, concurrency) for _ in range(rounds)]
+    theirs = gym[-1].pop("rewards")
+    for g in gym:
+        g.pop("rewards", None)
+    best_gv, best_gym = max(r["rows_per_s"] for r in gv), max(r["rows_per_s"] for r in gym)
+    return {
+        "rows": n, "concurrency": concurrency, "server_start_s": started, "gymverl": gv, "gym_eval_reverify": gym,
+        "gymverl_rows_per_s": best_gv, "gym_eval_reverify_rows_per_s": best_gym, "gymverl_vs_gym_eval_reverify": best_gv / best_gym,
+        "same_rewards": ours == theirs, "rows_compared": len(theirs),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=8000, help="rows for the 20 ms and zero-latency runs")
@@ -149,7 +391,22 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds on the real server (best of each is reported)")
     ap.add_argument("--no-real", action="store_true", help="skip the real NeMo Gym server")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--no-reverify", action="store_true", help="skip the side-by-side with gym eval reverify (nemo-gym 0.7.0)")
+    ap.add_argument("--only-reverify", action="store_true", help="run only the side-by-side with gym eval reverify")
+    ap.add_argument("--reverify-rows", type=int, default=3000)
+    ap.add_argument("--reverify-rounds", type=int, default=1)
+    ap.add_argument("--ng07-env", type=Path, default=None, help="nemo-gym 0.7.0 venv (default $GYMVERL_NEMO_GYM_07_ENV, else .nemo-gym-venv)")
     args = ap.parse_args()
+    if args.only_reverify:
+        tmp = Path(tempfile.mkdtemp(prefix="gymverl-bench-rescore-"))
+        r = ng07_side_by_side(ng07_env(args.ng07_env), tmp, args.reverify_rows, args.real_concurrency, args.reverify_rounds)
+        print_reverify(r)
+        if args.json:
+            args.json.write_text(json.dumps({"gym_eval_reverify": r}, indent=2))
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
     results: dict[str, Any] = {"cpus": len(cpus()), "loadavg": os.getloadavg()}
     tmp = Path(tempfile.mkdtemp(prefix="gymverl-bench-rescore-"))
     inp = tmp / "rows.jsonl"
@@ -219,6 +476,10 @@ def main() -> None:
             "note": "nemo-gym 0.4.0 has no re-verification command; reference = its own async client at the same concurrency",
         }
 
+    # 5: gym eval reverify (nemo-gym 0.7.0), same file and concurrency.
+    if not args.no_reverify:
+        results["gym_eval_reverify"] = ng07_side_by_side(ng07_env(args.ng07_env), tmp / "ng07", args.reverify_rows, args.real_concurrency, args.reverify_rounds)
+
     l20 = results["latency_20ms"]
     print("| measurement | rows/s | target | ok |")
     print("| --- | ---: | --- | --- |")
@@ -233,12 +494,25 @@ def main() -> None:
         print(f"| real mcqa, gymverl, concurrency {r['concurrency']} | {r['gymverl_rows_per_s']:.0f} | | |")
         print(f"| real mcqa, NeMo Gym's own client, concurrency {r['concurrency']} | {r['nemo_gym_client_rows_per_s']:.0f} (gymverl {r['gymverl_vs_nemo_gym_client']:.0%}) | >= 90% | {r['gymverl_vs_nemo_gym_client'] >= 0.9} |")
         print(f"| real mcqa, one at a time | {r['one_at_a_time']['rows_per_s']:.0f} (gymverl {r['gymverl_vs_one_at_a_time']:.1f}x) | | |")
+    if "gym_eval_reverify" in results:
+        print_reverify(results["gym_eval_reverify"], header=False)
     print(f"\n{results['cpus']} CPUs, load average {results['loadavg'][0]:.1f} at start")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     import shutil
 
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def print_reverify(r: dict[str, Any], header: bool = True) -> None:
+    if header:
+        print("| measurement | rows/s | target | ok |")
+        print("| --- | ---: | --- | --- |")
+    print(f"| 0.7.0 mcqa, gymverl rescore, concurrency {r['concurrency']}, {r['rows']} rows | {r['gymverl_rows_per_s']:.0f} | | |")
+    print(
+        f"| 0.7.0 mcqa, gym eval reverify, same file and concurrency | {r['gym_eval_reverify_rows_per_s']:.0f} "
+        f"(gymverl {r['gymverl_vs_gym_eval_reverify']:.0%}; same rewards on {r['rows_compared']} rows: {r['same_rewards']}) | >= 90% | {r['gymverl_vs_gym_eval_reverify'] >= 0.9} |"
+    )
 
 
 if __name__ == "__main__":

@@ -1112,6 +1112,8 @@ def demo(
 
 def render_rescore(d: dict[str, Any], show_tasks: int = 20) -> None:
     """Render `RescoreSummary.to_dict()`: totals, per-task before/after, failures, rejections."""
+    from gymverl.sidecars import JOIN_REASONS
+
     t = Table(title=f"rescore: {d['input']} -> {d['output']}", show_header=False, title_justify="left")
     t.add_column(style="bold")
     t.add_column(justify="right")
@@ -1127,10 +1129,19 @@ def render_rescore(d: dict[str, Any], show_tasks: int = 20) -> None:
         color = "green" if delta > 1e-12 else ("red" if delta < -1e-12 else "")
         ds = f"{delta:+.4f}"
         t.add_row("mean reward before -> after", f"{d['mean_before']:.4f} -> {d['mean_after']:.4f}  " + (f"[{color}]{ds}[/]" if color else ds))
+    if d.get("task_source"):
+        t.add_row("task fields from", f"{d['task_source']} ({d['task_source_kind']})")
     if d["tasks_joined"] or d["tasks_not_found"]:
-        t.add_row("task fields re-joined (--tasks)", f"{d['tasks_joined']} rows" + (f", [yellow]{d['tasks_not_found']} rows without a task[/]" if d["tasks_not_found"] else ""))
+        t.add_row("task fields re-joined", f"{d['tasks_joined']} rows" + (f", [yellow]{d['tasks_not_found']} rows without a task[/]" if d["tasks_not_found"] else ""))
+        for reason, n in (d.get("tasks_not_found_by_reason") or {}).items():
+            t.add_row("", f"[yellow]{n} rows {JOIN_REASONS.get(reason, reason)}[/]")
         if d["added_fields"]:
             t.add_row("fields added", ", ".join(f"{k} ({v})" for k, v in d["added_fields"].items()))
+    if d.get("duplicate_pairs"):
+        t.add_row("repeated (task, rollout) pairs", f"[yellow]{d['duplicate_pairs']} rows[/]")
+    modes = d.get("reverify_modes") or {}
+    if modes and set(modes.values()) != {"stateless"}:
+        t.add_row("GET /reverify_mode", ", ".join(f"{u}: {m}" + (" [yellow](--force)[/]" if u in d.get("forced", []) else "") for u, m in modes.items()))
     if d["resumed_from_line"]:
         t.add_row("resumed after line", str(d["resumed_from_line"]))
     if d["rows_per_second"]:
@@ -1219,8 +1230,19 @@ def rescore(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over even if OUTPUT holds an unfinished run (otherwise refused: use --resume) or a file that is not a rescore output.")] = False,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Re-send the rows a finished run into OUTPUT recorded as failed verifications; other rows are kept, order too.")] = False,
     tasks: Annotated[
-        Optional[Path], typer.Option("--tasks", help="NeMo Gym tasks JSONL: re-join task fields missing from rollouts (by _ng_task_index, else prompt hash).")
+        Optional[Path],
+        typer.Option(
+            "--tasks",
+            help="Task fields the rollouts lack come from this NeMo Gym tasks JSONL (joined on _ng_task_index = its line) or "
+            "materialized inputs (joined on _ng_task_index and _ng_rollout_index); the prompt must match. Default: "
+            "<stem>_materialized_inputs.jsonl beside ROLLOUTS when it exists.",
+        ),
     ] = None,
+    side_files: Annotated[bool, typer.Option("--side-files/--no-side-files", help="Look for <stem>_materialized_inputs.jsonl beside ROLLOUTS (without --tasks).")] = True,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Re-verify even against servers whose GET /reverify_mode is not \"stateless\" (rewards of a stateful verifier may be wrong)."),
+    ] = False,
     concurrency: Annotated[int, typer.Option("--concurrency", "-c", callback=number(min=1, max=MAX_CONCURRENCY), help="Requests in flight at once (all servers together).")] = 32,
     timeout: Annotated[float, typer.Option("--timeout", callback=number(above=0, max=7 * 86400, unit='seconds'), help="Seconds per request attempt.")] = 60.0,
     retries: Annotated[int, typer.Option("--retries", callback=number(min=0, max=MAX_RETRIES), help="Retries per row on timeouts, connection errors, 429 and 5xx (exponential backoff with jitter).")] = 4,
@@ -1234,7 +1256,11 @@ def rescore(
 
     A row whose verification finally fails (after retries) goes to the failures file with the reason and is never written with a made-up reward.
 
-    Exit code 0 all rows rescored; 1 some rows failed or were rejected, the run stopped early (resume with --resume), or --strict saw a suspicious reward flip; 2 usage error; 130 interrupted (resume with --resume).
+    An HTTP 200 answer that reports a failure (NeMo Gym >= 0.5: mask_sample true, judge_failed) is a failure too (--retry-failed re-sends it).
+    Task fields the rollouts lack are joined from --tasks or <stem>_materialized_inputs.jsonl beside ROLLOUTS, on _ng_task_index and _ng_rollout_index.
+    Each server is asked GET /reverify_mode first: one that does not say "stateless" is refused without --force (as gym eval reverify does; a server without the route, NeMo Gym 0.4, is used).
+
+    Exit code 0 all rows rescored; 1 some rows failed or were rejected, the run stopped early (resume with --resume), or --strict saw a suspicious reward flip; 2 usage error, or a server not declared stateless without --force; 130 interrupted (resume with --resume).
     """
     from gymverl.rescore import rescore_file
     from gymverl.verify import VerifyClient
@@ -1257,7 +1283,7 @@ def rescore(
             progress.start()
         summary = rescore_file(
             path, output, client=client, failures=failures, resume=resume, overwrite=overwrite, retry_failed=retry_failed, tasks=tasks,
-            flip_threshold=flip_threshold, limit=limit, on_progress=on_progress, handle_signals=True,
+            side_files=side_files, force=force, flip_threshold=flip_threshold, limit=limit, on_progress=on_progress, handle_signals=True,
         )
     finally:
         if progress is not None:

@@ -54,6 +54,14 @@ ROLLOUT_KEYS = frozenset(
         "_ng_no_persist",
     }
 )
+
+
+def is_ng_key(key: str) -> bool:
+    """True for a key NeMo Gym itself writes on a rollout line (`ROLLOUT_KEYS`, or any `_ng_*`:
+    0.7.0 adds e.g. `_ng_attempt_index`, `_ng_rollout_id`, `_ng_failure_*`): never a task field."""
+    return key in ROLLOUT_KEYS or key.startswith("_ng_")
+
+
 # The Responses-API item types NeMo Gym reads and writes (nemo_gym.openai_utils.NeMoGymResponseInputItem);
 # gymverl.messages converts exactly these, so a record that validates also converts.
 ITEM_TYPES = frozenset({"message", "function_call", "function_call_output", "reasoning"})
@@ -171,7 +179,7 @@ def check_task(obj: Any) -> None:
 
 def task_fields(record: dict[str, Any]) -> dict[str, Any]:
     """Top-level keys that are not NeMo Gym rollout keys: task fields and verifier outputs."""
-    return {k: v for k, v in record.items() if k not in ROLLOUT_KEYS}
+    return {k: v for k, v in record.items() if not is_ng_key(k)}
 
 
 def prompt_hash(record: dict[str, Any]) -> str:

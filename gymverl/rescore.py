@@ -11,6 +11,13 @@ records, after both files are flushed, how many input lines are done and each fi
 resumed run truncates the files to those sizes (dropping anything written after the last
 checkpoint) and continues with the next line: no duplicates, no gaps, order kept.
 
+Task fields the rollouts lack (NeMo Gym >= 0.5 keeps only what the verifier's request model
+declares) are joined from `--tasks` or from `<stem>_materialized_inputs.jsonl` beside the input,
+on (`_ng_task_index`, `_ng_rollout_index`) via `gymverl.sidecars.TaskSource`. Before any row is
+sent each server is asked `GET /reverify_mode`; one not declared stateless is refused without
+`--force`. An HTTP 200 answer that reports a failure (`mask_sample: true`, `judge_failed`) is a
+failure record, never a reward. Rows repeating a (task, rollout) pair are counted and reported.
+
 Both files are locked for the whole run (`gymverl.files.output_lock`: a second run into them stops
 at once, naming this one's PID) and checked against the inputs before anything is written. An
 output named `.gz` is gzip-compressed, one gzip member per checkpoint, so it resumes the same way.
@@ -40,15 +47,9 @@ from gymverl.errors import RunError, UsageError, from_os_error
 from gymverl.files import ResumableFile, atomic_open, check_outputs, is_gzip_name, output_lock
 from gymverl.inputs import Input, as_input
 from gymverl.jsonl import RAW_KEEP_BYTES, dumps, iter_lines
-from gymverl.records import (
-    agent_name,
-    check_line,
-    content_text,
-    iter_checked,
-    task_fields,
-    task_key,
-)
-from gymverl.verify import ECHO_KEYS, VerifyClient, VerifyResult, build_request, fetch_request_fields
+from gymverl.records import ROLLOUT_KEYS, agent_name, check_line, task_key
+from gymverl.sidecars import ROLLOUT_INDEX, TASK_INDEX, PairSet, TaskSource, sidecar_paths
+from gymverl.verify import ECHO_KEYS, VERDICT_KEYS, VerifyClient, VerifyResult, build_request, fetch_request_fields
 
 STATE_VERSION = 1
 _FIELD_REQUIRED = re.compile(r"(?:^|; |HTTP 422: )([A-Za-z_][\w.]*): Field required")
@@ -60,61 +61,94 @@ class RescoreError(UsageError):
     """A problem that stops the whole run before it starts (one clear sentence)."""
 
 
-# ---- task join (--tasks) ------------------------------------------------------------------------
+# ---- task join (--tasks, materialized inputs) ---------------------------------------------------
+
+# Fields NeMo Gym itself reads and writes (`_ng_*`, the verdict, the rollout id it takes as
+# `_ng_rollout_id`): never task fields, so never named as "missing" or "answered null".
+BOOKKEEPING_FIELDS = frozenset(ROLLOUT_KEYS | VERDICT_KEYS | {"capture_rollout_id", "reward_before"})
 
 
-def prompt_key(record: Mapping[str, Any]) -> str:
-    """A prompt hash that ignores representation details (`type: "message"`, string vs parts
-    content, key order), so rollouts re-join the task rows they were collected from."""
-    rcp = record.get("responses_create_params") or {}
-    inp = rcp.get("input")
-    items = [{"role": "user", "content": inp}] if isinstance(inp, str) else (inp or [])
-    norm: list[Any] = []
-    for item in items:
-        if isinstance(item, dict) and item.get("type", "message") == "message" and "role" in item:
-            norm.append([item.get("role"), content_text(item.get("content"))])
-        else:
-            norm.append(item)
-    # A tool's name is a string in any real file, but validate accepts any JSON there (a number
-    # must not crash the join): non-strings are keyed by their JSON text.
-    tools = sorted(n if isinstance(n := t.get("name", ""), str) else dumps(n).decode() for t in rcp.get("tools") or [] if isinstance(t, dict))
-    key = [norm, tools, rcp.get("instructions") or None]
-    # jsonl.dumps: a prompt nested deeper than orjson writes (254 levels) is still keyed.
-    return hashlib.sha1(dumps(key, sort_keys=True)).hexdigest()[:16]
+def is_bookkeeping(name: str) -> bool:
+    """True for a NeMo Gym bookkeeping field (not a task field the verifier needs)."""
+    return name.startswith("_ng_") or name in BOOKKEEPING_FIELDS
 
 
-class TaskIndex:
-    """NeMo Gym task rows, looked up by `_ng_task_index` (row position) or by prompt."""
+def task_source_for(input_path: str | os.PathLike[str], tasks: "str | os.PathLike[str] | TaskSource | None", side_files: bool = True) -> TaskSource | None:
+    """The task rows to join onto rollouts: `tasks` (a tasks file or materialized inputs, kind
+    detected), else `<stem>_materialized_inputs.jsonl` beside the input (unless `side_files` is
+    False), else None. Raises UsageError when `tasks` is missing or unreadable."""
+    if isinstance(tasks, TaskSource):
+        return tasks
+    if tasks is not None:
+        # Rollouts without an index (NeMo Gym's example rollouts) join by prompt only when it is unambiguous.
+        return TaskSource(tasks, prompt_fallback=True)
+    if not side_files:
+        return None
+    found = sidecar_paths(input_path).materialized
+    return TaskSource(found, "materialized", prompt_fallback=True) if found is not None else None
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = str(path)
-        self.by_index: dict[int, dict[str, Any]] = {}
-        self.by_prompt: dict[str, dict[str, Any]] = {}
-        self.rejected: list[tuple[int, str]] = []
-        for c in iter_checked(path, tasks=True):
-            if c.record is None:
-                self.rejected.append((c.line, c.reason or ""))
-                continue
-            self.by_index[c.line - 1] = c.record
-            self.by_prompt.setdefault(prompt_key(c.record), c.record)
 
-    def __len__(self) -> int:
-        return len(self.by_index)
+# ---- GET /reverify_mode ---------------------------------------------------------------------------
 
-    def find(self, record: Mapping[str, Any]) -> dict[str, Any] | None:
-        """The task a rollout came from: by task index when its prompt matches, else by prompt."""
-        key = prompt_key(record)
-        idx = record.get("_ng_task_index")
-        if isinstance(idx, int) and not isinstance(idx, bool):
-            task = self.by_index.get(idx)
-            if task is not None and prompt_key(task) == key:
-                return task
-        return self.by_prompt.get(key)
+# What `GET /reverify_mode` may say (NeMo Gym >= 0.5 `ReverifyMode`), plus gymverl's own two:
+# `not_declared` (HTTP 404: the server predates the route, NeMo Gym < 0.5) and `unreachable`.
+SAFE_MODES = frozenset({"stateless", "not_declared", "unreachable"})
 
-    @staticmethod
-    def missing_fields(record: Mapping[str, Any], task: Mapping[str, Any]) -> dict[str, Any]:
-        """Task fields the rollout lacks (absent or null), to add to the /verify body and the row."""
-        return {k: v for k, v in task_fields(dict(task)).items() if record.get(k) is None and v is not None}
+
+async def fetch_reverify_mode(url: str, timeout: float = 10.0) -> str:
+    """What the server at `url` says about re-verifying stored rollouts: "stateless",
+    "unsupported", "unknown" (its answer), "not_declared" (HTTP 404: NeMo Gym < 0.5 has no such
+    route), "unreachable" (no answer: the run itself then reports the server), or
+    "HTTP <status>" / "unreadable answer" for anything else. Never raises for server trouble."""
+    import aiohttp
+
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
+            async with session.get(url + "/reverify_mode") as resp:
+                raw = await resp.read()
+                status = resp.status
+    except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+        return "unreachable"
+    if status == 404:
+        return "not_declared"
+    if status != 200:
+        return f"HTTP {status}"
+    try:
+        mode = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return "unreadable answer"
+    return mode.strip().lower() if isinstance(mode, str) and mode.strip() else "unreadable answer"
+
+
+def check_reverify_modes(client: VerifyClient, force: bool) -> tuple[dict[str, str], list[str]]:
+    """Ask every server of `client` `GET /reverify_mode` (concurrently, once per URL).
+
+    Returns ({url: mode}, [urls re-verified although not stateless: only with `force`]).
+    Raises RescoreError (exit 2) without `force` when a server is not declared stateless: its
+    `/verify` may read session state that `/seed_session` and the rollout's tool calls built, which
+    a stored rollout does not carry, so a re-verified reward would be wrong. As `gym eval
+    reverify` does, "unknown" (the 0.7.0 default, e.g. math_with_judge and xlam_fc) counts as not
+    stateless. A 404 (NeMo Gym < 0.5, no such route) is let through: those servers cannot declare
+    anything, and refusing them all would make --force a habit; the summary records it.
+    """
+    urls = list(dict.fromkeys([*client.pool, *(u for us in client.routes.values() for u in us)]))
+    timeout = min(client.timeout, 10.0)
+
+    async def ask() -> list[str]:
+        return list(await asyncio.gather(*(fetch_reverify_mode(u, timeout) for u in urls)))
+
+    modes = dict(zip(urls, asyncio.run(ask())))
+    unsafe = [u for u, m in modes.items() if m not in SAFE_MODES]
+    if unsafe and not force:
+        names = {u: [n for n, us in client.routes.items() if u in us] for u in unsafe}
+        which = "; ".join(f"{u}{' (' + ', '.join(names[u]) + ')' if names[u] else ''} says {modes[u]!r}" for u in unsafe)
+        raise RescoreError(
+            f"refusing to re-verify: {which} to GET /reverify_mode, not \"stateless\": re-verifying a stateful "
+            "verifier needs the session that /seed_session and the rollout's tool calls built, which a stored rollout "
+            "does not carry, so rewards may be wrong; pass --force if this verifier is stateless "
+            "(gym eval reverify refuses the same servers without ++force=true)."
+        )
+    return modes, unsafe
 
 
 # ---- summary ------------------------------------------------------------------------------------
@@ -143,6 +177,15 @@ class RescoreSummary:
     examples: list[dict[str, Any]] = field(default_factory=list)  # first failures/rejections
     joined_tasks: int = 0
     unjoined: int = 0
+    unjoined_by_reason: Counter[str] = field(default_factory=Counter)  # sidecars.JOIN_REASONS keys
+    task_source: str | None = None  # the tasks file or materialized inputs joined (None: none)
+    task_source_kind: str | None = None  # "tasks" or "materialized"
+    duplicate_pairs: int = 0  # rows whose (_ng_task_index, _ng_rollout_index) an earlier row had
+    duplicate_examples: list[dict[str, Any]] = field(default_factory=list)
+    _pairs: PairSet = field(default_factory=PairSet, repr=False)
+    _big_pairs: set[tuple[int, int]] = field(default_factory=set, repr=False)
+    reverify_modes: dict[str, str] = field(default_factory=dict)  # server URL -> its GET /reverify_mode
+    forced: list[str] = field(default_factory=list)  # servers re-verified although not stateless (--force)
     added_fields: Counter[str] = field(default_factory=Counter)
     null_echoed: Counter[str] = field(default_factory=Counter)
     absent_accepted: Counter[str] = field(default_factory=Counter)
@@ -177,6 +220,19 @@ class RescoreSummary:
         t[1] += b
         t[2] += after
         t[3] += moved
+
+    def note_pair(self, rec: Mapping[str, Any], line: int | None = None) -> None:
+        """Count a row whose (task, rollout) pair an earlier row already had (a duplicate
+        rollout: a concatenation of overlapping files, a collection resumed twice)."""
+        t, r = rec.get(TASK_INDEX), rec.get(ROLLOUT_INDEX)
+        if type(t) is not int or type(r) is not int or t < 0 or r < 0:
+            return
+        # PairSet keeps one bit per repeat: a huge rollout index goes to a plain set instead.
+        new = self._pairs.add(t, r) if r < 4096 else ((t, r) not in self._big_pairs and not self._big_pairs.add((t, r)))
+        if not new:
+            self.duplicate_pairs += 1
+            if len(self.duplicate_examples) < self.max_examples:
+                self.duplicate_examples.append({"line": line, TASK_INDEX: t, ROLLOUT_INDEX: r})
 
     def add_failure(self, rec: Mapping[str, Any]) -> None:
         """Fold one failures-file record into the totals."""
@@ -215,9 +271,10 @@ class RescoreSummary:
         return self.rescored > 0 and self.went_down >= 2 and self.went_down / self.rescored >= self.flip_threshold
 
     def likely_missing_fields(self) -> list[str]:
-        """Fields to look at when rewards flip: accepted by /verify but absent, then echoed as null."""
-        names = [k for k, _ in self.absent_accepted.most_common()]
-        names += [k for k, _ in self.null_echoed.most_common() if k not in names]
+        """Fields to look at when rewards flip: accepted by /verify but absent, then echoed as null
+        (task fields only: NeMo Gym's bookkeeping fields are never named)."""
+        names = [k for k, _ in self.absent_accepted.most_common() if not is_bookkeeping(k)]
+        names += [k for k, _ in self.null_echoed.most_common() if k not in names and not is_bookkeeping(k)]
         return names
 
     def warning(self) -> str | None:
@@ -229,16 +286,34 @@ class RescoreSummary:
         if self.suspicious:
             share = self.went_down / self.rescored
             msg = f"{self.went_down} of {self.rescored} rewards went down ({share:.0%}); the rollouts may lack task fields the verifier needs"
-            absent = [f"{k} (absent from {n} rows)" for k, n in self.absent_accepted.most_common(8)]
-            nulls = [f"{k} ({n} rows)" for k, n in self.null_echoed.most_common(8)]
+            absent = [f"{k} (absent from {n} rows)" for k, n in self.absent_accepted.most_common() if not is_bookkeeping(k)][:8]
+            nulls = [f"{k} ({n} rows)" for k, n in self.null_echoed.most_common() if not is_bookkeeping(k)][:8]
             if absent:
                 msg += f"; the server's /verify accepts fields these rows lack: {', '.join(absent)}"
             if nulls:
                 msg += f"; the server answered null for: {', '.join(nulls)}"
             parts.append(msg)
+        if self.duplicate_pairs:
+            ex = ", ".join(f"({e[TASK_INDEX]}, {e[ROLLOUT_INDEX]})" for e in self.duplicate_examples[:5])
+            parts.append(
+                f"{self.duplicate_pairs} rows repeat a (_ng_task_index, _ng_rollout_index) pair an earlier row has, e.g. {ex}: "
+                "the input holds the same rollout twice or concatenates collections that number tasks alike"
+            )
+        if self.forced:
+            parts.append(
+                f"re-verified with --force against servers that do not declare a stateless /verify ({', '.join(self.forced)}): "
+                "their rewards may be wrong"
+            )
         if not parts:
             return None
-        return "; ".join(parts) + ". Re-join task fields from the NeMo Gym input file with --tasks TASKS.jsonl."
+        text = "; ".join(parts)
+        if self.required_missing or self.suspicious:
+            if self.task_source is None:
+                hint = "re-join task fields from the NeMo Gym input file with --tasks TASKS.jsonl (or keep <stem>_materialized_inputs.jsonl beside the rollouts)"
+            else:
+                hint = f"the task rows joined from {self.task_source} do not supply them: check that it is the input these rollouts were collected from"
+            text += ". " + hint[0].upper() + hint[1:]
+        return text + "."
 
     def to_dict(self, per_task: bool | None = None) -> dict[str, Any]:
         """Plain JSON-able data."""
@@ -270,9 +345,16 @@ class RescoreSummary:
             "per_task": tasks if include_tasks else None,
             "tasks_joined": self.joined_tasks,
             "tasks_not_found": self.unjoined,
+            "tasks_not_found_by_reason": dict(self.unjoined_by_reason.most_common()),
+            "task_source": self.task_source,
+            "task_source_kind": self.task_source_kind,
+            "duplicate_pairs": self.duplicate_pairs,
+            "duplicate_examples": self.duplicate_examples,
+            "reverify_modes": self.reverify_modes,
+            "forced": self.forced,
             "added_fields": dict(self.added_fields.most_common()),
-            "null_echoed": dict(self.null_echoed.most_common()),
-            "absent_accepted_fields": dict(self.absent_accepted.most_common()),
+            "null_echoed": {k: n for k, n in self.null_echoed.most_common() if not is_bookkeeping(k)},
+            "absent_accepted_fields": {k: n for k, n in self.absent_accepted.most_common() if not is_bookkeeping(k)},
             "required_fields_missing": dict(self.required_missing.most_common()),
             "warning": self.warning(),
             "resumed_from_line": self.resumed_from,
@@ -291,7 +373,8 @@ def rescored_row(record: Mapping[str, Any], answer: Mapping[str, Any], added: Ma
     (placed right after it), other verifier outputs updated; echoed request parts are ignored."""
     out: dict[str, Any] = {}
     for k, v in record.items():
-        if k == "reward_before":
+        # The old verdict (mask_sample, failure_kind, ...) belongs to the old reward: the answer's replaces it.
+        if k == "reward_before" or k in VERDICT_KEYS:
             continue
         out[k] = v
         if k == "reward":
@@ -312,6 +395,9 @@ def failure_record(line: int, record: Mapping[str, Any] | None, result: VerifyRe
     rec.update(result.failure())
     if record is not None:
         rec["task"] = task_key(dict(record))
+        for k in (TASK_INDEX, ROLLOUT_INDEX):
+            if k in record:
+                rec[k] = record[k]
         rec["agent"] = agent_name(dict(record))
         rec["reward_before"] = record.get("reward")
     return rec
@@ -408,7 +494,7 @@ class _Run:
         resume: bool,
         overwrite: bool,
         retry_failed: bool,
-        tasks: TaskIndex | None,
+        tasks: TaskSource | None,
         window: int,
         max_failures_in_a_row: int,
         flip_threshold: float,
@@ -510,10 +596,15 @@ class _Run:
         """Rebuild the summary of lines done by earlier runs from the output and failures files
         (already cut back to the checkpoint, so all they hold is done)."""
         s = self.summary
-        for path, add in (
-            (self.output, lambda r: s.add_ok(task_key(r), r.get("reward_before"), float(r["reward"]))),
-            (self.failures_path, s.add_failure),
-        ):
+        def add_ok(r: dict[str, Any]) -> None:
+            s.add_ok(task_key(r), r.get("reward_before"), float(r["reward"]))
+            s.note_pair(r)
+
+        def add_failure(r: dict[str, Any]) -> None:
+            s.add_failure(r)
+            s.note_pair(r, r.get("line"))
+
+        for path, add in ((self.output, add_ok), (self.failures_path, add_failure)):
             if not path.exists() or path.stat().st_size == 0:
                 continue
             with _open_output(path) as f:
@@ -807,12 +898,15 @@ class _Run:
         assert record is not None
         added: dict[str, Any] = {}
         if self.tasks is not None:
-            task = self.tasks.find(record)
-            if task is None:
+            # Joined on the indices (both for materialized inputs), the prompt only as a check:
+            # never on line position or prompt text (two tasks may share a prompt).
+            join = self.tasks.find(record)
+            if join.fields is None:
                 self.summary.unjoined += 1
+                self.summary.unjoined_by_reason[join.reason] += 1
             else:
                 self.summary.joined_tasks += 1
-                added = TaskIndex.missing_fields(record, task)
+                added = {k: v for k, v in join.fields.items() if record.get(k) is None and v is not None}
                 for k in added:
                     self.summary.added_fields[k] += 1
         body = build_request(record, added)
@@ -825,7 +919,7 @@ class _Run:
             if isinstance(before, (int, float)) and after < before:
                 # Diagnose rewards that went down: nulls in the answer, fields the server takes but the row lacks.
                 for k, v in result.answer.items():
-                    if v is None and body.get(k) is None and k not in ECHO_KEYS:
+                    if v is None and body.get(k) is None and k not in ECHO_KEYS and not is_bookkeeping(k):
                         self.summary.null_echoed[k] += 1
                 await self._note_absent(result.server, body)
         else:
@@ -849,7 +943,7 @@ class _Run:
         if fetch is None:
             fetch = self._accepted[server] = asyncio.ensure_future(fetch_request_fields(server))
         for k in await fetch or ():
-            if body.get(k) is None:
+            if body.get(k) is None and not is_bookkeeping(k):
                 self.summary.absent_accepted[k] += 1
 
     def _drain(self, final: bool = False) -> None:
@@ -875,9 +969,11 @@ class _Run:
                 out.write(dumps(item.out) + b"\n")
                 o = item.out
                 self.summary.add_ok(task_key(o), o.get("reward_before"), float(o["reward"]))
+                self.summary.note_pair(o, item.line)
             elif item.fail is not None:
                 fails.write(dumps(item.fail) + b"\n")
                 self.summary.add_failure(item.fail)
+                self.summary.note_pair(item.fail, item.line)
             else:  # a blank line: skipped, counted
                 self.summary.lines += 1
                 self.summary.blank += 1
@@ -909,7 +1005,10 @@ def rescore_file(
     resume: bool = False,
     overwrite: bool = False,
     retry_failed: bool = False,
-    tasks: str | os.PathLike[str] | TaskIndex | None = None,
+    tasks: str | os.PathLike[str] | TaskSource | None = None,
+    side_files: bool = True,
+    force: bool = False,
+    check_reverify: bool = True,
     concurrency: int | None = None,
     timeout: float | None = None,
     retries: int | None = None,
@@ -927,8 +1026,17 @@ def rescore_file(
     of a finished run whose verification failed, copies every other row, and replaces the output
     and failures files (order kept) only if that pass completes.
 
+    Task fields the rollouts lack are joined from `tasks` (an original NeMo Gym tasks file, joined
+    on `_ng_task_index` = its 0-based line, or materialized inputs, joined on
+    (`_ng_task_index`, `_ng_rollout_index`); either way the prompt must match), else from
+    `<stem>_materialized_inputs.jsonl` beside the input when it exists (`side_files=False`: not
+    looked for). Never on line position or prompt text alone (`gymverl.sidecars.TaskSource`).
+
+    Unless `check_reverify` is False, every server is asked `GET /reverify_mode` first; servers
+    that are not declared stateless are refused without `force` (see `check_reverify_modes`).
+
     Outputs (`output`, the failures file, the checkpoint) are checked against the inputs (the
-    rollouts and `tasks`) before anything is written, and locked for the whole run.
+    rollouts and the task file) before anything is written, and locked for the whole run.
 
     Raises (each one sentence, `exit_code` set): InputError / RescoreError (exit 2) for problems
     found before any row is sent, an output that is an input, or an existing file that is not a
@@ -942,9 +1050,12 @@ def rescore_file(
     assert path.path is not None
     out = Path(output)
     fails = Path(failures) if failures is not None else default_failures_path(out)
-    tasks_path = Path(tasks.path) if isinstance(tasks, TaskIndex) else (Path(tasks) if tasks is not None else None)
+    # A pipe (spooled) has no folder to find side files in.
+    source = task_source_for(path.path, tasks, side_files and not path.spooled)
+    if source is not None and len(source) == 0:
+        raise RescoreError(f"{source.path}: no valid NeMo Gym task rows to join.")
     # Before anything is opened for writing: no output may be an input (path, symlink, hard link).
-    check_outputs([out, fails, state_path(out)], [None if path.spooled else path.path, tasks_path])
+    check_outputs([out, fails, state_path(out)], [None if path.spooled else path.path, source.path if source is not None else None])
     if retry_failed and (resume or overwrite):
         raise RescoreError("--retry-failed works on a finished run; do not combine it with --resume or --overwrite.")
     if client is None:
@@ -958,13 +1069,18 @@ def rescore_file(
         if retries is not None:
             kw["retries"] = retries
         client = VerifyClient([servers] if isinstance(servers, str) else list(servers), **kw)
+    modes, forced = check_reverify_modes(client, force) if check_reverify else ({}, [])
     try:
         # Held for the whole run: a second rescore into the same files stops at once, naming this one.
         with output_lock(out, fails):
-            return _rescore_locked(
-                path, out, fails, client, tasks, window, max_failures_in_a_row, flip_threshold, on_progress,
+            summary = _rescore_locked(
+                path, out, fails, client, source, window, max_failures_in_a_row, flip_threshold, on_progress,
                 handle_signals, limit, resume=resume, overwrite=overwrite, retry_failed=retry_failed,
             )
+        summary.reverify_modes, summary.forced = modes, forced
+        if source is not None:
+            summary.task_source, summary.task_source_kind = str(source.path), source.kind
+        return summary
     except OSError as exc:
         # Disk full or a file-size limit: exit 1 (the command line was fine); anything else: exit 2.
         raise from_os_error(exc, None if exc.filename else str(out)) from None
@@ -975,7 +1091,7 @@ def _rescore_locked(
     out: Path,
     fails: Path,
     client: VerifyClient,
-    tasks: str | os.PathLike[str] | TaskIndex | None,
+    task_index: TaskSource | None,
     window: int | None,
     max_failures_in_a_row: int | None,
     flip_threshold: float,
@@ -987,9 +1103,6 @@ def _rescore_locked(
     overwrite: bool,
     retry_failed: bool,
 ) -> RescoreSummary:
-    task_index = TaskIndex(tasks) if tasks is not None and not isinstance(tasks, TaskIndex) else tasks
-    if task_index is not None and len(task_index) == 0:
-        raise RescoreError(f"{task_index.path}: no valid NeMo Gym task rows to join.")
     win = window or max(1024, 16 * client.concurrency)
     # A held-back run of failures must be able to trip the breaker before it fills the window.
     breaker = min(max_failures_in_a_row or max(10, 2 * client.concurrency), max(1, win - 1))
@@ -1015,7 +1128,11 @@ def _rescore_locked(
 __all__ = [
     "RescoreError",
     "RescoreSummary",
-    "TaskIndex",
+    "BOOKKEEPING_FIELDS",
+    "check_reverify_modes",
+    "fetch_reverify_mode",
+    "is_bookkeeping",
+    "task_source_for",
     "default_failures_path",
     "failure_record",
     "read_state",

@@ -15,7 +15,9 @@ NAME=URL entries routed by agent name), `concurrency` / GYMVERL_VERIFY_CONCURREN
 `timeout` / GYMVERL_VERIFY_TIMEOUT (60 s), `retries` / GYMVERL_VERIFY_RETRIES (4),
 `on_failure` / GYMVERL_VERIFY_ON_FAILURE, `extra_fields` (verifier outputs to report).
 
-Failure behaviour (after the retries): by default (`on_failure="raise"`) compute_score raises
+Failure behaviour (after the retries; an HTTP 200 answer that reports a failure, NeMo Gym
+>= 0.5's `mask_sample: true` / `_ng_failure_class: judge_failed`, is a failure too, never a 0.0
+score): by default (`on_failure="raise"`) compute_score raises
 `VerifyFailed`, which stops the training step: no sample is ever trained on a made-up reward.
 With `on_failure=<number>` it returns that number as the score *and* flags the sample with
 `verify_failed=1.0` (VeRL logs reward_extra_info keys, so the failure rate shows up in metrics).

@@ -34,8 +34,8 @@ from typing import Any, Container, Mapping
 
 import orjson
 
-from gymverl.jsonl import check_input_path, iter_lines, parse_line, read_jsonl
-from gymverl.records import ROLLOUT_KEYS, agent_name, check_task, content_text, RecordError
+from gymverl.jsonl import check_input_path, dumps, iter_lines, parse_line, read_jsonl
+from gymverl.records import RecordError, agent_name, check_task, content_text, is_ng_key
 
 MATERIALIZED_SUFFIX = "_materialized_inputs.jsonl"
 FAILURES_SUFFIX = "_failures.jsonl"
@@ -106,12 +106,13 @@ def prompt_key(record: Mapping[str, Any]) -> str:
             norm.append(item)
     tools = sorted(str(t.get("name", "")) for t in rcp.get("tools") or [] if isinstance(t, Mapping))
     key = [norm, tools, rcp.get("instructions") or None]
-    return hashlib.sha1(orjson.dumps(key, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)).hexdigest()[:16]
+    # jsonl.dumps: a prompt nested deeper than orjson writes (254 levels; validate accepts 1024) is still keyed.
+    return hashlib.sha1(dumps(key, sort_keys=True)).hexdigest()[:16]
 
 
 def input_fields(row: Mapping[str, Any]) -> dict[str, Any]:
     """The task fields of a task row: everything except NeMo Gym's own keys and the prompt."""
-    return {k: v for k, v in row.items() if k not in ROLLOUT_KEYS and k != "responses_create_params"}
+    return {k: v for k, v in row.items() if not is_ng_key(k) and k != "responses_create_params"}
 
 
 def _index(v: Any) -> int | None:
@@ -124,6 +125,7 @@ JOIN_REASONS = {
     "not_found": "names a task (and repeat) the file does not have",
     "prompt_mismatch": "has a different prompt than the task its index names",
     "ambiguous": "names a task index the file gives two different prompts",
+    "prompt_ambiguous": "has no _ng_task_index, and tasks with different fields share its prompt",
 }
 
 
@@ -143,6 +145,9 @@ class TaskSource:
     Every lookup also checks the prompt (`prompt_key`): an index whose prompt differs names
     another task (shards numbered from 0, a different tasks file) and is not joined.
     Lines that are not valid tasks are counted in `bad_lines` and skipped.
+    `prompt_fallback=True`: a rollout with no `_ng_task_index` key is joined by prompt when the
+    prompt names exactly one field row ("prompt_ambiguous" otherwise); never used for a rollout
+    that has an index.
     Raises UsageError (exit 2) when the file is missing or unreadable.
 
     Memory: per task one small entry (where its row is, a prompt hash, a bitmask of its repeats);
@@ -153,8 +158,12 @@ class TaskSource:
 
     CACHE_ROWS = 1024
 
-    def __init__(self, path: str | os.PathLike[str], kind: str | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], kind: str | None = None, *, prompt_fallback: bool = False) -> None:
         self.path = check_input_path(path)
+        # Opt-in: a rollout with no _ng_task_index at all (NeMo Gym's own example rollouts, files
+        # older than the index) is joined by prompt, but only when that prompt names one field row.
+        self.prompt_fallback = prompt_fallback
+        self._by_prompt: dict[str, int] = {}  # prompt key -> row ref; -1 when rows with different fields share it
         self.kind = kind or _detect_kind(self.path)
         self.bad_lines = 0
         self.lines = 0
@@ -239,6 +248,10 @@ class TaskSource:
             self.fields_by_agent.setdefault(agent, set()).update(fields)
             rid = self._intern(fields, start)
             pk = prompt_key(obj)
+            if self.prompt_fallback:
+                seen = self._by_prompt.setdefault(pk, rid)
+                if seen != rid:
+                    self._by_prompt[pk] = -1
             entry = self._tasks.get(t)
             if entry is None:
                 self._tasks[t] = [rid, pk, agent, 1 << r]
@@ -253,6 +266,11 @@ class TaskSource:
         """The task fields for rollout (or task) `record`, or why there are none (`JOIN_REASONS`)."""
         t = _index(record.get(TASK_INDEX))
         if t is None:
+            if self.prompt_fallback and record.get(TASK_INDEX) is None:
+                ref = self._by_prompt.get(prompt_key(record))
+                if ref is None:
+                    return Join(None, "not_found")
+                return Join(self._row(ref), "joined") if ref >= 0 else Join(None, "prompt_ambiguous")
             return Join(None, "no_index")
         entry = self._tasks.get(t)
         if entry is None:

@@ -6,6 +6,12 @@ Used by `gymverl rescore` and by the VeRL reward function (`gymverl.reward`). Th
   sending it again cannot help); never on a 200 whose body is not a verify answer.
 - A request that finally fails becomes a `VerifyResult` with `ok=False` and the reason (status,
   error text, attempts). Callers must never turn it into a reward.
+- Since NeMo Gym 0.5 an HTTP 200 answer can itself be a failure: the judge fail-safe answers
+  `reward: 0.0` with `failure_kind`/`_ng_failure_class` (e.g. `judge_failed`) and
+  `mask_sample: true` (lost sessions, killed sandboxes set `mask_sample` too). Such an answer is a
+  failed `VerifyResult` (reason = the failure kind, or `masked`; `answer` kept), never a 0.0
+  reward. (`failure_kind` with `mask_sample: false` is a valid, degraded measurement: kept.)
+  It is not retried: the server's own fail-safe already retried its judge.
 - Several servers: rows are routed by agent name (`NAME=URL`) and spread over a pool of URLs
   (least requests in flight first), so one slow replica does not hold the others back.
 """
@@ -16,6 +22,7 @@ import asyncio
 import itertools
 import math
 import random
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
@@ -31,9 +38,39 @@ from gymverl.records import agent_name
 from gymverl.limits import DEFAULT_CONCURRENCY, DEFAULT_RETRIES, DEFAULT_TIMEOUT, MAX_CONCURRENCY, MAX_RETRIES  # noqa: F401 (re-exported)
 # Keys gymverl itself adds to a rescored row; never sent back to a verifier.
 GYMVERL_KEYS = frozenset({"reward_before"})
+# The previous verification's verdict on a stored rollout (NeMo Gym >= 0.5): never sent back (a
+# server may echo a stored `mask_sample: true` into the new answer), replaced by the new answer's.
+VERDICT_KEYS = frozenset({"mask_sample", "failure_kind", "failure_reason", "_ng_failure_class", "_ng_failure_message", "_ng_failure_judge_error"})
 # Keys of a /verify answer that echo the request rather than report on it.
 ECHO_KEYS = frozenset({"responses_create_params", "response"})
+_NOT_SENT = GYMVERL_KEYS | VERDICT_KEYS | {"reward"}
 _ERROR_TEXT_CHARS = 500
+# A failure kind becomes a failure reason (a label in summaries): short identifiers only.
+_KIND = re.compile(r"^[A-Za-z][\w.-]{0,63}$")
+# Reasons a 200 failure answer may not take: they name transport failures, which callers treat as
+# transient (held back and retried on --resume).
+_TRANSPORT_REASONS = frozenset({"timeout", "connection", "http_429", "http_5xx", "http_4xx", "http_other", "bad_response", "no_server"})
+
+
+def answer_failure(answer: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(reason, error text) when an HTTP 200 `/verify` answer reports a failure, else None.
+
+    NeMo Gym >= 0.5 marks an answer whose reward is not a measurement with `mask_sample: true`
+    (a lost session, an unavailable judge, a killed sandbox); its judge fail-safe also sets
+    `_ng_failure_class` (`judge_failed`). `failure_kind` alone does not make a failure: NeMo Gym
+    documents it as orthogonal to `mask_sample` (a degraded sample can still be validly measured).
+    The reason is the failure kind when it is a short identifier, else `masked`.
+    """
+    cls = answer.get("_ng_failure_class")
+    if answer.get("mask_sample") is not True and not cls:
+        return None
+    kind = cls or answer.get("failure_kind")
+    reason = kind if isinstance(kind, str) and _KIND.match(kind) and kind not in _TRANSPORT_REASONS else "masked"
+    detail = answer.get("failure_reason") or answer.get("_ng_failure_message")
+    text = f"HTTP 200 but the verifier reports a failure (failure_kind={answer.get('failure_kind')!r}, mask_sample={answer.get('mask_sample')!r})"
+    if detail:
+        text += f": {str(detail)[:_ERROR_TEXT_CHARS]}"
+    return reason, text
 
 
 class VerifyConfigError(UsageError, ValueError):
@@ -45,8 +82,9 @@ class VerifyResult:
     """The outcome of one /verify call: `answer` (the server's JSON) when `ok`, else why it failed."""
 
     ok: bool
-    answer: dict[str, Any] | None = None
-    reason: str | None = None  # failure class: timeout, connection, http_429, http_5xx, http_4xx, bad_response, no_server
+    answer: dict[str, Any] | None = None  # also kept for a 200 answer that reports a failure
+    reason: str | None = None  # failure class: timeout, connection, http_429, http_5xx, http_4xx, bad_response,
+    # no_server; or, for an HTTP 200 answer reporting a failure, its failure kind (e.g. judge_failed) or `masked`
     status: int | None = None  # last HTTP status, if a response came back
     error: str | None = None  # error text (server `detail`, exception message)
     attempts: int = 0
@@ -107,10 +145,11 @@ def clean_params(params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def build_request(record: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The /verify body for a rollout: the row minus `reward` (and gymverl's own keys), null
+    """The /verify body for a rollout: the row minus `reward`, gymverl's own keys and the stored
+    verdict (`VERDICT_KEYS`), null
     optional fields dropped from `responses_create_params`, plus `extra` task fields. The row is
     not modified."""
-    body = {k: v for k, v in record.items() if k != "reward" and k not in GYMVERL_KEYS}
+    body = {k: v for k, v in record.items() if k not in _NOT_SENT}
     rcp = body.get("responses_create_params")
     if isinstance(rcp, dict):
         body["responses_create_params"] = clean_params(rcp)
@@ -159,9 +198,9 @@ class _Retryable(Exception):
 class _Final(Exception):
     """Internal: one attempt failed in a way that retrying cannot fix."""
 
-    def __init__(self, reason: str, error: str, status: int | None = None) -> None:
+    def __init__(self, reason: str, error: str, status: int | None = None, answer: dict[str, Any] | None = None) -> None:
         super().__init__(error)
-        self.reason, self.error, self.status = reason, error, status
+        self.reason, self.error, self.status, self.answer = reason, error, status, answer
 
 
 @dataclass
@@ -321,7 +360,7 @@ class VerifyClient:
                 except _Final as exc:
                     server.failed += 1
                     return VerifyResult(
-                        False, reason=exc.reason, status=exc.status, error=exc.error, attempts=attempt,
+                        False, exc.answer, reason=exc.reason, status=exc.status, error=exc.error, attempts=attempt,
                         server=server.url, seconds=time.monotonic() - start,
                     )
                 except _Retryable as exc:
@@ -364,6 +403,11 @@ class VerifyClient:
             reward = answer.get("reward") if isinstance(answer, dict) else None
             if isinstance(reward, bool) or not isinstance(reward, (int, float)) or reward != reward:
                 raise _Final("bad_response", f"HTTP 200 but no numeric 'reward' in the answer: {raw[:200]!r}", status)
+            # Three dict lookups on the common path: 0.7.0 answers carry mask_sample false, failure_kind null.
+            if answer.get("mask_sample") is True or answer.get("_ng_failure_class"):
+                failed = answer_failure(answer)
+                if failed is not None:
+                    raise _Final(failed[0], failed[1], status, answer)
             return answer
         text = describe_error_body(raw)
         if status == 429 or status >= 500:
@@ -405,7 +449,9 @@ __all__ = [
     "ECHO_KEYS",
     "VerifyClient",
     "VerifyConfigError",
+    "VERDICT_KEYS",
     "VerifyResult",
+    "answer_failure",
     "build_request",
     "clean_params",
     "describe_error_body",

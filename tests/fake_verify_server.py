@@ -8,7 +8,14 @@ Faults follow a per-row plan: `--plan 500,429,ok` makes each row's 1st attempt g
 2nd HTTP 429, the 3rd and later an answer (the last step repeats). Steps: ok, any HTTP status
 (500, 503, 429, 422, 400, ...), `timeout` (answer after --hang seconds), `reset` (drop the
 connection without answering), `garbage` (200 with a non-JSON body), `noreward` (200 without a
-reward). `--every K` applies the plan only to rows with crc32(id) % K == 0 (others: ok).
+reward), `judge_failed` (200 as NeMo Gym >= 0.5's judge fail-safe answers: reward 0.0,
+mask_sample true, failure_kind and _ng_failure_class `judge_failed`), `masked` (200, reward 0.0,
+mask_sample true, no failure kind), `degraded` (200, a real reward with failure_kind set and
+mask_sample false: a valid measurement).
+`--ng07` makes answers look like NeMo Gym 0.7.0's (mask_sample false, failure_kind and
+failure_reason null); `--accepts A,B` serves `/openapi.json` declaring those /verify request fields.
+`--reverify-mode MODE` answers `GET /reverify_mode` with "MODE" (stateless, unsupported, unknown;
+`none`, the default, has no such route: a 404 as from NeMo Gym 0.4.0). `--every K` applies the plan only to rows with crc32(id) % K == 0 (others: ok).
 `--compress gzip|deflate` encodes every answer that way when the request's Accept-Encoding allows
 it (like a compressing proxy or FastAPI's GZipMiddleware).
 `--latency S` delays every answer (`--jitter S` adds a random extra delay, so answers finish out
@@ -101,6 +108,8 @@ def build_app(args: argparse.Namespace) -> web.Application:
             answer = dict(body)
             answer["reward"] = fake_reward(rid)
             answer["attempt"] = n
+            if args.ng07:
+                answer.update(mask_sample=False, failure_kind=None, failure_reason=None)
             return web.Response(body=_dumps(answer), content_type="application/json")
         if step == "timeout":
             await asyncio.sleep(args.hang)
@@ -109,6 +118,14 @@ def build_app(args: argparse.Namespace) -> web.Application:
             assert request.transport is not None
             request.transport.abort()
             return web.Response(status=500)
+        if step in ("judge_failed", "masked", "degraded"):
+            answer = dict(body)
+            answer.update(reward=0.0, mask_sample=True, failure_kind=None, failure_reason="injected")
+            if step == "judge_failed":
+                answer.update(failure_kind="judge_failed", _ng_failure_class="judge_failed", failure_reason="judge endpoint unreachable")
+            elif step == "degraded":
+                answer.update(reward=fake_reward(rid), mask_sample=False, failure_kind="tool_error")
+            return web.Response(body=_dumps(answer), content_type="application/json")
         if step == "garbage":
             return web.Response(body=b"<html>oops</html>", content_type="text/html")
         if step == "noreward":
@@ -125,6 +142,24 @@ def build_app(args: argparse.Namespace) -> web.Application:
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_post("/verify", verify)
     app.router.add_get("/stats", stats)
+    if args.accepts:
+        props = {k: {"title": k} for k in ["responses_create_params", "response", *args.accepts.split(",")]}
+        spec = {
+            "paths": {"/verify": {"post": {"requestBody": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Req"}}}}}}},
+            "components": {"schemas": {"Req": {"properties": props}}},
+        }
+
+        async def openapi(request: web.Request) -> web.Response:
+            return web.Response(body=orjson.dumps(spec), content_type="application/json")
+
+        app.router.add_get("/openapi.json", openapi)
+    if args.reverify_mode != "none":
+
+        async def reverify_mode(request: web.Request) -> web.Response:
+            state["reverify_mode_requests"] = state.get("reverify_mode_requests", 0) + 1
+            return web.Response(body=orjson.dumps(args.reverify_mode), content_type="application/json")
+
+        app.router.add_get("/reverify_mode", reverify_mode)
     return app
 
 
@@ -152,6 +187,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--die-after", type=int, default=0)
     p.add_argument("--compress", choices=["gzip", "deflate"], default=None, help="encode answers when the client accepts it")
     p.add_argument("--fast", action="store_true", help="benchmark mode: fixed answer, no parsing")
+    p.add_argument("--ng07", action="store_true", help="answers carry 0.7.0's mask_sample/failure_kind/failure_reason")
+    p.add_argument("--accepts", default="", help="serve /openapi.json declaring these /verify fields (comma-separated)")
+    p.add_argument("--reverify-mode", default="none", help="answer GET /reverify_mode with this (none: no such route)")
     args = p.parse_args(argv)
     try:
         import uvloop  # noqa: F401

@@ -473,3 +473,18 @@ def test_task_index_beyond_64_bits_same_verdict_on_both_paths(tmp_path, monkeypa
         assert s.first_rejections[0]["line"] == 1
         assert s.first_rejections[0]["code"] == "wrong_type"
         assert "'_ng_task_index' must be a non-negative integer" in s.first_rejections[0]["reason"]
+
+
+def test_nemo_gym_bookkeeping_keys_are_never_task_fields():
+    """0.7.0 writes keys ROLLOUT_KEYS did not list (`_ng_attempt_index`, `_ng_rollout_id`,
+    `_ng_failure_*`): every `_ng_*` key is NeMo Gym's, never a task field (nor joined, nor an rl column)."""
+    from gymverl.formats import FieldRules
+    from gymverl.records import is_ng_key
+    from gymverl.sidecars import input_fields
+
+    rec = {"responses_create_params": {"input": "q"}, "response": {}, "reward": 1.0, "expected_answer": "4",
+           "_ng_attempt_index": 1, "_ng_rollout_id": "r1", "_ng_failure_message": "x", "mask_sample": False}
+    assert task_fields(rec) == {"expected_answer": "4"}
+    assert input_fields(rec) == {"expected_answer": "4"}
+    assert FieldRules(keep_all=True).task_fields(rec) == {"expected_answer": "4"}
+    assert is_ng_key("_ng_anything") and is_ng_key("reward") and not is_ng_key("question")

@@ -44,7 +44,8 @@ def routes(gym_servers: Any) -> list[str]:
 def test_sample_rollouts_keep_their_rewards(gym_servers: Any, tmp_path: Path) -> None:
     """sample_data's rewards are what the real verifiers return; the verifier outputs are refreshed."""
     out = tmp_path / "out.jsonl"
-    summary = rescore_file(SAMPLE_DATA / "rollouts.jsonl", out, routes(gym_servers), concurrency=8)
+    # force: 0.7.0's math_with_judge and xlam_fc answer GET /reverify_mode "unknown" (stateless in fact).
+    summary = rescore_file(SAMPLE_DATA / "rollouts.jsonl", out, routes(gym_servers), concurrency=8, force=True)
     assert summary.complete and summary.failed == 0 and summary.rescored == 20
     assert summary.changed == 0, [r for r in read_jsonl(out) if r["reward"] != r["reward_before"]]
     rows_in = read_jsonl(SAMPLE_DATA / "rollouts.jsonl")
@@ -53,7 +54,9 @@ def test_sample_rollouts_keep_their_rewards(gym_servers: Any, tmp_path: Path) ->
     for before, after in zip(rows_in, rows_out):
         assert after["reward"] == after["reward_before"] == before["reward"]
         if "library_reward" in after:  # math_with_judge reports what math-verify extracted
-            assert after["library_reward"] == before["reward"] and after["extracted_answer"] is not None
+            assert after["library_reward"] == before["reward"]
+            # 0.7.0's math_with_judge reports no extracted answer for a wrong one.
+            assert after["extracted_answer"] is not None or before["reward"] == 0.0
         else:
             assert {"num_expected", "num_predicted", "num_correct", "predicted_calls"} <= set(after)
     assert {s["url"]: s["sent"] for s in summary.servers} == {
@@ -122,9 +125,12 @@ def test_mcqa_fixture_nulls_missing_fields_warning_and_tasks_rejoin(gym_servers:
     res = runner.invoke(app, ["rescore", str(src), "-o", str(out2), "-s", url, "--strict", "--json", "--tasks", str(ng_data(nemo_gym_env, "mcqa"))])
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
-    assert data["tasks_joined"] == 5 and data["changed"] == 0 and data["warning"] is None
+    # 0.7.0's mcqa grader also reads \boxed{C: <option text>}: row 3 of NeMo Gym's 0.4-era example goes 0.0 -> 1.0.
+    newer = nemo_gym_version_of(nemo_gym_env) >= (0, 5)
+    assert data["tasks_joined"] == 5 and data["changed"] == (1 if newer else 0) and data["went_down"] == 0 and data["warning"] is None
     rows = read_jsonl(out2)
-    assert [r["reward"] for r in rows] == [r["reward"] for r in read_jsonl(src)]
+    before = [r["reward"] for r in read_jsonl(src)]
+    assert [r["reward"] for r in rows] == ([1.0 if i == 2 else b for i, b in enumerate(before)] if newer else before)
     assert all(r["options"] and r["grading_mode"] for r in rows)  # re-joined fields kept in the output
 
 
@@ -132,7 +138,7 @@ def test_math_fixture_missing_required_fields_are_failures_not_zeros(gym_servers
     src = FIXTURES / "math_with_judge.jsonl"
     url = gym_servers.url("math_with_judge")
     out = tmp_path / "out.jsonl"
-    res = runner.invoke(app, ["rescore", str(src), "-o", str(out), "-s", url])
+    res = runner.invoke(app, ["rescore", str(src), "-o", str(out), "-s", url, "--force"])
     assert res.exit_code == 1
     assert out.read_text() == ""  # no reward was invented for any row
     fails = read_jsonl(tmp_path / "out.failures.jsonl")
@@ -141,7 +147,7 @@ def test_math_fixture_missing_required_fields_are_failures_not_zeros(gym_servers
     assert "missing required fields: question" in res.stderr.replace("\n", " ")
 
     joined = tmp_path / "joined.jsonl"
-    summary = rescore_file(src, joined, [url], tasks=ng_data(nemo_gym_env, "math_with_judge"))
+    summary = rescore_file(src, joined, [url], tasks=ng_data(nemo_gym_env, "math_with_judge"), force=True)
     assert summary.failed == 0 and summary.joined_tasks == 5
     rows_in, rows_out = read_jsonl(src), read_jsonl(joined)
     # The rule-based verdict (math-verify) matches the original library_reward. Row 2's answer is a
@@ -154,10 +160,41 @@ def test_math_fixture_missing_required_fields_are_failures_not_zeros(gym_servers
 def test_xlam_fixture_flip_names_expected_answers(gym_servers: Any, nemo_gym_env: Path, tmp_path: Path) -> None:
     src = FIXTURES / "xlam_fc.jsonl"
     url = gym_servers.url("xlam_fc")
-    summary = rescore_file(src, tmp_path / "out.jsonl", [url])
+    summary = rescore_file(src, tmp_path / "out.jsonl", [url], force=True)
     assert summary.went_down == 3 and "expected_answers (absent from 3 rows)" in (summary.warning() or "")
-    fixed = rescore_file(src, tmp_path / "joined.jsonl", [url], tasks=ng_data(nemo_gym_env, "xlam_fc"))
-    assert fixed.changed == 0 and fixed.warning() is None and fixed.rescored == 5
+    # ng07-08: only the task field is named, never NeMo Gym >= 0.5's _ng_rollout_id / failure_kind / failure_reason.
+    for name in ("_ng_rollout_id", "failure_kind", "failure_reason", "mask_sample"):
+        assert name not in (summary.warning() or "")
+    fixed = rescore_file(src, tmp_path / "joined.jsonl", [url], tasks=ng_data(nemo_gym_env, "xlam_fc"), force=True)
+    assert fixed.changed == 0 and fixed.rescored == 5
+    assert fixed.warning() is not None and "--force" in fixed.warning() if nemo_gym_version_of(nemo_gym_env) >= (0, 5) else fixed.warning() is None
+
+
+def nemo_gym_version_of(env: Path) -> tuple[int, ...]:
+    """The installed nemo-gym version as a tuple (0, 4, 0) / (0, 7, 0)."""
+    from gymverl.nemo_gym import nemo_gym_version
+
+    return tuple(int(x) for x in str(nemo_gym_version(env) or "0").split(".")[:3] if x.isdigit())
+
+
+def test_reverify_mode_of_real_servers(gym_servers: Any, nemo_gym_env: Path, tmp_path: Path) -> None:
+    """0.7.0: mcqa says "stateless" (used), math_with_judge and xlam_fc "unknown" (refused without
+    --force, as gym eval reverify refuses them); 0.4.0 has no such route: "not_declared", used."""
+    import asyncio
+
+    from gymverl.rescore import RescoreError, fetch_reverify_mode
+
+    modes = {n: asyncio.run(fetch_reverify_mode(gym_servers.url(n))) for n in ("mcqa", "math_with_judge", "xlam_fc")}
+    src = tmp_path / "in.jsonl"
+    src.write_text((FIXTURES / "xlam_fc.jsonl").read_text())
+    if nemo_gym_version_of(nemo_gym_env) >= (0, 5):
+        assert modes == {"mcqa": "stateless", "math_with_judge": "unknown", "xlam_fc": "unknown"}
+        with pytest.raises(RescoreError, match="reverify_mode"):
+            rescore_file(src, tmp_path / "o.jsonl", [gym_servers.url("xlam_fc")])
+        assert not (tmp_path / "o.jsonl").exists()
+    else:
+        assert set(modes.values()) == {"not_declared"}
+        assert rescore_file(src, tmp_path / "o.jsonl", [gym_servers.url("xlam_fc")]).rescored == 5
 
 
 # ---- the VeRL reward function, loaded and called the way VeRL does it ----------------------------
@@ -233,5 +270,26 @@ def test_compute_score_through_verls_reward_loader(gym_servers: Any, tiny_model:
     keys = {frozenset(r["reward_extra_info"]) for r in results}
     assert keys == {frozenset({"score", "verify_failed", "verify_attempts", "extracted_answer", "num_correct"})}
     assert all(r["reward_extra_info"]["verify_failed"] == 0.0 for r in results)
-    math = [r for r, ro in zip(results, rollouts) if "expected_answer" in ro]
-    assert all(r["reward_extra_info"]["extracted_answer"] is not None for r in math)
+    # 0.7.0's math_with_judge reports no extracted answer for a wrong one: checked on the right ones.
+    math = [r for r, ro in zip(results, rollouts) if "expected_answer" in ro and ro["reward"] == 1.0]
+    assert math and all(r["reward_extra_info"]["extracted_answer"] is not None for r in math)
+
+
+def test_ng07_07_materialized_join_scores_like_gym_eval_reverify(gym_servers: Any, tmp_path: Path) -> None:
+    """../shared/cases/ng07-07: two xlam_fc tasks share prompt and tools (truth Paris / London), the
+    policy said Paris each time. Joined on (_ng_task_index, _ng_rollout_index), as `gym eval
+    reverify` does, task 0 scores 1.0 and task 1 0.0: the collected rewards."""
+    from conftest import SHARED
+
+    case = SHARED / "cases" / "ng07-07-rescore-materialized-join-by-line"
+    if not case.exists():
+        pytest.skip(f"{case} not present")
+    for name in ("r.jsonl", "r_materialized_inputs.jsonl"):
+        (tmp_path / name).write_bytes((case / name).read_bytes())
+    url = gym_servers.url("xlam_fc")
+    want = {(0, 0): 1.0, (0, 1): 1.0, (1, 0): 0.0, (1, 1): 0.0}
+    for tasks in (None, case / "tasks.jsonl"):  # beside the input (found by itself), or the original tasks file
+        out = tmp_path / f"out_{'side' if tasks is None else 'tasks'}.jsonl"
+        s = rescore_file(tmp_path / "r.jsonl", out, [url], tasks=tasks, force=True)
+        assert s.joined_tasks == 4 and s.failed == 0 and s.changed == 0, s.to_dict()
+        assert {(r["_ng_task_index"], r["_ng_rollout_index"]): r["reward"] for r in read_jsonl(out)} == want

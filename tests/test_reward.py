@@ -107,6 +107,17 @@ def test_failure_raises_by_default_and_never_returns_a_made_up_score() -> None:
         assert out == {"score": 0.0, "verify_failed": 1.0, "verify_attempts": 2, "x": None}
 
 
+def test_a_judge_failure_answered_with_http_200_is_a_failure_like_a_transport_one() -> None:
+    """NeMo Gym >= 0.5 answers a failed judge with HTTP 200, reward 0.0 and mask_sample true:
+    compute_score raises (default) or flags it, exactly as for a transport failure; never 0.0 as a score."""
+    for step in ("judge_failed", "masked"):
+        with FakeServer("--plan", step) as srv:
+            with pytest.raises(VerifyFailed, match=rf"for sample 7 after 1 attempt\(s\): {step}: HTTP 200"):
+                asyncio.run(compute_score("xlam", "hi", "", extra_info(), server=srv.url, retries=3))
+            out = asyncio.run(compute_score("xlam", "hi", "", extra_info(), server=srv.url, on_failure=-1, extra_fields=["mask_sample"]))
+            assert out == {"score": -1.0, "verify_failed": 1.0, "verify_attempts": 1, "mask_sample": None}
+
+
 def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     with FakeServer("--plan", "500") as srv:
         monkeypatch.setenv("GYMVERL_VERIFY_URL", f"nothing=http://127.0.0.1:9 {srv.url}")

@@ -383,7 +383,8 @@ def _accepted(rec):
 @given(rec=valid_rollouts(), answer_extra=free_value)
 def test_a_valid_line_never_crashes_rescore(rec, answer_extra):
     from gymverl.jsonl import dumps
-    from gymverl.rescore import TaskIndex, failure_record, prompt_key, rescored_row
+    from gymverl.rescore import failure_record, rescored_row
+    from gymverl.sidecars import input_fields, prompt_key
     from gymverl.records import task_key
     from gymverl.verify import VerifyResult, build_request, encode_body
 
@@ -393,7 +394,7 @@ def test_a_valid_line_never_crashes_rescore(rec, answer_extra):
     task = {k: v for k, v in record.items() if k not in ("response", "reward")}
     assert prompt_key(task) == prompt_key(record)  # --tasks joins it
     stripped = {k: v for k, v in record.items() if k not in ("expected_answer", "options", "metadata", "question", "x")}
-    added = TaskIndex.missing_fields(stripped, task)
+    added = {k: v for k, v in input_fields(task).items() if stripped.get(k) is None and v is not None}
     body = build_request(stripped, added)
     sent = orjson.loads(encode_body(body))  # what /verify gets
     assert "reward" not in sent and all(k in sent for k, v in task.items() if v is not None)

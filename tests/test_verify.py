@@ -20,6 +20,7 @@ from fake_verify_server import FakeServer, fake_reward
 from gymverl.verify import (
     VerifyClient,
     VerifyConfigError,
+    answer_failure,
     build_request,
     clean_params,
     describe_error_body,
@@ -179,6 +180,37 @@ def test_a_200_without_a_reward_is_a_failure_not_a_zero() -> None:
         with FakeServer("--plan", step) as srv:
             (res,) = run(verify_all(VerifyClient([srv.url], retries=3, backoff=0.01), sample_rows()[:1]))
         assert not res.ok and res.reason == "bad_response" and res.attempts == 1 and res.reward is None
+
+
+def test_a_200_that_reports_a_failure_is_a_failure_not_a_zero() -> None:
+    """NeMo Gym >= 0.5: the judge fail-safe answers 200 with reward 0.0, mask_sample true and
+    failure_kind judge_failed; any mask_sample true answer is no measurement. Never retried."""
+    for step, reason in (("judge_failed", "judge_failed"), ("masked", "masked")):
+        with FakeServer("--plan", step) as srv:
+            (res,) = run(verify_all(VerifyClient([srv.url], retries=3, backoff=0.01), sample_rows()[:1]))
+        assert not res.ok and res.reason == reason and res.status == 200 and res.attempts == 1
+        assert res.reward is None and res.answer is not None and res.answer["mask_sample"] is True
+        assert "mask_sample=True" in (res.error or "")
+    # failure_kind with mask_sample false: NeMo Gym's "degraded but validly measured": a reward.
+    with FakeServer("--plan", "degraded") as srv:
+        (res,) = run(verify_all(VerifyClient([srv.url]), sample_rows()[:1]))
+    assert res.ok and res.reward is not None and res.reward > 0
+
+
+def test_answer_failure_reasons() -> None:
+    assert answer_failure({"reward": 1.0, "mask_sample": False, "failure_kind": None}) is None
+    assert answer_failure({"reward": 0.5, "mask_sample": False, "failure_kind": "tool_error"}) is None
+    assert answer_failure({"reward": 0.0, "_ng_failure_class": "judge_failed"})[0] == "judge_failed"  # type: ignore[index]
+    assert answer_failure({"reward": 0.0, "mask_sample": True, "failure_kind": "sandbox_oom"})[0] == "sandbox_oom"  # type: ignore[index]
+    # A kind that is no identifier, or names a transport failure, is reported as `masked`.
+    assert answer_failure({"reward": 0.0, "mask_sample": True, "failure_kind": "x y"})[0] == "masked"  # type: ignore[index]
+    assert answer_failure({"reward": 0.0, "mask_sample": True, "failure_kind": "timeout"})[0] == "masked"  # type: ignore[index]
+
+
+def test_the_stored_verdict_is_never_sent_back() -> None:
+    row = dict(sample_rows()[0], mask_sample=True, failure_kind="judge_failed", failure_reason="x", _ng_failure_class="judge_failed")
+    body = build_request(row)
+    assert not {"mask_sample", "failure_kind", "failure_reason", "_ng_failure_class"} & set(body)
 
 
 def test_connection_refused_is_retried_then_reported() -> None:

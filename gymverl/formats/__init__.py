@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from gymverl.records import ROLLOUT_KEYS, agent_name
+from gymverl.records import agent_name, is_ng_key
 
 FORMATS = ("rl", "sft", "dpo")
 
@@ -99,7 +99,7 @@ class FieldRules:
         """The task fields of `record` (what the verifier needs besides the response)."""
         out: dict[str, Any] = {}
         for k, v in record.items():
-            if k in ROLLOUT_KEYS or k == "responses_create_params":
+            if is_ng_key(k) or k == "responses_create_params":
                 continue
             if self.keep_all:
                 out[k] = v
