@@ -18,8 +18,9 @@ PY313 := $(shell for p in $$(command -v python3.13) $(PYENV_ROOT)/versions/3.13*
 endif
 VENV ?= .venv
 NEMO_GYM ?= 0.7.0
+NG04_VENV ?= .nemo-gym-0.4-venv
 ifeq ($(NEMO_GYM),0.4.0)
-NG_VENV ?= .nemo-gym-0.4-venv
+NG_VENV ?= $(NG04_VENV)
 NG_PYTHON ?= $(PY312)
 NG_MIN_PYTHON ?= 3.12.0
 else
@@ -83,7 +84,8 @@ test: setup
 
 # The smaller set against the older release (its own venv; the default venv is not touched).
 test-nemo-gym-0.4:
-	$(MAKE) test NEMO_GYM=0.4.0 PYTEST_ARGS="$(NG04_PYTEST_ARGS)"
+	$(MAKE) test NEMO_GYM=0.4.0 NG_VENV=$(NG04_VENV) GYMVERL_NEMO_GYM_ENV=$(abspath $(NG04_VENV)) \
+		PYTEST_ARGS="$(NG04_PYTEST_ARGS)"
 
 clean-env:
-	rm -rf $(VENV) .nemo-gym-venv .nemo-gym-0.4-venv
+	rm -rf $(VENV) .nemo-gym-venv $(NG04_VENV)
