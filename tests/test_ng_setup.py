@@ -328,11 +328,13 @@ def test_main_describes_a_venv(tmp_path: Path, capsys: pytest.CaptureFixture[str
 # ---- the real nemo-gym 0.7.0 venv --------------------------------------------------------------------
 
 
-def _real_07_env() -> Path | None:
-    for cand in (os.environ.get("GYMVERL_NEMO_GYM_ENV"), str(REPO / ".nemo-gym-venv")):
-        if cand and (ng_setup.installed_nemo_gym_version(cand) or "").startswith("0.7."):
-            return Path(cand)
-    return None
+def _real_07_env() -> tuple[Path | None, str]:
+    """$GYMVERL_NEMO_GYM_ENV when set (the venv the run was told to use), else ./.nemo-gym-venv."""
+    cand = os.environ.get("GYMVERL_NEMO_GYM_ENV") or str(REPO / ".nemo-gym-venv")
+    version = ng_setup.installed_nemo_gym_version(cand)
+    if version and version.startswith("0.7."):
+        return Path(cand), ""
+    return None, f"{cand} holds nemo-gym {version or 'nothing'}, not 0.7 (`make setup` installs it)"
 
 
 def _free_port() -> int:
@@ -352,9 +354,9 @@ def _post(url: str, body: dict) -> dict:
 def test_real_07_mcqa_runs_from_the_one_venv(tmp_path: Path) -> None:
     """nemo-gym 0.7.0: detected from files; a half-built uv venv is recognised; mcqa starts from
     the link directory and scores the reference answer 1.0 and a non-answer 0.0."""
-    env = _real_07_env()
+    env, why = _real_07_env()
     if env is None:
-        pytest.skip("no nemo-gym 0.7 venv ($GYMVERL_NEMO_GYM_ENV or ./.nemo-gym-venv; `make setup`)")
+        pytest.skip(why)
     inst = ng_setup.read_install(env)
     assert inst.version_tuple[:2] == (0, 7) and inst.requires_python == ">=3.13.14"
     assert not ng_setup.missing_requirements(inst, ["resources_servers/mcqa"])
