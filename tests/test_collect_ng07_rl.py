@@ -112,8 +112,14 @@ def test_rl_parquet_from_real_rollouts_scores_reference_1_and_non_answer_0(nemo_
         spec = " ".join(f"{s}={servers.url(s)}" for s in SERVERS)
 
         async def score_all() -> list[tuple[str, float, float]]:
-            from gymverl.reward import compute_score
+            from gymverl.reward import compute_score, get_client
 
+            try:
+                return await _score(compute_score)
+            finally:
+                await get_client(server=spec).close()  # the pool belongs to this event loop
+
+        async def _score(compute_score) -> list[tuple[str, float, float]]:
             scores = []
             for row in table:
                 extra = row["extra_info"]
