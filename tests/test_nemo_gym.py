@@ -288,3 +288,36 @@ def test_stop_from_another_thread_while_starting_leaves_nothing(nemo_gym_env: Pa
     assert len(errors) == 1 and isinstance(errors[0], NemoGymError), errors
     assert "stopped before" in str(errors[0])
     assert not left, f"left running: {left}"
+
+
+def test_retry_after_a_failed_start_is_like_the_first_try(tmp_path: Path) -> None:
+    """ng07-01: what a failed start leaves never changes the next start.
+
+    Per-server venvs (a Python inside nemo-gym's Requires-Python): the half-built `.venv` that uv
+    left (python + activate, no packages) is removed before the start, so NeMo Gym builds it again
+    instead of reusing it (`No module named 'fastapi'`). One shared venv (0.7.0 on Python 3.13.0):
+    every start links the servers into a folder of its own, whatever is left in the package."""
+    from test_ng_setup import fake_venv, half_built, site_of
+
+    for version, requires, python, shared in (("0.4.0", ">=3.12", "3.12.1", False), ("0.7.0", ">=3.13.14", "3.13.0", True)):
+        env = fake_venv(tmp_path / version, version=version, requires=requires, python=python)
+        (env / "bin" / "ng_run").write_text("")
+        site = site_of(env)
+        left = half_built(site / "resources_servers/mcqa/.venv")  # the first, failed start's leftover
+        cfg = site / "resources_servers/mcqa/configs/mcqa.yaml"
+        argvs = []
+        for _ in range(2):
+            servers = nemo_gym.NemoGymServers([cfg], env=env, resources_only=True)
+            try:
+                argvs.append(servers.argv())
+            finally:
+                servers.stop()
+        dirs = [[a for a in argv if a.startswith("+uv_venv_dir=")] for argv in argvs]
+        if shared:
+            assert all(len(d) == 1 for d in dirs) and dirs[0] != dirs[1], dirs  # a fresh link folder each time
+            assert left.is_dir()  # not ours to remove, and never used: NeMo Gym looks in the link folder
+        else:
+            assert dirs == [[], []] and not left.exists()
+        assert [a for a in argvs[0] if not a.startswith(("+uv_venv_dir=", "++head_server.port=", "+config_paths="))] == [
+            a for a in argvs[1] if not a.startswith(("+uv_venv_dir=", "++head_server.port=", "+config_paths="))
+        ]
