@@ -89,7 +89,13 @@ def test_rl_parquet_from_real_rollouts_scores_reference_1_and_non_answer_0(nemo_
         res = runner.invoke(app, ["collect", "-i", str(tasks_file), "-o", str(out), "-n", "2", "-c", "2",
                                   "--head-url", f"http://127.0.0.1:{servers.head_port}", "--json"])
         assert res.exit_code == 0, res.output
-        assert json.loads(res.stdout)["validation"]["valid"] == 12
+        collected = json.loads(res.stdout)
+        assert collected["validation"]["valid"] == 12
+        if version and version.startswith("0.7"):
+            # 0.7.0's collector checks the run's health afterwards; collect reports what it found.
+            quality = collected["quality"]
+            assert quality is not None and quality["summary"] == str(tmp_path / "quality_summary.json"), quality
+            assert quality["rollouts"] == 12, quality
         rows = [json.loads(x) for x in out.read_text().splitlines()]
         by_pair = {(r["_ng_task_index"], r["_ng_rollout_index"]): r for r in rows}
         for t, (server, _) in enumerate(tasks):
