@@ -20,6 +20,8 @@ installed version (`nemo_gym_version`), never guessed. Differences handled here:
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import os
 import re
 import shutil
@@ -250,6 +252,7 @@ class NemoGymServers:
         self._crashed: list[str] = []
         self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
         self._ray_tmpdir: str | None = None
+        self._build_lock: int | None = None
         self._reader: threading.Thread | None = None
         self._needs_model = False
 
@@ -312,7 +315,9 @@ class NemoGymServers:
         any error, Ctrl-C, SIGTERM or SIGHUP while starting they are all stopped before this raises.
         """
         log = None
+        deadline = time.monotonic() + self.startup_timeout
         try:
+            self._build_lock = self._wait_for_venv_builds(deadline)
             argv = self.argv()
             # Short (AF_UNIX paths <= 107 bytes) and private: concurrent runs never share /tmp/ray.
             self._ray_tmpdir = tempfile.mkdtemp(prefix="gv-ray-", dir="/tmp" if os.path.isdir("/tmp") else None)
@@ -334,7 +339,6 @@ class NemoGymServers:
             raise
         self._reader = threading.Thread(target=self._read_output, args=(child.popen.stdout, log), daemon=True)
         self._reader.start()
-        deadline = time.monotonic() + self.startup_timeout
         try:
             while not self._ready.wait(0.25):
                 if self._stopped.is_set():
@@ -355,7 +359,43 @@ class NemoGymServers:
         except BaseException:
             self.stop()
             raise
+        self._release_build_lock()  # the venvs are built: other starts may go ahead
         return self
+
+    def _wait_for_venv_builds(self, deadline: float) -> int | None:
+        """Where NeMo Gym builds per-server venvs and this run needs one built: wait for (and hold)
+        a lock per NeMo Gym venv until the servers are ready, so that one start never removes, as
+        half-built, a venv that a concurrent start is still building. Returns the lock's fd or None."""
+        try:
+            install = ng_setup.read_install(self.env)
+            if not install.per_server_venvs_work()[0]:
+                return None  # one shared venv through per-run links: nothing is built
+            if not ng_setup.venvs_to_build(install, ng_setup.run_server_folders(install, self._config_paths())):
+                return None
+        except RunError:
+            return None  # argv() says what is wrong
+        name = hashlib.sha1(str(self.env).encode()).hexdigest()[:12]
+        fd = os.open(os.path.join(tempfile.gettempdir(), f"gymverl-ng-venvs-{name}.lock"), os.O_RDWR | os.O_CREAT, 0o666)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                pass
+            if self._stopped.is_set() or time.monotonic() > deadline:
+                os.close(fd)
+                if self._stopped.is_set():
+                    raise NemoGymError("NeMo Gym servers were stopped before they started.")
+                raise NemoGymError(
+                    f"another gymverl run has been building NeMo Gym's server venvs in {self.env} for "
+                    f"over {self.startup_timeout:.0f} s; wait for it to finish and try again."
+                )
+            time.sleep(0.5)
+
+    def _release_build_lock(self) -> None:
+        fd, self._build_lock = self._build_lock, None
+        if fd is not None:
+            os.close(fd)  # closing the last descriptor releases the flock
 
     def _wait_head_ready(self, child: proc.Supervised, deadline: float) -> None:
         """After "All N / N servers ready": wait until the head server's `GET /health` says ready.
@@ -447,6 +487,7 @@ class NemoGymServers:
         if self._tmpdir is not None:
             self._tmpdir.cleanup()
             self._tmpdir = None
+        self._release_build_lock()
         if self._ray_tmpdir is not None:
             # After ng_run and Ray are gone: their session folders and sockets are this run's only.
             shutil.rmtree(self._ray_tmpdir, ignore_errors=True)

@@ -407,6 +407,19 @@ def half_built_venvs(
     return found
 
 
+def venvs_to_build(install: NemoGymInstall, folders: Iterable[str]) -> list[str]:
+    """The server folders whose per-server venv (`SITE/<folder>/.venv`) NeMo Gym would build on the
+    next start: none there yet, or half-built (`half_built_venvs`). Links are complete venvs."""
+    folders = list(folders)
+    half = set(half_built_venvs(install, folders))
+    out = []
+    for folder in folders:
+        venv = install.site_packages / folder / ".venv"
+        if venv in half or not (venv.is_symlink() or (venv / "bin" / "python").exists()):
+            out.append(folder)
+    return out
+
+
 def remove_half_built_venvs(
     install: NemoGymInstall, folders: Iterable[str], uv_venv_dir: str | os.PathLike[str] | None = None
 ) -> list[Path]:
@@ -514,5 +527,6 @@ __all__ = [
     "server_venv_args",
     "shared_venv_args",
     "venv_python_version",
+    "venvs_to_build",
     "version_tuple",
 ]

@@ -321,3 +321,41 @@ def test_retry_after_a_failed_start_is_like_the_first_try(tmp_path: Path) -> Non
         assert [a for a in argvs[0] if not a.startswith(("+uv_venv_dir=", "++head_server.port=", "+config_paths="))] == [
             a for a in argvs[1] if not a.startswith(("+uv_venv_dir=", "++head_server.port=", "+config_paths="))
         ]
+
+
+def test_concurrent_starts_never_remove_a_venv_being_built(tmp_path: Path) -> None:
+    """Per-server venvs: a start that needs one built holds a lock per NeMo Gym venv until ready, so
+    a concurrent start waits instead of removing that venv as half-built; nothing to build, no lock."""
+    import fcntl as _fcntl
+    import hashlib as _hashlib
+    import tempfile as _tempfile
+
+    from test_ng_setup import fake_venv, site_of
+
+    env = fake_venv(tmp_path, version="0.4.0", requires=">=3.12", python="3.12.1")
+    (env / "bin" / "ng_run").write_text("")
+    cfg = site_of(env) / "resources_servers/mcqa/configs/mcqa.yaml"
+    lock = Path(_tempfile.gettempdir()) / f"gymverl-ng-venvs-{_hashlib.sha1(str(env.resolve()).encode()).hexdigest()[:12]}.lock"
+    holder = os.open(lock, os.O_RDWR | os.O_CREAT)
+    try:
+        _fcntl.flock(holder, _fcntl.LOCK_EX)  # another run is building
+        servers = nemo_gym.NemoGymServers([cfg], env=env, resources_only=True, startup_timeout=1)
+        with pytest.raises(NemoGymError, match="another gymverl run has been building NeMo Gym's server venvs"):
+            servers.start()
+        assert servers._proc is None  # nothing was started
+        _fcntl.flock(holder, _fcntl.LOCK_UN)
+        servers = nemo_gym.NemoGymServers([cfg], env=env, resources_only=True, startup_timeout=1)
+        servers._build_lock = servers._wait_for_venv_builds(time.monotonic() + 1)
+        assert servers._build_lock is not None
+        servers.stop()  # releases it
+        assert servers._build_lock is None
+        # Every venv there: no lock needed.
+        for folder in ("resources_servers/mcqa", "responses_api_agents/simple_agent", "responses_api_models/openai_model"):
+            (site_of(env) / folder / ".venv").symlink_to(env)
+        _fcntl.flock(holder, _fcntl.LOCK_EX | _fcntl.LOCK_NB)  # free again
+        servers = nemo_gym.NemoGymServers([cfg], env=env, resources_only=True, startup_timeout=1)
+        assert servers._wait_for_venv_builds(time.monotonic() + 1) is None
+        servers.stop()
+    finally:
+        os.close(holder)
+        lock.unlink(missing_ok=True)
