@@ -370,7 +370,8 @@ class NemoGymServers:
             install = ng_setup.read_install(self.env)
             if not install.per_server_venvs_work()[0]:
                 return None  # one shared venv through per-run links: nothing is built
-            if not ng_setup.venvs_to_build(install, ng_setup.run_server_folders(install, self._config_paths())):
+            # Only the folders this run starts (the common extras are linked, never built, here).
+            if not ng_setup.venvs_to_build(install, ng_setup.config_server_folders(self._config_paths())):
                 return None
         except RunError:
             return None  # argv() says what is wrong
