@@ -1005,6 +1005,12 @@ def collect(
             render_validation(result.validation.to_dict(), title="collect")
         if rejects and result.validation is not None and result.validation.rejected:
             console.print(f"rejected lines written to [bold]{rejects}[/]")
+        quality = C.quality_sentence(result.quality)
+        if quality:
+            unhealthy = bool(result.quality and (result.quality.get("unhealthy") or result.quality.get("error")))
+            (err_console if unhealthy else console).print(
+                f"[{'yellow' if unhealthy else 'dim'}]{escape(quality)}[/]", highlight=False, soft_wrap=True
+            )
         if result.ok:
             console.print(f"[bold green]ok:[/] {escape(result.message)}", highlight=False)
         else:

@@ -44,6 +44,7 @@ from gymverl.nemo_gym import (
 )
 from gymverl.records import ValidationSummary, agent_name, iter_checked, validate_file
 from gymverl.errors import EXIT_FAILED, EXIT_USAGE, GymverlError
+from gymverl.sidecars import FailureReport, rollout_pairs, settle_failures
 
 DEFAULT_HEAD_URL = "http://127.0.0.1:11000"  # NeMo Gym's default head server address
 # Our option -> the `gym eval run` flag that carries it (checked against `gym eval run --help`).
@@ -468,7 +469,7 @@ class RunResult:
     returncode: int | None
     interrupted: bool
     written: int
-    failed: int
+    failed: int  # failed attempts this run (lines it appended to the failures file)
     seconds: float
     reason: str | None = None
 
@@ -495,6 +496,8 @@ def run_collector(
     """
     out = Path(output)
     written, failures = LineCounter(out), LineCounter(sidecar_paths(out)["failures"])
+    # The failures file is appended across --resume runs: count this run's attempts only.
+    earlier = failures.update()
     log = Path(log_path)
     start = time.monotonic()
     interrupted = False
@@ -504,12 +507,12 @@ def run_collector(
         try:
             while child.poll() is None:
                 if on_progress is not None:
-                    on_progress(written.update(), failures.update())
+                    on_progress(written.update(), failures.update() - earlier)
                 time.sleep(poll)
         except KeyboardInterrupt:
             interrupted = True
             child.stop()
-    n, f = written.update(), failures.update()
+    n, f = written.update(), failures.update() - earlier
     if on_progress is not None:
         on_progress(n, f)
     rc = child.returncode
@@ -534,6 +537,18 @@ class CollectResult:
     code: int
     message: str
     servers: dict[str, str] = field(default_factory=dict)
+    failures: FailureReport | None = None  # the failures file settled against the rollouts present
+    quality: dict[str, Any] | None = None  # `quality_report`: NeMo Gym 0.7.0's health check
+
+    @property
+    def failed(self) -> int:
+        """(task, repeat)s that failed and never succeeded later (the failures file, settled)."""
+        return len(self.failures.failed) if self.failures is not None else 0
+
+    @property
+    def retried(self) -> int:
+        """Earlier failed attempts whose (task, repeat) later succeeded (history, not failures)."""
+        return self.failures.superseded_attempts if self.failures is not None else 0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data for `--json`."""
@@ -546,13 +561,17 @@ class CollectResult:
             "argv": self.argv,
             "expected_rollouts": self.expected,
             "written": self.run.written,
-            "failed_rollouts": self.run.failed,
+            "failed_rollouts": self.failed,
+            "failed_attempts_this_run": self.run.failed,
+            "retried_failed_attempts": self.retried,
+            "failures": self.failures.to_dict() if self.failures is not None else None,
             "failures_file": self.failures_path,
             "collector_exit_code": self.run.returncode,
             "interrupted": self.run.interrupted,
             "seconds": round(self.run.seconds, 3),
             "validation": self.validation.to_dict() if self.validation else None,
             "servers": self.servers,
+            "quality": self.quality,
         }
 
 
@@ -563,6 +582,78 @@ def expected_rollouts(tasks: TaskCheck, num_samples: int, output: Path, resume: 
         with open(mat, "rb") as f:
             return sum(1 for line in f if line.strip())
     return tasks.tasks * num_samples
+
+
+QUALITY_SUMMARY = "quality_summary.json"  # nemo_gym/health/types.py (0.7.0)
+ROLLOUT_VERDICTS = "rollout_verdicts.jsonl"
+
+
+def quality_report(output: str | os.PathLike[str], since: float | None = None) -> dict[str, Any] | None:
+    """What NeMo Gym's post-collection health check (0.7.0's collector) wrote beside `output`.
+
+    The collector writes `quality_summary.json` and `rollout_verdicts.jsonl` into the output's
+    folder (not per output name); a file older than `since` (a `time.time()`) is an earlier run's
+    and ignored. Returns None when there is none, else: `summary`/`verdicts` (paths), `rollouts`
+    checked, `healthy`/`unhealthy`/`unobserved` counts, `issues` ({check id: count}, nonzero only),
+    `flagged_tasks` (tasks with a task-level flag), `model_call_errors`, and `unhealthy_examples`
+    (up to 5 `(task, rollout, [check, ...])` from the verdicts file). An unreadable summary gives
+    `{"summary": path, "error": reason}`: it is reported, never a reason to fail the collection.
+    """
+    folder = Path(output).parent
+    summary_path, verdicts_path = folder / QUALITY_SUMMARY, folder / ROLLOUT_VERDICTS
+    try:
+        st = summary_path.stat()
+    except OSError:
+        return None
+    if since is not None and st.st_mtime < since - 1:
+        return None
+    rep: dict[str, Any] = {"summary": str(summary_path), "verdicts": str(verdicts_path) if verdicts_path.exists() else None}
+    try:
+        data = orjson.loads(summary_path.read_bytes())
+        run = data["run"]
+        verdicts = run.get("verdicts") or {}
+        rep.update(
+            rollouts=int(sum(v for v in verdicts.values() if isinstance(v, int))),
+            healthy=int(verdicts.get("healthy", 0)),
+            unhealthy=int(verdicts.get("unhealthy", 0)),
+            unobserved=int(verdicts.get("unobserved", 0)),
+            issues={k: v for k, v in (run.get("issues") or {}).items() if v},
+            flagged_tasks=sum(1 for t in (data.get("tasks") or {}).values() if isinstance(t, dict) and t.get("flags")),
+            model_call_errors=int(((run.get("stats") or {}).get("model_call_errors") or {}).get("total", 0)),
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        return {"summary": str(summary_path), "error": f"cannot read it ({exc})"}
+    examples: list[dict[str, Any]] = []
+    if rep["verdicts"] and rep["unhealthy"]:
+        with contextlib.suppress(OSError):
+            with open(verdicts_path, "rb") as f:
+                for raw in f:
+                    try:
+                        row = orjson.loads(raw)
+                    except orjson.JSONDecodeError:
+                        continue
+                    if isinstance(row, dict) and row.get("verdict") == "unhealthy":
+                        checks = [x.get("check") for x in row.get("findings") or [] if isinstance(x, dict)]
+                        examples.append({"task": row.get("_ng_task_index"), "rollout": row.get("_ng_rollout_index"), "checks": checks})
+                        if len(examples) == 5:
+                            break
+    rep["unhealthy_examples"] = examples
+    return rep
+
+
+def quality_sentence(rep: dict[str, Any] | None) -> str | None:
+    """One line for `quality_report`'s result, e.g. "NeMo Gym health check: 20 rollouts, 18 healthy, ..."."""
+    if rep is None:
+        return None
+    if "error" in rep:
+        return f"NeMo Gym's health check summary {rep['summary']}: {rep['error']}"
+    issues = ", ".join(f"{k} {v}" for k, v in sorted(rep["issues"].items(), key=lambda kv: -kv[1]))
+    return (
+        f"NeMo Gym health check: {rep['rollouts']} rollouts, {rep['healthy']} healthy, {rep['unhealthy']} unhealthy, "
+        f"{rep['unobserved']} unobserved" + (f" ({issues})" if issues else "")
+        + (f"; {rep['flagged_tasks']} tasks flagged" if rep["flagged_tasks"] else "")
+        + f"; see {rep['summary']}"
+    )
 
 
 def default_log_path(output: str | os.PathLike[str]) -> Path:
@@ -683,6 +774,7 @@ def collect(
             extra=extra,
         )
         stage("collect", {"argv": argv, "expected": expected, "log": str(log), "agents": agent_urls})
+        started = time.time()
         run = run_collector(argv, env=env, output=out, log_path=log, on_progress=on_progress)
         # Servers stop here (end of the with-block), before validation reads the file.
 
@@ -691,6 +783,12 @@ def collect(
         stage("validate", {"output": str(out)})
         validation = validate_file(out, rejects=rejects)
     fail_path = sidecar_paths(out)["failures"]
+    failures = None
+    if fail_path.exists():
+        # One line per failed attempt, appended across --resume runs: a (task, repeat) that later
+        # succeeded (it is in the output) is history, not a failure.
+        present, _ = rollout_pairs(out) if out.exists() else (set(), 0)
+        failures = settle_failures(fail_path, present)
     result = CollectResult(
         output=str(out),
         log=str(log),
@@ -698,11 +796,13 @@ def collect(
         expected=expected,
         run=run,
         validation=validation,
-        failures_path=str(fail_path) if fail_path.exists() and run.failed else None,
+        failures_path=str(fail_path) if failures is not None and (failures.failed or failures.attempts) else None,
         ok=False,
         code=EXIT_FAILED,
         message="",
         servers=agent_urls,
+        failures=failures,
+        quality=quality_report(out, since=started),
     )
     _verdict(result)
     return result
@@ -728,15 +828,19 @@ def _verdict(r: CollectResult) -> None:
     problems = []
     if rejected:
         problems.append(f"{rejected} lines rejected by validation")
-    if r.run.failed:
-        problems.append(f"{r.run.failed} rollouts failed (see {r.failures_path})")
-    if valid < r.expected and not r.run.failed:
-        problems.append(f"{r.expected - valid} rollouts missing")
+    if r.failed:
+        problems.append(f"{r.failed} rollouts failed (see {r.failures_path})")
+    if valid < r.expected and valid + r.failed < r.expected:
+        problems.append(f"{r.expected - valid - r.failed} rollouts missing")
+    retried = (
+        f"; {r.retried} earlier failed attempt{'s were' if r.retried != 1 else ' was'} retried and succeeded"
+        if r.retried else ""
+    )
     if problems:
-        r.message = f"collection finished with problems: {', '.join(problems)}; {kept}."
+        r.message = f"collection finished with problems: {', '.join(problems)}; {kept}{retried}."
         return
     r.ok, r.code = True, 0
-    r.message = f"collected {valid} rollouts ({len(v.rollouts_per_task) if v else 0} tasks) into {r.output}."
+    r.message = f"collected {valid} rollouts ({len(v.rollouts_per_task) if v else 0} tasks) into {r.output}{retried}."
 
 
 __all__ = [
@@ -758,6 +862,8 @@ __all__ = [
     "failure_reason",
     "head_overrides",
     "prepare_output",
+    "quality_report",
+    "quality_sentence",
     "resolve_server_configs",
     "run_collector",
     "sidecar_paths",

@@ -1,30 +1,44 @@
 """Find the NeMo Gym environment and run NeMo Gym servers on loopback, as subprocesses.
 
-gymverl never imports `nemo_gym` (it needs Python >= 3.12 and lives in its own venv); it runs
-NeMo Gym's own `ng_run` there and talks to the servers over HTTP. Everything binds to 127.0.0.1:
-servers (NeMo Gym's default host), the head server (a free port we pick, so several runs can
-coexist), and the Ray cluster `ng_run` starts (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0` makes Ray
-use the loopback address instead of the host's).
+gymverl never imports `nemo_gym` (0.7.0 needs Python >= 3.13, VeRL < 3.13; it lives in its own
+venv); it runs NeMo Gym's own `ng_run` there and talks to the servers over HTTP. Everything binds
+to 127.0.0.1: servers (NeMo Gym's default host), the head server (a free port we pick, so several
+runs can coexist), and the Ray cluster `ng_run` starts (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`
+makes Ray use the loopback address instead of the host's; each run has its own short
+`RAY_TMPDIR`, removed when it stops).
+
+Supported: nemo-gym 0.7.0 (the default `make setup` installs) and 0.4.0, told apart by the
+installed version (`nemo_gym_version`), never guessed. Differences handled here:
+- where the servers' Python comes from: `gymverl.ng_setup.server_venv_args` (per-server uv venvs
+  when the venv's Python satisfies nemo-gym's Requires-Python, else one venv for all servers);
+- 0.7.0 waits for the policy model endpoint and shuts everything down when it never answers:
+  runs without a real policy pass `++model_endpoint_readiness_timeout_seconds=0` (0.4.0 ignores it);
+- readiness: after "All N / N servers ready", 0.7.0's head server answers `GET /health` 503 until
+  it is ready and then 200; 0.4.0 has no such route (404), which counts as ready.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections import deque
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import orjson
-from gymverl import proc
+from gymverl import ng_setup, proc
 from gymverl.errors import GymverlError, RunError
 
 ENV_VAR = "GYMVERL_NEMO_GYM_ENV"
@@ -44,17 +58,58 @@ class NemoGymError(RunError, RuntimeError):
 
 # ng_run's own fatal messages: `Error: Found 1 almost-server(s) with validation errors. Fix ...`
 _NG_ERROR = re.compile(r"^Error: (.+?[.!?])(?:\s|$)")
+# ng_run prefixes each server's output with its name: `(mcqa) error: No solution found ...`.
+_SERVER_PREFIX = re.compile(r"^\((?P<name>[\w.-]+)\)\s?")
+# uv's own errors while NeMo Gym builds a per-server venv (`error:` then indented `cause:`/`hint:`).
+_UV_ERROR = re.compile(r"^error: (.+)$")
+_UV_CAUSE = re.compile(r"^\s*(?:Caused by|cause): (.+)$")
+_NOT_FOUND = re.compile(r"\buv: command not found")
+_NEVER_ANSWERED = re.compile(r"model endpoint\(s\) never answered")
 
 
 def startup_cause(lines: Sequence[str]) -> str | None:
-    """Why ng_run or one of its servers failed, from its output: the last exception or `Error:` line."""
-    for line in reversed(lines):
-        m = _NG_ERROR.match(line.strip())
+    """Why ng_run or one of its servers failed, from its output, as one clause (None when unknown).
+
+    Looks (last line first) for: ng_run's `Error: ...` line; uv's `error: ...` with its `cause:`
+    line (a per-server venv that could not be built, e.g. `Because the current Python version
+    (3.13) does not satisfy Python>=3.13.14 ...`); `uv: command not found`; the last exception
+    line (e.g. `ModuleNotFoundError: No module named 'fastapi'`, from a half-built venv), with
+    0.7.0's "model endpoint(s) never answered" followed by the first URL it lists. A server's
+    `(name) ` prefix becomes `name: ` in front of the clause.
+    """
+    stripped: list[tuple[str | None, str]] = []
+    for line in lines:
+        m = _SERVER_PREFIX.match(line)
+        stripped.append((m.group("name"), line[m.end() :]) if m else (None, line))
+
+    def named(who: str | None, text: str) -> str:
+        return f"{who}: {text}" if who else text
+
+    for i in range(len(stripped) - 1, -1, -1):
+        who, text = stripped[i]
+        t = text.strip()
+        m = _NG_ERROR.match(t)
         if m:
             return m.group(1)
-        cause = proc.log_cause([line])
+        m = _UV_ERROR.match(t)
+        if m:
+            detail = m.group(1).rstrip(".")
+            for w2, nxt in stripped[i + 1 : i + 8]:
+                c = _UV_CAUSE.match(nxt)
+                if c and w2 == who:
+                    detail = f"{detail}: {c.group(1).rstrip('.')}"
+                    break
+            return named(who, f"uv could not build the server's venv ({detail})")
+        if _NOT_FOUND.search(t):
+            return named(who, t)
+        cause = proc.log_cause([t])
         if cause:
-            return cause
+            if _NEVER_ANSWERED.search(cause):
+                for _w, nxt in stripped[i + 1 : i + 5]:
+                    if nxt.strip().startswith("- "):
+                        cause = f"{cause.rstrip(':')} {nxt.strip()[2:]}"
+                        break
+            return named(who, cause)
     return None
 
 
@@ -72,8 +127,9 @@ def find_env(explicit: str | os.PathLike[str] | None = None) -> Path:
             return env.resolve()
     where = explicit or os.environ.get(ENV_VAR) or " or ".join(str(c) for c in candidates)
     raise NemoGymError(
-        f"NeMo Gym not found at {where}: create it with `make setup` (Python 3.12 venv with "
-        f"`pip install nemo-gym==0.4.0 uv`) or point --nemo-gym-env / ${ENV_VAR} at one."
+        f"NeMo Gym not found at {where}: create it with `make setup` (nemo-gym 0.7.0 in "
+        f"{DEFAULT_ENV_NAME}; `make setup NEMO_GYM=0.4.0` for 0.4.0) or point --nemo-gym-env / "
+        f"${ENV_VAR} at a venv with nemo-gym installed."
     )
 
 
@@ -85,12 +141,13 @@ def package_dir(env: Path) -> Path:
     raise NemoGymError(f"{env}: no NeMo Gym servers (resources_servers/) in this venv; is nemo-gym installed?")
 
 
-def nemo_gym_version(env: Path) -> str | None:
-    """The installed nemo-gym version, from its dist-info folder name."""
-    for sp in (env / "lib").glob("python3*/site-packages"):
-        for d in sp.glob("nemo_gym-*.dist-info"):
-            return d.name[len("nemo_gym-") : -len(".dist-info")]
-    return None
+def nemo_gym_version(env: str | os.PathLike[str]) -> str | None:
+    """The installed nemo-gym version in venv `env`, e.g. "0.7.0" (None when none is installed).
+
+    The one version check of the package (`gymverl.ng_setup.installed_nemo_gym_version`: read
+    from the dist-info METADATA, never by importing nemo_gym). Never raises.
+    """
+    return ng_setup.installed_nemo_gym_version(env)
 
 
 def resources_server_config(env: Path, name: str) -> Path:
@@ -129,14 +186,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def subprocess_env(env: Path) -> dict[str, str]:
-    """Environment for NeMo Gym subprocesses: its venv first, uv on the system Python, Ray on loopback."""
+def subprocess_env(env: Path, ray_tmpdir: str | os.PathLike[str] | None = None) -> dict[str, str]:
+    """Environment for NeMo Gym subprocesses: its venv first, uv on its Python, Ray on loopback.
+
+    `ray_tmpdir`: Ray's folder for this run (sessions, AF_UNIX sockets). It must be short (socket
+    paths are limited to 107 bytes) and private to the run, or concurrent runs share /tmp/ray.
+    """
     python_dirs = [str(env / "bin")]
-    # uv (used by ng_run to build per-server venvs) must find a Python 3.12 interpreter on PATH.
-    for cand in (Path("/root/.pyenv/versions/3.12.1/bin"), Path(os.path.realpath(env / "bin" / "python")).parent):
-        if cand.is_dir():
-            python_dirs.append(str(cand))
+    # uv (used by ng_run to build per-server venvs) must find the venv's own Python version on PATH.
+    cand = Path(os.path.realpath(env / "bin" / "python")).parent
+    if cand.is_dir() and str(cand) not in python_dirs:
+        python_dirs.append(str(cand))
     out = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
+    if ray_tmpdir is not None:
+        out["RAY_TMPDIR"] = str(ray_tmpdir)
     out["PATH"] = os.pathsep.join(python_dirs + [os.environ.get("PATH", "")])
     out.setdefault("UV_PYTHON_DOWNLOADS", "never")
     out.setdefault("UV_PYTHON_PREFERENCE", "only-system")
@@ -188,12 +251,15 @@ class NemoGymServers:
         self._lock = threading.Lock()
         self._crashed: list[str] = []
         self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
+        self._ray_tmpdir: str | None = None
+        self._build_lock: int | None = None
         self._reader: threading.Thread | None = None
         self._needs_model = False
 
     # ---- argv ----------------------------------------------------------------------------------
     def _config_paths(self) -> list[str]:
-        if self.resources_only and self._tmpdir is None:
+        if self._tmpdir is None:
+            # Per run: resources-only configs and the shared-venv links (removed by stop()).
             self._tmpdir = tempfile.TemporaryDirectory(prefix="gymverl-ng-")
         paths: list[str] = []
         needs_model = False
@@ -212,8 +278,17 @@ class NemoGymServers:
         return paths
 
     def argv(self) -> list[str]:
-        """The `ng_run` command line (Hydra overrides), as an argv list."""
-        args = [str(self.env / "bin" / "ng_run"), f"+config_paths=[{','.join(self._config_paths())}]"]
+        """The `ng_run` command line (Hydra overrides), as an argv list.
+
+        Prepares the servers' venvs first (`gymverl.ng_setup.server_venv_args`): where per-server
+        uv venvs work, half-built ones are removed (a retry after a failed start behaves like the
+        first try); elsewhere every server runs from the NeMo Gym venv through links in this run's
+        temporary folder. Raises NemoGymError when that is impossible (e.g. a server's
+        requirements are not installed in the shared venv).
+        """
+        paths = self._config_paths()
+        assert self._tmpdir is not None
+        args = [str(self.env / "bin" / "ng_run"), f"+config_paths=[{','.join(paths)}]"]
         base_url, model, key = self.policy
         if not self.resources_only or base_url or self._needs_model:
             args += [
@@ -221,12 +296,15 @@ class NemoGymServers:
                 f"+policy_api_key={key}",
                 f"+policy_model_name={model}",
             ]
-        args += [
-            "++head_server.host=127.0.0.1",
-            f"++head_server.port={self.head_port}",
-            # Per-server venvs are built once (from the package registry) and reused after that.
-            "+skip_venv_if_present=true",
-        ]
+        if base_url is None:
+            # 0.7.0 waits for the policy endpoint (default 600 s) and then stops every server: the
+            # placeholder above never answers. 0 skips that check; 0.4.0 ignores the key.
+            args.append("++model_endpoint_readiness_timeout_seconds=0")
+        args += ["++head_server.host=127.0.0.1", f"++head_server.port={self.head_port}"]
+        try:
+            args += ng_setup.server_venv_args(self.env, paths, Path(self._tmpdir.name) / "venvs")
+        except RunError as exc:
+            raise NemoGymError(str(exc)) from None
         return args + self.overrides
 
     # ---- lifecycle -----------------------------------------------------------------------------
@@ -236,22 +314,31 @@ class NemoGymServers:
         ng_run, Ray and the servers run in a process group of their own (`gymverl.proc.start`); on
         any error, Ctrl-C, SIGTERM or SIGHUP while starting they are all stopped before this raises.
         """
-        argv = self.argv()
-        log = open(self.log_path, "ab") if self.log_path else None
+        log = None
+        deadline = time.monotonic() + self.startup_timeout
         try:
+            self._build_lock = self._wait_for_venv_builds(deadline)
+            argv = self.argv()
+            # Short (AF_UNIX paths <= 107 bytes) and private: concurrent runs never share /tmp/ray.
+            self._ray_tmpdir = tempfile.mkdtemp(prefix="gv-ray-", dir="/tmp" if os.path.isdir("/tmp") else None)
+            log = open(self.log_path, "ab") if self.log_path else None
             with self._lock:
                 if self._stopped.is_set():
                     raise NemoGymError("NeMo Gym servers were stopped before they started.")
                 child = self._proc = proc.start(
-                    argv, cwd=self.cwd, env=subprocess_env(self.env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+                    argv,
+                    cwd=self.cwd,
+                    env=subprocess_env(self.env, self._ray_tmpdir),
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
                 )
         except BaseException:
             if log is not None:
                 log.close()
+            self.stop()  # removes the temporary folders made so far
             raise
         self._reader = threading.Thread(target=self._read_output, args=(child.popen.stdout, log), daemon=True)
         self._reader.start()
-        deadline = time.monotonic() + self.startup_timeout
         try:
             while not self._ready.wait(0.25):
                 if self._stopped.is_set():
@@ -263,6 +350,7 @@ class NemoGymServers:
                 if time.monotonic() > deadline:
                     self.stop()
                     raise self._failure(f"NeMo Gym servers not ready after {self.startup_timeout:.0f} s")
+            self._wait_head_ready(child, deadline)
             try:
                 self.instances = self._fetch_instances()
             except (OSError, ValueError) as exc:  # URLError is an OSError; a bad answer a ValueError
@@ -271,7 +359,72 @@ class NemoGymServers:
         except BaseException:
             self.stop()
             raise
+        self._release_build_lock()  # the venvs are built: other starts may go ahead
         return self
+
+    def _wait_for_venv_builds(self, deadline: float) -> int | None:
+        """Where NeMo Gym builds per-server venvs and this run needs one built: wait for (and hold)
+        a lock per NeMo Gym venv until the servers are ready, so that one start never removes, as
+        half-built, a venv that a concurrent start is still building. Returns the lock's fd or None."""
+        try:
+            install = ng_setup.read_install(self.env)
+            if not install.per_server_venvs_work()[0]:
+                return None  # one shared venv through per-run links: nothing is built
+            # Only the folders this run starts (the common extras are linked, never built, here).
+            if not ng_setup.venvs_to_build(install, ng_setup.config_server_folders(self._config_paths())):
+                return None
+        except RunError:
+            return None  # argv() says what is wrong
+        name = hashlib.sha1(str(self.env).encode()).hexdigest()[:12]
+        fd = os.open(os.path.join(tempfile.gettempdir(), f"gymverl-ng-venvs-{name}.lock"), os.O_RDWR | os.O_CREAT, 0o666)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                pass
+            if self._stopped.is_set() or time.monotonic() > deadline:
+                os.close(fd)
+                if self._stopped.is_set():
+                    raise NemoGymError("NeMo Gym servers were stopped before they started.")
+                raise NemoGymError(
+                    f"another gymverl run has been building NeMo Gym's server venvs in {self.env} for "
+                    f"over {self.startup_timeout:.0f} s; wait for it to finish and try again."
+                )
+            time.sleep(0.5)
+
+    def _release_build_lock(self) -> None:
+        fd, self._build_lock = self._build_lock, None
+        if fd is not None:
+            os.close(fd)  # closing the last descriptor releases the flock
+
+    def _wait_head_ready(self, child: proc.Supervised, deadline: float) -> None:
+        """After "All N / N servers ready": wait until the head server's `GET /health` says ready.
+
+        0.7.0 answers 503 `{"status": "starting"}` until it has checked the model endpoints, then
+        200; 0.4.0 has no such route (404 means ready). ng_run exiting meanwhile (e.g. 0.7.0's
+        "model endpoint(s) never answered") is a failure with that cause.
+        """
+        url = f"http://127.0.0.1:{self.head_port}/health"
+        while True:
+            if self._stopped.is_set():
+                raise NemoGymError("NeMo Gym servers were stopped before they were ready.")
+            if child.poll() is not None or self._crashed:
+                what = f"{', '.join(self._crashed)} exited" if self._crashed else f"ng_run exited with {child.returncode}"
+                self.stop()
+                raise self._failure(f"NeMo Gym servers failed to start ({what})")
+            try:
+                with urllib.request.urlopen(url, timeout=5):  # noqa: S310 - loopback only
+                    return  # 2xx: ready
+            except urllib.error.HTTPError as exc:
+                if exc.code == 404:
+                    return  # nemo-gym 0.4.0: no readiness route; its ready line is the signal
+            except OSError:
+                pass  # not listening yet
+            if time.monotonic() > deadline:
+                self.stop()
+                raise self._failure(f"NeMo Gym's head server not ready after {self.startup_timeout:.0f} s")
+            time.sleep(0.25)
 
     def _failure(self, what: str) -> NemoGymError:
         """`what`, the cause found in ng_run's output, and where the whole output is: one sentence."""
@@ -335,6 +488,11 @@ class NemoGymServers:
         if self._tmpdir is not None:
             self._tmpdir.cleanup()
             self._tmpdir = None
+        self._release_build_lock()
+        if self._ray_tmpdir is not None:
+            # After ng_run and Ray are gone: their session folders and sockets are this run's only.
+            shutil.rmtree(self._ray_tmpdir, ignore_errors=True)
+            self._ray_tmpdir = None
         self._proc = None
 
     def __enter__(self) -> "NemoGymServers":

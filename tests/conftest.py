@@ -15,6 +15,18 @@ FIXTURES = SHARED / "fixtures" / "nemo_gym_rollouts"
 FIXTURE_FILES = sorted(FIXTURES.glob("*.jsonl"))
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    """Which NeMo Gym the real-server tests run against (0.7.0 after `make setup`; 0.4.0 with
+    `make test-nemo-gym-0.4`), detected from the install, never assumed."""
+    from gymverl.nemo_gym import NemoGymError, find_env, nemo_gym_version
+
+    try:
+        env = find_env()
+    except NemoGymError as exc:
+        return f"nemo-gym: none ({exc})"
+    return f"nemo-gym: {nemo_gym_version(env) or 'unknown version'} at {env}"
+
+
 @pytest.fixture(scope="session")
 def fixture_files() -> list[Path]:
     """The real rollout files written by NeMo Gym (shared/, never copied into the repo)."""
@@ -42,7 +54,10 @@ def nemo_gym_env() -> Path:
 @pytest.fixture(scope="session")
 def gym_servers(nemo_gym_env: Path, tmp_path_factory: pytest.TempPathFactory):
     """Real NeMo Gym resources servers on 127.0.0.1 for the whole session: math_with_judge
-    (rule-based: math-verify), xlam_fc (function-call matching) and mcqa; `.url(name)` gives each URL."""
+    (rule-based: math-verify), xlam_fc (function-call matching) and mcqa; `.url(name)` gives each URL.
+
+    Whatever release the venv holds (0.7.0 by default, 0.4.0 for `make test-nemo-gym-0.4`):
+    `gymverl.nemo_gym` picks the servers' venvs and readiness check for it."""
     from gymverl.nemo_gym import running_resources_servers
 
     log = tmp_path_factory.mktemp("ng") / "ng_run.log"

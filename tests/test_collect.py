@@ -6,6 +6,7 @@ from __future__ import annotations
 import _thread
 import gzip
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -19,9 +20,9 @@ from typer.testing import CliRunner
 
 from gymverl import collect as C
 from gymverl.cli import app
-from gymverl.nemo_gym import free_port, subprocess_env
+from gymverl.nemo_gym import free_port, nemo_gym_version, subprocess_env
 
-from conftest import SAMPLE_DATA
+from conftest import SAMPLE_DATA, SHARED
 from policy_server import SAMPLE_SCRIPT, PolicyServer, ScriptedPolicy
 
 TASKS = SAMPLE_DATA / "tasks.jsonl"
@@ -41,7 +42,8 @@ def test_detects_gym_eval_run_and_its_flags(collector: C.Collector) -> None:
     assert collector.command[1:] == ("eval", "run", "--no-serve")
     assert collector.options["num_repeats"] == "--num-repeats"
     assert collector.options["concurrency"] == "--concurrency"
-    assert collector.version == "0.4.0"
+    # Both supported releases (0.7.0, 0.4.0) have `gym eval run --no-serve`; the version is read, not assumed.
+    assert collector.version == nemo_gym_version(collector.env) and collector.version in ("0.7.0", "0.4.0")
 
 
 def test_legacy_hydra_keys_are_read_from_the_installed_package(nemo_gym_env: Path) -> None:
@@ -428,8 +430,12 @@ def _result(tmp_path: Path, *, rc: int = 0, written: int = 20, failed: int = 0, 
     v = ValidationSummary(str(tmp_path / "o.jsonl"))
     v.lines, v.valid, v.rejected = valid + rejected, valid, rejected
     v.rollouts_per_task.update({f"#{i}": 4 for i in range(valid // 4)})
+    from gymverl.sidecars import FailedRollout, FailureReport
+
+    fails = FailureReport("f.jsonl", attempts=failed, failed={(t, 0): FailedRollout(1, "x", "", t) for t in range(failed)})
     r = C.CollectResult(
-        str(tmp_path / "o.jsonl"), "log", [], 20, C.RunResult(rc, False, written, failed, 1.0), v, "f.jsonl", False, 1, ""
+        str(tmp_path / "o.jsonl"), "log", [], 20, C.RunResult(rc, False, written, failed, 1.0), v, "f.jsonl", False, 1, "",
+        failures=fails,
     )
     C._verdict(r)
     return r
@@ -473,3 +479,121 @@ def test_expected_rollouts_on_resume_follow_nemo_gyms_materialized_inputs(tmp_pa
     C.sidecar_paths(out)["materialized_inputs"].write_text("{}\n" * 10)
     assert C.expected_rollouts(tasks, 4, out, resume=True) == 10
     assert C.expected_rollouts(tasks, 4, out, resume=False) == 20
+
+
+# ---- failures settled across --resume, NeMo Gym 0.7.0's health check --------------------------
+
+
+CASE_02 = SHARED / "cases" / "ng07-02-failures-counted-after-resume"
+
+
+def _no_op_collector(monkeypatch: pytest.MonkeyPatch, env: Path, quality: dict | None = None) -> None:
+    """A collector that finds everything already collected (a `--resume` with nothing left) and,
+    given `quality`, writes NeMo Gym 0.7.0's health-check files into the output's folder."""
+    script = (
+        "import json, sys, pathlib\n"
+        "args = sys.argv[1:]\n"
+        "q = %r\n"
+        "if q is not None:\n"
+        "    d = pathlib.Path(args[args.index('--output') + 1]).parent\n"
+        "    (d / 'quality_summary.json').write_text(json.dumps(q['summary']))\n"
+        "    (d / 'rollout_verdicts.jsonl').write_text(''.join(json.dumps(r) + '\\n' for r in q['verdicts']))\n"
+    ) % (quality,)
+    fake = C.Collector(env, (sys.executable, "-c", script), "flags", dict(C.GYM_FLAGS), "0.7.0")
+    monkeypatch.setattr(C, "detect_collector", lambda _env: fake)
+    monkeypatch.setattr(C, "check_servers", lambda *a, **k: {})
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _small_resumed_collection(tmp_path: Path, still_failed: bool) -> tuple[Path, Path]:
+    """2 tasks x 2 repeats; 3 failed attempts of 2 pairs in the failures file; all pairs present,
+    or (still_failed) pair (1, 1) only in the failures file."""
+    rows = [json.loads(line) for line in TASKS.read_text().splitlines()[:2]]
+    tasks = tmp_path / "tasks.jsonl"
+    _write_jsonl(tasks, rows)
+    out = tmp_path / "r.jsonl"
+    pairs = [(t, r) for t in range(2) for r in range(2)]
+    _write_jsonl(out.with_name("r_materialized_inputs.jsonl"), [{**rows[t], "_ng_task_index": t, "_ng_rollout_index": r} for t, r in pairs])
+    present = [p for p in pairs if not (still_failed and p == (1, 1))]
+    _write_jsonl(out, [{**rows[t], "_ng_task_index": t, "_ng_rollout_index": r, "reward": 1.0,
+                        "response": {"output": [{"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "56"}]}]}}
+                       for t, r in present])
+    fail = {"_ng_failure_class": "agent_run_error", "_ng_failure_message": "500"}
+    _write_jsonl(out.with_name("r_failures.jsonl"), [
+        {**fail, "_ng_task_index": 0, "_ng_rollout_index": 1},
+        {**fail, "_ng_task_index": 1, "_ng_rollout_index": 1},
+        {**fail, "_ng_task_index": 1, "_ng_rollout_index": 1},
+    ])
+    return tasks, out
+
+
+@pytest.mark.parametrize("still_failed", [False, True], ids=["all-retried", "one-still-failed"])
+def test_resume_counts_only_rollouts_that_never_succeeded(
+    tmp_path: Path, nemo_gym_env: Path, monkeypatch: pytest.MonkeyPatch, still_failed: bool
+) -> None:
+    """ng07-02 (own input): failure rows whose (task, repeat) later succeeded are history."""
+    tasks, out = _small_resumed_collection(tmp_path, still_failed)
+    _no_op_collector(monkeypatch, nemo_gym_env)
+    res = runner.invoke(app, ["collect", "-i", str(tasks), "-o", str(out), "-n", "2", "--resume", "--json"])
+    assert "Traceback" not in res.output
+    data = json.loads(res.stdout)
+    if still_failed:
+        assert res.exit_code == 1, res.output
+        assert data["failed_rollouts"] == 1 and data["retried_failed_attempts"] == 1
+        assert "1 rollouts failed" in data["message"] and "missing" not in data["message"], data["message"]
+        assert "1 earlier failed attempt was retried" in data["message"]
+    else:
+        assert res.exit_code == 0, res.output
+        assert data["failed_rollouts"] == 0 and data["retried_failed_attempts"] == 3
+        assert data["message"].startswith("collected 4 rollouts (2 tasks)")
+        assert "3 earlier failed attempts were retried" in data["message"]
+    assert data["failures"]["attempts"] == 3 and data["failed_attempts_this_run"] == 0
+    assert data["quality"] is None  # no health-check files: nothing claimed
+
+
+def test_resume_of_the_real_07_collection_exits_0(tmp_path: Path, nemo_gym_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ng07-02-failures-counted-after-resume: all 20 rollouts present, 11 old failure rows -> exit 0."""
+    if not CASE_02.is_dir():
+        pytest.skip(f"shared case not found: {CASE_02}")
+    for f in CASE_02.glob("*.jsonl"):
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    out = tmp_path / "r.jsonl"
+    _no_op_collector(monkeypatch, nemo_gym_env)
+    res = runner.invoke(app, ["collect", "-i", str(tmp_path / "tasks.jsonl"), "-o", str(out), "-n", "4", "-c", "1", "--resume"])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "collected 20 rollouts" in text and "11 earlier failed attempts were retried" in text, text
+
+
+def test_quality_summary_of_07s_collector_is_reported(tmp_path: Path, nemo_gym_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """0.7.0's collector writes quality_summary.json / rollout_verdicts.jsonl beside the output:
+    collect reports them (rich and --json); an older one (an earlier run's) is not claimed."""
+    tasks, out = _small_resumed_collection(tmp_path, still_failed=False)
+    summary = {
+        "run": {"verdicts": {"healthy": 3, "unhealthy": 1, "unobserved": 0},
+                "issues": {"model_call_error": 1, "empty_response": 0},
+                "stats": {"model_call_errors": {"total": 2}}},
+        "tasks": {"0": {"flags": []}, "1": {"flags": ["task_consistently_unhealthy"]}},
+    }
+    verdicts = [{"_ng_task_index": 1, "_ng_rollout_index": 1, "verdict": "unhealthy", "findings": [{"check": "model_call_error"}]}]
+    _no_op_collector(monkeypatch, nemo_gym_env, {"summary": summary, "verdicts": verdicts})
+    res = runner.invoke(app, ["collect", "-i", str(tasks), "-o", str(out), "-n", "2", "--resume", "--json"])
+    assert res.exit_code == 0, res.output
+    q = json.loads(res.stdout)["quality"]
+    assert (q["rollouts"], q["healthy"], q["unhealthy"], q["unobserved"]) == (4, 3, 1, 0)
+    assert q["issues"] == {"model_call_error": 1} and q["flagged_tasks"] == 1 and q["model_call_errors"] == 2
+    assert q["unhealthy_examples"] == [{"task": 1, "rollout": 1, "checks": ["model_call_error"]}]
+    res = runner.invoke(app, ["collect", "-i", str(tasks), "-o", str(out), "-n", "2", "--resume"])
+    text = " ".join(res.output.split())
+    assert "NeMo Gym health check: 4 rollouts, 3 healthy, 1 unhealthy" in text and "1 tasks flagged" in text, text
+    # An earlier run's files are not this run's report.
+    old = time.time() - 3600
+    for name in ("quality_summary.json", "rollout_verdicts.jsonl"):
+        os.utime(tmp_path / name, (old, old))
+    assert C.quality_report(out, since=time.time()) is None
+    (tmp_path / "quality_summary.json").write_text("not json")
+    bad = C.quality_report(out)
+    assert bad is not None and "cannot read it" in bad["error"]
