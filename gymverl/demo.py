@@ -467,7 +467,7 @@ class Demo:
             started.details["ready_seconds"] = bg.ready_seconds
         out = self.out / "rescored.jsonl"
         failures = self.out / "rescore-failures.jsonl"
-        args = ["gymverl", "rescore", self.rollouts, "-o", out, "--tasks", self.tasks]
+        args = ["gymverl", "rescore", self.rollouts, "-o", out, "--tasks", self.tasks, "--force"]
         for agent, url in urls.items():
             args += ["--server", f"{agent}={url}"]
         self.cmd(*args)
@@ -644,6 +644,10 @@ def _rescore(rollouts: Path, out: Path, failures: Path, urls: dict[str, str], ta
         [f"{agent}={url}" for agent, url in urls.items()],
         failures=failures,
         tasks=tasks if tasks is not None and tasks.is_file() else None,
+        # The sample's verifiers (math_with_judge's rule-based math-verify, xlam_fc's call
+        # matching) keep no session state, but 0.7.0 declares them "unknown" at /reverify_mode,
+        # which rescore refuses without force (as `gym eval reverify` does without ++force=true).
+        force=True,
     )
     return summary.to_dict()
 
