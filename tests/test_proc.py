@@ -94,7 +94,19 @@ def test_sigterm_to_gymverl_stops_the_collector_and_its_workers(tmp_path: Path, 
     assert left == [], f"left running: {left}"
 
 
-def test_signals_as_interrupt_nests_and_respects_nohup() -> None:
+@pytest.fixture
+def default_stop_signals():
+    """SIGTERM/SIGHUP at their defaults for this test. A session fixture that keeps NeMo Gym servers
+    running holds `signals_as_interrupt` (proc.start does, while a child runs): restore it after."""
+    saved = {sig: signal.signal(sig, signal.SIG_DFL) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def test_signals_as_interrupt_nests_and_respects_nohup(default_stop_signals) -> None:
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     old_hup = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # what `nohup` does
     try:
@@ -113,7 +125,7 @@ def test_signals_as_interrupt_nests_and_respects_nohup() -> None:
         signal.signal(signal.SIGHUP, old_hup)
 
 
-def test_started_child_is_interrupted_by_sigterm_also_without_the_cli(tmp_path: Path) -> None:
+def test_started_child_is_interrupted_by_sigterm_also_without_the_cli(tmp_path: Path, default_stop_signals) -> None:
     """A library caller gets the same cleanup: SIGTERM raises KeyboardInterrupt while a child runs."""
     child = proc.start([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
