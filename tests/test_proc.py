@@ -75,7 +75,7 @@ def test_stop_reaches_descendants_that_left_the_group(tmp_path: Path) -> None:
     assert child.stop() == child.returncode  # twice is fine
 
 
-def test_sigterm_to_gymverl_stops_the_collector_and_its_workers(tmp_path: Path, nemo_gym_env: Path) -> None:
+def test_sigterm_to_gymverl_stops_the_collector_and_its_workers(tmp_path: Path, nemo_gym_env: Path, default_stop_signals) -> None:
     """SIGTERM while collecting: the collector and a worker in its own session are both gone afterwards
     (the old ladder signalled the collector's group only)."""
     pidfile = tmp_path / "pids"
@@ -96,14 +96,26 @@ def test_sigterm_to_gymverl_stops_the_collector_and_its_workers(tmp_path: Path, 
 
 @pytest.fixture
 def default_stop_signals():
-    """SIGTERM/SIGHUP at their defaults for this test. A session fixture that keeps NeMo Gym servers
-    running holds `signals_as_interrupt` (proc.start does, while a child runs): restore it after."""
-    saved = {sig: signal.signal(sig, signal.SIG_DFL) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    """SIGTERM/SIGHUP at their defaults and nothing holding them, for this test only.
+
+    A session fixture that keeps NeMo Gym servers running holds `signals_as_interrupt` (proc.start
+    does, while a child runs). Resetting the handlers alone would leave proc's hold count above
+    zero, so the test's own `signals_as_interrupt` would not install its handler and its SIGTERM
+    would kill the test run: save and restore both."""
+    saved = {sig: signal.getsignal(sig) for sig in proc.STOP_SIGNALS}
+    holders, previous = proc._holders, dict(proc._previous)
+    proc._holders = 0
+    proc._previous.clear()
+    for sig in proc.STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
     try:
         yield
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
+        proc._holders = holders
+        proc._previous.clear()
+        proc._previous.update(previous)
 
 
 def test_signals_as_interrupt_nests_and_respects_nohup(default_stop_signals) -> None:
