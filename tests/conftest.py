@@ -68,3 +68,18 @@ def gym_servers(nemo_gym_env: Path, tmp_path_factory: pytest.TempPathFactory):
     log = tmp_path_factory.mktemp("ng") / "ng_run.log"
     with running_resources_servers(["math_with_judge", "xlam_fc", "mcqa"], env=nemo_gym_env, log_path=log) as servers:
         yield servers
+
+
+def marked_processes(var: str, mark: str) -> list[str]:
+    """Live processes whose environment has `var=mark` (a test marks what it starts: ng_run, its
+    servers, Ray, the collector), as "PID name"; zombies are already gone and do not count."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["pid", "name", "status"]):
+        try:
+            if p.info["status"] != psutil.STATUS_ZOMBIE and p.environ().get(var) == mark:
+                found.append(f"{p.pid} {p.info['name']}")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found

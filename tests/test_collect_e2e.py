@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from gymverl.cli import app
 from gymverl.nemo_gym import NemoGymServers
 
-from conftest import REPO, SAMPLE_DATA
+from conftest import marked_processes, REPO, SAMPLE_DATA
 from policy_server import SAMPLE_REWARDS, PolicyServer, ScriptedPolicy
 
 pytestmark = [pytest.mark.nemo_gym, pytest.mark.slow]
@@ -168,14 +168,7 @@ def test_ctrl_c_stops_the_collector_and_keeps_partial_output(stack: str, policy:
 
 def _marked(mark: str) -> list[str]:
     """Live processes that inherited GYMVERL_E2E_MARK=mark (ng_run, its servers, Ray, the collector)."""
-    found = []
-    for p in psutil.process_iter(["pid", "name", "status"]):
-        try:
-            if p.info["status"] != psutil.STATUS_ZOMBIE and p.environ().get("GYMVERL_E2E_MARK") == mark:
-                found.append(f"{p.pid} {p.info['name']}")
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return found
+    return marked_processes("GYMVERL_E2E_MARK", mark)
 
 
 def test_servers_option_starts_collects_and_stops_everything(

@@ -23,7 +23,7 @@ import yaml
 from gymverl import nemo_gym
 from gymverl.nemo_gym import NemoGymError, find_env, resources_only_config, resources_server_config
 
-from conftest import REPO, SAMPLE_DATA
+from conftest import marked_processes, REPO, SAMPLE_DATA
 
 
 def test_find_env_missing_is_one_clear_sentence(tmp_path: Path) -> None:
@@ -199,14 +199,7 @@ def test_startup_cause_reads_uv_and_half_built_venv_errors() -> None:
 
 def _marked(mark: str) -> list[str]:
     """Live processes that inherited GYMVERL_TEST_MARK=mark (ng_run, Ray, the servers)."""
-    found = []
-    for p in psutil.process_iter(["pid", "name", "status"]):
-        try:
-            if p.info["status"] != psutil.STATUS_ZOMBIE and p.environ().get("GYMVERL_TEST_MARK") == mark:
-                found.append(f"{p.pid} {p.info['name']}")
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return found
+    return marked_processes("GYMVERL_TEST_MARK", mark)
 
 
 @pytest.mark.nemo_gym
