@@ -45,6 +45,8 @@ ENV_VAR = "GYMVERL_NEMO_GYM_ENV"
 DEFAULT_ENV_NAME = ".nemo-gym-venv"
 _READY = re.compile(r"All (\d+) / (\d+) servers ready")
 _CRASHED = re.compile(r"Process `([^`]+)` finished unexpectedly")
+# The headers ng_run puts around a crashed process's own output (0.4.0 and 0.7.0 `env.py`).
+_CRASH_BLOCK_HEADER = re.compile(r"^(Process `[^`]+` (stdout|stderr|finished unexpectedly!?):?|None|#+)$")
 
 
 class NemoGymError(RunError, RuntimeError):
@@ -110,6 +112,28 @@ def startup_cause(lines: Sequence[str]) -> str | None:
                         cause = f"{cause.rstrip(':')} {nxt.strip()[2:]}"
                         break
             return named(who, cause)
+    return _crashed_server_last_words(stripped)
+
+
+def _crashed_server_last_words(stripped: Sequence[tuple[str | None, str]]) -> str | None:
+    """The last line a crashed server printed, when no line of the output reads as an error.
+
+    ng_run prints "Process `NAME` finished unexpectedly!" and then what the process wrote to
+    stdout/stderr (`nemo_gym/cli/env.py`, `poll`). That last line is still the best one-clause
+    account there is (e.g. a log line before an OOM kill); without it the user gets nothing.
+    """
+    for i in range(len(stripped) - 1, -1, -1):
+        m = _CRASHED.search(stripped[i][1])
+        if not m:
+            continue
+        def said(part: Sequence[tuple[str | None, str]]) -> list[str]:
+            return [t.strip() for _w, t in part if t.strip() and not _CRASH_BLOCK_HEADER.match(t.strip())]
+
+        # What it wrote after the notice (when ng_run captured it), else the output just before it.
+        last = said(stripped[i + 1 :]) or said(stripped[max(0, i - 5) : i])
+        if last:
+            return f"{m.group(1)} exited; the last line before that was {last[-1][:300]!r}"
+        return f"{m.group(1)} exited without printing anything (killed by a signal, e.g. out of memory?)"
     return None
 
 

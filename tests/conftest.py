@@ -83,3 +83,17 @@ def marked_processes(var: str, mark: str) -> list[str]:
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return found
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # noqa: ANN201
+    """Show the end of ng_run's output in the report when NeMo Gym servers failed to start.
+
+    The error names a log file under the test's temporary folder, which is gone by the time
+    anyone reads a CI report; the lines themselves (`NemoGymError.tail`) are what explain it.
+    """
+    outcome = yield
+    report = outcome.get_result()
+    tail = getattr(call.excinfo.value, "tail", None) if call.excinfo is not None else None
+    if tail:
+        report.sections.append(("ng_run output, last lines", str(tail)))

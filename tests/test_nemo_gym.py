@@ -352,3 +352,18 @@ def test_concurrent_starts_never_remove_a_venv_being_built(tmp_path: Path) -> No
     finally:
         os.close(holder)
         lock.unlink(missing_ok=True)
+
+
+def test_startup_cause_names_the_crashed_servers_last_line_when_nothing_reads_as_an_error() -> None:
+    # CI once got "xlam_fc_simple_agent exited, without an error message" and nothing to go on.
+    lines = [
+        "INFO:     Uvicorn running on http://127.0.0.1:1234",
+        "Process `xlam_fc_simple_agent` finished unexpectedly!",
+        "Process `xlam_fc_simple_agent` stdout:",
+        "INFO:     Waiting for application startup.",
+        "",
+    ]
+    cause = nemo_gym.startup_cause(lines)
+    assert cause == "xlam_fc_simple_agent exited; the last line before that was 'INFO:     Waiting for application startup.'"
+    silent = nemo_gym.startup_cause(["Process `a` finished unexpectedly!"])
+    assert silent == "a exited without printing anything (killed by a signal, e.g. out of memory?)"
