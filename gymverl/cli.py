@@ -1527,7 +1527,7 @@ def render_preview(pv: Any) -> None:
         column = pv.agent_name if pv.agent_name is not None else "(no agent_name column)"
         t.add_row("agent loop", f"{escape(pv.agent_loop)}  [dim]agent_name: {escape(column)}[/]")
         names = [str((x.get("function") or x).get("name")) for x in pv.tools or []]
-        t.add_row("tools in the prompt", escape(", ".join(names)) if names else f"none (the task has {pv.task_tools})")
+        t.add_row("tools in the prompt", escape(", ".join(names)) if names else (f"[yellow]none[/] (the task has {pv.task_tools})" if pv.task_tools else "none"))
     elif pv.tools:
         t.add_row("tools", escape(", ".join(str((x.get("function") or x).get("name")) for x in pv.tools)))
     for key, value in pv.data.items():

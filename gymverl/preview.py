@@ -317,6 +317,8 @@ def _rl(table: Any, tokenizer: Any, tokenizer_dir: str | Path, answer: str | Non
         "task_key": extra.get("task_key"),
         "index": extra.get("index"),
         "task_fields": sorted(((ng or {}).get("task") or {}).keys()),
+        # VeRL picks the builder by the model's config.json model_type; the default one for unknown models.
+        "prompt_builder": type(builder).__name__,
     }
     if answer is not None:
         body, agent = verify_request(answer, extra)

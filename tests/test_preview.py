@@ -84,40 +84,50 @@ class RecordingServer:
         return TokenOutput(token_ids=[self.eos], log_probs=[0.0])
 
 
-def _stock_loop_prompt_ids(raw_prompt: list[dict[str, Any]], tok: Any, tiny_model: Path) -> tuple[list[int], list[int]]:
-    """(ids the LLM server got, AgentLoopOutput.prompt_ids) of VeRL's stock single-turn agent loop."""
-    from verl.experimental.agent_loop.agent_loop import DictConfigWrap
-    from verl.experimental.agent_loop.single_turn_agent_loop import SingleTurnAgentLoop
+def _agent_loop_prompt_ids(agent_name: str, item: dict[str, Any], tok: Any, tiny_model: Path) -> tuple[list[int], list[int]]:
+    """(ids the LLM server got, AgentLoopOutput.prompt_ids) of the agent loop registered as
+    `agent_name`, built and run the way VeRL's AgentLoopWorker does (hydra instantiate from the
+    registry, `run(sampling_params, **row)` with the RLHFDataset item's non-tensor fields)."""
+    import hydra
+    from verl.experimental.agent_loop.agent_loop import DictConfigWrap, ToolListWrap, _agent_loop_registry
     from verl.utils.dataset.rl_dataset import RLHFDataset
 
     from gymverl.preview import model_type
 
-    config = OmegaConf.create({"actor_rollout_ref": {"rollout": {"prompt_length": 4096, "response_length": 64}}})
+    config = OmegaConf.create({"actor_rollout_ref": {"rollout": {"prompt_length": 4096, "response_length": 64}}, "data": {}})
     server = RecordingServer(tok.eos_token_id)
+    kwargs = {k: v for k, v in item.items() if not hasattr(v, "shape")}
 
     async def go() -> Any:
-        loop = SingleTurnAgentLoop(
-            trainer_config=DictConfigWrap(config), server_manager=server, tokenizer=tok, processor=None,
-            dataset_cls=RLHFDataset, data_config=DictConfigWrap(OmegaConf.create({})), hf_model_type=model_type(tiny_model),
+        loop = hydra.utils.instantiate(
+            config=_agent_loop_registry[agent_name], trainer_config=DictConfigWrap(config=config), server_manager=server,
+            tokenizer=tok, processor=None, hf_model_type=model_type(tiny_model), dataset_cls=RLHFDataset,
+            data_config=DictConfigWrap(config.data), tools=ToolListWrap([]),
         )
-        return await loop.run({"temperature": 1.0}, raw_prompt=raw_prompt)
+        return await loop.run({"temperature": 1.0}, **kwargs)
 
     out = asyncio.run(go())
-    assert len(server.prompts) == 1
+    assert server.prompts, f"{agent_name} never asked the LLM server"
     return server.prompts[0], list(out.prompt_ids)
 
 
-def test_rl_prompt_equals_rlhf_dataset_and_stock_agent_loop(data: dict[str, Path], tok: Any, tiny_model: Path, tmp_path: Path) -> None:
+def _rlhf(path: Path, tok: Any, tmp_path: Path) -> Any:
     from verl.utils.dataset.rl_dataset import RLHFDataset
 
     config = OmegaConf.create({"cache_dir": str(tmp_path / "verl-cache"), "prompt_key": "prompt", "filter_overlong_prompts": False})
-    ds = RLHFDataset([str(data["rl"])], tok, config)
+    return RLHFDataset([str(path)], tok, config)
+
+
+def test_rl_prompt_equals_rlhf_dataset_and_stock_agent_loop(data: dict[str, Path], tok: Any, tiny_model: Path, tmp_path: Path) -> None:
+    import verl.experimental.agent_loop.single_turn_agent_loop  # noqa: F401 - registers single_turn_agent
+
+    ds = _rlhf(data["rl"], tok, tmp_path)
     rows = _rows(data["rl"])
     assert len(ds) == len(rows) >= 2
     seen = set()
     for i, row in enumerate(rows):
         pv = preview(data["rl"], tiny_model, row=i)
-        sent, prompt_ids = _stock_loop_prompt_ids(ds[i]["raw_prompt"], tok, tiny_model)
+        sent, prompt_ids = _agent_loop_prompt_ids("single_turn_agent", ds[i], tok, tiny_model)
         (section,) = pv.sections
         assert section.name == "prompt" and section.trained == []
         assert section.token_ids == sent == prompt_ids, f"row {i}"
@@ -167,6 +177,20 @@ def test_rl_row_with_gymverl_tools_agent_renders_its_tools(data: dict[str, Path]
     pv2 = preview(stock, tiny_model, row=i)
     assert pv2.tools is None and fn["description"] not in pv2.sections[0].text
     assert any("will not see" in w and "single_turn_agent" in w for w in pv2.warnings)
+
+
+def test_rl_prompt_equals_gymverl_tools_agent_loop(data: dict[str, Path], tok: Any, tiny_model: Path, tmp_path: Path) -> None:
+    """Where gymverl's own agent loop exists (gymverl/agent_loop.py), its prompt is the preview's."""
+    pytest.importorskip("gymverl.agent_loop", reason="gymverl.agent_loop (the gymverl_tools agent loop) is not on this branch")
+    from verl.experimental.agent_loop.agent_loop import _agent_loop_registry
+
+    assert TOOLS_AGENT in _agent_loop_registry
+    tools = json.loads(next(r["tools"] for r in _rows(data["sft"]) if r["tools"]))
+    path = _with_agent_columns(data["rl"], tmp_path / "rl-tools.parquet", TOOLS_AGENT, tools)
+    ds = _rlhf(path, tok, tmp_path)
+    for i in range(len(ds)):
+        sent, _ = _agent_loop_prompt_ids(TOOLS_AGENT, ds[i], tok, tiny_model)
+        assert preview(path, tiny_model, row=i).sections[0].token_ids == sent, f"row {i}"
 
 
 def test_rl_answer_shows_the_verify_body_of_compute_score(data: dict[str, Path], tiny_model: Path) -> None:
