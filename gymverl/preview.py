@@ -410,12 +410,18 @@ def preview(path: str | Path, tokenizer_dir: str | Path, *, row: int = 0, answer
         raise PreviewError(f"--answer is for rl parquet (what /verify gets); {path} is {fmt}.")
     tokenizer = load_tokenizer(tokenizer_dir)
     pv = Preview(path=str(path), format=fmt, row=row, rows=total, tokenizer=str(tokenizer_dir), sections=[])
-    if fmt == "rl":
-        _rl(table, tokenizer, tokenizer_dir, answer, pv)
-    elif fmt == "sft":
-        _sft(table, tokenizer, pv)
-    else:
-        _dpo(table, tokenizer, pv)
+    from jinja2 import TemplateError
+
+    try:
+        if fmt == "rl":
+            _rl(table, tokenizer, tokenizer_dir, answer, pv)
+        elif fmt == "sft":
+            _sft(table, tokenizer, pv)
+        else:
+            _dpo(table, tokenizer, pv)
+    except TemplateError as exc:
+        # Training would fail on this row the same way: say so, naming the template's own message.
+        raise PreviewError(f"the chat template in {tokenizer_dir} cannot render row {row}: {str(exc).strip() or type(exc).__name__}.") from None
     return pv
 
 

@@ -376,6 +376,12 @@ def test_cli_errors_are_one_sentence_exit_2(data: dict[str, Path], tiny_model: P
         shutil.copy(f, no_template / f.name)
     assert "no chat template" in _cli_error(str(data["sft"]), "-t", str(no_template))
     assert "--answer is for rl" in _cli_error(str(data["sft"]), "-t", t, "--answer", "x")
+    refusing = tmp_path / "refusing"
+    shutil.copytree(tiny_model, refusing)
+    (refusing / "chat_template.jinja").write_text("{{ raise_exception('this template renders nothing') }}")
+    for fmt in ("rl", "sft", "dpo"):
+        line = _cli_error(str(data[fmt]), "-t", str(refusing))
+        assert "cannot render row 0" in line and "this template renders nothing" in line, line
     assert "Missing option" in runner.invoke(app, ["preview", str(data["rl"])]).output
 
 
