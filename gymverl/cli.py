@@ -1558,9 +1558,10 @@ def preview(
 ) -> None:
     """Show exactly what training sees for one row, rendered with the model's chat template.
 
-    rl: the prompt the policy gets, through VeRL's agent-loop prompt builder (with the row's tools
-    when its agent loop shows them), and with --answer the /verify request of compute_score.
+    rl: the prompt the policy gets, through VeRL's agent-loop prompt builder (with the row's tools when its agent loop shows them); with --answer also the /verify request of compute_score.
+
     sft: the conversation as VeRL's MultiTurnSFTDataset tokenizes it, trained spans highlighted.
+
     dpo: chosen and rejected, each after the shared prompt, completion highlighted.
 
     Exit code 0 success; 2 usage error (no such file or row, not a gymverl parquet, no tokenizer or chat template).
