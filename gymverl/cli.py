@@ -49,7 +49,7 @@ class _PipelineOrder(TyperGroup):
     (`GYMVERL_DEBUG=1` shows the traceback).
     """
 
-    ORDER = ("collect", "validate", "rescore", "stats", "to-parquet", "train-offline", "demo")
+    ORDER = ("collect", "validate", "rescore", "stats", "to-parquet", "preview", "train-offline", "demo")
 
     def list_commands(self, ctx: Any) -> list[str]:
         names = super().list_commands(ctx)
@@ -1492,6 +1492,87 @@ def to_parquet(
             err_console.print(f"[bold yellow]warning:[/] {w}", highlight=False)
     if summary.rejected or sum(summary.rows.values()) == 0:
         raise typer.Exit(EXIT_REJECTED)
+
+
+# ---- preview -----------------------------------------------------------------------------------
+
+TRAINED_STYLE = "bold black on green"
+
+
+def render_section(section: Any, out: Console | None = None) -> None:
+    """Render one rendered sequence of a preview, its trained spans in TRAINED_STYLE."""
+    from rich.panel import Panel
+    from rich.text import Text
+
+    out = out or console
+    text = Text()
+    pos = 0
+    for span in section.trained:
+        text.append(section.text[pos : span.char_start])
+        text.append(section.text[span.char_start : span.char_end], style=TRAINED_STYLE)
+        pos = span.char_end
+    text.append(section.text[pos:])
+    trained = f", {section.trained_tokens} trained" if section.trained else ""
+    out.print(Panel(text, title=f"{section.name} ({section.tokens} tokens{trained})", title_align="left"))
+
+
+def render_preview(pv: Any) -> None:
+    """Render a `gymverl.preview.Preview` for the terminal."""
+    t = Table(title=f"preview ({pv.format}): {pv.path}", show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column()
+    t.add_row("row", f"{pv.row} of {pv.rows} (0-{pv.rows - 1})")
+    t.add_row("tokenizer", escape(pv.tokenizer))
+    if pv.format == "rl":
+        column = pv.agent_name if pv.agent_name is not None else "(no agent_name column)"
+        t.add_row("agent loop", f"{escape(pv.agent_loop)}  [dim]agent_name: {escape(column)}[/]")
+        names = [str((x.get("function") or x).get("name")) for x in pv.tools or []]
+        t.add_row("tools in the prompt", escape(", ".join(names)) if names else (f"[yellow]none[/] (the task has {pv.task_tools})" if pv.task_tools else "none"))
+    elif pv.tools:
+        t.add_row("tools", escape(", ".join(str((x.get("function") or x).get("name")) for x in pv.tools)))
+    for key, value in pv.data.items():
+        if value not in (None, "", []):
+            t.add_row(key.replace("_", " "), escape(", ".join(map(str, value)) if isinstance(value, list) else str(value)))
+    console.print(t)
+    for section in pv.sections:
+        render_section(section)
+    if pv.format == "rl":
+        if pv.verify is None:
+            console.print("[dim]the policy trains on what it generates; --answer TEXT shows the /verify request compute_score would send for it.[/]")
+        else:
+            console.print(f"/verify request for --answer (routed by agent [bold]{escape(str(pv.verify.agent))}[/]; not sent):")
+            console.print_json(json.dumps(pv.verify.body, default=str))
+    elif pv.sections and pv.sections[0].trained is not None:
+        console.print(f"[{TRAINED_STYLE}] trained [/] tokens are the ones the loss covers; the rest is context.")
+    for w in pv.warnings:
+        err_console.print(f"[bold yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def preview(
+    data: Annotated[Path, typer.Argument(metavar="DATA", help="A parquet file written by `gymverl to-parquet` (rl, sft or dpo).")],
+    tokenizer: Annotated[Path, typer.Option("--tokenizer", "-t", help="The model's local Hugging Face tokenizer (or model) directory.", show_default=False)],
+    row: Annotated[int, typer.Option("--row", "-r", callback=number(min=0), help="Row to show (0-based).")] = 0,
+    answer: Annotated[Optional[str], typer.Option("--answer", help="rl: a model answer; shows the /verify request compute_score would send for it (nothing is sent).", show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the rendered text, token ids and trained spans as JSON (for scripts).")] = False,
+) -> None:
+    """Show exactly what training sees for one row, rendered with the model's chat template.
+
+    rl: the prompt the policy gets, through VeRL's agent-loop prompt builder (with the row's tools when its agent loop shows them); with --answer also the /verify request of compute_score.
+
+    sft: the conversation as VeRL's MultiTurnSFTDataset tokenizes it, trained spans highlighted.
+
+    dpo: chosen and rejected, each after the shared prompt, completion highlighted.
+
+    Exit code 0 success; 2 usage error (no such file or row, not a gymverl parquet, no tokenizer or chat template).
+    """
+    from gymverl.preview import preview as make_preview
+
+    pv = make_preview(data, tokenizer, row=row, answer=answer)
+    if as_json:
+        print_json(pv.to_dict())
+    else:
+        render_preview(pv)
 
 
 if __name__ == "__main__":  # pragma: no cover
