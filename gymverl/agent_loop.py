@@ -119,7 +119,24 @@ class GymverlToolsAgentLoop(AgentLoopBase):
             messages, tools=tools, images=images, videos=videos, audios=audios, mm_inputs_out=mm_inputs
         )
         mm_processor_output = self.build_sglang_video_payload(videos, mm_inputs)
+        if tools:
+            self.check_tools_shown(prompt_ids, tools)
         return prompt_ids, multi_modal_data, mm_processor_kwargs, mm_processor_output
+
+    def check_tools_shown(self, prompt_ids: list[int], tools: list[dict[str, Any]]) -> None:
+        """Raise ValueError unless every tool's name is in the rendered prompt.
+
+        A chat template that does not use its `tools` variable renders the prompt without them and
+        no error: the very fault this loop exists for. Checked per row (one decode) rather than once
+        per template, as `apply_chat_template_kwargs` or the messages may select the branch.
+        """
+        text = self.tokenizer.decode(prompt_ids)
+        missing = [t["function"]["name"] for t in tools if t["function"]["name"] not in text]
+        if missing:
+            raise ValueError(
+                f"the chat template did not render the row's tools ({', '.join(missing)} not in the prompt): "
+                "use a tool-capable template, e.g. actor_rollout_ref.model.custom_chat_template"
+            )
 
     async def generate(
         self,

@@ -219,3 +219,40 @@ def test_shipped_agent_loop_config_and_names() -> None:
     assert '"agent_loop.yaml"' in (REPO / "pyproject.toml").read_text()  # shipped as package data
     out = subprocess.run([sys.executable, "-m", "gymverl.agent_loop", "--config-path"], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0 and out.stdout.strip() == str(CONFIG_PATH), out.stderr
+
+
+def test_max_tokens_counts_the_tools_the_policy_sees(qwen_model: Path, tmp_path: Path) -> None:
+    """`to-parquet --format rl --max-tokens` measures the prompt as gymverl's loop renders it: with its tools."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(qwen_model))
+    tasks_file = SAMPLE_DATA / "tasks.jsonl"
+    tasks = [json.loads(x) for x in tasks_file.read_text().splitlines() if x.strip()]
+
+    def length(task: dict[str, Any], tools: list[dict[str, Any]] | None) -> int:
+        ids = tok.apply_chat_template(task["responses_create_params"]["input"], tools=tools, add_generation_prompt=True, tokenize=True, return_dict=False)
+        return len(ids)
+
+    limit = max(length(t, None) for t in tasks)  # every prompt fits without its tools
+    too_long = [t for t in tasks if expected_tools(t) and length(t, expected_tools(t)) > limit]
+    assert too_long
+    out = tmp_path / "rl"
+    res = runner.invoke(app, ["to-parquet", str(tasks_file), "--format", "rl", "-o", str(out), "--val-fraction", "0",
+                              "--max-tokens", str(limit), "--tokenizer", str(qwen_model), "--json"])
+    assert res.exit_code == 0, res.output
+    rows = [r for f in sorted(out.rglob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+    assert len(rows) == len(tasks) - len(too_long)
+    assert sum(json.loads(res.stdout)["filtered"].values()) == len(too_long)
+
+
+def test_template_that_ignores_tools_is_an_error(tmp_path: Path) -> None:
+    """A chat template without a tools branch would silently drop them again: the loop refuses."""
+    from gymverl.tiny import CHAT_TEMPLATE
+    from verl_agent_loop import render_prompts, tiny_model_with_template
+
+    no_tools = CHAT_TEMPLATE.replace("{% if tools %}", "{% if false %}")
+    model = tiny_model_with_template(tmp_path / "m", no_tools)
+    tasks_file = tmp_path / "tasks.jsonl"
+    tasks_file.write_text(json.dumps(OWN_TASKS[0]) + "\n")
+    with pytest.raises(ValueError, match=r"did not render the row's tools \(book_table, local_time"):
+        render_prompts(model, to_rl(tasks_file, tmp_path / "rl"))
