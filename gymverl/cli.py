@@ -1388,7 +1388,7 @@ def to_parquet(
     solved_threshold: Annotated[float, typer.Option("--solved-threshold", callback=number(), help="A rollout solves its task when reward >= this.")] = 1.0,
     dedup: Annotated[bool, typer.Option("--dedup", help="Drop rollouts whose response repeats an earlier one of the same task.")] = False,
     keep_incomplete: Annotated[bool, typer.Option("--keep-incomplete", help="Keep responses that were cut off (status incomplete); dropped by default for sft and dpo.")] = False,
-    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", callback=number(min=1), help="Drop rows longer than this many tokens (chat template applied; rl: the prompt). Needs --tokenizer.")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", callback=number(min=1), help="Drop rows longer than this many tokens (chat template applied; rl: the prompt with its tools). Needs --tokenizer.")] = None,
     tokenizer: Annotated[Optional[Path], typer.Option("--tokenizer", help="Local Hugging Face tokenizer directory, for --max-tokens.")] = None,
     val_fraction: Annotated[float, typer.Option("--val-fraction", callback=number(min=0, max=0.99), help="Share of *tasks* in val.parquet; a hash of the task key decides, so no task is in both splits and every run agrees.")] = 0.0,
     split_seed: Annotated[str, typer.Option("--split-seed", help="Changes which tasks land in val (still deterministic).")] = "gymverl",

@@ -897,7 +897,9 @@ def _rl_row(ctx: _Ctx, rec: dict[str, Any], key: str, stats: tuple[int, float, f
 def _rl_too_long(ctx: _Ctx, row: dict[str, Any]) -> bool:
     if ctx.counter is None or ctx.opts.select.max_tokens is None:
         return False
-    return ctx.counter.count(row["prompt"], generation_prompt=True) > ctx.opts.select.max_tokens
+    # The policy sees the row's tools too (gymverl.agent_loop renders them into the prompt).
+    tools = row["extra_info"].get("tools")
+    return ctx.counter.count(row["prompt"], orjson.loads(tools) if tools else None, generation_prompt=True) > ctx.opts.select.max_tokens
 
 
 def _sft_build(ctx: _Ctx, rec: dict[str, Any], line: int, key: str) -> tuple[dict[str, Any] | None, str | None]:

@@ -551,7 +551,10 @@ class Demo:
         self.r.info(
             f"in VeRL: GYMVERL_VERIFY_URL={_shell(env)} python -m verl.trainer.main_ppo ... "
             f"reward.custom_reward_function.path={display_path(gymverl.reward.__file__)} "
-            "reward.custom_reward_function.name=compute_score"
+            "reward.custom_reward_function.name=compute_score "
+            # rows with tools name gymverl's agent loop (agent_name=gymverl_tools); VeRL's workers load it from here
+            "actor_rollout_ref.rollout.agent.agent_loop_config_path="
+            f"{display_path(Path(gymverl.reward.__file__).with_name('agent_loop.yaml'))}"
         )
         rows = _score_rl_rows(self.rl_files, self.urls)
         res.details = {"rows": rows}

@@ -7,7 +7,9 @@ non-answer), `gymverl to-parquet --format rl` converts them (0.7.0 drops task fi
 xlam_fc's `expected_answers` and mcqa's `options` from rollout lines: they come from
 `<stem>_materialized_inputs.jsonl`, found automatically), and `gymverl.reward.compute_score` --
 VeRL's reward function -- scores every task's reference answer 1.0 and a non-answer 0.0 against
-the same real servers.
+the same real servers. The same parquet, run through VeRL's rollout worker (`RLHFDataset` +
+`AgentLoopWorker`, Qwen2.5's chat template, a stand-in model), shows every xlam_fc task's own tools
+in the prompt the policy gets (gymverl's agent loop, issue 12), and no tools on the other tasks.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import pytest
 from typer.testing import CliRunner
 
 from gymverl.cli import app
+from gymverl.formats.rl import STOCK_AGENT, TOOLS_AGENT
 from gymverl.nemo_gym import NemoGymServers, nemo_gym_version, package_dir
 
 from policy_server import PolicyServer, ScriptedPolicy
@@ -141,3 +144,25 @@ def test_rl_parquet_from_real_rollouts_scores_reference_1_and_non_answer_0(nemo_
         scores = asyncio.run(score_all())
     assert sorted(s for s, _, _ in scores) == sorted(s for s, _ in tasks)
     assert all((good, bad) == (1.0, 0.0) for _, good, bad in scores), scores
+
+    # 4. The policy sees each task's own tools: the same parquet through VeRL's rollout worker
+    # (the servers are not needed for this; only the model is a stand-in).
+    from verl_agent_loop import render_prompts, tiny_model_with_template
+
+    rendered, _ = render_prompts(tiny_model_with_template(tmp_path / "qwen25"), [parquet], prompt_length=16384)
+    assert len(rendered) == len(tasks)
+    for r in rendered:
+        ng = json.loads(r.extra_info["nemo_gym"])
+        server = next(s for s in SERVERS if ng["agent_ref"]["name"].startswith(s))
+        tools = ng["responses_create_params"].get("tools") or []
+        assert bool(tools) == (server == "xlam_fc"), server
+        if server == "xlam_fc":
+            assert r.agent_name == TOOLS_AGENT
+            for tool in tools:
+                assert f'"name": "{tool["name"]}"' in r.text, (tool["name"], r.text)
+                for param in (tool.get("parameters") or {}).get("properties") or {}:
+                    assert f'"{param}":' in r.text
+            # the tool the reference answer calls is among them
+            assert f'"name": "{ng["task"]["expected_answers"][0]["name"]}"' in r.text
+        else:
+            assert r.agent_name == STOCK_AGENT and "<tools>" not in r.text

@@ -2,7 +2,16 @@
 
 Columns: `data_source`, `prompt` (the task input as chat messages), `ability`,
 `reward_model` {style: "rule", ground_truth: str}, `extra_info` {split, index, task_key, nemo_gym,
-n, pass_rate, mean_reward}. `extra_info.nemo_gym` is a JSON string of
+n, pass_rate, mean_reward, tools}, `agent_name`.
+
+`agent_name` picks VeRL's agent loop per row (`AgentLoopWorker` reads the column): `"gymverl_tools"`
+(`gymverl.agent_loop`, which renders the row's own tools through the chat template) when the task has
+tools, else VeRL's stock `"single_turn_agent"`. `extra_info.tools` is a JSON string of the task's tool
+schemas in chat-template form, `[{"type": "function", "function": {name, description, parameters}}]`
+(converted from the flat Responses-API tools in `responses_create_params.tools` by
+`gymverl.messages.chat_tools`), null when the task has none. VeRL's `RLHFDataset` renders only tools
+declared globally in `multi_turn.tool_config_path`, so without that loop a function-calling task would
+be scored on calls to functions the policy was never shown. `extra_info.nemo_gym` is a JSON string of
 {"responses_create_params", "task", "agent_ref"}: everything `gymverl.reward.compute_score` needs
 to send a new answer to the task's NeMo Gym `/verify` (it sends `task`'s fields and nothing else;
 `reward_model.ground_truth` is not read). NeMo Gym >= 0.5 rollout lines lack the input fields the
@@ -18,7 +27,13 @@ from typing import Any
 import pyarrow as pa
 
 from gymverl.formats import FieldRules, RowError, dumps_str
-from gymverl.messages import MessageError, prompt_messages
+from gymverl.messages import MessageError, chat_tools, prompt_messages
+
+# The agent loop names VeRL 0.9.1 looks up in its registry for the `agent_name` column:
+# gymverl's own loop (gymverl/agent_loop.py registers it) and the stock single-turn loop
+# (`@register("single_turn_agent")` in verl/experimental/agent_loop/single_turn_agent_loop.py).
+TOOLS_AGENT = "gymverl_tools"
+STOCK_AGENT = "single_turn_agent"
 
 SCHEMA = pa.schema(
     [
@@ -41,9 +56,11 @@ SCHEMA = pa.schema(
                     pa.field("n", pa.int64()),
                     pa.field("pass_rate", pa.float64()),
                     pa.field("mean_reward", pa.float64()),
+                    pa.field("tools", pa.string()),
                 ]
             ),
         ),
+        pa.field("agent_name", pa.string()),
     ]
 )
 
@@ -66,6 +83,23 @@ def rl_prompt(record: dict[str, Any]) -> list[dict[str, str]]:
     return out
 
 
+def rl_tools(record: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The task's tools in chat-template form (`[{"type": "function", "function": {...}}]`), None when none.
+
+    Source: `responses_create_params.tools` (Responses-API flat tools, or already chat form).
+    Raises RowError("bad_tools") for tools that cannot be converted.
+    """
+    try:
+        tools = chat_tools((record.get("responses_create_params") or {}).get("tools"))
+    except MessageError as exc:
+        raise RowError("bad_tools", f"cannot convert the task's tools: {exc}") from None
+    for tool in tools:
+        name = tool["function"].get("name")
+        if not isinstance(name, str) or not name:
+            raise RowError("bad_tools", "a tool of the task has no name")
+    return tools or None
+
+
 def rl_row(
     record: dict[str, Any],
     *,
@@ -80,6 +114,7 @@ def rl_row(
     `stats` = (n rollouts, pass rate, mean reward) of the task's collected rollouts, if any.
     """
     prompt = rl_prompt(record)
+    tools = rl_tools(record)
     fields = rules.task_fields(record)
     gt = rules.ground_truth(fields)
     nemo_gym = {
@@ -101,6 +136,8 @@ def rl_row(
             "n": n,
             "pass_rate": pass_rate,
             "mean_reward": mean_reward,
+            "tools": dumps_str(tools) if tools else None,
         },
+        "agent_name": TOOLS_AGENT if tools else STOCK_AGENT,
     }
     return row, gt is not None
