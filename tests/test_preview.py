@@ -122,9 +122,12 @@ def _rlhf(path: Path, tok: Any, tmp_path: Path) -> Any:
     return RLHFDataset([str(path)], tok, config)
 
 
-def test_rl_prompt_equals_rlhf_dataset_and_stock_agent_loop(data: dict[str, Path], tok: Any, tiny_model: Path, tmp_path: Path) -> None:
+def test_rl_prompt_equals_rlhf_dataset_and_the_rows_agent_loop(data: dict[str, Path], tok: Any, tiny_model: Path, tmp_path: Path) -> None:
+    """Every RL row: the preview's prompt is what the agent loop its `agent_name` selects sends."""
     try:
         import verl.experimental.agent_loop.single_turn_agent_loop  # noqa: F401 - registers single_turn_agent
+
+        import gymverl.agent_loop  # noqa: F401 - registers gymverl_tools
     except ModuleNotFoundError as exc:  # VeRL's agent loop imports packages verl does not declare
         pytest.fail(f"VeRL's agent loop cannot be imported: no module {exc.name!r} (pip install '.[verl]' installs it).")
 
@@ -133,26 +136,43 @@ def test_rl_prompt_equals_rlhf_dataset_and_stock_agent_loop(data: dict[str, Path
     assert len(ds) == len(rows) >= 2
     seen = set()
     for i, row in enumerate(rows):
+        agent = row["agent_name"]
         pv = preview(data["rl"], tiny_model, row=i)
-        sent, prompt_ids = _agent_loop_prompt_ids("single_turn_agent", ds[i], tok, tiny_model)
+        sent, prompt_ids = _agent_loop_prompt_ids(agent, ds[i], tok, tiny_model)
         (section,) = pv.sections
         assert section.name == "prompt" and section.trained == []
         assert section.token_ids == sent == prompt_ids, f"row {i}"
         assert section.text == tok.decode(sent, skip_special_tokens=False)
-        assert pv.agent_name is None and pv.agent_loop == "single_turn_agent" and pv.tools is None
-        seen.add(row["data_source"])
-    assert {"math_with_judge_simple_agent", "xlam_fc_simple_agent"} <= seen
+        assert pv.agent_name == pv.agent_loop == agent and pv.warnings == []
+        if agent == TOOLS_AGENT:
+            names = [t["function"]["name"] for t in pv.tools]
+            assert names and all(f'"name": "{n}"' in section.text for n in names)
+        else:
+            assert agent == "single_turn_agent" and pv.tools is None
+        seen.add((row["data_source"], agent))
+    assert {("math_with_judge_simple_agent", "single_turn_agent"), ("xlam_fc_simple_agent", TOOLS_AGENT)} <= seen
 
 
-def test_rl_todays_rows_warn_that_task_tools_are_not_shown(data: dict[str, Path], tiny_model: Path) -> None:
-    rows = _rows(data["rl"])
+def _without_agent_columns(src: Path, dst: Path) -> Path:
+    """The RL parquet as gymverl wrote it before rows carried `agent_name` and `extra_info.tools`."""
+    rows = _rows(src)
+    for r in rows:
+        r.pop("agent_name", None)
+        r["extra_info"].pop("tools", None)
+    pq.write_table(pa.Table.from_pylist(rows), dst)
+    return dst
+
+
+def test_rl_old_rows_warn_that_task_tools_are_not_shown(data: dict[str, Path], tiny_model: Path, tmp_path: Path) -> None:
+    old = _without_agent_columns(data["rl"], tmp_path / "rl-old.parquet")
+    rows = _rows(old)
     i = next(k for k, r in enumerate(rows) if r["data_source"] == "xlam_fc_simple_agent")
-    pv = preview(data["rl"], tiny_model, row=i)
+    pv = preview(old, tiny_model, row=i)
     assert pv.task_tools == 1 and pv.tools is None
     assert "convert_currency" not in pv.sections[0].text
     assert any("no agent_name column" in w and "will not see" in w for w in pv.warnings)
     j = next(k for k, r in enumerate(rows) if r["data_source"] == "math_with_judge_simple_agent")
-    assert preview(data["rl"], tiny_model, row=j).warnings == []
+    assert preview(old, tiny_model, row=j).warnings == []
 
 
 def _with_agent_columns(src: Path, dst: Path, agent: str, tools: list[dict[str, Any]] | None) -> Path:
