@@ -480,7 +480,27 @@ def _to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
         arrays = [_column(values, f) for values, f in zip(_transpose(rows, schema.names), schema)]
         return pa.Table.from_arrays(arrays, schema=schema)
     except _Unbuildable:
-        return pa.Table.from_pylist(rows, schema=schema)
+        storage = _storage_schema(schema)
+        table = pa.Table.from_pylist(rows, schema=storage)
+        return table if storage is schema else table.cast(schema)
+
+
+def _storage_type(t: pa.DataType) -> pa.DataType:
+    """`t` with JSON extension types replaced by their string storage (what `from_pylist` can build)."""
+    if isinstance(t, pa.JsonType):
+        return t.storage_type
+    if pa.types.is_list(t):
+        inner = _storage_type(t.value_type)
+        return t if inner == t.value_type else pa.list_(pa.field(t.value_field.name, inner, t.value_field.nullable))
+    return t
+
+
+def _storage_schema(schema: pa.Schema) -> pa.Schema:
+    """`schema` with JSON extension columns as strings (the same object when it has none)."""
+    types = [_storage_type(f.type) for f in schema]
+    if all(a == f.type for a, f in zip(types, schema)):
+        return schema
+    return pa.schema([f.with_type(a) for a, f in zip(types, schema)], metadata=schema.metadata)
 
 
 class _Unbuildable(Exception):

@@ -31,18 +31,28 @@ JSON_COLUMNS = ("messages", "tools", "prompt", "chosen", "rejected")
 
 
 def decode_json(value: Any) -> Any:
-    """Decode a JSON-string cell; other values (already lists, None) pass through."""
+    """Decode a JSON cell: a JSON string (sft `messages`/`tools`), or a list of JSON strings (dpo's
+    `prompt`/`chosen`/`rejected`, one per message, as pyarrow/pandas read them). Anything else
+    (lists already decoded by `datasets`, None) passes through."""
     if isinstance(value, (str, bytes)):
         return json.loads(value)
+    if hasattr(value, "tolist") and not isinstance(value, (list, tuple)):
+        value = value.tolist()  # a numpy array (pandas) or an Arrow array
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, (str, bytes)) for v in value):
+        return [json.loads(v) for v in value]
     return value
 
 
 def decode_row(row: dict[str, Any]) -> dict[str, Any]:
-    """A gymverl parquet row with its JSON-string columns (messages, tools, prompt, chosen, rejected) decoded."""
+    """A gymverl parquet row with its JSON columns (messages, tools, prompt, chosen, rejected) decoded.
+
+    Accepts rows as `pyarrow.Table.to_pylist()`, pandas or `datasets` return them; the JSON-string
+    columns of gymverl 0.1.0's dpo rows decode too.
+    """
     out = dict(row)
     for key in JSON_COLUMNS:
-        if key in out and isinstance(out[key], (str, bytes)):
-            out[key] = json.loads(out[key])
+        if key in out:
+            out[key] = decode_json(out[key])
     return out
 
 
