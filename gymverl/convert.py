@@ -512,6 +512,8 @@ def _column(values: list[Any], f: pa.Field) -> pa.Array:
     t = f.type
     n = len(values)
     types = set(map(type, values))
+    if types == _NONE_ONLY and f.nullable:  # e.g. the images column of text-only rows
+        return pa.nulls(n, type=t)
     if not types <= _ALLOWED.get(t, _STRUCT_TYPES if pa.types.is_struct(t) else frozenset()):
         raise _Unbuildable
     nulls = values.count(None) if type(None) in types else 0
@@ -550,6 +552,7 @@ def _column(values: list[Any], f: pa.Field) -> pa.Array:
     raise _Unbuildable
 
 
+_NONE_ONLY = frozenset({type(None)})
 _STR_TYPES = frozenset({str, type(None)})
 _INT_TYPES = frozenset({int, type(None)})
 _FLOAT_TYPES = frozenset({float, int, type(None)})
@@ -922,7 +925,8 @@ def _rl_too_long(ctx: _Ctx, row: dict[str, Any]) -> bool:
 
 def _sft_build(ctx: _Ctx, rec: dict[str, Any], line: int, key: str) -> tuple[dict[str, Any] | None, str | None]:
     """(row, None) for a kept rollout, (None, "max_tokens") when too long; RowError when unusable."""
-    messages, tools = sft_fmt.conversation(rec, include_reasoning=ctx.opts.include_reasoning)
+    images: list[dict[str, Any]] = []
+    messages, tools = sft_fmt.conversation(rec, include_reasoning=ctx.opts.include_reasoning, images=images)
     if ctx.counter is not None and ctx.counter.count(messages, tools) > (ctx.opts.select.max_tokens or 0):
         return None, "max_tokens"
     row = sft_fmt.sft_row(
@@ -932,6 +936,7 @@ def _sft_build(ctx: _Ctx, rec: dict[str, Any], line: int, key: str) -> tuple[dic
         line=line,
         messages=messages,
         tools=tools,
+        images=images,
     )
     return row, None
 
@@ -946,7 +951,8 @@ def _too_long_rollout(ctx: _Ctx, rec: dict[str, Any]) -> bool:
     """--max-tokens on the whole conversation (used before task-level rules, so best-of-n sees only fitting rollouts)."""
     if ctx.counter is None:
         return False
-    messages, tools = sft_fmt.conversation(rec, include_reasoning=ctx.opts.include_reasoning)
+    # Images count as their placeholder text only (their tokens depend on the processor).
+    messages, tools = sft_fmt.conversation(rec, include_reasoning=ctx.opts.include_reasoning, images=[])
     return ctx.counter.count(messages, tools) > (ctx.opts.select.max_tokens or 0)
 
 

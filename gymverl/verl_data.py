@@ -12,6 +12,10 @@ Point VeRL's SFT trainer at it:
         data.custom_cls.path=$(python -c 'import gymverl.verl_data as m; print(m.__file__)') \\
         data.custom_cls.name=GymverlSFTDataset
 
+Images: rows with images hold them in the `images` column ({bytes, path} structs) with `<image>`
+placeholders in the message text, which `MultiTurnSFTDataset` turns into image content for the
+processor (VeRL's `data.image_key`, default `images`); text-only rows hold null there.
+
 Tool-call arguments are stored as the model wrote them (a JSON string, OpenAI form). Chat templates
 that JSON-encode arguments themselves (`arguments | tojson`: Qwen2.5, Llama 3.1) need objects
 instead; the class detects that from the tokenizer's template (`data.tool_arguments=auto`, the
@@ -85,6 +89,13 @@ class GymverlSFTDataset(MultiTurnSFTDataset):
         self._object_arguments = mode == "object"
 
     def _build_messages(self, example: dict) -> list:
+        images = example.get(self.image_key)
+        if images is None or not hasattr(images, "__len__") or len(images) == 0:
+            # Text-only rows hold a null `images` cell; MultiTurnSFTDataset treats a present key as
+            # "multimodal" and would demand a processor, so the key goes.
+            example = {k: v for k, v in example.items() if k != self.image_key}
+        else:
+            example = {**example, self.image_key: [dict(i) for i in images]}  # process_image writes into them
         value = example[self.messages_key]
         if isinstance(value, (str, bytes)):
             messages = json.loads(value)

@@ -257,6 +257,8 @@ def _value(t: pa.DataType, rng: random.Random) -> Any:
         return rng.choice([None, 0, -5, 2**63 - 1, -(2**63), rng.randint(0, 10**6)])
     if t == pa.float64():
         return rng.choice([None, 0.0, 1, -2.5, 1e300])
+    if pa.types.is_list(t) and pa.types.is_struct(t.value_type):  # images: mostly null (text-only rows)
+        return rng.choice([None, None, None, [], [{"bytes": b"\x89PNG", "path": None}]])
     if pa.types.is_list(t):  # dpo's message lists: one JSON text per message
         if rng.random() < 0.01:
             return None  # not nullable there: rare, or hardly any table would build

@@ -70,11 +70,12 @@ def dpo_side(record: dict[str, Any], *, include_reasoning: bool = False) -> dict
     """The parts of one rollout a pair needs: `prompt` and `response` (encoded message lists) and
     `tools` (JSON string or None). RowError when the rollout cannot be one side of a pair."""
     try:
+        # images=None: an image is refused (images_not_supported), never dropped.
         prompt = prompt_messages(record["responses_create_params"], include_reasoning=include_reasoning)
         response = response_messages(record, include_reasoning=include_reasoning)
         tools = chat_tools(record["responses_create_params"].get("tools"))
     except MessageError as exc:
-        raise RowError(getattr(exc, "code", "bad_messages"), f"cannot convert to chat messages: {exc}") from None
+        raise RowError(exc.code, f"cannot convert to chat messages: {exc}") from None
     if not response:
         raise RowError("no_assistant_turn", "the response is empty")
     return {"prompt": encode_messages(prompt), "response": encode_messages(response), "tools": dumps_str(tools) if tools else None}
