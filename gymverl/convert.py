@@ -457,7 +457,11 @@ def _is_gymverl_output(path: Path) -> bool:
         names = set(pq.read_schema(path).names)
     except Exception:  # noqa: BLE001 - not parquet (or unreadable): not ours
         return False
-    return any(names == set(schema.names) for schema in SCHEMAS.values())
+    # Columns added since gymverl 0.1.0: an earlier run's output lacks them and is still ours.
+    return any(set(schema.names) - _ADDED_COLUMNS <= names <= set(schema.names) for schema in SCHEMAS.values())
+
+
+_ADDED_COLUMNS = frozenset({"images", "agent_name"})
 
 
 def _is_one_of(path: Path, others: tuple[str | os.PathLike[str] | None, ...]) -> bool:

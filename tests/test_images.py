@@ -150,7 +150,7 @@ def test_to_parquet_carries_images_into_rl_and_sft_and_dpo_refuses_them(image_ro
 def test_cli_reports_image_rejections(image_rollouts: tuple[Path, bytes], tmp_path: Path) -> None:
     src, _ = image_rollouts
     res = runner.invoke(app, ["to-parquet", str(src), "-f", "sft", "-o", str(tmp_path / "o"), "--json"])
-    assert "Traceback" not in res.output
+    assert res.exit_code == 1 and "Traceback" not in res.output  # 1: some input was rejected
     out = json.loads(res.output[res.output.index("{"):])
     assert out["rows"]["train"] == 2 and out["rejected"] == 1
     assert "image_not_inline" in json.dumps(out)
@@ -261,3 +261,19 @@ def test_validate_and_stats_read_image_rollouts(cmd: str, image_rollouts: tuple[
         res = runner.invoke(app, [cmd, str(src)])
         assert res.exit_code == 0, res.output
         assert "Traceback" not in res.output
+
+
+def test_an_earlier_output_without_the_images_column_is_still_recognised(tmp_path: Path) -> None:
+    """A val.parquet from a run before the images column is still gymverl's: cleaned up as stale."""
+    import pyarrow as pa
+
+    from gymverl.convert import _is_gymverl_output
+    from gymverl.formats import rl as rl_fmt
+
+    old = pa.schema([f for f in rl_fmt.SCHEMA if f.name != "images"])
+    path = tmp_path / "val.parquet"
+    pq.write_table(old.empty_table(), path)
+    assert _is_gymverl_output(path)
+    other = tmp_path / "other.parquet"
+    pq.write_table(pa.table({"prompt": ["x"]}), other)
+    assert not _is_gymverl_output(other)
