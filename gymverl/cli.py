@@ -1348,6 +1348,9 @@ def render_to_parquet(summary: dict[str, Any]) -> None:
         t.add_row("repeat lines", str(summary["repeats_merged"]), "further repeats of a task already written (part of kept)")
     rows = summary["rows"]
     t.add_row("rows", str(rows["train"] + rows["val"]), f"train {rows['train']}, val {rows['val']}")
+    img = summary.get("images") or {}
+    if img.get("rows"):
+        t.add_row("with images", str(img["rows"]), f"{img['images']} images in the `images` column, <image> in the text")
     tf = summary.get("task_fields") or {}
     if tf.get("source"):
         not_joined = sum(tf["not_joined"].values())

@@ -145,6 +145,8 @@ class ConvertSummary:
     rows_missing_fields: int = 0
     rows_without_source: int = 0  # rl rows of NeMo Gym >= 0.5 rollouts with no task file to join
     repeats_merged: int = 0  # materialized-input lines that repeat a task already written
+    image_rows: int = 0  # rows that carry images (the `images` column)
+    images: int = 0  # images in those rows
     files: dict[str, list[str]] = field(default_factory=dict)
     bytes_written: int = 0
     seconds: float = 0.0
@@ -193,6 +195,7 @@ class ConvertSummary:
                 "rows_without_source": self.rows_without_source,
             },
             "repeats_merged": self.repeats_merged,
+            "images": {"rows": self.image_rows, "images": self.images},
             "files": self.files,
             "bytes_written": self.bytes_written,
             "seconds": round(self.seconds, 3),
@@ -315,6 +318,8 @@ class ParquetSink:
         self.single_file = output.suffix == ".parquet"
         self.dir = output.parent if self.single_file else output
         self.counts: Counter[str] = Counter()
+        self.image_rows = 0  # rows with an `images` cell, and the images in them
+        self.images = 0
         self.warnings: list[str] = []
         self._buf: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
         self._shards: dict[str, list[Path]] = {s: [] for s in SPLITS}
@@ -331,6 +336,10 @@ class ParquetSink:
         info["split"] = split
         info["index"] = self.counts[split]
         self.counts[split] += 1
+        images = row.get("images")
+        if images:
+            self.image_rows += 1
+            self.images += len(images)
         if self.dry_run:
             return
         buf = self._buf[split]
@@ -716,6 +725,7 @@ def convert(
                 out.rmdir()
     summary.warnings.extend(sink.warnings)
     summary.rows = Counter(sink.counts)
+    summary.image_rows, summary.images = sink.image_rows, sink.images
     summary.bytes_written = sum(os.path.getsize(p) for ps in summary.files.values() for p in ps)
     summary.seconds = time.perf_counter() - started
     if summary.accounted != summary.lines:  # pragma: no cover - an internal bug, never user input

@@ -135,6 +135,7 @@ def test_to_parquet_carries_images_into_rl_and_sft_and_dpo_refuses_them(image_ro
         assert [(r["line"], r["code"]) for r in map(json.loads, rejects.read_text().splitlines())] == [(3, "image_not_inline")]
         rows = pq.read_table(s.files["train"][0]).to_pylist()
         assert rows and all(r["images"] == [{"bytes": png, "path": None}] for r in rows)
+        assert s.image_rows == s.images == len(rows) == (1 if fmt == "rl" else 2)
         for r in rows:
             msgs = r["prompt"] if fmt == "rl" else json.loads(r["messages"])
             assert msgs[1] == {"role": "user", "content": "<image>What colour is the image?"}
@@ -152,7 +153,9 @@ def test_cli_reports_image_rejections(image_rollouts: tuple[Path, bytes], tmp_pa
     res = runner.invoke(app, ["to-parquet", str(src), "-f", "sft", "-o", str(tmp_path / "o"), "--json"])
     assert res.exit_code == 1 and "Traceback" not in res.output  # 1: some input was rejected
     out = json.loads(res.output[res.output.index("{"):])
-    assert out["rows"]["train"] == 2 and out["rejected"] == 1
+    assert out["rows"]["train"] == 2 and out["rejected"] == 1 and out["images"] == {"rows": 2, "images": 2}
+    text = runner.invoke(app, ["to-parquet", str(src), "-f", "sft", "-o", str(tmp_path / "o2")]).output
+    assert "with images" in text and "image_not_inline" in text
     assert "image_not_inline" in json.dumps(out)
 
 
