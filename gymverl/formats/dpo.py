@@ -8,8 +8,10 @@ message lists, and `tools` is the task's chat-form tool schemas as a JSON string
 `data_source`, `extra_info` {split, index, task_key, chosen_line, rejected_line}.
 
 Encoding of the message lists: Arrow `list<arrow.json>`, one JSON text per message, which the
-`datasets` library reads as `List(Json())` (datasets >= 5 maps Arrow's canonical JSON extension
-type to its `Json()` feature), so `load_dataset("parquet", ...)` hands TRL lists of plain dicts.
+`datasets` library reads as `List(Json())` (it maps Arrow's canonical JSON extension type to its
+`Json()` feature; tested with datasets 5.2.0 and trl 1.16.0), so `load_dataset("parquet", ...)`
+hands TRL lists of plain dicts. A `datasets` without the `Json()` feature may refuse the type:
+read such files with pyarrow and `gymverl.verl_data.decode_row` instead.
 Not a `list<struct>`: Arrow would merge the message structs of all rows into one type, and every
 message would read back with the keys only other messages have (`tool_calls: null`,
 `tool_call_id: null`, `reasoning_content: null`), which some chat templates test with
