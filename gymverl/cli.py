@@ -1348,6 +1348,9 @@ def render_to_parquet(summary: dict[str, Any]) -> None:
         t.add_row("repeat lines", str(summary["repeats_merged"]), "further repeats of a task already written (part of kept)")
     rows = summary["rows"]
     t.add_row("rows", str(rows["train"] + rows["val"]), f"train {rows['train']}, val {rows['val']}")
+    img = summary.get("images") or {}
+    if img.get("rows"):
+        t.add_row("with images", str(img["rows"]), f"{img['images']} images in the `images` column, <image> in the text")
     tf = summary.get("task_fields") or {}
     if tf.get("source"):
         not_joined = sum(tf["not_joined"].values())
@@ -1373,7 +1376,7 @@ def to_parquet(
         Optional[Path],
         typer.Option("--output", "-o", help="Output directory (train.parquet, val.parquet, or train-00000-of-0000N.parquet shards), or a .parquet file when there is no val split."),
     ] = None,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="rl: one row per task for GRPO/PPO (main_ppo); sft: one row per rollout for sft_trainer; dpo: preference pairs.")] = "sft",
+    fmt: Annotated[str, typer.Option("--format", "-f", help="rl: one row per task for GRPO/PPO (main_ppo); sft: one row per rollout for sft_trainer; dpo: preference pairs in the conversational form TRL's DPOTrainer and OpenRLHF read.")] = "sft",
     tasks: Annotated[Optional[Path], typer.Option("--tasks", help="rl: the task rows to join onto the rows: the original NeMo Gym tasks file (by _ng_task_index = its line, prompt checked) or <stem>_materialized_inputs.jsonl (by task and repeat index; found beside INPUT without this option). Its fields are the task fields; every other top-level key is a verifier output.")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="rl: stop (exit 2) when rows lack task fields the verifier may need, instead of warning.")] = False,
     side_files: Annotated[bool, typer.Option("--side-files/--no-side-files", help="rl: use NeMo Gym's <stem>_materialized_inputs.jsonl beside INPUT for task fields.")] = True,

@@ -145,6 +145,8 @@ class ConvertSummary:
     rows_missing_fields: int = 0
     rows_without_source: int = 0  # rl rows of NeMo Gym >= 0.5 rollouts with no task file to join
     repeats_merged: int = 0  # materialized-input lines that repeat a task already written
+    image_rows: int = 0  # rows that carry images (the `images` column)
+    images: int = 0  # images in those rows
     files: dict[str, list[str]] = field(default_factory=dict)
     bytes_written: int = 0
     seconds: float = 0.0
@@ -193,6 +195,7 @@ class ConvertSummary:
                 "rows_without_source": self.rows_without_source,
             },
             "repeats_merged": self.repeats_merged,
+            "images": {"rows": self.image_rows, "images": self.images},
             "files": self.files,
             "bytes_written": self.bytes_written,
             "seconds": round(self.seconds, 3),
@@ -315,6 +318,8 @@ class ParquetSink:
         self.single_file = output.suffix == ".parquet"
         self.dir = output.parent if self.single_file else output
         self.counts: Counter[str] = Counter()
+        self.image_rows = 0  # rows with an `images` cell, and the images in them
+        self.images = 0
         self.warnings: list[str] = []
         self._buf: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
         self._shards: dict[str, list[Path]] = {s: [] for s in SPLITS}
@@ -331,6 +336,10 @@ class ParquetSink:
         info["split"] = split
         info["index"] = self.counts[split]
         self.counts[split] += 1
+        images = row.get("images")
+        if images:
+            self.image_rows += 1
+            self.images += len(images)
         if self.dry_run:
             return
         buf = self._buf[split]
@@ -457,7 +466,11 @@ def _is_gymverl_output(path: Path) -> bool:
         names = set(pq.read_schema(path).names)
     except Exception:  # noqa: BLE001 - not parquet (or unreadable): not ours
         return False
-    return any(names == set(schema.names) for schema in SCHEMAS.values())
+    # Columns added since gymverl 0.1.0: an earlier run's output lacks them and is still ours.
+    return any(set(schema.names) - _ADDED_COLUMNS <= names <= set(schema.names) for schema in SCHEMAS.values())
+
+
+_ADDED_COLUMNS = frozenset({"images", "agent_name"})
 
 
 def _is_one_of(path: Path, others: tuple[str | os.PathLike[str] | None, ...]) -> bool:
@@ -480,7 +493,27 @@ def _to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
         arrays = [_column(values, f) for values, f in zip(_transpose(rows, schema.names), schema)]
         return pa.Table.from_arrays(arrays, schema=schema)
     except _Unbuildable:
-        return pa.Table.from_pylist(rows, schema=schema)
+        storage = _storage_schema(schema)
+        table = pa.Table.from_pylist(rows, schema=storage)
+        return table if storage is schema else table.cast(schema)
+
+
+def _storage_type(t: pa.DataType) -> pa.DataType:
+    """`t` with JSON extension types replaced by their string storage (what `from_pylist` can build)."""
+    if isinstance(t, pa.JsonType):
+        return t.storage_type
+    if pa.types.is_list(t):
+        inner = _storage_type(t.value_type)
+        return t if inner == t.value_type else pa.list_(pa.field(t.value_field.name, inner, t.value_field.nullable))
+    return t
+
+
+def _storage_schema(schema: pa.Schema) -> pa.Schema:
+    """`schema` with JSON extension columns as strings (the same object when it has none)."""
+    types = [_storage_type(f.type) for f in schema]
+    if all(a == f.type for a, f in zip(types, schema)):
+        return schema
+    return pa.schema([f.with_type(a) for a, f in zip(types, schema)], metadata=schema.metadata)
 
 
 class _Unbuildable(Exception):
@@ -492,6 +525,8 @@ def _column(values: list[Any], f: pa.Field) -> pa.Array:
     t = f.type
     n = len(values)
     types = set(map(type, values))
+    if types == _NONE_ONLY and f.nullable:  # e.g. the images column of text-only rows
+        return pa.nulls(n, type=t)
     if not types <= _ALLOWED.get(t, _STRUCT_TYPES if pa.types.is_struct(t) else frozenset()):
         raise _Unbuildable
     nulls = values.count(None) if type(None) in types else 0
@@ -530,6 +565,7 @@ def _column(values: list[Any], f: pa.Field) -> pa.Array:
     raise _Unbuildable
 
 
+_NONE_ONLY = frozenset({type(None)})
 _STR_TYPES = frozenset({str, type(None)})
 _INT_TYPES = frozenset({int, type(None)})
 _FLOAT_TYPES = frozenset({float, int, type(None)})
@@ -689,6 +725,7 @@ def convert(
                 out.rmdir()
     summary.warnings.extend(sink.warnings)
     summary.rows = Counter(sink.counts)
+    summary.image_rows, summary.images = sink.image_rows, sink.images
     summary.bytes_written = sum(os.path.getsize(p) for ps in summary.files.values() for p in ps)
     summary.seconds = time.perf_counter() - started
     if summary.accounted != summary.lines:  # pragma: no cover - an internal bug, never user input
@@ -904,7 +941,8 @@ def _rl_too_long(ctx: _Ctx, row: dict[str, Any]) -> bool:
 
 def _sft_build(ctx: _Ctx, rec: dict[str, Any], line: int, key: str) -> tuple[dict[str, Any] | None, str | None]:
     """(row, None) for a kept rollout, (None, "max_tokens") when too long; RowError when unusable."""
-    messages, tools = sft_fmt.conversation(rec, include_reasoning=ctx.opts.include_reasoning)
+    images: list[dict[str, Any]] = []
+    messages, tools = sft_fmt.conversation(rec, include_reasoning=ctx.opts.include_reasoning, images=images)
     if ctx.counter is not None and ctx.counter.count(messages, tools) > (ctx.opts.select.max_tokens or 0):
         return None, "max_tokens"
     row = sft_fmt.sft_row(
@@ -914,6 +952,7 @@ def _sft_build(ctx: _Ctx, rec: dict[str, Any], line: int, key: str) -> tuple[dic
         line=line,
         messages=messages,
         tools=tools,
+        images=images,
     )
     return row, None
 
@@ -928,7 +967,8 @@ def _too_long_rollout(ctx: _Ctx, rec: dict[str, Any]) -> bool:
     """--max-tokens on the whole conversation (used before task-level rules, so best-of-n sees only fitting rollouts)."""
     if ctx.counter is None:
         return False
-    messages, tools = sft_fmt.conversation(rec, include_reasoning=ctx.opts.include_reasoning)
+    # Images count as their placeholder text only (their tokens depend on the processor).
+    messages, tools = sft_fmt.conversation(rec, include_reasoning=ctx.opts.include_reasoning, images=[])
     return ctx.counter.count(messages, tools) > (ctx.opts.select.max_tokens or 0)
 
 

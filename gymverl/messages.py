@@ -8,10 +8,25 @@ One direction only. Rules:
   that directly follow an assistant text message join that message (one assistant turn).
 - `function_call_output` items become `{"role": "tool", "tool_call_id", "content"}`.
 - `reasoning` items become `reasoning_content` on the next assistant message, only when asked for.
+- Images (`input_image` parts, also chat-style `image_url` parts) become an `<image>` placeholder at
+  their place in the text, and the image itself is appended to the caller's `images` list as
+  `{"bytes": <encoded image>, "path": None}`: the form of VeRL 0.9.1's multimodal datasets
+  (`RLHFDataset._build_messages` and `MultiTurnSFTDataset._build_messages` split message text on
+  `<image>` and take the row's `images` column in order; the {bytes, path} struct is what a
+  `datasets` Image column stores). Only inline images are carried: `data:image/...;base64,` URLs.
+  An http(s) URL, a file path or a `file_id` is refused (`image_not_inline`): VeRL would fetch it
+  at training time on every worker, or not find it. Callers that pass no `images` list (a format
+  that carries no images) get `images_not_supported`. Other non-text parts (`input_file`,
+  `input_audio`) are refused (`unsupported_content`): dropping them would leave a prompt that asks
+  about content the model cannot see.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
+from io import BytesIO
 from typing import Any, Iterable
 
 from gymverl.jsonl import dumps
@@ -19,9 +34,104 @@ from gymverl.records import content_text
 
 ROLE_MAP = {"developer": "system"}
 
+IMAGE_PLACEHOLDER = "<image>"
+# The placeholders VeRL's datasets split message text on (`re.split("(<image>|<video>|<audio>)")`).
+MEDIA_PLACEHOLDERS = ("<image>", "<video>", "<audio>")
+IMAGE_PART_TYPES = frozenset({"input_image", "image_url"})
+# Parts that hold content other than text and images: refused rather than silently dropped.
+UNSUPPORTED_PART_TYPES = frozenset({"input_file", "input_audio", "input_video", "file", "audio", "video"})
+_DATA_URL = re.compile(r"data:(image/[\w.+-]+)?((?:;[\w.+-]+=[^;,]*)*)(;base64)?,", re.ASCII)
+
 
 class MessageError(ValueError):
-    """An item that cannot be turned into a chat message."""
+    """An item that cannot be turned into a chat message. `code` names the kind (a rejection code)."""
+
+    code = "bad_messages"
+
+
+class ContentError(MessageError):
+    """Message content a row cannot carry faithfully (an image that is not inline, a file part, ...)."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+
+
+def image_bytes(part: dict[str, Any]) -> bytes:
+    """The encoded image (PNG, JPEG, ... bytes) of an `input_image` / `image_url` content part.
+
+    Reads `image_url` as a string (Responses API) or `{"url": ...}` (chat completions). Only
+    `data:image/<type>;base64,<data>` URLs are accepted; raises ContentError `image_not_inline` for
+    URLs, paths and `file_id`s, and `bad_image` for a data URL that is not a decodable image.
+    """
+    url = part.get("image_url")
+    if isinstance(url, dict):
+        url = url.get("url")
+    if not isinstance(url, str):
+        what = "a file_id" if part.get("file_id") else "no image_url"
+        raise ContentError("image_not_inline", f"an {part.get('type')} part has {what}; only inline data:image/...;base64 images can be carried")
+    m = _DATA_URL.match(url)
+    if m is None:
+        shown = url if len(url) <= 60 else url[:57] + "..."
+        raise ContentError(
+            "image_not_inline",
+            f"image {shown!r} is not an inline data URL; VeRL would have to fetch it while training: inline it as data:image/...;base64",
+        )
+    if m.group(1) is None or m.group(3) is None:
+        raise ContentError("bad_image", "an image data URL is not of the form data:image/<type>;base64,<data>")
+    try:
+        data = base64.b64decode(url[m.end():], validate=True)
+    except (binascii.Error, ValueError):
+        raise ContentError("bad_image", "an image data URL holds invalid base64") from None
+    try:
+        from PIL import Image  # what VeRL opens the bytes with
+    except ImportError:  # pragma: no cover - Pillow comes with VeRL; without it only base64 is checked
+        return data
+    try:
+        with Image.open(BytesIO(data)) as img:
+            img.size  # noqa: B018 - the header was read: a known image format
+    except Exception:  # noqa: BLE001 - PIL raises many kinds for garbage
+        raise ContentError("bad_image", f"an image data URL ({m.group(1)}) does not hold an image Pillow can open") from None
+    return data
+
+
+def content_with_images(content: Any, images: list[dict[str, Any]] | None) -> str:
+    """`records.content_text` that keeps images: each image part becomes `<image>` in the text and
+    its bytes are appended to `images`. ContentError when `images` is None and there is an image,
+    or for a non-text, non-image part (see the module docstring)."""
+    if not isinstance(content, list):
+        return content_text(content)
+    if not any(isinstance(p, dict) and p.get("type") in IMAGE_PART_TYPES | UNSUPPORTED_PART_TYPES for p in content):
+        return content_text(content)
+    parts: list[str] = []
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in IMAGE_PART_TYPES:
+            if images is None:
+                raise ContentError("images_not_supported", f"the rollout has {kind} content, which this output format cannot carry")
+            images.append({"bytes": image_bytes(part), "path": None})
+            parts.append(IMAGE_PLACEHOLDER)
+        elif kind in UNSUPPORTED_PART_TYPES:
+            raise ContentError("unsupported_content", f"the rollout has {kind} content, which gymverl cannot carry into a training row")
+        else:
+            parts.append(content_text([part]))
+    return "".join(parts)
+
+
+def check_placeholders(messages: list[dict[str, Any]], images: list[dict[str, Any]]) -> None:
+    """For a row with images: its text must hold exactly one `<image>` per image and no other media
+    placeholder, or VeRL pairs images with the wrong places (or fails an assertion). ContentError
+    `placeholder_in_text` otherwise. Rows without images need no check (VeRL splits no text then)."""
+    if not images:
+        return
+    texts = [m.get("content") for m in messages if isinstance(m.get("content"), str)]
+    n = sum(t.count(IMAGE_PLACEHOLDER) for t in texts)
+    other = next((p for p in MEDIA_PLACEHOLDERS[1:] if any(p in t for t in texts)), None)
+    if n != len(images) or other:
+        found = other or IMAGE_PLACEHOLDER
+        raise ContentError(
+            "placeholder_in_text", f"the text contains {found!r} itself, which VeRL would read as a media placeholder next to the row's {len(images)} image(s)"
+        )
 
 
 def _json_text(value: Any) -> str:
@@ -31,10 +141,14 @@ def _json_text(value: Any) -> str:
     return dumps(value).decode()
 
 
-def _output_text(output: Any) -> str:
-    # A function_call_output's `output` is a string, or a list of content parts (input_text, ...).
-    if isinstance(output, list) and all(isinstance(p, dict) and isinstance(p.get("text"), str) for p in output):
-        return content_text(output)
+def _output_text(output: Any, images: list[dict[str, Any]] | None = None) -> str:
+    # A function_call_output's `output` is a string, or a list of content parts (input_text,
+    # input_image, ...): text parts are joined, images become placeholders (or are refused).
+    if isinstance(output, list) and all(isinstance(p, dict) for p in output):
+        if all(isinstance(p.get("text"), str) for p in output):
+            return content_text(output)
+        if any(p.get("type") in IMAGE_PART_TYPES | UNSUPPORTED_PART_TYPES for p in output):
+            return content_with_images(output, images)
     return _json_text(output)
 
 
@@ -50,8 +164,14 @@ def _reasoning_text(item: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def items_to_messages(items: Iterable[Any], *, include_reasoning: bool = False) -> list[dict[str, Any]]:
-    """Convert a sequence of Responses-API items to chat messages."""
+def items_to_messages(
+    items: Iterable[Any], *, include_reasoning: bool = False, images: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """Convert a sequence of Responses-API items to chat messages.
+
+    `images`: a list the images of the items are appended to (see the module docstring); None when
+    the caller's format carries no images (an image is then a ContentError).
+    """
     messages: list[dict[str, Any]] = []
     pending_reasoning: list[str] = []
     # The assistant message that following function_calls may still join.
@@ -74,7 +194,7 @@ def items_to_messages(items: Iterable[Any], *, include_reasoning: bool = False) 
             if not isinstance(role, str):
                 raise MessageError("message item without a role")
             role = ROLE_MAP.get(role, role)
-            text = content_text(item.get("content"))
+            text = content_with_images(item.get("content"), images)
             if role == "assistant":
                 open_assistant = new_assistant(text)
             else:
@@ -91,7 +211,7 @@ def items_to_messages(items: Iterable[Any], *, include_reasoning: bool = False) 
             open_assistant.setdefault("tool_calls", []).append(call)
         elif kind == "function_call_output":
             messages.append(
-                {"role": "tool", "tool_call_id": item.get("call_id"), "content": _output_text(item.get("output", ""))}
+                {"role": "tool", "tool_call_id": item.get("call_id"), "content": _output_text(item.get("output", ""), images)}
             )
             open_assistant = None
         elif kind == "reasoning":
@@ -103,8 +223,10 @@ def items_to_messages(items: Iterable[Any], *, include_reasoning: bool = False) 
     return messages
 
 
-def prompt_messages(responses_create_params: dict[str, Any], *, include_reasoning: bool = False) -> list[dict[str, Any]]:
-    """The task prompt (`instructions` + `input`) as chat messages."""
+def prompt_messages(
+    responses_create_params: dict[str, Any], *, include_reasoning: bool = False, images: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """The task prompt (`instructions` + `input`) as chat messages (`images`: see `items_to_messages`)."""
     messages: list[dict[str, Any]] = []
     instructions = responses_create_params.get("instructions")
     if isinstance(instructions, str) and instructions:
@@ -113,20 +235,25 @@ def prompt_messages(responses_create_params: dict[str, Any], *, include_reasonin
     if isinstance(inp, str):
         messages.append({"role": "user", "content": inp})
     elif inp:
-        messages.extend(items_to_messages(inp, include_reasoning=include_reasoning))
+        messages.extend(items_to_messages(inp, include_reasoning=include_reasoning, images=images))
     return messages
 
 
-def rollout_messages(record: dict[str, Any], *, include_reasoning: bool = False) -> list[dict[str, Any]]:
-    """The whole conversation of a rollout: prompt messages followed by the response output."""
-    prompt = prompt_messages(record["responses_create_params"], include_reasoning=include_reasoning)
-    output = items_to_messages(record["response"].get("output") or [], include_reasoning=include_reasoning)
+def rollout_messages(
+    record: dict[str, Any], *, include_reasoning: bool = False, images: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """The whole conversation of a rollout: prompt messages followed by the response output
+    (`images`: see `items_to_messages`)."""
+    prompt = prompt_messages(record["responses_create_params"], include_reasoning=include_reasoning, images=images)
+    output = items_to_messages(record["response"].get("output") or [], include_reasoning=include_reasoning, images=images)
     return prompt + output
 
 
-def response_messages(record: dict[str, Any], *, include_reasoning: bool = False) -> list[dict[str, Any]]:
-    """Only the response output of a rollout, as chat messages."""
-    return items_to_messages(record["response"].get("output") or [], include_reasoning=include_reasoning)
+def response_messages(
+    record: dict[str, Any], *, include_reasoning: bool = False, images: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """Only the response output of a rollout, as chat messages (`images`: see `items_to_messages`)."""
+    return items_to_messages(record["response"].get("output") or [], include_reasoning=include_reasoning, images=images)
 
 
 def chat_tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]]:

@@ -12,6 +12,10 @@ Point VeRL's SFT trainer at it:
         data.custom_cls.path=$(python -c 'import gymverl.verl_data as m; print(m.__file__)') \\
         data.custom_cls.name=GymverlSFTDataset
 
+Images: rows with images hold them in the `images` column ({bytes, path} structs) with `<image>`
+placeholders in the message text, which `MultiTurnSFTDataset` turns into image content for the
+processor (VeRL's `data.image_key`, default `images`); text-only rows hold null there.
+
 Tool-call arguments are stored as the model wrote them (a JSON string, OpenAI form). Chat templates
 that JSON-encode arguments themselves (`arguments | tojson`: Qwen2.5, Llama 3.1) need objects
 instead; the class detects that from the tokenizer's template (`data.tool_arguments=auto`, the
@@ -31,18 +35,28 @@ JSON_COLUMNS = ("messages", "tools", "prompt", "chosen", "rejected")
 
 
 def decode_json(value: Any) -> Any:
-    """Decode a JSON-string cell; other values (already lists, None) pass through."""
+    """Decode a JSON cell: a JSON string (sft `messages`/`tools`), or a list of JSON strings (dpo's
+    `prompt`/`chosen`/`rejected`, one per message, as pyarrow/pandas read them). Anything else
+    (lists already decoded by `datasets`, None) passes through."""
     if isinstance(value, (str, bytes)):
         return json.loads(value)
+    if hasattr(value, "tolist") and not isinstance(value, (list, tuple)):
+        value = value.tolist()  # a numpy array (pandas) or an Arrow array
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, (str, bytes)) for v in value):
+        return [json.loads(v) for v in value]
     return value
 
 
 def decode_row(row: dict[str, Any]) -> dict[str, Any]:
-    """A gymverl parquet row with its JSON-string columns (messages, tools, prompt, chosen, rejected) decoded."""
+    """A gymverl parquet row with its JSON columns (messages, tools, prompt, chosen, rejected) decoded.
+
+    Accepts rows as `pyarrow.Table.to_pylist()`, pandas or `datasets` return them; the JSON-string
+    columns of gymverl 0.1.0's dpo rows decode too.
+    """
     out = dict(row)
     for key in JSON_COLUMNS:
-        if key in out and isinstance(out[key], (str, bytes)):
-            out[key] = json.loads(out[key])
+        if key in out:
+            out[key] = decode_json(out[key])
     return out
 
 
@@ -75,6 +89,13 @@ class GymverlSFTDataset(MultiTurnSFTDataset):
         self._object_arguments = mode == "object"
 
     def _build_messages(self, example: dict) -> list:
+        images = example.get(self.image_key)
+        if images is None or not hasattr(images, "__len__") or len(images) == 0:
+            # Text-only rows hold a null `images` cell; MultiTurnSFTDataset treats a present key as
+            # "multimodal" and would demand a processor, so the key goes.
+            example = {k: v for k, v in example.items() if k != self.image_key}
+        else:
+            example = {**example, self.image_key: [dict(i) for i in images]}  # process_image writes into them
         value = example[self.messages_key]
         if isinstance(value, (str, bytes)):
             messages = json.loads(value)

@@ -90,8 +90,10 @@ def test_dpo_row() -> None:
     assert a["_ng_task_index"] == b["_ng_task_index"] and a["reward"] > b["reward"]
     row = dpo_row(dpo_side(a), dpo_side(b), chosen_reward=a["reward"], rejected_reward=b["reward"], data_source="d", task_key="k", chosen_line=5, rejected_line=6)
     assert row["margin"] == a["reward"] - b["reward"]
-    assert json.loads(row["prompt"])[-1]["role"] == "user"
-    assert json.loads(row["chosen"])[0]["role"] == "assistant" and json.loads(row["chosen"]) != json.loads(row["rejected"])
+    # One JSON text per message (the list<arrow.json> column TRL gets as a message list).
+    prompt, chosen, rejected = ([json.loads(m) for m in row[k]] for k in ("prompt", "chosen", "rejected"))
+    assert prompt[-1]["role"] == "user"
+    assert chosen[0]["role"] == "assistant" and chosen != rejected
 
 
 def test_tool_argument_style_detection(tiny_model: Path) -> None:

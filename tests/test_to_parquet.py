@@ -281,9 +281,10 @@ def test_datasets_load_every_format(tmp_path: Path, fmt: str) -> None:
         ds = datasets.load_dataset("parquet", data_files=files, cache_dir=str(tmp_path / "hf"))["train"]
         assert len(ds) == s.rows[split] > 0
         assert {r["split"] for r in ds["extra_info"]} == {split}
-        if fmt in ("sft", "dpo"):
-            col = "messages" if fmt == "sft" else "chosen"
-            assert all(isinstance(json.loads(v), list) for v in ds[col])
+        if fmt == "sft":
+            assert all(isinstance(json.loads(v), list) for v in ds["messages"])
+        if fmt == "dpo":  # message lists, decoded by datasets (List(Json())), as TRL's DPOTrainer reads them
+            assert all(isinstance(v, list) and v[0]["role"] == "assistant" for v in ds["chosen"])
 
 
 def test_tasks_input_keeps_every_task_field(tmp_path: Path) -> None:

@@ -1,10 +1,28 @@
 """Preference pairs (DPO and reward-model data): per task, a better and a worse rollout of the same prompt.
 
-Columns: `prompt` (chat messages of the task input), `chosen` and `rejected` (the two responses as
-chat messages, tool calls included), `tools` (chat-form tool schemas or null), all JSON strings
-for the same reason as SFT (no Arrow null-key pollution); `chosen_reward`, `rejected_reward`,
-`margin`, `data_source`, `extra_info` {split, index, task_key, chosen_line, rejected_line}.
-`gymverl.verl_data.decode_row` turns a row back into Python lists.
+Rows are in the *conversational preference* form that TRL's `DPOTrainer` and OpenRLHF read
+(`trl.data_utils.is_conversational` is true for them): `prompt` (the task input as chat messages),
+`chosen` and `rejected` (the two responses as assistant/tool messages, tool calls included) are
+message lists, and `tools` is the task's chat-form tool schemas as a JSON string (TRL's DPOTrainer
+`json.loads` a string `tools` cell) or null. Also `chosen_reward`, `rejected_reward`, `margin`,
+`data_source`, `extra_info` {split, index, task_key, chosen_line, rejected_line}.
+
+Encoding of the message lists: Arrow `list<arrow.json>`, one JSON text per message, which the
+`datasets` library reads as `List(Json())` (it maps Arrow's canonical JSON extension type to its
+`Json()` feature; tested with datasets 5.2.0 and trl 1.16.0), so `load_dataset("parquet", ...)`
+hands TRL lists of plain dicts. A `datasets` without the `Json()` feature may refuse the type:
+read such files with pyarrow and `gymverl.verl_data.decode_row` instead.
+Not a `list<struct>`: Arrow would merge the message structs of all rows into one type, and every
+message would read back with the keys only other messages have (`tool_calls: null`,
+`tool_call_id: null`, `reasoning_content: null`), which some chat templates test with
+`'tool_calls' in message` and then render wrongly (the null-key trap, see `gymverl.formats`).
+A JSON text per message keeps each message exactly as written, and the list stays a real list
+for readers that do not know the extension type (pandas/pyarrow see a list of JSON strings;
+`gymverl.verl_data.decode_row` decodes either form).
+
+gymverl 0.1.0 wrote these three columns as one JSON string each, which every trainer read as plain text.
+Rollouts whose prompt or response has images (`input_image` parts) are rejected
+(`images_not_supported`): no preference encoding for images is written yet.
 """
 
 from __future__ import annotations
@@ -16,11 +34,14 @@ import pyarrow as pa
 from gymverl.formats import RowError, dumps_str
 from gymverl.messages import MessageError, chat_tools, prompt_messages, response_messages
 
+# One JSON text per chat message (see the module docstring).
+MESSAGES = pa.list_(pa.json_(pa.string()))
+
 SCHEMA = pa.schema(
     [
-        pa.field("prompt", pa.string(), nullable=False),
-        pa.field("chosen", pa.string(), nullable=False),
-        pa.field("rejected", pa.string(), nullable=False),
+        pa.field("prompt", MESSAGES, nullable=False),
+        pa.field("chosen", MESSAGES, nullable=False),
+        pa.field("rejected", MESSAGES, nullable=False),
         pa.field("tools", pa.string()),
         pa.field("chosen_reward", pa.float64()),
         pa.field("rejected_reward", pa.float64()),
@@ -42,17 +63,24 @@ SCHEMA = pa.schema(
 )
 
 
+def encode_messages(messages: list[dict[str, Any]]) -> list[str]:
+    """A message list as the cell value of a `MESSAGES` column: one compact JSON text per message."""
+    return [dumps_str(m) for m in messages]
+
+
 def dpo_side(record: dict[str, Any], *, include_reasoning: bool = False) -> dict[str, Any]:
-    """The parts of one rollout a pair needs: prompt, response messages and tools (JSON strings)."""
+    """The parts of one rollout a pair needs: `prompt` and `response` (encoded message lists) and
+    `tools` (JSON string or None). RowError when the rollout cannot be one side of a pair."""
     try:
+        # images=None: an image is refused (images_not_supported), never dropped.
         prompt = prompt_messages(record["responses_create_params"], include_reasoning=include_reasoning)
         response = response_messages(record, include_reasoning=include_reasoning)
         tools = chat_tools(record["responses_create_params"].get("tools"))
     except MessageError as exc:
-        raise RowError("bad_messages", f"cannot convert to chat messages: {exc}") from None
+        raise RowError(exc.code, f"cannot convert to chat messages: {exc}") from None
     if not response:
         raise RowError("no_assistant_turn", "the response is empty")
-    return {"prompt": dumps_str(prompt), "response": dumps_str(response), "tools": dumps_str(tools) if tools else None}
+    return {"prompt": encode_messages(prompt), "response": encode_messages(response), "tools": dumps_str(tools) if tools else None}
 
 
 def dpo_row(

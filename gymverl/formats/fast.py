@@ -6,7 +6,8 @@ decodes only the keys an SFT row needs, typed, in C. The prompt and the tools, s
 rollouts of a task, are kept as raw JSON bytes and converted once per distinct value.
 
 Only a clean result is trusted: whenever anything is unusual (a line `check_record` would reject,
-a conversion error, no assistant turn, a value whose reading could depend on the parser) these
+a conversion error, no assistant turn, a value whose reading could depend on the parser, any image
+or other non-text content part: `prompt_messages` without an images list refuses those) these
 functions return None and the caller takes the exact orjson path for that line, which has the final
 word and the exact reasons. So conversions give the same rows with or without this module (or
 without msgspec/pysimdjson installed).
@@ -19,7 +20,7 @@ from typing import Any, Optional, Union
 
 import orjson
 
-from gymverl.messages import ROLE_MAP, MessageError, _reasoning_text, chat_tools, prompt_messages
+from gymverl.messages import IMAGE_PART_TYPES, ROLE_MAP, UNSUPPORTED_PART_TYPES, MessageError, _reasoning_text, chat_tools, prompt_messages
 from gymverl.records import RecordError, _check_items, _fast_items, content_text, prompt_hash
 
 try:
@@ -254,6 +255,9 @@ class FastSFT:
         return value
 
 
+_NON_TEXT = IMAGE_PART_TYPES | UNSUPPORTED_PART_TYPES
+
+
 def _response_messages(items: list[Any], include_reasoning: bool) -> list[dict[str, Any]] | None:
     """`messages.items_to_messages` for decoded items that passed `_fast_items`; None when unsure."""
     messages: list[dict[str, Any]] = []
@@ -263,7 +267,10 @@ def _response_messages(items: list[Any], include_reasoning: bool) -> list[dict[s
         kind = item.type
         if kind is None or kind == "message":  # a typeless item passed validation only with a message role
             role = ROLE_MAP.get(item.role, item.role)
-            text = content_text(item.content)
+            content = item.content
+            if type(content) is list and any(type(p) is dict and p.get("type") in _NON_TEXT for p in content):
+                return None  # images (or parts refused): the exact path carries or rejects them
+            text = content_text(content)
             if role == "assistant":
                 open_assistant = {"role": "assistant", "content": text}
                 if include_reasoning and pending:

@@ -18,6 +18,10 @@ to send a new answer to the task's NeMo Gym `/verify` (it sends `task`'s fields 
 verifier does not echo, so `gymverl.convert` joins them onto the record first, from
 `<stem>_materialized_inputs.jsonl` or the tasks file (`gymverl.sidecars`). `n` / `pass_rate` / `mean_reward` describe
 the collected rollouts of the task (null when converting a tasks file), for curricula.
+`images`: the prompt's images (`input_image` parts) as `[{"bytes", "path": null}]`, one `<image>`
+placeholder each in the prompt text, as VeRL's `RLHFDataset` reads them (`data.image_key=images`,
+its default; training needs a processor, i.e. a vision-language model); null for text-only tasks.
+Images that are not inline data URLs are rejected (see `gymverl.messages`).
 """
 
 from __future__ import annotations
@@ -27,13 +31,16 @@ from typing import Any
 import pyarrow as pa
 
 from gymverl.formats import FieldRules, RowError, dumps_str
-from gymverl.messages import MessageError, chat_tools, prompt_messages
+from gymverl.messages import MessageError, chat_tools, check_placeholders, prompt_messages
 
 # The agent loop names VeRL 0.9.1 looks up in its registry for the `agent_name` column:
 # gymverl's own loop (gymverl/agent_loop.py registers it) and the stock single-turn loop
 # (`@register("single_turn_agent")` in verl/experimental/agent_loop/single_turn_agent_loop.py).
 TOOLS_AGENT = "gymverl_tools"
 STOCK_AGENT = "single_turn_agent"
+
+# VeRL's multimodal image column (the struct a `datasets` Image feature stores).
+IMAGES = pa.list_(pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())]))
 
 SCHEMA = pa.schema(
     [
@@ -61,16 +68,22 @@ SCHEMA = pa.schema(
             ),
         ),
         pa.field("agent_name", pa.string()),
+        pa.field("images", IMAGES),
     ]
 )
 
 
-def rl_prompt(record: dict[str, Any]) -> list[dict[str, str]]:
-    """The task input as `{role, content}` messages (what VeRL's agent loop templates)."""
+def rl_prompt(record: dict[str, Any], images: list[dict[str, Any]] | None = None) -> list[dict[str, str]]:
+    """The task input as `{role, content}` messages (what VeRL's agent loop templates).
+
+    `images`: a list that receives the prompt's images (their `<image>` placeholders are in the
+    text); None refuses a prompt with images (RowError `images_not_supported`).
+    """
     try:
-        messages = prompt_messages(record["responses_create_params"])
+        messages = prompt_messages(record["responses_create_params"], images=images)
+        check_placeholders(messages, images or [])
     except MessageError as exc:
-        raise RowError("bad_messages", f"cannot convert the prompt to chat messages: {exc}") from None
+        raise RowError(exc.code, f"cannot convert the prompt to chat messages: {exc}") from None
     out: list[dict[str, str]] = []
     for m in messages:
         # A prompt column holding tool calls would need struct fields that every other row then
@@ -113,7 +126,8 @@ def rl_row(
 
     `stats` = (n rollouts, pass rate, mean reward) of the task's collected rollouts, if any.
     """
-    prompt = rl_prompt(record)
+    images: list[dict[str, Any]] = []
+    prompt = rl_prompt(record, images)
     tools = rl_tools(record)
     fields = rules.task_fields(record)
     gt = rules.ground_truth(fields)
@@ -139,5 +153,6 @@ def rl_row(
             "tools": dumps_str(tools) if tools else None,
         },
         "agent_name": TOOLS_AGENT if tools else STOCK_AGENT,
+        "images": images or None,
     }
     return row, gt is not None

@@ -2,7 +2,9 @@
 
 Columns: `messages` (the whole conversation, tool calls and tool results included, as a JSON
 string), `tools` (the task's tool schemas in chat-completions form, JSON string, null when the task
-has none), `data_source`, `extra_info` {split, index, task_key, line, reward, rollout_index}.
+has none), `data_source`, `extra_info` {split, index, task_key, line, reward, rollout_index},
+`images` (the conversation's images as `[{"bytes", "path": null}]`, one `<image>` placeholder each in
+the message text, as VeRL's `MultiTurnSFTDataset` reads them with a processor; null when none).
 Load with `gymverl.verl_data.GymverlSFTDataset` (it decodes the JSON strings).
 """
 
@@ -14,7 +16,8 @@ import orjson
 import pyarrow as pa
 
 from gymverl.formats import RowError, dumps_str
-from gymverl.messages import MessageError, chat_tools, prompt_messages, response_messages
+from gymverl.formats.rl import IMAGES
+from gymverl.messages import MessageError, check_placeholders, chat_tools, prompt_messages, response_messages
 
 SCHEMA = pa.schema(
     [
@@ -34,6 +37,7 @@ SCHEMA = pa.schema(
                 ]
             ),
         ),
+        pa.field("images", IMAGES),
     ]
 )
 
@@ -47,14 +51,19 @@ class _PromptCache:
         self.prompts: dict[bytes, list[dict[str, Any]]] = {}
         self.tools: dict[bytes, list[dict[str, Any]]] = {}
 
-    def prompt(self, rcp: dict[str, Any], include_reasoning: bool) -> list[dict[str, Any]]:
+    def prompt(self, rcp: dict[str, Any], include_reasoning: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """(messages, images) of the task input; prompts with images are not cached (their bytes may be large)."""
         key = orjson.dumps([rcp.get("instructions"), rcp.get("input"), include_reasoning])
         hit = self.prompts.get(key)
-        if hit is None:
+        if hit is not None:
+            return hit, []
+        images: list[dict[str, Any]] = []
+        messages = prompt_messages(rcp, include_reasoning=include_reasoning, images=images)
+        if not images:
             if len(self.prompts) >= self.size:
                 self.prompts.clear()
-            hit = self.prompts[key] = prompt_messages(rcp, include_reasoning=include_reasoning)
-        return hit
+            self.prompts[key] = messages
+        return messages, images
 
     def chat_tools(self, tools: Any) -> list[dict[str, Any]]:
         if not tools:
@@ -71,18 +80,28 @@ class _PromptCache:
 _CACHE = _PromptCache()
 
 
-def conversation(record: dict[str, Any], *, include_reasoning: bool = False) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def conversation(
+    record: dict[str, Any], *, include_reasoning: bool = False, images: list[dict[str, Any]] | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The rollout's chat messages and chat tools; RowError when it has nothing to train on.
 
     Same result as `rollout_messages` + `chat_tools`; the returned lists share message dicts with
-    other rollouts of the task, so treat them as read-only.
+    other rollouts of the task, so treat them as read-only. `images`: a list that receives the
+    conversation's images (placeholders in the text, see `gymverl.messages`); None refuses a
+    rollout with images (RowError `images_not_supported`).
     """
     try:
         rcp = record["responses_create_params"]
-        messages = _CACHE.prompt(rcp, include_reasoning) + response_messages(record, include_reasoning=include_reasoning)
+        prompt, prompt_images = _CACHE.prompt(rcp, include_reasoning)
+        if prompt_images:
+            if images is None:
+                raise RowError("images_not_supported", "the rollout's prompt has input_image content, which this output cannot carry")
+            images.extend(prompt_images)
+        messages = prompt + response_messages(record, include_reasoning=include_reasoning, images=images)
+        check_placeholders(messages, images or [])
         tools = _CACHE.chat_tools(rcp.get("tools"))
     except MessageError as exc:
-        raise RowError("bad_messages", f"cannot convert to chat messages: {exc}") from None
+        raise RowError(exc.code, f"cannot convert to chat messages: {exc}") from None
     if not any(m.get("role") == "assistant" for m in messages):
         raise RowError("no_assistant_turn", "the response has no assistant message or tool call to train on")
     return messages, tools
@@ -97,10 +116,12 @@ def sft_row(
     include_reasoning: bool = False,
     messages: list[dict[str, Any]] | None = None,
     tools: list[dict[str, Any]] | None = None,
+    images: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """One SFT row (split/index filled in by the writer); pass `messages`/`tools` if already built."""
+    """One SFT row (split/index filled in by the writer); pass `messages`/`tools`/`images` if already built."""
     if messages is None:
-        messages, tools = conversation(record, include_reasoning=include_reasoning)
+        images = []
+        messages, tools = conversation(record, include_reasoning=include_reasoning, images=images)
     idx = record.get("_ng_rollout_index")
     return {
         "messages": dumps_str(messages),
@@ -114,6 +135,7 @@ def sft_row(
             "reward": float(record["reward"]),
             "rollout_index": idx if isinstance(idx, int) and not isinstance(idx, bool) else None,
         },
+        "images": images or None,
     }
 
 
