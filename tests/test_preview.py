@@ -24,6 +24,7 @@ from conftest import SAMPLE_DATA
 from gymverl.cli import app
 from gymverl.errors import UsageError
 from gymverl.preview import TOOLS_AGENT, PreviewError, preview
+from gymverl.verl_data import decode_row
 
 pytestmark = pytest.mark.verl
 
@@ -305,12 +306,13 @@ def test_sft_template_mismatch_is_reported_not_hidden(data: dict[str, Path], tin
 def test_dpo_renders_chosen_and_rejected_after_the_same_prompt(data: dict[str, Path], tok: Any, tiny_model: Path) -> None:
     rows = _rows(data["dpo"])
     for i, row in enumerate(rows):
+        row = decode_row(row)
         pv = preview(data["dpo"], tiny_model, row=i)
         assert [s.name for s in pv.sections] == ["chosen", "rejected"]
-        prompt, tools = json.loads(row["prompt"]), json.loads(row["tools"]) if row["tools"] else None
+        prompt, tools = row["prompt"], row["tools"] or None
         prompt_text = tok.apply_chat_template(prompt, tools=tools, tokenize=False, add_generation_prompt=True)
         for sec in pv.sections:
-            response = json.loads(row[sec.name])
+            response = row[sec.name]
             full = tok.apply_chat_template(prompt + response, tools=tools, tokenize=False)
             assert sec.text == full
             (span,) = sec.trained
@@ -321,15 +323,16 @@ def test_dpo_renders_chosen_and_rejected_after_the_same_prompt(data: dict[str, P
         assert pv.data["chosen_reward"] > pv.data["rejected_reward"]
 
 
-def test_dpo_message_list_columns_render_like_json_strings(data: dict[str, Path], tiny_model: Path, tmp_path: Path) -> None:
-    """DPO rows as conversational message lists (the form TRL reads) preview the same as JSON strings."""
+def test_dpo_old_json_string_rows_render_like_message_lists(data: dict[str, Path], tiny_model: Path, tmp_path: Path) -> None:
+    """DPO rows of the old layout (JSON-string prompt/chosen/rejected) preview the same as today's message lists."""
     rows = _rows(data["dpo"])
     i = next(k for k, r in enumerate(rows) if not r["tools"])
-    row = rows[i]
-    listed = {**row, **{k: json.loads(row[k]) for k in ("prompt", "chosen", "rejected")}}
-    path = tmp_path / "dpo-lists.parquet"
-    pq.write_table(pa.Table.from_pylist([listed]), path)
-    assert pa.types.is_list(pq.read_schema(path).field("chosen").type)
+    row = decode_row(rows[i])
+    assert isinstance(row["chosen"], list) and isinstance(row["chosen"][0], dict)
+    old = {**rows[i], **{k: json.dumps(row[k]) for k in ("prompt", "chosen", "rejected")}}
+    path = tmp_path / "dpo-strings.parquet"
+    pq.write_table(pa.Table.from_pylist([old]), path)
+    assert pa.types.is_string(pq.read_schema(path).field("chosen").type)
     a, b = preview(data["dpo"], tiny_model, row=i), preview(path, tiny_model, row=0)
     assert [(s.text, s.token_ids, s.trained) for s in a.sections] == [(s.text, s.token_ids, s.trained) for s in b.sections]
 
