@@ -14,8 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
+from gymverl.jsonl import dumps
 from gymverl.records import agent_name, is_ng_key
 
 FORMATS = ("rl", "sft", "dpo")
@@ -70,8 +69,11 @@ GROUND_TRUTH_KEYS = (
 
 
 def dumps_str(obj: Any) -> str:
-    """Compact JSON text (UTF-8, not ASCII-escaped) for a JSON-string column."""
-    return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY).decode()
+    """Compact JSON text (UTF-8, not ASCII-escaped) for a JSON-string column.
+
+    `gymverl.jsonl.dumps`: orjson, and the standard library only for values nested deeper than the
+    254 levels orjson writes (any line validate accepts, up to orjson's 1024 read levels, converts)."""
+    return dumps(obj).decode()
 
 
 def looks_like_verifier_output(key: str) -> bool:

@@ -14,6 +14,7 @@ import orjson
 import pyarrow as pa
 
 from gymverl.formats import RowError, dumps_str
+from gymverl.jsonl import dumps
 from gymverl.messages import MessageError, chat_tools, prompt_messages, response_messages
 
 SCHEMA = pa.schema(
@@ -48,7 +49,7 @@ class _PromptCache:
         self.tools: dict[bytes, list[dict[str, Any]]] = {}
 
     def prompt(self, rcp: dict[str, Any], include_reasoning: bool) -> list[dict[str, Any]]:
-        key = orjson.dumps([rcp.get("instructions"), rcp.get("input"), include_reasoning])
+        key = dumps([rcp.get("instructions"), rcp.get("input"), include_reasoning])  # deep nesting too
         hit = self.prompts.get(key)
         if hit is None:
             if len(self.prompts) >= self.size:
@@ -59,7 +60,7 @@ class _PromptCache:
     def chat_tools(self, tools: Any) -> list[dict[str, Any]]:
         if not tools:
             return []
-        key = orjson.dumps(tools)
+        key = dumps(tools)
         hit = self.tools.get(key)
         if hit is None:
             if len(self.tools) >= self.size:
