@@ -1,0 +1,239 @@
+"""compute_score gives the verifier's real verdict on the *final answer* (issue 12, items 2, 3, 5).
+
+- Reasoning (`think-tag-reward`): split like NeMo Gym (everything up to the last closing marker is
+  reasoning; an unclosed block, or no close when the template opened it, is no answer), markers per
+  model family. Verdicts from real NeMo Gym 0.7.0 mcqa and math_with_judge servers (`gym_servers`).
+- reward_components: real `example_tool_call_multireward` server (NeMo Gym's multi-reward example);
+  failures via the fake /verify (fault injection only).
+- verifier_metadata (`verifier-metadata-dropped`): a row written by to-parquet reaches a real
+  `example_mcp_weather` server with its ground truth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fake_verify_server import FakeServer
+from gymverl.errors import UsageError
+from gymverl.reasoning import NO_REASONING, ReasoningMarkers, markers_from_settings, parse_markers, split_reasoning
+from gymverl.reward import RewardConfigError, VerifyFailed, compute_score, response_from_text
+
+MCQA_TASK = {
+    "responses_create_params": {
+        "input": [
+            {
+                "role": "user",
+                "content": "You should output your final response letter inside \\boxed{} and nothing else. Which test finds a specific CF mutation?\n"
+                "A: Karyotyping\nB: Polymerase Chain Reaction (PCR)\nC: Whole-genome sequencing\nD: Chromosome painting",
+            }
+        ]
+    },
+    "options": [{"A": "Karyotyping"}, {"B": "Polymerase Chain Reaction (PCR)"}, {"C": "Whole-genome sequencing"}, {"D": "Chromosome painting"}],
+    "expected_answer": "B",
+    "grading_mode": "strict_single_letter_boxed",
+    "agent_ref": {"type": "responses_api_agents", "name": "mcqa_simple_agent"},
+}
+MATH_TASK = {
+    "responses_create_params": {"input": [{"role": "user", "content": "Put the answer inside \\boxed{}.\n\nWhat is $7 \\times 8$?"}]},
+    "question": "What is $7 \\times 8$?",
+    "expected_answer": "56",
+    "agent_ref": {"type": "responses_api_agents", "name": "math_with_judge_simple_agent"},
+}
+
+
+def _info(task: dict[str, Any]) -> dict[str, Any]:
+    ng = {
+        "responses_create_params": task["responses_create_params"],
+        "task": {k: v for k, v in task.items() if k not in ("responses_create_params", "agent_ref")},
+        "agent_ref": task["agent_ref"],
+    }
+    return {"split": "train", "index": 3, "nemo_gym": json.dumps(ng)}
+
+
+@pytest.fixture(autouse=True)
+def no_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("GYMVERL_VERIFY_URL", "GYMVERL_VERIFY_ON_FAILURE", "GYMVERL_REASONING_MARKERS", "GYMVERL_REWARD_COMPONENTS", "GYMVERL_REWARD_COMPONENT_PREFIX"):
+        monkeypatch.delenv(var, raising=False)
+
+
+# ---- the split itself ---------------------------------------------------------------------------
+
+THINK = ReasoningMarkers("<think>", "</think>", False)
+OPENED = ReasoningMarkers("<think>", "</think>", True)
+
+
+@pytest.mark.parametrize(
+    "text, markers, reasoning, answer, closed",
+    [
+        ("<think>r</think>a", THINK, "r", "a", True),  # A/B: both tags
+        ("\n<think>r</think>\n\na ", THINK, "r", "\n\na ", True),  # the answer kept byte for byte (NeMo Gym)
+        ("r \\boxed{1}</think>a", THINK, "r \\boxed{1}", "a", True),  # C/D: template opened it
+        ("<think>r</think>x<think>s</think>a", THINK, "r</think>x<think>s", "a", True),  # up to the LAST close
+        ("<think>r \\boxed{1}", THINK, "r \\boxed{1}", "", False),  # E: cut off inside the reasoning
+        ("<think>r</think>a<think>more", THINK, "r</think>a<think>more", "", False),  # a new block never closed
+        ("r \\boxed{1}", OPENED, "r \\boxed{1}", "", False),  # F: opened by the template, never closed
+        ("plain \\boxed{1}", THINK, "", "plain \\boxed{1}", True),  # no reasoning at all
+        ("<think>r</think>a", NO_REASONING, "", "<think>r</think>a", True),
+        ("[THINK]r[/THINK]a", parse_markers("mistral"), "r", "a", True),
+        ("<seed:think>r", parse_markers("seed_oss"), "r", "", False),
+    ],
+)
+def test_split_reasoning_like_nemo_gym(text: str, markers: ReasoningMarkers, reasoning: str, answer: str, closed: bool) -> None:
+    s = split_reasoning(text, markers)
+    assert (s.reasoning, s.answer, s.closed) == (reasoning, answer, closed)
+
+
+def test_markers_from_presets_pairs_env_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert markers_from_settings({}) == THINK
+    assert markers_from_settings({"reasoning_markers": "deepseek_r1"}) == OPENED
+    assert markers_from_settings({"reasoning_markers": "think+opened"}) == OPENED
+    assert markers_from_settings({"reasoning_markers": "<reasoning> </reasoning> +opened"}) == ReasoningMarkers("<reasoning>", "</reasoning>", True)
+    assert markers_from_settings({"reasoning_markers": ["[THINK]", "[/THINK]"]}) == ReasoningMarkers("[THINK]", "[/THINK]", False)
+    assert markers_from_settings({"reasoning_markers": "none"}) == NO_REASONING
+    assert markers_from_settings({"keep_think": True}) == NO_REASONING
+    monkeypatch.setenv("GYMVERL_REASONING_MARKERS", "qwen3_thinking")
+    assert markers_from_settings({}) == OPENED
+    with pytest.raises(UsageError, match="reasoning_markers 'llama': give a preset"):
+        parse_markers("llama")
+
+
+def test_the_response_sent_to_verify_is_shaped_like_nemo_gyms() -> None:
+    """Reasoning becomes a `reasoning` item; no final answer means no message (NeMo Gym's
+    postprocess_assistant_message_dict); tool calls inside the reasoning are not calls."""
+    r = response_from_text("<think>call <tool_call>{\"name\": \"f\", \"arguments\": {}}</tool_call>?</think>Done.", {})
+    assert [o["type"] for o in r["output"]] == ["reasoning", "message"]
+    assert r["output"][0]["summary"] == [{"type": "summary_text", "text": 'call <tool_call>{"name": "f", "arguments": {}}</tool_call>?'}]
+    assert r["output"][1]["content"][0]["text"] == "Done."
+    cut = response_from_text("<think>so \\boxed{4} maybe", {})
+    assert [o["type"] for o in cut["output"]] == ["reasoning"]
+    assert [o["type"] for o in response_from_text("", {})["output"]] == ["message"]
+
+
+# ---- real verdicts: mcqa and math_with_judge (NeMo Gym 0.7.0) ----------------------------------
+
+# (completion, reasoning_markers, reward): the think-tag-reward cases A-F for a task whose answer is B / 56.
+MCQA_CASES = [
+    ("<think>Maybe \\boxed{A}? No.</think>\\boxed{B}", None, 1.0),  # A
+    ("<think>Maybe \\boxed{B}? No.</think>\\boxed{A}", None, 0.0),  # B
+    ("Maybe \\boxed{A}? No, PCR.</think>\\boxed{B}", None, 1.0),  # C: template opened <think> (old code: 0.0)
+    ("Maybe \\boxed{B}? No, karyotyping.</think>\\boxed{A}", None, 0.0),  # D (old code: 1.0)
+    ("<think>PCR fits, so \\boxed{B}. But let me check C", None, 0.0),  # E: cut off (old code: 1.0)
+    ("PCR fits, so \\boxed{B}. But let me check C", "deepseek_r1", 0.0),  # F: opened + cut off (old: 1.0)
+    ("\\boxed{B}", "qwen3", 1.0),  # no reasoning emitted (thinking off): the text is the answer
+]
+MATH_CASES = [
+    ("<think>7*8 = \\boxed{54}? no</think>So \\boxed{56}.", None, 1.0),
+    ("7*8 = \\boxed{56}? no, 7*8 is 54</think>So \\boxed{54}.", None, 0.0),
+    ("<think>7*8 = \\boxed{56}, let me double check by", None, 0.0),  # old code: 1.0
+    ("7*8 = \\boxed{56}, let me double check by", "deepseek_r1", 0.0),  # old code: 1.0
+]
+
+
+def _score(url: str, task: dict[str, Any], text: str, markers: str | None) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"server": url}
+    if markers is not None:
+        kwargs["reasoning_markers"] = markers
+    return asyncio.run(compute_score("x", text, None, _info(task), **kwargs))
+
+
+def test_mcqa_grades_only_the_final_answer(gym_servers: Any) -> None:
+    url = gym_servers.url("mcqa")
+    got = [_score(url, MCQA_TASK, text, mk)["score"] for text, mk, _ in MCQA_CASES]
+    assert got == [r for _, _, r in MCQA_CASES]
+
+
+def test_math_with_judge_grades_only_the_final_answer(gym_servers: Any) -> None:
+    url = gym_servers.url("math_with_judge")
+    got = [_score(url, MATH_TASK, text, mk)["score"] for text, mk, _ in MATH_CASES]
+    assert got == [r for _, _, r in MATH_CASES]
+
+
+def test_shared_think_tag_case_tasks(gym_servers: Any) -> None:
+    """The case's own task files (when ../shared is there): a truncated answer scores 0 on both servers."""
+    from conftest import SHARED
+
+    case = SHARED / "cases" / "think-tag-reward"
+    if not case.is_dir():
+        pytest.skip(f"{case} not found (only CI and development sessions have ../shared)")
+    math = json.loads((case / "tasks.jsonl").read_text().splitlines()[0])
+    mcqa = json.loads((case / "tasks_mcqa.jsonl").read_text().splitlines()[0])
+    assert _score(gym_servers.url("math_with_judge"), math, "<think>7 times 8 is \\boxed{56}, checking", None)["score"] == 0.0
+    assert _score(gym_servers.url("math_with_judge"), math, "7 times 8 is \\boxed{56}</think>\\boxed{56}", None)["score"] == 1.0
+    right = mcqa["expected_answer"]
+    assert _score(gym_servers.url("mcqa"), mcqa, f"<think>\\boxed{{{right}}} but", None)["score"] == 0.0
+    assert _score(gym_servers.url("mcqa"), mcqa, f"so A?</think>\\boxed{{{right}}}", None)["score"] == 1.0
+
+
+# ---- reward components (GDPO) --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def example_servers(nemo_gym_env: Path, tmp_path_factory: pytest.TempPathFactory):
+    """NeMo Gym's own example_tool_call_multireward (multi-reward) and example_mcp_weather
+    (ground truth in verifier_metadata) resources servers, for this module only."""
+    from gymverl.nemo_gym import running_resources_servers
+
+    log = tmp_path_factory.mktemp("ng-examples") / "ng_run.log"
+    with running_resources_servers(["example_tool_call_multireward", "example_mcp_weather"], env=nemo_gym_env, log_path=log) as servers:
+        yield servers
+
+
+WEATHER_TOOL = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "Get the current weather for a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"], "additionalProperties": False},
+    "strict": True,
+}
+MULTI_TASK = {
+    "responses_create_params": {"input": [{"role": "user", "content": "what's the weather in San Francisco?"}], "tools": [WEATHER_TOOL]},
+    "expected_call": {"name": "get_weather", "arguments": {"city": "San Francisco"}},
+    "agent_ref": {"type": "responses_api_agents", "name": "example_tool_call_multireward_simple_agent"},
+}
+COMPONENTS = "correctness,schema_valid,format"
+
+
+def test_reward_components_come_back_as_flat_keys(example_servers: Any) -> None:
+    url = example_servers.url("example_tool_call_multireward")
+    right = '<tool_call>{"name": "get_weather", "arguments": {"city": "San Francisco"}}</tool_call>'
+    wrong_city = 'Sure.<tool_call>{"name": "get_weather", "arguments": {"city": "Boston"}}</tool_call>'
+    cases = {
+        right: (3.0, 1.0, 1.0, 1.0),
+        wrong_city: (1.0, 0.0, 1.0, 0.0),  # schema valid only: a wrong city and extra prose
+        "<think>" + right + " hmm": (0.0, 0.0, 0.0, 0.0),  # the call is inside unfinished reasoning
+    }
+    keys = None
+    for text, (score, correctness, schema, fmt) in cases.items():
+        out = asyncio.run(compute_score("x", text, None, _info(MULTI_TASK), server=url, reward_components=COMPONENTS))
+        assert (out["score"], out["reward_correctness"], out["reward_schema_valid"], out["reward_format"]) == (score, correctness, schema, fmt)
+        assert all(isinstance(out[k], float) for k in ("reward_correctness", "reward_schema_valid", "reward_format"))
+        keys = keys or list(out)
+        assert list(out) == keys  # the same keys, in the same order, on every call
+    # A list setting and another prefix work the same way.
+    out = asyncio.run(compute_score("x", right, None, _info(MULTI_TASK), server=url, reward_components=["format"], reward_component_prefix="gdpo_"))
+    assert out["gdpo_format"] == 1.0 and "reward_format" not in out
+    # A component the server does not return is a configuration error, never a silent 0.
+    with pytest.raises(RewardConfigError, match=r"no numeric reward component 'style' \(its reward_components: \['correctness', 'format', 'schema_valid'\]\)"):
+        asyncio.run(compute_score("x", right, None, _info(MULTI_TASK), server=url, reward_components="style"))
+
+
+def test_reward_components_of_a_failed_sample_and_key_clashes() -> None:
+    with FakeServer("--plan", "503") as srv:
+        out = asyncio.run(compute_score("x", "hi", None, _info(MULTI_TASK), server=srv.url, retries=0, on_failure=-1, reward_components=COMPONENTS))
+        assert out == {"score": -1.0, "verify_failed": 1.0, "verify_attempts": 1, "reward_correctness": -1.0, "reward_schema_valid": -1.0, "reward_format": -1.0}
+        with pytest.raises(VerifyFailed):
+            asyncio.run(compute_score("x", "hi", None, _info(MULTI_TASK), server=srv.url, retries=0, reward_components=COMPONENTS))
+    with pytest.raises(RewardConfigError, match="reward_model clash"):
+        asyncio.run(compute_score("x", "hi", None, _info(MULTI_TASK), server="http://127.0.0.1:9", reward_components="model"))
+
+
+def test_reward_components_from_the_environment(monkeypatch: pytest.MonkeyPatch, example_servers: Any) -> None:
+    monkeypatch.setenv("GYMVERL_REWARD_COMPONENTS", "format")
+    url = example_servers.url("example_tool_call_multireward")
+    out = asyncio.run(compute_score("x", "no call", None, _info(MULTI_TASK), server=url))
+    assert out["reward_format"] == 0.0
