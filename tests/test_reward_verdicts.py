@@ -237,3 +237,105 @@ def test_reward_components_from_the_environment(monkeypatch: pytest.MonkeyPatch,
     url = example_servers.url("example_tool_call_multireward")
     out = asyncio.run(compute_score("x", "no call", None, _info(MULTI_TASK), server=url))
     assert out["reward_format"] == 0.0
+
+
+# ---- task fields: verifier_metadata is the ground truth, old verifier outputs are not re-sent ----
+
+def _weather_rollout(city: str, stale_city: str) -> dict[str, Any]:
+    """A rollout line shaped like NeMo Gym's example_mcp_weather example rollouts: the ground truth in
+    verifier_metadata, and the previous verification's outputs (for another city) beside it."""
+    text = f"The weather in {city} is sunny and 72 F."
+    return {
+        "responses_create_params": {"input": [{"role": "user", "content": f"What's the weather in {city}?"}]},
+        "response": {
+            "id": f"resp_{city}", "created_at": 0, "model": "m", "object": "response", "parallel_tool_calls": True,
+            "tool_choice": "auto", "tools": [], "status": "completed",
+            "output": [{"id": "msg_1", "type": "message", "role": "assistant", "status": "completed",
+                        "content": [{"type": "output_text", "text": text, "annotations": []}]}],
+        },
+        "reward": 1.0,
+        "expected_weather": f"The weather in {stale_city} is sunny and 72 F.",
+        "tool_call_seen": True,
+        "final_response_mentions_weather": True,
+        "verifier_metadata": {"expected_city": city},
+        "agent_ref": {"type": "responses_api_agents", "name": "example_mcp_weather_simple_agent"},
+    }
+
+
+def _rl_rows(tmp_path: Path, lines: list[dict[str, Any]], *extra_args: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from gymverl.cli import app
+
+    inp = tmp_path / "rollouts.jsonl"
+    inp.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    res = CliRunner().invoke(app, ["to-parquet", str(inp), "-o", str(tmp_path / "rl"), "--format", "rl", "--json", *extra_args])
+    assert res.exit_code == 0, res.output
+    rows = pd.read_parquet(tmp_path / "rl" / "train.parquet").to_dict("records")
+    return rows, json.loads(res.stdout)
+
+
+def test_to_parquet_keeps_verifier_metadata_and_warns_about_guessed_fields(tmp_path: Path) -> None:
+    rows, summary = _rl_rows(tmp_path, [_weather_rollout("Tokyo", "Paris")])
+    task = json.loads(rows[0]["extra_info"]["nemo_gym"])["task"]
+    assert task == {"verifier_metadata": {"expected_city": "Tokyo"}}  # no old outputs (expected_weather, ...)
+    (warning,) = [w for w in summary["warnings"] if "guessed" in w]
+    assert "sent as task fields: verifier_metadata;" in warning
+    assert "left out as verifier outputs: expected_weather, final_response_mentions_weather, tool_call_seen;" in warning
+
+
+def test_to_parquet_with_a_tasks_file_decides_without_guessing(tmp_path: Path) -> None:
+    task_row = {"responses_create_params": {"input": [{"role": "user", "content": "What's the weather in Tokyo?"}]},
+                "verifier_metadata": {"expected_city": "Tokyo"}, "tool_call_seen": "a task field of this server",
+                "agent_ref": {"type": "responses_api_agents", "name": "example_mcp_weather_simple_agent"}}
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text(json.dumps(task_row) + "\n")
+    rows, summary = _rl_rows(tmp_path, [_weather_rollout("Tokyo", "Paris")], "--tasks", str(tasks))
+    task = json.loads(rows[0]["extra_info"]["nemo_gym"])["task"]
+    assert set(task) == {"verifier_metadata", "tool_call_seen"}
+    assert not [w for w in summary["warnings"] if "guessed" in w]
+
+
+def test_shared_case_evalplus_and_weather_rows_keep_their_ground_truth(tmp_path: Path) -> None:
+    from conftest import SHARED
+
+    case = SHARED / "cases" / "verifier-metadata-dropped"
+    if not case.is_dir():
+        pytest.skip(f"{case} not found (only CI and development sessions have ../shared)")
+    for name, outputs in (
+        ("evalplus_rollouts.jsonl", {"base_status", "plus_status", "is_correct", "is_correct_plus", "extracted_model_code", "extracted_model_output"}),
+        ("mcp_weather_rollouts.jsonl", {"expected_weather", "tool_call_seen", "final_response_mentions_weather"}),
+    ):
+        lines = [json.loads(x) for x in (case / name).read_text().splitlines() if x.strip()]
+        (tmp_path / name).mkdir()
+        rows, _ = _rl_rows(tmp_path / name, lines)
+        for row, line in zip(rows, lines):
+            task = json.loads(row["extra_info"]["nemo_gym"])["task"]
+            assert task["verifier_metadata"] == line["verifier_metadata"]
+            assert not outputs & set(task), name
+
+
+def test_compute_score_sends_verifier_metadata_to_a_real_server(example_servers: Any, tmp_path: Path) -> None:
+    """example_mcp_weather grades against verifier_metadata.expected_city (falling back to Paris
+    when it is missing): the row's own city must reach the server."""
+    rows, _ = _rl_rows(tmp_path, [_weather_rollout("Tokyo", "Paris")])
+    url = example_servers.url("example_mcp_weather")
+    out = asyncio.run(compute_score("x", "The weather in Tokyo is sunny and 72 F.", None, rows[0]["extra_info"], server=url, extra_fields=["expected_weather"]))
+    assert out["expected_weather"] == "The weather in Tokyo is sunny and 72 F."
+
+
+def test_rescore_never_resends_old_verifier_outputs(example_servers: Any, tmp_path: Path) -> None:
+    """The server's /openapi.json says what /verify takes (example_mcp_weather: verifier_metadata,
+    open to more): the stale expected_weather of the last verification is not sent back (the server
+    would echo it, or fail on it), and the answer is graded on the row's own city."""
+    from gymverl.rescore import rescore_file
+
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps(_weather_rollout("Tokyo", "Paris")) + "\n")
+    url = example_servers.url("example_mcp_weather")
+    summary = rescore_file(inp, tmp_path / "out.jsonl", [url], force=True)
+    assert (summary.rescored, summary.failed) == (1, 0), summary.to_dict()
+    (row,) = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert row["expected_weather"] == "The weather in Tokyo is sunny and 72 F."
+    assert summary.request_schemas == {url: "schema+"}
