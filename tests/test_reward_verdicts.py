@@ -339,3 +339,70 @@ def test_rescore_never_resends_old_verifier_outputs(example_servers: Any, tmp_pa
     (row,) = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert row["expected_weather"] == "The weather in Tokyo is sunny and 72 F."
     assert summary.request_schemas == {url: "schema+"}
+
+
+def test_reward_components_feed_verls_gdpo(example_servers: Any, tiny_model: Path) -> None:
+    """Through VeRL 0.9.1's own `gdpo` reward manager (custom compute_score loaded by VeRL) and its
+    GDPO advantage estimator: the component keys become non_tensor_batch columns
+    (`np.array(values)`, as ray_trainer builds them) that `algorithm.gdpo_reward_keys` reads."""
+    import numpy as np
+    import torch
+    from omegaconf import OmegaConf
+    from transformers import AutoTokenizer
+    from verl import DataProto
+    from verl.trainer.ppo.core_algos import compute_gdpo_outcome_advantage
+    from verl.trainer.ppo.reward import load_reward_manager
+
+    import gymverl.reward
+
+    url = example_servers.url("example_tool_call_multireward")
+    config = OmegaConf.create(
+        {
+            "trainer": {"experiment_name": "t"},
+            "reward": {
+                "custom_reward_function": {"path": gymverl.reward.__file__, "name": "compute_score",
+                                           "reward_kwargs": {"server": url, "reward_components": ["correctness", "schema_valid", "format"]}},
+                "reward_manager": {"source": "register", "name": "gdpo"},
+            },
+        }
+    )
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    manager = load_reward_manager(config, tokenizer)
+    info = _info(MULTI_TASK)
+    texts = [
+        '<tool_call>{"name": "get_weather", "arguments": {"city": "San Francisco"}}</tool_call>',
+        'ok <tool_call>{"name": "get_weather", "arguments": {"city": "San Francisco"}}</tool_call>',
+        '<tool_call>{"name": "get_weather", "arguments": {"city": "Boston"}}</tool_call>',
+        "I cannot.",
+    ]
+
+    def sample(text: str) -> DataProto:
+        prompt_ids = torch.tensor(tokenizer.encode("prompt"))
+        resp_ids = torch.tensor(tokenizer.encode(text))
+        assert tokenizer.decode(resp_ids, skip_special_tokens=True) == text
+        return DataProto.from_dict(
+            tensors={"prompts": prompt_ids[None], "responses": resp_ids[None],
+                     "attention_mask": torch.ones(1, len(prompt_ids) + len(resp_ids), dtype=torch.long)},
+            non_tensors={"data_source": np.array(["x"], dtype=object), "reward_model": np.array([{"ground_truth": ""}], dtype=object),
+                         "extra_info": np.array([dict(info)], dtype=object)},
+        )
+
+    async def score_all() -> list[dict[str, Any]]:
+        return await asyncio.gather(*(manager.run_single(sample(t)) for t in texts))
+
+    results = manager.loop.run_until_complete(score_all())
+    extra = [r["reward_extra_info"] for r in results]
+    assert [r["reward_score"] for r in results] == [3.0, 2.0, 2.0, 0.0]
+    keys = ["reward_correctness", "reward_schema_valid", "reward_format"]
+    columns = {k: np.array([e[k] for e in extra]) for k in keys}  # what ray_trainer puts in non_tensor_batch
+    assert columns["reward_correctness"].tolist() == [1.0, 1.0, 0.0, 0.0]
+    assert columns["reward_format"].tolist() == [1.0, 0.0, 1.0, 0.0]
+    n, length = len(texts), 5
+    mask = torch.ones(n, length)
+    batch = {"prompts": torch.zeros(n, 3, dtype=torch.long), "attention_mask": torch.ones(n, 3 + length, dtype=torch.long)}
+    adv, _ = compute_gdpo_outcome_advantage(
+        torch.zeros(n, length), mask, np.array(["g"] * n, dtype=object),
+        config=OmegaConf.create({"gdpo_reward_keys": keys}), non_tensor_batch=columns, batch=batch,
+    )
+    first = adv[:, 0]
+    assert torch.isfinite(adv).all() and first[0] > first[1] and first[0] > first[2] > first[3]
