@@ -20,7 +20,9 @@ The answer text is kept byte for byte (NeMo Gym's `ResponsesConverter` keeps the
 
 Markers differ per model family, so they are a setting: a preset name (`PRESETS`, named like
 vLLM's `--reasoning-parser` where one exists) or an explicit `"OPEN CLOSE"` pair, optionally with
-`+opened` (e.g. `"think+opened"`, `"<think> </think> +opened"`), or `"none"` (no split).
+`+opened` (e.g. `"think+opened"`, `"<think> </think> +opened"`), or `"none"` (no split). Given the
+policy's tokenizer (`tokenizer` setting), whether the template opens the block is read from the
+chat template itself (`template_opens_reasoning`).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class ReasoningMarkers:
 
     @property
     def enabled(self) -> bool:
+        """False for `none`: the completion is all answer."""
         return bool(self.close)
 
 
@@ -108,16 +111,57 @@ def parse_markers(spec: Any) -> ReasoningMarkers:
     )
 
 
+def template_opens_reasoning(tokenizer: Any, markers: ReasoningMarkers, chat_template_kwargs: Mapping[str, Any] | None = None) -> bool:
+    """True when the tokenizer's chat template ends its generation prompt inside an open reasoning
+    block (DeepSeek-R1, Qwen3-*-Thinking-2507 append `<think>\n`), so completions hold only the close.
+
+    Renders a one-message conversation with `add_generation_prompt=True` (and `chat_template_kwargs`,
+    e.g. `{"enable_thinking": False}`, which makes Qwen3 render an already *closed* block: False).
+    """
+    if not markers.open:
+        return False
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=True, **dict(chat_template_kwargs or {})
+    )
+    return isinstance(text, str) and text.rstrip().endswith(markers.open)
+
+
+_OPENS: dict[tuple[str, str, str], bool] = {}  # (tokenizer path, open marker, kwargs) -> opens?
+
+
+def _opens_for(path: str, markers: ReasoningMarkers, kwargs: Mapping[str, Any] | None) -> bool:
+    key = (path, markers.open or "", repr(sorted(dict(kwargs or {}).items())))
+    found = _OPENS.get(key)
+    if found is None:
+        from transformers import AutoTokenizer
+
+        try:
+            tok = AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"reasoning tokenizer {path}: cannot load it ({exc}).") from None
+        found = _OPENS[key] = template_opens_reasoning(tok, markers, kwargs)
+    return found
+
+
 def markers_from_settings(settings: Mapping[str, Any] | None = None) -> ReasoningMarkers:
     """The markers for a run: `settings["reasoning_markers"]`, else `$GYMVERL_REASONING_MARKERS`,
-    else `think`. The older `keep_think=True` setting means `none`."""
+    else `think`. The older `keep_think=True` setting means `none`.
+
+    With `settings["tokenizer"]` (a local Hugging Face tokenizer directory: the policy's), whether the
+    chat template opens the block is read from the template itself (`template_opens_reasoning`,
+    with `settings["chat_template_kwargs"]`, once per process) instead of trusting the preset."""
     settings = settings or {}
     spec = settings.get("reasoning_markers")
     if spec is None and settings.get("keep_think"):
         return NO_REASONING
     if spec is None:
         spec = os.environ.get(ENV_MARKERS)
-    return parse_markers(spec)
+    markers = parse_markers(spec)
+    path = settings.get("tokenizer")
+    if markers.enabled and path:
+        opened = _opens_for(str(path), markers, settings.get("chat_template_kwargs"))
+        markers = ReasoningMarkers(markers.open, markers.close, opened)
+    return markers
 
 
 def _drop_open(reasoning: str, open_marker: str | None) -> str:
@@ -151,4 +195,14 @@ def split_reasoning(text: str, markers: ReasoningMarkers | None = None) -> Split
     return Split("", text, True)
 
 
-__all__ = ["ENV_MARKERS", "NO_REASONING", "PRESETS", "ReasoningMarkers", "Split", "markers_from_settings", "parse_markers", "split_reasoning"]
+__all__ = [
+    "ENV_MARKERS",
+    "NO_REASONING",
+    "PRESETS",
+    "ReasoningMarkers",
+    "Split",
+    "markers_from_settings",
+    "parse_markers",
+    "split_reasoning",
+    "template_opens_reasoning",
+]

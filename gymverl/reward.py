@@ -25,6 +25,8 @@ reasoning is never graded on an intermediate `\\boxed{}`). Markers per model fam
 `reasoning_markers=think` (default: `<think>`/`</think>` opened by the model: Qwen3, QwQ, GLM),
 `deepseek_r1` / `qwen3_thinking` (template opens `<think>`), `seed_oss`, `mistral` (`[THINK]`),
 `thinking`, `none`, or an explicit `"OPEN CLOSE"` pair, with `+opened` when the template opens it.
+With `tokenizer=<the policy's tokenizer directory>` (and `chat_template_kwargs`, as VeRL's
+`data.apply_chat_template_kwargs`), whether the template opens the block is read from it instead.
 
 Multi-reward servers (NeMo Gym's `BaseMultiRewardVerifyResponse.reward_components`, a
 `{name: float}` map): `reward_components=correctness,schema_valid,format` returns each named

@@ -406,3 +406,27 @@ def test_reward_components_feed_verls_gdpo(example_servers: Any, tiny_model: Pat
     )
     first = adv[:, 0]
     assert torch.isfinite(adv).all() and first[0] > first[1] and first[0] > first[2] > first[3]
+
+
+def test_whether_the_template_opens_reasoning_is_read_from_the_tokenizer(gym_servers: Any, tiny_model: Path, tmp_path: Path) -> None:
+    """A DeepSeek-R1-style template appends `<think>\\n` to the generation prompt: given the policy's
+    tokenizer, a completion with no marker at all is reasoning cut off (0.0), without naming a preset;
+    the tiny model's own template does not open it, so the same text is the answer there."""
+    from transformers import AutoTokenizer
+
+    from gymverl.reasoning import template_opens_reasoning
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    assert not template_opens_reasoning(tok, THINK)
+    opening = tmp_path / "r1-style"
+    tok.chat_template = tok.chat_template.replace("<|im_start|>assistant\n{% endif %}", "<|im_start|>assistant\n<think>\n{% endif %}")
+    assert tok.chat_template.endswith("<think>\n{% endif %}")
+    tok.save_pretrained(opening)
+    assert template_opens_reasoning(AutoTokenizer.from_pretrained(opening), THINK)
+    assert markers_from_settings({"tokenizer": str(opening)}) == OPENED
+    text = "PCR finds the mutation, so \\boxed{B}. But let me check C"
+    url = gym_servers.url("mcqa")
+    assert asyncio.run(compute_score("x", text, None, _info(MCQA_TASK), server=url, tokenizer=str(opening)))["score"] == 0.0
+    assert asyncio.run(compute_score("x", text, None, _info(MCQA_TASK), server=url, tokenizer=str(tiny_model)))["score"] == 1.0
+    with pytest.raises(UsageError, match="reasoning tokenizer .*: cannot load it"):
+        markers_from_settings({"tokenizer": str(tmp_path / "missing")})
