@@ -714,6 +714,9 @@ def convert(
                 if problems and opts.strict:
                     raise ConvertError(f"--strict: {problems[0]}")
                 summary.warnings.extend(problems)
+                guess = rules.guess_warning() if opts.fmt == "rl" else None
+                if guess:  # once per run, naming every field the name heuristic decided
+                    summary.warnings.append(guess)
                 summary.files = sink.commit()
             except BaseException:
                 sink.abort()

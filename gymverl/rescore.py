@@ -49,7 +49,8 @@ from gymverl.inputs import Input, as_input
 from gymverl.jsonl import RAW_KEEP_BYTES, dumps, iter_lines
 from gymverl.records import ROLLOUT_KEYS, agent_name, check_line, task_key
 from gymverl.sidecars import ROLLOUT_INDEX, TASK_INDEX, PairSet, TaskSource, sidecar_paths
-from gymverl.verify import ECHO_KEYS, VERDICT_KEYS, VerifyClient, VerifyResult, build_request, fetch_request_fields
+from gymverl.formats import FieldRules
+from gymverl.verify import ECHO_KEYS, VERDICT_KEYS, RequestSchema, VerifyClient, VerifyResult, build_request, fetch_request_fields, fetch_request_schema
 
 STATE_VERSION = 1
 _FIELD_REQUIRED = re.compile(r"(?:^|; |HTTP 422: )([A-Za-z_][\w.]*): Field required")
@@ -190,6 +191,10 @@ class RescoreSummary:
     null_echoed: Counter[str] = field(default_factory=Counter)
     absent_accepted: Counter[str] = field(default_factory=Counter)
     required_missing: Counter[str] = field(default_factory=Counter)  # from 422 "X: Field required"
+    # How the task fields sent to /verify were decided: per server URL, "schema" (its /openapi.json,
+    # "schema+" when open to undeclared fields) or None; and the names the fallback heuristic decided.
+    request_schemas: dict[str, str | None] = field(default_factory=dict)
+    guessed_fields: dict[str, bool] = field(default_factory=dict)
     resumed_from: int = 0
     complete: bool = False
     interrupted: str | None = None
@@ -299,6 +304,8 @@ class RescoreSummary:
                 f"{self.duplicate_pairs} rows repeat a (_ng_task_index, _ng_rollout_index) pair an earlier row has, e.g. {ex}: "
                 "the input holds the same rollout twice or concatenates collections that number tasks alike"
             )
+        if self.guessed_fields:
+            parts.append(FieldRules(guessed=self.guessed_fields).guess_warning() or "")
         if self.forced:
             parts.append(
                 f"re-verified with --force against servers that do not declare a stateless /verify ({', '.join(self.forced)}): "
@@ -356,6 +363,8 @@ class RescoreSummary:
             "null_echoed": {k: n for k, n in self.null_echoed.most_common() if not is_bookkeeping(k)},
             "absent_accepted_fields": {k: n for k, n in self.absent_accepted.most_common() if not is_bookkeeping(k)},
             "required_fields_missing": dict(self.required_missing.most_common()),
+            "request_schemas": self.request_schemas,
+            "task_fields_guessed": {"sent": sorted(k for k, v in self.guessed_fields.items() if v), "left_out": sorted(k for k, v in self.guessed_fields.items() if not v)},
             "warning": self.warning(),
             "resumed_from_line": self.resumed_from,
             "seconds": self.seconds,
@@ -523,6 +532,11 @@ class _Run:
         self._persisting: asyncio.Future[None] | None = None
         self._last_progress = 0.0
         self._accepted: dict[str, asyncio.Future[list[str] | None]] = {}
+        # Which top-level fields are task fields (sent to /verify): the server's schema, else the
+        # task source's field names, else the name heuristic (its guesses are reported).
+        self._schemas: dict[str, RequestSchema | None] = {}
+        self._rules = FieldRules(task_keys=frozenset(tasks.field_names) if tasks is not None else None, guessed=self.summary.guessed_fields)
+        self._field_rule: dict[str | None, Callable[[str], bool]] = {}
         self._input_exhausted = False
         self._pending_fail: dict[str, Any] | None = None
         self._out: ResumableFile | None = None
@@ -718,6 +732,7 @@ class _Run:
                     self._replay()
                 self._checkpoint(force=True)
                 await self.client.open()
+                await self._fetch_schemas()
                 await self._process(done)
                 await self._settle()
                 self._checkpoint(complete=self.summary.complete, force=True)
@@ -909,7 +924,7 @@ class _Run:
                 added = {k: v for k, v in join.fields.items() if record.get(k) is None and v is not None}
                 for k in added:
                     self.summary.added_fields[k] += 1
-        body = build_request(record, added)
+        body = build_request(record, added, self._task_field_rule(agent_name(record)))
         result = await self.client.verify_body(body, agent=agent_name(record))
         if result.ok:
             assert result.answer is not None
@@ -934,6 +949,39 @@ class _Run:
                     self.stop.set()
             else:
                 self.in_a_row = 0
+
+    async def _fetch_schemas(self) -> None:
+        """Ask every server for its `/verify` request schema once, before any row is sent."""
+        urls = list(dict.fromkeys([*self.client.pool, *(u for us in self.client.routes.values() for u in us)]))
+        timeout = min(self.client.timeout, 10.0)
+        found = await asyncio.gather(*(fetch_request_schema(u, timeout) for u in urls))
+        self._schemas = dict(zip(urls, found))
+        self.summary.request_schemas = {u: None if sc is None else "schema+" if sc.open else "schema" for u, sc in self._schemas.items()}
+        for u, sc in self._schemas.items():  # the absent-field diagnostics reuse the answer
+            fut: asyncio.Future[list[str] | None] = asyncio.get_running_loop().create_future()
+            fut.set_result(list(sc.fields) if sc is not None else None)
+            self._accepted[u] = fut
+
+    def _task_field_rule(self, agent: str | None) -> Callable[[str], bool]:
+        """`key -> is it a task field?` for rows of `agent`: declared by the /verify schema of every
+        server the row may go to (alone when the schemas are closed), else named by the task
+        source, else the heuristic (which records its guesses)."""
+        rule = self._field_rule.get(agent)
+        if rule is not None:
+            return rule
+        urls = self.client.servers_for(agent) or []
+        schemas = [self._schemas.get(u) for u in urls]
+        if urls and all(sc is not None for sc in schemas):
+            declared = frozenset(k for sc in schemas if sc is not None for k in sc.fields)
+            if not any(sc is not None and sc.open for sc in schemas):
+                rule = declared.__contains__
+            else:
+                fallback = self._rules.is_task_field
+                rule = lambda k: k in declared or fallback(k)  # noqa: E731
+        else:
+            rule = self._rules.is_task_field
+        self._field_rule[agent] = rule
+        return rule
 
     async def _note_absent(self, server: str | None, body: Mapping[str, Any]) -> None:
         """Count task fields the server's /verify accepts that this row did not send (diagnostics)."""

@@ -13,7 +13,26 @@ variables: `server` / GYMVERL_VERIFY_URL (one URL, several separated by spaces o
 NAME=URL entries routed by agent name), `concurrency` / GYMVERL_VERIFY_CONCURRENCY (32 per reward worker; VeRL runs `reward.num_workers`,
 8 by default, so up to 256 requests in flight),
 `timeout` / GYMVERL_VERIFY_TIMEOUT (60 s), `retries` / GYMVERL_VERIFY_RETRIES (4),
-`on_failure` / GYMVERL_VERIFY_ON_FAILURE, `extra_fields` (verifier outputs to report).
+`on_failure` / GYMVERL_VERIFY_ON_FAILURE, `extra_fields` (verifier outputs to report),
+`reasoning_markers` / GYMVERL_REASONING_MARKERS and `reward_components` /
+GYMVERL_REWARD_COMPONENTS (below).
+
+Reasoning: /verify gets only the final answer, split off the way NeMo Gym does
+(`gymverl.reasoning`): everything up to the last closing marker is reasoning (sent as a
+`reasoning` item, as NeMo Gym's model server returns it); an unclosed block, or no closing marker
+when the chat template opens the block itself, leaves no final answer (a completion cut off mid-
+reasoning is never graded on an intermediate `\\boxed{}`). Markers per model family:
+`reasoning_markers=think` (default: `<think>`/`</think>` opened by the model: Qwen3, QwQ, GLM),
+`deepseek_r1` / `qwen3_thinking` (template opens `<think>`), `seed_oss`, `mistral` (`[THINK]`),
+`thinking`, `none`, or an explicit `"OPEN CLOSE"` pair, with `+opened` when the template opens it.
+With `tokenizer=<the policy's tokenizer directory>` (and `chat_template_kwargs`, as VeRL's
+`data.apply_chat_template_kwargs`), whether the template opens the block is read from it instead.
+
+Multi-reward servers (NeMo Gym's `BaseMultiRewardVerifyResponse.reward_components`, a
+`{name: float}` map): `reward_components=correctness,schema_valid,format` returns each named
+component as a flat float key `reward_<name>` (prefix: `reward_component_prefix`) for VeRL's GDPO,
+`algorithm.gdpo_reward_keys=[reward_correctness,...]`. An answer lacking a configured component
+raises RewardConfigError; a failed sample under `on_failure=<number>` gets that number.
 
 Failure behaviour (after the retries; an HTTP 200 answer that reports a failure, NeMo Gym
 >= 0.5's `mask_sample: true` / `_ng_failure_class: judge_failed`, is a failure too, never a 0.0
@@ -24,7 +43,7 @@ With `on_failure=<number>` it returns that number as the score *and* flags the s
 
 The returned dict always has the same keys (VeRL builds one array per key across the batch, from
 the first sample's keys): `score`, `verify_failed`, `verify_attempts`, and one key per name in
-`extra_fields` (None when the verifier did not return it).
+`extra_fields` (None when the verifier did not return it), and one per configured reward component.
 
 One connection pool per event loop is kept for the life of the process and reused across calls.
 """
@@ -42,13 +61,13 @@ from typing import Any, Mapping
 import orjson
 
 from gymverl.jsonl import dumps
+from gymverl.reasoning import NO_REASONING, ReasoningMarkers, markers_from_settings, parse_markers, split_reasoning
 from gymverl.verify import DEFAULT_RETRIES, DEFAULT_TIMEOUT, VerifyClient, VerifyResult, build_request
 from gymverl.errors import RunError, UsageError
 
 ENV_URL = "GYMVERL_VERIFY_URL"
 DEFAULT_CONCURRENCY = 32  # per reward worker process; VeRL runs reward.num_workers (8) of them
 _TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.S)
-_THINK = re.compile(r"^\s*<think>.*?</think>\s*", re.S)
 
 # id(event loop) -> (weak ref to the loop, {settings -> client}): an aiohttp pool belongs to the
 # loop that made it. Entries of closed or collected loops are dropped on the next lookup.
@@ -124,16 +143,39 @@ def _json_value(value: Any) -> Any:
     return value
 
 
-def response_from_text(text: str, params: Mapping[str, Any] | None = None, *, model: str = "verl-policy", keep_think: bool = False) -> dict[str, Any]:
-    """A Responses-API `response` object for a decoded model answer.
+def response_from_text(
+    text: str,
+    params: Mapping[str, Any] | None = None,
+    *,
+    model: str = "verl-policy",
+    keep_think: bool = False,
+    markers: ReasoningMarkers | str | None = None,
+) -> dict[str, Any]:
+    """A Responses-API `response` object for a decoded model answer, shaped like NeMo Gym's.
 
+    The reasoning is split off by `gymverl.reasoning.split_reasoning` (everything up to the last
+    closing marker; an unclosed block or, when the template opens it, no closing marker at all
+    means no final answer) and becomes a `reasoning` item, as NeMo Gym's model server returns it
+    (`nemo_gym/responses_converter.py` `postprocess_assistant_message_dict`). In the final answer,
     `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` blocks (Hermes/Qwen format) become
-    `function_call` items; the remaining text becomes the assistant message. A leading
-    `<think>...</think>` block is dropped unless `keep_think` (verifiers score the final answer).
+    `function_call` items and the remaining text the assistant message; a message is written when
+    it has text or when the output would otherwise be empty (NeMo Gym's rule). `markers`: a
+    `ReasoningMarkers` or a `reasoning_markers` setting (default `think`); `keep_think=True`
+    disables the split (the older setting).
     """
     params = params or {}
-    if not keep_think:
-        text = _THINK.sub("", text, count=1)
+    split = split_reasoning(text, NO_REASONING if keep_think else parse_markers(markers))
+    text = split.answer
+    reasoning_items: list[dict[str, Any]] = []
+    if split.reasoning:
+        reasoning_items.append(
+            {
+                "id": f"rs_{uuid.uuid4().hex[:24]}",
+                "type": "reasoning",
+                "summary": [{"type": "summary_text", "text": split.reasoning}],
+                "status": "completed",
+            }
+        )
     output: list[dict[str, Any]] = []
     calls: list[dict[str, Any]] = []
     kept: list[str] = []  # the text outside parsed tool calls (an unparsable block stays text)
@@ -158,7 +200,8 @@ def response_from_text(text: str, params: Mapping[str, Any] | None = None, *, mo
                 }
             )
     message_text = ("".join(kept) + text[pos:]).strip() if calls else text
-    if message_text or not calls:
+    output.extend(reasoning_items)
+    if message_text or not (calls or reasoning_items):
         output.append(
             {
                 "id": f"msg_{uuid.uuid4().hex[:24]}",
@@ -196,10 +239,58 @@ def verify_request(solution_str: str, extra_info: Mapping[str, Any] | None, **kw
     task = ng.get("task") or {}
     ref = ng.get("agent_ref")
     agent = ref.get("name") if isinstance(ref, dict) else (ref if isinstance(ref, str) else None)
-    response = response_from_text(solution_str, params, model=str(kwargs.get("model_name") or "verl-policy"), keep_think=bool(kwargs.get("keep_think", False)))
+    response = response_from_text(solution_str, params, model=str(kwargs.get("model_name") or "verl-policy"), markers=markers_from_settings(kwargs))
     record: dict[str, Any] = {"responses_create_params": params, "response": response}
     record.update(task)
     return build_request(record), agent
+
+
+# Keys compute_score always returns, and VeRL's own non_tensor_batch columns (reward_extra_info keys
+# land in the same dict, so a component of one of these names would overwrite them).
+_OWN_KEYS = frozenset({"score", "verify_failed", "verify_attempts"})
+_VERL_KEYS = frozenset({"data_source", "reward_model", "extra_info", "uid", "index", "raw_prompt", "raw_prompt_ids", "agent_name", "tools_kwargs", "interaction_kwargs", "multi_modal_data", "multi_modal_inputs", "acc"})
+
+
+def _names(value: Any) -> list[str]:
+    if not value:
+        return []
+    if isinstance(value, str):
+        return [f for f in value.replace(",", " ").split() if f]
+    return [str(v) for v in value]
+
+
+def component_keys(kwargs: Mapping[str, Any]) -> dict[str, str]:
+    """{component name -> returned key} from `reward_components` / $GYMVERL_REWARD_COMPONENTS
+    (names separated by spaces or commas, or a list) and `reward_component_prefix` (default
+    `reward_`). Raises RewardConfigError when a key would clash with compute_score's own keys,
+    an `extra_fields` name or a VeRL batch column."""
+    names = _names(_setting(kwargs, "reward_components", "GYMVERL_REWARD_COMPONENTS", None))
+    prefix = str(_setting(kwargs, "reward_component_prefix", "GYMVERL_REWARD_COMPONENT_PREFIX", "reward_"))
+    keys = {n: f"{prefix}{n}" for n in dict.fromkeys(names)}
+    clash = sorted(k for k in keys.values() if k in _OWN_KEYS or k in _VERL_KEYS or k in set(_names(kwargs.get("extra_fields"))))
+    if clash:
+        raise RewardConfigError(
+            f"reward component key(s) {', '.join(clash)} clash with compute_score's own keys, extra_fields or VeRL's "
+            "batch columns: set reward_component_prefix."
+        )
+    return keys
+
+
+def _components(answer: Mapping[str, Any], keys: Mapping[str, str], where: str) -> dict[str, float]:
+    """The configured components of a /verify answer's `reward_components` (NeMo Gym 0.7.0
+    `BaseMultiRewardVerifyResponse.reward_components: dict[str, float]`) as flat float keys."""
+    got = answer.get("reward_components")
+    out: dict[str, float] = {}
+    for name, key in keys.items():
+        value = got.get(name) if isinstance(got, Mapping) else None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            have = sorted(got) if isinstance(got, Mapping) else None
+            raise RewardConfigError(
+                f"the /verify answer{where} has no numeric reward component {name!r} "
+                f"(its reward_components: {have if have is not None else 'none'}): check reward_components."
+            )
+        out[key] = float(value)
+    return out
 
 
 async def compute_score(
@@ -209,27 +300,37 @@ async def compute_score(
     extra_info: Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
-    """Score one VeRL sample with NeMo Gym /verify; returns {"score", "verify_failed", "verify_attempts", ...}."""
+    """Score one VeRL sample with NeMo Gym /verify.
+
+    Returns {"score", "verify_failed", "verify_attempts", <extra_fields>..., <component keys>...}:
+    the same keys on every call for one configuration (see the module doc). Raises VerifyFailed
+    (on_failure="raise") and RewardConfigError (settings, or a configured reward component the
+    answer lacks).
+    """
     body, agent = verify_request(solution_str, extra_info, **kwargs)
+    keys = component_keys(kwargs)
     client = get_client(**kwargs)
     result = await client.verify_body(body, agent=agent or data_source)
-    extra_fields = kwargs.get("extra_fields") or ()
-    if isinstance(extra_fields, str):
-        extra_fields = [f for f in extra_fields.replace(",", " ").split() if f]
+    extra_fields = _names(kwargs.get("extra_fields"))
+    index = (extra_info or {}).get("index")
+    where = f" for sample {index}" if index is not None else ""
     if result.ok:
         assert result.answer is not None
         out: dict[str, Any] = {"score": float(result.answer["reward"]), "verify_failed": 0.0, "verify_attempts": result.attempts}
         for name in extra_fields:
             out[name] = result.answer.get(name)
+        out.update(_components(result.answer, keys, where))
         return out
     on_failure = _setting(kwargs, "on_failure", "GYMVERL_VERIFY_ON_FAILURE", "raise")
     if isinstance(on_failure, str) and on_failure.strip().lower() == "raise":
-        index = (extra_info or {}).get("index")
-        raise VerifyFailed(result, f" for sample {index}" if index is not None else "")
+        raise VerifyFailed(result, where)
     out = {"score": float(on_failure), "verify_failed": 1.0, "verify_attempts": result.attempts}
     for name in extra_fields:
         out[name] = None
+    # The components of a failed sample take the on_failure value too (GDPO needs numbers; the
+    # sample is flagged by verify_failed=1.0).
+    out.update({key: float(on_failure) for key in keys.values()})
     return out
 
 
-__all__ = ["RewardConfigError", "VerifyFailed", "compute_score", "get_client", "response_from_text", "verify_request"]
+__all__ = ["RewardConfigError", "VerifyFailed", "component_keys", "compute_score", "get_client", "response_from_text", "verify_request"]

@@ -189,7 +189,7 @@ class TaskSource:
 
     def _intern(self, fields: dict[str, Any], offset: int) -> int:
         """A reference to this field row: the offset of its first occurrence (or its index in memory)."""
-        blob = orjson.dumps(fields, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+        blob = dumps(fields, sort_keys=True)
         digest = hashlib.blake2b(blob, digest_size=12).digest()
         ref = self._refs.get(digest)
         if ref is None:

@@ -25,7 +25,7 @@ import random
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import aiohttp
 import orjson
@@ -33,7 +33,7 @@ from yarl import URL
 
 from gymverl.errors import UsageError
 from gymverl.jsonl import dumps
-from gymverl.records import agent_name
+from gymverl.records import agent_name, is_ng_key
 
 from gymverl.limits import DEFAULT_CONCURRENCY, DEFAULT_RETRIES, DEFAULT_TIMEOUT, MAX_CONCURRENCY, MAX_RETRIES  # noqa: F401 (re-exported)
 # Keys gymverl itself adds to a rescored row; never sent back to a verifier.
@@ -43,7 +43,8 @@ GYMVERL_KEYS = frozenset({"reward_before"})
 VERDICT_KEYS = frozenset({"mask_sample", "failure_kind", "failure_reason", "_ng_failure_class", "_ng_failure_message", "_ng_failure_judge_error"})
 # Keys of a /verify answer that echo the request rather than report on it.
 ECHO_KEYS = frozenset({"responses_create_params", "response"})
-_NOT_SENT = GYMVERL_KEYS | VERDICT_KEYS | {"reward"}
+# `reward_components` is the previous verdict too (multi-reward servers): never sent back.
+_NOT_SENT = GYMVERL_KEYS | VERDICT_KEYS | {"reward", "reward_components"}
 _ERROR_TEXT_CHARS = 500
 # A failure kind becomes a failure reason (a label in summaries): short identifiers only.
 _KIND = re.compile(r"^[A-Za-z][\w.-]{0,63}$")
@@ -144,12 +145,21 @@ def clean_params(params: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if v is not None}
 
 
-def build_request(record: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def build_request(
+    record: Mapping[str, Any],
+    extra: Mapping[str, Any] | None = None,
+    task_field: Callable[[str], bool] | None = None,
+) -> dict[str, Any]:
     """The /verify body for a rollout: the row minus `reward`, gymverl's own keys and the stored
-    verdict (`VERDICT_KEYS`), null
-    optional fields dropped from `responses_create_params`, plus `extra` task fields. The row is
-    not modified."""
-    body = {k: v for k, v in record.items() if k not in _NOT_SENT}
+    verdict (`VERDICT_KEYS`, `reward_components`), null optional fields dropped from
+    `responses_create_params`, plus `extra` task fields. With `task_field`, a top-level key that
+    is not NeMo Gym's own (`records.is_ng_key`) is sent only when `task_field(key)` is true, so old
+    verifier outputs are not sent back as task fields. The row is not modified."""
+    body = {
+        k: v
+        for k, v in record.items()
+        if k not in _NOT_SENT and (task_field is None or is_ng_key(k) or task_field(k))
+    }
     rcp = body.get("responses_create_params")
     if isinstance(rcp, dict):
         body["responses_create_params"] = clean_params(rcp)
@@ -425,8 +435,21 @@ class VerifyClient:
         return [{"url": s.url, "sent": s.sent, "failed": s.failed} for s in self._servers.values()]
 
 
-async def fetch_request_fields(session_or_url: str, timeout: float = 10.0) -> list[str] | None:
-    """The task fields a server's /verify accepts (from its FastAPI `/openapi.json`), or None."""
+@dataclass(frozen=True)
+class RequestSchema:
+    """What a server's `/verify` request model declares (from FastAPI's `/openapi.json`).
+
+    `fields`: the declared top-level fields except the echoed request parts (`ECHO_KEYS`).
+    `open`: the model takes undeclared fields too (pydantic `extra="allow"`, JSON schema
+    `additionalProperties: true`), so the declared ones are not all it may read."""
+
+    fields: tuple[str, ...]  # in the schema's order
+    open: bool
+
+
+async def fetch_request_schema(session_or_url: str, timeout: float = 10.0) -> RequestSchema | None:
+    """The `/verify` request schema of the server at `session_or_url`, or None when it has none
+    to give (no `/openapi.json`, not FastAPI, unreachable): never raises for server trouble."""
     url = normalize_url(session_or_url) + "/openapi.json"
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s:
@@ -437,9 +460,18 @@ async def fetch_request_fields(session_or_url: str, timeout: float = 10.0) -> li
         ref = spec["paths"]["/verify"]["post"]["requestBody"]["content"]["application/json"]["schema"]
         if "$ref" in ref:
             ref = spec["components"]["schemas"][ref["$ref"].rsplit("/", 1)[-1]]
-        return [k for k in ref.get("properties", {}) if k not in ECHO_KEYS]
-    except Exception:  # noqa: BLE001 - a diagnostic only; any server may lack the schema
+        props = ref.get("properties")
+        if not isinstance(props, dict):
+            return None
+        return RequestSchema(tuple(k for k in props if k not in ECHO_KEYS), ref.get("additionalProperties") not in (None, False))
+    except Exception:  # noqa: BLE001 - any server may lack the schema; callers then fall back
         return None
+
+
+async def fetch_request_fields(session_or_url: str, timeout: float = 10.0) -> list[str] | None:
+    """The task fields a server's /verify accepts (from its FastAPI `/openapi.json`), or None."""
+    schema = await fetch_request_schema(session_or_url, timeout)
+    return list(schema.fields) if schema is not None else None
 
 
 __all__ = [
@@ -457,6 +489,8 @@ __all__ = [
     "describe_error_body",
     "encode_body",
     "fetch_request_fields",
+    "fetch_request_schema",
+    "RequestSchema",
     "normalize_url",
     "parse_servers",
 ]

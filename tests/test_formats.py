@@ -106,3 +106,34 @@ def test_tool_argument_style_detection(tiny_model: Path) -> None:
     msgs = [{"role": "assistant", "content": "", "tool_calls": [{"type": "function", "id": "c", "function": {"name": "f", "arguments": '{"x": 1}'}}]}]
     assert arguments_as_objects(msgs)[0]["tool_calls"][0]["function"]["arguments"] == {"x": 1}
     assert msgs[0]["tool_calls"][0]["function"]["arguments"] == '{"x": 1}'  # input untouched
+
+
+def test_verifier_metadata_is_a_task_field_and_every_guess_is_named_once() -> None:
+    """Issue 12: NeMo Gym keeps the ground truth in verifier_metadata (evalplus, example_mcp_weather);
+    outputs that 0.7.0's response models declare are not task fields; the heuristic's guesses are
+    recorded for one warning, and an authoritative source (tasks file) guesses nothing."""
+    rec = {"responses_create_params": {"input": "q"}, "response": {}, "reward": 1.0, "verifier_metadata": {"task_id": "HumanEval/0"},
+           "base_status": "pass", "plus_status": "fail", "is_correct_plus": False, "expected_weather": "x", "tool_call_seen": True,
+           "options": [{"A": "a"}], "_ng_task_index": 0, "mask_sample": False, "reward_components": {"a": 1.0}}
+    rules = FieldRules()
+    assert set(rules.task_fields(rec)) == {"verifier_metadata", "options"}
+    rules.task_fields(rec)  # a second row adds nothing
+    w = rules.guess_warning() or ""
+    assert w.count("verifier_metadata") == 1
+    assert "sent as task fields: options, verifier_metadata;" in w
+    assert "left out as verifier outputs: base_status, expected_weather, is_correct_plus, plus_status, tool_call_seen;" in w
+    exact = FieldRules(task_keys=frozenset({"verifier_metadata", "tool_call_seen"}))
+    assert set(exact.task_fields(rec)) == {"verifier_metadata", "tool_call_seen"} and exact.guess_warning() is None
+    assert not looks_like_verifier_output("verifier_metadata") and looks_like_verifier_output("verifier_error")
+
+
+def test_the_field_tables_match_nemo_gym_source(nemo_gym_env) -> None:
+    """gymverl.ng_fields is generated from the installed NeMo Gym's resources servers (0.7.0)."""
+    from gymverl import ng_fields
+    from gymverl.nemo_gym import nemo_gym_version
+
+    if nemo_gym_version(nemo_gym_env) != "0.7.0":
+        pytest.skip("the tables are generated from NeMo Gym 0.7.0")
+    site = next(nemo_gym_env.glob("lib/python3*/site-packages"))
+    request, response_only = ng_fields.scan(site)
+    assert request == ng_fields.REQUEST_FIELDS and response_only == ng_fields.RESPONSE_ONLY_FIELDS

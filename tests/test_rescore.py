@@ -643,10 +643,10 @@ def test_a_crash_on_one_line_deep_in_a_long_file_stops_the_run_naming_the_line(
     make_input(inp, 2000)
     real = rescore_mod.build_request
 
-    def flaky(record: Any, extra: Any = None) -> Any:
+    def flaky(record: Any, extra: Any = None, *more: Any) -> Any:
         if record["response"]["id"] == "resp_499":
             raise ValueError("boom")
-        return real(record, extra)
+        return real(record, extra, *more)
 
     monkeypatch.setattr(rescore_mod, "build_request", flaky)
     with FakeServer() as srv:
@@ -759,3 +759,43 @@ def test_a_gz_output_is_gzip_resumes_exactly_and_reads_back(tmp_path: Path) -> N
     check_exactly_once(inp, plain_out, plain_fails)
     s = validate_file(out)  # gymverl's own reader takes it
     assert s.valid == 119 and s.rejected == 0
+
+
+def _row_with_old_outputs(i: int) -> dict[str, Any]:
+    return {
+        "responses_create_params": {"input": [{"role": "user", "content": f"q{i}"}]},
+        "response": {"id": f"resp_{i}", "output": [{"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "a"}]}]},
+        "reward": 0.0,
+        "question": f"q{i}",
+        "verifier_metadata": {"task_id": f"T/{i}"},
+        "extracted_answer": "stale",
+        "base_status": "pass",
+        "reward_components": {"x": 1.0},
+        "_ng_task_index": i,
+    }
+
+
+def test_task_fields_sent_follow_the_servers_schema_else_a_warned_guess(tmp_path: Path) -> None:
+    """Issue 12: what /verify gets besides the response is what its request model declares
+    (`/openapi.json`); without a schema (or task file) the name heuristic decides and the run warns,
+    naming the fields. verifier_metadata is a task field; old outputs are never sent back."""
+    from gymverl.formats import FieldRules
+    from gymverl.verify import build_request
+
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps(_row_with_old_outputs(i)) + "\n" for i in range(3)))
+    with FakeServer("--accepts", "question,verifier_metadata") as srv:
+        s = rescore_file(inp, tmp_path / "a.jsonl", [srv.url])
+        assert s.rescored == 3 and s.request_schemas == {srv.url: "schema"} and not s.guessed_fields
+        assert s.warning() is None
+    with FakeServer() as srv:  # no /openapi.json: a guess, reported once with the names
+        s = rescore_file(inp, tmp_path / "b.jsonl", [srv.url])
+        assert s.rescored == 3 and s.request_schemas == {srv.url: None}
+        assert s.guessed_fields == {"question": True, "verifier_metadata": True, "extracted_answer": False, "base_status": False}
+        w = s.warning() or ""
+        assert "sent as task fields: question, verifier_metadata;" in w and "left out as verifier outputs: base_status, extracted_answer;" in w
+    # The body itself: only the chosen task fields (and NeMo Gym's own keys), never the old verdict.
+    body = build_request(_row_with_old_outputs(0), None, FieldRules().is_task_field)
+    assert set(body) == {"responses_create_params", "response", "question", "verifier_metadata", "_ng_task_index"}
+    body = build_request(_row_with_old_outputs(0), None, frozenset({"verifier_metadata"}).__contains__)
+    assert set(body) == {"responses_create_params", "response", "verifier_metadata", "_ng_task_index"}

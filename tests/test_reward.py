@@ -55,7 +55,10 @@ def test_response_from_text_tool_calls_and_think() -> None:
     )
     r = response_from_text(text, PARAMS)
     kinds = [o["type"] for o in r["output"]]
-    assert kinds == ["message", "function_call", "function_call"]
+    # The reasoning is a `reasoning` item, as NeMo Gym's model server returns it (issue 12).
+    assert kinds == ["reasoning", "message", "function_call", "function_call"]
+    assert r["output"][0]["summary"][0]["text"] == "I should call the tool."
+    r["output"].pop(0)
     msg = r["output"][0]["content"][0]["text"]
     assert "think" not in msg and msg.startswith("Let me check.") and "not json" in msg
     fc = r["output"][1]

@@ -126,3 +126,18 @@ def test_rows_are_read_back_by_offset_through_a_bom_and_crlf_lines(tmp_path: Pat
         for r in range(2):
             want = "odd" if (t, r) == (1, 1) else t
             assert src.find(rollout(f"q{t}", t, r, 1.0)).fields == {"x": want}
+
+
+def test_task_rows_nested_deeper_than_orjson_writes_are_joined(tmp_path: Path) -> None:
+    # orjson writes 254 levels but reads 1024: a task row it read must be internable (issue 12).
+    import json
+
+    deep: object = "x"
+    for _ in range(300):
+        deep = [deep]
+    tasks = [*TASKS[:2], dict(TASKS[2], verifier_metadata={"tests": deep})]
+    p = tmp_path / "tasks.jsonl"
+    p.write_text("".join(json.dumps(t) + "\n" for t in tasks))
+    src = TaskSource(p)
+    row = src.find(rollout("Solve: 2+2", 2, 0, 1.0))
+    assert row.fields is not None and row.fields["verifier_metadata"] == {"tests": deep}

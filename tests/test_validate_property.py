@@ -441,11 +441,6 @@ def test_a_valid_line_never_crashes_the_rl_and_sft_row_builders(rec):
 
 
 _DEEP = _nest("x", 300, False)
-_FORMATS_XFAIL = pytest.mark.xfail(
-    strict=True,
-    reason="gymverl.formats.dumps_str (and sft's prompt/tools cache keys) call orjson.dumps, which stops at "
-    "254 levels; they belong to the 'files' helper and should call gymverl.jsonl.dumps. Remove this mark then.",
-)
 
 
 def _deep_at(where: str):
@@ -466,11 +461,11 @@ def _deep_at(where: str):
 @pytest.mark.parametrize(
     "where",
     [
-        pytest.param("task field", marks=_FORMATS_XFAIL),
-        pytest.param("tool parameters", marks=_FORMATS_XFAIL),
+        "task field",
+        "tool parameters",
         "call arguments",
         "tool output",
-        pytest.param("prompt content", marks=_FORMATS_XFAIL),
+        "prompt content",
     ],
 )
 def test_a_valid_line_nested_deeper_than_orjson_writes_never_crashes_the_row_builders(where):

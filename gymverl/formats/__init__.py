@@ -11,18 +11,20 @@ string column round-trips each row exactly; `gymverl/verl_data.py` decodes it fo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Iterable
 
-import orjson
-
+from gymverl.jsonl import dumps
+from gymverl.ng_fields import REQUEST_FIELDS, RESPONSE_ONLY_FIELDS
 from gymverl.records import agent_name, is_ng_key
 
 FORMATS = ("rl", "sft", "dpo")
 
 # Fields the verifiers of NeMo Gym's environments add to a rollout line (seen in the real rollouts
 # of math_with_judge, mcqa, xlam_fc, instruction_following, code_gen, reasoning_gym, blackjack,
-# example_multi_step). Used only when no tasks file says which fields are task fields.
+# example_multi_step). Used only when nothing authoritative (a tasks file, the materialized inputs,
+# the server's /verify schema) says which fields are task fields; `verifier_metadata` is a task
+# field (NeMo Gym's conventional carrier of the ground truth: evalplus, example_mcp_weather).
 VERIFIER_OUTPUT_KEYS = frozenset(
     {
         "extracted_answer",
@@ -49,7 +51,6 @@ VERIFIER_OUTPUT_KEYS = frozenset(
         "is_correct",
         "correct",
         "judge_response",
-        "verifier_metadata",
     }
 )
 VERIFIER_OUTPUT_PREFIXES = ("extracted_", "judge_", "predicted_", "num_", "follow_", "parsed_", "verifier_")
@@ -70,45 +71,83 @@ GROUND_TRUTH_KEYS = (
 
 
 def dumps_str(obj: Any) -> str:
-    """Compact JSON text (UTF-8, not ASCII-escaped) for a JSON-string column."""
-    return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY).decode()
+    """Compact JSON text (UTF-8, not ASCII-escaped) for a JSON-string column.
+
+    `gymverl.jsonl.dumps`: orjson, and the standard library only for values nested deeper than the
+    254 levels orjson writes (any line validate accepts, up to orjson's 1024 read levels, converts)."""
+    return dumps(obj).decode()
 
 
 def looks_like_verifier_output(key: str) -> bool:
-    """The documented heuristic: is this top-level key a verifier output rather than a task field?"""
-    return (
-        key in VERIFIER_OUTPUT_KEYS
-        or key.startswith(VERIFIER_OUTPUT_PREFIXES)
-        or key.endswith(VERIFIER_OUTPUT_SUFFIXES)
-    )
+    """The fallback heuristic: is this top-level key a verifier output rather than a task field?
+
+    In order: a name some NeMo Gym 0.7.0 `/verify` request model declares (`gymverl.ng_fields`:
+    `verifier_metadata`, `expected_answer`, `options`, ...) is a task field; a name only response
+    models declare (`extracted_answer`, `base_status`, `expected_weather`, ...) or one in
+    `VERIFIER_OUTPUT_KEYS` is an output; else the prefixes/suffixes decide. A guess: it cannot know
+    the server, so callers warn when they use it (`FieldRules.guess_warning`).
+    """
+    if key in REQUEST_FIELDS:
+        return False
+    if key in RESPONSE_ONLY_FIELDS or key in VERIFIER_OUTPUT_KEYS:
+        return True
+    return key.startswith(VERIFIER_OUTPUT_PREFIXES) or key.endswith(VERIFIER_OUTPUT_SUFFIXES)
+
+
+def _names(keys: Iterable[str], limit: int = 12) -> str:
+    keys = sorted(keys)
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return (", ".join(keys[:limit]) + more) if keys else "none"
 
 
 @dataclass(frozen=True)
 class FieldRules:
-    """Decides which top-level keys of a rollout are task fields (kept for re-scoring) and the ground truth.
+    """Decides which top-level keys of a rollout are task fields (sent to /verify again) and the ground truth.
 
-    `task_keys`: the field names of the NeMo Gym tasks file, when given (`--tasks`); it then decides
-    alone. Without it, `looks_like_verifier_output` is the rule.
+    Task fields are what the server's `/verify` request model declares. Where that can be learned it
+    decides alone: `task_keys` are the field names of the tasks file or the materialized inputs
+    (`--tasks`, `<stem>_materialized_inputs.jsonl`), or the fields the server's `/openapi.json`
+    declares for `/verify` (`declared_by` names the source). Without it, `looks_like_verifier_output`
+    guesses per name, and every guess is recorded (`guessed`) so the caller warns once
+    (`guess_warning`), naming the fields.
     """
 
     task_keys: frozenset[str] | None = None
     ground_truth_field: str | None = None
     keep_all: bool = False  # the input *is* a tasks file: every non-NeMo-Gym key is a task field
+    declared_by: str | None = None  # where task_keys came from, for messages
+    # name -> kept as a task field? for every name decided by the heuristic (per process).
+    guessed: dict[str, bool] = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+    def is_task_field(self, key: str) -> bool:
+        """True when `key` (a top-level key, not a NeMo Gym one) is a task field."""
+        if self.keep_all:
+            return True
+        if self.task_keys is not None:
+            return key in self.task_keys
+        kept = not looks_like_verifier_output(key)
+        self.guessed.setdefault(key, kept)
+        return kept
 
     def task_fields(self, record: dict[str, Any]) -> dict[str, Any]:
         """The task fields of `record` (what the verifier needs besides the response)."""
-        out: dict[str, Any] = {}
-        for k, v in record.items():
-            if is_ng_key(k) or k == "responses_create_params":
-                continue
-            if self.keep_all:
-                out[k] = v
-            elif self.task_keys is not None:
-                if k in self.task_keys:
-                    out[k] = v
-            elif not looks_like_verifier_output(k):
-                out[k] = v
-        return out
+        return {
+            k: v
+            for k, v in record.items()
+            if not (is_ng_key(k) or k == "responses_create_params") and self.is_task_field(k)
+        }
+
+    def guess_warning(self) -> str | None:
+        """One sentence naming the fields decided by the heuristic, or None when none was guessed."""
+        if not self.guessed:
+            return None
+        kept = [k for k, v in self.guessed.items() if v]
+        dropped = [k for k, v in self.guessed.items() if not v]
+        return (
+            "task fields were guessed from field names (no tasks file, materialized inputs or server schema says which "
+            f"fields /verify takes): sent as task fields: {_names(kept)}; left out as verifier outputs: {_names(dropped)}; "
+            "pass --tasks with the NeMo Gym input file (or keep <stem>_materialized_inputs.jsonl beside the rollouts) to decide exactly."
+        )
 
     def ground_truth(self, fields: dict[str, Any]) -> str | None:
         """The expected answer as a string (JSON text for non-strings), or None when there is none."""

@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from gymverl.formats import RowError, dumps_str
 from gymverl.formats.rl import IMAGES
+from gymverl.jsonl import dumps
 from gymverl.messages import MessageError, check_placeholders, chat_tools, prompt_messages, response_messages
 
 SCHEMA = pa.schema(
@@ -53,7 +54,7 @@ class _PromptCache:
 
     def prompt(self, rcp: dict[str, Any], include_reasoning: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """(messages, images) of the task input; prompts with images are not cached (their bytes may be large)."""
-        key = orjson.dumps([rcp.get("instructions"), rcp.get("input"), include_reasoning])
+        key = dumps([rcp.get("instructions"), rcp.get("input"), include_reasoning])  # deep nesting too
         hit = self.prompts.get(key)
         if hit is not None:
             return hit, []
@@ -68,7 +69,7 @@ class _PromptCache:
     def chat_tools(self, tools: Any) -> list[dict[str, Any]]:
         if not tools:
             return []
-        key = orjson.dumps(tools)
+        key = dumps(tools)
         hit = self.tools.get(key)
         if hit is None:
             if len(self.tools) >= self.size:
