@@ -268,11 +268,25 @@ class TokenCounter:
             raise ConvertError(f"cannot load a tokenizer from {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
         if not getattr(self.tokenizer, "chat_template", None):
             raise ConvertError(f"the tokenizer in {path} has no chat template, so token lengths cannot be measured.")
-        self.object_arguments = sft_fmt.template_wants_object_arguments(self.tokenizer)
+        self._form: str | None = None  # tool-call argument form, probed on the first tool call
+
+    @property
+    def object_arguments(self) -> bool:
+        """True when the template needs tool-call arguments as objects (ConvertError when it renders neither form)."""
+        if self._form is None:
+            try:
+                self._form = sft_fmt.tool_arguments_form(self.tokenizer)
+            except sft_fmt.ToolArgumentsError as exc:
+                raise ConvertError(str(exc)) from None
+        return self._form == "object"
+
+    def set_form(self, form: str) -> None:
+        """Use tool-call argument form `form` ('object' or 'string') instead of probing the template."""
+        self._form = form
 
     def count(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, *, generation_prompt: bool = False) -> int:
         """Tokens of `messages` (and `tools`) rendered by the chat template."""
-        if self.object_arguments:
+        if sft_fmt.has_tool_calls(messages) and self.object_arguments:
             messages = sft_fmt.arguments_as_objects(messages)
         ids = self.tokenizer.apply_chat_template(
             messages, tools=tools or None, tokenize=True, add_generation_prompt=generation_prompt

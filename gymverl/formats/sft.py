@@ -117,25 +117,110 @@ def sft_row(
     }
 
 
-def template_wants_object_arguments(tokenizer: Any) -> bool:
-    """True when the chat template JSON-encodes tool-call arguments itself (e.g. `arguments | tojson`).
+# The probe call: a key and value that appear in no template, so finding them in the rendered text
+# (and how they are quoted) tells which argument form the template shows as the model wrote it.
+_PROBE_KEY = "gymverl_probe_key"
+_PROBE_VALUE = "gymverl_probe_value"
+TOOL_ARGUMENT_FORMS = ("string", "object")
 
-    OpenAI-form arguments are JSON *strings*; such templates (Qwen2.5, Llama 3.1) would render them
-    as an escaped string, so they must get objects instead. Decided by rendering a probe call.
-    """
-    probe = [
+
+class ToolArgumentsError(ValueError):
+    """The chat template renders tool-call arguments correctly in neither form (one sentence)."""
+
+
+def _probe_messages(arguments: Any) -> list[dict[str, Any]]:
+    return [
         {"role": "user", "content": "x"},
         {
             "role": "assistant",
             "content": "",
-            "tool_calls": [{"type": "function", "id": "c0", "function": {"name": "f", "arguments": '{"k": 1}'}}],
+            "tool_calls": [{"type": "function", "id": "c0", "function": {"name": "f", "arguments": arguments}}],
         },
     ]
-    try:
-        text = tokenizer.apply_chat_template(probe, tokenize=False)
-    except Exception:  # noqa: BLE001 - a template without tool support: nothing to adapt
+
+
+def _probe_problem(text: str) -> str | None:
+    """What is wrong with a rendered probe call (None: the arguments appear as written)."""
+    if _PROBE_KEY not in text or _PROBE_VALUE not in text:
+        return "does not show the arguments"
+    if f'\\"{_PROBE_KEY}\\"' in text:
+        return "encodes them a second time (a JSON string inside JSON)"
+    if f"'{_PROBE_KEY}'" in text:
+        return "prints them as a Python dict"
+    return None
+
+
+def tool_arguments_form(tokenizer: Any) -> str:
+    """'string' or 'object': the tool-call argument form the tokenizer's chat template renders as written.
+
+    OpenAI-form arguments are JSON *strings* (what gymverl stores: the model's own text). Some
+    templates JSON-encode arguments themselves (`arguments | tojson`: Qwen2.5, Llama 3.1), which
+    turns a string into an escaped string; others iterate them (`arguments | items`: Qwen3-Coder,
+    Gemma), which raises on a string. Both forms are rendered with a probe call; the string form wins
+    when both show the arguments unchanged (no re-encoding). Raises `ToolArgumentsError` when
+    neither does (the template raises, drops the arguments, double-encodes or prints a Python dict).
+    """
+    problems: list[str] = []
+    for form in TOOL_ARGUMENT_FORMS:
+        args: Any = {_PROBE_KEY: _PROBE_VALUE}
+        if form == "string":
+            args = orjson.dumps(args).decode()
+        try:
+            text = str(tokenizer.apply_chat_template(_probe_messages(args), tokenize=False))
+        except Exception as exc:  # noqa: BLE001 - a template error is the answer for this form
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            problems.append(f"with {form} arguments it raises {type(exc).__name__}" + (f" ({first})" if first else ""))
+            continue
+        problem = _probe_problem(text)
+        if problem is None:
+            return form
+        problems.append(f"with {form} arguments it {problem}")
+    raise ToolArgumentsError(
+        "the tokenizer's chat template renders no tool call as written (" + "; ".join(problems) + "), "
+        "so set +data.tool_arguments=object or +data.tool_arguments=string after checking how the template prints arguments."
+    )
+
+
+def template_wants_object_arguments(tokenizer: Any) -> bool:
+    """True when the chat template needs tool-call arguments as objects (see `tool_arguments_form`).
+
+    Raises `ToolArgumentsError` when the template renders them correctly in neither form.
+    """
+    return tool_arguments_form(tokenizer) == "object"
+
+
+def has_tool_calls(messages: Any) -> bool:
+    """True when a conversation (a list of chat messages, or its JSON text) has an assistant tool call."""
+    if isinstance(messages, (str, bytes)):
+        return b'"tool_calls"' in (messages.encode() if isinstance(messages, str) else messages) and has_tool_calls(orjson.loads(messages))
+    return any(isinstance(m, dict) and m.get("tool_calls") for m in messages or ())
+
+
+def is_json_object_text(value: Any) -> bool:
+    """True when tool-call `arguments` are a JSON object: a dict, or a string that parses to one.
+
+    OpenAI and NeMo Gym write arguments as JSON text of an object; anything else (invalid JSON such
+    as a cut-off `{"city": "Par`, a JSON string, a number, "") is a malformed call.
+    """
+    if isinstance(value, dict):
+        return True
+    if not isinstance(value, (str, bytes)):
         return False
-    return '\\"k\\"' in str(text)
+    try:
+        return isinstance(orjson.loads(value), dict)
+    except orjson.JSONDecodeError:
+        return False
+
+
+def non_object_arguments(messages: list[dict[str, Any]]) -> list[str]:
+    """The `arguments` of every tool call in chat `messages` that is not a JSON object (as text)."""
+    out: list[str] = []
+    for m in messages:
+        for tc in (m.get("tool_calls") or ()) if isinstance(m, dict) else ():
+            args = (tc.get("function") or {}).get("arguments") if isinstance(tc, dict) else None
+            if not is_json_object_text(args):
+                out.append(args if isinstance(args, str) else orjson.dumps(args).decode())
+    return out
 
 
 def arguments_as_objects(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
