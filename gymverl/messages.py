@@ -8,6 +8,8 @@ One direction only. Rules:
   that directly follow an assistant text message join that message (one assistant turn).
 - `function_call_output` items become `{"role": "tool", "tool_call_id", "content"}`.
 - `reasoning` items become `reasoning_content` on the next assistant message, only when asked for.
+- aviary's per-step transitions (`response.output` as a list of item lists): the last one is the
+  conversation (`rollout_parts`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from gymverl.jsonl import dumps
-from gymverl.records import content_text
+from gymverl.records import content_text, is_transitions
 
 ROLE_MAP = {"developer": "system"}
 
@@ -119,14 +121,36 @@ def prompt_messages(responses_create_params: dict[str, Any], *, include_reasonin
 
 def rollout_messages(record: dict[str, Any], *, include_reasoning: bool = False) -> list[dict[str, Any]]:
     """The whole conversation of a rollout: prompt messages followed by the response output."""
+    prompt, response = rollout_parts(record, include_reasoning=include_reasoning)
+    return prompt + response
+
+
+def rollout_parts(record: dict[str, Any], *, include_reasoning: bool = False) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(prompt messages, response messages) of a rollout.
+
+    A plain `response.output` is all response. NeMo Gym's aviary agent (`return_transitions=true`)
+    writes a list of per-step transitions instead, each the cumulative conversation so far, the
+    last one whole, seed question included (`responses_create_params.input` is then usually []):
+    the last transition is read, what repeats the task input is dropped, and its messages before
+    the first assistant turn (the seed) join the prompt.
+    """
     prompt = prompt_messages(record["responses_create_params"], include_reasoning=include_reasoning)
-    output = items_to_messages(record["response"].get("output") or [], include_reasoning=include_reasoning)
-    return prompt + output
+    output = record["response"].get("output") or []
+    if not is_transitions(output):
+        return prompt, items_to_messages(output, include_reasoning=include_reasoning)
+    messages = items_to_messages(output[-1], include_reasoning=include_reasoning)
+    if prompt and messages[: len(prompt)] == prompt:
+        messages = messages[len(prompt) :]
+    first = next((i for i, m in enumerate(messages) if m["role"] == "assistant"), len(messages))
+    return prompt + messages[:first], messages[first:]
 
 
 def response_messages(record: dict[str, Any], *, include_reasoning: bool = False) -> list[dict[str, Any]]:
-    """Only the response output of a rollout, as chat messages."""
-    return items_to_messages(record["response"].get("output") or [], include_reasoning=include_reasoning)
+    """Only the response of a rollout (what the model produced and the tool results), as chat messages."""
+    output = record["response"].get("output") or []
+    if is_transitions(output):
+        return rollout_parts(record, include_reasoning=include_reasoning)[1]
+    return items_to_messages(output, include_reasoning=include_reasoning)
 
 
 def chat_tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]]:

@@ -178,3 +178,23 @@ def test_train_offline_precheck_names_the_option(tiny_model: Path, tmp_path: Pat
     with pytest.raises(TrainError, match=r"\+data\.tool_arguments"):
         check_tool_arguments([path], TokenCounter(model), None)
     check_tool_arguments([path], TokenCounter(model), "string")  # the user decided
+
+
+def test_object_form_refuses_arguments_that_are_not_objects_at_start_up(tiny_model: Path, tmp_path: Path) -> None:
+    """Kept malformed calls (--keep-malformed-calls) under a `|tojson` template would render as
+    `"arguments": "{\\"city\\": \\"Par"`, text the model never wrote: the dataset stops at start-up."""
+    from gymverl.convert import ConvertOptions, convert
+    from gymverl.select import SelectOptions
+
+    rec = _rollouts()[0]
+    rec["response"]["output"][0]["arguments"] = '{"entity_list": ["Contoso'
+    src = tmp_path / "bad.jsonl"
+    src.write_text(json.dumps(rec) + "\n")
+    out = tmp_path / "kept.parquet"
+    s = convert(src, out, ConvertOptions(select=SelectOptions(drop_malformed_calls=False)))
+    assert s.kept_lines == 1
+    with pytest.raises(ValueError, match="keep-malformed-calls"):
+        _dataset(out, _tokenizer(tiny_model, QWEN25_BLOCK))
+    # A template that prints the string as is shows exactly what the model wrote.
+    tok = _tokenizer(tiny_model, TINY_BLOCK)
+    assert '"arguments": {"entity_list": ["Contoso}' in tok.decode(_dataset(out, tok)[0]["input_ids"].tolist())

@@ -14,7 +14,8 @@ import orjson
 import pyarrow as pa
 
 from gymverl.formats import RowError, dumps_str
-from gymverl.messages import MessageError, chat_tools, prompt_messages, response_messages
+from gymverl.messages import MessageError, chat_tools, prompt_messages, response_messages, rollout_parts
+from gymverl.records import agent_name, is_json_object_text, is_transitions
 
 SCHEMA = pa.schema(
     [
@@ -79,13 +80,40 @@ def conversation(record: dict[str, Any], *, include_reasoning: bool = False) -> 
     """
     try:
         rcp = record["responses_create_params"]
-        messages = _CACHE.prompt(rcp, include_reasoning) + response_messages(record, include_reasoning=include_reasoning)
-        tools = _CACHE.chat_tools(rcp.get("tools"))
+        if is_transitions(record["response"].get("output")):
+            prompt, response = rollout_parts(record, include_reasoning=include_reasoning)
+            messages = prompt + response
+        else:
+            messages = _CACHE.prompt(rcp, include_reasoning) + response_messages(record, include_reasoning=include_reasoning)
+        tools = _CACHE.chat_tools(task_tools(record))
     except MessageError as exc:
         raise RowError("bad_messages", f"cannot convert to chat messages: {exc}") from None
     if not any(m.get("role") == "assistant" for m in messages):
         raise RowError("no_assistant_turn", "the response has no assistant message or tool call to train on")
+    if messages[0]["role"] in ("assistant", "tool"):
+        raise RowError("no_prompt", no_prompt_reason(record))
     return messages, tools
+
+
+def task_tools(record: dict[str, Any]) -> Any:
+    """The tool schemas the model was given: `responses_create_params.tools`; for aviary's transition
+    form, whose request carries none, the ones the response echoes (`response.tools`)."""
+    tools = record["responses_create_params"].get("tools")
+    if not tools and is_transitions(record["response"].get("output")):
+        tools = record["response"].get("tools")
+    return tools
+
+
+def no_prompt_reason(record: dict[str, Any]) -> str:
+    """Why a conversation that starts with a model turn cannot be trained on (one sentence)."""
+    reason = "the conversation starts with a model turn: there is no question in responses_create_params.input or before the first response item"
+    response = record.get("response") or {}
+    if response.get("contains_transitions") is False or "aviary" in str(agent_name(record) or ""):
+        reason += (
+            " (NeMo Gym's aviary agent with return_transitions=false keeps the question only in its environment; "
+            "collect with return_transitions=true, whose last transition holds the whole conversation)"
+        )
+    return reason
 
 
 def sft_row(
@@ -194,22 +222,6 @@ def has_tool_calls(messages: Any) -> bool:
     if isinstance(messages, (str, bytes)):
         return b'"tool_calls"' in (messages.encode() if isinstance(messages, str) else messages) and has_tool_calls(orjson.loads(messages))
     return any(isinstance(m, dict) and m.get("tool_calls") for m in messages or ())
-
-
-def is_json_object_text(value: Any) -> bool:
-    """True when tool-call `arguments` are a JSON object: a dict, or a string that parses to one.
-
-    OpenAI and NeMo Gym write arguments as JSON text of an object; anything else (invalid JSON such
-    as a cut-off `{"city": "Par`, a JSON string, a number, "") is a malformed call.
-    """
-    if isinstance(value, dict):
-        return True
-    if not isinstance(value, (str, bytes)):
-        return False
-    try:
-        return isinstance(orjson.loads(value), dict)
-    except orjson.JSONDecodeError:
-        return False
 
 
 def non_object_arguments(messages: list[dict[str, Any]]) -> list[str]:
