@@ -272,7 +272,25 @@ def prompt_hash(record: dict[str, Any]) -> str:
     """A stable hash of the task prompt (`input` + `tools` + `instructions`) for grouping rollouts."""
     rcp = record.get("responses_create_params") or {}
     key = {"input": rcp.get("input"), "tools": rcp.get("tools"), "instructions": rcp.get("instructions")}
+    seed = transition_seed(record)
+    if seed:
+        # aviary's request input is [] for every task: its question is the seed of the transitions.
+        key["seed"] = seed
     return hashlib.sha1(dumps(key, sort_keys=True)).hexdigest()[:16]
+
+
+def transition_seed(record: dict[str, Any]) -> list[Any]:
+    """The items of aviary's last transition before the model's first turn (the task's question);
+    [] for a plain `response.output`."""
+    output = (record.get("response") or {}).get("output")
+    if not is_transitions(output):
+        return []
+    seed = []
+    for item in output[-1]:
+        if not isinstance(item, dict) or item.get("type") in ("function_call", "reasoning") or (_is_message(item) and item.get("role") == "assistant"):
+            break
+        seed.append(item)
+    return seed
 
 
 def task_key(record: dict[str, Any]) -> str:

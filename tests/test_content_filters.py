@@ -253,6 +253,20 @@ def test_aviary_transitions_become_whole_conversations(tmp_path: Path) -> None:
     assert code == 0 and st["overall"]["rollouts"] == 2
 
 
+def test_aviary_tasks_are_told_apart_by_their_question(tmp_path: Path) -> None:
+    """aviary's request input is [] for every task: without a task index, grouping by the request
+    alone would pair one question's answer against another's (dpo) or rank them together (best-of-n)."""
+    other = _aviary(True, 0.0, 1)
+    for step in other["response"]["output"]:
+        step[0] = {**step[0], "content": "What is 7 * 6?"}
+    src = _write(tmp_path / "t.jsonl", [_aviary(True, 1.0, 0), other])
+    s = convert(src, tmp_path / "dpo", ConvertOptions(fmt="dpo"))
+    _accounted(s)
+    assert s.tasks == 2 and s.filtered["unpaired"] == 2 and s.kept_lines == 0
+    s = convert(src, tmp_path / "sft", ConvertOptions(select=SelectOptions(best_of_n=1)))
+    assert s.kept_lines == 2
+
+
 def test_aviary_flat_form_is_rejected_with_a_reason_naming_it(tmp_path: Path) -> None:
     """Old code: validate 2/2 valid, to-parquet exit 0, rows starting with an assistant tool call and no tools."""
     src = _write(tmp_path / "f.jsonl", [_aviary(False, 1.0, 0), _aviary(False, 0.0, 1)])
