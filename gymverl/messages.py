@@ -132,13 +132,15 @@ def rollout_parts(record: dict[str, Any], *, include_reasoning: bool = False) ->
     writes a list of per-step transitions instead, each the cumulative conversation so far, the
     last one whole, seed question included (`responses_create_params.input` is then usually []):
     the last transition is read, what repeats the task input is dropped, and its messages before
-    the first assistant turn (the seed) join the prompt.
+    the first assistant turn (the seed) join the prompt. The same seed split applies to a plain
+    output when the request has no prompt at all (the question is only in the output).
     """
     prompt = prompt_messages(record["responses_create_params"], include_reasoning=include_reasoning)
     output = record["response"].get("output") or []
-    if not is_transitions(output):
+    transitions = is_transitions(output)
+    if not transitions and prompt:
         return prompt, items_to_messages(output, include_reasoning=include_reasoning)
-    messages = items_to_messages(output[-1], include_reasoning=include_reasoning)
+    messages = items_to_messages(output[-1] if transitions else output, include_reasoning=include_reasoning)
     if prompt and messages[: len(prompt)] == prompt:
         messages = messages[len(prompt) :]
     first = next((i for i, m in enumerate(messages) if m["role"] == "assistant"), len(messages))
@@ -148,7 +150,8 @@ def rollout_parts(record: dict[str, Any], *, include_reasoning: bool = False) ->
 def response_messages(record: dict[str, Any], *, include_reasoning: bool = False) -> list[dict[str, Any]]:
     """Only the response of a rollout (what the model produced and the tool results), as chat messages."""
     output = record["response"].get("output") or []
-    if is_transitions(output):
+    rcp = record["responses_create_params"]
+    if is_transitions(output) or not (rcp.get("input") or rcp.get("instructions")):
         return rollout_parts(record, include_reasoning=include_reasoning)[1]
     return items_to_messages(output, include_reasoning=include_reasoning)
 

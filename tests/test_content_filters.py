@@ -14,7 +14,6 @@ Every run checks that each input line is in exactly one place (row, filter, reje
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -290,3 +289,21 @@ def test_shared_case_aviary_transitions(tmp_path: Path) -> None:
     flat = _need(CASES / "aviary-transitions" / "aviary_flat.jsonl")
     code, data = _cli_json("to-parquet", str(flat), "-o", str(tmp_path / "f"))
     assert code == 1 and data["rejected_by_reason"] == {"no_prompt": 2}
+
+
+def test_question_only_in_the_output_goes_to_the_dpo_prompt(tmp_path: Path) -> None:
+    """A request without a prompt whose output starts with the question: sft keeps the whole
+    conversation, dpo puts the question in `prompt` (not at the head of `chosen`)."""
+    recs = []
+    for ri, (text, reward) in enumerate((("Sunny.", 1.0), ("No idea.", 0.0))):
+        r = _rollout([{"type": "message", "role": "user", "content": "Weather in Paris?"}, _say(text)], reward, ri)
+        r["responses_create_params"]["input"] = []
+        recs.append(r)
+    src = _write(tmp_path / "q.jsonl", recs)
+    s = convert(src, tmp_path / "sft")
+    assert s.kept_lines == 2
+    assert [m["role"] for m in json.loads(_rows(tmp_path / "sft")[0]["messages"])] == ["user", "assistant"]
+    s = convert(src, tmp_path / "dpo", ConvertOptions(fmt="dpo"))
+    (pair,) = _rows(tmp_path / "dpo")
+    assert json.loads(pair["prompt"]) == [{"role": "user", "content": "Weather in Paris?"}]
+    assert [m["role"] for m in json.loads(pair["chosen"])] == ["assistant"]

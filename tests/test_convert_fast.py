@@ -229,6 +229,12 @@ def aviary_flat(r: dict[str, Any]) -> None:
     r["response"]["contains_transitions"] = False
 
 
+@mutation
+def question_in_output(r: dict[str, Any]) -> None:
+    r["responses_create_params"]["input"] = []
+    r["response"]["output"].insert(0, {"type": "message", "role": "user", "content": "the question"})
+
+
 def _mixed_file(path: Path) -> Path:
     """Sample rollouts, then each mutation (alone and in random pairs), plus lines only orjson judges."""
     base = [json.loads(line) for line in (SAMPLE_DATA / "rollouts.jsonl").read_text().splitlines()]

@@ -80,11 +80,12 @@ def conversation(record: dict[str, Any], *, include_reasoning: bool = False) -> 
     """
     try:
         rcp = record["responses_create_params"]
-        if is_transitions(record["response"].get("output")):
+        prompt = _CACHE.prompt(rcp, include_reasoning)
+        if prompt and not is_transitions(record["response"].get("output")):
+            messages = prompt + response_messages(record, include_reasoning=include_reasoning)
+        else:  # aviary transitions, or a question only in the output: split by rollout_parts
             prompt, response = rollout_parts(record, include_reasoning=include_reasoning)
             messages = prompt + response
-        else:
-            messages = _CACHE.prompt(rcp, include_reasoning) + response_messages(record, include_reasoning=include_reasoning)
         tools = _CACHE.chat_tools(task_tools(record))
     except MessageError as exc:
         raise RowError("bad_messages", f"cannot convert to chat messages: {exc}") from None
