@@ -194,8 +194,10 @@ def test_keep_empty_answers(tmp_path: Path) -> None:
 
 
 def test_validate_counts_answerless_rollouts(tmp_path: Path) -> None:
-    code, v = _cli_json("validate", str(_empty_file(tmp_path)))
+    src = _empty_file(tmp_path)
+    code, v = _cli_json("validate", str(src))
     assert code == 0 and v["empty_answers"] == {"rollouts": 3, "lines": [1, 2, 4]}
+    assert validate_file(src, on_line=lambda c: None).to_dict() == validate_file(src).to_dict()  # exact == fast
 
 
 @pytest.mark.parametrize("name", ["empty_message.jsonl", "reasoning_only.jsonl"])
@@ -271,6 +273,7 @@ def test_aviary_flat_form_is_rejected_with_a_reason_naming_it(tmp_path: Path) ->
     src = _write(tmp_path / "f.jsonl", [_aviary(False, 1.0, 0), _aviary(False, 0.0, 1)])
     code, v = _cli_json("validate", str(src))
     assert code == 0 and v["no_prompt"] == {"rollouts": 2, "lines": [1, 2]}
+    assert validate_file(src, on_line=lambda c: None).to_dict() == validate_file(src).to_dict()  # exact == fast
     for fmt in ("sft", "dpo"):
         code, data = _cli_json("to-parquet", str(src), "-o", str(tmp_path / fmt), "--format", fmt)
         assert code == 1 and data["rejected_by_reason"] == {"no_prompt": 2} and data["kept_lines"] == 0
