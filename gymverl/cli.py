@@ -272,6 +272,17 @@ def render_validation(summary: dict[str, Any], title: str = "validate") -> None:
     t.add_row("incomplete responses", f"[yellow]{summary['incomplete']}[/]" if summary["incomplete"] else "0")
     if summary.get("masked"):
         t.add_row("mask_sample", str(summary["masked"]))
+    for key, label in (
+        ("malformed_tool_calls", "malformed tool calls (arguments not a JSON object)"),
+        ("empty_answers", "no final answer (empty or reasoning only)"),
+        ("no_prompt", "no prompt (starts with a model turn)"),
+    ):
+        found = summary.get(key) or {}
+        if found.get("rollouts"):
+            lines = ", ".join(map(str, found["lines"])) + (", ..." if found["rollouts"] > len(found["lines"]) else "")
+            t.add_row(label, f"[yellow]{found['rollouts']}[/] (lines {lines})")
+    if summary.get("transitions"):
+        t.add_row("aviary transition lists (last step read)", str(summary["transitions"]))
     agents = summary.get("agents") or {}
     if len(agents) > 1 or (agents and "(unnamed)" not in agents):
         t.add_row("agents", ", ".join(f"{k} ({v})" for k, v in agents.items()))
@@ -373,6 +384,10 @@ def _stats_rows(d: dict[str, Any]) -> list[tuple[str, str]]:
     ]
     if d["masked"]:
         rows.append(("masked (left out)", f"[yellow]{d['masked']}[/]"))
+    if d.get("malformed_tool_calls"):
+        rows.append(("malformed tool calls", f"[yellow]{d['malformed_tool_calls']}[/]"))
+    if d.get("empty_answers"):
+        rows.append(("no final answer", f"[yellow]{d['empty_answers']}[/]"))
     if d.get("tasks_fully_masked"):
         rows.append(("tasks fully masked", _fmt(d["tasks_fully_masked"])))
     unit = "tokens" if ln["unit"] == "output_tokens" else "chars"
@@ -1391,6 +1406,8 @@ def to_parquet(
     solved_threshold: Annotated[float, typer.Option("--solved-threshold", callback=number(), help="A rollout solves its task when reward >= this.")] = 1.0,
     dedup: Annotated[bool, typer.Option("--dedup", help="Drop rollouts whose response repeats an earlier one of the same task.")] = False,
     keep_incomplete: Annotated[bool, typer.Option("--keep-incomplete", help="Keep responses that were cut off (status incomplete); dropped by default for sft and dpo.")] = False,
+    keep_malformed_calls: Annotated[bool, typer.Option("--keep-malformed-calls", help="sft/dpo: keep rollouts with a tool call whose arguments are not a JSON object (kept as the model wrote them; templates that need object arguments cannot render them); dropped by default under the filter 'malformed_tool_call'.")] = False,
+    keep_empty_answers: Annotated[bool, typer.Option("--keep-empty-answers", help="sft/dpo: keep rollouts that end without a final answer (an empty message or reasoning only); dropped by default under the filter 'empty_answer'.")] = False,
     max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", callback=number(min=1), help="Drop rows longer than this many tokens (chat template applied; rl: the prompt with its tools). Needs --tokenizer.")] = None,
     tokenizer: Annotated[Optional[Path], typer.Option("--tokenizer", help="Local Hugging Face tokenizer directory, for --max-tokens.")] = None,
     val_fraction: Annotated[float, typer.Option("--val-fraction", callback=number(min=0, max=0.99), help="Share of *tasks* in val.parquet; a hash of the task key decides, so no task is in both splits and every run agrees.")] = 0.0,
@@ -1441,6 +1458,8 @@ def to_parquet(
             max_tokens=max_tokens,
             drop_incomplete=not keep_incomplete and fmt != "rl",
             drop_masked=not keep_masked,
+            drop_malformed_calls=not keep_malformed_calls,
+            drop_empty_answers=not keep_empty_answers,
             solved_threshold=solved_threshold,
             val_fraction=val_fraction,
             split_seed=split_seed,

@@ -59,7 +59,7 @@ from gymverl.formats import fast as fast_fmt
 from gymverl.formats import sft as sft_fmt
 from gymverl.inputs import Input, as_input
 from gymverl.jsonl import DEFAULT_MAX_LINE_BYTES, Line, RejectsWriter, iter_lines, read_jsonl
-from gymverl.records import Checked, _FastRollouts, _fast_summary, agent_name, check_line, check_record, check_task, is_incomplete, task_key
+from gymverl.records import Checked, _FastRollouts, _fast_summary, agent_name, check_line, check_record, check_task, empty_answer, is_incomplete, malformed_calls, task_key
 from gymverl.sidecars import JOIN_REASONS, TaskSource, is_materialized_inputs, merge_fields, prompt_key, sidecar_paths, stem_of
 from gymverl.select import (
     RULES,
@@ -271,11 +271,25 @@ class TokenCounter:
             raise ConvertError(f"cannot load a tokenizer from {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
         if not getattr(self.tokenizer, "chat_template", None):
             raise ConvertError(f"the tokenizer in {path} has no chat template, so token lengths cannot be measured.")
-        self.object_arguments = sft_fmt.template_wants_object_arguments(self.tokenizer)
+        self._form: str | None = None  # tool-call argument form, probed on the first tool call
+
+    @property
+    def object_arguments(self) -> bool:
+        """True when the template needs tool-call arguments as objects (ConvertError when it renders neither form)."""
+        if self._form is None:
+            try:
+                self._form = sft_fmt.tool_arguments_form(self.tokenizer)
+            except sft_fmt.ToolArgumentsError as exc:
+                raise ConvertError(str(exc)) from None
+        return self._form == "object"
+
+    def set_form(self, form: str) -> None:
+        """Use tool-call argument form `form` ('object' or 'string') instead of probing the template."""
+        self._form = form
 
     def count(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, *, generation_prompt: bool = False) -> int:
         """Tokens of `messages` (and `tools`) rendered by the chat template."""
-        if self.object_arguments:
+        if sft_fmt.has_tool_calls(messages) and self.object_arguments:
             messages = sft_fmt.arguments_as_objects(messages)
         ids = self.tokenizer.apply_chat_template(
             messages, tools=tools or None, tokenize=True, add_generation_prompt=generation_prompt
@@ -837,7 +851,7 @@ def _fast_stream_result(ctx: _Ctx, reader: fast_fmt.FastSFT, line: Line) -> tupl
         return None
     sel = ctx.opts.select
     split = split_of(got.key, sel.val_fraction, sel.split_seed)
-    status = record_status(got.reward, got.incomplete, sel, got.masked)
+    status = record_status(got.reward, got.incomplete, sel, got.masked, got.malformed, got.empty)
     if status:
         return ("filt", status)
     row = _fast_sft_row(ctx, reader, got, line.number)
@@ -865,7 +879,7 @@ class _FastPass1:
             found = self.check(line.data)
             if found is not None:
                 self.hits += 1
-                (reward, key, _agent, incomplete, masked), ri = found
+                (reward, key, _agent, incomplete, masked, malformed, empty, _no_prompt), ri = found
             elif self.tried >= 1000 and self.hits * 2 < self.tried:
                 self.check = None
         if found is None:
@@ -873,18 +887,19 @@ class _FastPass1:
             if got is None:
                 return None
             reward, key, incomplete, masked, ri = got.reward, got.key, got.incomplete, got.masked, got.rollout_index
+            malformed, empty = got.malformed, got.empty
         sel = self.ctx.opts.select
         if self.ctx.opts.fmt == "rl":
             status = "masked" if masked and sel.drop_masked else None
         else:
-            status = record_status(reward, incomplete, sel, masked)
+            status = record_status(reward, incomplete, sel, masked, malformed, empty)
         return ("meta", key, [key, line.number, reward, status, None, ri], line.data if status is None else b"")
 
 
 class _FastMeta(_FastRollouts):
     """`validate`'s fast check, also handing back the rollout index (for repeated-rollout checks)."""
 
-    def __call__(self, data: bytes) -> tuple[tuple[float, str, str | None, bool, bool], int | None] | None:  # type: ignore[override]
+    def __call__(self, data: bytes) -> tuple[tuple[float, str, str | None, bool, bool, int, bool, bool], int | None] | None:  # type: ignore[override]
         if data[:3] == b"\xef\xbb\xbf":  # simdjson skips a byte order mark, orjson rejects it
             return None
         try:
@@ -983,6 +998,11 @@ def _too_long_rollout(ctx: _Ctx, rec: dict[str, Any]) -> bool:
 #   ("meta", key, meta, raw)           grouped pass 1: what selection needs, and the raw line to spill
 
 
+def _content_facts(rec: dict[str, Any], sel: SelectOptions) -> tuple[int, bool]:
+    """(malformed tool calls, empty answer) for `record_status`, read only when their rule is on."""
+    return (malformed_calls(rec) if sel.drop_malformed_calls else 0, empty_answer(rec) if sel.drop_empty_answers else False)
+
+
 def _stream_result(ctx: _Ctx, c: Checked) -> tuple[Any, ...]:
     """Streaming: one line -> a row, a filter verdict or a rejection."""
     if c.record is None:
@@ -996,7 +1016,7 @@ def _stream_result(ctx: _Ctx, c: Checked) -> tuple[Any, ...]:
             row: dict[str, Any] | None = _rl_row(ctx, rec, key, None)
             status = "max_tokens" if _rl_too_long(ctx, row) else None  # type: ignore[arg-type]
         else:
-            status = record_status(float(rec["reward"]), is_incomplete(rec), sel, rec.get("mask_sample") is True)
+            status = record_status(float(rec["reward"]), is_incomplete(rec), sel, rec.get("mask_sample") is True, *_content_facts(rec, sel))
             row = None
             if status is None:
                 row, status = _sft_build(ctx, rec, c.line, key)
@@ -1021,7 +1041,7 @@ def _pass1_result(ctx: _Ctx, c: Checked) -> tuple[Any, ...]:
     masked = rec.get("mask_sample") is True
     status = "masked" if masked and sel.drop_masked else None
     if ctx.opts.fmt != "rl":
-        status = record_status(float(rec["reward"]), is_incomplete(rec), sel, masked)
+        status = record_status(float(rec["reward"]), is_incomplete(rec), sel, masked, *_content_facts(rec, sel))
         if status is None and ctx.counter is not None:
             try:
                 status = "max_tokens" if _too_long_rollout(ctx, rec) else None

@@ -19,6 +19,8 @@ One direction only. Rules:
   that carries no images) get `images_not_supported`. Other non-text parts (`input_file`,
   `input_audio`) are refused (`unsupported_content`): dropping them would leave a prompt that asks
   about content the model cannot see.
+- aviary's per-step transitions (`response.output` as a list of item lists): the last one is the
+  conversation (`rollout_parts`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from io import BytesIO
 from typing import Any, Iterable
 
 from gymverl.jsonl import dumps
-from gymverl.records import content_text
+from gymverl.records import content_text, is_transitions
 
 ROLE_MAP = {"developer": "system"}
 
@@ -244,16 +246,52 @@ def rollout_messages(
 ) -> list[dict[str, Any]]:
     """The whole conversation of a rollout: prompt messages followed by the response output
     (`images`: see `items_to_messages`)."""
+    prompt, response = rollout_parts(record, include_reasoning=include_reasoning, images=images)
+    return prompt + response
+
+
+def rollout_parts(
+    record: dict[str, Any], *, include_reasoning: bool = False, images: list[dict[str, Any]] | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(prompt messages, response messages) of a rollout (`images`: see `items_to_messages`).
+
+    A plain `response.output` is all response. NeMo Gym's aviary agent (`return_transitions=true`)
+    writes a list of per-step transitions instead, each the cumulative conversation so far, the
+    last one whole, seed question included (`responses_create_params.input` is then usually []):
+    the last transition is read, what repeats the task input is dropped, and its messages before
+    the first assistant turn (the seed) join the prompt. The same seed split applies to a plain
+    output when the request has no prompt at all (the question is only in the output).
+    """
     prompt = prompt_messages(record["responses_create_params"], include_reasoning=include_reasoning, images=images)
-    output = items_to_messages(record["response"].get("output") or [], include_reasoning=include_reasoning, images=images)
-    return prompt + output
+    output = record["response"].get("output") or []
+    transitions = is_transitions(output)
+    if not transitions and prompt:
+        return prompt, items_to_messages(output, include_reasoning=include_reasoning, images=images)
+    # The prompt's images were collected above; a transition repeating the prompt repeats its
+    # images, so the output's images go to a list of their own and only the new ones are kept.
+    out_images: list[dict[str, Any]] | None = [] if images is not None else None
+    messages = items_to_messages(output[-1] if transitions else output, include_reasoning=include_reasoning, images=out_images)
+    if prompt and messages[: len(prompt)] == prompt:
+        repeated = sum(str(m.get("content") or "").count("<image>") for m in prompt)
+        messages = messages[len(prompt) :]
+        if out_images is not None:
+            del out_images[:repeated]
+    if images is not None and out_images:
+        images.extend(out_images)
+    first = next((i for i, m in enumerate(messages) if m["role"] == "assistant"), len(messages))
+    return prompt + messages[:first], messages[first:]
 
 
 def response_messages(
     record: dict[str, Any], *, include_reasoning: bool = False, images: list[dict[str, Any]] | None = None
 ) -> list[dict[str, Any]]:
-    """Only the response output of a rollout, as chat messages (`images`: see `items_to_messages`)."""
-    return items_to_messages(record["response"].get("output") or [], include_reasoning=include_reasoning, images=images)
+    """Only the response of a rollout (what the model produced and the tool results), as chat
+    messages (`images`: see `items_to_messages`)."""
+    output = record["response"].get("output") or []
+    rcp = record["responses_create_params"]
+    if is_transitions(output) or not (rcp.get("input") or rcp.get("instructions")):
+        return rollout_parts(record, include_reasoning=include_reasoning, images=images)[1]
+    return items_to_messages(output, include_reasoning=include_reasoning, images=images)
 
 
 def chat_tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]]:

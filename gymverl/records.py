@@ -7,7 +7,10 @@ the rest of gymverl needs (task key, reward, task fields, completion status).
 Schema (what `ng_collect_rollouts` writes, one JSON object per line):
 - `responses_create_params`: object; `input` is a string or a list of items (messages with `role`
   and `content`, `function_call`, `function_call_output`, `reasoning`), `tools` a list or null.
-- `response`: an OpenAI Responses-API object; `output` is a list of items (same item types).
+- `response`: an OpenAI Responses-API object; `output` is a list of items (same item types), or,
+  from NeMo Gym's aviary agent (`return_transitions=true`, `response.contains_transitions`), a list
+  of per-step transitions: one cumulative item list per step, the last holding the whole
+  conversation (seed question included); `output_items` reads either.
 - `reward`: a finite number (usually 0.0-1.0; some environments, e.g. blackjack, use -1.0).
 - optional: `_ng_task_index`, `_ng_rollout_index` (ints), `agent_ref` ({type, name} or str),
   plus any task fields (`expected_answer`, `options`, ...) and verifier outputs at top level.
@@ -22,6 +25,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional, Union
 
+
+import orjson
 
 from gymverl.inputs import as_input
 from gymverl.jsonl import DEFAULT_MAX_LINE_BYTES, InputError, Line, Parsed, RejectsWriter, dumps, iter_lines, parse_line, read_jsonl
@@ -102,6 +107,13 @@ def _short(value: Any) -> str:
 def _check_items(items: list[Any], where: str) -> None:
     for i, item in enumerate(items):
         if not isinstance(item, dict):
+            if isinstance(item, list) and where == "response.output":
+                # A mix of items and item lists: not the aviary transitions form either.
+                raise RecordError(
+                    "wrong_type",
+                    f"'{where}[{i}]' is an array in a list of items (NeMo Gym's aviary agent writes per-step transitions "
+                    "as a list of arrays only, contains_transitions=true)",
+                )
             raise RecordError("wrong_type", f"'{where}[{i}]' must be an object, got {_type_name(item)}")
         t = item.get("type")
         role = item.get("role")
@@ -139,7 +151,10 @@ def check_record(obj: Any) -> None:
         if "output" not in response:
             raise RecordError("missing_key", "missing required key 'response.output'")
         raise RecordError("wrong_type", f"'response.output' must be an array, got {_type_name(output)}")
-    _check_items(output, "response.output")
+    if is_transitions(output):
+        _check_items(output[-1], "response.output[-1]")
+    else:
+        _check_items(output, "response.output")
     reward = obj["reward"]
     if isinstance(reward, bool) or not isinstance(reward, (int, float)):
         raise RecordError("wrong_type", f"'reward' must be a number, got {_type_name(reward)}")
@@ -177,6 +192,77 @@ def check_task(obj: Any) -> None:
 # ---- reading parts of a record -----------------------------------------------------------------
 
 
+def is_transitions(output: Any) -> bool:
+    """True when `response.output` is a list of per-step transitions (NeMo Gym's aviary agent with
+    `return_transitions=true`): a non-empty list whose every element is an item list."""
+    return isinstance(output, list) and bool(output) and all(isinstance(step, list) for step in output)
+
+
+def output_items(record: dict[str, Any]) -> list[Any]:
+    """The response's items: `response.output`, or the last transition of the aviary form (the whole
+    conversation: the seed question, every call and output, the final answer)."""
+    output = (record.get("response") or {}).get("output") or []
+    return output[-1] if is_transitions(output) else output
+
+
+def is_json_object_text(value: Any) -> bool:
+    """True when tool-call `arguments` are a JSON object: a dict, or JSON text that parses to one.
+
+    OpenAI and NeMo Gym write arguments as the JSON text of an object; anything else (invalid JSON
+    such as a cut-off `{"city": "Par`, a JSON string like `"Paris"`, a number, null, "") is a
+    malformed call (NeMo Gym's simple agent returns the parse error to the model and goes on).
+    """
+    if isinstance(value, dict):
+        return True
+    if not isinstance(value, (str, bytes)):
+        return False
+    try:
+        return isinstance(orjson.loads(value), dict)
+    except orjson.JSONDecodeError:
+        return False
+
+
+def malformed_calls(record: dict[str, Any]) -> int:
+    """Function calls (task input and response) whose `arguments` are not a JSON object (a missing
+    `arguments` reads as `{}`, as `gymverl.messages` converts it)."""
+    inp = (record.get("responses_create_params") or {}).get("input")
+    n = 0
+    for items in (inp if isinstance(inp, list) else (), output_items(record)):
+        for item in items:
+            if isinstance(item, dict) and item.get("type") == "function_call" and "arguments" in item:
+                n += not is_json_object_text(item["arguments"])
+    return n
+
+
+def _is_message(item: dict[str, Any]) -> bool:
+    kind = item.get("type", "message")
+    return kind == "message" or (kind is None and "role" in item)
+
+
+def empty_answer(record: dict[str, Any]) -> bool:
+    """True when the response ends without a final answer: its last model turn is an assistant
+    message with no text, or it has no assistant message or call at all (reasoning only, nothing)."""
+    last = None
+    for item in output_items(record):
+        if isinstance(item, dict) and (item.get("type") == "function_call" or (_is_message(item) and item.get("role") == "assistant")):
+            last = item
+    if last is None:
+        return True
+    return last.get("type") != "function_call" and not content_text(last.get("content")).strip()
+
+
+def starts_without_prompt(record: dict[str, Any]) -> bool:
+    """True when the conversation has no prompt: no instructions, an empty input, and the response
+    does not begin with a user/system message either (aviary's flat form keeps the question only in
+    its environment), so it would start with a model turn."""
+    rcp = record.get("responses_create_params") or {}
+    if rcp.get("instructions") or rcp.get("input"):
+        return False
+    items = output_items(record)
+    first = items[0] if items else None
+    return not (isinstance(first, dict) and _is_message(first) and first.get("role") in ("user", "system", "developer"))
+
+
 def task_fields(record: dict[str, Any]) -> dict[str, Any]:
     """Top-level keys that are not NeMo Gym rollout keys: task fields and verifier outputs."""
     return {k: v for k, v in record.items() if not is_ng_key(k)}
@@ -186,7 +272,25 @@ def prompt_hash(record: dict[str, Any]) -> str:
     """A stable hash of the task prompt (`input` + `tools` + `instructions`) for grouping rollouts."""
     rcp = record.get("responses_create_params") or {}
     key = {"input": rcp.get("input"), "tools": rcp.get("tools"), "instructions": rcp.get("instructions")}
+    seed = transition_seed(record)
+    if seed:
+        # aviary's request input is [] for every task: its question is the seed of the transitions.
+        key["seed"] = seed
     return hashlib.sha1(dumps(key, sort_keys=True)).hexdigest()[:16]
+
+
+def transition_seed(record: dict[str, Any]) -> list[Any]:
+    """The items of aviary's last transition before the model's first turn (the task's question);
+    [] for a plain `response.output`."""
+    output = (record.get("response") or {}).get("output")
+    if not is_transitions(output):
+        return []
+    seed = []
+    for item in output[-1]:
+        if not isinstance(item, dict) or item.get("type") in ("function_call", "reasoning") or (_is_message(item) and item.get("role") == "assistant"):
+            break
+        seed.append(item)
+    return seed
 
 
 def task_key(record: dict[str, Any]) -> str:
@@ -226,7 +330,7 @@ def output_tokens(record: dict[str, Any]) -> int | None:
 
 def final_text(record: dict[str, Any]) -> str:
     """The text of the last assistant message in the response output ('' if none)."""
-    for item in reversed((record.get("response") or {}).get("output") or []):
+    for item in reversed(output_items(record)):
         if isinstance(item, dict) and item.get("type", "message") == "message" and item.get("role") == "assistant":
             return content_text(item.get("content"))
     return ""
@@ -317,6 +421,14 @@ class ValidationSummary:
     rollouts_per_task: Counter[str] = field(default_factory=Counter)
     agents: Counter[str] = field(default_factory=Counter)
     max_examples: int = 20
+    # Content facts of valid rollouts (SFT/DPO conversion drops the first two under named filters).
+    malformed_calls: int = 0  # rollouts with a tool call whose arguments are not a JSON object
+    malformed_call_lines: list[int] = field(default_factory=list)  # the first few of their line numbers
+    empty_answers: int = 0  # rollouts whose response ends without a final answer ("" or reasoning only)
+    empty_answer_lines: list[int] = field(default_factory=list)
+    transitions: int = 0  # aviary per-step transition lists (the last step is read)
+    no_prompt: int = 0  # conversations that start with a model turn (no question anywhere)
+    no_prompt_lines: list[int] = field(default_factory=list)
 
     def add(self, c: Checked) -> None:
         """Fold one checked line into the summary."""
@@ -333,15 +445,38 @@ class ValidationSummary:
             # A tasks file: no reward yet.
             self._add_valid(None, task_key(rec), agent_name(rec), False, False)
         else:
-            self._add_valid(float(reward), task_key(rec), agent_name(rec), is_incomplete(rec), rec.get("mask_sample") is True)
+            self._add_valid(
+                float(reward), task_key(rec), agent_name(rec), is_incomplete(rec), rec.get("mask_sample") is True,
+                malformed_calls(rec), empty_answer(rec), starts_without_prompt(rec),
+                line=c.line, transitions=is_transitions(rec["response"].get("output")),
+            )
 
-    def _add_valid(self, reward: float | None, key: str, agent: str | None, incomplete: bool, masked: bool) -> None:
+    def _add_valid(
+        self,
+        reward: float | None,
+        key: str,
+        agent: str | None,
+        incomplete: bool,
+        masked: bool,
+        malformed: int = 0,
+        empty: bool = False,
+        no_prompt: bool = False,
+        *,
+        line: int = 0,
+        transitions: bool = False,
+    ) -> None:
         self.lines += 1
         self.valid += 1
         self.rollouts_per_task[key] += 1
         self.agents[agent or "(unnamed)"] += 1
         if reward is None:
             return
+        self.transitions += transitions
+        for flag, lines, name in ((malformed, self.malformed_call_lines, "malformed_calls"), (empty, self.empty_answer_lines, "empty_answers"), (no_prompt, self.no_prompt_lines, "no_prompt")):
+            if flag:
+                setattr(self, name, getattr(self, name) + 1)
+                if len(lines) < self.max_examples:
+                    lines.append(line)
         r = reward
         self.reward_sum += r
         if self.reward_min is None or r < self.reward_min:
@@ -394,6 +529,10 @@ class ValidationSummary:
             },
             "incomplete": self.incomplete,
             "masked": self.masked,
+            "malformed_tool_calls": {"rollouts": self.malformed_calls, "lines": self.malformed_call_lines},
+            "empty_answers": {"rollouts": self.empty_answers, "lines": self.empty_answer_lines},
+            "no_prompt": {"rollouts": self.no_prompt, "lines": self.no_prompt_lines},
+            "transitions": self.transitions,
             "agents": dict(self.agents.most_common()),
         }
 
@@ -401,11 +540,17 @@ class ValidationSummary:
 if _msgspec is not None:
     # The keys `check_record` reads, typed; msgspec skips everything else without building it.
 
+    _RAW_MISSING = _msgspec.Raw(b"null")
+
     class _FItem(_msgspec.Struct):
         type: Optional[str] = None
         role: Optional[str] = None
         name: Optional[str] = None
         call_id: Optional[str] = None
+        # Raw: read (for the content facts) only where needed, never built for every item. A missing
+        # key hands back the very default object, so `is _RAW_MISSING` tells "absent" from "null".
+        arguments: _msgspec.Raw = _RAW_MISSING
+        content: _msgspec.Raw = _RAW_MISSING
 
     class _FAgent(_msgspec.Struct):
         name: Any = None
@@ -445,8 +590,8 @@ class _FastRollouts:
         self._parser = _simdjson.Parser()
         self._decode = _msgspec.json.Decoder(_FRecord).decode
 
-    def __call__(self, data: bytes) -> tuple[float, str, str | None, bool, bool] | None:
-        """(reward, task key, agent, incomplete, masked) when `data` is certainly valid, else None."""
+    def __call__(self, data: bytes) -> tuple[float, str, str | None, bool, bool, int, bool, bool] | None:
+        """`_fast_summary`'s facts when `data` is certainly valid, else None."""
         if data[:3] == b"\xef\xbb\xbf":
             return None
         try:
@@ -481,8 +626,9 @@ def _fast_items(items: list[Any]) -> bool:
     return True
 
 
-def _fast_summary(rec: Any) -> tuple[float, str, str | None, bool, bool] | None:
-    """The rest of `check_record` on a typed record, plus what the summary needs."""
+def _fast_summary(rec: Any) -> tuple[float, str, str | None, bool, bool, int, bool, bool] | None:
+    """The rest of `check_record` on a typed record, plus what the summary needs: (reward, task key,
+    agent, incomplete, masked, malformed calls, empty answer, starts without prompt)."""
     inp = rec.responses_create_params.input
     if type(inp) is list and not _fast_items(inp):
         return None
@@ -502,7 +648,49 @@ def _fast_summary(rec: Any) -> tuple[float, str, str | None, bool, bool] | None:
     status = response.status
     incomplete = bool(response.incomplete_details) or (status is not None and status != "completed")
     key = f"{agent}#{index}" if agent else f"#{index}"
-    return reward, key, agent, incomplete, rec.mask_sample is True
+    facts = _fast_facts(inp, response.output)
+    if facts is None:
+        return None
+    return (reward, key, agent, incomplete, rec.mask_sample is True, *facts)
+
+
+def _fast_facts(inp: Any, output: list[Any]) -> tuple[int, bool, bool] | None:
+    """(`malformed_calls`, `empty_answer`, `starts_without_prompt`) of typed items; None when unsure."""
+    malformed = 0
+    last = None
+    for items in (inp if type(inp) is list else (), output):
+        for item in items:
+            if item.type == "function_call" and item.arguments is not _RAW_MISSING:  # missing reads as {}
+                malformed += not _raw_is_object(item.arguments)
+    for item in output:
+        if item.type == "function_call" or (item.type in (None, "message") and item.role == "assistant"):
+            last = item
+    if last is None:
+        empty = True
+    elif last.type == "function_call":
+        empty = False
+    else:
+        try:
+            content = orjson.loads(bytes(last.content))
+        except orjson.JSONDecodeError:
+            return None
+        empty = not content_text(content).strip()
+    if inp:  # a non-empty string or item list: there is a prompt (instructions only do not matter then)
+        no_prompt = False
+    else:
+        return None  # rare (aviary's flat form): the exact path reads instructions too
+    return malformed, empty, no_prompt
+
+
+def _raw_is_object(raw: Any) -> bool:
+    """`is_json_object_text` of the raw JSON of an `arguments` value (a string holding JSON, or an object)."""
+    data = bytes(raw)
+    if data[:1] == b"{":
+        return True  # an object given as such (simdjson validated the line)
+    try:
+        return is_json_object_text(orjson.loads(data))
+    except orjson.JSONDecodeError:
+        return False
 
 
 def validate_file(
@@ -529,7 +717,7 @@ def validate_file(
             if fast is not None and not line.oversize:
                 found = fast(line.data)
                 if found is not None:
-                    summary._add_valid(*found)
+                    summary._add_valid(*found, line=line.number)
                     continue
             c = check_line(line, check, max_line_bytes)
             summary.add(c)

@@ -2,7 +2,8 @@
 
 Rules run in a fixed order and a rollout is counted under the first rule that removes it, so the
 summary adds up to the input:
-per rollout  `masked` -> `repeated_rollout` -> `incomplete` -> `min_reward` -> `max_tokens`;
+per rollout  `masked` -> `repeated_rollout` -> `incomplete` -> `malformed_tool_call` -> `empty_answer`
+             -> `min_reward` -> `max_tokens`;
 per task     `solved` / `unsolved` (judged on *all* valid rollouts of the task, so a reward
              threshold cannot make a task look solved) -> `duplicate` -> `best_of_n` -> `unpaired` (dpo).
 The train/val split is a hash of the task key: deterministic, identical on every run and machine,
@@ -25,6 +26,8 @@ RULES: dict[str, str] = {
     "masked": "mask_sample: true, not a valid measurement (NeMo Gym >= 0.5; --keep-masked keeps them)",
     "repeated_rollout": "the same (task, repeat) as an earlier line of the file",
     "incomplete": "response incomplete (cut off before it finished)",
+    "malformed_tool_call": "a tool call whose arguments are not a JSON object, which training would teach (--keep-malformed-calls keeps them)",
+    "empty_answer": "no final answer: the response ends in an empty message or has reasoning only (--keep-empty-answers keeps them)",
     "min_reward": "reward below --min-reward",
     "max_tokens": "longer than --max-tokens",
     "solved": "task solved by every rollout (--drop-solved)",
@@ -51,6 +54,11 @@ class SelectOptions:
     # NeMo Gym >= 0.5 marks rollouts whose reward is not a valid measurement (judge failed, session
     # lost, ...) with `mask_sample: true`; `gym eval profile` leaves them out, NeMo RL zeroes their loss.
     drop_masked: bool = True
+    # NeMo Gym's simple agent hands a malformed call's parse error back to the model and goes on, so
+    # rollouts (even rewarded ones) contain calls the model should not learn; sft/dpo drop them.
+    drop_malformed_calls: bool = True
+    # A response with no final answer ("" or reasoning only) teaches stopping without answering.
+    drop_empty_answers: bool = True
     # A rollout "solves" its task when reward >= this (1.0 fits 0/1 verifiers and blackjack's -1/1).
     solved_threshold: float = 1.0
     val_fraction: float = 0.0
@@ -95,15 +103,23 @@ def needs_grouping(fmt: str, opts: SelectOptions, *, tasks_input: bool = False) 
     return bool(opts.best_of_n or opts.drop_solved or opts.drop_unsolved or opts.dedup)
 
 
-def record_status(reward: float, incomplete: bool, opts: SelectOptions, masked: bool = False) -> str | None:
+def record_status(
+    reward: float, incomplete: bool, opts: SelectOptions, masked: bool = False, malformed: int = 0, empty: bool = False
+) -> str | None:
     """The first per-rollout rule that removes this rollout (None: keep); `max_tokens` is checked separately.
 
-    `masked`: the rollout has `mask_sample: true` (dropped unless `opts.drop_masked` is off).
+    `masked`: the rollout has `mask_sample: true` (dropped unless `opts.drop_masked` is off);
+    `malformed`: its count of tool calls whose arguments are not a JSON object
+    (`records.malformed_calls`); `empty`: it ends without a final answer (`records.empty_answer`).
     """
     if masked and opts.drop_masked:
         return "masked"
     if opts.drop_incomplete and incomplete:
         return "incomplete"
+    if malformed and opts.drop_malformed_calls:
+        return "malformed_tool_call"
+    if empty and opts.drop_empty_answers:
+        return "empty_answer"
     if opts.min_reward is not None and reward < opts.min_reward:
         return "min_reward"
     return None

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from gymverl.jsonl import iter_lines
-from gymverl.records import Checked, agent_name, content_text, is_incomplete, iter_checked, output_tokens, task_key
+from gymverl.records import Checked, agent_name, content_text, empty_answer, is_incomplete, iter_checked, malformed_calls, output_items, output_tokens, task_key
 from gymverl.sidecars import CollectionReport, PairSet, Sidecars, TaskSource, collection_report, prompt_key, sidecar_paths
 
 DEFAULT_THRESHOLD = 1.0
@@ -249,7 +249,7 @@ def reward_edges(lo: float | None, hi: float | None, bins: int = 10) -> list[flo
 def response_chars(record: dict[str, Any]) -> int:
     """Characters the policy produced: message text, tool-call names + arguments, reasoning text."""
     n = 0
-    for item in (record.get("response") or {}).get("output") or []:
+    for item in output_items(record):
         if not isinstance(item, dict):
             continue
         t = item.get("type", "message")
@@ -336,6 +336,8 @@ class Facts:
     masked: bool
     tokens: int | None
     chars: int
+    malformed: bool = False  # a tool call whose arguments are not a JSON object (records.malformed_calls)
+    empty: bool = False  # no final answer (records.empty_answer)
 
     @classmethod
     def of(cls, record: dict[str, Any], threshold: float) -> "Facts":
@@ -349,6 +351,8 @@ class Facts:
             record.get("mask_sample") is True,
             output_tokens(record),
             response_chars(record),
+            malformed_calls(record) > 0,
+            empty_answer(record),
         )
 
 
@@ -363,6 +367,8 @@ class GroupStats:
     incomplete: int = 0
     failed: int = 0
     masked: int = 0
+    malformed_tool_calls: int = 0  # rollouts with a tool call whose arguments are not a JSON object
+    empty_answers: int = 0  # rollouts without a final answer
     reward: Distribution = field(default_factory=Distribution)
     tokens: Distribution = field(default_factory=Distribution)
     chars: Distribution = field(default_factory=Distribution)
@@ -382,6 +388,8 @@ class GroupStats:
         self.reward.add(f.reward)
         self.incomplete += f.incomplete
         self.failed += f.failed
+        self.malformed_tool_calls += f.malformed
+        self.empty_answers += f.empty
         toks = f.tokens
         if toks is not None:
             self.tokens.add(toks)
@@ -442,6 +450,8 @@ class GroupStats:
             "failed": self.failed,
             "masked": self.masked,
             "tasks_fully_masked": fully_masked,
+            "malformed_tool_calls": self.malformed_tool_calls,
+            "empty_answers": self.empty_answers,
             "length": {
                 "unit": unit,
                 **dist.summary(),

@@ -301,6 +301,47 @@ def load_tokenizer(model: str) -> Any:
         raise TrainError(f"{model}: no usable tokenizer ({exc}).") from None
 
 
+def check_tool_arguments(paths: list[Path], counter: Any, mode: Optional[str]) -> None:
+    """Raise TrainError when gymverl's VeRL dataset would stop on the tool-call argument form.
+
+    The same decision as `gymverl.verl_data.GymverlSFTDataset` (`mode`: the `data.tool_arguments`
+    override, None/auto = probe the template), taken before torchrun starts: a template that renders
+    neither form, or object arguments asked for rows whose arguments are not a JSON object.
+    Sets the counter's form so `check_lengths` counts tokens the same way.
+    """
+    import pyarrow.parquet as pq
+
+    from gymverl.convert import ConvertError
+    from gymverl.formats.sft import has_tool_calls, non_object_arguments
+
+    if mode not in (None, "auto", "object", "string"):
+        raise TrainError(f"data.tool_arguments must be auto, object or string, got {mode!r}.")
+    rows: list[tuple[Path, int, Any]] = []
+    for path in paths:
+        if "messages" not in pq.read_schema(path).names:
+            continue
+        for i, value in enumerate(pq.read_table(path, columns=["messages"]).column("messages").to_pylist()):
+            if has_tool_calls(value):
+                rows.append((path, i, value))
+    if not rows:
+        return
+    if mode in ("object", "string"):
+        counter.set_form(mode)
+    try:
+        wants_objects = counter.object_arguments
+    except ConvertError as exc:
+        raise TrainError(f"{rows[0][0]}: {exc}") from None
+    if not wants_objects:
+        return
+    for path, i, value in rows:
+        bad = non_object_arguments(json.loads(value) if isinstance(value, (str, bytes)) else value)
+        if bad:
+            raise TrainError(
+                f"{path}: row {i + 1} has a tool call whose arguments are not a JSON object ({bad[0][:60]!r}), which the model's "
+                "chat template (it needs object arguments) cannot render as written; rebuild the data without --keep-malformed-calls."
+            )
+
+
 def check_lengths(path: Path, counter: Any, max_length: int) -> None:
     """Raise TrainError when a row of SFT parquet `path` has more than `max_length` chat-template tokens.
 
@@ -510,6 +551,7 @@ def plan_training(opts: TrainOptions, *, check_device: bool = True, check_out: b
         notes.append(note)
     else:
         counter = load_tokenizer(opts.model)
+        check_tool_arguments([p for p in (opts.train, opts.val) if p], counter, _override_value(opts.overrides, "data.tool_arguments"))
         max_length = _override_int(opts.overrides, "data.max_length", opts.max_length)
         if _override_value(opts.overrides, "data.truncation") in (None, "error"):
             for path in filter(None, (opts.train, opts.val)):

@@ -18,8 +18,10 @@ processor (VeRL's `data.image_key`, default `images`); text-only rows hold null 
 
 Tool-call arguments are stored as the model wrote them (a JSON string, OpenAI form). Chat templates
 that JSON-encode arguments themselves (`arguments | tojson`: Qwen2.5, Llama 3.1) need objects
-instead; the class detects that from the tokenizer's template (`data.tool_arguments=auto`, the
-default) or takes `+data.tool_arguments=object` / `string`.
+and templates that iterate them (`arguments | items`: Qwen3-Coder, Gemma) need objects too; the
+class detects the form by rendering a probe call in both forms (`data.tool_arguments=auto`, the
+default; only when some row has a tool call) or takes `+data.tool_arguments=object` / `string`.
+A template that renders neither form as written stops the dataset at start-up with one sentence.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any, Optional
 
 from verl.utils.dataset.multiturn_sft_dataset import MultiTurnSFTDataset
 
-from gymverl.formats.sft import arguments_as_objects, template_wants_object_arguments
+from gymverl.formats.sft import arguments_as_objects, has_tool_calls, non_object_arguments, tool_arguments_form
 
 JSON_COLUMNS = ("messages", "tools", "prompt", "chosen", "rejected")
 
@@ -84,9 +86,21 @@ class GymverlSFTDataset(MultiTurnSFTDataset):
             # Missing tools come back as pandas NA (pyarrow dtype backend): anything not JSON text is "no tools".
             self.tools = [(json.loads(t) or None) if isinstance(t, (str, bytes)) else None for t in self.tools]
         mode = self._tool_arguments_mode
+        with_calls = [i for i, m in enumerate(self.messages) if has_tool_calls(m)]
         if mode == "auto":
-            mode = "object" if template_wants_object_arguments(self.tokenizer) else "string"
+            # Rows without tool calls render the same either way: no template needs to be probed.
+            mode = tool_arguments_form(self.tokenizer) if with_calls else "string"
         self._object_arguments = mode == "object"
+        if self._object_arguments:
+            for i in with_calls:
+                value = self.messages[i]
+                bad = non_object_arguments(json.loads(value) if isinstance(value, (str, bytes)) else value)
+                if bad:
+                    raise ValueError(
+                        f"row {i} has a tool call whose arguments are not a JSON object ({bad[0][:60]!r}), which a chat "
+                        "template that needs object arguments cannot render as the model wrote it; rebuild the parquet "
+                        "without --keep-malformed-calls (the default drops such rollouts) or set +data.tool_arguments=string."
+                    )
 
     def _build_messages(self, example: dict) -> list:
         images = example.get(self.image_key)

@@ -195,6 +195,73 @@ def prompt_file(r: dict[str, Any]) -> None:
     r["responses_create_params"]["input"][-1]["content"] = [{"type": "input_file", "file_data": "eA==", "filename": "a.txt"}, {"type": "input_text", "text": "q"}]
 
 
+# Issue 12 items 7-9: content the fast path must judge like the exact path (or decline).
+@mutation
+def malformed_arguments(r: dict[str, Any]) -> None:
+    for it in _items(r, "function_call"):
+        it["arguments"] = '{"city": "Par'
+
+
+@mutation
+def string_arguments(r: dict[str, Any]) -> None:
+    for it in _items(r, "function_call"):
+        it["arguments"] = '"Paris"'
+
+
+@mutation
+def empty_arguments(r: dict[str, Any]) -> None:
+    for it in _items(r, "function_call"):
+        it["arguments"] = ""
+
+
+@mutation
+def null_arguments(r: dict[str, Any]) -> None:
+    for it in _items(r, "function_call"):
+        it["arguments"] = None
+
+
+@mutation
+def malformed_call_in_prompt(r: dict[str, Any]) -> None:
+    r["responses_create_params"]["input"] = [
+        {"role": "user", "content": "q"},
+        {"type": "function_call", "call_id": "p0", "name": "f", "arguments": "{oops"},
+        {"type": "function_call_output", "call_id": "p0", "output": "error"},
+    ]
+
+
+@mutation
+def empty_final_answer(r: dict[str, Any]) -> None:
+    r["response"]["output"].append({"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": " "}]})
+
+
+@mutation
+def reasoning_only(r: dict[str, Any]) -> None:
+    r["response"]["output"] = [{"type": "reasoning", "summary": [{"type": "summary_text", "text": "hmm"}]}]
+
+
+@mutation
+def aviary_transitions(r: dict[str, Any]) -> None:
+    seed = r["responses_create_params"]["input"]
+    seed = [{"role": "user", "content": seed}] if isinstance(seed, str) else seed
+    out = r["response"]["output"]
+    r["response"]["output"] = [seed + out[:1], seed + out]
+    r["response"]["tools"] = r["responses_create_params"].pop("tools", None)
+    r["responses_create_params"]["input"] = []
+
+
+@mutation
+def aviary_flat(r: dict[str, Any]) -> None:
+    r["responses_create_params"]["input"] = []
+    r["responses_create_params"].pop("instructions", None)
+    r["response"]["contains_transitions"] = False
+
+
+@mutation
+def question_in_output(r: dict[str, Any]) -> None:
+    r["responses_create_params"]["input"] = []
+    r["response"]["output"].insert(0, {"type": "message", "role": "user", "content": "the question"})
+
+
 def _mixed_file(path: Path) -> Path:
     """Sample rollouts, then each mutation (alone and in random pairs), plus lines only orjson judges."""
     base = [json.loads(line) for line in (SAMPLE_DATA / "rollouts.jsonl").read_text().splitlines()]
@@ -251,6 +318,8 @@ def _run(src: Path, out: Path, fmt: str, sel: dict[str, Any], fast: bool, monkey
         ("sft", {"best_of_n": 2, "drop_unsolved": True}, {}),
         ("rl", {"drop_solved": True}, {}),
         ("dpo", {}, {}),
+        ("sft", {"drop_malformed_calls": False, "drop_empty_answers": False}, {}),
+        ("sft", {"best_of_n": 2, "drop_malformed_calls": False}, {}),
     ],
 )
 def test_fast_path_gives_the_exact_paths_rows_and_rejections(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str, sel: dict[str, Any], opts: dict[str, Any]) -> None:

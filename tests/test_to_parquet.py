@@ -113,8 +113,11 @@ def _with_bad_lines(tmp_path: Path) -> tuple[Path, dict[int, str]]:
 @pytest.mark.parametrize(
     "fmt, sel, row_error",
     [
-        ("sft", {}, True),  # streaming
-        ("sft", {"best_of_n": 10}, True),  # grouped: the broken rollout is kept, so building its row fails
+        # The answerless rollout is an `empty_answer` filter by default (issue 12 item 8); with that
+        # rule off it is kept, so building its row fails (a rejection).
+        ("sft", {}, False),
+        ("sft", {"drop_empty_answers": False}, True),  # streaming
+        ("sft", {"best_of_n": 10, "drop_empty_answers": False}, True),  # grouped: the broken rollout is kept, so building its row fails
         ("rl", {}, False),  # rl rows need only the prompt
         ("dpo", {}, False),  # its task has only reward-1.0 rollouts: counted as unpaired before any row is built
     ],
@@ -130,11 +133,13 @@ def test_every_line_is_accounted_for(tmp_path: Path, fmt: str, sel: dict[str, An
     got = {r["line"]: r["code"] for r in _records(rejects)}
     assert got == bad
     assert all(r["raw"] and r["reason"] for r in _records(rejects))
+    if fmt == "sft" and not row_error:
+        assert summary.filtered["empty_answer"] == 1
 
 
 def test_cli_reports_rejections_and_exit_code(tmp_path: Path) -> None:
     src, bad = _with_bad_lines(tmp_path)
-    res = runner.invoke(app, ["to-parquet", str(src), "-o", str(tmp_path / "o"), "--json"])
+    res = runner.invoke(app, ["to-parquet", str(src), "-o", str(tmp_path / "o"), "--json", "--keep-empty-answers"])
     assert res.exit_code == 1
     data = json.loads(res.stdout)
     assert {r["line"] for r in data["rejections"]} == set(bad)

@@ -197,7 +197,7 @@ def test_valid_record_shapes_round_trip(workdir):
 import contextlib  # noqa: E402
 
 from gymverl import records  # noqa: E402
-from gymverl.records import _FastRollouts, agent_name, is_incomplete, task_key  # noqa: E402
+from gymverl.records import _FastRollouts, agent_name, empty_answer, is_incomplete, malformed_calls, starts_without_prompt, task_key  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -226,7 +226,7 @@ def test_accelerators_are_installed_and_used():
     assert records._msgspec is not None and records._simdjson is not None, "pip install msgspec pysimdjson"
     found = _FastRollouts()(GOOD)
     rec = orjson.loads(GOOD)
-    assert found == (1.0, task_key(rec), agent_name(rec), is_incomplete(rec), False)
+    assert found == (1.0, task_key(rec), agent_name(rec), is_incomplete(rec), False, malformed_calls(rec), empty_answer(rec), starts_without_prompt(rec))
 
 
 def test_fast_path_accepts_the_sample_rollouts():
@@ -235,7 +235,10 @@ def test_fast_path_accepts_the_sample_rollouts():
     fast = _FastRollouts()
     for raw in (SAMPLE_DATA / "rollouts.jsonl").read_bytes().splitlines():
         rec = orjson.loads(raw)
-        assert fast(raw) == (float(rec["reward"]), task_key(rec), agent_name(rec), is_incomplete(rec), False)
+        assert fast(raw) == (
+            float(rec["reward"]), task_key(rec), agent_name(rec), is_incomplete(rec), False,
+            malformed_calls(rec), empty_answer(rec), starts_without_prompt(rec),
+        )
 
 
 @SETTINGS
@@ -272,7 +275,10 @@ def test_repeated_keys_read_like_orjson(workdir, key, value, first, item_key, it
         if found is not None:
             rec = orjson.loads(raw)
             check_record(rec)
-            assert found == (float(rec["reward"]), task_key(rec), agent_name(rec), is_incomplete(rec), rec.get("mask_sample") is True)
+            assert found == (
+                float(rec["reward"]), task_key(rec), agent_name(rec), is_incomplete(rec), rec.get("mask_sample") is True,
+                malformed_calls(rec), empty_answer(rec), starts_without_prompt(rec),
+            )
 
 
 @SETTINGS

@@ -32,7 +32,8 @@ from typing import Any
 import pyarrow as pa
 
 from gymverl.formats import RowError, dumps_str
-from gymverl.messages import MessageError, chat_tools, prompt_messages, response_messages
+from gymverl.formats.sft import no_prompt_reason, task_tools
+from gymverl.messages import MessageError, chat_tools, rollout_parts
 
 # One JSON text per chat message (see the module docstring).
 MESSAGES = pa.list_(pa.json_(pa.string()))
@@ -73,13 +74,14 @@ def dpo_side(record: dict[str, Any], *, include_reasoning: bool = False) -> dict
     `tools` (JSON string or None). RowError when the rollout cannot be one side of a pair."""
     try:
         # images=None: an image is refused (images_not_supported), never dropped.
-        prompt = prompt_messages(record["responses_create_params"], include_reasoning=include_reasoning)
-        response = response_messages(record, include_reasoning=include_reasoning)
-        tools = chat_tools(record["responses_create_params"].get("tools"))
+        prompt, response = rollout_parts(record, include_reasoning=include_reasoning)  # aviary transitions too
+        tools = chat_tools(task_tools(record))
     except MessageError as exc:
         raise RowError(exc.code, f"cannot convert to chat messages: {exc}") from None
     if not response:
         raise RowError("no_assistant_turn", "the response is empty")
+    if not prompt or prompt[0]["role"] in ("assistant", "tool"):
+        raise RowError("no_prompt", no_prompt_reason(record))
     return {"prompt": encode_messages(prompt), "response": encode_messages(response), "tools": dumps_str(tools) if tools else None}
 
 

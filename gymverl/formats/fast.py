@@ -21,7 +21,7 @@ from typing import Any, Optional, Union
 import orjson
 
 from gymverl.messages import IMAGE_PART_TYPES, ROLE_MAP, UNSUPPORTED_PART_TYPES, MessageError, _reasoning_text, chat_tools, prompt_messages
-from gymverl.records import RecordError, _check_items, _fast_items, content_text, prompt_hash
+from gymverl.records import RecordError, _check_items, _fast_items, content_text, is_json_object_text, malformed_calls, prompt_hash
 
 try:
     import msgspec
@@ -80,7 +80,7 @@ def available() -> bool:
 class FastRollout:
     """What the fast decoder read from one valid rollout line."""
 
-    __slots__ = ("rec", "key", "agent", "reward", "incomplete", "masked", "rollout_index", "prompt", "tools")
+    __slots__ = ("rec", "key", "agent", "reward", "incomplete", "masked", "rollout_index", "prompt", "tools", "malformed", "empty")
 
     def __init__(
         self, rec: Any, key: str, agent: str | None, incomplete: bool, prompt: tuple[list[dict[str, Any]], bool], tools: list[dict[str, Any]]
@@ -94,6 +94,8 @@ class FastRollout:
         self.rollout_index: int | None = rec.rollout_index
         self.prompt = prompt  # (converted prompt messages, whether one is an assistant turn)
         self.tools = tools  # chat tools ([] when none)
+        self.malformed = 0  # tool calls whose arguments are not a JSON object (records.malformed_calls)
+        self.empty = False  # no final answer (records.empty_answer)
 
 
 class FastSFT:
@@ -109,6 +111,7 @@ class FastSFT:
         self._tools: dict[bytes, list[dict[str, Any]] | None] = {}
         self._inputs: dict[bytes, bool] = {}
         self._hashes: dict[tuple[bytes, bytes, bytes], str] = {}
+        self._input_malformed: dict[bytes, int] = {}
 
     def decode(self, data: bytes, *, validated: bool = False, rows: bool = True) -> FastRollout | None:
         """The rollout facts when `data` is certainly a valid rollout, else None.
@@ -157,7 +160,40 @@ class FastSFT:
             if digest is None:
                 return None
             key = f"{agent}@{digest}" if agent else f"@{digest}"
-        return FastRollout(rec, key, agent, incomplete, prompt, tools)  # type: ignore[arg-type]
+        got = FastRollout(rec, key, agent, incomplete, prompt, tools)  # type: ignore[arg-type]
+        facts = self._content_facts(rec)
+        if facts is None:
+            return None
+        got.malformed, got.empty = facts
+        return got
+
+    def _content_facts(self, rec: Any) -> tuple[int, bool] | None:
+        """(`records.malformed_calls`, `records.empty_answer`) of a decoded rollout; None when unsure."""
+        inp = bytes(rec.responses_create_params.input)
+        malformed = 0
+        if b"function_call" in inp:
+            malformed = self._input_malformed.get(inp, -1)
+            if malformed < 0:
+                try:
+                    malformed = malformed_calls({"responses_create_params": {"input": orjson.loads(inp)}, "response": {}})
+                except orjson.JSONDecodeError:
+                    return None
+                if len(self._input_malformed) >= self.cache_size:
+                    self._input_malformed.clear()
+                self._input_malformed[inp] = malformed
+        last = None
+        for item in rec.response.output:
+            if item.type == "function_call":
+                if item.arguments is not msgspec.UNSET:
+                    malformed += not is_json_object_text(item.arguments)
+                last = item
+            elif item.type in (None, "message") and item.role == "assistant":
+                last = item
+        if last is None:
+            empty = True
+        else:
+            empty = last.type != "function_call" and not content_text(last.content).strip()
+        return malformed, empty
 
     def _input_ok(self, raw: Any) -> bool:
         """`check_task`'s verdict on `responses_create_params.input` (cached by its JSON)."""
@@ -205,7 +241,10 @@ class FastSFT:
         messages, prompt_has_assistant = got.prompt
         if not prompt_has_assistant and not any(m["role"] == "assistant" for m in response):
             return None  # no assistant turn: the exact path rejects it with its reason
-        return messages + response, got.tools
+        conv = messages + response
+        if conv[0]["role"] in ("assistant", "tool"):
+            return None  # no prompt (aviary's flat form): the exact path rejects it with its reason
+        return conv, got.tools
 
     def _prompt(self, rcp: Any) -> tuple[list[dict[str, Any]], bool] | None:
         # Keyed by the raw JSON of input (+ instructions when present: msgspec hands back the very

@@ -18,7 +18,8 @@ import pyarrow as pa
 from gymverl.formats import RowError, dumps_str
 from gymverl.formats.rl import IMAGES
 from gymverl.jsonl import dumps
-from gymverl.messages import MessageError, check_placeholders, chat_tools, prompt_messages, response_messages
+from gymverl.messages import MessageError, check_placeholders, chat_tools, prompt_messages, response_messages, rollout_parts
+from gymverl.records import agent_name, is_json_object_text, is_transitions
 
 SCHEMA = pa.schema(
     [
@@ -94,18 +95,45 @@ def conversation(
     try:
         rcp = record["responses_create_params"]
         prompt, prompt_images = _CACHE.prompt(rcp, include_reasoning)
-        if prompt_images:
-            if images is None:
-                raise RowError("images_not_supported", "the rollout's prompt has input_image content, which this output cannot carry")
-            images.extend(prompt_images)
-        messages = prompt + response_messages(record, include_reasoning=include_reasoning, images=images)
+        if prompt and not is_transitions(record["response"].get("output")):
+            if prompt_images:
+                if images is None:
+                    raise RowError("images_not_supported", "the rollout's prompt has input_image content, which this output cannot carry")
+                images.extend(prompt_images)
+            messages = prompt + response_messages(record, include_reasoning=include_reasoning, images=images)
+        else:  # aviary transitions, or a question only in the output: split by rollout_parts
+            prompt, response = rollout_parts(record, include_reasoning=include_reasoning, images=images)
+            messages = prompt + response
         check_placeholders(messages, images or [])
-        tools = _CACHE.chat_tools(rcp.get("tools"))
+        tools = _CACHE.chat_tools(task_tools(record))
     except MessageError as exc:
         raise RowError(exc.code, f"cannot convert to chat messages: {exc}") from None
     if not any(m.get("role") == "assistant" for m in messages):
         raise RowError("no_assistant_turn", "the response has no assistant message or tool call to train on")
+    if messages[0]["role"] in ("assistant", "tool"):
+        raise RowError("no_prompt", no_prompt_reason(record))
     return messages, tools
+
+
+def task_tools(record: dict[str, Any]) -> Any:
+    """The tool schemas the model was given: `responses_create_params.tools`; for aviary's transition
+    form, whose request carries none, the ones the response echoes (`response.tools`)."""
+    tools = record["responses_create_params"].get("tools")
+    if not tools and is_transitions(record["response"].get("output")):
+        tools = record["response"].get("tools")
+    return tools
+
+
+def no_prompt_reason(record: dict[str, Any]) -> str:
+    """Why a conversation that starts with a model turn cannot be trained on (one sentence)."""
+    reason = "the conversation starts with a model turn: there is no question in responses_create_params.input or before the first response item"
+    response = record.get("response") or {}
+    if response.get("contains_transitions") is False or "aviary" in str(agent_name(record) or ""):
+        reason += (
+            " (NeMo Gym's aviary agent with return_transitions=false keeps the question only in its environment; "
+            "collect with return_transitions=true, whose last transition holds the whole conversation)"
+        )
+    return reason
 
 
 def sft_row(
@@ -140,25 +168,94 @@ def sft_row(
     }
 
 
-def template_wants_object_arguments(tokenizer: Any) -> bool:
-    """True when the chat template JSON-encodes tool-call arguments itself (e.g. `arguments | tojson`).
+# The probe call: a key and value that appear in no template, so finding them in the rendered text
+# (and how they are quoted) tells which argument form the template shows as the model wrote it.
+_PROBE_KEY = "gymverl_probe_key"
+_PROBE_VALUE = "gymverl_probe_value"
+TOOL_ARGUMENT_FORMS = ("string", "object")
 
-    OpenAI-form arguments are JSON *strings*; such templates (Qwen2.5, Llama 3.1) would render them
-    as an escaped string, so they must get objects instead. Decided by rendering a probe call.
-    """
-    probe = [
+
+class ToolArgumentsError(ValueError):
+    """The chat template renders tool-call arguments correctly in neither form (one sentence)."""
+
+
+def _probe_messages(arguments: Any) -> list[dict[str, Any]]:
+    return [
         {"role": "user", "content": "x"},
         {
             "role": "assistant",
             "content": "",
-            "tool_calls": [{"type": "function", "id": "c0", "function": {"name": "f", "arguments": '{"k": 1}'}}],
+            "tool_calls": [{"type": "function", "id": "c0", "function": {"name": "f", "arguments": arguments}}],
         },
     ]
-    try:
-        text = tokenizer.apply_chat_template(probe, tokenize=False)
-    except Exception:  # noqa: BLE001 - a template without tool support: nothing to adapt
-        return False
-    return '\\"k\\"' in str(text)
+
+
+def _probe_problem(text: str) -> str | None:
+    """What is wrong with a rendered probe call (None: the arguments appear as written)."""
+    if _PROBE_KEY not in text or _PROBE_VALUE not in text:
+        return "does not show the arguments"
+    if f'\\"{_PROBE_KEY}\\"' in text:
+        return "encodes them a second time (a JSON string inside JSON)"
+    if f"'{_PROBE_KEY}'" in text:
+        return "prints them as a Python dict"
+    return None
+
+
+def tool_arguments_form(tokenizer: Any) -> str:
+    """'string' or 'object': the tool-call argument form the tokenizer's chat template renders as written.
+
+    OpenAI-form arguments are JSON *strings* (what gymverl stores: the model's own text). Some
+    templates JSON-encode arguments themselves (`arguments | tojson`: Qwen2.5, Llama 3.1), which
+    turns a string into an escaped string; others iterate them (`arguments | items`: Qwen3-Coder,
+    Gemma), which raises on a string. Both forms are rendered with a probe call; the string form wins
+    when both show the arguments unchanged (no re-encoding). Raises `ToolArgumentsError` when
+    neither does (the template raises, drops the arguments, double-encodes or prints a Python dict).
+    """
+    problems: list[str] = []
+    for form in TOOL_ARGUMENT_FORMS:
+        args: Any = {_PROBE_KEY: _PROBE_VALUE}
+        if form == "string":
+            args = orjson.dumps(args).decode()
+        try:
+            text = str(tokenizer.apply_chat_template(_probe_messages(args), tokenize=False))
+        except Exception as exc:  # noqa: BLE001 - a template error is the answer for this form
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            problems.append(f"with {form} arguments it raises {type(exc).__name__}" + (f" ({first})" if first else ""))
+            continue
+        problem = _probe_problem(text)
+        if problem is None:
+            return form
+        problems.append(f"with {form} arguments it {problem}")
+    raise ToolArgumentsError(
+        "the tokenizer's chat template renders no tool call as written (" + "; ".join(problems) + "), "
+        "so set +data.tool_arguments=object or +data.tool_arguments=string after checking how the template prints arguments."
+    )
+
+
+def template_wants_object_arguments(tokenizer: Any) -> bool:
+    """True when the chat template needs tool-call arguments as objects (see `tool_arguments_form`).
+
+    Raises `ToolArgumentsError` when the template renders them correctly in neither form.
+    """
+    return tool_arguments_form(tokenizer) == "object"
+
+
+def has_tool_calls(messages: Any) -> bool:
+    """True when a conversation (a list of chat messages, or its JSON text) has an assistant tool call."""
+    if isinstance(messages, (str, bytes)):
+        return b'"tool_calls"' in (messages.encode() if isinstance(messages, str) else messages) and has_tool_calls(orjson.loads(messages))
+    return any(isinstance(m, dict) and m.get("tool_calls") for m in messages or ())
+
+
+def non_object_arguments(messages: list[dict[str, Any]]) -> list[str]:
+    """The `arguments` of every tool call in chat `messages` that is not a JSON object (as text)."""
+    out: list[str] = []
+    for m in messages:
+        for tc in (m.get("tool_calls") or ()) if isinstance(m, dict) else ():
+            args = (tc.get("function") or {}).get("arguments") if isinstance(tc, dict) else None
+            if not is_json_object_text(args):
+                out.append(args if isinstance(args, str) else orjson.dumps(args).decode())
+    return out
 
 
 def arguments_as_objects(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
