@@ -26,6 +26,7 @@ from gymverl.cli import app
 from gymverl.convert import ConvertOptions, convert
 from gymverl.records import validate_file
 from gymverl.select import SelectOptions
+from gymverl.verl_data import decode_row
 
 from conftest import SHARED
 
@@ -247,9 +248,9 @@ def test_aviary_transitions_become_whole_conversations(tmp_path: Path) -> None:
     assert [t["function"]["name"] for t in json.loads(row["tools"])] == ["calculator"]  # from response.tools
     s = convert(src, tmp_path / "dpo", ConvertOptions(fmt="dpo"))
     _accounted(s)
-    (pair,) = _rows(tmp_path / "dpo")
-    assert [m["role"] for m in json.loads(pair["prompt"])] == ["user"]
-    assert json.loads(pair["chosen"])[0]["role"] == "assistant" and json.loads(pair["chosen"])[-1]["content"] == "10"
+    (pair,) = [decode_row(r) for r in _rows(tmp_path / "dpo")]
+    assert [m["role"] for m in pair["prompt"]] == ["user"]
+    assert pair["chosen"][0]["role"] == "assistant" and pair["chosen"][-1]["content"] == "10"
     code, st = _cli_json("stats", str(src))
     assert code == 0 and st["overall"]["rollouts"] == 2
 
@@ -307,6 +308,6 @@ def test_question_only_in_the_output_goes_to_the_dpo_prompt(tmp_path: Path) -> N
     assert s.kept_lines == 2
     assert [m["role"] for m in json.loads(_rows(tmp_path / "sft")[0]["messages"])] == ["user", "assistant"]
     s = convert(src, tmp_path / "dpo", ConvertOptions(fmt="dpo"))
-    (pair,) = _rows(tmp_path / "dpo")
-    assert json.loads(pair["prompt"]) == [{"role": "user", "content": "Weather in Paris?"}]
-    assert [m["role"] for m in json.loads(pair["chosen"])] == ["assistant"]
+    (pair,) = [decode_row(r) for r in _rows(tmp_path / "dpo")]
+    assert pair["prompt"] == [{"role": "user", "content": "Weather in Paris?"}]
+    assert [m["role"] for m in pair["chosen"]] == ["assistant"]
