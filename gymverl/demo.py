@@ -7,10 +7,13 @@ Steps (each prints what it did and where its output is):
  4. rescore   re-score them against the running servers' /verify; then stop the servers
  5. stats     pass rate, pass@k, reward and length statistics (+ a PNG)
  6. parquet   convert to VeRL parquet: `rl` (prompts + ground truth) and `sft` (correct rollouts)
- 7. reward    score answers to the rl prompts with `gymverl.reward.compute_score` (the VeRL reward
+ 7. preview   what training sees: the prompt of an rl row with tools, rendered by the tiny model's
+              chat template the way gymverl's agent loop does (its tools must be in it), and the
+              trained tokens of an sft row (`gymverl preview`)
+ 8. reward    score answers to the rl prompts with `gymverl.reward.compute_score` (the VeRL reward
               function) against the same servers: the reference answer must get 1.0, a non-answer 0.0;
               then stop the servers
- 8. train     a short CPU run of VeRL's SFT trainer on the sft parquet with the tiny model
+ 9. train     a short CPU run of VeRL's SFT trainer on the sft parquet with the tiny model
 
 Servers are stopped when they are no longer needed and, whatever happens (Ctrl-C, SIGTERM, an
 error), before `run_demo` returns or raises. A step whose gymverl part is missing from this install
@@ -40,7 +43,7 @@ DEMO_SERVERS = {
     "math_with_judge_simple_agent": "math_with_judge",
     "xlam_fc_simple_agent": "xlam_fc",
 }
-STEPS = ("servers", "model", "validate", "rescore", "stats", "parquet", "reward", "train")
+STEPS = ("servers", "model", "validate", "rescore", "stats", "parquet", "preview", "reward", "train")
 # What `--skip` accepts; skipping rescore also skips the servers it needs.
 SKIPPABLE = ("rescore", "stats", "parquet", "reward", "train")
 OK, SKIPPED, UNAVAILABLE, FAILED = "ok", "skipped", "unavailable", "failed"
@@ -363,6 +366,7 @@ class Demo:
             self.run_step("rescore", "Rescore the rollouts against NeMo Gym /verify", self.step_rescore)
             self.run_step("stats", "Reward statistics", self.step_stats)
             self.run_step("parquet", "Convert to VeRL parquet (rl and sft)", self.step_parquet)
+            self.run_step("preview", "Preview what training sees (rl prompt with its tools, sft trained tokens)", self.step_preview)
             self.run_step("reward", "Score rl prompts with the VeRL reward function (NeMo Gym /verify)", self.step_reward)
             self.stop_servers()  # training needs the cores more than idle servers do
             self.run_step("train", "Train offline on CPU: VeRL SFT trainer, tiny model", self.step_train)
@@ -536,6 +540,47 @@ class Demo:
         sft = done.get("sft", {})
         self.sft_train = Path(sft["train"]) if sft.get("train") else None
         self.sft_val = Path(sft["val"]) if sft.get("val") else None
+
+    def step_preview(self, res: StepResult) -> None:
+        """Render one rl row with tools and one sft row with the tiny model's chat template (gymverl.preview).
+
+        Fails when a row's tools are missing from the rendered prompt: that is the fault the
+        `gymverl_tools` agent loop exists to prevent, and the demo should show it does not happen.
+        """
+        if self.blocked(res, "parquet") or self.blocked(res, "model"):
+            return
+        try:
+            import pyarrow.parquet as pq
+
+            from gymverl.preview import preview
+        except ImportError as exc:
+            raise Unavailable(f"gymverl.preview is not available in this install ({exc})") from None
+        assert self.model_dir is not None
+        shown: list[str] = []
+        for path in self.rl_files:
+            n = pq.ParquetFile(path).metadata.num_rows
+            for i in range(n):
+                pv = preview(path, self.model_dir, row=i)
+                if not pv.tools:
+                    continue
+                names = [t["function"]["name"] for t in pv.tools]
+                missing = [nm for nm in names if nm not in pv.sections[0].text]
+                if missing:
+                    raise RuntimeError(f"row {i} of {display_path(path)}: tools {', '.join(missing)} are not in the rendered prompt")
+                self.cmd("gymverl", "preview", path, "--tokenizer", self.model_dir, "--row", str(i))
+                self.r.info(f"rl row {i} ({pv.data.get('data_source')}): agent loop {pv.agent_loop}, "
+                            f"tools in the policy's prompt: {', '.join(names)} ({len(pv.sections[0].token_ids)} prompt tokens)")
+                shown.append(f"rl row {i}: tools {', '.join(names)} shown")
+                break
+            if shown:
+                break
+        if self.sft_train is not None:
+            pv = preview(self.sft_train, self.model_dir, row=0)
+            sec = pv.sections[0]
+            trained = sum(sp.end - sp.start for sp in sec.trained)
+            self.r.info(f"sft row 0: {trained} of {len(sec.token_ids)} tokens trained (the assistant turns)")
+            shown.append(f"sft row 0: {trained}/{len(sec.token_ids)} tokens trained")
+        res.summary = "; ".join(shown) if shown else "no rl row with tools and no sft row to preview"
 
     def step_reward(self, res: StepResult) -> None:
         """Score each rl row twice with gymverl.reward.compute_score: its reference answer, and a non-answer."""

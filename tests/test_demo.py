@@ -101,7 +101,7 @@ def test_demo_without_servers_or_training(tmp_path: Path) -> None:
     report = run_demo(DemoOptions(out=out, skip=frozenset({"rescore", "train"})), PlainReporter(lines.append))
     assert _statuses(report) == {
         "servers": "skipped", "model": "skipped", "validate": "ok", "rescore": "skipped",
-        "stats": "ok", "parquet": "ok", "reward": "skipped", "train": "skipped",
+        "stats": "ok", "parquet": "ok", "preview": "skipped", "reward": "skipped", "train": "skipped",
     }
     assert report.ok
     # validate: every sample line is a valid rollout
@@ -120,7 +120,7 @@ def test_demo_without_servers_or_training(tmp_path: Path) -> None:
     assert sft["train_rows"] + sft["val_rows"] == 11
     # every step says what it did and where; the equivalent commands are printed
     text = "\n".join(lines)
-    for expected in ("[3/8]", "same as: gymverl validate", "same as: gymverl to-parquet", "--format sft --min-reward 1.0"):
+    for expected in ("[3/9]", "same as: gymverl validate", "same as: gymverl to-parquet", "--format sft --min-reward 1.0"):
         assert expected in text
     assert "parquet/sft/train.parquet" in text
     saved = json.loads((out / "demo.json").read_text())
@@ -218,7 +218,10 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert proc.returncode == 0, stderr.decode()[-5000:]
     report = json.loads(stdout)
     steps = {s["name"]: s for s in report["steps"]}
-    assert [s["status"] for s in report["steps"]] == ["ok"] * 8, [(s["name"], s["summary"]) for s in report["steps"]]
+    assert [s["status"] for s in report["steps"]] == ["ok"] * 9, [(s["name"], s["summary"]) for s in report["steps"]]
+    # preview: an xlam_fc rl row's tools are in the policy's prompt (gymverl_tools agent loop)
+    assert "tools get_weather shown" in steps["preview"]["summary"] or "tools convert_currency shown" in steps["preview"]["summary"]
+    assert "tokens trained" in steps["preview"]["summary"]
     assert wall < 300, f"the demo took {wall:.0f} s (limit: 5 minutes)"
 
     # the servers really ran on loopback, and everything they started is gone
