@@ -42,6 +42,7 @@ from typing import Any, Mapping
 import orjson
 
 from gymverl.jsonl import dumps
+from gymverl.messages import response_object
 from gymverl.verify import DEFAULT_RETRIES, DEFAULT_TIMEOUT, VerifyClient, VerifyResult, build_request
 from gymverl.errors import RunError, UsageError
 
@@ -169,19 +170,7 @@ def response_from_text(text: str, params: Mapping[str, Any] | None = None, *, mo
             }
         )
     output.extend(calls)
-    tool_choice = params.get("tool_choice")
-    parallel = params.get("parallel_tool_calls")
-    return {
-        "id": f"resp_{uuid.uuid4().hex[:24]}",
-        "created_at": time.time(),
-        "model": model,
-        "object": "response",
-        "output": output,
-        "parallel_tool_calls": True if parallel is None else parallel,
-        "tool_choice": "auto" if tool_choice is None else tool_choice,
-        "tools": params.get("tools") or [],
-        "status": "completed",
-    }
+    return response_object(output, params, model=model)
 
 
 def verify_request(solution_str: str, extra_info: Mapping[str, Any] | None, **kwargs: Any) -> tuple[dict[str, Any], str | None]:
