@@ -136,7 +136,7 @@ class ScriptedTokens:
         return TokenOutput(token_ids=ids, log_probs=lps)
 
 
-def verl_config(model_dir: Path, files: list[Path], loop_yaml: Path, *, prompt_length: int = 6144, response_length: int = 1024):  # noqa: ANN201
+def verl_config(model_dir: Path, files: list[Path], loop_yaml: Path, *, prompt_length: int = 16384, response_length: int = 1024):  # noqa: ANN201
     """main_ppo's own config (ppo_trainer.yaml) with the overrides for gymverl's rl parquet + env loop."""
     from hydra import compose, initialize_config_dir
 
@@ -321,3 +321,130 @@ def test_fake_env_failure_raises_by_default(qwen_model: Path, tmp_path: Path, ve
     with FakeEnv(verify=verify, tool=tool) as env, pytest.raises(EnvEpisodeFailed):
         fake_rollout(qwen_model, tmp_path, env)
     assert env.requests[-1][0] == "/close_session"  # the session is closed all the same
+
+
+# ---- proof: real NeMo Gym 0.7 servers, compared with NeMo Gym's own simple_agent -------------------
+
+REAL_SERVERS = ("example_multi_step", "math_with_judge")
+
+
+def _user_text(task: dict[str, Any]) -> str:
+    return [m for m in task["responses_create_params"]["input"] if m.get("role") == "user"][-1]["content"]
+
+
+def real_tasks(env: Path) -> list[dict[str, Any]]:
+    """example_multi_step's first 2 shipped tasks and math_with_judge's first, each with its simple agent."""
+    from gymverl.nemo_gym import package_dir
+
+    out = []
+    for server, n in (("example_multi_step", 2), ("math_with_judge", 1)):
+        lines = (package_dir(env) / "resources_servers" / server / "data" / "example.jsonl").read_text().splitlines()
+        for line in lines[:n]:
+            row = json.loads(line)
+            row["agent_ref"] = {"type": "responses_api_agents", "name": f"{server}_simple_agent"}
+            out.append(row)
+    return out
+
+
+def real_script(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Multi-step task 0: look every synonym up, extract the values in order, answer (reward 1);
+    task 1: look up only the first synonym and extract just its value (reward 0, partial overlap);
+    math: the reference answer boxed."""
+    script = []
+    for t, task in enumerate(tasks):
+        if "expected_synonyms" in task:
+            syns = task["expected_synonyms"] if t == 0 else task["expected_synonyms"][:1]
+            values = [sum(map(ord, s)) for s in syns]  # what the server's get_synonym_value answers
+            steps = [{"tool_call": {"name": "get_synonym_value", "arguments": {"synonym": s}}} for s in syns]
+            steps.append({"tool_call": {"name": "extract_synonym_values", "arguments": {"synonym_values": values}}})
+            steps.append({"text": "I extracted the synonym values."})
+            answer: dict[str, Any] = {"steps": steps}
+        else:
+            answer = {"text": "\\boxed{%s}" % task["expected_answer"]}
+        script.append({"match": _user_text(task)[-100:], "answers": [answer]})
+    return script
+
+
+@pytest.fixture(scope="module")
+def gym(nemo_gym_env: Path, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """Real servers, once for the module: both resources servers, their simple agents, and
+    openai_model pointed at the scripted policy server (for the simple_agent side)."""
+    from gymverl.nemo_gym import NemoGymServers, package_dir
+
+    from policy_server import PolicyServer, ScriptedPolicy
+
+    tasks = real_tasks(nemo_gym_env)
+    root = package_dir(nemo_gym_env)
+    configs = [root / "resources_servers" / s / "configs" / f"{s}.yaml" for s in REAL_SERVERS]
+    configs.append(root / "responses_api_models" / "openai_model" / "configs" / "openai_model.yaml")
+    log = tmp_path_factory.mktemp("ng") / "ng_run.log"
+    with PolicyServer(ScriptedPolicy(real_script(tasks))) as policy, NemoGymServers(
+        configs, env=nemo_gym_env, policy_base_url=policy.base_url, log_path=log
+    ) as servers:
+        yield tasks, servers
+
+
+def simple_agent_run(servers: Any, task: dict[str, Any]) -> dict[str, Any]:
+    """NeMo Gym's own simple_agent `/run` on `task`: its verify answer."""
+    url = servers.url(task["agent_ref"]["name"]) + "/run"
+    req = urllib.request.Request(url, data=json.dumps(task).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=300) as resp:
+        return json.loads(resp.read())
+
+
+@pytest.mark.nemo_gym
+@pytest.mark.slow
+def test_real_envs_episode_matches_simple_agent(gym: Any, qwen_model: Path, tmp_path: Path) -> None:
+    from gymverl.env_loop import loop_config
+
+    tasks, servers = gym
+    files = to_rl(tasks, tmp_path / "data")
+    spec = " ".join(f"{s}={servers.url(s if s != 'example_multi_step' else 'example_multi_step_resources_server')}" for s in REAL_SERVERS)
+    yaml_path = loop_config(tmp_path / "loop.yaml", server=spec)
+    script = real_script(tasks)
+    policy = ScriptedTokens(script)
+    out, items, tok = rollout(qwen_model, files, yaml_path, policy)
+
+    by_task = {}
+    for i, item in enumerate(items):
+        text = tok.decode(out.batch["prompts"][i][out.batch["attention_mask"][i, : out.batch["prompts"].shape[1]].bool()].tolist())
+        t = next(k for k, e in enumerate(script) if e["match"] in text)
+        by_task[t] = i
+    assert sorted(by_task) == [0, 1, 2]
+
+    width = out.batch["prompts"].shape[1]
+    for t, task in enumerate(tasks):
+        i = by_task[t]
+        ours = out.non_tensor_batch["gymverl_verify_answer"][i]
+        assert out.non_tensor_batch["gymverl_env_failure"][i] is None
+        theirs = simple_agent_run(servers, task)
+        # The reward (and the verifier's own measurements) equal NeMo Gym's simple_agent's.
+        reward = float(out.batch["rm_scores"][i].sum())
+        assert reward == ours["reward"] == theirs["reward"], (t, reward, theirs["reward"])
+        for key in ("parsed_synonym_values", "set_overlap", "accuracy", "extracted_answer"):
+            assert ours.get(key) == theirs.get(key), (t, key)
+        # /verify got the full trajectory: the same items, in the same order, as simple_agent sends.
+        def shape(resp: dict[str, Any]) -> list[tuple[Any, ...]]:
+            return [(o["type"], o.get("name"), json.loads(o["arguments"]) if o["type"] == "function_call" else None,
+                     o.get("output") if o["type"] == "function_call_output" else None) for o in resp["output"]]
+        assert shape(ours["response"]) == shape(theirs["response"]), t
+        # Session: seeded, every tool called on the server, verified, closed -- in that order.
+        calls = list(out.non_tensor_batch["gymverl_env_calls"][i])
+        fc = [o["name"] for o in ours["response"]["output"] if o["type"] == "function_call"]
+        assert calls == ["/seed_session", *["/" + n for n in fc], "/verify", "/close_session"], calls
+
+        # Token-exact: the mask-1 tokens are exactly the generated ones (with their logprobs); the
+        # tool outputs are in the response with mask 0.
+        mask = out.batch["response_mask"][i]
+        resp = out.batch["responses"][i]
+        n = int(out.batch["attention_mask"][i, width:].sum())
+        gen = policy.calls[script[t]["match"]]
+        assert resp[:n][mask[:n].bool()].tolist() == [x for _, ids, _ in gen for x in ids]
+        lp = out.batch["rollout_log_probs"][i][:n][mask[:n].bool()].tolist()
+        assert np.allclose(lp, [x for _, _, lps in gen for x in lps])
+        tool_text = tok.decode(resp[:n][~mask[:n].bool()].tolist())
+        outputs = [o["output"] for o in ours["response"]["output"] if o["type"] == "function_call_output"]
+        assert len(outputs) == (len(task["expected_synonyms"]) + 1 if t == 0 else 2 if t == 1 else 0)
+        for o in outputs:
+            assert o in tool_text and o not in tok.decode(resp[:n][mask[:n].bool()].tolist())
+    assert [float(out.batch["rm_scores"][by_task[t]].sum()) for t in range(3)] == [1.0, 0.0, 1.0]
