@@ -196,8 +196,9 @@ class FakeEnv:
     `verify` (ok: reward 0.75; an int: that HTTP status; "masked": NeMo Gym's judge fail-safe answer)
     and whose `tool` status (200 or a 5xx) is set per test. `requests` logs (path, Cookie header)."""
 
-    def __init__(self, verify: Any = "ok", tool: int = 200) -> None:
+    def __init__(self, verify: Any = "ok", tool: int = 200, tool_answer: Any = None) -> None:
         self.verify, self.tool = verify, tool
+        self.tool_answer = {"value": 42} if tool_answer is None else tool_answer
         self.requests: list[tuple[str, str]] = []
         self.verify_bodies: list[dict[str, Any]] = []
         self._loop = asyncio.new_event_loop()
@@ -216,7 +217,7 @@ class FakeEnv:
                 resp.set_cookie("ng_session", "s-123")
                 return resp
             if path == "/lookup":
-                return web.json_response({"value": 42}, status=self.tool)
+                return web.json_response(self.tool_answer, status=self.tool)
             if path == "/verify":
                 self.verify_bodies.append(body)
                 if isinstance(self.verify, int):
@@ -296,6 +297,19 @@ def test_fake_env_ok_episode_seeds_calls_verifies_closes_with_cookies(qwen_model
     assert env.verify_bodies[0]["expected"] == 42  # task fields sent
     mask = out.batch["response_mask"][0]
     assert int(mask.sum()) == sum(len(ids) for _, ids, _ in policy.calls[FAKE_SCRIPT[0]["match"]])
+
+
+def test_fake_env_long_tool_output_is_cut_and_says_so(qwen_model: Path, tmp_path: Path) -> None:
+    long = {"value": 42, "log": " ".join(f"line {i} of the tool's log" for i in range(200))}
+    with FakeEnv(tool_answer=long) as env:
+        out, _, tok = fake_rollout(qwen_model, tmp_path, env, max_tool_output_tokens=6)
+    full = json.dumps(long)
+    assert env.verify_bodies[0]["response"]["output"][1]["output"] == full  # /verify: the whole output
+    mask, resp = out.batch["response_mask"][0], out.batch["responses"][0]
+    n = int(out.batch["attention_mask"][0, out.batch["prompts"].shape[1]:].sum())
+    seen = tok.decode(resp[:n][~mask[:n].bool()].tolist())  # the model: 6 tokens of it and a note
+    assert "[gymverl: tool output cut to 6 of " in seen and "line 199" not in seen
+    assert out.non_tensor_batch["env_tool_outputs_cut"][0] == 1.0
 
 
 @pytest.mark.parametrize(("verify", "tool", "stage", "reason"), [
