@@ -13,8 +13,8 @@ It plays the task the way NeMo Gym's `simple_agent` does, with VeRL driving gene
    answer body (any status below 500, as simple_agent passes 4xx bodies to the model) is the tool
    output, appended as a `tool` message whose tokens have `response_mask` 0; an output longer than
    `max_tool_output_tokens` is cut and says so in the text the model sees;
-6. repeat until the model answers without a tool call, `max_turns` model turns, or
-   `rollout.response_length`;
+6. repeat until the model answers without a tool call, or after `max_turns` model turns (the last
+   turn's calls still run, as simple_agent's `max_steps`), or at `rollout.response_length`;
 7. build the Responses-API `response` from the turns (`gymverl.messages.messages_to_items`: assistant
    text, `function_call`, `function_call_output` items; tool outputs in full, as simple_agent sends
    them) and `POST /verify` with the task fields and the cookies (`gymverl.verify.VerifyClient`:
@@ -68,7 +68,7 @@ from verl.workers.rollout.replica import TokenOutput
 from gymverl.errors import RunError, UsageError
 from gymverl.jsonl import dumps
 from gymverl.messages import MessageError, chat_tools, messages_to_items, prompt_messages, response_object
-from gymverl.verify import DEFAULT_RETRIES, DEFAULT_TIMEOUT, VerifyClient, build_request, clean_params, describe_error_body, parse_servers
+from gymverl.verify import DEFAULT_RETRIES, DEFAULT_TIMEOUT, ECHO_KEYS, VerifyClient, build_request, clean_params, describe_error_body, parse_servers
 
 logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
@@ -311,6 +311,7 @@ class GymverlEnvAgentLoop(AgentLoopBase):
         reward: float | None = None
         verify_attempts = 0
         answer: dict[str, Any] | None = None
+        response: dict[str, Any] | None = None
 
         timeout = aiohttp.ClientTimeout(total=self.settings.timeout)
         async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True), timeout=timeout) as http:
@@ -336,8 +337,8 @@ class GymverlEnvAgentLoop(AgentLoopBase):
                     assistant = self._assistant_message(content, calls)
                     turns.append(assistant)
                     messages.append(assistant)
-                    if not calls or stats["turns"] >= self.settings.max_turns or len(response_mask) >= self.response_length:
-                        break
+                    if not calls or len(response_mask) >= self.response_length:
+                        break  # an answer, or a turn cut at the token budget (simple_agent runs no tools then either)
 
                     previous = list(messages)
                     for call in assistant["tool_calls"]:
@@ -347,6 +348,10 @@ class GymverlEnvAgentLoop(AgentLoopBase):
                         stats["cut"] += int(cut)
                         turns.append({"role": "tool", "tool_call_id": call["id"], "content": text})
                         messages.append({"role": "tool", "tool_call_id": call["id"], "content": shown})
+                    if stats["turns"] >= self.settings.max_turns:
+                        # As simple_agent's max_steps: the last turn's calls still run (a stateful
+                        # environment's verifier sees their effect), then no more model turns.
+                        break
                     merge, mask, new_lp = await self.ct_merge_context_msg(
                         previous, messages, runtime_ids, response_mask, logprobs or None, tools=tools
                     )
@@ -385,7 +390,10 @@ class GymverlEnvAgentLoop(AgentLoopBase):
             "turn_scores": [],
             "tool_rewards": [],
             "gymverl_env_failure": failure.as_dict() if failure is not None else None,
-            "gymverl_verify_answer": answer,
+            # the verifier's own outputs (without the request it echoes: task fields, the trajectory)
+            "gymverl_verify_answer": {k: v for k, v in answer.items() if k not in ECHO_KEYS and k not in task} if answer else None,
+            # the trajectory as /verify got it (Responses-API output items)
+            "gymverl_response_output": response["output"] if response is not None else None,
             "gymverl_env_calls": list(ep.log),
             "reward_extra_info": {
                 "env_failed": 1.0 if failure is not None else 0.0,

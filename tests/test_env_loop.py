@@ -295,8 +295,19 @@ def test_fake_env_ok_episode_seeds_calls_verifies_closes_with_cookies(qwen_model
     assert json.loads(items[0]["arguments"]) == {"key": "k"} and items[1]["output"] == '{"value": 42}'
     assert items[1]["call_id"] == items[0]["call_id"] and items[2]["content"][0]["text"] == "The value is 42."
     assert env.verify_bodies[0]["expected"] == 42  # task fields sent
+    assert list(out.non_tensor_batch["gymverl_response_output"][0]) == items  # the trajectory kept for the trainer's logs
+    assert out.non_tensor_batch["gymverl_verify_answer"][0] == {"reward": 0.75}
     mask = out.batch["response_mask"][0]
     assert int(mask.sum()) == sum(len(ids) for _, ids, _ in policy.calls[FAKE_SCRIPT[0]["match"]])
+
+
+def test_fake_env_max_turns_still_runs_the_last_calls(qwen_model: Path, tmp_path: Path) -> None:
+    with FakeEnv() as env:
+        out, policy, _ = fake_rollout(qwen_model, tmp_path, env, max_turns=1)
+    assert [p for p, _ in env.requests] == ["/seed_session", "/lookup", "/verify", "/close_session"]
+    assert len(policy.calls[FAKE_SCRIPT[0]["match"]]) == 1  # one model turn
+    assert [i["type"] for i in env.verify_bodies[0]["response"]["output"]] == ["function_call", "function_call_output"]
+    assert out.non_tensor_batch["env_turns"][0] == 1.0 and out.non_tensor_batch["env_tool_calls"][0] == 1.0
 
 
 def test_fake_env_long_tool_output_is_cut_and_says_so(qwen_model: Path, tmp_path: Path) -> None:
@@ -438,13 +449,15 @@ def test_real_envs_episode_matches_simple_agent(gym: Any, qwen_model: Path, tmp_
         for key in ("parsed_synonym_values", "set_overlap", "accuracy", "extracted_answer"):
             assert ours.get(key) == theirs.get(key), (t, key)
         # /verify got the full trajectory: the same items, in the same order, as simple_agent sends.
-        def shape(resp: dict[str, Any]) -> list[tuple[Any, ...]]:
+        def shape(output: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
             return [(o["type"], o.get("name"), json.loads(o["arguments"]) if o["type"] == "function_call" else None,
-                     o.get("output") if o["type"] == "function_call_output" else None) for o in resp["output"]]
-        assert shape(ours["response"]) == shape(theirs["response"]), t
+                     o.get("output") if o["type"] == "function_call_output" else None) for o in output]
+        our_output = out.non_tensor_batch["gymverl_response_output"][i]
+        assert shape(our_output) == shape(theirs["response"]["output"]), t
+        assert "response" not in ours and "responses_create_params" not in ours  # the echo is not kept twice
         # Session: seeded, every tool called on the server, verified, closed -- in that order.
         calls = list(out.non_tensor_batch["gymverl_env_calls"][i])
-        fc = [o["name"] for o in ours["response"]["output"] if o["type"] == "function_call"]
+        fc = [o["name"] for o in our_output if o["type"] == "function_call"]
         assert calls == ["/seed_session", *["/" + n for n in fc], "/verify", "/close_session"], calls
 
         # Token-exact: the mask-1 tokens are exactly the generated ones (with their logprobs); the
@@ -457,7 +470,7 @@ def test_real_envs_episode_matches_simple_agent(gym: Any, qwen_model: Path, tmp_
         lp = out.batch["rollout_log_probs"][i][:n][mask[:n].bool()].tolist()
         assert np.allclose(lp, [x for _, _, lps in gen for x in lps])
         tool_text = tok.decode(resp[:n][~mask[:n].bool()].tolist())
-        outputs = [o["output"] for o in ours["response"]["output"] if o["type"] == "function_call_output"]
+        outputs = [o["output"] for o in our_output if o["type"] == "function_call_output"]
         assert len(outputs) == (len(task["expected_synonyms"]) + 1 if t == 0 else 2 if t == 1 else 0)
         for o in outputs:
             assert o in tool_text and o not in tok.decode(resp[:n][mask[:n].bool()].tolist())
