@@ -19,7 +19,7 @@ It plays the task the way NeMo Gym's `simple_agent` does, with VeRL driving gene
    text, `function_call`, `function_call_output` items; tool outputs in full, as simple_agent sends
    them) and `POST /verify` with the task fields and the cookies (`gymverl.verify.VerifyClient`:
    retries, failure classification); the answer's `reward` is the trajectory's `reward_score`;
-8. `POST /close_session` (always, once seeded).
+8. `POST /close_session` (always, once a seed was sent, also after any failure).
 
 A failure is never a reward. A seed, tool or close transport failure or 5xx, a `/verify` that
 finally failed or answered `mask_sample` / `_ng_failure_class`: with `on_failure="raise"` (the
@@ -318,10 +318,12 @@ class GymverlEnvAgentLoop(AgentLoopBase):
             ep = self.last_episode = Episode(base_url, http)
             try:
                 seed_body = {"responses_create_params": clean_params(params), **task}
+                # Closed even when the seed failed: a 5xx or a timeout may have left state behind,
+                # and closing a session that was never seeded succeeds by NeMo Gym's contract.
+                ep.seeded = True
                 status, data = await ep.post("seed_session", "/seed_session", seed_body)
                 if status >= 400:
                     raise EnvEpisodeFailed("seed_session", "http_4xx", f"HTTP {status}: {describe_error_body(data)}")
-                ep.seeded = True
 
                 while True:
                     output = await self.generate(request_id, runtime_ids, sampling_params, metrics)

@@ -196,8 +196,8 @@ class FakeEnv:
     `verify` (ok: reward 0.75; an int: that HTTP status; "masked": NeMo Gym's judge fail-safe answer)
     and whose `tool` status (200 or a 5xx) is set per test. `requests` logs (path, Cookie header)."""
 
-    def __init__(self, verify: Any = "ok", tool: int = 200, tool_answer: Any = None) -> None:
-        self.verify, self.tool = verify, tool
+    def __init__(self, verify: Any = "ok", tool: int = 200, tool_answer: Any = None, seed: int = 200) -> None:
+        self.verify, self.tool, self.seed = verify, tool, seed
         self.tool_answer = {"value": 42} if tool_answer is None else tool_answer
         self.requests: list[tuple[str, str]] = []
         self.verify_bodies: list[dict[str, Any]] = []
@@ -213,6 +213,8 @@ class FakeEnv:
             self.requests.append((path, request.headers.get("Cookie", "")))
             body = await request.json()
             if path == "/seed_session":
+                if self.seed != 200:
+                    return web.json_response({"detail": "seeding failed"}, status=self.seed)
                 resp = web.json_response({})
                 resp.set_cookie("ng_session", "s-123")
                 return resp
@@ -327,9 +329,14 @@ def test_fake_env_long_tool_output_is_cut_and_says_so(qwen_model: Path, tmp_path
     (500, 200, "verify", "http_5xx"),
     ("masked", 200, "verify", "judge_failed"),
     ("ok", 503, "tool", "http_5xx"),
+    ("ok", 200, "seed_session", "http_5xx"),
+    ("ok", 200, "seed_session", "http_4xx"),
 ])
 def test_fake_env_failure_masks_sample_never_zero_reward(qwen_model: Path, tmp_path: Path, verify: Any, tool: int, stage: str, reason: str) -> None:
-    with FakeEnv(verify=verify, tool=tool) as env:
+    seed = 200
+    if stage == "seed_session":
+        seed, verify = (500 if reason == "http_5xx" else 422), "ok"
+    with FakeEnv(verify=verify, tool=tool, seed=seed) as env:
         out, _, _ = fake_rollout(qwen_model, tmp_path, env, on_failure="mask")
     assert [p for p, _ in env.requests][0] == "/seed_session" and env.requests[-1][0] == "/close_session"
     assert out.non_tensor_batch["env_failed"][0] == 1.0  # VeRL's reward_extra_info -> a per-step metric
@@ -475,3 +482,15 @@ def test_real_envs_episode_matches_simple_agent(gym: Any, qwen_model: Path, tmp_
         for o in outputs:
             assert o in tool_text and o not in tok.decode(resp[:n][mask[:n].bool()].tolist())
     assert [float(out.batch["rm_scores"][by_task[t]].sum()) for t in range(3)] == [1.0, 0.0, 1.0]
+
+
+def test_unreachable_server_is_a_connection_failure(qwen_model: Path, tmp_path: Path) -> None:
+    from gymverl.env_loop import loop_config
+    from gymverl.nemo_gym import free_port
+
+    files = to_rl([FAKE_TASK], tmp_path / "data")
+    yaml_path = loop_config(tmp_path / "loop.yaml", server=f"fake_env=http://127.0.0.1:{free_port()}", on_failure="mask")
+    out, _, _ = rollout(qwen_model, files, yaml_path, ScriptedTokens(FAKE_SCRIPT))
+    failure = out.non_tensor_batch["gymverl_env_failure"][0]
+    assert (failure["stage"], failure["reason"]) == ("seed_session", "connection"), failure
+    assert out.non_tensor_batch["env_failed"][0] == 1.0 and int(out.batch["response_mask"][0].sum()) == 0
