@@ -357,7 +357,12 @@ def test_fake_env_failure_raises_by_default(qwen_model: Path, tmp_path: Path, ve
 
 # ---- proof: real NeMo Gym 0.7 servers, compared with NeMo Gym's own simple_agent -------------------
 
-REAL_SERVERS = ("example_multi_step", "math_with_judge")
+# resources server -> its ng_run process name
+REAL_SERVERS = {
+    "example_multi_step": "example_multi_step_resources_server",
+    "math_with_judge": "math_with_judge",
+    "example_session_state_mgmt": "example_session_state_mgmt_resources_server",
+}
 
 
 def _user_text(task: dict[str, Any]) -> str:
@@ -365,11 +370,13 @@ def _user_text(task: dict[str, Any]) -> str:
 
 
 def real_tasks(env: Path) -> list[dict[str, Any]]:
-    """example_multi_step's first 2 shipped tasks and math_with_judge's first, each with its simple agent."""
+    """example_multi_step's first 2 shipped tasks, math_with_judge's first and example_session_state_mgmt's
+    first (a counter kept per session cookie: seeded with `initial_count`, verified against `expected_count`),
+    each with its simple agent."""
     from gymverl.nemo_gym import package_dir
 
     out = []
-    for server, n in (("example_multi_step", 2), ("math_with_judge", 1)):
+    for server, n in (("example_multi_step", 2), ("math_with_judge", 1), ("example_session_state_mgmt", 1)):
         lines = (package_dir(env) / "resources_servers" / server / "data" / "example.jsonl").read_text().splitlines()
         for line in lines[:n]:
             row = json.loads(line)
@@ -381,7 +388,7 @@ def real_tasks(env: Path) -> list[dict[str, Any]]:
 def real_script(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Multi-step task 0: look every synonym up, extract the values in order, answer (reward 1);
     task 1: look up only the first synonym and extract just its value (reward 0, partial overlap);
-    math: the reference answer boxed."""
+    math: the reference answer boxed; counter: add 1, add 2 (the task says so), read the counter, answer."""
     script = []
     for t, task in enumerate(tasks):
         if "expected_synonyms" in task:
@@ -391,6 +398,10 @@ def real_script(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
             steps.append({"tool_call": {"name": "extract_synonym_values", "arguments": {"synonym_values": values}}})
             steps.append({"text": "I extracted the synonym values."})
             answer: dict[str, Any] = {"steps": steps}
+        elif "expected_count" in task:
+            steps = [{"tool_call": {"name": "increment_counter", "arguments": {"count": c}}} for c in (1, 2)]
+            steps += [{"tool_call": {"name": "get_counter_value", "arguments": {}}}, {"text": "The count is 6."}]
+            answer = {"steps": steps}
         else:
             answer = {"text": "\\boxed{%s}" % task["expected_answer"]}
         script.append({"match": _user_text(task)[-100:], "answers": [answer]})
@@ -431,7 +442,7 @@ def test_real_envs_episode_matches_simple_agent(gym: Any, qwen_model: Path, tmp_
 
     tasks, servers = gym
     files = to_rl(tasks, tmp_path / "data")
-    spec = " ".join(f"{s}={servers.url(s if s != 'example_multi_step' else 'example_multi_step_resources_server')}" for s in REAL_SERVERS)
+    spec = " ".join(f"{s}={servers.url(proc)}" for s, proc in REAL_SERVERS.items())
     yaml_path = loop_config(tmp_path / "loop.yaml", server=spec)
     script = real_script(tasks)
     policy = ScriptedTokens(script)
@@ -442,7 +453,7 @@ def test_real_envs_episode_matches_simple_agent(gym: Any, qwen_model: Path, tmp_
         text = tok.decode(out.batch["prompts"][i][out.batch["attention_mask"][i, : out.batch["prompts"].shape[1]].bool()].tolist())
         t = next(k for k, e in enumerate(script) if e["match"] in text)
         by_task[t] = i
-    assert sorted(by_task) == [0, 1, 2]
+    assert sorted(by_task) == [0, 1, 2, 3]
 
     width = out.batch["prompts"].shape[1]
     for t, task in enumerate(tasks):
@@ -478,10 +489,15 @@ def test_real_envs_episode_matches_simple_agent(gym: Any, qwen_model: Path, tmp_
         assert np.allclose(lp, [x for _, _, lps in gen for x in lps])
         tool_text = tok.decode(resp[:n][~mask[:n].bool()].tolist())
         outputs = [o["output"] for o in our_output if o["type"] == "function_call_output"]
-        assert len(outputs) == (len(task["expected_synonyms"]) + 1 if t == 0 else 2 if t == 1 else 0)
+        steps = script[t]["answers"][0].get("steps", [])
+        assert len(outputs) == sum("tool_call" in st for st in steps) and len(gen) == max(1, len(steps))
         for o in outputs:
             assert o in tool_text and o not in tok.decode(resp[:n][mask[:n].bool()].tolist())
-    assert [float(out.batch["rm_scores"][by_task[t]].sum()) for t in range(3)] == [1.0, 0.0, 1.0]
+    assert [float(out.batch["rm_scores"][by_task[t]].sum()) for t in range(4)] == [1.0, 0.0, 1.0, 1.0]
+    # The counter lives in the server, per session cookie: seeded at 3, +1 +2 by this episode's calls.
+    counter = out.non_tensor_batch["gymverl_response_output"][by_task[3]]
+    assert [o["output"] for o in counter if o["type"] == "function_call_output"][-1].replace(" ", "") == '{"count":6}'
+    assert tasks[3]["initial_count"] == 3 and tasks[3]["expected_count"] == 6
 
 
 def test_unreachable_server_is_a_connection_failure(qwen_model: Path, tmp_path: Path) -> None:
