@@ -197,8 +197,10 @@ def row_tools(extra_info: Any, params: Mapping[str, Any]) -> list[dict[str, Any]
     """The row's tools in chat-template form: `extra_info.tools` (JSON) when present, else the task's
     Responses-API tools converted by `gymverl.messages.chat_tools`; None when it has none."""
     raw = extra_info.get("tools") if isinstance(extra_info, Mapping) else None
-    if raw is not None:
-        tools = _json(raw)
+    tools = _json(raw) if raw is not None else None
+    if tools is not None:
+        if not isinstance(tools, list) or not all(isinstance(t, Mapping) and isinstance(t.get("function"), Mapping) for t in tools):
+            raise ValueError('extra_info.tools must be a list of {"type": "function", "function": {...}} objects')
     else:
         try:
             tools = chat_tools(params.get("tools"))
@@ -306,7 +308,7 @@ class GymverlEnvAgentLoop(AgentLoopBase):
         response_mask: list[int] = []
         logprobs: list[float] = []
         turns: list[dict[str, Any]] = []  # the assistant and tool messages of the episode (full tool outputs)
-        stats = {"turns": 0, "tool_calls": 0, "cut": 0}
+        stats = {"turns": 0, "tool_calls": 0, "cut": 0, "tool_rounds": 0}
         failure: EnvEpisodeFailed | None = None
         reward: float | None = None
         verify_attempts = 0
@@ -343,6 +345,7 @@ class GymverlEnvAgentLoop(AgentLoopBase):
                         break  # an answer, or a turn cut at the token budget (simple_agent runs no tools then either)
 
                     previous = list(messages)
+                    stats["tool_rounds"] += 1
                     for call in assistant["tool_calls"]:
                         text = await self._call_tool(ep, call["function"]["name"], call["function"]["arguments"])
                         stats["tool_calls"] += 1
@@ -411,7 +414,7 @@ class GymverlEnvAgentLoop(AgentLoopBase):
             response_mask=mask[: self.response_length],
             response_logprobs=logprobs[: self.response_length] if logprobs else None,
             reward_score=reward if failure is None else self.settings.masked_reward,
-            num_turns=stats["turns"] * 2,
+            num_turns=1 + stats["turns"] + stats["tool_rounds"],  # user + assistant + tool turns, as ToolAgentLoop counts
             metrics=metrics,
             extra_fields=extra,
         )

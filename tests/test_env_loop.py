@@ -510,3 +510,40 @@ def test_unreachable_server_is_a_connection_failure(qwen_model: Path, tmp_path: 
     failure = out.non_tensor_batch["gymverl_env_failure"][0]
     assert (failure["stage"], failure["reason"]) == ("seed_session", "connection"), failure
     assert out.non_tensor_batch["env_failed"][0] == 1.0 and int(out.batch["response_mask"][0].sum()) == 0
+
+
+def test_row_tools_and_task_from_rl_rows() -> None:
+    from gymverl.env_loop import row_task, row_tools
+
+    params = FAKE_TASK["responses_create_params"]
+    chat = [{"type": "function", "function": {"name": "lookup", "description": "Look up the value.",
+                                              "parameters": {"type": "object", "properties": {"key": {"type": "string"}}}}}]
+    assert row_tools({"tools": None}, params) == chat  # converted from the task's Responses-API tools
+    assert row_tools({"tools": "null"}, params) == chat
+    own = [{"type": "function", "function": {"name": "other", "parameters": {"type": "object"}}}]
+    assert row_tools({"tools": json.dumps(own)}, params) == own  # the row's own extra_info.tools win
+    assert row_tools({}, {"input": "hi"}) is None
+    with pytest.raises(ValueError, match="extra_info.tools"):
+        row_tools({"tools": '[{"name": "flat"}]'}, params)
+    ng = {"responses_create_params": params, "task": {"expected": 42}, "agent_ref": {"name": "fake_env_simple_agent"}}
+    assert row_task({"nemo_gym": json.dumps(ng)}) == (params, {"expected": 42}, "fake_env_simple_agent")
+    with pytest.raises(ValueError, match="to-parquet --format rl"):
+        row_task({})
+
+
+def test_settings_route_by_agent_name_and_refuse_bad_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gymverl.env_loop import EnvLoopConfigError, EnvLoopSettings
+
+    s = EnvLoopSettings.from_kwargs({"server": "math=http://a:1 math_with_judge=http://b:2 http://c:3"})
+    assert s.server_for("math_with_judge_simple_agent") == "http://b:2"  # the longest matching name
+    assert s.server_for("math_simple_agent") == "http://a:1" and s.server_for("other") == "http://c:3"
+    monkeypatch.delenv("GYMVERL_ENV_URL", raising=False)
+    monkeypatch.delenv("GYMVERL_VERIFY_URL", raising=False)
+    with pytest.raises(EnvLoopConfigError, match="GYMVERL_ENV_URL"):
+        EnvLoopSettings.from_kwargs({})
+    monkeypatch.setenv("GYMVERL_ENV_URL", "http://d:4")
+    assert EnvLoopSettings.from_kwargs({}).server_for(None) == "http://d:4"
+    with pytest.raises(EnvLoopConfigError, match="on_failure"):
+        EnvLoopSettings.from_kwargs({"on_failure": "zero"})
+    with pytest.raises(EnvLoopConfigError):
+        EnvLoopSettings.from_kwargs({"max_turns": "many"})
