@@ -106,10 +106,11 @@ def build_online_command(opts: OnlineOptions, *, write_loop_yaml: bool = True) -
 def cpu_rollout_note() -> str:
     """Why `train-online` cannot roll out on CPU with VeRL 0.9.1 (checked in verl/workers/rollout/replica.py)."""
     return (
-        "VeRL 0.9.1 registers rollout replicas only for vllm, sglang and trtllm (RolloutReplicaRegistry); "
-        "the registry accepts a new name, but a CPU replica would have to implement RolloutReplica's "
-        "server side (launch the engine as Ray actors, generate token ids with logprobs, sleep/wake_up and "
-        "take the trainer's weights after each step), which no CPU engine in VeRL 0.9.1 provides."
+        "VeRL 0.9.1 registers rollout replicas only for vllm, sglang and trtllm. RolloutReplicaRegistry.register "
+        "accepts any name, so a CPU replica can be registered, but it must be written: a RolloutReplica subclass "
+        "implementing launch_servers() and get_ray_class_with_init_args() (an engine hosted in the hybrid worker "
+        "group that answers generate(prompt_ids) with token ids and logprobs, sleeps/wakes up and takes the "
+        "trainer's weights after every step); VeRL ships no CPU engine for it, and sglang's CPU flag needs sglang."
     )
 
 

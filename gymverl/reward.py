@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import time
 import uuid
 import weakref
 from typing import Any, Mapping
