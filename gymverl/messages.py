@@ -1,6 +1,7 @@
 """Responses-API items -> chat messages (OpenAI chat form, as chat templates and VeRL expect).
 
-One direction only. Rules:
+`items_to_messages` goes from items to messages; `messages_to_items` / `response_object` go back (an
+agent loop's chat turns -> the Responses-API `response` a NeMo Gym `/verify` reads). Rules:
 - `message` items become `{role, content}`; `developer` becomes `system`; content parts are joined.
 - `responses_create_params.instructions` becomes a leading system message.
 - `function_call` items become `tool_calls` on an assistant message, in OpenAI form
@@ -28,8 +29,10 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import time
+import uuid
 from io import BytesIO
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from gymverl.jsonl import dumps
 from gymverl.records import content_text, is_transitions
@@ -311,3 +314,77 @@ def chat_tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
         fn["parameters"] = tool.get("parameters") or {"type": "object", "properties": {}}
         out.append({"type": "function", "function": fn})
     return out
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:24]}"
+
+
+def messages_to_items(messages: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Chat messages (the model's turns and tool results) -> Responses-API output items.
+
+    The reverse of `items_to_messages`, in the item shapes NeMo Gym's `simple_agent` writes:
+    an assistant message's `reasoning_content` becomes a `reasoning` item, its non-empty text an
+    assistant `message` item (`output_text`), each of its `tool_calls` a `function_call` item
+    (`call_id` = the call's `id`, `arguments` a JSON string); a `tool` message becomes a
+    `function_call_output` item (`call_id` = its `tool_call_id`). Other roles are refused
+    (MessageError): a response holds only what the model and its tools produced.
+    """
+    items: list[dict[str, Any]] = []
+    for msg in messages:
+        role = msg.get("role")
+        if role == "assistant":
+            reasoning = msg.get("reasoning_content")
+            if reasoning:
+                items.append({"type": "reasoning", "id": _new_id("rs"), "summary": [{"type": "summary_text", "text": reasoning}]})
+            text = msg.get("content") or ""
+            if not isinstance(text, str):
+                text = content_text(text)
+            calls = msg.get("tool_calls") or []
+            if text.strip() or not calls:
+                items.append(
+                    {
+                        "id": _new_id("msg"),
+                        "type": "message",
+                        "role": "assistant",
+                        "status": "completed",
+                        "content": [{"type": "output_text", "text": text, "annotations": []}],
+                    }
+                )
+            for call in calls:
+                fn = call.get("function") or call
+                items.append(
+                    {
+                        "type": "function_call",
+                        "id": _new_id("fc"),
+                        "call_id": call.get("id") or _new_id("call"),
+                        "name": fn.get("name"),
+                        "arguments": _json_text(fn.get("arguments", "{}")),
+                        "status": "completed",
+                    }
+                )
+        elif role == "tool":
+            items.append({"type": "function_call_output", "call_id": msg.get("tool_call_id"), "output": _json_text(msg.get("content", ""))})
+        else:
+            raise MessageError(f"a response holds assistant and tool messages only, not {role!r}")
+    return items
+
+
+def response_object(output: list[dict[str, Any]], params: Mapping[str, Any] | None = None, *, model: str = "verl-policy") -> dict[str, Any]:
+    """A Responses-API `response` object around `output` items (the fields NeMo Gym's verify
+    request model requires; `tools`, `tool_choice`, `parallel_tool_calls` echo the task's
+    `responses_create_params`)."""
+    params = params or {}
+    tool_choice = params.get("tool_choice")
+    parallel = params.get("parallel_tool_calls")
+    return {
+        "id": _new_id("resp"),
+        "created_at": time.time(),
+        "model": model,
+        "object": "response",
+        "output": output,
+        "parallel_tool_calls": True if parallel is None else parallel,
+        "tool_choice": "auto" if tool_choice is None else tool_choice,
+        "tools": params.get("tools") or [],
+        "status": "completed",
+    }

@@ -53,7 +53,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import time
 import uuid
 import weakref
 from typing import Any, Mapping
@@ -61,6 +60,7 @@ from typing import Any, Mapping
 import orjson
 
 from gymverl.jsonl import dumps
+from gymverl.messages import response_object
 from gymverl.reasoning import NO_REASONING, ReasoningMarkers, markers_from_settings, parse_markers, split_reasoning
 from gymverl.verify import DEFAULT_RETRIES, DEFAULT_TIMEOUT, VerifyClient, VerifyResult, build_request
 from gymverl.errors import RunError, UsageError
@@ -212,19 +212,7 @@ def response_from_text(
             }
         )
     output.extend(calls)
-    tool_choice = params.get("tool_choice")
-    parallel = params.get("parallel_tool_calls")
-    return {
-        "id": f"resp_{uuid.uuid4().hex[:24]}",
-        "created_at": time.time(),
-        "model": model,
-        "object": "response",
-        "output": output,
-        "parallel_tool_calls": True if parallel is None else parallel,
-        "tool_choice": "auto" if tool_choice is None else tool_choice,
-        "tools": params.get("tools") or [],
-        "status": "completed",
-    }
+    return response_object(output, params, model=model)
 
 
 def verify_request(solution_str: str, extra_info: Mapping[str, Any] | None, **kwargs: Any) -> tuple[dict[str, Any], str | None]:

@@ -343,13 +343,28 @@ class VerifyClient:
         """Verify one rollout row (its body is built with `build_request`)."""
         return await self.verify_body(build_request(record, extra), agent=agent_name(record))
 
-    async def verify_body(self, body: Mapping[str, Any] | bytes, *, agent: str | None = None) -> VerifyResult:
+    async def verify_body(
+        self,
+        body: Mapping[str, Any] | bytes,
+        *,
+        agent: str | None = None,
+        server_url: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> VerifyResult:
         """POST an already-built body (dict or JSON bytes) to /verify, with retries; never raises for
-        server or network trouble, returns a failed VerifyResult instead."""
+        server or network trouble, returns a failed VerifyResult instead.
+
+        `server_url` pins the request to that base URL instead of routing by `agent` (a stateful
+        episode must be verified by the replica that holds its session); `headers` are sent with
+        every attempt (e.g. the episode's `Cookie`)."""
         if self._session is None:
             await self.open()
         assert self._session is not None and self._sem is not None
-        candidates = self._candidates(agent)
+        if server_url is not None:
+            url = normalize_url(server_url)
+            candidates: list[_Server] | None = [self._servers.setdefault(url, _Server(url))]
+        else:
+            candidates = self._candidates(agent)
         if not candidates:
             names = ", ".join(sorted(self.routes)) or "(none)"
             return VerifyResult(False, reason="no_server", error=f"no --server for agent {agent!r} (routes: {names})")
@@ -365,7 +380,7 @@ class VerifyClient:
                 server.in_flight += 1
                 server.sent += 1
                 try:
-                    answer = await self._attempt(server, data)
+                    answer = await self._attempt(server, data, headers)
                     return VerifyResult(True, answer, status=200, attempts=attempt, server=server.url, seconds=time.monotonic() - start)
                 except _Final as exc:
                     server.failed += 1
@@ -392,10 +407,10 @@ class VerifyClient:
             delay = max(delay, min(retry_after, self.max_backoff))
         return delay
 
-    async def _attempt(self, server: _Server, data: bytes) -> dict[str, Any]:
+    async def _attempt(self, server: _Server, data: bytes, headers: Mapping[str, str] | None = None) -> dict[str, Any]:
         assert self._session is not None
         try:
-            async with self._session.post(server.verify_url, data=data) as resp:
+            async with self._session.post(server.verify_url, data=data, headers=headers) as resp:
                 raw = await resp.read()
                 status = resp.status
                 retry_after = resp.headers.get("Retry-After")

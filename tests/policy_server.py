@@ -10,7 +10,9 @@ substring and lists answers; the i-th first-turn request for a prompt gets `answ
 with N samples per task every answer is used exactly once per cycle whatever the request order.
 An answer is either final text (`{"text": ..., "truncated": bool}`) or a tool call
 (`{"tool_call": {"name": ..., "arguments": {...}}, "then": "final text"}`); once the tool result is
-in the input, the server answers with the `then` text of the call it made.
+in the input, the server answers with the `then` text of the call it made. A multi-step answer is
+`{"steps": [answer, answer, ...]}`: the model turn after k tool results gets `steps[k]` (the last
+repeats), each a text or a tool-call answer.
 
 Fault injection (for collector-crash tests): `fail_after=N` answers HTTP 400 to every request after
 the N-th (NeMo Gym's model server does not retry 4xx, so the rollout -- and the collector -- fail);
@@ -119,6 +121,7 @@ class ScriptedPolicy:
         self.requests = 0
         self.failed = 0
         self.pending_calls: dict[str, str] = {}  # call_id -> final text to give after the tool result
+        self.pending_steps: dict[str, list[dict[str, Any]]] = {}  # call_id -> the multi-step answer it belongs to
         self._ids = itertools.count()
         self._lock = threading.Lock()
 
@@ -136,22 +139,35 @@ class ScriptedPolicy:
         with self._lock:
             return next(self._ids)
 
-    def answer(self, user_text: str, tool_result_for: str | None) -> dict[str, Any]:
-        """The scripted answer: the next one for this prompt, or the follow-up text after a tool result."""
+    def answer(self, user_text: str, tool_result_for: str | None, step: int = 0) -> dict[str, Any]:
+        """The scripted answer: the next one for this prompt, or the follow-up after a tool result
+        (`step` = tool results so far, which picks a multi-step answer's step)."""
         with self._lock:
             if tool_result_for is not None:
+                steps = self.pending_steps.get(tool_result_for)
+                if steps is not None:
+                    return self._step(steps, step)
                 return {"text": self.pending_calls.get(tool_result_for, "Done.")}
             for entry in self.script:
                 if entry["match"] in user_text:
                     i = self.counts[entry["match"]]
                     self.counts[entry["match"]] += 1
-                    return entry["answers"][i % len(entry["answers"])]
+                    ans = entry["answers"][i % len(entry["answers"])]
+                    return self._step(ans["steps"], step) if "steps" in ans else ans
             return DEFAULT_ANSWER
 
-    def remember_call(self, call_id: str, then: str) -> None:
+    @staticmethod
+    def _step(steps: list[dict[str, Any]], step: int) -> dict[str, Any]:
+        ans = dict(steps[min(step, len(steps) - 1)])
+        ans["_steps"] = steps
+        return ans
+
+    def remember_call(self, call_id: str, then: str, steps: list[dict[str, Any]] | None = None) -> None:
         """Remember what to say once the result of `call_id` comes back."""
         with self._lock:
             self.pending_calls[call_id] = then
+            if steps is not None:
+                self.pending_steps[call_id] = steps
 
 
 # ---- Responses API -----------------------------------------------------------------------------
@@ -175,12 +191,14 @@ def _responses_turn(items: Any) -> tuple[str, str | None]:
 def responses_body(policy: ScriptedPolicy, body: dict[str, Any]) -> dict[str, Any]:
     """A Responses-API response object for a `POST /v1/responses` body."""
     user, tool_for = _responses_turn(body.get("input"))
-    ans = policy.answer(user, tool_for)
+    items = body.get("input") if isinstance(body.get("input"), list) else []
+    step = sum(1 for i in items if isinstance(i, dict) and i.get("type") == "function_call_output")
+    ans = policy.answer(user, tool_for, step)
     n = policy.next_id()
     truncated = bool(ans.get("truncated"))
     if "tool_call" in ans:
         call_id = f"call_{n}"
-        policy.remember_call(call_id, ans.get("then", "Done."))
+        policy.remember_call(call_id, ans.get("then", "Done."), ans.get("_steps"))
         output = [
             {
                 "arguments": json.dumps(ans["tool_call"]["arguments"]),
@@ -249,11 +267,12 @@ def _chat_turn(messages: Any) -> tuple[str, str | None]:
 def chat_body(policy: ScriptedPolicy, body: dict[str, Any]) -> dict[str, Any]:
     """A Chat Completions response for a `POST /v1/chat/completions` body."""
     user, tool_for = _chat_turn(body.get("messages"))
-    ans = policy.answer(user, tool_for)
+    step = sum(1 for m in body.get("messages") or [] if isinstance(m, dict) and m.get("role") == "tool")
+    ans = policy.answer(user, tool_for, step)
     n = policy.next_id()
     if "tool_call" in ans:
         call_id = f"call_{n}"
-        policy.remember_call(call_id, ans.get("then", "Done."))
+        policy.remember_call(call_id, ans.get("then", "Done."), ans.get("_steps"))
         message: dict[str, Any] = {
             "role": "assistant",
             "content": None,

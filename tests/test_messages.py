@@ -206,3 +206,28 @@ def test_real_rollouts_convert_to_well_formed_conversations():
         n_calls = sum(1 for i in rec["response"]["output"] if i.get("type") == "function_call")
         assert sum(len(m.get("tool_calls", [])) for m in response_messages(rec)) == n_calls, where
     assert seen_calls >= 40  # the fixtures hold 41 function calls
+
+
+def test_messages_to_items_reverses_items_to_messages() -> None:
+    """An agent loop's turns -> Responses-API items -> the same chat messages back."""
+    from gymverl.messages import messages_to_items, response_object
+
+    turns = [
+        {"role": "assistant", "content": "", "reasoning_content": "I should look.",
+         "tool_calls": [{"type": "function", "id": "call_1", "function": {"name": "lookup", "arguments": '{"key": "k"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": '{"value": 42}'},
+        {"role": "assistant", "content": "Two calls.", "tool_calls": [
+            {"type": "function", "id": "call_2", "function": {"name": "a", "arguments": "{}"}},
+            {"type": "function", "id": "call_3", "function": {"name": "b", "arguments": '{"x": [1]}'}}]},
+        {"role": "tool", "tool_call_id": "call_2", "content": "A"},
+        {"role": "tool", "tool_call_id": "call_3", "content": "B"},
+        {"role": "assistant", "content": "The value is 42."},
+    ]
+    items = messages_to_items(turns)
+    assert [i["type"] for i in items] == ["reasoning", "function_call", "function_call_output", "message", "function_call",
+                                          "function_call", "function_call_output", "function_call_output", "message"]
+    assert items_to_messages(items, include_reasoning=True) == turns
+    resp = response_object(items, {"tools": [{"type": "function", "name": "lookup"}], "parallel_tool_calls": False})
+    assert resp["output"] is items and resp["parallel_tool_calls"] is False and resp["tool_choice"] == "auto"
+    with pytest.raises(MessageError):
+        messages_to_items([{"role": "user", "content": "hi"}])

@@ -1,0 +1,117 @@
+"""`gymverl train-online`: the `python -m verl.trainer.main_ppo` command for online RL on NeMo Gym environments.
+
+The command (an argv list) carries every override the `gymverl_env` agent loop and the reward need:
+GRPO, the RL parquet, the model, the rollout engine, `n` samples per prompt, the agent-loop YAML
+(written to `OUTDIR/gymverl_agent_loops.yaml`, declaring `gymverl_env` with the resources-server
+specs, so VeRL's rollout workers -- other processes -- find the servers without environment
+variables), `gymverl_env` as the default loop (every row plays its episode; `reward_score` comes from
+the episode's `/verify`), and `gymverl.reward.compute_score` with the same servers for rows routed to
+a stateless loop. Hydra must accept it: tests compose it with VeRL's own `ppo_trainer.yaml`.
+
+What is not here yet (issue 14): starting the servers (`--servers NAME`), running the command with
+train-offline's progress view / resume rules, and a CPU rollout (VeRL 0.9.1 has no CPU
+`RolloutReplica`; see `cpu_rollout_note`).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from gymverl.errors import UsageError
+from gymverl.verify import parse_servers
+
+ROLLOUTS = ("vllm", "sglang")
+LOOP_YAML = "gymverl_agent_loops.yaml"
+
+
+class OnlineError(UsageError):
+    """train-online cannot build its command (one sentence)."""
+
+
+@dataclass
+class OnlineOptions:
+    """What `gymverl train-online` was asked for."""
+
+    data: Path
+    model: str
+    out: Path
+    servers: list[str]  # `NAME=URL` (or `URL`) resources-server specs
+    val: Optional[Path] = None
+    nproc: int = 1
+    rollout: str = "vllm"
+    algorithm: str = "grpo"
+    n_samples: int = 4
+    max_turns: int = 8
+    max_prompt_length: int = 4096
+    max_response_length: int = 2048
+    on_failure: str = "raise"
+    overrides: list[str] = field(default_factory=list)
+
+
+def build_online_command(opts: OnlineOptions, *, write_loop_yaml: bool = True) -> list[str]:
+    """The main_ppo argv for `opts` (python executable first); writes the agent-loop YAML into
+    `opts.out` unless `write_loop_yaml` is False. Raises OnlineError for unusable options."""
+    from gymverl.env_loop import loop_config
+
+    if opts.rollout not in ROLLOUTS:
+        raise OnlineError(f"--rollout must be one of {', '.join(ROLLOUTS)}, not {opts.rollout!r}.")
+    if opts.algorithm != "grpo":
+        raise OnlineError(f"--algorithm {opts.algorithm!r} is not supported yet (grpo only).")
+    if opts.n_samples < 1 or opts.nproc < 1:
+        raise OnlineError("--n-samples and --nproc must be 1 or more.")
+    if opts.on_failure not in ("raise", "mask"):
+        raise OnlineError(f"--on-failure must be raise or mask, not {opts.on_failure!r}.")
+    if not opts.servers:
+        raise OnlineError("give the resources servers with --server NAME=URL (one per environment).")
+    parse_servers(opts.servers)  # one sentence for a bad spec
+    if not opts.data.exists():
+        raise OnlineError(f"data file not found: {opts.data}")
+    if opts.val is not None and not opts.val.exists():
+        raise OnlineError(f"--val file not found: {opts.val}")
+    out = opts.out.resolve()
+    spec = " ".join(opts.servers)
+    loop_yaml = out / LOOP_YAML
+    if write_loop_yaml:
+        out.mkdir(parents=True, exist_ok=True)
+        loop_config(loop_yaml, server=spec, max_turns=opts.max_turns, on_failure=opts.on_failure)
+    reward_py = Path(__import__("gymverl.reward", fromlist=["x"]).__file__).resolve()
+    val = (opts.val or opts.data).resolve()
+    argv = [
+        sys.executable, "-m", "verl.trainer.main_ppo",
+        f"algorithm.adv_estimator={opts.algorithm}",
+        f"data.train_files=[{opts.data.resolve()}]",
+        f"data.val_files=[{val}]",
+        f"data.max_prompt_length={opts.max_prompt_length}",
+        f"data.max_response_length={opts.max_response_length}",
+        f"actor_rollout_ref.model.path={opts.model}",
+        f"actor_rollout_ref.rollout.name={opts.rollout}",
+        f"actor_rollout_ref.rollout.n={opts.n_samples}",
+        "actor_rollout_ref.rollout.calculate_log_probs=true",
+        f"actor_rollout_ref.rollout.agent.agent_loop_config_path={loop_yaml}",
+        "actor_rollout_ref.rollout.agent.default_agent_loop=gymverl_env",
+        f"reward.custom_reward_function.path={reward_py}",
+        "reward.custom_reward_function.name=compute_score",
+        f"+reward.custom_reward_function.reward_kwargs.server='{spec}'",
+        f"trainer.default_local_dir={out / 'checkpoints'}",
+        f"trainer.n_gpus_per_node={opts.nproc}",
+        "trainer.nnodes=1",
+        "trainer.logger=[console]",
+    ]
+    return argv + list(opts.overrides)
+
+
+def cpu_rollout_note() -> str:
+    """Why `train-online` cannot roll out on CPU with VeRL 0.9.1 (checked in verl/workers/rollout/replica.py)."""
+    return (
+        "VeRL 0.9.1 registers rollout replicas only for vllm, sglang and trtllm. RolloutReplicaRegistry.register "
+        "accepts any name, so a CPU replica can be registered, but it must be written: a RolloutReplica subclass "
+        "implementing launch_servers() and get_ray_class_with_init_args() (an engine hosted in the hybrid worker "
+        "group that answers generate(prompt_ids) with token ids and logprobs, sleeps/wakes up and takes the "
+        "trainer's weights after every step); VeRL ships no CPU engine for it, and sglang's CPU flag needs sglang."
+    )
+
+
+__all__ = ["LOOP_YAML", "OnlineError", "OnlineOptions", "ROLLOUTS", "build_online_command", "cpu_rollout_note"]
