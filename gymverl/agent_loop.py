@@ -30,7 +30,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 from uuid import uuid4
 
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput, register
@@ -39,6 +39,7 @@ from verl.utils.rollout_trace import rollout_trace_op
 from verl.workers.rollout.replica import TokenOutput
 
 from gymverl.formats.rl import STOCK_AGENT, TOOLS_AGENT
+from gymverl.messages import MessageError, chat_tools
 
 logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
@@ -50,17 +51,24 @@ CONFIG_OVERRIDE = "actor_rollout_ref.rollout.agent.agent_loop_config_path"
 __all__ = ["AGENT_NAME", "CONFIG_PATH", "GymverlToolsAgentLoop", "STOCK_AGENT", "main_ppo_overrides", "row_tools"]
 
 
-def row_tools(extra_info: Any) -> list[dict[str, Any]] | None:
+def row_tools(extra_info: Any, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]] | None:
     """The row's tool schemas from `extra_info.tools` (format: `gymverl.formats.rl`), None when it has none.
 
     Returns `[{"type": "function", "function": {"name", "description"?, "parameters"}}]`, the form
-    chat templates (and VeRL's `verl/tools/schemas.py`) expect. Raises ValueError naming the fault
-    for a value that is not such a list: a row whose tools cannot be shown must not train silently
-    without them.
+    chat templates (and VeRL's `verl/tools/schemas.py`) expect. When the row has no
+    `extra_info.tools` (RL parquet written before that column) and `params` (the task's
+    `responses_create_params`) is given, the task's Responses-API tools are converted instead
+    (`gymverl.messages.chat_tools`). Raises ValueError naming the fault for a value that is not
+    such a list: a row whose tools cannot be shown must not train silently without them.
     """
-    raw = extra_info.get("tools") if isinstance(extra_info, dict) else None
+    raw = extra_info.get("tools") if isinstance(extra_info, Mapping) else None
     if raw is None:
-        return None
+        if not params:
+            return None
+        try:
+            return chat_tools(params.get("tools")) or None
+        except MessageError as exc:
+            raise ValueError(f"the task's tools cannot be shown to the model: {exc}") from None
     if isinstance(raw, str):
         try:
             raw = json.loads(raw)

@@ -99,6 +99,7 @@ class ConvertOptions:
     ground_truth_field: str | None = None
     data_source: str | None = None  # default: the agent name, else the input file's stem
     ability: str = "nemo_gym"
+    agent_loop: str = "auto"  # rl: the agent_name column (gymverl.formats.rl.AGENT_LOOPS)
     include_reasoning: bool = False
     tokenizer: str | os.PathLike[str] | None = None  # needed by select.max_tokens
     shard_size: int | None = None
@@ -658,6 +659,10 @@ def convert(
     out = Path(output) if output is not None else Path("(dry-run)")
     if opts.fmt not in FORMATS:
         raise ConvertError(f"unknown format {opts.fmt!r}; choose one of {', '.join(FORMATS)}.")
+    if opts.agent_loop not in rl_fmt.AGENT_LOOPS:
+        raise ConvertError(f"unknown agent loop {opts.agent_loop!r}; choose one of {', '.join(rl_fmt.AGENT_LOOPS)}.")
+    if opts.agent_loop != "auto" and opts.fmt != "rl":
+        raise ConvertError("--agent-loop applies to --format rl only.")
     try:
         opts.select.check()
     except ValueError as exc:
@@ -945,6 +950,7 @@ def _rl_row(ctx: _Ctx, rec: dict[str, Any], key: str, stats: tuple[int, float, f
         ability=ctx.opts.ability,
         task_key=key,
         stats=stats,
+        agent_loop=ctx.opts.agent_loop,
     )
     return row
 

@@ -67,7 +67,8 @@ from verl.workers.rollout.replica import TokenOutput
 
 from gymverl.errors import RunError, UsageError
 from gymverl.jsonl import dumps
-from gymverl.messages import MessageError, chat_tools, messages_to_items, prompt_messages, response_object
+from gymverl.messages import messages_to_items, prompt_messages, response_object
+from gymverl.agent_loop import row_tools
 from gymverl.verify import DEFAULT_RETRIES, DEFAULT_TIMEOUT, ECHO_KEYS, VerifyClient, build_request, clean_params, describe_error_body, parse_servers
 
 logger = logging.getLogger(__name__)
@@ -191,22 +192,6 @@ def row_task(extra_info: Any) -> tuple[dict[str, Any], dict[str, Any], str | Non
     ref = ng.get("agent_ref")
     agent = ref.get("name") if isinstance(ref, Mapping) else (ref if isinstance(ref, str) else None)
     return dict(ng["responses_create_params"]), dict(ng.get("task") or {}), agent
-
-
-def row_tools(extra_info: Any, params: Mapping[str, Any]) -> list[dict[str, Any]] | None:
-    """The row's tools in chat-template form: `extra_info.tools` (JSON) when present, else the task's
-    Responses-API tools converted by `gymverl.messages.chat_tools`; None when it has none."""
-    raw = extra_info.get("tools") if isinstance(extra_info, Mapping) else None
-    tools = _json(raw) if raw is not None else None
-    if tools is not None:
-        if not isinstance(tools, list) or not all(isinstance(t, Mapping) and isinstance(t.get("function"), Mapping) for t in tools):
-            raise ValueError('extra_info.tools must be a list of {"type": "function", "function": {...}} objects')
-    else:
-        try:
-            tools = chat_tools(params.get("tools"))
-        except MessageError as exc:
-            raise ValueError(f"the task's tools cannot be shown to the model: {exc}") from None
-    return list(tools) or None
 
 
 @dataclass

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from gymverl.formats.rl import ENV_AGENT
 from gymverl.errors import UsageError
 from gymverl.verify import parse_servers
 
@@ -71,6 +72,9 @@ def build_online_command(opts: OnlineOptions, *, write_loop_yaml: bool = True) -
         raise OnlineError(f"data file not found: {opts.data}")
     if opts.val is not None and not opts.val.exists():
         raise OnlineError(f"--val file not found: {opts.val}")
+    for path in (opts.data, opts.val):
+        if path is not None:
+            check_rows_select_env_loop(path)
     out = opts.out.resolve()
     spec = " ".join(opts.servers)
     loop_yaml = out / LOOP_YAML
@@ -103,6 +107,32 @@ def build_online_command(opts: OnlineOptions, *, write_loop_yaml: bool = True) -
     return argv + list(opts.overrides)
 
 
+def check_rows_select_env_loop(path: Path) -> None:
+    """Refuse RL parquet whose rows name another agent loop than `gymverl_env` (OnlineError, one sentence).
+
+    VeRL 0.9.1's `AgentLoopWorker` takes each row's `agent_name` column over
+    `agent.default_agent_loop`, so rows written by `to-parquet --format rl` (`gymverl_tools` /
+    `single_turn_agent`) would be generated single-turn and never play the environment; and a
+    batch mixing loops breaks VeRL's reward assembly (it takes the reward keys of the first sample).
+    Rows without the column use the default loop (gymverl_env) and pass.
+    """
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(path)
+    except (OSError, ValueError) as exc:
+        raise OnlineError(f"{path}: not a readable parquet file ({exc}).") from None
+    if "agent_name" not in schema.names:
+        return
+    names = set(pq.read_table(path, columns=["agent_name"]).column("agent_name").to_pylist())
+    other = sorted(str(n) for n in names - {ENV_AGENT})
+    if other:
+        raise OnlineError(
+            f"{path}: rows name the agent loop(s) {', '.join(other)}, so VeRL would not play their environment; "
+            f"write the data for online training with `gymverl to-parquet --format rl --agent-loop env`."
+        )
+
+
 def cpu_rollout_note() -> str:
     """Why `train-online` cannot roll out on CPU with VeRL 0.9.1 (checked in verl/workers/rollout/replica.py)."""
     return (
@@ -114,4 +144,4 @@ def cpu_rollout_note() -> str:
     )
 
 
-__all__ = ["LOOP_YAML", "OnlineError", "OnlineOptions", "ROLLOUTS", "build_online_command", "cpu_rollout_note"]
+__all__ = ["LOOP_YAML", "OnlineError", "OnlineOptions", "ROLLOUTS", "build_online_command", "check_rows_select_env_loop", "cpu_rollout_note"]

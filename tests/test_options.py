@@ -50,7 +50,7 @@ IDS = [f"{c}:{max(p.opts, key=len)}" for c, p in NUMERIC]
 def test_every_command_with_numeric_options_is_covered():
     commands = {c for c, _ in NUMERIC}
     # demo has no numeric option; every other command has some.
-    assert commands == {"collect", "preview", "rescore", "stats", "to-parquet", "train-offline", "validate"}
+    assert commands == {"collect", "preview", "rescore", "stats", "to-parquet", "train-offline", "train-online", "validate"}
     assert len(NUMERIC) >= 30
 
 
@@ -77,6 +77,7 @@ def _args_for(command: str) -> list[str]:
         "collect": ["-i", "tasks.jsonl", "-o", "out.jsonl"],
         "train-offline": ["data.parquet", "-m", "model", "-o", "out"],
         "preview": ["data.parquet", "-t", "tokenizer"],
+        "train-online": ["data.parquet", "-m", "model", "-o", "out", "--server", "http://127.0.0.1:9", "--dry-run"],
     }[command]
 
 

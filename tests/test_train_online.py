@@ -16,6 +16,38 @@ pytestmark = pytest.mark.verl
 runner = CliRunner()
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _env_rows(tmp_path: Path, agent_loop: str = "env") -> Path:
+    """RL rows of sample_data/tasks.jsonl as `to-parquet --format rl --agent-loop AGENT_LOOP` writes them."""
+    from gymverl.convert import ConvertOptions, convert
+
+    out = tmp_path / f"rl-{agent_loop}.parquet"
+    convert(REPO / "sample_data" / "tasks.jsonl", out, ConvertOptions(fmt="rl", agent_loop=agent_loop))
+    return out
+
+
+def test_rows_must_select_the_env_loop(tmp_path: Path) -> None:
+    """to-parquet's default rows name gymverl_tools / single_turn_agent, which win over VeRL's
+    default_agent_loop: online training would never play their environment, so they are refused."""
+    import pyarrow.parquet as pq
+
+    env = _env_rows(tmp_path)
+    assert set(pq.read_table(env, columns=["agent_name"]).column("agent_name").to_pylist()) == {"gymverl_env"}
+    build_online_command(OnlineOptions(env, "m", tmp_path / "run", ["http://127.0.0.1:1"]), write_loop_yaml=False)
+    auto = _env_rows(tmp_path, "auto")
+    with pytest.raises(OnlineError, match=r"gymverl_tools, single_turn_agent.*--agent-loop env"):
+        build_online_command(OnlineOptions(auto, "m", tmp_path / "run", ["http://127.0.0.1:1"]), write_loop_yaml=False)
+    res = runner.invoke(app, ["train-online", str(auto), "--model", "/m", "-o", str(tmp_path / "run"),
+                              "--server", "http://127.0.0.1:1", "--dry-run"])
+    assert res.exit_code == 2 and "--agent-loop env" in res.output and "Traceback" not in res.output
+    not_parquet = tmp_path / "x.parquet"
+    not_parquet.write_bytes(b"")
+    with pytest.raises(OnlineError, match="not a readable parquet"):
+        build_online_command(OnlineOptions(not_parquet, "m", tmp_path / "run", ["http://127.0.0.1:1"]), write_loop_yaml=False)
+
+
 def compose(argv: list[str]):  # noqa: ANN201
     """VeRL's ppo_trainer.yaml with the overrides of a main_ppo argv (Hydra raises on an unknown key)."""
     from hydra import compose as hydra_compose, initialize_config_dir
@@ -29,8 +61,7 @@ def compose(argv: list[str]):  # noqa: ANN201
 
 
 def test_online_argv_composes_with_verl_config(tmp_path: Path) -> None:
-    data = tmp_path / "rl.parquet"
-    data.write_bytes(b"")
+    data = _env_rows(tmp_path)
     spec = ["example_multi_step=http://127.0.0.1:9001", "math_with_judge=http://127.0.0.1:9002"]
     argv = build_online_command(OnlineOptions(data, "/models/qwen", tmp_path / "run", spec, n_samples=8, overrides=["trainer.total_epochs=2"]))
     cfg = compose(argv)
@@ -46,8 +77,7 @@ def test_online_argv_composes_with_verl_config(tmp_path: Path) -> None:
 
 
 def test_online_bad_options_are_one_sentence(tmp_path: Path) -> None:
-    data = tmp_path / "rl.parquet"
-    data.write_bytes(b"")
+    data = _env_rows(tmp_path)
     with pytest.raises(OnlineError, match="--rollout"):
         build_online_command(OnlineOptions(data, "m", tmp_path, ["http://x:1"], rollout="cpu"))
     with pytest.raises(OnlineError, match="--server"):
@@ -55,8 +85,7 @@ def test_online_bad_options_are_one_sentence(tmp_path: Path) -> None:
 
 
 def test_cli_train_online_dry_run_prints_argv(tmp_path: Path) -> None:
-    data = tmp_path / "rl.parquet"
-    data.write_bytes(b"")
+    data = _env_rows(tmp_path)
     res = runner.invoke(app, ["train-online", str(data), "--model", "/m", "-o", str(tmp_path / "run"),
                               "--server", "math_with_judge=http://127.0.0.1:9", "--dry-run", "--json", "--", "trainer.total_epochs=3"])
     assert res.exit_code == 0, res.output

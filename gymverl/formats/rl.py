@@ -6,7 +6,8 @@ n, pass_rate, mean_reward, tools}, `agent_name`.
 
 `agent_name` picks VeRL's agent loop per row (`AgentLoopWorker` reads the column): `"gymverl_tools"`
 (`gymverl.agent_loop`, which renders the row's own tools through the chat template) when the task has
-tools, else VeRL's stock `"single_turn_agent"`. `extra_info.tools` is a JSON string of the task's tool
+tools, else VeRL's stock `"single_turn_agent"`; with `agent_loop="env"` (`to-parquet --agent-loop env`)
+every row names `"gymverl_env"` (`gymverl.env_loop`, online RL that plays the environment). `extra_info.tools` is a JSON string of the task's tool
 schemas in chat-template form, `[{"type": "function", "function": {name, description, parameters}}]`
 (converted from the flat Responses-API tools in `responses_create_params.tools` by
 `gymverl.messages.chat_tools`), null when the task has none. VeRL's `RLHFDataset` renders only tools
@@ -38,6 +39,12 @@ from gymverl.messages import MessageError, chat_tools, check_placeholders, promp
 # (`@register("single_turn_agent")` in verl/experimental/agent_loop/single_turn_agent_loop.py).
 TOOLS_AGENT = "gymverl_tools"
 STOCK_AGENT = "single_turn_agent"
+# gymverl's online loop (gymverl/env_loop.py): plays each row's NeMo Gym environment over HTTP.
+ENV_AGENT = "gymverl_env"
+# `--agent-loop`: "auto" = per row, gymverl_tools or the stock loop (offline-built prompts scored by
+# compute_score); "env" = every row gymverl_env (online RL: VeRL reads the column per row, and it wins
+# over `agent.default_agent_loop`, so online data must name the env loop itself).
+AGENT_LOOPS = ("auto", "env")
 
 # VeRL's multimodal image column (the struct a `datasets` Image feature stores).
 IMAGES = pa.list_(pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())]))
@@ -121,10 +128,12 @@ def rl_row(
     ability: str,
     task_key: str,
     stats: tuple[int, float, float] | None = None,
+    agent_loop: str = "auto",
 ) -> tuple[dict[str, Any], bool]:
     """One RL row for the task of `record` (split/index filled in by the writer) and whether it has a ground truth.
 
     `stats` = (n rollouts, pass rate, mean reward) of the task's collected rollouts, if any.
+    `agent_loop`: one of `AGENT_LOOPS` (what the `agent_name` column says).
     """
     images: list[dict[str, Any]] = []
     prompt = rl_prompt(record, images)
@@ -152,7 +161,7 @@ def rl_row(
             "mean_reward": mean_reward,
             "tools": dumps_str(tools) if tools else None,
         },
-        "agent_name": TOOLS_AGENT if tools else STOCK_AGENT,
+        "agent_name": ENV_AGENT if agent_loop == "env" else (TOOLS_AGENT if tools else STOCK_AGENT),
         "images": images or None,
     }
     return row, gt is not None
