@@ -39,6 +39,7 @@ from verl.utils.rollout_trace import rollout_trace_op
 from verl.workers.rollout.replica import TokenOutput
 
 from gymverl.formats.rl import STOCK_AGENT, TOOLS_AGENT
+from gymverl.overrides import override
 
 logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
@@ -219,7 +220,7 @@ class GymverlToolsAgentLoop(AgentLoopBase):
 
 def main_ppo_overrides() -> list[str]:
     """The `verl.trainer.main_ppo` overrides that make VeRL's workers load this loop (see module doc)."""
-    return [f"{CONFIG_OVERRIDE}={CONFIG_PATH}"]
+    return [override(CONFIG_OVERRIDE, CONFIG_PATH)]
 
 
 def _main(argv: list[str]) -> int:

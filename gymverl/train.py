@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterator, Optional
 
 from gymverl import proc
 from gymverl.errors import UsageError
+from gymverl.overrides import override, override_key
 
 TRAINER_MODULE = "verl.trainer.sft_trainer"
 MERGER_MODULE = "verl.model_merger"
@@ -264,9 +265,6 @@ def check_gpus(nproc: int) -> None:
         raise TrainError(f"--nproc {nproc} but only {n} CUDA GPU(s) are visible.")
 
 
-def override_key(override: str) -> str:
-    """The config key of a Hydra override (`+a.b=1` -> `a.b`, `~a.b` -> `a.b`)."""
-    return override.split("=", 1)[0].lstrip("+~")
 
 
 def check_overrides(overrides: list[str]) -> None:
@@ -401,18 +399,15 @@ def torchrun_path() -> str:
     return str(beside) if beside.exists() else (shutil.which("torchrun") or "torchrun")
 
 
-_PLAIN = re.compile(r"[\w./\-+:@~]+")
-
-
-def _q(value: Any) -> str:
-    """A value as Hydra override text (paths with spaces, commas, quotes... are quoted for Hydra's grammar)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(json.dumps(str(v)) for v in value) + "]"
-    if isinstance(value, Path) and not _PLAIN.fullmatch(str(value)):
-        return "'" + str(value).replace("'", "\\'") + "'"
-    return str(value)
+def target_modules(text: str) -> str | list[str]:
+    """--lora-target-modules as VeRL's model.target_modules: `all-linear` stays a string; a list,
+    written `[q_proj,v_proj]` (Hydra's form) or `q_proj,v_proj`, becomes a list of module names."""
+    inner = text.strip()
+    if inner.startswith("[") and inner.endswith("]"):
+        inner = inner[1:-1]
+    elif "," not in inner:
+        return text
+    return [m.strip().strip("'\"") for m in inner.split(",") if m.strip()]
 
 
 def build_command(
@@ -437,7 +432,7 @@ def build_command(
     out = opts.out.resolve()
     cfg: list[tuple[str, Any]] = [
         ("data.train_files", opts.train.resolve()),
-        ("data.val_files", opts.val.resolve() if opts.val else "null"),
+        ("data.val_files", opts.val.resolve() if opts.val else None),
         ("data.messages_key", "messages"),
         ("data.tools_key", "tools"),
         ("data.train_batch_size", batch_size),
@@ -467,13 +462,13 @@ def build_command(
         cfg += [
             ("model.lora_rank", opts.lora_rank),
             ("model.lora_alpha", opts.lora_alpha if opts.lora_alpha is not None else 2 * opts.lora_rank),
-            ("model.target_modules", opts.lora_target_modules),
+            ("model.target_modules", target_modules(opts.lora_target_modules)),
         ]
     env = {
         "PYTHONUNBUFFERED": "1",  # step lines must reach the progress view as they happen
         "VERL_FILE_LOGGER_PATH": str(out / METRICS),
     }
-    overrides = [f"{k}={_q(v)}" for k, v in cfg]
+    overrides = [override(k, v) for k, v in cfg]
     if opts.device == "cpu":
         env.update(CPU_ENV)
         overrides += CPU_OVERRIDES

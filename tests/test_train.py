@@ -48,7 +48,8 @@ def data(tmp_path: Path) -> Path:
 
 
 def _opts(data: Path, model_dir: Path, tmp_path: Path, **kw) -> tr.TrainOptions:
-    return tr.TrainOptions(train=data, model=str(model_dir), out=tmp_path / "run", **kw)
+    kw.setdefault("out", tmp_path / "run")
+    return tr.TrainOptions(train=data, model=str(model_dir), **kw)
 
 
 def _cfg(argv: list[str]) -> dict[str, str]:
@@ -564,3 +565,22 @@ def test_shared_precheck_case_model_without_template(tmp_path, model_dir):
                               "--device", "cpu", "--dry-run"])
     err = " ".join(res.stderr.split())
     assert res.exit_code == 2 and err == f"error: the tokenizer in {bare} has no chat template; SFT needs one.", res.output
+
+
+def test_awkward_values_reach_verl_as_given(data, model_dir, tmp_path):
+    """Every gymverl-built override reads back through Hydra's own parser as the value meant (a comma
+    in a path used to split it into a sweep; `~` was a token error)."""
+    parser = pytest.importorskip("hydra.core.override_parser.overrides_parser").OverridesParser.create()
+    out = tmp_path / "run, it's ~here"
+    opts = _opts(data, model_dir, tmp_path, out=out, project="p,q", experiment="exp=1 'x'", lora_rank=4,
+                 lora_target_modules="q_proj,v_proj")
+    argv = tr.plan_training(opts, check_device=False, check_out=False).argv
+    values = {}
+    for text in argv[argv.index(tr.TRAINER_MODULE) + 1 :]:
+        o = parser.parse_override(text)
+        assert not o.is_sweep_override(), text
+        values[o.key_or_group] = o.value()
+    assert values["trainer.default_local_dir"] == str(out.resolve() / tr.CHECKPOINTS)
+    assert values["trainer.project_name"] == "p,q" and values["trainer.experiment_name"] == "exp=1 'x'"
+    assert values["model.target_modules"] == ["q_proj", "v_proj"]
+    assert values["data.val_files"] is None and values["trainer.logger"] == ["console", "file"]
