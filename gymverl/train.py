@@ -22,7 +22,6 @@ Output directory layout (OUTDIR):
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import re
@@ -49,6 +48,9 @@ HF_MODEL = "hf_model"
 LOG = "train.log"
 METRICS = "metrics.jsonl"
 DATA_MODULE = Path(__file__).with_name("verl_data.py")
+# VeRL's `data.custom_cls` for JSON-string SFT rows: gymverl.verl_data.GymverlSFTDataset, named by
+# file and class so planning never imports VeRL (the test suite imports it and checks the name).
+DATA_CLASS = (str(DATA_MODULE), "GymverlSFTDataset")
 TORCHRUN_GRACE = 20.0  # seconds torchrun gets after SIGINT to stop its workers itself
 
 # CPU smoke mode: load gymverl's platform plugin (gymverl/verl_cpu.py) inside every worker.
@@ -191,20 +193,6 @@ def parquet_info(path: Path) -> tuple[int, dict[str, str]]:
         raise TrainError(f"{path}: not a readable parquet file ({exc}).") from None
     schema = pf.schema_arrow
     return pf.metadata.num_rows, {f.name: str(f.type) for f in schema}
-
-
-def find_data_class(path: Path = DATA_MODULE) -> Optional[tuple[str, str]]:
-    """(file, class name) of gymverl's MultiTurnSFTDataset subclass, found without importing VeRL."""
-    if not path.is_file():
-        return None
-    tree = ast.parse(path.read_text())
-    for node in tree.body:
-        if isinstance(node, ast.ClassDef):
-            for base in node.bases:
-                name = base.attr if isinstance(base, ast.Attribute) else getattr(base, "id", "")
-                if name == "MultiTurnSFTDataset":
-                    return str(path), node.name
-    return None
 
 
 def _looks_like_hub_id(model: str) -> bool:
@@ -532,14 +520,7 @@ def plan_training(opts: TrainOptions, *, check_device: bool = True, check_out: b
     if per_epoch == 0:
         raise TrainError(f"{rows} training rows over {world} processes give no full batch of {batch_size}.")
 
-    data_class = None
-    if columns["messages"] in ("string", "large_string"):
-        data_class = find_data_class()
-        if data_class is None and not any(override_key(o) == "data.custom_cls.path" for o in opts.overrides):
-            raise TrainError(
-                f"{opts.train}: `messages` is stored as JSON strings but gymverl's VeRL dataset class "
-                f"({DATA_MODULE}) is missing."
-            )
+    data_class = DATA_CLASS if columns["messages"] in ("string", "large_string") else None
 
     note = check_model(opts.model)
     if note:
