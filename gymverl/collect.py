@@ -33,6 +33,7 @@ import orjson
 
 from gymverl import proc
 from gymverl.jsonl import InputError, check_input_path, iter_lines
+from gymverl.limits import DEFAULT_HEAD_URL
 from gymverl.overrides import override
 from gymverl.nemo_gym import (
     NemoGymError,
@@ -47,7 +48,6 @@ from gymverl.records import ValidationSummary, agent_name, iter_checked, validat
 from gymverl.errors import EXIT_FAILED, EXIT_USAGE, GymverlError
 from gymverl.sidecars import FailureReport, rollout_pairs, settle_failures
 
-DEFAULT_HEAD_URL = "http://127.0.0.1:11000"  # NeMo Gym's default head server address
 # Our option -> the `gym eval run` flag that carries it (checked against `gym eval run --help`).
 GYM_FLAGS = {
     "agent": "--agent",
