@@ -40,6 +40,7 @@ from verl.workers.rollout.replica import TokenOutput
 
 from gymverl.formats.rl import STOCK_AGENT, TOOLS_AGENT
 from gymverl.messages import MessageError, chat_tools
+from gymverl.overrides import override
 
 logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
@@ -227,7 +228,7 @@ class GymverlToolsAgentLoop(AgentLoopBase):
 
 def main_ppo_overrides() -> list[str]:
     """The `verl.trainer.main_ppo` overrides that make VeRL's workers load this loop (see module doc)."""
-    return [f"{CONFIG_OVERRIDE}={CONFIG_PATH}"]
+    return [override(CONFIG_OVERRIDE, CONFIG_PATH)]
 
 
 def _main(argv: list[str]) -> int:

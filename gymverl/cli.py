@@ -16,7 +16,7 @@ from typing import Annotated, Any, Optional
 
 import click
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 try:  # typer >= 0.2x carries its own copy of click; its exceptions are not click's
     from typer._click import exceptions as _typer_click_exc
@@ -37,7 +37,8 @@ from gymverl.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_REJECTED
 from gymverl.files import check_outputs, output_lock
 from gymverl.inputs import Input, open_input
 from gymverl.jsonl import DEFAULT_MAX_LINE_BYTES, check_input_path
-from gymverl.limits import MAX_CONCURRENCY, MAX_RETRIES
+from gymverl.limits import DEFAULT_CONCURRENCY, DEFAULT_HEAD_URL, DEFAULT_RETRIES, DEFAULT_TIMEOUT, MAX_CONCURRENCY, MAX_RETRIES
+from gymverl.train import TrainOptions
 from gymverl.proc import signals_as_interrupt
 
 class _PipelineOrder(TyperGroup):
@@ -50,6 +51,9 @@ class _PipelineOrder(TyperGroup):
     """
 
     ORDER = ("collect", "validate", "rescore", "stats", "to-parquet", "preview", "train-offline", "train-online", "demo")
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _flags_without_values(super().get_params(ctx))
 
     def list_commands(self, ctx: Any) -> list[str]:
         names = super().list_commands(ctx)
@@ -75,6 +79,34 @@ class _PipelineOrder(TyperGroup):
             _fail_now(f"internal error ({type(exc).__name__}: {exc}); set GYMVERL_DEBUG=1 for the traceback.", EXIT_FAILED)
 
 
+# Old option spellings that still parse (scripts keep working) but are not shown in --help: each
+# concept has one spelling across commands (`--output`/`-o` for every output file or directory).
+OPTION_ALIASES = {"--out": "--output"}
+
+
+def _flags_without_values(params: list[Any]) -> list[Any]:
+    """Show on/off flags in --help as bare switches (`--json`), not with a `<bool>` value they do not take."""
+    for param in params:
+        if getattr(param, "is_bool_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class _Command(TyperCommand):
+    """A gymverl command: also accepts the old spellings of OPTION_ALIASES, without listing them."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _flags_without_values(super().get_params(ctx))
+
+    def make_parser(self, ctx: Any) -> Any:
+        parser = super().make_parser(ctx)
+        for old, new in OPTION_ALIASES.items():
+            # click's OptionParser keeps one table of long names; the old name points at the new option.
+            if new in parser._long_opt and old not in parser._long_opt:
+                parser._long_opt[old] = parser._long_opt[new]
+        return parser
+
+
 app = typer.Typer(
     cls=_PipelineOrder,
     name="gymverl",
@@ -83,7 +115,7 @@ app = typer.Typer(
         "Exit codes: 0 success; 1 some input rejected or failed; 2 usage error; 130 interrupted."
     ),
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, PowerShell)
     pretty_exceptions_enable=False,
 )
 console = Console()
@@ -226,8 +258,13 @@ def main(
     version: Annotated[
         Optional[bool], typer.Option("--version", callback=version_callback, is_eager=True, help="Show the version and exit.")
     ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print no tables or progress; errors (stderr) and --json output still appear.")
+    ] = False,
 ) -> None:
     """Turn NeMo Gym rollouts into VeRL training data and training runs."""
+    # Every command renders through these consoles; the exit code and errors carry the outcome.
+    console.quiet = quiet
 
 
 # ---- validate ----------------------------------------------------------------------------------
@@ -300,13 +337,16 @@ def render_validation(summary: dict[str, Any], title: str = "validate") -> None:
         render_rejections(summary["rejections"], summary["rejected"], summary["rejected_by_reason"])
 
 
-@app.command()
+@app.command(cls=_Command)
 def validate(
     rollouts: Annotated[Path, typer.Argument(help="Rollout JSONL written by NeMo Gym (.jsonl or .jsonl.gz).")],
     rejects: Annotated[
         Optional[Path], typer.Option("--rejects", help="Write every rejected line as {line, code, reason, raw} JSONL here.")
     ] = None,
-    tasks: Annotated[bool, typer.Option("--tasks", help="Check a NeMo Gym *tasks* (input) file instead of rollouts.")] = False,
+    input_kind: Annotated[
+        str, typer.Option("--input-kind", help="rollouts, or tasks to check a NeMo Gym tasks (input) file.")
+    ] = "rollouts",
+    tasks: Annotated[bool, typer.Option("--tasks", hidden=True, help="Old spelling of --input-kind tasks.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON (for scripts).")] = False,
     max_line_mb: Annotated[float, typer.Option("--max-line-mb", callback=number(above=0, max=100_000, unit='MB'), help="Reject lines longer than this (MB).")] = DEFAULT_MAX_LINE_BYTES / 1e6,
 ) -> None:
@@ -316,12 +356,14 @@ def validate(
     """
     from gymverl.records import validate_file
 
+    if input_kind not in ("rollouts", "tasks"):
+        fail(f"--input-kind must be rollouts or tasks, not {escape(repr(input_kind))}.")
     with contextlib.ExitStack() as stack:
         path = input_arg(stack, rollouts)
         # The rejects file is never the input (nor a link to it), and one run at a time writes it.
         check_outputs([rejects], [_user_path(path)])
         with output_lock(rejects):
-            summary = validate_file(path, rejects=rejects, tasks=tasks, max_line_bytes=int(max_line_mb * 1e6))
+            summary = validate_file(path, rejects=rejects, tasks=tasks or input_kind == "tasks", max_line_bytes=int(max_line_mb * 1e6))
     empty = summary.valid + summary.rejected == 0  # blank lines alone are no rollouts either
     data = summary.to_dict()
     if empty:
@@ -583,7 +625,7 @@ def _compute_stats_cli(path: Input, threshold: float, group_by: str, show_progre
         return compute_stats(path, threshold=threshold, group_by=group_by, on_line=on_line, tasks_path=tasks)
 
 
-@app.command()
+@app.command(cls=_Command)
 def stats(
     rollouts: Annotated[Path, typer.Argument(help="Rollout JSONL (.jsonl or .jsonl.gz), e.g. from `gymverl collect` or `rescore`.")],
     threshold: Annotated[
@@ -724,7 +766,7 @@ def _render_train_result(result: Any, out: Console) -> None:
     out.print(t)
 
 
-@app.command("train-offline")
+@app.command("train-offline", cls=_Command)
 def train_offline_command(
     data: Annotated[
         Optional[Path], typer.Argument(help="SFT parquet from `gymverl to-parquet --format sft` (omit with --from-rollouts).", show_default=False)
@@ -734,7 +776,7 @@ def train_offline_command(
         typer.Argument(help="After `--`: VeRL key=value overrides, passed through unchanged (they win over gymverl's).", show_default=False),
     ] = None,
     model: Annotated[str, typer.Option("--model", "-m", help="Base model: a local Hugging Face model directory (or a Hub id).", show_default=False)] = "",
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory: checkpoints/, hf_model/, train.log, metrics.jsonl.", show_default=False)] = None,
+    out: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output directory: checkpoints/, hf_model/, train.log, metrics.jsonl.", show_default=False)] = None,
     val: Annotated[Optional[Path], typer.Option("--val", help="Validation parquet (same format as DATA).")] = None,
     from_rollouts: Annotated[
         Optional[Path], typer.Option("--from-rollouts", help="Rollout JSONL: select the successful rollouts and convert them to SFT parquet first.")
@@ -746,26 +788,26 @@ def train_offline_command(
     val_fraction: Annotated[
         float, typer.Option("--val-fraction", callback=number(min=0, max=0.99), help="With --from-rollouts: share of tasks held out as validation data.")
     ] = 0.0,
-    epochs: Annotated[int, typer.Option("--epochs", callback=number(min=1), help="Training epochs.")] = 1,
-    lr: Annotated[float, typer.Option("--lr", callback=number(above=0), help="Learning rate.")] = 1e-5,
+    epochs: Annotated[int, typer.Option("--epochs", callback=number(min=1), help="Training epochs.")] = TrainOptions.epochs,
+    lr: Annotated[float, typer.Option("--lr", callback=number(above=0), help="Learning rate.")] = TrainOptions.lr,
     batch_size: Annotated[
         Optional[int], typer.Option("--batch-size", callback=number(min=1), help="Global batch size (rows per optimizer step). Default: VeRL's 256, capped at the dataset size.", show_default=False)
     ] = None,
-    micro_batch_size: Annotated[int, typer.Option("--micro-batch-size", callback=number(min=1), help="Rows per forward pass per process.")] = 4,
-    max_length: Annotated[int, typer.Option("--max-length", callback=number(min=1, unit='tokens'), help="Maximum tokens per conversation.")] = 1024,
-    lora_rank: Annotated[int, typer.Option("--lora-rank", callback=number(min=0), help="LoRA rank; 0 trains all weights.")] = 0,
+    micro_batch_size: Annotated[int, typer.Option("--micro-batch-size", callback=number(min=1), help="Rows per forward pass per process.")] = TrainOptions.micro_batch_size,
+    max_length: Annotated[int, typer.Option("--max-length", callback=number(min=1, unit='tokens'), help="Maximum tokens per conversation.")] = TrainOptions.max_length,
+    lora_rank: Annotated[int, typer.Option("--lora-rank", callback=number(min=0), help="LoRA rank; 0 trains all weights.")] = TrainOptions.lora_rank,
     lora_alpha: Annotated[Optional[int], typer.Option("--lora-alpha", callback=number(min=1), help="LoRA alpha (default 2 x rank).", show_default=False)] = None,
-    lora_target_modules: Annotated[str, typer.Option("--lora-target-modules", help="LoRA target modules (VeRL's model.target_modules).")] = "all-linear",
-    nproc: Annotated[int, typer.Option("--nproc", callback=number(min=1), help="Processes (GPUs) per node.")] = 1,
-    nnodes: Annotated[int, typer.Option("--nnodes", callback=number(min=1), help="Number of nodes (run the same command on each, with its --node-rank).")] = 1,
-    node_rank: Annotated[int, typer.Option("--node-rank", callback=number(min=0), help="This node's rank (multi-node).")] = 0,
+    lora_target_modules: Annotated[str, typer.Option("--lora-target-modules", help="LoRA target modules (VeRL's model.target_modules).")] = TrainOptions.lora_target_modules,
+    nproc: Annotated[int, typer.Option("--nproc", callback=number(min=1), help="Processes (GPUs) per node.")] = TrainOptions.nproc,
+    nnodes: Annotated[int, typer.Option("--nnodes", callback=number(min=1), help="Number of nodes (run the same command on each, with its --node-rank).")] = TrainOptions.nnodes,
+    node_rank: Annotated[int, typer.Option("--node-rank", callback=number(min=0), help="This node's rank (multi-node).")] = TrainOptions.node_rank,
     master_addr: Annotated[Optional[str], typer.Option("--master-addr", help="Address of node 0 (multi-node).", show_default=False)] = None,
-    master_port: Annotated[int, typer.Option("--master-port", callback=number(min=1, max=65535), help="Rendezvous port on node 0 (multi-node).")] = 29500,
-    device: Annotated[str, typer.Option("--device", help="cuda for real training; cpu for a smoke run with gymverl's CPU plugin (tiny models only).")] = "cuda",
+    master_port: Annotated[int, typer.Option("--master-port", callback=number(min=1, max=65535), help="Rendezvous port on node 0 (multi-node).")] = TrainOptions.master_port,
+    device: Annotated[str, typer.Option("--device", help="cuda for real training; cpu for a smoke run with gymverl's CPU plugin (tiny models only).")] = TrainOptions.device,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in an existing OUTDIR.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete an existing gymverl OUTDIR and start over.")] = False,
     export: Annotated[bool, typer.Option("--export/--no-export", help="Export the last checkpoint to OUTDIR/hf_model with verl.model_merger.")] = True,
-    save_freq: Annotated[int, typer.Option("--save-freq", callback=number(min=1, also=(-1,)), help="Checkpoint every N steps (-1: only at the end).")] = -1,
+    save_freq: Annotated[int, typer.Option("--save-freq", callback=number(min=1, also=(-1,)), help="Checkpoint every N steps (-1: only at the end).")] = TrainOptions.save_freq,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check the inputs, print the VeRL command and stop.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Echo every line VeRL prints.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan (with --dry-run) or the result as JSON.")] = False,
@@ -789,7 +831,7 @@ def train_offline_command(
     if not model:
         fail("--model is required (a local Hugging Face model directory).")
     if out is None:
-        fail("--out/-o is required (the output directory).")
+        fail("--output/-o is required (the output directory).")
     if data is None and from_rollouts is None:
         fail("give an SFT parquet file (DATA) or --from-rollouts ROLLOUTS.jsonl.")
     view = err_console if as_json else console
@@ -874,15 +916,15 @@ def train_offline_command(
 # ---- train-online ------------------------------------------------------------------------------
 
 
-@app.command("train-online")
+@app.command("train-online", cls=_Command)
 def train_online_command(
-    data: Annotated[Path, typer.Argument(help="RL parquet from `gymverl to-parquet --format rl`.", show_default=False)],
+    data: Annotated[Path, typer.Argument(help="RL parquet from `gymverl to-parquet --format rl --agent-loop env`.", show_default=False)],
     overrides: Annotated[
         Optional[list[str]],
         typer.Argument(help="After `--`: VeRL key=value overrides, passed through unchanged (they win over gymverl's).", show_default=False),
     ] = None,
     model: Annotated[str, typer.Option("--model", "-m", help="Base model: a local Hugging Face model directory (or a Hub id).", show_default=False)] = "",
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory (checkpoints/, the agent-loop YAML).", show_default=False)] = None,
+    out: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output directory (checkpoints/, the agent-loop YAML).", show_default=False)] = None,
     server: Annotated[
         Optional[list[str]], typer.Option("--server", help="A running NeMo Gym resources server, NAME=URL (repeat per environment).", show_default=False)
     ] = None,
@@ -923,6 +965,7 @@ def train_online_command(
 
 
 @app.command(
+    cls=_Command,
     context_settings={"allow_extra_args": True},
     epilog=(
         "Anything after `--` goes to NeMo Gym's collector unchanged, e.g. "
@@ -945,7 +988,7 @@ def collect(
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted collection into the same output.")] = False,
     head_url: Annotated[
         str, typer.Option("--head-url", envvar="GYMVERL_HEAD_URL", help="NeMo Gym head server of running servers (ng_run).")
-    ] = "http://127.0.0.1:11000",
+    ] = DEFAULT_HEAD_URL,
     servers: Annotated[
         Optional[list[str]],
         typer.Option(
@@ -1118,10 +1161,10 @@ class _RichDemoReporter:
             render_stats(data, show_tasks=10, compact=True)
 
 
-@app.command()
+@app.command(cls=_Command)
 def demo(
     out: Annotated[
-        Optional[Path], typer.Option("--out", help="Output directory (default: a fresh ./gymverl-demo-out, -2, -3, ...).")
+        Optional[Path], typer.Option("--output", "-o", help="Output directory (default: a fresh ./gymverl-demo-out, -2, -3, ...).")
     ] = None,
     skip: Annotated[
         Optional[list[str]],
@@ -1134,7 +1177,7 @@ def demo(
         Optional[Path],
         typer.Option("--nemo-gym-env", help="NeMo Gym venv (default: $GYMVERL_NEMO_GYM_ENV or ./.nemo-gym-venv)."),
     ] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out written by an earlier demo.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --output written by an earlier demo.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the step report as JSON at the end (progress goes to stderr).")] = False,
 ) -> None:
     """Run the whole pipeline on sample_data/: NeMo Gym servers, validate, rescore, stats, parquet, reward function, CPU training.
@@ -1280,7 +1323,7 @@ def _rescore_progress(path: Input) -> tuple[Any, Any]:
     return progress, on_progress
 
 
-@app.command()
+@app.command(cls=_Command)
 def rescore(
     rollouts: Annotated[Path, typer.Argument(help="Rollout JSONL written by NeMo Gym (.jsonl or .jsonl.gz).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Write the rescored rollouts here (input order; old reward kept as reward_before).")],
@@ -1312,9 +1355,9 @@ def rescore(
         bool,
         typer.Option("--force", help="Re-verify even against servers whose GET /reverify_mode is not \"stateless\" (rewards of a stateful verifier may be wrong)."),
     ] = False,
-    concurrency: Annotated[int, typer.Option("--concurrency", "-c", callback=number(min=1, max=MAX_CONCURRENCY), help="Requests in flight at once (all servers together).")] = 32,
-    timeout: Annotated[float, typer.Option("--timeout", callback=number(above=0, max=7 * 86400, unit='seconds'), help="Seconds per request attempt.")] = 60.0,
-    retries: Annotated[int, typer.Option("--retries", callback=number(min=0, max=MAX_RETRIES), help="Retries per row on timeouts, connection errors, 429 and 5xx (exponential backoff with jitter).")] = 4,
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", callback=number(min=1, max=MAX_CONCURRENCY), help="Requests in flight at once (all servers together).")] = DEFAULT_CONCURRENCY,
+    timeout: Annotated[float, typer.Option("--timeout", callback=number(above=0, max=7 * 86400, unit='seconds'), help="Seconds per request attempt.")] = DEFAULT_TIMEOUT,
+    retries: Annotated[int, typer.Option("--retries", callback=number(min=0, max=MAX_RETRIES), help="Retries per row on timeouts, connection errors, 429 and 5xx (exponential backoff with jitter).")] = DEFAULT_RETRIES,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when a suspicious share of rewards goes down (likely missing task fields).")] = False,
     flip_threshold: Annotated[float, typer.Option("--flip-threshold", callback=number(min=0, max=1), help="Warn when at least this share of rescored rewards went down.")] = 0.25,
     limit: Annotated[Optional[int], typer.Option("--limit", callback=number(min=1), help="Process at most this many more lines, then stop (resume later with --resume).")] = None,
@@ -1432,46 +1475,46 @@ def render_to_parquet(summary: dict[str, Any]) -> None:
         console.print(f"{split}: [bold]{shown}[/]")
 
 
-@app.command("to-parquet")
+@app.command("to-parquet", cls=_Command)
 def to_parquet(
     input_path: Annotated[Path, typer.Argument(metavar="INPUT", help="Rollout JSONL from NeMo Gym (.jsonl or .jsonl.gz); for --format rl also a NeMo Gym tasks file.")],
+    tasks: Annotated[Optional[Path], typer.Option("--tasks", rich_help_panel="Input", help="rl: the task rows to join onto the rows: the original NeMo Gym tasks file (by _ng_task_index = its line, prompt checked) or <stem>_materialized_inputs.jsonl (by task and repeat index; found beside INPUT without this option). Its fields are the task fields; every other top-level key is a verifier output.")] = None,
+    strict: Annotated[bool, typer.Option("--strict", rich_help_panel="Input", help="rl: stop (exit 2) when rows lack task fields the verifier may need, instead of warning.")] = False,
+    side_files: Annotated[bool, typer.Option("--side-files/--no-side-files", rich_help_panel="Input", help="rl: use NeMo Gym's <stem>_materialized_inputs.jsonl beside INPUT for task fields.")] = True,
+    input_kind: Annotated[str, typer.Option("--input-kind", rich_help_panel="Input", help="auto, rollouts or tasks (auto: lines with a `response` are rollouts).")] = "auto",
+    max_line_mb: Annotated[float, typer.Option("--max-line-mb", rich_help_panel="Input", callback=number(above=0, max=100_000, unit='MB'), help="Reject lines longer than this (MB).")] = DEFAULT_MAX_LINE_BYTES / 1e6,
+    fmt: Annotated[str, typer.Option("--format", "-f", rich_help_panel="Rows", help="rl: one row per task for GRPO/PPO (main_ppo); sft: one row per rollout for sft_trainer; dpo: preference pairs in the conversational form TRL's DPOTrainer and OpenRLHF read.")] = "sft",
+    ground_truth_field: Annotated[Optional[str], typer.Option("--ground-truth-field", rich_help_panel="Rows", help="Task field holding the expected answer (default: the first of expected_answer, expected_answers, ground_truth, answer, ...).")] = None,
+    data_source: Annotated[Optional[str], typer.Option("--data-source", rich_help_panel="Rows", help="data_source of every row (default: the agent name, else the input file's stem).")] = None,
+    ability: Annotated[str, typer.Option("--ability", rich_help_panel="Rows", help="The rl `ability` column.")] = "nemo_gym",
+    agent_loop: Annotated[str, typer.Option("--agent-loop", rich_help_panel="Rows", help="rl: the agent loop each row names (agent_name column): auto = gymverl_tools for tasks with tools, VeRL's single_turn_agent otherwise (offline prompts, scored by compute_score); env = gymverl_env for every row (online RL that plays the NeMo Gym environment: gymverl train-online).")] = "auto",
+    include_reasoning: Annotated[bool, typer.Option("--include-reasoning", rich_help_panel="Rows", help="sft/dpo: keep reasoning items as `reasoning_content` on assistant messages.")] = False,
+    keep_masked: Annotated[bool, typer.Option("--keep-masked", rich_help_panel="Selection", help="Keep rollouts marked mask_sample: true (NeMo Gym >= 0.5: not a valid measurement); dropped by default under the filter 'masked'.")] = False,
+    min_reward: Annotated[Optional[float], typer.Option("--min-reward", rich_help_panel="Selection", callback=number(), help="Drop rollouts whose reward is below this.")] = None,
+    best_of_n: Annotated[Optional[int], typer.Option("--best-of-n", rich_help_panel="Selection", callback=number(min=1), help="Keep only the K highest-reward rollouts of each task (ties: input order).")] = None,
+    drop_solved: Annotated[bool, typer.Option("--drop-solved", rich_help_panel="Selection", help="Drop tasks every rollout solved (GRPO difficulty filter).")] = False,
+    drop_unsolved: Annotated[bool, typer.Option("--drop-unsolved", rich_help_panel="Selection", help="Drop tasks no rollout solved (GRPO difficulty filter).")] = False,
+    solved_threshold: Annotated[float, typer.Option("--solved-threshold", rich_help_panel="Selection", callback=number(), help="A rollout solves its task when reward >= this.")] = 1.0,
+    dedup: Annotated[bool, typer.Option("--dedup", rich_help_panel="Selection", help="Drop rollouts whose response repeats an earlier one of the same task.")] = False,
+    keep_incomplete: Annotated[bool, typer.Option("--keep-incomplete", rich_help_panel="Selection", help="Keep responses that were cut off (status incomplete); dropped by default for sft and dpo.")] = False,
+    keep_malformed_calls: Annotated[bool, typer.Option("--keep-malformed-calls", rich_help_panel="Selection", help="sft/dpo: keep rollouts with a tool call whose arguments are not a JSON object (kept as the model wrote them; templates that need object arguments cannot render them); dropped by default under the filter 'malformed_tool_call'.")] = False,
+    keep_empty_answers: Annotated[bool, typer.Option("--keep-empty-answers", rich_help_panel="Selection", help="sft/dpo: keep rollouts that end without a final answer (an empty message or reasoning only); dropped by default under the filter 'empty_answer'.")] = False,
+    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", rich_help_panel="Selection", callback=number(min=1), help="Drop rows longer than this many tokens (chat template applied; rl: the prompt with its tools). Needs --tokenizer.")] = None,
+    tokenizer: Annotated[Optional[Path], typer.Option("--tokenizer", rich_help_panel="Selection", help="Local Hugging Face tokenizer directory, for --max-tokens.")] = None,
+    pairs_per_task: Annotated[int, typer.Option("--pairs-per-task", rich_help_panel="Selection", callback=number(min=1), help="dpo: at most this many pairs per task (best with worst, then next).")] = 1,
+    min_margin: Annotated[float, typer.Option("--min-margin", rich_help_panel="Selection", callback=number(min=0), help="dpo: smallest reward gap between chosen and rejected (always above 0).")] = 0.0,
+    val_fraction: Annotated[float, typer.Option("--val-fraction", rich_help_panel="Split", callback=number(min=0, max=0.99), help="Share of *tasks* in val.parquet; a hash of the task key decides, so no task is in both splits and every run agrees.")] = 0.0,
+    split_seed: Annotated[str, typer.Option("--split-seed", rich_help_panel="Split", help="Changes which tasks land in val (still deterministic).")] = "gymverl",
     output: Annotated[
         Optional[Path],
-        typer.Option("--output", "-o", help="Output directory (train.parquet, val.parquet, or train-00000-of-0000N.parquet shards), or a .parquet file when there is no val split."),
+        typer.Option("--output", "-o", rich_help_panel="Output", help="Output directory (train.parquet, val.parquet, or train-00000-of-0000N.parquet shards), or a .parquet file when there is no val split."),
     ] = None,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="rl: one row per task for GRPO/PPO (main_ppo); sft: one row per rollout for sft_trainer; dpo: preference pairs in the conversational form TRL's DPOTrainer and OpenRLHF read.")] = "sft",
-    tasks: Annotated[Optional[Path], typer.Option("--tasks", help="rl: the task rows to join onto the rows: the original NeMo Gym tasks file (by _ng_task_index = its line, prompt checked) or <stem>_materialized_inputs.jsonl (by task and repeat index; found beside INPUT without this option). Its fields are the task fields; every other top-level key is a verifier output.")] = None,
-    strict: Annotated[bool, typer.Option("--strict", help="rl: stop (exit 2) when rows lack task fields the verifier may need, instead of warning.")] = False,
-    side_files: Annotated[bool, typer.Option("--side-files/--no-side-files", help="rl: use NeMo Gym's <stem>_materialized_inputs.jsonl beside INPUT for task fields.")] = True,
-    keep_masked: Annotated[bool, typer.Option("--keep-masked", help="Keep rollouts marked mask_sample: true (NeMo Gym >= 0.5: not a valid measurement); dropped by default under the filter 'masked'.")] = False,
-    ground_truth_field: Annotated[Optional[str], typer.Option("--ground-truth-field", help="Task field holding the expected answer (default: the first of expected_answer, expected_answers, ground_truth, answer, ...).")] = None,
-    data_source: Annotated[Optional[str], typer.Option("--data-source", help="data_source of every row (default: the agent name, else the input file's stem).")] = None,
-    ability: Annotated[str, typer.Option("--ability", help="The rl `ability` column.")] = "nemo_gym",
-    agent_loop: Annotated[str, typer.Option("--agent-loop", help="rl: the agent loop each row names (agent_name column): auto = gymverl_tools for tasks with tools, VeRL's single_turn_agent otherwise (offline prompts, scored by compute_score); env = gymverl_env for every row (online RL that plays the NeMo Gym environment: gymverl train-online).")] = "auto",
-    min_reward: Annotated[Optional[float], typer.Option("--min-reward", callback=number(), help="Drop rollouts whose reward is below this.")] = None,
-    best_of_n: Annotated[Optional[int], typer.Option("--best-of-n", callback=number(min=1), help="Keep only the K highest-reward rollouts of each task (ties: input order).")] = None,
-    drop_solved: Annotated[bool, typer.Option("--drop-solved", help="Drop tasks every rollout solved (GRPO difficulty filter).")] = False,
-    drop_unsolved: Annotated[bool, typer.Option("--drop-unsolved", help="Drop tasks no rollout solved (GRPO difficulty filter).")] = False,
-    solved_threshold: Annotated[float, typer.Option("--solved-threshold", callback=number(), help="A rollout solves its task when reward >= this.")] = 1.0,
-    dedup: Annotated[bool, typer.Option("--dedup", help="Drop rollouts whose response repeats an earlier one of the same task.")] = False,
-    keep_incomplete: Annotated[bool, typer.Option("--keep-incomplete", help="Keep responses that were cut off (status incomplete); dropped by default for sft and dpo.")] = False,
-    keep_malformed_calls: Annotated[bool, typer.Option("--keep-malformed-calls", help="sft/dpo: keep rollouts with a tool call whose arguments are not a JSON object (kept as the model wrote them; templates that need object arguments cannot render them); dropped by default under the filter 'malformed_tool_call'.")] = False,
-    keep_empty_answers: Annotated[bool, typer.Option("--keep-empty-answers", help="sft/dpo: keep rollouts that end without a final answer (an empty message or reasoning only); dropped by default under the filter 'empty_answer'.")] = False,
-    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", callback=number(min=1), help="Drop rows longer than this many tokens (chat template applied; rl: the prompt with its tools). Needs --tokenizer.")] = None,
-    tokenizer: Annotated[Optional[Path], typer.Option("--tokenizer", help="Local Hugging Face tokenizer directory, for --max-tokens.")] = None,
-    val_fraction: Annotated[float, typer.Option("--val-fraction", callback=number(min=0, max=0.99), help="Share of *tasks* in val.parquet; a hash of the task key decides, so no task is in both splits and every run agrees.")] = 0.0,
-    split_seed: Annotated[str, typer.Option("--split-seed", help="Changes which tasks land in val (still deterministic).")] = "gymverl",
-    pairs_per_task: Annotated[int, typer.Option("--pairs-per-task", callback=number(min=1), help="dpo: at most this many pairs per task (best with worst, then next).")] = 1,
-    min_margin: Annotated[float, typer.Option("--min-margin", callback=number(min=0), help="dpo: smallest reward gap between chosen and rejected (always above 0).")] = 0.0,
-    include_reasoning: Annotated[bool, typer.Option("--include-reasoning", help="sft/dpo: keep reasoning items as `reasoning_content` on assistant messages.")] = False,
-    shard_size: Annotated[Optional[int], typer.Option("--shard-size", callback=number(min=1), help="Rows per parquet file; writes NAME-00000-of-0000N.parquet shards.")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be kept and filtered; write nothing.")] = False,
-    rejects: Annotated[Optional[Path], typer.Option("--rejects", help="Write every rejected line as {line, code, reason, raw} JSONL here.")] = None,
-    input_kind: Annotated[str, typer.Option("--input-kind", help="auto, rollouts or tasks (auto: lines with a `response` are rollouts).")] = "auto",
-    tmp_dir: Annotated[Optional[Path], typer.Option("--tmp-dir", help="Where to spill rollouts while grouping by task (default: beside the output).")] = None,
-    workers: Annotated[int, typer.Option("--workers", "-j", callback=number(min=1, max=256), help="Processes that parse and convert lines (each adds ~100 MB); 1 keeps everything in one process.")] = 1,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON (for scripts).")] = False,
-    max_line_mb: Annotated[float, typer.Option("--max-line-mb", callback=number(above=0, max=100_000, unit='MB'), help="Reject lines longer than this (MB).")] = DEFAULT_MAX_LINE_BYTES / 1e6,
+    shard_size: Annotated[Optional[int], typer.Option("--shard-size", rich_help_panel="Output", callback=number(min=1), help="Rows per parquet file; writes NAME-00000-of-0000N.parquet shards.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", rich_help_panel="Output", help="Show what would be kept and filtered; write nothing.")] = False,
+    rejects: Annotated[Optional[Path], typer.Option("--rejects", rich_help_panel="Output", help="Write every rejected line as {line, code, reason, raw} JSONL here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", rich_help_panel="Output", help="Print the summary as JSON (for scripts).")] = False,
+    tmp_dir: Annotated[Optional[Path], typer.Option("--tmp-dir", rich_help_panel="Performance", help="Where to spill rollouts while grouping by task (default: beside the output).")] = None,
+    workers: Annotated[int, typer.Option("--workers", "-j", rich_help_panel="Performance", callback=number(min=1, max=256), help="Processes that parse and convert lines (each adds ~100 MB); 1 keeps everything in one process.")] = 1,
 ) -> None:
     """Convert rollouts into parquet VeRL trains on unchanged, with rejection sampling and a train/val split.
 
@@ -1620,7 +1663,7 @@ def render_preview(pv: Any) -> None:
         err_console.print(f"[bold yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)
 
 
-@app.command()
+@app.command(cls=_Command)
 def preview(
     data: Annotated[Path, typer.Argument(metavar="DATA", help="A parquet file written by `gymverl to-parquet` (rl, sft or dpo).")],
     tokenizer: Annotated[Path, typer.Option("--tokenizer", "-t", help="The model's local Hugging Face tokenizer (or model) directory.", show_default=False)],

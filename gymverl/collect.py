@@ -33,6 +33,8 @@ import orjson
 
 from gymverl import proc
 from gymverl.jsonl import InputError, check_input_path, iter_lines
+from gymverl.limits import DEFAULT_HEAD_URL
+from gymverl.overrides import override
 from gymverl.nemo_gym import (
     NemoGymError,
     NemoGymServers,
@@ -46,7 +48,6 @@ from gymverl.records import ValidationSummary, agent_name, iter_checked, validat
 from gymverl.errors import EXIT_FAILED, EXIT_USAGE, GymverlError
 from gymverl.sidecars import FailureReport, rollout_pairs, settle_failures
 
-DEFAULT_HEAD_URL = "http://127.0.0.1:11000"  # NeMo Gym's default head server address
 # Our option -> the `gym eval run` flag that carries it (checked against `gym eval run --help`).
 GYM_FLAGS = {
     "agent": "--agent",
@@ -165,7 +166,7 @@ def head_overrides(head_url: str) -> list[str]:
     u = urllib.parse.urlsplit(head_url if "://" in head_url else f"http://{head_url}")
     if not u.hostname or not u.port:
         raise CollectError(f"head server URL {head_url!r} needs a host and a port, e.g. {DEFAULT_HEAD_URL}.")
-    return [f"++head_server.host={u.hostname}", f"++head_server.port={u.port}"]
+    return [override("++head_server.host", u.hostname), override("++head_server.port", u.port)]
 
 
 def collector_argv(
@@ -204,7 +205,7 @@ def collector_argv(
         if collector.style == "flags":
             argv += [opt] if value is True else [opt, str(value)]
         else:
-            argv.append(f"+{opt}={'true' if value is True else value}")
+            argv.append(override(f"+{opt}", value))
     return argv + head_overrides(head_url) + list(extra)
 
 

@@ -217,12 +217,12 @@ def prepare_out_dir(opts: DemoOptions) -> Path:
     else:
         out = opts.out
         if out.exists() and not out.is_dir():
-            raise DemoError(f"--out {out} is a file, not a directory.")
+            raise DemoError(f"--output {out} is a file, not a directory.")
         if out.is_dir() and any(out.iterdir()):
             if not opts.overwrite:
-                raise DemoError(f"--out {out} is not empty; pass --overwrite to replace it or choose another directory.")
+                raise DemoError(f"--output {out} is not empty; pass --overwrite to replace it or choose another directory.")
             if not (out / "demo.json").exists():
-                raise DemoError(f"--out {out} was not written by `gymverl demo` (no demo.json); refusing to delete it.")
+                raise DemoError(f"--output {out} was not written by `gymverl demo` (no demo.json); refusing to delete it.")
             import shutil
 
             shutil.rmtree(out)

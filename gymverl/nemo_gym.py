@@ -40,6 +40,7 @@ from typing import Any, Iterator, Sequence
 import orjson
 from gymverl import ng_setup, proc
 from gymverl.errors import GymverlError, RunError
+from gymverl.overrides import override
 
 ENV_VAR = "GYMVERL_NEMO_GYM_ENV"
 DEFAULT_ENV_NAME = ".nemo-gym-venv"
@@ -312,19 +313,19 @@ class NemoGymServers:
         """
         paths = self._config_paths()
         assert self._tmpdir is not None
-        args = [str(self.env / "bin" / "ng_run"), f"+config_paths=[{','.join(paths)}]"]
+        args = [str(self.env / "bin" / "ng_run"), override("+config_paths", paths)]
         base_url, model, key = self.policy
         if not self.resources_only or base_url or self._needs_model:
             args += [
-                f"+policy_base_url={base_url or 'http://127.0.0.1:9/v1'}",
-                f"+policy_api_key={key}",
-                f"+policy_model_name={model}",
+                override("+policy_base_url", base_url or "http://127.0.0.1:9/v1"),
+                override("+policy_api_key", key),
+                override("+policy_model_name", model),
             ]
         if base_url is None:
             # 0.7.0 waits for the policy endpoint (default 600 s) and then stops every server: the
             # placeholder above never answers. 0 skips that check; 0.4.0 ignores the key.
             args.append("++model_endpoint_readiness_timeout_seconds=0")
-        args += ["++head_server.host=127.0.0.1", f"++head_server.port={self.head_port}"]
+        args += [override("++head_server.host", "127.0.0.1"), override("++head_server.port", self.head_port)]
         try:
             args += ng_setup.server_venv_args(self.env, paths, Path(self._tmpdir.name) / "venvs")
         except RunError as exc:

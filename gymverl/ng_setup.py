@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from gymverl.errors import RunError
+from gymverl.overrides import override
 
 #: The folders below NeMo Gym's install folder (site-packages) that hold servers; each server is
 #: `<server_type>/<folder>` with an `app.py` and a `requirements.txt` or `pyproject.toml`.
@@ -329,7 +330,7 @@ def missing_requirements(install: NemoGymInstall, folders: Iterable[str]) -> dic
 
 def shared_venv_args(link_dir: str | os.PathLike[str]) -> list[str]:
     """The Hydra overrides that make NeMo Gym use the links of `link_dir` as the servers' venvs."""
-    return ["+skip_venv_if_present=true", f"+uv_venv_dir={Path(link_dir).absolute()}"]
+    return [override("+skip_venv_if_present", True), override("+uv_venv_dir", Path(link_dir).absolute())]
 
 
 def prepare_shared_venv_dir(

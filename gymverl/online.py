@@ -22,6 +22,7 @@ from typing import Optional
 
 from gymverl.formats.rl import ENV_AGENT
 from gymverl.errors import UsageError
+from gymverl.overrides import override
 from gymverl.verify import parse_servers
 
 ROLLOUTS = ("vllm", "sglang")
@@ -83,27 +84,29 @@ def build_online_command(opts: OnlineOptions, *, write_loop_yaml: bool = True) -
         loop_config(loop_yaml, server=spec, max_turns=opts.max_turns, on_failure=opts.on_failure)
     reward_py = Path(__import__("gymverl.reward", fromlist=["x"]).__file__).resolve()
     val = (opts.val or opts.data).resolve()
-    argv = [
-        sys.executable, "-m", "verl.trainer.main_ppo",
-        f"algorithm.adv_estimator={opts.algorithm}",
-        f"data.train_files=[{opts.data.resolve()}]",
-        f"data.val_files=[{val}]",
-        f"data.max_prompt_length={opts.max_prompt_length}",
-        f"data.max_response_length={opts.max_response_length}",
-        f"actor_rollout_ref.model.path={opts.model}",
-        f"actor_rollout_ref.rollout.name={opts.rollout}",
-        f"actor_rollout_ref.rollout.n={opts.n_samples}",
-        "actor_rollout_ref.rollout.calculate_log_probs=true",
-        f"actor_rollout_ref.rollout.agent.agent_loop_config_path={loop_yaml}",
-        "actor_rollout_ref.rollout.agent.default_agent_loop=gymverl_env",
-        f"reward.custom_reward_function.path={reward_py}",
-        "reward.custom_reward_function.name=compute_score",
-        f"+reward.custom_reward_function.reward_kwargs.server='{spec}'",
-        f"trainer.default_local_dir={out / 'checkpoints'}",
-        f"trainer.n_gpus_per_node={opts.nproc}",
-        "trainer.nnodes=1",
-        "trainer.logger=[console]",
+    # One builder quotes every value by Hydra's grammar (gymverl.overrides): a comma or space in a
+    # path or server spec must not become a sweep or split the argument.
+    settings: list[tuple[str, object]] = [
+        ("algorithm.adv_estimator", opts.algorithm),
+        ("data.train_files", [str(opts.data.resolve())]),
+        ("data.val_files", [str(val)]),
+        ("data.max_prompt_length", opts.max_prompt_length),
+        ("data.max_response_length", opts.max_response_length),
+        ("actor_rollout_ref.model.path", str(opts.model)),
+        ("actor_rollout_ref.rollout.name", opts.rollout),
+        ("actor_rollout_ref.rollout.n", opts.n_samples),
+        ("actor_rollout_ref.rollout.calculate_log_probs", True),
+        ("actor_rollout_ref.rollout.agent.agent_loop_config_path", str(loop_yaml)),
+        ("actor_rollout_ref.rollout.agent.default_agent_loop", ENV_AGENT),
+        ("reward.custom_reward_function.path", str(reward_py)),
+        ("reward.custom_reward_function.name", "compute_score"),
+        ("+reward.custom_reward_function.reward_kwargs.server", spec),
+        ("trainer.default_local_dir", str(out / "checkpoints")),
+        ("trainer.n_gpus_per_node", opts.nproc),
+        ("trainer.nnodes", 1),
+        ("trainer.logger", ["console"]),
     ]
+    argv = [sys.executable, "-m", "verl.trainer.main_ppo", *(override(k, v) for k, v in settings)]
     return argv + list(opts.overrides)
 
 

@@ -62,11 +62,12 @@ import orjson
 from gymverl.jsonl import dumps
 from gymverl.messages import response_object
 from gymverl.reasoning import NO_REASONING, ReasoningMarkers, markers_from_settings, parse_markers, split_reasoning
-from gymverl.verify import DEFAULT_RETRIES, DEFAULT_TIMEOUT, VerifyClient, VerifyResult, build_request
+# DEFAULT_CONCURRENCY applies per reward worker process (VeRL runs reward.num_workers, 8, of them).
+from gymverl.limits import DEFAULT_CONCURRENCY, DEFAULT_RETRIES, DEFAULT_TIMEOUT
+from gymverl.verify import VerifyClient, VerifyResult, build_request, server_specs
 from gymverl.errors import RunError, UsageError
 
 ENV_URL = "GYMVERL_VERIFY_URL"
-DEFAULT_CONCURRENCY = 32  # per reward worker process; VeRL runs reward.num_workers (8) of them
 _TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.S)
 
 # id(event loop) -> (weak ref to the loop, {settings -> client}): an aiohttp pool belongs to the
@@ -101,13 +102,7 @@ def _server_specs(kwargs: Mapping[str, Any]) -> tuple[str, ...]:
         raise RewardConfigError(
             f"no NeMo Gym server: set +reward.custom_reward_function.reward_kwargs.server=URL or ${ENV_URL}."
         )
-    if isinstance(value, str):
-        items = value.replace(",", " ").split()
-    elif isinstance(value, Mapping):  # {agent name: url}
-        items = [f"{k}={v}" for k, v in value.items()]
-    else:  # a list (OmegaConf ListConfig included)
-        items = [str(v) for v in value]
-    return tuple(items)
+    return server_specs(value)
 
 
 def get_client(**kwargs: Any) -> VerifyClient:

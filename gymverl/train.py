@@ -22,7 +22,6 @@ Output directory layout (OUTDIR):
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import re
@@ -36,6 +35,7 @@ from typing import Any, Callable, Iterator, Optional
 
 from gymverl import proc
 from gymverl.errors import UsageError
+from gymverl.overrides import override, override_key
 
 TRAINER_MODULE = "verl.trainer.sft_trainer"
 MERGER_MODULE = "verl.model_merger"
@@ -48,6 +48,9 @@ HF_MODEL = "hf_model"
 LOG = "train.log"
 METRICS = "metrics.jsonl"
 DATA_MODULE = Path(__file__).with_name("verl_data.py")
+# VeRL's `data.custom_cls` for JSON-string SFT rows: gymverl.verl_data.GymverlSFTDataset, named by
+# file and class so planning never imports VeRL (the test suite imports it and checks the name).
+DATA_CLASS = (str(DATA_MODULE), "GymverlSFTDataset")
 TORCHRUN_GRACE = 20.0  # seconds torchrun gets after SIGINT to stop its workers itself
 
 # CPU smoke mode: load gymverl's platform plugin (gymverl/verl_cpu.py) inside every worker.
@@ -192,20 +195,6 @@ def parquet_info(path: Path) -> tuple[int, dict[str, str]]:
     return pf.metadata.num_rows, {f.name: str(f.type) for f in schema}
 
 
-def find_data_class(path: Path = DATA_MODULE) -> Optional[tuple[str, str]]:
-    """(file, class name) of gymverl's MultiTurnSFTDataset subclass, found without importing VeRL."""
-    if not path.is_file():
-        return None
-    tree = ast.parse(path.read_text())
-    for node in tree.body:
-        if isinstance(node, ast.ClassDef):
-            for base in node.bases:
-                name = base.attr if isinstance(base, ast.Attribute) else getattr(base, "id", "")
-                if name == "MultiTurnSFTDataset":
-                    return str(path), node.name
-    return None
-
-
 def _looks_like_hub_id(model: str) -> bool:
     return (
         re.fullmatch(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+", model) is not None
@@ -264,9 +253,6 @@ def check_gpus(nproc: int) -> None:
         raise TrainError(f"--nproc {nproc} but only {n} CUDA GPU(s) are visible.")
 
 
-def override_key(override: str) -> str:
-    """The config key of a Hydra override (`+a.b=1` -> `a.b`, `~a.b` -> `a.b`)."""
-    return override.split("=", 1)[0].lstrip("+~")
 
 
 def check_overrides(overrides: list[str]) -> None:
@@ -401,18 +387,15 @@ def torchrun_path() -> str:
     return str(beside) if beside.exists() else (shutil.which("torchrun") or "torchrun")
 
 
-_PLAIN = re.compile(r"[\w./\-+:@~]+")
-
-
-def _q(value: Any) -> str:
-    """A value as Hydra override text (paths with spaces, commas, quotes... are quoted for Hydra's grammar)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(json.dumps(str(v)) for v in value) + "]"
-    if isinstance(value, Path) and not _PLAIN.fullmatch(str(value)):
-        return "'" + str(value).replace("'", "\\'") + "'"
-    return str(value)
+def target_modules(text: str) -> str | list[str]:
+    """--lora-target-modules as VeRL's model.target_modules: `all-linear` stays a string; a list,
+    written `[q_proj,v_proj]` (Hydra's form) or `q_proj,v_proj`, becomes a list of module names."""
+    inner = text.strip()
+    if inner.startswith("[") and inner.endswith("]"):
+        inner = inner[1:-1]
+    elif "," not in inner:
+        return text
+    return [m.strip().strip("'\"") for m in inner.split(",") if m.strip()]
 
 
 def build_command(
@@ -437,7 +420,7 @@ def build_command(
     out = opts.out.resolve()
     cfg: list[tuple[str, Any]] = [
         ("data.train_files", opts.train.resolve()),
-        ("data.val_files", opts.val.resolve() if opts.val else "null"),
+        ("data.val_files", opts.val.resolve() if opts.val else None),
         ("data.messages_key", "messages"),
         ("data.tools_key", "tools"),
         ("data.train_batch_size", batch_size),
@@ -467,13 +450,13 @@ def build_command(
         cfg += [
             ("model.lora_rank", opts.lora_rank),
             ("model.lora_alpha", opts.lora_alpha if opts.lora_alpha is not None else 2 * opts.lora_rank),
-            ("model.target_modules", opts.lora_target_modules),
+            ("model.target_modules", target_modules(opts.lora_target_modules)),
         ]
     env = {
         "PYTHONUNBUFFERED": "1",  # step lines must reach the progress view as they happen
         "VERL_FILE_LOGGER_PATH": str(out / METRICS),
     }
-    overrides = [f"{k}={_q(v)}" for k, v in cfg]
+    overrides = [override(k, v) for k, v in cfg]
     if opts.device == "cpu":
         env.update(CPU_ENV)
         overrides += CPU_OVERRIDES
@@ -537,14 +520,7 @@ def plan_training(opts: TrainOptions, *, check_device: bool = True, check_out: b
     if per_epoch == 0:
         raise TrainError(f"{rows} training rows over {world} processes give no full batch of {batch_size}.")
 
-    data_class = None
-    if columns["messages"] in ("string", "large_string"):
-        data_class = find_data_class()
-        if data_class is None and not any(override_key(o) == "data.custom_cls.path" for o in opts.overrides):
-            raise TrainError(
-                f"{opts.train}: `messages` is stored as JSON strings but gymverl's VeRL dataset class "
-                f"({DATA_MODULE}) is missing."
-            )
+    data_class = DATA_CLASS if columns["messages"] in ("string", "large_string") else None
 
     note = check_model(opts.model)
     if note:

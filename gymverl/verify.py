@@ -118,22 +118,35 @@ def normalize_url(url: str) -> str:
     return u
 
 
-def parse_servers(specs: Iterable[str]) -> tuple[list[str], dict[str, list[str]]]:
-    """Split `URL` and `NAME=URL` specs (comma-separated lists allowed) into a default pool and routes."""
+def server_specs(value: Any) -> tuple[str, ...]:
+    """Server specs (`URL` or `NAME=URL`) from any form gymverl accepts them in, one spec per item.
+
+    A string holds specs separated by commas or whitespace (`--server a=URL,b=URL`, $GYMVERL_VERIFY_URL,
+    a VeRL reward_kwargs string); a mapping is {agent name: URL}; any other iterable (a repeated CLI
+    option, an OmegaConf list) holds strings, each again split like a string.
+    """
+    if isinstance(value, Mapping):
+        return tuple(f"{name}={url}" for name, url in value.items())
+    items = [value] if isinstance(value, (str, bytes)) else list(value)
+    specs: list[str] = []
+    for item in items:
+        text = item.decode() if isinstance(item, bytes) else str(item)
+        specs += [part for part in text.replace(",", " ").split() if part]
+    return tuple(specs)
+
+
+def parse_servers(specs: Any) -> tuple[list[str], dict[str, list[str]]]:
+    """Split `URL` and `NAME=URL` specs (any form `server_specs` reads) into a default pool and routes."""
     pool: list[str] = []
     routes: dict[str, list[str]] = {}
-    for spec in specs:
-        for part in str(spec).split(","):
-            part = part.strip()
-            if not part:
-                continue
-            name, sep, url = part.partition("=")
-            if sep and "://" not in name:
-                if not name:
-                    raise VerifyConfigError(f"server spec {part!r} has an empty name before '='.")
-                routes.setdefault(name.strip(), []).append(normalize_url(url))
-            else:
-                pool.append(normalize_url(part))
+    for part in server_specs(specs):
+        name, sep, url = part.partition("=")
+        if sep and "://" not in name:
+            if not name:
+                raise VerifyConfigError(f"server spec {part!r} has an empty name before '='.")
+            routes.setdefault(name.strip(), []).append(normalize_url(url))
+        else:
+            pool.append(normalize_url(part))
     if not pool and not routes:
         raise VerifyConfigError("no verifier server given (use --server URL or NAME=URL).")
     return pool, routes
@@ -508,4 +521,5 @@ __all__ = [
     "RequestSchema",
     "normalize_url",
     "parse_servers",
+    "server_specs",
 ]

@@ -597,3 +597,19 @@ def test_quality_summary_of_07s_collector_is_reported(tmp_path: Path, nemo_gym_e
     (tmp_path / "quality_summary.json").write_text("not json")
     bad = C.quality_report(out)
     assert bad is not None and "cannot read it" in bad["error"]
+
+
+def test_hydra_style_argv_quotes_awkward_paths(tmp_path: Path) -> None:
+    """A comma, quote or space in a path reaches ng_collect_rollouts as that path (unquoted, Hydra read
+    a comma as a sweep and a `~` as a syntax error)."""
+    parser = pytest.importorskip("hydra.core.override_parser.overrides_parser").OverridesParser.create()
+    legacy = C.Collector(Path("/env"), ("/env/bin/ng_collect_rollouts",), "hydra", dict(C.HYDRA_KEYS), "0.2.0")
+    out = tmp_path / "a,b it's ~x" / "o.jsonl"
+    argv = C.collector_argv(legacy, input=TASKS, output=out, agent="my agent", num_samples=2)
+    values = {}
+    for text in argv[1:]:
+        o = parser.parse_override(text)
+        assert not o.is_sweep_override(), text
+        values[o.key_or_group] = o.value()
+    assert values["output_jsonl_fpath"] == str(out.resolve())
+    assert values["agent_name"] == "my agent" and values["num_repeats"] == 2

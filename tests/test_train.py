@@ -48,7 +48,8 @@ def data(tmp_path: Path) -> Path:
 
 
 def _opts(data: Path, model_dir: Path, tmp_path: Path, **kw) -> tr.TrainOptions:
-    return tr.TrainOptions(train=data, model=str(model_dir), out=tmp_path / "run", **kw)
+    kw.setdefault("out", tmp_path / "run")
+    return tr.TrainOptions(train=data, model=str(model_dir), **kw)
 
 
 def _cfg(argv: list[str]) -> dict[str, str]:
@@ -136,25 +137,25 @@ def test_cpu_mode_env_and_overrides(data, model_dir, tmp_path):
 
 
 def test_json_string_data_uses_gymverl_dataset_class(tmp_path, model_dir):
-    found = tr.find_data_class()
     strings = _sft_parquet(tmp_path / "s.parquet", 8, json_strings=True)
     lists = _sft_parquet(tmp_path / "l.parquet", 8)
     assert "data.custom_cls.path" not in _cfg(tr.plan_training(tr.TrainOptions(train=lists, model=str(model_dir), out=tmp_path / "a"), check_device=False).argv)
-    if found is None:
-        with pytest.raises(tr.TrainError, match="JSON strings"):
-            tr.plan_training(tr.TrainOptions(train=strings, model=str(model_dir), out=tmp_path / "b"), check_device=False)
-    else:
-        cfg = _cfg(tr.plan_training(tr.TrainOptions(train=strings, model=str(model_dir), out=tmp_path / "b"), check_device=False).argv)
-        assert (cfg["data.custom_cls.path"], cfg["data.custom_cls.name"]) == found
-        assert Path(found[0]).name == "verl_data.py"
+    cfg = _cfg(tr.plan_training(tr.TrainOptions(train=strings, model=str(model_dir), out=tmp_path / "b"), check_device=False).argv)
+    assert (cfg["data.custom_cls.path"], cfg["data.custom_cls.name"]) == tr.DATA_CLASS
+    assert Path(tr.DATA_CLASS[0]).name == "verl_data.py"
 
 
-def test_find_data_class_reads_the_subclass(tmp_path):
-    src = tmp_path / "d.py"
-    src.write_text("import x\nclass Helper: pass\nclass Mine(x.MultiTurnSFTDataset):\n    pass\n")
-    assert tr.find_data_class(src) == (str(src), "Mine")
-    src.write_text("class Helper: pass\n")
-    assert tr.find_data_class(src) is None
+def test_data_class_names_gymverls_verl_dataset():
+    """DATA_CLASS (file, name) is what VeRL's custom_cls loader finds: gymverl's MultiTurnSFTDataset subclass."""
+    from verl.utils.dataset.multiturn_sft_dataset import MultiTurnSFTDataset
+    from verl.utils.import_utils import load_extern_object
+
+    import gymverl.verl_data
+
+    cls = load_extern_object(tr.DATA_CLASS[0], tr.DATA_CLASS[1])  # how VeRL's sft_trainer loads it
+    assert issubclass(cls, MultiTurnSFTDataset)
+    assert Path(tr.DATA_CLASS[0]) == Path(gymverl.verl_data.__file__) and hasattr(gymverl.verl_data, tr.DATA_CLASS[1])
+
 
 
 def test_hydra_accepts_the_generated_overrides(data, model_dir, tmp_path):
@@ -564,3 +565,22 @@ def test_shared_precheck_case_model_without_template(tmp_path, model_dir):
                               "--device", "cpu", "--dry-run"])
     err = " ".join(res.stderr.split())
     assert res.exit_code == 2 and err == f"error: the tokenizer in {bare} has no chat template; SFT needs one.", res.output
+
+
+def test_awkward_values_reach_verl_as_given(data, model_dir, tmp_path):
+    """Every gymverl-built override reads back through Hydra's own parser as the value meant (a comma
+    in a path used to split it into a sweep; `~` was a token error)."""
+    parser = pytest.importorskip("hydra.core.override_parser.overrides_parser").OverridesParser.create()
+    out = tmp_path / "run, it's ~here"
+    opts = _opts(data, model_dir, tmp_path, out=out, project="p,q", experiment="exp=1 'x'", lora_rank=4,
+                 lora_target_modules="q_proj,v_proj")
+    argv = tr.plan_training(opts, check_device=False, check_out=False).argv
+    values = {}
+    for text in argv[argv.index(tr.TRAINER_MODULE) + 1 :]:
+        o = parser.parse_override(text)
+        assert not o.is_sweep_override(), text
+        values[o.key_or_group] = o.value()
+    assert values["trainer.default_local_dir"] == str(out.resolve() / tr.CHECKPOINTS)
+    assert values["trainer.project_name"] == "p,q" and values["trainer.experiment_name"] == "exp=1 'x'"
+    assert values["model.target_modules"] == ["q_proj", "v_proj"]
+    assert values["data.val_files"] is None and values["trainer.logger"] == ["console", "file"]

@@ -55,7 +55,7 @@ def _dataset_tokens(parquet: Path, model: Path, max_length: int) -> int:
     from transformers import AutoTokenizer
     from verl.trainer.sft_trainer import create_sft_dataset
 
-    path, name = tr.find_data_class()
+    path, name = tr.DATA_CLASS
     cfg = OmegaConf.create({"messages_key": "messages", "tools_key": "tools", "max_length": max_length,
                             "truncation": "error", "pad_mode": "no_padding", "custom_cls": {"path": path, "name": name}})
     ds = create_sft_dataset([str(parquet)], cfg, AutoTokenizer.from_pretrained(str(model)), None)

@@ -269,3 +269,20 @@ def test_a_row_nested_deeper_than_orjson_writes_is_still_sent() -> None:
         (res,) = run(verify_all(VerifyClient([srv.url], retries=0), [row]))
     assert res.ok, res
     assert res.answer["expected_answer"] == deep
+
+
+def test_server_specs_one_reading_for_every_form():
+    """--server, $GYMVERL_VERIFY_URL and VeRL reward_kwargs all read specs the same way (one parser)."""
+    from gymverl.verify import server_specs
+
+    want = ("http://a:1", "math=http://m:2")
+    assert server_specs("http://a:1,math=http://m:2") == want
+    assert server_specs("http://a:1 math=http://m:2") == want  # the env var form the demo writes
+    assert server_specs(["http://a:1", "math=http://m:2"]) == want
+    assert server_specs(["http://a:1, math=http://m:2"]) == want
+    assert server_specs({"math": "http://m:2"}) == ("math=http://m:2",)
+    assert parse_servers("http://a:1 math=http://m:2") == (["http://a:1"], {"math": ["http://m:2"]})
+    from gymverl.reward import _server_specs
+
+    assert _server_specs({"server": "http://a:1 math=http://m:2"}) == want
+    assert _server_specs({"servers": {"math": "http://m:2"}}) == ("math=http://m:2",)

@@ -1,0 +1,123 @@
+"""One spelling per concept across commands, old spellings as hidden aliases, defaults from the
+library, help that reads in panels (issue 13: "Options disagree" and "help")."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from gymverl import limits
+from gymverl.cli import OPTION_ALIASES, app
+from gymverl.train import TrainOptions
+
+runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"})
+GROUP = typer.main.get_command(app)
+
+ROLLOUT = {
+    "responses_create_params": {"input": [{"role": "user", "content": "2+2?"}]},
+    "response": {"output": [{"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "4"}]}]},
+    "reward": 1.0,
+}
+
+
+def _options(command: str) -> dict[str, object]:
+    """{every option name (visible or hidden): its click parameter} of one command."""
+    cmd = GROUP.commands[command]
+    return {name: p for p in cmd.params if p.param_type_name == "option" for name in (*p.opts, *p.secondary_opts)}
+
+
+def test_outputs_are_spelled_output_everywhere():
+    for name, cmd in GROUP.commands.items():
+        names = _options(name)
+        assert "--out" not in names, f"{name} still declares --out"
+        if any("output" in (p.name or "") or p.name == "out" for p in cmd.params if p.param_type_name == "option"):
+            assert "--output" in names and "-o" in names, name
+
+
+@pytest.mark.parametrize("command", ["train-offline", "demo"])
+def test_old_out_spelling_still_parses_and_is_hidden(command):
+    assert OPTION_ALIASES["--out"] == "--output"
+    cmd = GROUP.commands[command]
+    ctx = cmd.make_context(command, ["--out", "/tmp/x"], resilient_parsing=True)
+    assert str(ctx.params["out"]) == "/tmp/x"
+    ctx = cmd.make_context(command, ["--out=/tmp/y"], resilient_parsing=True)
+    assert str(ctx.params["out"]) == "/tmp/y"
+    assert "--out " not in runner.invoke(app, [command, "--help"]).output
+
+
+def test_train_offline_without_output_names_the_option(tmp_path):
+    res = runner.invoke(app, ["train-offline", str(tmp_path / "d.parquet"), "-m", "x/y"])
+    assert res.exit_code == 2 and "--output/-o is required" in " ".join(res.stderr.split())
+
+
+def test_validate_input_kind_and_old_tasks_switch(tmp_path):
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text(json.dumps({"responses_create_params": ROLLOUT["responses_create_params"]}) + "\n")
+    for args in (["--input-kind", "tasks"], ["--tasks"]):
+        res = runner.invoke(app, ["validate", str(tasks), *args, "--json"])
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.stdout)["valid"] == 1
+    # read as rollouts, a task line (no response) is rejected: the option is what decides
+    assert runner.invoke(app, ["validate", str(tasks)]).exit_code == 1
+    res = runner.invoke(app, ["validate", str(tasks), "--input-kind", "rollout"])
+    assert res.exit_code == 2 and "--input-kind must be rollouts or tasks" in res.stderr
+    assert "--tasks" not in runner.invoke(app, ["validate", "--help"]).output
+
+
+def test_file_valued_tasks_option_means_a_file_everywhere():
+    for name in ("stats", "rescore", "to-parquet"):
+        assert not getattr(_options(name)["--tasks"], "is_flag", False), name
+    assert _options("validate")["--tasks"].hidden
+
+
+def _default(command: str, option: str):
+    return _options(command)[option].default
+
+
+def test_defaults_come_from_the_library():
+    assert _default("rescore", "--concurrency") == limits.DEFAULT_CONCURRENCY
+    assert _default("rescore", "--timeout") == limits.DEFAULT_TIMEOUT
+    assert _default("rescore", "--retries") == limits.DEFAULT_RETRIES
+    assert _default("collect", "--head-url") == limits.DEFAULT_HEAD_URL
+    train = {f.name: f.default for f in dataclasses.fields(TrainOptions)}
+    cmd = GROUP.commands["train-offline"]
+    for p in cmd.params:
+        if p.param_type_name == "option" and p.name in train and train[p.name] is not dataclasses.MISSING:
+            assert p.default == train[p.name], p.name
+
+
+def test_boolean_flags_show_no_value_in_help():
+    for command in [None, *GROUP.commands]:
+        out = runner.invoke(app, [command, "--help"] if command else ["--help"]).output
+        assert "<bool>" not in out, command
+
+
+def test_to_parquet_help_is_grouped_in_panels():
+    out = runner.invoke(app, ["to-parquet", "--help"]).output
+    panels = [line.split("─ ", 1)[1].split(" ─", 1)[0] for line in out.splitlines() if line.startswith("╭─ ")]
+    assert panels == ["Arguments", "Options", "Input", "Rows", "Selection", "Split", "Output", "Performance"]
+    cmd = GROUP.commands["to-parquet"]
+    assert all(p.rich_help_panel for p in cmd.params if p.param_type_name == "option")
+
+
+def test_shell_completion_is_on():
+    out = runner.invoke(app, ["--help"]).output
+    assert "--install-completion" in out and "--show-completion" in out
+
+
+def test_quiet_prints_no_tables_but_keeps_json_and_errors(tmp_path):
+    data = tmp_path / "r.jsonl"
+    data.write_text(json.dumps(ROLLOUT) + "\n")
+    loud = runner.invoke(app, ["validate", str(data)])
+    assert loud.exit_code == 0 and "valid" in loud.stdout
+    quiet = runner.invoke(app, ["--quiet", "validate", str(data)])
+    assert quiet.exit_code == 0 and quiet.stdout.strip() == ""
+    res = runner.invoke(app, ["-q", "validate", str(data), "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["valid"] == 1
+    res = runner.invoke(app, ["-q", "validate", str(tmp_path / "missing.jsonl")])
+    assert res.exit_code == 2 and "error" in res.stderr
