@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable, Sequence
 import orjson
 
 from gymverl import proc
-from gymverl.jsonl import InputError, check_input_path, iter_lines
+from gymverl.jsonl import MAX_SHOWN, InputError, Rejections, Tally, check_input_path, iter_lines
 from gymverl.nemo_gym import (
     NemoGymError,
     NemoGymServers,
@@ -212,7 +212,7 @@ def collector_argv(
 
 
 @dataclass
-class TaskCheck:
+class TaskCheck(Rejections):
     """What a pass over the tasks file found: tasks to run, agents they need, rejected lines."""
 
     path: str
@@ -220,12 +220,11 @@ class TaskCheck:
     tasks: int = 0  # valid tasks among the first `limit` lines (what the collector will run)
     agents: Counter[str] = field(default_factory=Counter)
     missing_agent: list[int] = field(default_factory=list)
-    rejected: int = 0
-    rejections: list[dict[str, Any]] = field(default_factory=list)
+    rejects: Tally = field(default_factory=Tally)  # rejected lines: `rejected`, `rejected_by_code`, `rejections`
 
 
 def check_tasks(
-    path: str | os.PathLike[str], *, limit: int | None = None, agent: str | None = None, max_examples: int = 20
+    path: str | os.PathLike[str], *, limit: int | None = None, agent: str | None = None, max_examples: int = MAX_SHOWN
 ) -> TaskCheck:
     """Stream the tasks file: every line must be a valid NeMo Gym task naming an agent (or `agent` given)."""
     try:
@@ -234,14 +233,12 @@ def check_tasks(
         raise CollectError(str(exc)) from None
     if p.suffix == ".gz":
         raise CollectError(f"{p}: NeMo Gym's collector reads plain JSONL; decompress it first (gunzip -k {p}).")
-    result = TaskCheck(str(p))
+    result = TaskCheck(str(p), rejects=Tally(limit=max_examples))
     # NeMo Gym's collector parses every line, blank ones too: here a blank line is a rejected task.
     for c in iter_checked(iter_lines(p, skip_blank=False), tasks=True):
         result.lines += 1
         if c.record is None:
-            result.rejected += 1
-            if len(result.rejections) < max_examples:
-                result.rejections.append({"line": c.line, "code": c.code, "reason": c.reason})
+            result.rejects.add(c.code or "unknown", {"line": c.line, "code": c.code, "reason": c.reason})
             continue
         if limit is not None and c.line > limit:
             continue  # checked, but the collector will not run it

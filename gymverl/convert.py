@@ -58,7 +58,7 @@ from gymverl.formats import rl as rl_fmt
 from gymverl.formats import fast as fast_fmt
 from gymverl.formats import sft as sft_fmt
 from gymverl.inputs import Input, as_input
-from gymverl.jsonl import DEFAULT_MAX_LINE_BYTES, Line, RejectsWriter, iter_lines, read_jsonl
+from gymverl.jsonl import DEFAULT_MAX_LINE_BYTES, Line, Rejections, RejectsWriter, Tally, iter_lines, read_jsonl
 from gymverl.records import Checked, _FastRollouts, _fast_summary, agent_name, check_line, check_record, check_task, empty_answer, is_incomplete, malformed_calls, task_key
 from gymverl.sidecars import JOIN_REASONS, TaskSource, is_materialized_inputs, merge_fields, prompt_key, sidecar_paths, stem_of
 from gymverl.select import (
@@ -78,7 +78,6 @@ from gymverl.files import check_outputs, commit_temp, new_temp_file, output_lock
 from gymverl.proc import shielded
 
 SPLITS = ("train", "val")
-MAX_EXAMPLES = 20
 
 
 class ConvertError(UsageError):
@@ -115,7 +114,7 @@ class ConvertOptions:
 
 
 @dataclass
-class ConvertSummary:
+class ConvertSummary(Rejections):
     """What a conversion did: every input line accounted for, rows and files per split."""
 
     input: str
@@ -126,10 +125,8 @@ class ConvertSummary:
     grouped: bool = False
     lines: int = 0
     valid: int = 0
-    rejected: int = 0
     blank: int = 0  # blank lines: skipped, counted in `lines`
-    rejected_by_code: Counter[str] = field(default_factory=Counter)
-    rejections: list[dict[str, Any]] = field(default_factory=list)
+    rejects: Tally = field(default_factory=Tally)  # rejected lines: `rejected`, `rejected_by_code`, `rejections`
     filtered: Counter[str] = field(default_factory=Counter)  # rule -> input lines removed by it
     kept_lines: int = 0  # input lines that went into a row
     rows: Counter[str] = field(default_factory=Counter)  # split -> rows
@@ -154,10 +151,7 @@ class ConvertSummary:
 
     def reject(self, line: int, code: str, reason: str) -> None:
         """Count one rejected input line (keeping the first few as examples)."""
-        self.rejected += 1
-        self.rejected_by_code[code] += 1
-        if len(self.rejections) < MAX_EXAMPLES:
-            self.rejections.append({"line": line, "code": code, "reason": reason})
+        self.rejects.reject(line, code, reason)
 
     @property
     def accounted(self) -> int:
@@ -176,8 +170,8 @@ class ConvertSummary:
             "valid": self.valid,
             "rejected": self.rejected,
             "blank": self.blank,
-            "rejected_by_reason": dict(self.rejected_by_code.most_common()),
-            "rejections": self.rejections,
+            "rejected_by_reason": self.rejects.by_code_desc(),
+            "rejections": self.rejects.shown,
             "filtered": {k: self.filtered[k] for k in RULES if self.filtered.get(k)},
             "kept_lines": self.kept_lines,
             "rows": {s: self.rows.get(s, 0) for s in SPLITS},

@@ -16,7 +16,8 @@ import gzip
 import math
 import os
 import zlib
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Iterator, Union
 
@@ -25,6 +26,8 @@ from gymverl.errors import UsageError, from_os_error
 from gymverl.files import atomic_open, open_append
 from gymverl.inputs import Input, InputError, as_input, regular_file
 
+# How many counted items (rejected lines, failures, duplicates) a report shows; all are counted.
+MAX_SHOWN = 20
 DEFAULT_MAX_LINE_BYTES = 16_000_000  # 16 MB: far above any real rollout, far below what would hurt
 # How much of a rejected line is copied into the rejects file; enough to find and fix it.
 RAW_KEEP_BYTES = 64 * 1024
@@ -420,6 +423,65 @@ class JsonlWriter:
                 # temp file is gone either way, and the first error is the one to report.
                 return
             raise from_os_error(err, str(self.path)) from None
+
+
+@dataclass(slots=True)
+class Tally:
+    """Count items by code and keep the first `limit` of them as examples (the rest are only counted).
+
+    The one "count rejections, keep the first 20" of every report (validate, stats, to-parquet,
+    rescore, collect): `count` is every item added, `by_code` the count per code (items added with
+    code None are counted but not by code), `shown` the first `limit` examples, as given.
+    """
+
+    count: int = 0
+    by_code: Counter[str] = field(default_factory=Counter)
+    shown: list[dict[str, Any]] = field(default_factory=list)
+    limit: int = MAX_SHOWN
+
+    def add(self, code: str | None, example: dict[str, Any]) -> None:
+        """Count one item under `code`; keep `example` while fewer than `limit` are kept."""
+        self.count += 1
+        if code is not None:
+            self.by_code[code] += 1
+        if len(self.shown) < self.limit:
+            self.shown.append(example)
+
+    def reject(self, line: int | None, code: str, reason: str) -> None:
+        """Count one rejected line: code + the example `{"line", "code", "reason"}` the reports print."""
+        self.add(code, {"line": line, "code": code, "reason": reason})
+
+    def by_code_desc(self) -> dict[str, int]:
+        """Counts per code, most common first (the reports' `rejected_by_reason`)."""
+        return dict(self.by_code.most_common())
+
+
+class Rejections:
+    """Mixin for a report dataclass with a `rejects: Tally` field: the names every report reads.
+
+    `rejected` (settable: a report may be filled in by hand), `rejected_by_code`, `rejections`.
+    """
+
+    rejects: Tally
+
+    @property
+    def rejected(self) -> int:
+        """Rejected lines, all of them."""
+        return self.rejects.count
+
+    @rejected.setter
+    def rejected(self, n: int) -> None:
+        self.rejects.count = n
+
+    @property
+    def rejected_by_code(self) -> Counter[str]:
+        """Rejected lines per reason code."""
+        return self.rejects.by_code
+
+    @property
+    def rejections(self) -> list[dict[str, Any]]:
+        """The first `MAX_SHOWN` rejected lines: `{"line", "code", "reason"}`."""
+        return self.rejects.shown
 
 
 class RejectsWriter:

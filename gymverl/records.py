@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator, Optional, Union
 import orjson
 
 from gymverl.inputs import as_input
-from gymverl.jsonl import DEFAULT_MAX_LINE_BYTES, InputError, Line, Parsed, RejectsWriter, dumps, iter_lines, parse_line, read_jsonl
+from gymverl.jsonl import DEFAULT_MAX_LINE_BYTES, MAX_SHOWN, InputError, Line, Parsed, Rejections, RejectsWriter, Tally, dumps, iter_lines, parse_line, read_jsonl
 
 try:  # optional accelerators for validate_file: the same results without them, about 3x slower
     import msgspec as _msgspec
@@ -400,16 +400,14 @@ REWARD_BINS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
 @dataclass
-class ValidationSummary:
+class ValidationSummary(Rejections):
     """Counts gathered while streaming a rollout file; the report `gymverl validate` prints."""
 
     path: str
     lines: int = 0
     valid: int = 0
-    rejected: int = 0
     blank: int = 0  # blank lines: skipped, not rejected; lines = valid + rejected + blank
-    rejected_by_code: Counter[str] = field(default_factory=Counter)
-    first_rejections: list[dict[str, Any]] = field(default_factory=list)
+    rejects: Tally = field(default_factory=Tally)  # rejected lines: `rejected`, `rejected_by_code`, `rejections`
     reward_sum: float = 0.0
     reward_min: float | None = None
     reward_max: float | None = None
@@ -420,7 +418,7 @@ class ValidationSummary:
     masked: int = 0
     rollouts_per_task: Counter[str] = field(default_factory=Counter)
     agents: Counter[str] = field(default_factory=Counter)
-    max_examples: int = 20
+    max_examples: int = MAX_SHOWN
     # Content facts of valid rollouts (SFT/DPO conversion drops the first two under named filters).
     malformed_calls: int = 0  # rollouts with a tool call whose arguments are not a JSON object
     malformed_call_lines: list[int] = field(default_factory=list)  # the first few of their line numbers
@@ -430,14 +428,19 @@ class ValidationSummary:
     no_prompt: int = 0  # conversations that start with a model turn (no question anywhere)
     no_prompt_lines: list[int] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        self.rejects.limit = self.max_examples
+
+    @property
+    def first_rejections(self) -> list[dict[str, Any]]:
+        """The first `max_examples` rejected lines (`rejections`, under the name validate used first)."""
+        return self.rejects.shown
+
     def add(self, c: Checked) -> None:
         """Fold one checked line into the summary."""
         if c.record is None:
             self.lines += 1
-            self.rejected += 1
-            self.rejected_by_code[c.code or "unknown"] += 1
-            if len(self.first_rejections) < self.max_examples:
-                self.first_rejections.append({"line": c.line, "code": c.code, "reason": c.reason})
+            self.rejects.add(c.code or "unknown", {"line": c.line, "code": c.code, "reason": c.reason})
             return
         rec = c.record
         reward = rec.get("reward")
@@ -510,8 +513,8 @@ class ValidationSummary:
             "valid": self.valid,
             "rejected": self.rejected,
             "blank": self.blank,
-            "rejected_by_reason": dict(self.rejected_by_code.most_common()),
-            "rejections": self.first_rejections,
+            "rejected_by_reason": self.rejects.by_code_desc(),
+            "rejections": self.rejects.shown,
             "reward": {
                 "mean": self.reward_mean,
                 "min": self.reward_min,

@@ -46,7 +46,7 @@ import orjson
 from gymverl.errors import RunError, UsageError, from_os_error
 from gymverl.files import ResumableFile, atomic_open, check_outputs, is_gzip_name, output_lock
 from gymverl.inputs import Input, as_input
-from gymverl.jsonl import RAW_KEEP_BYTES, dumps, iter_lines
+from gymverl.jsonl import MAX_SHOWN, RAW_KEEP_BYTES, Tally, dumps, iter_lines
 from gymverl.records import ROLLOUT_KEYS, agent_name, check_line, task_key
 from gymverl.sidecars import ROLLOUT_INDEX, TASK_INDEX, PairSet, TaskSource, sidecar_paths
 from gymverl.formats import FieldRules
@@ -175,14 +175,14 @@ class RescoreSummary:
     per_task: dict[str, list[float]] = field(default_factory=dict)  # task -> [n, sum before, sum after, changed]
     failures_by_reason: Counter[str] = field(default_factory=Counter)
     rejected_by_code: Counter[str] = field(default_factory=Counter)
-    examples: list[dict[str, Any]] = field(default_factory=list)  # first failures/rejections
+    problems: Tally = field(default_factory=Tally)  # failed + rejected lines; `examples` are its first few
     joined_tasks: int = 0
     unjoined: int = 0
     unjoined_by_reason: Counter[str] = field(default_factory=Counter)  # sidecars.JOIN_REASONS keys
     task_source: str | None = None  # the tasks file or materialized inputs joined (None: none)
     task_source_kind: str | None = None  # "tasks" or "materialized"
-    duplicate_pairs: int = 0  # rows whose (_ng_task_index, _ng_rollout_index) an earlier row had
-    duplicate_examples: list[dict[str, Any]] = field(default_factory=list)
+    # rows whose (_ng_task_index, _ng_rollout_index) an earlier row had: `duplicate_pairs`, `duplicate_examples`
+    duplicates: Tally = field(default_factory=Tally)
     _pairs: PairSet = field(default_factory=PairSet, repr=False)
     _big_pairs: set[tuple[int, int]] = field(default_factory=set, repr=False)
     reverify_modes: dict[str, str] = field(default_factory=dict)  # server URL -> its GET /reverify_mode
@@ -202,7 +202,25 @@ class RescoreSummary:
     rows_this_run: int = 0
     servers: list[dict[str, Any]] = field(default_factory=list)
     flip_threshold: float = 0.25
-    max_examples: int = 20
+    max_examples: int = MAX_SHOWN
+
+    def __post_init__(self) -> None:
+        self.problems.limit = self.duplicates.limit = self.max_examples
+
+    @property
+    def examples(self) -> list[dict[str, Any]]:
+        """The first failed or rejected lines (as in the failures file: line, kind, reason, status, error, attempts)."""
+        return self.problems.shown
+
+    @property
+    def duplicate_pairs(self) -> int:
+        """Rows whose (_ng_task_index, _ng_rollout_index) pair an earlier row had."""
+        return self.duplicates.count
+
+    @property
+    def duplicate_examples(self) -> list[dict[str, Any]]:
+        """The first of those rows: `{"line", "_ng_task_index", "_ng_rollout_index"}`."""
+        return self.duplicates.shown
 
     def add_ok(self, task: str, before: float | None, after: float) -> None:
         """Fold one rescored row into the totals."""
@@ -235,9 +253,7 @@ class RescoreSummary:
         # PairSet keeps one bit per repeat: a huge rollout index goes to a plain set instead.
         new = self._pairs.add(t, r) if r < 4096 else ((t, r) not in self._big_pairs and not self._big_pairs.add((t, r)))
         if not new:
-            self.duplicate_pairs += 1
-            if len(self.duplicate_examples) < self.max_examples:
-                self.duplicate_examples.append({"line": line, TASK_INDEX: t, ROLLOUT_INDEX: r})
+            self.duplicates.add(None, {"line": line, TASK_INDEX: t, ROLLOUT_INDEX: r})
 
     def add_failure(self, rec: Mapping[str, Any]) -> None:
         """Fold one failures-file record into the totals."""
@@ -251,8 +267,7 @@ class RescoreSummary:
             if rec.get("status") == 422:
                 for name in _FIELD_REQUIRED.findall(str(rec.get("error") or "")):
                     self.required_missing[name] += 1
-        if len(self.examples) < self.max_examples:
-            self.examples.append({k: rec.get(k) for k in ("line", "kind", "reason", "status", "error", "attempts")})
+        self.problems.add(None, {k: rec.get(k) for k in ("line", "kind", "reason", "status", "error", "attempts")})
 
     @staticmethod
     def _reason_label(rec: Mapping[str, Any]) -> str:

@@ -40,13 +40,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from gymverl.jsonl import iter_lines
+from gymverl.jsonl import Rejections, Tally, iter_lines
 from gymverl.records import Checked, agent_name, content_text, empty_answer, is_incomplete, iter_checked, malformed_calls, output_items, output_tokens, task_key
 from gymverl.sidecars import CollectionReport, PairSet, Sidecars, TaskSource, collection_report, prompt_key, sidecar_paths
 
 DEFAULT_THRESHOLD = 1.0
-# How many rejected lines are kept (line number + reason) for the report; all are counted.
-MAX_REJECTION_EXAMPLES = 20
 GROUP_BY_AGENT = "agent"
 GROUP_BY_NONE = "none"
 
@@ -482,17 +480,15 @@ def pass_at_k_table(tasks: list[TaskCounter]) -> list[dict[str, Any]]:
 
 
 @dataclass
-class RolloutStats:
+class RolloutStats(Rejections):
     """Everything `gymverl stats` reports about one rollout file."""
 
     path: str
     threshold: float = DEFAULT_THRESHOLD
     group_by: str = GROUP_BY_AGENT
     lines: int = 0
-    rejected: int = 0
     blank: int = 0  # blank lines: skipped, not rejected, counted in `lines`
-    rejected_by_code: Counter[str] = field(default_factory=Counter)
-    rejections: list[dict[str, Any]] = field(default_factory=list)
+    rejects: Tally = field(default_factory=Tally)  # rejected lines: `rejected`, `rejected_by_code`, `rejections`
     overall: GroupStats | None = None
     groups: dict[str, GroupStats] = field(default_factory=dict)
     tasks: dict[str, TaskCounter] = field(default_factory=dict)
@@ -537,10 +533,7 @@ class RolloutStats:
         """Fold one checked line in (a rejected line is counted and its reason kept)."""
         self.lines += 1
         if c.record is None:
-            self.rejected += 1
-            self.rejected_by_code[c.code or "unknown"] += 1
-            if len(self.rejections) < MAX_REJECTION_EXAMPLES:
-                self.rejections.append({"line": c.line, "code": c.code, "reason": c.reason})
+            self.rejects.add(c.code or "unknown", {"line": c.line, "code": c.code, "reason": c.reason})
             return
         rec = c.record
         f = Facts.of(rec, self.threshold)
@@ -649,8 +642,8 @@ class RolloutStats:
             "lines": self.lines,
             "rejected": self.rejected,
             "blank": self.blank,
-            "rejected_by_reason": dict(self.rejected_by_code.most_common()),
-            "rejections": self.rejections,
+            "rejected_by_reason": self.rejects.by_code_desc(),
+            "rejections": self.rejects.shown,
             "repeated": self.repeated,
             "overall": self.overall.to_dict(tasks),
             "pass_rate_distribution": pass_rate_buckets(tasks),
