@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from bisect import bisect_right
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional, Union
@@ -396,7 +397,23 @@ def _checked(p: Parsed, check: Any) -> Checked:
     return Checked(p.number, p.obj, raw=p.raw)
 
 
-REWARD_BINS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+# The reward histogram of every report (validate, stats, stats --plot): tenths of [0, 1], binned by
+# `reward_bin`. What is counted differs by design: validate counts every valid rollout with a reward
+# (masked ones too, as in its mean; rewards outside [0, 1] under `out_of_0_1`), stats the measured
+# rollouts (masked and repeated lines left out; min-max bins when a reward lies outside [0, 1]).
+REWARD_EDGES: tuple[float, ...] = tuple(i / 10 for i in range(11))
+
+
+def reward_bin(r: float, edges: tuple[float, ...] | list[float] = REWARD_EDGES) -> int | None:
+    """The histogram bin of `r`: bin i holds edges[i] <= r < edges[i+1], the last bin also r == edges[-1].
+
+    The one binning of `gymverl validate` and `gymverl stats` (edges ascending; None outside them, NaN
+    included). Compared with the edges, not with `int(r * 10)`: 0.3 * 3 == 0.8999999999999999 lies in
+    0.8-0.9, where the multiplication would round it into 0.9-1.0.
+    """
+    if not edges[0] <= r <= edges[-1]:
+        return None
+    return min(bisect_right(edges, r), len(edges) - 1) - 1
 
 
 @dataclass
@@ -489,7 +506,8 @@ class ValidationSummary(Rejections):
         if len(self.reward_values) < 50 or r in self.reward_values:
             self.reward_values[r] += 1
         if 0.0 <= r <= 1.0:
-            self.reward_hist[min(int(r * 10), 9)] += 1
+            # reward_bin(r), inlined: this runs once per valid line.
+            self.reward_hist[min(bisect_right(REWARD_EDGES, r), 10) - 1] += 1
         else:
             self.reward_out_of_range += 1
         if incomplete:
@@ -519,7 +537,7 @@ class ValidationSummary(Rejections):
                 "mean": self.reward_mean,
                 "min": self.reward_min,
                 "max": self.reward_max,
-                "histogram": {f"{lo:.1f}-{hi:.1f}": n for lo, hi, n in zip(REWARD_BINS, REWARD_BINS[1:], self.reward_hist)},
+                "histogram": {f"{lo:.1f}-{hi:.1f}": n for lo, hi, n in zip(REWARD_EDGES, REWARD_EDGES[1:], self.reward_hist)},
                 "out_of_0_1": self.reward_out_of_range,
                 "values": {str(k): v for k, v in sorted(self.reward_values.items())} if len(self.reward_values) <= 20 else None,
             },

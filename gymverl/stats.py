@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from gymverl.jsonl import Rejections, Tally, iter_lines
-from gymverl.records import Checked, agent_name, content_text, empty_answer, is_incomplete, iter_checked, malformed_calls, output_items, output_tokens, task_key
+from gymverl.records import REWARD_EDGES, Checked, agent_name, reward_bin, content_text, empty_answer, is_incomplete, iter_checked, malformed_calls, output_items, output_tokens, task_key
 from gymverl.sidecars import CollectionReport, PairSet, Sidecars, TaskSource, collection_report, prompt_key, sidecar_paths
 
 DEFAULT_THRESHOLD = 1.0
@@ -173,7 +173,7 @@ class Distribution:
             scale = self.count / len(self.sample) if self.sample else 0.0
             pairs = ((v, scale) for v in self.sample)
         for v, n in pairs:
-            i = _bin_index(v, edges)
+            i = reward_bin(v, edges)
             if i is not None:
                 bins[i] += n  # type: ignore[assignment]
         return [round(b) for b in bins]
@@ -217,27 +217,11 @@ def _interpolate(at: Callable[[int], float], n: int, q: float) -> float:
     return a + (b - a) * (pos - lo)
 
 
-def _bin_index(v: float, edges: list[float]) -> int | None:
-    if v < edges[0] or v > edges[-1]:
-        return None
-    if v == edges[-1]:
-        return len(edges) - 2
-    lo, hi = 0, len(edges) - 2
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if edges[mid] <= v:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
-
-
 def reward_edges(lo: float | None, hi: float | None, bins: int = 10) -> list[float]:
-    """Histogram edges: tenths of 0-1 when rewards lie in [0, 1], else `bins` equal bins over min-max."""
-    if lo is None or hi is None:
-        return [i / 10 for i in range(11)]
-    if lo >= 0.0 and hi <= 1.0:
-        return [i / 10 for i in range(11)]
+    """Histogram edges: `records.REWARD_EDGES` (tenths of 0-1, as `validate`) when rewards lie in [0, 1],
+    else `bins` equal bins over min-max. Binned by `records.reward_bin`."""
+    if lo is None or hi is None or (lo >= 0.0 and hi <= 1.0):
+        return list(REWARD_EDGES)
     if lo == hi:
         return [lo - 0.5, hi + 0.5]
     step = (hi - lo) / bins

@@ -66,3 +66,58 @@ def test_report_counts_stay_settable():
     assert v.rejected == 3 == v.rejects.count
     s = RolloutStats("x")
     assert s.rejected == 0 and s.rejections == []
+
+
+# ---- one reward histogram ----------------------------------------------------------------------
+
+SAMPLE = Path(__file__).resolve().parent.parent / "sample_data" / "rollouts.jsonl"
+# Bin edges and the floats next to them; 0.3 * 3 == 0.8999999999999999 lies below 0.9.
+EDGE_REWARDS = [0.0, 0.1, 0.3 * 3, 0.9, 1.0, 0.5, 0.49999999999999994, 0.7, 0.1 * 7, 0.2, 1.0, 0.0]
+
+
+def _with_rewards(path: Path, rewards: list[float]) -> Path:
+    base = [orjson.loads(x) for x in SAMPLE.read_bytes().splitlines() if x.strip()]
+    rows = []
+    for i, r in enumerate(rewards):
+        # Each line its own (task, rollout): stats counts a repeated pair once.
+        row = dict(base[i % len(base)], reward=r, _ng_task_index=i, _ng_rollout_index=0)
+        row.pop("mask_sample", None)
+        rows.append(orjson.dumps(row))
+    path.write_bytes(b"\n".join(rows) + b"\n")
+    return path
+
+
+def _validate_hist(path: Path) -> list[int]:
+    return list(validate_file(path).to_dict()["reward"]["histogram"].values())
+
+
+def _stats_hist(path: Path) -> list[int]:
+    bins = compute_stats(path).to_dict()["overall"]["reward"]["histogram"]
+    return [b["count"] for b in bins]
+
+
+def test_reward_bin_edges():
+    from gymverl.records import REWARD_EDGES, reward_bin
+
+    assert reward_bin(0.0) == 0 and reward_bin(0.1) == 1 and reward_bin(1.0) == 9
+    assert reward_bin(0.3 * 3) == 8 and reward_bin(0.9) == 9
+    assert reward_bin(-0.01) is None and reward_bin(1.01) is None and reward_bin(float("nan")) is None
+    assert reward_bin(5.0, [0.0, 2.5, 5.0]) == 1
+    assert [reward_bin(e) for e in REWARD_EDGES] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9]
+
+
+@pytest.mark.parametrize("rewards", [EDGE_REWARDS, [i / 37 for i in range(38)], [1.0] * 5])
+def test_validate_and_stats_histograms_agree(tmp_path, rewards):
+    """Same file, same rewards in [0, 1], nothing masked: validate and stats bin alike."""
+    p = _with_rewards(tmp_path / "r.jsonl", rewards)
+    v, s = _validate_hist(p), _stats_hist(p)
+    assert v == s and sum(v) == len(rewards)
+    labels = list(validate_file(p).to_dict()["reward"]["histogram"])
+    bins = compute_stats(p).to_dict()["overall"]["reward"]["histogram"]
+    assert labels == [f"{b['lo']:.1f}-{b['hi']:.1f}" for b in bins]
+
+
+def test_sample_data_histograms_agree():
+    rows = [orjson.loads(x) for x in SAMPLE.read_bytes().splitlines() if x.strip()]
+    assert not any(r.get("mask_sample") for r in rows)  # stats leaves masked rollouts out; validate counts them
+    assert _validate_hist(SAMPLE) == _stats_hist(SAMPLE)
