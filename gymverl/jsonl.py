@@ -24,15 +24,14 @@ from typing import IO, Any, Iterator, Union
 import orjson
 from gymverl.errors import UsageError, from_os_error
 from gymverl.files import atomic_open, open_append
-from gymverl.inputs import Input, InputError, as_input, regular_file
+from gymverl.inputs import READ_CHUNK, Input, InputError, as_input, regular_file
 
 # How many counted items (rejected lines, failures, duplicates) a report shows; all are counted.
 MAX_SHOWN = 20
 DEFAULT_MAX_LINE_BYTES = 16_000_000  # 16 MB: far above any real rollout, far below what would hurt
 # How much of a rejected line is copied into the rejects file; enough to find and fix it.
 RAW_KEEP_BYTES = 64 * 1024
-_CHUNK = 1024 * 1024
-_BOM = b"\xef\xbb\xbf"
+UTF8_BOM = b"\xef\xbb\xbf"
 # JSON's whitespace on a line (the newline is already gone); a line of only these is blank.
 _BLANK = b" \t\r"
 
@@ -143,13 +142,13 @@ class LineReader:
     def _physical(self) -> Iterator[Line]:
         max_line_bytes = self.max_line_bytes
         src = self.input
-        first = min(max_line_bytes + 1, _CHUNK)
+        first = min(max_line_bytes + 1, READ_CHUNK)
         number = 0
         try:
             with src.open() as f:
-                if f.peek(len(_BOM))[: len(_BOM)] == _BOM:  # type: ignore[attr-defined]
+                if f.peek(len(UTF8_BOM))[: len(UTF8_BOM)] == UTF8_BOM:  # type: ignore[attr-defined]
                     # Some editors and Windows tools start UTF-8 files with a byte order mark.
-                    f.read(len(_BOM))
+                    f.read(len(UTF8_BOM))
                 while True:
                     chunk = f.readline(first)
                     if not chunk:
@@ -160,7 +159,7 @@ class LineReader:
                         pieces = [chunk]
                         size = len(chunk)
                         while size <= max_line_bytes:
-                            more = f.readline(min(_CHUNK, max_line_bytes + 1 - size))
+                            more = f.readline(min(READ_CHUNK, max_line_bytes + 1 - size))
                             if not more:
                                 break
                             pieces.append(more)
@@ -172,7 +171,7 @@ class LineReader:
                             del pieces, chunk
                             ended = False
                             while True:  # skip the rest of the line, 1 MB at a time
-                                rest = f.readline(_CHUNK)
+                                rest = f.readline(READ_CHUNK)
                                 if not rest:
                                     break
                                 if rest.endswith(b"\n"):
@@ -376,7 +375,7 @@ class JsonlWriter:
                 # at most the line in flight, which resume logic re-does.
                 self._f = open_append(self.path)
             else:
-                self._ctx = atomic_open(self.path, buffering=_CHUNK)
+                self._ctx = atomic_open(self.path, buffering=READ_CHUNK)
                 self._f = self._ctx.__enter__()
         except OSError as exc:
             raise from_os_error(exc, str(self.path)) from None
@@ -454,6 +453,20 @@ class Tally:
     def by_code_desc(self) -> dict[str, int]:
         """Counts per code, most common first (the reports' `rejected_by_reason`)."""
         return dict(self.by_code.most_common())
+
+
+def jsonable(obj: Any) -> Any:
+    """`obj` as plain JSON data for `json.dumps`: dict keys as strings, tuples as lists, paths as
+    strings, NaN as null (JSON has no NaN); anything else as is."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, float) and obj != obj:
+        return None
+    return obj
 
 
 class Rejections:

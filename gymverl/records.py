@@ -22,7 +22,7 @@ import hashlib
 import math
 import os
 from bisect import bisect_right
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional, Union
 
@@ -750,10 +750,3 @@ def validate_file(
     summary.lines += lines.blank
     return summary
 
-
-def group_by_task(records: Iterator[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Group records by `task_key`, preserving first-seen task order (holds one group set in memory)."""
-    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for rec in records:
-        groups[task_key(rec)].append(rec)
-    return dict(groups)

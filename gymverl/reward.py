@@ -62,11 +62,11 @@ import orjson
 
 from gymverl.jsonl import dumps
 from gymverl.reasoning import NO_REASONING, ReasoningMarkers, markers_from_settings, parse_markers, split_reasoning
-from gymverl.verify import DEFAULT_RETRIES, DEFAULT_TIMEOUT, VerifyClient, VerifyResult, build_request
+# DEFAULT_CONCURRENCY: per reward worker process; VeRL runs reward.num_workers (8) of them.
+from gymverl.verify import DEFAULT_CONCURRENCY, DEFAULT_RETRIES, DEFAULT_TIMEOUT, VerifyClient, VerifyResult, build_request
 from gymverl.errors import RunError, UsageError
 
 ENV_URL = "GYMVERL_VERIFY_URL"
-DEFAULT_CONCURRENCY = 32  # per reward worker process; VeRL runs reward.num_workers (8) of them
 _TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.S)
 
 # id(event loop) -> (weak ref to the loop, {settings -> client}): an aiohttp pool belongs to the

@@ -121,3 +121,22 @@ def test_sample_data_histograms_agree():
     rows = [orjson.loads(x) for x in SAMPLE.read_bytes().splitlines() if x.strip()]
     assert not any(r.get("mask_sample") for r in rows)  # stats leaves masked rollouts out; validate counts them
     assert _validate_hist(SAMPLE) == _stats_hist(SAMPLE)
+
+
+# ---- one copy of each helper and constant ------------------------------------------------------
+
+
+def test_one_jsonable_and_shared_constants():
+    import math
+
+    from gymverl import demo, jsonl, preview, reward, train, verl_data
+    from gymverl.formats import decode_json, decode_row, fast, rl
+    from gymverl.limits import DEFAULT_CONCURRENCY
+
+    assert demo.jsonable is train.jsonable is jsonl.jsonable
+    assert jsonl.jsonable({1: (Path("a"), math.nan, 0.5)}) == {"1": ["a", None, 0.5]}
+    assert (preview.TOOLS_AGENT, preview.STOCK_AGENT) == (rl.TOOLS_AGENT, rl.STOCK_AGENT)
+    assert fast.UTF8_BOM is jsonl.UTF8_BOM and reward.DEFAULT_CONCURRENCY == DEFAULT_CONCURRENCY
+    assert verl_data.decode_row is decode_row and verl_data.decode_json is decode_json
+    assert decode_row({"messages": '[{"role": "user", "content": "hi"}]', "chosen": ['{"role": "assistant"}'], "x": "1"}) == {
+        "messages": [{"role": "user", "content": "hi"}], "chosen": [{"role": "assistant"}], "x": "1"}
