@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from itertools import accumulate
 from operator import itemgetter
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any, Callable, Iterator, NamedTuple, Union
 
 import orjson
 import pyarrow as pa
@@ -795,7 +795,7 @@ def _fewer_gc_passes() -> Iterator[None]:
         gc.set_threshold(*old)
 
 
-def _local_results(ctx: _Ctx, src: Input, handler: Any, on_progress: Progress | None, total: int | None) -> Iterator[tuple[Any, ...]]:
+def _local_results(ctx: _Ctx, src: Input, handler: Any, on_progress: Progress | None, total: int | None) -> Iterator[LineResult]:
     """Handle every line in this process, in order: the fast path when it is sure, else the exact one."""
     check = check_task if ctx.tasks_input else check_record
     max_line_bytes = ctx.opts.max_line_bytes
@@ -825,7 +825,7 @@ def _local_results(ctx: _Ctx, src: Input, handler: Any, on_progress: Progress | 
 # certain, and that line takes the exact path above: same results either way (tests/test_convert_fast.py).
 
 
-def _fast_handler(ctx: _Ctx, handler: Any) -> Callable[[Line], tuple[Any, ...] | None] | None:
+def _fast_handler(ctx: _Ctx, handler: Any) -> Callable[[Line], LineResult | None] | None:
     """The fast twin of `handler` for this conversion, or None when it does not apply."""
     if handler is _stream_result:
         if ctx.opts.fmt != "sft":
@@ -838,7 +838,7 @@ def _fast_handler(ctx: _Ctx, handler: Any) -> Callable[[Line], tuple[Any, ...] |
     return None if reader is None else _FastPass1(ctx, reader)
 
 
-def _fast_stream_result(ctx: _Ctx, reader: fast_fmt.FastSFT, line: Line) -> tuple[Any, ...] | None:
+def _fast_stream_result(ctx: _Ctx, reader: fast_fmt.FastSFT, line: Line) -> LineResult | None:
     """`_stream_result` for sft, or None (then the exact path handles the line)."""
     got = reader.decode(line.data)
     if got is None:
@@ -847,9 +847,9 @@ def _fast_stream_result(ctx: _Ctx, reader: fast_fmt.FastSFT, line: Line) -> tupl
     split = split_of(got.key, sel.val_fraction, sel.split_seed)
     status = record_status(got.reward, got.incomplete, sel, got.masked, got.malformed, got.empty)
     if status:
-        return ("filt", status)
+        return Filtered(status)
     row = _fast_sft_row(ctx, reader, got, line.number)
-    return None if row is None else ("row", split, row, line.number)
+    return None if row is None else RowResult(split, row, line.number)
 
 
 class _FastPass1:
@@ -866,7 +866,7 @@ class _FastPass1:
         self.check: _FastMeta | None = _FastMeta()
         self.tried = self.hits = 0
 
-    def __call__(self, line: Line) -> tuple[Any, ...] | None:
+    def __call__(self, line: Line) -> LineResult | None:
         found = None
         if self.check is not None:
             self.tried += 1
@@ -887,7 +887,7 @@ class _FastPass1:
             status = "masked" if masked and sel.drop_masked else None
         else:
             status = record_status(reward, incomplete, sel, masked, malformed, empty)
-        return ("meta", key, [key, line.number, reward, status, None, ri], line.data if status is None else b"")
+        return MetaResult(key, [key, line.number, reward, status, None, ri], line.data if status is None else b"")
 
 
 class _FastMeta(_FastRollouts):
@@ -984,12 +984,45 @@ def _too_long_rollout(ctx: _Ctx, rec: dict[str, Any]) -> bool:
     return ctx.counter.count(messages, tools) > (ctx.opts.select.max_tokens or 0)
 
 
-# Per-line handlers return one of these tuples; they run inline or in worker processes:
-#   ("rej", line, code, reason, raw)   not a valid record
-#   ("bad", line, code, reason, raw)   a valid record no row can be built from
-#   ("filt", rule)                     removed by a per-rollout rule
-#   ("row", split, row, line)          streaming: a finished row
-#   ("meta", key, meta, raw)           grouped pass 1: what selection needs, and the raw line to spill
+# Per-line handlers return one of these; they run inline or in worker processes (so: plain, picklable
+# tuples, built once per line: NamedTuple costs about what the tagged tuples they replace did).
+
+
+class Rejected(NamedTuple):
+    """A line that becomes no row: not a valid record (`valid` False) or one no row can be built from."""
+
+    line: int
+    code: str
+    reason: str
+    raw: bytes
+    valid: bool
+
+
+class Filtered(NamedTuple):
+    """A valid rollout removed by a per-rollout rule (`select.RULES`)."""
+
+    rule: str
+
+
+class RowResult(NamedTuple):
+    """Streaming: a finished row of `split`; `prompt` (the prompt key) only for rl rows from a tasks file."""
+
+    split: str
+    row: dict[str, Any]
+    line: int
+    prompt: str | None = None
+
+
+class MetaResult(NamedTuple):
+    """Grouped pass 1: the selection facts `[key, line, reward, status, dedup key, rollout index]`
+    of a valid rollout (spilled as JSON), and its raw line to spill (b"" once a rule removed it)."""
+
+    key: str
+    meta: list[Any]
+    raw: bytes
+
+
+LineResult = Union[Rejected, Filtered, RowResult, MetaResult]
 
 
 def _content_facts(rec: dict[str, Any], sel: SelectOptions) -> tuple[int, bool]:
@@ -997,10 +1030,10 @@ def _content_facts(rec: dict[str, Any], sel: SelectOptions) -> tuple[int, bool]:
     return (malformed_calls(rec) if sel.drop_malformed_calls else 0, empty_answer(rec) if sel.drop_empty_answers else False)
 
 
-def _stream_result(ctx: _Ctx, c: Checked) -> tuple[Any, ...]:
+def _stream_result(ctx: _Ctx, c: Checked) -> LineResult:
     """Streaming: one line -> a row, a filter verdict or a rejection."""
     if c.record is None:
-        return ("rej", c.line, c.code or "unknown", c.reason or "", c.raw)
+        return Rejected(c.line, c.code or "unknown", c.reason or "", c.raw, False)
     rec = c.record
     sel = ctx.opts.select
     key = _key_of(c, ctx.tasks_input)
@@ -1015,20 +1048,20 @@ def _stream_result(ctx: _Ctx, c: Checked) -> tuple[Any, ...]:
             if status is None:
                 row, status = _sft_build(ctx, rec, c.line, key)
     except RowError as exc:
-        return ("bad", c.line, exc.code, exc.reason, c.raw)
+        return Rejected(c.line, exc.code, exc.reason, c.raw, True)
     if status or row is None:
-        return ("filt", status or "unknown")
+        return Filtered(status or "unknown")
     if ctx.tasks_input:
         # Materialized inputs repeat each task once per repeat: the converter keeps one row per
         # (task index, prompt), so it needs the prompt (computed here, in the worker).
-        return ("row", split, row, c.line, prompt_key(rec))
-    return ("row", split, row, c.line)
+        return RowResult(split, row, c.line, prompt_key(rec))
+    return RowResult(split, row, c.line)
 
 
-def _pass1_result(ctx: _Ctx, c: Checked) -> tuple[Any, ...]:
+def _pass1_result(ctx: _Ctx, c: Checked) -> LineResult:
     """Grouped pass 1: one line -> its selection facts (+ raw line if still in the running) or a rejection."""
     if c.record is None:
-        return ("rej", c.line, c.code or "unknown", c.reason or "", c.raw)
+        return Rejected(c.line, c.code or "unknown", c.reason or "", c.raw, False)
     rec = c.record
     sel = ctx.opts.select
     key = task_key(rec)
@@ -1040,32 +1073,32 @@ def _pass1_result(ctx: _Ctx, c: Checked) -> tuple[Any, ...]:
             try:
                 status = "max_tokens" if _too_long_rollout(ctx, rec) else None
             except RowError as exc:
-                return ("bad", c.line, exc.code, exc.reason, c.raw)
+                return Rejected(c.line, exc.code, exc.reason, c.raw, True)
     dk = dedup_key(rec) if sel.dedup and status is None else None
     ri = rec.get("_ng_rollout_index")
     ri = ri if isinstance(ri, int) and not isinstance(ri, bool) and ri >= 0 else None
-    return ("meta", key, [key, c.line, float(rec["reward"]), status, dk, ri], c.raw if status is None else b"")
+    return MetaResult(key, [key, c.line, float(rec["reward"]), status, dk, ri], c.raw if status is None else b"")
 
 
-def _convert_streaming(ctx: _Ctx, results: Iterator[tuple[Any, ...]]) -> None:
+def _convert_streaming(ctx: _Ctx, results: Iterator[LineResult]) -> None:
     """One pass, row by row: sft without task-level rules, or rl from a tasks file."""
     s = ctx.summary
     seen: dict[str, str] = {}  # rl from tasks: task key -> prompt key (bounded by the task count)
     for r in results:
         s.lines += 1
-        kind = r[0]
-        if kind in ("rej", "bad"):
-            s.valid += kind == "bad"
-            ctx.reject(*r[1:])
+        kind = type(r)
+        if kind is Rejected:
+            s.valid += r.valid
+            ctx.reject(r.line, r.code, r.reason, r.raw)
             continue
         s.valid += 1
-        if kind == "filt":
-            s.filtered[r[1]] += 1
+        if kind is Filtered:
+            s.filtered[r.rule] += 1
             continue
-        split, row = r[1], r[2]
+        split, row = r.split, r.row
         s.kept_lines += 1
         if ctx.tasks_input:
-            split = _one_row_per_task(ctx, seen, row, split, r[4])
+            split = _one_row_per_task(ctx, seen, row, split, r.prompt)
             if split is None:
                 continue
         if ctx.opts.fmt == "rl":
@@ -1115,7 +1148,7 @@ def _init_worker(opts: ConvertOptions, rules: FieldRules, default_source: str, t
     _WORKER["max_line_bytes"] = opts.max_line_bytes
 
 
-def _work(batch: list[tuple[int, bytes, int, bool, bool]]) -> list[tuple[Any, ...]]:
+def _work(batch: list[tuple[int, bytes, int, bool, bool]]) -> list[LineResult]:
     """Worker: handle a batch of raw lines (the same steps as `_local_results`)."""
     ctx, handler, check = _WORKER["ctx"], _WORKER["handler"], _WORKER["check"]
     if "fast" not in _WORKER:
@@ -1131,7 +1164,7 @@ def _work(batch: list[tuple[int, bytes, int, bool, bool]]) -> list[tuple[Any, ..
 
 def _parallel_results(
     ctx: _Ctx, src: Input, handler: Any, workers: int, on_progress: Progress | None, total: int | None, batch_lines: int = 256
-) -> Iterator[tuple[Any, ...]]:
+) -> Iterator[LineResult]:
     """Handle lines in `workers` processes, yielding results in input order with a bounded window in flight."""
     import multiprocessing as mp
     from collections import deque
@@ -1146,7 +1179,7 @@ def _parallel_results(
         initargs=(ctx.opts, ctx.rules, ctx.default_source, ctx.tasks_input, "pass1" if handler is _pass1_result else "stream"),
     )
     try:
-        pending: deque[Future[list[tuple[Any, ...]]]] = deque()
+        pending: deque[Future[list[LineResult]]] = deque()
         done = 0
         # Lines travel as plain tuples: pickling a tuple is several times cheaper than a dataclass.
         batch: list[tuple[int, bytes, int, bool, bool]] = []
@@ -1232,7 +1265,7 @@ class _Partitions:
         return self.root / f"{i}.meta", self.root / f"{i}.data"
 
 
-def _convert_grouped(ctx: _Ctx, lines: Iterator[tuple[Any, ...]], total: int | None) -> None:
+def _convert_grouped(ctx: _Ctx, lines: Iterator[LineResult], total: int | None) -> None:
     """Two passes: spill valid rollouts to task-hash partitions, then decide and write task by task.
 
     Rows are built in the second pass and only for rollouts that are kept, so a heavy filter
@@ -1256,13 +1289,12 @@ def _convert_grouped(ctx: _Ctx, lines: Iterator[tuple[Any, ...]], total: int | N
         try:
             for r in lines:
                 s.lines += 1
-                if r[0] in ("rej", "bad"):
-                    s.valid += r[0] == "bad"
-                    ctx.reject(*r[1:])
+                if type(r) is Rejected:
+                    s.valid += r.valid
+                    ctx.reject(r.line, r.code, r.reason, r.raw)
                     continue
                 s.valid += 1
-                _, key, meta, raw = r
-                parts.add(key, meta, raw)
+                parts.add(r.key, r.meta, r.raw)
         except BaseException:
             parts.close(quiet=True)  # the first error (or the interrupt) is what the user sees
             raise
