@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterable, Sequence
 import orjson
 
 from gymverl import proc
+from gymverl.progress import ROWS, OnProgress, ProgressEvent
 from gymverl.jsonl import MAX_SHOWN, InputError, Rejections, Tally, check_input_path, iter_lines
 from gymverl.nemo_gym import (
     NemoGymError,
@@ -482,11 +483,13 @@ def run_collector(
     env: Path,
     output: str | os.PathLike[str],
     log_path: str | os.PathLike[str],
-    on_progress: Callable[[int, int], None] | None = None,
+    on_progress: OnProgress | None = None,
+    total: int | None = None,
     poll: float = 0.25,
     grace: float = 15.0,
 ) -> RunResult:
-    """Run the collector until it exits; report progress from the output file.
+    """Run the collector until it exits; report progress from the output file (`on_progress`: rows
+    written of `total`, this run's failures as `failed`).
 
     Ctrl-C, SIGTERM or SIGHUP (or any error here) stops it with `gymverl.proc`'s ladder: SIGINT
     first, so NeMo Gym keeps what it wrote (`grace` seconds), then SIGTERM/SIGKILL.
@@ -504,14 +507,14 @@ def run_collector(
         try:
             while child.poll() is None:
                 if on_progress is not None:
-                    on_progress(written.update(), failures.update() - earlier)
+                    on_progress(ProgressEvent(written.update(), total, ROWS, failed=failures.update() - earlier))
                 time.sleep(poll)
         except KeyboardInterrupt:
             interrupted = True
             child.stop()
     n, f = written.update(), failures.update() - earlier
     if on_progress is not None:
-        on_progress(n, f)
+        on_progress(ProgressEvent(n, total, ROWS, failed=f))
     rc = child.returncode
     return RunResult(rc, interrupted, n, f, time.monotonic() - start, None if rc == 0 else failure_reason(log))
 
@@ -703,7 +706,7 @@ def collect(
     extra: Sequence[str] = (),
     log_path: str | os.PathLike[str] | None = None,
     rejects: str | os.PathLike[str] | None = None,
-    on_progress: Callable[[int, int], None] | None = None,
+    on_progress: OnProgress | None = None,
     on_stage: Callable[[str, dict[str, Any]], None] | None = None,
     server_startup_timeout: float = 600.0,
 ) -> CollectResult:
@@ -772,7 +775,7 @@ def collect(
         )
         stage("collect", {"argv": argv, "expected": expected, "log": str(log), "agents": agent_urls})
         started = time.time()
-        run = run_collector(argv, env=env, output=out, log_path=log, on_progress=on_progress)
+        run = run_collector(argv, env=env, output=out, log_path=log, on_progress=on_progress, total=expected or None)
         # Servers stop here (end of the with-block), before validation reads the file.
 
     validation = None

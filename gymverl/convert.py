@@ -76,6 +76,7 @@ from gymverl.select import (
 from gymverl.errors import GymverlError, RunError, UsageError, from_os_error
 from gymverl.files import check_outputs, commit_temp, new_temp_file, output_lock, remove_quietly, scratch_dir
 from gymverl.proc import shielded
+from gymverl.progress import BYTES, OnProgress, ProgressEvent
 
 SPLITS = ("train", "val")
 
@@ -605,7 +606,6 @@ def _validity(values: list[Any]) -> pa.Buffer:
 # ---- the conversion ----------------------------------------------------------------------------
 
 SCHEMAS = {"sft": sft_fmt.SCHEMA, "rl": rl_fmt.SCHEMA, "dpo": dpo_fmt.SCHEMA}
-Progress = Callable[[int, int | None], None]  # (input bytes read, total bytes or None)
 
 
 @dataclass
@@ -638,7 +638,7 @@ def convert(
     output: str | os.PathLike[str] | None,
     options: ConvertOptions | None = None,
     *,
-    on_progress: Progress | None = None,
+    on_progress: OnProgress | None = None,
 ) -> ConvertSummary:
     """Convert a rollout (or, for rl, tasks) JSONL file to VeRL parquet under `output`; see module doc.
 
@@ -762,7 +762,7 @@ def _run(
     sink: ParquetSink,
     counter: TokenCounter | None,
     tasks_input: bool,
-    on_progress: Progress | None,
+    on_progress: OnProgress | None,
     total: int | None,
     source: TaskSource | None = None,
 ) -> None:
@@ -795,7 +795,7 @@ def _fewer_gc_passes() -> Iterator[None]:
         gc.set_threshold(*old)
 
 
-def _local_results(ctx: _Ctx, src: Input, handler: Any, on_progress: Progress | None, total: int | None) -> Iterator[LineResult]:
+def _local_results(ctx: _Ctx, src: Input, handler: Any, on_progress: OnProgress | None, total: int | None) -> Iterator[LineResult]:
     """Handle every line in this process, in order: the fast path when it is sure, else the exact one."""
     check = check_task if ctx.tasks_input else check_record
     max_line_bytes = ctx.opts.max_line_bytes
@@ -808,7 +808,7 @@ def _local_results(ctx: _Ctx, src: Input, handler: Any, on_progress: Progress | 
             done += line.size + 1
             every += 1
             if every >= 2000:
-                on_progress(done, total)
+                on_progress(ProgressEvent(done, total, BYTES))
                 every = 0
         r = fast(line) if fast is not None and not line.oversize else None
         yield r if r is not None else handler(ctx, check_line(line, check, max_line_bytes))
@@ -816,7 +816,7 @@ def _local_results(ctx: _Ctx, src: Input, handler: Any, on_progress: Progress | 
     ctx.summary.blank = lines.blank
     ctx.summary.lines += lines.blank
     if on_progress is not None:
-        on_progress(total if total is not None else done, total)
+        on_progress(ProgressEvent(total if total is not None else done, total, BYTES))
 
 
 # ---- fast path ---------------------------------------------------------------------------------
@@ -1163,7 +1163,7 @@ def _work(batch: list[tuple[int, bytes, int, bool, bool]]) -> list[LineResult]:
 
 
 def _parallel_results(
-    ctx: _Ctx, src: Input, handler: Any, workers: int, on_progress: Progress | None, total: int | None, batch_lines: int = 256
+    ctx: _Ctx, src: Input, handler: Any, workers: int, on_progress: OnProgress | None, total: int | None, batch_lines: int = 256
 ) -> Iterator[LineResult]:
     """Handle lines in `workers` processes, yielding results in input order with a bounded window in flight."""
     import multiprocessing as mp
@@ -1191,7 +1191,7 @@ def _parallel_results(
                 pending.append(pool.submit(_work, batch))
                 batch = []
                 if on_progress is not None:
-                    on_progress(done, total)
+                    on_progress(ProgressEvent(done, total, BYTES))
                 while len(pending) >= workers * 4:
                     yield from pending.popleft().result()
         if batch:
@@ -1201,7 +1201,7 @@ def _parallel_results(
         while pending:
             yield from pending.popleft().result()
         if on_progress is not None:
-            on_progress(total if total is not None else done, total)
+            on_progress(ProgressEvent(total if total is not None else done, total, BYTES))
     except BrokenProcessPool:
         raise ConvertError("a worker process died (out of memory or killed); rerun with --workers 1.") from None
     finally:

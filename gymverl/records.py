@@ -31,6 +31,7 @@ import orjson
 
 from gymverl.inputs import as_input
 from gymverl.jsonl import DEFAULT_MAX_LINE_BYTES, MAX_SHOWN, InputError, Line, Parsed, Rejections, RejectsWriter, Tally, dumps, iter_lines, parse_line, read_jsonl
+from gymverl.progress import OnProgress, track_lines
 
 try:  # optional accelerators for validate_file: the same results without them, about 3x slower
     import msgspec as _msgspec
@@ -721,8 +722,12 @@ def validate_file(
     tasks: bool = False,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     on_line: Any = None,
+    on_progress: OnProgress | None = None,
 ) -> ValidationSummary:
-    """Validate every line of a rollout file (streaming); write rejected lines to `rejects` if given."""
+    """Validate every line of a rollout file (streaming); write rejected lines to `rejects` if given.
+
+    `on_line(checked)` sees every line (and turns the fast check off); `on_progress` hears the input
+    bytes read (`gymverl.progress`)."""
     src = as_input(path)  # a path, `-`, a pipe, or an Input the caller opened
     if rejects is not None and src.path is not None and os.path.exists(rejects) and os.path.samefile(rejects, src.path):
         # The rejects file replaces its path when done: that would overwrite the input.
@@ -734,7 +739,7 @@ def validate_file(
     fast = _FastRollouts() if _msgspec is not None and not tasks and on_line is None else None
     with RejectsWriter(rejects) as rw:
         lines = iter_lines(src, max_line_bytes)
-        for line in lines:
+        for line in lines if on_progress is None else track_lines(lines, on_progress, src.progress_total):
             if fast is not None and not line.oversize:
                 found = fast(line.data)
                 if found is not None:

@@ -46,6 +46,7 @@ import orjson
 from gymverl.errors import RunError, UsageError, from_os_error
 from gymverl.files import ResumableFile, atomic_open, check_outputs, is_gzip_name, output_lock
 from gymverl.inputs import Input, as_input
+from gymverl.progress import BYTES, OnProgress, ProgressEvent
 from gymverl.jsonl import MAX_SHOWN, RAW_KEEP_BYTES, Tally, dumps, iter_lines
 from gymverl.records import ROLLOUT_KEYS, agent_name, check_line, task_key
 from gymverl.sidecars import ROLLOUT_INDEX, TASK_INDEX, PairSet, TaskSource, sidecar_paths
@@ -504,13 +505,10 @@ class _Pending:
     transient: bool = False
 
 
-ProgressFn = Callable[[RescoreSummary, int], None]
-
-
 class _Run:
     def __init__(
         self,
-        input_path: Path,
+        input_path: Input,
         output: Path,
         failures: Path,
         client: VerifyClient,
@@ -522,7 +520,7 @@ class _Run:
         window: int,
         max_failures_in_a_row: int,
         flip_threshold: float,
-        on_progress: ProgressFn | None,
+        on_progress: OnProgress | None,
         handle_signals: bool,
         limit: int | None,
     ) -> None:
@@ -539,6 +537,7 @@ class _Run:
         self.pending: dict[int, _Pending] = {}
         self.next_write = 1
         self.bytes_done = 0
+        self.bytes_total = input_path.progress_total  # for progress; None for a gzip
         self.in_a_row = 0
         self.stop_reason: str | None = None
         self.stop = asyncio.Event()
@@ -1055,7 +1054,8 @@ class _Run:
         now = time.monotonic()
         if force or now - self._last_progress >= 0.1:
             self._last_progress = now
-            self.on_progress(self.summary, self.bytes_done)
+            s = self.summary
+            self.on_progress(ProgressEvent(self.bytes_done, self.bytes_total, BYTES, rows=s.lines, new_rows=s.rows_this_run, failed=s.failed + s.rejected))
 
 
 def rescore_file(
@@ -1079,7 +1079,7 @@ def rescore_file(
     max_failures_in_a_row: int | None = None,
     flip_threshold: float = 0.25,
     limit: int | None = None,
-    on_progress: ProgressFn | None = None,
+    on_progress: OnProgress | None = None,
     handle_signals: bool = False,
 ) -> RescoreSummary:
     """Re-score a rollout file against NeMo Gym `/verify` servers (see the module docstring).
@@ -1150,7 +1150,7 @@ def rescore_file(
 
 
 def _rescore_locked(
-    path: Path,
+    path: Input,
     out: Path,
     fails: Path,
     client: VerifyClient,
@@ -1158,7 +1158,7 @@ def _rescore_locked(
     window: int | None,
     max_failures_in_a_row: int | None,
     flip_threshold: float,
-    on_progress: ProgressFn | None,
+    on_progress: OnProgress | None,
     handle_signals: bool,
     limit: int | None,
     *,

@@ -40,8 +40,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from gymverl.inputs import as_input
 from gymverl.jsonl import Rejections, Tally, iter_lines
-from gymverl.records import REWARD_EDGES, Checked, agent_name, reward_bin, content_text, empty_answer, is_incomplete, iter_checked, malformed_calls, output_items, output_tokens, task_key
+from gymverl.progress import OnProgress, track_lines
+from gymverl.records import REWARD_EDGES, Checked, agent_name, check_line, check_record, reward_bin, content_text, empty_answer, is_incomplete, iter_checked, malformed_calls, output_items, output_tokens, task_key
 from gymverl.sidecars import CollectionReport, PairSet, Sidecars, TaskSource, collection_report, prompt_key, sidecar_paths
 
 DEFAULT_THRESHOLD = 1.0
@@ -677,13 +679,15 @@ def compute_stats(
     on_line: Callable[[Checked], None] | None = None,
     tasks_path: str | os.PathLike[str] | None = None,
     side_files: bool = True,
+    on_progress: OnProgress | None = None,
 ) -> RolloutStats:
     """Stream a rollout file once and return its statistics (rejected lines are counted, not fatal).
 
     With `side_files`, NeMo Gym's `<stem>_materialized_inputs.jsonl` and `<stem>_failures.jsonl`
     beside `path` are compared with it (`collection`: expected, failed, missing per task).
     `tasks_path` (else the materialized inputs) supplies task fields for a `group_by` field the
-    rollout lines lack. UsageError when `tasks_path` is unreadable.
+    rollout lines lack. UsageError when `tasks_path` is unreadable. `on_line` sees every checked
+    line; `on_progress` hears the input bytes read (`gymverl.progress`).
     """
     if not math.isfinite(threshold):
         raise ValueError(f"threshold must be a finite number, got {threshold}")
@@ -696,8 +700,12 @@ def compute_stats(
             stats.source = TaskSource(sc.materialized, "materialized")
     if sc.materialized is not None or sc.failures is not None:
         stats.pairs = PairSet()
-    lines = iter_lines(path)  # a path, `-`, a pipe or an Input
-    for c in iter_checked(lines):
+    src = as_input(path)  # a path, `-`, a pipe or an Input
+    lines = iter_lines(src)
+    checked = iter_checked(lines)
+    if on_progress is not None:
+        checked = (check_line(line, check_record, lines.max_line_bytes) for line in track_lines(lines, on_progress, src.progress_total))
+    for c in checked:
         stats.add(c)
         if on_line is not None:
             on_line(c)

@@ -140,3 +140,54 @@ def test_one_jsonable_and_shared_constants():
     assert verl_data.decode_row is decode_row and verl_data.decode_json is decode_json
     assert decode_row({"messages": '[{"role": "user", "content": "hi"}]', "chosen": ['{"role": "assistant"}'], "x": "1"}) == {
         "messages": [{"role": "user", "content": "hi"}], "chosen": [{"role": "assistant"}], "x": "1"}
+
+
+# ---- one progress shape ------------------------------------------------------------------------
+
+
+def _big(tmp_path: Path, n: int = 5000) -> Path:
+    lines = [x for x in SAMPLE.read_bytes().splitlines() if x.strip()]
+    p = tmp_path / "big.jsonl"
+    p.write_bytes(b"\n".join(lines[i % len(lines)] for i in range(n)) + b"\n")
+    return p
+
+
+def test_validate_stats_and_convert_report_the_same_progress_events(tmp_path):
+    from gymverl.convert import ConvertOptions, convert
+    from gymverl.progress import BYTES, ProgressEvent
+
+    p = _big(tmp_path)
+    size = p.stat().st_size
+    seen: dict[str, list[ProgressEvent]] = {"validate": [], "stats": [], "convert": []}
+    validate_file(p, on_progress=seen["validate"].append)
+    compute_stats(p, on_progress=seen["stats"].append)
+    convert(p, tmp_path / "out", ConvertOptions(fmt="sft"), on_progress=seen["convert"].append)
+    for name, events in seen.items():
+        assert all(type(e) is ProgressEvent and e.unit == BYTES and e.total == size for e in events), name
+        done = [e.done for e in events]
+        assert len(done) >= 3 and done == sorted(done) and done[-1] == size, name
+    assert seen["validate"] == seen["stats"] == seen["convert"]  # same file, same reporting points
+
+
+def test_progress_callback_leaves_results_alone(tmp_path):
+    p = _big(tmp_path, 2100)
+    assert validate_file(p, on_progress=lambda e: None).to_dict() == validate_file(p).to_dict()
+    assert compute_stats(p, on_progress=lambda e: None).to_dict() == compute_stats(p).to_dict()
+
+
+def test_cli_progress_helper_draws_events():
+    import io
+
+    from rich.console import Console
+
+    from gymverl.cli import _progress
+    from gymverl.progress import ROWS, ProgressEvent
+
+    progress, on_progress = _progress("[bold]x[/]", console=Console(file=io.StringIO()))
+    (task,) = progress.tasks
+    on_progress(ProgressEvent(10, 100))
+    assert (task.completed, task.total, task.fields["failed"]) == (10, 100, "")
+    on_progress(ProgressEvent(20, 100, rows=7, new_rows=3, failed=2))
+    assert (task.completed, task.fields["rows"], task.fields["failed"]) == (20, 7, "2 failed") and task.fields["rate"] == "0"
+    on_progress(ProgressEvent(5, None, ROWS))  # an unknown total leaves the bar's as it was (rich)
+    assert (task.completed, task.total) == (5, 100)
