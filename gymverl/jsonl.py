@@ -496,6 +496,18 @@ class Rejections:
         """The first `MAX_SHOWN` rejected lines: `{"line", "code", "reason"}`."""
         return self.rejects.shown
 
+    def line_counts(self) -> dict[str, Any]:
+        """The head of the validate and to-parquet reports (their `lines`, `valid` and `blank` fields):
+        lines, valid, rejected, blank, rejected_by_reason (most common first), rejections."""
+        return {
+            "lines": self.lines,  # type: ignore[attr-defined]
+            "valid": self.valid,  # type: ignore[attr-defined]
+            "rejected": self.rejected,
+            "blank": self.blank,  # type: ignore[attr-defined]
+            "rejected_by_reason": self.rejects.by_code_desc(),
+            "rejections": self.rejects.shown,
+        }
+
 
 class RejectsWriter:
     """Record every unusable input line as `{line, code, reason, raw}` in a JSONL file (atomic; gzip when named .gz)."""

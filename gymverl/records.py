@@ -528,12 +528,7 @@ class ValidationSummary(Rejections):
         dist = Counter(per_task)
         return {
             "path": self.path,
-            "lines": self.lines,
-            "valid": self.valid,
-            "rejected": self.rejected,
-            "blank": self.blank,
-            "rejected_by_reason": self.rejects.by_code_desc(),
-            "rejections": self.rejects.shown,
+            **self.line_counts(),
             "reward": {
                 "mean": self.reward_mean,
                 "min": self.reward_min,
