@@ -600,29 +600,46 @@ def render_comparison(cmp: dict[str, Any]) -> None:
         console.print(c)
 
 
+def _progress(description: str, *columns: Any, console: Console, transient: bool = True) -> tuple[Any, Any]:
+    """A rich progress bar (`description`, a bar, then `columns`) and the `gymverl.progress.OnProgress`
+    callback that drives it: the one place library progress events become rich updates.
+
+    Columns may show `{task.fields[rows]}` (lines handled), `{task.fields[rate]}` (lines per second
+    in this run) and `{task.fields[failed]}` ("N failed", or empty).
+    """
+    import time as _time
+
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), *columns, console=console, transient=transient)
+    task = progress.add_task(description, total=None, rows=0, rate="-", failed="")
+    start: list[tuple[float, int]] = []
+
+    def on_progress(ev: Any) -> None:
+        fields: dict[str, Any] = {"failed": f"{ev.failed} failed" if ev.failed else ""}
+        if ev.rows is not None:
+            fields["rows"] = ev.rows
+            now, new = _time.monotonic(), ev.rows if ev.new_rows is None else ev.new_rows
+            if not start:
+                start.append((now, new))
+            t0, r0 = start[0]
+            fields["rate"] = f"{(new - r0) / (now - t0) if now > t0 else 0.0:.0f}"
+        progress.update(task, completed=ev.done, total=ev.total, **fields)
+
+    return progress, on_progress
+
+
 def _compute_stats_cli(path: Input, threshold: float, group_by: str, show_progress: bool, tasks: Optional[Path] = None) -> Any:
     """Run `compute_stats` with a transient progress bar on stderr (a terminal only)."""
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import DownloadColumn, TimeRemainingColumn
 
     from gymverl.stats import compute_stats
 
-    size = path.progress_total
     if not show_progress or not err_console.is_terminal:
         return compute_stats(path, threshold=threshold, group_by=group_by, tasks_path=tasks)
-    with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
-        console=err_console, transient=True,
-    ) as progress:
-        task = progress.add_task(f"reading {escape(path.stem)}", total=size)
-        done = 0
-
-        def on_line(c: Any) -> None:
-            nonlocal done
-            done += len(c.raw) + 1
-            if c.line % 2000 == 0:
-                progress.update(task, completed=done)
-
-        return compute_stats(path, threshold=threshold, group_by=group_by, on_line=on_line, tasks_path=tasks)
+    progress, on_progress = _progress(f"[bold]reading {escape(path.stem)}", DownloadColumn(), TimeRemainingColumn(), console=err_console)
+    with progress:
+        return compute_stats(path, threshold=threshold, group_by=group_by, on_progress=on_progress, tasks_path=tasks)
 
 
 @app.command(cls=_Command)
@@ -1023,21 +1040,15 @@ def collect(
     """
     import shlex
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
     from gymverl import collect as C
 
     out_console = err_console if as_json else console
-    progress = Progress(
-        TextColumn("[bold]collecting[/]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[failed]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=out_console,
-        transient=False,
+    progress, on_progress = _progress(
+        "[bold]collecting[/]", MofNCompleteColumn(), TextColumn("[red]{task.fields[failed]}[/]"), TimeElapsedColumn(),
+        TimeRemainingColumn(), console=out_console, transient=False,
     )
     bar: dict[str, Any] = {}
 
@@ -1054,17 +1065,12 @@ def collect(
         elif name == "collect":
             out_console.print(f"[dim]$ {escape(shlex.join(info['argv']))}[/]", highlight=False)
             out_console.print(f"[dim]collector log: {escape(info['log'])}[/]", highlight=False)
-            bar["id"] = progress.add_task("collect", total=info["expected"] or None, failed="")
             bar["started"] = True
             progress.start()
         elif name == "warning":
             err_console.print(f"[yellow]warning:[/] {escape(info['message'])}", highlight=False)
         elif name == "validate":
             stop_progress()
-
-    def on_progress(written: int, failed: int) -> None:
-        if "id" in bar:
-            progress.update(bar["id"], completed=written, failed=f"[red]{failed} failed[/]" if failed else "")
 
     try:
         result = C.collect(
@@ -1296,31 +1302,14 @@ def render_rescore(d: dict[str, Any], show_tasks: int = 20) -> None:
 
 def _rescore_progress(path: Input) -> tuple[Any, Any]:
     """A rich progress bar on stderr (terminal only) and its callback for `rescore_file`."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     if not err_console.is_terminal:
         return None, None
-    size = path.progress_total
-    progress = Progress(
-        TextColumn("[bold]rescore[/]"), BarColumn(), TextColumn("{task.fields[rows]} rows"),
-        TextColumn("{task.fields[rate]} rows/s"), TextColumn("[red]{task.fields[bad]}[/]"),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=True,
+    return _progress(
+        "[bold]rescore[/]", TextColumn("{task.fields[rows]} rows"), TextColumn("{task.fields[rate]} rows/s"),
+        TextColumn("[red]{task.fields[failed]}[/]"), TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
     )
-    task = progress.add_task("rescore", total=size, rows=0, rate="-", bad="")
-    start = [None]
-
-    def on_progress(summary: Any, done_bytes: int) -> None:
-        import time as _time
-
-        now = _time.monotonic()
-        if start[0] is None:
-            start[0] = (now, summary.rows_this_run)
-        t0, r0 = start[0]
-        rate = (summary.rows_this_run - r0) / (now - t0) if now > t0 else 0.0
-        bad = summary.failed + summary.rejected
-        progress.update(task, completed=done_bytes, rows=summary.lines, rate=f"{rate:.0f}", bad=f"{bad} failed" if bad else "")
-
-    return progress, on_progress
 
 
 @app.command(cls=_Command)
@@ -1575,16 +1564,9 @@ def to_parquet(
         max_line_bytes=int(max_line_mb * 1e6),
         workers=workers,
     )
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import DownloadColumn, TimeRemainingColumn
 
-    progress = None if as_json else Progress(
-        TextColumn("converting"), BarColumn(), DownloadColumn(), TimeRemainingColumn(), console=err_console, transient=True
-    )
-    bar = progress.add_task("convert", total=None) if progress is not None else None
-
-    def on_progress(done: int, total: Optional[int]) -> None:
-        if progress is not None and bar is not None:
-            progress.update(bar, completed=done, total=total)
+    progress, on_progress = (None, None) if as_json else _progress("converting", DownloadColumn(), TimeRemainingColumn(), console=err_console)
 
     try:
         if progress is not None:

@@ -32,9 +32,10 @@ from typing import Any, Callable, Iterable, Sequence
 import orjson
 
 from gymverl import proc
-from gymverl.jsonl import InputError, check_input_path, iter_lines
+from gymverl.jsonl import MAX_SHOWN, InputError, Rejections, Tally, check_input_path, iter_lines
 from gymverl.limits import DEFAULT_HEAD_URL
 from gymverl.overrides import override
+from gymverl.progress import ROWS, OnProgress, ProgressEvent
 from gymverl.nemo_gym import (
     NemoGymError,
     NemoGymServers,
@@ -213,7 +214,7 @@ def collector_argv(
 
 
 @dataclass
-class TaskCheck:
+class TaskCheck(Rejections):
     """What a pass over the tasks file found: tasks to run, agents they need, rejected lines."""
 
     path: str
@@ -221,12 +222,11 @@ class TaskCheck:
     tasks: int = 0  # valid tasks among the first `limit` lines (what the collector will run)
     agents: Counter[str] = field(default_factory=Counter)
     missing_agent: list[int] = field(default_factory=list)
-    rejected: int = 0
-    rejections: list[dict[str, Any]] = field(default_factory=list)
+    rejects: Tally = field(default_factory=Tally)  # rejected lines: `rejected`, `rejected_by_code`, `rejections`
 
 
 def check_tasks(
-    path: str | os.PathLike[str], *, limit: int | None = None, agent: str | None = None, max_examples: int = 20
+    path: str | os.PathLike[str], *, limit: int | None = None, agent: str | None = None, max_examples: int = MAX_SHOWN
 ) -> TaskCheck:
     """Stream the tasks file: every line must be a valid NeMo Gym task naming an agent (or `agent` given)."""
     try:
@@ -235,14 +235,12 @@ def check_tasks(
         raise CollectError(str(exc)) from None
     if p.suffix == ".gz":
         raise CollectError(f"{p}: NeMo Gym's collector reads plain JSONL; decompress it first (gunzip -k {p}).")
-    result = TaskCheck(str(p))
+    result = TaskCheck(str(p), rejects=Tally(limit=max_examples))
     # NeMo Gym's collector parses every line, blank ones too: here a blank line is a rejected task.
     for c in iter_checked(iter_lines(p, skip_blank=False), tasks=True):
         result.lines += 1
         if c.record is None:
-            result.rejected += 1
-            if len(result.rejections) < max_examples:
-                result.rejections.append({"line": c.line, "code": c.code, "reason": c.reason})
+            result.rejects.add(c.code or "unknown", {"line": c.line, "code": c.code, "reason": c.reason})
             continue
         if limit is not None and c.line > limit:
             continue  # checked, but the collector will not run it
@@ -486,11 +484,13 @@ def run_collector(
     env: Path,
     output: str | os.PathLike[str],
     log_path: str | os.PathLike[str],
-    on_progress: Callable[[int, int], None] | None = None,
+    on_progress: OnProgress | None = None,
+    total: int | None = None,
     poll: float = 0.25,
     grace: float = 15.0,
 ) -> RunResult:
-    """Run the collector until it exits; report progress from the output file.
+    """Run the collector until it exits; report progress from the output file (`on_progress`: rows
+    written of `total`, this run's failures as `failed`).
 
     Ctrl-C, SIGTERM or SIGHUP (or any error here) stops it with `gymverl.proc`'s ladder: SIGINT
     first, so NeMo Gym keeps what it wrote (`grace` seconds), then SIGTERM/SIGKILL.
@@ -508,14 +508,14 @@ def run_collector(
         try:
             while child.poll() is None:
                 if on_progress is not None:
-                    on_progress(written.update(), failures.update() - earlier)
+                    on_progress(ProgressEvent(written.update(), total, ROWS, failed=failures.update() - earlier))
                 time.sleep(poll)
         except KeyboardInterrupt:
             interrupted = True
             child.stop()
     n, f = written.update(), failures.update() - earlier
     if on_progress is not None:
-        on_progress(n, f)
+        on_progress(ProgressEvent(n, total, ROWS, failed=f))
     rc = child.returncode
     return RunResult(rc, interrupted, n, f, time.monotonic() - start, None if rc == 0 else failure_reason(log))
 
@@ -707,7 +707,7 @@ def collect(
     extra: Sequence[str] = (),
     log_path: str | os.PathLike[str] | None = None,
     rejects: str | os.PathLike[str] | None = None,
-    on_progress: Callable[[int, int], None] | None = None,
+    on_progress: OnProgress | None = None,
     on_stage: Callable[[str, dict[str, Any]], None] | None = None,
     server_startup_timeout: float = 600.0,
 ) -> CollectResult:
@@ -776,7 +776,7 @@ def collect(
         )
         stage("collect", {"argv": argv, "expected": expected, "log": str(log), "agents": agent_urls})
         started = time.time()
-        run = run_collector(argv, env=env, output=out, log_path=log, on_progress=on_progress)
+        run = run_collector(argv, env=env, output=out, log_path=log, on_progress=on_progress, total=expected or None)
         # Servers stop here (end of the with-block), before validation reads the file.
 
     validation = None

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from itertools import accumulate
 from operator import itemgetter
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any, Callable, Iterator, NamedTuple, Union
 
 import orjson
 import pyarrow as pa
@@ -58,7 +58,7 @@ from gymverl.formats import rl as rl_fmt
 from gymverl.formats import fast as fast_fmt
 from gymverl.formats import sft as sft_fmt
 from gymverl.inputs import Input, as_input
-from gymverl.jsonl import DEFAULT_MAX_LINE_BYTES, Line, RejectsWriter, iter_lines, read_jsonl
+from gymverl.jsonl import DEFAULT_MAX_LINE_BYTES, Line, Rejections, RejectsWriter, Tally, iter_lines, read_jsonl
 from gymverl.records import Checked, _FastRollouts, _fast_summary, agent_name, check_line, check_record, check_task, empty_answer, is_incomplete, malformed_calls, task_key
 from gymverl.sidecars import JOIN_REASONS, TaskSource, is_materialized_inputs, merge_fields, prompt_key, sidecar_paths, stem_of
 from gymverl.select import (
@@ -76,9 +76,9 @@ from gymverl.select import (
 from gymverl.errors import GymverlError, RunError, UsageError, from_os_error
 from gymverl.files import check_outputs, commit_temp, new_temp_file, output_lock, remove_quietly, scratch_dir
 from gymverl.proc import shielded
+from gymverl.progress import BYTES, OnProgress, ProgressEvent
 
 SPLITS = ("train", "val")
-MAX_EXAMPLES = 20
 
 
 class ConvertError(UsageError):
@@ -116,7 +116,7 @@ class ConvertOptions:
 
 
 @dataclass
-class ConvertSummary:
+class ConvertSummary(Rejections):
     """What a conversion did: every input line accounted for, rows and files per split."""
 
     input: str
@@ -127,10 +127,8 @@ class ConvertSummary:
     grouped: bool = False
     lines: int = 0
     valid: int = 0
-    rejected: int = 0
     blank: int = 0  # blank lines: skipped, counted in `lines`
-    rejected_by_code: Counter[str] = field(default_factory=Counter)
-    rejections: list[dict[str, Any]] = field(default_factory=list)
+    rejects: Tally = field(default_factory=Tally)  # rejected lines: `rejected`, `rejected_by_code`, `rejections`
     filtered: Counter[str] = field(default_factory=Counter)  # rule -> input lines removed by it
     kept_lines: int = 0  # input lines that went into a row
     rows: Counter[str] = field(default_factory=Counter)  # split -> rows
@@ -155,10 +153,7 @@ class ConvertSummary:
 
     def reject(self, line: int, code: str, reason: str) -> None:
         """Count one rejected input line (keeping the first few as examples)."""
-        self.rejected += 1
-        self.rejected_by_code[code] += 1
-        if len(self.rejections) < MAX_EXAMPLES:
-            self.rejections.append({"line": line, "code": code, "reason": reason})
+        self.rejects.reject(line, code, reason)
 
     @property
     def accounted(self) -> int:
@@ -173,12 +168,7 @@ class ConvertSummary:
             "format": self.fmt,
             "input_kind": self.input_kind,
             "dry_run": self.dry_run,
-            "lines": self.lines,
-            "valid": self.valid,
-            "rejected": self.rejected,
-            "blank": self.blank,
-            "rejected_by_reason": dict(self.rejected_by_code.most_common()),
-            "rejections": self.rejections,
+            **self.line_counts(),
             "filtered": {k: self.filtered[k] for k in RULES if self.filtered.get(k)},
             "kept_lines": self.kept_lines,
             "rows": {s: self.rows.get(s, 0) for s in SPLITS},
@@ -612,7 +602,6 @@ def _validity(values: list[Any]) -> pa.Buffer:
 # ---- the conversion ----------------------------------------------------------------------------
 
 SCHEMAS = {"sft": sft_fmt.SCHEMA, "rl": rl_fmt.SCHEMA, "dpo": dpo_fmt.SCHEMA}
-Progress = Callable[[int, int | None], None]  # (input bytes read, total bytes or None)
 
 
 @dataclass
@@ -645,7 +634,7 @@ def convert(
     output: str | os.PathLike[str] | None,
     options: ConvertOptions | None = None,
     *,
-    on_progress: Progress | None = None,
+    on_progress: OnProgress | None = None,
 ) -> ConvertSummary:
     """Convert a rollout (or, for rl, tasks) JSONL file to VeRL parquet under `output`; see module doc.
 
@@ -773,7 +762,7 @@ def _run(
     sink: ParquetSink,
     counter: TokenCounter | None,
     tasks_input: bool,
-    on_progress: Progress | None,
+    on_progress: OnProgress | None,
     total: int | None,
     source: TaskSource | None = None,
 ) -> None:
@@ -806,7 +795,7 @@ def _fewer_gc_passes() -> Iterator[None]:
         gc.set_threshold(*old)
 
 
-def _local_results(ctx: _Ctx, src: Input, handler: Any, on_progress: Progress | None, total: int | None) -> Iterator[tuple[Any, ...]]:
+def _local_results(ctx: _Ctx, src: Input, handler: Any, on_progress: OnProgress | None, total: int | None) -> Iterator[LineResult]:
     """Handle every line in this process, in order: the fast path when it is sure, else the exact one."""
     check = check_task if ctx.tasks_input else check_record
     max_line_bytes = ctx.opts.max_line_bytes
@@ -819,7 +808,7 @@ def _local_results(ctx: _Ctx, src: Input, handler: Any, on_progress: Progress | 
             done += line.size + 1
             every += 1
             if every >= 2000:
-                on_progress(done, total)
+                on_progress(ProgressEvent(done, total, BYTES))
                 every = 0
         r = fast(line) if fast is not None and not line.oversize else None
         yield r if r is not None else handler(ctx, check_line(line, check, max_line_bytes))
@@ -827,7 +816,7 @@ def _local_results(ctx: _Ctx, src: Input, handler: Any, on_progress: Progress | 
     ctx.summary.blank = lines.blank
     ctx.summary.lines += lines.blank
     if on_progress is not None:
-        on_progress(total if total is not None else done, total)
+        on_progress(ProgressEvent(total if total is not None else done, total, BYTES))
 
 
 # ---- fast path ---------------------------------------------------------------------------------
@@ -836,7 +825,7 @@ def _local_results(ctx: _Ctx, src: Input, handler: Any, on_progress: Progress | 
 # certain, and that line takes the exact path above: same results either way (tests/test_convert_fast.py).
 
 
-def _fast_handler(ctx: _Ctx, handler: Any) -> Callable[[Line], tuple[Any, ...] | None] | None:
+def _fast_handler(ctx: _Ctx, handler: Any) -> Callable[[Line], LineResult | None] | None:
     """The fast twin of `handler` for this conversion, or None when it does not apply."""
     if handler is _stream_result:
         if ctx.opts.fmt != "sft":
@@ -849,7 +838,7 @@ def _fast_handler(ctx: _Ctx, handler: Any) -> Callable[[Line], tuple[Any, ...] |
     return None if reader is None else _FastPass1(ctx, reader)
 
 
-def _fast_stream_result(ctx: _Ctx, reader: fast_fmt.FastSFT, line: Line) -> tuple[Any, ...] | None:
+def _fast_stream_result(ctx: _Ctx, reader: fast_fmt.FastSFT, line: Line) -> LineResult | None:
     """`_stream_result` for sft, or None (then the exact path handles the line)."""
     got = reader.decode(line.data)
     if got is None:
@@ -858,9 +847,9 @@ def _fast_stream_result(ctx: _Ctx, reader: fast_fmt.FastSFT, line: Line) -> tupl
     split = split_of(got.key, sel.val_fraction, sel.split_seed)
     status = record_status(got.reward, got.incomplete, sel, got.masked, got.malformed, got.empty)
     if status:
-        return ("filt", status)
+        return Filtered(status)
     row = _fast_sft_row(ctx, reader, got, line.number)
-    return None if row is None else ("row", split, row, line.number)
+    return None if row is None else RowResult(split, row, line.number)
 
 
 class _FastPass1:
@@ -877,7 +866,7 @@ class _FastPass1:
         self.check: _FastMeta | None = _FastMeta()
         self.tried = self.hits = 0
 
-    def __call__(self, line: Line) -> tuple[Any, ...] | None:
+    def __call__(self, line: Line) -> LineResult | None:
         found = None
         if self.check is not None:
             self.tried += 1
@@ -898,7 +887,7 @@ class _FastPass1:
             status = "masked" if masked and sel.drop_masked else None
         else:
             status = record_status(reward, incomplete, sel, masked, malformed, empty)
-        return ("meta", key, [key, line.number, reward, status, None, ri], line.data if status is None else b"")
+        return MetaResult(key, [key, line.number, reward, status, None, ri], line.data if status is None else b"")
 
 
 class _FastMeta(_FastRollouts):
@@ -996,12 +985,45 @@ def _too_long_rollout(ctx: _Ctx, rec: dict[str, Any]) -> bool:
     return ctx.counter.count(messages, tools) > (ctx.opts.select.max_tokens or 0)
 
 
-# Per-line handlers return one of these tuples; they run inline or in worker processes:
-#   ("rej", line, code, reason, raw)   not a valid record
-#   ("bad", line, code, reason, raw)   a valid record no row can be built from
-#   ("filt", rule)                     removed by a per-rollout rule
-#   ("row", split, row, line)          streaming: a finished row
-#   ("meta", key, meta, raw)           grouped pass 1: what selection needs, and the raw line to spill
+# Per-line handlers return one of these; they run inline or in worker processes (so: plain, picklable
+# tuples, built once per line: NamedTuple costs about what the tagged tuples they replace did).
+
+
+class Rejected(NamedTuple):
+    """A line that becomes no row: not a valid record (`valid` False) or one no row can be built from."""
+
+    line: int
+    code: str
+    reason: str
+    raw: bytes
+    valid: bool
+
+
+class Filtered(NamedTuple):
+    """A valid rollout removed by a per-rollout rule (`select.RULES`)."""
+
+    rule: str
+
+
+class RowResult(NamedTuple):
+    """Streaming: a finished row of `split`; `prompt` (the prompt key) only for rl rows from a tasks file."""
+
+    split: str
+    row: dict[str, Any]
+    line: int
+    prompt: str | None = None
+
+
+class MetaResult(NamedTuple):
+    """Grouped pass 1: the selection facts `[key, line, reward, status, dedup key, rollout index]`
+    of a valid rollout (spilled as JSON), and its raw line to spill (b"" once a rule removed it)."""
+
+    key: str
+    meta: list[Any]
+    raw: bytes
+
+
+LineResult = Union[Rejected, Filtered, RowResult, MetaResult]
 
 
 def _content_facts(rec: dict[str, Any], sel: SelectOptions) -> tuple[int, bool]:
@@ -1009,10 +1031,10 @@ def _content_facts(rec: dict[str, Any], sel: SelectOptions) -> tuple[int, bool]:
     return (malformed_calls(rec) if sel.drop_malformed_calls else 0, empty_answer(rec) if sel.drop_empty_answers else False)
 
 
-def _stream_result(ctx: _Ctx, c: Checked) -> tuple[Any, ...]:
+def _stream_result(ctx: _Ctx, c: Checked) -> LineResult:
     """Streaming: one line -> a row, a filter verdict or a rejection."""
     if c.record is None:
-        return ("rej", c.line, c.code or "unknown", c.reason or "", c.raw)
+        return Rejected(c.line, c.code or "unknown", c.reason or "", c.raw, False)
     rec = c.record
     sel = ctx.opts.select
     key = _key_of(c, ctx.tasks_input)
@@ -1027,20 +1049,20 @@ def _stream_result(ctx: _Ctx, c: Checked) -> tuple[Any, ...]:
             if status is None:
                 row, status = _sft_build(ctx, rec, c.line, key)
     except RowError as exc:
-        return ("bad", c.line, exc.code, exc.reason, c.raw)
+        return Rejected(c.line, exc.code, exc.reason, c.raw, True)
     if status or row is None:
-        return ("filt", status or "unknown")
+        return Filtered(status or "unknown")
     if ctx.tasks_input:
         # Materialized inputs repeat each task once per repeat: the converter keeps one row per
         # (task index, prompt), so it needs the prompt (computed here, in the worker).
-        return ("row", split, row, c.line, prompt_key(rec))
-    return ("row", split, row, c.line)
+        return RowResult(split, row, c.line, prompt_key(rec))
+    return RowResult(split, row, c.line)
 
 
-def _pass1_result(ctx: _Ctx, c: Checked) -> tuple[Any, ...]:
+def _pass1_result(ctx: _Ctx, c: Checked) -> LineResult:
     """Grouped pass 1: one line -> its selection facts (+ raw line if still in the running) or a rejection."""
     if c.record is None:
-        return ("rej", c.line, c.code or "unknown", c.reason or "", c.raw)
+        return Rejected(c.line, c.code or "unknown", c.reason or "", c.raw, False)
     rec = c.record
     sel = ctx.opts.select
     key = task_key(rec)
@@ -1052,32 +1074,32 @@ def _pass1_result(ctx: _Ctx, c: Checked) -> tuple[Any, ...]:
             try:
                 status = "max_tokens" if _too_long_rollout(ctx, rec) else None
             except RowError as exc:
-                return ("bad", c.line, exc.code, exc.reason, c.raw)
+                return Rejected(c.line, exc.code, exc.reason, c.raw, True)
     dk = dedup_key(rec) if sel.dedup and status is None else None
     ri = rec.get("_ng_rollout_index")
     ri = ri if isinstance(ri, int) and not isinstance(ri, bool) and ri >= 0 else None
-    return ("meta", key, [key, c.line, float(rec["reward"]), status, dk, ri], c.raw if status is None else b"")
+    return MetaResult(key, [key, c.line, float(rec["reward"]), status, dk, ri], c.raw if status is None else b"")
 
 
-def _convert_streaming(ctx: _Ctx, results: Iterator[tuple[Any, ...]]) -> None:
+def _convert_streaming(ctx: _Ctx, results: Iterator[LineResult]) -> None:
     """One pass, row by row: sft without task-level rules, or rl from a tasks file."""
     s = ctx.summary
     seen: dict[str, str] = {}  # rl from tasks: task key -> prompt key (bounded by the task count)
     for r in results:
         s.lines += 1
-        kind = r[0]
-        if kind in ("rej", "bad"):
-            s.valid += kind == "bad"
-            ctx.reject(*r[1:])
+        kind = type(r)
+        if kind is Rejected:
+            s.valid += r.valid
+            ctx.reject(r.line, r.code, r.reason, r.raw)
             continue
         s.valid += 1
-        if kind == "filt":
-            s.filtered[r[1]] += 1
+        if kind is Filtered:
+            s.filtered[r.rule] += 1
             continue
-        split, row = r[1], r[2]
+        split, row = r.split, r.row
         s.kept_lines += 1
         if ctx.tasks_input:
-            split = _one_row_per_task(ctx, seen, row, split, r[4])
+            split = _one_row_per_task(ctx, seen, row, split, r.prompt)
             if split is None:
                 continue
         if ctx.opts.fmt == "rl":
@@ -1127,7 +1149,7 @@ def _init_worker(opts: ConvertOptions, rules: FieldRules, default_source: str, t
     _WORKER["max_line_bytes"] = opts.max_line_bytes
 
 
-def _work(batch: list[tuple[int, bytes, int, bool, bool]]) -> list[tuple[Any, ...]]:
+def _work(batch: list[tuple[int, bytes, int, bool, bool]]) -> list[LineResult]:
     """Worker: handle a batch of raw lines (the same steps as `_local_results`)."""
     ctx, handler, check = _WORKER["ctx"], _WORKER["handler"], _WORKER["check"]
     if "fast" not in _WORKER:
@@ -1142,8 +1164,8 @@ def _work(batch: list[tuple[int, bytes, int, bool, bool]]) -> list[tuple[Any, ..
 
 
 def _parallel_results(
-    ctx: _Ctx, src: Input, handler: Any, workers: int, on_progress: Progress | None, total: int | None, batch_lines: int = 256
-) -> Iterator[tuple[Any, ...]]:
+    ctx: _Ctx, src: Input, handler: Any, workers: int, on_progress: OnProgress | None, total: int | None, batch_lines: int = 256
+) -> Iterator[LineResult]:
     """Handle lines in `workers` processes, yielding results in input order with a bounded window in flight."""
     import multiprocessing as mp
     from collections import deque
@@ -1158,7 +1180,7 @@ def _parallel_results(
         initargs=(ctx.opts, ctx.rules, ctx.default_source, ctx.tasks_input, "pass1" if handler is _pass1_result else "stream"),
     )
     try:
-        pending: deque[Future[list[tuple[Any, ...]]]] = deque()
+        pending: deque[Future[list[LineResult]]] = deque()
         done = 0
         # Lines travel as plain tuples: pickling a tuple is several times cheaper than a dataclass.
         batch: list[tuple[int, bytes, int, bool, bool]] = []
@@ -1170,7 +1192,7 @@ def _parallel_results(
                 pending.append(pool.submit(_work, batch))
                 batch = []
                 if on_progress is not None:
-                    on_progress(done, total)
+                    on_progress(ProgressEvent(done, total, BYTES))
                 while len(pending) >= workers * 4:
                     yield from pending.popleft().result()
         if batch:
@@ -1180,7 +1202,7 @@ def _parallel_results(
         while pending:
             yield from pending.popleft().result()
         if on_progress is not None:
-            on_progress(total if total is not None else done, total)
+            on_progress(ProgressEvent(total if total is not None else done, total, BYTES))
     except BrokenProcessPool:
         raise ConvertError("a worker process died (out of memory or killed); rerun with --workers 1.") from None
     finally:
@@ -1244,7 +1266,7 @@ class _Partitions:
         return self.root / f"{i}.meta", self.root / f"{i}.data"
 
 
-def _convert_grouped(ctx: _Ctx, lines: Iterator[tuple[Any, ...]], total: int | None) -> None:
+def _convert_grouped(ctx: _Ctx, lines: Iterator[LineResult], total: int | None) -> None:
     """Two passes: spill valid rollouts to task-hash partitions, then decide and write task by task.
 
     Rows are built in the second pass and only for rollouts that are kept, so a heavy filter
@@ -1268,13 +1290,12 @@ def _convert_grouped(ctx: _Ctx, lines: Iterator[tuple[Any, ...]], total: int | N
         try:
             for r in lines:
                 s.lines += 1
-                if r[0] in ("rej", "bad"):
-                    s.valid += r[0] == "bad"
-                    ctx.reject(*r[1:])
+                if type(r) is Rejected:
+                    s.valid += r.valid
+                    ctx.reject(r.line, r.code, r.reason, r.raw)
                     continue
                 s.valid += 1
-                _, key, meta, raw = r
-                parts.add(key, meta, raw)
+                parts.add(r.key, r.meta, r.raw)
         except BaseException:
             parts.close(quiet=True)  # the first error (or the interrupt) is what the user sees
             raise

@@ -33,6 +33,7 @@ from typing import Any, Callable, Protocol
 
 from gymverl import proc
 from gymverl.errors import UsageError
+from gymverl.jsonl import jsonable
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 SAMPLE_DATA = REPO_DIR / "sample_data"
@@ -117,7 +118,7 @@ class StepResult:
             "seconds": round(self.seconds, 2),
             "summary": self.summary,
             "outputs": [str(p) for p in self.outputs],
-            "details": _jsonable(self.details),
+            "details": jsonable(self.details),
         }
 
 
@@ -185,17 +186,6 @@ class PlainReporter:
         pk = ", ".join(f"pass@{r['k']} {r['pass_at_k']:.3f}" for r in o["pass_at_k"] if r["pass_at_k"] is not None)
         self.write(f"    {o['rollouts']} rollouts, {o['tasks']} tasks, mean reward {o['reward']['mean']:.3f}, {pk}")
 
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, float) and obj != obj:  # NaN
-        return None
-    return obj
 
 
 def fresh_out_dir(base: Path = DEFAULT_OUT) -> Path:
@@ -504,7 +494,7 @@ class Demo:
         payload: dict[str, Any] = {"stats": data}
         if before is not None:
             payload["comparison"] = compare_stats(before, stats)
-        (self.out / "stats.json").write_text(json.dumps(_jsonable(payload), indent=2) + "\n")
+        (self.out / "stats.json").write_text(json.dumps(jsonable(payload), indent=2) + "\n")
         res.outputs = [self.out / "stats.json"]
         try:
             plot_stats(stats, png, against=before)

@@ -54,7 +54,7 @@ class InputError(UsageError):
 STDIN = "-"
 # How much of an input is looked at before it is read as JSONL (also what a pipe has buffered).
 HEAD_BYTES = 64 * 1024
-_CHUNK = 1024 * 1024
+READ_CHUNK = 1024 * 1024  # the buffer size of every read and copy of an input
 GZIP_MAGIC = b"\x1f\x8b"
 
 # Magic bytes of formats someone may plausibly hand gymverl by mistake -> what to call them and
@@ -203,7 +203,7 @@ class Input:
             spool = Path(tmp)
             with os.fdopen(fd, "wb") as out:
                 out.write(head)
-                shutil.copyfileobj(stream, out, _CHUNK)
+                shutil.copyfileobj(stream, out, READ_CHUNK)
         except BaseException as exc:  # Ctrl-C/SIGTERM included: never leave a half spool behind
             if spool is not None:
                 spool.unlink(missing_ok=True)
@@ -228,7 +228,7 @@ class Input:
         `UsageError`). The caller closes the stream."""
         if self.path is not None:
             try:
-                f: IO[bytes] = open(self.path, "rb", buffering=_CHUNK)
+                f: IO[bytes] = open(self.path, "rb", buffering=READ_CHUNK)
             except OSError as exc:
                 raise from_os_error(exc, self.name) from None
         else:
@@ -236,7 +236,7 @@ class Input:
                 raise InputError(f"{self.name} is a pipe that was already read; gymverl can read a pipe only once.")
             raw = _Prefixed(self._head, self._stream)
             self._stream, self._head = None, b""
-            f = io.BufferedReader(raw, _CHUNK)
+            f = io.BufferedReader(raw, READ_CHUNK)
         if self.compressed:
             return _GzipReader(f)
         return f

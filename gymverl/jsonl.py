@@ -16,20 +16,22 @@ import gzip
 import math
 import os
 import zlib
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Iterator, Union
 
 import orjson
 from gymverl.errors import UsageError, from_os_error
 from gymverl.files import atomic_open, open_append
-from gymverl.inputs import Input, InputError, as_input, regular_file
+from gymverl.inputs import READ_CHUNK, Input, InputError, as_input, regular_file
 
+# How many counted items (rejected lines, failures, duplicates) a report shows; all are counted.
+MAX_SHOWN = 20
 DEFAULT_MAX_LINE_BYTES = 16_000_000  # 16 MB: far above any real rollout, far below what would hurt
 # How much of a rejected line is copied into the rejects file; enough to find and fix it.
 RAW_KEEP_BYTES = 64 * 1024
-_CHUNK = 1024 * 1024
-_BOM = b"\xef\xbb\xbf"
+UTF8_BOM = b"\xef\xbb\xbf"
 # JSON's whitespace on a line (the newline is already gone); a line of only these is blank.
 _BLANK = b" \t\r"
 
@@ -140,13 +142,13 @@ class LineReader:
     def _physical(self) -> Iterator[Line]:
         max_line_bytes = self.max_line_bytes
         src = self.input
-        first = min(max_line_bytes + 1, _CHUNK)
+        first = min(max_line_bytes + 1, READ_CHUNK)
         number = 0
         try:
             with src.open() as f:
-                if f.peek(len(_BOM))[: len(_BOM)] == _BOM:  # type: ignore[attr-defined]
+                if f.peek(len(UTF8_BOM))[: len(UTF8_BOM)] == UTF8_BOM:  # type: ignore[attr-defined]
                     # Some editors and Windows tools start UTF-8 files with a byte order mark.
-                    f.read(len(_BOM))
+                    f.read(len(UTF8_BOM))
                 while True:
                     chunk = f.readline(first)
                     if not chunk:
@@ -157,7 +159,7 @@ class LineReader:
                         pieces = [chunk]
                         size = len(chunk)
                         while size <= max_line_bytes:
-                            more = f.readline(min(_CHUNK, max_line_bytes + 1 - size))
+                            more = f.readline(min(READ_CHUNK, max_line_bytes + 1 - size))
                             if not more:
                                 break
                             pieces.append(more)
@@ -169,7 +171,7 @@ class LineReader:
                             del pieces, chunk
                             ended = False
                             while True:  # skip the rest of the line, 1 MB at a time
-                                rest = f.readline(_CHUNK)
+                                rest = f.readline(READ_CHUNK)
                                 if not rest:
                                     break
                                 if rest.endswith(b"\n"):
@@ -373,7 +375,7 @@ class JsonlWriter:
                 # at most the line in flight, which resume logic re-does.
                 self._f = open_append(self.path)
             else:
-                self._ctx = atomic_open(self.path, buffering=_CHUNK)
+                self._ctx = atomic_open(self.path, buffering=READ_CHUNK)
                 self._f = self._ctx.__enter__()
         except OSError as exc:
             raise from_os_error(exc, str(self.path)) from None
@@ -420,6 +422,91 @@ class JsonlWriter:
                 # temp file is gone either way, and the first error is the one to report.
                 return
             raise from_os_error(err, str(self.path)) from None
+
+
+@dataclass(slots=True)
+class Tally:
+    """Count items by code and keep the first `limit` of them as examples (the rest are only counted).
+
+    The one "count rejections, keep the first 20" of every report (validate, stats, to-parquet,
+    rescore, collect): `count` is every item added, `by_code` the count per code (items added with
+    code None are counted but not by code), `shown` the first `limit` examples, as given.
+    """
+
+    count: int = 0
+    by_code: Counter[str] = field(default_factory=Counter)
+    shown: list[dict[str, Any]] = field(default_factory=list)
+    limit: int = MAX_SHOWN
+
+    def add(self, code: str | None, example: dict[str, Any]) -> None:
+        """Count one item under `code`; keep `example` while fewer than `limit` are kept."""
+        self.count += 1
+        if code is not None:
+            self.by_code[code] += 1
+        if len(self.shown) < self.limit:
+            self.shown.append(example)
+
+    def reject(self, line: int | None, code: str, reason: str) -> None:
+        """Count one rejected line: code + the example `{"line", "code", "reason"}` the reports print."""
+        self.add(code, {"line": line, "code": code, "reason": reason})
+
+    def by_code_desc(self) -> dict[str, int]:
+        """Counts per code, most common first (the reports' `rejected_by_reason`)."""
+        return dict(self.by_code.most_common())
+
+
+def jsonable(obj: Any) -> Any:
+    """`obj` as plain JSON data for `json.dumps`: dict keys as strings, tuples as lists, paths as
+    strings, NaN as null (JSON has no NaN); anything else as is."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, float) and obj != obj:
+        return None
+    return obj
+
+
+class Rejections:
+    """Mixin for a report dataclass with a `rejects: Tally` field: the names every report reads.
+
+    `rejected` (settable: a report may be filled in by hand), `rejected_by_code`, `rejections`.
+    """
+
+    rejects: Tally
+
+    @property
+    def rejected(self) -> int:
+        """Rejected lines, all of them."""
+        return self.rejects.count
+
+    @rejected.setter
+    def rejected(self, n: int) -> None:
+        self.rejects.count = n
+
+    @property
+    def rejected_by_code(self) -> Counter[str]:
+        """Rejected lines per reason code."""
+        return self.rejects.by_code
+
+    @property
+    def rejections(self) -> list[dict[str, Any]]:
+        """The first `MAX_SHOWN` rejected lines: `{"line", "code", "reason"}`."""
+        return self.rejects.shown
+
+    def line_counts(self) -> dict[str, Any]:
+        """The head of the validate and to-parquet reports (their `lines`, `valid` and `blank` fields):
+        lines, valid, rejected, blank, rejected_by_reason (most common first), rejections."""
+        return {
+            "lines": self.lines,  # type: ignore[attr-defined]
+            "valid": self.valid,  # type: ignore[attr-defined]
+            "rejected": self.rejected,
+            "blank": self.blank,  # type: ignore[attr-defined]
+            "rejected_by_reason": self.rejects.by_code_desc(),
+            "rejections": self.rejects.shown,
+        }
 
 
 class RejectsWriter:

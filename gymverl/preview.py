@@ -41,11 +41,10 @@ from pathlib import Path
 from typing import Any
 
 from gymverl.errors import UsageError
+from gymverl.formats.rl import STOCK_AGENT, TOOLS_AGENT
 
 # The agent-loop names gymverl writes into an RL row's `agent_name` column (see the common design:
 # gymverl's own loop renders the row's tools; rows without tools keep VeRL's stock loop).
-TOOLS_AGENT = "gymverl_tools"
-STOCK_AGENT = "single_turn_agent"
 _IMAGE_COLUMNS = ("images", "videos", "audios")
 # Files a Hugging Face tokenizer directory has at least one of (checked before transformers looks).
 _TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model", "vocab.json")

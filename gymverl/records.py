@@ -21,7 +21,8 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections import Counter, defaultdict
+from bisect import bisect_right
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional, Union
 
@@ -29,7 +30,8 @@ from typing import Any, Callable, Iterator, Optional, Union
 import orjson
 
 from gymverl.inputs import as_input
-from gymverl.jsonl import DEFAULT_MAX_LINE_BYTES, InputError, Line, Parsed, RejectsWriter, dumps, iter_lines, parse_line, read_jsonl
+from gymverl.jsonl import DEFAULT_MAX_LINE_BYTES, MAX_SHOWN, InputError, Line, Parsed, Rejections, RejectsWriter, Tally, dumps, iter_lines, parse_line, read_jsonl
+from gymverl.progress import OnProgress, track_lines
 
 try:  # optional accelerators for validate_file: the same results without them, about 3x slower
     import msgspec as _msgspec
@@ -396,20 +398,34 @@ def _checked(p: Parsed, check: Any) -> Checked:
     return Checked(p.number, p.obj, raw=p.raw)
 
 
-REWARD_BINS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+# The reward histogram of every report (validate, stats, stats --plot): tenths of [0, 1], binned by
+# `reward_bin`. What is counted differs by design: validate counts every valid rollout with a reward
+# (masked ones too, as in its mean; rewards outside [0, 1] under `out_of_0_1`), stats the measured
+# rollouts (masked and repeated lines left out; min-max bins when a reward lies outside [0, 1]).
+REWARD_EDGES: tuple[float, ...] = tuple(i / 10 for i in range(11))
+
+
+def reward_bin(r: float, edges: tuple[float, ...] | list[float] = REWARD_EDGES) -> int | None:
+    """The histogram bin of `r`: bin i holds edges[i] <= r < edges[i+1], the last bin also r == edges[-1].
+
+    The one binning of `gymverl validate` and `gymverl stats` (edges ascending; None outside them, NaN
+    included). Compared with the edges, not with `int(r * 10)`: 0.3 * 3 == 0.8999999999999999 lies in
+    0.8-0.9, where the multiplication would round it into 0.9-1.0.
+    """
+    if not edges[0] <= r <= edges[-1]:
+        return None
+    return min(bisect_right(edges, r), len(edges) - 1) - 1
 
 
 @dataclass
-class ValidationSummary:
+class ValidationSummary(Rejections):
     """Counts gathered while streaming a rollout file; the report `gymverl validate` prints."""
 
     path: str
     lines: int = 0
     valid: int = 0
-    rejected: int = 0
     blank: int = 0  # blank lines: skipped, not rejected; lines = valid + rejected + blank
-    rejected_by_code: Counter[str] = field(default_factory=Counter)
-    first_rejections: list[dict[str, Any]] = field(default_factory=list)
+    rejects: Tally = field(default_factory=Tally)  # rejected lines: `rejected`, `rejected_by_code`, `rejections`
     reward_sum: float = 0.0
     reward_min: float | None = None
     reward_max: float | None = None
@@ -420,7 +436,7 @@ class ValidationSummary:
     masked: int = 0
     rollouts_per_task: Counter[str] = field(default_factory=Counter)
     agents: Counter[str] = field(default_factory=Counter)
-    max_examples: int = 20
+    max_examples: int = MAX_SHOWN
     # Content facts of valid rollouts (SFT/DPO conversion drops the first two under named filters).
     malformed_calls: int = 0  # rollouts with a tool call whose arguments are not a JSON object
     malformed_call_lines: list[int] = field(default_factory=list)  # the first few of their line numbers
@@ -430,14 +446,19 @@ class ValidationSummary:
     no_prompt: int = 0  # conversations that start with a model turn (no question anywhere)
     no_prompt_lines: list[int] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        self.rejects.limit = self.max_examples
+
+    @property
+    def first_rejections(self) -> list[dict[str, Any]]:
+        """The first `max_examples` rejected lines (`rejections`, under the name validate used first)."""
+        return self.rejects.shown
+
     def add(self, c: Checked) -> None:
         """Fold one checked line into the summary."""
         if c.record is None:
             self.lines += 1
-            self.rejected += 1
-            self.rejected_by_code[c.code or "unknown"] += 1
-            if len(self.first_rejections) < self.max_examples:
-                self.first_rejections.append({"line": c.line, "code": c.code, "reason": c.reason})
+            self.rejects.add(c.code or "unknown", {"line": c.line, "code": c.code, "reason": c.reason})
             return
         rec = c.record
         reward = rec.get("reward")
@@ -486,7 +507,8 @@ class ValidationSummary:
         if len(self.reward_values) < 50 or r in self.reward_values:
             self.reward_values[r] += 1
         if 0.0 <= r <= 1.0:
-            self.reward_hist[min(int(r * 10), 9)] += 1
+            # reward_bin(r), inlined: this runs once per valid line.
+            self.reward_hist[min(bisect_right(REWARD_EDGES, r), 10) - 1] += 1
         else:
             self.reward_out_of_range += 1
         if incomplete:
@@ -506,17 +528,12 @@ class ValidationSummary:
         dist = Counter(per_task)
         return {
             "path": self.path,
-            "lines": self.lines,
-            "valid": self.valid,
-            "rejected": self.rejected,
-            "blank": self.blank,
-            "rejected_by_reason": dict(self.rejected_by_code.most_common()),
-            "rejections": self.first_rejections,
+            **self.line_counts(),
             "reward": {
                 "mean": self.reward_mean,
                 "min": self.reward_min,
                 "max": self.reward_max,
-                "histogram": {f"{lo:.1f}-{hi:.1f}": n for lo, hi, n in zip(REWARD_BINS, REWARD_BINS[1:], self.reward_hist)},
+                "histogram": {f"{lo:.1f}-{hi:.1f}": n for lo, hi, n in zip(REWARD_EDGES, REWARD_EDGES[1:], self.reward_hist)},
                 "out_of_0_1": self.reward_out_of_range,
                 "values": {str(k): v for k, v in sorted(self.reward_values.items())} if len(self.reward_values) <= 20 else None,
             },
@@ -700,8 +717,12 @@ def validate_file(
     tasks: bool = False,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     on_line: Any = None,
+    on_progress: OnProgress | None = None,
 ) -> ValidationSummary:
-    """Validate every line of a rollout file (streaming); write rejected lines to `rejects` if given."""
+    """Validate every line of a rollout file (streaming); write rejected lines to `rejects` if given.
+
+    `on_line(checked)` sees every line (and turns the fast check off); `on_progress` hears the input
+    bytes read (`gymverl.progress`)."""
     src = as_input(path)  # a path, `-`, a pipe, or an Input the caller opened
     if rejects is not None and src.path is not None and os.path.exists(rejects) and os.path.samefile(rejects, src.path):
         # The rejects file replaces its path when done: that would overwrite the input.
@@ -713,7 +734,7 @@ def validate_file(
     fast = _FastRollouts() if _msgspec is not None and not tasks and on_line is None else None
     with RejectsWriter(rejects) as rw:
         lines = iter_lines(src, max_line_bytes)
-        for line in lines:
+        for line in lines if on_progress is None else track_lines(lines, on_progress, src.progress_total):
             if fast is not None and not line.oversize:
                 found = fast(line.data)
                 if found is not None:
@@ -729,10 +750,3 @@ def validate_file(
     summary.lines += lines.blank
     return summary
 
-
-def group_by_task(records: Iterator[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Group records by `task_key`, preserving first-seen task order (holds one group set in memory)."""
-    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for rec in records:
-        groups[task_key(rec)].append(rec)
-    return dict(groups)

@@ -46,7 +46,8 @@ import orjson
 from gymverl.errors import RunError, UsageError, from_os_error
 from gymverl.files import ResumableFile, atomic_open, check_outputs, is_gzip_name, output_lock
 from gymverl.inputs import Input, as_input
-from gymverl.jsonl import RAW_KEEP_BYTES, dumps, iter_lines
+from gymverl.progress import BYTES, OnProgress, ProgressEvent
+from gymverl.jsonl import MAX_SHOWN, RAW_KEEP_BYTES, Tally, dumps, iter_lines
 from gymverl.records import ROLLOUT_KEYS, agent_name, check_line, task_key
 from gymverl.sidecars import ROLLOUT_INDEX, TASK_INDEX, PairSet, TaskSource, sidecar_paths
 from gymverl.formats import FieldRules
@@ -175,14 +176,14 @@ class RescoreSummary:
     per_task: dict[str, list[float]] = field(default_factory=dict)  # task -> [n, sum before, sum after, changed]
     failures_by_reason: Counter[str] = field(default_factory=Counter)
     rejected_by_code: Counter[str] = field(default_factory=Counter)
-    examples: list[dict[str, Any]] = field(default_factory=list)  # first failures/rejections
+    problems: Tally = field(default_factory=Tally)  # failed + rejected lines; `examples` are its first few
     joined_tasks: int = 0
     unjoined: int = 0
     unjoined_by_reason: Counter[str] = field(default_factory=Counter)  # sidecars.JOIN_REASONS keys
     task_source: str | None = None  # the tasks file or materialized inputs joined (None: none)
     task_source_kind: str | None = None  # "tasks" or "materialized"
-    duplicate_pairs: int = 0  # rows whose (_ng_task_index, _ng_rollout_index) an earlier row had
-    duplicate_examples: list[dict[str, Any]] = field(default_factory=list)
+    # rows whose (_ng_task_index, _ng_rollout_index) an earlier row had: `duplicate_pairs`, `duplicate_examples`
+    duplicates: Tally = field(default_factory=Tally)
     _pairs: PairSet = field(default_factory=PairSet, repr=False)
     _big_pairs: set[tuple[int, int]] = field(default_factory=set, repr=False)
     reverify_modes: dict[str, str] = field(default_factory=dict)  # server URL -> its GET /reverify_mode
@@ -202,7 +203,25 @@ class RescoreSummary:
     rows_this_run: int = 0
     servers: list[dict[str, Any]] = field(default_factory=list)
     flip_threshold: float = 0.25
-    max_examples: int = 20
+    max_examples: int = MAX_SHOWN
+
+    def __post_init__(self) -> None:
+        self.problems.limit = self.duplicates.limit = self.max_examples
+
+    @property
+    def examples(self) -> list[dict[str, Any]]:
+        """The first failed or rejected lines (as in the failures file: line, kind, reason, status, error, attempts)."""
+        return self.problems.shown
+
+    @property
+    def duplicate_pairs(self) -> int:
+        """Rows whose (_ng_task_index, _ng_rollout_index) pair an earlier row had."""
+        return self.duplicates.count
+
+    @property
+    def duplicate_examples(self) -> list[dict[str, Any]]:
+        """The first of those rows: `{"line", "_ng_task_index", "_ng_rollout_index"}`."""
+        return self.duplicates.shown
 
     def add_ok(self, task: str, before: float | None, after: float) -> None:
         """Fold one rescored row into the totals."""
@@ -235,9 +254,7 @@ class RescoreSummary:
         # PairSet keeps one bit per repeat: a huge rollout index goes to a plain set instead.
         new = self._pairs.add(t, r) if r < 4096 else ((t, r) not in self._big_pairs and not self._big_pairs.add((t, r)))
         if not new:
-            self.duplicate_pairs += 1
-            if len(self.duplicate_examples) < self.max_examples:
-                self.duplicate_examples.append({"line": line, TASK_INDEX: t, ROLLOUT_INDEX: r})
+            self.duplicates.add(None, {"line": line, TASK_INDEX: t, ROLLOUT_INDEX: r})
 
     def add_failure(self, rec: Mapping[str, Any]) -> None:
         """Fold one failures-file record into the totals."""
@@ -251,8 +268,7 @@ class RescoreSummary:
             if rec.get("status") == 422:
                 for name in _FIELD_REQUIRED.findall(str(rec.get("error") or "")):
                     self.required_missing[name] += 1
-        if len(self.examples) < self.max_examples:
-            self.examples.append({k: rec.get(k) for k in ("line", "kind", "reason", "status", "error", "attempts")})
+        self.problems.add(None, {k: rec.get(k) for k in ("line", "kind", "reason", "status", "error", "attempts")})
 
     @staticmethod
     def _reason_label(rec: Mapping[str, Any]) -> str:
@@ -489,13 +505,10 @@ class _Pending:
     transient: bool = False
 
 
-ProgressFn = Callable[[RescoreSummary, int], None]
-
-
 class _Run:
     def __init__(
         self,
-        input_path: Path,
+        input_path: Input,
         output: Path,
         failures: Path,
         client: VerifyClient,
@@ -507,7 +520,7 @@ class _Run:
         window: int,
         max_failures_in_a_row: int,
         flip_threshold: float,
-        on_progress: ProgressFn | None,
+        on_progress: OnProgress | None,
         handle_signals: bool,
         limit: int | None,
     ) -> None:
@@ -524,6 +537,7 @@ class _Run:
         self.pending: dict[int, _Pending] = {}
         self.next_write = 1
         self.bytes_done = 0
+        self.bytes_total = input_path.progress_total  # for progress; None for a gzip
         self.in_a_row = 0
         self.stop_reason: str | None = None
         self.stop = asyncio.Event()
@@ -1040,7 +1054,8 @@ class _Run:
         now = time.monotonic()
         if force or now - self._last_progress >= 0.1:
             self._last_progress = now
-            self.on_progress(self.summary, self.bytes_done)
+            s = self.summary
+            self.on_progress(ProgressEvent(self.bytes_done, self.bytes_total, BYTES, rows=s.lines, new_rows=s.rows_this_run, failed=s.failed + s.rejected))
 
 
 def rescore_file(
@@ -1064,7 +1079,7 @@ def rescore_file(
     max_failures_in_a_row: int | None = None,
     flip_threshold: float = 0.25,
     limit: int | None = None,
-    on_progress: ProgressFn | None = None,
+    on_progress: OnProgress | None = None,
     handle_signals: bool = False,
 ) -> RescoreSummary:
     """Re-score a rollout file against NeMo Gym `/verify` servers (see the module docstring).
@@ -1135,7 +1150,7 @@ def rescore_file(
 
 
 def _rescore_locked(
-    path: Path,
+    path: Input,
     out: Path,
     fails: Path,
     client: VerifyClient,
@@ -1143,7 +1158,7 @@ def _rescore_locked(
     window: int | None,
     max_failures_in_a_row: int | None,
     flip_threshold: float,
-    on_progress: ProgressFn | None,
+    on_progress: OnProgress | None,
     handle_signals: bool,
     limit: int | None,
     *,

@@ -40,13 +40,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from gymverl.jsonl import iter_lines
-from gymverl.records import Checked, agent_name, content_text, empty_answer, is_incomplete, iter_checked, malformed_calls, output_items, output_tokens, task_key
+from gymverl.inputs import as_input
+from gymverl.jsonl import Rejections, Tally, iter_lines
+from gymverl.progress import OnProgress, track_lines
+from gymverl.records import REWARD_EDGES, Checked, agent_name, check_line, check_record, reward_bin, content_text, empty_answer, is_incomplete, iter_checked, malformed_calls, output_items, output_tokens, task_key
 from gymverl.sidecars import CollectionReport, PairSet, Sidecars, TaskSource, collection_report, prompt_key, sidecar_paths
 
 DEFAULT_THRESHOLD = 1.0
-# How many rejected lines are kept (line number + reason) for the report; all are counted.
-MAX_REJECTION_EXAMPLES = 20
 GROUP_BY_AGENT = "agent"
 GROUP_BY_NONE = "none"
 
@@ -175,7 +175,7 @@ class Distribution:
             scale = self.count / len(self.sample) if self.sample else 0.0
             pairs = ((v, scale) for v in self.sample)
         for v, n in pairs:
-            i = _bin_index(v, edges)
+            i = reward_bin(v, edges)
             if i is not None:
                 bins[i] += n  # type: ignore[assignment]
         return [round(b) for b in bins]
@@ -219,27 +219,11 @@ def _interpolate(at: Callable[[int], float], n: int, q: float) -> float:
     return a + (b - a) * (pos - lo)
 
 
-def _bin_index(v: float, edges: list[float]) -> int | None:
-    if v < edges[0] or v > edges[-1]:
-        return None
-    if v == edges[-1]:
-        return len(edges) - 2
-    lo, hi = 0, len(edges) - 2
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if edges[mid] <= v:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
-
-
 def reward_edges(lo: float | None, hi: float | None, bins: int = 10) -> list[float]:
-    """Histogram edges: tenths of 0-1 when rewards lie in [0, 1], else `bins` equal bins over min-max."""
-    if lo is None or hi is None:
-        return [i / 10 for i in range(11)]
-    if lo >= 0.0 and hi <= 1.0:
-        return [i / 10 for i in range(11)]
+    """Histogram edges: `records.REWARD_EDGES` (tenths of 0-1, as `validate`) when rewards lie in [0, 1],
+    else `bins` equal bins over min-max. Binned by `records.reward_bin`."""
+    if lo is None or hi is None or (lo >= 0.0 and hi <= 1.0):
+        return list(REWARD_EDGES)
     if lo == hi:
         return [lo - 0.5, hi + 0.5]
     step = (hi - lo) / bins
@@ -482,17 +466,15 @@ def pass_at_k_table(tasks: list[TaskCounter]) -> list[dict[str, Any]]:
 
 
 @dataclass
-class RolloutStats:
+class RolloutStats(Rejections):
     """Everything `gymverl stats` reports about one rollout file."""
 
     path: str
     threshold: float = DEFAULT_THRESHOLD
     group_by: str = GROUP_BY_AGENT
     lines: int = 0
-    rejected: int = 0
     blank: int = 0  # blank lines: skipped, not rejected, counted in `lines`
-    rejected_by_code: Counter[str] = field(default_factory=Counter)
-    rejections: list[dict[str, Any]] = field(default_factory=list)
+    rejects: Tally = field(default_factory=Tally)  # rejected lines: `rejected`, `rejected_by_code`, `rejections`
     overall: GroupStats | None = None
     groups: dict[str, GroupStats] = field(default_factory=dict)
     tasks: dict[str, TaskCounter] = field(default_factory=dict)
@@ -537,10 +519,7 @@ class RolloutStats:
         """Fold one checked line in (a rejected line is counted and its reason kept)."""
         self.lines += 1
         if c.record is None:
-            self.rejected += 1
-            self.rejected_by_code[c.code or "unknown"] += 1
-            if len(self.rejections) < MAX_REJECTION_EXAMPLES:
-                self.rejections.append({"line": c.line, "code": c.code, "reason": c.reason})
+            self.rejects.add(c.code or "unknown", {"line": c.line, "code": c.code, "reason": c.reason})
             return
         rec = c.record
         f = Facts.of(rec, self.threshold)
@@ -649,8 +628,8 @@ class RolloutStats:
             "lines": self.lines,
             "rejected": self.rejected,
             "blank": self.blank,
-            "rejected_by_reason": dict(self.rejected_by_code.most_common()),
-            "rejections": self.rejections,
+            "rejected_by_reason": self.rejects.by_code_desc(),
+            "rejections": self.rejects.shown,
             "repeated": self.repeated,
             "overall": self.overall.to_dict(tasks),
             "pass_rate_distribution": pass_rate_buckets(tasks),
@@ -700,13 +679,15 @@ def compute_stats(
     on_line: Callable[[Checked], None] | None = None,
     tasks_path: str | os.PathLike[str] | None = None,
     side_files: bool = True,
+    on_progress: OnProgress | None = None,
 ) -> RolloutStats:
     """Stream a rollout file once and return its statistics (rejected lines are counted, not fatal).
 
     With `side_files`, NeMo Gym's `<stem>_materialized_inputs.jsonl` and `<stem>_failures.jsonl`
     beside `path` are compared with it (`collection`: expected, failed, missing per task).
     `tasks_path` (else the materialized inputs) supplies task fields for a `group_by` field the
-    rollout lines lack. UsageError when `tasks_path` is unreadable.
+    rollout lines lack. UsageError when `tasks_path` is unreadable. `on_line` sees every checked
+    line; `on_progress` hears the input bytes read (`gymverl.progress`).
     """
     if not math.isfinite(threshold):
         raise ValueError(f"threshold must be a finite number, got {threshold}")
@@ -719,8 +700,12 @@ def compute_stats(
             stats.source = TaskSource(sc.materialized, "materialized")
     if sc.materialized is not None or sc.failures is not None:
         stats.pairs = PairSet()
-    lines = iter_lines(path)  # a path, `-`, a pipe or an Input
-    for c in iter_checked(lines):
+    src = as_input(path)  # a path, `-`, a pipe or an Input
+    lines = iter_lines(src)
+    checked = iter_checked(lines)
+    if on_progress is not None:
+        checked = (check_line(line, check_record, lines.max_line_bytes) for line in track_lines(lines, on_progress, src.progress_total))
+    for c in checked:
         stats.add(c)
         if on_line is not None:
             on_line(c)

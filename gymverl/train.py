@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterator, Optional
 
 from gymverl import proc
 from gymverl.errors import UsageError
+from gymverl.jsonl import jsonable
 from gymverl.overrides import override, override_key
 
 TRAINER_MODULE = "verl.trainer.sft_trainer"
@@ -337,8 +338,7 @@ def check_lengths(path: Path, counter: Any, max_length: int) -> None:
     """
     import pyarrow.parquet as pq
 
-    def decode_json(value: Any) -> Any:  # gymverl's parquet holds JSON text; native lists pass through
-        return json.loads(value) if isinstance(value, (str, bytes)) else value
+    from gymverl.formats import decode_json  # gymverl's parquet holds JSON text; native lists pass through
 
     table = pq.read_table(path, columns=[c for c in ("messages", "tools", "extra_info") if c in pq.read_schema(path).names])
     from transformers.utils import logging as hf_logging
@@ -702,7 +702,7 @@ def run_training(plan: TrainPlan, on_event: Optional[Callable[[Event], None]] = 
             n += 1
         metrics.rename(out / f"metrics.{n}.jsonl")
     # Written first: it marks OUTDIR as gymverl's, so a later --overwrite may delete it.
-    _write_json(out / MARKER, {"argv": plan.argv, "env": plan.env, "options": _jsonable(asdict(plan.options)), "result": None})
+    _write_json(out / MARKER, {"argv": plan.argv, "env": plan.env, "options": jsonable(asdict(plan.options)), "result": None})
     log_path = out / LOG
     result = TrainResult(returncode=-1, log=log_path)
     t0 = time.monotonic()
@@ -776,7 +776,7 @@ def record_result(plan: TrainPlan, result: TrainResult) -> None:
     """Store the command and the run's summary in OUTDIR/gymverl-train.json."""
     _write_json(
         plan.out / MARKER,
-        {"argv": plan.argv, "env": plan.env, "options": _jsonable(asdict(plan.options)), "result": result.to_dict()},
+        {"argv": plan.argv, "env": plan.env, "options": jsonable(asdict(plan.options)), "result": result.to_dict()},
     )
 
 
@@ -834,15 +834,6 @@ def _fold_lora(model_dir: Path) -> None:
     merged = PeftModel.from_pretrained(base, str(model_dir / "lora_adapter")).merge_and_unload()
     merged.save_pretrained(str(model_dir), safe_serialization=True)
 
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -31,36 +31,8 @@ from typing import Any, Optional
 
 from verl.utils.dataset.multiturn_sft_dataset import MultiTurnSFTDataset
 
+from gymverl.formats import JSON_COLUMNS, decode_json, decode_row  # noqa: F401 (re-exported: readers import them from here)
 from gymverl.formats.sft import arguments_as_objects, has_tool_calls, non_object_arguments, tool_arguments_form
-
-JSON_COLUMNS = ("messages", "tools", "prompt", "chosen", "rejected")
-
-
-def decode_json(value: Any) -> Any:
-    """Decode a JSON cell: a JSON string (sft `messages`/`tools`), or a list of JSON strings (dpo's
-    `prompt`/`chosen`/`rejected`, one per message, as pyarrow/pandas read them). Anything else
-    (lists already decoded by `datasets`, None) passes through."""
-    if isinstance(value, (str, bytes)):
-        return json.loads(value)
-    if hasattr(value, "tolist") and not isinstance(value, (list, tuple)):
-        value = value.tolist()  # a numpy array (pandas) or an Arrow array
-    if isinstance(value, (list, tuple)) and value and all(isinstance(v, (str, bytes)) for v in value):
-        return [json.loads(v) for v in value]
-    return value
-
-
-def decode_row(row: dict[str, Any]) -> dict[str, Any]:
-    """A gymverl parquet row with its JSON columns (messages, tools, prompt, chosen, rejected) decoded.
-
-    Accepts rows as `pyarrow.Table.to_pylist()`, pandas or `datasets` return them; the JSON-string
-    columns of gymverl 0.1.0's dpo rows decode too.
-    """
-    out = dict(row)
-    for key in JSON_COLUMNS:
-        if key in out:
-            out[key] = decode_json(out[key])
-    return out
-
 
 class GymverlSFTDataset(MultiTurnSFTDataset):
     """`MultiTurnSFTDataset` that reads gymverl's JSON-string `messages` and `tools` columns."""

@@ -305,7 +305,7 @@ def test_run_collector_reports_progress_and_crash(tmp_path: Path, nemo_gym_env: 
         env=nemo_gym_env,
         output=out,
         log_path=tmp_path / "log",
-        on_progress=lambda w, f: seen.append(w),
+        on_progress=lambda ev: seen.append(ev.done),
         poll=0.05,
     )
     assert (r.returncode, r.interrupted, r.written) == (3, False, 3)

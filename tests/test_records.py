@@ -22,7 +22,6 @@ from gymverl.records import (
     check_task,
     content_text,
     final_text,
-    group_by_task,
     is_incomplete,
     iter_checked,
     output_tokens,
@@ -356,13 +355,6 @@ def test_task_fields_are_everything_but_rollout_keys():
     rec = good(judge_evaluations=None, skills_ref={"x": 1}, _ng_failure_class=None)
     assert task_fields(rec) == {"expected_answer": "sunny", "judge_evaluations": None}
     assert {"responses_create_params", "response", "reward", "_ng_task_index", "agent_ref"} <= ROLLOUT_KEYS
-
-
-def test_group_by_task_keeps_first_seen_order():
-    recs = [good(_ng_task_index=i % 3, _ng_rollout_index=i) for i in (2, 0, 5, 1, 3)]
-    groups = group_by_task(iter(recs))
-    assert list(groups) == ["weather_agent#2", "weather_agent#0", "weather_agent#1"]
-    assert [r["_ng_rollout_index"] for r in groups["weather_agent#2"]] == [2, 5]
 
 
 # ---- summaries on the sample data, checked against a plain json reading --------------------------

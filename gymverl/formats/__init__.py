@@ -11,6 +11,7 @@ string column round-trips each row exactly; `gymverl/verl_data.py` decodes it fo
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -76,6 +77,36 @@ def dumps_str(obj: Any) -> str:
     `gymverl.jsonl.dumps`: orjson, and the standard library only for values nested deeper than the
     254 levels orjson writes (any line validate accepts, up to orjson's 1024 read levels, converts)."""
     return dumps(obj).decode()
+
+
+# The columns gymverl writes as JSON text (or, dpo, one JSON text per message); `decode_row` reads them.
+JSON_COLUMNS = ("messages", "tools", "prompt", "chosen", "rejected")
+
+
+def decode_json(value: Any) -> Any:
+    """Decode a JSON cell: a JSON string (sft `messages`/`tools`), or a list of JSON strings (dpo's
+    `prompt`/`chosen`/`rejected`, one per message, as pyarrow/pandas read them). Anything else
+    (lists already decoded by `datasets`, None) passes through."""
+    if isinstance(value, (str, bytes)):
+        return json.loads(value)
+    if hasattr(value, "tolist") and not isinstance(value, (list, tuple)):
+        value = value.tolist()  # a numpy array (pandas) or an Arrow array
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, (str, bytes)) for v in value):
+        return [json.loads(v) for v in value]
+    return value
+
+
+def decode_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A gymverl parquet row with its JSON columns (messages, tools, prompt, chosen, rejected) decoded.
+
+    Accepts rows as `pyarrow.Table.to_pylist()`, pandas or `datasets` return them; the JSON-string
+    columns of gymverl 0.1.0's dpo rows decode too.
+    """
+    out = dict(row)
+    for key in JSON_COLUMNS:
+        if key in out:
+            out[key] = decode_json(out[key])
+    return out
 
 
 def looks_like_verifier_output(key: str) -> bool:

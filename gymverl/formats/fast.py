@@ -20,6 +20,7 @@ from typing import Any, Optional, Union
 
 import orjson
 
+from gymverl.jsonl import UTF8_BOM
 from gymverl.messages import IMAGE_PART_TYPES, ROLE_MAP, UNSUPPORTED_PART_TYPES, MessageError, _reasoning_text, chat_tools, prompt_messages
 from gymverl.records import RecordError, _check_items, _fast_items, content_text, is_json_object_text, malformed_calls, prompt_hash
 
@@ -29,7 +30,6 @@ try:
 except ImportError:  # pragma: no cover - optional accelerators
     msgspec = simdjson = None  # type: ignore[assignment]
 
-_BOM = b"\xef\xbb\xbf"
 _NO_TOOLS: list[dict[str, Any]] = []  # shared, read-only
 _U64_MAX = 2**64 - 1  # orjson reads larger integers as floats (then not a valid index): leave those to it
 
@@ -120,7 +120,7 @@ class FastSFT:
         `rows=False` only checks the prompt and tools instead of converting them (selection only).
         """
         if not validated:
-            if data[:3] == _BOM:  # simdjson skips a byte order mark, orjson rejects it
+            if data[:3] == UTF8_BOM:  # simdjson skips a byte order mark, orjson rejects it
                 return None
             try:
                 self._parser.parse(data)  # validation only: the lazy document is dropped at once
