@@ -41,7 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from gymverl.errors import UsageError
-from gymverl.formats.rl import STOCK_AGENT, TOOLS_AGENT
+from gymverl.formats.rl import ENV_AGENT, STOCK_AGENT, TOOLS_AGENT
+from gymverl.messages import MessageError, chat_tools
 
 # The agent-loop names gymverl writes into an RL row's `agent_name` column (see the common design:
 # gymverl's own loop renders the row's tools; rows without tools keep VeRL's stock loop).
@@ -283,6 +284,14 @@ def _rl(table: Any, tokenizer: Any, tokenizer_dir: str | Path, answer: str | Non
         tools = row_tools
         if not tools and pv.task_tools:
             pv.warnings.append(f"the row asks for {TOOLS_AGENT} but its extra_info.tools is empty, so the policy sees none of the task's {pv.task_tools} tools.")
+    elif pv.agent_loop == ENV_AGENT:
+        # gymverl_env renders the row's tools the same way (extra_info.tools, else the task's own:
+        # gymverl.agent_loop.row_tools); this is the prompt of the episode's first turn.
+        try:
+            tools = row_tools or (chat_tools(rcp.get("tools")) or None)
+        except MessageError as exc:
+            raise PreviewError(f"row {pv.row}: the task's tools cannot be shown to the model: {exc}") from None
+        pv.warnings.append(f"{ENV_AGENT} plays the NeMo Gym environment online: this is the prompt of the first turn; later turns add the tool outputs.")
     else:
         tools = None
         shown = len(row_tools) if row_tools else pv.task_tools
@@ -294,7 +303,7 @@ def _rl(table: Any, tokenizer: Any, tokenizer_dir: str | Path, answer: str | Non
             )
             pv.warnings.append(
                 f"the task has {shown} tool(s) that the policy will not see: {why}, which renders no tools; "
-                "write the rows again with `gymverl to-parquet --format rl`."
+                "write the rows again with `gymverl to-parquet --format rl` (`--agent-loop env` for online RL)."
             )
         if pv.agent_loop != STOCK_AGENT:
             pv.warnings.append(f"agent loop {pv.agent_loop!r} is not one gymverl writes; shown as VeRL's {STOCK_AGENT} renders it.")

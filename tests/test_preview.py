@@ -419,3 +419,26 @@ def test_library_errors_are_usage_errors(data: dict[str, Path], tiny_model: Path
     with pytest.raises(PreviewError) as exc:
         preview(data["dpo"], tiny_model, row=3)
     assert isinstance(exc.value, UsageError) and exc.value.exit_code == 2
+
+
+def test_rl_rows_for_the_env_loop_render_their_tools(tok: Any, tiny_model: Path, tmp_path: Path) -> None:
+    """`to-parquet --agent-loop env` rows: gymverl_env renders the row's tools like gymverl_tools does,
+    so the preview shows them and does not tell the user to rewrite rows gymverl itself wrote."""
+    path = tmp_path / "env.parquet"
+    res = runner.invoke(app, ["to-parquet", str(SAMPLE_DATA / "tasks.jsonl"), "-f", "rl", "--agent-loop", "env", "-o", str(path), "--json"])
+    assert res.exit_code == 0, res.output
+    rows = _rows(path)
+    seen_tools = False
+    for i, row in enumerate(rows):
+        pv = preview(path, tiny_model, row=i)
+        assert pv.agent_name == pv.agent_loop == "gymverl_env"
+        assert not any("will not see" in w or "not one gymverl writes" in w for w in pv.warnings), pv.warnings
+        tools = json.loads(row["extra_info"]["tools"]) if row["extra_info"]["tools"] else None
+        assert pv.tools == tools
+        expected = tok.apply_chat_template(row["prompt"], tools=tools, add_generation_prompt=True, tokenize=True)
+        expected = expected["input_ids"] if hasattr(expected, "keys") else expected
+        assert pv.sections[0].token_ids == list(expected), f"row {i}"
+        if tools:
+            seen_tools = True
+            assert all(f'"name": "{t["function"]["name"]}"' in pv.sections[0].text for t in tools)
+    assert seen_tools
