@@ -42,6 +42,7 @@ import tempfile
 import time
 from array import array
 from collections import Counter
+import dataclasses
 from dataclasses import dataclass, field
 from itertools import accumulate
 from operator import itemgetter
@@ -100,6 +101,10 @@ class ConvertOptions:
     data_source: str | None = None  # default: the agent name, else the input file's stem
     ability: str = "nemo_gym"
     agent_loop: str = "auto"  # rl: the agent_name column (gymverl.formats.rl.AGENT_LOOPS)
+    # dpo: tool-call arguments as the model's JSON text ("string") or as objects ("object"); "auto"
+    # = the form the chat template of `tokenizer` renders as written, else "string" (with a warning
+    # when rows have tools). SFT rows decide at load time instead (GymverlSFTDataset).
+    tool_arguments: str = "auto"
     include_reasoning: bool = False
     tokenizer: str | os.PathLike[str] | None = None  # needed by select.max_tokens
     shard_size: int | None = None
@@ -324,6 +329,7 @@ class ParquetSink:
         self.dir = output.parent if self.single_file else output
         self.counts: Counter[str] = Counter()
         self.image_rows = 0  # rows with an `images` cell, and the images in them
+        self.tool_rows = 0  # rows with a `tools` cell (sft/dpo)
         self.images = 0
         self.warnings: list[str] = []
         self._buf: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
@@ -341,6 +347,8 @@ class ParquetSink:
         info["split"] = split
         info["index"] = self.counts[split]
         self.counts[split] += 1
+        if row.get("tools"):
+            self.tool_rows += 1
         images = row.get("images")
         if images:
             self.image_rows += 1
@@ -652,6 +660,21 @@ def convert(
         raise ConvertError(f"unknown agent loop {opts.agent_loop!r}; choose one of {', '.join(rl_fmt.AGENT_LOOPS)}.")
     if opts.agent_loop != "auto" and opts.fmt != "rl":
         raise ConvertError("--agent-loop applies to --format rl only.")
+    if opts.tool_arguments not in ("auto", "string", "object"):
+        raise ConvertError(f"unknown tool-argument form {opts.tool_arguments!r}; choose one of auto, string, object.")
+    if opts.tool_arguments != "auto" and opts.fmt != "dpo":
+        raise ConvertError("--tool-arguments applies to --format dpo only (sft rows choose the form when VeRL loads them).")
+    arguments_guessed = False
+    if opts.fmt == "dpo" and opts.tool_arguments == "auto":
+        # Resolved once here, so every worker process writes the same form.
+        if opts.tokenizer:
+            try:
+                form = sft_fmt.tool_arguments_form(TokenCounter(opts.tokenizer).tokenizer)
+            except sft_fmt.ToolArgumentsError as exc:
+                raise ConvertError(f"{exc} (for dpo rows: --tool-arguments string|object)") from None
+        else:
+            form, arguments_guessed = "string", True
+        opts = dataclasses.replace(opts, tool_arguments=form)
     try:
         opts.select.check()
     except ValueError as exc:
@@ -737,6 +760,13 @@ def convert(
     summary.warnings.extend(sink.warnings)
     summary.rows = Counter(sink.counts)
     summary.image_rows, summary.images = sink.image_rows, sink.images
+    if arguments_guessed and sink.tool_rows:
+        summary.warnings.append(
+            f"{sink.tool_rows} dpo rows have tools; their tool-call arguments are written as the model's JSON text, "
+            "which chat templates that JSON-encode or iterate arguments (Qwen2.5, Llama 3.1, Qwen3-Coder, Gemma) "
+            "render double-encoded or not at all: pass --tokenizer MODEL (the form is taken from its chat template) "
+            "or --tool-arguments object."
+        )
     summary.bytes_written = sum(os.path.getsize(p) for ps in summary.files.values() for p in ps)
     summary.seconds = time.perf_counter() - started
     if summary.accounted != summary.lines:  # pragma: no cover - an internal bug, never user input
@@ -971,7 +1001,7 @@ def _sft_build(ctx: _Ctx, rec: dict[str, Any], line: int, key: str) -> tuple[dic
 
 
 def _dpo_build(ctx: _Ctx, rec: dict[str, Any]) -> dict[str, Any]:
-    side = dpo_fmt.dpo_side(rec, include_reasoning=ctx.opts.include_reasoning)
+    side = dpo_fmt.dpo_side(rec, include_reasoning=ctx.opts.include_reasoning, object_arguments=ctx.opts.tool_arguments == "object")
     side["data_source"] = ctx.opts.data_source or data_source_of(rec, ctx.default_source)
     return side
 

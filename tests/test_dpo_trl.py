@@ -108,3 +108,34 @@ def test_other_readers_decode_the_rows(dpo_files: list[str]) -> None:
     # The JSON-string cells of gymverl 0.1.0's dpo rows still decode.
     old = {"prompt": json.dumps(arrow_rows[0]["prompt"]), "tools": None}
     assert decode_row(old)["prompt"] == arrow_rows[0]["prompt"]
+
+
+def test_tool_call_arguments_take_the_form_the_template_renders(tiny_model: Path, tmp_path: Path) -> None:
+    """A `|tojson` template (Qwen2.5) would render string arguments double-encoded into the trained
+    chosen/rejected text; with --tokenizer the rows carry objects and TRL renders the call as written."""
+    from test_tool_arguments_form import QWEN25_BLOCK, _tokenizer
+    from trl.data_utils import maybe_apply_chat_template
+
+    qwen = _tokenizer(tiny_model, QWEN25_BLOCK)
+    model_dir = tmp_path / "qwen25-tok"
+    qwen.save_pretrained(model_dir)
+
+    def pairs(**kw: Any) -> tuple[Any, list[dict[str, Any]]]:
+        s = convert(ROLLOUTS, tmp_path / f"o-{len(kw)}-{kw.get('tool_arguments', 'x')}", ConvertOptions(fmt="dpo", **kw))
+        rows = [decode_row(r) for f in s.files["train"] for r in pq.read_table(f).to_pylist()]
+        return s, [r for r in rows if r["tools"]]
+
+    guessed, rows = pairs()
+    assert rows and any("--tool-arguments object" in w for w in guessed.warnings)
+    decided, obj_rows = pairs(tokenizer=str(model_dir))
+    assert not any("--tool-arguments" in w for w in decided.warnings)
+    for old, new in zip(rows, obj_rows):
+        calls = [tc for m in new["chosen"] + new["rejected"] for tc in m.get("tool_calls") or []]
+        assert calls and all(isinstance(tc["function"]["arguments"], dict) for tc in calls)
+        bad = maybe_apply_chat_template({k: old[k] for k in ("prompt", "chosen", "rejected", "tools")}, qwen)
+        good = maybe_apply_chat_template({k: new[k] for k in ("prompt", "chosen", "rejected", "tools")}, qwen)
+        text = good["chosen"] + good["rejected"]
+        assert '"arguments": {"' in text and '"arguments": "{' not in text
+        assert '"arguments": "{' in bad["chosen"] + bad["rejected"]  # the fault without the form
+    forced, _ = pairs(tool_arguments="string")
+    assert not any("--tool-arguments" in w for w in forced.warnings)

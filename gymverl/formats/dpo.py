@@ -32,7 +32,7 @@ from typing import Any
 import pyarrow as pa
 
 from gymverl.formats import RowError, dumps_str
-from gymverl.formats.sft import no_prompt_reason, task_tools
+from gymverl.formats.sft import arguments_as_objects, no_prompt_reason, task_tools
 from gymverl.messages import MessageError, chat_tools, rollout_parts
 
 # One JSON text per chat message (see the module docstring).
@@ -69,9 +69,16 @@ def encode_messages(messages: list[dict[str, Any]]) -> list[str]:
     return [dumps_str(m) for m in messages]
 
 
-def dpo_side(record: dict[str, Any], *, include_reasoning: bool = False) -> dict[str, Any]:
+def dpo_side(record: dict[str, Any], *, include_reasoning: bool = False, object_arguments: bool = False) -> dict[str, Any]:
     """The parts of one rollout a pair needs: `prompt` and `response` (encoded message lists) and
-    `tools` (JSON string or None). RowError when the rollout cannot be one side of a pair."""
+    `tools` (JSON string or None). RowError when the rollout cannot be one side of a pair.
+
+    `object_arguments`: tool-call arguments that are JSON objects are written as objects, not as
+    the model's JSON text. A DPO trainer renders rows with the model's own chat template, and
+    templates that JSON-encode arguments (`arguments | tojson`: Qwen2.5, Llama 3.1) or iterate them
+    (`arguments | items`: Qwen3-Coder, Gemma) need objects; templates that print them as they are
+    need strings (`gymverl.formats.sft.tool_arguments_form` tells which).
+    """
     try:
         # images=None: an image is refused (images_not_supported), never dropped.
         prompt, response = rollout_parts(record, include_reasoning=include_reasoning)  # aviary transitions too
@@ -82,6 +89,8 @@ def dpo_side(record: dict[str, Any], *, include_reasoning: bool = False) -> dict
         raise RowError("no_assistant_turn", "the response is empty")
     if not prompt or prompt[0]["role"] in ("assistant", "tool"):
         raise RowError("no_prompt", no_prompt_reason(record))
+    if object_arguments:
+        prompt, response = arguments_as_objects(prompt), arguments_as_objects(response)
     return {"prompt": encode_messages(prompt), "response": encode_messages(response), "tools": dumps_str(tools) if tools else None}
 
 
