@@ -63,18 +63,18 @@ def row_tools(extra_info: Any, params: Mapping[str, Any] | None = None) -> list[
     such a list: a row whose tools cannot be shown must not train silently without them.
     """
     raw = extra_info.get("tools") if isinstance(extra_info, Mapping) else None
-    if raw is None:
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError as exc:
+            raise ValueError(f"extra_info.tools is not valid JSON ({exc})") from None
+    if raw is None:  # no column, a null cell or JSON null: the task's own tools, if given
         if not params:
             return None
         try:
             return chat_tools(params.get("tools")) or None
         except MessageError as exc:
             raise ValueError(f"the task's tools cannot be shown to the model: {exc}") from None
-    if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)
-        except ValueError as exc:
-            raise ValueError(f"extra_info.tools is not valid JSON ({exc})") from None
     if not isinstance(raw, list) or not all(
         isinstance(t, dict) and isinstance(t.get("function"), dict) and t["function"].get("name") for t in raw
     ):
