@@ -961,7 +961,7 @@ def train_online_command(
     """
     import shlex
 
-    from gymverl.online import OnlineOptions, build_online_command
+    from gymverl.online import OnlineOptions, build_online_command, check_with_verl_config
 
     if not model:
         raise UsageError("give the base model with --model PATH.")
@@ -972,6 +972,7 @@ def train_online_command(
     opts = OnlineOptions(data, model, out, list(server or []), val=val, nproc=nproc, rollout=rollout, algorithm=algorithm,
                          n_samples=n_samples, max_turns=max_turns, on_failure=on_failure, overrides=list(overrides or []))
     argv = build_online_command(opts)
+    check_with_verl_config(argv)  # a typo'd override fails here, not on the GPU machine
     if as_json:
         print_json({"argv": argv})
     else:

@@ -26,6 +26,10 @@ from gymverl.overrides import override
 from gymverl.verify import parse_servers
 
 ROLLOUTS = ("vllm", "sglang")
+# VeRL 0.9.1's defaults (verl/trainer/config/data/legacy_data.yaml, actor/actor.yaml): prompts per
+# step and per actor update. Capped to the dataset, so a small one still makes a batch.
+VERL_PPO_BATCH_SIZE = 1024
+VERL_PPO_MINI_BATCH_SIZE = 256
 LOOP_YAML = "gymverl_agent_loops.yaml"
 
 
@@ -73,9 +77,13 @@ def build_online_command(opts: OnlineOptions, *, write_loop_yaml: bool = True) -
         raise OnlineError(f"data file not found: {opts.data}")
     if opts.val is not None and not opts.val.exists():
         raise OnlineError(f"--val file not found: {opts.val}")
+    rows = 0
     for path in (opts.data, opts.val):
         if path is not None:
-            check_rows_select_env_loop(path)
+            n = check_rows_select_env_loop(path)
+            rows = n if path is opts.data else rows
+    if rows < 1:
+        raise OnlineError(f"{opts.data}: has no rows to train on.")
     out = opts.out.resolve()
     spec = " ".join(opts.servers)
     loop_yaml = out / LOOP_YAML
@@ -92,6 +100,10 @@ def build_online_command(opts: OnlineOptions, *, write_loop_yaml: bool = True) -
         ("data.val_files", [str(val)]),
         ("data.max_prompt_length", opts.max_prompt_length),
         ("data.max_response_length", opts.max_response_length),
+        # VeRL's default (1024 prompts per step, drop_last) leaves a small dataset with no batch at
+        # all, and says so only after Ray and the rollout engine have started on the GPUs.
+        ("data.train_batch_size", min(VERL_PPO_BATCH_SIZE, rows)),
+        ("actor_rollout_ref.actor.ppo_mini_batch_size", min(VERL_PPO_MINI_BATCH_SIZE, rows)),
         ("actor_rollout_ref.model.path", str(opts.model)),
         ("actor_rollout_ref.rollout.name", opts.rollout),
         ("actor_rollout_ref.rollout.n", opts.n_samples),
@@ -110,14 +122,14 @@ def build_online_command(opts: OnlineOptions, *, write_loop_yaml: bool = True) -
     return argv + list(opts.overrides)
 
 
-def check_rows_select_env_loop(path: Path) -> None:
+def check_rows_select_env_loop(path: Path) -> int:
     """Refuse RL parquet whose rows name another agent loop than `gymverl_env` (OnlineError, one sentence).
 
     VeRL 0.9.1's `AgentLoopWorker` takes each row's `agent_name` column over
     `agent.default_agent_loop`, so rows written by `to-parquet --format rl` (`gymverl_tools` /
     `single_turn_agent`) would be generated single-turn and never play the environment; and a
     batch mixing loops breaks VeRL's reward assembly (it takes the reward keys of the first sample).
-    Rows without the column use the default loop (gymverl_env) and pass.
+    Rows without the column use the default loop (gymverl_env) and pass. Returns the row count.
     """
     import pyarrow.parquet as pq
 
@@ -125,8 +137,9 @@ def check_rows_select_env_loop(path: Path) -> None:
         schema = pq.read_schema(path)
     except (OSError, ValueError) as exc:
         raise OnlineError(f"{path}: not a readable parquet file ({exc}).") from None
+    rows = pq.ParquetFile(path).metadata.num_rows
     if "agent_name" not in schema.names:
-        return
+        return rows
     names = set(pq.read_table(path, columns=["agent_name"]).column("agent_name").to_pylist())
     other = sorted(str(n) for n in names - {ENV_AGENT})
     if other:
@@ -134,6 +147,28 @@ def check_rows_select_env_loop(path: Path) -> None:
             f"{path}: rows name the agent loop(s) {', '.join(other)}, so VeRL would not play their environment; "
             f"write the data for online training with `gymverl to-parquet --format rl --agent-loop env`."
         )
+    return rows
+
+
+def check_with_verl_config(argv: list[str]) -> None:
+    """Compose VeRL's own `ppo_trainer` Hydra config with the overrides of a main_ppo `argv`, as
+    main_ppo will; a typo'd key or a bad value is one sentence (OnlineError) now, not after Ray
+    and the rollout engine have started."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    import verl.trainer.main_ppo as main_ppo
+
+    overrides = argv[3:]  # after `python -m verl.trainer.main_ppo`
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(Path(main_ppo.__file__).parent / "config"), version_base=None):
+            compose(config_name="ppo_trainer", overrides=overrides)
+    except Exception as exc:  # noqa: BLE001 - Hydra's errors have several types; each is one sentence here
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise OnlineError(f"VeRL's config rejects the command: {first}") from None
+    finally:
+        GlobalHydra.instance().clear()
 
 
 def cpu_rollout_note() -> str:
@@ -147,4 +182,4 @@ def cpu_rollout_note() -> str:
     )
 
 
-__all__ = ["LOOP_YAML", "OnlineError", "OnlineOptions", "ROLLOUTS", "build_online_command", "check_rows_select_env_loop", "cpu_rollout_note"]
+__all__ = ["LOOP_YAML", "OnlineError", "OnlineOptions", "ROLLOUTS", "build_online_command", "check_rows_select_env_loop", "check_with_verl_config", "cpu_rollout_note"]

@@ -98,3 +98,18 @@ def test_cli_train_online_dry_run_prints_argv(tmp_path: Path) -> None:
     res = runner.invoke(app, ["train-online", str(data), "--model", "/m", "-o", str(tmp_path / "run2"),
                               "--server", "math_with_judge=http://127.0.0.1:9"])
     assert res.exit_code == 2 and "--dry-run" in res.output
+
+
+def test_dry_run_checks_the_command_with_verls_config_and_sizes_the_batch(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    data = _env_rows(tmp_path)
+    rows = pq.ParquetFile(data).metadata.num_rows
+    base = ["train-online", str(data), "--model", "/m", "-o", str(tmp_path / "run"), "--server", "http://127.0.0.1:1", "--dry-run", "--json"]
+    res = runner.invoke(app, base)
+    assert res.exit_code == 0, res.output
+    cfg = compose(json.loads(res.stdout)["argv"])
+    # VeRL's default of 1024 prompts per step (drop_last) would leave these few rows no batch at all
+    assert cfg.data.train_batch_size == rows and cfg.actor_rollout_ref.actor.ppo_mini_batch_size == rows
+    typo = runner.invoke(app, [*base, "--", "actor_rollout_ref.rolout.n=3"])
+    assert typo.exit_code == 2 and "VeRL's config rejects the command" in typo.output and "Traceback" not in typo.output
