@@ -311,3 +311,18 @@ def test_question_only_in_the_output_goes_to_the_dpo_prompt(tmp_path: Path) -> N
     (pair,) = [decode_row(r) for r in _rows(tmp_path / "dpo")]
     assert pair["prompt"] == [{"role": "user", "content": "Weather in Paris?"}]
     assert [m["role"] for m in pair["chosen"]] == ["assistant"]
+
+
+def test_rl_rows_of_aviary_rollouts_are_rejected_naming_why(tmp_path: Path) -> None:
+    seed = [{"role": "user", "content": "What is 12 * 50 / 60?", "type": "message"}]
+    answer = {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "10"}]}
+    rec = {
+        "responses_create_params": {"input": []},
+        "response": {"output": [seed + [answer]], "contains_transitions": True},
+        "reward": 1.0,
+        "agent_ref": {"name": "aviary_calculator_agent"},
+    }
+    src = _write(tmp_path / "a.jsonl", [rec])
+    s = convert(src, tmp_path / "rl", ConvertOptions(fmt="rl"))
+    (rej,) = s.rejections
+    assert rej["code"] == "empty_prompt" and "aviary" in rej["reason"] and "/seed_session" in rej["reason"]

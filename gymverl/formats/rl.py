@@ -32,6 +32,7 @@ from typing import Any
 import pyarrow as pa
 
 from gymverl.formats import FieldRules, RowError, dumps_str
+from gymverl.records import agent_name, is_transitions
 from gymverl.messages import MessageError, chat_tools, check_placeholders, prompt_messages
 
 # The agent loop names VeRL 0.9.1 looks up in its registry for the `agent_name` column:
@@ -99,7 +100,16 @@ def rl_prompt(record: dict[str, Any], images: list[dict[str, Any]] | None = None
             raise RowError("prompt_has_tool_calls", "the task input contains tool calls, which an RL prompt row cannot hold")
         out.append({"role": m["role"], "content": m.get("content") or ""})
     if not out:
-        raise RowError("empty_prompt", "the task input has no messages")
+        reason = "the task input has no messages"
+        output = (record.get("response") or {}).get("output")
+        if is_transitions(output) or "aviary" in str(agent_name(record) or ""):
+            # aviary keeps the question in its environment (and in the transitions), not in the
+            # request: an RL prompt cannot be made from it; SFT/DPO read the last transition.
+            reason += (
+                " (NeMo Gym's aviary environment poses its question at /seed_session, so the request "
+                "holds none and no RL prompt can be built from it; sft and dpo read aviary's transitions)"
+            )
+        raise RowError("empty_prompt", reason)
     return out
 
 
