@@ -777,7 +777,8 @@ def convert(
         # task fields the row holds (extra_info.nemo_gym.task), which may or may not be enough.
         summary.warnings.append(
             f"{summary.missing_ground_truth} RL rows have no {which}; their reward_model.ground_truth is empty "
-            "(gymverl.reward.compute_score does not read it: /verify gets the task fields in extra_info.nemo_gym.task)."
+            "(gymverl.reward.compute_score does not read that column: /verify gets the task fields in "
+            "extra_info.nemo_gym.task, which are only complete when no warning above names missing ones)."
         )
     if sum(summary.rows.values()) == 0:
         summary.warnings.append("no rows were kept, so nothing was written.")

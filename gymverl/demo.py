@@ -584,12 +584,14 @@ class Demo:
 
         env = " ".join(f"{agent}={url}" for agent, url in self.urls.items())
         self.r.info(
-            f"in VeRL: GYMVERL_VERIFY_URL={_shell(env)} python -m verl.trainer.main_ppo ... "
-            f"reward.custom_reward_function.path={display_path(gymverl.reward.__file__)} "
+            # Absolute paths: the hint is meant to be pasted into a shell anywhere, not only here.
+            f"in VeRL: GYMVERL_VERIFY_URL={_shell(env)} python -m verl.trainer.main_ppo "
+            f"data.train_files={_shell(str(self.rl_files[0].resolve()) if self.rl_files else 'RL.parquet')} ... "
+            f"reward.custom_reward_function.path={_shell(str(Path(gymverl.reward.__file__).resolve()))} "
             "reward.custom_reward_function.name=compute_score "
             # rows with tools name gymverl's agent loop (agent_name=gymverl_tools); VeRL's workers load it from here
             "actor_rollout_ref.rollout.agent.agent_loop_config_path="
-            f"{display_path(Path(gymverl.reward.__file__).with_name('agent_loop.yaml'))}"
+            f"{_shell(str(Path(gymverl.reward.__file__).resolve().with_name('agent_loop.yaml')))}"
         )
         rows = _score_rl_rows(self.rl_files, self.urls)
         res.details = {"rows": rows}
