@@ -894,7 +894,7 @@ class _FastPass1:
     def __init__(self, ctx: _Ctx, reader: fast_fmt.FastSFT) -> None:
         self.ctx = ctx
         self.reader = reader
-        self.check: _FastMeta | None = _FastMeta()
+        self.check: _FastMeta | None = _FastMeta(facts=ctx.opts.fmt != "rl")
         self.tried = self.hits = 0
 
     def __call__(self, line: Line) -> LineResult | None:
@@ -922,7 +922,14 @@ class _FastPass1:
 
 
 class _FastMeta(_FastRollouts):
-    """`validate`'s fast check, also handing back the rollout index (for repeated-rollout checks)."""
+    """`validate`'s fast check, also handing back the rollout index (for repeated-rollout checks).
+
+    `facts=False` (rl): without the sft/dpo content checks, which rl rows never use.
+    """
+
+    def __init__(self, facts: bool = True) -> None:
+        super().__init__()
+        self.facts = facts
 
     def __call__(self, data: bytes) -> tuple[tuple[float, str, str | None, bool, bool, int, bool, bool], int | None] | None:  # type: ignore[override]
         if data[:3] == b"\xef\xbb\xbf":  # simdjson skips a byte order mark, orjson rejects it
@@ -932,7 +939,7 @@ class _FastMeta(_FastRollouts):
             rec = self._decode(data)
         except Exception:  # noqa: BLE001 - any doubt goes to the exact path
             return None
-        got = _fast_summary(rec)
+        got = _fast_summary(rec, self.facts)
         return None if got is None else (got, rec.rollout_index)
 
 

@@ -643,9 +643,12 @@ def _fast_items(items: list[Any]) -> bool:
     return True
 
 
-def _fast_summary(rec: Any) -> tuple[float, str, str | None, bool, bool, int, bool, bool] | None:
+def _fast_summary(rec: Any, facts: bool = True) -> tuple[float, str, str | None, bool, bool, int, bool, bool] | None:
     """The rest of `check_record` on a typed record, plus what the summary needs: (reward, task key,
-    agent, incomplete, masked, malformed calls, empty answer, starts without prompt)."""
+    agent, incomplete, masked, malformed calls, empty answer, starts without prompt).
+
+    `facts=False` skips the content checks (malformed calls, empty answer, prompt) and reports
+    (0, False, False): rl rows never use them, and they parse every tool call's arguments."""
     inp = rec.responses_create_params.input
     if type(inp) is list and not _fast_items(inp):
         return None
@@ -665,10 +668,12 @@ def _fast_summary(rec: Any) -> tuple[float, str, str | None, bool, bool, int, bo
     status = response.status
     incomplete = bool(response.incomplete_details) or (status is not None and status != "completed")
     key = f"{agent}#{index}" if agent else f"#{index}"
-    facts = _fast_facts(inp, response.output)
-    if facts is None:
+    if not facts:
+        return (reward, key, agent, incomplete, rec.mask_sample is True, 0, False, False)
+    found = _fast_facts(inp, response.output)
+    if found is None:
         return None
-    return (reward, key, agent, incomplete, rec.mask_sample is True, *facts)
+    return (reward, key, agent, incomplete, rec.mask_sample is True, *found)
 
 
 def _fast_facts(inp: Any, output: list[Any]) -> tuple[int, bool, bool] | None:
