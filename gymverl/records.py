@@ -572,6 +572,19 @@ if _msgspec is not None:
     class _FAgent(_msgspec.Struct):
         name: Any = None
 
+    class _FPart(_msgspec.Struct):
+        # What `content_text` reads of a content part, raw: whether a text is blank is mostly
+        # known from its first character, without building the (often long) string; everything
+        # else (annotations, logprobs) is skipped in C.
+        type: Any = None
+        text: _msgspec.Raw = _RAW_MISSING
+        refusal: _msgspec.Raw = _RAW_MISSING
+
+    # Parts of another JSON type (numbers, lists) fail the decode: the exact path then decides.
+    _decode_content = _msgspec.json.Decoder(Union[str, list[Union[str, _FPart]], None]).decode
+    # A tool call's arguments: the JSON text of an object, as a string; the string only, no object.
+    _decode_json_string = _msgspec.json.Decoder(str).decode
+
     class _FParams(_msgspec.Struct):
         input: Union[str, list[_FItem]]
         tools: Optional[list[_msgspec.Raw]] = None
@@ -677,42 +690,100 @@ def _fast_summary(rec: Any, facts: bool = True) -> tuple[float, str, str | None,
 
 
 def _fast_facts(inp: Any, output: list[Any]) -> tuple[int, bool, bool] | None:
-    """(`malformed_calls`, `empty_answer`, `starts_without_prompt`) of typed items; None when unsure."""
+    """(`malformed_calls`, `empty_answer`, `starts_without_prompt`) of typed items; None when unsure.
+
+    Runs on every valid line of validate, stats and sft/dpo conversion, so it is written for speed:
+    one pass over the output, the input only for its (rare) tool calls, and each value decoded by
+    msgspec into just what the check reads.
+    """
+    if not inp:
+        return None  # rare (aviary's flat form): the exact path reads instructions too
     malformed = 0
+    if type(inp) is list:
+        for item in inp:
+            if item.type == "function_call":
+                args = item.arguments
+                if args is not _RAW_MISSING and not _raw_is_object(args):  # missing reads as {}
+                    malformed += 1
     last = None
-    for items in (inp if type(inp) is list else (), output):
-        for item in items:
-            if item.type == "function_call" and item.arguments is not _RAW_MISSING:  # missing reads as {}
-                malformed += not _raw_is_object(item.arguments)
     for item in output:
-        if item.type == "function_call" or (item.type in (None, "message") and item.role == "assistant"):
+        t = item.type
+        if t == "function_call":
+            args = item.arguments
+            # inlined `_raw_is_object` for the common case: arguments given as an object
+            if args is not _RAW_MISSING and memoryview(args)[:1] != b"{" and not _raw_is_object(args):
+                malformed += 1
+            last = item
+        elif item.role == "assistant" and (t is None or t == "message"):
             last = item
     if last is None:
-        empty = True
-    elif last.type == "function_call":
-        empty = False
-    else:
-        try:
-            content = orjson.loads(bytes(last.content))
-        except orjson.JSONDecodeError:
-            return None
-        empty = not content_text(content).strip()
-    if inp:  # a non-empty string or item list: there is a prompt (instructions only do not matter then)
-        no_prompt = False
-    else:
-        return None  # rare (aviary's flat form): the exact path reads instructions too
-    return malformed, empty, no_prompt
+        return malformed, True, False
+    if last.type == "function_call":
+        return malformed, False, False
+    raw = last.content
+    try:
+        head = memoryview(raw)[:2]
+        if head[:1] == b'"':  # plain string content: no parts to walk
+            c = head[1:2]
+            # inlined `_raw_text_nonblank`'s first-character test (the usual answer ends here)
+            nonblank = (bool(c) and 0x21 <= c[0] <= 0x7E and c[0] != 0x5C and c[0] != 0x22) or _raw_text_nonblank(raw)
+        else:
+            nonblank = _parts_nonblank(_decode_content(raw))
+    except Exception:  # noqa: BLE001 - any doubt goes to the exact path
+        return None
+    return malformed, not nonblank, False
+
+
+def _raw_text_nonblank(raw: Any) -> bool:
+    """Whether a raw JSON string holds a non-whitespace character (`text.strip() != ""`).
+
+    A printable ASCII character other than a quote or a backslash right after the opening quote
+    settles it (it is never whitespace); anything else is decoded and stripped like the exact path.
+    """
+    first = memoryview(raw)[1:2]
+    if first and 0x21 <= first[0] <= 0x7E and first[0] != 0x5C and first[0] != 0x22:  # not `\` or the closing `"`
+        return True
+    return bool(_decode_json_string(raw).strip())
+
+
+def _parts_nonblank(content: Any) -> bool:
+    """`content_text(content).strip() != ""` for content decoded by `_decode_content`."""
+    if content is None:
+        return False
+    if isinstance(content, str):
+        return bool(content.strip())
+    for part in content:
+        if type(part) is str:
+            if part.strip():
+                return True
+            continue
+        text = part.text
+        if (text is _RAW_MISSING or bytes(text) == b"null") and part.type == "refusal":
+            text = part.refusal
+        if text is _RAW_MISSING:
+            continue
+        head = memoryview(text)[:2]
+        if head[:1] != b'"':
+            continue  # not a string: content_text ignores it
+        c = head[1:2]
+        if (c and 0x21 <= c[0] <= 0x7E and c[0] != 0x5C and c[0] != 0x22) or _raw_text_nonblank(text):
+            return True
+    return False
 
 
 def _raw_is_object(raw: Any) -> bool:
     """`is_json_object_text` of the raw JSON of an `arguments` value (a string holding JSON, or an object)."""
-    data = bytes(raw)
-    if data[:1] == b"{":
+    first = memoryview(raw)[:1]
+    if first == b"{":
         return True  # an object given as such (simdjson validated the line)
+    if first != b'"':
+        return False  # a number, null, a list, ...: not the text of an object
     try:
-        return is_json_object_text(orjson.loads(data))
-    except orjson.JSONDecodeError:
-        return False
+        text = _decode_json_string(raw)
+    except Exception:  # noqa: BLE001 - cannot happen on a validated line; judged like the exact path would
+        return is_json_object_text(orjson.loads(bytes(raw)))
+    # Only text that starts with "{" can be an object; everything else needs no second parse.
+    return text.lstrip()[:1] == "{" and is_json_object_text(text)
 
 
 def validate_file(

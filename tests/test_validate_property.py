@@ -478,3 +478,22 @@ def test_a_valid_line_nested_deeper_than_orjson_writes_never_crashes_the_row_bui
     record = _accepted(_deep_at(where))
     assert record is not None  # validate accepts it (orjson reads 1024 levels)
     _rl_and_sft(record)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "", " ", "\n\t", "\u00a0", "\u2003x", "a", '"', "\\", " a",
+        [{"type": "output_text", "text": ""}], [{"type": "output_text", "text": " \u3000"}],
+        [{"type": "refusal", "refusal": "no"}], [{"type": "refusal", "text": None, "refusal": " "}],
+        [{"type": "output_text", "text": None, "refusal": "x"}], ["", " x"], [" "],
+        [{"type": "output_text", "text": 5}], [{"type": "output_text", "text": "", "annotations": [{"text": "x"}]}],
+        [{"type": "output_text", "text": "\u0020"}, {"type": "output_text", "text": "\u0041"}],
+    ],
+)
+def test_empty_answer_fast_check_agrees_with_the_exact_path(workdir, content):
+    # The fast path reads a text's first character instead of building it: every edge of
+    # "blank after strip()" must come out as the exact path says.
+    rec = good()
+    rec["response"]["output"][2]["content"] = content
+    both_ways(workdir, dump(rec) + b"\n")
