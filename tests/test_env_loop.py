@@ -37,16 +37,9 @@ from verl_agent_loop import QWEN25_TEMPLATE  # noqa: E402
 
 def tiny_qwen(out_dir: Path) -> Path:
     """gymverl.tiny's Qwen2 model + tokenizer with Qwen2.5's chat template."""
-    from transformers import AutoTokenizer
+    from verl_agent_loop import tiny_model_with_template
 
-    from gymverl.tiny import build_tiny_model
-
-    build_tiny_model(out_dir)
-    tok = AutoTokenizer.from_pretrained(str(out_dir))
-    tok.chat_template = QWEN25_TEMPLATE
-    (out_dir / "chat_template.jinja").unlink(missing_ok=True)
-    tok.save_pretrained(str(out_dir))
-    return out_dir
+    return tiny_model_with_template(out_dir, QWEN25_TEMPLATE)
 
 
 def hermes(answer: dict[str, Any]) -> str:
