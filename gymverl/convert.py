@@ -665,12 +665,14 @@ def convert(
     if opts.tool_arguments != "auto" and opts.fmt != "dpo":
         raise ConvertError("--tool-arguments applies to --format dpo only (sft rows choose the form when VeRL loads them).")
     arguments_guessed = False
+    counter: TokenCounter | None = None  # the user's tokenizer, loaded once for every use below
     if opts.fmt == "dpo" and opts.tool_arguments == "auto":
         # Resolved once here, so every worker process writes the same form.
         if opts.tokenizer:
+            counter = TokenCounter(opts.tokenizer)
             try:
-                form = sft_fmt.tool_arguments_form(TokenCounter(opts.tokenizer).tokenizer)
-            except sft_fmt.ToolArgumentsError as exc:
+                form = "object" if counter.object_arguments else "string"
+            except ConvertError as exc:
                 raise ConvertError(f"{exc} (for dpo rows: --tool-arguments string|object)") from None
         else:
             form, arguments_guessed = "string", True
@@ -726,7 +728,10 @@ def convert(
     # No output may be an input (same path, symlink or hard link): refused before anything is written.
     splits = SPLITS if sel.val_fraction > 0 else ("train",)
     check_outputs([*([] if opts.dry_run else sink.planned_outputs(splits)), opts.rejects_path], inputs)
-    counter = TokenCounter(opts.tokenizer) if sel.max_tokens is not None and opts.tokenizer else None
+    if sel.max_tokens is None or not opts.tokenizer:
+        counter = None
+    elif counter is None:
+        counter = TokenCounter(opts.tokenizer)
     summary.grouped = needs_grouping(opts.fmt, sel, tasks_input=tasks_input)
     total = src.progress_total
     made_dir = not opts.dry_run and not sink.single_file and not out.is_dir()
