@@ -25,12 +25,11 @@ turn), `run` (one turn; a multi-turn loop would loop `generate` + tool calls her
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 from uuid import uuid4
 
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput, register
@@ -38,8 +37,8 @@ from verl.utils.profiler import simple_timer
 from verl.utils.rollout_trace import rollout_trace_op
 from verl.workers.rollout.replica import TokenOutput
 
-from gymverl.formats.rl import STOCK_AGENT, TOOLS_AGENT
-from gymverl.messages import MessageError, chat_tools
+# row_tools lives with the RL row format (no VeRL import), so `gymverl preview` reads a row the same way.
+from gymverl.formats.rl import STOCK_AGENT, TOOLS_AGENT, row_tools
 from gymverl.overrides import override
 
 logger = logging.getLogger(__name__)
@@ -50,36 +49,6 @@ CONFIG_PATH = Path(__file__).with_name("agent_loop.yaml")
 CONFIG_OVERRIDE = "actor_rollout_ref.rollout.agent.agent_loop_config_path"
 
 __all__ = ["AGENT_NAME", "CONFIG_PATH", "GymverlToolsAgentLoop", "STOCK_AGENT", "main_ppo_overrides", "row_tools"]
-
-
-def row_tools(extra_info: Any, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]] | None:
-    """The row's tool schemas from `extra_info.tools` (format: `gymverl.formats.rl`), None when it has none.
-
-    Returns `[{"type": "function", "function": {"name", "description"?, "parameters"}}]`, the form
-    chat templates (and VeRL's `verl/tools/schemas.py`) expect. When the row has no
-    `extra_info.tools` (RL parquet written before that column) and `params` (the task's
-    `responses_create_params`) is given, the task's Responses-API tools are converted instead
-    (`gymverl.messages.chat_tools`). Raises ValueError naming the fault for a value that is not
-    such a list: a row whose tools cannot be shown must not train silently without them.
-    """
-    raw = extra_info.get("tools") if isinstance(extra_info, Mapping) else None
-    if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)
-        except ValueError as exc:
-            raise ValueError(f"extra_info.tools is not valid JSON ({exc})") from None
-    if raw is None:  # no column, a null cell or JSON null: the task's own tools, if given
-        if not params:
-            return None
-        try:
-            return chat_tools(params.get("tools")) or None
-        except MessageError as exc:
-            raise ValueError(f"the task's tools cannot be shown to the model: {exc}") from None
-    if not isinstance(raw, list) or not all(
-        isinstance(t, dict) and isinstance(t.get("function"), dict) and t["function"].get("name") for t in raw
-    ):
-        raise ValueError('extra_info.tools must be a list of {"type": "function", "function": {"name": ...}} objects')
-    return raw or None
 
 
 @register(AGENT_NAME)

@@ -68,7 +68,7 @@ from verl.workers.rollout.replica import TokenOutput
 from gymverl.errors import RunError, UsageError
 from gymverl.jsonl import dumps
 from gymverl.messages import messages_to_items, prompt_messages, response_object
-from gymverl.agent_loop import row_tools
+from gymverl.formats.rl import row_tools
 from gymverl.verify import DEFAULT_RETRIES, DEFAULT_TIMEOUT, ECHO_KEYS, VerifyClient, build_request, clean_params, describe_error_body, parse_servers
 
 logger = logging.getLogger(__name__)

@@ -41,8 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from gymverl.errors import UsageError
-from gymverl.formats.rl import ENV_AGENT, STOCK_AGENT, TOOLS_AGENT
-from gymverl.messages import MessageError, chat_tools
+from gymverl.formats.rl import ENV_AGENT, STOCK_AGENT, TOOLS_AGENT, row_tools
 
 # The agent-loop names gymverl writes into an RL row's `agent_name` column (see the common design:
 # gymverl's own loop renders the row's tools; rows without tools keep VeRL's stock loop).
@@ -274,27 +273,27 @@ def _rl(table: Any, tokenizer: Any, tokenizer_dir: str | Path, answer: str | Non
     ng = _json_cell(extra.get("nemo_gym"), "extra_info.nemo_gym") if extra.get("nemo_gym") is not None else None
     rcp = (ng or {}).get("responses_create_params") or {}
     pv.task_tools = len(rcp.get("tools") or [])
-    row_tools = _json_cell(extra.get("tools"), "extra_info.tools") if extra.get("tools") is not None else None
-    row_tools = row_tools or None
-
     has_column = "agent_name" in table.column_names
     pv.agent_name = row.get("agent_name") if has_column else None
     pv.agent_loop = pv.agent_name or STOCK_AGENT
+    try:
+        # The loops' own reading of the row (gymverl.formats.rl.row_tools): gymverl_tools shows
+        # extra_info.tools; gymverl_env falls back to the task's own tools.
+        own_tools = row_tools(extra)
+        if pv.agent_loop == ENV_AGENT:
+            own_tools = row_tools(extra, rcp)
+    except ValueError as exc:
+        raise PreviewError(f"row {pv.row}: {exc}; is this a gymverl rl parquet?") from None
     if pv.agent_loop == TOOLS_AGENT:
-        tools = row_tools
+        tools = own_tools
         if not tools and pv.task_tools:
             pv.warnings.append(f"the row asks for {TOOLS_AGENT} but its extra_info.tools is empty, so the policy sees none of the task's {pv.task_tools} tools.")
     elif pv.agent_loop == ENV_AGENT:
-        # gymverl_env renders the row's tools the same way (extra_info.tools, else the task's own:
-        # gymverl.agent_loop.row_tools); this is the prompt of the episode's first turn.
-        try:
-            tools = row_tools or (chat_tools(rcp.get("tools")) or None)
-        except MessageError as exc:
-            raise PreviewError(f"row {pv.row}: the task's tools cannot be shown to the model: {exc}") from None
+        tools = own_tools  # the prompt of the episode's first turn
         pv.warnings.append(f"{ENV_AGENT} plays the NeMo Gym environment online: this is the prompt of the first turn; later turns add the tool outputs.")
     else:
         tools = None
-        shown = len(row_tools) if row_tools else pv.task_tools
+        shown = len(own_tools) if own_tools else pv.task_tools
         if shown:
             why = (
                 "this parquet has no agent_name column, so VeRL runs its default agent loop (single_turn_agent)"

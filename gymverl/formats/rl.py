@@ -27,7 +27,8 @@ Images that are not inline data URLs are rejected (see `gymverl.messages`).
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import Any, Mapping
 
 import pyarrow as pa
 
@@ -175,3 +176,33 @@ def rl_row(
         "images": images or None,
     }
     return row, gt is not None
+
+
+def row_tools(extra_info: Any, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]] | None:
+    """The row's tool schemas from `extra_info.tools` (format: `gymverl.formats.rl`), None when it has none.
+
+    Returns `[{"type": "function", "function": {"name", "description"?, "parameters"}}]`, the form
+    chat templates (and VeRL's `verl/tools/schemas.py`) expect. When the row has no
+    `extra_info.tools` (RL parquet written before that column) and `params` (the task's
+    `responses_create_params`) is given, the task's Responses-API tools are converted instead
+    (`gymverl.messages.chat_tools`). Raises ValueError naming the fault for a value that is not
+    such a list: a row whose tools cannot be shown must not train silently without them.
+    """
+    raw = extra_info.get("tools") if isinstance(extra_info, Mapping) else None
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError as exc:
+            raise ValueError(f"extra_info.tools is not valid JSON ({exc})") from None
+    if raw is None:  # no column, a null cell or JSON null: the task's own tools, if given
+        if not params:
+            return None
+        try:
+            return chat_tools(params.get("tools")) or None
+        except MessageError as exc:
+            raise ValueError(f"the task's tools cannot be shown to the model: {exc}") from None
+    if not isinstance(raw, list) or not all(
+        isinstance(t, dict) and isinstance(t.get("function"), dict) and t["function"].get("name") for t in raw
+    ):
+        raise ValueError('extra_info.tools must be a list of {"type": "function", "function": {"name": ...}} objects')
+    return raw or None
