@@ -134,13 +134,13 @@ def check_rows_select_env_loop(path: Path) -> int:
     import pyarrow.parquet as pq
 
     try:
-        schema = pq.read_schema(path)
+        data = pq.ParquetFile(path)  # footer only; the one column below is all that is read
     except (OSError, ValueError) as exc:
         raise OnlineError(f"{path}: not a readable parquet file ({exc}).") from None
-    rows = pq.ParquetFile(path).metadata.num_rows
-    if "agent_name" not in schema.names:
+    rows = data.metadata.num_rows
+    if "agent_name" not in data.schema_arrow.names:
         return rows
-    names = set(pq.read_table(path, columns=["agent_name"]).column("agent_name").to_pylist())
+    names = set(data.read(columns=["agent_name"]).column("agent_name").to_pylist())
     other = sorted(str(n) for n in names - {ENV_AGENT})
     if other:
         raise OnlineError(
