@@ -55,7 +55,7 @@ import os
 import re
 import uuid
 import weakref
-from typing import Any, Mapping
+from typing import Any, AsyncIterator, Mapping
 
 import orjson
 
@@ -72,7 +72,9 @@ _TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.S)
 
 # id(event loop) -> (weak ref to the loop, {settings -> client}): an aiohttp pool belongs to the
 # loop that made it. Entries of closed or collected loops are dropped on the next lookup.
-_CLIENTS: dict[int, tuple["weakref.ReferenceType[asyncio.AbstractEventLoop]", dict[tuple[Any, ...], VerifyClient]]] = {}
+# The third item is the loop's closer (see _close_at_loop_shutdown), kept alive here: a collected
+# async generator would be finalized, and close the pools, at once.
+_CLIENTS: dict[int, tuple["weakref.ReferenceType[asyncio.AbstractEventLoop]", dict[tuple[Any, ...], VerifyClient], Any]] = {}
 
 
 class VerifyFailed(RunError, RuntimeError):
@@ -116,7 +118,8 @@ def get_client(**kwargs: Any) -> VerifyClient:
     entry = _CLIENTS.get(id(loop))
     if entry is None or entry[0]() is not loop:
         _prune()
-        entry = _CLIENTS[id(loop)] = (weakref.ref(loop), {})
+        per_loop: dict[tuple[Any, ...], VerifyClient] = {}
+        entry = _CLIENTS[id(loop)] = (weakref.ref(loop), per_loop, _close_at_loop_shutdown(loop, per_loop))
     per_loop = entry[1]
     client = per_loop.get(key)
     if client is None:
@@ -124,9 +127,32 @@ def get_client(**kwargs: Any) -> VerifyClient:
     return client
 
 
+def _close_at_loop_shutdown(loop: asyncio.AbstractEventLoop, per_loop: dict[tuple[Any, ...], VerifyClient]) -> AsyncIterator[None]:
+    """Close this loop's pools when the loop shuts down.
+
+    A plain script's `asyncio.run(compute_score(...))` (or any loop that ends with
+    `shutdown_asyncgens()`, as `asyncio.run` does) would otherwise leave the aiohttp sessions open and
+    aiohttp prints "Unclosed client session" at exit. The loop has no shutdown callback, but it
+    finalizes the async generators it started: one that is parked at its `yield` runs its `finally`
+    there, on the still-running loop, where the sessions can be closed properly.
+    """
+
+    async def closer() -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            for client in list(per_loop.values()):
+                await client.close()
+
+    agen = closer()
+    # Started in its own task so that the loop's asyncgen hooks see it; it parks at `yield` at once.
+    loop.create_task(agen.__anext__())
+    return agen
+
+
 def _prune() -> None:
     """Forget the pools of event loops that are closed or gone."""
-    for k, (ref, _) in list(_CLIENTS.items()):
+    for k, (ref, _, _) in list(_CLIENTS.items()):
         loop = ref()
         if loop is None or loop.is_closed():
             del _CLIENTS[k]

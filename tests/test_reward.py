@@ -171,3 +171,20 @@ def test_deeply_nested_tool_call_arguments_do_not_crash_the_reward() -> None:
     resp = response_from_text(text)
     (call,) = [o for o in resp["output"] if o["type"] == "function_call"]
     assert json.loads(call["arguments"]) == args
+
+
+def test_asyncio_run_of_compute_score_closes_its_pool() -> None:
+    """A plain script's `asyncio.run(compute_score(...))` leaves no aiohttp session open (it printed
+    "Unclosed client session" at exit): the loop's shutdown closes the pools it made."""
+    with FakeServer() as srv:
+        made: list[Any] = []
+
+        async def go() -> dict[str, Any]:
+            out = await compute_score("xlam", "hi", "", extra_info(), server=srv.url, retries=0)
+            made.append(get_client(server=srv.url, retries=0))
+            assert not made[0].closed  # open while the loop runs: later calls reuse it
+            return out
+
+        out = asyncio.run(go())
+    assert out["verify_failed"] == 0.0
+    assert made[0].closed
