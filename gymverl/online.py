@@ -34,7 +34,7 @@ from typing import Any, Callable, Mapping, Optional
 from gymverl.formats.rl import ENV_AGENT
 from gymverl.errors import UsageError
 from gymverl.overrides import override, override_key
-from gymverl.train import StepKeys
+from gymverl.train import RunPlan, StepKeys
 from gymverl.verify import parse_servers
 
 
@@ -100,32 +100,18 @@ class OnlineOptions:
 
 
 @dataclass
-class OnlinePlan:
+class OnlinePlan(RunPlan):
     """A checked train-online run: the main_ppo command and the servers to start for it.
 
     `argv` shows servers still to start at PENDING_URL until `run_online` has started them.
     """
 
     options: OnlineOptions
-    argv: list[str]
-    env: dict[str, str]  # only the variables gymverl adds to the current environment
     rows: int
     start: list[str]  # resources servers gymverl starts (and stops) for the run
     agents: dict[str, str]  # agent (rows' agent_ref) -> the resources server it plays, for started ones
     servers: dict[str, str] = field(default_factory=dict)  # started server -> URL (once running)
     notes: list[str] = field(default_factory=list)
-
-    @property
-    def out(self) -> Path:
-        """The output directory."""
-        return self.options.out
-
-    @property
-    def checkpoints(self) -> Path:
-        """VeRL's `trainer.default_local_dir`."""
-        from gymverl.train import CHECKPOINTS
-
-        return self.options.out / CHECKPOINTS
 
 
 def _check_options(opts: OnlineOptions) -> None:
@@ -134,7 +120,7 @@ def _check_options(opts: OnlineOptions) -> None:
     if opts.algorithm != "grpo":
         raise OnlineError(f"--algorithm {opts.algorithm!r} is not supported yet (grpo only).")
     if opts.n_samples < 1 or opts.nproc < 1 or opts.micro_batch_size < 1:
-        raise OnlineError("--n-samples and --nproc must be 1 or more.")
+        raise OnlineError("--n-samples, --nproc and the micro batch size must be 1 or more.")
     if opts.on_failure not in ("raise", "mask"):
         raise OnlineError(f"--on-failure must be raise or mask, not {opts.on_failure!r}.")
     if opts.servers:

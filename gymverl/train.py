@@ -106,19 +106,14 @@ class TrainOptions:
 
 
 @dataclass
-class TrainPlan:
-    """A checked, ready-to-run training command."""
+class RunPlan:
+    """What `run_training` runs: a VeRL command, the environment variables it adds, and the options
+    (a dataclass with `out` and `overwrite`) it came from. TrainPlan (SFT) and
+    `gymverl.online.OnlinePlan` (RL) extend it."""
 
-    options: TrainOptions
+    options: Any
     argv: list[str]
     env: dict[str, str]  # only the variables gymverl adds to the current environment
-    train_rows: int
-    val_rows: Optional[int]
-    batch_size: int
-    steps_per_epoch: int
-    total_steps: int
-    data_class: Optional[tuple[str, str]]  # (path, class name) of the dataset class, when used
-    notes: list[str] = field(default_factory=list)
 
     @property
     def out(self) -> Path:
@@ -129,6 +124,20 @@ class TrainPlan:
     def checkpoints(self) -> Path:
         """VeRL's `trainer.default_local_dir`."""
         return self.options.out / CHECKPOINTS
+
+
+@dataclass
+class TrainPlan(RunPlan):
+    """A checked, ready-to-run training command."""
+
+    options: TrainOptions
+    train_rows: int
+    val_rows: Optional[int]
+    batch_size: int
+    steps_per_epoch: int
+    total_steps: int
+    data_class: Optional[tuple[str, str]]  # (path, class name) of the dataset class, when used
+    notes: list[str] = field(default_factory=list)
 
     def shell(self) -> str:
         """The command as one copy-pasteable shell line (environment included)."""
@@ -708,7 +717,7 @@ def _lines(stream: Any) -> Iterator[tuple[bytes, str]]:
 
 
 def run_training(
-    plan: Any,
+    plan: RunPlan,
     on_event: Optional[Callable[[Event], None]] = None,
     *,
     keys: StepKeys = SFT_KEYS,
@@ -716,9 +725,7 @@ def run_training(
 ) -> TrainResult:
     """Run the planned command, stream its output as events, and collect step metrics.
 
-    The one runner of both trainers: `plan` is a TrainPlan or a `gymverl.online.OnlinePlan` (anything
-    with `argv`, `env` (variables added), `out`, `checkpoints` and a dataclass `options` with
-    `overwrite`). OUTDIR rules: `--overwrite` empties it first, an earlier metrics.jsonl is kept as
+    The one runner of both trainers: `plan` is a TrainPlan or a `gymverl.online.OnlinePlan`. OUTDIR rules: `--overwrite` empties it first, an earlier metrics.jsonl is kept as
     metrics.N.jsonl, everything the command prints goes to OUTDIR/train.log, and OUTDIR/gymverl-train.json
     records the command and the result. `keys`: which step metrics are the loss, tokens, validation
     and reward. `grace`: seconds the command gets after SIGINT (Ctrl-C) to stop its own workers
@@ -813,7 +820,7 @@ def run_training(
     return result
 
 
-def record_result(plan: Any, result: TrainResult) -> None:
+def record_result(plan: RunPlan, result: TrainResult) -> None:
     """Store the command and the run's summary in OUTDIR/gymverl-train.json."""
     _write_json(
         plan.out / MARKER,
