@@ -221,6 +221,8 @@ def test_servers_default_to_the_ones_the_rows_need(tmp_path: Path, tiny_model: P
     text = runner.invoke(app, ["train-online", str(data), "-m", str(tiny_model), "-o", str(out), "--dry-run"]).output
     assert "servers to start" in text and "math_with_judge, xlam_fc" in text
 
+    res = runner.invoke(app, ["train-online", str(data), "-m", str(tiny_model), "-o", str(out), "--dry-run", "--nemo-gym-env", str(tmp_path / "no-venv")])
+    assert res.exit_code == 2 and "NeMo Gym not found at" in res.output, res.output
     res = runner.invoke(app, ["train-online", str(data), "-m", str(tiny_model), "-o", str(out), "--dry-run", "--servers", "math_with_jugde"])
     assert res.exit_code == 2 and "unknown NeMo Gym resources server 'math_with_jugde'" in res.output and "math_with_judge" in res.output
 
