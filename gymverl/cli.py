@@ -941,9 +941,16 @@ def train_online_command(
         typer.Argument(help="After `--`: VeRL key=value overrides, passed through unchanged (they win over gymverl's).", show_default=False),
     ] = None,
     model: Annotated[str, typer.Option("--model", "-m", help="Base model: a local Hugging Face model directory (or a Hub id).", show_default=False)] = "",
-    out: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output directory (checkpoints/, the agent-loop YAML).", show_default=False)] = None,
+    out: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output directory: checkpoints/, train.log, metrics.jsonl, ng_run.log, the agent-loop YAML.", show_default=False)] = None,
     server: Annotated[
-        Optional[list[str]], typer.Option("--server", help="A running NeMo Gym resources server, NAME=URL (repeat per environment).", show_default=False)
+        Optional[list[str]], typer.Option("--server", help="A running NeMo Gym resources server, NAME=URL (repeat per environment); its rows use it instead of starting one.", show_default=False)
+    ] = None,
+    servers: Annotated[
+        Optional[list[str]],
+        typer.Option("--servers", help="Start these NeMo Gym resources servers on 127.0.0.1 for the run (repeatable or comma-separated). Default: the ones the rows' agents need that no --server gives.", show_default=False),
+    ] = None,
+    nemo_gym_env: Annotated[
+        Optional[Path], typer.Option("--nemo-gym-env", help="NeMo Gym venv the servers start from (default: $GYMVERL_NEMO_GYM_ENV, else ./.nemo-gym-venv).", show_default=False)
     ] = None,
     val: Annotated[Optional[Path], typer.Option("--val", help="Validation RL parquet (default: DATA).")] = None,
     nproc: Annotated[int, typer.Option("--nproc", callback=number(min=1), help="GPUs per node.")] = 1,
@@ -952,31 +959,134 @@ def train_online_command(
     n_samples: Annotated[int, typer.Option("--n-samples", callback=number(min=1), help="Episodes per task per step (GRPO group size).")] = 4,
     max_turns: Annotated[int, typer.Option("--max-turns", callback=number(min=1), help="Model turns per episode.")] = 8,
     on_failure: Annotated[str, typer.Option("--on-failure", help="A failed episode: raise (stop the step) or mask (exclude the sample).")] = "raise",
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Write the agent-loop YAML, print the VeRL command and stop.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in an existing OUTDIR.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete an existing gymverl OUTDIR and start over.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check the inputs, write the agent-loop YAML, print the VeRL command and the servers it would start, and stop (starts nothing).")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Echo every line VeRL prints.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan (with --dry-run) or the result as JSON.")] = False,
 ) -> None:
     """Online RL on NeMo Gym environments: VeRL's main_ppo with gymverl's `gymverl_env` agent loop.
 
-    Example: gymverl train-online rl.parquet -m ./Qwen2.5-0.5B -o runs/grpo --server example_multi_step=http://127.0.0.1:8001 --dry-run
-    """
-    import shlex
+    Starts the resources servers the rows need on 127.0.0.1 (or uses --server NAME=URL), runs VeRL
+    (progress, OUTDIR/train.log) and stops the servers after, also on failure and Ctrl-C.
 
-    from gymverl.online import OnlineOptions, build_online_command, check_with_verl_config
+    Example: gymverl train-online rl.parquet -m ./Qwen2.5-0.5B -o runs/grpo --servers example_multi_step
+
+    Exit code 0 when training finished, 1 when VeRL or a server failed, 2 on usage errors (checked before anything starts), 130 interrupted.
+    """
+    from gymverl import online
 
     if not model:
         raise UsageError("give the base model with --model PATH.")
     if out is None:
         raise UsageError("give the output directory with -o OUTDIR.")
-    if not dry_run:
-        raise UsageError("train-online only builds the VeRL command so far: add --dry-run and run the printed command on a GPU machine.")
-    opts = OnlineOptions(data, model, out, list(server or []), val=val, nproc=nproc, rollout=rollout, algorithm=algorithm,
-                         n_samples=n_samples, max_turns=max_turns, on_failure=on_failure, overrides=list(overrides or []))
-    argv = build_online_command(opts)
-    check_with_verl_config(argv)  # a typo'd override fails here, not on the GPU machine
+    opts = online.OnlineOptions(
+        data, model, out, list(server or []), val=val, nproc=nproc, rollout=rollout, algorithm=algorithm, n_samples=n_samples,
+        max_turns=max_turns, on_failure=on_failure, overrides=list(overrides or []), start=list(servers or []),
+        nemo_gym_env=nemo_gym_env, resume=resume, overwrite=overwrite,
+    )
+    plan = online.plan_online(opts, dry_run=dry_run)
+    view = err_console if as_json else console
+    if dry_run:
+        if as_json:
+            print_json({"argv": plan.argv, "start_servers": plan.start, "rows": plan.rows, "notes": plan.notes})
+        else:
+            _render_online_plan(plan, view)
+        return
+    _render_online_plan(plan, view)
+    progress, on_event, on_servers = _online_progress(view, verbose)
+    try:
+        with progress:
+            result = online.run_online(plan, on_event, on_servers)
+    except KeyboardInterrupt:
+        err_console.print(f"[yellow]interrupted[/]: VeRL and the NeMo Gym servers stopped; {_resume_hint(plan.checkpoints)}.", highlight=False)
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if result.returncode != 0:
+        cause = f": {result.cause}" if result.cause else ""
+        _fail_now(f"VeRL exited with code {result.returncode}{cause}; full log: {result.log}.", EXIT_FAILED)
     if as_json:
-        print_json({"argv": argv})
+        print_json({**result.to_dict(), "servers": plan.servers})
     else:
-        console.print(escape(shlex.join(argv)), highlight=False, soft_wrap=True)
+        _render_online_result(result, view)
+
+
+def _resume_hint(checkpoints: Path) -> str:
+    from gymverl.train import latest_checkpoint
+
+    ckpt = latest_checkpoint(checkpoints)
+    return f"continue from {ckpt.name} with --resume" if ckpt else "no checkpoint was saved yet; start over with --overwrite"
+
+
+def _render_online_plan(plan: Any, out: Console) -> None:
+    """train-online's plan: rows, servers (started or given), notes, the main_ppo command."""
+    import shlex
+
+    o = plan.options
+    t = Table(title="train-online plan", show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column()
+    t.add_row("rollout", f"{o.rollout} on {o.nproc} GPU(s), {o.algorithm}, {o.n_samples} episodes per task")
+    t.add_row("rows", str(plan.rows))
+    if plan.start:
+        t.add_row("servers to start", escape(", ".join(plan.start)) + " (NeMo Gym, 127.0.0.1; stopped after the run)")
+    for spec in o.servers:
+        t.add_row("server", escape(spec))
+    t.add_row("output", escape(str(plan.out)))
+    for note in plan.notes:
+        t.add_row("note", f"[yellow]{escape(note)}[/]")
+    out.print(t)
+    out.print("[bold]command[/]:")
+    out.print(escape(shlex.join(plan.argv)), highlight=False, soft_wrap=True)
+
+
+def _online_progress(view: Console, verbose: bool) -> tuple[Any, Any, Any]:
+    """train-offline's progress view for main_ppo's steps (mean reward instead of loss), and the server stages."""
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    progress = Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+        TextColumn("step {task.completed}/{task.total}"), TextColumn("{task.fields[reward]}"),
+        TimeElapsedColumn(), console=view, transient=False,
+    )
+    task = progress.add_task("starting VeRL", total=None, reward="")
+
+    def on_servers(stage: str, urls: dict[str, str]) -> None:
+        if stage == "starting":
+            progress.update(task, description="starting NeMo Gym servers")
+        else:
+            progress.console.print(escape("NeMo Gym servers: " + ", ".join(f"{k} {v}" for k, v in urls.items())), highlight=False)
+            progress.update(task, description="starting VeRL")
+
+    def on_event(ev: Any) -> None:
+        if ev.kind == "step":
+            reward = ev.metrics.get("critic/score/mean")
+            progress.update(task, completed=ev.step, description="training", reward=f"reward {reward:.3f}" if reward is not None else "")
+        elif ev.kind == "val":
+            progress.console.print(escape(f"step {ev.step}: validation " + ", ".join(f"{k} {v:.3f}" for k, v in ev.metrics.items() if k.startswith("val-core/"))), highlight=False)
+        elif ev.kind == "total":
+            progress.update(task, total=ev.total)
+        elif verbose:
+            progress.console.print(ev.line, highlight=False, markup=False)
+
+    return progress, on_event, on_servers
+
+
+def _render_online_result(result: Any, out: Console) -> None:
+    """Summary of a finished train-online run."""
+    t = Table(title="train-online", show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column()
+    t.add_row("steps", str(result.steps))
+    if result.rewards:
+        t.add_row("mean reward", f"{result.rewards[0]:.3f} -> {result.rewards[-1]:.3f}")
+    t.add_row("tokens", str(result.tokens))
+    if result.tokens_per_second:
+        t.add_row("tokens/s", f"{result.tokens_per_second:,.0f} (from step 2 on)")
+    t.add_row("wall time", f"{result.wall_seconds:.1f} s")
+    if result.checkpoint:
+        t.add_row("checkpoint", escape(str(result.checkpoint)))
+    t.add_row("log", escape(str(result.log)))
+    out.print(t)
 
 
 # ---- collect -----------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""`gymverl train-online`: the `python -m verl.trainer.main_ppo` command for online RL on NeMo Gym environments.
+"""`gymverl train-online`: online RL on NeMo Gym environments with VeRL's `python -m verl.trainer.main_ppo`.
 
 The command (an argv list) carries every override the `gymverl_env` agent loop and the reward need:
 GRPO, the RL parquet, the model, the rollout engine, `n` samples per prompt, the agent-loop YAML
@@ -8,29 +8,65 @@ variables), `gymverl_env` as the default loop (every row plays its episode; `rew
 the episode's `/verify`), and `gymverl.reward.compute_score` with the same servers for rows routed to
 a stateless loop. Hydra must accept it: tests compose it with VeRL's own `ppo_trainer.yaml`.
 
-What is not here yet (issue 14): starting the servers (`--servers NAME`), running the command with
-train-offline's progress view / resume rules, and a CPU rollout (VeRL 0.9.1 has no CPU
-`RolloutReplica`; see `cpu_rollout_note`).
+Servers: each row names its agent (`extra_info.nemo_gym.agent_ref`, e.g.
+`example_multi_step_simple_agent`); its resources server (`example_multi_step`, NeMo Gym's naming,
+else the shipped config that defines the agent) is used from `--server NAME=URL` when given, else
+started on 127.0.0.1 from the NeMo Gym venv for the run (`gymverl.nemo_gym.running_resources_servers`,
+the starter `rescore`/`demo` use; `--servers NAME` starts more) and stopped after it, on every path.
+
+Running (`run_online`): the same runner as train-offline (`gymverl.train.run_training`: progress
+events, OUTDIR/train.log, metrics.jsonl, gymverl-train.json, Ctrl-C stops VeRL's process group),
+with the servers started first and stopped last.
+
+Not here: a CPU rollout (VeRL 0.9.1 has no CPU `RolloutReplica`; see `cpu_rollout_note`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import shutil
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Mapping, Optional
 
 from gymverl.formats.rl import ENV_AGENT
 from gymverl.errors import UsageError
-from gymverl.overrides import override
+from gymverl.overrides import override, override_key
+from gymverl.train import RunPlan, StepKeys
 from gymverl.verify import parse_servers
 
-ROLLOUTS = ("vllm", "sglang")
+
+@dataclass(frozen=True)
+class RolloutEngine:
+    """A `--rollout` choice: VeRL's `actor_rollout_ref.rollout.name`, the package its replica imports,
+    and whether it needs CUDA GPUs (a CPU replica, once registered, would not)."""
+
+    name: str
+    package: Optional[str]
+    gpu: bool = True
+
+
+# `--rollout` choices; add an entry to offer another registered RolloutReplica.
+ROLLOUT_ENGINES: dict[str, RolloutEngine] = {
+    "vllm": RolloutEngine("vllm", "vllm"),
+    "sglang": RolloutEngine("sglang", "sglang"),
+}
+ROLLOUTS = tuple(ROLLOUT_ENGINES)
 # VeRL 0.9.1's defaults (verl/trainer/config/data/legacy_data.yaml, actor/actor.yaml): prompts per
 # step and per actor update. Capped to the dataset, so a small one still makes a batch.
 VERL_PPO_BATCH_SIZE = 1024
 VERL_PPO_MINI_BATCH_SIZE = 256
 LOOP_YAML = "gymverl_agent_loops.yaml"
+NG_LOG = "ng_run.log"  # the servers' output, in OUTDIR
+# What a not-yet-started server's URL reads as in a plan (--dry-run): chosen when it starts.
+PENDING_URL = "http://127.0.0.1:<port>"
+# main_ppo's console lines (verl/trainer/ppo/metric_utils.py): the policy-gradient loss, tokens per
+# step, the rollouts' mean reward; validation lines carry `val-core/...` / `val-aux/...`.
+PPO_KEYS = StepKeys(loss="actor/pg_loss", tokens="perf/total_num_tokens", val_prefix="val-", reward="critic/score/mean")
+# main_ppo's driver shuts Ray down itself after SIGINT; then proc's ladder reaches every worker.
+PPO_GRACE = 30.0
 
 
 class OnlineError(UsageError):
@@ -44,7 +80,7 @@ class OnlineOptions:
     data: Path
     model: str
     out: Path
-    servers: list[str]  # `NAME=URL` (or `URL`) resources-server specs
+    servers: list[str]  # `NAME=URL` (or `URL`) specs of running resources servers
     val: Optional[Path] = None
     nproc: int = 1
     rollout: str = "vllm"
@@ -55,24 +91,43 @@ class OnlineOptions:
     max_response_length: int = 2048
     on_failure: str = "raise"
     overrides: list[str] = field(default_factory=list)
+    start: list[str] = field(default_factory=list)  # resources servers to start (`--servers NAME`)
+    nemo_gym_env: Optional[Path] = None  # where they start from (default: gymverl.nemo_gym.find_env)
+    server_timeout: float = 600.0  # seconds the servers get to become ready
+    micro_batch_size: int = 4  # rows per forward pass per GPU (actor update and log-prob passes)
+    resume: bool = False
+    overwrite: bool = False
 
 
-def build_online_command(opts: OnlineOptions, *, write_loop_yaml: bool = True) -> list[str]:
-    """The main_ppo argv for `opts` (python executable first); writes the agent-loop YAML into
-    `opts.out` unless `write_loop_yaml` is False. Raises OnlineError for unusable options."""
-    from gymverl.env_loop import loop_config
+@dataclass
+class OnlinePlan(RunPlan):
+    """A checked train-online run: the main_ppo command and the servers to start for it.
 
-    if opts.rollout not in ROLLOUTS:
+    `argv` shows servers still to start at PENDING_URL until `run_online` has started them.
+    """
+
+    options: OnlineOptions
+    rows: int
+    start: list[str]  # resources servers gymverl starts (and stops) for the run
+    agents: dict[str, str]  # agent (rows' agent_ref) -> the resources server it plays, for started ones
+    servers: dict[str, str] = field(default_factory=dict)  # started server -> URL (once running)
+    notes: list[str] = field(default_factory=list)
+
+
+def _check_options(opts: OnlineOptions) -> None:
+    if opts.rollout not in ROLLOUT_ENGINES:
         raise OnlineError(f"--rollout must be one of {', '.join(ROLLOUTS)}, not {opts.rollout!r}.")
     if opts.algorithm != "grpo":
         raise OnlineError(f"--algorithm {opts.algorithm!r} is not supported yet (grpo only).")
-    if opts.n_samples < 1 or opts.nproc < 1:
-        raise OnlineError("--n-samples and --nproc must be 1 or more.")
+    if opts.n_samples < 1 or opts.nproc < 1 or opts.micro_batch_size < 1:
+        raise OnlineError("--n-samples, --nproc and the micro batch size must be 1 or more.")
     if opts.on_failure not in ("raise", "mask"):
         raise OnlineError(f"--on-failure must be raise or mask, not {opts.on_failure!r}.")
-    if not opts.servers:
-        raise OnlineError("give the resources servers with --server NAME=URL (one per environment).")
-    parse_servers(opts.servers)  # one sentence for a bad spec
+    if opts.servers:
+        parse_servers(opts.servers)  # one sentence for a bad spec
+
+
+def _count_rows(opts: OnlineOptions) -> int:
     if not opts.data.exists():
         raise OnlineError(f"data file not found: {opts.data}")
     if opts.val is not None and not opts.val.exists():
@@ -84,8 +139,44 @@ def build_online_command(opts: OnlineOptions, *, write_loop_yaml: bool = True) -
             rows = n if path is opts.data else rows
     if rows < 1:
         raise OnlineError(f"{opts.data}: has no rows to train on.")
+    return rows
+
+
+def server_specs_for(opts: OnlineOptions, started: Mapping[str, str], agents: Mapping[str, str] | None = None) -> list[str]:
+    """The `NAME=URL` specs the loop and the reward get: the user's `--server` specs, then
+    `NAME=URL` per started server, plus `AGENT=URL` for a row agent whose name does not start with
+    its server's (the loop routes an agent to the longest NAME it starts with)."""
+    specs = list(opts.servers)
+    for name, url in started.items():
+        specs.append(f"{name}={url}")
+    for agent, name in (agents or {}).items():
+        if name in started and not agent.startswith(name):
+            specs.append(f"{agent}={started[name]}")
+    return specs
+
+
+def build_online_command(
+    opts: OnlineOptions,
+    *,
+    write_loop_yaml: bool = True,
+    started: Mapping[str, str] | None = None,
+    agents: Mapping[str, str] | None = None,
+    rows: Optional[int] = None,
+) -> list[str]:
+    """The main_ppo argv for `opts` (python executable first); writes the agent-loop YAML into
+    `opts.out` unless `write_loop_yaml` is False. `started`: {resources server: URL} of servers
+    gymverl started (or will: PENDING_URL), `agents`: {row agent: its server} for them. Raises
+    OnlineError for unusable options. The user's pass-through overrides win over gymverl's for the
+    same key (Hydra refuses a key given twice). `rows`: DATA's row count when already checked
+    (`check_rows_select_env_loop`), so the parquet is not read again."""
+    from gymverl.env_loop import loop_config
+
+    _check_options(opts)
+    if not opts.servers and not started:
+        raise OnlineError("give the resources servers with --server NAME=URL or start them with --servers NAME (one per environment).")
+    rows = _count_rows(opts) if rows is None else rows
     out = opts.out.resolve()
-    spec = " ".join(opts.servers)
+    spec = " ".join(server_specs_for(opts, started or {}, agents))
     loop_yaml = out / LOOP_YAML
     if write_loop_yaml:
         out.mkdir(parents=True, exist_ok=True)
@@ -104,8 +195,14 @@ def build_online_command(opts: OnlineOptions, *, write_loop_yaml: bool = True) -
         # all, and says so only after Ray and the rollout engine have started on the GPUs.
         ("data.train_batch_size", min(VERL_PPO_BATCH_SIZE, rows)),
         ("actor_rollout_ref.actor.ppo_mini_batch_size", min(VERL_PPO_MINI_BATCH_SIZE, rows)),
-        ("actor_rollout_ref.model.path", str(opts.model)),
-        ("actor_rollout_ref.rollout.name", opts.rollout),
+        # VeRL 0.9.1 has no default for these and stops (an AssertionError building its actor
+        # config) when none is set and dynamic batching is off.
+        ("actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu", opts.micro_batch_size),
+        ("actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu", opts.micro_batch_size),
+        ("actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu", opts.micro_batch_size),
+        # Absolute: Ray's workers need not share this working directory (a Hub id stays as given).
+        ("actor_rollout_ref.model.path", str(Path(opts.model).expanduser().resolve()) if Path(opts.model).expanduser().exists() else str(opts.model)),
+        ("actor_rollout_ref.rollout.name", ROLLOUT_ENGINES[opts.rollout].name),
         ("actor_rollout_ref.rollout.n", opts.n_samples),
         ("actor_rollout_ref.rollout.calculate_log_probs", True),
         ("actor_rollout_ref.rollout.agent.agent_loop_config_path", str(loop_yaml)),
@@ -114,12 +211,244 @@ def build_online_command(opts: OnlineOptions, *, write_loop_yaml: bool = True) -
         ("reward.custom_reward_function.name", "compute_score"),
         ("+reward.custom_reward_function.reward_kwargs.server", spec),
         ("trainer.default_local_dir", str(out / "checkpoints")),
+        # gymverl checks OUTDIR itself (train.check_out_dir): resume only when asked, never by accident.
+        ("trainer.resume_mode", "auto" if opts.resume else "disable"),
         ("trainer.n_gpus_per_node", opts.nproc),
         ("trainer.nnodes", 1),
-        ("trainer.logger", ["console"]),
+        # console: the progress view reads its step lines; file: OUTDIR/metrics.jsonl (VERL_FILE_LOGGER_PATH).
+        ("trainer.logger", ["console", "file"]),
+        # Hydra would otherwise write outputs/<date>/<time>/ into the user's working directory.
+        ("hydra.run.dir", str(out / "hydra")),
     ]
-    argv = [sys.executable, "-m", "verl.trainer.main_ppo", *(override(k, v) for k, v in settings)]
-    return argv + list(opts.overrides)
+    ours = [override(k, v) for k, v in settings]
+    user_keys = {override_key(o) for o in opts.overrides}
+    ours = [o for o in ours if override_key(o) not in user_keys]
+    return [sys.executable, "-m", "verl.trainer.main_ppo", *ours, *opts.overrides]
+
+
+def row_agents(path: Path) -> dict[Optional[str], int]:
+    """{agent name (the row's `extra_info.nemo_gym.agent_ref`), or None: row count} of RL parquet `path`."""
+    import orjson
+    import pyarrow.parquet as pq
+
+    from gymverl.records import agent_name
+
+    counts: dict[Optional[str], int] = {}
+    if "extra_info" not in pq.read_schema(path).names:
+        rows = pq.ParquetFile(path).metadata.num_rows
+        return {None: rows} if rows else {}
+    for extra in pq.read_table(path, columns=["extra_info"]).column("extra_info").to_pylist():
+        if isinstance(extra, (str, bytes)):
+            try:
+                extra = orjson.loads(extra)
+            except orjson.JSONDecodeError:
+                extra = None
+        raw = extra.get("nemo_gym") if isinstance(extra, dict) else None
+        try:
+            ng = orjson.loads(raw) if isinstance(raw, (str, bytes)) else raw
+        except orjson.JSONDecodeError:
+            ng = None
+        name = agent_name(ng) if isinstance(ng, dict) else None
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def resources_server_for_agent(env: Path, agent: str) -> Optional[str]:
+    """The installed NeMo Gym resources server (folder name) that plays `agent`'s tasks, or None.
+
+    NeMo Gym's naming first (`example_multi_step_simple_agent` -> `example_multi_step`,
+    `gymverl.demo.server_for_agent`), else the server folder of the shipped config that defines the
+    agent (`gymverl.collect.agent_config_hint`)."""
+    from gymverl.collect import agent_config_hint
+    from gymverl.demo import server_for_agent
+    from gymverl.nemo_gym import package_dir
+
+    root = package_dir(env) / "resources_servers"
+    name = server_for_agent(agent)
+    if (root / name / "configs").is_dir():
+        return name
+    hint = agent_config_hint(env, agent)
+    if hint and hint.startswith("resources_servers/"):
+        return hint.split("/")[1]
+    return None
+
+
+def _routed(agent: str, names: Any) -> Optional[str]:
+    """The NAME among `names` that routes `agent` (the same rule as the loop: exact, else the longest prefix)."""
+    names = list(names)
+    if agent in names:
+        return agent
+    prefixes = [n for n in names if agent.startswith(n)]
+    return max(prefixes, key=len) if prefixes else None
+
+
+def plan_servers(opts: OnlineOptions, agents: Mapping[Optional[str], int]) -> tuple[list[str], dict[str, str], list[str]]:
+    """(servers to start, {agent: started server}, notes) for rows playing `agents` ({agent: rows}).
+
+    An agent routed by a `--server NAME=URL` uses it; else one of `--servers` that routes it; else
+    a plain `--server URL` (the loop's default); else its resources server is started too. Raises
+    OnlineError (one sentence) for an agent whose server is neither given nor installed, an unknown
+    `--servers` name, rows naming no agent with nothing to send them to, or no NeMo Gym venv."""
+    from gymverl.nemo_gym import NemoGymError, find_env, resources_server_config
+
+    pool, routes = parse_servers(opts.servers) if opts.servers else ([], {})
+    start = list(dict.fromkeys(n.strip() for s in opts.start for n in s.split(",") if n.strip()))
+    env: Optional[Path] = None
+
+    def nemo_gym() -> Path:
+        nonlocal env
+        if env is None:
+            try:
+                env = find_env(opts.nemo_gym_env)
+            except NemoGymError as exc:
+                raise OnlineError(str(exc)) from None
+        return env
+
+    for name in start:
+        try:
+            resources_server_config(nemo_gym(), name)
+        except NemoGymError as exc:
+            raise OnlineError(f"--servers: {exc}") from None
+    mapped: dict[str, str] = {}
+    notes: list[str] = []
+    for agent, count in agents.items():
+        if agent is None or _routed(agent, routes):
+            continue
+        named = _routed(agent, start)
+        if named:
+            mapped[agent] = named
+            continue
+        if pool:
+            continue  # the loop sends agents without a route to the plain --server URL
+        name = resources_server_for_agent(nemo_gym(), agent)
+        if name is None:
+            raise OnlineError(
+                f"{count} row(s) play agent {agent!r}, whose resources server is neither given (--server NAME=URL, "
+                f"--servers NAME) nor installed in the NeMo Gym venv {nemo_gym()}."
+            )
+        mapped[agent] = name
+        if name not in start:
+            start.append(name)
+            notes.append(f"starting {name} for the {count} row(s) of agent {agent}")
+    nameless = agents.get(None, 0)
+    if nameless and not pool:
+        only = list(dict.fromkeys([*routes, *start]))
+        if len(only) != 1:
+            raise OnlineError(
+                f"{nameless} row(s) name no agent (agent_ref), so gymverl cannot tell which resources server plays them; "
+                "give it with --server URL."
+            )
+    return start, mapped, notes
+
+
+def check_runtime(opts: OnlineOptions) -> None:
+    """What main_ppo needs on this machine, checked before anything starts (OnlineError, one sentence):
+    the rollout engine's package, VeRL's TransferQueue (its V1 PPO trainer imports it), CUDA GPUs."""
+    from gymverl.train import check_gpus
+
+    engine = ROLLOUT_ENGINES[opts.rollout]
+    if engine.package and importlib.util.find_spec(engine.package) is None:
+        raise OnlineError(
+            f"--rollout {opts.rollout} needs the {engine.package} package, which is not installed in this Python "
+            f"({sys.executable}); install VeRL's {engine.package} extra (pip install 'verl[{engine.package}]')."
+        )
+    v1 = [o.split("=", 1)[1].strip().lower() for o in opts.overrides if "=" in o and override_key(o) == "trainer.use_v1"]
+    if (not v1 or v1[-1] not in ("false", "0")) and importlib.util.find_spec("transfer_queue") is None:
+        # verl/trainer/main_ppo.py (TaskRunnerV1.run) imports it inside a Ray actor, after Ray has started.
+        raise OnlineError(
+            "VeRL's PPO trainer (main_ppo, trainer.use_v1) needs the TransferQueue package, which is not installed "
+            f"in this Python ({sys.executable}); install it with pip install 'TransferQueue>=0.1.10' (VeRL's verl-core extra)."
+        )
+    if engine.gpu:
+        check_gpus(opts.nproc, none_visible=f"--rollout {opts.rollout} rolls out and trains on CUDA GPUs, but no CUDA GPU is visible here.")
+
+
+def _check_out(opts: OnlineOptions) -> Optional[str]:
+    from gymverl.train import check_out_dir
+
+    out = opts.out
+    # A directory holding only the agent-loop YAML of a --dry-run counts as new.
+    if out.is_dir() and [p.name for p in out.iterdir()] == [LOOP_YAML]:
+        return None
+    return check_out_dir(out, opts.resume, opts.overwrite)
+
+
+def plan_online(opts: OnlineOptions, *, dry_run: bool = False) -> OnlinePlan:
+    """Check everything a user expects checked before anything starts, and build the command.
+
+    Each problem is one sentence (OnlineError / TrainError, exit 2): options and overrides, the
+    rows (RL parquet naming the env loop), the model path, OUTDIR (`train.check_out_dir`: --resume /
+    --overwrite), the servers the rows need (`plan_servers`), and, unless `dry_run`, this machine
+    (`check_runtime`: rollout engine, TransferQueue, GPUs); then VeRL's own config must accept the
+    command (`check_with_verl_config`). Starts nothing; with `dry_run` it writes the agent-loop YAML
+    (servers still to start at PENDING_URL)."""
+    from gymverl.train import METRICS, check_model, check_overrides
+
+    _check_options(opts)
+    check_overrides(opts.overrides)
+    rows = _count_rows(opts)
+    agents: dict[Optional[str], int] = {}
+    for path in filter(None, (opts.data, opts.val)):
+        for agent, n in row_agents(path).items():
+            agents[agent] = agents.get(agent, 0) + n
+    notes: list[str] = []
+    note = check_model(opts.model)
+    if note:
+        notes.append(note)
+    note = _check_out(opts)
+    if note:
+        notes.append(note)
+    start, mapped, server_notes = plan_servers(opts, agents)
+    notes += server_notes
+    if not opts.servers and not start:
+        raise OnlineError("give the resources servers with --server NAME=URL or start them with --servers NAME (one per environment).")
+    if not dry_run:
+        check_runtime(opts)
+    pending = {name: PENDING_URL for name in start}
+    argv = build_online_command(opts, write_loop_yaml=dry_run, started=pending, agents=mapped, rows=rows)
+    check_with_verl_config(argv)
+    env = {
+        "PYTHONUNBUFFERED": "1",  # step lines must reach the progress view as they happen
+        "VERL_FILE_LOGGER_PATH": str(opts.out.resolve() / METRICS),
+    }
+    return OnlinePlan(options=opts, argv=argv, env=env, rows=rows, start=start, agents=mapped, notes=notes)
+
+
+def run_online(
+    plan: OnlinePlan,
+    on_event: Optional[Callable[[Any], None]] = None,
+    on_servers: Optional[Callable[[str, dict[str, str]], None]] = None,
+) -> Any:
+    """Start the plan's servers, write the agent-loop YAML pointing at them, run main_ppo with
+    train-offline's runner (`gymverl.train.run_training`), and stop the servers: on success, on
+    failure, on an exception and on Ctrl-C/SIGTERM (then KeyboardInterrupt propagates).
+
+    `on_servers(stage, urls)`: "starting" (urls empty) before the servers start, "ready" once they
+    answer. Returns the `gymverl.train.TrainResult` (returncode != 0: VeRL failed; `cause` is its
+    error line). A server that fails to start raises `gymverl.nemo_gym.NemoGymError` (exit 1).
+    """
+    from gymverl import train
+    from gymverl.nemo_gym import running_resources_servers
+
+    opts = plan.options
+    out = plan.out
+    if opts.overwrite and out.exists():
+        shutil.rmtree(out)  # _check_out made sure it is a gymverl directory
+        # Emptied now: the runner must not delete the servers' log and the YAML written below.
+        plan.options = opts = replace(opts, overwrite=False)
+    out.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        if plan.start:
+            if on_servers:
+                on_servers("starting", {})
+            servers = stack.enter_context(
+                running_resources_servers(plan.start, env=opts.nemo_gym_env, log_path=out / NG_LOG, startup_timeout=opts.server_timeout)
+            )
+            plan.servers = {name: servers.url(name) for name in plan.start}
+            if on_servers:
+                on_servers("ready", dict(plan.servers))
+        plan.argv = build_online_command(opts, started=plan.servers, agents=plan.agents, rows=plan.rows)
+        return train.run_training(plan, on_event, keys=PPO_KEYS, grace=PPO_GRACE)
 
 
 def check_rows_select_env_loop(path: Path) -> int:
@@ -182,4 +511,25 @@ def cpu_rollout_note() -> str:
     )
 
 
-__all__ = ["LOOP_YAML", "OnlineError", "OnlineOptions", "ROLLOUTS", "build_online_command", "check_rows_select_env_loop", "check_with_verl_config", "cpu_rollout_note"]
+__all__ = [
+    "LOOP_YAML",
+    "NG_LOG",
+    "OnlineError",
+    "OnlineOptions",
+    "OnlinePlan",
+    "PENDING_URL",
+    "ROLLOUTS",
+    "ROLLOUT_ENGINES",
+    "RolloutEngine",
+    "build_online_command",
+    "check_rows_select_env_loop",
+    "check_runtime",
+    "check_with_verl_config",
+    "cpu_rollout_note",
+    "plan_online",
+    "plan_servers",
+    "resources_server_for_agent",
+    "row_agents",
+    "run_online",
+    "server_specs_for",
+]

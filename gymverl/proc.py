@@ -307,6 +307,8 @@ def start(
 # `ValueError: ...`, `torch.distributed.DistBackendError: ...`, also behind torchrun's `[rank0]: `.
 _EXC_LINE = re.compile(r"^(?:\[rank\d+\]:\s*)?(?:[A-Za-z_][\w.]*\.)?([A-Z]\w*(?:Error|Exception|Exit|Interrupt)): (.+)$")
 _ARGPARSE_ERR = re.compile(r"^\S+(?: \S+)*: error: (.+)$")
+# Hydra's `Error in call to target '...':` block prints the exception as its repr: `AssertionError("...")`.
+_EXC_REPR = re.compile(r"""^([A-Z]\w*(?:Error|Exception))\((['"])(.+)\2\)$""")
 # Lines that are never the cause: torchrun's summary box and the errors it raises about itself.
 _NOT_A_CAUSE = re.compile(r"ChildFailedError|^\[rank\d+\]:\s*$|SignalException|torch\.distributed\.elastic")
 
@@ -324,6 +326,9 @@ def log_cause(lines: Sequence[str]) -> str | None:
         m = _EXC_LINE.match(s)
         if m:
             return f"{m.group(1)}: {m.group(2)}"[:500]
+        m = _EXC_REPR.match(s)
+        if m:
+            return f"{m.group(1)}: {m.group(3)}"[:500]
         m = _ARGPARSE_ERR.match(s)
         if m:
             return m.group(1)[:500]

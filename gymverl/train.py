@@ -106,19 +106,14 @@ class TrainOptions:
 
 
 @dataclass
-class TrainPlan:
-    """A checked, ready-to-run training command."""
+class RunPlan:
+    """What `run_training` runs: a VeRL command, the environment variables it adds, and the options
+    (a dataclass with `out` and `overwrite`) it came from. TrainPlan (SFT) and
+    `gymverl.online.OnlinePlan` (RL) extend it."""
 
-    options: TrainOptions
+    options: Any
     argv: list[str]
     env: dict[str, str]  # only the variables gymverl adds to the current environment
-    train_rows: int
-    val_rows: Optional[int]
-    batch_size: int
-    steps_per_epoch: int
-    total_steps: int
-    data_class: Optional[tuple[str, str]]  # (path, class name) of the dataset class, when used
-    notes: list[str] = field(default_factory=list)
 
     @property
     def out(self) -> Path:
@@ -129,6 +124,20 @@ class TrainPlan:
     def checkpoints(self) -> Path:
         """VeRL's `trainer.default_local_dir`."""
         return self.options.out / CHECKPOINTS
+
+
+@dataclass
+class TrainPlan(RunPlan):
+    """A checked, ready-to-run training command."""
+
+    options: TrainOptions
+    train_rows: int
+    val_rows: Optional[int]
+    batch_size: int
+    steps_per_epoch: int
+    total_steps: int
+    data_class: Optional[tuple[str, str]]  # (path, class name) of the dataset class, when used
+    notes: list[str] = field(default_factory=list)
 
     def shell(self) -> str:
         """The command as one copy-pasteable shell line (environment included)."""
@@ -160,12 +169,31 @@ class TrainResult:
     log: Optional[Path] = None
     cause: Optional[str] = None  # when VeRL failed: its error line from the log (not torchrun's summary box)
     tail: list[str] = field(default_factory=list)
+    # RL runs only (None for SFT): the mean reward of every step's rollouts (StepKeys.reward).
+    rewards: Optional[list[float]] = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form."""
+        """JSON-friendly form (`rewards` only for RL runs)."""
         d = asdict(self)
         d.pop("tail")
+        if d["rewards"] is None:
+            d.pop("rewards")
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
+
+
+@dataclass(frozen=True)
+class StepKeys:
+    """Which metrics of a VeRL `step:N - key:value` line `run_training` reads (they differ per trainer)."""
+
+    loss: str  # TrainResult.losses
+    tokens: str  # tokens per step, for the token count and tokens/s
+    val_prefix: str  # a line with such keys and no `loss` is a validation line
+    val_loss: Optional[str] = None  # TrainResult.val_loss
+    reward: Optional[str] = None  # TrainResult.rewards (RL)
+
+
+# verl.trainer.sft_trainer's console lines.
+SFT_KEYS = StepKeys(loss="train/loss", tokens="train/global_tokens", val_prefix="val/", val_loss="val/loss")
 
 
 @dataclass
@@ -243,13 +271,14 @@ def check_out_dir(out: Path, resume: bool, overwrite: bool) -> Optional[str]:
     )
 
 
-def check_gpus(nproc: int) -> None:
-    """Raise TrainError unless this machine has at least `nproc` CUDA GPUs."""
+def check_gpus(nproc: int, *, none_visible: str = "--device cuda but no CUDA GPU is visible here; use --device cpu for a smoke run.") -> None:
+    """Raise TrainError unless this machine has at least `nproc` CUDA GPUs (`none_visible`: the
+    sentence when there is none, naming the caller's way out)."""
     import torch
 
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if n == 0:
-        raise TrainError("--device cuda but no CUDA GPU is visible here; use --device cpu for a smoke run.")
+        raise TrainError(none_visible)
     if n < nproc:
         raise TrainError(f"--nproc {nproc} but only {n} CUDA GPU(s) are visible.")
 
@@ -687,8 +716,22 @@ def _lines(stream: Any) -> Iterator[tuple[bytes, str]]:
         yield b"", buf.decode("utf-8", "replace")
 
 
-def run_training(plan: TrainPlan, on_event: Optional[Callable[[Event], None]] = None) -> TrainResult:
-    """Run the planned command, stream its output as events, and collect step metrics."""
+def run_training(
+    plan: RunPlan,
+    on_event: Optional[Callable[[Event], None]] = None,
+    *,
+    keys: StepKeys = SFT_KEYS,
+    grace: float = TORCHRUN_GRACE,
+) -> TrainResult:
+    """Run the planned command, stream its output as events, and collect step metrics.
+
+    The one runner of both trainers: `plan` is a TrainPlan or a `gymverl.online.OnlinePlan`. OUTDIR rules: `--overwrite` empties it first, an earlier metrics.jsonl is kept as
+    metrics.N.jsonl, everything the command prints goes to OUTDIR/train.log, and OUTDIR/gymverl-train.json
+    records the command and the result. `keys`: which step metrics are the loss, tokens, validation
+    and reward. `grace`: seconds the command gets after SIGINT (Ctrl-C) to stop its own workers
+    before `gymverl.proc`'s SIGTERM/SIGKILL ladder. Ctrl-C/SIGTERM: the command is stopped, then
+    KeyboardInterrupt propagates.
+    """
     emit = on_event or (lambda _e: None)
     out = plan.out
     if plan.options.overwrite and out.exists():
@@ -711,10 +754,12 @@ def run_training(plan: TrainPlan, on_event: Optional[Callable[[Event], None]] = 
     tokens_after_first = 0
     tail: list[str] = []
     env = {**os.environ, **plan.env}
+    if keys.reward is not None:
+        result.rewards = []
     # torchrun forwards SIGINT to its workers (in sessions of their own) and gets TORCHRUN_GRACE
-    # seconds to stop them; then proc's ladder reaches every worker with SIGTERM and SIGKILL.
+    # seconds to stop them (main_ppo: Ray's); then proc's ladder reaches every worker with SIGTERM and SIGKILL.
     with open(log_path, "ab", buffering=0) as log, proc.start(  # unbuffered log: `tail -f` works
-        plan.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, grace=TORCHRUN_GRACE
+        plan.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, grace=grace
     ) as child:
         try:
             for chunk, line in _lines(child.popen.stdout):
@@ -724,19 +769,22 @@ def run_training(plan: TrainPlan, on_event: Optional[Callable[[Event], None]] = 
                 tail.append(line)
                 del tail[:-40]
                 parsed = parse_step_line(line)
-                if parsed and "train/loss" not in parsed[1] and "val/loss" in parsed[1]:
-                    # VeRL logs validation as its own `step:N - val/loss:x` line.
-                    result.val_loss = parsed[1]["val/loss"]
+                if parsed and keys.loss not in parsed[1] and any(k.startswith(keys.val_prefix) for k in parsed[1]):
+                    # VeRL logs validation as its own `step:N - val/loss:x` line (main_ppo: `val-core/...`).
+                    if keys.val_loss and keys.val_loss in parsed[1]:
+                        result.val_loss = parsed[1][keys.val_loss]
                     emit(Event("val", line=line, step=parsed[0], metrics=parsed[1]))
                     continue
                 if parsed:
                     step, metrics = parsed
                     now = time.monotonic()
                     result.steps = step
-                    loss = metrics.get("train/loss")
+                    loss = metrics.get(keys.loss)
                     if loss is not None:
                         result.losses.append(loss)
-                    tok = int(metrics.get("train/global_tokens", 0))
+                    if result.rewards is not None and keys.reward in metrics:
+                        result.rewards.append(metrics[keys.reward])
+                    tok = int(metrics.get(keys.tokens, 0))
                     result.tokens += tok
                     if first_step_t is None:
                         first_step_t = now
@@ -772,7 +820,7 @@ def run_training(plan: TrainPlan, on_event: Optional[Callable[[Event], None]] = 
     return result
 
 
-def record_result(plan: TrainPlan, result: TrainResult) -> None:
+def record_result(plan: RunPlan, result: TrainResult) -> None:
     """Store the command and the run's summary in OUTDIR/gymverl-train.json."""
     _write_json(
         plan.out / MARKER,

@@ -164,3 +164,20 @@ def test_log_cause_skips_torchruns_box() -> None:
     ]
     assert proc.log_cause(lines) == "ValueError: sequence_length=10438 is larger than self.max_length=1024"
     assert proc.log_cause(["all good"]) is None
+
+
+def test_log_cause_reads_hydras_instantiate_error() -> None:
+    """main_ppo's config errors come through Hydra's `Error in call to target` block, which prints the
+    exception as its repr (seen with VeRL 0.9.1 when no micro batch size is set): the cause is that
+    exception, not "no cause"."""
+    lines = [
+        "Error executing job with overrides: ['algorithm.adv_estimator=grpo']",
+        "Error in call to target 'verl.workers.config.actor.FSDPActorConfig':",
+        "AssertionError(\"[actor] Please set at least one of 'actor.ppo_micro_batch_size' or 'actor.ppo_micro_batch_size_per_gpu'.\")",
+        "full_key: actor_rollout_ref.actor",
+        "",
+        "Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace.",
+    ]
+    assert proc.log_cause(lines) == (
+        "AssertionError: [actor] Please set at least one of 'actor.ppo_micro_batch_size' or 'actor.ppo_micro_batch_size_per_gpu'."
+    )
