@@ -52,7 +52,7 @@ def check_reverify_modes(client: VerifyClient, force: bool) -> tuple[dict[str, s
     stateless. A 404 (NeMo Gym < 0.5, no such route) is let through: those servers cannot declare
     anything, and refusing them all would make --force a habit; the summary records it.
     """
-    urls = list(dict.fromkeys([*client.pool, *(u for us in client.routes.values() for u in us)]))
+    urls = client.urls
     timeout = min(client.timeout, 10.0)
 
     async def ask() -> list[str]:

@@ -62,7 +62,7 @@ class TaskFields:
 
     async def fetch_schemas(self) -> None:
         """Ask every server for its `/verify` request schema once, before any row is sent."""
-        urls = list(dict.fromkeys([*self.client.pool, *(u for us in self.client.routes.values() for u in us)]))
+        urls = self.client.urls
         timeout = min(self.client.timeout, 10.0)
         found = await asyncio.gather(*(fetch_request_schema(u, timeout) for u in urls))
         self._schemas = dict(zip(urls, found))
