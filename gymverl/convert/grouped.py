@@ -22,7 +22,7 @@ from gymverl.files import scratch_dir
 from gymverl.convert.options import ConvertError
 from gymverl.convert.results import LineResult, MetaResult, Rejected
 from gymverl.convert.rows import _Ctx, _content_facts, _dpo_build, _fast_sft_row, _rl_row, _rl_too_long, _sft_build, _too_long_rollout
-from gymverl.convert.spill import _Partitions, _read_slots, _spill_error
+from gymverl.convert.spill import _Partitions, _read_groups, _read_slots, _spill_error
 
 
 class _FastPass1:
@@ -60,7 +60,7 @@ class _FastPass1:
             status = "masked" if masked and sel.drop_masked else None
         else:
             status = record_status(reward, incomplete, sel, masked, malformed, empty)
-        return MetaResult(key, [key, line.number, reward, status, None, ri], line.data if status is None else b"")
+        return MetaResult(key, line.number, reward, status, None, ri, line.data if status is None else b"")
 
 
 class _FastMeta(_FastRollouts):
@@ -104,7 +104,7 @@ def _pass1_result(ctx: _Ctx, c: Checked) -> LineResult:
     dk = dedup_key(rec) if sel.dedup and status is None else None
     ri = rec.get("_ng_rollout_index")
     ri = ri if isinstance(ri, int) and not isinstance(ri, bool) and ri >= 0 else None
-    return MetaResult(key, [key, c.line, float(rec["reward"]), status, dk, ri], c.raw if status is None else b"")
+    return MetaResult(key, c.line, float(rec["reward"]), status, dk, ri, c.raw if status is None else b"")
 
 
 def _convert_grouped(ctx: _Ctx, lines: Iterator[LineResult], total: int | None) -> None:
@@ -136,7 +136,7 @@ def _convert_grouped(ctx: _Ctx, lines: Iterator[LineResult], total: int | None) 
                     ctx.reject(r.line, r.code, r.reason, r.raw)
                     continue
                 s.valid += 1
-                parts.add(r.key, r.meta, r.raw)
+                parts.add(r)
         except BaseException:
             parts.close(quiet=True)  # the first error (or the interrupt) is what the user sees
             raise
@@ -148,11 +148,7 @@ def _convert_grouped(ctx: _Ctx, lines: Iterator[LineResult], total: int | None) 
 
 def _finish_partition(ctx: _Ctx, meta_path: Path, data_path: Path) -> None:
     s, sel, fmt = ctx.summary, ctx.opts.select, ctx.opts.fmt
-    groups: dict[str, list[Member]] = {}
-    with open(meta_path, "rb") as f:
-        for slot, raw in enumerate(f):
-            key, line, reward, status, dk, ri = orjson.loads(raw)
-            groups.setdefault(key, []).append(Member(line, reward, status, dk, slot, ri))
+    groups = _read_groups(meta_path)
     repeated = [key for key, members in groups.items() if _repeats_rollouts(members)]
     if repeated:
         _settle_repeats(ctx, groups, repeated, data_path)

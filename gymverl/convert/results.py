@@ -35,11 +35,16 @@ class RowResult(NamedTuple):
 
 
 class MetaResult(NamedTuple):
-    """Grouped pass 1: the selection facts `[key, line, reward, status, dedup key, rollout index]`
-    of a valid rollout (spilled as JSON), and its raw line to spill (b"" once a rule removed it)."""
+    """Grouped pass 1: the selection facts of a valid rollout (spilled by `spill._Partitions`) and
+    its raw line to spill (b"" once a rule removed it). `status` is the rule that removed it, if any;
+    `dedup` its dedup key (only with --dedup); `rollout` its `_ng_rollout_index` when usable."""
 
     key: str
-    meta: list[Any]
+    line: int
+    reward: float
+    status: str | None
+    dedup: str | None
+    rollout: int | None
     raw: bytes
 
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import orjson
 
 from gymverl.errors import GymverlError, RunError, from_os_error
+from gymverl.select import Member
+
+from gymverl.convert.results import MetaResult
 
 
 class _Partitions:
@@ -35,7 +38,9 @@ class _Partitions:
             return 0
         return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=4).digest(), "big") % self.n
 
-    def add(self, key: str, meta: list[Any], raw: bytes) -> None:
+    def add(self, r: MetaResult) -> None:
+        """Spill one rollout's selection facts (a JSON list: `_read_groups` reads it back) and raw line."""
+        key = r.key
         # A task's rollouts mostly arrive close together: remember the last few keys' partitions.
         i = self._recent.get(key)
         if i is None:
@@ -43,9 +48,9 @@ class _Partitions:
                 self._recent.clear()
             i = self._recent[key] = self.index(key)
         try:
-            self._meta[i].write(orjson.dumps(meta, option=orjson.OPT_APPEND_NEWLINE))
+            self._meta[i].write(orjson.dumps([key, r.line, r.reward, r.status, r.dedup, r.rollout], option=orjson.OPT_APPEND_NEWLINE))
             data = self._data[i]
-            data.write(raw)
+            data.write(r.raw)
             data.write(b"\n")
         except OSError as exc:
             raise _spill_error(exc, self.root) from None
@@ -84,3 +89,14 @@ def _read_slots(data_path: Path, slots: set[int]) -> dict[int, bytes]:
                 if slot in slots:
                     raws[slot] = raw.rstrip(b"\n")
     return raws
+
+
+def _read_groups(meta_path: Path) -> dict[str, list[Member]]:
+    """A partition's spilled selection facts (as `_Partitions.add` wrote them), grouped by task key;
+    each member's `slot` is its line in the partition's data file."""
+    groups: dict[str, list[Member]] = {}
+    with open(meta_path, "rb") as f:
+        for slot, raw in enumerate(f):
+            key, line, reward, status, dk, ri = orjson.loads(raw)
+            groups.setdefault(key, []).append(Member(line, reward, status, dk, slot, ri))
+    return groups
