@@ -458,6 +458,11 @@ class VerifyClient:
             raise _Retryable("http_429" if status == 429 else "http_5xx", f"HTTP {status}: {text}", status, ra)
         raise _Final("http_4xx" if 400 <= status < 500 else "http_other", f"HTTP {status}: {text}", status)
 
+    @property
+    def urls(self) -> list[str]:
+        """Every server URL this client may send to, once each (the pool's first, then the routes')."""
+        return list(self._servers)
+
     def server_stats(self) -> list[dict[str, Any]]:
         """Requests sent / failed per server URL (attempts, retries included)."""
         return [{"url": s.url, "sent": s.sent, "failed": s.failed} for s in self._servers.values()]

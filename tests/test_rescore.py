@@ -349,18 +349,18 @@ def test_cli_usage_errors_are_one_sentence(tmp_path: Path) -> None:
 
 def test_a_slow_row_does_not_let_memory_grow_past_the_window(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Rows finishing after a slow one wait in a bounded reorder window, not in an unbounded buffer."""
-    import gymverl.rescore as rescore_mod
+    from gymverl.rescore.writer import OrderedWriter
 
     inp = tmp_path / "in.jsonl"
     make_input(inp, 400)
     seen: list[int] = []
-    orig = rescore_mod._Run._drain
+    orig = OrderedWriter.drain
 
-    def spy(self: Any, final: bool = False) -> None:
+    def spy(self: Any, final: bool = False) -> bool:
         seen.append(len(self.pending))
-        orig(self, final)
+        return orig(self, final)
 
-    monkeypatch.setattr(rescore_mod._Run, "_drain", spy)
+    monkeypatch.setattr(OrderedWriter, "drain", spy)
     # every 50th row times out once (0.5 s) and then answers; the rest answer at once
     with FakeServer("--plan", "timeout,ok", "--every", "50", "--hang", "5") as srv:
         summary = rescore_file(inp, tmp_path / "out.jsonl", [srv.url], concurrency=8, timeout=0.5, window=32)
@@ -637,7 +637,7 @@ def test_a_crash_on_one_line_deep_in_a_long_file_stops_the_run_naming_the_line(
     """Any exception in a worker ends the run at once (it used to hang with >1024 lines after it)."""
     import gc
 
-    import gymverl.rescore as rescore_mod
+    import gymverl.rescore.run as rescore_mod  # where the run calls build_request
 
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     make_input(inp, 2000)
@@ -668,7 +668,7 @@ def test_a_failing_checkpoint_write_stops_the_run(tmp_path: Path, monkeypatch: p
     """The background checkpoint writer (a thread) failing with a full disk: exit 1, no hang."""
     import errno
 
-    import gymverl.rescore as rescore_mod
+    import gymverl.rescore.checkpoint as rescore_mod  # the checkpoint writer
 
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     make_input(inp, 600)

@@ -90,6 +90,13 @@ def test_parse_servers_pool_routes_and_errors() -> None:
         parse_servers([])
 
 
+def test_urls_lists_every_server_once_pool_first() -> None:
+    """What rescore asks GET /reverify_mode and /openapi.json of: each URL once, none left out."""
+    c = VerifyClient(["http://127.0.0.1:1", "a=http://127.0.0.1:3", "b=http://127.0.0.1:1", "a=http://127.0.0.1:2"])
+    assert c.urls == ["http://127.0.0.1:1", "http://127.0.0.1:3", "http://127.0.0.1:2"]
+    assert VerifyClient(["a=http://127.0.0.1:2"]).urls == ["http://127.0.0.1:2"]  # routes only, no pool
+
+
 def test_routing_by_agent_name_exact_then_longest_prefix_then_pool() -> None:
     c = VerifyClient(["http://pool:1", "math=http://m:1", "math_with_judge=http://mj:1", "xlam_fc_simple_agent=http://x:1"])
     assert c.servers_for("math_with_judge_simple_agent") == ["http://mj:1"]

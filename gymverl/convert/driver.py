@@ -1,0 +1,275 @@
+"""`convert`: checks the options, sets up the sink, the task source and the locks, runs the stream or
+grouped conversion, and fills in the summary's warnings."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import time
+from collections import Counter
+import dataclasses
+from pathlib import Path
+from typing import Iterator
+
+from gymverl.formats import FORMATS, FieldRules
+from gymverl.formats import rl as rl_fmt
+from gymverl.inputs import Input, as_input
+from gymverl.jsonl import RejectsWriter, read_jsonl
+from gymverl.sidecars import JOIN_REASONS, TaskSource, is_materialized_inputs, sidecar_paths, stem_of
+from gymverl.select import needs_grouping
+from gymverl.errors import from_os_error
+from gymverl.files import check_outputs, output_lock
+from gymverl.progress import OnProgress
+
+from gymverl.convert.options import ConvertError, ConvertOptions
+from gymverl.convert.summary import ConvertSummary
+from gymverl.convert.parquet import ParquetSink, SCHEMAS, SPLITS
+from gymverl.convert.rows import TokenCounter, _Ctx
+from gymverl.convert.stream import _convert_streaming, _stream_result
+from gymverl.convert.grouped import _convert_grouped, _pass1_result
+from gymverl.convert.workers import _local_results, _parallel_results
+
+
+# ---- inputs ------------------------------------------------------------------------------------
+
+
+def detect_input_kind(path: str | os.PathLike[str], max_lines: int = 50) -> str:
+    """'rollouts' when the first JSON objects carry a `response`, 'tasks' when they only have the task input."""
+    for n, p in enumerate(read_jsonl(path)):
+        if n >= max_lines:
+            break
+        if p.ok and isinstance(p.obj, dict):
+            if "response" in p.obj:
+                return "rollouts"
+            if "responses_create_params" in p.obj:
+                return "tasks"
+    return "rollouts"
+
+
+def _task_source(opts: ConvertOptions, src: Input, tasks_input: bool) -> TaskSource | None:
+    """The task rows joined onto rl rows: --tasks, else the materialized inputs beside a rollouts file."""
+    if opts.tasks_path is not None:
+        return TaskSource(opts.tasks_path)
+    if tasks_input or opts.fmt != "rl" or not opts.side_files:
+        return None  # sft/dpo rows hold no task fields; a tasks file has its own
+    found = sidecar_paths(src).materialized
+    return TaskSource(found, "materialized") if found is not None else None
+
+
+def _task_field_problems(s: ConvertSummary, src: Input, source: TaskSource | None) -> list[str]:
+    """Truthful warnings about rl rows that may lack task fields /verify needs (errors with --strict)."""
+    out = []
+    if s.rows_without_source:
+        out.append(
+            f"{s.rows_without_source} RL rows come from NeMo Gym >= 0.5 rollouts, whose lines keep only the task fields "
+            "the verifier echoes (0.7.0 drops e.g. math_with_judge's question, mcqa's options, xlam_fc's expected_answers); "
+            f"no {stem_of(str(src))}_materialized_inputs.jsonl is beside {src} and no --tasks was given, so their "
+            "extra_info.nemo_gym.task may lack fields /verify needs: give --tasks with the materialized inputs or the original tasks file."
+        )
+    if source is not None and s.rows_missing_fields:
+        fields = ", ".join(f"{k} ({n} rows)" for k, n in s.missing_task_fields.most_common())
+        why = "; ".join(f"{n} {JOIN_REASONS.get(r, r)}" for r, n in s.not_joined.most_common())
+        out.append(
+            f"{s.rows_missing_fields} RL rows lack task fields that {source.path} has for their agent: {fields}"
+            + (f" (no task row joined: {why})" if why else "")
+            + "; /verify gets only the fields in extra_info.nemo_gym.task, so these rows may score wrongly."
+        )
+    elif source is not None and s.not_joined:
+        why = "; ".join(f"{n} {JOIN_REASONS.get(r, r)}" for r, n in s.not_joined.most_common())
+        out.append(f"{sum(s.not_joined.values())} RL rows found no task row in {source.path} ({why}); they keep the task fields of their rollout line.")
+    return out
+
+
+def convert(
+    input_path: str | os.PathLike[str],
+    output: str | os.PathLike[str] | None,
+    options: ConvertOptions | None = None,
+    *,
+    on_progress: OnProgress | None = None,
+) -> ConvertSummary:
+    """Convert a rollout (or, for rl, tasks) JSONL file to VeRL parquet under `output`; see module doc.
+
+    `output` may be None only with `options.dry_run` (nothing is written then anyway).
+    """
+    opts = options or ConvertOptions()
+    started = time.perf_counter()
+    src = as_input(input_path)  # a path, `-`, a pipe, or an Input the caller opened
+    if output is None and not opts.dry_run:
+        raise ConvertError("an output directory is needed unless this is a dry run.")
+    out = Path(output) if output is not None else Path("(dry-run)")
+    if opts.fmt not in FORMATS:
+        raise ConvertError(f"unknown format {opts.fmt!r}; choose one of {', '.join(FORMATS)}.")
+    if opts.agent_loop not in rl_fmt.AGENT_LOOPS:
+        raise ConvertError(f"unknown agent loop {opts.agent_loop!r}; choose one of {', '.join(rl_fmt.AGENT_LOOPS)}.")
+    if opts.agent_loop != "auto" and opts.fmt != "rl":
+        raise ConvertError("--agent-loop applies to --format rl only.")
+    if opts.tool_arguments not in ("auto", "string", "object"):
+        raise ConvertError(f"unknown tool-argument form {opts.tool_arguments!r}; choose one of auto, string, object.")
+    if opts.tool_arguments != "auto" and opts.fmt != "dpo":
+        raise ConvertError("--tool-arguments applies to --format dpo only (sft rows choose the form when VeRL loads them).")
+    arguments_guessed = False
+    counter: TokenCounter | None = None  # the user's tokenizer, loaded once for every use below
+    if opts.fmt == "dpo" and opts.tool_arguments == "auto":
+        # Resolved once here, so every worker process writes the same form.
+        if opts.tokenizer:
+            counter = TokenCounter(opts.tokenizer)
+            try:
+                form = "object" if counter.object_arguments else "string"
+            except ConvertError as exc:
+                raise ConvertError(f"{exc} (for dpo rows: --tool-arguments string|object)") from None
+        else:
+            form, arguments_guessed = "string", True
+        opts = dataclasses.replace(opts, tool_arguments=form)
+    try:
+        opts.select.check()
+    except ValueError as exc:
+        raise ConvertError(str(exc)) from None
+    if opts.shard_size is not None and opts.shard_size < 1:
+        raise ConvertError("--shard-size must be at least 1.")
+    if out.suffix == ".parquet" and opts.select.val_fraction > 0:
+        raise ConvertError("with --val-fraction, --output must be a directory (train.parquet and val.parquet go into it).")
+    if out.exists() and not out.is_dir() and out.suffix != ".parquet":
+        raise ConvertError(f"{out}: exists and is not a directory.")
+    if out.suffix == ".parquet" and out.is_dir():
+        raise ConvertError(f"{out}: is a directory; give a directory without the .parquet suffix or a file path.")
+    if opts.select.max_tokens is not None and not opts.tokenizer:
+        raise ConvertError("--max-tokens needs --tokenizer (a local Hugging Face tokenizer directory).")
+    # Detection reads the first lines, conversion all of them: a pipe is spooled first.
+    kind = opts.input_kind if opts.input_kind != "auto" else detect_input_kind(src.reusable(opts.tmp_dir))
+    if kind not in ("rollouts", "tasks"):
+        raise ConvertError(f"unknown input kind {kind!r}; choose auto, rollouts or tasks.")
+    tasks_input = kind == "tasks"
+    if tasks_input and opts.fmt != "rl":
+        raise ConvertError(
+            f"{src} looks like a NeMo Gym tasks file (no 'response' in its lines): only --format rl converts tasks; "
+            "collect rollouts first for sft or dpo."
+        )
+    sel = opts.select
+    if opts.fmt == "rl":
+        unused = [n for n, v in (("--min-reward", sel.min_reward), ("--best-of-n", sel.best_of_n), ("--dedup", sel.dedup)) if v]
+        if unused:
+            raise ConvertError(f"{', '.join(unused)} select rollouts, but --format rl writes one row per task; use --drop-solved/--drop-unsolved.")
+    if tasks_input and (sel.drop_solved or sel.drop_unsolved):
+        raise ConvertError("--drop-solved/--drop-unsolved need rollouts with rewards, not a tasks file.")
+
+    task_keys = None
+    if tasks_input and opts.fmt == "rl" and is_materialized_inputs(src.reusable(opts.tmp_dir).path):
+        kind = "materialized_inputs"  # one line per (task, repeat): rows are grouped by task below
+    summary = ConvertSummary(str(src), str(output) if output is not None else None, opts.fmt, input_kind=kind, dry_run=opts.dry_run)
+    source = _task_source(opts, src, tasks_input)
+    if source is not None:
+        task_keys = frozenset(source.field_names)
+        summary.task_source, summary.task_source_kind = str(source.path), source.kind
+        if source.bad_lines:
+            summary.warnings.append(f"{source.bad_lines} lines of {source.path} are not valid NeMo Gym task rows and were ignored.")
+    rules = FieldRules(task_keys=task_keys, ground_truth_field=opts.ground_truth_field, keep_all=tasks_input)
+    # The user's file (a pipe has no path to protect; its spooled copy is ours).
+    inputs = (None if src.spooled else src.path, opts.tasks_path, source.path if source is not None else None)
+    sink = ParquetSink(
+        out, SCHEMAS[opts.fmt], shard_size=opts.shard_size, dry_run=opts.dry_run, batch_rows=opts.batch_rows, protect=inputs
+    )
+    # No output may be an input (same path, symlink or hard link): refused before anything is written.
+    splits = SPLITS if sel.val_fraction > 0 else ("train",)
+    check_outputs([*([] if opts.dry_run else sink.planned_outputs(splits)), opts.rejects_path], inputs)
+    if sel.max_tokens is None or not opts.tokenizer:
+        counter = None
+    elif counter is None:
+        counter = TokenCounter(opts.tokenizer)
+    summary.grouped = needs_grouping(opts.fmt, sel, tasks_input=tasks_input)
+    total = src.progress_total
+    made_dir = not opts.dry_run and not sink.single_file and not out.is_dir()
+    if made_dir:
+        try:
+            out.mkdir(parents=True, exist_ok=True)  # the directory holds its own lock
+        except OSError as exc:
+            raise from_os_error(exc, str(out)) from None
+    try:
+        # Held for the whole run: a second gymverl writing the same output (or rejects file) is refused.
+        with output_lock(None if opts.dry_run else out, opts.rejects_path):
+            try:
+                with _fewer_gc_passes():
+                    _run(opts, src, summary, rules, sink, counter, tasks_input, on_progress, total, source)
+                problems = _task_field_problems(summary, src, source) if opts.fmt == "rl" and not tasks_input else []
+                if problems and opts.strict:
+                    raise ConvertError(f"--strict: {problems[0]}")
+                summary.warnings.extend(problems)
+                guess = rules.guess_warning() if opts.fmt == "rl" else None
+                if guess:  # once per run, naming every field the name heuristic decided
+                    summary.warnings.append(guess)
+                summary.files = sink.commit()
+            except BaseException:
+                sink.abort()
+                raise
+    finally:
+        if made_dir and not summary.files:
+            # A failed run, or one that kept no row, leaves no trace: not even the directory it made.
+            with contextlib.suppress(OSError):
+                out.rmdir()
+    summary.warnings.extend(sink.warnings)
+    summary.rows = Counter(sink.counts)
+    summary.image_rows, summary.images = sink.image_rows, sink.images
+    if arguments_guessed and sink.tool_rows:
+        summary.warnings.append(
+            f"{sink.tool_rows} dpo rows have tools; their tool-call arguments are written as the model's JSON text, "
+            "which chat templates that JSON-encode or iterate arguments (Qwen2.5, Llama 3.1, Qwen3-Coder, Gemma) "
+            "render double-encoded or not at all: pass --tokenizer MODEL (the form is taken from its chat template) "
+            "or --tool-arguments object."
+        )
+    summary.bytes_written = sum(os.path.getsize(p) for ps in summary.files.values() for p in ps)
+    summary.seconds = time.perf_counter() - started
+    if summary.accounted != summary.lines:  # pragma: no cover - an internal bug, never user input
+        raise AssertionError(f"accounting mismatch: {summary.accounted} of {summary.lines} lines")
+    if opts.fmt == "rl" and summary.missing_ground_truth:
+        which = f"field {opts.ground_truth_field!r}" if opts.ground_truth_field else "expected-answer field"
+        # Only what is true in every case: compute_score ignores ground_truth, and /verify gets the
+        # task fields the row holds (extra_info.nemo_gym.task), which may or may not be enough.
+        summary.warnings.append(
+            f"{summary.missing_ground_truth} RL rows have no {which}; their reward_model.ground_truth is empty "
+            "(gymverl.reward.compute_score does not read that column: /verify gets the task fields in "
+            "extra_info.nemo_gym.task, which are only complete when no warning above names missing ones)."
+        )
+    if sum(summary.rows.values()) == 0:
+        summary.warnings.append("no rows were kept, so nothing was written.")
+    return summary
+
+
+def _run(
+    opts: ConvertOptions,
+    src: Input,
+    summary: ConvertSummary,
+    rules: FieldRules,
+    sink: ParquetSink,
+    counter: TokenCounter | None,
+    tasks_input: bool,
+    on_progress: OnProgress | None,
+    total: int | None,
+    source: TaskSource | None = None,
+) -> None:
+    with RejectsWriter(opts.rejects_path) as rejects:
+        ctx = _Ctx(opts, rules, opts.data_source or src.stem, tasks_input, summary, sink, rejects, counter, source=source)
+        workers = max(1, opts.workers)
+        handler = _pass1_result if summary.grouped else _stream_result
+        if workers > 1:
+            results = _parallel_results(ctx, src, handler, workers, on_progress, total)
+        else:
+            results = _local_results(ctx, src, handler, on_progress, total)
+        # closing: on an error or Ctrl-C/SIGTERM the worker pool is shut down here and now, not
+        # whenever the traceback that holds the generator is freed.
+        with contextlib.closing(results):
+            if summary.grouped:
+                _convert_grouped(ctx, results, total)
+            else:
+                _convert_streaming(ctx, results)
+
+
+@contextlib.contextmanager
+def _fewer_gc_passes() -> Iterator[None]:
+    """Run the cyclic GC less often while converting: every record allocates many short-lived dicts
+    (freed by reference counting; they form no cycles), and frequent generation-0 passes cost ~20% CPU."""
+    old = gc.get_threshold()
+    gc.set_threshold(max(old[0], 50_000), old[1], old[2])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)

@@ -1,0 +1,51 @@
+"""What a per-line handler returns (inline or from a worker process): one named type per outcome."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Union
+
+
+# Per-line handlers return one of these; they run inline or in worker processes (so: plain, picklable
+# tuples, built once per line: NamedTuple costs about what the tagged tuples they replace did).
+
+
+class Rejected(NamedTuple):
+    """A line that becomes no row: not a valid record (`valid` False) or one no row can be built from."""
+
+    line: int
+    code: str
+    reason: str
+    raw: bytes
+    valid: bool
+
+
+class Filtered(NamedTuple):
+    """A valid rollout removed by a per-rollout rule (`select.RULES`)."""
+
+    rule: str
+
+
+class RowResult(NamedTuple):
+    """Streaming: a finished row of `split`; `prompt` (the prompt key) only for rl rows from a tasks file."""
+
+    split: str
+    row: dict[str, Any]
+    line: int
+    prompt: str | None = None
+
+
+class MetaResult(NamedTuple):
+    """Grouped pass 1: the selection facts of a valid rollout (spilled by `spill._Partitions`) and
+    its raw line to spill (b"" once a rule removed it). `status` is the rule that removed it, if any;
+    `dedup` its dedup key (only with --dedup); `rollout` its `_ng_rollout_index` when usable."""
+
+    key: str
+    line: int
+    reward: float
+    status: str | None
+    dedup: str | None
+    rollout: int | None
+    raw: bytes
+
+
+LineResult = Union[Rejected, Filtered, RowResult, MetaResult]
