@@ -167,12 +167,20 @@ class TrainResult:
         d.pop("tail")
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
 
+    def failure(self) -> Optional[str]:
+        """The sentence for a run VeRL did not finish (None when it did): the exit code, VeRL's own
+        error line (not torchrun's summary box, which says nothing about the cause) and the log."""
+        if self.returncode == 0:
+            return None
+        cause = f": {self.cause}" if self.cause else ""
+        return f"VeRL exited with code {self.returncode}{cause}; full log: {self.log}"
+
 
 @dataclass
 class Event:
     """One thing seen while VeRL runs: a log line, a step's metrics, or the total step count."""
 
-    kind: str  # "line" | "step" (training metrics) | "val" (validation loss) | "total" (step count)
+    kind: str  # "line" | "step" (training metrics) | "val" (validation loss) | "total" (step count) | "export" (starts)
     line: str = ""
     step: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
@@ -843,14 +851,20 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def train_offline(
-    opts: TrainOptions, on_event: Optional[Callable[[Event], None]] = None
+    opts: TrainOptions, on_event: Optional[Callable[[Event], None]] = None, *, plan: Optional[TrainPlan] = None
 ) -> TrainResult:
-    """Plan, run and export in one call (the library form of `gymverl train-offline`)."""
-    plan = plan_training(opts)
+    """Plan, run and export in one call (the library form of `gymverl train-offline`).
+
+    `plan`: one already made for `opts` (by `plan_training` or `plan_from_rollouts`), run as it is.
+    A run VeRL did not finish is returned (`result.failure()` says why); export problems raise
+    TrainError. `on_event` also gets Event("export") when the export starts."""
+    plan = plan if plan is not None else plan_training(opts)
     result = run_training(plan, on_event)
     if result.returncode == 0 and opts.export:
         if result.checkpoint is None:
             raise TrainError(f"VeRL finished but wrote no checkpoint under {plan.checkpoints}.")
+        if on_event is not None:
+            on_event(Event("export"))
         result.hf_model = export_hf(result.checkpoint, plan.out / HF_MODEL, log=result.log)
         record_result(plan, result)
     return result
