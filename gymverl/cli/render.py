@@ -54,9 +54,38 @@ def _facts(title: str, *, notes: bool = False, right: bool = True) -> Table:
     return t
 
 
-def _name_column(t: Table, header: str = "task", **kw: Any) -> None:
-    """A column of names: kept whole (a name broken mid-word reads as two); the other columns wrap."""
-    t.add_column(header, no_wrap=True, overflow="ellipsis", **kw)
+def _name_column(t: Table, header: str = "task") -> None:
+    """A column of names: the other columns of such tables are short numbers that never wrap
+    (`_number_columns`), so names get all the width left; only a name wider than that is folded."""
+    t.add_column(header, overflow="fold")
+
+
+def _number_columns(t: Table, *headers: str) -> None:
+    """Right-aligned columns of short numbers, never wrapped (the name column gets the width)."""
+    for header in headers:
+        t.add_column(header, justify="right", no_wrap=True)
+
+
+_SEPARATORS = "_/-.:#"
+
+
+def _wrap_name(name: str, width: int) -> str:
+    """`name` as lines of at most `width` characters, broken only after its own separators
+    (`math_with_` / `judge_simple_` / `agent`), never mid-word; a piece wider than `width` stays whole."""
+    pieces, piece = [], ""
+    for ch in name:
+        piece += ch
+        if ch in _SEPARATORS:
+            pieces.append(piece)
+            piece = ""
+    if piece:
+        pieces.append(piece)
+    lines = [""]
+    for piece in pieces:
+        if lines[-1] and len(lines[-1]) + len(piece) > width:
+            lines.append("")
+        lines[-1] += piece
+    return "\n".join(lines)
 
 
 def _bars(title: str, rows: Iterable[tuple[str, int]], width: int = 20) -> Table:
@@ -226,8 +255,10 @@ def render_stats(data: dict[str, Any], show_tasks: int = 30, compact: bool = Fal
     t.add_column("metric", style="bold", no_wrap=True, min_width=19)
     t.add_column("all", justify="right", no_wrap=True, min_width=11)
     groups = data["groups"]
+    # Group names head their columns; on a narrow terminal they wrap at their own separators.
+    room = (out.width - 19 - 13 - 3 * (len(groups) + 2)) // max(len(groups), 1)
     for g in groups:
-        t.add_column(escape(g["name"]), justify="right", overflow="fold")
+        t.add_column(escape(_wrap_name(g["name"], max(room, 8))), justify="right", overflow="fold")
     columns = [_stats_rows(o)] + [_stats_rows(g) for g in groups]
     for label, _ in columns[0]:
         t.add_row(label, *(dict(col).get(label, "-") for col in columns))
@@ -247,14 +278,12 @@ def render_stats(data: dict[str, Any], show_tasks: int = 30, compact: bool = Fal
     if per_task and len(per_task) <= show_tasks:
         pt = Table(title="per task", title_justify="left")
         _name_column(pt)
-        for name in ("n", "ok", "pass"):
-            pt.add_column(name, justify="right")
+        _number_columns(pt, "n", "ok", "pass")
         pt.add_column("", no_wrap=True, min_width=10)
-        pt.add_column("reward", justify="right")
-        pt.add_column("cut", justify="right")
+        _number_columns(pt, "reward", "cut")
         masked = any(r.get("masked") for r in per_task)
         if masked:
-            pt.add_column("masked", justify="right")
+            _number_columns(pt, "masked")
         for r in per_task:
             bar = "█" * round(10 * (r["pass_rate"] or 0))
             cells = [
@@ -311,7 +340,7 @@ def render_comparison(cmp: dict[str, Any], out: Console | None = None) -> None:
         c = Table(title="largest per-task changes", title_justify="left")
         _name_column(c)
         for name in ("pass rate before", "after", "mean reward before", "after"):
-            c.add_column(name, justify="right")
+            c.add_column(name, justify="right")  # headers wrap at their spaces
         for ch in cmp["top_changes"]:
             c.add_row(
                 escape(ch["task"]), _fmt(ch["pass_rate_before"], 3), _fmt(ch["pass_rate_after"], 3),
@@ -367,7 +396,7 @@ def render_rescore(d: dict[str, Any], show_tasks: int = 20, out: Console | None 
         pt = Table(title=title, title_justify="left")
         _name_column(pt)
         for col in ("rows", "mean before", "mean after", "delta", "rows changed"):
-            pt.add_column(col, justify="right")
+            pt.add_column(col, justify="right")  # headers wrap at their spaces
         for r in shown:
             delta = r["mean_after"] - r["mean_before"]
             pt.add_row(escape(r["task"]), str(r["n"]), f"{r['mean_before']:.3f}", f"{r['mean_after']:.3f}", _signed(delta, 3), str(r["changed"]) if r["changed"] else "")
