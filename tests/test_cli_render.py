@@ -97,3 +97,21 @@ def test_train_offline_plan_prints_a_command_that_pastes_back(tmp_path, model_di
 def test_python_dash_m_runs_the_package():
     r = subprocess.run([sys.executable, "-m", "gymverl.cli", "--version"], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert r.returncode == 0 and r.stdout.startswith("gymverl "), r
+
+
+def test_error_sentences_keep_their_brackets(monkeypatch, tmp_path):
+    """Error sentences are text: `pip install 'gymverl[plot]'` lost its `[plot]` (read as a rich
+    style), and so did a bracketed option value echoed back."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # fault injection: matplotlib not installed
+    res = CliRunner(env=NARROW).invoke(app, ["stats", str(SAMPLE), "--plot", str(tmp_path / "p.png")])
+    assert res.exit_code == 2 and "pip install 'gymverl[plot]'" in res.output, res.output
+    res = CliRunner(env=NARROW).invoke(app, ["to-parquet", str(SAMPLE), "--dry-run", "--format", "[red]x"])
+    assert res.exit_code == 2 and "not '[red]x'" in res.output, res.output
+
+
+def test_to_parquet_leaves_option_checks_to_the_library(tmp_path):
+    """--max-tokens without --tokenizer: the library's one sentence and exit 2 (the CLI used to
+    repeat the same check, word for word)."""
+    res = CliRunner(env=NARROW).invoke(app, ["to-parquet", str(SAMPLE), "--dry-run", "--max-tokens", "10"])
+    assert res.exit_code == 2, res.output
+    assert res.output.count("--max-tokens needs --tokenizer (a local Hugging Face tokenizer directory).") == 1

@@ -121,19 +121,20 @@ err_console = Console(stderr=True)
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> None:
-    """Print one clear sentence (rich markup allowed) to stderr and exit with `code`."""
-    # soft_wrap: a long path must not break the sentence over lines (scripts grep for it).
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    """Print one clear sentence to stderr and exit with `code`.
+
+    `message` is plain text, never markup: messages hold paths, option values and commands to paste
+    (`pip install 'gymverl[plot]'`), whose brackets rich would otherwise eat as styles."""
+    error(message)
     raise typer.Exit(code)
 
 
-def _fail_now(message: str, code: int) -> None:
-    """`fail` for plain text (library messages hold paths and brackets, never markup)."""
-    fail(escape(message), code)
+_fail_now = fail  # the name the error handler above has always used
 
 
 def error(message: str) -> None:
-    """One error sentence (plain text) on stderr, for a command that still finishes (its exit code says it)."""
+    """One error sentence (plain text) on stderr; with `fail` it also exits."""
+    # soft_wrap: a long path must not break the sentence over lines (scripts grep for it).
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 

@@ -72,8 +72,6 @@ def to_parquet(
         fail("give --output DIR (or --dry-run to only see the summary).")
     if fmt not in ("rl", "sft", "dpo"):
         fail(f"--format must be rl, sft or dpo, not {fmt!r}.")
-    if max_tokens is not None and tokenizer is None:
-        fail("--max-tokens needs --tokenizer (a local Hugging Face tokenizer directory).")
     if tokenizer is not None and not tokenizer.exists():
         fail(f"{tokenizer}: no such tokenizer directory.")
     stack = contextlib.ExitStack()

@@ -37,7 +37,7 @@ def validate(
     from gymverl.records import validate_file
 
     if input_kind not in ("rollouts", "tasks"):
-        fail(f"--input-kind must be rollouts or tasks, not {escape(repr(input_kind))}.")
+        fail(f"--input-kind must be rollouts or tasks, not {input_kind!r}.")
     with contextlib.ExitStack() as stack:
         path = input_arg(stack, rollouts)
         # The rejects file is never the input (nor a link to it), and one run at a time writes it.

@@ -131,11 +131,11 @@ def collect(
         if as_json:
             print_json({"ok": False, "exit_code": exc.code, "message": str(exc), "rejections": exc.details})
             raise typer.Exit(exc.code)
-        fail(escape(str(exc)), exc.code)
+        fail(str(exc), exc.code)
         return
     except KeyboardInterrupt:
         stop_progress()
-        fail(escape(f"interrupted before collection finished; any partial output is in {output}."), EXIT_INTERRUPTED)
+        fail(f"interrupted before collection finished; any partial output is in {output}.", EXIT_INTERRUPTED)
         return
     finally:
         stop_progress()
