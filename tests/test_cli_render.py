@@ -115,3 +115,14 @@ def test_to_parquet_leaves_option_checks_to_the_library(tmp_path):
     res = CliRunner(env=NARROW).invoke(app, ["to-parquet", str(SAMPLE), "--dry-run", "--max-tokens", "10"])
     assert res.exit_code == 2, res.output
     assert res.output.count("--max-tokens needs --tokenizer (a local Hugging Face tokenizer directory).") == 1
+
+
+def test_no_progress_residue_when_stderr_is_not_a_terminal(tmp_path):
+    """A log file (stderr not a terminal) gets no progress bar and no blank line from one (to-parquet
+    left an empty line on stderr; stats and rescore already drew bars on terminals only)."""
+    r = subprocess.run(
+        [sys.executable, "-m", "gymverl.cli", "to-parquet", str(SAMPLE), "--dry-run", "--format", "sft"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == "", repr(r.stderr)

@@ -115,7 +115,7 @@ def to_parquet(
         max_line_bytes=int(max_line_mb * 1e6),
         workers=workers,
     )
-    progress, on_progress = progress_bar("bytes", "converting", console=err_console, show=not as_json)
+    progress, on_progress = progress_bar("bytes", "converting", console=err_console, show=not as_json and err_console.is_terminal)
     try:
         with stack, showing(progress):
             summary = convert(path, output, options, on_progress=on_progress)
