@@ -126,3 +126,15 @@ def test_no_progress_residue_when_stderr_is_not_a_terminal(tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert r.stderr == "", repr(r.stderr)
+
+
+def test_demo_same_as_commands_stay_on_one_line_at_80_columns():
+    """The demo prints the command each step equals ("same as: gymverl ..."): wrapped at 80 columns
+    it could not be pasted back; now it is one line that shlex reads back to the same words."""
+    from gymverl.cli.render import DemoReporter
+
+    buf = io.StringIO()
+    words = ["gymverl", "to-parquet", "gymverl-demo-out/rollouts.rescored.jsonl", "--format", "rl", "-o", "out dir/rl", "--val-fraction", "0.2"]
+    DemoReporter(Console(file=buf, width=80)).info("same as: " + shlex.join(words))
+    (line,) = buf.getvalue().splitlines()
+    assert shlex.split(line.strip().removeprefix("same as: ")) == words
