@@ -653,8 +653,7 @@ class Demo:
         res.details = result.to_dict()
         res.outputs = [out / "train.log"] + ([result.hf_model] if result.hf_model else [])
         if result.returncode != 0:
-            cause = f": {result.cause}" if result.cause else ""
-            raise RuntimeError(f"VeRL exited with code {result.returncode}{cause}; full log: {result.log}")
+            raise RuntimeError(result.failure())
         loss = (
             f", loss {result.first_loss:.3f} -> {result.last_loss:.3f}"
             if result.first_loss is not None and result.last_loss is not None

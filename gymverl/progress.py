@@ -3,7 +3,7 @@
 A long-running library function takes `on_progress: OnProgress | None` and calls it, now and then,
 with a `ProgressEvent`: how much of the work is done (`done` of `total`, in `unit`), and the counts a
 progress view shows beside it. The library never draws anything; the CLI turns events into rich
-progress bars in one helper (`gymverl.cli._progress`).
+progress bars in one helper (`gymverl.cli.progress`).
 """
 
 from __future__ import annotations

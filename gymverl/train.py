@@ -125,6 +125,15 @@ class RunPlan:
         """VeRL's `trainer.default_local_dir`."""
         return self.options.out / CHECKPOINTS
 
+    def shell(self) -> str:
+        """The command as one copy-pasteable shell line (environment included)."""
+        import shlex
+
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items())
+        # VeRL's file logger opens OUTDIR/metrics.jsonl without creating its directory.
+        mkdir = f"mkdir -p {shlex.quote(str(self.out.resolve()))} && "
+        return mkdir + (env + " " if env else "") + shlex.join(self.argv)
+
 
 @dataclass
 class TrainPlan(RunPlan):
@@ -138,15 +147,6 @@ class TrainPlan(RunPlan):
     total_steps: int
     data_class: Optional[tuple[str, str]]  # (path, class name) of the dataset class, when used
     notes: list[str] = field(default_factory=list)
-
-    def shell(self) -> str:
-        """The command as one copy-pasteable shell line (environment included)."""
-        import shlex
-
-        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items())
-        # VeRL's file logger opens OUTDIR/metrics.jsonl without creating its directory.
-        mkdir = f"mkdir -p {shlex.quote(str(self.out.resolve()))} && "
-        return mkdir + (env + " " if env else "") + shlex.join(self.argv)
 
 
 @dataclass
@@ -180,6 +180,14 @@ class TrainResult:
             d.pop("rewards")
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
 
+    def failure(self) -> Optional[str]:
+        """The sentence for a run VeRL did not finish (None when it did): the exit code, VeRL's own
+        error line (not torchrun's summary box, which says nothing about the cause) and the log."""
+        if self.returncode == 0:
+            return None
+        cause = f": {self.cause}" if self.cause else ""
+        return f"VeRL exited with code {self.returncode}{cause}; full log: {self.log}"
+
 
 @dataclass(frozen=True)
 class StepKeys:
@@ -200,7 +208,7 @@ SFT_KEYS = StepKeys(loss="train/loss", tokens="train/global_tokens", val_prefix=
 class Event:
     """One thing seen while VeRL runs: a log line, a step's metrics, or the total step count."""
 
-    kind: str  # "line" | "step" (training metrics) | "val" (validation loss) | "total" (step count)
+    kind: str  # "line" | "step" (training metrics) | "val" (validation loss) | "total" (step count) | "export" (starts)
     line: str = ""
     step: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
@@ -840,6 +848,16 @@ def latest_checkpoint(checkpoints: Path) -> Optional[Path]:
     return steps[-1] if steps else None
 
 
+def resume_hint(checkpoints: Path, save_setting: str = "--save-freq") -> str:
+    """What to do after an interrupted run: continue from the latest checkpoint in `checkpoints`
+    (`--resume`), or start over (`--overwrite`) when none was saved (`save_setting` says how often
+    the trainer saves)."""
+    ckpt = latest_checkpoint(checkpoints)
+    if ckpt is not None:
+        return f"continue from {ckpt.name} with --resume"
+    return f"no checkpoint was saved yet (see {save_setting}); start over with --overwrite"
+
+
 def export_hf(checkpoint: Path, target: Path, *, merge_lora: bool = True, log: Optional[Path] = None) -> Path:
     """Merge a VeRL FSDP checkpoint into a Hugging Face model directory with `verl.model_merger`.
 
@@ -891,14 +909,20 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def train_offline(
-    opts: TrainOptions, on_event: Optional[Callable[[Event], None]] = None
+    opts: TrainOptions, on_event: Optional[Callable[[Event], None]] = None, *, plan: Optional[TrainPlan] = None
 ) -> TrainResult:
-    """Plan, run and export in one call (the library form of `gymverl train-offline`)."""
-    plan = plan_training(opts)
+    """Plan, run and export in one call (the library form of `gymverl train-offline`).
+
+    `plan`: one already made for `opts` (by `plan_training` or `plan_from_rollouts`), run as it is.
+    A run VeRL did not finish is returned (`result.failure()` says why); export problems raise
+    TrainError. `on_event` also gets Event("export") when the export starts."""
+    plan = plan if plan is not None else plan_training(opts)
     result = run_training(plan, on_event)
     if result.returncode == 0 and opts.export:
         if result.checkpoint is None:
             raise TrainError(f"VeRL finished but wrote no checkpoint under {plan.checkpoints}.")
+        if on_event is not None:
+            on_event(Event("export"))
         result.hf_model = export_hf(result.checkpoint, plan.out / HF_MODEL, log=result.log)
         record_result(plan, result)
     return result

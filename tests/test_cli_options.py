@@ -121,3 +121,16 @@ def test_quiet_prints_no_tables_but_keeps_json_and_errors(tmp_path):
     assert res.exit_code == 0 and json.loads(res.stdout)["valid"] == 1
     res = runner.invoke(app, ["-q", "validate", str(tmp_path / "missing.jsonl")])
     assert res.exit_code == 2 and "error" in res.stderr
+
+
+def test_each_shared_concept_has_one_spelling_in_every_command():
+    """An option named like one of `cli.options.SPELLINGS` has all of that concept's names, in every command."""
+    from gymverl.cli.options import SPELLINGS
+
+    for concept, names in SPELLINGS.items():
+        declared = set(names[0].split("/")) | set(names[1:])
+        for command in GROUP.commands:
+            for p in GROUP.commands[command].params:
+                opts = {*p.opts, *p.secondary_opts}
+                if p.param_type_name == "option" and not p.hidden and opts & declared:
+                    assert opts == declared, (command, concept, sorted(opts))

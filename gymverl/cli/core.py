@@ -1,0 +1,169 @@
+"""The Typer app every command registers on, the two consoles, and the one place errors become exit codes.
+
+Exit codes (all commands): 0 success, 1 the job ran but some input was rejected or failed,
+2 usage error (bad option, missing file, ...), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Annotated, Any, Optional
+
+import click
+import typer
+from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperCommand, TyperGroup
+
+from gymverl import __version__
+from gymverl.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, GymverlError, from_os_error
+from gymverl.proc import signals_as_interrupt
+
+try:  # typer >= 0.2x carries its own copy of click; its exceptions are not click's
+    from typer._click import exceptions as _typer_click_exc
+except ImportError:  # pragma: no cover - older typer uses click itself
+    _typer_click_exc = click.exceptions
+
+# Exceptions that already mean "exit with this code and this usage message": let click handle them.
+_CLICK_PASS_THROUGH = (
+    typer.Exit, typer.Abort, click.exceptions.ClickException, click.exceptions.Abort, click.exceptions.Exit,
+    _typer_click_exc.ClickException,
+)
+
+# Old option spellings that still parse (scripts keep working) but are not shown in --help: each
+# concept has one spelling across commands (`--output`/`-o` for every output file or directory).
+OPTION_ALIASES = {"--out": "--output"}
+
+
+def _flags_without_values(params: list[Any]) -> list[Any]:
+    """Show on/off flags in --help as bare switches (`--json`), not with a `<bool>` value they do not take."""
+    for param in params:
+        if getattr(param, "is_bool_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class _PipelineOrder(TyperGroup):
+    """List commands in pipeline order in `--help`; turn every error into one sentence and an exit code.
+
+    This is the one place where exceptions become exit codes (`gymverl.errors`): a `GymverlError`
+    prints its sentence, an `OSError` that escaped a command becomes one (disk full: exit 1), Ctrl-C
+    exits 130, and anything unexpected prints one line instead of a traceback
+    (`GYMVERL_DEBUG=1` shows the traceback).
+    """
+
+    ORDER = ("collect", "validate", "rescore", "stats", "to-parquet", "preview", "train-offline", "train-online", "demo")
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _flags_without_values(super().get_params(ctx))
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda n: self.ORDER.index(n) if n in self.ORDER else len(self.ORDER))
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            # SIGTERM / SIGHUP stop every command the way Ctrl-C does (same cleanup, exit 130).
+            with signals_as_interrupt():
+                return super().invoke(ctx)
+        except _CLICK_PASS_THROUGH:
+            raise
+        except GymverlError as exc:
+            _fail_now(str(exc), exc.exit_code)
+        except OSError as exc:
+            err = from_os_error(exc)
+            _fail_now(str(err), err.exit_code)
+        except KeyboardInterrupt:
+            _fail_now("interrupted.", EXIT_INTERRUPTED)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence: never a traceback
+            if os.environ.get("GYMVERL_DEBUG"):
+                raise
+            _fail_now(f"internal error ({type(exc).__name__}: {exc}); set GYMVERL_DEBUG=1 for the traceback.", EXIT_FAILED)
+
+
+class _Command(TyperCommand):
+    """A gymverl command: also accepts the old spellings of OPTION_ALIASES, without listing them."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _flags_without_values(super().get_params(ctx))
+
+    def make_parser(self, ctx: Any) -> Any:
+        parser = super().make_parser(ctx)
+        for old, new in OPTION_ALIASES.items():
+            # click's OptionParser keeps one table of long names; the old name points at the new option.
+            if new in parser._long_opt and old not in parser._long_opt:
+                parser._long_opt[old] = parser._long_opt[new]
+        return parser
+
+
+app = typer.Typer(
+    cls=_PipelineOrder,
+    name="gymverl",
+    help=(
+        "Turn NeMo Gym rollouts into VeRL training data and training runs.\n\n"
+        "Exit codes: 0 success; 1 some input rejected or failed; 2 usage error; 130 interrupted."
+    ),
+    no_args_is_help=True,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, PowerShell)
+    pretty_exceptions_enable=False,
+)
+
+
+def command(name: str | None = None, **kw: Any) -> Any:
+    """Register a gymverl command (`_Command`: old option spellings, bare flags) on the app."""
+    return app.command(name, cls=_Command, **kw)
+
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> None:
+    """Print one clear sentence to stderr and exit with `code`.
+
+    `message` is plain text, never markup: messages hold paths, option values and commands to paste
+    (`pip install 'gymverl[plot]'`), whose brackets rich would otherwise eat as styles."""
+    error(message)
+    raise typer.Exit(code)
+
+
+_fail_now = fail  # the name the error handler above has always used
+
+
+def error(message: str) -> None:
+    """One error sentence (plain text) on stderr; with `fail` it also exits."""
+    # soft_wrap: a long path must not break the sentence over lines (scripts grep for it).
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def warn(message: str) -> None:
+    """One warning sentence (plain text, never markup) on stderr."""
+    err_console.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def print_json(data: Any) -> None:
+    """Machine-readable output for `--json` (stdout, nothing else on it)."""
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def version_callback(value: bool) -> None:
+    """`--version`: print it and exit."""
+    if value:
+        console.print(f"gymverl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        Optional[bool], typer.Option("--version", callback=version_callback, is_eager=True, help="Show the version and exit.")
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print no tables or progress; errors (stderr) and --json output still appear.")
+    ] = False,
+) -> None:
+    """Turn NeMo Gym rollouts into VeRL training data and training runs."""
+    # Every command renders through these consoles; the exit code and errors carry the outcome.
+    console.quiet = quiet

@@ -1,0 +1,129 @@
+"""`gymverl train-online`: online RL on NeMo Gym environments (the plan and the run are `gymverl.online`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from gymverl.cli.core import _Command, app, console, err_console, print_json
+from gymverl.cli.options import number
+from gymverl.cli.progress import progress_bar, showing
+from gymverl.cli.render import render_online_plan, render_online_result
+from gymverl.errors import EXIT_INTERRUPTED, RunError, UsageError
+from gymverl.progress import ProgressEvent
+from gymverl.train import resume_hint
+
+
+@app.command("train-online", cls=_Command)
+def train_online_command(
+    data: Annotated[Path, typer.Argument(help="RL parquet from `gymverl to-parquet --format rl --agent-loop env`.", show_default=False)],
+    overrides: Annotated[
+        Optional[list[str]],
+        typer.Argument(help="After `--`: VeRL key=value overrides, passed through unchanged (they win over gymverl's).", show_default=False),
+    ] = None,
+    model: Annotated[str, typer.Option("--model", "-m", help="Base model: a local Hugging Face model directory (or a Hub id).", show_default=False)] = "",
+    out: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output directory: checkpoints/, train.log, metrics.jsonl, ng_run.log, the agent-loop YAML.", show_default=False)] = None,
+    server: Annotated[
+        Optional[list[str]], typer.Option("--server", help="A running NeMo Gym resources server, NAME=URL (repeat per environment); its rows use it instead of starting one.", show_default=False)
+    ] = None,
+    servers: Annotated[
+        Optional[list[str]],
+        typer.Option("--servers", help="Start these NeMo Gym resources servers on 127.0.0.1 for the run (repeatable or comma-separated). Default: the ones the rows' agents need that no --server gives.", show_default=False),
+    ] = None,
+    nemo_gym_env: Annotated[
+        Optional[Path], typer.Option("--nemo-gym-env", help="NeMo Gym venv the servers start from (default: $GYMVERL_NEMO_GYM_ENV, else ./.nemo-gym-venv).", show_default=False)
+    ] = None,
+    val: Annotated[Optional[Path], typer.Option("--val", help="Validation RL parquet (default: DATA).")] = None,
+    nproc: Annotated[int, typer.Option("--nproc", callback=number(min=1), help="GPUs per node.")] = 1,
+    rollout: Annotated[str, typer.Option("--rollout", help="Rollout engine: vllm or sglang.")] = "vllm",
+    algorithm: Annotated[str, typer.Option("--algorithm", help="RL algorithm (grpo).")] = "grpo",
+    n_samples: Annotated[int, typer.Option("--n-samples", callback=number(min=1), help="Episodes per task per step (GRPO group size).")] = 4,
+    max_turns: Annotated[int, typer.Option("--max-turns", callback=number(min=1), help="Model turns per episode.")] = 8,
+    on_failure: Annotated[str, typer.Option("--on-failure", help="A failed episode: raise (stop the step) or mask (exclude the sample).")] = "raise",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in an existing OUTDIR.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete an existing gymverl OUTDIR and start over.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check the inputs, write the agent-loop YAML, print the VeRL command and the servers it would start, and stop (starts nothing).")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Echo every line VeRL prints.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan (with --dry-run) or the result as JSON.")] = False,
+) -> None:
+    """Online RL on NeMo Gym environments: VeRL's main_ppo with gymverl's `gymverl_env` agent loop.
+
+    Starts the resources servers the rows need on 127.0.0.1 (or uses --server NAME=URL), runs VeRL
+    (progress, OUTDIR/train.log) and stops the servers after, also on failure and Ctrl-C.
+
+    Example: gymverl train-online rl.parquet -m ./Qwen2.5-0.5B -o runs/grpo --servers example_multi_step
+
+    Exit code 0 when training finished, 1 when VeRL or a server failed, 2 on usage errors (checked before anything starts), 130 interrupted.
+    """
+    from gymverl import online
+
+    if not model:
+        raise UsageError("give the base model with --model PATH.")
+    if out is None:
+        raise UsageError("give the output directory with -o OUTDIR.")
+    opts = online.OnlineOptions(
+        data, model, out, list(server or []), val=val, nproc=nproc, rollout=rollout, algorithm=algorithm, n_samples=n_samples,
+        max_turns=max_turns, on_failure=on_failure, overrides=list(overrides or []), start=list(servers or []),
+        nemo_gym_env=nemo_gym_env, resume=resume, overwrite=overwrite,
+    )
+    plan = online.plan_online(opts, dry_run=dry_run)
+    view = err_console if as_json else console
+    if dry_run:
+        if as_json:
+            print_json({"argv": plan.argv, "start_servers": plan.start, "rows": plan.rows, "notes": plan.notes})
+        else:
+            render_online_plan(plan, view)
+        return
+    render_online_plan(plan, view)
+    result = _run(plan, view, verbose)
+    if as_json:
+        print_json({**result.to_dict(), "servers": plan.servers})
+    else:
+        render_online_result(result, view)
+
+
+def _run(plan: Any, view: Console, verbose: bool) -> Any:
+    """Start the servers, run main_ppo (`online.run_online`) with a step bar, stop the servers; VeRL's
+    failure is one sentence (exit 1), Ctrl-C exits 130 with a resume hint."""
+    from gymverl import online
+
+    progress, on_progress = progress_bar("steps", "starting VeRL", console=view, transient=False)
+    assert progress is not None and on_progress is not None
+    task = progress.tasks[0].id
+    total: list[int | None] = [None]
+
+    def on_servers(stage: str, urls: dict[str, str]) -> None:
+        if stage == "starting":
+            progress.update(task, description="starting NeMo Gym servers")
+        else:
+            progress.console.print("NeMo Gym servers: " + ", ".join(f"{k} {v}" for k, v in urls.items()), highlight=False, markup=False)
+            progress.update(task, description="starting VeRL")
+
+    def on_event(ev: Any) -> None:
+        if ev.kind == "step":
+            reward = ev.metrics.get("critic/score/mean")
+            on_progress(ProgressEvent(ev.step, total[0], "steps"))
+            progress.update(task, description="training", note=f"reward {reward:.3f}" if reward is not None else "")
+        elif ev.kind == "val":
+            scores = ", ".join(f"{k} {v:.3f}" for k, v in ev.metrics.items() if k.startswith("val-core/"))
+            progress.console.print(f"step {ev.step}: validation {scores}", highlight=False, markup=False)
+        elif ev.kind == "total":
+            total[0] = ev.total
+            progress.update(task, total=ev.total)
+        elif verbose:
+            progress.console.print(ev.line, highlight=False, markup=False)
+
+    try:
+        with showing(progress):
+            result = online.run_online(plan, on_event, on_servers)
+    except KeyboardInterrupt:
+        err_console.print(f"[yellow]interrupted[/]: VeRL and the NeMo Gym servers stopped; {escape(resume_hint(plan.checkpoints, 'trainer.save_freq'))}.")
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if result.returncode != 0:
+        cause = f": {result.cause}" if result.cause else ""
+        raise RunError(f"VeRL exited with code {result.returncode}{cause}; full log: {result.log}.")
+    return result

@@ -1,0 +1,140 @@
+"""What the CLI prints: names whole at 80 columns, commands that paste back, data never read as markup."""
+
+from __future__ import annotations
+
+import io
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from gymverl.cli import app, render_rejections
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "sample_data" / "rollouts.jsonl"
+NARROW = {"COLUMNS": "80", "NO_COLOR": "1", "TERM": "dumb"}
+
+
+def _stats_at_80(path: Path) -> str:
+    return CliRunner(env=NARROW).invoke(app, ["stats", str(path)]).output
+
+
+def test_stats_group_names_are_not_broken_mid_word_at_80_columns(tmp_path):
+    """The group columns of `stats` are headed by agent names; at 80 columns they used to be folded
+    mid-word (`math_with_judge_s` / `imple_agent`). Now they break only after their own separators."""
+    out = _stats_at_80(SAMPLE)
+    assert max(len(line) for line in out.splitlines()) <= 80
+    header = [line.split("┃")[1:-1] for line in out.split("┡")[0].splitlines() if line.startswith("┃")]
+    for col, name in ((2, "math_with_judge_simple_agent"), (3, "xlam_fc_simple_agent")):
+        lines = [cells[col].strip() for cells in header if cells[col].strip()]
+        assert "".join(lines) == name, lines
+        assert all(line.endswith("_") for line in lines[:-1]), lines  # broken after a separator only
+
+
+def test_wrapped_group_names_break_only_after_separators():
+    from gymverl.cli.render import _wrap_name
+
+    assert _wrap_name("math_with_judge_simple_agent", 16).split("\n") == ["math_with_judge_", "simple_agent"]
+    assert _wrap_name("short", 3) == "short"  # one piece wider than the room stays whole
+    assert "".join(_wrap_name("a/b-c.d_e", 2).split("\n")) == "a/b-c.d_e"
+
+
+def test_per_task_names_stay_whole_at_80_columns(tmp_path):
+    """Task names get the width the number columns do not need: a 28-character name (with its "#N") fits at 80 columns."""
+    import json
+
+    name = "resources_server_long_name"
+    lines = [json.loads(line) for line in SAMPLE.read_text().splitlines() if line.strip()]
+    for row in lines:
+        row["agent_ref"] = {"type": "responses_api_agents", "name": name}
+    p = tmp_path / "r.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    out = _stats_at_80(p)
+    assert re.search(rf"{name}#\d", out), out
+
+
+def test_rejection_reasons_are_text_not_markup():
+    """A reason quoting the input (`[bold]...`) was read as rich markup and lost its brackets."""
+    buf = io.StringIO()
+    render_rejections([{"line": 3, "reason": "field [bold]x[/bold] is not a string"}], 1, {}, out=Console(file=buf, width=120))
+    assert "[bold]x[/bold]" in buf.getvalue()
+
+
+@pytest.fixture()
+def model_dir(tmp_path: Path, tiny_model: Path) -> Path:
+    d = tmp_path / "model"
+    d.mkdir()
+    (d / "config.json").write_text("{}")
+    for f in tiny_model.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            shutil.copy(f, d / f.name)
+    return d
+
+
+def test_train_offline_plan_prints_a_command_that_pastes_back(tmp_path, model_dir):
+    """The printed VeRL command is shell text: an override with brackets (a Hydra list) used to be
+    swallowed as rich markup (`trainer.logger=` with the value gone), and a long command must stay one line."""
+    data = tmp_path / "sft.parquet"
+    msgs = [[{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}] for i in range(16)]
+    pq.write_table(pa.table({"messages": msgs}), data)
+    override = "trainer.logger=[console,file]"
+    res = CliRunner(env=NARROW).invoke(
+        app, ["train-offline", str(data), "-m", str(model_dir), "-o", str(tmp_path / "r"), "--batch-size", "8", "--dry-run", "--", override]
+    )
+    assert res.exit_code == 0, res.output
+    (command,) = [line for line in res.output.splitlines() if "torchrun" in line]
+    assert override in shlex.split(command)
+
+
+def test_python_dash_m_runs_the_package():
+    r = subprocess.run([sys.executable, "-m", "gymverl.cli", "--version"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 0 and r.stdout.startswith("gymverl "), r
+
+
+def test_error_sentences_keep_their_brackets(monkeypatch, tmp_path):
+    """Error sentences are text: `pip install 'gymverl[plot]'` lost its `[plot]` (read as a rich
+    style), and so did a bracketed option value echoed back."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # fault injection: matplotlib not installed
+    res = CliRunner(env=NARROW).invoke(app, ["stats", str(SAMPLE), "--plot", str(tmp_path / "p.png")])
+    assert res.exit_code == 2 and "pip install 'gymverl[plot]'" in res.output, res.output
+    res = CliRunner(env=NARROW).invoke(app, ["to-parquet", str(SAMPLE), "--dry-run", "--format", "[red]x"])
+    assert res.exit_code == 2 and "not '[red]x'" in res.output, res.output
+
+
+def test_to_parquet_leaves_option_checks_to_the_library(tmp_path):
+    """--max-tokens without --tokenizer: the library's one sentence and exit 2 (the CLI used to
+    repeat the same check, word for word)."""
+    res = CliRunner(env=NARROW).invoke(app, ["to-parquet", str(SAMPLE), "--dry-run", "--max-tokens", "10"])
+    assert res.exit_code == 2, res.output
+    assert res.output.count("--max-tokens needs --tokenizer (a local Hugging Face tokenizer directory).") == 1
+
+
+def test_no_progress_residue_when_stderr_is_not_a_terminal(tmp_path):
+    """A log file (stderr not a terminal) gets no progress bar and no blank line from one (to-parquet
+    left an empty line on stderr; stats and rescore already drew bars on terminals only)."""
+    r = subprocess.run(
+        [sys.executable, "-m", "gymverl.cli", "to-parquet", str(SAMPLE), "--dry-run", "--format", "sft"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == "", repr(r.stderr)
+
+
+def test_demo_same_as_commands_stay_on_one_line_at_80_columns():
+    """The demo prints the command each step equals ("same as: gymverl ..."): wrapped at 80 columns
+    it could not be pasted back; now it is one line that shlex reads back to the same words."""
+    from gymverl.cli.render import DemoReporter
+
+    buf = io.StringIO()
+    words = ["gymverl", "to-parquet", "gymverl-demo-out/rollouts.rescored.jsonl", "--format", "rl", "-o", "out dir/rl", "--val-fraction", "0.2"]
+    DemoReporter(Console(file=buf, width=80)).info("same as: " + shlex.join(words))
+    (line,) = buf.getvalue().splitlines()
+    assert shlex.split(line.strip().removeprefix("same as: ")) == words
