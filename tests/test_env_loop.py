@@ -518,6 +518,43 @@ def test_unreachable_server_is_a_connection_failure(qwen_model: Path, tmp_path: 
     assert out.non_tensor_batch["env_failed"][0] == 1.0 and int(out.batch["response_mask"][0].sum()) == 0
 
 
+_FIRST_IMPORT = """
+import json, sys
+from omegaconf import OmegaConf
+from verl.experimental.agent_loop.agent_loop import _agent_loop_registry
+if sys.argv[1] != "-":
+    for entry in OmegaConf.load(sys.argv[1]):  # what AgentLoopWorker.__init__ does
+        _agent_loop_registry[entry.name] = entry
+assert "gymverl.env_loop" not in sys.modules
+import gymverl.env_loop  # what hydra does when it instantiates the first trajectory's loop
+print(json.dumps(OmegaConf.to_container(OmegaConf.create(dict(_agent_loop_registry["gymverl_env"])))))
+"""
+
+
+def test_yaml_settings_survive_the_modules_first_import(tmp_path: Path) -> None:
+    """In a main_ppo rollout worker the agent-loop YAML (with `server`) is loaded before gymverl.env_loop
+    is first imported (by hydra, for the first trajectory): the module's registration must keep that
+    entry, or every later trajectory is built without its settings (found by a CPU GRPO run:
+    EnvLoopConfigError 'no NeMo Gym resources server' from the second trajectory on)."""
+    import subprocess
+    import sys
+
+    from gymverl.env_loop import loop_config
+
+    repo = Path(__file__).resolve().parents[1]
+    yaml_path = loop_config(tmp_path / "loop.yaml", server="math=http://127.0.0.1:9", max_turns=3)
+
+    def first_import(arg: str) -> dict[str, Any]:
+        res = subprocess.run([sys.executable, "-c", _FIRST_IMPORT, arg], capture_output=True, text=True, timeout=300,
+                             env={**__import__("os").environ, "PYTHONPATH": str(repo)})
+        assert res.returncode == 0, res.stderr[-2000:]
+        return json.loads(res.stdout.strip().splitlines()[-1])
+
+    kept = first_import(str(yaml_path))
+    assert kept["server"] == "math=http://127.0.0.1:9" and kept["max_turns"] == 3, kept
+    assert first_import("-") == {"_target_": "gymverl.env_loop.GymverlEnvAgentLoop"}  # still registered without a YAML
+
+
 def test_row_tools_and_task_from_rl_rows() -> None:
     from gymverl.env_loop import row_task, row_tools
 
