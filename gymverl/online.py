@@ -8,9 +8,12 @@ variables), `gymverl_env` as the default loop (every row plays its episode; `rew
 the episode's `/verify`), and `gymverl.reward.compute_score` with the same servers for rows routed to
 a stateless loop. Hydra must accept it: tests compose it with VeRL's own `ppo_trainer.yaml`.
 
+`--rollout cpu` (smoke mode, tiny models) uses gymverl's CPU rollout replica (gymverl/cpu_rollout.py)
+with the CPU platform plugin: `CPU_ROLLOUT_OVERRIDES` join the command and the caller runs it with
+`online_env(opts)` in its environment (see `cpu_rollout_note`).
+
 What is not here yet (issue 14): starting the servers (`--servers NAME`), running the command with
-train-offline's progress view / resume rules, and a CPU rollout (VeRL 0.9.1 has no CPU
-`RolloutReplica`; see `cpu_rollout_note`).
+train-offline's progress view / resume rules.
 """
 
 from __future__ import annotations
@@ -25,7 +28,38 @@ from gymverl.errors import UsageError
 from gymverl.overrides import override
 from gymverl.verify import parse_servers
 
-ROLLOUTS = ("vllm", "sglang")
+ROLLOUTS = ("vllm", "sglang", "cpu")
+# `--rollout cpu` (smoke mode, tiny models): VeRL's CPU platform plugin and gymverl's CPU rollout
+# replica (gymverl/cpu_rollout.py), loaded in every VeRL process by its external-module hook.
+CPU_ROLLOUT_ENV = {
+    "VERL_USE_EXTERNAL_MODULES": "gymverl.verl_cpu,gymverl.cpu_rollout",
+    "VERL_PLATFORM": "cpu",
+    # The FSDP engine is registered for cuda/npu only; this picks its class, not the device.
+    "VERL_ENGINE_DEVICE": "cuda",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+# What main_ppo needs on a host without a GPU (each one a blocker met on VeRL 0.9.1, see cpu_rollout_note).
+CPU_ROLLOUT_OVERRIDES: list[tuple[str, object]] = [
+    ("trainer.device", "cpu"),
+    # The v1 trainer (the default) needs the transfer_queue package; the legacy RayPPOTrainer does not.
+    ("trainer.use_v1", False),
+    # ResourcePoolManager only counts Ray "GPU" resources; a logical one (nothing asks for it: the
+    # CPU platform makes the workers ask Ray for CPUs).
+    ("+ray_kwargs.ray_init.num_gpus", 1),
+    ("ray_kwargs.ray_init.num_cpus", 4),
+    ("actor_rollout_ref.actor.strategy", "fsdp2"),
+    ("actor_rollout_ref.model.use_remove_padding", False),
+    ("+actor_rollout_ref.model.override_config.attn_implementation", "sdpa"),
+    ("actor_rollout_ref.model.enable_gradient_checkpointing", False),
+    ("actor_rollout_ref.actor.use_torch_compile", False),
+    ("actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu", 1),
+    ("actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu", 1),
+    ("actor_rollout_ref.rollout.tensor_model_parallel_size", 1),
+    # VeRL's defaults start 8 agent-loop, 8 reward and 8 dataloader workers.
+    ("actor_rollout_ref.rollout.agent.num_workers", 1),
+    ("reward.num_workers", 1),
+    ("data.dataloader_num_workers", 0),
+]
 # VeRL 0.9.1's defaults (verl/trainer/config/data/legacy_data.yaml, actor/actor.yaml): prompts per
 # step and per actor update. Capped to the dataset, so a small one still makes a batch.
 VERL_PPO_BATCH_SIZE = 1024
@@ -118,8 +152,16 @@ def build_online_command(opts: OnlineOptions, *, write_loop_yaml: bool = True) -
         ("trainer.nnodes", 1),
         ("trainer.logger", ["console"]),
     ]
+    if opts.rollout == "cpu":
+        settings += CPU_ROLLOUT_OVERRIDES
     argv = [sys.executable, "-m", "verl.trainer.main_ppo", *(override(k, v) for k, v in settings)]
     return argv + list(opts.overrides)
+
+
+def online_env(opts: OnlineOptions) -> dict[str, str]:
+    """Environment variables the main_ppo command of `opts` needs beyond the caller's own
+    (`--rollout cpu`: `CPU_ROLLOUT_ENV`; none otherwise)."""
+    return dict(CPU_ROLLOUT_ENV) if opts.rollout == "cpu" else {}
 
 
 def check_rows_select_env_loop(path: Path) -> int:
@@ -172,14 +214,17 @@ def check_with_verl_config(argv: list[str]) -> None:
 
 
 def cpu_rollout_note() -> str:
-    """Why `train-online` cannot roll out on CPU with VeRL 0.9.1 (checked in verl/workers/rollout/replica.py)."""
+    """How `--rollout cpu` works with VeRL 0.9.1 and what it needed (checked by tests/test_cpu_rollout.py)."""
     return (
-        "VeRL 0.9.1 registers rollout replicas only for vllm, sglang and trtllm. RolloutReplicaRegistry.register "
-        "accepts any name, so a CPU replica can be registered, but it must be written: a RolloutReplica subclass "
-        "implementing launch_servers() and get_ray_class_with_init_args() (an engine hosted in the hybrid worker "
-        "group that answers generate(prompt_ids) with token ids and logprobs, sleeps/wakes up and takes the "
-        "trainer's weights after every step); VeRL ships no CPU engine for it, and sglang's CPU flag needs sglang."
+        "VeRL 0.9.1 ships rollout replicas only for vllm, sglang and trtllm; gymverl registers a CPU one "
+        "(gymverl/cpu_rollout.py: RolloutReplicaRegistry 'cpu', a transformers-generate server actor answering "
+        "token ids + raw logprobs, sleep/wake_up no-ops, the trainer's weights loaded after every step through the "
+        "'naive' checkpoint engine). main_ppo then needs, on a host without a GPU: trainer.use_v1=false (the v1 "
+        "trainer imports transfer_queue), a logical Ray GPU (+ray_kwargs.ray_init.num_gpus=1: ResourcePoolManager "
+        "counts only GPU/NPU resources), gymverl.verl_cpu's gloo process group for the Ray workers (VeRL's backend "
+        "string 'cpu:gloo,cpu:gloo' is rejected by torch), rollout.tensor_model_parallel_size=1, fsdp2 with sdpa "
+        "and no remove-padding. Smoke mode: float32, one sequence at a time, tiny models only."
     )
 
 
-__all__ = ["LOOP_YAML", "OnlineError", "OnlineOptions", "ROLLOUTS", "build_online_command", "check_rows_select_env_loop", "check_with_verl_config", "cpu_rollout_note"]
+__all__ = ["CPU_ROLLOUT_ENV", "CPU_ROLLOUT_OVERRIDES", "LOOP_YAML", "OnlineError", "OnlineOptions", "ROLLOUTS", "build_online_command", "check_rows_select_env_loop", "check_with_verl_config", "cpu_rollout_note", "online_env"]
