@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -170,7 +172,7 @@ def test_step_lines_with_numpy_scalars_parse() -> None:
 
 @pytest.mark.nemo_gym
 @pytest.mark.slow
-def test_grpo_steps_on_cpu_with_a_real_math_env(policy: tuple[Path, Any], nemo_gym_env: Path, tmp_path: Path) -> None:
+def test_grpo_steps_on_cpu_with_a_real_math_env(policy: tuple[Path, Any], nemo_gym_env: Path, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """`python -m verl.trainer.main_ppo` with algorithm.adv_estimator=grpo, the CPU rollout and the
     gymverl_env loop against a real math_with_judge server: two steps, metrics from VeRL's console."""
     from gymverl.nemo_gym import running_resources_servers
@@ -183,8 +185,8 @@ def test_grpo_steps_on_cpu_with_a_real_math_env(policy: tuple[Path, Any], nemo_g
     res = CliRunner().invoke(app, ["to-parquet", str(tasks), "--format", "rl", "--agent-loop", "env", "-o", str(tmp_path / "rl"), "--val-fraction", "0"])
     assert res.exit_code == 0, res.output
     data = next((tmp_path / "rl").rglob("*.parquet"))
-    ray_tmp = Path("/tmp") / f"gvcpu{os.getpid()}"  # short: Ray's AF_UNIX socket paths have a length limit
-    ray_tmp.mkdir(exist_ok=True)
+    ray_tmp = Path(tempfile.mkdtemp(prefix="gvcpu", dir="/tmp"))  # short: Ray's AF_UNIX socket paths have a length limit
+    request.addfinalizer(lambda: shutil.rmtree(ray_tmp, ignore_errors=True))
     with running_resources_servers(["math_with_judge"], env=nemo_gym_env, log_path=tmp_path / "ng.log") as servers:
         opts = OnlineOptions(data, str(model_dir), tmp_path / "run", [f"math_with_judge={servers.url('math_with_judge')}"],
                              rollout="cpu", n_samples=4, max_prompt_length=256, max_response_length=16,
