@@ -59,7 +59,7 @@ from typing import Any, Mapping
 import aiohttp
 from yarl import URL
 
-from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput, register
+from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput, _agent_loop_registry
 from verl.experimental.agent_loop.tool_parser import ToolParser
 from verl.utils.profiler import simple_timer
 from verl.utils.rollout_trace import rollout_trace_op
@@ -226,7 +226,24 @@ class Episode:
         return status, data
 
 
-@register(AGENT_NAME)
+def _register(name: str):  # noqa: ANN202
+    """VeRL's `@register(name)`, except that an entry for this class already loaded from
+    `agent.agent_loop_config_path` is kept. VeRL's AgentLoopWorker loads that YAML (with the
+    loop's settings: `server`, ...) before any trajectory, and this module is first imported when
+    hydra instantiates the first trajectory's loop; VeRL's own `register` would then replace the
+    entry with a bare `_target_`, and every later trajectory would be built without its settings."""
+
+    def decorator(cls: type) -> type:
+        target = f"{cls.__module__}.{cls.__qualname__}"
+        entry = _agent_loop_registry.get(name)
+        if entry is None or entry.get("_target_") != target:
+            _agent_loop_registry[name] = {"_target_": target}
+        return cls
+
+    return decorator
+
+
+@_register(AGENT_NAME)
 class GymverlEnvAgentLoop(AgentLoopBase):
     """Plays one NeMo Gym episode per trajectory (see the module doc); built by VeRL's `AgentLoopWorker`
     for rows with `agent_name="gymverl_env"`. Extra constructor keyword arguments are the loop

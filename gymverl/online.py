@@ -18,7 +18,9 @@ Running (`run_online`): the same runner as train-offline (`gymverl.train.run_tra
 events, OUTDIR/train.log, metrics.jsonl, gymverl-train.json, Ctrl-C stops VeRL's process group),
 with the servers started first and stopped last.
 
-Not here: a CPU rollout (VeRL 0.9.1 has no CPU `RolloutReplica`; see `cpu_rollout_note`).
+`--rollout cpu` (smoke mode, tiny models) uses gymverl's CPU rollout replica (gymverl/cpu_rollout.py)
+with the CPU platform plugin: `CPU_ROLLOUT_OVERRIDES` join the command and `CPU_ROLLOUT_ENV` its
+environment (`online_env`; see `cpu_rollout_note`).
 """
 
 from __future__ import annotations
@@ -52,8 +54,41 @@ class RolloutEngine:
 ROLLOUT_ENGINES: dict[str, RolloutEngine] = {
     "vllm": RolloutEngine("vllm", "vllm"),
     "sglang": RolloutEngine("sglang", "sglang"),
+    # gymverl's own replica (gymverl/cpu_rollout.py): transformers on CPU, smoke mode for tiny models.
+    "cpu": RolloutEngine("cpu", None, gpu=False),
 }
 ROLLOUTS = tuple(ROLLOUT_ENGINES)
+# `--rollout cpu` (smoke mode, tiny models): VeRL's CPU platform plugin and gymverl's CPU rollout
+# replica (gymverl/cpu_rollout.py), loaded in every VeRL process by its external-module hook.
+CPU_ROLLOUT_ENV = {
+    "VERL_USE_EXTERNAL_MODULES": "gymverl.verl_cpu,gymverl.cpu_rollout",
+    "VERL_PLATFORM": "cpu",
+    # The FSDP engine is registered for cuda/npu only; this picks its class, not the device.
+    "VERL_ENGINE_DEVICE": "cuda",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+# What main_ppo needs on a host without a GPU (each one a blocker met on VeRL 0.9.1, see cpu_rollout_note).
+CPU_ROLLOUT_OVERRIDES: list[tuple[str, object]] = [
+    ("trainer.device", "cpu"),
+    # The v1 trainer (the default) needs the transfer_queue package; the legacy RayPPOTrainer does not.
+    ("trainer.use_v1", False),
+    # ResourcePoolManager only counts Ray "GPU" resources; a logical one (nothing asks for it: the
+    # CPU platform makes the workers ask Ray for CPUs).
+    ("+ray_kwargs.ray_init.num_gpus", 1),
+    ("ray_kwargs.ray_init.num_cpus", 4),
+    ("actor_rollout_ref.actor.strategy", "fsdp2"),
+    ("actor_rollout_ref.model.use_remove_padding", False),
+    ("+actor_rollout_ref.model.override_config.attn_implementation", "sdpa"),
+    ("actor_rollout_ref.model.enable_gradient_checkpointing", False),
+    ("actor_rollout_ref.actor.use_torch_compile", False),
+    ("actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu", 1),
+    ("actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu", 1),
+    ("actor_rollout_ref.rollout.tensor_model_parallel_size", 1),
+    # VeRL's defaults start 8 agent-loop, 8 reward and 8 dataloader workers.
+    ("actor_rollout_ref.rollout.agent.num_workers", 1),
+    ("reward.num_workers", 1),
+    ("data.dataloader_num_workers", 0),
+]
 # VeRL 0.9.1's defaults (verl/trainer/config/data/legacy_data.yaml, actor/actor.yaml): prompts per
 # step and per actor update. Capped to the dataset, so a small one still makes a batch.
 VERL_PPO_BATCH_SIZE = 1024
@@ -220,7 +255,10 @@ def build_online_command(
         # Hydra would otherwise write outputs/<date>/<time>/ into the user's working directory.
         ("hydra.run.dir", str(out / "hydra")),
     ]
-    ours = [override(k, v) for k, v in settings]
+    if opts.rollout == "cpu":
+        settings += CPU_ROLLOUT_OVERRIDES
+    # One value per key (Hydra refuses a key given twice): a later setting replaces an earlier one.
+    ours = [override(k, v) for k, v in dict(settings).items()]
     user_keys = {override_key(o) for o in opts.overrides}
     ours = [o for o in ours if override_key(o) not in user_keys]
     return [sys.executable, "-m", "verl.trainer.main_ppo", *ours, *opts.overrides]
@@ -353,7 +391,8 @@ def check_runtime(opts: OnlineOptions) -> None:
             f"({sys.executable}); install VeRL's {engine.package} extra (pip install 'verl[{engine.package}]')."
         )
     v1 = [o.split("=", 1)[1].strip().lower() for o in opts.overrides if "=" in o and override_key(o) == "trainer.use_v1"]
-    if (not v1 or v1[-1] not in ("false", "0")) and importlib.util.find_spec("transfer_queue") is None:
+    legacy = v1[-1] in ("false", "0") if v1 else opts.rollout == "cpu"  # CPU_ROLLOUT_OVERRIDES: use_v1=False
+    if not legacy and importlib.util.find_spec("transfer_queue") is None:
         # verl/trainer/main_ppo.py (TaskRunnerV1.run) imports it inside a Ray actor, after Ray has started.
         raise OnlineError(
             "VeRL's PPO trainer (main_ppo, trainer.use_v1) needs the TransferQueue package, which is not installed "
@@ -410,6 +449,7 @@ def plan_online(opts: OnlineOptions, *, dry_run: bool = False) -> OnlinePlan:
     env = {
         "PYTHONUNBUFFERED": "1",  # step lines must reach the progress view as they happen
         "VERL_FILE_LOGGER_PATH": str(opts.out.resolve() / METRICS),
+        **online_env(opts),
     }
     return OnlinePlan(options=opts, argv=argv, env=env, rows=rows, start=start, agents=mapped, notes=notes)
 
@@ -449,6 +489,12 @@ def run_online(
                 on_servers("ready", dict(plan.servers))
         plan.argv = build_online_command(opts, started=plan.servers, agents=plan.agents, rows=plan.rows)
         return train.run_training(plan, on_event, keys=PPO_KEYS, grace=PPO_GRACE)
+
+
+def online_env(opts: OnlineOptions) -> dict[str, str]:
+    """Environment variables the main_ppo command of `opts` needs beyond the caller's own
+    (`--rollout cpu`: `CPU_ROLLOUT_ENV`; none otherwise)."""
+    return dict(CPU_ROLLOUT_ENV) if opts.rollout == "cpu" else {}
 
 
 def check_rows_select_env_loop(path: Path) -> int:
@@ -501,17 +547,22 @@ def check_with_verl_config(argv: list[str]) -> None:
 
 
 def cpu_rollout_note() -> str:
-    """Why `train-online` cannot roll out on CPU with VeRL 0.9.1 (checked in verl/workers/rollout/replica.py)."""
+    """How `--rollout cpu` works with VeRL 0.9.1 and what it needed (checked by tests/test_cpu_rollout.py)."""
     return (
-        "VeRL 0.9.1 registers rollout replicas only for vllm, sglang and trtllm. RolloutReplicaRegistry.register "
-        "accepts any name, so a CPU replica can be registered, but it must be written: a RolloutReplica subclass "
-        "implementing launch_servers() and get_ray_class_with_init_args() (an engine hosted in the hybrid worker "
-        "group that answers generate(prompt_ids) with token ids and logprobs, sleeps/wakes up and takes the "
-        "trainer's weights after every step); VeRL ships no CPU engine for it, and sglang's CPU flag needs sglang."
+        "VeRL 0.9.1 ships rollout replicas only for vllm, sglang and trtllm; gymverl registers a CPU one "
+        "(gymverl/cpu_rollout.py: RolloutReplicaRegistry 'cpu', a transformers-generate server actor answering "
+        "token ids + raw logprobs, sleep/wake_up no-ops, the trainer's weights loaded after every step through the "
+        "'naive' checkpoint engine). main_ppo then needs, on a host without a GPU: trainer.use_v1=false (the v1 "
+        "trainer imports transfer_queue), a logical Ray GPU (+ray_kwargs.ray_init.num_gpus=1: ResourcePoolManager "
+        "counts only GPU/NPU resources), gymverl.verl_cpu's gloo process group for the Ray workers (VeRL's backend "
+        "string 'cpu:gloo,cpu:gloo' is rejected by torch), rollout.tensor_model_parallel_size=1, fsdp2 with sdpa "
+        "and no remove-padding. Smoke mode: float32, one sequence at a time, tiny models only."
     )
 
 
 __all__ = [
+    "CPU_ROLLOUT_ENV",
+    "CPU_ROLLOUT_OVERRIDES",
     "LOOP_YAML",
     "NG_LOG",
     "OnlineError",
@@ -526,6 +577,7 @@ __all__ = [
     "check_runtime",
     "check_with_verl_config",
     "cpu_rollout_note",
+    "online_env",
     "plan_online",
     "plan_servers",
     "resources_server_for_agent",

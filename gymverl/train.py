@@ -687,6 +687,8 @@ def plan_from_rollouts(
 
 _STEP = re.compile(r"(?:^|[^\w/])step:(\d+) - (.*)$")
 _TOTAL = re.compile(r"Total (?:training )?steps: (\d+)")
+# main_ppo logs some values as numpy reprs: `actor/grad_norm:np.float64(0.5)`, `num_turns/min:np.int32(2)`.
+_NUMPY_SCALAR = re.compile(r"^np\.\w+\((.*)\)$")
 
 
 def parse_step_line(line: str) -> Optional[tuple[int, dict[str, float]]]:
@@ -699,8 +701,10 @@ def parse_step_line(line: str) -> Optional[tuple[int, dict[str, float]]]:
         key, sep, value = part.strip().partition(":")
         if not sep:
             continue
+        value = value.strip()
+        wrapped = _NUMPY_SCALAR.match(value)
         try:
-            metrics[key] = float(value)
+            metrics[key] = float(wrapped.group(1) if wrapped else value)
         except ValueError:
             continue
     return int(m.group(1)), metrics

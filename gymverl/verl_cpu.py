@@ -2,7 +2,8 @@
 
 VeRL 0.9.1 only registers accelerator platforms (nvidia, npu, rocm). This module registers a
 "cpu" platform with VeRL's own `PlatformRegistry` and patches the one place that cannot work on
-CPU (the process group init). It is loaded inside every torchrun worker through VeRL's external
+CPU (the process group init: torchrun's for sft_trainer, and the Ray workers' for main_ppo, which
+`train-online --rollout cpu` runs with gymverl.cpu_rollout). It is loaded inside every torchrun worker through VeRL's external
 module hook, never imported by gymverl itself:
 
     VERL_USE_EXTERNAL_MODULES=gymverl.verl_cpu VERL_PLATFORM=cpu VERL_ENGINE_DEVICE=cuda \\
@@ -189,6 +190,22 @@ def initialize_global_process_group(timeout_second: int = 36000) -> tuple[int, i
     return int(os.environ["LOCAL_RANK"]), int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
 
 
+def initialize_global_process_group_ray(timeout_second: Optional[int] = None, backend: Optional[str] = None) -> None:
+    """VeRL's Ray-worker process group (main_ppo's workers) on gloo: its default backend string
+    "cpu:gloo,cpu:gloo" names the CPU twice, which torch rejects ("Duplicate device type cpu")."""
+    if torch.distributed.is_initialized():
+        return
+    if backend is None or backend.count("cpu:") > 1:
+        backend = "gloo"
+    torch.distributed.init_process_group(
+        backend=backend,
+        rank=int(os.environ.get("RANK", 0)),
+        world_size=int(os.environ.get("WORLD_SIZE", 1)),
+        timeout=timedelta(seconds=timeout_second) if timeout_second is not None else None,
+        init_method=os.environ.get("DIST_INIT_METHOD", None),
+    )
+
+
 def _patch() -> None:
     # Only when the CPU platform was asked for, so importing this module elsewhere changes nothing.
     if os.environ.get("VERL_PLATFORM", "").strip().lower() != "cpu":
@@ -197,6 +214,9 @@ def _patch() -> None:
 
     # sft_trainer imports this name inside run_sft(), at call time, so the module attribute is enough.
     dist_utils.initialize_global_process_group = initialize_global_process_group
+    # main_ppo's Ray workers import this name from the module when their module is first imported,
+    # which is after `import verl` has loaded this plugin.
+    dist_utils.initialize_global_process_group_ray = initialize_global_process_group_ray
 
 
 _patch()

@@ -4,7 +4,7 @@ Driven by VeRL 0.9.1's own rollout machinery: `gymverl to-parquet --format rl` -
 + `collate_fn` -> `AgentLoopWorker.generate_sequences` (the loop declared through
 `agent.agent_loop_config_path`, as a user would), a real tokenizer (gymverl.tiny) with Qwen2.5's real
 tool-capable chat template, against real NeMo Gym resources servers (example_multi_step: a multi-step
-tool environment; math_with_judge: single-turn). Only the model is a stand-in: `ScriptedTokens`, an
+tool environment; workplace_assistant: 27 stateful workplace tools; math_with_judge: single-turn). Only the model is a stand-in: `ScriptedTokens`, an
 `LLMServerClient.generate` that answers scripted hermes text as token ids with known logprobs.
 
 The same scripts drive NeMo Gym's own `simple_agent` (its `/run`, with `openai_model` pointed at
@@ -103,13 +103,14 @@ def to_rl(tasks: list[dict[str, Any]], out: Path) -> list[Path]:
     return files
 
 
-def rollout(model_dir: Path, files: list[Path], loop_yaml: Path, policy: ScriptedTokens):  # noqa: ANN201
-    """Every row through RLHFDataset + AgentLoopWorker.generate_sequences with agent_name=gymverl_env."""
+def rollout(model_dir: Path, files: list[Path], loop_yaml: Path, policy: ScriptedTokens, **lengths: int):  # noqa: ANN201
+    """Every row through RLHFDataset + AgentLoopWorker.generate_sequences with agent_name=gymverl_env
+    (`lengths`: verl_config's prompt_length / response_length)."""
     from verl import DataProto
     from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
     from verl.utils.dataset.rl_dataset import RLHFDataset, collate_fn
 
-    cfg = verl_config(model_dir, files, loop_yaml)
+    cfg = verl_config(model_dir, files, loop_yaml, **lengths)
     worker = AgentLoopWorker(cfg, llm_client=policy)
     policy.tokenizer = worker.tokenizer
     dataset = RLHFDataset(data_files=[str(f) for f in files], tokenizer=worker.tokenizer, config=cfg.data)
@@ -299,6 +300,7 @@ REAL_SERVERS = {
     "example_multi_step": "example_multi_step_resources_server",
     "math_with_judge": "math_with_judge",
     "example_session_state_mgmt": "example_session_state_mgmt_resources_server",
+    "workplace_assistant": "workplace_assistant",
 }
 
 
@@ -345,9 +347,45 @@ def real_script(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return script
 
 
+def workplace_tasks(env: Path) -> list[dict[str, Any]]:
+    """workplace_assistant's first 2 shipped tasks (email: reply to Carlos's last email; calendar: rename
+    the last event of December 1), each with its simple agent. Its `/verify` replays the predicted and
+    the ground-truth calls on fresh copies of the five toolkits' data and compares the states."""
+    from gymverl.nemo_gym import package_dir
+
+    lines = (package_dir(env) / "resources_servers" / "workplace_assistant" / "data" / "example.jsonl").read_text().splitlines()
+    out = []
+    for line in lines[:2]:
+        row = json.loads(line)
+        row["agent_ref"] = {"type": "responses_api_agents", "name": "workplace_assistant_simple_agent"}
+        out.append(row)
+    return out
+
+
+def workplace_script(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Email task: look Carlos's address up, search his emails, reply to the one the search finds
+    (00000057, the ground truth's), answer (reward 1). Calendar task: search December 1's events,
+    rename the right event (00000252) to a wrong name (reward 0: the calendar state differs)."""
+    email, calendar = tasks
+    assert email["category"].endswith("email") and calendar["category"].endswith("calendar"), (email["category"], calendar["category"])
+    reply = json.loads(email["ground_truth"][0]["arguments"])["body"]
+    steps_email = [
+        {"tool_call": {"name": "company_directory_find_email_address", "arguments": {"name": "carlos"}}},
+        {"tool_call": {"name": "email_search_emails", "arguments": {"query": "carlos Task Update on Develop prototype for report generation"}}},
+        {"tool_call": {"name": "email_reply_email", "arguments": {"email_id": "00000057", "body": reply}}},
+        {"text": "I replied to Carlos's last email."},
+    ]
+    steps_calendar = [
+        {"tool_call": {"name": "calendar_search_events", "arguments": {"time_min": "2023-12-01 00:00:00", "time_max": "2023-12-02 00:00:00"}}},
+        {"tool_call": {"name": "calendar_update_event", "arguments": {"event_id": "00000252", "field": "event_name", "new_value": "Risk Forum"}}},
+        {"text": "I renamed the event."},
+    ]
+    return [{"match": _user_text(t)[-100:], "answers": [{"steps": s}]} for t, s in ((email, steps_email), (calendar, steps_calendar))]
+
+
 @pytest.fixture(scope="module")
 def gym(nemo_gym_env: Path, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
-    """Real servers, once for the module: both resources servers, their simple agents, and
+    """Real servers, once for the module: the resources servers, their simple agents, and
     openai_model pointed at the scripted policy server (for the simple_agent side)."""
     from gymverl.nemo_gym import NemoGymServers, package_dir
 
@@ -358,7 +396,8 @@ def gym(nemo_gym_env: Path, tmp_path_factory: pytest.TempPathFactory):  # noqa: 
     configs = [root / "resources_servers" / s / "configs" / f"{s}.yaml" for s in REAL_SERVERS]
     configs.append(root / "responses_api_models" / "openai_model" / "configs" / "openai_model.yaml")
     log = tmp_path_factory.mktemp("ng") / "ng_run.log"
-    with PolicyServer(ScriptedPolicy(real_script(tasks))) as policy, NemoGymServers(
+    script = real_script(tasks) + workplace_script(workplace_tasks(nemo_gym_env))
+    with PolicyServer(ScriptedPolicy(script)) as policy, NemoGymServers(
         configs, env=nemo_gym_env, policy_base_url=policy.base_url, log_path=log
     ) as servers:
         yield tasks, servers
@@ -372,25 +411,27 @@ def simple_agent_run(servers: Any, task: dict[str, Any]) -> dict[str, Any]:
         return json.loads(resp.read())
 
 
-@pytest.mark.nemo_gym
-@pytest.mark.slow
-def test_real_envs_episode_matches_simple_agent(gym: Any, qwen_model: Path, tmp_path: Path) -> None:
+def play_and_compare(gym: Any, qwen_model: Path, tmp_path: Path, tasks: list[dict[str, Any]], script: list[dict[str, Any]], **lengths: int):  # noqa: ANN201
+    """Play `tasks` with the `gymverl_env` loop through VeRL's AgentLoopWorker (the scripted `script`
+    as the model) and run NeMo Gym's simple_agent on each; assert, per task, that the reward and the
+    verifier's outputs are equal, /verify got the same trajectory, the session was seeded, every tool
+    called, verified and closed in order, and the response is token-exact with the tool outputs at
+    mask 0 (`lengths`: verl_config's). Returns (rollout output, task index -> batch row)."""
     from gymverl.env_loop import loop_config
 
-    tasks, servers = gym
+    _, servers = gym
     files = to_rl(tasks, tmp_path / "data")
     spec = " ".join(f"{s}={servers.url(proc)}" for s, proc in REAL_SERVERS.items())
     yaml_path = loop_config(tmp_path / "loop.yaml", server=spec)
-    script = real_script(tasks)
     policy = ScriptedTokens(script)
-    out, items, tok = rollout(qwen_model, files, yaml_path, policy)
+    out, items, tok = rollout(qwen_model, files, yaml_path, policy, **lengths)
 
     by_task = {}
     for i, item in enumerate(items):
         text = tok.decode(out.batch["prompts"][i][out.batch["attention_mask"][i, : out.batch["prompts"].shape[1]].bool()].tolist())
         t = next(k for k, e in enumerate(script) if e["match"] in text)
         by_task[t] = i
-    assert sorted(by_task) == [0, 1, 2, 3]
+    assert sorted(by_task) == list(range(len(tasks)))
 
     width = out.batch["prompts"].shape[1]
     for t, task in enumerate(tasks):
@@ -430,11 +471,39 @@ def test_real_envs_episode_matches_simple_agent(gym: Any, qwen_model: Path, tmp_
         assert len(outputs) == sum("tool_call" in st for st in steps) and len(gen) == max(1, len(steps))
         for o in outputs:
             assert o in tool_text and o not in tok.decode(resp[:n][mask[:n].bool()].tolist())
+    return out, by_task
+
+
+@pytest.mark.nemo_gym
+@pytest.mark.slow
+def test_real_envs_episode_matches_simple_agent(gym: Any, qwen_model: Path, tmp_path: Path) -> None:
+    tasks, _ = gym
+    out, by_task = play_and_compare(gym, qwen_model, tmp_path, tasks, real_script(tasks))
     assert [float(out.batch["rm_scores"][by_task[t]].sum()) for t in range(4)] == [1.0, 0.0, 1.0, 1.0]
     # The counter lives in the server, per session cookie: seeded at 3, +1 +2 by this episode's calls.
     counter = out.non_tensor_batch["gymverl_response_output"][by_task[3]]
     assert [o["output"] for o in counter if o["type"] == "function_call_output"][-1].replace(" ", "") == '{"count":6}'
     assert tasks[3]["initial_count"] == 3 and tasks[3]["expected_count"] == 6
+
+
+@pytest.mark.nemo_gym
+@pytest.mark.slow
+def test_workplace_assistant_episode_matches_simple_agent(gym: Any, nemo_gym_env: Path, qwen_model: Path, tmp_path: Path) -> None:
+    """workplace_assistant (27 tools, state per session, /verify replays the calls and compares the
+    five toolkits' states): the scripted policy makes real calls whose answers come from the
+    environment's data, and the rewards (1 for the right reply, 0 for the misnamed event) equal
+    simple_agent's."""
+    tasks = workplace_tasks(nemo_gym_env)
+    # The tool outputs (search results) are long in the tiny tokenizer: room for the whole episode.
+    out, by_task = play_and_compare(gym, qwen_model, tmp_path, tasks, workplace_script(tasks), response_length=8192)
+    assert [float(out.batch["rm_scores"][by_task[t]].sum()) for t in range(2)] == [1.0, 0.0]
+    email = [o["output"] for o in out.non_tensor_batch["gymverl_response_output"][by_task[0]] if o["type"] == "function_call_output"]
+    # the environment's own data answered: Carlos's address, then his email the reply goes to
+    assert "carlos.rodriguez@atlas.com" in email[0] and "00000057" in email[1], email
+    calendar = [o["output"] for o in out.non_tensor_batch["gymverl_response_output"][by_task[1]] if o["type"] == "function_call_output"]
+    assert "00000252" in calendar[0], calendar
+    # the rendered prompt carried all 27 tools of the task
+    assert len(tasks[0]["responses_create_params"]["tools"]) == 27
 
 
 def test_unreachable_server_is_a_connection_failure(qwen_model: Path, tmp_path: Path) -> None:
@@ -447,6 +516,43 @@ def test_unreachable_server_is_a_connection_failure(qwen_model: Path, tmp_path: 
     failure = out.non_tensor_batch["gymverl_env_failure"][0]
     assert (failure["stage"], failure["reason"]) == ("seed_session", "connection"), failure
     assert out.non_tensor_batch["env_failed"][0] == 1.0 and int(out.batch["response_mask"][0].sum()) == 0
+
+
+_FIRST_IMPORT = """
+import json, sys
+from omegaconf import OmegaConf
+from verl.experimental.agent_loop.agent_loop import _agent_loop_registry
+if sys.argv[1] != "-":
+    for entry in OmegaConf.load(sys.argv[1]):  # what AgentLoopWorker.__init__ does
+        _agent_loop_registry[entry.name] = entry
+assert "gymverl.env_loop" not in sys.modules
+import gymverl.env_loop  # what hydra does when it instantiates the first trajectory's loop
+print(json.dumps(OmegaConf.to_container(OmegaConf.create(dict(_agent_loop_registry["gymverl_env"])))))
+"""
+
+
+def test_yaml_settings_survive_the_modules_first_import(tmp_path: Path) -> None:
+    """In a main_ppo rollout worker the agent-loop YAML (with `server`) is loaded before gymverl.env_loop
+    is first imported (by hydra, for the first trajectory): the module's registration must keep that
+    entry, or every later trajectory is built without its settings (found by a CPU GRPO run:
+    EnvLoopConfigError 'no NeMo Gym resources server' from the second trajectory on)."""
+    import subprocess
+    import sys
+
+    from gymverl.env_loop import loop_config
+
+    repo = Path(__file__).resolve().parents[1]
+    yaml_path = loop_config(tmp_path / "loop.yaml", server="math=http://127.0.0.1:9", max_turns=3)
+
+    def first_import(arg: str) -> dict[str, Any]:
+        res = subprocess.run([sys.executable, "-c", _FIRST_IMPORT, arg], capture_output=True, text=True, timeout=300,
+                             env={**__import__("os").environ, "PYTHONPATH": str(repo)})
+        assert res.returncode == 0, res.stderr[-2000:]
+        return json.loads(res.stdout.strip().splitlines()[-1])
+
+    kept = first_import(str(yaml_path))
+    assert kept["server"] == "math=http://127.0.0.1:9" and kept["max_turns"] == 3, kept
+    assert first_import("-") == {"_target_": "gymverl.env_loop.GymverlEnvAgentLoop"}  # still registered without a YAML
 
 
 def test_row_tools_and_task_from_rl_rows() -> None:

@@ -79,7 +79,7 @@ def test_online_argv_composes_with_verl_config(tmp_path: Path) -> None:
 def test_online_bad_options_are_one_sentence(tmp_path: Path) -> None:
     data = _env_rows(tmp_path)
     with pytest.raises(OnlineError, match="--rollout"):
-        build_online_command(OnlineOptions(data, "m", tmp_path, ["http://x:1"], rollout="cpu"))
+        build_online_command(OnlineOptions(data, "m", tmp_path, ["http://x:1"], rollout="tpu"))
     with pytest.raises(OnlineError, match="--server"):
         build_online_command(OnlineOptions(data, "m", tmp_path, []))
 

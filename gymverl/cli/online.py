@@ -39,7 +39,7 @@ def train_online_command(
     ] = None,
     val: Annotated[Optional[Path], typer.Option("--val", help="Validation RL parquet (default: DATA).")] = None,
     nproc: Annotated[int, typer.Option("--nproc", callback=number(min=1), help="GPUs per node.")] = 1,
-    rollout: Annotated[str, typer.Option("--rollout", help="Rollout engine: vllm or sglang.")] = "vllm",
+    rollout: Annotated[str, typer.Option("--rollout", help="Rollout engine: vllm or sglang (GPUs), or cpu (gymverl's CPU replica: smoke runs with tiny models).")] = "vllm",
     algorithm: Annotated[str, typer.Option("--algorithm", help="RL algorithm (grpo).")] = "grpo",
     n_samples: Annotated[int, typer.Option("--n-samples", callback=number(min=1), help="Episodes per task per step (GRPO group size).")] = 4,
     max_turns: Annotated[int, typer.Option("--max-turns", callback=number(min=1), help="Model turns per episode.")] = 8,
