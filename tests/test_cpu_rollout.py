@@ -173,11 +173,10 @@ def test_step_lines_with_numpy_scalars_parse() -> None:
 @pytest.mark.nemo_gym
 @pytest.mark.slow
 def test_grpo_steps_on_cpu_with_a_real_math_env(policy: tuple[Path, Any], nemo_gym_env: Path, tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    """`python -m verl.trainer.main_ppo` with algorithm.adv_estimator=grpo, the CPU rollout and the
-    gymverl_env loop against a real math_with_judge server: two steps, metrics from VeRL's console."""
-    from gymverl.nemo_gym import running_resources_servers
-    from gymverl.online import OnlineOptions, build_online_command, online_env
-    from gymverl.train import parse_step_line
+    """`gymverl train-online --rollout cpu` as a user runs it: it starts the math_with_judge server the
+    rows name, runs VeRL's main_ppo (GRPO) with the CPU rollout and the gymverl_env loop for two
+    steps, reports them, and stops the server; no process is left behind."""
+    from conftest import marked_processes
 
     model_dir, _ = policy
     tasks = tmp_path / "tasks.jsonl"
@@ -187,26 +186,31 @@ def test_grpo_steps_on_cpu_with_a_real_math_env(policy: tuple[Path, Any], nemo_g
     data = next((tmp_path / "rl").rglob("*.parquet"))
     ray_tmp = Path(tempfile.mkdtemp(prefix="gvcpu", dir="/tmp"))  # short: Ray's AF_UNIX socket paths have a length limit
     request.addfinalizer(lambda: shutil.rmtree(ray_tmp, ignore_errors=True))
-    with running_resources_servers(["math_with_judge"], env=nemo_gym_env, log_path=tmp_path / "ng.log") as servers:
-        opts = OnlineOptions(data, str(model_dir), tmp_path / "run", [f"math_with_judge={servers.url('math_with_judge')}"],
-                             rollout="cpu", n_samples=4, max_prompt_length=256, max_response_length=16,
-                             overrides=["trainer.total_training_steps=2", "trainer.val_before_train=false", "trainer.test_freq=-1",
-                                        "trainer.save_freq=-1", "actor_rollout_ref.actor.optim.lr=1e-2"])
-        argv = build_online_command(opts)
-        env = {**os.environ, **online_env(opts), "PYTHONPATH": str(REPO), "RAY_TMPDIR": str(ray_tmp), "OMP_NUM_THREADS": "1"}
-        proc = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=1500, start_new_session=True)
-    log = proc.stdout + proc.stderr
-    (tmp_path / "main_ppo.log").write_text(log)
-    assert proc.returncode == 0, log[-4000:]
-    steps = dict(filter(None, (parse_step_line(line) for line in log.splitlines())))
-    assert sorted(steps) == [1, 2], log[-3000:]
+    out = tmp_path / "run"
+    mark, mark_var = os.urandom(8).hex(), "GYMVERL_CPU_GRPO_TEST_MARK"
+    argv = [sys.executable, "-m", "gymverl.cli", "train-online", str(data), "-m", str(model_dir), "-o", str(out), "--rollout", "cpu",
+            "--n-samples", "4", "--nemo-gym-env", str(nemo_gym_env), "--json", "--",
+            "data.max_prompt_length=256", "data.max_response_length=16", "trainer.total_training_steps=2",
+            "trainer.val_before_train=false", "trainer.test_freq=-1", "actor_rollout_ref.actor.optim.lr=1e-2"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_TMPDIR": str(ray_tmp), "OMP_NUM_THREADS": "1", mark_var: mark}
+    proc = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=1500)
+    log = (out / "train.log").read_text() if (out / "train.log").exists() else ""
+    assert proc.returncode == 0, (proc.stderr[-3000:], log[-4000:])
+    result = json.loads(proc.stdout)
+    assert result["steps"] == 2 and result["returncode"] == 0 and len(result["rewards"]) == 2, result
+    assert set(result["servers"]) == {"math_with_judge"}  # started for the rows' agent, by name
+    # VeRL's own file logger (OUTDIR/metrics.jsonl): the full metrics of both steps
+    steps = {rec["step"]: rec["data"] for rec in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())}
+    assert sorted(steps) == [1, 2], steps
     for n, m in steps.items():
         # the rollout sampled from the trainer's weights (synced before every step): its logprobs are
         # the trainer's own, up to bf16/fp32 rounding (measured ~0.004; with the sync cut out of
         # CPURollout.update_weights, step 2 measured 0.99 after step 1's update at lr 1e-2)
         assert m["training/rollout_probs_diff_max"] < 1e-2, (n, m["training/rollout_probs_diff_max"])
         assert m["response_length/mean"] > 0 and m["num_turns/mean"] == 2.0  # user + the model's answer
+    assert [steps[1]["critic/score/mean"], steps[2]["critic/score/mean"]] == result["rewards"]
     # rewards are the verifier's: right and wrong answers within the groups, so GRPO has a gradient
     assert any(m["critic/score/max"] == 1.0 and m["critic/score/min"] == 0.0 for m in steps.values()), steps
     assert any(m["actor/grad_norm"] > 0 for m in steps.values()), steps
+    assert marked_processes(mark_var, mark) == []  # main_ppo, Ray and the NeMo Gym server are gone
     print(json.dumps({n: {k: m[k] for k in ("critic/score/mean", "actor/grad_norm", "timing_s/gen", "timing_s/step")} for n, m in steps.items()}))
