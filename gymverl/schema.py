@@ -190,9 +190,15 @@ def content_blank(content: Any) -> bool:
         if type(part) is not Part:
             return not content_text(content).strip()
         text = part.text
-        if (text is _RAW_MISSING or bytes(text) == b"null") and part.type == "refusal":
+        if text is _RAW_MISSING or (len(text) == 4 and bytes(text) == b"null"):  # (never copy a long text)
+            if part.type != "refusal" or part.refusal is _RAW_MISSING:
+                continue
             text = part.refusal
-        if text is not _RAW_MISSING and _raw_text_nonblank(text):
+        # `_raw_text_nonblank`'s first-character test, inlined: the usual answer ends here
+        head = bytes(memoryview(text)[:2])
+        if len(head) == 2 and head[0] == 0x22 and 0x21 <= head[1] <= 0x7E and head[1] != 0x5C and head[1] != 0x22:
+            return False
+        if _raw_text_nonblank(text):
             return False
     return True
 
@@ -489,7 +495,8 @@ def rollout_facts(rec: Any, content: bool = True) -> Facts | None:
     """
     params = rec.responses_create_params
     inp = _input_facts(params.input)
-    if inp is None or memoryview(params.tools)[:1] not in (b"[", b"n"):  # tools: an array, or null/absent
+    tools = params.tools
+    if inp is None or (tools is not _RAW_MISSING and memoryview(tools)[0] not in (0x5B, 0x6E)):  # tools: "[" or "n"(ull), or absent
         return None
     response = rec.response
     output = response.output
