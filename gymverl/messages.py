@@ -45,6 +45,7 @@ MEDIA_PLACEHOLDERS = ("<image>", "<video>", "<audio>")
 IMAGE_PART_TYPES = frozenset({"input_image", "image_url"})
 # Parts that hold content other than text and images: refused rather than silently dropped.
 UNSUPPORTED_PART_TYPES = frozenset({"input_file", "input_audio", "input_video", "file", "audio", "video"})
+_NON_TEXT_PART_TYPES = IMAGE_PART_TYPES | UNSUPPORTED_PART_TYPES
 _DATA_URL = re.compile(r"data:(image/[\w.+-]+)?((?:;[\w.+-]+=[^;,]*)*)(;base64)?,", re.ASCII)
 
 
@@ -104,9 +105,7 @@ def content_with_images(content: Any, images: list[dict[str, Any]] | None) -> st
     """`records.content_text` that keeps images: each image part becomes `<image>` in the text and
     its bytes are appended to `images`. ContentError when `images` is None and there is an image,
     or for a non-text, non-image part (see the module docstring)."""
-    if not isinstance(content, list):
-        return content_text(content)
-    if not any(isinstance(p, dict) and p.get("type") in IMAGE_PART_TYPES | UNSUPPORTED_PART_TYPES for p in content):
+    if not isinstance(content, list) or not any(isinstance(p, dict) and p.get("type") in _NON_TEXT_PART_TYPES for p in content):
         return content_text(content)
     parts: list[str] = []
     for part in content:
@@ -149,10 +148,12 @@ def _json_text(value: Any) -> str:
 def _output_text(output: Any, images: list[dict[str, Any]] | None = None) -> str:
     # A function_call_output's `output` is a string, or a list of content parts (input_text,
     # input_image, ...): text parts are joined, images become placeholders (or are refused).
+    if type(output) is str:
+        return output
     if isinstance(output, list) and all(isinstance(p, dict) for p in output):
         if all(isinstance(p.get("text"), str) for p in output):
             return content_text(output)
-        if any(p.get("type") in IMAGE_PART_TYPES | UNSUPPORTED_PART_TYPES for p in output):
+        if any(p.get("type") in _NON_TEXT_PART_TYPES for p in output):
             return content_with_images(output, images)
     return _json_text(output)
 
@@ -224,7 +225,7 @@ def convert_items(
             if not isinstance(role, str):
                 raise MessageError("message item without a role")
             role = ROLE_MAP.get(role, role)
-            text = content_with_images(content, images)
+            text = content if type(content) is str else content_with_images(content, images)
             if role == "assistant":
                 open_assistant = new_assistant(text)
             else:
