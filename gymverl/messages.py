@@ -227,7 +227,13 @@ def convert_items(
             role = ROLE_MAP.get(role, role)
             text = content if type(content) is str else content_with_images(content, images)
             if role == "assistant":
-                open_assistant = new_assistant(text)
+                # new_assistant(text), inlined: this is the one message of most rollouts' response
+                open_assistant = {"role": "assistant", "content": text}
+                if pending_reasoning:
+                    if include_reasoning:
+                        open_assistant["reasoning_content"] = "\n".join(pending_reasoning)
+                    pending_reasoning.clear()
+                messages.append(open_assistant)
             else:
                 messages.append({"role": role, "content": text})
                 open_assistant = None

@@ -32,7 +32,6 @@ from gymverl.schema import (  # noqa: F401 - the schema's names, where callers h
     ROLLOUT_KEYS,
     RecordError,
     agent_of,
-    check_items as _check_items,
     check_record,
     check_task,
     content_blank,
