@@ -32,10 +32,10 @@ import re
 import time
 import uuid
 from io import BytesIO
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from gymverl.jsonl import dumps
-from gymverl.records import content_text, is_transitions
+from gymverl.schema import content_text, is_transitions
 
 ROLE_MAP = {"developer": "system"}
 
@@ -45,6 +45,7 @@ MEDIA_PLACEHOLDERS = ("<image>", "<video>", "<audio>")
 IMAGE_PART_TYPES = frozenset({"input_image", "image_url"})
 # Parts that hold content other than text and images: refused rather than silently dropped.
 UNSUPPORTED_PART_TYPES = frozenset({"input_file", "input_audio", "input_video", "file", "audio", "video"})
+_NON_TEXT_PART_TYPES = IMAGE_PART_TYPES | UNSUPPORTED_PART_TYPES
 _DATA_URL = re.compile(r"data:(image/[\w.+-]+)?((?:;[\w.+-]+=[^;,]*)*)(;base64)?,", re.ASCII)
 
 
@@ -104,9 +105,7 @@ def content_with_images(content: Any, images: list[dict[str, Any]] | None) -> st
     """`records.content_text` that keeps images: each image part becomes `<image>` in the text and
     its bytes are appended to `images`. ContentError when `images` is None and there is an image,
     or for a non-text, non-image part (see the module docstring)."""
-    if not isinstance(content, list):
-        return content_text(content)
-    if not any(isinstance(p, dict) and p.get("type") in IMAGE_PART_TYPES | UNSUPPORTED_PART_TYPES for p in content):
+    if not isinstance(content, list) or not any(isinstance(p, dict) and p.get("type") in _NON_TEXT_PART_TYPES for p in content):
         return content_text(content)
     parts: list[str] = []
     for part in content:
@@ -149,18 +148,19 @@ def _json_text(value: Any) -> str:
 def _output_text(output: Any, images: list[dict[str, Any]] | None = None) -> str:
     # A function_call_output's `output` is a string, or a list of content parts (input_text,
     # input_image, ...): text parts are joined, images become placeholders (or are refused).
+    if type(output) is str:
+        return output
     if isinstance(output, list) and all(isinstance(p, dict) for p in output):
         if all(isinstance(p.get("text"), str) for p in output):
             return content_text(output)
-        if any(p.get("type") in IMAGE_PART_TYPES | UNSUPPORTED_PART_TYPES for p in output):
+        if any(p.get("type") in _NON_TEXT_PART_TYPES for p in output):
             return content_with_images(output, images)
     return _json_text(output)
 
 
-def _reasoning_text(item: dict[str, Any]) -> str:
+def _reasoning_text(summary: Any, content: Any) -> str:
     parts: list[str] = []
-    for key in ("summary", "content"):
-        value = item.get(key)
+    for value in (summary, content):
         if not isinstance(value, list):
             continue
         for part in value:
@@ -169,13 +169,42 @@ def _reasoning_text(item: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def _dict_fields(item: Any) -> tuple[Any, ...]:
+    """What `convert_items` reads of a dict item (the order of `gymverl.schema.item_fields`), with
+    the readings of missing keys: no `type` is a message, no `arguments` is "{}", no `output` ""."""
+    if not isinstance(item, dict):
+        raise MessageError(f"item is a {type(item).__name__}, not an object")
+    get = item.get
+    kind = get("type", "message")
+    if kind is None and "role" in item:
+        kind = "message"
+    return kind, get("role"), get("content"), get("call_id"), get("id"), get("name"), get("arguments", "{}"), get("output", ""), get("summary")
+
+
 def items_to_messages(
     items: Iterable[Any], *, include_reasoning: bool = False, images: list[dict[str, Any]] | None = None
 ) -> list[dict[str, Any]]:
-    """Convert a sequence of Responses-API items to chat messages.
+    """Convert a sequence of Responses-API items (dicts) to chat messages.
 
     `images`: a list the images of the items are appended to (see the module docstring); None when
     the caller's format carries no images (an image is then a ContentError).
+    """
+    return convert_items(items, _dict_fields, include_reasoning=include_reasoning, images=images)
+
+
+def convert_items(
+    items: Iterable[Any],
+    fields: Callable[[Any], tuple[Any, ...]],
+    *,
+    include_reasoning: bool = False,
+    images: list[dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """The one Responses-API items -> chat messages converter, for either shape of item.
+
+    `fields(item)` gives (type, role, content, call_id, id, name, arguments, output, summary):
+    `_dict_fields` for parsed dicts (`items_to_messages`), `gymverl.schema.item_fields` for the
+    typed items of `gymverl.schema.Record[Any]` (the fast path decodes, this converts). A type of
+    None with a role is a message. MessageError (or its ContentError) when an item cannot be converted.
     """
     messages: list[dict[str, Any]] = []
     pending_reasoning: list[str] = []
@@ -191,36 +220,33 @@ def items_to_messages(
         return msg
 
     for item in items:
-        if not isinstance(item, dict):
-            raise MessageError(f"item is a {type(item).__name__}, not an object")
-        kind = item.get("type", "message")
-        if kind == "message" or (kind is None and "role" in item):
-            role = item.get("role")
+        kind, role, content, call_id, item_id, name, arguments, output, summary = fields(item)
+        if kind == "message" or (kind is None and role is not None):
             if not isinstance(role, str):
                 raise MessageError("message item without a role")
             role = ROLE_MAP.get(role, role)
-            text = content_with_images(item.get("content"), images)
+            text = content if type(content) is str else content_with_images(content, images)
             if role == "assistant":
-                open_assistant = new_assistant(text)
+                # new_assistant(text), inlined: this is the one message of most rollouts' response
+                open_assistant = {"role": "assistant", "content": text}
+                if pending_reasoning:
+                    if include_reasoning:
+                        open_assistant["reasoning_content"] = "\n".join(pending_reasoning)
+                    pending_reasoning.clear()
+                messages.append(open_assistant)
             else:
                 messages.append({"role": role, "content": text})
                 open_assistant = None
         elif kind == "function_call":
-            call = {
-                "type": "function",
-                "id": item.get("call_id") or item.get("id"),
-                "function": {"name": item.get("name"), "arguments": _json_text(item.get("arguments", "{}"))},
-            }
+            call = {"type": "function", "id": call_id or item_id, "function": {"name": name, "arguments": _json_text(arguments)}}
             if open_assistant is None:
                 open_assistant = new_assistant("")
             open_assistant.setdefault("tool_calls", []).append(call)
         elif kind == "function_call_output":
-            messages.append(
-                {"role": "tool", "tool_call_id": item.get("call_id"), "content": _output_text(item.get("output", ""), images)}
-            )
+            messages.append({"role": "tool", "tool_call_id": call_id, "content": _output_text(output, images)})
             open_assistant = None
         elif kind == "reasoning":
-            text = _reasoning_text(item)
+            text = _reasoning_text(summary, content)
             if text:
                 pending_reasoning.append(text)
         else:

@@ -343,11 +343,18 @@ def test_fast_reader_takes_most_valid_lines_and_declines_the_odd_ones(tmp_path: 
     assert all(c is not None for c in convs)
     rows = convert(SAMPLE_DATA / "rollouts.jsonl", tmp_path / "o", ConvertOptions(select=SelectOptions(drop_incomplete=False)))
     assert rows.rows["train"] == len(plain)
-    for name in ("index_beyond_64_bits", "boolean_reward", "unknown_item", "empty_call_id", "tools_not_a_list", "prompt_image", "response_image", "prompt_file"):
+    for name in ("index_beyond_64_bits", "boolean_reward", "unknown_item", "tools_not_a_list", "prompt_image", "response_image", "prompt_file"):
         r = json.loads(next(line for line in plain if b'"function_call"' in line))
         MUTATIONS[name](r)
         got = reader.decode(json.dumps(r).encode())
         assert got is None or reader.conversation(got) is None, name
+    # An empty call_id falls back to the item id: the fast path converts it with the one converter,
+    # to the exact path's conversation.
+    r = json.loads(next(line for line in plain if b'"function_call"' in line))
+    empty_call_id(r)
+    got = reader.decode(json.dumps(r).encode())
+    assert got is not None and reader.conversation(got) == sft_fmt.conversation(r)
+    assert any(c["id"] == "item_id" for m in reader.conversation(got)[0] for c in m.get("tool_calls", []))
 
 
 def _value(t: pa.DataType, rng: random.Random) -> Any:

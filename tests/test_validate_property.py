@@ -7,7 +7,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gymverl.inputs import GZIP_MAGIC, HEAD_BYTES, InputError, sniff
@@ -497,3 +497,54 @@ def test_empty_answer_fast_check_agrees_with_the_exact_path(workdir, content):
     rec = good()
     rec["response"]["output"][2]["content"] = content
     both_ways(workdir, dump(rec) + b"\n")
+
+
+# ---- one schema: the typed shape and the dict shape meet in the same rules (gymverl.schema) -------
+
+from gymverl import schema  # noqa: E402
+
+text_value = st.one_of(st.sampled_from(["", " ", "\n\t", "\u00a0", "\u3000x", "a", " a", '"', "\\"]), st.text(max_size=6))
+content_part = st.one_of(
+    text_value,
+    st.fixed_dictionaries(
+        {}, optional={"type": st.sampled_from(["output_text", "refusal", "input_text"]), "text": st.one_of(text_value, json_value), "refusal": st.one_of(text_value, json_value)}
+    ),
+)
+content_value = st.one_of(st.none(), text_value, st.lists(content_part, max_size=4), json_value)
+
+
+@SETTINGS
+@given(content=content_value)
+@example(content=[{"type": "refusal", "refusal": "no"}])
+@example(content=[{"type": "refusal", "text": None, "refusal": " x"}])
+@example(content=[{"type": "output_text", "refusal": "x"}])
+@example(content=[{"text": " "}, {"text": "\u00a0"}, "\n"])
+@example(content=[{"text": '"'}])
+@example(content=[{"text": 5}, {"text": "\\"}])
+def test_blank_answer_rule_reads_both_shapes_alike(content):
+    # `content_blank` on the typed parts (texts left raw) is `content_text(...).strip() == ""` on the dict.
+    expected = not schema.content_text(content).strip()
+    assert schema.content_blank(content) == expected
+    try:
+        typed = schema.msgspec.json.Decoder(schema.TextParts).decode(orjson.dumps(content))
+    except (schema.msgspec.ValidationError, orjson.JSONEncodeError):
+        return  # not of the typed form: such a line takes the dict path
+    assert schema.content_blank(typed) == expected
+
+
+def test_fast_path_reads_rollouts_without_a_task_index():
+    # The task key from the prompt hash comes from the same rule on both shapes (it used to be left
+    # to the orjson path, for every line of such a file).
+    from conftest import SAMPLE_DATA
+
+    fast = _FastRollouts()
+    for raw in (SAMPLE_DATA / "rollouts.jsonl").read_bytes().splitlines():
+        rec = orjson.loads(raw)
+        rec.pop("_ng_task_index", None)
+        rec.pop("_ng_rollout_index", None)
+        line = orjson.dumps(rec)
+        assert fast(line) == (
+            float(rec["reward"]), task_key(rec), agent_name(rec), is_incomplete(rec), False,
+            malformed_calls(rec), empty_answer(rec), starts_without_prompt(rec),
+        )
+        assert "@" in task_key(rec)

@@ -1,0 +1,543 @@
+"""The NeMo Gym rollout schema, declared once: its checks, its reading rules and its typed form.
+
+A rollout line (what `ng_collect_rollouts` writes) is one JSON object:
+- `responses_create_params`: object; `input` is a string or a list of items (messages with `role`
+  and `content`, `function_call`, `function_call_output`, `reasoning`), `tools` a list or null.
+- `response`: an OpenAI Responses-API object; `output` is a list of items (same item types), or,
+  from NeMo Gym's aviary agent (`return_transitions=true`, `response.contains_transitions`), a list
+  of per-step transitions: one cumulative item list per step, the last holding the whole
+  conversation (seed question included).
+- `reward`: a finite number (usually 0.0-1.0; some environments, e.g. blackjack, use -1.0).
+- optional: `_ng_task_index`, `_ng_rollout_index` (ints), `agent_ref` ({type, name} or str),
+  plus any task fields (`expected_answer`, `options`, ...) and verifier outputs at top level.
+
+Everything else reads rollouts through this module, in one of two shapes:
+- the plain dict orjson parses (`check_record` gives the exact rejection reasons; `gymverl.records`
+  reads the parts), and
+- the msgspec Structs below (`Record`), which decode only the keys gymverl reads, typed, in C. Only
+  a clean decode is trusted: `rollout_facts` returns None whenever anything is unusual and the
+  caller takes the dict path, which has the final word. Results are the same either way (the
+  property tests in tests/test_validate_property.py and tests/test_convert_fast.py hold them equal).
+
+Both shapes meet in the same rules: `agent_of`, `incomplete_of`, `task_key_of` (and `prompt_hash`),
+`is_object_text` (a tool call's arguments) and `content_blank` (no final answer).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from operator import attrgetter
+from typing import Any, Generic, Optional, TypeVar, Union
+
+import orjson
+
+from gymverl.jsonl import dumps
+
+try:  # optional accelerators: the same results without them, about 3x slower
+    import msgspec
+except ImportError:  # pragma: no cover
+    msgspec = None  # type: ignore[assignment]
+
+REQUIRED_KEYS = ("responses_create_params", "response", "reward")
+# Keys NeMo Gym itself writes on a rollout line; everything else at top level is a task field or a
+# verifier output.
+ROLLOUT_KEYS = frozenset(
+    {
+        "responses_create_params",
+        "response",
+        "reward",
+        "_ng_task_index",
+        "_ng_rollout_index",
+        "agent_ref",
+        "_ng_environment_server",
+        "_ng_result_type",
+        "mask_sample",
+        "failure_kind",
+        "failure_reason",
+        "reward_components",
+        "skills_ref",
+        "_ng_failure_class",
+        "_ng_no_persist",
+    }
+)
+# The Responses-API item types NeMo Gym reads and writes (nemo_gym.openai_utils.NeMoGymResponseInputItem);
+# gymverl.messages converts exactly these, so a record that validates also converts.
+ITEM_TYPES = frozenset({"message", "function_call", "function_call_output", "reasoning"})
+MESSAGE_ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+# msgspec reads any integer as an int; orjson reads those beyond 64 bits as floats (not a valid index).
+_U64_MAX = 2**64 - 1
+
+
+def is_ng_key(key: str) -> bool:
+    """True for a key NeMo Gym itself writes on a rollout line (`ROLLOUT_KEYS`, or any `_ng_*`:
+    0.7.0 adds e.g. `_ng_attempt_index`, `_ng_rollout_id`, `_ng_failure_*`): never a task field."""
+    return key in ROLLOUT_KEYS or key.startswith("_ng_")
+
+
+# ---- the rules both shapes share -----------------------------------------------------------------
+
+
+def agent_of(ref: Any) -> str | None:
+    """The agent name of an `agent_ref` value: the string itself, or its `name` when that is a string."""
+    if type(ref) is str:
+        return ref
+    name = ref.get("name") if isinstance(ref, dict) else getattr(ref, "name", None)
+    return name if type(name) is str else None
+
+
+def incomplete_of(status: Any, incomplete_details: Any) -> bool:
+    """True when a response was cut short: `status` set and not "completed", or `incomplete_details` set."""
+    return bool(incomplete_details) or (status is not None and status != "completed")
+
+
+def task_key_of(agent: str | None, index: int | None, digest: str | None = None) -> str:
+    """The task key: `<agent>#<task index>`, or `<agent>@<prompt hash>` without an index (no agent: no prefix)."""
+    if index is not None:
+        return f"{agent}#{index}" if agent else f"#{index}"
+    return f"{agent}@{digest}" if agent else f"@{digest}"
+
+
+def is_transitions(output: Any) -> bool:
+    """True when `response.output` is a list of per-step transitions (NeMo Gym's aviary agent with
+    `return_transitions=true`): a non-empty list whose every element is an item list."""
+    return isinstance(output, list) and bool(output) and all(isinstance(step, list) for step in output)
+
+
+def is_message(item: dict[str, Any]) -> bool:
+    """True for a message item: `type` "message", or no type (an "easy input message") with a role."""
+    kind = item.get("type", "message")
+    return kind == "message" or (kind is None and "role" in item)
+
+
+def transition_seed(record: dict[str, Any]) -> list[Any]:
+    """The items of aviary's last transition before the model's first turn (the task's question);
+    [] for a plain `response.output`."""
+    output = (record.get("response") or {}).get("output")
+    if not is_transitions(output):
+        return []
+    seed = []
+    for item in output[-1]:
+        if not isinstance(item, dict) or item.get("type") in ("function_call", "reasoning") or (is_message(item) and item.get("role") == "assistant"):
+            break
+        seed.append(item)
+    return seed
+
+
+def prompt_hash(record: dict[str, Any]) -> str:
+    """A stable hash of the task prompt (`input` + `tools` + `instructions`) for grouping rollouts."""
+    rcp = record.get("responses_create_params") or {}
+    key = {"input": rcp.get("input"), "tools": rcp.get("tools"), "instructions": rcp.get("instructions")}
+    seed = transition_seed(record)
+    if seed:
+        # aviary's request input is [] for every task: its question is the seed of the transitions.
+        key["seed"] = seed
+    return hashlib.sha1(dumps(key, sort_keys=True)).hexdigest()[:16]
+
+
+def is_json_object_text(value: Any) -> bool:
+    """True when tool-call `arguments` are a JSON object: a dict, or JSON text that parses to one.
+
+    OpenAI and NeMo Gym write arguments as the JSON text of an object; anything else (invalid JSON
+    such as a cut-off `{"city": "Par`, a JSON string like `"Paris"`, a number, null, "") is a
+    malformed call (NeMo Gym's simple agent returns the parse error to the model and goes on).
+    """
+    if isinstance(value, dict):
+        return True
+    if not isinstance(value, (str, bytes)):
+        return False
+    if type(value) is str and value[:1] != "{" and value.lstrip()[:1] != "{":
+        return False  # JSON's white space is str's too: only text starting with "{" can be an object
+    try:
+        return isinstance(orjson.loads(value), dict)
+    except orjson.JSONDecodeError:
+        return False
+
+
+def content_text(content: Any) -> str:
+    """Concatenate the text parts of a Responses-API message `content` (string or parts list)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    parts: list[str] = []
+    if isinstance(content, list):
+        for part in content:
+            if isinstance(part, str):
+                parts.append(part)
+            elif isinstance(part, dict):
+                text = part.get("text")
+                if text is None and part.get("type") == "refusal":
+                    text = part.get("refusal")
+                if isinstance(text, str):
+                    parts.append(text)
+    return "".join(parts)
+
+
+def content_blank(content: Any) -> bool:
+    """True when a message `content` holds no text but white space (`content_text(...).strip() == ""`).
+
+    Reads both shapes: plain JSON values, and the typed parts of `Record[TextParts]` (whose texts
+    stay raw JSON: a blank text is mostly told from its first character, without building it).
+    """
+    if type(content) is not list or not content or msgspec is None or type(content[0]) is dict:
+        return not content_text(content).strip()
+    for part in content:
+        if type(part) is str:
+            if part.strip():
+                return False
+            continue
+        if type(part) is not Part:
+            return not content_text(content).strip()
+        text = part.text
+        if text is _RAW_MISSING or (len(text) == 4 and bytes(text) == b"null"):  # (never copy a long text)
+            if part.type != "refusal" or part.refusal is _RAW_MISSING:
+                continue
+            text = part.refusal
+        # `_raw_text_nonblank`'s first-character test, inlined: the usual answer ends here
+        head = bytes(memoryview(text)[:2])
+        if len(head) == 2 and head[0] == 0x22 and 0x21 <= head[1] <= 0x7E and head[1] != 0x5C and head[1] != 0x22:
+            return False
+        if _raw_text_nonblank(text):
+            return False
+    return True
+
+
+def _raw_text_nonblank(raw: Any) -> bool:
+    """Whether a raw JSON value is a string holding a non-whitespace character (`text.strip() != ""`).
+
+    A printable ASCII character other than a quote or a backslash right after the opening quote
+    settles it (it is never whitespace); anything else is decoded and stripped like the dict path.
+    """
+    head = memoryview(raw)[:2]
+    if head[:1] != b'"':
+        return False  # not a string: content_text ignores it
+    c = head[1:2]
+    if c and 0x21 <= c[0] <= 0x7E and c[0] != 0x5C and c[0] != 0x22:  # not `\` or the closing `"`
+        return True
+    return bool(_decode_str(raw).strip())
+
+
+# ---- checks of the dict shape: the exact rejection reasons ---------------------------------------
+
+
+class RecordError(ValueError):
+    """A line that is JSON but not a usable rollout; `code` groups reasons in summaries."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def _short(value: Any) -> str:
+    """`repr` of a value for a reason, cut so one odd line cannot flood a report."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_items(items: list[Any], where: str) -> None:
+    """Raise RecordError unless every element of `items` is a Responses-API item gymverl reads."""
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            if isinstance(item, list) and where == "response.output":
+                # A mix of items and item lists: not the aviary transitions form either.
+                raise RecordError(
+                    "wrong_type",
+                    f"'{where}[{i}]' is an array in a list of items (NeMo Gym's aviary agent writes per-step transitions "
+                    "as a list of arrays only, contains_transitions=true)",
+                )
+            raise RecordError("wrong_type", f"'{where}[{i}]' must be an object, got {_type_name(item)}")
+        t = item.get("type")
+        role = item.get("role")
+        if t is None:
+            # Responses-API "easy input message": {role, content} without a type.
+            if isinstance(role, str) and role in MESSAGE_ROLES:
+                continue
+            raise RecordError("bad_item", f"'{where}[{i}]' has no 'type' and no message 'role'")
+        if not isinstance(t, str) or t not in ITEM_TYPES:
+            raise RecordError("bad_item", f"'{where}[{i}]' has unknown item type {_short(t)}")
+        if t == "message":
+            if not isinstance(role, str) or role not in MESSAGE_ROLES:
+                raise RecordError("bad_item", f"'{where}[{i}]' is a message with role {_short(role)}")
+        elif t == "function_call":
+            if not isinstance(item.get("name"), str) or not isinstance(item.get("call_id"), str):
+                raise RecordError("bad_item", f"'{where}[{i}]' is a function_call without a string 'name' and 'call_id'")
+        elif t == "function_call_output":
+            if not isinstance(item.get("call_id"), str):
+                raise RecordError("bad_item", f"'{where}[{i}]' is a function_call_output without a string 'call_id'")
+
+
+def check_record(obj: Any) -> None:
+    """Raise RecordError with a one-sentence reason when `obj` is not a usable rollout."""
+    if not isinstance(obj, dict):
+        raise RecordError("not_object", f"line is a JSON {_type_name(obj)}, not an object")
+    for key in REQUIRED_KEYS:
+        if key not in obj:
+            raise RecordError("missing_key", f"missing required key '{key}'")
+    check_task(obj)
+    response = obj["response"]
+    if not isinstance(response, dict):
+        raise RecordError("wrong_type", f"'response' must be an object, got {_type_name(response)}")
+    output = response.get("output")
+    if not isinstance(output, list):
+        if "output" not in response:
+            raise RecordError("missing_key", "missing required key 'response.output'")
+        raise RecordError("wrong_type", f"'response.output' must be an array, got {_type_name(output)}")
+    if is_transitions(output):
+        check_items(output[-1], "response.output[-1]")
+    else:
+        check_items(output, "response.output")
+    reward = obj["reward"]
+    if isinstance(reward, bool) or not isinstance(reward, (int, float)):
+        raise RecordError("wrong_type", f"'reward' must be a number, got {_type_name(reward)}")
+    if not math.isfinite(reward):
+        raise RecordError("non_finite_number", f"'reward' is {reward}, not a finite number")
+
+
+def check_task(obj: Any) -> None:
+    """Raise RecordError unless `obj` is a valid NeMo Gym task (input row): the part shared with rollouts."""
+    if not isinstance(obj, dict):
+        raise RecordError("not_object", f"line is a JSON {_type_name(obj)}, not an object")
+    if "responses_create_params" not in obj:
+        raise RecordError("missing_key", "missing required key 'responses_create_params'")
+    rcp = obj["responses_create_params"]
+    if not isinstance(rcp, dict):
+        raise RecordError("wrong_type", f"'responses_create_params' must be an object, got {_type_name(rcp)}")
+    if "input" not in rcp:
+        raise RecordError("missing_key", "missing required key 'responses_create_params.input'")
+    inp = rcp["input"]
+    if isinstance(inp, list):
+        check_items(inp, "responses_create_params.input")
+    elif not isinstance(inp, str):
+        raise RecordError(
+            "wrong_type", f"'responses_create_params.input' must be a string or an array, got {_type_name(inp)}"
+        )
+    tools = rcp.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        raise RecordError("wrong_type", f"'responses_create_params.tools' must be an array, got {_type_name(tools)}")
+    for key in ("_ng_task_index", "_ng_rollout_index"):
+        v = obj.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+            raise RecordError("wrong_type", f"'{key}' must be a non-negative integer, got {_short(v)}")
+
+
+# ---- the typed shape (msgspec) -------------------------------------------------------------------
+
+C = TypeVar("C")  # how an item's `content` / `summary` is decoded: `TextParts` or `Any`
+
+if msgspec is not None:
+    # gc=False: decoded JSON cannot form reference cycles, so the collector need not track these.
+    _RAW_MISSING = msgspec.Raw(b"null")  # a missing key hands back this very object: `is` tells absent from null
+    _decode_str = msgspec.json.Decoder(str).decode
+
+    class Part(msgspec.Struct, gc=False):
+        """What `content_text` reads of a content part; texts raw (see `content_blank`)."""
+
+        type: Any = None
+        text: msgspec.Raw = _RAW_MISSING
+        refusal: msgspec.Raw = _RAW_MISSING
+
+    # Content as validation reads it (only to tell a blank answer); content of another JSON type
+    # fails the decode, and that line takes the dict path.
+    TextParts = Union[str, list[Union[str, Part]], None]
+
+    class Item(msgspec.Struct, Generic[C], gc=False):
+        """A Responses-API item: the keys `check_items`, the rules and `messages.convert_items` read.
+
+        Defaults are the dict path's readings of a missing key (`type` "message", `arguments` "{}",
+        `output` ""); values of another type than declared fail the decode (the dict path decides).
+        """
+
+        type: Optional[str] = "message"
+        role: Optional[str] = None
+        content: C = None  # type: ignore[assignment]
+        name: Optional[str] = None
+        call_id: Optional[str] = None
+        id: Optional[str] = None
+        arguments: str = "{}"
+        output: str = ""
+        summary: C = None  # type: ignore[assignment]
+
+    class Agent(msgspec.Struct, gc=False):
+        name: Any = None
+
+    class Params(msgspec.Struct, gc=False):
+        # Raw: the prompt is shared by the n rollouts of a task, so it is read once per distinct
+        # value (`_input_facts`, `prompt_digest`, and the row builders' own caches).
+        input: msgspec.Raw
+        instructions: msgspec.Raw = _RAW_MISSING
+        tools: msgspec.Raw = _RAW_MISSING
+
+    class Response(msgspec.Struct, Generic[C], gc=False):
+        output: list[Item[C]]
+        status: Any = None
+        incomplete_details: Any = None
+
+    class Record(msgspec.Struct, Generic[C], gc=False):
+        """A rollout line, typed. `Record[TextParts]` for its facts, `Record[Any]` to convert it too."""
+
+        responses_create_params: Params
+        response: Response[C]
+        reward: float
+        task_index: Optional[int] = msgspec.field(default=None, name="_ng_task_index")
+        rollout_index: Optional[int] = msgspec.field(default=None, name="_ng_rollout_index")
+        agent_ref: Union[Agent, str, None] = None
+        mask_sample: Any = None
+
+    # The fields `messages.convert_items` reads of an item, in its order (for a typed item, in C).
+    item_fields = attrgetter("type", "role", "content", "call_id", "id", "name", "arguments", "output", "summary")
+    _decode_input = msgspec.json.Decoder(Union[str, list[Item[TextParts]]]).decode
+
+
+def record_decoder(content: Any = None) -> Any:
+    """A msgspec decode function for rollout lines: `Record[TextParts]` (facts only) by default,
+    `Record[Any]` with `content=Any` (items complete enough to convert)."""
+    return msgspec.json.Decoder(Record[TextParts if content is None else content]).decode
+
+
+def items_ok(items: list[Any]) -> bool:
+    """`check_items` on typed items: True when it would pass."""
+    for item in items:
+        t = item.type
+        if t == "message" or t is None:
+            if item.role not in MESSAGE_ROLES:
+                return False
+        elif t == "function_call":
+            if item.name is None or item.call_id is None:
+                return False
+        elif t == "function_call_output":
+            if item.call_id is None:
+                return False
+        elif t != "reasoning":
+            return False
+    return True
+
+
+class _Cache(dict):  # type: ignore[type-arg]
+    """A dict that empties itself when full: keyed by a prompt's raw JSON, shared by many rollouts."""
+
+    def __init__(self, size: int = 512) -> None:
+        super().__init__()
+        self.size = size
+
+    def put(self, key: Any, value: Any) -> Any:
+        if len(self) >= self.size:
+            self.clear()
+        self[key] = value
+        return value
+
+
+_INPUTS = _Cache()
+_DIGESTS = _Cache()
+
+
+def _input_facts(raw: Any) -> tuple[int, bool] | None:
+    """(malformed tool calls, non-empty) of `responses_create_params.input` as raw JSON; None when
+    `check_task` would reject it or the typed decode is unsure (cached by the JSON)."""
+    key = bytes(raw)
+    try:
+        return _INPUTS[key]
+    except KeyError:
+        pass
+    value: tuple[int, bool] | None = None
+    try:
+        inp = _decode_input(key)
+    except Exception:  # noqa: BLE001 - any doubt goes to the dict path
+        inp = None
+    if type(inp) is str:
+        value = (0, bool(inp))
+    elif inp is not None and items_ok(inp):
+        value = (sum(1 for item in inp if item.type == "function_call" and not is_json_object_text(item.arguments)), bool(inp))
+    return _INPUTS.put(key, value)
+
+
+def prompt_digest(params: Any) -> str | None:
+    """`prompt_hash` of a typed record (plain output only: its transition seed is []), cached."""
+    key = (bytes(params.input), bytes(params.tools), bytes(params.instructions))
+    digest = _DIGESTS.get(key)
+    if digest is None:
+        try:
+            rcp = {"input": orjson.loads(key[0]), "tools": orjson.loads(key[1]), "instructions": orjson.loads(key[2])}
+        except orjson.JSONDecodeError:
+            return None
+        digest = _DIGESTS.put(key, prompt_hash({"responses_create_params": rcp}))
+    return digest
+
+
+# The facts of one rollout: (reward, task key, agent, incomplete, masked, malformed tool calls,
+# no final answer, starts without a prompt), as `gymverl.records` reads them from the dict.
+Facts = tuple[float, str, Optional[str], bool, bool, int, bool, bool]
+
+
+def rollout_facts(rec: Any, content: bool = True) -> Facts | None:
+    """The rest of `check_record` on a typed record (from a line simdjson validated), and its facts;
+    None when the dict path must decide.
+
+    `content=False` skips the content checks (malformed calls, empty answer, prompt) and reports
+    (0, False, False): rl rows never use them.
+    """
+    params = rec.responses_create_params
+    inp = _input_facts(params.input)
+    tools = params.tools
+    if inp is None or (tools is not _RAW_MISSING and memoryview(tools)[0] not in (0x5B, 0x6E)):  # tools: "[" or "n"(ull), or absent
+        return None
+    response = rec.response
+    output = response.output
+    if not items_ok(output):
+        return None
+    reward = rec.reward
+    if not math.isfinite(reward):
+        return None
+    index = rec.task_index
+    if index is not None and not 0 <= index <= _U64_MAX:
+        return None
+    if rec.rollout_index is not None and not 0 <= rec.rollout_index <= _U64_MAX:
+        return None
+    agent = agent_of(rec.agent_ref)
+    incomplete = incomplete_of(response.status, response.incomplete_details)
+    if index is None:
+        digest = prompt_digest(params)
+        if digest is None:
+            return None
+        key = task_key_of(agent, None, digest)
+    else:
+        key = f"{agent}#{index}" if agent else f"#{index}"  # task_key_of, inlined: once per line
+    masked = rec.mask_sample is True
+    if not content:
+        return (reward, key, agent, incomplete, masked, 0, False, False)
+    malformed, nonempty = inp
+    if not nonempty:
+        return None  # rare (aviary's flat form): whether it starts without a prompt reads instructions too
+    last = None
+    for item in output:
+        t = item.type
+        if t == "function_call":
+            if not is_json_object_text(item.arguments):
+                malformed += 1
+            last = item
+        elif item.role == "assistant" and (t == "message" or t is None):
+            last = item
+    if last is None:
+        empty = True
+    elif last.type == "function_call":
+        empty = False
+    else:
+        empty = content_blank(last.content)
+    return (reward, key, agent, incomplete, masked, malformed, empty, False)
