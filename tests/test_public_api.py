@@ -16,7 +16,8 @@ records.iter_checked records.validate_file records.task_key messages.rollout_mes
 stats.compute_stats stats.pass_at_k convert.ConvertOptions convert.convert select.SelectOptions
 rescore.rescore_file verify.VerifyClient reward.compute_score reward.VerifyFailed preview.preview
 train.TrainOptions train.train_offline agent_loop.GymverlToolsAgentLoop agent_loop.row_tools
-env_loop.GymverlEnvAgentLoop env_loop.EnvEpisodeFailed online.OnlineOptions online.build_online_command
+env_loop.GymverlEnvAgentLoop env_loop.EnvEpisodeFailed online.OnlineOptions online.plan_online online.run_online
+online.build_online_command cpu_rollout.CPUReplica
 verl_data.GymverlSFTDataset verl_data.decode_row
 nemo_gym.running_resources_servers tiny.build_tiny_model
 errors.GymverlError errors.UsageError errors.RunError errors.Interrupted
