@@ -210,15 +210,8 @@ def convert_items(
     pending_reasoning: list[str] = []
     # The assistant message that following function_calls may still join.
     open_assistant: dict[str, Any] | None = None
-
-    def new_assistant(content: str) -> dict[str, Any]:
-        msg: dict[str, Any] = {"role": "assistant", "content": content}
-        if include_reasoning and pending_reasoning:
-            msg["reasoning_content"] = "\n".join(pending_reasoning)
-        pending_reasoning.clear()
-        messages.append(msg)
-        return msg
-
+    # No helper closures and no per-item allocations beyond the messages: this loop runs for every
+    # response of `to-parquet --format sft`.
     for item in items:
         kind, role, content, call_id, item_id, name, arguments, output, summary = fields(item)
         if kind == "message" or (kind is None and role is not None):
@@ -227,7 +220,6 @@ def convert_items(
             role = ROLE_MAP.get(role, role)
             text = content if type(content) is str else content_with_images(content, images)
             if role == "assistant":
-                # new_assistant(text), inlined: this is the one message of most rollouts' response
                 open_assistant = {"role": "assistant", "content": text}
                 if pending_reasoning:
                     if include_reasoning:
@@ -238,12 +230,26 @@ def convert_items(
                 messages.append({"role": role, "content": text})
                 open_assistant = None
         elif kind == "function_call":
-            call = {"type": "function", "id": call_id or item_id, "function": {"name": name, "arguments": _json_text(arguments)}}
+            call = {
+                "type": "function",
+                "id": call_id or item_id,
+                "function": {"name": name, "arguments": arguments if type(arguments) is str else _json_text(arguments)},
+            }
             if open_assistant is None:
-                open_assistant = new_assistant("")
-            open_assistant.setdefault("tool_calls", []).append(call)
+                # A call without assistant text before it opens an assistant turn of its own.
+                # (keys in the order of an assistant message with text: reasoning before calls)
+                open_assistant = {"role": "assistant", "content": ""}
+                if pending_reasoning:
+                    if include_reasoning:
+                        open_assistant["reasoning_content"] = "\n".join(pending_reasoning)
+                    pending_reasoning.clear()
+                open_assistant["tool_calls"] = [call]
+                messages.append(open_assistant)
+            else:
+                open_assistant.setdefault("tool_calls", []).append(call)
         elif kind == "function_call_output":
-            messages.append({"role": "tool", "tool_call_id": call_id, "content": _output_text(output, images)})
+            text = output if type(output) is str else _output_text(output, images)
+            messages.append({"role": "tool", "tool_call_id": call_id, "content": text})
             open_assistant = None
         elif kind == "reasoning":
             text = _reasoning_text(summary, content)

@@ -486,15 +486,30 @@ def prompt_digest(params: Any) -> str | None:
 Facts = tuple[float, str, Optional[str], bool, bool, int, bool, bool]
 
 
-def rollout_facts(rec: Any, content: bool = True) -> Facts | None:
+def input_facts(inp: str | list[dict[str, Any]]) -> tuple[int, bool]:
+    """(malformed tool calls, non-empty) of a parsed `responses_create_params.input` that
+    `check_task` accepts (a string or a list of items), read as `records.malformed_calls` reads it."""
+    if type(inp) is str:
+        return (0, bool(inp))
+    malformed = 0
+    for item in inp:
+        if item.get("type") == "function_call" and "arguments" in item:
+            malformed += not is_json_object_text(item["arguments"])
+    return (malformed, bool(inp))
+
+
+def rollout_facts(rec: Any, content: bool = True, inp: tuple[int, bool] | None = None) -> Facts | None:
     """The rest of `check_record` on a typed record (from a line simdjson validated), and its facts;
     None when the dict path must decide.
 
     `content=False` skips the content checks (malformed calls, empty answer, prompt) and reports
-    (0, False, False): rl rows never use them.
+    (0, False, False): rl rows never use them. `inp`: the caller's `input_facts` of this record's
+    input when it has them already (the fast SFT path parses each distinct prompt once, for its
+    conversion: keying and decoding it again here cost it more than the rest of the facts).
     """
     params = rec.responses_create_params
-    inp = _input_facts(params.input)
+    if inp is None:
+        inp = _input_facts(params.input)
     tools = params.tools
     if inp is None or (tools is not _RAW_MISSING and memoryview(tools)[0] not in (0x5B, 0x6E)):  # tools: "[" or "n"(ull), or absent
         return None
@@ -510,8 +525,11 @@ def rollout_facts(rec: Any, content: bool = True) -> Facts | None:
         return None
     if rec.rollout_index is not None and not 0 <= rec.rollout_index <= _U64_MAX:
         return None
-    agent = agent_of(rec.agent_ref)
-    incomplete = incomplete_of(response.status, response.incomplete_details)
+    # agent_of and incomplete_of, inlined for the typed shape (`Agent`, str or None): once per line
+    ref = rec.agent_ref
+    agent = ref if type(ref) is str else (ref.name if ref is not None and type(ref.name) is str else None)
+    status = response.status
+    incomplete = bool(response.incomplete_details) or (status is not None and status != "completed")
     if index is None:
         digest = prompt_digest(params)
         if digest is None:

@@ -402,3 +402,38 @@ def test_table_builder_falls_back_for_unexpected_types() -> None:
         pa.Table.from_pylist([row], schema=schema)
     with pytest.raises(type(exact.value)):
         conv._to_table([row], schema)
+
+
+def test_fast_reader_facts_from_its_prompt_cache_equal_the_schemas() -> None:
+    """The fast SFT reader takes a prompt's input facts from its cached conversion (one parse per
+    distinct prompt): they must equal the typed `rollout_facts` and the dict path's reading."""
+    from gymverl import records, schema
+
+    plain = (SAMPLE_DATA / "rollouts.jsonl").read_bytes().splitlines()
+    base = json.loads(next(line for line in plain if b'"function_call"' in line))
+    lines = list(plain)
+    for args in ('{"a": 1}', '{"a"', '"text"', None):  # valid, cut off, not an object, missing
+        r = copy.deepcopy(base)
+        call: dict[str, Any] = {"type": "function_call", "name": "f", "call_id": "c1"}
+        if args is not None:
+            call["arguments"] = args
+        r["responses_create_params"]["input"] = [
+            {"role": "user", "content": "q"},
+            call,
+            {"type": "function_call_output", "call_id": "c1", "output": "o"},
+            {"role": "user", "content": "go on"},
+        ]
+        lines.append(json.dumps(r).encode())
+    typed = schema.record_decoder()
+    reader = fast_fmt.FastSFT()
+    fields = ("reward", "key", "agent", "incomplete", "masked", "malformed", "empty")
+    seen_malformed = set()
+    for _ in range(2):  # cold and warm prompt cache
+        for line in lines:
+            got = reader.decode(line)
+            assert got is not None
+            want = schema.rollout_facts(typed(line))
+            assert want is not None and tuple(getattr(got, f) for f in fields) == want[:7]
+            assert got.malformed == records.malformed_calls(json.loads(line))
+            seen_malformed.add(got.malformed)
+    assert len(seen_malformed) > 1  # the input's malformed calls were counted

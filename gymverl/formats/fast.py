@@ -34,6 +34,8 @@ except ImportError:  # pragma: no cover - optional accelerators
     msgspec = simdjson = None  # type: ignore[assignment]
 
 _NO_TOOLS: list[dict[str, Any]] = []  # shared, read-only
+# A converted prompt: (chat messages, whether one is an assistant turn, `schema.input_facts` of its input).
+_Prompt = tuple[list[dict[str, Any]], bool, tuple[int, bool]]
 
 
 def available() -> bool:
@@ -47,12 +49,12 @@ class FastRollout:
     __slots__ = ("rec", "key", "agent", "reward", "incomplete", "masked", "rollout_index", "prompt", "tools", "malformed", "empty")
 
     def __init__(
-        self, rec: Any, facts: schema.Facts, prompt: tuple[list[dict[str, Any]], bool] | None, tools: list[dict[str, Any]] | None
+        self, rec: Any, facts: schema.Facts, prompt: _Prompt | None, tools: list[dict[str, Any]] | None
     ) -> None:
         self.rec = rec
         self.reward, self.key, self.agent, self.incomplete, self.masked, self.malformed, self.empty, _ = facts
         self.rollout_index: int | None = rec.rollout_index
-        self.prompt = prompt  # (converted prompt messages, whether one is an assistant turn)
+        self.prompt = prompt  # (converted prompt messages, whether one is an assistant turn, input facts)
         self.tools = tools  # chat tools ([] when none)
 
 
@@ -65,7 +67,7 @@ class FastSFT:
         self.cache_size = cache_size
         self._parser = simdjson.Parser()
         self._decode = schema.record_decoder(Any)
-        self._prompts: dict[Any, tuple[list[dict[str, Any]], bool] | None] = {}
+        self._prompts: dict[Any, _Prompt | None] = {}
         self._tools: dict[bytes, list[dict[str, Any]] | None] = {}
 
     def decode(self, data: bytes, *, validated: bool = False, rows: bool = True) -> FastRollout | None:
@@ -85,16 +87,21 @@ class FastSFT:
             rec = self._decode(data)
         except Exception:  # noqa: BLE001
             return None
-        facts = schema.rollout_facts(rec)
+        if not rows:
+            facts = schema.rollout_facts(rec)
+            return None if facts is None else FastRollout(rec, facts, None, None)
+        # Converted here too, so a None later means "cannot convert", not "invalid". The prompt's
+        # input facts come from its cached conversion: each distinct prompt is keyed and parsed once.
+        rcp = rec.responses_create_params
+        prompt = self._prompt(rcp)
+        if prompt is None:
+            return None
+        tools = self._chat_tools(rcp.tools)
+        if tools is None:
+            return None
+        facts = schema.rollout_facts(rec, True, prompt[2])
         if facts is None:
             return None
-        prompt = tools = None
-        if rows:  # converted here too, so a None later means "cannot convert", not "invalid"
-            rcp = rec.responses_create_params
-            prompt = self._prompt(rcp)
-            tools = self._chat_tools(rcp.tools)
-            if prompt is None or tools is None:
-                return None
         return FastRollout(rec, facts, prompt, tools)
 
     def conversation(self, got: FastRollout) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
@@ -104,7 +111,7 @@ class FastSFT:
             response = convert_items(got.rec.response.output, schema.item_fields, include_reasoning=self.include_reasoning)
         except MessageError:
             return None
-        messages, prompt_has_assistant = got.prompt  # type: ignore[misc]
+        messages, prompt_has_assistant, _ = got.prompt  # type: ignore[misc]
         if not prompt_has_assistant and not any(m["role"] == "assistant" for m in response):
             return None  # no assistant turn: the exact path rejects it with its reason
         conv = messages + response
@@ -112,7 +119,7 @@ class FastSFT:
             return None  # no prompt (aviary's flat form): the exact path rejects it with its reason
         return conv, got.tools  # type: ignore[return-value]
 
-    def _prompt(self, rcp: Any) -> tuple[list[dict[str, Any]], bool] | None:
+    def _prompt(self, rcp: Any) -> _Prompt | None:
         # Keyed by the raw JSON of input (+ instructions when present: msgspec hands back the very
         # default object when the key is missing).
         instructions = rcp.instructions
@@ -122,7 +129,7 @@ class FastSFT:
             return self._prompts[key]
         except KeyError:
             pass
-        value: tuple[list[dict[str, Any]], bool] | None = None
+        value: _Prompt | None = None
         try:
             inp = orjson.loads(inp_json)
             ok = isinstance(inp, str)
@@ -131,7 +138,7 @@ class FastSFT:
                 ok = True
             if ok:
                 messages = prompt_messages({"instructions": orjson.loads(bytes(instructions)), "input": inp}, include_reasoning=self.include_reasoning)
-                value = (messages, any(m.get("role") == "assistant" for m in messages))
+                value = (messages, any(m.get("role") == "assistant" for m in messages), schema.input_facts(inp))
         except (orjson.JSONDecodeError, RecordError, MessageError):
             value = None
         if len(self._prompts) >= self.cache_size:
