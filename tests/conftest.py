@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,19 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     texts = [line for p in [SAMPLE_DATA / "rollouts.jsonl"] for line in p.read_text().splitlines()]
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"), texts)
+
+
+@pytest.fixture()
+def model_dir(tmp_path: Path, tiny_model: Path) -> Path:
+    """Just enough of a model directory for the checks: config.json and a tokenizer with a chat
+    template (the plan measures every row with it); the argv tests never load the weights."""
+    d = tmp_path / "model"
+    d.mkdir()
+    (d / "config.json").write_text("{}")
+    for f in tiny_model.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            shutil.copy(f, d / f.name)
+    return d
 
 
 @pytest.fixture(scope="session")

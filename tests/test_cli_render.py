@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -66,17 +65,6 @@ def test_rejection_reasons_are_text_not_markup():
     buf = io.StringIO()
     render_rejections([{"line": 3, "reason": "field [bold]x[/bold] is not a string"}], 1, {}, out=Console(file=buf, width=120))
     assert "[bold]x[/bold]" in buf.getvalue()
-
-
-@pytest.fixture()
-def model_dir(tmp_path: Path, tiny_model: Path) -> Path:
-    d = tmp_path / "model"
-    d.mkdir()
-    (d / "config.json").write_text("{}")
-    for f in tiny_model.iterdir():
-        if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
-            shutil.copy(f, d / f.name)
-    return d
 
 
 def test_train_offline_plan_prints_a_command_that_pastes_back(tmp_path, model_dir):

@@ -29,19 +29,6 @@ def _sft_parquet(path: Path, rows: int, *, json_strings: bool = False) -> Path:
 
 
 @pytest.fixture()
-def model_dir(tmp_path: Path, tiny_model: Path) -> Path:
-    """Just enough of a model directory for the checks: config.json and a tokenizer with a chat
-    template (the plan measures every row with it); the argv tests never load the weights."""
-    d = tmp_path / "model"
-    d.mkdir()
-    (d / "config.json").write_text("{}")
-    for f in tiny_model.iterdir():
-        if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
-            shutil.copy(f, d / f.name)
-    return d
-
-
-@pytest.fixture()
 def data(tmp_path: Path) -> Path:
     # native list columns: these tests need no dataset class (the JSON-string case is tested below)
     return _sft_parquet(tmp_path / "sft.parquet", 64)
