@@ -124,6 +124,5 @@ def _run(plan: Any, view: Console, verbose: bool) -> Any:
         err_console.print(f"[yellow]interrupted[/]: VeRL and the NeMo Gym servers stopped; {escape(resume_hint(plan.checkpoints, 'trainer.save_freq'))}.")
         raise typer.Exit(EXIT_INTERRUPTED)
     if result.returncode != 0:
-        cause = f": {result.cause}" if result.cause else ""
-        raise RunError(f"VeRL exited with code {result.returncode}{cause}; full log: {result.log}.")
+        raise RunError(f"{result.failure()}.")
     return result
