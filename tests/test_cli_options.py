@@ -134,3 +134,60 @@ def test_each_shared_concept_has_one_spelling_in_every_command():
                 opts = {*p.opts, *p.secondary_opts}
                 if p.param_type_name == "option" and not p.hidden and opts & declared:
                     assert opts == declared, (command, concept, sorted(opts))
+
+
+def test_every_cli_default_is_the_librarys() -> None:
+    """A command's option default equals the library default of the same name (the dataclass
+    field or function parameter the command fills), so `gymverl X` and the library do the same
+    thing when an option is left out; a changed library default cannot leave the CLI behind."""
+    import dataclasses
+    import inspect
+
+    import typer
+
+    import gymverl.collect as collect_mod
+    import gymverl.convert as convert_mod
+    import gymverl.online as online_mod
+    import gymverl.records as records_mod
+    import gymverl.rescore as rescore_mod
+    import gymverl.select as select_mod
+    import gymverl.stats as stats_mod
+    import gymverl.train as train_mod
+    from gymverl.cli import app
+
+    def library_defaults(*sources: Any) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for src in sources:
+            if dataclasses.is_dataclass(src):
+                found.update({f.name: f.default for f in dataclasses.fields(src) if f.default is not dataclasses.MISSING and f.name not in found})
+            else:
+                found.update({p.name: p.default for p in inspect.signature(src).parameters.values()
+                              if p.default is not inspect.Parameter.empty and p.name not in found})
+        return found
+
+    sources = {
+        "to-parquet": (convert_mod.ConvertOptions, select_mod.SelectOptions),
+        "train-offline": (train_mod.TrainOptions,),
+        "train-online": (online_mod.OnlineOptions,),
+        "rescore": (rescore_mod.rescore_file,),
+        "collect": (collect_mod.collect,),
+        "stats": (stats_mod.compute_stats,),
+        "validate": (records_mod.validate_file,),
+    }
+    from gymverl import limits
+
+    # rescore_file's None means "the /verify client's default" (gymverl.limits), which the CLI shows.
+    resolved = {("rescore", "concurrency"): limits.DEFAULT_CONCURRENCY, ("rescore", "timeout"): limits.DEFAULT_TIMEOUT,
+                ("rescore", "retries"): limits.DEFAULT_RETRIES}
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    checked, differ = 0, []
+    for name, srcs in sources.items():
+        lib = library_defaults(*srcs)
+        for p in commands[name].params:
+            if p.name in lib:
+                checked += 1
+                want = resolved.get((name, p.name), lib[p.name])
+                if p.default != want and not (p.default is None and want == ()):  # no repeatable option given
+                    differ.append(f"{name} {p.name}: CLI {p.default!r}, library {lib[p.name]!r}")
+    assert not differ, differ
+    assert checked >= 70  # the mapping above still reaches the commands' options
