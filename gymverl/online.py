@@ -36,7 +36,7 @@ from typing import Any, Callable, Mapping, Optional
 from gymverl.formats.rl import ENV_AGENT
 from gymverl.errors import UsageError
 from gymverl.overrides import override, override_key
-from gymverl.train import RunPlan, StepKeys
+from gymverl.runner import RunPlan, StepKeys
 from gymverl.verify import parse_servers
 
 
@@ -421,7 +421,8 @@ def plan_online(opts: OnlineOptions, *, dry_run: bool = False) -> OnlinePlan:
     (`check_runtime`: rollout engine, TransferQueue, GPUs); then VeRL's own config must accept the
     command (`check_with_verl_config`). Starts nothing; with `dry_run` it writes the agent-loop YAML
     (servers still to start at PENDING_URL)."""
-    from gymverl.train import METRICS, check_model, check_overrides
+    from gymverl.runner import METRICS
+    from gymverl.train import check_model, check_overrides
 
     _check_options(opts)
     check_overrides(opts.overrides)

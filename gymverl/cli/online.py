@@ -15,7 +15,7 @@ from gymverl.cli.progress import progress_bar, showing
 from gymverl.cli.render import render_online_plan, render_online_result
 from gymverl.errors import EXIT_INTERRUPTED, RunError, UsageError
 from gymverl.progress import ProgressEvent
-from gymverl.train import resume_hint
+from gymverl.runner import resume_hint
 
 
 @app.command("train-online", cls=_Command)
