@@ -323,7 +323,7 @@ def test_cli_success_failures_and_exit_codes(tmp_path: Path) -> None:
         assert res.exit_code == 0, res.output
         assert "rescored" in res.output and "per task" in res.output and "mean reward before -> after" in res.output
     with FakeServer("--plan", "422", "--every", "3") as srv:
-        res = runner.invoke(app, ["rescore", str(inp), "-o", str(out), "-s", srv.url, "--json"])
+        res = runner.invoke(app, ["rescore", str(inp), "-o", str(out), "-s", srv.url, "--json", "--overwrite"])
         assert res.exit_code == 1
         data = json.loads(res.stdout)
         assert data["failed"] > 0 and data["failed"] + data["rescored"] == 40 and data["complete"]
@@ -541,7 +541,22 @@ def test_an_existing_file_that_is_not_a_rescore_output_is_not_replaced(tmp_path:
             victim.unlink()
         out.write_text("my notes\n")
         assert rescore_file(inp, out, [srv.url], overwrite=True).complete  # asked for: replaced
-        assert rescore_file(inp, out, [srv.url]).complete  # a finished rescore run is simply replaced
+    check_exactly_once(inp, out, default_failures_path(out))
+
+
+def test_a_finished_rescore_output_is_not_emptied_by_a_rerun(tmp_path: Path) -> None:
+    """Re-running over a finished run's output (a pasted command, the verifier down) left it empty:
+    its rows are kept unless --overwrite; with --overwrite (or an empty earlier output) it is replaced."""
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    make_input(inp, 5)
+    with FakeServer() as srv:
+        assert rescore_file(inp, out, [srv.url]).complete
+    before = out.read_bytes()
+    with pytest.raises(RescoreError, match="holds a finished rescore run .5 lines.; pass --overwrite"):
+        rescore_file(inp, out, ["http://127.0.0.1:9"], retries=0)
+    assert out.read_bytes() == before and read_state(out)["complete"]  # type: ignore[index]
+    with FakeServer() as srv:
+        assert rescore_file(inp, out, [srv.url], overwrite=True).complete
     check_exactly_once(inp, out, default_failures_path(out))
 
 

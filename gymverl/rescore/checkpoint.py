@@ -100,6 +100,13 @@ def start_point(input_path: Input, output: Path, failures: Path, *, resume: bool
                 f"{output} holds an unfinished rescore run ({old_state.get('lines_done', 0)} lines done); "
                 "continue it with --resume, or start over with --overwrite."
             )
+        if old_state is not None and output.exists() and output.stat().st_size > 0:
+            # A finished run's rows cost a /verify call each: a re-run (a pasted command, servers
+            # that are down) must not empty them unless asked.
+            raise RescoreError(
+                f"{output} holds a finished rescore run ({old_state.get('lines_done', 0)} lines); pass --overwrite to "
+                "replace it, --retry-failed to re-send only its failures, or choose another path."
+            )
         if old_state is None:
             # A file that is not a rescore run's output is never replaced without being asked.
             for path in (output, failures):
