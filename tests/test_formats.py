@@ -22,7 +22,7 @@ def _lines(path: Path) -> list[dict]:
 ROLLOUTS = _lines(SAMPLE_DATA / "rollouts.jsonl")
 
 
-def test_heuristic_separates_verifier_outputs_in_real_rollouts() -> None:
+def test_heuristic_separates_verifier_outputs_in_real_rollouts(fixture_files: list[Path]) -> None:
     rec = _lines(FIXTURES / "math_with_judge.jsonl")[0]
     fields = FieldRules().task_fields(rec)
     assert "expected_answer" in fields

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import orjson
 import pytest
@@ -181,7 +182,7 @@ def _real_rollouts():
             yield f"{path.name}:{n}", orjson.loads(raw)
 
 
-def test_real_rollouts_convert_to_well_formed_conversations():
+def test_real_rollouts_convert_to_well_formed_conversations(fixture_files: list[Path]) -> None:
     seen_calls = 0
     for where, rec in _real_rollouts():
         check_record(rec)

@@ -104,7 +104,7 @@ def _post(url: str, body: dict[str, Any]) -> tuple[int, Any]:
         return exc.code, exc.read()
 
 
-def test_mcqa_fixture_nulls_missing_fields_warning_and_tasks_rejoin(gym_servers: Any, nemo_gym_env: Path, tmp_path: Path) -> None:
+def test_mcqa_fixture_nulls_missing_fields_warning_and_tasks_rejoin(fixture_files: list[Path], gym_servers: Any, nemo_gym_env: Path, tmp_path: Path) -> None:
     src = FIXTURES / "mcqa.jsonl"
     url = gym_servers.url("mcqa")
     # What a naive re-scorer hits: the rows' explicit nulls are rejected by the current server.
@@ -134,7 +134,7 @@ def test_mcqa_fixture_nulls_missing_fields_warning_and_tasks_rejoin(gym_servers:
     assert all(r["options"] and r["grading_mode"] for r in rows)  # re-joined fields kept in the output
 
 
-def test_math_fixture_missing_required_fields_are_failures_not_zeros(gym_servers: Any, nemo_gym_env: Path, tmp_path: Path) -> None:
+def test_math_fixture_missing_required_fields_are_failures_not_zeros(fixture_files: list[Path], gym_servers: Any, nemo_gym_env: Path, tmp_path: Path) -> None:
     src = FIXTURES / "math_with_judge.jsonl"
     url = gym_servers.url("math_with_judge")
     out = tmp_path / "out.jsonl"
@@ -157,7 +157,7 @@ def test_math_fixture_missing_required_fields_are_failures_not_zeros(gym_servers
             assert b["library_reward"] == a["library_reward"] == b["reward"], i
 
 
-def test_xlam_fixture_flip_names_expected_answers(gym_servers: Any, nemo_gym_env: Path, tmp_path: Path) -> None:
+def test_xlam_fixture_flip_names_expected_answers(fixture_files: list[Path], gym_servers: Any, nemo_gym_env: Path, tmp_path: Path) -> None:
     src = FIXTURES / "xlam_fc.jsonl"
     url = gym_servers.url("xlam_fc")
     summary = rescore_file(src, tmp_path / "out.jsonl", [url], force=True)
@@ -177,7 +177,7 @@ def nemo_gym_version_of(env: Path) -> tuple[int, ...]:
     return tuple(int(x) for x in str(nemo_gym_version(env) or "0").split(".")[:3] if x.isdigit())
 
 
-def test_reverify_mode_of_real_servers(gym_servers: Any, nemo_gym_env: Path, tmp_path: Path) -> None:
+def test_reverify_mode_of_real_servers(fixture_files: list[Path], gym_servers: Any, nemo_gym_env: Path, tmp_path: Path) -> None:
     """0.7.0: mcqa says "stateless" (used), math_with_judge and xlam_fc "unknown" (refused without
     --force, as gym eval reverify refuses them); 0.4.0 has no such route: "not_declared", used."""
     import asyncio

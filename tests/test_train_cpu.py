@@ -28,7 +28,7 @@ TOOL_FIXTURE = FIXTURES / "example_single_tool_call.jsonl"
 
 
 @pytest.fixture(scope="module")
-def sft_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, int]:
+def sft_data(fixture_files: list[Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, int]:
     """(parquet, rows, rows with tool calls): `to-parquet --format sft` of sample_data/ and of the real
     tool-call fixture (reward 1 only), in one file whose row count is a multiple of the batch size 4."""
     from gymverl.convert import ConvertOptions, convert
