@@ -305,12 +305,17 @@ def start(
 # ---- why did it fail ------------------------------------------------------------------------------
 
 # `ValueError: ...`, `torch.distributed.DistBackendError: ...`, also behind torchrun's `[rank0]: `.
-_EXC_LINE = re.compile(r"^(?:\[rank\d+\]:\s*)?(?:[A-Za-z_][\w.]*\.)?([A-Z]\w*(?:Error|Exception|Exit|Interrupt)): (.+)$")
+_EXC_LINE = re.compile(r"^(?:\[rank\d+\]:\s*)?(?:[A-Za-z_][\w.]*\.)?([A-Z]\w*(?:Error|Exception|Exit|Interrupt|Failed|Failure)): (.+)$")
 _ARGPARSE_ERR = re.compile(r"^\S+(?: \S+)*: error: (.+)$")
 # Hydra's `Error in call to target '...':` block prints the exception as its repr: `AssertionError("...")`.
 _EXC_REPR = re.compile(r"""^([A-Z]\w*(?:Error|Exception))\((['"])(.+)\2\)$""")
 # Lines that are never the cause: torchrun's summary box and the errors it raises about itself.
-_NOT_A_CAUSE = re.compile(r"ChildFailedError|^\[rank\d+\]:\s*$|SignalException|torch\.distributed\.elastic")
+# Ray's wrappers (`RayTaskError: ray::Worker.method() (pid=..., repr=<...>)`, a cause it could not
+# deserialize) only say where; the exception they wrap is printed with its own line.
+_NOT_A_CAUSE = re.compile(
+    r"ChildFailedError|^\[rank\d+\]:\s*$|SignalException|torch\.distributed\.elastic|RayTaskError|UnserializableException"
+)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def log_cause(lines: Sequence[str]) -> str | None:
@@ -320,7 +325,7 @@ def log_cause(lines: Sequence[str]) -> str | None:
     exception above them. Returns e.g. "ValueError: sequence_length=10438 is larger than ...".
     """
     for line in reversed(lines):
-        s = line.strip()
+        s = _ANSI.sub("", line).strip()  # Ray colours its workers' prefixes
         if not s or _NOT_A_CAUSE.search(s):
             continue
         m = _EXC_LINE.match(s)

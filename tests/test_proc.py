@@ -181,3 +181,25 @@ def test_log_cause_reads_hydras_instantiate_error() -> None:
     assert proc.log_cause(lines) == (
         "AssertionError: [actor] Please set at least one of 'actor.ppo_micro_batch_size' or 'actor.ppo_micro_batch_size_per_gpu'."
     )
+
+
+def test_log_cause_reads_the_exception_ray_wraps() -> None:
+    """main_ppo's workers fail inside Ray: the log ends with Ray's wrappers (coloured, naming only the
+    worker and an object repr) around the real exception, here gymverl's own EnvEpisodeFailed (a
+    train-online run against a server that was down reported the RayTaskError line)."""
+    lines = [
+        "ray.exceptions.RayTaskError(UnserializableException): \x1b[36mray::TaskRunner.run()\x1b[39m (pid=30690, ip=192.0.2.2, repr=<verl.trainer.main_ppo_v0.TaskRunner object at 0x7fa2>)",
+        "ray.exceptions.UnserializableException: Failed to deserialize exception. Refer to https://docs.ray.io/",
+        "ray.exceptions.RayTaskError: \x1b[36mray::AgentLoopWorker.generate_sequences()\x1b[39m (pid=30962, repr=<verl.experimental.agent_loop.agent_loop.AgentLoopWorker object at 0x7f2b>)",
+        '  File "/x/gymverl/env_loop.py", line 300, in _post',
+        "    raise EnvEpisodeFailed(stage, kind, msg) from None",
+        "gymverl.env_loop.EnvEpisodeFailed: NeMo Gym episode failed at seed_session: connection: POST /seed_session: ClientConnectorError: Cannot connect to host 127.0.0.1:9",
+        "",
+        "Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace.",
+    ]
+    assert proc.log_cause(lines) == (
+        "EnvEpisodeFailed: NeMo Gym episode failed at seed_session: connection: POST /seed_session: "
+        "ClientConnectorError: Cannot connect to host 127.0.0.1:9"
+    )
+    # Ray's colour codes never reach the sentence
+    assert proc.log_cause(["ValueError: \x1b[31mbad\x1b[0m"]) == "ValueError: bad"
