@@ -327,6 +327,7 @@ def plan_servers(opts: OnlineOptions, agents: Mapping[Optional[str], int]) -> tu
     a plain `--server URL` (the loop's default); else its resources server is started too. Raises
     OnlineError (one sentence) for an agent whose server is neither given nor installed, an unknown
     `--servers` name, rows naming no agent with nothing to send them to, or no NeMo Gym venv."""
+    from gymverl.demo import server_for_agent
     from gymverl.nemo_gym import NemoGymError, find_env, resources_server_config
 
     pool, routes = parse_servers(opts.servers) if opts.servers else ([], {})
@@ -349,6 +350,7 @@ def plan_servers(opts: OnlineOptions, agents: Mapping[Optional[str], int]) -> tu
             raise OnlineError(f"--servers: {exc}") from None
     mapped: dict[str, str] = {}
     notes: list[str] = []
+    to_pool: list[str] = []
     for agent, count in agents.items():
         if agent is None or _routed(agent, routes):
             continue
@@ -357,7 +359,8 @@ def plan_servers(opts: OnlineOptions, agents: Mapping[Optional[str], int]) -> tu
             mapped[agent] = named
             continue
         if pool:
-            continue  # the loop sends agents without a route to the plain --server URL
+            to_pool.append(agent)  # the loop sends agents without a route to the plain --server URL
+            continue
         name = resources_server_for_agent(nemo_gym(), agent)
         if name is None:
             raise OnlineError(
@@ -368,6 +371,14 @@ def plan_servers(opts: OnlineOptions, agents: Mapping[Optional[str], int]) -> tu
         if name not in start:
             start.append(name)
             notes.append(f"starting {name} for the {count} row(s) of agent {agent}")
+    envs = sorted({server_for_agent(a) for a in to_pool})
+    if len(envs) > 1:
+        # One resources server plays one environment: the episodes of the others will fail there
+        # (a failure, never a reward), so say it up front.
+        notes.append(
+            f"the rows play {len(envs)} environments ({', '.join(envs)}) but the plain --server URL is one server: "
+            "give one --server NAME=URL per environment unless it serves them all"
+        )
     nameless = agents.get(None, 0)
     if nameless and not pool:
         only = list(dict.fromkeys([*routes, *start]))
@@ -379,6 +390,42 @@ def plan_servers(opts: OnlineOptions, agents: Mapping[Optional[str], int]) -> tu
     return start, mapped, notes
 
 
+def _check_chat_template(model: str) -> None:
+    """OnlineError unless local model directory `model` has a tokenizer with a chat template (VeRL
+    renders every prompt, tools included, with it)."""
+    from gymverl.train import TrainError, load_tokenizer
+
+    try:
+        load_tokenizer(model)
+    except TrainError as exc:
+        raise OnlineError(str(exc).replace("SFT needs one", "VeRL renders every prompt with it")) from None
+
+
+def unreachable_servers(specs: list[str], timeout: float = 5.0) -> Optional[tuple[str, str]]:
+    """The first `--server` spec (`NAME=URL` or `URL`) whose URL does not answer HTTP at all, and why
+    (connection refused, timeout); None when every one answers (any status counts: the routes differ
+    per server)."""
+    import urllib.error
+    import urllib.request
+
+    for spec in specs:
+        for part in spec.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            name, sep, url = part.partition("=")
+            url = url if sep and "://" not in name else part
+            try:
+                with urllib.request.urlopen(url.rstrip("/") + "/", timeout=timeout):
+                    pass
+            except urllib.error.HTTPError:
+                continue  # it answered
+            except (urllib.error.URLError, OSError, ValueError) as exc:
+                reason = getattr(exc, "reason", exc)
+                return part, str(reason)
+    return None
+
+
 def check_runtime(opts: OnlineOptions) -> None:
     """What main_ppo needs on this machine, checked before anything starts (OnlineError, one sentence):
     the rollout engine's package, VeRL's TransferQueue (its V1 PPO trainer imports it), CUDA GPUs."""
@@ -388,7 +435,8 @@ def check_runtime(opts: OnlineOptions) -> None:
     if engine.package and importlib.util.find_spec(engine.package) is None:
         raise OnlineError(
             f"--rollout {opts.rollout} needs the {engine.package} package, which is not installed in this Python "
-            f"({sys.executable}); install VeRL's {engine.package} extra (pip install 'verl[{engine.package}]')."
+            f"({sys.executable}); install the {engine.package} version VeRL 0.9.1 supports beside the torch you have, "
+            "or use --rollout cpu for a CPU smoke run with a tiny model."
         )
     v1 = [o.split("=", 1)[1].strip().lower() for o in opts.overrides if "=" in o and override_key(o) == "trainer.use_v1"]
     legacy = v1[-1] in ("false", "0") if v1 else opts.rollout == "cpu"  # CPU_ROLLOUT_OVERRIDES: use_v1=False
@@ -399,7 +447,8 @@ def check_runtime(opts: OnlineOptions) -> None:
             f"in this Python ({sys.executable}); install it with pip install 'TransferQueue>=0.1.10' (VeRL's verl-core extra)."
         )
     if engine.gpu:
-        check_gpus(opts.nproc, none_visible=f"--rollout {opts.rollout} rolls out and trains on CUDA GPUs, but no CUDA GPU is visible here.")
+        check_gpus(opts.nproc, none_visible=f"--rollout {opts.rollout} rolls out and trains on CUDA GPUs, but no CUDA GPU is visible here "
+                   "(--rollout cpu runs a smoke test on the CPU with a tiny model).")
 
 
 def _check_out(opts: OnlineOptions) -> Optional[str]:
@@ -416,10 +465,11 @@ def plan_online(opts: OnlineOptions, *, dry_run: bool = False) -> OnlinePlan:
     """Check everything a user expects checked before anything starts, and build the command.
 
     Each problem is one sentence (OnlineError / TrainError, exit 2): options and overrides, the
-    rows (RL parquet naming the env loop), the model path, OUTDIR (`train.check_out_dir`: --resume /
-    --overwrite), the servers the rows need (`plan_servers`), and, unless `dry_run`, this machine
-    (`check_runtime`: rollout engine, TransferQueue, GPUs); then VeRL's own config must accept the
-    command (`check_with_verl_config`). Starts nothing; with `dry_run` it writes the agent-loop YAML
+    rows (RL parquet naming the env loop), the model path and its chat template, OUTDIR
+    (`train.check_out_dir`: --resume / --overwrite), the servers the rows need (`plan_servers`), this
+    machine (`check_runtime`: rollout engine, TransferQueue, GPUs) and that every `--server` answers
+    (with `dry_run` these two become notes: a dry run may be made elsewhere); then VeRL's own config
+    must accept the command (`check_with_verl_config`). Starts nothing; with `dry_run` it writes the agent-loop YAML
     (servers still to start at PENDING_URL)."""
     from gymverl.runner import METRICS
     from gymverl.train import check_model, check_overrides
@@ -438,12 +488,27 @@ def plan_online(opts: OnlineOptions, *, dry_run: bool = False) -> OnlinePlan:
     note = _check_out(opts)
     if note:
         notes.append(note)
+    if Path(opts.model).expanduser().is_dir():
+        _check_chat_template(opts.model)
     start, mapped, server_notes = plan_servers(opts, agents)
     notes += server_notes
     if not opts.servers and not start:
         raise OnlineError("give the resources servers with --server NAME=URL or start them with --servers NAME (one per environment).")
-    if not dry_run:
+    if dry_run:
+        try:  # a dry run may be made on another machine than the run: say it, do not refuse
+            check_runtime(opts)
+        except UsageError as exc:
+            notes.append(f"this machine cannot run it: {exc}")
+    else:
         check_runtime(opts)
+    down = unreachable_servers(opts.servers)
+    if down and not dry_run:
+        raise OnlineError(
+            f"--server {down[0]} does not answer ({down[1]}); start it, or leave it out and train-online starts the "
+            "rows' servers itself (--servers NAME)."
+        )
+    if down:
+        notes.append(f"--server {down[0]} does not answer now ({down[1]}); the run will refuse to start until it does")
     pending = {name: PENDING_URL for name in start}
     argv = build_online_command(opts, write_loop_yaml=dry_run, started=pending, agents=mapped, rows=rows)
     check_with_verl_config(argv)

@@ -340,3 +340,45 @@ def test_cli_ctrl_c_stops_verl_and_the_servers(tmp_path: Path, tiny_model: Path,
     assert "interrupted" in stderr and "Traceback" not in stderr, stderr
     assert all(_closed(url) for url in urls.values()), urls
     assert marked_processes(MARK, mark) == []
+
+
+def test_preflight_checks_given_servers_environments_and_the_chat_template(tmp_path: Path, tiny_model: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a new user: a --server that was down was only found after ~70 s of VeRL start-up (the
+    cause buried in train.log); one plain --server URL took rows of two environments; a model without
+    a chat template passed. Each is now one sentence before anything starts (exit 2); --dry-run says
+    them as notes (it may run on another machine), and says when this machine cannot run the command."""
+    from gymverl.nemo_gym import free_port
+
+    data = _env_rows(tmp_path)  # xlam_fc and math_with_judge rows
+    out = tmp_path / "run"
+    down = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setattr(online, "check_runtime", lambda opts: None)  # fault injection: this machine cannot run VeRL
+
+    def error(*args: str) -> str:
+        res = runner.invoke(app, ["train-online", str(data), "-m", str(tiny_model), "-o", str(out), *args])
+        assert res.exit_code == 2 and "Traceback" not in res.output and not out.exists(), res.output
+        return next(line for line in res.output.splitlines() if line.startswith("error:"))
+
+    both = ["--server", f"xlam_fc={down}", "--server", f"math_with_judge={down}"]
+    assert f"--server xlam_fc={down} does not answer" in error(*both)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "config.json").write_text((tiny_model / "config.json").read_text())
+    for f in tiny_model.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens")):
+            cfg = f.read_text()
+            if f.name == "tokenizer_config.json":
+                cfg = json.dumps({k: v for k, v in json.loads(cfg).items() if k != "chat_template"})
+            (bare / f.name).write_text(cfg)
+    assert "has no chat template; VeRL renders every prompt with it" in error("-m", str(bare), *both)
+    monkeypatch.undo()
+    def notes(*args: str) -> str:
+        res = runner.invoke(app, ["train-online", str(data), "-m", str(tiny_model), "-o", str(out), *args, "--dry-run", "--json"])
+        assert res.exit_code == 0, res.output
+        return " | ".join(json.loads(res.stdout)["notes"])
+
+    assert f"--server xlam_fc={down} does not answer now" in notes(*both)
+    assert "the rows play 2 environments (math_with_judge, xlam_fc) but the plain --server URL is one server" in notes("--server", down)
+    if find_spec("vllm") is None:
+        assert "this machine cannot run it: --rollout vllm needs the vllm package" in notes(*both)

@@ -567,7 +567,10 @@ def render_online_plan(plan: Any, out: Console | None = None) -> None:
     out = _out(out)
     o = plan.options
     t = _facts("train-online plan", right=False)
-    t.add_row("rollout", f"{o.rollout} on {o.nproc} GPU(s), {o.algorithm}, {o.n_samples} episodes per task")
+    from gymverl.online import ROLLOUT_ENGINES
+
+    where = f"on {o.nproc} GPU(s)" if ROLLOUT_ENGINES[o.rollout].gpu else "on the CPU (smoke mode)"
+    t.add_row("rollout", f"{o.rollout} {where}, {o.algorithm}, {o.n_samples} episodes per task")
     t.add_row("rows", str(plan.rows))
     if plan.start:
         t.add_row("servers to start", escape(", ".join(plan.start)) + " (NeMo Gym, 127.0.0.1; stopped after the run)")
