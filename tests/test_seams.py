@@ -129,11 +129,11 @@ def test_sample_data_histograms_agree():
 def test_one_jsonable_and_shared_constants():
     import math
 
-    from gymverl import demo, jsonl, preview, reward, train, verl_data
+    from gymverl import demo, jsonl, preview, reward, runner, verl_data
     from gymverl.formats import decode_json, decode_row, fast, rl
     from gymverl.limits import DEFAULT_CONCURRENCY
 
-    assert demo.jsonable is train.jsonable is jsonl.jsonable
+    assert demo.jsonable is runner.jsonable is jsonl.jsonable
     assert jsonl.jsonable({1: (Path("a"), math.nan, 0.5)}) == {"1": ["a", None, 0.5]}
     assert (preview.TOOLS_AGENT, preview.STOCK_AGENT) == (rl.TOOLS_AGENT, rl.STOCK_AGENT)
     assert fast.UTF8_BOM is jsonl.UTF8_BOM and reward.DEFAULT_CONCURRENCY == DEFAULT_CONCURRENCY
