@@ -408,21 +408,17 @@ def unreachable_servers(specs: list[str], timeout: float = 5.0) -> Optional[tupl
     import urllib.error
     import urllib.request
 
-    for spec in specs:
-        for part in spec.split(","):
-            part = part.strip()
-            if not part:
-                continue
-            name, sep, url = part.partition("=")
-            url = url if sep and "://" not in name else part
-            try:
-                with urllib.request.urlopen(url.rstrip("/") + "/", timeout=timeout):
-                    pass
-            except urllib.error.HTTPError:
-                continue  # it answered
-            except (urllib.error.URLError, OSError, ValueError) as exc:
-                reason = getattr(exc, "reason", exc)
-                return part, str(reason)
+    if not specs:
+        return None
+    pool, routes = parse_servers(specs)  # the one spec parser (`NAME=URL`, `URL`, comma lists)
+    for part, url in [*((u, u) for u in pool), *((f"{n}={u}", u) for n, us in routes.items() for u in us)]:
+        try:
+            with urllib.request.urlopen(url.rstrip("/") + "/", timeout=timeout):
+                pass
+        except urllib.error.HTTPError:
+            continue  # it answered
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            return part, str(getattr(exc, "reason", exc))
     return None
 
 
