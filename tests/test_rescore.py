@@ -858,6 +858,7 @@ def test_task_fields_sent_follow_the_servers_schema_else_a_warned_guess(tmp_path
         assert s.guessed_fields == {"question": True, "verifier_metadata": True, "extracted_answer": False, "base_status": False}
         w = s.warning() or ""
         assert "sent as task fields: question, verifier_metadata;" in w and "left out as verifier outputs: base_status, extracted_answer;" in w
+        assert ".." not in w and ".;" not in w and w.endswith("to decide exactly.")  # one sentence, one full stop
     # The body itself: only the chosen task fields (and NeMo Gym's own keys), never the old verdict.
     body = build_request(_row_with_old_outputs(0), None, FieldRules().is_task_field)
     assert set(body) == {"responses_create_params", "response", "question", "verifier_metadata", "_ng_task_index"}
