@@ -192,7 +192,7 @@ class RescoreSummary:
                 "the input holds the same rollout twice or concatenates collections that number tasks alike"
             )
         if self.guessed_fields:
-            # One sentence of its own, ending in "."; here it is one part of this one ("exactly..": gymverl <= s16).
+            # guess_warning is a sentence of its own, ending in "."; here it is one part of this one.
             parts.append((FieldRules(guessed=self.guessed_fields).guess_warning() or "").rstrip("."))
         if self.forced:
             parts.append(
