@@ -99,8 +99,8 @@ def _fields_the_verifier_takes(s: ConvertSummary) -> list[str]:
             carried = ", ".join(sorted(have)) or "none"
             out.append(
                 f"{rows} RL rows name no agent (agent_ref), so gymverl cannot tell which verifier grades them or check "
-                f"that they carry the task fields it reads; they carry only: {carried}, and a verifier that reads more "
-                f"(NeMo Gym's mcqa also reads options and grading_mode) scores them wrongly; {fix}."
+                f"that they carry the task fields it reads; they carry only: {carried}, and a verifier that reads fields "
+                f"they lack (NeMo Gym's mcqa reads options and grading_mode, for one) scores them wrongly; {fix}."
             )
             continue
         server = server_for_agent(agent)
