@@ -26,14 +26,16 @@ _BOOKKEEPING = frozenset(
 )
 
 
-def scan(site_packages: str | Path) -> tuple[set[str], set[str]]:
-    """(request fields, response-only fields) declared by the resources servers under `site_packages`
-    (read with `ast`, nothing imported). A base class is looked up in its own file first, then by name."""
+def scan(site_packages: str | Path, server: str | None = None) -> tuple[set[str], set[str]]:
+    """(request fields, response-only fields) declared by the resources servers under `site_packages`,
+    or by resources server `server` alone (its folder and NeMo Gym's base models; read with `ast`,
+    nothing imported). A base class is looked up in its own file first, then by name."""
     root = Path(site_packages)
     # (file, class name) -> [base names], [annotated field names]; bases resolve in their own file first.
     local: dict[tuple[str, str], tuple[list[str], list[str]]] = {}
     by_name: dict[str, list[tuple[str, str]]] = {}
-    files = [p for p in root.glob("resources_servers/**/*.py") if "/tests/" not in str(p)]
+    under = root / "resources_servers" / server if server else root / "resources_servers"
+    files = [p for p in under.glob("**/*.py") if "/tests/" not in str(p)]
     for path in [*files, root / "nemo_gym" / "base_resources_server.py"]:
         try:
             tree = ast.parse(path.read_text())
@@ -78,6 +80,24 @@ def scan(site_packages: str | Path) -> tuple[set[str], set[str]]:
             response |= fields(key)
     request -= _BOOKKEEPING
     return request, response - request - _BOOKKEEPING
+
+
+def server_request_fields(server: str, env: str | Path | None = None) -> frozenset[str] | None:
+    """The task fields the `/verify` request model of NeMo Gym resources server `server` (e.g. mcqa:
+    options, expected_answer, grading_mode, ...) declares in the installed NeMo Gym (`env`, else
+    `gymverl.nemo_gym.find_env`'s venv), NeMo Gym's bookkeeping left out: what `gymverl rescore`
+    reads from a running server's `/openapi.json`, for callers with no server (`to-parquet`). None
+    when no NeMo Gym venv is found or it has no such server. Declared is not required: a verifier
+    may do without some of them (mcqa's uuid)."""
+    from gymverl.nemo_gym import NemoGymError, find_env, package_dir
+
+    try:
+        root = package_dir(find_env(env))
+    except NemoGymError:
+        return None
+    if not server or "/" in server or not (root / "resources_servers" / server).is_dir():
+        return None
+    return frozenset(scan(root, server)[0])
 
 
 def _table(name: str, items: set[str]) -> str:

@@ -37,7 +37,7 @@ from gymverl.formats.rl import ENV_AGENT
 from gymverl.errors import UsageError
 from gymverl.overrides import override, override_key
 from gymverl.runner import RunPlan, StepKeys
-from gymverl.verify import parse_servers
+from gymverl.verify import parse_servers, unreachable_servers  # noqa: F401 (unreachable_servers: re-exported)
 
 
 @dataclass(frozen=True)
@@ -399,27 +399,6 @@ def _check_chat_template(model: str) -> None:
         load_tokenizer(model)
     except TrainError as exc:
         raise OnlineError(str(exc).replace("SFT needs one", "VeRL renders every prompt with it")) from None
-
-
-def unreachable_servers(specs: list[str], timeout: float = 5.0) -> Optional[tuple[str, str]]:
-    """The first `--server` spec (`NAME=URL` or `URL`) whose URL does not answer HTTP at all, and why
-    (connection refused, timeout); None when every one answers (any status counts: the routes differ
-    per server)."""
-    import urllib.error
-    import urllib.request
-
-    if not specs:
-        return None
-    pool, routes = parse_servers(specs)  # the one spec parser (`NAME=URL`, `URL`, comma lists)
-    for part, url in [*((u, u) for u in pool), *((f"{n}={u}", u) for n, us in routes.items() for u in us)]:
-        try:
-            with urllib.request.urlopen(url.rstrip("/") + "/", timeout=timeout):
-                pass
-        except urllib.error.HTTPError:
-            continue  # it answered
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            return part, str(getattr(exc, "reason", exc))
-    return None
 
 
 def check_runtime(opts: OnlineOptions) -> None:

@@ -152,6 +152,40 @@ def parse_servers(specs: Any) -> tuple[list[str], dict[str, list[str]]]:
     return pool, routes
 
 
+def server_answers(url: str, timeout: float = 5.0) -> str | None:
+    """None when something answers HTTP at `url` (any status counts: the routes differ per server),
+    else why not (connection refused, a name that does not resolve, no answer within `timeout`
+    seconds). Connects directly, as `VerifyClient` and the env loop do (aiohttp ignores
+    $http_proxy), so a proxy setting cannot make a running server look down. Never raises."""
+    import urllib.error
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=timeout):  # noqa: S310 - a user-given server URL
+            pass
+    except urllib.error.HTTPError:
+        return None  # it answered
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        return str(getattr(exc, "reason", exc))
+    return None
+
+
+def unreachable_servers(specs: Any, timeout: float = 5.0) -> tuple[str, str] | None:
+    """The first server spec (`URL` or `NAME=URL`, any form `parse_servers` reads) whose URL does not
+    answer HTTP at all (`server_answers`), and why; None when every one answers. The preflight of
+    the commands given running servers (`gymverl rescore`, `gymverl train-online`): a server that
+    is down is one sentence before anything starts, not a retry storm per row. No specs: None."""
+    if not server_specs(specs):
+        return None
+    pool, routes = parse_servers(specs)
+    for part, url in [*((u, u) for u in pool), *((f"{n}={u}", u) for n, us in routes.items() for u in us)]:
+        why = server_answers(url.rstrip("/") + "/", timeout)
+        if why is not None:
+            return part, why
+    return None
+
+
 def clean_params(params: Mapping[str, Any]) -> dict[str, Any]:
     """`responses_create_params` without null-valued keys: older NeMo Gym writes explicit nulls that
     the current server's pydantic models reject with HTTP 422 (e.g. `parallel_tool_calls: null`)."""
@@ -526,5 +560,7 @@ __all__ = [
     "RequestSchema",
     "normalize_url",
     "parse_servers",
+    "server_answers",
     "server_specs",
+    "unreachable_servers",
 ]

@@ -137,3 +137,15 @@ def test_the_field_tables_match_nemo_gym_source(nemo_gym_env) -> None:
     site = next(nemo_gym_env.glob("lib/python3*/site-packages"))
     request, response_only = ng_fields.scan(site)
     assert request == ng_fields.REQUEST_FIELDS and response_only == ng_fields.RESPONSE_ONLY_FIELDS
+
+
+def test_one_servers_request_fields_are_what_its_openapi_declares(nemo_gym_env) -> None:
+    """`server_request_fields` (to-parquet's offline stand-in for rescore's /openapi.json) reads one
+    server's request models (for mcqa the same fields a running mcqa's /openapi.json declares), no
+    bookkeeping; an unknown server is None, never a guess."""
+    from gymverl.ng_fields import server_request_fields
+
+    assert server_request_fields("mcqa", nemo_gym_env) >= {"options", "grading_mode", "expected_answer"}
+    assert server_request_fields("math_with_judge", nemo_gym_env) == {"question", "expected_answer"}
+    assert not {"responses_create_params", "response"} & server_request_fields("mcqa", nemo_gym_env)  # type: ignore[operator]
+    assert server_request_fields("no_such_server", nemo_gym_env) is None and server_request_fields("../mcqa", nemo_gym_env) is None

@@ -168,6 +168,49 @@ def test_server_killed_and_restarted_mid_run_loses_nothing(tmp_path: Path) -> No
     assert summary.complete and summary.failed == 0 and summary.rescored == 200
 
 
+def _closed_url() -> str:
+    """A URL on 127.0.0.1 where nothing listens (connection refused)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_a_server_that_does_not_answer_is_one_sentence_before_any_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every --server given is down (nothing listens): rescore sent every row, retried each, and
+    ended with exit 1 after the "in a row" stop; like collect and train-online it now refuses at
+    once (exit 2, one sentence naming the server, its URL and how to start it), for a fresh run,
+    --resume and --retry-failed alike, and leaves every file as it was."""
+    monkeypatch.chdir(tmp_path)
+    make_input(tmp_path / "in.jsonl", 40)
+    dead = _closed_url()
+
+    def refused(*extra: str, spec: str = dead) -> None:
+        before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+        res = runner.invoke(app, ["rescore", "in.jsonl", "-o", "out.jsonl", "-s", spec, *extra], env={"GYMVERL_VERIFY_URL": ""})
+        assert res.exit_code == 2, res.output
+        lines = [x for x in res.output.splitlines() if x.strip()]
+        assert len(lines) == 1 and lines[0].startswith(f"error: --server {spec} does not answer ("), res.output
+        assert "python -m gymverl.nemo_gym" in lines[0] and "nothing was sent or written" in lines[0]
+        assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing written, nothing created
+
+    refused()
+    refused(spec=f"mcqa_simple_agent={dead}")
+    with pytest.raises(RescoreError, match=r"mcqa_simple_agent=.* does not answer .*python -m gymverl.nemo_gym mcqa`") as info:
+        rescore_file("in.jsonl", "out.jsonl", [f"mcqa_simple_agent={dead}"])
+    assert info.value.exit_code == 2
+    with FakeServer() as srv:
+        # One replica down among live ones is named too: the command line names a server that is not there.
+        refused("-s", srv.url, spec=dead)
+        assert srv.stats()["requests"] == 0
+        assert rescore_file("in.jsonl", "out.jsonl", [srv.url], limit=10).interrupted  # an unfinished run
+    refused("--resume")
+    with FakeServer("--plan", "503", "--every", "4") as srv:
+        assert rescore_file("in.jsonl", "out.jsonl", [srv.url], resume=True, retries=0).failed > 0  # finished, with failures
+    refused("--retry-failed")
+
+
 def test_verifier_down_stops_the_run_and_resume_finishes_it(tmp_path: Path) -> None:
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     make_input(inp, 150)
@@ -546,14 +589,20 @@ def test_an_existing_file_that_is_not_a_rescore_output_is_not_replaced(tmp_path:
 
 def test_a_finished_rescore_output_is_not_emptied_by_a_rerun(tmp_path: Path) -> None:
     """Re-running over a finished run's output (a pasted command, the verifier down) left it empty:
-    its rows are kept unless --overwrite; with --overwrite (or an empty earlier output) it is replaced."""
+    its rows are kept unless --overwrite; with --overwrite (or an empty earlier output) it is replaced.
+    (The verifier down is now refused first, before the output is looked at: kept either way.)"""
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     make_input(inp, 5)
     with FakeServer() as srv:
         assert rescore_file(inp, out, [srv.url]).complete
     before = out.read_bytes()
-    with pytest.raises(RescoreError, match="holds a finished rescore run .5 lines.; pass --overwrite"):
-        rescore_file(inp, out, ["http://127.0.0.1:9"], retries=0)
+    with pytest.raises(RescoreError, match="does not answer"):
+        rescore_file(inp, out, [_closed_url()], retries=0)
+    assert out.read_bytes() == before and read_state(out)["complete"]  # type: ignore[index]
+    with FakeServer() as srv:
+        with pytest.raises(RescoreError, match="holds a finished rescore run .5 lines.; pass --overwrite"):
+            rescore_file(inp, out, [srv.url], retries=0)
+        assert srv.stats()["requests"] == 0
     assert out.read_bytes() == before and read_state(out)["complete"]  # type: ignore[index]
     with FakeServer() as srv:
         assert rescore_file(inp, out, [srv.url], overwrite=True).complete
@@ -809,6 +858,7 @@ def test_task_fields_sent_follow_the_servers_schema_else_a_warned_guess(tmp_path
         assert s.guessed_fields == {"question": True, "verifier_metadata": True, "extracted_answer": False, "base_status": False}
         w = s.warning() or ""
         assert "sent as task fields: question, verifier_metadata;" in w and "left out as verifier outputs: base_status, extracted_answer;" in w
+        assert ".." not in w and ".;" not in w and w.endswith("to decide exactly.")  # one sentence, one full stop
     # The body itself: only the chosen task fields (and NeMo Gym's own keys), never the old verdict.
     body = build_request(_row_with_old_outputs(0), None, FieldRules().is_task_field)
     assert set(body) == {"responses_create_params", "response", "question", "verifier_metadata", "_ng_task_index"}

@@ -111,7 +111,8 @@ def test_a_server_not_declared_stateless_is_refused_without_force(tmp_path: Path
 
 def test_stateless_and_undeclared_servers_are_used(tmp_path: Path) -> None:
     """"stateless" (0.7.0 mcqa) goes ahead; a 404 (NeMo Gym 0.4.0 has no such route) is recorded
-    as not_declared and goes ahead; an unreachable one is left to the run's own failure handling."""
+    as not_declared and goes ahead. (A server that does not answer at all is refused before this
+    check: test_rescore.test_a_server_that_does_not_answer_is_one_sentence_before_any_row.)"""
     inp = write(tmp_path / "in.jsonl", sample_rows()[:4])
     with FakeServer("--reverify-mode", "stateless") as a, FakeServer() as b:
         s = rescore_file(inp, tmp_path / "o.jsonl", [a.url, b.url])

@@ -381,3 +381,71 @@ def test_single_file_case_from_the_issue(tmp_path: Path) -> None:
         res = runner.invoke(app, ["to-parquet", str(case / "rollouts.jsonl"), "-o", str(out), "-f", fmt])
         assert res.exit_code == 0, res.output
         assert pq.read_metadata(out).num_rows > 0
+
+
+# ---- rl rows that lack what their verifier reads (case verifier-metadata-dropped, mcqa) -----------
+
+
+def _mcqa_rollout(i: int, agent: str | None) -> dict[str, Any]:
+    """An mcqa rollout as NeMo Gym's example rollouts have it: expected_answer kept, options and
+    grading_mode (which mcqa's /verify reads) not."""
+    row: dict[str, Any] = {
+        "responses_create_params": {"input": [{"role": "user", "content": f"Question {i}?\nA: yes\nB: no"}]},
+        "response": {"id": f"resp_{i}", "output": [{"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "\\boxed{A}"}]}]},
+        "reward": 1.0,
+        "expected_answer": "A",
+        "extracted_answer": "A",
+    }
+    if agent is not None:
+        row["agent_ref"] = {"type": "responses_api_agents", "name": agent}
+    return row
+
+
+def _write(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_rl_rows_naming_no_agent_say_their_verifier_cannot_be_checked(tmp_path: Path) -> None:
+    """Rows without agent_ref and without a task file got only the generic "task fields were guessed"
+    warning (exit 0 with --strict), though mcqa scores them all 0.0: now a specific one, naming what
+    they carry, and --strict stops (exit 2) before anything is written."""
+    src = _write(tmp_path / "mcqa.jsonl", [_mcqa_rollout(i, None) for i in range(3)])
+    s = convert(src, tmp_path / "out", ConvertOptions(fmt="rl"))
+    (w,) = [w for w in s.warnings if "name no agent" in w]
+    assert w.startswith("3 RL rows name no agent (agent_ref)") and "they carry only: expected_answer," in w and "--tasks" in w
+    with pytest.raises(ConvertError, match="--strict: 3 RL rows name no agent"):
+        convert(src, tmp_path / "strict", ConvertOptions(fmt="rl", strict=True))
+    assert not (tmp_path / "strict").exists()
+    res = runner.invoke(app, ["to-parquet", str(src), "-f", "rl", "-o", str(tmp_path / "cli"), "--strict"])
+    assert res.exit_code == 2 and "name no agent" in res.output and "Traceback" not in res.output
+
+
+def test_rl_rows_lacking_fields_their_server_takes_name_them(tmp_path: Path, nemo_gym_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fields come from the installed NeMo Gym's mcqa request model (what rescore reads from the
+    server's /openapi.json); rows that carry every field their server takes (the sample data:
+    math_with_judge, xlam_fc) get no such warning."""
+    monkeypatch.setenv("GYMVERL_NEMO_GYM_ENV", str(nemo_gym_env))
+    src = _write(tmp_path / "mcqa.jsonl", [_mcqa_rollout(i, "mcqa_simple_agent") for i in range(4)])
+    s = convert(src, tmp_path / "out", ConvertOptions(fmt="rl"))
+    (w,) = [w for w in s.warnings if "lack task fields" in w]
+    assert w.startswith("4 RL rows of agent mcqa_simple_agent lack task fields that mcqa's /verify takes")
+    assert "options (absent from 4 rows)" in w and "grading_mode (absent from 4 rows)" in w and "expected_answer" not in w
+    with pytest.raises(ConvertError, match="--strict: 4 RL rows of agent mcqa_simple_agent lack"):
+        convert(src, tmp_path / "strict", ConvertOptions(fmt="rl", strict=True))
+    s = convert(SAMPLE_DATA / "rollouts.jsonl", tmp_path / "sample", ConvertOptions(fmt="rl", strict=True))
+    assert not [w for w in s.warnings if "lack task fields" in w or "name no agent" in w]
+
+
+def test_shared_case_mcqa_rollouts_are_warned_about(tmp_path: Path) -> None:
+    """../shared/cases/verifier-metadata-dropped/mcqa_rollouts.jsonl (NeMo Gym's example mcqa
+    rollouts: no agent_ref, no options): to-parquet --format rl said nothing specific, exit 0."""
+    from conftest import SHARED
+
+    src = SHARED / "cases" / "verifier-metadata-dropped" / "mcqa_rollouts.jsonl"
+    if not src.exists():
+        pytest.skip(f"{src} not found (only CI and development sessions have ../shared)")
+    s = convert(src, tmp_path / "out", ConvertOptions(fmt="rl"))
+    assert any(w.startswith("5 RL rows name no agent") and "carry only: expected_answer," in w for w in s.warnings), s.warnings
+    res = runner.invoke(app, ["to-parquet", str(src), "-f", "rl", "-o", str(tmp_path / "cli"), "--strict"])
+    assert res.exit_code == 2 and "name no agent" in res.output and not (tmp_path / "cli").exists()

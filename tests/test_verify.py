@@ -25,6 +25,8 @@ from gymverl.verify import (
     clean_params,
     describe_error_body,
     parse_servers,
+    server_answers,
+    unreachable_servers,
 )
 
 
@@ -293,3 +295,23 @@ def test_server_specs_one_reading_for_every_form():
 
     assert _server_specs({"server": "http://a:1 math=http://m:2"}) == want
     assert _server_specs({"servers": {"math": "http://m:2"}}) == ("math=http://m:2",)
+
+
+def test_unreachable_servers_names_the_first_server_that_does_not_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The preflight rescore and train-online share: any HTTP status is an answer (a FakeServer's
+    GET / is a 404), connection refused is not; servers are reached directly, as VerifyClient
+    reaches them (aiohttp ignores $http_proxy), so a dead proxy setting does not make a live
+    server look down."""
+    dead = f"http://127.0.0.1:{closed_port()}"
+    assert unreachable_servers([]) is None
+    with FakeServer() as srv:
+        assert server_answers(srv.url + "/") is None
+        assert unreachable_servers([srv.url, f"mcqa={srv.url}"]) is None
+        down = unreachable_servers(f"{srv.url},mcqa={dead}")
+        assert down is not None and down[0] == f"mcqa={dead}" and "refused" in down[1].lower()
+        for var in ("http_proxy", "HTTP_PROXY"):
+            monkeypatch.setenv(var, dead)
+        for var in ("no_proxy", "NO_PROXY"):
+            monkeypatch.delenv(var, raising=False)
+        assert unreachable_servers([srv.url]) is None
+    assert server_answers(dead + "/") is not None

@@ -67,6 +67,8 @@ def _task_field_problems(s: ConvertSummary, src: Input, source: TaskSource | Non
             f"no {stem_of(str(src))}_materialized_inputs.jsonl is beside {src} and no --tasks was given, so their "
             "extra_info.nemo_gym.task may lack fields /verify needs: give --tasks with the materialized inputs or the original tasks file."
         )
+    if source is None:
+        out += _fields_the_verifier_takes(s)
     if source is not None and s.rows_missing_fields:
         fields = ", ".join(f"{k} ({n} rows)" for k, n in s.missing_task_fields.most_common())
         why = "; ".join(f"{n} {JOIN_REASONS.get(r, r)}" for r, n in s.not_joined.most_common())
@@ -78,6 +80,38 @@ def _task_field_problems(s: ConvertSummary, src: Input, source: TaskSource | Non
     elif source is not None and s.not_joined:
         why = "; ".join(f"{n} {JOIN_REASONS.get(r, r)}" for r, n in s.not_joined.most_common())
         out.append(f"{sum(s.not_joined.values())} RL rows found no task row in {source.path} ({why}); they keep the task fields of their rollout line.")
+    return out
+
+
+def _fields_the_verifier_takes(s: ConvertSummary) -> list[str]:
+    """With no task file joined: rows of an agent that lack fields its resources server's /verify
+    declares in the installed NeMo Gym (`ng_fields.server_request_fields`: what rescore reads from a
+    running server's /openapi.json), and rows that name no agent, whose verifier cannot be known."""
+    from gymverl.demo import server_for_agent  # agent -> resources server (`mcqa_simple_agent` -> `mcqa`)
+    from gymverl.ng_fields import server_request_fields
+    from gymverl.records import is_ng_key
+
+    out = []
+    fix = "give --tasks with the NeMo Gym input file these rollouts were collected from (or its materialized inputs)"
+    for agent, rows in sorted(s.unjoined_by_agent.items(), key=lambda kv: (kv[0] is not None, kv[0] or "")):
+        have = s.unjoined_fields.get(agent, Counter())
+        if agent is None:
+            carried = ", ".join(sorted(have)) or "none"
+            out.append(
+                f"{rows} RL rows name no agent (agent_ref), so gymverl cannot tell which verifier grades them or check "
+                f"that they carry the task fields it reads; they carry only: {carried}, and a verifier that reads fields "
+                f"they lack (NeMo Gym's mcqa reads options and grading_mode, for one) scores them wrongly; {fix}."
+            )
+            continue
+        server = server_for_agent(agent)
+        takes = server_request_fields(server)
+        absent = sorted((k for k in takes or () if have[k] < rows and not is_ng_key(k)), key=lambda k: (have[k], k))
+        if absent:
+            fields = ", ".join(f"{k} (absent from {rows - have[k]} rows)" for k in absent)
+            out.append(
+                f"{rows} RL rows of agent {agent} lack task fields that {server}'s /verify takes in the installed NeMo Gym: "
+                f"{fields}; /verify gets only the fields in extra_info.nemo_gym.task, so these rows may score wrongly; {fix}."
+            )
     return out
 
 

@@ -257,6 +257,9 @@ def _join_task(ctx: _Ctx, rec: dict[str, Any]) -> dict[str, Any]:
     if source is None:
         if any(k in rec for k in _NG05_KEYS):
             s.rows_without_source += 1
+        agent = agent_name(rec)
+        s.unjoined_by_agent[agent] += 1
+        s.unjoined_fields.setdefault(agent, Counter()).update(k for k, v in ctx.rules.task_fields(rec).items() if v is not None)
         return rec
     j = source.find(rec)
     if j.fields is not None:

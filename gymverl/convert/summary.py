@@ -40,6 +40,10 @@ class ConvertSummary(Rejections):
     missing_task_fields: Counter[str] = field(default_factory=Counter)  # field -> rl rows without it
     rows_missing_fields: int = 0
     rows_without_source: int = 0  # rl rows of NeMo Gym >= 0.5 rollouts with no task file to join
+    # rl rows with no task file to join, per agent (None: the row names none), and the non-null task
+    # fields they carry: checked against the fields the agent's verifier takes (convert.driver).
+    unjoined_by_agent: Counter[str | None] = field(default_factory=Counter)
+    unjoined_fields: dict[str | None, Counter[str]] = field(default_factory=dict)
     repeats_merged: int = 0  # materialized-input lines that repeat a task already written
     image_rows: int = 0  # rows that carry images (the `images` column)
     images: int = 0  # images in those rows

@@ -6,7 +6,7 @@ import asyncio
 
 import orjson
 
-from gymverl.verify import VerifyClient
+from gymverl.verify import VerifyClient, unreachable_servers
 
 from gymverl.rescore.errors import RescoreError
 
@@ -19,7 +19,8 @@ SAFE_MODES = frozenset({"stateless", "not_declared", "unreachable"})
 async def fetch_reverify_mode(url: str, timeout: float = 10.0) -> str:
     """What the server at `url` says about re-verifying stored rollouts: "stateless",
     "unsupported", "unknown" (its answer), "not_declared" (HTTP 404: NeMo Gym < 0.5 has no such
-    route), "unreachable" (no answer: the run itself then reports the server), or
+    route), "unreachable" (no answer: `check_servers_answer` has refused a server that is down, so
+    this is one that went away since; the run itself then reports it), or
     "HTTP <status>" / "unreadable answer" for anything else. Never raises for server trouble."""
     import aiohttp
 
@@ -39,6 +40,27 @@ async def fetch_reverify_mode(url: str, timeout: float = 10.0) -> str:
     except orjson.JSONDecodeError:
         return "unreadable answer"
     return mode.strip().lower() if isinstance(mode, str) and mode.strip() else "unreadable answer"
+
+
+def check_servers_answer(client: VerifyClient, timeout: float = 10.0) -> None:
+    """RescoreError (exit 2, one sentence) when a server of `client` does not answer HTTP at all
+    (connection refused, a name that does not resolve, no answer within `timeout` seconds): the same
+    check as train-online's (`gymverl.verify.unreachable_servers`), made before any row is read, so
+    a server that is down is not met row by row, each retried, until the run stops. Any HTTP status
+    counts as an answer: a server that answers but fails rows keeps its failure records."""
+    specs = [*client.pool, *(f"{name}={url}" for name, urls in client.routes.items() for url in urls)]
+    down = unreachable_servers(specs, timeout)
+    if down is None:
+        return
+    spec, why = down
+    name = spec.partition("=")[0] if "=" in spec and "://" not in spec.partition("=")[0] else None
+    from gymverl.demo import server_for_agent  # agent name -> resources server (`mcqa_simple_agent` -> `mcqa`)
+
+    start = f"python -m gymverl.nemo_gym {server_for_agent(name) if name else 'SERVER_NAME'}"
+    raise RescoreError(
+        f"--server {spec} does not answer ({why}); start that NeMo Gym resources server first (`{start}` runs it "
+        "alone, or ng_run with its config) and run rescore again: nothing was sent or written."
+    )
 
 
 def check_reverify_modes(client: VerifyClient, force: bool) -> tuple[dict[str, str], list[str]]:

@@ -26,7 +26,7 @@ from gymverl.rescore.rows import failure_record, rejected_record, rescored_row
 from gymverl.rescore.checkpoint import Checkpoints, default_failures_path, replay, state_path
 from gymverl.rescore.writer import OrderedWriter, _Pending
 from gymverl.rescore.modes import Fresh, RetryFailed
-from gymverl.rescore.reverify import check_reverify_modes
+from gymverl.rescore.reverify import check_reverify_modes, check_servers_answer
 from gymverl.rescore.tasks import TaskFields, task_source_for
 
 TRANSIENT = frozenset({"timeout", "connection", "http_429", "http_5xx"})
@@ -345,6 +345,11 @@ def rescore_file(
     `<stem>_materialized_inputs.jsonl` beside the input when it exists (`side_files=False`: not
     looked for). Never on line position or prompt text alone (`gymverl.sidecars.TaskSource`).
 
+    Every server must answer HTTP before a row is read (`check_servers_answer`: one that does not,
+    e.g. connection refused, is a RescoreError, exit 2, for a fresh run, `resume` and `retry_failed`
+    alike); a server that goes away during the run stops it after `max_failures_in_a_row`
+    transient failures in a row (resume with `resume=True`).
+
     Unless `check_reverify` is False, every server is asked `GET /reverify_mode` first; servers
     that are not declared stateless are refused without `force` (see `check_reverify_modes`).
 
@@ -382,6 +387,7 @@ def rescore_file(
         if retries is not None:
             kw["retries"] = retries
         client = VerifyClient([servers] if isinstance(servers, str) else list(servers), **kw)
+    check_servers_answer(client)
     modes, forced = check_reverify_modes(client, force) if check_reverify else ({}, [])
     try:
         # Held for the whole run: a second rescore into the same files stops at once, naming this one.

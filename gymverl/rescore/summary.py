@@ -192,7 +192,8 @@ class RescoreSummary:
                 "the input holds the same rollout twice or concatenates collections that number tasks alike"
             )
         if self.guessed_fields:
-            parts.append(FieldRules(guessed=self.guessed_fields).guess_warning() or "")
+            # guess_warning is a sentence of its own, ending in "."; here it is one part of this one.
+            parts.append((FieldRules(guessed=self.guessed_fields).guess_warning() or "").rstrip("."))
         if self.forced:
             parts.append(
                 f"re-verified with --force against servers that do not declare a stateless /verify ({', '.join(self.forced)}): "
