@@ -191,3 +191,51 @@ def test_every_cli_default_is_the_librarys() -> None:
                     differ.append(f"{name} {p.name}: CLI {p.default!r}, library {lib[p.name]!r}")
     assert not differ, differ
     assert checked >= 70  # the mapping above still reaches the commands' options
+
+
+def test_quiet_and_verbose_together_are_a_usage_error(tmp_path):
+    """-q and -v contradict each other: one sentence, exit 2, before the command reads anything."""
+    data = tmp_path / "r.jsonl"
+    data.write_text(json.dumps(ROLLOUT) + "\n")
+    for args in (["-q", "-v", "validate", str(data)], ["--quiet", "--verbose", "stats", str(data)]):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2, res.output
+        assert "--quiet and --verbose contradict each other" in res.stderr and res.stdout == ""
+    # the train commands' old -v (after the command name) is the same switch
+    res = runner.invoke(app, ["-q", "train-offline", str(tmp_path / "d.parquet"), "-m", "x/y", "-o", str(tmp_path / "o"), "-v"])
+    assert res.exit_code == 2 and "--quiet and --verbose" in res.stderr, res.output
+
+
+def test_verbose_is_global_and_the_train_commands_old_flag_is_hidden():
+    out = runner.invoke(app, ["--help"]).output
+    assert "--verbose" in out and "-v" in out
+    for command in ("train-offline", "train-online"):
+        assert "--verbose" not in runner.invoke(app, [command, "--help"]).output, command
+        cmd = GROUP.commands[command]
+        ctx = cmd.make_context(command, ["d.parquet", "-v"], resilient_parsing=True)
+        assert ctx.params["verbose"] is True  # old spelling still parses
+
+
+def test_verbose_prints_rejection_codes_and_every_shard(tmp_path):
+    """--verbose cuts no list short: rejected lines show their code, to-parquet names every shard."""
+    data = tmp_path / "r.jsonl"
+    data.write_text(json.dumps(ROLLOUT) + "\n" + "not json\n")
+    plain = runner.invoke(app, ["validate", str(data)])
+    loud = runner.invoke(app, ["-v", "validate", str(data)])
+    assert plain.exit_code == loud.exit_code == 1
+    assert "invalid_json" in loud.stdout.split("rejected lines", 1)[1].split("rejected by reason")[0]
+    assert "invalid_json" not in plain.stdout.split("rejected lines", 1)[1].split("rejected by reason")[0]
+    rows = tmp_path / "many.jsonl"
+    rows.write_text("".join(json.dumps({**ROLLOUT, "responses_create_params": {"input": [{"role": "user", "content": f"q{i}"}]}}) + "\n" for i in range(3)))
+    for flags, shown in (([], 1), (["-v"], 3)):
+        res = runner.invoke(app, [*flags, "to-parquet", str(rows), "-o", str(tmp_path / f"pq{len(flags)}"), "--shard-size", "1"])
+        assert res.exit_code == 0, res.output
+        assert len([line for line in res.stdout.splitlines() if line.startswith("train: ")]) == shown, res.stdout
+
+
+def test_verbose_prints_the_per_task_table_past_show_tasks(tmp_path):
+    data = tmp_path / "r.jsonl"
+    data.write_text("".join(json.dumps({**ROLLOUT, "responses_create_params": {"input": [{"role": "user", "content": f"q{i}"}]}}) + "\n" for i in range(3)))
+    titles = [[line.strip() for line in runner.invoke(app, [*flags, "stats", str(data), "--show-tasks", "1"]).stdout.splitlines()]
+              for flags in ([], ["-v"])]
+    assert "per task" not in titles[0] and "per task" in titles[1]

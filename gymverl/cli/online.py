@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from gymverl.cli.core import _Command, app, console, err_console, print_json
+from gymverl.cli.core import OLD_VERBOSE_HELP, VERBOSITY, _Command, app, console, err_console, print_json
 from gymverl.cli.options import number
 from gymverl.cli.progress import progress_bar, showing
 from gymverl.cli.render import render_online_plan, render_online_result
@@ -47,7 +47,7 @@ def train_online_command(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in an existing OUTDIR.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete an existing gymverl OUTDIR and start over.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check the inputs, write the agent-loop YAML, print the VeRL command and the servers it would start, and stop (starts nothing).")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Echo every line VeRL prints.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", hidden=True, help=OLD_VERBOSE_HELP)] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan (with --dry-run) or the result as JSON.")] = False,
 ) -> None:
     """Online RL on NeMo Gym environments: VeRL's main_ppo with gymverl's `gymverl_env` agent loop.
@@ -61,6 +61,7 @@ def train_online_command(
     """
     from gymverl import online
 
+    VERBOSITY.set(verbose=verbose)  # the old place of the global -v still works
     if not model:
         raise UsageError("give the base model with --model PATH.")
     if out is None:
@@ -79,7 +80,7 @@ def train_online_command(
             render_online_plan(plan, view)
         return
     render_online_plan(plan, view)
-    result = _run(plan, view, verbose)
+    result = _run(plan, view, VERBOSITY.verbose)
     if as_json:
         print_json({**result.to_dict(), "servers": plan.servers})
     else:

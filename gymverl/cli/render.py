@@ -23,6 +23,11 @@ def _out(out: Console | None) -> Console:
     return out if out is not None else core.console
 
 
+def _verbose() -> bool:
+    """The global `--verbose` (`core.VERBOSITY`): lists print in full, rejected lines with their code."""
+    return core.VERBOSITY.verbose
+
+
 def _fmt(x: Any, digits: int = 4) -> str:
     """A number for a table cell ('-' when missing)."""
     if x is None:
@@ -112,13 +117,16 @@ def render_rejections(
 ) -> None:
     """Render rejected input lines (line number + reason), how many more there are, and counts by reason."""
     out = _out(out)
+    codes = _verbose() and any(rej.get("code") for rej in examples)
     r = Table(title=title, title_justify="left")
     r.add_column("line", justify="right")
+    if codes:  # --verbose: the code a script would match on (as in --rejects and --json)
+        r.add_column("code", no_wrap=True)
     r.add_column("reason")
     for rej in examples:
-        r.add_row(str(rej["line"]), escape(rej["reason"]))
+        r.add_row(str(rej["line"]), *([escape(str(rej.get("code") or ""))] if codes else []), escape(rej["reason"]))
     if total > len(examples):
-        r.add_row("…", f"{total - len(examples)} {more}")
+        r.add_row("…", *([""] if codes else []), f"{total - len(examples)} {more}")
     out.print(r)
     _by_reason("rejected", by_reason, out)
 
@@ -194,7 +202,7 @@ def render_collection(col: dict[str, Any] | None, show_tasks: int = 30, out: Con
         t.add_row("not in materialized inputs", f"[yellow]{col['extra']}[/]", "")
     out.print(t)
     rows = col.get("incomplete_tasks") or []
-    if rows and len(rows) <= show_tasks:
+    if rows and (len(rows) <= show_tasks or _verbose()):
         pt = Table(title=f"incomplete tasks ({col['tasks_incomplete']})", title_justify="left")
         keys = ("task_index", "expected", "present", "failed", "missing")
         for key in keys:
@@ -275,7 +283,7 @@ def render_stats(data: dict[str, Any], show_tasks: int = 30, compact: bool = Fal
         out.print(f"[dim]length = {note}[/]")
 
     per_task = data.get("per_task") or []
-    if per_task and len(per_task) <= show_tasks:
+    if per_task and (len(per_task) <= show_tasks or _verbose()):
         pt = Table(title="per task", title_justify="left")
         _name_column(pt)
         _number_columns(pt, "n", "ok", "pass")
@@ -390,6 +398,7 @@ def render_rescore(d: dict[str, Any], show_tasks: int = 20, out: Console | None 
     out.print(t)
     tasks = d.get("per_task") or []
     if tasks:
+        show_tasks = len(tasks) if _verbose() else show_tasks
         shown = sorted(tasks, key=lambda r: -abs(r["mean_after"] - r["mean_before"]))[:show_tasks]
         shown.sort(key=lambda r: r["task"])
         title = "per task" if len(tasks) <= show_tasks else f"per task ({show_tasks} most changed of {len(tasks)})"
@@ -458,6 +467,10 @@ def render_to_parquet(summary: dict[str, Any], out: Console | None = None) -> No
     if summary["rejected"]:
         render_rejections(summary["rejections"], summary["rejected"], summary["rejected_by_reason"], out=out)
     for split, paths in summary["files"].items():
+        if _verbose():  # every shard, one per line
+            for path in paths:
+                out.print(f"{split}: [bold]{escape(path)}[/]", soft_wrap=True)
+            continue
         shown = paths[0] if len(paths) == 1 else f"{paths[0]} … ({len(paths)} shards)"
         out.print(f"{split}: [bold]{escape(shown)}[/]")
 

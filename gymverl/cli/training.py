@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from gymverl.cli.core import command, console, err_console, fail, print_json, warn
+from gymverl.cli.core import OLD_VERBOSE_HELP, VERBOSITY, command, console, err_console, fail, print_json, warn
 from gymverl.cli.options import number, opt
 from gymverl.cli.progress import progress_bar, showing
 from gymverl.cli.render import render_train_plan, render_train_result
@@ -62,7 +62,7 @@ def train_offline_command(
     export: Annotated[bool, typer.Option("--export/--no-export", help="Export the last checkpoint to OUTDIR/hf_model with verl.model_merger.")] = True,
     save_freq: Annotated[int, typer.Option("--save-freq", callback=number(min=1, also=(-1,)), help="Checkpoint every N steps (-1: only at the end).")] = TrainOptions.save_freq,
     dry_run: Annotated[bool, opt("dry_run", help="Check the inputs, print the VeRL command and stop.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Echo every line VeRL prints.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", hidden=True, help=OLD_VERBOSE_HELP)] = False,
     as_json: Annotated[bool, opt("json", help="Print the plan (with --dry-run) or the result as JSON.")] = False,
 ) -> None:
     """Fine-tune a model on SFT parquet with VeRL's own trainer (verl.trainer.sft_trainer via torchrun).
@@ -73,6 +73,7 @@ def train_offline_command(
     """
     from gymverl import train as tr
 
+    VERBOSITY.set(verbose=verbose)  # the old place of the global -v still works
     overrides = list(overrides or [])
     if from_rollouts is not None and data is not None:
         if "=" not in str(data):
@@ -114,7 +115,7 @@ def train_offline_command(
             render_train_plan(plan, view)
         raise typer.Exit(EXIT_REJECTED if rejected else EXIT_OK)
     render_train_plan(plan, view)
-    result = _run(plan, view, verbose)
+    result = _run(plan, view, VERBOSITY.verbose)
     if as_json:
         print_json(result.to_dict())
     else:
