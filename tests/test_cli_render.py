@@ -126,3 +126,31 @@ def test_demo_same_as_commands_stay_on_one_line_at_80_columns():
     DemoReporter(Console(file=buf, width=80)).info("same as: " + shlex.join(words))
     (line,) = buf.getvalue().splitlines()
     assert shlex.split(line.strip().removeprefix("same as: ")) == words
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_steps_view_drives_one_bar_from_verls_events(verbose):
+    """train-offline and train-online share one step view: the step count and its note on the bar,
+    a line per validation, the total when VeRL says it, stage names, VeRL's other lines with --verbose only."""
+    from gymverl.cli.progress import steps_view
+    from gymverl.runner import Event
+
+    buf = io.StringIO()
+    progress, on_event = steps_view(
+        Console(file=buf, width=120), note=("train/loss", "loss {:.4f}"), val=lambda m: f"validation loss {m['val/loss']:.4f}",
+        stages={"export": "exporting"}, verbose=verbose,
+    )
+    task = progress.tasks[0]
+    assert task.total is None and task.description == "starting VeRL"
+    on_event(Event("line", line="[verl] loading [weights]"))
+    on_event(Event("total", total=4))
+    on_event(Event("step", step=1, metrics={"train/loss": 1.25}))
+    assert (task.completed, task.total, task.description, task.fields["note"]) == (1, 4, "training", "loss 1.2500")
+    on_event(Event("step", step=2, metrics={}))
+    assert task.completed == 2 and task.fields["note"] == ""
+    on_event(Event("val", step=2, metrics={"val/loss": 0.5}))
+    on_event(Event("export"))
+    assert task.description == "exporting"
+    lines = buf.getvalue().splitlines()
+    assert "step 2: validation loss 0.5000" in lines
+    assert ("[verl] loading [weights]" in lines) is verbose  # echoed as text, brackets kept

@@ -11,10 +11,9 @@ from rich.markup import escape
 
 from gymverl.cli.core import OLD_VERBOSE_HELP, VERBOSITY, _Command, app, console, err_console, print_json
 from gymverl.cli.options import number
-from gymverl.cli.progress import progress_bar, showing
+from gymverl.cli.progress import showing, steps_view
 from gymverl.cli.render import render_online_plan, render_online_result
 from gymverl.errors import EXIT_INTERRUPTED, RunError, UsageError
-from gymverl.progress import ProgressEvent
 from gymverl.runner import resume_hint
 
 
@@ -92,10 +91,11 @@ def _run(plan: Any, view: Console, verbose: bool) -> Any:
     failure is one sentence (exit 1), Ctrl-C exits 130 with a resume hint."""
     from gymverl import online
 
-    progress, on_progress = progress_bar("steps", "starting VeRL", console=view, transient=False)
-    assert progress is not None and on_progress is not None
+    progress, on_event = steps_view(
+        view, note=("critic/score/mean", "reward {:.3f}"),
+        val=lambda m: "validation " + ", ".join(f"{k} {v:.3f}" for k, v in m.items() if k.startswith("val-core/")), verbose=verbose,
+    )
     task = progress.tasks[0].id
-    total: list[int | None] = [None]
 
     def on_servers(stage: str, urls: dict[str, str]) -> None:
         if stage == "starting":
@@ -103,20 +103,6 @@ def _run(plan: Any, view: Console, verbose: bool) -> Any:
         else:
             progress.console.print("NeMo Gym servers: " + ", ".join(f"{k} {v}" for k, v in urls.items()), highlight=False, markup=False)
             progress.update(task, description="starting VeRL")
-
-    def on_event(ev: Any) -> None:
-        if ev.kind == "step":
-            reward = ev.metrics.get("critic/score/mean")
-            on_progress(ProgressEvent(ev.step, total[0], "steps"))
-            progress.update(task, description="training", note=f"reward {reward:.3f}" if reward is not None else "")
-        elif ev.kind == "val":
-            scores = ", ".join(f"{k} {v:.3f}" for k, v in ev.metrics.items() if k.startswith("val-core/"))
-            progress.console.print(f"step {ev.step}: validation {scores}", highlight=False, markup=False)
-        elif ev.kind == "total":
-            total[0] = ev.total
-            progress.update(task, total=ev.total)
-        elif verbose:
-            progress.console.print(ev.line, highlight=False, markup=False)
 
     try:
         with showing(progress):

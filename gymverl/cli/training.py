@@ -11,11 +11,10 @@ from rich.markup import escape
 
 from gymverl.cli.core import OLD_VERBOSE_HELP, VERBOSITY, command, console, err_console, fail, print_json, warn
 from gymverl.cli.options import number, opt
-from gymverl.cli.progress import progress_bar, showing
+from gymverl.cli.progress import showing, steps_view
 from gymverl.cli.render import render_train_plan, render_train_result
 from gymverl.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_REJECTED, RunError
 from gymverl.inputs import open_input
-from gymverl.progress import ProgressEvent
 from gymverl.train import TrainOptions
 
 
@@ -129,27 +128,10 @@ def _run(plan: Any, view: Console, verbose: bool) -> Any:
     """Run and export `plan` (`train.train_offline`) with a step bar; VeRL's failure is one sentence, exit 1."""
     from gymverl import train as tr
 
-    progress, on_progress = progress_bar("steps", "starting VeRL", console=view, transient=False)
-    assert progress is not None and on_progress is not None
-    task = progress.tasks[0].id
-    total = [plan.total_steps]
-
-    def on_event(ev: Any) -> None:
-        if ev.kind == "step":
-            loss = ev.metrics.get("train/loss")
-            on_progress(ProgressEvent(ev.step, total[0], "steps"))
-            progress.update(task, description="training", note=f"loss {loss:.4f}" if loss is not None else "")
-        elif ev.kind == "val":
-            progress.console.print(f"step {ev.step}: validation loss {ev.metrics['val/loss']:.4f}", highlight=False)
-        elif ev.kind == "total":
-            total[0] = ev.total
-            progress.update(task, total=ev.total)
-        elif ev.kind == "export":
-            progress.update(task, description="exporting the Hugging Face model (verl.model_merger)")
-        elif verbose:
-            progress.console.print(ev.line, highlight=False, markup=False)
-
-    progress.update(task, total=plan.total_steps)
+    progress, on_event = steps_view(
+        view, note=("train/loss", "loss {:.4f}"), val=lambda m: f"validation loss {m['val/loss']:.4f}",
+        total=plan.total_steps, stages={"export": "exporting the Hugging Face model (verl.model_merger)"}, verbose=verbose,
+    )
     try:
         with showing(progress):
             result = tr.train_offline(plan.options, on_event, plan=plan)
