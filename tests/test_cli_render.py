@@ -154,3 +154,30 @@ def test_steps_view_drives_one_bar_from_verls_events(verbose):
     lines = buf.getvalue().splitlines()
     assert "step 2: validation loss 0.5000" in lines
     assert ("[verl] loading [weights]" in lines) is verbose  # echoed as text, brackets kept
+
+
+def test_run_steps_turns_verls_outcome_into_exit_codes(capsys):
+    """The one place both train commands turn a VeRL run into an outcome: its result when it
+    finished, its one sentence (RunError, exit 1) when not, exit 130 and what stopped on Ctrl-C."""
+    import typer
+
+    from gymverl.cli.progress import run_steps, steps_view
+    from gymverl.errors import RunError
+    from gymverl.runner import TrainResult
+
+    def view():
+        return steps_view(Console(file=io.StringIO()), note=("k", "{}"), val=str)[0]
+
+    ok = TrainResult(returncode=0, steps=3)
+    assert run_steps(view(), lambda: ok, "unused") is ok
+    failed = TrainResult(returncode=1, cause="ValueError: boom", log=Path("/o/train.log"))
+    with pytest.raises(RunError, match=r"^VeRL exited with code 1: ValueError: boom; full log: /o/train.log\.$"):
+        run_steps(view(), lambda: failed, "unused")
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(typer.Exit) as exit_:
+        run_steps(view(), interrupted, "VeRL stopped; resume with --resume [x]")
+    assert exit_.value.exit_code == 130
+    assert "interrupted: VeRL stopped; resume with --resume [x]." in " ".join(capsys.readouterr().err.split())

@@ -7,13 +7,12 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 
 from gymverl.cli.core import OLD_VERBOSE_HELP, VERBOSITY, _Command, app, console, err_console, print_json
 from gymverl.cli.options import number
-from gymverl.cli.progress import showing, steps_view
+from gymverl.cli.progress import run_steps, steps_view
 from gymverl.cli.render import render_online_plan, render_online_result
-from gymverl.errors import EXIT_INTERRUPTED, RunError, UsageError
+from gymverl.errors import UsageError
 from gymverl.runner import resume_hint
 
 
@@ -104,12 +103,7 @@ def _run(plan: Any, view: Console, verbose: bool) -> Any:
             progress.console.print("NeMo Gym servers: " + ", ".join(f"{k} {v}" for k, v in urls.items()), highlight=False, markup=False)
             progress.update(task, description="starting VeRL")
 
-    try:
-        with showing(progress):
-            result = online.run_online(plan, on_event, on_servers)
-    except KeyboardInterrupt:
-        err_console.print(f"[yellow]interrupted[/]: VeRL and the NeMo Gym servers stopped; {escape(resume_hint(plan.checkpoints, 'trainer.save_freq'))}.")
-        raise typer.Exit(EXIT_INTERRUPTED)
-    if result.returncode != 0:
-        raise RunError(f"{result.failure()}.")
-    return result
+    return run_steps(
+        progress, lambda: online.run_online(plan, on_event, on_servers),
+        f"VeRL and the NeMo Gym servers stopped; {resume_hint(plan.checkpoints, 'trainer.save_freq')}",
+    )

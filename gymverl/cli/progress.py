@@ -12,12 +12,15 @@ import contextlib
 import time
 from typing import Any, Callable, Iterator
 
+import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn, DownloadColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn,
     TimeRemainingColumn,
 )
 
+from gymverl.errors import EXIT_INTERRUPTED, RunError
 from gymverl.progress import OnProgress, ProgressEvent
 
 # kind of work -> the columns after the description and the bar.
@@ -122,3 +125,21 @@ def steps_view(
 
     progress.update(task, total=total)
     return progress, on_event
+
+
+def run_steps(progress: Progress, run: Callable[[], Any], stopped: str) -> Any:
+    """`run()` (a VeRL run, its result has `returncode` and `failure()`) with `progress` drawn.
+
+    Ctrl-C (or SIGTERM/SIGHUP) prints "interrupted: `stopped`." on stderr and exits 130; a run VeRL
+    did not finish raises its one sentence (RunError, exit 1). Returns the result otherwise."""
+    from gymverl.cli.core import err_console
+
+    try:
+        with showing(progress):
+            result = run()
+    except KeyboardInterrupt:
+        err_console.print(f"[yellow]interrupted[/]: {escape(stopped)}.")
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if result.returncode != 0:
+        raise RunError(f"{result.failure()}.")
+    return result

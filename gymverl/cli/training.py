@@ -7,13 +7,12 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 
 from gymverl.cli.core import OLD_VERBOSE_HELP, VERBOSITY, command, console, err_console, fail, print_json, warn
 from gymverl.cli.options import number, opt
-from gymverl.cli.progress import showing, steps_view
+from gymverl.cli.progress import run_steps, steps_view
 from gymverl.cli.render import render_train_plan, render_train_result
-from gymverl.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_REJECTED, RunError
+from gymverl.errors import EXIT_OK, EXIT_REJECTED, RunError
 from gymverl.inputs import open_input
 from gymverl.train import TrainOptions
 
@@ -132,14 +131,11 @@ def _run(plan: Any, view: Console, verbose: bool) -> Any:
         view, note=("train/loss", "loss {:.4f}"), val=lambda m: f"validation loss {m['val/loss']:.4f}",
         total=plan.total_steps, stages={"export": "exporting the Hugging Face model (verl.model_merger)"}, verbose=verbose,
     )
-    try:
-        with showing(progress):
-            result = tr.train_offline(plan.options, on_event, plan=plan)
-    except tr.TrainError as exc:  # the export failed: the run happened, so not a usage error
-        raise RunError(str(exc)) from None
-    except KeyboardInterrupt:
-        err_console.print(f"[yellow]interrupted[/]: VeRL stopped; {escape(tr.resume_hint(plan.checkpoints))}.")
-        raise typer.Exit(EXIT_INTERRUPTED)
-    if result.returncode != 0:
-        raise RunError(f"{result.failure()}.")
-    return result
+
+    def run() -> Any:
+        try:
+            return tr.train_offline(plan.options, on_event, plan=plan)
+        except tr.TrainError as exc:  # the export failed: the run happened, so not a usage error
+            raise RunError(str(exc)) from None
+
+    return run_steps(progress, run, f"VeRL stopped; {tr.resume_hint(plan.checkpoints)}")

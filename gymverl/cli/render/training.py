@@ -13,6 +13,18 @@ from gymverl.cli.render.rollouts import render_stats
 from gymverl.cli.render.tables import _facts, _out
 
 
+def _print_plan(t: Table, plan: Any, out: Console) -> None:
+    """The end of a train plan: its output directory and notes in `t`, then the VeRL command as one
+    line to paste back."""
+    t.add_row("output", escape(str(plan.out)))
+    for note in plan.notes:
+        t.add_row("note", f"[yellow]{escape(note)}[/]")
+    out.print(t)
+    out.print("[bold]command[/]:")
+    # markup=False: an override like trainer.logger=[console] is shell text, not a rich style.
+    out.print(plan.shell(), highlight=False, soft_wrap=True, markup=False)
+
+
 def render_train_plan(plan: Any, out: Console | None = None) -> None:
     """The planned VeRL command and its data arithmetic; the command prints as one line to paste back."""
     out = _out(out)
@@ -26,13 +38,7 @@ def render_train_plan(plan: Any, out: Console | None = None) -> None:
     t.add_row("steps", f"{plan.steps_per_epoch} per epoch x {o.epochs} epoch(s) = {plan.total_steps}")
     if o.lora_rank:
         t.add_row("LoRA", f"rank {o.lora_rank}, alpha {o.lora_alpha if o.lora_alpha is not None else 2 * o.lora_rank}, modules {o.lora_target_modules}")
-    t.add_row("output", escape(str(plan.out)))
-    for note in plan.notes:
-        t.add_row("note", f"[yellow]{escape(note)}[/]")
-    out.print(t)
-    out.print("[bold]command[/]:")
-    # markup=False: an override like trainer.logger=[console] is shell text, not a rich style.
-    out.print(plan.shell(), highlight=False, soft_wrap=True, markup=False)
+    _print_plan(t, plan, out)
 
 
 def render_train_result(result: Any, out: Console | None = None) -> None:
@@ -74,12 +80,7 @@ def render_online_plan(plan: Any, out: Console | None = None) -> None:
         t.add_row("servers to start", escape(", ".join(plan.start)) + " (NeMo Gym, 127.0.0.1; stopped after the run)")
     for spec in o.servers:
         t.add_row("server", escape(spec))
-    t.add_row("output", escape(str(plan.out)))
-    for note in plan.notes:
-        t.add_row("note", f"[yellow]{escape(note)}[/]")
-    out.print(t)
-    out.print("[bold]command[/]:")
-    out.print(plan.shell(), highlight=False, soft_wrap=True, markup=False)
+    _print_plan(t, plan, out)
 
 
 def render_online_result(result: Any, out: Console | None = None) -> None:
