@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -239,3 +240,65 @@ def test_verbose_prints_the_per_task_table_past_show_tasks(tmp_path):
     titles = [[line.strip() for line in runner.invoke(app, [*flags, "stats", str(data), "--show-tasks", "1"]).stdout.splitlines()]
               for flags in ([], ["-v"])]
     assert "per task" not in titles[0] and "per task" in titles[1]
+
+
+NARROW = CliRunner(env={"COLUMNS": "80", "NO_COLOR": "1", "TERM": "dumb"})
+
+
+def _help_at_80(command: str | None) -> str:
+    res = NARROW.invoke(app, [command, "--help"] if command else ["--help"])
+    assert res.exit_code == 0, res.output
+    return res.output
+
+
+def test_help_at_80_columns_cuts_nothing_and_lists_each_command_on_one_line():
+    """At 80 columns option help was cut with an ellipsis (rescore's --server, --tasks, --side-files
+    squeezed into 19 columns; to-parquet's `<stem>_materialized_inputs.jso…`), and the command list
+    wrapped most descriptions over two lines."""
+    for command in [None, *GROUP.commands]:
+        out = _help_at_80(command)
+        assert max(len(line) for line in out.splitlines()) <= 80, command
+        cut = [line for line in out.splitlines() if re.search(r"…\s*│$", line)]
+        assert not cut, (command, cut)
+    panel = _help_at_80(None).split("Commands")[1]
+    rows = [line.strip("│ ").split()[0] for line in panel.splitlines()[1:] if line.startswith("│")]
+    assert rows == list(GROUP.list_commands(None)), rows  # one line per command: no continuation rows
+
+
+def test_command_help_reflows_at_the_terminal_width():
+    """Docstrings hard-wrapped at ~100 characters kept their line breaks in --help, which broke
+    sentences mid-line at 80 columns (stats: `... (n rollouts, c` / `correct),`)."""
+    from gymverl.cli.core import reflow
+
+    assert reflow("one\n    two\n\n  three\n  four") == "one two\n\nthree four"
+    assert reflow("\b\nkeep\nthese lines") == "\b\nkeep\nthese lines"
+    for name, cmd in GROUP.commands.items():
+        for paragraph in (cmd.help or "").split("\n\n"):
+            assert "\n" not in paragraph or paragraph.startswith("\b"), (name, paragraph)
+    out = _help_at_80("stats")
+    lines = [line.strip() for line in out.splitlines()]
+    assert "correct)," not in lines and "2 usage error." not in lines  # the tails of hard-broken lines
+
+
+def test_input_arguments_have_one_name_per_concept():
+    """The input argument was `rollouts`, `INPUT`, `DATA` or `data` depending on the command: now
+    ROLLOUTS for rollout files and DATA for parquet, in usage lines, help and errors."""
+    from gymverl.cli.options import ARGUMENTS
+
+    want = {"validate": "ROLLOUTS", "rescore": "ROLLOUTS", "stats": "ROLLOUTS", "to-parquet": "ROLLOUTS",
+            "preview": "DATA", "train-offline": "DATA", "train-online": "DATA"}
+    for name, cmd in GROUP.commands.items():
+        args = [p for p in cmd.params if p.param_type_name == "argument"]
+        assert all(p.metavar in ARGUMENTS.values() for p in args), (name, [p.metavar for p in args])
+        if name in want:
+            assert args[0].metavar == want[name], name
+            assert f" {{{want[name]}}}" in _help_at_80(name) or f" [{want[name]}]" in _help_at_80(name), name
+    res = runner.invoke(app, ["validate"])
+    assert res.exit_code == 2 and "ROLLOUTS" in res.output
+
+
+@pytest.mark.parametrize("command", ["collect", "rescore", "to-parquet", "train-offline", "train-online"])
+def test_commands_with_many_options_group_them_in_panels(command):
+    cmd = GROUP.commands[command]
+    loose = [p.name for p in cmd.params if p.param_type_name == "option" and not p.hidden and not p.rich_help_panel]
+    assert loose == [], loose

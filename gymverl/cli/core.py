@@ -6,6 +6,7 @@ Exit codes (all commands): 0 success, 1 the job ran but some input was rejected 
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import sys
@@ -84,8 +85,24 @@ class _PipelineOrder(TyperGroup):
             _fail_now(f"internal error ({type(exc).__name__}: {exc}); set GYMVERL_DEBUG=1 for the traceback.", EXIT_FAILED)
 
 
+def reflow(text: str | None) -> str | None:
+    """`text` (a docstring) with the line breaks inside each paragraph turned into spaces, so that
+    --help wraps it at the terminal's width (rich keeps single newlines of a command's help, and a
+    docstring hard-wrapped at 100 characters broke mid-sentence at 80). Paragraphs are separated by
+    blank lines; one that starts with `\\b` (click's "do not rewrap" mark) keeps its lines."""
+    if not text:
+        return text
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(p if p.startswith("\b") else " ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
+
+
 class _Command(TyperCommand):
-    """A gymverl command: also accepts the old spellings of OPTION_ALIASES, without listing them."""
+    """A gymverl command: also accepts the old spellings of OPTION_ALIASES, without listing them;
+    its help reflows at the terminal's width (`reflow`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.help = reflow(self.help)
 
     def get_params(self, ctx: Any) -> list[Any]:
         return _flags_without_values(super().get_params(ctx))

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 
 from gymverl.cli.core import OLD_VERBOSE_HELP, VERBOSITY, command, console, err_console, fail, print_json, warn
-from gymverl.cli.options import number, opt
+from gymverl.cli.options import arg, number, opt
 from gymverl.cli.progress import run_steps, steps_view
 from gymverl.cli.render import render_train_plan, render_train_result
 from gymverl.errors import EXIT_OK, EXIT_REJECTED, RunError
@@ -17,51 +17,51 @@ from gymverl.inputs import open_input
 from gymverl.train import TrainOptions
 
 
-@command("train-offline")
+@command("train-offline", short_help="Fine-tune a model on SFT parquet with VeRL's trainer.")
 def train_offline_command(
     data: Annotated[
-        Optional[Path], typer.Argument(help="SFT parquet from `gymverl to-parquet --format sft` (omit with --from-rollouts).", show_default=False)
+        Optional[Path], arg("data", help="SFT parquet from `gymverl to-parquet --format sft` (omit with --from-rollouts).")
     ] = None,
     overrides: Annotated[
         Optional[list[str]],
-        typer.Argument(help="After `--`: VeRL key=value overrides, passed through unchanged (they win over gymverl's).", show_default=False),
+        arg("overrides", help="After `--`: VeRL key=value overrides, passed through unchanged (they win over gymverl's)."),
     ] = None,
-    model: Annotated[str, opt("model", show_default=False)] = "",
-    out: Annotated[Optional[Path], opt("output", help="Output directory: checkpoints/, hf_model/, train.log, metrics.jsonl.", show_default=False)] = None,
-    val: Annotated[Optional[Path], opt("val", help="Validation parquet (same format as DATA).")] = None,
+    model: Annotated[str, opt("model", rich_help_panel="Input", show_default=False)] = "",
+    out: Annotated[Optional[Path], opt("output", rich_help_panel="Output", help="Output directory: checkpoints/, hf_model/, train.log, metrics.jsonl.", show_default=False)] = None,
+    val: Annotated[Optional[Path], opt("val", rich_help_panel="Input", help="Validation parquet (same format as DATA).")] = None,
     from_rollouts: Annotated[
-        Optional[Path], typer.Option("--from-rollouts", help="Rollout JSONL: select the successful rollouts and convert them to SFT parquet first.")
+        Optional[Path], typer.Option("--from-rollouts", rich_help_panel="From rollouts", help="Rollout JSONL: select the successful rollouts and convert them to SFT parquet first.")
     ] = None,
-    min_reward: Annotated[float, opt("min_reward", callback=number(), help="With --from-rollouts: keep rollouts with reward >= this.")] = 1.0,
+    min_reward: Annotated[float, opt("min_reward", callback=number(), rich_help_panel="From rollouts", help="With --from-rollouts: keep rollouts with reward >= this.")] = 1.0,
     best_of_n: Annotated[
-        Optional[int], opt("best_of_n", callback=number(min=1), help="With --from-rollouts: keep at most the N best rollouts per task.", show_default=False)
+        Optional[int], opt("best_of_n", callback=number(min=1), rich_help_panel="From rollouts", help="With --from-rollouts: keep at most the N best rollouts per task.", show_default=False)
     ] = None,
     val_fraction: Annotated[
-        float, opt("val_fraction", callback=number(min=0, max=0.99), help="With --from-rollouts: share of tasks held out as validation data.")
+        float, opt("val_fraction", callback=number(min=0, max=0.99), rich_help_panel="From rollouts", help="With --from-rollouts: share of tasks held out as validation data.")
     ] = 0.0,
-    epochs: Annotated[int, typer.Option("--epochs", callback=number(min=1), help="Training epochs.")] = TrainOptions.epochs,
-    lr: Annotated[float, typer.Option("--lr", callback=number(above=0), help="Learning rate.")] = TrainOptions.lr,
+    epochs: Annotated[int, typer.Option("--epochs", callback=number(min=1), rich_help_panel="Training", help="Training epochs.")] = TrainOptions.epochs,
+    lr: Annotated[float, typer.Option("--lr", callback=number(above=0), rich_help_panel="Training", help="Learning rate.")] = TrainOptions.lr,
     batch_size: Annotated[
-        Optional[int], typer.Option("--batch-size", callback=number(min=1), help="Global batch size (rows per optimizer step). Default: VeRL's 256, capped at the dataset size.", show_default=False)
+        Optional[int], typer.Option("--batch-size", callback=number(min=1), rich_help_panel="Training", help="Global batch size (rows per optimizer step). Default: VeRL's 256, capped at the dataset size.", show_default=False)
     ] = None,
-    micro_batch_size: Annotated[int, typer.Option("--micro-batch-size", callback=number(min=1), help="Rows per forward pass per process.")] = TrainOptions.micro_batch_size,
-    max_length: Annotated[int, typer.Option("--max-length", callback=number(min=1, unit='tokens'), help="Maximum tokens per conversation.")] = TrainOptions.max_length,
-    lora_rank: Annotated[int, typer.Option("--lora-rank", callback=number(min=0), help="LoRA rank; 0 trains all weights.")] = TrainOptions.lora_rank,
-    lora_alpha: Annotated[Optional[int], typer.Option("--lora-alpha", callback=number(min=1), help="LoRA alpha (default 2 x rank).", show_default=False)] = None,
-    lora_target_modules: Annotated[str, typer.Option("--lora-target-modules", help="LoRA target modules (VeRL's model.target_modules).")] = TrainOptions.lora_target_modules,
-    nproc: Annotated[int, opt("nproc", callback=number(min=1), help="Processes (GPUs) per node.")] = TrainOptions.nproc,
-    nnodes: Annotated[int, typer.Option("--nnodes", callback=number(min=1), help="Number of nodes (run the same command on each, with its --node-rank).")] = TrainOptions.nnodes,
-    node_rank: Annotated[int, typer.Option("--node-rank", callback=number(min=0), help="This node's rank (multi-node).")] = TrainOptions.node_rank,
-    master_addr: Annotated[Optional[str], typer.Option("--master-addr", help="Address of node 0 (multi-node).", show_default=False)] = None,
-    master_port: Annotated[int, typer.Option("--master-port", callback=number(min=1, max=65535), help="Rendezvous port on node 0 (multi-node).")] = TrainOptions.master_port,
-    device: Annotated[str, typer.Option("--device", help="cuda for real training; cpu for a smoke run with gymverl's CPU plugin (tiny models only).")] = TrainOptions.device,
-    resume: Annotated[bool, opt("resume", help="Continue from the latest checkpoint in an existing OUTDIR.")] = False,
-    overwrite: Annotated[bool, opt("overwrite", help="Delete an existing gymverl OUTDIR and start over.")] = False,
-    export: Annotated[bool, typer.Option("--export/--no-export", help="Export the last checkpoint to OUTDIR/hf_model with verl.model_merger.")] = True,
-    save_freq: Annotated[int, typer.Option("--save-freq", callback=number(min=1, also=(-1,)), help="Checkpoint every N steps (-1: only at the end).")] = TrainOptions.save_freq,
-    dry_run: Annotated[bool, opt("dry_run", help="Check the inputs, print the VeRL command and stop.")] = False,
+    micro_batch_size: Annotated[int, typer.Option("--micro-batch-size", callback=number(min=1), rich_help_panel="Training", help="Rows per forward pass per process.")] = TrainOptions.micro_batch_size,
+    max_length: Annotated[int, typer.Option("--max-length", callback=number(min=1, unit='tokens'), rich_help_panel="Training", help="Maximum tokens per conversation.")] = TrainOptions.max_length,
+    lora_rank: Annotated[int, typer.Option("--lora-rank", callback=number(min=0), rich_help_panel="Training", help="LoRA rank; 0 trains all weights.")] = TrainOptions.lora_rank,
+    lora_alpha: Annotated[Optional[int], typer.Option("--lora-alpha", callback=number(min=1), rich_help_panel="Training", help="LoRA alpha (default 2 x rank).", show_default=False)] = None,
+    lora_target_modules: Annotated[str, typer.Option("--lora-target-modules", rich_help_panel="Training", help="LoRA target modules (VeRL's model.target_modules).")] = TrainOptions.lora_target_modules,
+    nproc: Annotated[int, opt("nproc", callback=number(min=1), rich_help_panel="Nodes", help="Processes (GPUs) per node.")] = TrainOptions.nproc,
+    nnodes: Annotated[int, typer.Option("--nnodes", callback=number(min=1), rich_help_panel="Nodes", help="Number of nodes (run the same command on each, with its --node-rank).")] = TrainOptions.nnodes,
+    node_rank: Annotated[int, typer.Option("--node-rank", callback=number(min=0), rich_help_panel="Nodes", help="This node's rank (multi-node).")] = TrainOptions.node_rank,
+    master_addr: Annotated[Optional[str], typer.Option("--master-addr", rich_help_panel="Nodes", help="Address of node 0 (multi-node).", show_default=False)] = None,
+    master_port: Annotated[int, typer.Option("--master-port", callback=number(min=1, max=65535), rich_help_panel="Nodes", help="Rendezvous port on node 0 (multi-node).")] = TrainOptions.master_port,
+    device: Annotated[str, typer.Option("--device", rich_help_panel="Training", help="cuda for real training; cpu for a smoke run with gymverl's CPU plugin (tiny models only).")] = TrainOptions.device,
+    resume: Annotated[bool, opt("resume", rich_help_panel="Output", help="Continue from the latest checkpoint in an existing OUTDIR.")] = False,
+    overwrite: Annotated[bool, opt("overwrite", rich_help_panel="Output", help="Delete an existing gymverl OUTDIR and start over.")] = False,
+    export: Annotated[bool, typer.Option("--export/--no-export", rich_help_panel="Output", help="Export the last checkpoint to OUTDIR/hf_model with verl.model_merger.")] = True,
+    save_freq: Annotated[int, typer.Option("--save-freq", callback=number(min=1, also=(-1,)), rich_help_panel="Training", help="Checkpoint every N steps (-1: only at the end).")] = TrainOptions.save_freq,
+    dry_run: Annotated[bool, opt("dry_run", rich_help_panel="Output", help="Check the inputs, print the VeRL command and stop.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", hidden=True, help=OLD_VERBOSE_HELP)] = False,
-    as_json: Annotated[bool, opt("json", help="Print the plan (with --dry-run) or the result as JSON.")] = False,
+    as_json: Annotated[bool, opt("json", rich_help_panel="Output", help="Print the plan (with --dry-run) or the result as JSON.")] = False,
 ) -> None:
     """Fine-tune a model on SFT parquet with VeRL's own trainer (verl.trainer.sft_trainer via torchrun).
 
