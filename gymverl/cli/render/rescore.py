@@ -7,9 +7,8 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
-from gymverl.cli.render.tables import _by_reason, _facts, _name_column, _out, _red, _signed, _verbose
+from gymverl.cli.render.tables import Titled, _by_reason, _facts, _name_column, _number_columns, _out, _red, _signed, _verbose
 
 
 def render_rescore(d: dict[str, Any], show_tasks: int = 20, out: Console | None = None) -> None:
@@ -53,17 +52,17 @@ def render_rescore(d: dict[str, Any], show_tasks: int = 20, out: Console | None 
         show_tasks = len(tasks) if _verbose() else show_tasks
         shown = sorted(tasks, key=lambda r: -abs(r["mean_after"] - r["mean_before"]))[:show_tasks]
         shown.sort(key=lambda r: r["task"])
-        title = "per task" if len(tasks) <= show_tasks else f"per task ({show_tasks} most changed of {len(tasks)})"
-        pt = Table(title=title, title_justify="left")
+        which = "" if len(tasks) <= show_tasks else f"; the {show_tasks} most changed of {len(tasks)}"
+        pt = Titled(title=f"per task (mean reward before -> after, rows changed{which})", title_justify="left")
         _name_column(pt)
-        for col in ("rows", "mean before", "mean after", "delta", "rows changed"):
-            pt.add_column(col, justify="right")  # headers wrap at their spaces
+        # Short headers that never wrap: the task names get the width (they were folded mid-word at 80 columns).
+        _number_columns(pt, "rows", "before", "after", "delta", "changed")
         for r in shown:
             delta = r["mean_after"] - r["mean_before"]
             pt.add_row(escape(r["task"]), str(r["n"]), f"{r['mean_before']:.3f}", f"{r['mean_after']:.3f}", _signed(delta, 3), str(r["changed"]) if r["changed"] else "")
         out.print(pt)
     if d["failed"] or d["rejected"]:
-        f = Table(title=f"failures and rejections (all in {d['failures']})", title_justify="left")
+        f = Titled(title=f"failures and rejections (all in {d['failures']})", title_justify="left")
         f.add_column("line", justify="right")
         f.add_column("kind")
         f.add_column("reason")

@@ -7,9 +7,8 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
-from gymverl.cli.render.tables import _bars, _facts, _fmt, _name_column, _number_columns, _out, _red, _verbose, _wrap_name, render_rejections
+from gymverl.cli.render.tables import Titled, _bars, _facts, _fmt, _name_column, _number_columns, _out, _red, _verbose, _wrap_name, render_rejections
 
 
 def render_validation(summary: dict[str, Any], title: str = "validate", out: Console | None = None) -> None:
@@ -75,7 +74,7 @@ def render_collection(col: dict[str, Any] | None, show_tasks: int = 30, out: Con
     out.print(t)
     rows = col.get("incomplete_tasks") or []
     if rows and (len(rows) <= show_tasks or _verbose()):
-        pt = Table(title=f"incomplete tasks ({col['tasks_incomplete']})", title_justify="left")
+        pt = Titled(title=f"incomplete tasks ({col['tasks_incomplete']})", title_justify="left")
         keys = ("task_index", "expected", "present", "failed", "missing")
         for key in keys:
             pt.add_column(key.replace("_", " "), justify="right")
@@ -131,7 +130,7 @@ def render_stats(data: dict[str, Any], show_tasks: int = 30, compact: bool = Fal
     out = _out(out)
     o = data["overall"]
     title = f"stats: {data['path']}  (correct = reward >= {data['threshold']:g})"
-    t = Table(title=title, title_justify="left")
+    t = Titled(title=title, title_justify="left")
     t.add_column("metric", style="bold", no_wrap=True, min_width=19)
     t.add_column("all", justify="right", no_wrap=True, min_width=11)
     groups = data["groups"]
@@ -156,7 +155,7 @@ def render_stats(data: dict[str, Any], show_tasks: int = 30, compact: bool = Fal
 
     per_task = data.get("per_task") or []
     if per_task and (len(per_task) <= show_tasks or _verbose()):
-        pt = Table(title="per task", title_justify="left")
+        pt = Titled(title="per task", title_justify="left")
         _name_column(pt)
         _number_columns(pt, "n", "ok", "pass")
         pt.add_column("", no_wrap=True, min_width=10)
@@ -194,7 +193,7 @@ def render_stats(data: dict[str, Any], show_tasks: int = 30, compact: bool = Fal
 def render_comparison(cmp: dict[str, Any], out: Console | None = None) -> None:
     """Render `compare_stats()` as a before/after table."""
     out = _out(out)
-    t = Table(title=f"before: {cmp['before']}  ->  after: {cmp['after']}", title_justify="left")
+    t = Titled(title=f"before: {cmp['before']}  ->  after: {cmp['after']}", title_justify="left")
     t.add_column("metric", style="bold")
     for name in ("before", "after", "delta"):
         t.add_column(name, justify="right")
@@ -217,10 +216,10 @@ def render_comparison(cmp: dict[str, Any], out: Console | None = None) -> None:
         + (f"  only after {tk['only_after']}" if tk["only_after"] else "")
     )
     if cmp["top_changes"]:
-        c = Table(title="largest per-task changes", title_justify="left")
+        c = Titled(title="largest per-task changes (pass rate and mean reward: was -> now)", title_justify="left")
         _name_column(c)
-        for name in ("pass rate before", "after", "mean reward before", "after"):
-            c.add_column(name, justify="right")  # headers wrap at their spaces
+        # Short headers that never wrap: the task names get the width (they were folded mid-word at 80 columns).
+        _number_columns(c, "pass was", "now", "reward was", "now")
         for ch in cmp["top_changes"]:
             c.add_row(
                 escape(ch["task"]), _fmt(ch["pass_rate_before"], 3), _fmt(ch["pass_rate_after"], 3),

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from rich.console import Console
+from rich.console import Console, ConsoleOptions, RenderResult
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from gymverl.cli import core
 
@@ -49,7 +50,7 @@ def _signed(delta: float, digits: int) -> str:
 
 def _facts(title: str, *, notes: bool = False, right: bool = True) -> Table:
     """A headerless two-column table (bold label, value; `notes`: a third, dim column)."""
-    t = Table(title=title, show_header=False, title_justify="left")
+    t = Titled(title=title, show_header=False, title_justify="left")
     t.add_column(style="bold")
     t.add_column(justify="right" if right else "left")
     if notes:
@@ -91,10 +92,33 @@ def _wrap_name(name: str, width: int) -> str:
     return "\n".join(lines)
 
 
+def _title_lines(title: str, width: int) -> str:
+    """`title` with each word wider than `width` (a path, a long name) broken only after its own
+    separators (`_wrap_name`); rich wraps the rest at its spaces."""
+    return " ".join(_wrap_name(word, width) if len(word) > width else word for word in title.split(" "))
+
+
+class Titled(Table):
+    """A rich Table whose title is printed above it at the console's width, as text (never markup).
+
+    rich wraps a table's title at the table's own width, often narrow (a two-column summary), so the
+    path in `stats: PATH` or `rescore: IN -> OUT` was folded mid-word at 80 columns; here a word
+    wider than the line breaks only after its own separators (`/`, `_`, ...)."""
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        title, self.title = self.title, None
+        try:
+            if title:
+                yield Text(_title_lines(str(title), options.max_width), style="table.title")
+            yield from super().__rich_console__(console, options)
+        finally:
+            self.title = title
+
+
 def _bars(title: str, rows: Iterable[tuple[str, int]], width: int = 20) -> Table:
     """A histogram: label, count, and a bar scaled so the largest count is `width` blocks."""
     rows = list(rows)
-    t = Table(title=title, title_justify="left", show_header=False)
+    t = Titled(title=title, title_justify="left", show_header=False)
     t.add_column()
     t.add_column(justify="right")
     t.add_column()
@@ -116,7 +140,7 @@ def render_rejections(
     """Render rejected input lines (line number + reason), how many more there are, and counts by reason."""
     out = _out(out)
     codes = _verbose() and any(rej.get("code") for rej in examples)
-    r = Table(title=title, title_justify="left")
+    r = Titled(title=title, title_justify="left")
     r.add_column("line", justify="right")
     if codes:  # --verbose: the code a script would match on (as in --rejects and --json)
         r.add_column("code", no_wrap=True)

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from gymverl.cli.render.rollouts import render_stats
-from gymverl.cli.render.tables import _facts, _out
+from gymverl.cli.render.tables import Titled, _facts, _out
 
 
 def _print_plan(t: Table, plan: Any, out: Console) -> None:
@@ -136,7 +136,7 @@ class DemoReporter:
 def render_demo(report: Any, out: Console | None = None) -> None:
     """The demo's closing table: one row per step, and where the step report is."""
     out = _out(out)
-    t = Table(title=f"demo: {report.seconds:.0f} s, outputs in {report.out}", title_justify="left")
+    t = Titled(title=f"demo: {report.seconds:.0f} s, outputs in {report.out}", title_justify="left")
     t.add_column("step", no_wrap=True)
     t.add_column("status", no_wrap=True)
     t.add_column("time", justify="right", no_wrap=True)
