@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -191,3 +192,113 @@ def test_every_cli_default_is_the_librarys() -> None:
                     differ.append(f"{name} {p.name}: CLI {p.default!r}, library {lib[p.name]!r}")
     assert not differ, differ
     assert checked >= 70  # the mapping above still reaches the commands' options
+
+
+def test_quiet_and_verbose_together_are_a_usage_error(tmp_path):
+    """-q and -v contradict each other: one sentence, exit 2, before the command reads anything."""
+    data = tmp_path / "r.jsonl"
+    data.write_text(json.dumps(ROLLOUT) + "\n")
+    for args in (["-q", "-v", "validate", str(data)], ["--quiet", "--verbose", "stats", str(data)]):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2, res.output
+        assert "--quiet and --verbose contradict each other" in res.stderr and res.stdout == ""
+    # the train commands' old -v (after the command name) is the same switch
+    res = runner.invoke(app, ["-q", "train-offline", str(tmp_path / "d.parquet"), "-m", "x/y", "-o", str(tmp_path / "o"), "-v"])
+    assert res.exit_code == 2 and "--quiet and --verbose" in res.stderr, res.output
+
+
+def test_verbose_is_global_and_the_train_commands_old_flag_is_hidden():
+    out = runner.invoke(app, ["--help"]).output
+    assert "--verbose" in out and "-v" in out
+    for command in ("train-offline", "train-online"):
+        assert "--verbose" not in runner.invoke(app, [command, "--help"]).output, command
+        cmd = GROUP.commands[command]
+        ctx = cmd.make_context(command, ["d.parquet", "-v"], resilient_parsing=True)
+        assert ctx.params["verbose"] is True  # old spelling still parses
+
+
+def test_verbose_prints_rejection_codes_and_every_shard(tmp_path):
+    """--verbose cuts no list short: rejected lines show their code, to-parquet names every shard."""
+    data = tmp_path / "r.jsonl"
+    data.write_text(json.dumps(ROLLOUT) + "\n" + "not json\n")
+    plain = runner.invoke(app, ["validate", str(data)])
+    loud = runner.invoke(app, ["-v", "validate", str(data)])
+    assert plain.exit_code == loud.exit_code == 1
+    assert "invalid_json" in loud.stdout.split("rejected lines", 1)[1].split("rejected by reason")[0]
+    assert "invalid_json" not in plain.stdout.split("rejected lines", 1)[1].split("rejected by reason")[0]
+    rows = tmp_path / "many.jsonl"
+    rows.write_text("".join(json.dumps({**ROLLOUT, "responses_create_params": {"input": [{"role": "user", "content": f"q{i}"}]}}) + "\n" for i in range(3)))
+    for flags, shown in (([], 1), (["-v"], 3)):
+        res = runner.invoke(app, [*flags, "to-parquet", str(rows), "-o", str(tmp_path / f"pq{len(flags)}"), "--shard-size", "1"])
+        assert res.exit_code == 0, res.output
+        assert len([line for line in res.stdout.splitlines() if line.startswith("train: ")]) == shown, res.stdout
+
+
+def test_verbose_prints_the_per_task_table_past_show_tasks(tmp_path):
+    data = tmp_path / "r.jsonl"
+    data.write_text("".join(json.dumps({**ROLLOUT, "responses_create_params": {"input": [{"role": "user", "content": f"q{i}"}]}}) + "\n" for i in range(3)))
+    titles = [[line.strip() for line in runner.invoke(app, [*flags, "stats", str(data), "--show-tasks", "1"]).stdout.splitlines()]
+              for flags in ([], ["-v"])]
+    assert "per task" not in titles[0] and "per task" in titles[1]
+
+
+NARROW = CliRunner(env={"COLUMNS": "80", "NO_COLOR": "1", "TERM": "dumb"})
+
+
+def _help_at_80(command: str | None) -> str:
+    res = NARROW.invoke(app, [command, "--help"] if command else ["--help"])
+    assert res.exit_code == 0, res.output
+    return res.output
+
+
+def test_help_at_80_columns_cuts_nothing_and_lists_each_command_on_one_line():
+    """At 80 columns option help was cut with an ellipsis (rescore's --server, --tasks, --side-files
+    squeezed into 19 columns; to-parquet's `<stem>_materialized_inputs.jso…`), and the command list
+    wrapped most descriptions over two lines."""
+    for command in [None, *GROUP.commands]:
+        out = _help_at_80(command)
+        assert max(len(line) for line in out.splitlines()) <= 80, command
+        cut = [line for line in out.splitlines() if re.search(r"…\s*│$", line)]
+        assert not cut, (command, cut)
+    panel = _help_at_80(None).split("Commands")[1]
+    rows = [line.strip("│ ").split()[0] for line in panel.splitlines()[1:] if line.startswith("│")]
+    assert rows == list(GROUP.list_commands(None)), rows  # one line per command: no continuation rows
+
+
+def test_command_help_reflows_at_the_terminal_width():
+    """Docstrings hard-wrapped at ~100 characters kept their line breaks in --help, which broke
+    sentences mid-line at 80 columns (stats: `... (n rollouts, c` / `correct),`)."""
+    from gymverl.cli.core import reflow
+
+    assert reflow("one\n    two\n\n  three\n  four") == "one two\n\nthree four"
+    assert reflow("\b\nkeep\nthese lines") == "\b\nkeep\nthese lines"
+    for name, cmd in GROUP.commands.items():
+        for paragraph in (cmd.help or "").split("\n\n"):
+            assert "\n" not in paragraph or paragraph.startswith("\b"), (name, paragraph)
+    out = _help_at_80("stats")
+    lines = [line.strip() for line in out.splitlines()]
+    assert "correct)," not in lines and "2 usage error." not in lines  # the tails of hard-broken lines
+
+
+def test_input_arguments_have_one_name_per_concept():
+    """The input argument was `rollouts`, `INPUT`, `DATA` or `data` depending on the command: now
+    ROLLOUTS for rollout files and DATA for parquet, in usage lines, help and errors."""
+    from gymverl.cli.options import ARGUMENTS
+
+    want = {"validate": "ROLLOUTS", "rescore": "ROLLOUTS", "stats": "ROLLOUTS", "to-parquet": "ROLLOUTS",
+            "preview": "DATA", "train-offline": "DATA", "train-online": "DATA"}
+    for name, cmd in GROUP.commands.items():
+        args = [p for p in cmd.params if p.param_type_name == "argument"]
+        assert all(p.metavar in ARGUMENTS.values() for p in args), (name, [p.metavar for p in args])
+        if name in want:
+            assert args[0].metavar == want[name], name
+            assert f" {{{want[name]}}}" in _help_at_80(name) or f" [{want[name]}]" in _help_at_80(name), name
+    res = runner.invoke(app, ["validate"])
+    assert res.exit_code == 2 and "ROLLOUTS" in res.output
+
+
+@pytest.mark.parametrize("command", ["collect", "rescore", "to-parquet", "train-offline", "train-online"])
+def test_commands_with_many_options_group_them_in_panels(command):
+    cmd = GROUP.commands[command]
+    loose = [p.name for p in cmd.params if p.param_type_name == "option" and not p.hidden and not p.rich_help_panel]
+    assert loose == [], loose

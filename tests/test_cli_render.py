@@ -126,3 +126,131 @@ def test_demo_same_as_commands_stay_on_one_line_at_80_columns():
     DemoReporter(Console(file=buf, width=80)).info("same as: " + shlex.join(words))
     (line,) = buf.getvalue().splitlines()
     assert shlex.split(line.strip().removeprefix("same as: ")) == words
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_steps_view_drives_one_bar_from_verls_events(verbose):
+    """train-offline and train-online share one step view: the step count and its note on the bar,
+    a line per validation, the total when VeRL says it, stage names, VeRL's other lines with --verbose only."""
+    from gymverl.cli.progress import steps_view
+    from gymverl.runner import Event
+
+    buf = io.StringIO()
+    progress, on_event = steps_view(
+        Console(file=buf, width=120), note=("train/loss", "loss {:.4f}"), val=lambda m: f"validation loss {m['val/loss']:.4f}",
+        stages={"export": "exporting"}, verbose=verbose,
+    )
+    task = progress.tasks[0]
+    assert task.total is None and task.description == "starting VeRL"
+    on_event(Event("line", line="[verl] loading [weights]"))
+    on_event(Event("total", total=4))
+    on_event(Event("step", step=1, metrics={"train/loss": 1.25}))
+    assert (task.completed, task.total, task.description, task.fields["note"]) == (1, 4, "training", "loss 1.2500")
+    on_event(Event("step", step=2, metrics={}))
+    assert task.completed == 2 and task.fields["note"] == ""
+    on_event(Event("val", step=2, metrics={"val/loss": 0.5}))
+    on_event(Event("export"))
+    assert task.description == "exporting"
+    lines = buf.getvalue().splitlines()
+    assert "step 2: validation loss 0.5000" in lines
+    assert ("[verl] loading [weights]" in lines) is verbose  # echoed as text, brackets kept
+
+
+def test_run_steps_turns_verls_outcome_into_exit_codes(capsys):
+    """The one place both train commands turn a VeRL run into an outcome: its result when it
+    finished, its one sentence (RunError, exit 1) when not, exit 130 and what stopped on Ctrl-C."""
+    import typer
+
+    from gymverl.cli.progress import run_steps, steps_view
+    from gymverl.errors import RunError
+    from gymverl.runner import TrainResult
+
+    def view():
+        return steps_view(Console(file=io.StringIO()), note=("k", "{}"), val=str)[0]
+
+    ok = TrainResult(returncode=0, steps=3)
+    assert run_steps(view(), lambda: ok, "unused") is ok
+    failed = TrainResult(returncode=1, cause="ValueError: boom", log=Path("/o/train.log"))
+    with pytest.raises(RunError, match=r"^VeRL exited with code 1: ValueError: boom; full log: /o/train.log\.$"):
+        run_steps(view(), lambda: failed, "unused")
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(typer.Exit) as exit_:
+        run_steps(view(), interrupted, "VeRL stopped; resume with --resume [x]")
+    assert exit_.value.exit_code == 130
+    assert "interrupted: VeRL stopped; resume with --resume [x]." in " ".join(capsys.readouterr().err.split())
+
+
+LONG_NAME = "resources_server_long_name"
+
+
+def _long_named(path: Path) -> Path:
+    """The sample rollouts with agent (task) names of 26 characters, in a file whose path is wider than 80."""
+    import json
+
+    rows = [json.loads(line) for line in SAMPLE.read_text().splitlines() if line.strip()]
+    for i, row in enumerate(rows):
+        row["agent_ref"] = {"type": "responses_api_agents", "name": LONG_NAME}
+        row["response"]["id"] = f"resp_{i}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _title_path_whole(out: str, head: str, path: Path) -> None:
+    """The title starting with `head` holds `path`, broken over lines only after separators."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(head))
+    end = next(i for i in range(start, len(lines)) if lines[i][:1] in "┏┌")
+    title = [line.strip() for line in lines[start:end]]
+    flat, breaks = "", []
+    for line in title:
+        flat += line
+        breaks.append(len(flat))
+    at = flat.find(str(path))
+    assert at >= 0, title
+    inside = [b for b in breaks if at < b < at + len(str(path))]
+    assert all(flat[b - 1] in "_/-.:#" for b in inside), title  # the path breaks after separators only
+
+
+def test_stats_title_and_comparison_keep_paths_and_names_whole_at_80_columns(tmp_path):
+    """`stats: PATH (correct = ...)` was wrapped at the summary table's own width (~40 columns), the
+    path folded mid-word; --against's per-task changes folded task names (`resources_server_lon` / `g_name#0`)."""
+    path = _long_named(tmp_path / ("a_long_directory_name_" * 3) / "rollouts_of_the_math_with_judge_run.jsonl")
+    before = path.with_name("before.jsonl")
+    before.write_text(path.read_text().replace('"reward": 1.0', '"reward": 0.0'))
+    out = CliRunner(env=NARROW).invoke(app, ["stats", str(path), "--against", str(before)]).output
+    assert max(len(line) for line in out.splitlines()) <= 80
+    _title_path_whole(out, "stats:", path)
+    changes = out.split("largest per-task changes", 1)[1]
+    assert re.search(rf"│ {LONG_NAME}#\d", changes), changes
+
+
+def test_rescore_per_task_names_stay_whole_at_80_columns(tmp_path):
+    """rescore's per-task table wrapped its headers and folded the task names (`resources_server_l` /
+    `ong_name#0`) at 80 columns; its title (IN -> OUT) folded the input path."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from fake_verify_server import FakeServer
+
+    path = _long_named(tmp_path / ("a_long_directory_name_" * 3) / "rollouts.jsonl")
+    with FakeServer() as srv:
+        res = CliRunner(env=NARROW).invoke(app, ["rescore", str(path), "-o", str(tmp_path / "out.jsonl"), "-s", srv.url])
+    assert res.exit_code == 0, res.output
+    out = res.output
+    per_task = out.split("per task", 1)[1].split("└", 1)[0]
+    assert max(len(line) for line in per_task.splitlines()) <= 80
+    assert len(re.findall(rf"│ {LONG_NAME}#\d", per_task)) == 5, per_task
+    _title_path_whole(out, "rescore:", path)
+
+
+def test_titles_are_text_not_markup():
+    """A path in a title (`[x]` in a directory name) was read as rich markup and lost its brackets."""
+    from gymverl.cli.render import render_validation
+
+    buf = io.StringIO()
+    summary = {"path": "/data/[bold]run[/bold]/r.jsonl", "lines": 0, "valid": 0, "rejected": 0, "tasks": 0,
+               "rollouts_per_task": {}, "reward": {"mean": None}, "incomplete": 0}
+    render_validation(summary, out=Console(file=buf, width=120))
+    assert "validate: /data/[bold]run[/bold]/r.jsonl" in buf.getvalue()

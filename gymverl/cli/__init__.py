@@ -3,7 +3,7 @@
     core.py       the Typer app, the consoles, the one place errors become exit codes
     options.py    option spellings shared by the commands, checked numbers, input arguments
     progress.py   the one progress helper (rich bars fed by `gymverl.progress` events)
-    render.py     every table and summary printed
+    render/       every table and summary printed (tables, rollouts, rescore, parquet, training)
     rollouts.py   validate, stats
     servers.py    collect, rescore
     parquet.py    to-parquet, preview

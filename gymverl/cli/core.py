@@ -6,9 +6,11 @@ Exit codes (all commands): 0 success, 1 the job ran but some input was rejected 
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import sys
+from dataclasses import dataclass
 from typing import Annotated, Any, Optional
 
 import click
@@ -18,7 +20,7 @@ from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup
 
 from gymverl import __version__
-from gymverl.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, GymverlError, from_os_error
+from gymverl.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, GymverlError, UsageError, from_os_error
 from gymverl.proc import signals_as_interrupt
 
 try:  # typer >= 0.2x carries its own copy of click; its exceptions are not click's
@@ -83,8 +85,24 @@ class _PipelineOrder(TyperGroup):
             _fail_now(f"internal error ({type(exc).__name__}: {exc}); set GYMVERL_DEBUG=1 for the traceback.", EXIT_FAILED)
 
 
+def reflow(text: str | None) -> str | None:
+    """`text` (a docstring) with the line breaks inside each paragraph turned into spaces, so that
+    --help wraps it at the terminal's width (rich keeps single newlines of a command's help, and a
+    docstring hard-wrapped at 100 characters broke mid-sentence at 80). Paragraphs are separated by
+    blank lines; one that starts with `\\b` (click's "do not rewrap" mark) keeps its lines."""
+    if not text:
+        return text
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(p if p.startswith("\b") else " ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
+
+
 class _Command(TyperCommand):
-    """A gymverl command: also accepts the old spellings of OPTION_ALIASES, without listing them."""
+    """A gymverl command: also accepts the old spellings of OPTION_ALIASES, without listing them;
+    its help reflows at the terminal's width (`reflow`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.help = reflow(self.help)
 
     def get_params(self, ctx: Any) -> list[Any]:
         return _flags_without_values(super().get_params(ctx))
@@ -118,6 +136,46 @@ def command(name: str | None = None, **kw: Any) -> Any:
 
 console = Console()
 err_console = Console(stderr=True)
+
+
+@dataclass
+class Verbosity:
+    """How much every command prints, set by the global `--quiet/-q` and `--verbose/-v`.
+
+    The outcome never depends on it: exit codes, errors (stderr) and `--json` output are the same.
+
+    quiet: no tables, summaries or progress on stdout (`console.quiet`).
+    verbose: nothing is cut short. Lists print in full (every task of a per-task table, every
+    shard written, every incomplete task), rejected lines show their code, and train-offline /
+    train-online echo every line VeRL prints. Tracebacks still need GYMVERL_DEBUG=1.
+    """
+
+    quiet: bool = False
+    verbose: bool = False
+
+    def set(self, *, quiet: bool = False, verbose: bool = False) -> None:
+        """Turn `quiet` and/or `verbose` on; both on is a usage error (UsageError, exit 2)."""
+        self.quiet, self.verbose = self.quiet or quiet, self.verbose or verbose
+        if self.quiet and self.verbose:
+            raise UsageError("--quiet and --verbose contradict each other; give one of them.")
+        console.quiet = self.quiet
+
+    def reset(self) -> None:
+        """Back to the defaults (each invocation starts from them: tests run many in one process)."""
+        self.quiet = self.verbose = False
+        console.quiet = False
+
+
+# The one verbosity every command and render function reads (`VERBOSITY.verbose`).
+VERBOSITY = Verbosity()
+
+# Help of the global flags (the train commands also take --verbose/-v after their name, hidden).
+QUIET_HELP = "Print no tables or progress; errors (stderr) and --json output still appear."
+VERBOSE_HELP = (
+    "Print more detail: lists in full (tasks, shards), the code of each rejected line, every line VeRL prints "
+    "(train-offline, train-online). Not with --quiet."
+)
+OLD_VERBOSE_HELP = "Same as the global --verbose/-v (gymverl -v train-...): echo every line VeRL prints."
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> None:
@@ -160,10 +218,10 @@ def main(
     version: Annotated[
         Optional[bool], typer.Option("--version", callback=version_callback, is_eager=True, help="Show the version and exit.")
     ] = None,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="Print no tables or progress; errors (stderr) and --json output still appear.")
-    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help=VERBOSE_HELP)] = False,
 ) -> None:
     """Turn NeMo Gym rollouts into VeRL training data and training runs."""
     # Every command renders through these consoles; the exit code and errors carry the outcome.
-    console.quiet = quiet
+    VERBOSITY.reset()
+    VERBOSITY.set(quiet=quiet, verbose=verbose)

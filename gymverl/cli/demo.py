@@ -13,7 +13,7 @@ from gymverl.cli.render import DemoReporter, render_demo
 from gymverl.errors import EXIT_INTERRUPTED, EXIT_REJECTED
 
 
-@command()
+@command(short_help="Run the whole pipeline on sample data.")
 def demo(
     out: Annotated[
         Optional[Path], opt("output", help="Output directory (default: a fresh ./gymverl-demo-out, -2, -3, ...).")
@@ -35,7 +35,9 @@ def demo(
     """Run the whole pipeline on sample_data/: NeMo Gym servers, validate, rescore, stats, parquet, reward function, CPU training.
 
     Every step prints what it did and where its output is; servers it started are stopped at the
-    end, also on Ctrl-C. Exit code 0 when every step worked, 1 when a step failed or is unavailable,
+    end, also on Ctrl-C.
+
+    Exit code 0 when every step worked, 1 when a step failed or is unavailable,
     2 on usage errors, 130 when interrupted.
     """
     from gymverl.demo import SAMPLE_DATA, DemoOptions, run_demo

@@ -7,48 +7,46 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 
-from gymverl.cli.core import _Command, app, console, err_console, print_json
-from gymverl.cli.options import number
-from gymverl.cli.progress import progress_bar, showing
+from gymverl.cli.core import OLD_VERBOSE_HELP, VERBOSITY, command, console, err_console, print_json
+from gymverl.cli.options import arg, number, opt
+from gymverl.cli.progress import run_steps, steps_view
 from gymverl.cli.render import render_online_plan, render_online_result
-from gymverl.errors import EXIT_INTERRUPTED, RunError, UsageError
-from gymverl.progress import ProgressEvent
+from gymverl.errors import UsageError
 from gymverl.runner import resume_hint
 
 
-@app.command("train-online", cls=_Command)
+@command("train-online", short_help="Online RL on NeMo Gym environments with VeRL.")
 def train_online_command(
-    data: Annotated[Path, typer.Argument(help="RL parquet from `gymverl to-parquet --format rl --agent-loop env`.", show_default=False)],
+    data: Annotated[Path, arg("data", help="RL parquet from `gymverl to-parquet --format rl --agent-loop env`.")],
     overrides: Annotated[
         Optional[list[str]],
-        typer.Argument(help="After `--`: VeRL key=value overrides, passed through unchanged (they win over gymverl's).", show_default=False),
+        arg("overrides", help="After `--`: VeRL key=value overrides, passed through unchanged (they win over gymverl's)."),
     ] = None,
-    model: Annotated[str, typer.Option("--model", "-m", help="Base model: a local Hugging Face model directory (or a Hub id).", show_default=False)] = "",
-    out: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output directory: checkpoints/, train.log, metrics.jsonl, ng_run.log, the agent-loop YAML.", show_default=False)] = None,
+    model: Annotated[str, opt("model", rich_help_panel="Input", show_default=False)] = "",
+    out: Annotated[Optional[Path], opt("output", rich_help_panel="Output", help="Output directory: checkpoints/, train.log, metrics.jsonl, ng_run.log, the agent-loop YAML.", show_default=False)] = None,
     server: Annotated[
-        Optional[list[str]], typer.Option("--server", help="A running NeMo Gym resources server, NAME=URL (repeat per environment); its rows use it instead of starting one.", show_default=False)
+        Optional[list[str]], typer.Option("--server", rich_help_panel="Servers", help="A running NeMo Gym resources server, NAME=URL (repeat per environment); its rows use it instead of starting one.", show_default=False)
     ] = None,
     servers: Annotated[
         Optional[list[str]],
-        typer.Option("--servers", help="Start these NeMo Gym resources servers on 127.0.0.1 for the run (repeatable or comma-separated). Default: the ones the rows' agents need that no --server gives.", show_default=False),
+        typer.Option("--servers", rich_help_panel="Servers", help="Start these NeMo Gym resources servers on 127.0.0.1 for the run (repeatable or comma-separated). Default: the ones the rows' agents need that no --server gives.", show_default=False),
     ] = None,
     nemo_gym_env: Annotated[
-        Optional[Path], typer.Option("--nemo-gym-env", help="NeMo Gym venv the servers start from (default: $GYMVERL_NEMO_GYM_ENV, else ./.nemo-gym-venv).", show_default=False)
+        Optional[Path], opt("nemo_gym_env", rich_help_panel="Servers", help="NeMo Gym venv the servers start from (default: $GYMVERL_NEMO_GYM_ENV, else ./.nemo-gym-venv).", show_default=False)
     ] = None,
-    val: Annotated[Optional[Path], typer.Option("--val", help="Validation RL parquet (default: DATA).")] = None,
-    nproc: Annotated[int, typer.Option("--nproc", callback=number(min=1), help="GPUs per node.")] = 1,
-    rollout: Annotated[str, typer.Option("--rollout", help="Rollout engine: vllm or sglang (GPUs), or cpu (gymverl's CPU replica: smoke runs with tiny models).")] = "vllm",
-    algorithm: Annotated[str, typer.Option("--algorithm", help="RL algorithm (grpo).")] = "grpo",
-    n_samples: Annotated[int, typer.Option("--n-samples", callback=number(min=1), help="Episodes per task per step (GRPO group size).")] = 4,
-    max_turns: Annotated[int, typer.Option("--max-turns", callback=number(min=1), help="Model turns per episode.")] = 8,
-    on_failure: Annotated[str, typer.Option("--on-failure", help="A failed episode: raise (stop the step) or mask (exclude the sample).")] = "raise",
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in an existing OUTDIR.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete an existing gymverl OUTDIR and start over.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check the inputs, write the agent-loop YAML, print the VeRL command and the servers it would start, and stop (starts nothing).")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Echo every line VeRL prints.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the plan (with --dry-run) or the result as JSON.")] = False,
+    val: Annotated[Optional[Path], opt("val", rich_help_panel="Input", help="Validation RL parquet (default: DATA).")] = None,
+    nproc: Annotated[int, opt("nproc", callback=number(min=1), rich_help_panel="Training", help="GPUs per node.")] = 1,
+    rollout: Annotated[str, typer.Option("--rollout", rich_help_panel="Training", help="Rollout engine: vllm or sglang (GPUs), or cpu (gymverl's CPU replica: smoke runs with tiny models).")] = "vllm",
+    algorithm: Annotated[str, typer.Option("--algorithm", rich_help_panel="Training", help="RL algorithm (grpo).")] = "grpo",
+    n_samples: Annotated[int, typer.Option("--n-samples", callback=number(min=1), rich_help_panel="Training", help="Episodes per task per step (GRPO group size).")] = 4,
+    max_turns: Annotated[int, typer.Option("--max-turns", callback=number(min=1), rich_help_panel="Training", help="Model turns per episode.")] = 8,
+    on_failure: Annotated[str, typer.Option("--on-failure", rich_help_panel="Training", help="A failed episode: raise (stop the step) or mask (exclude the sample).")] = "raise",
+    resume: Annotated[bool, opt("resume", rich_help_panel="Output", help="Continue from the latest checkpoint in an existing OUTDIR.")] = False,
+    overwrite: Annotated[bool, opt("overwrite", rich_help_panel="Output", help="Delete an existing gymverl OUTDIR and start over.")] = False,
+    dry_run: Annotated[bool, opt("dry_run", rich_help_panel="Output", help="Check the inputs, write the agent-loop YAML, print the VeRL command and the servers it would start, and stop (starts nothing).")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", hidden=True, help=OLD_VERBOSE_HELP)] = False,
+    as_json: Annotated[bool, opt("json", rich_help_panel="Output", help="Print the plan (with --dry-run) or the result as JSON.")] = False,
 ) -> None:
     """Online RL on NeMo Gym environments: VeRL's main_ppo with gymverl's `gymverl_env` agent loop.
 
@@ -61,6 +59,7 @@ def train_online_command(
     """
     from gymverl import online
 
+    VERBOSITY.set(verbose=verbose)  # the old place of the global -v still works
     if not model:
         raise UsageError("give the base model with --model PATH.")
     if out is None:
@@ -79,7 +78,7 @@ def train_online_command(
             render_online_plan(plan, view)
         return
     render_online_plan(plan, view)
-    result = _run(plan, view, verbose)
+    result = _run(plan, view, VERBOSITY.verbose)
     if as_json:
         print_json({**result.to_dict(), "servers": plan.servers})
     else:
@@ -91,10 +90,11 @@ def _run(plan: Any, view: Console, verbose: bool) -> Any:
     failure is one sentence (exit 1), Ctrl-C exits 130 with a resume hint."""
     from gymverl import online
 
-    progress, on_progress = progress_bar("steps", "starting VeRL", console=view, transient=False)
-    assert progress is not None and on_progress is not None
+    progress, on_event = steps_view(
+        view, note=("critic/score/mean", "reward {:.3f}"),
+        val=lambda m: "validation " + ", ".join(f"{k} {v:.3f}" for k, v in m.items() if k.startswith("val-core/")), verbose=verbose,
+    )
     task = progress.tasks[0].id
-    total: list[int | None] = [None]
 
     def on_servers(stage: str, urls: dict[str, str]) -> None:
         if stage == "starting":
@@ -103,26 +103,7 @@ def _run(plan: Any, view: Console, verbose: bool) -> Any:
             progress.console.print("NeMo Gym servers: " + ", ".join(f"{k} {v}" for k, v in urls.items()), highlight=False, markup=False)
             progress.update(task, description="starting VeRL")
 
-    def on_event(ev: Any) -> None:
-        if ev.kind == "step":
-            reward = ev.metrics.get("critic/score/mean")
-            on_progress(ProgressEvent(ev.step, total[0], "steps"))
-            progress.update(task, description="training", note=f"reward {reward:.3f}" if reward is not None else "")
-        elif ev.kind == "val":
-            scores = ", ".join(f"{k} {v:.3f}" for k, v in ev.metrics.items() if k.startswith("val-core/"))
-            progress.console.print(f"step {ev.step}: validation {scores}", highlight=False, markup=False)
-        elif ev.kind == "total":
-            total[0] = ev.total
-            progress.update(task, total=ev.total)
-        elif verbose:
-            progress.console.print(ev.line, highlight=False, markup=False)
-
-    try:
-        with showing(progress):
-            result = online.run_online(plan, on_event, on_servers)
-    except KeyboardInterrupt:
-        err_console.print(f"[yellow]interrupted[/]: VeRL and the NeMo Gym servers stopped; {escape(resume_hint(plan.checkpoints, 'trainer.save_freq'))}.")
-        raise typer.Exit(EXIT_INTERRUPTED)
-    if result.returncode != 0:
-        raise RunError(f"{result.failure()}.")
-    return result
+    return run_steps(
+        progress, lambda: online.run_online(plan, on_event, on_servers),
+        f"VeRL and the NeMo Gym servers stopped; {resume_hint(plan.checkpoints, 'trainer.save_freq')}",
+    )

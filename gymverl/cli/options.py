@@ -2,7 +2,7 @@
 
 `opt("output", help=...)` is `--output/-o` in every command that writes a file or directory; the
 spellings (and, for options whose meaning is the same everywhere, the help text) live in
-`SPELLINGS`/`HELP` once. Old spellings still parse through `core.OPTION_ALIASES`. Every numeric
+`SPELLINGS`/`HELP` once, and the input arguments' names (`arg("rollouts")` is ROLLOUTS) in `ARGUMENTS`. Old spellings still parse through `core.OPTION_ALIASES`. Every numeric
 option takes `callback=number(...)` (finite, in range; `tests/test_options.py` checks all of them).
 """
 
@@ -52,6 +52,18 @@ HELP = {
     "max_line_mb": "Reject lines longer than this (MB).",
     "model": "Base model: a local Hugging Face model directory (or a Hub id).",
 }
+
+# input argument concept -> its name in usage lines, help and errors, the same in every command:
+# ROLLOUTS is a rollout (or tasks) JSONL file, DATA a parquet file gymverl wrote, OVERRIDES VeRL's
+# key=value words after `--`.
+ARGUMENTS = {"rollouts": "ROLLOUTS", "data": "DATA", "overrides": "OVERRIDES"}
+
+
+def arg(concept: str, help: str, **kw: Any) -> Any:
+    """A `typer.Argument` named `ARGUMENTS[concept]` in --help and errors, with `help`; `kw` passes on."""
+    kw.setdefault("show_default", False)
+    return typer.Argument(metavar=ARGUMENTS[concept], help=help, **kw)
+
 
 # --max-line-mb's default, from the library's one constant.
 MAX_LINE_MB = DEFAULT_MAX_LINE_BYTES / 1e6
@@ -153,6 +165,7 @@ def option_bounds(param: Any) -> Bounds | None:
             return None
     found = getattr(cb, "bounds", None)
     return found if isinstance(found, Bounds) else None
+
 
 def input_arg(stack: contextlib.ExitStack, path: Path, *, passes: int = 1, tmp_dir: Optional[Path] = None) -> Input:
     """Open an input argument (path, `-`, pipe, .gz) for the rest of the command; closed with `stack`

@@ -9,18 +9,18 @@ from typing import Annotated, Optional
 import typer
 
 from gymverl.cli.core import command, err_console, fail, print_json, warn
-from gymverl.cli.options import MAX_LINE_MB, input_arg, number, opt
+from gymverl.cli.options import MAX_LINE_MB, arg, input_arg, number, opt
 from gymverl.cli.progress import progress_bar, showing
 from gymverl.cli.render import render_preview, render_rejects_written, render_to_parquet
 from gymverl.errors import EXIT_REJECTED, Interrupted
 
 
-@command("to-parquet")
+@command("to-parquet", short_help="Convert rollouts into parquet VeRL trains on.")
 def to_parquet(
-    input_path: Annotated[Path, typer.Argument(metavar="INPUT", help="Rollout JSONL from NeMo Gym (.jsonl or .jsonl.gz); for --format rl also a NeMo Gym tasks file.")],
-    tasks: Annotated[Optional[Path], opt("tasks", rich_help_panel="Input", help="rl: the task rows to join onto the rows: the original NeMo Gym tasks file (by _ng_task_index = its line, prompt checked) or <stem>_materialized_inputs.jsonl (by task and repeat index; found beside INPUT without this option). Its fields are the task fields; every other top-level key is a verifier output.")] = None,
+    input_path: Annotated[Path, arg("rollouts", help="Rollout JSONL from NeMo Gym (.jsonl or .jsonl.gz); for --format rl also a NeMo Gym tasks file.")],
+    tasks: Annotated[Optional[Path], opt("tasks", rich_help_panel="Input", help="rl: the task rows to join onto the rows: the original NeMo Gym tasks file (by _ng_task_index = its line, prompt checked) or NeMo Gym's materialized inputs (ROLLOUTS' stem + _materialized_inputs.jsonl, by task and repeat index; found beside ROLLOUTS without this option). Its fields are the task fields; every other top-level key is a verifier output.")] = None,
     strict: Annotated[bool, opt("strict", rich_help_panel="Input", help="rl: stop (exit 2) when rows lack task fields the verifier may need, instead of warning.")] = False,
-    side_files: Annotated[bool, opt("side_files", rich_help_panel="Input", help="rl: use NeMo Gym's <stem>_materialized_inputs.jsonl beside INPUT for task fields.")] = True,
+    side_files: Annotated[bool, opt("side_files", rich_help_panel="Input", help="rl: use NeMo Gym's materialized inputs beside ROLLOUTS (its stem + _materialized_inputs.jsonl) for task fields.")] = True,
     input_kind: Annotated[str, opt("input_kind", rich_help_panel="Input", help="auto, rollouts or tasks (auto: lines with a `response` are rollouts).")] = "auto",
     max_line_mb: Annotated[float, opt("max_line_mb", rich_help_panel="Input")] = MAX_LINE_MB,
     fmt: Annotated[str, typer.Option("--format", "-f", rich_help_panel="Rows", help="rl: one row per task for GRPO/PPO (main_ppo); sft: one row per rollout for sft_trainer; dpo: preference pairs in the conversational form TRL's DPOTrainer and OpenRLHF read.")] = "sft",
@@ -133,9 +133,9 @@ def to_parquet(
         raise typer.Exit(EXIT_REJECTED)
 
 
-@command()
+@command(short_help="Show exactly what training sees for one row.")
 def preview(
-    data: Annotated[Path, typer.Argument(metavar="DATA", help="A parquet file written by `gymverl to-parquet` (rl, sft or dpo).")],
+    data: Annotated[Path, arg("data", help="A parquet file written by `gymverl to-parquet` (rl, sft or dpo).")],
     tokenizer: Annotated[Path, typer.Option("--tokenizer", "-t", help="The model's local Hugging Face tokenizer (or model) directory.", show_default=False)],
     row: Annotated[int, typer.Option("--row", "-r", callback=number(min=0), help="Row to show (0-based).")] = 0,
     answer: Annotated[Optional[str], typer.Option("--answer", help="rl: a model answer; shows the /verify request compute_score would send for it (nothing is sent).", show_default=False)] = None,

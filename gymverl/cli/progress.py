@@ -1,22 +1,26 @@
 """The one progress helper: rich bars driven by the library's one callback shape (`gymverl.progress`).
 
-Every long-running command (validate's reading, stats, rescore, to-parquet, collect, train-offline)
-gets its bar here, from a preset of columns per kind of work; the library only ever calls an
-`OnProgress` with `ProgressEvent`s and draws nothing.
+Every long-running command (validate's reading, stats, rescore, to-parquet, collect, train-offline,
+train-online) gets its bar here, from a preset of columns per kind of work; the library only ever
+calls an `OnProgress` with `ProgressEvent`s and draws nothing. The two train commands share one
+step view (`steps_view`) of VeRL's run events (`gymverl.runner.Event`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
+import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn, DownloadColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn,
     TimeRemainingColumn,
 )
 
+from gymverl.errors import EXIT_INTERRUPTED, RunError
 from gymverl.progress import OnProgress, ProgressEvent
 
 # kind of work -> the columns after the description and the bar.
@@ -82,3 +86,60 @@ def showing(progress: Progress | None) -> Iterator[None]:
         yield
     finally:
         progress.stop()
+
+
+def steps_view(
+    view: Console, *, note: tuple[str, str], val: Callable[[dict[str, float]], str], total: int | None = None,
+    stages: dict[str, str] | None = None, verbose: bool = False,
+) -> tuple[Progress, Callable[[Any], None]]:
+    """The step bar of a VeRL run (train-offline, train-online) and the `on_event` that drives it
+    from `gymverl.runner.Event`s; the bar is not yet started (`showing(progress)` draws it).
+
+    note: (metric key, format) of the note beside the step count, e.g. ("train/loss", "loss {:.4f}");
+        no note when a step's metrics lack the key.
+    val: the text after "step N: " printed for a validation event, from its metrics.
+    total: steps planned (None: unknown until VeRL's "total" event).
+    stages: event kind -> bar description (e.g. {"export": "exporting ..."}) for the run's other stages.
+    verbose: echo every other line VeRL prints (`--verbose`).
+    """
+    progress, on_progress = _progress("starting VeRL", *PRESETS["steps"](), console=view, transient=False)
+    task = progress.tasks[0].id
+    steps: list[int | None] = [total]
+    key, fmt = note
+    stages = stages or {}
+
+    def on_event(ev: Any) -> None:
+        if ev.kind == "step":
+            value = ev.metrics.get(key)
+            on_progress(ProgressEvent(ev.step, steps[0], "steps"))
+            progress.update(task, description="training", note=fmt.format(value) if value is not None else "")
+        elif ev.kind == "val":
+            progress.console.print(f"step {ev.step}: {val(ev.metrics)}", highlight=False, markup=False)
+        elif ev.kind == "total":
+            steps[0] = ev.total
+            progress.update(task, total=ev.total)
+        elif ev.kind in stages:
+            progress.update(task, description=stages[ev.kind])
+        elif verbose:
+            progress.console.print(ev.line, highlight=False, markup=False)
+
+    progress.update(task, total=total)
+    return progress, on_event
+
+
+def run_steps(progress: Progress, run: Callable[[], Any], stopped: str) -> Any:
+    """`run()` (a VeRL run, its result has `returncode` and `failure()`) with `progress` drawn.
+
+    Ctrl-C (or SIGTERM/SIGHUP) prints "interrupted: `stopped`." on stderr and exits 130; a run VeRL
+    did not finish raises its one sentence (RunError, exit 1). Returns the result otherwise."""
+    from gymverl.cli.core import err_console
+
+    try:
+        with showing(progress):
+            result = run()
+    except KeyboardInterrupt:
+        err_console.print(f"[yellow]interrupted[/]: {escape(stopped)}.")
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if result.returncode != 0:
+        raise RunError(f"{result.failure()}.")
+    return result

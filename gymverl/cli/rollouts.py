@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from gymverl.cli.core import command, console, err_console, error, fail, print_json, warn
-from gymverl.cli.options import MAX_LINE_MB, input_arg, number, opt, user_path
+from gymverl.cli.options import MAX_LINE_MB, arg, input_arg, number, opt, user_path
 from gymverl.cli.progress import progress_bar, showing
 from gymverl.cli.render import render_collection, render_comparison, render_rejects_written, render_stats, render_validation
 from gymverl.errors import EXIT_REJECTED
@@ -19,9 +19,9 @@ from gymverl.inputs import Input
 from gymverl.jsonl import check_input_path
 
 
-@command()
+@command(short_help="Check a rollout JSONL file line by line.")
 def validate(
-    rollouts: Annotated[Path, typer.Argument(help="Rollout JSONL written by NeMo Gym (.jsonl or .jsonl.gz).")],
+    rollouts: Annotated[Path, arg("rollouts", help="Rollout JSONL written by NeMo Gym (.jsonl or .jsonl.gz).")],
     rejects: Annotated[Optional[Path], opt("rejects")] = None,
     input_kind: Annotated[
         str, opt("input_kind", help="rollouts, or tasks to check a NeMo Gym tasks (input) file.")
@@ -84,9 +84,9 @@ def _compute_stats(path: Input, threshold: float, group_by: str, show_progress: 
         return compute_stats(path, threshold=threshold, group_by=group_by, on_progress=on_progress, tasks_path=tasks)
 
 
-@command()
+@command(short_help="Reward statistics: pass rate, pass@k, distributions.")
 def stats(
-    rollouts: Annotated[Path, typer.Argument(help="Rollout JSONL (.jsonl or .jsonl.gz), e.g. from `gymverl collect` or `rescore`.")],
+    rollouts: Annotated[Path, arg("rollouts", help="Rollout JSONL (.jsonl or .jsonl.gz), e.g. from `gymverl collect` or `rescore`.")],
     threshold: Annotated[
         float,
         typer.Option(
@@ -127,6 +127,7 @@ def stats(
     out of every mean, pass rate and pass@k and counted separately; std is the sample std (ddof=1),
     as NeMo Gym's `gym eval profile`. With NeMo Gym's <stem>_materialized_inputs.jsonl and
     <stem>_failures.jsonl beside ROLLOUTS, failed and missing rollouts are reported per task.
+
     Exit code 0 ok, 1 some lines rejected (they are listed and not counted) or the file is empty,
     2 usage error.
     """

@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 
 from gymverl.cli.core import command, console, err_console, error, fail, print_json, warn
-from gymverl.cli.options import input_arg, number, opt
+from gymverl.cli.options import arg, input_arg, number, opt
 from gymverl.cli.progress import progress_bar, showing
 from gymverl.cli.render import render_rejections, render_rejects_written, render_rescore, render_validation
 from gymverl.errors import EXIT_INTERRUPTED, EXIT_REJECTED
@@ -20,6 +20,7 @@ from gymverl.limits import DEFAULT_CONCURRENCY, DEFAULT_HEAD_URL, DEFAULT_RETRIE
 
 
 @command(
+    short_help="Collect rollouts with NeMo Gym's collector and validate them.",
     context_settings={"allow_extra_args": True},
     epilog=(
         "Anything after `--` goes to NeMo Gym's collector unchanged, e.g. "
@@ -32,45 +33,47 @@ from gymverl.limits import DEFAULT_CONCURRENCY, DEFAULT_HEAD_URL, DEFAULT_RETRIE
 )
 def collect(
     ctx: typer.Context,
-    input: Annotated[Path, typer.Option("--input", "-i", help="NeMo Gym tasks JSONL (one task per line, with `agent_ref`).")],
-    output: Annotated[Path, opt("output", help="Rollouts JSONL to write (NeMo Gym writes it as it goes).")],
-    agent: Annotated[Optional[str], typer.Option("--agent", "-a", help="Agent for tasks without `agent_ref`.")] = None,
-    num_samples: Annotated[int, typer.Option("--num-samples", "-n", callback=number(min=1), help="Rollouts per task (NeMo Gym's repeat option).")] = 1,
-    limit: Annotated[Optional[int], opt("limit", callback=number(min=1), help="Only the first K tasks.")] = None,
-    concurrency: Annotated[Optional[int], opt("concurrency", callback=number(min=1, max=100_000), help="Rollouts in flight at once (default: NeMo Gym's, unlimited).")] = None,
-    overwrite: Annotated[bool, opt("overwrite", help="Replace an existing output (and its NeMo Gym sidecar files).")] = False,
-    resume: Annotated[bool, opt("resume", help="Continue an interrupted collection into the same output.")] = False,
+    input: Annotated[Path, typer.Option("--input", "-i", rich_help_panel="Input", help="NeMo Gym tasks JSONL (one task per line, with `agent_ref`).")],
+    output: Annotated[Path, opt("output", rich_help_panel="Output", help="Rollouts JSONL to write (NeMo Gym writes it as it goes).")],
+    agent: Annotated[Optional[str], typer.Option("--agent", "-a", rich_help_panel="Input", help="Agent for tasks without `agent_ref`.")] = None,
+    num_samples: Annotated[int, typer.Option("--num-samples", "-n", callback=number(min=1), rich_help_panel="Input", help="Rollouts per task (NeMo Gym's repeat option).")] = 1,
+    limit: Annotated[Optional[int], opt("limit", callback=number(min=1), rich_help_panel="Input", help="Only the first K tasks.")] = None,
+    concurrency: Annotated[Optional[int], opt("concurrency", callback=number(min=1, max=100_000), rich_help_panel="Servers", help="Rollouts in flight at once (default: NeMo Gym's, unlimited).")] = None,
+    overwrite: Annotated[bool, opt("overwrite", rich_help_panel="Output", help="Replace an existing output (and its NeMo Gym sidecar files).")] = False,
+    resume: Annotated[bool, opt("resume", rich_help_panel="Output", help="Continue an interrupted collection into the same output.")] = False,
     head_url: Annotated[
-        str, typer.Option("--head-url", envvar="GYMVERL_HEAD_URL", help="NeMo Gym head server of running servers (ng_run).")
+        str, typer.Option("--head-url", envvar="GYMVERL_HEAD_URL", rich_help_panel="Servers", help="NeMo Gym head server of running servers (ng_run).")
     ] = DEFAULT_HEAD_URL,
     servers: Annotated[
         Optional[list[str]],
         typer.Option(
             "--servers",
-            help="Start these NeMo Gym configs with ng_run for the duration (repeatable or comma-separated; "
+            rich_help_panel="Servers", help="Start these NeMo Gym configs with ng_run for the duration (repeatable or comma-separated; "
             "a bare name like `math_with_judge` means that resources server's shipped config).",
         ),
     ] = None,
-    policy_url: Annotated[Optional[str], typer.Option("--policy-url", help="With --servers: the model's OpenAI-compatible base URL (…/v1).")] = None,
-    policy_model: Annotated[str, typer.Option("--policy-model", help="With --servers: the model name to request.")] = "policy",
+    policy_url: Annotated[Optional[str], typer.Option("--policy-url", rich_help_panel="Servers", help="With --servers: the model's OpenAI-compatible base URL (…/v1).")] = None,
+    policy_model: Annotated[str, typer.Option("--policy-model", rich_help_panel="Servers", help="With --servers: the model name to request.")] = "policy",
     policy_api_key: Annotated[
-        str, typer.Option("--policy-api-key", envvar="GYMVERL_POLICY_API_KEY", help="With --servers: the model server's API key.")
+        str, typer.Option("--policy-api-key", envvar="GYMVERL_POLICY_API_KEY", rich_help_panel="Servers", help="With --servers: the model server's API key.")
     ] = "dummy",
     model_type: Annotated[
         str,
-        typer.Option("--model-type", help="With --servers and --policy-url: NeMo Gym model server (openai_model = Responses API, vllm_model = Chat Completions)."),
+        typer.Option("--model-type", rich_help_panel="Servers", help="With --servers and --policy-url: NeMo Gym model server (openai_model = Responses API, vllm_model = Chat Completions)."),
     ] = "openai_model",
     nemo_gym_env: Annotated[
-        Optional[Path], opt("nemo_gym_env", help="NeMo Gym venv (default: $GYMVERL_NEMO_GYM_ENV, else ./.nemo-gym-venv).")
+        Optional[Path], opt("nemo_gym_env", rich_help_panel="Servers", help="NeMo Gym venv (default: $GYMVERL_NEMO_GYM_ENV, else ./.nemo-gym-venv).")
     ] = None,
-    log: Annotated[Optional[Path], typer.Option("--log", help="Collector's own output (default: <output stem>_collect.log).")] = None,
-    rejects: Annotated[Optional[Path], opt("rejects", help="Write output lines that fail validation here.")] = None,
-    as_json: Annotated[bool, opt("json", help="Print the result as JSON (for scripts).")] = False,
+    log: Annotated[Optional[Path], typer.Option("--log", rich_help_panel="Output", help="Collector's own output (default: <output stem>_collect.log).")] = None,
+    rejects: Annotated[Optional[Path], opt("rejects", rich_help_panel="Output", help="Write output lines that fail validation here.")] = None,
+    as_json: Annotated[bool, opt("json", rich_help_panel="Output", help="Print the result as JSON (for scripts).")] = False,
 ) -> None:
     """Collect rollouts with NeMo Gym's own collector, n per task, then validate the output.
 
     Checks first that every task line is valid, that the NeMo Gym servers and agents answer, and that
-    no existing output is overwritten by accident. Exit code 0 when every expected rollout was written
+    no existing output is overwritten by accident.
+
+    Exit code 0 when every expected rollout was written
     and is valid; 1 when the collector failed or rollouts are missing, failed or invalid (partial output
     is kept: continue with --resume); 2 on usage errors (bad option, missing file, servers not running);
     130 when interrupted.
@@ -161,46 +164,46 @@ def collect(
 
 
 
-@command()
+@command(short_help="Re-score rollouts against a live NeMo Gym /verify.")
 def rescore(
-    rollouts: Annotated[Path, typer.Argument(help="Rollout JSONL written by NeMo Gym (.jsonl or .jsonl.gz).")],
-    output: Annotated[Path, opt("output", help="Write the rescored rollouts here (input order; old reward kept as reward_before).")],
+    rollouts: Annotated[Path, arg("rollouts", help="Rollout JSONL written by NeMo Gym (.jsonl or .jsonl.gz).")],
+    output: Annotated[Path, opt("output", rich_help_panel="Output", help="Write the rescored rollouts here (input order; old reward kept as reward_before).")],
     server: Annotated[
         Optional[list[str]],
         typer.Option(
-            "--server", "-s", envvar="GYMVERL_VERIFY_URL", metavar="URL|NAME=URL",
-            help="Resources server base URL (POST {URL}/verify). Repeat to load-balance; NAME=URL routes rows whose "
-            "agent_ref.name is or starts with NAME (e.g. math_with_judge=http://127.0.0.1:8001). Env: GYMVERL_VERIFY_URL.",
+            "--server", "-s", envvar="GYMVERL_VERIFY_URL", metavar="URL",
+            rich_help_panel="Servers", help="Resources server base URL (POST {URL}/verify). Repeat to load-balance; NAME=URL routes rows whose "
+            "agent_ref.name is or starts with NAME (e.g. math_with_judge=http://127.0.0.1:8001).",
         ),
     ] = None,
     failures: Annotated[
-        Optional[Path], typer.Option("--failures", help="Failure records (invalid rows and failed verifications) go here. Default: OUT stem + .failures.jsonl.")
+        Optional[Path], typer.Option("--failures", rich_help_panel="Output", help="Failure records (invalid rows and failed verifications) go here. Default: OUTPUT's stem + .failures.jsonl.")
     ] = None,
-    resume: Annotated[bool, opt("resume", help="Continue an interrupted run into the same OUTPUT: skips lines already done, no duplicates, no gaps.")] = False,
-    overwrite: Annotated[bool, opt("overwrite", help="Start over even if OUTPUT holds an unfinished run (otherwise refused: use --resume) or a file that is not a rescore output.")] = False,
-    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Re-send the rows a finished run into OUTPUT recorded as failed verifications; other rows are kept, order too.")] = False,
+    resume: Annotated[bool, opt("resume", rich_help_panel="Output", help="Continue an interrupted run into the same OUTPUT: skips lines already done, no duplicates, no gaps.")] = False,
+    overwrite: Annotated[bool, opt("overwrite", rich_help_panel="Output", help="Start over even if OUTPUT holds an unfinished run (otherwise refused: use --resume) or a file that is not a rescore output.")] = False,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", rich_help_panel="Output", help="Re-send the rows a finished run into OUTPUT recorded as failed verifications; other rows are kept, order too.")] = False,
     tasks: Annotated[
         Optional[Path],
         typer.Option(
             "--tasks",
-            help="Task fields the rollouts lack come from this NeMo Gym tasks JSONL (joined on _ng_task_index = its line) or "
+            rich_help_panel="Task fields", help="Task fields the rollouts lack come from this NeMo Gym tasks JSONL (joined on _ng_task_index = its line) or "
             "materialized inputs (joined on _ng_task_index and _ng_rollout_index); the prompt must match. Default: "
             "<stem>_materialized_inputs.jsonl beside ROLLOUTS when it exists.",
         ),
     ] = None,
-    side_files: Annotated[bool, opt("side_files", help="Look for <stem>_materialized_inputs.jsonl beside ROLLOUTS (without --tasks).")] = True,
+    side_files: Annotated[bool, opt("side_files", rich_help_panel="Task fields", help="Look for <stem>_materialized_inputs.jsonl beside ROLLOUTS (without --tasks).")] = True,
     force: Annotated[
         bool,
-        typer.Option("--force", help="Re-verify even against servers whose GET /reverify_mode is not \"stateless\" (rewards of a stateful verifier may be wrong)."),
+        typer.Option("--force", rich_help_panel="Servers", help="Re-verify even against servers whose GET /reverify_mode is not \"stateless\" (rewards of a stateful verifier may be wrong)."),
     ] = False,
-    concurrency: Annotated[int, opt("concurrency", callback=number(min=1, max=MAX_CONCURRENCY), help="Requests in flight at once (all servers together).")] = DEFAULT_CONCURRENCY,
-    timeout: Annotated[float, typer.Option("--timeout", callback=number(above=0, max=7 * 86400, unit='seconds'), help="Seconds per request attempt.")] = DEFAULT_TIMEOUT,
-    retries: Annotated[int, typer.Option("--retries", callback=number(min=0, max=MAX_RETRIES), help="Retries per row on timeouts, connection errors, 429 and 5xx (exponential backoff with jitter).")] = DEFAULT_RETRIES,
-    strict: Annotated[bool, opt("strict", help="Exit 1 when a suspicious share of rewards goes down (likely missing task fields).")] = False,
-    flip_threshold: Annotated[float, typer.Option("--flip-threshold", callback=number(min=0, max=1), help="Warn when at least this share of rescored rewards went down.")] = 0.25,
-    limit: Annotated[Optional[int], opt("limit", callback=number(min=1), help="Process at most this many more lines, then stop (resume later with --resume).")] = None,
-    as_json: Annotated[bool, opt("json")] = False,
-    show_tasks: Annotated[int, opt("show_tasks", callback=number(min=0), help="Rows in the per-task before/after table (the most changed tasks).")] = 20,
+    concurrency: Annotated[int, opt("concurrency", callback=number(min=1, max=MAX_CONCURRENCY), rich_help_panel="Servers", help="Requests in flight at once (all servers together).")] = DEFAULT_CONCURRENCY,
+    timeout: Annotated[float, typer.Option("--timeout", callback=number(above=0, max=7 * 86400, unit='seconds'), rich_help_panel="Servers", help="Seconds per request attempt.")] = DEFAULT_TIMEOUT,
+    retries: Annotated[int, typer.Option("--retries", callback=number(min=0, max=MAX_RETRIES), rich_help_panel="Servers", help="Retries per row on timeouts, connection errors, 429 and 5xx (exponential backoff with jitter).")] = DEFAULT_RETRIES,
+    strict: Annotated[bool, opt("strict", rich_help_panel="Report", help="Exit 1 when a suspicious share of rewards goes down (likely missing task fields).")] = False,
+    flip_threshold: Annotated[float, typer.Option("--flip-threshold", callback=number(min=0, max=1), rich_help_panel="Report", help="Warn when at least this share of rescored rewards went down.")] = 0.25,
+    limit: Annotated[Optional[int], opt("limit", callback=number(min=1), rich_help_panel="Output", help="Process at most this many more lines, then stop (resume later with --resume).")] = None,
+    as_json: Annotated[bool, opt("json", rich_help_panel="Report")] = False,
+    show_tasks: Annotated[int, opt("show_tasks", callback=number(min=0), rich_help_panel="Report", help="Rows in the per-task before/after table (the most changed tasks).")] = 20,
 ) -> None:
     """Re-score rollouts against a live NeMo Gym /verify and write them with the new rewards.
 

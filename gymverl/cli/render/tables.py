@@ -1,0 +1,159 @@
+"""The table helpers every render module uses, and the rejected-lines listing all commands print.
+
+Names (tasks, agents, groups) are never folded mid-word: name columns keep them whole and the
+number columns give way (80 columns and up), and a name heading a column wraps only after its own
+separators (`_wrap_name`). Text that is data (paths, reasons, library sentences) is escaped.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from gymverl.cli import core
+
+
+def _out(out: Console | None) -> Console:
+    # Looked up at call time: `--quiet` sets core.console.quiet after this module is imported.
+    return out if out is not None else core.console
+
+
+def _verbose() -> bool:
+    """The global `--verbose` (`core.VERBOSITY`): lists print in full, rejected lines with their code."""
+    return core.VERBOSITY.verbose
+
+
+def _fmt(x: Any, digits: int = 4) -> str:
+    """A number for a table cell ('-' when missing)."""
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}".rstrip("0").rstrip(".") if x != int(x) or abs(x) >= 1e15 else f"{x:.0f}"
+    return str(x)
+
+
+def _red(n: int) -> str:
+    """A count that is bad news when not 0."""
+    return f"[red]{n}[/]" if n else "0"
+
+
+def _signed(delta: float, digits: int) -> str:
+    """`delta` with its sign, green when up, red when down (nothing for a change below 1e-12)."""
+    ds = f"{delta:+.{digits}f}"
+    color = "green" if delta > 1e-12 else ("red" if delta < -1e-12 else "")
+    return f"[{color}]{ds}[/]" if color else ds
+
+
+def _facts(title: str, *, notes: bool = False, right: bool = True) -> Table:
+    """A headerless two-column table (bold label, value; `notes`: a third, dim column)."""
+    t = Titled(title=title, show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column(justify="right" if right else "left")
+    if notes:
+        t.add_column(style="dim")
+    return t
+
+
+def _name_column(t: Table, header: str = "task") -> None:
+    """A column of names: the other columns of such tables are short numbers that never wrap
+    (`_number_columns`), so names get all the width left; only a name wider than that is folded."""
+    t.add_column(header, overflow="fold")
+
+
+def _number_columns(t: Table, *headers: str) -> None:
+    """Right-aligned columns of short numbers, never wrapped (the name column gets the width)."""
+    for header in headers:
+        t.add_column(header, justify="right", no_wrap=True)
+
+
+_SEPARATORS = "_/-.:#"
+
+
+def _wrap_name(name: str, width: int) -> str:
+    """`name` as lines of at most `width` characters, broken only after its own separators
+    (`math_with_` / `judge_simple_` / `agent`), never mid-word; a piece wider than `width` stays whole."""
+    pieces, piece = [], ""
+    for ch in name:
+        piece += ch
+        if ch in _SEPARATORS:
+            pieces.append(piece)
+            piece = ""
+    if piece:
+        pieces.append(piece)
+    lines = [""]
+    for piece in pieces:
+        if lines[-1] and len(lines[-1]) + len(piece) > width:
+            lines.append("")
+        lines[-1] += piece
+    return "\n".join(lines)
+
+
+def _title_lines(title: str, width: int) -> str:
+    """`title` with each word wider than `width` (a path, a long name) broken only after its own
+    separators (`_wrap_name`); rich wraps the rest at its spaces."""
+    return " ".join(_wrap_name(word, width) if len(word) > width else word for word in title.split(" "))
+
+
+class Titled(Table):
+    """A rich Table whose title is printed above it at the console's width, as text (never markup).
+
+    rich wraps a table's title at the table's own width, often narrow (a two-column summary), so the
+    path in `stats: PATH` or `rescore: IN -> OUT` was folded mid-word at 80 columns; here a word
+    wider than the line breaks only after its own separators (`/`, `_`, ...)."""
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        title, self.title = self.title, None
+        try:
+            if title:
+                yield Text(_title_lines(str(title), options.max_width), style="table.title")
+            yield from super().__rich_console__(console, options)
+        finally:
+            self.title = title
+
+
+def _bars(title: str, rows: Iterable[tuple[str, int]], width: int = 20) -> Table:
+    """A histogram: label, count, and a bar scaled so the largest count is `width` blocks."""
+    rows = list(rows)
+    t = Titled(title=title, title_justify="left", show_header=False)
+    t.add_column()
+    t.add_column(justify="right")
+    t.add_column()
+    peak = max((n for _, n in rows), default=0) or 1
+    for label, n in rows:
+        t.add_row(label, str(n), "█" * round(width * n / peak))
+    return t
+
+
+def _by_reason(label: str, counts: dict[str, int], out: Console) -> None:
+    if counts:
+        out.print(f"[red]{label} by reason[/]: " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
+
+
+def render_rejections(
+    examples: list[dict[str, Any]], total: int, by_reason: dict[str, int], *, title: str = "rejected lines",
+    out: Console | None = None, more: str = "more (see --rejects)",
+) -> None:
+    """Render rejected input lines (line number + reason), how many more there are, and counts by reason."""
+    out = _out(out)
+    codes = _verbose() and any(rej.get("code") for rej in examples)
+    r = Titled(title=title, title_justify="left")
+    r.add_column("line", justify="right")
+    if codes:  # --verbose: the code a script would match on (as in --rejects and --json)
+        r.add_column("code", no_wrap=True)
+    r.add_column("reason")
+    for rej in examples:
+        r.add_row(str(rej["line"]), *([escape(str(rej.get("code") or ""))] if codes else []), escape(rej["reason"]))
+    if total > len(examples):
+        r.add_row("…", *([""] if codes else []), f"{total - len(examples)} {more}")
+    out.print(r)
+    _by_reason("rejected", by_reason, out)
+
+
+def render_rejects_written(rejects: Any, rejected: int, out: Console | None = None) -> None:
+    """Where `--rejects` put the rejected lines (nothing when there were none or no --rejects)."""
+    if rejects and rejected:
+        _out(out).print(f"rejected lines written to [bold]{escape(str(rejects))}[/]")
