@@ -188,7 +188,6 @@ def collect(
     return result
 
 
-
 __all__ = [
     "DEFAULT_HEAD_URL",
     "CollectError",

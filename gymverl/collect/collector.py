@@ -169,4 +169,3 @@ def collector_argv(
         else:
             argv.append(override(f"+{opt}", value))
     return argv + head_overrides(head_url) + list(extra)
-

@@ -13,4 +13,3 @@ class CollectError(GymverlError):
     def __init__(self, message: str, code: int = EXIT_USAGE, details: list[dict[str, Any]] | None = None) -> None:
         super().__init__(message, code)
         self.details = details or []
-

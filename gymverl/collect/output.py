@@ -39,9 +39,7 @@ def prepare_output(output: str | os.PathLike[str], *, overwrite: bool = False, r
             p.unlink(missing_ok=True)
 
 
-
 def default_log_path(output: str | os.PathLike[str]) -> Path:
     """Where the collector's own output goes: `<stem>_collect.log` beside the rollouts."""
     out = Path(output)
     return out.with_name(out.stem + "_collect.log")
-

@@ -80,4 +80,3 @@ def quality_sentence(rep: dict[str, Any] | None) -> str | None:
         + (f"; {rep['flagged_tasks']} tasks flagged" if rep["flagged_tasks"] else "")
         + f"; see {rep['summary']}"
     )
-

@@ -63,7 +63,6 @@ class CollectResult:
         }
 
 
-
 def _verdict(r: CollectResult) -> None:
     """Set ok/code/message: one sentence a user can act on."""
     v = r.validation

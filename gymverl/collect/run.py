@@ -99,4 +99,3 @@ def run_collector(
         on_progress(ProgressEvent(n, total, ROWS, failed=f))
     rc = child.returncode
     return RunResult(rc, interrupted, n, f, time.monotonic() - start, None if rc == 0 else failure_reason(log))
-

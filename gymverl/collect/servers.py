@@ -159,7 +159,6 @@ def check_servers(head_url: str, agents: Iterable[str], *, env: Path | None = No
     return urls
 
 
-
 def resolve_server_configs(env: Path, configs: Sequence[str], policy_url: str | None, model_type: str) -> list[Path]:
     """Config paths for ng_run: a bare name means that resources server's shipped config; adds a model
     server config (`model_type`) when a policy URL is given and no config defines `policy_model`."""
@@ -182,4 +181,3 @@ def resolve_server_configs(env: Path, configs: Sequence[str], policy_url: str | 
                 raise CollectError(f"unknown NeMo Gym model server type {model_type!r} (no {model_cfg}).")
             paths.append(model_cfg)
     return paths
-

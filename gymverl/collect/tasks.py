@@ -67,7 +67,6 @@ def check_tasks(
     return result
 
 
-
 def expected_rollouts(tasks: TaskCheck, num_samples: int, output: Path, resume: bool) -> int:
     """How many rollouts the collector should write in total (resume: what its materialized inputs list)."""
     mat = sidecar_paths(output)["materialized_inputs"]
@@ -75,4 +74,3 @@ def expected_rollouts(tasks: TaskCheck, num_samples: int, output: Path, resume: 
         with open(mat, "rb") as f:
             return sum(1 for line in f if line.strip())
     return tasks.tasks * num_samples
-
