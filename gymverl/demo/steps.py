@@ -112,8 +112,12 @@ class Demo:
             self.r.info("NeMo Gym servers stopped")
 
     def cmd(self, *args: Any) -> None:
-        """Tell the user the gymverl command that does what this step does."""
+        """Tell the user the gymverl command that does what this step does (it works pasted after the demo)."""
         self.r.info(f"same as: {_shell(*args)}")
+
+    def tasks_args(self) -> list[Any]:
+        """`--tasks TASKS` when the data has a tasks file (the steps use it only then), else nothing."""
+        return ["--tasks", self.tasks] if self.tasks.is_file() else []
 
     # ---- steps ---------------------------------------------------------------------------------
 
@@ -193,7 +197,8 @@ class Demo:
             started.details["ready_seconds"] = bg.ready_seconds
         out = self.out / "rescored.jsonl"
         failures = self.out / "rescore-failures.jsonl"
-        args = ["gymverl", "rescore", self.rollouts, "-o", out, "--tasks", self.tasks, "--force"]
+        # --failures: this step's file, not the CLI's default; --overwrite: pasted after the demo, OUT holds this run.
+        args = ["gymverl", "rescore", self.rollouts, "-o", out, "--failures", failures, *self.tasks_args(), "--force", "--overwrite"]
         for agent, url in urls.items():
             args += ["--server", f"{agent}={url}"]
         self.cmd(*args)
@@ -246,7 +251,7 @@ class Demo:
         """Convert to VeRL parquet: rl (one prompt per task) and sft (correct rollouts only)."""
         out = self.out / "parquet"
         vf = f"{self.opts.val_fraction:g}"
-        common = [self.current, "--tasks", self.tasks, "--val-fraction", vf]
+        common = [self.current, *self.tasks_args(), "--val-fraction", vf]
         self.cmd("gymverl", "to-parquet", *common, "--format", "rl", "-o", out / "rl")
         self.cmd("gymverl", "to-parquet", *common, "--format", "sft", "--min-reward", "1.0", "-o", out / "sft")
         done = _to_parquet(self.current, self.tasks, out, self.opts.val_fraction)
@@ -370,7 +375,8 @@ class Demo:
         self.cmd(
             "gymverl", "train-offline", opts.train, *(["--val", opts.val] if opts.val else []), "-m", Path(opts.model), "-o", out,
             "--device", "cpu", "--epochs", opts.epochs, "--batch-size", opts.batch_size,
-            "--micro-batch-size", opts.micro_batch_size, "--lr", opts.lr,
+            "--micro-batch-size", opts.micro_batch_size, "--max-length", opts.max_length, "--lr", opts.lr,
+            "--overwrite",  # pasted after the demo, OUT/train holds this run: VeRL would resume from it
         )
         self.r.info(f"VeRL log: {display_path(out / 'train.log')}")
 
