@@ -128,6 +128,24 @@ def test_demo_without_servers_or_training(tmp_path: Path) -> None:
     assert saved["ok"] is True and [s["status"] for s in saved["steps"]] == [s.status for s in report.steps]
 
 
+def test_printed_commands_paste_for_data_without_a_tasks_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--data with rollouts only: the steps use no tasks file, so the printed commands name none
+    (they named a missing DATA/tasks.jsonl, and to-parquet refused it when pasted)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "rollouts.jsonl").write_bytes((SAMPLE_DATA / "rollouts.jsonl").read_bytes())
+    monkeypatch.chdir(tmp_path)
+    lines: list[str] = []
+    report = run_demo(DemoOptions(out=Path("out"), data=data, skip=frozenset({"rescore", "train"})), PlainReporter(lines.append))
+    assert report.ok
+    pasted = [_pasted(line, {}) for line in lines if "same as: " in line]
+    assert [a[0] for a in pasted] == ["validate", "stats", "to-parquet", "to-parquet"]
+    for args in pasted:
+        assert "--tasks" not in args
+        res = runner.invoke(app, args)
+        assert res.exit_code == 0, (args, res.output[-1000:])
+
+
 def test_demo_reports_a_missing_part_as_unavailable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # As if gymverl.rescore were not installed: the demo says so and starts no servers.
     monkeypatch.setitem(sys.modules, "gymverl.rescore", None)
