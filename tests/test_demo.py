@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -125,6 +126,24 @@ def test_demo_without_servers_or_training(tmp_path: Path) -> None:
     assert "parquet/sft/train.parquet" in text
     saved = json.loads((out / "demo.json").read_text())
     assert saved["ok"] is True and [s["status"] for s in saved["steps"]] == [s.status for s in report.steps]
+
+
+def test_printed_commands_paste_for_data_without_a_tasks_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--data with rollouts only: the steps use no tasks file, so the printed commands name none
+    (they named a missing DATA/tasks.jsonl, and to-parquet refused it when pasted)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "rollouts.jsonl").write_bytes((SAMPLE_DATA / "rollouts.jsonl").read_bytes())
+    monkeypatch.chdir(tmp_path)
+    lines: list[str] = []
+    report = run_demo(DemoOptions(out=Path("out"), data=data, skip=frozenset({"rescore", "train"})), PlainReporter(lines.append))
+    assert report.ok
+    pasted = [_pasted(line, {}) for line in lines if "same as: " in line]
+    assert [a[0] for a in pasted] == ["validate", "stats", "to-parquet", "to-parquet"]
+    for args in pasted:
+        assert "--tasks" not in args
+        res = runner.invoke(app, args)
+        assert res.exit_code == 0, (args, res.output[-1000:])
 
 
 def test_demo_reports_a_missing_part_as_unavailable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -263,6 +282,51 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     hf = Path(train["hf_model"])
     assert (hf / "config.json").is_file() and any(hf.glob("*.safetensors"))
     assert (out / "train" / "train.log").stat().st_size > 0
+
+
+def _pasted(line: str, server_urls: dict[str, str]) -> list[str]:
+    """The argv a user gets pasting a "same as:" line into a shell (`gymverl` dropped): train-offline
+    as a --dry-run (planned, not trained), rescore's --server URLs those of servers started again."""
+    argv = shlex.split(line.split("same as: ", 1)[1])
+    assert argv[0] == "gymverl", line
+    args = argv[1:]
+    if args[0] == "train-offline":
+        args.append("--dry-run")
+    for i, word in enumerate(args):
+        if i and args[i - 1] == "--server":
+            agent = word.split("=", 1)[0]
+            args[i] = f"{agent}={server_urls[demo_mod.server_for_agent(agent)]}"
+    return args
+
+
+@pytest.mark.slow
+@pytest.mark.nemo_gym
+@pytest.mark.verl
+@pytest.mark.timeout(900)
+def test_every_printed_command_works_when_pasted_after_the_demo(tmp_path: Path, gym_servers, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each "same as: gymverl ..." line, pasted after the demo, runs (exit 0): train-offline and
+    rescore over the step's own finished output (they refused it: no --overwrite), rescore's
+    failures where the step put them. The demo stops its servers, so rescore's line is pasted with
+    the URLs of servers started again, as a user would have to."""
+    monkeypatch.chdir(tmp_path)  # printed paths are relative to the working directory, as in a shell
+    lines: list[str] = []
+    report = run_demo(DemoOptions(out=Path("out"), skip=frozenset({"reward"})), PlainReporter(lines.append))
+    assert report.ok, [(s.name, s.status, s.summary) for s in report.steps]
+    printed = [line for line in lines if "same as: " in line]
+    urls = {name: gym_servers.url(name) for name in ("math_with_judge", "xlam_fc")}
+    pasted = [_pasted(line, urls) for line in printed]
+    assert sorted({a[0] for a in pasted}) == ["preview", "rescore", "stats", "to-parquet", "train-offline", "validate"]
+    assert Path("out/train/hf_model").is_dir() and Path("out/rescored.jsonl").stat().st_size > 0  # what is pasted over
+    failed = []
+    for line, args in zip(printed, pasted):
+        res = runner.invoke(app, args)
+        if res.exit_code != 0:
+            failed.append(f"{line.strip()} -> exit {res.exit_code}: {' '.join(res.output.split())[-400:]}")
+    assert failed == []
+    # the pasted rescore wrote where the step did: rows and (none) failures, the same rewards
+    rescored = [json.loads(x) for x in Path("out/rescored.jsonl").read_text().splitlines()]
+    assert [r["reward"] for r in rescored] == [r["reward"] for r in _sample_rows()]
+    assert not Path("out/rescored.failures.jsonl").exists()
 
 
 @pytest.mark.slow

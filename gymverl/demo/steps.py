@@ -1,287 +1,19 @@
-"""`gymverl demo`: the whole pipeline on `sample_data/`, with embedded defaults, in one call.
-
-Steps (each prints what it did and where its output is):
- 1. servers   start real NeMo Gym resources servers on 127.0.0.1 (in the background, via ng_run)
- 2. model     build a tiny local Qwen2 model + tokenizer (no downloads) for the training step
- 3. validate  check the sample rollouts line by line
- 4. rescore   re-score them against the running servers' /verify; then stop the servers
- 5. stats     pass rate, pass@k, reward and length statistics (+ a PNG)
- 6. parquet   convert to VeRL parquet: `rl` (prompts + ground truth) and `sft` (correct rollouts)
- 7. preview   what training sees: the prompt of an rl row with tools, rendered by the tiny model's
-              chat template the way gymverl's agent loop does (its tools must be in it), and the
-              trained tokens of an sft row (`gymverl preview`)
- 8. reward    score answers to the rl prompts with `gymverl.reward.compute_score` (the VeRL reward
-              function) against the same servers: the reference answer must get 1.0, a non-answer 0.0;
-              then stop the servers
- 9. train     a short CPU run of VeRL's SFT trainer on the sft parquet with the tiny model
-
-Servers are stopped when they are no longer needed and, whatever happens (Ctrl-C, SIGTERM, an
-error), before `run_demo` returns or raises. A step whose gymverl part is missing from this install
-is reported as *unavailable*, never faked.
-"""
+"""The demo's steps, in order: `Demo` runs each one, times it and turns a missing part or an error into its status."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 from gymverl import proc
-from gymverl.errors import UsageError
+from gymverl.demo.options import STEPS, DemoOptions, check_data
+from gymverl.demo.parts import _rescore, _rescore_api, _score_rl_rows, _to_parquet
+from gymverl.demo.report import FAILED, OK, SKIPPED, UNAVAILABLE, DemoReport, Reporter, StepResult, Unavailable, _shell, display_path
+from gymverl.demo.servers import _BackgroundServers, agents_in, server_for_agent
 from gymverl.jsonl import jsonable
-
-REPO_DIR = Path(__file__).resolve().parent.parent
-SAMPLE_DATA = REPO_DIR / "sample_data"
-DEFAULT_OUT = Path("gymverl-demo-out")
-# The sample rollouts come from two NeMo Gym environments; each agent is verified by its resources
-# server (other agents: the name without `_simple_agent`, NeMo Gym's naming convention).
-DEMO_SERVERS = {
-    "math_with_judge_simple_agent": "math_with_judge",
-    "xlam_fc_simple_agent": "xlam_fc",
-}
-STEPS = ("servers", "model", "validate", "rescore", "stats", "parquet", "preview", "reward", "train")
-# What `--skip` accepts; skipping rescore also skips the servers it needs.
-SKIPPABLE = ("rescore", "stats", "parquet", "reward", "train")
-OK, SKIPPED, UNAVAILABLE, FAILED = "ok", "skipped", "unavailable", "failed"
-
-
-def server_for_agent(agent: str) -> str:
-    """The NeMo Gym resources server that verifies `agent`'s rollouts (`math_with_judge_simple_agent` -> `math_with_judge`)."""
-    if agent in DEMO_SERVERS:
-        return DEMO_SERVERS[agent]
-    for suffix in ("_simple_agent", "_agent"):
-        if agent.endswith(suffix):
-            return agent[: -len(suffix)]
-    return agent
-
-
-def agents_in(rollouts: Path) -> list[str]:
-    """The agent names (`agent_ref.name`) in a rollout file, in first-seen order (streaming)."""
-    from gymverl.records import agent_name, iter_checked
-
-    seen: dict[str, None] = {}
-    for c in iter_checked(rollouts):
-        if c.record is not None:
-            name = agent_name(c.record)
-            if name:
-                seen.setdefault(name, None)
-    return list(seen)
-
-
-class DemoError(UsageError):
-    """A problem with the demo's options (bad output directory, missing sample data): one sentence."""
-
-
-class Unavailable(Exception):
-    """A gymverl part a step needs is not in this install (the step is reported, not faked)."""
-
-
-@dataclass
-class DemoOptions:
-    """Everything `gymverl demo` takes (the CLI options)."""
-
-    out: Path | None = None  # None: a fresh ./gymverl-demo-out[-N]
-    data: Path = SAMPLE_DATA
-    skip: frozenset[str] = frozenset()
-    nemo_gym_env: Path | None = None
-    overwrite: bool = False
-    server_timeout: float = 600.0
-    train_epochs: int = 2
-    train_batch_size: int = 2
-    train_max_length: int = 1024
-    val_fraction: float = 0.2
-
-
-@dataclass
-class StepResult:
-    """The outcome of one step: status, duration, a one-line summary, its outputs."""
-
-    name: str
-    title: str
-    status: str = OK
-    seconds: float = 0.0
-    summary: str = ""
-    outputs: list[Path] = field(default_factory=list)
-    details: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form."""
-        return {
-            "name": self.name,
-            "title": self.title,
-            "status": self.status,
-            "seconds": round(self.seconds, 2),
-            "summary": self.summary,
-            "outputs": [str(p) for p in self.outputs],
-            "details": jsonable(self.details),
-        }
-
-
-@dataclass
-class DemoReport:
-    """All step results, in order, and where everything was written."""
-
-    out: Path
-    steps: list[StepResult] = field(default_factory=list)
-    seconds: float = 0.0
-    interrupted: bool = False
-
-    @property
-    def ok(self) -> bool:
-        """True when no step failed or was unavailable (and the run was not interrupted)."""
-        return not self.interrupted and all(s.status in (OK, SKIPPED) for s in self.steps)
-
-    def step(self, name: str) -> StepResult | None:
-        """The result of step `name`, if it ran."""
-        return next((s for s in self.steps if s.name == name), None)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form (also written to OUT/demo.json)."""
-        return {
-            "out": str(self.out),
-            "ok": self.ok,
-            "interrupted": self.interrupted,
-            "seconds": round(self.seconds, 2),
-            "steps": [s.to_dict() for s in self.steps],
-        }
-
-
-class Reporter(Protocol):
-    """Where the demo tells the user what is happening (the CLI renders it with rich)."""
-
-    def start(self, index: int, total: int, name: str, title: str) -> None: ...
-    def info(self, message: str) -> None: ...
-    def done(self, result: StepResult) -> None: ...
-    def show_stats(self, data: dict[str, Any]) -> None: ...
-
-
-class PlainReporter:
-    """A Reporter printing plain lines (library use, logs)."""
-
-    def __init__(self, write: Callable[[str], None] = print) -> None:
-        self.write = write
-
-    def start(self, index: int, total: int, name: str, title: str) -> None:
-        """A step begins."""
-        self.write(f"[{index}/{total}] {title}")
-
-    def info(self, message: str) -> None:
-        """A line of detail inside a step."""
-        self.write(f"    {message}")
-
-    def done(self, result: StepResult) -> None:
-        """A step ended."""
-        self.write(f"    -> {result.status} ({result.seconds:.1f} s): {result.summary}")
-        for p in result.outputs:
-            self.write(f"       {display_path(p)}")
-
-    def show_stats(self, data: dict[str, Any]) -> None:
-        """The stats step's numbers (a few lines here; the CLI shows its tables)."""
-        o = data["overall"]
-        pk = ", ".join(f"pass@{r['k']} {r['pass_at_k']:.3f}" for r in o["pass_at_k"] if r["pass_at_k"] is not None)
-        self.write(f"    {o['rollouts']} rollouts, {o['tasks']} tasks, mean reward {o['reward']['mean']:.3f}, {pk}")
-
-
-
-def fresh_out_dir(base: Path = DEFAULT_OUT) -> Path:
-    """`base` if it does not exist or is empty, else the first free `base-2`, `base-3`, ..."""
-    if not base.exists() or (base.is_dir() and not any(base.iterdir())):
-        return base
-    n = 2
-    while True:
-        cand = base.with_name(f"{base.name}-{n}")
-        if not cand.exists():
-            return cand
-        n += 1
-
-
-def prepare_out_dir(opts: DemoOptions) -> Path:
-    """The output directory to use (created); raises DemoError for an unusable one."""
-    if opts.out is None:
-        out = fresh_out_dir()
-    else:
-        out = opts.out
-        if out.exists() and not out.is_dir():
-            raise DemoError(f"--output {out} is a file, not a directory.")
-        if out.is_dir() and any(out.iterdir()):
-            if not opts.overwrite:
-                raise DemoError(f"--output {out} is not empty; pass --overwrite to replace it or choose another directory.")
-            if not (out / "demo.json").exists():
-                raise DemoError(f"--output {out} was not written by `gymverl demo` (no demo.json); refusing to delete it.")
-            import shutil
-
-            shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
-def check_data(data: Path) -> tuple[Path, Path]:
-    """The (tasks, rollouts) files of a demo data directory; raises DemoError when missing."""
-    rollouts, tasks = data / "rollouts.jsonl", data / "tasks.jsonl"
-    if not rollouts.is_file():
-        raise DemoError(
-            f"{rollouts}: sample rollouts not found; run the demo from a gymverl checkout or pass --data DIR."
-        )
-    return tasks, rollouts
-
-
-class _BackgroundServers:
-    """NeMo Gym servers started in a thread (so the demo works meanwhile), always stopped."""
-
-    def __init__(self, servers: Any) -> None:
-        self.servers = servers
-        self.error: BaseException | None = None
-        self.started_at = time.monotonic()
-        self.ready_seconds: float | None = None
-        self._thread = threading.Thread(target=self._run, name="gymverl-demo-servers", daemon=True)
-
-    def _run(self) -> None:
-        try:
-            self.servers.start()
-            self.ready_seconds = time.monotonic() - self.started_at
-        except BaseException as exc:  # reported by wait()
-            self.error = exc
-
-    def start(self) -> "_BackgroundServers":
-        self._thread.start()
-        return self
-
-    def wait(self, on_wait: Callable[[], None] | None = None) -> Any:
-        """Block until the servers are ready; re-raise the start error, if any."""
-        if self._thread.is_alive() and on_wait is not None:
-            on_wait()
-        while self._thread.is_alive():
-            self._thread.join(0.2)
-        if self.error is not None:
-            raise self.error
-        return self.servers
-
-    def stop(self) -> None:
-        """Stop everything ng_run started; safe to call while start() is still running, and twice."""
-        self.servers.stop()
-        # start() sees ng_run gone and returns (it stops again itself); then make sure.
-        self._thread.join(30)
-        self.servers.stop()
-
-
-def display_path(p: str | os.PathLike[str]) -> str:
-    """`p` relative to the working directory when it lies below it (shorter to read), else as is."""
-    path = Path(p)
-    with contextlib.suppress(ValueError):
-        if path.is_absolute():
-            return str(path.relative_to(Path.cwd())) or "."
-    return str(path)
-
-
-def _shell(*args: Any) -> str:
-    import shlex
-
-    return shlex.join(display_path(a) if isinstance(a, Path) else str(a) for a in args)
 
 
 class Demo:
@@ -380,8 +112,12 @@ class Demo:
             self.r.info("NeMo Gym servers stopped")
 
     def cmd(self, *args: Any) -> None:
-        """Tell the user the gymverl command that does what this step does."""
+        """Tell the user the gymverl command that does what this step does (it works pasted after the demo)."""
         self.r.info(f"same as: {_shell(*args)}")
+
+    def tasks_args(self) -> list[Any]:
+        """`--tasks TASKS` when the data has a tasks file (the steps use it only then), else nothing."""
+        return ["--tasks", self.tasks] if self.tasks.is_file() else []
 
     # ---- steps ---------------------------------------------------------------------------------
 
@@ -461,7 +197,8 @@ class Demo:
             started.details["ready_seconds"] = bg.ready_seconds
         out = self.out / "rescored.jsonl"
         failures = self.out / "rescore-failures.jsonl"
-        args = ["gymverl", "rescore", self.rollouts, "-o", out, "--tasks", self.tasks, "--force"]
+        # --failures: this step's file, not the CLI's default; --overwrite: pasted after the demo, OUT holds this run.
+        args = ["gymverl", "rescore", self.rollouts, "-o", out, "--failures", failures, *self.tasks_args(), "--force", "--overwrite"]
         for agent, url in urls.items():
             args += ["--server", f"{agent}={url}"]
         self.cmd(*args)
@@ -514,7 +251,7 @@ class Demo:
         """Convert to VeRL parquet: rl (one prompt per task) and sft (correct rollouts only)."""
         out = self.out / "parquet"
         vf = f"{self.opts.val_fraction:g}"
-        common = [self.current, "--tasks", self.tasks, "--val-fraction", vf]
+        common = [self.current, *self.tasks_args(), "--val-fraction", vf]
         self.cmd("gymverl", "to-parquet", *common, "--format", "rl", "-o", out / "rl")
         self.cmd("gymverl", "to-parquet", *common, "--format", "sft", "--min-reward", "1.0", "-o", out / "sft")
         done = _to_parquet(self.current, self.tasks, out, self.opts.val_fraction)
@@ -638,7 +375,8 @@ class Demo:
         self.cmd(
             "gymverl", "train-offline", opts.train, *(["--val", opts.val] if opts.val else []), "-m", Path(opts.model), "-o", out,
             "--device", "cpu", "--epochs", opts.epochs, "--batch-size", opts.batch_size,
-            "--micro-batch-size", opts.micro_batch_size, "--lr", opts.lr,
+            "--micro-batch-size", opts.micro_batch_size, "--max-length", opts.max_length, "--lr", opts.lr,
+            "--overwrite",  # pasted after the demo, OUT/train holds this run: VeRL would resume from it
         )
         self.r.info(f"VeRL log: {display_path(out / 'train.log')}")
 
@@ -660,147 +398,3 @@ class Demo:
             else ""
         )
         res.summary = f"{result.steps} steps in {result.wall_seconds:.0f} s{loss}; model exported to {result.hf_model}"
-
-
-# ---- adapters to the other gymverl parts -------------------------------------------------------
-
-
-def _rescore_api() -> Callable[..., Any]:
-    """gymverl.rescore.rescore_file, or Unavailable when that part is missing from this install."""
-    try:
-        from gymverl.rescore import rescore_file
-    except ImportError as exc:
-        raise Unavailable(f"gymverl.rescore is not available in this install ({exc})") from None
-    return rescore_file
-
-
-def _rescore(rollouts: Path, out: Path, failures: Path, urls: dict[str, str], tasks: Path | None) -> dict[str, Any]:
-    """Rescore with gymverl.rescore, each agent's rows routed to its server (`NAME=URL`)."""
-    rescore_file = _rescore_api()
-    summary = rescore_file(
-        rollouts,
-        out,
-        [f"{agent}={url}" for agent, url in urls.items()],
-        failures=failures,
-        tasks=tasks if tasks is not None and tasks.is_file() else None,
-        # The sample's verifiers (math_with_judge's rule-based math-verify, xlam_fc's call
-        # matching) keep no session state, but 0.7.0 declares them "unknown" at /reverify_mode,
-        # which rescore refuses without force (as `gym eval reverify` does without ++force=true).
-        force=True,
-    )
-    return summary.to_dict()
-
-
-def _to_parquet(rollouts: Path, tasks: Path, out: Path, val_fraction: float) -> dict[str, dict[str, Any]]:
-    """Write rl (every task) and sft (correct, complete rollouts) parquet with gymverl.convert."""
-    try:
-        from gymverl.convert import ConvertOptions, convert
-        from gymverl.select import SelectOptions
-    except ImportError as exc:
-        raise Unavailable(f"gymverl's parquet converter (gymverl.convert) is not available in this install ({exc})") from None
-    tasks_path = tasks if tasks.is_file() else None
-    plans = {
-        # one prompt per task, with the ground truth and what /verify needs in extra_info
-        "rl": SelectOptions(val_fraction=val_fraction),
-        # rejection sampling: only rollouts the verifier rewarded 1.0 become SFT conversations
-        "sft": SelectOptions(min_reward=1.0, val_fraction=val_fraction),
-    }
-    done: dict[str, dict[str, Any]] = {}
-    for fmt, sel in plans.items():
-        summary = convert(rollouts, out / fmt, ConvertOptions(fmt=fmt, select=sel, tasks_path=tasks_path)).to_dict()
-        if summary["rejected"]:
-            raise RuntimeError(f"{fmt}: {summary['rejected']} input lines rejected: {summary['rejections'][:3]}")
-        files = summary["files"]
-        done[fmt] = {
-            "train_rows": summary["rows"].get("train", 0),
-            "val_rows": summary["rows"].get("val", 0),
-            "filtered": summary["filtered"],
-            "files": [p for split in ("train", "val") for p in files.get(split, [])],
-            "train": (files.get("train") or [None])[0],
-            "val": (files.get("val") or [None])[0],
-            "warnings": summary["warnings"],
-        }
-    return done
-
-
-def reference_answer(ground_truth: str, tools: Any) -> str:
-    """What a policy would answer to get reward 1.0 on a sample task: a tool call or a boxed answer."""
-    if tools:
-        calls = json.loads(ground_truth)
-        return "\n".join(
-            "<tool_call>\n" + json.dumps({"name": c["name"], "arguments": c["arguments"]}) + "\n</tool_call>" for c in calls
-        )
-    return f"The answer is \\boxed{{{ground_truth}}}."
-
-
-NON_ANSWER = "I am not sure."
-
-
-def _score_rl_rows(files: list[Path], urls: dict[str, str]) -> list[dict[str, Any]]:
-    """Score every rl row's reference answer and a non-answer the way VeRL's reward loop would."""
-    import asyncio
-
-    import pyarrow.parquet as pq
-
-    from gymverl.reward import compute_score, get_client
-
-    rows = [row for f in files for row in pq.read_table(f).to_pylist()]
-    servers = [f"{agent}={url}" for agent, url in urls.items()]
-
-    async def score_all() -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        try:
-            for row in rows:
-                info = row["extra_info"]
-                ng = json.loads(info["nemo_gym"]) if isinstance(info["nemo_gym"], str) else info["nemo_gym"]
-                gt = row["reward_model"]["ground_truth"]
-                answer = reference_answer(gt, (ng.get("responses_create_params") or {}).get("tools"))
-                good, bad = await asyncio.gather(
-                    compute_score(row["data_source"], answer, gt, info, server=servers),
-                    compute_score(row["data_source"], NON_ANSWER, gt, info, server=servers),
-                )
-                out.append(
-                    {
-                        "data_source": row["data_source"],
-                        "split": info.get("split"),
-                        "index": info.get("index"),
-                        "reference_answer": answer,
-                        "reference_score": good["score"],
-                        "non_answer_score": bad["score"],
-                    }
-                )
-        finally:
-            await get_client(server=servers).close()  # the pool belongs to this event loop
-        return out
-
-    return asyncio.run(score_all())
-
-
-def run_demo(opts: DemoOptions, reporter: Reporter | None = None) -> DemoReport:
-    """Run the demo; raises DemoError for bad options, KeyboardInterrupt after cleanup on Ctrl-C."""
-    unknown = set(opts.skip) - set(SKIPPABLE)
-    if unknown:
-        raise DemoError(f"cannot skip {', '.join(sorted(unknown))}; steps that can be skipped: {', '.join(SKIPPABLE)}.")
-    check_data(opts.data)
-    out = prepare_out_dir(opts)
-    demo = Demo(opts, reporter or PlainReporter(), out)
-    with proc.signals_as_interrupt():  # SIGTERM/SIGHUP stop the servers and training as Ctrl-C does
-        return demo.run()
-
-
-__all__ = [
-    "DEMO_SERVERS",
-    "DemoError",
-    "DemoOptions",
-    "DemoReport",
-    "PlainReporter",
-    "Reporter",
-    "STEPS",
-    "SKIPPABLE",
-    "StepResult",
-    "display_path",
-    "agents_in",
-    "fresh_out_dir",
-    "run_demo",
-    "server_for_agent",
-]
