@@ -46,7 +46,6 @@ from gymverl.collect.output import default_log_path, prepare_output, sidecar_pat
 from gymverl.collect.tasks import TaskCheck, check_tasks, expected_rollouts
 from gymverl.collect.servers import (  # noqa: F401
     _INTERP,
-    _answers,
     _get,
     _resolve,
     _server_config,

@@ -83,21 +83,12 @@ def _server_config(cfg: dict[str, Any], name: str, kind: str) -> dict[str, Any] 
     return inner if isinstance(inner, dict) else None
 
 
-def _answers(url: str, timeout: float) -> str | None:
-    """None when something answers HTTP at `url` (any status), else why not."""
-    try:
-        _get(url, timeout)
-    except urllib.error.HTTPError:
-        return None  # it answered
-    except (urllib.error.URLError, OSError) as exc:
-        return str(getattr(exc, "reason", exc))
-    return None
-
-
 def check_servers(head_url: str, agents: Iterable[str], *, env: Path | None = None, timeout: float = 5.0) -> dict[str, str]:
     """Check the head server, every agent in `agents`, the resources and model servers each uses, and the
     model's own upstream URL all answer; return server name -> URL (the upstream as "<model> upstream")."""
     import yaml
+
+    from gymverl.verify import server_answers  # (aiohttp: loaded only when servers are checked)
 
     agents = sorted(set(agents))
     base = head_url.rstrip("/")
@@ -137,7 +128,7 @@ def check_servers(head_url: str, agents: Iterable[str], *, env: Path | None = No
             if not host or not port:
                 continue  # an unusual config: the collector will report it
             url = f"http://{host}:{port}"
-            why = _answers(url + "/", timeout)
+            why = server_answers(url + "/", timeout)
             if why:
                 who = f"agent {server!r}" if label == "agent" else f"{label} {server!r} (used by agent {name!r})"
                 raise CollectError(
@@ -149,7 +140,7 @@ def check_servers(head_url: str, agents: Iterable[str], *, env: Path | None = No
                 upstream = _resolve(cfg, sc.get("openai_base_url") or sc.get("base_url"))
                 upstream = upstream[0] if isinstance(upstream, list) and upstream else upstream
                 if isinstance(upstream, str) and upstream.startswith("http"):
-                    why = _answers(upstream.rstrip("/") + "/models", timeout)
+                    why = server_answers(upstream.rstrip("/") + "/models", timeout)
                     if why:
                         raise CollectError(
                             f"the model behind NeMo Gym's {server!r} server, {upstream}, does not answer ({why}); "
