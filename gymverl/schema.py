@@ -27,19 +27,17 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
+import sys
 from operator import attrgetter
-from typing import Any, Generic, Optional, TypeVar, Union
+from typing import Annotated, Any, Callable, ClassVar, Generic, Literal, Optional, TypeVar, Union
 
+import msgspec
+import msgspec.inspect as _mi
 import orjson
 
 from gymverl.jsonl import dumps
 
-try:  # optional accelerators: the same results without them, about 3x slower
-    import msgspec
-except ImportError:  # pragma: no cover
-    msgspec = None  # type: ignore[assignment]
-
-REQUIRED_KEYS = ("responses_create_params", "response", "reward")
 # Keys NeMo Gym itself writes on a rollout line; everything else at top level is a task field or a
 # verifier output.
 ROLLOUT_KEYS = frozenset(
@@ -61,10 +59,6 @@ ROLLOUT_KEYS = frozenset(
         "_ng_no_persist",
     }
 )
-# The Responses-API item types NeMo Gym reads and writes (nemo_gym.openai_utils.NeMoGymResponseInputItem);
-# gymverl.messages converts exactly these, so a record that validates also converts.
-ITEM_TYPES = frozenset({"message", "function_call", "function_call_output", "reasoning"})
-MESSAGE_ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 # msgspec reads any integer as an int; orjson reads those beyond 64 bits as floats (not a valid index).
 _U64_MAX = 2**64 - 1
 
@@ -73,6 +67,78 @@ def is_ng_key(key: str) -> bool:
     """True for a key NeMo Gym itself writes on a rollout line (`ROLLOUT_KEYS`, or any `_ng_*`:
     0.7.0 adds e.g. `_ng_attempt_index`, `_ng_rollout_id`, `_ng_failure_*`): never a task field."""
     return key in ROLLOUT_KEYS or key.startswith("_ng_")
+
+
+# ---- the declaration: what a usable task line and rollout line are ----------------------------------
+#
+# Declared once, as msgspec Structs; nothing reads these directly. `compile_checks` (below) derives
+# from them (with msgspec.inspect) the dict checker with its exact reasons (`check_record`,
+# `check_task`, `check_items`), the typed item check of the fast path (`items_ok`) and the tables
+# (`REQUIRED_KEYS`, `ITEM_TYPES`, `MESSAGE_ROLES`); the fast path's own Structs (`Record`) decode
+# the constrained fields with these very types, so msgspec enforces their bounds in C. What the
+# compiler understands: objects (Structs: a required field must be present), strings, arrays (of
+# anything, or of items), numbers (`Finite`), non-negative integers (`Index`), null (Optional), and
+# unions of those; items tagged by `type` with required string or Literal fields. Anything else
+# fails at import, so a rule cannot be declared without being enforced.
+
+# A finite JSON number: the bounds leave out inf and nan (msgspec rejects them in the fast decode).
+Finite = Annotated[float, msgspec.Meta(ge=-sys.float_info.max, le=sys.float_info.max)]
+# A task or rollout index: a non-negative integer. (Also at most 64 bits, as orjson reads bigger ones
+# as floats, so the dict path rejects them: the fast path, whose msgspec reads any integer, checks it.)
+Index = Annotated[int, msgspec.Meta(ge=0)]
+Role = Literal["system", "developer", "user", "assistant", "tool"]
+
+
+class MessageItem(msgspec.Struct, tag_field="type", tag="message", kw_only=True):
+    """A message; also the Responses API's "easy input message" (`{role, content}`, no or a null `type`)."""
+
+    untyped: ClassVar[bool] = True  # an item without a type is checked as this kind
+    role: Role
+
+
+class FunctionCallItem(msgspec.Struct, tag_field="type", tag="function_call", kw_only=True):
+    name: str
+    call_id: str
+
+
+class FunctionCallOutputItem(msgspec.Struct, tag_field="type", tag="function_call_output", kw_only=True):
+    call_id: str
+
+
+class ReasoningItem(msgspec.Struct, tag_field="type", tag="reasoning", kw_only=True):
+    pass
+
+
+# The Responses-API item types NeMo Gym reads and writes (nemo_gym.openai_utils.NeMoGymResponseInputItem);
+# gymverl.messages converts exactly these, so a record that validates also converts.
+InputItem = Union[MessageItem, FunctionCallItem, FunctionCallOutputItem, ReasoningItem]
+
+
+class TaskParams(msgspec.Struct, kw_only=True):
+    input: Union[str, list[InputItem]]
+    tools: Optional[list[Any]] = None
+
+
+class Task(msgspec.Struct, kw_only=True):
+    """A NeMo Gym task (input row): the part of a rollout line it shares."""
+
+    responses_create_params: TaskParams
+    task_index: Optional[Index] = msgspec.field(default=None, name="_ng_task_index")
+    rollout_index: Optional[Index] = msgspec.field(default=None, name="_ng_rollout_index")
+
+
+class RolloutResponse(msgspec.Struct, kw_only=True):
+    # `transitions`: the list may instead be aviary's per-step transitions (`is_transitions`), whose
+    # last step is checked as the items.
+    output: Annotated[list[InputItem], msgspec.Meta(extra={"transitions": True})]
+
+
+class Rollout(Task, kw_only=True):
+    """A rollout line (checked in field order: the task's fields, then these)."""
+
+    response: RolloutResponse
+    reward: Finite
+
 
 
 # ---- the rules both shapes share -----------------------------------------------------------------
@@ -180,7 +246,7 @@ def content_blank(content: Any) -> bool:
     Reads both shapes: plain JSON values, and the typed parts of `Record[TextParts]` (whose texts
     stay raw JSON: a blank text is mostly told from its first character, without building it).
     """
-    if type(content) is not list or not content or msgspec is None or type(content[0]) is dict:
+    if type(content) is not list or not content or type(content[0]) is dict:
         return not content_text(content).strip()
     for part in content:
         if type(part) is str:
@@ -252,158 +318,85 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def check_items(items: list[Any], where: str) -> None:
-    """Raise RecordError unless every element of `items` is a Responses-API item gymverl reads."""
-    for i, item in enumerate(items):
-        if not isinstance(item, dict):
-            if isinstance(item, list) and where == "response.output":
-                # A mix of items and item lists: not the aviary transitions form either.
-                raise RecordError(
-                    "wrong_type",
-                    f"'{where}[{i}]' is an array in a list of items (NeMo Gym's aviary agent writes per-step transitions "
-                    "as a list of arrays only, contains_transitions=true)",
-                )
-            raise RecordError("wrong_type", f"'{where}[{i}]' must be an object, got {_type_name(item)}")
-        t = item.get("type")
-        role = item.get("role")
-        if t is None:
-            # Responses-API "easy input message": {role, content} without a type.
-            if isinstance(role, str) and role in MESSAGE_ROLES:
-                continue
-            raise RecordError("bad_item", f"'{where}[{i}]' has no 'type' and no message 'role'")
-        if not isinstance(t, str) or t not in ITEM_TYPES:
-            raise RecordError("bad_item", f"'{where}[{i}]' has unknown item type {_short(t)}")
-        if t == "message":
-            if not isinstance(role, str) or role not in MESSAGE_ROLES:
-                raise RecordError("bad_item", f"'{where}[{i}]' is a message with role {_short(role)}")
-        elif t == "function_call":
-            if not isinstance(item.get("name"), str) or not isinstance(item.get("call_id"), str):
-                raise RecordError("bad_item", f"'{where}[{i}]' is a function_call without a string 'name' and 'call_id'")
-        elif t == "function_call_output":
-            if not isinstance(item.get("call_id"), str):
-                raise RecordError("bad_item", f"'{where}[{i}]' is a function_call_output without a string 'call_id'")
-
-
-def check_record(obj: Any) -> None:
-    """Raise RecordError with a one-sentence reason when `obj` is not a usable rollout."""
-    if not isinstance(obj, dict):
-        raise RecordError("not_object", f"line is a JSON {_type_name(obj)}, not an object")
-    for key in REQUIRED_KEYS:
-        if key not in obj:
-            raise RecordError("missing_key", f"missing required key '{key}'")
-    check_task(obj)
-    response = obj["response"]
-    if not isinstance(response, dict):
-        raise RecordError("wrong_type", f"'response' must be an object, got {_type_name(response)}")
-    output = response.get("output")
-    if not isinstance(output, list):
-        if "output" not in response:
-            raise RecordError("missing_key", "missing required key 'response.output'")
-        raise RecordError("wrong_type", f"'response.output' must be an array, got {_type_name(output)}")
-    if is_transitions(output):
-        check_items(output[-1], "response.output[-1]")
-    else:
-        check_items(output, "response.output")
-    reward = obj["reward"]
-    if isinstance(reward, bool) or not isinstance(reward, (int, float)):
-        raise RecordError("wrong_type", f"'reward' must be a number, got {_type_name(reward)}")
-    if not math.isfinite(reward):
-        raise RecordError("non_finite_number", f"'reward' is {reward}, not a finite number")
-
-
-def check_task(obj: Any) -> None:
-    """Raise RecordError unless `obj` is a valid NeMo Gym task (input row): the part shared with rollouts."""
-    if not isinstance(obj, dict):
-        raise RecordError("not_object", f"line is a JSON {_type_name(obj)}, not an object")
-    if "responses_create_params" not in obj:
-        raise RecordError("missing_key", "missing required key 'responses_create_params'")
-    rcp = obj["responses_create_params"]
-    if not isinstance(rcp, dict):
-        raise RecordError("wrong_type", f"'responses_create_params' must be an object, got {_type_name(rcp)}")
-    if "input" not in rcp:
-        raise RecordError("missing_key", "missing required key 'responses_create_params.input'")
-    inp = rcp["input"]
-    if isinstance(inp, list):
-        check_items(inp, "responses_create_params.input")
-    elif not isinstance(inp, str):
-        raise RecordError(
-            "wrong_type", f"'responses_create_params.input' must be a string or an array, got {_type_name(inp)}"
-        )
-    tools = rcp.get("tools")
-    if tools is not None and not isinstance(tools, list):
-        raise RecordError("wrong_type", f"'responses_create_params.tools' must be an array, got {_type_name(tools)}")
-    for key in ("_ng_task_index", "_ng_rollout_index"):
-        v = obj.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
-            raise RecordError("wrong_type", f"'{key}' must be a non-negative integer, got {_short(v)}")
-
-
 # ---- the typed shape (msgspec) -------------------------------------------------------------------
 
 C = TypeVar("C")  # how an item's `content` / `summary` is decoded: `TextParts` or `Any`
 
-if msgspec is not None:
-    # gc=False: decoded JSON cannot form reference cycles, so the collector need not track these.
-    _RAW_MISSING = msgspec.Raw(b"null")  # a missing key hands back this very object: `is` tells absent from null
-    _decode_str = msgspec.json.Decoder(str).decode
+# gc=False: decoded JSON cannot form reference cycles, so the collector need not track these.
+_RAW_MISSING = msgspec.Raw(b"null")  # a missing key hands back this very object: `is` tells absent from null
+_decode_str = msgspec.json.Decoder(str).decode
 
-    class Part(msgspec.Struct, gc=False):
-        """What `content_text` reads of a content part; texts raw (see `content_blank`)."""
 
-        type: Any = None
-        text: msgspec.Raw = _RAW_MISSING
-        refusal: msgspec.Raw = _RAW_MISSING
+class Part(msgspec.Struct, gc=False):
+    """What `content_text` reads of a content part; texts raw (see `content_blank`)."""
 
-    # Content as validation reads it (only to tell a blank answer); content of another JSON type
-    # fails the decode, and that line takes the dict path.
-    TextParts = Union[str, list[Union[str, Part]], None]
+    type: Any = None
+    text: msgspec.Raw = _RAW_MISSING
+    refusal: msgspec.Raw = _RAW_MISSING
 
-    class Item(msgspec.Struct, Generic[C], gc=False):
-        """A Responses-API item: the keys `check_items`, the rules and `messages.convert_items` read.
 
-        Defaults are the dict path's readings of a missing key (`type` "message", `arguments` "{}",
-        `output` ""); values of another type than declared fail the decode (the dict path decides).
-        """
+# Content as validation reads it (only to tell a blank answer); content of another JSON type
+# fails the decode, and that line takes the dict path.
+TextParts = Union[str, list[Union[str, Part]], None]
 
-        type: Optional[str] = "message"
-        role: Optional[str] = None
-        content: C = None  # type: ignore[assignment]
-        name: Optional[str] = None
-        call_id: Optional[str] = None
-        id: Optional[str] = None
-        arguments: str = "{}"
-        output: str = ""
-        summary: C = None  # type: ignore[assignment]
 
-    class Agent(msgspec.Struct, gc=False):
-        name: Any = None
+class Item(msgspec.Struct, Generic[C], gc=False):
+    """A Responses-API item, lenient: every item kind in one Struct (faster than the declaration's
+    tagged union), the keys the declaration constrains (checked by `items_ok`), the rules and
+    `messages.convert_items` read.
 
-    class Params(msgspec.Struct, gc=False):
-        # Raw: the prompt is shared by the n rollouts of a task, so it is read once per distinct
-        # value (`_input_facts`, `prompt_digest`, and the row builders' own caches).
-        input: msgspec.Raw
-        instructions: msgspec.Raw = _RAW_MISSING
-        tools: msgspec.Raw = _RAW_MISSING
+    Defaults are the dict path's readings of a missing key (`type` "message", `arguments` "{}",
+    `output` ""); values of another type than declared fail the decode (the dict path decides).
+    `compile_checks` refuses a declaration whose item fields this Struct does not decode as
+    None-when-missing.
+    """
 
-    class Response(msgspec.Struct, Generic[C], gc=False):
-        output: list[Item[C]]
-        status: Any = None
-        incomplete_details: Any = None
+    type: Optional[str] = "message"
+    role: Optional[str] = None
+    content: C = None  # type: ignore[assignment]
+    name: Optional[str] = None
+    call_id: Optional[str] = None
+    id: Optional[str] = None
+    arguments: str = "{}"
+    output: str = ""
+    summary: C = None  # type: ignore[assignment]
 
-    class Record(msgspec.Struct, Generic[C], gc=False):
-        """A rollout line, typed. `Record[TextParts]` for its facts, `Record[Any]` to convert it too."""
 
-        responses_create_params: Params
-        response: Response[C]
-        reward: float
-        task_index: Optional[int] = msgspec.field(default=None, name="_ng_task_index")
-        rollout_index: Optional[int] = msgspec.field(default=None, name="_ng_rollout_index")
-        agent_ref: Union[Agent, str, None] = None
-        mask_sample: Any = None
+class Agent(msgspec.Struct, gc=False):
+    name: Any = None
 
-    # The fields `messages.convert_items` reads of an item, in its order (for a typed item, in C).
-    item_fields = attrgetter("type", "role", "content", "call_id", "id", "name", "arguments", "output", "summary")
-    _decode_input = msgspec.json.Decoder(Union[str, list[Item[TextParts]]]).decode
+
+class Params(msgspec.Struct, gc=False):
+    # Raw: the prompt is shared by the n rollouts of a task, so it is read once per distinct
+    # value (`_input_facts`, `prompt_digest`, and the row builders' own caches).
+    input: msgspec.Raw
+    instructions: msgspec.Raw = _RAW_MISSING
+    tools: msgspec.Raw = _RAW_MISSING
+
+
+class Response(msgspec.Struct, Generic[C], gc=False):
+    output: list[Item[C]]
+    status: Any = None
+    incomplete_details: Any = None
+
+
+class Record(msgspec.Struct, Generic[C], gc=False):
+    """A rollout line, typed. `Record[TextParts]` for its facts, `Record[Any]` to convert it too.
+
+    `reward` and the indexes have the declaration's types (`Rollout`): msgspec checks their bounds."""
+
+    responses_create_params: Params
+    response: Response[C]
+    reward: Finite
+    task_index: Optional[Index] = msgspec.field(default=None, name="_ng_task_index")
+    rollout_index: Optional[Index] = msgspec.field(default=None, name="_ng_rollout_index")
+    agent_ref: Union[Agent, str, None] = None
+    mask_sample: Any = None
+
+
+# The fields `messages.convert_items` reads of an item, in its order (for a typed item, in C).
+item_fields = attrgetter("type", "role", "content", "call_id", "id", "name", "arguments", "output", "summary")
+_decode_input = msgspec.json.Decoder(Union[str, list[Item[TextParts]]]).decode
 
 
 def record_decoder(content: Any = None) -> Any:
@@ -412,22 +405,323 @@ def record_decoder(content: Any = None) -> Any:
     return msgspec.json.Decoder(Record[TextParts if content is None else content]).decode
 
 
-def items_ok(items: list[Any]) -> bool:
-    """`check_items` on typed items: True when it would pass."""
-    for item in items:
-        t = item.type
-        if t == "message" or t is None:
-            if item.role not in MESSAGE_ROLES:
-                return False
-        elif t == "function_call":
-            if item.name is None or item.call_id is None:
-                return False
-        elif t == "function_call_output":
-            if item.call_id is None:
-                return False
-        elif t != "reasoning":
-            return False
-    return True
+# ---- the checks, compiled from the declaration ---------------------------------------------------
+#
+# `compile_checks` walks the declaration (msgspec.inspect) and writes the checks as plain Python
+# source, compiled once at import: the same straight-line code a person would write (the dict
+# checker runs on every line of `validate --orjson-only`, `items_ok` on every line of the fast
+# path), with each reason derived from the declared type ("must be an object", "must be a string or
+# an array", "missing required key", "is a function_call without a string 'name' and 'call_id'").
+# `checks_source()` shows the generated code.
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_ARTICLE = {"a string": _mi.StrType, "an array": _mi.ListType, "a number": _mi.FloatType, "an object": _mi.StructType}
+_STEPS_REASON = (
+    "is an array in a list of items (NeMo Gym's aviary agent writes per-step transitions "
+    "as a list of arrays only, contains_transitions=true)"
+)
+
+
+class _Source:
+    """Generated source lines, and the constants they name (reasons, tables)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.names: dict[str, Any] = {}
+
+    def add(self, indent: int, text: str) -> None:
+        self.lines.append("    " * indent + text)
+
+    def const(self, value: Any) -> str:
+        for name, known in self.names.items():
+            if type(known) is type(value) and known == value:
+                return name
+        name = f"_c{len(self.names)}"
+        self.names[name] = value
+        return name
+
+
+def _unwrap(t: Any) -> tuple[Any, dict[str, Any]]:
+    """(type, its Meta `extra`) of a type_info node."""
+    if isinstance(t, _mi.Metadata):
+        return t.type, dict(t.extra or {})
+    return t, {}
+
+
+def _members(t: Any) -> list[Any]:
+    return list(t.types) if isinstance(t, _mi.UnionType) else [t]
+
+
+def _is_finite(t: Any) -> bool:
+    return (t.ge, t.le, t.gt, t.lt, t.multiple_of) == (-sys.float_info.max, sys.float_info.max, None, None, None)
+
+
+def _test(t: Any, v: str) -> tuple[str, str, bool]:
+    """(Python test that value `v` has JSON type `t`, its name in a reason, whether the reason shows
+    the value itself rather than its type's name: for constrained types)."""
+    if isinstance(t, _mi.StrType) and (t.min_length, t.max_length, t.pattern) == (None, None, None):
+        return f"isinstance({v}, str)", "a string", False
+    if isinstance(t, _mi.ListType) and (t.min_length, t.max_length) == (None, None):
+        return f"isinstance({v}, list)", "an array", False
+    if isinstance(t, _mi.StructType):
+        return f"isinstance({v}, dict)", "an object", False
+    if isinstance(t, _mi.FloatType) and _is_finite(t):
+        return f"not isinstance({v}, bool) and isinstance({v}, (int, float))", "a number", False
+    if isinstance(t, _mi.IntType) and (t.ge, t.gt, t.lt, t.multiple_of) == (0, None, None, None):
+        high = "" if t.le is None else f" and {v} <= {t.le}"
+        return f"not isinstance({v}, bool) and isinstance({v}, int) and {v} >= 0{high}", "a non-negative integer", True
+    raise TypeError(f"the schema compiler does not know the type {t!r}")
+
+
+class _Compiler:
+    def __init__(self, item: type) -> None:
+        self.src = _Source()
+        self.item = item  # the fast path's lenient item Struct (`Item`)
+        self.items: Any = None  # the item union (one per declaration)
+        self.steps: list[str] = []  # paths whose items may be aviary transitions
+        self.depth = 0
+
+    def record(self, name: str, st: Any) -> None:
+        """`def name(obj)`: the checks of a top-level Struct on a parsed JSON line."""
+        s = self.src
+        s.add(0, f"def {name}(obj):")
+        reason = s.const("line is a JSON ")
+        s.add(1, "if not isinstance(obj, dict):")
+        s.add(2, f'raise RecordError("not_object", {reason} + _type_name(obj) + {s.const(", not an object")})')
+        self.fields(st, "obj", "", 1)
+        s.add(0, "")
+
+    def fields(self, st: Any, obj: str, path: str, ind: int) -> None:
+        """Every required key first (in order), then each field's value (in order)."""
+        s = self.src
+        for f in st.fields:
+            if f.required:
+                s.add(ind, f"if {f.encode_name!r} not in {obj}:")
+                s.add(ind + 1, f'raise RecordError("missing_key", {s.const(f"missing required key {path + f.encode_name!r}")})')
+        self.depth += 1
+        v = f"v{self.depth}"
+        for f in st.fields:
+            if f.required:
+                s.add(ind, f"{v} = {obj}[{f.encode_name!r}]")
+            elif f.default is None and any(isinstance(m, _mi.NoneType) for m in _members(_unwrap(f.type)[0])):
+                s.add(ind, f"{v} = {obj}.get({f.encode_name!r})")  # absent reads as null
+            else:
+                raise TypeError(f"the schema compiler needs an optional field to default to None: {path}{f.encode_name}")
+            self.value(f.type, v, path + f.encode_name, ind)
+        self.depth -= 1
+
+    def value(self, t: Any, v: str, path: str, ind: int) -> None:
+        s = self.src
+        t, extra = _unwrap(t)
+        members = _members(t)
+        if any(isinstance(m, _mi.AnyType) for m in members):
+            return
+        nullable = any(isinstance(m, _mi.NoneType) for m in members)
+        members = [m for m in members if not isinstance(m, _mi.NoneType)]
+        tests = [_test(m, v) for m in members]
+        shows_value = any(shows for _, _, shows in tests)
+        fail = (
+            f'raise RecordError("wrong_type", {s.const(f"{path!r} must be " + " or ".join(n for _, n, _ in tests) + ", got ")}'
+            f" + {'_short' if shows_value else '_type_name'}({v}))"
+        )
+        deep = [(m, test) for m, (test, _, _) in zip(members, tests) if self.has_checks(m)]
+        rest = [test for m, (test, _, _) in zip(members, tests) if not self.has_checks(m)] + ([f"{v} is None"] if nullable else [])
+        if not deep:
+            s.add(ind, f"if {v} is not None and not ({' or '.join(rest[:-1])}):" if nullable else f"if not ({' or '.join(rest)}):")
+            s.add(ind + 1, fail)
+        else:
+            for i, (m, test) in enumerate(deep):
+                s.add(ind, f"{'if' if i == 0 else 'elif'} {test}:")
+                self.checks(m, v, path, ind + 1, extra)
+            s.add(ind, f"elif not ({' or '.join(rest)}):" if rest else "else:")
+            s.add(ind + 1, fail)
+        for m in members:
+            if isinstance(m, _mi.FloatType):  # only `Finite` gets here (`_test`)
+                if len(members) > 1:
+                    raise TypeError(f"the schema compiler needs a finite number alone in its union: {path}")
+                s.add(ind, f"if {'' if not nullable else f'{v} is not None and '}not _isfinite({v}):")
+                s.add(ind + 1, f'raise RecordError("non_finite_number", {s.const(repr(path) + " is ")} + str({v}) + {s.const(", not a finite number")})')
+
+    def has_checks(self, t: Any) -> bool:
+        return isinstance(t, _mi.StructType) or (isinstance(t, _mi.ListType) and not isinstance(t.item_type, _mi.AnyType))
+
+    def checks(self, t: Any, v: str, path: str, ind: int, extra: dict[str, Any]) -> None:
+        """The checks inside a value already known to be of JSON type `t`."""
+        s = self.src
+        if isinstance(t, _mi.StructType):
+            self.fields(t, v, path + ".", ind)
+            return
+        union = _unwrap(t.item_type)[0]
+        if self.items is None:
+            self.items = union
+        elif union != self.items:
+            raise TypeError("the schema compiler supports one item union")
+        if extra.get("transitions"):
+            self.steps.append(path)
+            s.add(ind, f"if _is_transitions({v}):")
+            s.add(ind + 1, f"check_items({v}[-1], {path + '[-1]'!r})")
+            s.add(ind, "else:")
+            s.add(ind + 1, f"check_items({v}, {path!r})")
+        else:
+            s.add(ind, f"check_items({v}, {path!r})")
+
+    def item_rules(self) -> list[tuple[str, list[tuple[str, frozenset[str]]], list[str], bool]]:
+        """Per item kind: (tag, Literal fields and their values, required string fields, untyped)."""
+        rules = []
+        for st in _members(self.items):
+            if not isinstance(st, _mi.StructType) or st.tag_field != "type" or not _NAME.match(str(st.tag)):
+                raise TypeError(f"the schema compiler needs items tagged by 'type': {st!r}")
+            literals, strings = [], []
+            for f in st.fields:
+                ft = _unwrap(f.type)[0]
+                if not f.required or not _NAME.match(f.encode_name):
+                    raise TypeError(f"the schema compiler supports required item fields only: {st.tag}.{f.name}")
+                lenient = {x.encode_name: x for x in _mi.type_info(self.item).fields}.get(f.encode_name)
+                if lenient is None or lenient.default is not None:
+                    # `items_ok` reads the field off the lenient Item: it must be there, None when missing
+                    raise TypeError(f"{self.item.__name__} must decode '{f.encode_name}' (default None) for {st.tag}")
+                if isinstance(ft, _mi.LiteralType) and all(type(x) is str for x in ft.values):
+                    literals.append((f.encode_name, frozenset(ft.values)))
+                elif isinstance(ft, _mi.StrType):
+                    strings.append(f.encode_name)
+                else:
+                    raise TypeError(f"the schema compiler does not know the item field type {ft!r}")
+            rules.append((st.tag, literals, strings, bool(getattr(st.cls, "untyped", False))))
+        if sum(untyped for *_, untyped in rules) > 1:
+            raise TypeError("at most one item kind may stand for items without a type")
+        return rules
+
+    def item_checks(self) -> None:
+        """`check_items(items, where)` on dict items, and `items_ok(items)` on lenient typed items."""
+        s = self.src
+        rules = self.item_rules()
+        tags = s.const(frozenset(tag for tag, *_ in rules))
+        s.add(0, "def check_items(items, where):")
+        s.add(1, "for i, item in enumerate(items):")
+        s.add(2, "if not isinstance(item, dict):")
+        if self.steps:
+            s.add(3, f"if isinstance(item, list) and where in {s.const(frozenset(self.steps))}:")
+            s.add(4, f"raise RecordError(\"wrong_type\", f\"'{{where}}[{{i}}]' {_STEPS_REASON}\")")
+        s.add(3, "raise RecordError(\"wrong_type\", f\"'{where}[{i}]' must be an object, got {_type_name(item)}\")")
+        s.add(2, 'kind = item.get("type")')
+        for tag, literals, strings, untyped in rules:
+            if untyped:
+                s.add(2, "if kind is None:")
+                tests = [f"isinstance(value := item.get({f!r}), str) and value in {s.const(vals)}" for f, vals in literals]
+                tests += [f"isinstance(item.get({f!r}), str)" for f in strings]
+                s.add(3, f"if {' and '.join(tests) or 'True'}:")
+                s.add(4, "continue")
+                named = " and ".join(f"'{f}'" for f in [f for f, _ in literals] + strings)
+                s.add(3, f"raise RecordError(\"bad_item\", f\"'{{where}}[{{i}}]' has no 'type' and no {tag} {named}\")")
+        s.add(2, f"if not isinstance(kind, str) or kind not in {tags}:")
+        s.add(3, "raise RecordError(\"bad_item\", f\"'{where}[{i}]' has unknown item type {_short(kind)}\")")
+        first = True
+        for tag, literals, strings, _ in rules:
+            if not literals and not strings:
+                continue
+            s.add(2, f"{'if' if first else 'elif'} kind == {tag!r}:")
+            first = False
+            for f, vals in literals:
+                s.add(3, f"value = item.get({f!r})")
+                s.add(3, f"if not isinstance(value, str) or value not in {s.const(vals)}:")
+                s.add(4, f"raise RecordError(\"bad_item\", f\"'{{where}}[{{i}}]' is a {tag} with {f} {{_short(value)}}\")")
+            if strings:
+                test = " or ".join(f"not isinstance(item.get({f!r}), str)" for f in strings)
+                s.add(3, f"if {test}:")
+                named = " and ".join(f"'{f}'" for f in strings)
+                s.add(4, f"raise RecordError(\"bad_item\", f\"'{{where}}[{{i}}]' is a {tag} without a string {named}\")")
+        s.add(0, "")
+        # The typed form: `type` defaults to the untyped kind's tag (a missing key), or is None (null).
+        s.add(0, "def items_ok(items):")
+        s.add(1, "for item in items:")
+        s.add(2, "kind = item.type")
+        first = True
+        free = []
+        for tag, literals, strings, untyped in rules:
+            if not literals and not strings:
+                free.append(tag)
+                continue
+            s.add(2, f"{'if' if first else 'elif'} kind == {tag!r}{' or kind is None' if untyped else ''}:")
+            first = False
+            tests = [f"item.{f} not in {s.const(vals)}" for f, vals in literals] + [f"item.{f} is None" for f in strings]
+            s.add(3, f"if {' or '.join(tests)}:")
+            s.add(4, "return False")
+        if first:
+            s.add(2, "if False:")
+            s.add(3, "pass")
+        if free:
+            s.add(2, f"elif kind != {free[0]!r}:" if len(free) == 1 else f"elif kind not in {s.const(frozenset(free))}:")
+        else:
+            s.add(2, "else:")
+        s.add(3, "return False")
+        s.add(1, "return True")
+        untyped_tags = [tag for tag, *_, untyped in rules if untyped]
+        if untyped_tags and _mi.type_info(self.item).fields[0].default != untyped_tags[0]:
+            raise TypeError(f"{self.item.__name__}.type must default to {untyped_tags[0]!r}")
+
+
+def compile_checks(rollout: type = Rollout, task: type = Task, item: type = Item) -> dict[str, Any]:
+    """Compile a declaration (top-level Structs `rollout` and `task`, the lenient typed `item`) into
+    its checks and tables: a dict of `check_record`, `check_task`, `check_items`, `items_ok` (the
+    functions), `REQUIRED_KEYS` (tuple), `ITEM_TYPES`, `MESSAGE_ROLES` (frozensets), `source` (the
+    generated code, str). Raises TypeError for a declaration the compiler cannot enforce in full."""
+    c = _Compiler(item)
+    c.record("check_record", _mi.type_info(rollout))
+    c.record("check_task", _mi.type_info(task))
+    c.item_checks()
+    source = "\n".join(c.src.lines)
+    namespace: dict[str, Any] = {
+        "RecordError": RecordError,
+        "_type_name": _type_name,
+        "_short": _short,
+        "_isfinite": math.isfinite,
+        "_is_transitions": is_transitions,
+        **c.src.names,
+    }
+    exec(compile(source, f"<gymverl.schema checks of {rollout.__name__}>", "exec"), namespace)  # noqa: S102 - our own generated code
+    rules = c.item_rules()
+    roles = [vals for tag, literals, _, _ in rules if tag == "message" for f, vals in literals if f == "role"]
+    return {
+        "check_record": namespace["check_record"],
+        "check_task": namespace["check_task"],
+        "check_items": namespace["check_items"],
+        "items_ok": namespace["items_ok"],
+        "REQUIRED_KEYS": tuple(f.encode_name for f in _mi.type_info(rollout).fields if f.required),
+        "ITEM_TYPES": frozenset(tag for tag, *_ in rules),
+        "MESSAGE_ROLES": roles[0] if roles else frozenset(),
+        "source": source,
+    }
+
+
+_CHECKS = compile_checks()
+REQUIRED_KEYS: tuple[str, ...] = _CHECKS["REQUIRED_KEYS"]  # the keys every rollout line has
+ITEM_TYPES: frozenset[str] = _CHECKS["ITEM_TYPES"]
+MESSAGE_ROLES: frozenset[str] = _CHECKS["MESSAGE_ROLES"]
+check_record: Callable[[Any], None] = _CHECKS["check_record"]
+check_record.__doc__ = """Raise RecordError with a one-sentence reason when `obj` is not a usable rollout (`Rollout`)."""
+check_task: Callable[[Any], None] = _CHECKS["check_task"]
+check_task.__doc__ = """Raise RecordError unless `obj` is a valid NeMo Gym task (input row, `Task`): the part shared with rollouts."""
+check_items: Callable[[list[Any], str], None] = _CHECKS["check_items"]
+check_items.__doc__ = """Raise RecordError unless every element of `items` is a Responses-API item gymverl reads
+(`InputItem`); `where` names the list in reasons ("response.output")."""
+items_ok: Callable[[list[Any]], bool] = _CHECKS["items_ok"]
+items_ok.__doc__ = """`check_items` on typed items (`Item`): True when it would pass."""
+
+
+def _json_starts(t: Any) -> frozenset[int]:
+    """The first bytes of the JSON text of a value of declared type `t` (for a field kept raw)."""
+    starts = {_mi.NoneType: b"n", _mi.ListType: b"[", _mi.StrType: b'"', _mi.StructType: b"{", _mi.DictType: b"{"}
+    return frozenset(starts[type(m)][0] for m in _members(_unwrap(t)[0]))
+
+
+# `Params.tools` stays raw JSON in the fast path; the declared type (`TaskParams.tools`) is checked
+# by its first byte.
+_TOOLS_STARTS = _json_starts({f.name: f.type for f in _mi.type_info(TaskParams).fields}["tools"])
+
+
+def checks_source() -> str:
+    """The Python source the checks were compiled to (for reading; `compile_checks`)."""
+    return _CHECKS["source"]
 
 
 class _Cache(dict):  # type: ignore[type-arg]
@@ -511,19 +805,18 @@ def rollout_facts(rec: Any, content: bool = True, inp: tuple[int, bool] | None =
     if inp is None:
         inp = _input_facts(params.input)
     tools = params.tools
-    if inp is None or (tools is not _RAW_MISSING and memoryview(tools)[0] not in (0x5B, 0x6E)):  # tools: "[" or "n"(ull), or absent
+    if inp is None or (tools is not _RAW_MISSING and memoryview(tools)[0] not in _TOOLS_STARTS):
         return None
     response = rec.response
     output = response.output
     if not items_ok(output):
         return None
+    # (the decode checked the reward is finite and the indexes non-negative: `Finite`, `Index`)
     reward = rec.reward
-    if not math.isfinite(reward):
-        return None
     index = rec.task_index
-    if index is not None and not 0 <= index <= _U64_MAX:
+    if index is not None and index > _U64_MAX:
         return None
-    if rec.rollout_index is not None and not 0 <= rec.rollout_index <= _U64_MAX:
+    if rec.rollout_index is not None and rec.rollout_index > _U64_MAX:
         return None
     # agent_of and incomplete_of, inlined for the typed shape (`Agent`, str or None): once per line
     ref = rec.agent_ref
