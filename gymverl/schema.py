@@ -11,13 +11,19 @@ A rollout line (what `ng_collect_rollouts` writes) is one JSON object:
 - optional: `_ng_task_index`, `_ng_rollout_index` (ints), `agent_ref` ({type, name} or str),
   plus any task fields (`expected_answer`, `options`, ...) and verifier outputs at top level.
 
-Everything else reads rollouts through this module, in one of two shapes:
-- the plain dict orjson parses (`check_record` gives the exact rejection reasons; `gymverl.records`
-  reads the parts), and
-- the msgspec Structs below (`Record`), which decode only the keys gymverl reads, typed, in C. Only
-  a clean decode is trusted: `rollout_facts` returns None whenever anything is unusual and the
-  caller takes the dict path, which has the final word. Results are the same either way (the
-  property tests in tests/test_validate_property.py and tests/test_convert_fast.py hold them equal).
+That is declared once, as msgspec Structs (`Rollout`, `Task`, the item kinds of `InputItem`), and
+everything else reads rollouts through this module, in one of two shapes:
+- the plain dict orjson parses: `check_record` / `check_task` / `check_items` give the exact
+  rejection reasons; they are compiled from the declaration (`compile_checks`), as are the tables
+  `REQUIRED_KEYS`, `ITEM_TYPES`, `MESSAGE_ROLES`; `gymverl.records` reads the parts; and
+- the lenient msgspec Structs below (`Record`), which decode only the keys gymverl reads, typed, in
+  C (one Struct for every item kind, prompt and tools kept raw: faster than the declaration's
+  tagged union). They reuse the declaration's types (`Finite`, `Index`), `items_ok` is compiled
+  from it too, and `compile_checks` refuses an item rule they do not decode. Only a clean decode is
+  trusted: `rollout_facts` returns None whenever anything is unusual and the caller takes the dict
+  path, which has the final word. Results are the same either way (tests/test_schema.py tries every
+  declared rule on both paths; the property tests in tests/test_validate_property.py and
+  tests/test_convert_fast.py hold them equal on arbitrary input).
 
 Both shapes meet in the same rules: `agent_of`, `incomplete_of`, `task_key_of` (and `prompt_hash`),
 `is_object_text` (a tool call's arguments) and `content_blank` (no final answer).
