@@ -19,7 +19,6 @@ from typing import Any
 import msgspec.inspect as _mi
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_ARTICLE = {"a string": _mi.StrType, "an array": _mi.ListType, "a number": _mi.FloatType, "an object": _mi.StructType}
 _STEPS_REASON = (
     "is an array in a list of items (NeMo Gym's aviary agent writes per-step transitions "
     "as a list of arrays only, contains_transitions=true)"
@@ -100,8 +99,9 @@ class _Compiler:
         s = self.src
         for f in st.fields:
             if f.required:
+                reason = s.const("missing required key '" + path + f.encode_name + "'")
                 s.add(ind, f"if {f.encode_name!r} not in {obj}:")
-                s.add(ind + 1, f'raise RecordError("missing_key", {s.const(f"missing required key {path + f.encode_name!r}")})')
+                s.add(ind + 1, f'raise RecordError("missing_key", {reason})')
         self.depth += 1
         v = f"v{self.depth}"
         for f in st.fields:
@@ -124,10 +124,8 @@ class _Compiler:
         members = [m for m in members if not isinstance(m, _mi.NoneType)]
         tests = [_test(m, v) for m in members]
         shows_value = any(shows for _, _, shows in tests)
-        fail = (
-            f'raise RecordError("wrong_type", {s.const(f"{path!r} must be " + " or ".join(n for _, n, _ in tests) + ", got ")}'
-            f" + {'_short' if shows_value else '_type_name'}({v}))"
-        )
+        reason = s.const("'" + path + "' must be " + " or ".join(n for _, n, _ in tests) + ", got ")
+        fail = f'raise RecordError("wrong_type", {reason} + {"_short" if shows_value else "_type_name"}({v}))'
         deep = [(m, test) for m, (test, _, _) in zip(members, tests) if self.has_checks(m)]
         rest = [test for m, (test, _, _) in zip(members, tests) if not self.has_checks(m)] + ([f"{v} is None"] if nullable else [])
         if not deep:
@@ -143,8 +141,10 @@ class _Compiler:
             if isinstance(m, _mi.FloatType):  # only `Finite` gets here (`_test`)
                 if len(members) > 1:
                     raise TypeError(f"the schema compiler needs a finite number alone in its union: {path}")
-                s.add(ind, f"if {'' if not nullable else f'{v} is not None and '}not _isfinite({v}):")
-                s.add(ind + 1, f'raise RecordError("non_finite_number", {s.const(repr(path) + " is ")} + str({v}) + {s.const(", not a finite number")})')
+                guard = f"{v} is not None and " if nullable else ""
+                head, tail = s.const("'" + path + "' is "), s.const(", not a finite number")
+                s.add(ind, f"if {guard}not _isfinite({v}):")
+                s.add(ind + 1, f'raise RecordError("non_finite_number", {head} + str({v}) + {tail})')
 
     def has_checks(self, t: Any) -> bool:
         return isinstance(t, _mi.StructType) or (isinstance(t, _mi.ListType) and not isinstance(t.item_type, _mi.AnyType))
