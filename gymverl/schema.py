@@ -29,7 +29,6 @@ Both shapes meet in the same rules: `agent_of`, `incomplete_of`, `task_key_of` (
 `is_object_text` (a tool call's arguments) and `content_blank` (no final answer).
 """
 
-from __future__ import annotations
 
 import hashlib
 import sys
@@ -40,7 +39,7 @@ import msgspec
 import orjson
 
 from gymverl.jsonl import dumps
-from gymverl.schemacheck import compile_schema, json_starts
+from gymverl.schemacheck import compile_schema, field_type, json_starts
 
 # Keys NeMo Gym itself writes on a rollout line; everything else at top level is a task field or a
 # verifier output.
@@ -436,7 +435,7 @@ items_ok.__doc__ = """`check_items` on typed items (`Item`): True when it would 
 
 # `Params.tools` stays raw JSON in the fast path; the declared type (`TaskParams.tools`) is checked
 # by its first byte.
-_TOOLS_STARTS = json_starts({f.name: f.type for f in msgspec.structs.fields(TaskParams)}["tools"])
+_TOOLS_STARTS = json_starts(field_type(_CHECKS["info"], "responses_create_params", "tools"))
 
 
 def checks_source() -> str:

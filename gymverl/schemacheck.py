@@ -16,6 +16,7 @@ import re
 import sys
 from typing import Any
 
+import msgspec
 import msgspec.inspect as _mi
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -79,7 +80,10 @@ def _test(t: Any, v: str) -> tuple[str, str, bool]:
 class _Compiler:
     def __init__(self, item: type) -> None:
         self.src = _Source()
-        self.item = item  # the fast path's lenient item Struct (`Item`)
+        # the fast path's lenient item Struct (`Item`), and its fields' defaults by key (NODEFAULT: required)
+        self.item = item
+        keys, defaults = item.__struct_encode_fields__, item.__struct_defaults__
+        self.item_fields = dict.fromkeys(keys, msgspec.NODEFAULT) | dict(zip(keys[len(keys) - len(defaults) :], defaults))
         self.items: Any = None  # the item union (one per declaration)
         self.steps: list[str] = []  # paths whose items may be aviary transitions
         self.depth = 0
@@ -180,8 +184,7 @@ class _Compiler:
                 ft = _unwrap(f.type)[0]
                 if not f.required or not _NAME.match(f.encode_name):
                     raise TypeError(f"the schema compiler supports required item fields only: {st.tag}.{f.name}")
-                lenient = {x.encode_name: x for x in _mi.type_info(self.item).fields}.get(f.encode_name)
-                if lenient is None or lenient.default is not None:
+                if f.encode_name not in self.item_fields or self.item_fields[f.encode_name] is not None:
                     # `items_ok` reads the field off the lenient Item: it must be there, None when missing
                     raise TypeError(f"{self.item.__name__} must decode '{f.encode_name}' (default None) for {st.tag}")
                 if isinstance(ft, _mi.LiteralType) and all(type(x) is str for x in ft.values):
@@ -198,7 +201,7 @@ class _Compiler:
     def item_checks(self) -> None:
         """`check_items(items, where)` on dict items, and `items_ok(items)` on lenient typed items."""
         s = self.src
-        rules = self.item_rules()
+        rules = self.rules = self.item_rules()
         tags = s.const(frozenset(tag for tag, *_ in rules))
         s.add(0, "def check_items(items, where):")
         s.add(1, "for i, item in enumerate(items):")
@@ -260,7 +263,7 @@ class _Compiler:
         s.add(3, "return False")
         s.add(1, "return True")
         untyped_tags = [tag for tag, *_, untyped in rules if untyped]
-        if untyped_tags and _mi.type_info(self.item).fields[0].default != untyped_tags[0]:
+        if untyped_tags and self.item_fields.get("type") != untyped_tags[0]:
             raise TypeError(f"{self.item.__name__}.type must default to {untyped_tags[0]!r}")
 
 
@@ -275,31 +278,38 @@ def compile_schema(rollout: type, task: type, item: type, helpers: dict[str, Any
     declaration it cannot enforce in full.
     """
     c = _Compiler(item)
-    c.record("check_record", _mi.type_info(rollout))
-    c.record("check_task", _mi.type_info(task))
+    rollout_info, task_info = _mi.multi_type_info([rollout, task])  # (slow: once)
+    c.record("check_record", rollout_info)
+    c.record("check_task", task_info)
     c.item_checks()
     source = "\n".join(c.src.lines)
     # __name__: the functions' module is the declaration's (so pickle finds them where they are bound)
     namespace: dict[str, Any] = {"__name__": rollout.__module__, **helpers, "_isfinite": math.isfinite, **c.src.names}
     exec(compile(source, f"<gymverl checks of {rollout.__name__}>", "exec"), namespace)  # noqa: S102 - our own generated code
-    rules = c.item_rules()
+    rules = c.rules
     roles = [vals for tag, literals, _, _ in rules if tag == "message" for f, vals in literals if f == "role"]
     return {
         "check_record": namespace["check_record"],
         "check_task": namespace["check_task"],
         "check_items": namespace["check_items"],
         "items_ok": namespace["items_ok"],
-        "REQUIRED_KEYS": tuple(f.encode_name for f in _mi.type_info(rollout).fields if f.required),
+        "REQUIRED_KEYS": tuple(f.encode_name for f in rollout_info.fields if f.required),
         "ITEM_TYPES": frozenset(tag for tag, *_ in rules),
         "MESSAGE_ROLES": roles[0] if roles else frozenset(),
         "source": source,
+        "info": rollout_info,
     }
 
 
+def field_type(info: Any, *keys: str) -> Any:
+    """The msgspec.inspect type of the field at `keys` (JSON keys) below a StructType `info`."""
+    for key in keys:
+        info = _unwrap({f.encode_name: f.type for f in info.fields}[key])[0]
+    return info
+
+
 def json_starts(t: Any) -> frozenset[int]:
-    """The first bytes (ints) of the JSON text of a value of type `t` (a msgspec.inspect node or a
-    Python type), for a field the fast path keeps raw."""
-    if not isinstance(t, _mi.Type):
-        t = _mi.type_info(t)
+    """The first bytes (ints) of the JSON text of a value of msgspec.inspect type `t`, for a field
+    the fast path keeps raw."""
     starts = {_mi.NoneType: b"n", _mi.ListType: b"[", _mi.StrType: b'"', _mi.StructType: b"{", _mi.DictType: b"{"}
     return frozenset(starts[type(m)][0] for m in _members(_unwrap(t)[0]))
