@@ -74,8 +74,8 @@ def is_ng_key(key: str) -> bool:
 
 # ---- the declaration: what a usable task line and rollout line are ----------------------------------
 #
-# Declared once, as msgspec Structs; nothing reads these directly. `compile_checks` (below) derives
-# from them (with msgspec.inspect) the dict checker with its exact reasons (`check_record`,
+# Declared once, as msgspec Structs (no line is decoded with them: they are the rules). `compile_checks`
+# (gymverl.schemacheck) derives from them, with msgspec.inspect, the dict checker with its exact reasons (`check_record`,
 # `check_task`, `check_items`), the typed item check of the fast path (`items_ok`) and the tables
 # (`REQUIRED_KEYS`, `ITEM_TYPES`, `MESSAGE_ROLES`); the fast path's own Structs (`Record`) decode
 # the constrained fields with these very types, so msgspec enforces their bounds in C. What the
@@ -84,7 +84,7 @@ def is_ng_key(key: str) -> bool:
 # unions of those; items tagged by `type` with required string or Literal fields. Anything else
 # fails at import, so a rule cannot be declared without being enforced.
 
-# A finite JSON number: the bounds leave out inf and nan (msgspec rejects them in the fast decode).
+# A finite JSON number: the bounds leave out inf and nan (a number too big for a double fails the fast decode).
 Finite = Annotated[float, msgspec.Meta(ge=-sys.float_info.max, le=sys.float_info.max)]
 # A task or rollout index: a non-negative integer. (Also at most 64 bits, as orjson reads bigger ones
 # as floats, so the dict path rejects them: the fast path, whose msgspec reads any integer, checks it.)
@@ -141,7 +141,6 @@ class Rollout(Task, kw_only=True):
 
     response: RolloutResponse
     reward: Finite
-
 
 
 # ---- the rules both shapes share -----------------------------------------------------------------
