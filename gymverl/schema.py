@@ -11,35 +11,36 @@ A rollout line (what `ng_collect_rollouts` writes) is one JSON object:
 - optional: `_ng_task_index`, `_ng_rollout_index` (ints), `agent_ref` ({type, name} or str),
   plus any task fields (`expected_answer`, `options`, ...) and verifier outputs at top level.
 
-Everything else reads rollouts through this module, in one of two shapes:
-- the plain dict orjson parses (`check_record` gives the exact rejection reasons; `gymverl.records`
-  reads the parts), and
-- the msgspec Structs below (`Record`), which decode only the keys gymverl reads, typed, in C. Only
-  a clean decode is trusted: `rollout_facts` returns None whenever anything is unusual and the
-  caller takes the dict path, which has the final word. Results are the same either way (the
-  property tests in tests/test_validate_property.py and tests/test_convert_fast.py hold them equal).
+That is declared once, as msgspec Structs (`Rollout`, `Task`, the item kinds of `InputItem`), and
+everything else reads rollouts through this module, in one of two shapes:
+- the plain dict orjson parses: `check_record` / `check_task` / `check_items` give the exact
+  rejection reasons; they are compiled from the declaration (`compile_checks`), as are the tables
+  `REQUIRED_KEYS`, `ITEM_TYPES`, `MESSAGE_ROLES`; `gymverl.records` reads the parts; and
+- the lenient msgspec Structs below (`Record`), which decode only the keys gymverl reads, typed, in
+  C (one Struct for every item kind, prompt and tools kept raw: faster than the declaration's
+  tagged union). They reuse the declaration's types (`Finite`, `Index`), `items_ok` is compiled
+  from it too, and `compile_checks` refuses an item rule they do not decode. Only a clean decode is
+  trusted: `rollout_facts` returns None whenever anything is unusual and the caller takes the dict
+  path, which has the final word. Results are the same either way (tests/test_schema.py tries every
+  declared rule on both paths; the property tests in tests/test_validate_property.py and
+  tests/test_convert_fast.py hold them equal on arbitrary input).
 
 Both shapes meet in the same rules: `agent_of`, `incomplete_of`, `task_key_of` (and `prompt_hash`),
 `is_object_text` (a tool call's arguments) and `content_blank` (no final answer).
 """
 
-from __future__ import annotations
 
 import hashlib
-import math
+import sys
 from operator import attrgetter
-from typing import Any, Generic, Optional, TypeVar, Union
+from typing import Annotated, Any, Callable, ClassVar, Generic, Literal, Optional, TypeVar, Union
 
+import msgspec
 import orjson
 
 from gymverl.jsonl import dumps
+from gymverl.schemacheck import compile_schema, field_type, json_starts
 
-try:  # optional accelerators: the same results without them, about 3x slower
-    import msgspec
-except ImportError:  # pragma: no cover
-    msgspec = None  # type: ignore[assignment]
-
-REQUIRED_KEYS = ("responses_create_params", "response", "reward")
 # Keys NeMo Gym itself writes on a rollout line; everything else at top level is a task field or a
 # verifier output.
 ROLLOUT_KEYS = frozenset(
@@ -61,10 +62,6 @@ ROLLOUT_KEYS = frozenset(
         "_ng_no_persist",
     }
 )
-# The Responses-API item types NeMo Gym reads and writes (nemo_gym.openai_utils.NeMoGymResponseInputItem);
-# gymverl.messages converts exactly these, so a record that validates also converts.
-ITEM_TYPES = frozenset({"message", "function_call", "function_call_output", "reasoning"})
-MESSAGE_ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 # msgspec reads any integer as an int; orjson reads those beyond 64 bits as floats (not a valid index).
 _U64_MAX = 2**64 - 1
 
@@ -73,6 +70,77 @@ def is_ng_key(key: str) -> bool:
     """True for a key NeMo Gym itself writes on a rollout line (`ROLLOUT_KEYS`, or any `_ng_*`:
     0.7.0 adds e.g. `_ng_attempt_index`, `_ng_rollout_id`, `_ng_failure_*`): never a task field."""
     return key in ROLLOUT_KEYS or key.startswith("_ng_")
+
+
+# ---- the declaration: what a usable task line and rollout line are ----------------------------------
+#
+# Declared once, as msgspec Structs (no line is decoded with them: they are the rules). `compile_checks`
+# (gymverl.schemacheck) derives from them, with msgspec.inspect, the dict checker with its exact reasons (`check_record`,
+# `check_task`, `check_items`), the typed item check of the fast path (`items_ok`) and the tables
+# (`REQUIRED_KEYS`, `ITEM_TYPES`, `MESSAGE_ROLES`); the fast path's own Structs (`Record`) decode
+# the constrained fields with these very types, so msgspec enforces their bounds in C. What the
+# compiler understands: objects (Structs: a required field must be present), strings, arrays (of
+# anything, or of items), numbers (`Finite`), non-negative integers (`Index`), null (Optional), and
+# unions of those; items tagged by `type` with required string or Literal fields. Anything else
+# fails at import, so a rule cannot be declared without being enforced.
+
+# A finite JSON number: the bounds leave out inf and nan (a number too big for a double fails the fast decode).
+Finite = Annotated[float, msgspec.Meta(ge=-sys.float_info.max, le=sys.float_info.max)]
+# A task or rollout index: a non-negative integer. (Also at most 64 bits, as orjson reads bigger ones
+# as floats, so the dict path rejects them: the fast path, whose msgspec reads any integer, checks it.)
+Index = Annotated[int, msgspec.Meta(ge=0)]
+Role = Literal["system", "developer", "user", "assistant", "tool"]
+
+
+class MessageItem(msgspec.Struct, tag_field="type", tag="message", kw_only=True):
+    """A message; also the Responses API's "easy input message" (`{role, content}`, no or a null `type`)."""
+
+    untyped: ClassVar[bool] = True  # an item without a type is checked as this kind
+    role: Role
+
+
+class FunctionCallItem(msgspec.Struct, tag_field="type", tag="function_call", kw_only=True):
+    name: str
+    call_id: str
+
+
+class FunctionCallOutputItem(msgspec.Struct, tag_field="type", tag="function_call_output", kw_only=True):
+    call_id: str
+
+
+class ReasoningItem(msgspec.Struct, tag_field="type", tag="reasoning", kw_only=True):
+    pass
+
+
+# The Responses-API item types NeMo Gym reads and writes (nemo_gym.openai_utils.NeMoGymResponseInputItem);
+# gymverl.messages converts exactly these, so a record that validates also converts.
+InputItem = Union[MessageItem, FunctionCallItem, FunctionCallOutputItem, ReasoningItem]
+
+
+class TaskParams(msgspec.Struct, kw_only=True):
+    input: Union[str, list[InputItem]]
+    tools: Optional[list[Any]] = None
+
+
+class Task(msgspec.Struct, kw_only=True):
+    """A NeMo Gym task (input row): the part of a rollout line it shares."""
+
+    responses_create_params: TaskParams
+    task_index: Optional[Index] = msgspec.field(default=None, name="_ng_task_index")
+    rollout_index: Optional[Index] = msgspec.field(default=None, name="_ng_rollout_index")
+
+
+class RolloutResponse(msgspec.Struct, kw_only=True):
+    # `transitions`: the list may instead be aviary's per-step transitions (`is_transitions`), whose
+    # last step is checked as the items.
+    output: Annotated[list[InputItem], msgspec.Meta(extra={"transitions": True})]
+
+
+class Rollout(Task, kw_only=True):
+    """A rollout line (checked in field order: the task's fields, then these)."""
+
+    response: RolloutResponse
+    reward: Finite
 
 
 # ---- the rules both shapes share -----------------------------------------------------------------
@@ -180,7 +248,7 @@ def content_blank(content: Any) -> bool:
     Reads both shapes: plain JSON values, and the typed parts of `Record[TextParts]` (whose texts
     stay raw JSON: a blank text is mostly told from its first character, without building it).
     """
-    if type(content) is not list or not content or msgspec is None or type(content[0]) is dict:
+    if type(content) is not list or not content or type(content[0]) is dict:
         return not content_text(content).strip()
     for part in content:
         if type(part) is str:
@@ -252,158 +320,85 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def check_items(items: list[Any], where: str) -> None:
-    """Raise RecordError unless every element of `items` is a Responses-API item gymverl reads."""
-    for i, item in enumerate(items):
-        if not isinstance(item, dict):
-            if isinstance(item, list) and where == "response.output":
-                # A mix of items and item lists: not the aviary transitions form either.
-                raise RecordError(
-                    "wrong_type",
-                    f"'{where}[{i}]' is an array in a list of items (NeMo Gym's aviary agent writes per-step transitions "
-                    "as a list of arrays only, contains_transitions=true)",
-                )
-            raise RecordError("wrong_type", f"'{where}[{i}]' must be an object, got {_type_name(item)}")
-        t = item.get("type")
-        role = item.get("role")
-        if t is None:
-            # Responses-API "easy input message": {role, content} without a type.
-            if isinstance(role, str) and role in MESSAGE_ROLES:
-                continue
-            raise RecordError("bad_item", f"'{where}[{i}]' has no 'type' and no message 'role'")
-        if not isinstance(t, str) or t not in ITEM_TYPES:
-            raise RecordError("bad_item", f"'{where}[{i}]' has unknown item type {_short(t)}")
-        if t == "message":
-            if not isinstance(role, str) or role not in MESSAGE_ROLES:
-                raise RecordError("bad_item", f"'{where}[{i}]' is a message with role {_short(role)}")
-        elif t == "function_call":
-            if not isinstance(item.get("name"), str) or not isinstance(item.get("call_id"), str):
-                raise RecordError("bad_item", f"'{where}[{i}]' is a function_call without a string 'name' and 'call_id'")
-        elif t == "function_call_output":
-            if not isinstance(item.get("call_id"), str):
-                raise RecordError("bad_item", f"'{where}[{i}]' is a function_call_output without a string 'call_id'")
-
-
-def check_record(obj: Any) -> None:
-    """Raise RecordError with a one-sentence reason when `obj` is not a usable rollout."""
-    if not isinstance(obj, dict):
-        raise RecordError("not_object", f"line is a JSON {_type_name(obj)}, not an object")
-    for key in REQUIRED_KEYS:
-        if key not in obj:
-            raise RecordError("missing_key", f"missing required key '{key}'")
-    check_task(obj)
-    response = obj["response"]
-    if not isinstance(response, dict):
-        raise RecordError("wrong_type", f"'response' must be an object, got {_type_name(response)}")
-    output = response.get("output")
-    if not isinstance(output, list):
-        if "output" not in response:
-            raise RecordError("missing_key", "missing required key 'response.output'")
-        raise RecordError("wrong_type", f"'response.output' must be an array, got {_type_name(output)}")
-    if is_transitions(output):
-        check_items(output[-1], "response.output[-1]")
-    else:
-        check_items(output, "response.output")
-    reward = obj["reward"]
-    if isinstance(reward, bool) or not isinstance(reward, (int, float)):
-        raise RecordError("wrong_type", f"'reward' must be a number, got {_type_name(reward)}")
-    if not math.isfinite(reward):
-        raise RecordError("non_finite_number", f"'reward' is {reward}, not a finite number")
-
-
-def check_task(obj: Any) -> None:
-    """Raise RecordError unless `obj` is a valid NeMo Gym task (input row): the part shared with rollouts."""
-    if not isinstance(obj, dict):
-        raise RecordError("not_object", f"line is a JSON {_type_name(obj)}, not an object")
-    if "responses_create_params" not in obj:
-        raise RecordError("missing_key", "missing required key 'responses_create_params'")
-    rcp = obj["responses_create_params"]
-    if not isinstance(rcp, dict):
-        raise RecordError("wrong_type", f"'responses_create_params' must be an object, got {_type_name(rcp)}")
-    if "input" not in rcp:
-        raise RecordError("missing_key", "missing required key 'responses_create_params.input'")
-    inp = rcp["input"]
-    if isinstance(inp, list):
-        check_items(inp, "responses_create_params.input")
-    elif not isinstance(inp, str):
-        raise RecordError(
-            "wrong_type", f"'responses_create_params.input' must be a string or an array, got {_type_name(inp)}"
-        )
-    tools = rcp.get("tools")
-    if tools is not None and not isinstance(tools, list):
-        raise RecordError("wrong_type", f"'responses_create_params.tools' must be an array, got {_type_name(tools)}")
-    for key in ("_ng_task_index", "_ng_rollout_index"):
-        v = obj.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
-            raise RecordError("wrong_type", f"'{key}' must be a non-negative integer, got {_short(v)}")
-
-
 # ---- the typed shape (msgspec) -------------------------------------------------------------------
 
 C = TypeVar("C")  # how an item's `content` / `summary` is decoded: `TextParts` or `Any`
 
-if msgspec is not None:
-    # gc=False: decoded JSON cannot form reference cycles, so the collector need not track these.
-    _RAW_MISSING = msgspec.Raw(b"null")  # a missing key hands back this very object: `is` tells absent from null
-    _decode_str = msgspec.json.Decoder(str).decode
+# gc=False: decoded JSON cannot form reference cycles, so the collector need not track these.
+_RAW_MISSING = msgspec.Raw(b"null")  # a missing key hands back this very object: `is` tells absent from null
+_decode_str = msgspec.json.Decoder(str).decode
 
-    class Part(msgspec.Struct, gc=False):
-        """What `content_text` reads of a content part; texts raw (see `content_blank`)."""
 
-        type: Any = None
-        text: msgspec.Raw = _RAW_MISSING
-        refusal: msgspec.Raw = _RAW_MISSING
+class Part(msgspec.Struct, gc=False):
+    """What `content_text` reads of a content part; texts raw (see `content_blank`)."""
 
-    # Content as validation reads it (only to tell a blank answer); content of another JSON type
-    # fails the decode, and that line takes the dict path.
-    TextParts = Union[str, list[Union[str, Part]], None]
+    type: Any = None
+    text: msgspec.Raw = _RAW_MISSING
+    refusal: msgspec.Raw = _RAW_MISSING
 
-    class Item(msgspec.Struct, Generic[C], gc=False):
-        """A Responses-API item: the keys `check_items`, the rules and `messages.convert_items` read.
 
-        Defaults are the dict path's readings of a missing key (`type` "message", `arguments` "{}",
-        `output` ""); values of another type than declared fail the decode (the dict path decides).
-        """
+# Content as validation reads it (only to tell a blank answer); content of another JSON type
+# fails the decode, and that line takes the dict path.
+TextParts = Union[str, list[Union[str, Part]], None]
 
-        type: Optional[str] = "message"
-        role: Optional[str] = None
-        content: C = None  # type: ignore[assignment]
-        name: Optional[str] = None
-        call_id: Optional[str] = None
-        id: Optional[str] = None
-        arguments: str = "{}"
-        output: str = ""
-        summary: C = None  # type: ignore[assignment]
 
-    class Agent(msgspec.Struct, gc=False):
-        name: Any = None
+class Item(msgspec.Struct, Generic[C], gc=False):
+    """A Responses-API item, lenient: every item kind in one Struct (faster than the declaration's
+    tagged union), the keys the declaration constrains (checked by `items_ok`), the rules and
+    `messages.convert_items` read.
 
-    class Params(msgspec.Struct, gc=False):
-        # Raw: the prompt is shared by the n rollouts of a task, so it is read once per distinct
-        # value (`_input_facts`, `prompt_digest`, and the row builders' own caches).
-        input: msgspec.Raw
-        instructions: msgspec.Raw = _RAW_MISSING
-        tools: msgspec.Raw = _RAW_MISSING
+    Defaults are the dict path's readings of a missing key (`type` "message", `arguments` "{}",
+    `output` ""); values of another type than declared fail the decode (the dict path decides).
+    `compile_checks` refuses a declaration whose item fields this Struct does not decode as
+    None-when-missing.
+    """
 
-    class Response(msgspec.Struct, Generic[C], gc=False):
-        output: list[Item[C]]
-        status: Any = None
-        incomplete_details: Any = None
+    type: Optional[str] = "message"
+    role: Optional[str] = None
+    content: C = None  # type: ignore[assignment]
+    name: Optional[str] = None
+    call_id: Optional[str] = None
+    id: Optional[str] = None
+    arguments: str = "{}"
+    output: str = ""
+    summary: C = None  # type: ignore[assignment]
 
-    class Record(msgspec.Struct, Generic[C], gc=False):
-        """A rollout line, typed. `Record[TextParts]` for its facts, `Record[Any]` to convert it too."""
 
-        responses_create_params: Params
-        response: Response[C]
-        reward: float
-        task_index: Optional[int] = msgspec.field(default=None, name="_ng_task_index")
-        rollout_index: Optional[int] = msgspec.field(default=None, name="_ng_rollout_index")
-        agent_ref: Union[Agent, str, None] = None
-        mask_sample: Any = None
+class Agent(msgspec.Struct, gc=False):
+    name: Any = None
 
-    # The fields `messages.convert_items` reads of an item, in its order (for a typed item, in C).
-    item_fields = attrgetter("type", "role", "content", "call_id", "id", "name", "arguments", "output", "summary")
-    _decode_input = msgspec.json.Decoder(Union[str, list[Item[TextParts]]]).decode
+
+class Params(msgspec.Struct, gc=False):
+    # Raw: the prompt is shared by the n rollouts of a task, so it is read once per distinct
+    # value (`_input_facts`, `prompt_digest`, and the row builders' own caches).
+    input: msgspec.Raw
+    instructions: msgspec.Raw = _RAW_MISSING
+    tools: msgspec.Raw = _RAW_MISSING
+
+
+class Response(msgspec.Struct, Generic[C], gc=False):
+    output: list[Item[C]]
+    status: Any = None
+    incomplete_details: Any = None
+
+
+class Record(msgspec.Struct, Generic[C], gc=False):
+    """A rollout line, typed. `Record[TextParts]` for its facts, `Record[Any]` to convert it too.
+
+    `reward` and the indexes have the declaration's types (`Rollout`): msgspec checks their bounds."""
+
+    responses_create_params: Params
+    response: Response[C]
+    reward: Finite
+    task_index: Optional[Index] = msgspec.field(default=None, name="_ng_task_index")
+    rollout_index: Optional[Index] = msgspec.field(default=None, name="_ng_rollout_index")
+    agent_ref: Union[Agent, str, None] = None
+    mask_sample: Any = None
+
+
+# The fields `messages.convert_items` reads of an item, in its order (for a typed item, in C).
+item_fields = attrgetter("type", "role", "content", "call_id", "id", "name", "arguments", "output", "summary")
+_decode_input = msgspec.json.Decoder(Union[str, list[Item[TextParts]]]).decode
 
 
 def record_decoder(content: Any = None) -> Any:
@@ -412,22 +407,39 @@ def record_decoder(content: Any = None) -> Any:
     return msgspec.json.Decoder(Record[TextParts if content is None else content]).decode
 
 
-def items_ok(items: list[Any]) -> bool:
-    """`check_items` on typed items: True when it would pass."""
-    for item in items:
-        t = item.type
-        if t == "message" or t is None:
-            if item.role not in MESSAGE_ROLES:
-                return False
-        elif t == "function_call":
-            if item.name is None or item.call_id is None:
-                return False
-        elif t == "function_call_output":
-            if item.call_id is None:
-                return False
-        elif t != "reasoning":
-            return False
-    return True
+# ---- the checks, compiled from the declaration (gymverl.schemacheck) ------------------------------
+
+
+def compile_checks(rollout: type = Rollout, task: type = Task, item: type = Item) -> dict[str, Any]:
+    """The checks and tables of a declaration (`gymverl.schemacheck.compile_schema`): by default this
+    module's, whose functions and tables are bound below."""
+    helpers = {"RecordError": RecordError, "_type_name": _type_name, "_short": _short, "_is_transitions": is_transitions}
+    return compile_schema(rollout, task, item, helpers)
+
+
+_CHECKS = compile_checks()
+REQUIRED_KEYS: tuple[str, ...] = _CHECKS["REQUIRED_KEYS"]  # the keys every rollout line has
+ITEM_TYPES: frozenset[str] = _CHECKS["ITEM_TYPES"]
+MESSAGE_ROLES: frozenset[str] = _CHECKS["MESSAGE_ROLES"]
+check_record: Callable[[Any], None] = _CHECKS["check_record"]
+check_record.__doc__ = """Raise RecordError with a one-sentence reason when `obj` is not a usable rollout (`Rollout`)."""
+check_task: Callable[[Any], None] = _CHECKS["check_task"]
+check_task.__doc__ = """Raise RecordError unless `obj` is a valid NeMo Gym task (input row, `Task`): the part shared with rollouts."""
+check_items: Callable[[list[Any], str], None] = _CHECKS["check_items"]
+check_items.__doc__ = """Raise RecordError unless every element of `items` is a Responses-API item gymverl reads
+(`InputItem`); `where` names the list in reasons ("response.output")."""
+items_ok: Callable[[list[Any]], bool] = _CHECKS["items_ok"]
+items_ok.__doc__ = """`check_items` on typed items (`Item`): True when it would pass."""
+
+
+# `Params.tools` stays raw JSON in the fast path; the declared type (`TaskParams.tools`) is checked
+# by its first byte.
+_TOOLS_STARTS = json_starts(field_type(_CHECKS["info"], "responses_create_params", "tools"))
+
+
+def checks_source() -> str:
+    """The Python source the checks were compiled to (for reading; `compile_checks`)."""
+    return _CHECKS["source"]
 
 
 class _Cache(dict):  # type: ignore[type-arg]
@@ -511,19 +523,18 @@ def rollout_facts(rec: Any, content: bool = True, inp: tuple[int, bool] | None =
     if inp is None:
         inp = _input_facts(params.input)
     tools = params.tools
-    if inp is None or (tools is not _RAW_MISSING and memoryview(tools)[0] not in (0x5B, 0x6E)):  # tools: "[" or "n"(ull), or absent
+    if inp is None or (tools is not _RAW_MISSING and memoryview(tools)[0] not in _TOOLS_STARTS):
         return None
     response = rec.response
     output = response.output
     if not items_ok(output):
         return None
+    # (the decode checked the reward is finite and the indexes non-negative: `Finite`, `Index`)
     reward = rec.reward
-    if not math.isfinite(reward):
-        return None
     index = rec.task_index
-    if index is not None and not 0 <= index <= _U64_MAX:
+    if index is not None and index > _U64_MAX:
         return None
-    if rec.rollout_index is not None and not 0 <= rec.rollout_index <= _U64_MAX:
+    if rec.rollout_index is not None and rec.rollout_index > _U64_MAX:
         return None
     # agent_of and incomplete_of, inlined for the typed shape (`Agent`, str or None): once per line
     ref = rec.agent_ref
