@@ -181,7 +181,19 @@ def content_blank(content: Any) -> bool:
     stay raw JSON: a blank text is mostly told from its first character, without building it).
     """
     if type(content) is not list or not content or msgspec is None or type(content[0]) is dict:
-        return not content_text(content).strip()
+        if type(content) is not list:
+            return not content_text(content).strip()
+        # Plain parts: the first text holding a non-space character settles it (no join, no strip).
+        for part in content:
+            if isinstance(part, dict):
+                text = part.get("text")
+                if text is None and part.get("type") == "refusal":
+                    text = part.get("refusal")
+            else:
+                text = part
+            if isinstance(text, str) and text and (not text[0].isspace() or text.strip()):
+                return False
+        return True
     for part in content:
         if type(part) is str:
             if part.strip():
