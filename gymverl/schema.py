@@ -207,8 +207,8 @@ def content_blank(content: Any) -> bool:
                 continue
             text = part.refusal
         # `_raw_text_nonblank`'s first-character test, inlined: the usual answer ends here
-        head = bytes(memoryview(text)[:2])
-        if len(head) == 2 and head[0] == 0x22 and 0x21 <= head[1] <= 0x7E and head[1] != 0x5C and head[1] != 0x22:
+        head = memoryview(text)
+        if len(head) > 2 and head[0] == 0x22 and 0x21 <= head[1] <= 0x7E and head[1] != 0x5C and head[1] != 0x22:
             return False
         if _raw_text_nonblank(text):
             return False
