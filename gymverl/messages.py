@@ -105,7 +105,12 @@ def content_with_images(content: Any, images: list[dict[str, Any]] | None) -> st
     """`records.content_text` that keeps images: each image part becomes `<image>` in the text and
     its bytes are appended to `images`. ContentError when `images` is None and there is an image,
     or for a non-text, non-image part (see the module docstring)."""
-    if not isinstance(content, list) or not any(isinstance(p, dict) and p.get("type") in _NON_TEXT_PART_TYPES for p in content):
+    if not isinstance(content, list):
+        return content_text(content)
+    for p in content:  # (a loop, not any(...) over a generator: this runs for every message)
+        if isinstance(p, dict) and p.get("type") in _NON_TEXT_PART_TYPES:
+            break
+    else:
         return content_text(content)
     parts: list[str] = []
     for part in content:

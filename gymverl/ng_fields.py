@@ -16,6 +16,7 @@ model only (subclasses of `BaseVerifyResponse`, e.g. `extracted_answer`, `base_s
 from __future__ import annotations
 
 import ast
+import os
 import sys
 from pathlib import Path
 
@@ -24,6 +25,20 @@ _RESPONSE_BASES = ("BaseVerifyResponse", "BaseMultiRewardVerifyResponse")
 _BOOKKEEPING = frozenset(
     {"responses_create_params", "response", "reward", "capture_rollout_id", "mask_sample", "failure_kind", "failure_reason", "reward_components"}
 )
+
+
+def _server_sources(under: Path) -> list[Path]:
+    """The servers' own .py files below `under`: not their tests, and not what lives in hidden or
+    vendored folders (NeMo Gym 0.4 builds each server's uv venv in `<server>/.venv`: ~19,000 files
+    of third-party code that would take ~40 s to parse and declare no verifier model)."""
+    out: list[Path] = []
+    for folder, dirs, names in os.walk(under):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in _NOT_SERVER_CODE)
+        out += [Path(folder) / n for n in sorted(names) if n.endswith(".py")]
+    return out
+
+
+_NOT_SERVER_CODE = frozenset({"tests", "site-packages", "node_modules", "__pycache__"})
 
 
 def scan(site_packages: str | Path, server: str | None = None) -> tuple[set[str], set[str]]:
@@ -35,7 +50,7 @@ def scan(site_packages: str | Path, server: str | None = None) -> tuple[set[str]
     local: dict[tuple[str, str], tuple[list[str], list[str]]] = {}
     by_name: dict[str, list[tuple[str, str]]] = {}
     under = root / "resources_servers" / server if server else root / "resources_servers"
-    files = [p for p in under.glob("**/*.py") if "/tests/" not in str(p)]
+    files = _server_sources(under)
     for path in [*files, root / "nemo_gym" / "base_resources_server.py"]:
         try:
             tree = ast.parse(path.read_text())

@@ -270,11 +270,12 @@ class ValidationSummary(Rejections):
         if reward is None:
             return
         self.transitions += transitions
-        for flag, lines, name in ((malformed, self.malformed_call_lines, "malformed_calls"), (empty, self.empty_answer_lines, "empty_answers"), (no_prompt, self.no_prompt_lines, "no_prompt")):
-            if flag:
-                setattr(self, name, getattr(self, name) + 1)
-                if len(lines) < self.max_examples:
-                    lines.append(line)
+        if malformed or empty or no_prompt:  # (rare: most rollouts have none of these)
+            for flag, lines, name in ((malformed, self.malformed_call_lines, "malformed_calls"), (empty, self.empty_answer_lines, "empty_answers"), (no_prompt, self.no_prompt_lines, "no_prompt")):
+                if flag:
+                    setattr(self, name, getattr(self, name) + 1)
+                    if len(lines) < self.max_examples:
+                        lines.append(line)
         r = reward
         self.reward_sum += r
         if self.reward_min is None or r < self.reward_min:

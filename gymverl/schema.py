@@ -249,7 +249,19 @@ def content_blank(content: Any) -> bool:
     stay raw JSON: a blank text is mostly told from its first character, without building it).
     """
     if type(content) is not list or not content or type(content[0]) is dict:
-        return not content_text(content).strip()
+        if type(content) is not list:
+            return not content_text(content).strip()
+        # Plain parts: the first text holding a non-space character settles it (no join, no strip).
+        for part in content:
+            if isinstance(part, dict):
+                text = part.get("text")
+                if text is None and part.get("type") == "refusal":
+                    text = part.get("refusal")
+            else:
+                text = part
+            if isinstance(text, str) and text and (not text[0].isspace() or text.strip()):
+                return False
+        return True
     for part in content:
         if type(part) is str:
             if part.strip():
@@ -263,8 +275,8 @@ def content_blank(content: Any) -> bool:
                 continue
             text = part.refusal
         # `_raw_text_nonblank`'s first-character test, inlined: the usual answer ends here
-        head = bytes(memoryview(text)[:2])
-        if len(head) == 2 and head[0] == 0x22 and 0x21 <= head[1] <= 0x7E and head[1] != 0x5C and head[1] != 0x22:
+        head = memoryview(text)
+        if len(head) > 2 and head[0] == 0x22 and 0x21 <= head[1] <= 0x7E and head[1] != 0x5C and head[1] != 0x22:
             return False
         if _raw_text_nonblank(text):
             return False
@@ -274,14 +286,23 @@ def content_blank(content: Any) -> bool:
 def _raw_text_nonblank(raw: Any) -> bool:
     """Whether a raw JSON value is a string holding a non-whitespace character (`text.strip() != ""`).
 
-    A printable ASCII character other than a quote or a backslash right after the opening quote
-    settles it (it is never whitespace); anything else is decoded and stripped like the dict path.
+    Its first character settles it unless that is white space (or a `\\u` escape): a printable
+    ASCII character, a UTF-8 character that `str.isspace()` denies (the white space `strip()`
+    removes) or the escapes of `"`, `\\`, `/` and backspace. Only then is the text decoded.
     """
-    head = memoryview(raw)[:2]
+    head = bytes(memoryview(raw)[:5])  # the quote and at most one UTF-8 character
     if head[:1] != b'"':
         return False  # not a string: content_text ignores it
-    c = head[1:2]
-    if c and 0x21 <= c[0] <= 0x7E and c[0] != 0x5C and c[0] != 0x22:  # not `\` or the closing `"`
+    c = head[1] if len(head) > 1 else 0
+    if 0x21 <= c <= 0x7E and c != 0x5C and c != 0x22:  # not `\` or the closing `"`
+        return True
+    if c >= 0xC0:  # a UTF-8 lead byte: decode that one character (2 to 4 bytes)
+        try:
+            if not head[1 : 3 if c < 0xE0 else 4 if c < 0xF0 else 5].decode("utf-8").isspace():
+                return True
+        except UnicodeDecodeError:
+            pass  # (a line simdjson validated never gets here) the full decode has the word
+    elif c == 0x5C and head[2:3] in (b'"', b"\\", b"/", b"b"):
         return True
     return bool(_decode_str(raw).strip())
 
@@ -458,12 +479,29 @@ class _Cache(dict):  # type: ignore[type-arg]
 
 _INPUTS = _Cache()
 _DIGESTS = _Cache()
+_INPUT_BY_TAIL: dict[bytes, tuple[Any, tuple[int, bool] | None]] = {}
 
 
 def _input_facts(raw: Any) -> tuple[int, bool] | None:
     """(malformed tool calls, non-empty) of `responses_create_params.input` as raw JSON; None when
     `check_task` would reject it or the typed decode is unsure (cached by the JSON)."""
+    if len(raw) < 1024:
+        return _input_facts_of(bytes(raw))
+    # A long prompt: first found by its last 64 bytes (where prompts differ: the question comes
+    # last), then compared whole as Raw (a memcmp), without copying and hashing all of it.
+    tail = bytes(memoryview(raw)[-64:])
+    seen = _INPUT_BY_TAIL.get(tail)
+    if seen is not None and seen[0] == raw:
+        return seen[1]
     key = bytes(raw)
+    value = _input_facts_of(key)
+    if len(_INPUT_BY_TAIL) >= 512:
+        _INPUT_BY_TAIL.clear()
+    _INPUT_BY_TAIL[tail] = (msgspec.Raw(key), value)  # its own copy: never keeps the line alive
+    return value
+
+
+def _input_facts_of(key: bytes) -> tuple[int, bool] | None:
     try:
         return _INPUTS[key]
     except KeyError:

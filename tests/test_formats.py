@@ -149,3 +149,25 @@ def test_one_servers_request_fields_are_what_its_openapi_declares(nemo_gym_env) 
     assert server_request_fields("math_with_judge", nemo_gym_env) == {"question", "expected_answer"}
     assert not {"responses_create_params", "response"} & server_request_fields("mcqa", nemo_gym_env)  # type: ignore[operator]
     assert server_request_fields("no_such_server", nemo_gym_env) is None and server_request_fields("../mcqa", nemo_gym_env) is None
+
+
+def test_a_servers_own_venv_is_not_read_for_its_request_fields(tmp_path) -> None:
+    """NeMo Gym 0.4 builds each server's uv venv inside its folder (`<server>/.venv`, ~19,000 .py
+    files): reading it took to-parquet ~40 s per agent. Only the server's own code declares its
+    request model; hidden, vendored and test folders are skipped."""
+    from gymverl.ng_fields import scan
+
+    server = tmp_path / "resources_servers" / "toy"
+    (server / ".venv" / "lib").mkdir(parents=True)
+    (server / "tests").mkdir()
+    (tmp_path / "nemo_gym").mkdir()
+    (tmp_path / "nemo_gym" / "base_resources_server.py").write_text(
+        "class BaseVerifyRequest(BaseModel):\n    responses_create_params: dict\n    response: dict\n"
+    )
+    (server / "app.py").write_text("class ToyVerifyRequest(BaseVerifyRequest):\n    expected_answer: str\n")
+    vendored = "class Other(BaseVerifyRequest):\n    from_vendored_code: str\n"
+    (server / ".venv" / "lib" / "x.py").write_text(vendored)
+    (server / "tests" / "test_app.py").write_text(vendored.replace("vendored", "tests"))
+    request, _ = scan(tmp_path, "toy")
+    assert "expected_answer" in request
+    assert not {"from_vendored_code", "from_tests_code"} & request

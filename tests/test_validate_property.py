@@ -521,6 +521,11 @@ content_value = st.one_of(st.none(), text_value, st.lists(content_part, max_size
 @example(content=[{"text": " "}, {"text": "\u00a0"}, "\n"])
 @example(content=[{"text": '"'}])
 @example(content=[{"text": 5}, {"text": "\\"}])
+@example(content=[{"text": "\u3000"}, "\u2028", {"text": "\x85\u200a"}, {"text": "\x1c\t"}])  # multi-byte white space
+@example(content=[{"text": "\u3000"}, {"text": "\u00d7"}])
+@example(content=[{"text": "\u2028"}, {"text": "\U0001f600"}])
+@example(content=[{"text": "\n"}, {"text": "\x08"}])
+@example(content=[{"text": "\x1f"}, {"text": "\u2003x"}])
 def test_blank_answer_rule_reads_both_shapes_alike(content):
     # `content_blank` on the typed parts (texts left raw) is `content_text(...).strip() == ""` on the dict.
     expected = not schema.content_text(content).strip()
@@ -548,3 +553,24 @@ def test_fast_path_reads_rollouts_without_a_task_index():
             malformed_calls(rec), empty_answer(rec), starts_without_prompt(rec),
         )
         assert "@" in task_key(rec)
+
+
+def test_long_prompts_with_the_same_ending_keep_their_own_facts(workdir):
+    # Long prompts are looked up by their last 64 bytes first (no copy and hash of the whole
+    # prompt per line); two prompts that end alike must still get their own malformed-call count.
+    tail = {"role": "user", "content": "the same question at the end " * 4}
+    lines = []
+    for args in ('{"a": 1}', '{"a"', '{"b": 2}', '"x"'):  # alternating: each line finds the other's entry
+        rec = good()
+        rec["responses_create_params"]["input"] = [
+            {"role": "system", "content": "s" * 1500},
+            {"type": "function_call", "name": "f", "call_id": "c1", "arguments": args},
+            {"type": "function_call_output", "call_id": "c1", "output": "o"},
+            tail,
+        ]
+        lines.append(dump(rec))
+    for line in lines * 2:
+        assert len(orjson.dumps(orjson.loads(line)["responses_create_params"]["input"])) > 1024
+        both_ways(workdir, line + b"\n")
+    fast = _FastRollouts()
+    assert [fast(line)[5] for line in lines * 2] == [malformed_calls(orjson.loads(line)) for line in lines * 2] == [0, 1, 0, 1] * 2

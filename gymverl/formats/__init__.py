@@ -156,8 +156,9 @@ class FieldRules:
             return True
         if self.task_keys is not None:
             return key in self.task_keys
-        kept = not looks_like_verifier_output(key)
-        self.guessed.setdefault(key, kept)
+        kept = self.guessed.get(key)  # each name is guessed once (this runs for every key of every row)
+        if kept is None:
+            kept = self.guessed[key] = not looks_like_verifier_output(key)
         return kept
 
     def task_fields(self, record: dict[str, Any]) -> dict[str, Any]:
