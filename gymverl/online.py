@@ -479,11 +479,11 @@ def plan_online(opts: OnlineOptions, *, dry_run: bool = False) -> OnlinePlan:
     down = unreachable_servers(opts.servers)
     if down and not dry_run:
         raise OnlineError(
-            f"--server {down[0]} does not answer ({down[1]}); start it, or leave it out and train-online starts the "
+            f"--server {down[0]} {down[1]}; start that resources server, or leave it out and train-online starts the "
             "rows' servers itself (--servers NAME)."
         )
     if down:
-        notes.append(f"--server {down[0]} does not answer now ({down[1]}); the run will refuse to start until it does")
+        notes.append(f"--server {down[0]} {down[1]} at the moment; the run will refuse to start until it is a running resources server")
     pending = {name: PENDING_URL for name in start}
     argv = build_online_command(opts, write_loop_yaml=dry_run, started=pending, agents=mapped, rows=rows)
     check_with_verl_config(argv)

@@ -378,7 +378,8 @@ def test_preflight_checks_given_servers_environments_and_the_chat_template(tmp_p
         assert res.exit_code == 0, res.output
         return " | ".join(json.loads(res.stdout)["notes"])
 
-    assert f"--server xlam_fc={down} does not answer now" in notes(*both)
+    said = notes(*both)
+    assert f"--server xlam_fc={down} does not answer (" in said and "at the moment; the run will refuse" in said
     assert "the rows play 2 environments (math_with_judge, xlam_fc) but the plain --server URL is one server" in notes("--server", down)
     if find_spec("vllm") is None:
         assert "this machine cannot run it: --rollout vllm needs the vllm package" in notes(*both)

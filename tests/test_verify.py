@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from conftest import SAMPLE_DATA
-from fake_verify_server import FakeServer, fake_reward
+from fake_verify_server import FakeServer, OtherHttpServer, fake_reward
 from gymverl.verify import (
     VerifyClient,
     VerifyConfigError,
@@ -315,3 +315,18 @@ def test_unreachable_servers_names_the_first_server_that_does_not_answer(monkeyp
             monkeypatch.delenv(var, raising=False)
         assert unreachable_servers([srv.url]) is None
     assert server_answers(dead + "/") is not None
+
+
+@pytest.mark.parametrize("status", [404, 405])
+def test_unreachable_servers_names_a_server_that_answers_but_is_no_resources_server(status: int) -> None:
+    """--server given a policy model server's port: GET /reverify_mode's 404 read as NeMo Gym < 0.5,
+    every row failed `http_4xx (404)` and rescore still said its output was written. The shared
+    preflight POSTs `{}` to /verify: a resources server refuses it with 422 (NeMo Gym 0.4.0 and
+    0.7.0, checked against `python -m gymverl.nemo_gym mcqa`; the fault server answers so too),
+    something else answers 404 or 405 there."""
+    with OtherHttpServer(status) as other, FakeServer() as srv:
+        down = unreachable_servers([srv.url, f"mcqa={other.url}"])
+        assert down == (f"mcqa={other.url}", f"answers {status} at /verify: not a NeMo Gym resources server")
+        assert unreachable_servers([srv.url]) is None
+        assert srv.stats()["requests"] == 0 and srv.stats()["probes"] == 2  # the probe is not a row
+
