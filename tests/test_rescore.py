@@ -177,6 +177,30 @@ def _closed_url() -> str:
         return f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
+def test_a_truncated_input_says_how_to_continue_and_resume_refusal_names_overwrite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A truncated .gz input stopped rescore (exit 2) with no word on what next; once the input was
+    fixed, --resume said "run without --resume to start over" and that said "continue it with
+    --resume, or start over with --overwrite": a circle. Both now name --overwrite, which works."""
+    import gzip
+
+    monkeypatch.chdir(tmp_path)
+    make_input(tmp_path / "full.jsonl", 600)
+    data = gzip.compress((tmp_path / "full.jsonl").read_bytes())
+    (tmp_path / "in.jsonl.gz").write_bytes(data[: len(data) // 2])
+    with FakeServer() as srv:
+        cmd = ["rescore", "in.jsonl.gz", "-o", "out.jsonl", "-s", srv.url]
+        res = runner.invoke(app, cmd, env={"GYMVERL_VERIFY_URL": ""})
+        assert res.exit_code == 2 and "corrupt or truncated gzip data after line" in res.output, res.output
+        assert "the rows before it are saved in out.jsonl: fix the input and start over with --overwrite" in res.output
+        (tmp_path / "in.jsonl.gz").write_bytes(data)  # the input fixed
+        res = runner.invoke(app, [*cmd, "--resume"], env={"GYMVERL_VERIFY_URL": ""})
+        assert res.exit_code == 2 and "is not the input the interrupted run used" in res.output, res.output
+        assert "start over with --overwrite" in res.output and "run without --resume" not in res.output
+        res = runner.invoke(app, [*cmd, "--overwrite"], env={"GYMVERL_VERIFY_URL": ""})
+        assert res.exit_code == 0, res.output
+    assert len(read_jsonl(tmp_path / "out.jsonl")) == 600
+
+
 def test_a_server_that_answers_but_is_no_resources_server_is_one_sentence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """--server at a port where something else answers HTTP (a policy model server: 404 for every
     route): GET /reverify_mode's 404 read as NeMo Gym < 0.5, so every row failed `http_4xx (404)`,
