@@ -109,12 +109,23 @@ class VerifyResult:
 
 
 def normalize_url(url: str) -> str:
-    """A server base URL without trailing `/` or `/verify`; raises VerifyConfigError when unusable."""
+    """A server base URL without trailing `/` or `/verify`; raises VerifyConfigError (a UsageError,
+    exit 2) when unusable: no http(s) scheme, no host, a port that is not a number in 0-65535."""
     u = url.strip().rstrip("/")
     if u.endswith("/verify"):
         u = u[: -len("/verify")]
     if not (u.startswith("http://") or u.startswith("https://")) or len(u.split("://", 1)[1]) == 0:
         raise VerifyConfigError(f"server URL {url!r} must start with http:// or https:// (e.g. http://127.0.0.1:8000).")
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(u)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in 0-65535
+    except ValueError as exc:
+        why = str(exc)
+        raise VerifyConfigError(f"server URL {url!r} is not a valid URL: {why[:1].lower()}{why[1:]} (e.g. http://127.0.0.1:8000).") from None
+    if not parts.hostname:
+        raise VerifyConfigError(f"server URL {url!r} names no host (e.g. http://127.0.0.1:8000).")
     return u
 
 

@@ -11,6 +11,7 @@ import copy
 import json
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +25,7 @@ from gymverl.verify import (
     build_request,
     clean_params,
     describe_error_body,
+    normalize_url,
     parse_servers,
     server_answers,
     unreachable_servers,
@@ -330,3 +332,31 @@ def test_unreachable_servers_names_a_server_that_answers_but_is_no_resources_ser
         assert unreachable_servers([srv.url]) is None
         assert srv.stats()["requests"] == 0 and srv.stats()["probes"] == 2  # the probe is not a row
 
+
+@pytest.mark.parametrize("url, says", [
+    ("http://127.0.0.1:99999", "is not a valid URL: port out of range 0-65535"),
+    ("http://127.0.0.1:80x", "is not a valid URL: port could not be cast to integer"),
+    ("http://:8000", "names no host"),
+])
+def test_a_server_url_with_a_bad_port_or_no_host_is_a_usage_error_for_every_command(url: str, says: str, tmp_path: Path) -> None:
+    """`rescore -s http://127.0.0.1:99999` said "internal error (ValueError: Port out of range
+    0-65535)": parse_servers, the one spec parser, now checks port and host, so every command that
+    takes --server (rescore, train-online) says one plain sentence, exit 2."""
+    from typer.testing import CliRunner
+
+    from gymverl.cli import app
+
+    with pytest.raises(VerifyConfigError, match=says):
+        parse_servers(f"mcqa={url}")
+    assert normalize_url("http://[::1]:8000/verify") == "http://[::1]:8000"
+    data = tmp_path / "in.jsonl"
+    data.write_text((SAMPLE_DATA / "rollouts.jsonl").read_text())
+    runner = CliRunner()
+    for cmd in (
+        ["rescore", str(data), "-o", str(tmp_path / "o.jsonl"), "-s", url],
+        ["train-online", str(data), "-m", str(tmp_path / "model"), "-o", str(tmp_path / "run"), "--server", f"mcqa={url}", "--dry-run"],
+    ):
+        res = runner.invoke(app, cmd, env={"GYMVERL_VERIFY_URL": ""})
+        lines = [x for x in res.output.splitlines() if x.strip()]
+        assert res.exit_code == 2 and len(lines) == 1 and says in lines[0] and "internal error" not in lines[0], res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
