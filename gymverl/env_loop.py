@@ -471,9 +471,10 @@ _SETTING_NAMES = frozenset(
 )
 
 
-def loop_config(path: str | os.PathLike[str], **settings: Any) -> Path:
-    """Write an `agent.agent_loop_config_path` YAML declaring this loop with `settings` (e.g.
-    `server="math_with_judge=http://..."`) to `path`; returns the path."""
+def loop_config_text(**settings: Any) -> str:
+    """The text of an `agent.agent_loop_config_path` YAML declaring this loop with `settings` (e.g.
+    `server="math_with_judge=http://..."`; None values are left out). Raises EnvLoopConfigError
+    for a setting the loop does not take."""
     import yaml
 
     entry = {"name": AGENT_NAME, "_target_": f"{__name__}.GymverlEnvAgentLoop"}
@@ -481,6 +482,11 @@ def loop_config(path: str | os.PathLike[str], **settings: Any) -> Path:
     if unknown:
         raise EnvLoopConfigError(f"unknown {AGENT_NAME} setting(s): {', '.join(sorted(unknown))}")
     entry.update({k: v for k, v in settings.items() if v is not None})
+    return yaml.safe_dump([entry], sort_keys=False)
+
+
+def loop_config(path: str | os.PathLike[str], **settings: Any) -> Path:
+    """Write `loop_config_text(**settings)` to `path`; returns the path."""
     out = Path(path)
-    out.write_text(yaml.safe_dump([entry], sort_keys=False))
+    out.write_text(loop_config_text(**settings))
     return out

@@ -39,7 +39,7 @@ from typing import Any, Iterator, Sequence
 
 import orjson
 from gymverl import ng_setup, proc
-from gymverl.errors import GymverlError, RunError
+from gymverl.errors import EXIT_USAGE, GymverlError, RunError
 from gymverl.overrides import override
 
 ENV_VAR = "GYMVERL_NEMO_GYM_ENV"
@@ -186,8 +186,9 @@ def resources_server_config(env: Path, name: str) -> Path:
     available = sorted(p.name for p in (package_dir(env) / "resources_servers").iterdir() if (p / "configs").is_dir())
     close = difflib.get_close_matches(name, available, n=3)
     hint = f"did you mean {', '.join(close)}? " if close else ""
-    raise NemoGymError(
-        f"unknown NeMo Gym resources server {name!r}; {hint}{len(available)} are installed (`gym list` names them)."
+    raise NemoGymError(  # a name the user typed: a usage error (exit 2), not a failed start
+        f"unknown NeMo Gym resources server {name!r}; {hint}{len(available)} are installed (`gym list` names them).",
+        code=EXIT_USAGE,
     )
 
 
@@ -563,10 +564,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     (`make setup` uses that so NeMo Gym's per-server venvs are built before the first real run).
     """
     args = list(argv if argv is not None else sys.argv[1:])
+    usage = "usage: python -m gymverl.nemo_gym [--warmup] RESOURCES_SERVER [...]"
+    if any(a in ("-h", "--help") for a in args):
+        print(
+            f"{usage}\n\nStart NeMo Gym resources servers (e.g. mcqa, math_with_judge) from ${ENV_VAR}'s venv and print\n"
+            "one line per server: NAME<TAB>URL. Runs until Ctrl-C; --warmup stops once they are ready.\n"
+            "Exit codes: 0 ok, 1 NeMo Gym could not start them, 2 usage error (an unknown server name), 130 interrupted."
+        )
+        return 0
     warmup = "--warmup" in args
     names = [a for a in args if a != "--warmup"]
-    if not names:
-        print("usage: python -m gymverl.nemo_gym [--warmup] RESOURCES_SERVER [...]", file=sys.stderr)
+    unknown = [a for a in names if a.startswith("-")]
+    if not names or unknown:
+        print(f"{usage}\nerror: unknown option {unknown[0]}." if unknown else usage, file=sys.stderr)
         return 2
     try:
         # Run as a script, not through the CLI: SIGTERM/SIGHUP must stop ng_run and Ray like Ctrl-C.

@@ -147,6 +147,7 @@ class OnlinePlan(RunPlan):
     agents: dict[str, str]  # agent (rows' agent_ref) -> the resources server it plays, for started ones
     servers: dict[str, str] = field(default_factory=dict)  # started server -> URL (once running)
     notes: list[str] = field(default_factory=list)
+    loop_yaml: str = ""  # the agent-loop YAML the run writes into OUTDIR (LOOP_YAML) when it starts
 
 
 def _check_options(opts: OnlineOptions) -> None:
@@ -190,6 +191,16 @@ def server_specs_for(opts: OnlineOptions, started: Mapping[str, str], agents: Ma
     return specs
 
 
+def agent_loop_yaml(opts: OnlineOptions, started: Mapping[str, str] | None = None, agents: Mapping[str, str] | None = None) -> str:
+    """The text of the agent-loop YAML (`OUTDIR/gymverl_agent_loops.yaml`) that `build_online_command`
+    writes for `opts`: the `gymverl_env` loop with its server specs (`server_specs_for`), max turns
+    and failure policy. `started`/`agents` as in `build_online_command`."""
+    from gymverl.env_loop import loop_config_text
+
+    spec = " ".join(server_specs_for(opts, started or {}, agents))
+    return loop_config_text(server=spec, max_turns=opts.max_turns, on_failure=opts.on_failure)
+
+
 def build_online_command(
     opts: OnlineOptions,
     *,
@@ -204,8 +215,6 @@ def build_online_command(
     OnlineError for unusable options. The user's pass-through overrides win over gymverl's for the
     same key (Hydra refuses a key given twice). `rows`: DATA's row count when already checked
     (`check_rows_select_env_loop`), so the parquet is not read again."""
-    from gymverl.env_loop import loop_config
-
     _check_options(opts)
     if not opts.servers and not started:
         raise OnlineError("give the resources servers with --server NAME=URL or start them with --servers NAME (one per environment).")
@@ -215,7 +224,7 @@ def build_online_command(
     loop_yaml = out / LOOP_YAML
     if write_loop_yaml:
         out.mkdir(parents=True, exist_ok=True)
-        loop_config(loop_yaml, server=spec, max_turns=opts.max_turns, on_failure=opts.on_failure)
+        loop_yaml.write_text(agent_loop_yaml(opts, started, agents))
     reward_py = Path(__import__("gymverl.reward", fromlist=["x"]).__file__).resolve()
     val = (opts.val or opts.data).resolve()
     # One builder quotes every value by Hydra's grammar (gymverl.overrides): a comma or space in a
@@ -430,7 +439,7 @@ def _check_out(opts: OnlineOptions) -> Optional[str]:
     from gymverl.train import check_out_dir
 
     out = opts.out
-    # A directory holding only the agent-loop YAML of a --dry-run counts as new.
+    # A directory holding only the agent-loop YAML (which --dry-run wrote in earlier versions) counts as new.
     if out.is_dir() and [p.name for p in out.iterdir()] == [LOOP_YAML]:
         return None
     return check_out_dir(out, opts.resume, opts.overwrite)
@@ -479,20 +488,24 @@ def plan_online(opts: OnlineOptions, *, dry_run: bool = False) -> OnlinePlan:
     down = unreachable_servers(opts.servers)
     if down and not dry_run:
         raise OnlineError(
-            f"--server {down[0]} does not answer ({down[1]}); start it, or leave it out and train-online starts the "
+            f"--server {down[0]} {down[1]}; start that resources server, or leave it out and train-online starts the "
             "rows' servers itself (--servers NAME)."
         )
     if down:
-        notes.append(f"--server {down[0]} does not answer now ({down[1]}); the run will refuse to start until it does")
+        notes.append(f"--server {down[0]} {down[1]} at the moment; the run will refuse to start until it is a running resources server")
     pending = {name: PENDING_URL for name in start}
-    argv = build_online_command(opts, write_loop_yaml=dry_run, started=pending, agents=mapped, rows=rows)
+    # Nothing is written here, dry run or not: `run_online` writes the YAML once its servers run.
+    argv = build_online_command(opts, write_loop_yaml=False, started=pending, agents=mapped, rows=rows)
     check_with_verl_config(argv)
     env = {
         "PYTHONUNBUFFERED": "1",  # step lines must reach the progress view as they happen
         "VERL_FILE_LOGGER_PATH": str(opts.out.resolve() / METRICS),
         **online_env(opts),
     }
-    return OnlinePlan(options=opts, argv=argv, env=env, rows=rows, start=start, agents=mapped, notes=notes)
+    return OnlinePlan(
+        options=opts, argv=argv, env=env, rows=rows, start=start, agents=mapped, notes=notes,
+        loop_yaml=agent_loop_yaml(opts, pending, mapped),
+    )
 
 
 def run_online(
@@ -573,7 +586,15 @@ def check_with_verl_config(argv: list[str]) -> None:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    import verl.trainer.main_ppo as main_ppo
+    import logging
+
+    # VeRL logs "No supported accelerator detected" (and more) while main_ppo is imported, on a
+    # machine without a GPU: gymverl only reads its config here, so those lines are not the plan's.
+    logging.disable(logging.WARNING)
+    try:
+        import verl.trainer.main_ppo as main_ppo
+    finally:
+        logging.disable(logging.NOTSET)
 
     overrides = argv[3:]  # after `python -m verl.trainer.main_ppo`
     GlobalHydra.instance().clear()
@@ -605,6 +626,7 @@ __all__ = [
     "CPU_ROLLOUT_ENV",
     "CPU_ROLLOUT_OVERRIDES",
     "LOOP_YAML",
+    "agent_loop_yaml",
     "NG_LOG",
     "OnlineError",
     "OnlineOptions",

@@ -109,12 +109,23 @@ class VerifyResult:
 
 
 def normalize_url(url: str) -> str:
-    """A server base URL without trailing `/` or `/verify`; raises VerifyConfigError when unusable."""
+    """A server base URL without trailing `/` or `/verify`; raises VerifyConfigError (a UsageError,
+    exit 2) when unusable: no http(s) scheme, no host, a port that is not a number in 0-65535."""
     u = url.strip().rstrip("/")
     if u.endswith("/verify"):
         u = u[: -len("/verify")]
     if not (u.startswith("http://") or u.startswith("https://")) or len(u.split("://", 1)[1]) == 0:
         raise VerifyConfigError(f"server URL {url!r} must start with http:// or https:// (e.g. http://127.0.0.1:8000).")
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(u)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in 0-65535
+    except ValueError as exc:
+        why = str(exc)
+        raise VerifyConfigError(f"server URL {url!r} is not a valid URL: {why[:1].lower()}{why[1:]} (e.g. http://127.0.0.1:8000).") from None
+    if not parts.hostname:
+        raise VerifyConfigError(f"server URL {url!r} names no host (e.g. http://127.0.0.1:8000).")
     return u
 
 
@@ -171,16 +182,50 @@ def server_answers(url: str, timeout: float = 5.0) -> str | None:
     return None
 
 
+NOT_A_RESOURCES_SERVER = (404, 405)  # what POST /verify answers where no resources server listens
+
+
+def resources_server_problem(url: str, timeout: float = 5.0) -> str | None:
+    """None when `url` (a server base URL) looks like a NeMo Gym resources server, else what is
+    wrong, as a predicate for "--server SPEC ...": "does not answer (connection refused)" when
+    nothing answers HTTP there, "answers 404 at /verify: not a NeMo Gym resources server" when
+    something answers but has no `POST /verify` (a policy model server, a wrong port or path).
+
+    It POSTs `{}` to `{url}/verify`: every resources server (NeMo Gym 0.4 and 0.7) refuses that
+    body with 422 before doing any work, so the probe changes nothing there; a 404 or 405 means no
+    such route. Any other answer counts as a resources server (its rows report their own failures).
+    Connects directly, as `server_answers` does. Never raises; waits at most `timeout` seconds."""
+    import urllib.error
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    request = urllib.request.Request(
+        url.rstrip("/") + "/verify", data=b"{}", headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with opener.open(request, timeout=timeout):  # noqa: S310 - a user-given server URL
+            pass
+    except urllib.error.HTTPError as exc:
+        if exc.code in NOT_A_RESOURCES_SERVER:
+            return f"answers {exc.code} at /verify: not a NeMo Gym resources server"
+        return None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        return f"does not answer ({getattr(exc, 'reason', exc)})"
+    return None
+
+
 def unreachable_servers(specs: Any, timeout: float = 5.0) -> tuple[str, str] | None:
-    """The first server spec (`URL` or `NAME=URL`, any form `parse_servers` reads) whose URL does not
-    answer HTTP at all (`server_answers`), and why; None when every one answers. The preflight of
-    the commands given running servers (`gymverl rescore`, `gymverl train-online`): a server that
-    is down is one sentence before anything starts, not a retry storm per row. No specs: None."""
+    """The first server spec (`URL` or `NAME=URL`, any form `parse_servers` reads) that is not a
+    running NeMo Gym resources server, and what is wrong (`resources_server_problem`: "does not
+    answer (...)" or "answers 404 at /verify: not a NeMo Gym resources server"); None when every
+    one is. The preflight of the commands given running resources servers (`gymverl rescore`,
+    `gymverl train-online`): a server that is down, or a URL where something else answers, is one
+    sentence before anything starts, not a failure per row. No specs: None."""
     if not server_specs(specs):
         return None
     pool, routes = parse_servers(specs)
     for part, url in [*((u, u) for u in pool), *((f"{n}={u}", u) for n, us in routes.items() for u in us)]:
-        why = server_answers(url.rstrip("/") + "/", timeout)
+        why = resources_server_problem(url, timeout)
         if why is not None:
             return part, why
     return None
@@ -562,5 +607,6 @@ __all__ = [
     "parse_servers",
     "server_answers",
     "server_specs",
+    "resources_server_problem",
     "unreachable_servers",
 ]

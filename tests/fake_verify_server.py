@@ -72,6 +72,12 @@ def build_app(args: argparse.Namespace) -> web.Application:
     rng = random.Random(args.seed)
 
     async def verify(request: web.Request) -> web.StreamResponse:
+        if await request.read() == b"{}":
+            # gymverl's preflight probe (`resources_server_problem`): a real resources server refuses
+            # the empty body with 422 before doing anything, so it is not a row and is not counted.
+            state["probes"] = state.get("probes", 0) + 1
+            missing = [{"loc": ["body", k], "msg": "Field required", "type": "missing"} for k in ("responses_create_params", "response")]
+            return web.Response(status=422, body=orjson.dumps({"detail": missing}), content_type="application/json")
         state["requests"] += 1
         state["in_flight"] += 1
         state["max_in_flight"] = max(state["max_in_flight"], state["in_flight"])
@@ -260,3 +266,47 @@ class FakeServer:
 
         with urllib.request.urlopen(self.url + "/stats", timeout=10) as resp:  # noqa: S310 - loopback
             return orjson.loads(resp.read())
+
+
+class OtherHttpServer:
+    """Test helper: something that answers HTTP but is no resources server (a policy model server,
+    a wrong port): every request gets `status` (404 as from an OpenAI-compatible server's unknown
+    route, 405 where /verify is a GET-only route). Runs in a thread; counts the requests it got."""
+
+    def __init__(self, status: int = 404) -> None:
+        import http.server
+        import threading
+
+        outer = self
+        self.requests = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def answer(self) -> None:
+                outer.requests += 1
+                body = b'{"detail": "Not Found"}'
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = answer  # noqa: N815 - http.server's method names
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        """Base URL."""
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self) -> "OtherHttpServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.shutdown()
+        self.server.server_close()

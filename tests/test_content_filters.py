@@ -114,6 +114,14 @@ def test_validate_and_stats_count_malformed_calls_with_line_numbers(tmp_path: Pa
     assert "malformed tool calls" in res.stdout and "lines 1, 2, 3" in res.stdout
 
 
+def test_one_malformed_rollout_is_line_not_lines(tmp_path: Path) -> None:
+    """validate said "(lines 14)" for one line: one is "(line N)"."""
+    one = tmp_path / "one.jsonl"
+    one.write_text(_malformed_file(tmp_path).read_text().splitlines(keepends=True)[1])
+    res = runner.invoke(app, ["validate", str(one)])
+    assert res.exit_code == 0 and "(line 1)" in res.stdout and "(lines 1)" not in res.stdout, res.stdout
+
+
 @pytest.mark.parametrize("sel", [{}, {"min_reward": 1.0}, {"best_of_n": 4}], ids=["stream", "min-reward", "best-of-n"])
 def test_sft_drops_rollouts_with_malformed_calls_under_a_named_rule(tmp_path: Path, sel: dict[str, Any]) -> None:
     """Old code: line 1 (reward 1 after a retry) became a row whose trained text holds `{"city": "Par`."""

@@ -59,8 +59,26 @@ def test_find_env_message_points_at_make_setup_for_07(tmp_path: Path) -> None:
 
 
 def test_unknown_resources_server_suggests_close_names(nemo_gym_env: Path) -> None:
-    with pytest.raises(NemoGymError, match="unknown NeMo Gym resources server 'mcq'; did you mean mcqa"):
+    with pytest.raises(NemoGymError, match="unknown NeMo Gym resources server 'mcq'; did you mean mcqa") as info:
         resources_server_config(nemo_gym_env, "mcq")
+    assert info.value.exit_code == 2  # a name the user typed: a usage error
+
+
+def test_nemo_gym_module_help_and_usage_errors(nemo_gym_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`python -m gymverl.nemo_gym --help` said "unknown NeMo Gym resources server '--help'; 145
+    are installed", exit 1: --help is usage text, exit 0; an unknown option or server name is a
+    usage error, exit 2 (gymverl.errors' table), and nothing is started."""
+    from gymverl.nemo_gym import main
+
+    monkeypatch.setenv("GYMVERL_NEMO_GYM_ENV", str(nemo_gym_env))
+    for flag in ("--help", "-h"):
+        assert main([flag]) == 0
+        out, err = capsys.readouterr()
+        assert out.startswith("usage: python -m gymverl.nemo_gym") and "NAME<TAB>URL" in out and not err
+    assert main(["--verbose", "mcqa"]) == 2
+    assert "error: unknown option --verbose." in capsys.readouterr().err
+    assert main(["mcq"]) == 2
+    assert "error: unknown NeMo Gym resources server 'mcq'; did you mean mcqa" in capsys.readouterr().err
 
 
 def test_resources_only_config_drops_agents(nemo_gym_env: Path, tmp_path: Path) -> None:

@@ -82,6 +82,19 @@ def test_rl_rows_without_task_fields_get_a_truthful_warning_and_strict_stops(tmp
     assert res.exit_code == 2 and "--strict" in res.output and "Traceback" not in res.output
 
 
+def test_no_side_files_warning_says_the_materialized_inputs_were_skipped_not_missing(tmp_path: Path) -> None:
+    """`to-parquet ROLLOUTS -f rl --no-side-files` warned "no r_materialized_inputs.jsonl is beside
+    ..." although the file was there and skipped on request: the warning now says --no-side-files
+    skipped it."""
+    src = collection(tmp_path)
+    assert (tmp_path / "r_materialized_inputs.jsonl").exists()
+    res = runner.invoke(app, ["to-parquet", str(src), "-f", "rl", "-o", str(tmp_path / "o"), "--no-side-files"])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert f"--no-side-files skipped any r_materialized_inputs.jsonl beside {src}" in text, res.output
+    assert "no r_materialized_inputs.jsonl is beside" not in text
+
+
 def test_rl_from_materialized_inputs_is_one_row_per_task(tmp_path: Path) -> None:
     collection(tmp_path, repeats=4)
     s = convert(tmp_path / "r_materialized_inputs.jsonl", tmp_path / "o", ConvertOptions(fmt="rl"))

@@ -22,7 +22,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import REPO, SAMPLE_DATA, SHARED
-from fake_verify_server import FakeServer, fake_reward
+from fake_verify_server import FakeServer, OtherHttpServer, fake_reward
 from gymverl.cli import app
 from gymverl.errors import RunError, UsageError
 from gymverl.rescore import (
@@ -175,6 +175,48 @@ def _closed_url() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_a_truncated_input_says_how_to_continue_and_resume_refusal_names_overwrite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A truncated .gz input stopped rescore (exit 2) with no word on what next; once the input was
+    fixed, --resume said "run without --resume to start over" and that said "continue it with
+    --resume, or start over with --overwrite": a circle. Both now name --overwrite, which works."""
+    import gzip
+
+    monkeypatch.chdir(tmp_path)
+    make_input(tmp_path / "full.jsonl", 600)
+    data = gzip.compress((tmp_path / "full.jsonl").read_bytes())
+    (tmp_path / "in.jsonl.gz").write_bytes(data[: len(data) // 2])
+    with FakeServer() as srv:
+        cmd = ["rescore", "in.jsonl.gz", "-o", "out.jsonl", "-s", srv.url]
+        res = runner.invoke(app, cmd, env={"GYMVERL_VERIFY_URL": ""})
+        assert res.exit_code == 2 and "corrupt or truncated gzip data after line" in res.output, res.output
+        assert "the rows before it are saved in out.jsonl: fix the input and start over with --overwrite" in res.output
+        (tmp_path / "in.jsonl.gz").write_bytes(data)  # the input fixed
+        res = runner.invoke(app, [*cmd, "--resume"], env={"GYMVERL_VERIFY_URL": ""})
+        assert res.exit_code == 2 and "is not the input the interrupted run used" in res.output, res.output
+        assert "start over with --overwrite" in res.output and "run without --resume" not in res.output
+        res = runner.invoke(app, [*cmd, "--overwrite"], env={"GYMVERL_VERIFY_URL": ""})
+        assert res.exit_code == 0, res.output
+    assert len(read_jsonl(tmp_path / "out.jsonl")) == 600
+
+
+def test_a_server_that_answers_but_is_no_resources_server_is_one_sentence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--server at a port where something else answers HTTP (a policy model server: 404 for every
+    route): GET /reverify_mode's 404 read as NeMo Gym < 0.5, so every row failed `http_4xx (404)`,
+    exit 1, an empty output, failures and checkpoint written and "rescored rollouts written".
+    Now the preflight refuses it: exit 2, one sentence, nothing sent as a row, nothing written."""
+    monkeypatch.chdir(tmp_path)
+    make_input(tmp_path / "in.jsonl", 5)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with OtherHttpServer(404) as other:
+        res = runner.invoke(app, ["rescore", "in.jsonl", "-o", "out.jsonl", "-s", other.url], env={"GYMVERL_VERIFY_URL": ""})
+        assert other.requests == 1  # the probe only
+    assert res.exit_code == 2, res.output
+    lines = [x for x in res.output.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: --server {other.url} answers 404 at /verify: not a NeMo Gym resources server;"), res.output
+    assert "nothing was sent or written" in lines[0]
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
 def test_a_server_that_does_not_answer_is_one_sentence_before_any_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

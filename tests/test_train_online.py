@@ -97,6 +97,31 @@ def test_cli_train_online_dry_run_prints_argv(tmp_path: Path, tiny_model: Path) 
     assert res.exit_code == 0 and "verl.trainer.main_ppo" in res.output, res.output
 
 
+def test_dry_run_writes_nothing_and_prints_no_verl_import_warnings(tmp_path: Path, tiny_model: Path) -> None:
+    """`train-online --dry-run` created OUTDIR/gymverl_agent_loops.yaml and printed VeRL's import-time
+    "WARNING: No supported accelerator detected" lines before the plan (a machine without a GPU).
+    It now writes nothing; the plan shows the YAML's path and content (the run writes it when it
+    starts, as before). A subprocess: this test process may have imported VeRL already."""
+    import subprocess
+    import sys
+
+    data = _env_rows(tmp_path)
+    out = tmp_path / "run"
+    before = sorted(p.name for p in tmp_path.iterdir())
+    cmd = [sys.executable, "-m", "gymverl.cli", "train-online", str(data), "-m", str(tiny_model), "-o", str(out),
+           "--server", "math_with_judge=http://127.0.0.1:9", "--dry-run"]
+    res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "COLUMNS": "300"})
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before and not out.exists()
+    assert "No supported accelerator" not in res.stdout + res.stderr and "WARNING" not in res.stdout + res.stderr
+    assert f"{out.resolve() / LOOP_YAML} (written when the run starts)" in res.stdout and "_target_: gymverl.env_loop.GymverlEnvAgentLoop" in res.stdout
+    res = runner.invoke(app, [*cmd[3:], "--json"])
+    assert res.exit_code == 0 and not out.exists(), res.output
+    plan = json.loads(res.stdout)
+    loops = yaml.safe_load(plan["loop_yaml"]["content"])
+    assert plan["loop_yaml"]["path"] == str(out.resolve() / LOOP_YAML) and loops[0]["server"].startswith("math_with_judge=http://127.0.0.1:9 ")
+
+
 def test_dry_run_checks_the_command_with_verls_config_and_sizes_the_batch(tmp_path: Path, tiny_model: Path) -> None:
     import pyarrow.parquet as pq
 
@@ -210,12 +235,17 @@ def test_servers_default_to_the_ones_the_rows_need(tmp_path: Path, tiny_model: P
         assert res.exit_code == 0, res.output
         return json.loads(res.stdout)
 
+    def loop_urls(p: dict) -> dict[str, str]:  # the agent-loop YAML the plan would write (a dry run writes nothing)
+        spec = yaml.safe_load(p["loop_yaml"]["content"])[0]["server"]
+        return dict(part.split("=", 1) for part in spec.split())
+
     p = plan()
     assert p["start_servers"] == ["math_with_judge", "xlam_fc"]
-    assert _loop_urls(out) == {"math_with_judge": online.PENDING_URL, "xlam_fc": online.PENDING_URL}
-    assert not (out / online.NG_LOG).exists()  # nothing was started
-    assert plan("--server", "math_with_judge=http://127.0.0.1:9")["start_servers"] == ["xlam_fc"]
-    assert _loop_urls(out) == {"math_with_judge": "http://127.0.0.1:9", "xlam_fc": online.PENDING_URL}
+    assert loop_urls(p) == {"math_with_judge": online.PENDING_URL, "xlam_fc": online.PENDING_URL}
+    assert not out.exists()  # nothing was started or written
+    p = plan("--server", "math_with_judge=http://127.0.0.1:9")
+    assert p["start_servers"] == ["xlam_fc"]
+    assert loop_urls(p) == {"math_with_judge": "http://127.0.0.1:9", "xlam_fc": online.PENDING_URL}
     assert plan("--server", "http://127.0.0.1:9")["start_servers"] == []
     assert plan("--servers", "mcqa,math_with_judge")["start_servers"] == ["mcqa", "math_with_judge", "xlam_fc"]
     text = runner.invoke(app, ["train-online", str(data), "-m", str(tiny_model), "-o", str(out), "--dry-run"]).output
@@ -378,7 +408,8 @@ def test_preflight_checks_given_servers_environments_and_the_chat_template(tmp_p
         assert res.exit_code == 0, res.output
         return " | ".join(json.loads(res.stdout)["notes"])
 
-    assert f"--server xlam_fc={down} does not answer now" in notes(*both)
+    said = notes(*both)
+    assert f"--server xlam_fc={down} does not answer (" in said and "at the moment; the run will refuse" in said
     assert "the rows play 2 environments (math_with_judge, xlam_fc) but the plain --server URL is one server" in notes("--server", down)
     if find_spec("vllm") is None:
         assert "this machine cannot run it: --rollout vllm needs the vllm package" in notes(*both)

@@ -197,3 +197,20 @@ def test_rejects_file_cannot_be_the_input(tmp_path, link):
     assert f"the input {src}; choose another output path" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert src.read_bytes() == GOOD + b"\n[1]\n"  # untouched
+
+
+def test_a_tasks_file_checked_as_rollouts_gets_the_input_kind_hint(tmp_path):
+    """`validate sample_data/tasks.jsonl` said "missing required key 'response'" 5 times, exit 1, with
+    no hint, while to-parquet recognises a tasks file: validate's summary now says to check it with
+    --input-kind tasks (the same detection, gymverl.convert.detect_input_kind); a rollouts file
+    with a bad line gets no such hint."""
+    tasks = SAMPLE_DATA / "tasks.jsonl"
+    res = invoke(tasks)
+    assert res.exit_code == 1
+    assert f"warning: {tasks} looks like a NeMo Gym tasks file (no 'response' in its lines): check it with --input-kind tasks." in res.output
+    data = json.loads(invoke(tasks, "--json").stdout)
+    assert any("--input-kind tasks" in w for w in data["warnings"])
+    assert invoke(tasks, "--input-kind", "tasks").exit_code == 0
+    bad = write(tmp_path, (SAMPLE_DATA / "rollouts.jsonl").read_bytes() + b'{"responses_create_params": {}}\n')
+    res = invoke(bad)
+    assert res.exit_code == 1 and "--input-kind tasks" not in res.output

@@ -11,12 +11,13 @@ import copy
 import json
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from conftest import SAMPLE_DATA
-from fake_verify_server import FakeServer, fake_reward
+from fake_verify_server import FakeServer, OtherHttpServer, fake_reward
 from gymverl.verify import (
     VerifyClient,
     VerifyConfigError,
@@ -24,6 +25,7 @@ from gymverl.verify import (
     build_request,
     clean_params,
     describe_error_body,
+    normalize_url,
     parse_servers,
     server_answers,
     unreachable_servers,
@@ -315,3 +317,46 @@ def test_unreachable_servers_names_the_first_server_that_does_not_answer(monkeyp
             monkeypatch.delenv(var, raising=False)
         assert unreachable_servers([srv.url]) is None
     assert server_answers(dead + "/") is not None
+
+
+@pytest.mark.parametrize("status", [404, 405])
+def test_unreachable_servers_names_a_server_that_answers_but_is_no_resources_server(status: int) -> None:
+    """--server given a policy model server's port: GET /reverify_mode's 404 read as NeMo Gym < 0.5,
+    every row failed `http_4xx (404)` and rescore still said its output was written. The shared
+    preflight POSTs `{}` to /verify: a resources server refuses it with 422 (NeMo Gym 0.4.0 and
+    0.7.0, checked against `python -m gymverl.nemo_gym mcqa`; the fault server answers so too),
+    something else answers 404 or 405 there."""
+    with OtherHttpServer(status) as other, FakeServer() as srv:
+        down = unreachable_servers([srv.url, f"mcqa={other.url}"])
+        assert down == (f"mcqa={other.url}", f"answers {status} at /verify: not a NeMo Gym resources server")
+        assert unreachable_servers([srv.url]) is None
+        assert srv.stats()["requests"] == 0 and srv.stats()["probes"] == 2  # the probe is not a row
+
+
+@pytest.mark.parametrize("url, says", [
+    ("http://127.0.0.1:99999", "is not a valid URL: port out of range 0-65535"),
+    ("http://127.0.0.1:80x", "is not a valid URL: port could not be cast to integer"),
+    ("http://:8000", "names no host"),
+])
+def test_a_server_url_with_a_bad_port_or_no_host_is_a_usage_error_for_every_command(url: str, says: str, tmp_path: Path) -> None:
+    """`rescore -s http://127.0.0.1:99999` said "internal error (ValueError: Port out of range
+    0-65535)": parse_servers, the one spec parser, now checks port and host, so every command that
+    takes --server (rescore, train-online) says one plain sentence, exit 2."""
+    from typer.testing import CliRunner
+
+    from gymverl.cli import app
+
+    with pytest.raises(VerifyConfigError, match=says):
+        parse_servers(f"mcqa={url}")
+    assert normalize_url("http://[::1]:8000/verify") == "http://[::1]:8000"
+    data = tmp_path / "in.jsonl"
+    data.write_text((SAMPLE_DATA / "rollouts.jsonl").read_text())
+    runner = CliRunner()
+    for cmd in (
+        ["rescore", str(data), "-o", str(tmp_path / "o.jsonl"), "-s", url],
+        ["train-online", str(data), "-m", str(tmp_path / "model"), "-o", str(tmp_path / "run"), "--server", f"mcqa={url}", "--dry-run"],
+    ):
+        res = runner.invoke(app, cmd, env={"GYMVERL_VERIFY_URL": ""})
+        lines = [x for x in res.output.splitlines() if x.strip()]
+        assert res.exit_code == 2 and len(lines) == 1 and says in lines[0] and "internal error" not in lines[0], res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]

@@ -44,7 +44,7 @@ def train_online_command(
     on_failure: Annotated[str, typer.Option("--on-failure", rich_help_panel="Training", help="A failed episode: raise (stop the step) or mask (exclude the sample).")] = "raise",
     resume: Annotated[bool, opt("resume", rich_help_panel="Output", help="Continue from the latest checkpoint in an existing OUTDIR.")] = False,
     overwrite: Annotated[bool, opt("overwrite", rich_help_panel="Output", help="Delete an existing gymverl OUTDIR and start over.")] = False,
-    dry_run: Annotated[bool, opt("dry_run", rich_help_panel="Output", help="Check the inputs, write the agent-loop YAML, print the VeRL command and the servers it would start, and stop (starts nothing).")] = False,
+    dry_run: Annotated[bool, opt("dry_run", rich_help_panel="Output", help="Check the inputs, print the VeRL command, the agent-loop YAML and the servers it would start, and stop (writes and starts nothing).")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", hidden=True, help=OLD_VERBOSE_HELP)] = False,
     as_json: Annotated[bool, opt("json", rich_help_panel="Output", help="Print the plan (with --dry-run) or the result as JSON.")] = False,
 ) -> None:
@@ -73,7 +73,8 @@ def train_online_command(
     view = err_console if as_json else console
     if dry_run:
         if as_json:
-            print_json({"argv": plan.argv, "start_servers": plan.start, "rows": plan.rows, "notes": plan.notes})
+            loop_yaml = {"path": str(plan.out / online.LOOP_YAML), "content": plan.loop_yaml}
+            print_json({"argv": plan.argv, "start_servers": plan.start, "rows": plan.rows, "notes": plan.notes, "loop_yaml": loop_yaml})
         else:
             render_online_plan(plan, view)
         return

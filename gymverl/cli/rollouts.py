@@ -44,6 +44,14 @@ def validate(
         check_outputs([rejects], [user_path(path)])
         with output_lock(rejects):
             summary = validate_file(path, rejects=rejects, tasks=tasks or input_kind == "tasks", max_line_bytes=int(max_line_mb * 1e6))
+        warnings: list[str] = []
+        if summary.rejected and not (tasks or input_kind == "tasks") and path.path is not None:
+            from gymverl.convert import detect_input_kind  # to-parquet's test, so both commands agree
+
+            if detect_input_kind(path.path) == "tasks":
+                warnings.append(
+                    f"{path.name} looks like a NeMo Gym tasks file (no 'response' in its lines): check it with --input-kind tasks."
+                )
     empty = summary.valid + summary.rejected == 0  # blank lines alone are no rollouts either
     data = summary.to_dict()
     if empty:
@@ -55,14 +63,16 @@ def validate(
     data["collection"] = collection.to_dict() if collection is not None else None
     warning = collection.warning() if collection is not None else None
     if warning:
-        data["warnings"] = [warning]
+        warnings.insert(0, warning)
+    if warnings:
+        data["warnings"] = warnings
     if as_json:
         print_json(data)
     else:
         render_validation(data)
         render_collection(data["collection"])
-        if warning:
-            warn(warning)
+        for w in warnings:
+            warn(w)
         if empty:
             error(f"{path}: file is empty (no rollouts).")
         render_rejects_written(rejects, summary.rejected)

@@ -213,7 +213,7 @@ def rescore(
     Task fields the rollouts lack are joined from --tasks or <stem>_materialized_inputs.jsonl beside ROLLOUTS, on _ng_task_index and _ng_rollout_index.
     Each server is asked GET /reverify_mode first: one that does not say "stateless" is refused without --force (as gym eval reverify does; a server without the route, NeMo Gym 0.4, is used).
 
-    Exit code 0 all rows rescored; 1 some rows failed or were rejected, the run stopped early (resume with --resume), or --strict saw a suspicious reward flip; 2 usage error, a --server that does not answer at all (checked before any row is read), or a server not declared stateless without --force; 130 interrupted (resume with --resume).
+    Exit code 0 all rows rescored; 1 some rows failed or were rejected, the run stopped early (resume with --resume), or --strict saw a suspicious reward flip; 2 usage error, a --server that does not answer or is no resources server (checked before any row is read), or a server not declared stateless without --force; 130 interrupted (resume with --resume).
     """
     from gymverl.rescore import rescore_file
     from gymverl.verify import VerifyClient

@@ -57,14 +57,17 @@ def _task_source(opts: ConvertOptions, src: Input, tasks_input: bool) -> TaskSou
     return TaskSource(found, "materialized") if found is not None else None
 
 
-def _task_field_problems(s: ConvertSummary, src: Input, source: TaskSource | None) -> list[str]:
+def _task_field_problems(s: ConvertSummary, src: Input, source: TaskSource | None, side_files: bool = True) -> list[str]:
     """Truthful warnings about rl rows that may lack task fields /verify needs (errors with --strict)."""
     out = []
     if s.rows_without_source:
+        side = f"{stem_of(str(src))}_materialized_inputs.jsonl"
+        # With --no-side-files the file may well be there: say it was skipped, not missing.
+        why = f"--no-side-files skipped any {side} beside {src}" if not side_files else f"no {side} is beside {src}"
         out.append(
             f"{s.rows_without_source} RL rows come from NeMo Gym >= 0.5 rollouts, whose lines keep only the task fields "
             "the verifier echoes (0.7.0 drops e.g. math_with_judge's question, mcqa's options, xlam_fc's expected_answers); "
-            f"no {stem_of(str(src))}_materialized_inputs.jsonl is beside {src} and no --tasks was given, so their "
+            f"{why} and no --tasks was given, so their "
             "extra_info.nemo_gym.task may lack fields /verify needs: give --tasks with the materialized inputs or the original tasks file."
         )
     if source is None:
@@ -224,7 +227,7 @@ def convert(
             try:
                 with _fewer_gc_passes():
                     _run(opts, src, summary, rules, sink, counter, tasks_input, on_progress, total, source)
-                problems = _task_field_problems(summary, src, source) if opts.fmt == "rl" and not tasks_input else []
+                problems = _task_field_problems(summary, src, source, opts.side_files) if opts.fmt == "rl" and not tasks_input else []
                 if problems and opts.strict:
                     raise ConvertError(f"--strict: {problems[0]}")
                 summary.warnings.extend(problems)

@@ -119,20 +119,20 @@ def start_point(input_path: Input, output: Path, failures: Path, *, resume: bool
     if state is None:
         if resume and (output.exists() and output.stat().st_size > 0):
             raise RescoreError(
-                f"{output} exists but has no rescore checkpoint to resume from; run without --resume to start over."
+                f"{output} exists but has no rescore checkpoint to resume from; start over with --overwrite instead of --resume."
             )
         return fp, 0, 0, 0
     old = state.get("input", {})
     if old.get("size") != fp["size"] or old.get("head_sha1") != fp["head_sha1"]:
         raise RescoreError(
             f"cannot resume: {input_path} is not the input the interrupted run used ({old.get('path')}); "
-            "run without --resume to start over."
+            "start over with --overwrite instead of --resume."
         )
     out_bytes, fail_bytes = int(state["output_bytes"]), int(state["failures_bytes"])
     for path, size in ((output, out_bytes), (failures, fail_bytes)):
         have = path.stat().st_size if path.exists() else 0
         if have < size:
-            raise RescoreError(f"cannot resume: {path} is shorter than the checkpoint says; run without --resume to start over.")
+            raise RescoreError(f"cannot resume: {path} is shorter than the checkpoint says; start over with --overwrite instead of --resume.")
     return fp, int(state["lines_done"]), out_bytes, fail_bytes
 
 

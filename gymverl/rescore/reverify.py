@@ -44,10 +44,11 @@ async def fetch_reverify_mode(url: str, timeout: float = 10.0) -> str:
 
 def check_servers_answer(client: VerifyClient, timeout: float = 10.0) -> None:
     """RescoreError (exit 2, one sentence) when a server of `client` does not answer HTTP at all
-    (connection refused, a name that does not resolve, no answer within `timeout` seconds): the same
-    check as train-online's (`gymverl.verify.unreachable_servers`), made before any row is read, so
-    a server that is down is not met row by row, each retried, until the run stops. Any HTTP status
-    counts as an answer: a server that answers but fails rows keeps its failure records."""
+    (connection refused, a name that does not resolve, no answer within `timeout` seconds) or
+    answers but is no resources server (`POST /verify` is a 404 or 405: a policy model server, a
+    wrong port): the same check as train-online's (`gymverl.verify.unreachable_servers`), made
+    before any row is read, so such a server is not met row by row, each failed or retried, until
+    the run ends. Any other answer counts: a server that fails rows keeps its failure records."""
     specs = [*client.pool, *(f"{name}={url}" for name, urls in client.routes.items() for url in urls)]
     down = unreachable_servers(specs, timeout)
     if down is None:
@@ -58,8 +59,8 @@ def check_servers_answer(client: VerifyClient, timeout: float = 10.0) -> None:
 
     start = f"python -m gymverl.nemo_gym {server_for_agent(name) if name else 'SERVER_NAME'}"
     raise RescoreError(
-        f"--server {spec} does not answer ({why}); start that NeMo Gym resources server first (`{start}` runs it "
-        "alone, or ng_run with its config) and run rescore again: nothing was sent or written."
+        f"--server {spec} {why}; start that NeMo Gym resources server first (`{start}` runs it alone and prints "
+        "its URL, or ng_run with its config) and run rescore again: nothing was sent or written."
     )
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from gymverl.errors import RunError, from_os_error
 from gymverl.files import ResumableFile, check_outputs, is_gzip_name, output_lock
-from gymverl.inputs import Input, as_input
+from gymverl.inputs import Input, InputError, as_input
 from gymverl.progress import BYTES, OnProgress, ProgressEvent
 from gymverl.jsonl import iter_lines
 from gymverl.records import agent_name, check_line
@@ -123,6 +123,17 @@ class _Run:
                 await self._process(done)
                 await self._settle()
                 self._checkpoint(complete=self.summary.complete, force=True)
+            except InputError as exc:
+                await self._abandon()
+                if not self.mode.checkpoints:
+                    raise
+                # The rows before the bad spot stay (cut back to the checkpoint), but --resume
+                # continues only the very input it started on, so a fixed input starts over.
+                raise InputError(
+                    f"{str(exc).rstrip('.')}; the rows before it are saved in {self.output}: fix the input and start over "
+                    "with --overwrite (--resume continues an unchanged input only).",
+                    code=exc.exit_code,
+                ) from None
             except BaseException:
                 await self._abandon()
                 raise

@@ -40,7 +40,7 @@ def render_validation(summary: dict[str, Any], title: str = "validate", out: Con
         found = summary.get(key) or {}
         if found.get("rollouts"):
             lines = ", ".join(map(str, found["lines"])) + (", ..." if found["rollouts"] > len(found["lines"]) else "")
-            t.add_row(label, f"[yellow]{found['rollouts']}[/] (lines {lines})")
+            t.add_row(label, f"[yellow]{found['rollouts']}[/] ({'line' if found['rollouts'] == 1 else 'lines'} {lines})")
     if summary.get("transitions"):
         t.add_row("aviary transition lists (last step read)", str(summary["transitions"]))
     agents = summary.get("agents") or {}

@@ -80,6 +80,11 @@ def render_online_plan(plan: Any, out: Console | None = None) -> None:
         t.add_row("servers to start", escape(", ".join(plan.start)) + " (NeMo Gym, 127.0.0.1; stopped after the run)")
     for spec in o.servers:
         t.add_row("server", escape(spec))
+    if plan.loop_yaml:
+        from gymverl.online import LOOP_YAML
+
+        # The command names this file; the run writes it when it starts (a dry run writes nothing).
+        t.add_row("agent-loop YAML", escape(f"{plan.out / LOOP_YAML} (written when the run starts):\n{plan.loop_yaml.rstrip()}"))
     _print_plan(t, plan, out)
 
 
