@@ -228,7 +228,7 @@ class ValidationSummary(Rejections):
     empty_answers: int = 0  # rollouts whose response ends without a final answer ("" or reasoning only)
     empty_answer_lines: list[int] = field(default_factory=list)
     transitions: int = 0  # aviary per-step transition lists (the last step is read)
-    no_prompt: int = 0  # conversations that start with a model turn (no question anywhere)
+    no_prompt: int = 0  # conversations without a prompt: blank, or starting with a model turn (starts_without_prompt)
     no_prompt_lines: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:

@@ -388,6 +388,8 @@ def test_a_prompt_that_asks_nothing_is_the_no_prompt_rule_everywhere(tmp_path: P
     code, v = _cli_json("validate", str(src))
     assert code == 0 and v["valid"] == 3 and v["no_prompt"] == {"rollouts": 2, "lines": [2, 3]}
     assert validate_file(src, on_line=lambda c: None).to_dict() == validate_file(src).to_dict()  # exact == fast
+    code, st = _cli_json("stats", str(src))
+    assert code == 0 and st["overall"]["no_prompt"] == 2
     for fmt in ("sft", "rl", "dpo"):
         s = convert(src, tmp_path / fmt, ConvertOptions(fmt=fmt))
         _accounted(s)
