@@ -81,16 +81,24 @@ def empty_answer(record: dict[str, Any]) -> bool:
     return last.get("type") != "function_call" and content_blank(last.get("content"))
 
 
-def starts_without_prompt(record: dict[str, Any]) -> bool:
-    """True when the conversation has no prompt: no instructions, an empty input, and the response
-    does not begin with a user/system message either (aviary's flat form keeps the question only in
-    its environment), so it would start with a model turn."""
+def starts_without_prompt(record: dict[str, Any], request_only: bool = False) -> bool:
+    """True when the conversation has no prompt: nothing with text or an image (`schema.prompt_state`)
+    before its first model turn, in the instructions, the input, or (when the input asks nothing
+    and has no model turn) the response (aviary's forms: the flat one keeps the question only in
+    its environment). An empty input, a blank one ("", a user message of white space or an empty
+    input_text part) and an input that starts with a model turn all count.
+
+    `request_only`: read only the request (instructions and input): the RL prompt.
+    """
     rcp = record.get("responses_create_params") or {}
-    if rcp.get("instructions") or rcp.get("input"):
+    instructions = rcp.get("instructions")
+    if isinstance(instructions, str) and instructions.strip():
         return False
-    items = output_items(record)
-    first = items[0] if items else None
-    return not (isinstance(first, dict) and _is_message(first) and first.get("role") in ("user", "system", "developer"))
+    inp = rcp.get("input")
+    state = (bool(inp.strip()) or None) if isinstance(inp, str) else _schema.prompt_state(inp) if isinstance(inp, list) else None
+    if state is None and not request_only:
+        state = _schema.prompt_state(output_items(record))
+    return state is not True
 
 
 def task_fields(record: dict[str, Any]) -> dict[str, Any]:
@@ -220,7 +228,7 @@ class ValidationSummary(Rejections):
     empty_answers: int = 0  # rollouts whose response ends without a final answer ("" or reasoning only)
     empty_answer_lines: list[int] = field(default_factory=list)
     transitions: int = 0  # aviary per-step transition lists (the last step is read)
-    no_prompt: int = 0  # conversations that start with a model turn (no question anywhere)
+    no_prompt: int = 0  # conversations without a prompt: blank, or starting with a model turn (starts_without_prompt)
     no_prompt_lines: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:

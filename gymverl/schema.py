@@ -26,7 +26,8 @@ everything else reads rollouts through this module, in one of two shapes:
   tests/test_convert_fast.py hold them equal on arbitrary input).
 
 Both shapes meet in the same rules: `agent_of`, `incomplete_of`, `task_key_of` (and `prompt_hash`),
-`is_object_text` (a tool call's arguments) and `content_blank` (no final answer).
+`is_object_text` (a tool call's arguments), `content_blank` (no final answer) and `prompt_state`
+(no prompt: nothing with text or an image before the first model turn).
 """
 
 
@@ -81,7 +82,9 @@ def is_ng_key(key: str) -> bool:
 # the constrained fields with these very types, so msgspec enforces their bounds in C. What the
 # compiler understands: objects (Structs: a required field must be present), strings, arrays (of
 # anything, or of items), numbers (`Finite`), non-negative integers (`Index`), null (Optional), and
-# unions of those; items tagged by `type` with required string or Literal fields. Anything else
+# unions of those; items tagged by `type` with required string or Literal fields, and one optional
+# field of content parts (a string or a list of parts tagged by `type`, with required string
+# fields the lenient `Part` decodes raw). Anything else
 # fails at import, so a rule cannot be declared without being enforced.
 
 # A finite JSON number: the bounds leave out inf and nan (a number too big for a double fails the fast decode).
@@ -92,11 +95,48 @@ Index = Annotated[int, msgspec.Meta(ge=0)]
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 
 
+# Content parts of a message (a `content` list), as NeMo Gym's pydantic models accept them
+# (nemo_gym.openai_utils: ResponseInputContentParam, NeMoGymInputVideoPart, NeMoGymContent), so a
+# part NeMo Gym would refuse (422) is refused here rather than read as empty text: a text part
+# must hold its text as a string. `image_url` (chat-style) is accepted too, as gymverl carries its
+# image (gymverl.messages). Other types (`input_audio`, `file`, an unknown one) are refused.
+class InputTextPart(msgspec.Struct, tag_field="type", tag="input_text", kw_only=True):
+    text: str
+
+
+class OutputTextPart(msgspec.Struct, tag_field="type", tag="output_text", kw_only=True):
+    text: str
+
+
+class RefusalPart(msgspec.Struct, tag_field="type", tag="refusal", kw_only=True):
+    refusal: str
+
+
+class InputImagePart(msgspec.Struct, tag_field="type", tag="input_image", kw_only=True):
+    pass
+
+
+class ImageUrlPart(msgspec.Struct, tag_field="type", tag="image_url", kw_only=True):
+    pass
+
+
+class InputFilePart(msgspec.Struct, tag_field="type", tag="input_file", kw_only=True):
+    pass
+
+
+class InputVideoPart(msgspec.Struct, tag_field="type", tag="input_video", kw_only=True):
+    pass
+
+
+ContentPart = Union[InputTextPart, OutputTextPart, RefusalPart, InputImagePart, ImageUrlPart, InputFilePart, InputVideoPart]
+
+
 class MessageItem(msgspec.Struct, tag_field="type", tag="message", kw_only=True):
     """A message; also the Responses API's "easy input message" (`{role, content}`, no or a null `type`)."""
 
     untyped: ClassVar[bool] = True  # an item without a type is checked as this kind
     role: Role
+    content: Union[str, list[ContentPart], None] = None
 
 
 class FunctionCallItem(msgspec.Struct, tag_field="type", tag="function_call", kw_only=True):
@@ -283,6 +323,43 @@ def content_blank(content: Any) -> bool:
     return True
 
 
+_TEXT_PART_TYPES = frozenset({"input_text", "output_text", "refusal"})
+
+
+def content_says(content: Any) -> bool:
+    """True when a message `content` holds something to read: text (not only white space) or a
+    non-text part (an image, a file: `ContentPart`). Reads both shapes, like `content_blank`."""
+    if not content_blank(content):
+        return True
+    if type(content) is not list:
+        return False
+    for part in content:
+        kind = part.get("type") if type(part) is dict else getattr(part, "type", None)
+        if type(kind) is str and kind not in _TEXT_PART_TYPES:
+            return True
+    return False
+
+
+def prompt_state(items: Any) -> bool | None:
+    """Whether a list of items (either shape) asks something before its first model turn, the rule
+    for "no prompt": True when a user/system/developer message holding text or an image
+    (`content_says`) comes first; False when a model turn does (an assistant or tool message, a
+    call, a call's output); None when neither does (blank messages, reasoning, nothing: read on)."""
+    for item in items:
+        if type(item) is dict:
+            kind, role, content = item.get("type", "message"), item.get("role"), item.get("content")
+        else:
+            kind, role, content = item.type, item.role, item.content
+        if kind == "reasoning":
+            continue
+        if (kind == "message" or kind is None) and role in ("user", "system", "developer"):
+            if content_says(content):
+                return True
+            continue
+        return False
+    return None
+
+
 def _raw_text_nonblank(raw: Any) -> bool:
     """Whether a raw JSON value is a string holding a non-whitespace character (`text.strip() != ""`).
 
@@ -434,7 +511,7 @@ def record_decoder(content: Any = None) -> Any:
 def compile_checks(rollout: type = Rollout, task: type = Task, item: type = Item) -> dict[str, Any]:
     """The checks and tables of a declaration (`gymverl.schemacheck.compile_schema`): by default this
     module's, whose functions and tables are bound below."""
-    helpers = {"RecordError": RecordError, "_type_name": _type_name, "_short": _short, "_is_transitions": is_transitions}
+    helpers = {"RecordError": RecordError, "_type_name": _type_name, "_short": _short, "_is_transitions": is_transitions, "_Part": Part}
     return compile_schema(rollout, task, item, helpers)
 
 
@@ -483,7 +560,7 @@ _INPUT_BY_TAIL: dict[bytes, tuple[Any, tuple[int, bool] | None]] = {}
 
 
 def _input_facts(raw: Any) -> tuple[int, bool] | None:
-    """(malformed tool calls, non-empty) of `responses_create_params.input` as raw JSON; None when
+    """(malformed tool calls, asks something: `input_facts`) of `responses_create_params.input` as raw JSON; None when
     `check_task` would reject it or the typed decode is unsure (cached by the JSON)."""
     if len(raw) < 1024:
         return _input_facts_of(bytes(raw))
@@ -512,9 +589,9 @@ def _input_facts_of(key: bytes) -> tuple[int, bool] | None:
     except Exception:  # noqa: BLE001 - any doubt goes to the dict path
         inp = None
     if type(inp) is str:
-        value = (0, bool(inp))
+        value = (0, bool(inp.strip()))
     elif inp is not None and items_ok(inp):
-        value = (sum(1 for item in inp if item.type == "function_call" and not is_json_object_text(item.arguments)), bool(inp))
+        value = (sum(1 for item in inp if item.type == "function_call" and not is_json_object_text(item.arguments)), prompt_state(inp) is True)
     return _INPUTS.put(key, value)
 
 
@@ -537,15 +614,17 @@ Facts = tuple[float, str, Optional[str], bool, bool, int, bool, bool]
 
 
 def input_facts(inp: str | list[dict[str, Any]]) -> tuple[int, bool]:
-    """(malformed tool calls, non-empty) of a parsed `responses_create_params.input` that
-    `check_task` accepts (a string or a list of items), read as `records.malformed_calls` reads it."""
+    """(malformed tool calls, asks something) of a parsed `responses_create_params.input` that
+    `check_task` accepts (a string or a list of items), read as `records.malformed_calls` and
+    `records.starts_without_prompt` read it: asks something when the string is not blank, or
+    `prompt_state` of the items is True (otherwise the whole record decides, on the dict path)."""
     if type(inp) is str:
-        return (0, bool(inp))
+        return (0, bool(inp.strip()))
     malformed = 0
     for item in inp:
         if item.get("type") == "function_call" and "arguments" in item:
             malformed += not is_json_object_text(item["arguments"])
-    return (malformed, bool(inp))
+    return (malformed, prompt_state(inp) is True)
 
 
 def rollout_facts(rec: Any, content: bool = True, inp: tuple[int, bool] | None = None) -> Facts | None:
@@ -589,9 +668,9 @@ def rollout_facts(rec: Any, content: bool = True, inp: tuple[int, bool] | None =
     masked = rec.mask_sample is True
     if not content:
         return (reward, key, agent, incomplete, masked, 0, False, False)
-    malformed, nonempty = inp
-    if not nonempty:
-        return None  # rare (aviary's flat form): whether it starts without a prompt reads instructions too
+    malformed, asks = inp
+    if not asks:
+        return None  # rare (a blank prompt, aviary's flat form): whether there is a prompt reads instructions and output too
     last = None
     for item in output:
         t = item.type

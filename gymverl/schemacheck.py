@@ -78,7 +78,7 @@ def _test(t: Any, v: str) -> tuple[str, str, bool]:
 
 
 class _Compiler:
-    def __init__(self, item: type) -> None:
+    def __init__(self, item: type, part: Any = None) -> None:
         self.src = _Source()
         # the fast path's lenient item Struct (`Item`), and its fields' defaults by key (NODEFAULT: required)
         self.item = item
@@ -87,6 +87,9 @@ class _Compiler:
         self.items: Any = None  # the item union (one per declaration)
         self.steps: list[str] = []  # paths whose items may be aviary transitions
         self.depth = 0
+        self.part = part  # the fast path's lenient content part Struct (`Part`): its text fields raw
+        self.parts: Any = None  # the content part rules (one part union per declaration)
+        self.content: dict[str, Any] = {}  # item tag -> its content-parts field (`parts_field`)
 
     def record(self, name: str, st: Any) -> None:
         """`def name(obj)`: the checks of a top-level Struct on a parsed JSON line."""
@@ -173,8 +176,39 @@ class _Compiler:
         else:
             s.add(ind, f"check_items({v}, {path!r})")
 
+    def part_rules(self, union: Any) -> list[tuple[str, list[str]]]:
+        """Per content part kind (a tagged union, the members of a `content` list): (tag, required
+        string fields). The typed check reads them raw off the lenient part Struct (`_Part`)."""
+        rules = []
+        for st in _members(union):
+            if not isinstance(st, _mi.StructType) or st.tag_field != "type" or not _NAME.match(str(st.tag)):
+                raise TypeError(f"the schema compiler needs content parts tagged by 'type': {st!r}")
+            strings = []
+            for f in st.fields:
+                if not f.required or not isinstance(_unwrap(f.type)[0], _mi.StrType) or not _NAME.match(f.encode_name):
+                    raise TypeError(f"the schema compiler supports required string part fields only: {st.tag}.{f.name}")
+                if getattr(self.part, "__struct_defaults__", None) is None or f.encode_name not in self.part.__struct_fields__:
+                    raise TypeError(f"the lenient part Struct must decode '{f.encode_name}' (raw) for {st.tag}")
+                strings.append(f.encode_name)
+            rules.append((st.tag, strings))
+        return rules
+
+    def parts_field(self, f: Any) -> tuple[str, list[str], list[tuple[str, list[str]]]] | None:
+        """An optional item field (default None) holding a string or a list of content parts:
+        (key, its JSON type names for a reason, part rules); None for any other field."""
+        members = _members(_unwrap(f.type)[0])
+        lists = [m for m in members if isinstance(m, _mi.ListType) and isinstance(_unwrap(m.item_type)[0], (_mi.UnionType, _mi.StructType))]
+        rest = [m for m in members if not isinstance(m, (_mi.ListType, _mi.NoneType))]
+        if f.required or f.default is not None or len(lists) != 1 or any(not isinstance(m, _mi.StrType) for m in rest):
+            return None
+        if self.parts is None:
+            self.parts = self.part_rules(_unwrap(lists[0].item_type)[0])
+        names = [_test(m, "v")[1] for m in members if not isinstance(m, _mi.NoneType)]
+        return f.encode_name, names, self.parts
+
     def item_rules(self) -> list[tuple[str, list[tuple[str, frozenset[str]]], list[str], bool]]:
-        """Per item kind: (tag, Literal fields and their values, required string fields, untyped)."""
+        """Per item kind: (tag, Literal fields and their values, required string fields, untyped);
+        `self.content[tag]`: its field of content parts (`parts_field`), if any."""
         rules = []
         for st in _members(self.items):
             if not isinstance(st, _mi.StructType) or st.tag_field != "type" or not _NAME.match(str(st.tag)):
@@ -182,6 +216,12 @@ class _Compiler:
             literals, strings = [], []
             for f in st.fields:
                 ft = _unwrap(f.type)[0]
+                content = self.parts_field(f) if _NAME.match(f.encode_name) else None
+                if content is not None:
+                    if f.encode_name not in self.item_fields or self.item_fields[f.encode_name] is not None:
+                        raise TypeError(f"{self.item.__name__} must decode '{f.encode_name}' (default None) for {st.tag}")
+                    self.content[st.tag] = content
+                    continue
                 if not f.required or not _NAME.match(f.encode_name):
                     raise TypeError(f"the schema compiler supports required item fields only: {st.tag}.{f.name}")
                 if f.encode_name not in self.item_fields or self.item_fields[f.encode_name] is not None:
@@ -197,6 +237,62 @@ class _Compiler:
         if sum(untyped for *_, untyped in rules) > 1:
             raise TypeError("at most one item kind may stand for items without a type")
         return rules
+
+    def content_check(self, tag: str, ind: int) -> None:
+        """The checks of an item's content-parts field (dict shape), when kind `tag` has one."""
+        if tag not in self.content:
+            return
+        s = self.src
+        key, names, _ = self.content[tag]
+        s.add(ind, f"value = item.get({key!r})")
+        s.add(ind, "if value is not None and not isinstance(value, str):")
+        s.add(ind + 1, "if not isinstance(value, list):")
+        reason = " or ".join(names)
+        s.add(ind + 2, f"raise RecordError(\"wrong_type\", f\"'{{where}}[{{i}}].{key}' must be {reason}, got {{_type_name(value)}}\")")
+        s.add(ind + 1, f"check_parts(value, f\"{{where}}[{{i}}].{key}\")")
+
+    def parts_checks(self) -> None:
+        """`check_parts(parts, where)` on dict content parts, and `parts_ok(parts)` on the typed
+        ones: the lenient `_Part` Structs of `Item[TextParts]`, or plain values (`Item[Any]`)."""
+        s = self.src
+        rules = self.parts or []
+        tags = s.const(frozenset(tag for tag, _ in rules))
+        s.add(0, "def check_parts(parts, where):")
+        s.add(1, "for j, part in enumerate(parts):")
+        s.add(2, "if not isinstance(part, dict):")
+        s.add(3, "raise RecordError(\"bad_content_part\", f\"'{where}[{j}]' must be an object, got {_type_name(part)}\")")
+        s.add(2, 'kind = part.get("type")')
+        s.add(2, f"if not isinstance(kind, str) or kind not in {tags}:")
+        s.add(3, "raise RecordError(\"bad_content_part\", f\"'{where}[{j}]' has unknown content part type {_short(kind)}\")")
+        for tag, strings in rules:
+            if strings:
+                test = " or ".join(f"not isinstance(part.get({f!r}), str)" for f in strings)
+                named = " and ".join(f"'{f}'" for f in strings)
+                s.add(2, f"if kind == {tag!r} and ({test}):")
+                s.add(3, f"raise RecordError(\"bad_content_part\", f\"'{{where}}[{{j}}]' is {'an' if tag[0] in 'aeiou' else 'a'} {tag} part without a string {named}\")")
+        s.add(0, "")
+        # typed: a raw text field is a string when its JSON starts with a quote (34); missing reads as null
+        checked = [(tag, strings) for tag, strings in rules if strings]
+        free = s.const(frozenset(tag for tag, strings in rules if not strings))
+        s.add(0, "def parts_ok(parts):")
+        s.add(1, "for part in parts:")
+        for shape, get in (("dict", "part.get({f!r})"), ("_Part", "part.{f}")):
+            s.add(2, f"{'if' if shape == 'dict' else 'elif'} type(part) is {shape}:")
+            s.add(3, 'kind = part.get("type")' if shape == "dict" else "kind = part.type")
+            for i, (tag, strings) in enumerate(checked):
+                s.add(3, f"{'if' if i == 0 else 'elif'} kind == {tag!r}:")
+                if shape == "dict":
+                    test = " or ".join(f"not isinstance(part.get({f!r}), str)" for f in strings)
+                else:
+                    test = " or ".join(f"memoryview(part.{f})[0] != 34" for f in strings)
+                s.add(4, f"if {test}:")
+                s.add(5, "return False")
+            s.add(3, f"{'elif' if checked else 'if'} type(kind) is not str or kind not in {free}:")
+            s.add(4, "return False")
+        s.add(2, "else:")
+        s.add(3, "return False")
+        s.add(1, "return True")
+        s.add(0, "")
 
     def item_checks(self) -> None:
         """`check_items(items, where)` on dict items, and `items_ok(items)` on lenient typed items."""
@@ -217,6 +313,7 @@ class _Compiler:
                 tests = [f"isinstance(value := item.get({f!r}), str) and value in {s.const(vals)}" for f, vals in literals]
                 tests += [f"isinstance(item.get({f!r}), str)" for f in strings]
                 s.add(3, f"if {' and '.join(tests) or 'True'}:")
+                self.content_check(tag, 4)
                 s.add(4, "continue")
                 named = " and ".join(f"'{f}'" for f in [f for f, _ in literals] + strings)
                 s.add(3, f"raise RecordError(\"bad_item\", f\"'{{where}}[{{i}}]' has no 'type' and no {tag} {named}\")")
@@ -224,7 +321,7 @@ class _Compiler:
         s.add(3, "raise RecordError(\"bad_item\", f\"'{where}[{i}]' has unknown item type {_short(kind)}\")")
         first = True
         for tag, literals, strings, _ in rules:
-            if not literals and not strings:
+            if not literals and not strings and tag not in self.content:
                 continue
             s.add(2, f"{'if' if first else 'elif'} kind == {tag!r}:")
             first = False
@@ -237,7 +334,9 @@ class _Compiler:
                 s.add(3, f"if {test}:")
                 named = " and ".join(f"'{f}'" for f in strings)
                 s.add(4, f"raise RecordError(\"bad_item\", f\"'{{where}}[{{i}}]' is a {tag} without a string {named}\")")
+            self.content_check(tag, 3)
         s.add(0, "")
+        self.parts_checks()
         # The typed form: `type` defaults to the untyped kind's tag (a missing key), or is None (null).
         s.add(0, "def items_ok(items):")
         s.add(1, "for item in items:")
@@ -245,12 +344,15 @@ class _Compiler:
         first = True
         free = []
         for tag, literals, strings, untyped in rules:
-            if not literals and not strings:
+            if not literals and not strings and tag not in self.content:
                 free.append(tag)
                 continue
             s.add(2, f"{'if' if first else 'elif'} kind == {tag!r}{' or kind is None' if untyped else ''}:")
             first = False
             tests = [f"item.{f} not in {s.const(vals)}" for f, vals in literals] + [f"item.{f} is None" for f in strings]
+            if tag in self.content:
+                key = self.content[tag][0]
+                tests.append(f"(c := item.{key}) is not None and type(c) is not str and (type(c) is not list or not parts_ok(c))")
             s.add(3, f"if {' or '.join(tests)}:")
             s.add(4, "return False")
         if first:
@@ -272,12 +374,13 @@ def compile_schema(rollout: type, task: type, item: type, helpers: dict[str, Any
     fast path decodes) into its checks and tables.
 
     `helpers`: what the generated code calls: `RecordError(code, reason)`, `_type_name(value)`,
-    `_short(value)`, `_is_transitions(list)`. Returns a dict of `check_record`, `check_task`,
+    `_short(value)`, `_is_transitions(list)`, and `_Part`: the lenient content part Struct the
+    typed items hold (its declared text fields decoded raw, missing as JSON null). Returns a dict of `check_record`, `check_task`,
     `check_items`, `items_ok` (the functions), `REQUIRED_KEYS` (tuple), `ITEM_TYPES`,
     `MESSAGE_ROLES` (frozensets) and `source` (the generated code, str). Raises TypeError for a
     declaration it cannot enforce in full.
     """
-    c = _Compiler(item)
+    c = _Compiler(item, helpers.get("_Part"))
     rollout_info, task_info = _mi.multi_type_info([rollout, task])  # (slow: once)
     c.record("check_record", rollout_info)
     c.record("check_task", task_info)

@@ -333,4 +333,86 @@ def test_rl_rows_of_aviary_rollouts_are_rejected_naming_why(tmp_path: Path) -> N
     src = _write(tmp_path / "a.jsonl", [rec])
     s = convert(src, tmp_path / "rl", ConvertOptions(fmt="rl"))
     (rej,) = s.rejections
-    assert rej["code"] == "empty_prompt" and "aviary" in rej["reason"] and "/seed_session" in rej["reason"]
+    assert rej["code"] == "no_prompt" and "aviary" in rej["reason"] and "/seed_session" in rej["reason"]
+
+
+# ---- content parts NeMo Gym refuses, and prompts that ask nothing ----------------------------------
+
+
+def _with_input(content: Any, ri: int = 0) -> dict[str, Any]:
+    r = _rollout([_say("Sunny.")], 1.0, ri, task=ri)
+    r["responses_create_params"]["input"] = [{"role": "user", "content": content}] if not isinstance(content, str) or content else content
+    return r
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [
+        (lambda r: r.update(_with_input([{"type": "input_text"}])), "'responses_create_params.input[0].content[0]' is an input_text part without a string 'text'"),
+        (lambda r: r.update(_with_input([{"type": "input_text", "text": 123}])), "'responses_create_params.input[0].content[0]' is an input_text part without a string 'text'"),
+        (lambda r: r["response"]["output"][0].update(content=[{"type": "output_text"}]), "'response.output[0].content[0]' is an output_text part without a string 'text'"),
+        (lambda r: r["response"]["output"][0].update(content=[{"type": "refusal", "refusal": None}]), "'response.output[0].content[0]' is a refusal part without a string 'refusal'"),
+        (lambda r: r.update(_with_input([{"type": "weird", "text": "q"}])), "'responses_create_params.input[0].content[0]' has unknown content part type 'weird'"),
+        (lambda r: r.update(_with_input([{"type": "input_audio", "input_audio": {"data": "eA==", "format": "wav"}}])), "'responses_create_params.input[0].content[0]' has unknown content part type 'input_audio'"),
+        (lambda r: r.update(_with_input(["q"])), "'responses_create_params.input[0].content[0]' must be an object, got string"),
+    ],
+)
+def test_a_content_part_nemo_gym_refuses_is_rejected_by_validate_and_to_parquet(tmp_path: Path, mutate: Any, reason: str) -> None:
+    """Old code: validate called these lines valid; to-parquet wrote `{'role': 'user', 'content': ''}`
+    (sft), an RL prompt with empty content, or kept an unknown part's text; `input_audio` passed
+    validate but was refused by to-parquet. NeMo Gym's own models refuse them all (422)."""
+    bad = _rollout([_say("Sunny.")], 1.0, 1, task=1)
+    mutate(bad)
+    src = _write(tmp_path / "p.jsonl", [_rollout([_say("Sunny.")], 1.0, 0), bad])
+    code, v = _cli_json("validate", str(src))
+    assert code == 1 and v["valid"] == 1
+    assert v["rejections"] == [{"line": 2, "code": "bad_content_part" if "content[0]" in reason else "wrong_type", "reason": reason}]
+    assert validate_file(src, on_line=lambda c: None).to_dict() == validate_file(src).to_dict()  # exact == fast
+    for fmt in ("sft", "rl"):
+        code, data = _cli_json("to-parquet", str(src), "-o", str(tmp_path / fmt), "--format", fmt)
+        assert data["kept_lines"] == 1 and data["rejections"] == [{"line": 2, "code": "bad_content_part", "reason": reason}]
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    ["", " \n", [], [{"type": "input_text", "text": ""}], [{"type": "input_text", "text": " "}, {"type": "output_text", "text": "\t"}], "blank messages"],
+)
+def test_a_prompt_that_asks_nothing_is_the_no_prompt_rule_everywhere(tmp_path: Path, prompt: Any) -> None:
+    """Old code: rl wrote a task row whose prompt was an empty user message, sft rows starting with
+    an empty user turn; validate counted some as "no prompt" but not others. Now one rule
+    (`records.starts_without_prompt`): validate and stats count it, to-parquet rejects it as no_prompt."""
+    recs = [_rollout([_say("Sunny.")], 1.0, 0, task=0)]
+    for ri in (1, 2):
+        r = _rollout([_say("Sunny." if ri == 1 else "Rain.")], float(ri == 1), ri, task=1)
+        rcp = r["responses_create_params"]
+        if prompt == "blank messages":
+            rcp["input"] = [{"role": "system", "content": ""}, {"type": "message", "role": "user", "content": "  "}]
+        elif isinstance(prompt, str):
+            rcp["input"] = prompt
+        else:
+            rcp["input"] = [{"role": "user", "content": prompt}] if prompt else []
+        recs.append(r)
+    src = _write(tmp_path / "e.jsonl", recs)
+    code, v = _cli_json("validate", str(src))
+    assert code == 0 and v["valid"] == 3 and v["no_prompt"] == {"rollouts": 2, "lines": [2, 3]}
+    assert validate_file(src, on_line=lambda c: None).to_dict() == validate_file(src).to_dict()  # exact == fast
+    code, st = _cli_json("stats", str(src))
+    assert code == 0 and st["overall"]["no_prompt"] == 2
+    for fmt in ("sft", "rl", "dpo"):
+        s = convert(src, tmp_path / fmt, ConvertOptions(fmt=fmt))
+        _accounted(s)
+        assert s.to_dict()["rejected_by_reason"] == {"no_prompt": 2}, fmt
+        assert all(r["code"] == "no_prompt" and r["line"] in (2, 3) for r in s.rejections)
+        if fmt != "dpo":
+            rows = _rows(tmp_path / fmt)
+            assert len(rows) == 1
+
+
+def test_an_image_only_prompt_is_a_prompt(tmp_path: Path) -> None:
+    """A question asked by an image alone is a prompt (it has no text, but something to answer)."""
+    png = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+    src = _write(tmp_path / "i.jsonl", [_with_input([{"type": "input_image", "image_url": png}])])
+    code, v = _cli_json("validate", str(src))
+    assert code == 0 and v["valid"] == 1 and v["no_prompt"]["rollouts"] == 0
+    s = convert(src, tmp_path / "sft")
+    assert s.kept_lines == 1 and s.rejected == 0

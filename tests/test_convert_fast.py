@@ -195,6 +195,47 @@ def prompt_file(r: dict[str, Any]) -> None:
     r["responses_create_params"]["input"][-1]["content"] = [{"type": "input_file", "file_data": "eA==", "filename": "a.txt"}, {"type": "input_text", "text": "q"}]
 
 
+# Content parts NeMo Gym refuses (a text part without a string text, an unknown type) and prompts
+# that ask nothing: rejected / the no_prompt rule, the same on both paths.
+@mutation
+def input_text_without_text(r: dict[str, Any]) -> None:
+    r["responses_create_params"]["input"][-1]["content"] = [{"type": "input_text"}]
+
+
+@mutation
+def output_text_not_a_string(r: dict[str, Any]) -> None:
+    for it in _items(r, "message"):
+        it["content"] = [{"type": "output_text", "text": 123}]
+
+
+@mutation
+def unknown_part_type(r: dict[str, Any]) -> None:
+    r["responses_create_params"]["input"][-1]["content"] = [{"type": "weird", "text": "q"}]
+
+
+@mutation
+def audio_part(r: dict[str, Any]) -> None:
+    r["responses_create_params"]["input"][-1]["content"] = [{"type": "input_audio", "input_audio": {"data": "eA==", "format": "wav"}}]
+
+
+@mutation
+def empty_string_prompt(r: dict[str, Any]) -> None:
+    r["responses_create_params"]["input"] = ""
+    r["responses_create_params"].pop("instructions", None)
+
+
+@mutation
+def blank_prompt_messages(r: dict[str, Any]) -> None:
+    r["responses_create_params"]["input"] = [{"role": "system", "content": " "}, {"role": "user", "content": [{"type": "input_text", "text": ""}]}]
+    r["responses_create_params"].pop("instructions", None)
+
+
+@mutation
+def image_only_prompt(r: dict[str, Any]) -> None:
+    r["responses_create_params"]["input"] = [{"role": "user", "content": [{"type": "input_image", "image_url": PNG_1X1}]}]
+    r["responses_create_params"].pop("instructions", None)
+
+
 # Issue 12 items 7-9: content the fast path must judge like the exact path (or decline).
 @mutation
 def malformed_arguments(r: dict[str, Any]) -> None:

@@ -56,15 +56,27 @@ def _valid(tp: Any) -> Any:
     return get_args(tp)[0] if get_origin(tp) is Literal else "x"
 
 
+def _part_lists(tp: Any) -> list[Any]:
+    """The tagged unions of an optional item field that holds a list of Structs (content parts)."""
+    return [get_args(m)[0] for m in _plain(tp) if get_origin(m) is list and isinstance(_plain(get_args(m)[0])[0], type)]
+
+
 def _item_violations(union: Any) -> Iterator[tuple[str, Any]]:
-    """(what, item) for every rule of the declared item kinds: each breaks one."""
+    """(what, item) for every rule of the declared item kinds (or content parts): each breaks one."""
     yield "unknown type", {"type": "no_such_item"}
     yield "non-string type", {"type": 5, "role": "user"}
     yield "not an object", "text"
     for kind in _plain(union):
         fields = msgspec.structs.fields(kind)
         tag = kind.__struct_config__.tag
-        ok = {f.encode_name: _valid(f.type) for f in fields}
+        ok = {f.encode_name: _valid(f.type) for f in fields if f.required}
+        for f in fields:
+            for parts in _part_lists(f.type):
+                # an optional field of content parts: a wrong JSON type, then every rule of a part
+                yield f"{tag} with a numeric {f.name}", {"type": tag, **ok, f.encode_name: 5}
+                for what, bad in _item_violations(parts):
+                    yield f"{tag} with a {f.name} part: {what}", {"type": tag, **ok, f.encode_name: [bad]}
+        fields = [f for f in fields if f.required]
         if getattr(kind, "untyped", False):
             for f in fields:
                 yield f"untyped {tag} without {f.name}", {k: v for k, v in ok.items() if k != f.encode_name}
@@ -124,6 +136,8 @@ def test_the_walk_finds_every_kind_of_rule() -> None:
     assert ("reward",) in paths and ("_ng_task_index",) in paths and ("response", "output") in paths
     assert ("responses_create_params", "input", "function_call without call_id") in paths
     assert ("response", "output", "message with an undeclared role") in paths
+    assert ("responses_create_params", "input", "message with a content part: input_text without text") in paths
+    assert ("response", "output", "message with a content part: unknown type") in paths
     assert (("reward",), _DROP) in RULES and (("_ng_task_index",), -1) in RULES
     assert len(RULES) > 60
 

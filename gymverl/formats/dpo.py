@@ -33,6 +33,7 @@ import pyarrow as pa
 
 from gymverl.formats import RowError, dumps_str
 from gymverl.formats.sft import arguments_as_objects, no_prompt_reason, task_tools
+from gymverl.records import starts_without_prompt
 from gymverl.messages import MessageError, chat_tools, rollout_parts
 
 # One JSON text per chat message (see the module docstring).
@@ -87,8 +88,8 @@ def dpo_side(record: dict[str, Any], *, include_reasoning: bool = False, object_
         raise RowError(exc.code, f"cannot convert to chat messages: {exc}") from None
     if not response:
         raise RowError("no_assistant_turn", "the response is empty")
-    if not prompt or prompt[0]["role"] in ("assistant", "tool"):
-        raise RowError("no_prompt", no_prompt_reason(record))
+    if not prompt or prompt[0]["role"] in ("assistant", "tool") or starts_without_prompt(record):
+        raise RowError("no_prompt", no_prompt_reason(record, blank=bool(prompt) and prompt[0]["role"] not in ("assistant", "tool")))
     if object_arguments:
         prompt, response = arguments_as_objects(prompt), arguments_as_objects(response)
     return {"prompt": encode_messages(prompt), "response": encode_messages(response), "tools": dumps_str(tools) if tools else None}

@@ -33,7 +33,7 @@ from typing import Any, Mapping
 import pyarrow as pa
 
 from gymverl.formats import FieldRules, RowError, dumps_str
-from gymverl.records import agent_name, is_transitions
+from gymverl.records import agent_name, is_transitions, starts_without_prompt
 from gymverl.messages import MessageError, chat_tools, check_placeholders, prompt_messages
 
 # The agent loop names VeRL 0.9.1 looks up in its registry for the `agent_name` column:
@@ -100,8 +100,9 @@ def rl_prompt(record: dict[str, Any], images: list[dict[str, Any]] | None = None
         if m.get("tool_calls") or m.get("role") == "tool":
             raise RowError("prompt_has_tool_calls", "the task input contains tool calls, which an RL prompt row cannot hold")
         out.append({"role": m["role"], "content": m.get("content") or ""})
-    if not out:
-        reason = "the task input has no messages"
+    if not out or starts_without_prompt(record, request_only=True):
+        # the one "no prompt" rule (validate counts it; sft and dpo reject it under the same name)
+        reason = "the task input has no messages" if not out else "the task prompt asks nothing: no message before its first model turn holds text or an image"
         output = (record.get("response") or {}).get("output")
         if is_transitions(output) or "aviary" in str(agent_name(record) or ""):
             # aviary keeps the question in its environment (and in the transitions), not in the
@@ -110,7 +111,7 @@ def rl_prompt(record: dict[str, Any], images: list[dict[str, Any]] | None = None
                 " (NeMo Gym's aviary environment poses its question at /seed_session, so the request "
                 "holds none and no RL prompt can be built from it; sft and dpo read aviary's transitions)"
             )
-        raise RowError("empty_prompt", reason)
+        raise RowError("no_prompt", reason)
     return out
 
 

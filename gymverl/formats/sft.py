@@ -19,7 +19,7 @@ from gymverl.formats import RowError, dumps_str
 from gymverl.formats.rl import IMAGES
 from gymverl.jsonl import dumps
 from gymverl.messages import MessageError, check_placeholders, chat_tools, prompt_messages, response_messages, rollout_parts
-from gymverl.records import agent_name, is_json_object_text, is_transitions
+from gymverl.records import agent_name, is_json_object_text, is_transitions, starts_without_prompt
 
 SCHEMA = pa.schema(
     [
@@ -110,8 +110,8 @@ def conversation(
         raise RowError(exc.code, f"cannot convert to chat messages: {exc}") from None
     if not any(m.get("role") == "assistant" for m in messages):
         raise RowError("no_assistant_turn", "the response has no assistant message or tool call to train on")
-    if messages[0]["role"] in ("assistant", "tool"):
-        raise RowError("no_prompt", no_prompt_reason(record))
+    if messages[0]["role"] in ("assistant", "tool") or starts_without_prompt(record):
+        raise RowError("no_prompt", no_prompt_reason(record, blank=messages[0]["role"] not in ("assistant", "tool")))
     return messages, tools
 
 
@@ -124,8 +124,14 @@ def task_tools(record: dict[str, Any]) -> Any:
     return tools
 
 
-def no_prompt_reason(record: dict[str, Any]) -> str:
-    """Why a conversation that starts with a model turn cannot be trained on (one sentence)."""
+def no_prompt_reason(record: dict[str, Any], blank: bool = False) -> str:
+    """Why a conversation without a prompt (`records.starts_without_prompt`) cannot be trained on
+    (one sentence). `blank`: it starts with prompt messages, all without text or an image."""
+    if blank:
+        return (
+            "the prompt is blank: the messages before the first model turn (responses_create_params.instructions "
+            "and input) hold no text and no image, so the model would be trained to answer nothing"
+        )
     reason = "the conversation starts with a model turn: there is no question in responses_create_params.input or before the first response item"
     response = record.get("response") or {}
     if response.get("contains_transitions") is False or "aviary" in str(agent_name(record) or ""):

@@ -13,7 +13,7 @@ import orjson
 from gymverl.inputs import as_input
 from gymverl.jsonl import Rejections, Tally, iter_lines
 from gymverl.progress import OnProgress, track_lines
-from gymverl.records import Checked, agent_name, check_line, check_record, content_text, empty_answer, is_incomplete, iter_checked, malformed_calls, output_items, output_tokens, task_key
+from gymverl.records import Checked, agent_name, check_line, check_record, content_text, empty_answer, is_incomplete, starts_without_prompt, iter_checked, malformed_calls, output_items, output_tokens, task_key
 from gymverl.sidecars import CollectionReport, PairSet, Sidecars, TaskSource, collection_report, prompt_key, sidecar_paths
 
 from gymverl.stats.distribution import Distribution, _sample_std, reward_edges
@@ -142,6 +142,7 @@ class Facts:
     chars: int
     malformed: bool = False  # a tool call whose arguments are not a JSON object (records.malformed_calls)
     empty: bool = False  # no final answer (records.empty_answer)
+    no_prompt: bool = False  # nothing asked before the first model turn (records.starts_without_prompt)
 
     @classmethod
     def of(cls, record: dict[str, Any], threshold: float) -> "Facts":
@@ -157,6 +158,7 @@ class Facts:
             response_chars(record),
             malformed_calls(record) > 0,
             empty_answer(record),
+            starts_without_prompt(record),
         )
 
 
@@ -173,6 +175,7 @@ class GroupStats:
     masked: int = 0
     malformed_tool_calls: int = 0  # rollouts with a tool call whose arguments are not a JSON object
     empty_answers: int = 0  # rollouts without a final answer
+    no_prompt: int = 0  # rollouts without a prompt (validate's no_prompt; to-parquet rejects them)
     reward: Distribution = field(default_factory=Distribution)
     tokens: Distribution = field(default_factory=Distribution)
     chars: Distribution = field(default_factory=Distribution)
@@ -194,6 +197,7 @@ class GroupStats:
         self.failed += f.failed
         self.malformed_tool_calls += f.malformed
         self.empty_answers += f.empty
+        self.no_prompt += f.no_prompt
         toks = f.tokens
         if toks is not None:
             self.tokens.add(toks)
@@ -256,6 +260,7 @@ class GroupStats:
             "tasks_fully_masked": fully_masked,
             "malformed_tool_calls": self.malformed_tool_calls,
             "empty_answers": self.empty_answers,
+            "no_prompt": self.no_prompt,
             "length": {
                 "unit": unit,
                 **dist.summary(),

@@ -35,7 +35,7 @@ def render_validation(summary: dict[str, Any], title: str = "validate", out: Con
     for key, label in (
         ("malformed_tool_calls", "malformed tool calls (arguments not a JSON object)"),
         ("empty_answers", "no final answer (empty or reasoning only)"),
-        ("no_prompt", "no prompt (starts with a model turn)"),
+        ("no_prompt", "no prompt (blank, or starts with a model turn)"),
     ):
         found = summary.get(key) or {}
         if found.get("rollouts"):
@@ -113,6 +113,8 @@ def _stats_rows(d: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("malformed tool calls", f"[yellow]{d['malformed_tool_calls']}[/]"))
     if d.get("empty_answers"):
         rows.append(("no final answer", f"[yellow]{d['empty_answers']}[/]"))
+    if d.get("no_prompt"):
+        rows.append(("no prompt", f"[yellow]{d['no_prompt']}[/]"))
     if d.get("tasks_fully_masked"):
         rows.append(("tasks fully masked", _fmt(d["tasks_fully_masked"])))
     unit = "tokens" if ln["unit"] == "output_tokens" else "chars"
