@@ -88,13 +88,17 @@ def starts_without_prompt(record: dict[str, Any], request_only: bool = False) ->
     its environment). An empty input, a blank one ("", a user message of white space or an empty
     input_text part) and an input that starts with a model turn all count.
 
-    `request_only`: read only the request (instructions and input): the RL prompt.
+    `request_only`: read only the request (instructions and input): the RL prompt. The policy
+    continues the whole input, so there a user/system/developer message that says something
+    anywhere in it is a prompt (an input may open with a model turn, e.g. a scripted greeting).
     """
     rcp = record.get("responses_create_params") or {}
     instructions = rcp.get("instructions")
     if isinstance(instructions, str) and instructions.strip():
         return False
     inp = rcp.get("input")
+    if request_only and isinstance(inp, list):
+        return not any(_schema.prompt_state((item,)) is True for item in inp)
     state = (bool(inp.strip()) or None) if isinstance(inp, str) else _schema.prompt_state(inp) if isinstance(inp, list) else None
     if state is None and not request_only:
         state = _schema.prompt_state(output_items(record))

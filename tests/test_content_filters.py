@@ -416,3 +416,18 @@ def test_an_image_only_prompt_is_a_prompt(tmp_path: Path) -> None:
     assert code == 0 and v["valid"] == 1 and v["no_prompt"]["rollouts"] == 0
     s = convert(src, tmp_path / "sft")
     assert s.kept_lines == 1 and s.rejected == 0
+
+
+def test_an_rl_input_that_opens_with_a_model_turn_still_asks(tmp_path: Path) -> None:
+    """The RL policy continues the whole input: one that opens with a scripted assistant turn and
+    then asks (`[assistant "Hi", user "q"]`) is a prompt for rl (kept, the greeting in its prompt),
+    while sft, whose trained turns would start before any prompt, rejects it as no_prompt."""
+    r = _rollout([_say("Sunny.")], 1.0, 0, task=0)
+    r["responses_create_params"]["input"] = [{"role": "assistant", "content": "Hi, how can I help?"}, {"role": "user", "content": "Weather in Paris?"}]
+    src = _write(tmp_path / "g.jsonl", [r])
+    s = convert(src, tmp_path / "rl", ConvertOptions(fmt="rl"))
+    assert s.kept_lines == 1 and s.rejected == 0
+    (row,) = _rows(tmp_path / "rl")
+    assert [m["role"] for m in row["prompt"]] == ["assistant", "user"]
+    s = convert(src, tmp_path / "sft", ConvertOptions(fmt="sft"))
+    assert s.rejected == 1 and s.rejections[0]["code"] == "no_prompt"
