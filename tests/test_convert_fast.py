@@ -478,3 +478,15 @@ def test_fast_reader_facts_from_its_prompt_cache_equal_the_schemas() -> None:
             assert got.malformed == records.malformed_calls(json.loads(line))
             seen_malformed.add(got.malformed)
     assert len(seen_malformed) > 1  # the input's malformed calls were counted
+
+
+@pytest.mark.parametrize("facts", [True, False])
+def test_pass_1_fast_check_takes_every_plain_valid_line(facts):
+    """Pass 1's fast check (rl: facts=False) must accept ordinary valid rollouts: when it declined
+    them all (rl left contents raw, which the content-part rule cannot read), every line fell back
+    to the full decode, silently slower, the results still equal."""
+    from gymverl.convert.grouped import _FastMeta
+
+    check = _FastMeta(facts=facts)
+    lines = [ln for ln in (Path(__file__).resolve().parents[1] / "sample_data" / "rollouts.jsonl").read_bytes().splitlines() if ln.strip()]
+    assert lines and all(check(ln) is not None for ln in lines)

@@ -17,7 +17,6 @@ from gymverl.jsonl import Line
 from gymverl.records import Checked, _FastRollouts, _fast_summary, agent_name, is_incomplete, task_key
 from gymverl.sidecars import merge_fields, prompt_key
 from gymverl.select import Member, dedup_key, pair_task, record_status, select_task, split_of, task_status
-from gymverl import schema
 from gymverl.files import scratch_dir
 
 from gymverl.convert.options import ConvertError
@@ -72,9 +71,10 @@ class _FastMeta(_FastRollouts):
 
     def __init__(self, facts: bool = True) -> None:
         super().__init__()
+        # rl reads no content, but its parts are still decoded (typed, texts raw): the schema's
+        # content-part rule (`parts_ok`) must hold on this path too, or every line would decline
+        # to the slower full decode (as it did when contents were left raw here).
         self.facts = facts
-        if not facts:  # rl reads no content: left raw, msgspec builds nothing for it
-            self._decode = schema.record_decoder(schema.msgspec.Raw)
 
     def __call__(self, data: bytes) -> tuple[tuple[float, str, str | None, bool, bool, int, bool, bool], int | None] | None:  # type: ignore[override]
         if data[:3] == b"\xef\xbb\xbf":  # simdjson skips a byte order mark, orjson rejects it
