@@ -169,16 +169,21 @@ def test_run_steps_turns_verls_outcome_into_exit_codes(capsys):
         return steps_view(Console(file=io.StringIO()), note=("k", "{}"), val=str)[0]
 
     ok = TrainResult(returncode=0, steps=3)
-    assert run_steps(view(), lambda: ok, "unused") is ok
+    assert run_steps(view(), lambda: ok, lambda: "unused") is ok
     failed = TrainResult(returncode=1, cause="ValueError: boom", log=Path("/o/train.log"))
     with pytest.raises(RunError, match=r"^VeRL exited with code 1: ValueError: boom; full log: /o/train.log\.$"):
-        run_steps(view(), lambda: failed, "unused")
+        run_steps(view(), lambda: failed, lambda: "unused")
+
+    # What stopped is read when the interrupt comes, not before the run: the run saved a checkpoint
+    # meanwhile (the CPU interrupt test caught "no checkpoint was saved yet" printed after one was).
+    saved = []
 
     def interrupted():
+        saved.append("global_step_1")
         raise KeyboardInterrupt
 
     with pytest.raises(typer.Exit) as exit_:
-        run_steps(view(), interrupted, "VeRL stopped; resume with --resume [x]")
+        run_steps(view(), interrupted, lambda: "VeRL stopped; resume with --resume [x]" if saved else "no checkpoint")
     assert exit_.value.exit_code == 130
     assert "interrupted: VeRL stopped; resume with --resume [x]." in " ".join(capsys.readouterr().err.split())
 

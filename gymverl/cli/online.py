@@ -106,5 +106,5 @@ def _run(plan: Any, view: Console, verbose: bool) -> Any:
 
     return run_steps(
         progress, lambda: online.run_online(plan, on_event, on_servers),
-        f"VeRL and the NeMo Gym servers stopped; {resume_hint(plan.checkpoints, 'trainer.save_freq')}",
+        lambda: f"VeRL and the NeMo Gym servers stopped; {resume_hint(plan.checkpoints, 'trainer.save_freq')}",
     )

@@ -127,18 +127,20 @@ def steps_view(
     return progress, on_event
 
 
-def run_steps(progress: Progress, run: Callable[[], Any], stopped: str) -> Any:
+def run_steps(progress: Progress, run: Callable[[], Any], stopped: Callable[[], str]) -> Any:
     """`run()` (a VeRL run, its result has `returncode` and `failure()`) with `progress` drawn.
 
-    Ctrl-C (or SIGTERM/SIGHUP) prints "interrupted: `stopped`." on stderr and exits 130; a run VeRL
-    did not finish raises its one sentence (RunError, exit 1). Returns the result otherwise."""
+    Ctrl-C (or SIGTERM/SIGHUP) prints "interrupted: `stopped()`." on stderr and exits 130: called
+    then, not before the run, because what it says (e.g. whether a checkpoint exists to resume
+    from) is only known at that moment. A run VeRL did not finish raises its one sentence
+    (RunError, exit 1). Returns the result otherwise."""
     from gymverl.cli.core import err_console
 
     try:
         with showing(progress):
             result = run()
     except KeyboardInterrupt:
-        err_console.print(f"[yellow]interrupted[/]: {escape(stopped)}.")
+        err_console.print(f"[yellow]interrupted[/]: {escape(stopped())}.")
         raise typer.Exit(EXIT_INTERRUPTED)
     if result.returncode != 0:
         raise RunError(f"{result.failure()}.")

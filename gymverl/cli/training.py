@@ -138,4 +138,4 @@ def _run(plan: Any, view: Console, verbose: bool) -> Any:
         except tr.TrainError as exc:  # the export failed: the run happened, so not a usage error
             raise RunError(str(exc)) from None
 
-    return run_steps(progress, run, f"VeRL stopped; {tr.resume_hint(plan.checkpoints)}")
+    return run_steps(progress, run, lambda: f"VeRL stopped; {tr.resume_hint(plan.checkpoints)}")
