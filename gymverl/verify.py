@@ -163,23 +163,28 @@ def parse_servers(specs: Any) -> tuple[list[str], dict[str, list[str]]]:
     return pool, routes
 
 
-def server_answers(url: str, timeout: float = 5.0) -> str | None:
-    """None when something answers HTTP at `url` (any status counts: the routes differ per server),
-    else why not (connection refused, a name that does not resolve, no answer within `timeout`
-    seconds). Connects directly, as `VerifyClient` and the env loop do (aiohttp ignores
+def _probe(target: Any, timeout: float) -> tuple[int | None, str | None]:
+    """(HTTP status, None) when something answers `target` (a URL or a urllib Request), else
+    (None, why not). Connects directly, as `VerifyClient` and the env loop do (aiohttp ignores
     $http_proxy), so a proxy setting cannot make a running server look down. Never raises."""
     import urllib.error
     import urllib.request
 
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with opener.open(url, timeout=timeout):  # noqa: S310 - a user-given server URL
-            pass
-    except urllib.error.HTTPError:
-        return None  # it answered
+        with opener.open(target, timeout=timeout) as resp:  # noqa: S310 - a user-given server URL
+            return resp.status, None
+    except urllib.error.HTTPError as exc:
+        return exc.code, None  # it answered
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        return str(getattr(exc, "reason", exc))
-    return None
+        return None, str(getattr(exc, "reason", exc))
+
+
+def server_answers(url: str, timeout: float = 5.0) -> str | None:
+    """None when something answers HTTP at `url` (any status counts: the routes differ per server),
+    else why not (connection refused, a name that does not resolve, no answer within `timeout`
+    seconds). Connects directly (`_probe`). Never raises."""
+    return _probe(url, timeout)[1]
 
 
 NOT_A_RESOURCES_SERVER = (404, 405)  # what POST /verify answers where no resources server listens
@@ -194,23 +199,17 @@ def resources_server_problem(url: str, timeout: float = 5.0) -> str | None:
     It POSTs `{}` to `{url}/verify`: every resources server (NeMo Gym 0.4 and 0.7) refuses that
     body with 422 before doing any work, so the probe changes nothing there; a 404 or 405 means no
     such route. Any other answer counts as a resources server (its rows report their own failures).
-    Connects directly, as `server_answers` does. Never raises; waits at most `timeout` seconds."""
-    import urllib.error
+    Connects directly (`_probe`). Never raises; waits at most `timeout` seconds."""
     import urllib.request
 
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     request = urllib.request.Request(
         url.rstrip("/") + "/verify", data=b"{}", headers={"Content-Type": "application/json"}, method="POST"
     )
-    try:
-        with opener.open(request, timeout=timeout):  # noqa: S310 - a user-given server URL
-            pass
-    except urllib.error.HTTPError as exc:
-        if exc.code in NOT_A_RESOURCES_SERVER:
-            return f"answers {exc.code} at /verify: not a NeMo Gym resources server"
-        return None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        return f"does not answer ({getattr(exc, 'reason', exc)})"
+    status, why = _probe(request, timeout)
+    if why is not None:
+        return f"does not answer ({why})"
+    if status in NOT_A_RESOURCES_SERVER:
+        return f"answers {status} at /verify: not a NeMo Gym resources server"
     return None
 
 
