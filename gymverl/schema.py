@@ -556,7 +556,7 @@ class _Cache(dict):  # type: ignore[type-arg]
 
 _INPUTS = _Cache()
 _DIGESTS = _Cache()
-_INPUT_BY_TAIL: dict[bytes, tuple[Any, tuple[int, bool] | None]] = {}
+_INPUT_BY_TAIL = _Cache()  # last 64 bytes of a long prompt -> (its Raw, its facts)
 
 
 def _input_facts(raw: Any) -> tuple[int, bool] | None:
@@ -572,9 +572,7 @@ def _input_facts(raw: Any) -> tuple[int, bool] | None:
         return seen[1]
     key = bytes(raw)
     value = _input_facts_of(key)
-    if len(_INPUT_BY_TAIL) >= 512:
-        _INPUT_BY_TAIL.clear()
-    _INPUT_BY_TAIL[tail] = (msgspec.Raw(key), value)  # its own copy: never keeps the line alive
+    _INPUT_BY_TAIL.put(tail, (msgspec.Raw(key), value))  # its own copy: never keeps the line alive
     return value
 
 
