@@ -109,6 +109,27 @@ def _all_stop_signals(handler: Any) -> Iterator[None]:
             signal.signal(sig, old)
 
 
+def _exit_interrupted(signum: int, frame: Any) -> None:
+    with contextlib.suppress(Exception):
+        import sys
+
+        sys.stderr.flush()
+    os._exit(130)
+
+
+def exit_now_on_stop_signals() -> None:
+    """From now on, Ctrl-C, SIGTERM or SIGHUP end the process at once with exit code 130.
+
+    For a command that was interrupted and has already cleaned up: it is only exiting, and an
+    impatient second Ctrl-C landing on that way out (a `finally`, interpreter shutdown) would
+    otherwise raise a KeyboardInterrupt nobody catches, and the process would die of SIGINT (-2)
+    instead of exiting 130. No-op outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGINT, *STOP_SIGNALS):
+        signal.signal(sig, _exit_interrupted)
+
+
 def shielded() -> contextlib.AbstractContextManager[None]:
     """Ignore Ctrl-C, SIGTERM and SIGHUP for a moment: an impatient second Ctrl-C must not cut cleanup short."""
     return _all_stop_signals(signal.SIG_IGN)

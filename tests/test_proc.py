@@ -203,3 +203,34 @@ def test_log_cause_reads_the_exception_ray_wraps() -> None:
     )
     # Ray's colour codes never reach the sentence
     assert proc.log_cause(["ValueError: \x1b[31mbad\x1b[0m"]) == "ValueError: bad"
+
+
+# A command that was interrupted has cleaned up and is only exiting; its way out (here an atexit
+# hook that takes a while, like Ray's or a thread join) must not turn a second Ctrl-C into death by
+# SIGINT (-2): CI saw exactly that for `gymverl demo` pressed twice.
+_SLOW_EXIT = """
+import atexit, sys, time, typer
+from gymverl.cli import core
+atexit.register(lambda: (print("exiting", flush=True), time.sleep(20)))
+try:
+    if sys.argv[1] == "fail":
+        core.fail("interrupted.", core.EXIT_INTERRUPTED)
+    else:
+        core.exit_interrupted("stopped")
+except typer.Exit as exc:
+    sys.exit(exc.exit_code)
+"""
+
+
+@pytest.mark.parametrize("how", ["fail", "exit_interrupted"])
+def test_a_second_ctrl_c_on_the_way_out_still_exits_130(how: str) -> None:
+    p = subprocess.Popen([sys.executable, "-c", _SLOW_EXIT, how], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "exiting"
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=15)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err

@@ -21,7 +21,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from gymverl import __version__
 from gymverl.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, GymverlError, UsageError, from_os_error
-from gymverl.proc import signals_as_interrupt
+from gymverl.proc import exit_now_on_stop_signals, signals_as_interrupt
 
 try:  # typer >= 0.2x carries its own copy of click; its exceptions are not click's
     from typer._click import exceptions as _typer_click_exc
@@ -183,11 +183,21 @@ def fail(message: str, code: int = EXIT_USAGE) -> None:
 
     `message` is plain text, never markup: messages hold paths, option values and commands to paste
     (`pip install 'gymverl[plot]'`), whose brackets rich would otherwise eat as styles."""
+    if code == EXIT_INTERRUPTED:
+        exit_now_on_stop_signals()  # cleanup is done; a second Ctrl-C must not turn exit 130 into death by SIGINT
     error(message)
     raise typer.Exit(code)
 
 
 _fail_now = fail  # the name the error handler above has always used
+
+
+def exit_interrupted(sentence: str) -> None:
+    """After a command's Ctrl-C (or SIGTERM/SIGHUP) cleanup: print "interrupted: `sentence`." on
+    stderr and exit 130; a further Ctrl-C from here on also exits 130 at once."""
+    exit_now_on_stop_signals()
+    err_console.print(f"[yellow]interrupted[/]: {escape(sentence)}.")
+    raise typer.Exit(EXIT_INTERRUPTED)
 
 
 def error(message: str) -> None:

@@ -7,10 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from gymverl.cli.core import command, console, err_console, print_json
+from gymverl.cli.core import command, console, err_console, exit_interrupted, print_json
 from gymverl.cli.options import opt
 from gymverl.cli.render import DemoReporter, render_demo
-from gymverl.errors import EXIT_INTERRUPTED, EXIT_REJECTED
+from gymverl.errors import EXIT_REJECTED
 
 
 @command(short_help="Run the whole pipeline on sample data.")
@@ -48,8 +48,7 @@ def demo(
     try:
         report = run_demo(opts, DemoReporter(view))  # a DemoError becomes its sentence in _PipelineOrder
     except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/]: NeMo Gym servers and training stopped.")
-        raise typer.Exit(EXIT_INTERRUPTED)
+        exit_interrupted("NeMo Gym servers and training stopped")
     if as_json:
         print_json(report.to_dict())
     else:

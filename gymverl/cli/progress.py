@@ -12,15 +12,13 @@ import contextlib
 import time
 from typing import Any, Callable, Iterator
 
-import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import (
     BarColumn, DownloadColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn,
     TimeRemainingColumn,
 )
 
-from gymverl.errors import EXIT_INTERRUPTED, RunError
+from gymverl.errors import RunError
 from gymverl.progress import OnProgress, ProgressEvent
 
 # kind of work -> the columns after the description and the bar.
@@ -134,14 +132,13 @@ def run_steps(progress: Progress, run: Callable[[], Any], stopped: Callable[[], 
     then, not before the run, because what it says (e.g. whether a checkpoint exists to resume
     from) is only known at that moment. A run VeRL did not finish raises its one sentence
     (RunError, exit 1). Returns the result otherwise."""
-    from gymverl.cli.core import err_console
+    from gymverl.cli.core import exit_interrupted
 
     try:
         with showing(progress):
             result = run()
     except KeyboardInterrupt:
-        err_console.print(f"[yellow]interrupted[/]: {escape(stopped())}.")
-        raise typer.Exit(EXIT_INTERRUPTED)
+        exit_interrupted(stopped())
     if result.returncode != 0:
         raise RunError(f"{result.failure()}.")
     return result

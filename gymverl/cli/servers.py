@@ -15,6 +15,7 @@ from gymverl.cli.options import arg, input_arg, number, opt
 from gymverl.cli.progress import progress_bar, showing
 from gymverl.cli.render import render_rejections, render_rejects_written, render_rescore, render_validation
 from gymverl.errors import EXIT_INTERRUPTED, EXIT_REJECTED
+from gymverl.proc import exit_now_on_stop_signals
 from gymverl.jsonl import check_input_path
 from gymverl.limits import DEFAULT_CONCURRENCY, DEFAULT_HEAD_URL, DEFAULT_RETRIES, DEFAULT_TIMEOUT, MAX_CONCURRENCY, MAX_RETRIES
 
@@ -257,6 +258,9 @@ def rescore(
                 f"[bold red]stopped:[/] {summary.interrupted}; {summary.lines} of the input lines are done. "
                 f"Continue with the same command plus --resume.", highlight=False,
             )
-        raise typer.Exit(EXIT_INTERRUPTED if summary.interrupted.startswith(("interrupted", "terminated")) else EXIT_REJECTED)
+        if summary.interrupted.startswith(("interrupted", "terminated")):
+            exit_now_on_stop_signals()  # rescore has stopped and saved; a second Ctrl-C only exits 130 sooner
+            raise typer.Exit(EXIT_INTERRUPTED)
+        raise typer.Exit(EXIT_REJECTED)
     if summary.failed or summary.rejected or summary.lines == 0 or (strict and warning):
         raise typer.Exit(EXIT_REJECTED)
