@@ -16,7 +16,9 @@ model only (subclasses of `BaseVerifyResponse`, e.g. `extracted_answer`, `base_s
 from __future__ import annotations
 
 import ast
+import functools
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -41,6 +43,34 @@ def _server_sources(under: Path) -> list[Path]:
 _NOT_SERVER_CODE = frozenset({"tests", "site-packages", "node_modules", "__pycache__"})
 
 
+@functools.lru_cache(maxsize=256)
+def _classes(path: str, mtime_ns: int, size: int) -> tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...]:
+    """The top-level classes of a Python file: (name, base names, annotated field names) each, read
+    with `ast`, nothing imported; () when it cannot be read. Cached by (path, mtime, size): every
+    server's scan reads NeMo Gym's base models, and parsing was most of `to-parquet --format rl`'s
+    fixed cost. A file with no line starting with `class` is not parsed: a top-level class
+    statement can start nowhere else (servers' data-preparation scripts have none)."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError):
+        return ()
+    if not re.search(r"^class\b", text, re.M):
+        return ()
+    try:
+        tree = ast.parse(text)
+    except SyntaxError:
+        return ()
+    return tuple(
+        (
+            node.name,
+            tuple(b.id if isinstance(b, ast.Name) else b.attr if isinstance(b, ast.Attribute) else "" for b in node.bases),
+            tuple(n.target.id for n in node.body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)),
+        )
+        for node in tree.body
+        if isinstance(node, ast.ClassDef)
+    )
+
+
 def scan(site_packages: str | Path, server: str | None = None) -> tuple[set[str], set[str]]:
     """(request fields, response-only fields) declared by the resources servers under `site_packages`,
     or by resources server `server` alone (its folder and NeMo Gym's base models; read with `ast`,
@@ -53,15 +83,13 @@ def scan(site_packages: str | Path, server: str | None = None) -> tuple[set[str]
     files = _server_sources(under)
     for path in [*files, root / "nemo_gym" / "base_resources_server.py"]:
         try:
-            tree = ast.parse(path.read_text())
-        except (OSError, SyntaxError, UnicodeDecodeError):
+            st = path.stat()
+            classes = _classes(str(path), st.st_mtime_ns, st.st_size)
+        except OSError:
             continue
-        for node in tree.body:
-            if isinstance(node, ast.ClassDef):
-                bases = [b.id if isinstance(b, ast.Name) else b.attr if isinstance(b, ast.Attribute) else "" for b in node.bases]
-                names = [n.target.id for n in node.body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)]
-                local[(str(path), node.name)] = (bases, names)
-                by_name.setdefault(node.name, []).append((str(path), node.name))
+        for name, bases, names in classes:
+            local[(str(path), name)] = (list(bases), list(names))
+            by_name.setdefault(name, []).append((str(path), name))
 
     def resolve(name: str, file: str) -> list[tuple[str, str]]:
         return [(file, name)] if (file, name) in local else by_name.get(name, [])

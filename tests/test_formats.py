@@ -171,3 +171,29 @@ def test_a_servers_own_venv_is_not_read_for_its_request_fields(tmp_path) -> None
     request, _ = scan(tmp_path, "toy")
     assert "expected_answer" in request
     assert not {"from_vendored_code", "from_tests_code"} & request
+
+
+
+def test_a_files_classes_are_read_once_and_only_where_a_class_can_be(tmp_path, monkeypatch) -> None:
+    """`ng_fields._classes` parses a file once per (path, mtime, size) (every server's scan reads
+    NeMo Gym's base models) and never parses a file with no line starting with `class`; the
+    answer is the same as parsing it."""
+    import ast
+
+    from gymverl import ng_fields
+
+    parsed: list[int] = []
+    real_parse = ast.parse
+    monkeypatch.setattr(ng_fields.ast, "parse", lambda text, *a, **k: parsed.append(1) or real_parse(text, *a, **k))
+    script = tmp_path / "prepare.py"
+    script.write_text('PROMPT = """\nclass NotAModel(BaseVerifyRequest):\n    x: int\n"""\n')
+    app = tmp_path / "app.py"
+    app.write_text("import x\n\nclass Req(BaseVerifyRequest):\n    a: str\n    b: int = 1\n")
+    st = app.stat()
+    assert ng_fields._classes(str(app), st.st_mtime_ns, st.st_size) == (("Req", ("BaseVerifyRequest",), ("a", "b")),)
+    assert ng_fields._classes(str(app), st.st_mtime_ns, st.st_size)[0][0] == "Req" and len(parsed) == 1
+    indented = tmp_path / "indented.py"
+    indented.write_text("def f():\n    class Local(BaseVerifyRequest):\n        y: int\n")
+    assert ng_fields._classes(str(indented), 0, 0) == () and len(parsed) == 1
+    # a class at column 0 inside a string is parsed (and is no class): the same as before
+    assert ng_fields._classes(str(script), 0, 0) == () and len(parsed) == 2

@@ -254,34 +254,38 @@ def _settle_repeats(ctx: _Ctx, groups: dict[str, list[Member]], keys: list[str],
 _NG05_KEYS = ("_ng_environment_server", "_ng_result_type", "mask_sample", "failure_kind")
 
 
-def _join_task(ctx: _Ctx, rec: dict[str, Any]) -> dict[str, Any]:
-    """`rec` with the task fields of its task row (when a task source is known) for an rl row."""
+def _join_task(ctx: _Ctx, rec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(`rec` with the task fields of its task row when a task source is known, its task fields)
+    for an rl row; the task fields are read once here, for the row and for the summary's counts."""
     s, source = ctx.summary, ctx.source
+    if source is not None:
+        j = source.find(rec)
+        if j.fields is not None:
+            s.joined += 1
+            rec = merge_fields(rec, j.fields)  # its own task row: complete by definition
+            return rec, ctx.rules.task_fields(rec)
+    fields = ctx.rules.task_fields(rec)
     if source is None:
         if any(k in rec for k in _NG05_KEYS):
             s.rows_without_source += 1
         agent = agent_name(rec)
         s.unjoined_by_agent[agent] += 1
-        s.unjoined_fields.setdefault(agent, Counter()).update(k for k, v in ctx.rules.task_fields(rec).items() if v is not None)
-        return rec
-    j = source.find(rec)
-    if j.fields is not None:
-        s.joined += 1
-        return merge_fields(rec, j.fields)  # its own task row: complete by definition
+        s.unjoined_fields.setdefault(agent, Counter()).update(k for k, v in fields.items() if v is not None)
+        return rec, fields
     s.not_joined[j.reason] += 1
     # Not joined: name the fields the file has for this agent's tasks that the line lacks.
-    have = {k for k, v in ctx.rules.task_fields(rec).items() if v is not None}
-    missing = source.wanted_fields(agent_name(rec)) - have
+    missing = source.wanted_fields(agent_name(rec)) - {k for k, v in fields.items() if v is not None}
     if missing:
         s.rows_missing_fields += 1
         s.missing_task_fields.update(missing)
-    return rec
+    return rec, fields
 
 
 def _emit_rl(ctx: _Ctx, key: str, split: str, members: list[Member], stats: tuple[int, float, float], raw: bytes) -> None:
     s = ctx.summary
     try:
-        row = _rl_row(ctx, _join_task(ctx, orjson.loads(raw)), key, stats)
+        rec, fields = _join_task(ctx, orjson.loads(raw))
+        row = _rl_row(ctx, rec, key, stats, fields)
     except RowError as exc:
         # Every rollout of the task shares the prompt that failed: all are rejected with its reason.
         for i, m in enumerate(members):

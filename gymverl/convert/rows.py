@@ -115,10 +115,13 @@ def _key_of(c: Checked, tasks_input: bool) -> str:
     return task_key(rec)
 
 
-def _rl_row(ctx: _Ctx, rec: dict[str, Any], key: str, stats: tuple[int, float, float] | None) -> dict[str, Any]:
+def _rl_row(
+    ctx: _Ctx, rec: dict[str, Any], key: str, stats: tuple[int, float, float] | None, fields: dict[str, Any] | None = None
+) -> dict[str, Any]:
     row, _ = rl_fmt.rl_row(
         rec,
         rules=ctx.rules,
+        fields=fields,
         data_source=ctx.opts.data_source or data_source_of(rec, ctx.default_source),
         ability=ctx.opts.ability,
         task_key=key,

@@ -15,7 +15,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from gymverl.jsonl import dumps
+import orjson
+
+from gymverl.jsonl import _DUMPS, dumps
 from gymverl.ng_fields import REQUEST_FIELDS, RESPONSE_ONLY_FIELDS
 from gymverl.records import agent_name, is_ng_key
 
@@ -76,7 +78,10 @@ def dumps_str(obj: Any) -> str:
 
     `gymverl.jsonl.dumps`: orjson, and the standard library only for values nested deeper than the
     254 levels orjson writes (any line validate accepts, up to orjson's 1024 read levels, converts)."""
-    return dumps(obj).decode()
+    try:  # orjson directly first: this runs for every row's messages and tools
+        return orjson.dumps(obj, option=_DUMPS).decode()
+    except orjson.JSONEncodeError:
+        return dumps(obj).decode()
 
 
 # The columns gymverl writes as JSON text (or, dpo, one JSON text per message); `decode_row` reads them.

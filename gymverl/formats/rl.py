@@ -141,16 +141,19 @@ def rl_row(
     task_key: str,
     stats: tuple[int, float, float] | None = None,
     agent_loop: str = "auto",
+    fields: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """One RL row for the task of `record` (split/index filled in by the writer) and whether it has a ground truth.
 
     `stats` = (n rollouts, pass rate, mean reward) of the task's collected rollouts, if any.
     `agent_loop`: one of `AGENT_LOOPS` (what the `agent_name` column says).
+    `fields`: `rules.task_fields(record)` when the caller has read them already.
     """
     images: list[dict[str, Any]] = []
     prompt = rl_prompt(record, images)
     tools = rl_tools(record)
-    fields = rules.task_fields(record)
+    if fields is None:
+        fields = rules.task_fields(record)
     gt = rules.ground_truth(fields)
     nemo_gym = {
         "responses_create_params": record["responses_create_params"],
