@@ -8,7 +8,7 @@ import os
 import re
 from array import array
 from collections import Counter
-from itertools import accumulate
+from itertools import accumulate, chain
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -267,11 +267,14 @@ class _Unbuildable(Exception):
 def _column(values: list[Any], f: pa.Field) -> pa.Array:
     """One Arrow array of type `f.type` from Python values (None = null); _Unbuildable otherwise."""
     t = f.type
+    if isinstance(t, pa.JsonType):  # dpo's messages: JSON text, stored as strings
+        return pa.ExtensionArray.from_storage(t, _column(values, f.with_type(t.storage_type)))
     n = len(values)
     types = set(map(type, values))
     if types == _NONE_ONLY and f.nullable:  # e.g. the images column of text-only rows
         return pa.nulls(n, type=t)
-    if not types <= _ALLOWED.get(t, _STRUCT_TYPES if pa.types.is_struct(t) else frozenset()):
+    allowed = _ALLOWED.get(t) or (_STRUCT_TYPES if pa.types.is_struct(t) else _LIST_TYPES if type(t) is pa.ListType else frozenset())
+    if not types <= allowed:
         raise _Unbuildable
     nulls = values.count(None) if type(None) in types else 0
     if nulls and not f.nullable:
@@ -306,6 +309,15 @@ def _column(values: list[Any], f: pa.Field) -> pa.Array:
         fields = list(t)
         children = _transpose(values, [c.name for c in fields])
         return pa.StructArray.from_arrays([_column(v, c) for v, c in zip(children, fields)], fields=fields)
+    if type(t) is pa.ListType:
+        # rl's prompt (a list of {role, content}): offsets + the flattened items as one child column,
+        # so a conversion never needs `from_pylist` (and its pandas import) for it.
+        items = list(chain.from_iterable(v for v in values if v is not None))
+        if len(items) >= 2**31:  # beyond 32-bit offsets: Arrow decides what to do
+            raise _Unbuildable
+        offsets = array("i", accumulate((len(v) if v is not None else 0 for v in values), initial=0))
+        child = _column(items, t.value_field)
+        return pa.Array.from_buffers(t, n, [bitmap, pa.py_buffer(offsets)], null_count=nulls, children=[child])
     raise _Unbuildable
 
 
@@ -314,6 +326,7 @@ _STR_TYPES = frozenset({str, type(None)})
 _INT_TYPES = frozenset({int, type(None)})
 _FLOAT_TYPES = frozenset({float, int, type(None)})
 _STRUCT_TYPES = frozenset({dict, type(None)})
+_LIST_TYPES = frozenset({list, type(None)})
 _ALLOWED = {pa.string(): _STR_TYPES, pa.int64(): _INT_TYPES, pa.float64(): _FLOAT_TYPES}
 
 
@@ -321,6 +334,8 @@ def _transpose(dicts: list[dict[str, Any]], names: list[str]) -> list[list[Any]]
     """Columns `names` of a list of dicts (a missing key reads as None)."""
     if not all(type(d) is dict for d in dicts):
         raise _Unbuildable
+    if not dicts:  # (zip(*...) of no rows would give no columns at all)
+        return [[] for _ in names]
     try:
         if len(names) == 1:
             return [list(map(itemgetter(names[0]), dicts))]
