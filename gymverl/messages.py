@@ -107,7 +107,26 @@ def content_with_images(content: Any, images: list[dict[str, Any]] | None) -> st
     or for a non-text, non-image part (see the module docstring)."""
     if not isinstance(content, list):
         return content_text(content)
-    for p in content:  # (a loop, not any(...) over a generator: this runs for every message)
+    # One loop for the usual case (text parts only: `content_text`, inlined, for every message),
+    # left at the first part that is not a plain dict or str, or holds something else than text.
+    texts: list[str] = []
+    for p in content:
+        if type(p) is dict:
+            kind = p.get("type")
+            if kind in _NON_TEXT_PART_TYPES:
+                break
+            text = p.get("text")
+            if text is None and kind == "refusal":
+                text = p.get("refusal")
+            if isinstance(text, str):
+                texts.append(text)
+        elif isinstance(p, str):
+            texts.append(p)
+        elif isinstance(p, dict):
+            break
+    else:
+        return "".join(texts)
+    for p in content:
         if isinstance(p, dict) and p.get("type") in _NON_TEXT_PART_TYPES:
             break
     else:
