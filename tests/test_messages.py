@@ -232,3 +232,25 @@ def test_messages_to_items_reverses_items_to_messages() -> None:
     assert resp["output"] is items and resp["parallel_tool_calls"] is False and resp["tool_choice"] == "auto"
     with pytest.raises(MessageError):
         messages_to_items([{"role": "user", "content": "hi"}])
+
+
+def test_content_with_images_reads_text_only_parts_as_content_text() -> None:
+    """`content_with_images` reads a list of text parts in one loop of its own: it must give what
+    `content_text` gives for every mix of parts it does not refuse (str parts, refusals, missing or
+    non-string texts, dict subclasses, unknown types)."""
+    import random
+    from collections import OrderedDict
+
+    from gymverl.messages import content_with_images
+    from gymverl.schema import content_text
+
+    rng = random.Random(3)
+    pool = [
+        "plain", "", {"type": "output_text", "text": "a"}, {"type": "input_text", "text": " b "},
+        {"type": "refusal", "refusal": "no"}, {"type": "refusal", "text": None, "refusal": "r"},
+        {"type": "output_text"}, {"type": "output_text", "text": 5}, {"text": "untyped"}, {"type": "unknown", "text": "u"},
+        OrderedDict(type="output_text", text="sub"), 7, None,
+    ]
+    for _ in range(500):
+        content = [rng.choice(pool) for _ in range(rng.randint(0, 5))]
+        assert content_with_images(content, []) == content_text(content), content
