@@ -14,6 +14,7 @@ sessions of their own). Nothing gymverl started outlives it, short of a SIGKILL 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import re
@@ -117,17 +118,37 @@ def _exit_interrupted(signum: int, frame: Any) -> None:
     os._exit(130)
 
 
+_exiting_interrupted = False
+
+
 def exit_now_on_stop_signals() -> None:
     """From now on, Ctrl-C, SIGTERM or SIGHUP end the process at once with exit code 130.
 
     For a command that was interrupted and has already cleaned up: it is only exiting, and an
-    impatient second Ctrl-C landing on that way out (a `finally`, interpreter shutdown) would
-    otherwise raise a KeyboardInterrupt nobody catches, and the process would die of SIGINT (-2)
-    instead of exiting 130. No-op outside the main thread."""
+    impatient second Ctrl-C landing on that way out (a `finally`, an atexit hook) would otherwise
+    raise a KeyboardInterrupt nobody catches, and the process would die of SIGINT (-2) instead of
+    exiting 130. After the atexit hooks these signals are ignored (`_ignore_stop_signals_at_exit`).
+    No-op outside the main thread."""
+    global _exiting_interrupted
     if threading.current_thread() is not threading.main_thread():
         return
+    _exiting_interrupted = True
     for sig in (signal.SIGINT, *STOP_SIGNALS):
         signal.signal(sig, _exit_interrupted)
+
+
+def _ignore_stop_signals_at_exit() -> None:
+    # Interpreter finalization (module teardown, after every atexit hook) resets each signal with a
+    # Python handler to SIG_DFL, so one more Ctrl-C then killed an exiting command (-2, not 130).
+    # An ignored signal is left ignored, and nothing is left to clean up by then.
+    if _exiting_interrupted and threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, *STOP_SIGNALS):
+            signal.signal(sig, signal.SIG_IGN)
+
+
+# Registered when gymverl.proc is first imported (early: the CLI imports it before torch, Ray or
+# VeRL), so it runs after their atexit hooks (which run last-registered first).
+atexit.register(_ignore_stop_signals_at_exit)
 
 
 def shielded() -> contextlib.AbstractContextManager[None]:

@@ -211,6 +211,7 @@ def test_log_cause_reads_the_exception_ray_wraps() -> None:
 _SLOW_EXIT = """
 import atexit, sys, time, typer
 from gymverl.cli import core
+core._AS_PROGRAM = True  # as when run as the `gymverl` program (`app()`)
 atexit.register(lambda: (print("exiting", flush=True), time.sleep(20)))
 try:
     if sys.argv[1] == "fail":
@@ -234,3 +235,56 @@ def test_a_second_ctrl_c_on_the_way_out_still_exits_130(how: str) -> None:
             p.kill()
     assert p.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
+
+
+# Later still: interpreter finalization (module teardown, after every atexit hook) puts SIG_DFL back
+# for each signal with a Python handler, so a Ctrl-C there killed the exiting command (-2). Module
+# teardown is made slow here by a global whose __del__ takes 3 s.
+_SLOW_TEARDOWN = """
+import sys, time, typer
+from gymverl.cli import core
+core._AS_PROGRAM = True  # as when run as the `gymverl` program (`app()`)
+class Slow:
+    def __del__(self):
+        print("finalizing", flush=True)
+        t = time.monotonic()
+        while time.monotonic() - t < 3:
+            pass
+keep = Slow()
+try:
+    core.exit_interrupted("stopped")
+except typer.Exit as exc:
+    sys.exit(exc.exit_code)
+"""
+
+
+def test_a_ctrl_c_during_interpreter_teardown_still_exits_130() -> None:
+    p = subprocess.Popen([sys.executable, "-c", _SLOW_TEARDOWN], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "finalizing"
+        time.sleep(0.3)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=15)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130, err
+
+
+def test_an_interrupted_command_run_in_process_leaves_signal_handling_alone() -> None:
+    """Invoked in-process (CliRunner, a test, a notebook), a command's interrupt must not make the
+    host process exit on its next Ctrl-C: a whole pytest run once exited 130 that way."""
+    import typer
+
+    from gymverl.cli import core
+    from gymverl.cli import app
+    from typer.testing import CliRunner
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    assert core._AS_PROGRAM is False
+    with pytest.raises(typer.Exit):
+        core.fail("interrupted.", core.EXIT_INTERRUPTED)
+    with pytest.raises(typer.Exit):
+        core.exit_interrupted("stopped")
+    assert CliRunner().invoke(app, ["--version"]).exit_code == 0
+    assert {s: signal.getsignal(s) for s in before} == before

@@ -116,7 +116,21 @@ class _Command(TyperCommand):
         return parser
 
 
-app = typer.Typer(
+class _App(typer.Typer):
+    """The `gymverl` Typer app. Called as a program (`app()`: the console script, `python -m
+    gymverl.cli`), the process ends when the command does; invoked in-process (tests, `CliRunner`)
+    it does not, so only then may an interrupted command change process-wide signal handling."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        global _AS_PROGRAM
+        _AS_PROGRAM = True
+        return super().__call__(*args, **kwargs)
+
+
+_AS_PROGRAM = False  # set by `_App.__call__`: this process exits when the command is done
+
+
+app = _App(
     cls=_PipelineOrder,
     name="gymverl",
     help=(
@@ -184,7 +198,7 @@ def fail(message: str, code: int = EXIT_USAGE) -> None:
     `message` is plain text, never markup: messages hold paths, option values and commands to paste
     (`pip install 'gymverl[plot]'`), whose brackets rich would otherwise eat as styles."""
     if code == EXIT_INTERRUPTED:
-        exit_now_on_stop_signals()  # cleanup is done; a second Ctrl-C must not turn exit 130 into death by SIGINT
+        _exiting_interrupted()
     error(message)
     raise typer.Exit(code)
 
@@ -192,10 +206,17 @@ def fail(message: str, code: int = EXIT_USAGE) -> None:
 _fail_now = fail  # the name the error handler above has always used
 
 
+def _exiting_interrupted() -> None:
+    # Cleanup is done and the program only exits now: a second Ctrl-C must not turn exit 130 into
+    # death by SIGINT (-2). Not in-process (tests, CliRunner): the process goes on there.
+    if _AS_PROGRAM:
+        exit_now_on_stop_signals()
+
+
 def exit_interrupted(sentence: str) -> None:
     """After a command's Ctrl-C (or SIGTERM/SIGHUP) cleanup: print "interrupted: `sentence`." on
-    stderr and exit 130; a further Ctrl-C from here on also exits 130 at once."""
-    exit_now_on_stop_signals()
+    stderr and exit 130; run as a program, a further Ctrl-C from here on also exits 130 at once."""
+    _exiting_interrupted()
     err_console.print(f"[yellow]interrupted[/]: {escape(sentence)}.")
     raise typer.Exit(EXIT_INTERRUPTED)
 

@@ -10,12 +10,11 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.markup import escape
 
-from gymverl.cli.core import command, console, err_console, error, fail, print_json, warn
+from gymverl.cli.core import _exiting_interrupted, command, console, err_console, error, fail, print_json, warn
 from gymverl.cli.options import arg, input_arg, number, opt
 from gymverl.cli.progress import progress_bar, showing
 from gymverl.cli.render import render_rejections, render_rejects_written, render_rescore, render_validation
 from gymverl.errors import EXIT_INTERRUPTED, EXIT_REJECTED
-from gymverl.proc import exit_now_on_stop_signals
 from gymverl.jsonl import check_input_path
 from gymverl.limits import DEFAULT_CONCURRENCY, DEFAULT_HEAD_URL, DEFAULT_RETRIES, DEFAULT_TIMEOUT, MAX_CONCURRENCY, MAX_RETRIES
 
@@ -259,7 +258,7 @@ def rescore(
                 f"Continue with the same command plus --resume.", highlight=False,
             )
         if summary.interrupted.startswith(("interrupted", "terminated")):
-            exit_now_on_stop_signals()  # rescore has stopped and saved; a second Ctrl-C only exits 130 sooner
+            _exiting_interrupted()  # rescore has stopped and saved; a second Ctrl-C only exits 130 sooner
             raise typer.Exit(EXIT_INTERRUPTED)
         raise typer.Exit(EXIT_REJECTED)
     if summary.failed or summary.rejected or summary.lines == 0 or (strict and warning):
