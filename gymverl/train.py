@@ -437,10 +437,12 @@ def plan_training(opts: TrainOptions, *, check_device: bool = True, check_out: b
             raise TrainError(f"{opts.val} has no rows.")
     world = opts.nproc * opts.nnodes
     if opts.batch_size is None:
-        # VeRL's default, but never more than the data: a 20-row smoke set should just work.
-        batch_size = min(VERL_DEFAULT_BATCH_SIZE, rows - rows % world)
+        # VeRL's default, but never more than the data: a 20-row smoke set (and its validation
+        # split, which VeRL reads in batches of the same size) should just work.
+        fewest, what = (val_rows, "validation") if val_rows is not None and val_rows < rows else (rows, "training")
+        batch_size = min(VERL_DEFAULT_BATCH_SIZE, fewest - fewest % world)
         if batch_size != VERL_DEFAULT_BATCH_SIZE:
-            notes.append(f"batch size {batch_size} (VeRL's default {VERL_DEFAULT_BATCH_SIZE} capped at the {rows} training rows)")
+            notes.append(f"batch size {batch_size} (VeRL's default {VERL_DEFAULT_BATCH_SIZE} capped at the {fewest} {what} rows)")
     else:
         batch_size = opts.batch_size
     if batch_size < world or batch_size % world:

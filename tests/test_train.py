@@ -186,6 +186,16 @@ def test_val_smaller_than_batch(tmp_path, data, model_dir):
         tr.plan_training(_opts(data, model_dir, tmp_path, val=small, batch_size=8), check_device=False)
 
 
+def test_default_batch_size_fits_a_small_validation_split(tmp_path, model_dir):
+    """Without --batch-size the default shrinks to the validation rows too (VeRL validates in
+    batches of the same size): sample-sized train/val splits from to-parquet just work."""
+    train = _sft_parquet(tmp_path / "train.parquet", 15)
+    val = _sft_parquet(tmp_path / "val.parquet", 4)
+    plan = tr.plan_training(tr.TrainOptions(train=train, val=val, model=str(model_dir), out=tmp_path / "o"), check_device=False)
+    assert plan.batch_size == 4 and plan.steps_per_epoch == 3
+    assert any("capped at the 4 validation rows" in n for n in plan.notes)
+
+
 def test_batch_not_multiple_of_world(data, model_dir, tmp_path):
     with pytest.raises(tr.TrainError, match="multiple of the 4"):
         tr.plan_training(_opts(data, model_dir, tmp_path, nproc=4, batch_size=6), check_device=False)
