@@ -437,6 +437,18 @@ def test_rl_rows_lacking_fields_their_server_takes_name_them(tmp_path: Path, nem
     assert not [w for w in s.warnings if "lack task fields" in w or "name no agent" in w]
 
 
+def test_rl_rows_whose_verifier_cannot_be_looked_up_say_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no NeMo Gym venv to read the verifiers' request models from, to-parquet said nothing
+    about the fields mcqa rows lack (read as "nothing missing"); now a note says the check could
+    not be made and how to make it. Not an error under --strict: nothing is known to be missing."""
+    monkeypatch.setenv("GYMVERL_NEMO_GYM_ENV", str(tmp_path / "no-such-venv"))
+    src = _write(tmp_path / "mcqa.jsonl", [_mcqa_rollout(i, "mcqa_simple_agent") for i in range(2)])
+    s = convert(src, tmp_path / "out", ConvertOptions(fmt="rl", strict=True))
+    (w,) = [w for w in s.warnings if w.startswith("could not check")]
+    assert "mcqa_simple_agent" in w and "GYMVERL_NEMO_GYM_ENV" in w and "--tasks" in w
+    assert not [w for w in s.warnings if "lack task fields" in w]
+
+
 def test_shared_case_mcqa_rollouts_are_warned_about(tmp_path: Path) -> None:
     """../shared/cases/verifier-metadata-dropped/mcqa_rollouts.jsonl (NeMo Gym's example mcqa
     rollouts: no agent_ref, no options): to-parquet --format rl said nothing specific, exit 0."""

@@ -118,6 +118,25 @@ def _fields_the_verifier_takes(s: ConvertSummary) -> list[str]:
     return out
 
 
+def _verifier_fields_unchecked(s: ConvertSummary) -> str | None:
+    """A note when `_fields_the_verifier_takes` could not check any agent's rows because no NeMo Gym
+    venv is found (silence would read as "nothing missing"); None otherwise."""
+    from gymverl.nemo_gym import ENV_VAR, NemoGymError, find_env
+
+    agents = sorted(a for a in s.unjoined_by_agent if a is not None)
+    if not agents:
+        return None
+    try:
+        find_env(None)
+        return None
+    except NemoGymError:
+        pass
+    return (
+        f"could not check which task fields the verifiers of {', '.join(agents)} take: no NeMo Gym venv was found "
+        f"(set ${ENV_VAR} to one, or give --tasks with the NeMo Gym input file these rollouts were collected from)."
+    )
+
+
 def convert(
     input_path: str | os.PathLike[str],
     output: str | os.PathLike[str] | None,
@@ -234,6 +253,9 @@ def convert(
                 guess = rules.guess_warning() if opts.fmt == "rl" else None
                 if guess:  # once per run, naming every field the name heuristic decided
                     summary.warnings.append(guess)
+                unchecked = _verifier_fields_unchecked(summary) if opts.fmt == "rl" and not tasks_input and source is None else None
+                if unchecked:
+                    summary.warnings.append(unchecked)
                 summary.files = sink.commit()
             except BaseException:
                 sink.abort()
