@@ -906,3 +906,14 @@ def test_task_fields_sent_follow_the_servers_schema_else_a_warned_guess(tmp_path
     assert set(body) == {"responses_create_params", "response", "question", "verifier_metadata", "_ng_task_index"}
     body = build_request(_row_with_old_outputs(0), None, frozenset({"verifier_metadata"}).__contains__)
     assert set(body) == {"responses_create_params", "response", "verifier_metadata", "_ng_task_index"}
+
+
+def test_an_empty_input_is_one_sentence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An empty rollout file: rescore printed a table of zeros and "rescored rollouts written" and
+    exited 1 without a reason; validate and stats say "file is empty (no rollouts)", so does rescore."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty.jsonl").write_text("")
+    with FakeServer() as srv:
+        res = runner.invoke(app, ["rescore", "empty.jsonl", "-o", "out.jsonl", "-s", srv.url], env={"GYMVERL_VERIFY_URL": ""})
+    assert res.exit_code == 1, res.output
+    assert "error: empty.jsonl: file is empty (no rollouts)." in res.output and "rescored rollouts written" not in res.output

@@ -242,7 +242,7 @@ def rescore(
         print_json(data)
     else:
         render_rescore(data, show_tasks)
-        if summary.complete:
+        if summary.complete and summary.lines:
             console.print(f"rescored rollouts written to [bold]{output}[/]" + (f"; failures in [bold]{summary.failures_path}[/]" if data["failed"] or data["rejected"] else ""))
     if warning:
         warn(warning)
@@ -261,5 +261,7 @@ def rescore(
             _exiting_interrupted()  # rescore has stopped and saved; a second Ctrl-C only exits 130 sooner
             raise typer.Exit(EXIT_INTERRUPTED)
         raise typer.Exit(EXIT_REJECTED)
-    if summary.failed or summary.rejected or summary.lines == 0 or (strict and warning):
+    if summary.lines == 0:
+        fail(f"{rollouts}: file is empty (no rollouts).", EXIT_REJECTED)  # as validate and stats say it
+    if summary.failed or summary.rejected or (strict and warning):
         raise typer.Exit(EXIT_REJECTED)
