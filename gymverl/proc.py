@@ -349,6 +349,9 @@ def start(
 # `ValueError: ...`, `torch.distributed.DistBackendError: ...`, also behind torchrun's `[rank0]: `.
 _EXC_LINE = re.compile(r"^(?:\[rank\d+\]:\s*)?(?:[A-Za-z_][\w.]*\.)?([A-Z]\w*(?:Error|Exception|Exit|Interrupt|Failed|Failure)): (.+)$")
 _ARGPARSE_ERR = re.compile(r"^\S+(?: \S+)*: error: (.+)$")
+# A CLI's own one-line error (NeMo Gym's ng_run: `Error: In server instance 'math_with_judge', field
+# 'judge_model_server' references responses_api_models/'policy_model', which is not defined ...`).
+_CLI_ERROR = re.compile(r"^Error: (.+)$")
 # Hydra's `Error in call to target '...':` block prints the exception as its repr: `AssertionError("...")`.
 _EXC_REPR = re.compile(r"""^([A-Z]\w*(?:Error|Exception))\((['"])(.+)\2\)$""")
 # Lines that are never the cause: torchrun's summary box and the errors it raises about itself.
@@ -376,7 +379,7 @@ def log_cause(lines: Sequence[str]) -> str | None:
         m = _EXC_REPR.match(s)
         if m:
             return f"{m.group(1)}: {m.group(3)}"[:500]
-        m = _ARGPARSE_ERR.match(s)
+        m = _ARGPARSE_ERR.match(s) or _CLI_ERROR.match(s)
         if m:
             return m.group(1)[:500]
     return None

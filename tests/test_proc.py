@@ -288,3 +288,18 @@ def test_an_interrupted_command_run_in_process_leaves_signal_handling_alone() ->
         core.exit_interrupted("stopped")
     assert CliRunner().invoke(app, ["--version"]).exit_code == 0
     assert {s: signal.getsignal(s) for s in before} == before
+
+
+def test_log_cause_reads_ng_runs_own_error_line() -> None:
+    """ng_run reports a config fault as one `Error: ...` line (here: `collect --servers
+    math_with_judge` without --policy-url); the failure said "without an error message"."""
+    lines = [
+        "Loading config from /tmp/x.yaml",
+        "Error: In server instance 'math_with_judge', field 'judge_model_server' references "
+        "responses_api_models/'policy_model', which is not defined in the merged config.",
+        "",
+    ]
+    assert proc.log_cause(lines) == (
+        "In server instance 'math_with_judge', field 'judge_model_server' references "
+        "responses_api_models/'policy_model', which is not defined in the merged config."
+    )
