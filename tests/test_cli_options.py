@@ -302,3 +302,13 @@ def test_commands_with_many_options_group_them_in_panels(command):
     cmd = GROUP.commands[command]
     loose = [p.name for p in cmd.params if p.param_type_name == "option" and not p.hidden and not p.rich_help_panel]
     assert loose == [], loose
+
+
+def test_a_global_flag_after_the_command_says_where_it_goes() -> None:
+    """`gymverl validate x -q` was only "No such option: -q"; -q/-v are gymverl's own options."""
+    res = runner.invoke(app, ["validate", "x.jsonl", "-q"])
+    assert res.exit_code == 2
+    text = " ".join(res.output.replace("│", " ").split())
+    assert "No such option: -q (-q is an option of gymverl itself: it goes before the command, as in `gymverl -q validate ...`)." in text
+    res = runner.invoke(app, ["validate", "x.jsonl", "--bogus"])
+    assert res.exit_code == 2 and "gymverl itself" not in res.output

@@ -96,6 +96,9 @@ def reflow(text: str | None) -> str | None:
     return "\n\n".join(p if p.startswith("\b") else " ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
 
 
+_GLOBAL_FLAGS = ("-q", "--quiet", "-v", "--verbose")
+
+
 class _Command(TyperCommand):
     """A gymverl command: also accepts the old spellings of OPTION_ALIASES, without listing them;
     its help reflows at the terminal's width (`reflow`)."""
@@ -106,6 +109,17 @@ class _Command(TyperCommand):
 
     def get_params(self, ctx: Any) -> list[Any]:
         return _flags_without_values(super().get_params(ctx))
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except _typer_click_exc.NoSuchOption as exc:
+            if exc.option_name in _GLOBAL_FLAGS:  # `gymverl validate x -q`: say where it goes
+                exc.message = (
+                    f"{exc.message} ({exc.option_name} is an option of gymverl itself: it goes before the command, "
+                    f"as in `gymverl {exc.option_name} {ctx.info_name} ...`)."
+                )
+            raise
 
     def make_parser(self, ctx: Any) -> Any:
         parser = super().make_parser(ctx)
