@@ -372,6 +372,24 @@ def test_cli_missing_servers_is_exit_2_without_traceback(tmp_path: Path) -> None
     assert "Traceback" not in res.output and not (tmp_path / "o.jsonl").exists()
 
 
+def test_servers_that_cannot_serve_the_tasks_are_refused_before_starting(tmp_path: Path, nemo_gym_env: Path) -> None:
+    """`--servers math_with_judge` for tasks that also name xlam_fc's agent: found only after ~40 s
+    of starting servers; and without --policy-url ng_run failed on its config ("without an error
+    message"). Both are now one sentence, exit 2, before anything starts or is written."""
+    base = ["-i", str(TASKS), "-o", str(tmp_path / "o.jsonl"), "--nemo-gym-env", str(nemo_gym_env)]
+    started = time.monotonic()
+    res = _invoke(*base, "--servers", "math_with_judge", "--policy-url", "http://127.0.0.1:9/v1")
+    assert res.exit_code == 2, res.output
+    text = " ".join(res.output.split())
+    assert "agent 'xlam_fc_simple_agent' (named by the tasks) is defined in none of the configs --servers starts" in text
+    assert "add --servers xlam_fc" in text
+    res = _invoke(*base, "--limit", "3", "--servers", "math_with_judge")
+    assert res.exit_code == 2, res.output
+    assert "pass --policy-url" in " ".join(res.output.split())
+    assert time.monotonic() - started < 30 and not (tmp_path / "o.jsonl").exists()
+    assert "Traceback" not in res.output
+
+
 def test_cli_bad_task_line_is_exit_1_with_line_numbers(tmp_path: Path) -> None:
     bad = tmp_path / "t.jsonl"
     bad.write_text(TASKS.read_text() + '{"responses_create_params": {"input": 3}}\n')

@@ -221,7 +221,8 @@ def test_signal_while_servers_start_stops_everything(tmp_path: Path, nemo_gym_en
 
     mark = uuid.uuid4().hex
     env = {**os.environ, "GYMVERL_E2E_MARK": mark, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "gymverl.cli", "collect", "-i", str(TASKS), "-o", str(tmp_path / "r.jsonl"),
+    # (--limit 3: the math tasks only, whose server --servers starts; xlam_fc's would be refused first)
+    cmd = [sys.executable, "-m", "gymverl.cli", "collect", "-i", str(TASKS), "-o", str(tmp_path / "r.jsonl"), "--limit", "3",
            "--servers", "math_with_judge", "--policy-url", "http://127.0.0.1:9/v1", "--nemo-gym-env", str(nemo_gym_env)]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -50,6 +50,7 @@ from gymverl.collect.servers import (  # noqa: F401
     _resolve,
     _server_config,
     agent_config_hint,
+    check_server_configs,
     check_servers,
     resolve_server_configs,
     start_hint,
@@ -124,6 +125,7 @@ def collect(
     with contextlib.ExitStack() as stack:
         if servers:
             configs = resolve_server_configs(env, servers, policy_url, model_type)
+            check_server_configs(env, configs, tasks.agents, policy_url)
             stage("servers", {"configs": [str(c) for c in configs]})
             ng = NemoGymServers(
                 configs,

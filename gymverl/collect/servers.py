@@ -172,3 +172,30 @@ def resolve_server_configs(env: Path, configs: Sequence[str], policy_url: str | 
                 raise CollectError(f"unknown NeMo Gym model server type {model_type!r} (no {model_cfg}).")
             paths.append(model_cfg)
     return paths
+
+
+def check_server_configs(env: Path, paths: Sequence[Path], agents: Iterable[str], policy_url: str | None) -> None:
+    """Before ng_run starts `paths` (`resolve_server_configs`): CollectError (usage, exit 2) when an
+    agent of the tasks is defined in none of them (it was found only after starting the others:
+    ~40 s), or when they use `policy_model` and neither --policy-url nor a config defines it (ng_run
+    then failed with its config error)."""
+    texts = []
+    for p in paths:
+        try:
+            texts.append(p.read_text(errors="replace"))
+        except OSError:
+            return  # ng_run will say it better
+    for name in sorted(set(agents)):
+        if not any(re.search(rf"^{re.escape(name)}:\s*$", t, re.M) for t in texts):
+            hint = agent_config_hint(env, name)
+            add = f"add --servers {hint.split('/')[1] if hint and hint.startswith('resources_servers/') else (hint or '<its config>')}"
+            raise CollectError(
+                f"agent {name!r} (named by the tasks) is defined in none of the configs --servers starts "
+                f"({', '.join(p.name for p in paths)}); {add}, or --agent to collect one agent's tasks only."
+            )
+    uses_policy = any(re.search(r"^\s+name:\s*policy_model\s*$", t, re.M) for t in texts)
+    if uses_policy and not policy_url and not any(re.search(r"^policy_model:\s*$", t, re.M) for t in texts):
+        raise CollectError(
+            "the servers --servers starts call a policy model (policy_model) that nothing defines: "
+            "pass --policy-url with the URL of an OpenAI-compatible server of the model to collect from."
+        )
