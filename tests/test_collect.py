@@ -390,6 +390,16 @@ def test_servers_that_cannot_serve_the_tasks_are_refused_before_starting(tmp_pat
     assert "Traceback" not in res.output
 
 
+def test_a_rollouts_file_given_as_tasks_is_warned_about(tmp_path: Path) -> None:
+    """`collect -i rollouts.jsonl` (the rollouts, not their tasks) was taken as 20 tasks without a
+    word; each rollout line is a valid task, so it is counted and warned about."""
+    got = C.check_tasks(SAMPLE_DATA / "rollouts.jsonl")
+    assert got.tasks == 20 and got.rollout_lines == 20
+    assert C.check_tasks(TASKS).rollout_lines == 0
+    res = _invoke("-i", str(SAMPLE_DATA / "rollouts.jsonl"), "-o", str(tmp_path / "o.jsonl"), "--head-url", f"http://127.0.0.1:{free_port()}")
+    assert res.exit_code == 2 and "are rollouts themselves" in " ".join(res.output.split()), res.output
+
+
 def test_cli_bad_task_line_is_exit_1_with_line_numbers(tmp_path: Path) -> None:
     bad = tmp_path / "t.jsonl"
     bad.write_text(TASKS.read_text() + '{"responses_create_params": {"input": 3}}\n')

@@ -109,6 +109,13 @@ def collect(
         raise CollectError(str(exc)) from None
     tasks = check_tasks(input, limit=limit, agent=agent)
     stage("tasks", {"tasks": tasks.tasks, "lines": tasks.lines, "agents": dict(tasks.agents)})
+    if tasks.rollout_lines:
+        stage(
+            "warning",
+            {"message": f"{tasks.rollout_lines} of the {tasks.tasks} tasks in {tasks.path} are rollouts themselves (they have "
+             "`response` and `reward`): each is asked again as a task of its own, so the n rollouts of one task become n "
+             "tasks; collect from the NeMo Gym input (tasks) file instead."},
+        )
     out = Path(output).resolve()
     prepare_output(out, overwrite=overwrite, resume=resume)
     collector = detect_collector(env)

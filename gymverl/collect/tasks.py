@@ -23,6 +23,7 @@ class TaskCheck(Rejections):
     tasks: int = 0  # valid tasks among the first `limit` lines (what the collector will run)
     agents: Counter[str] = field(default_factory=Counter)
     missing_agent: list[int] = field(default_factory=list)
+    rollout_lines: int = 0  # valid tasks that are rollouts themselves (`response` and `reward`: the wrong file?)
     rejects: Tally = field(default_factory=Tally)  # rejected lines: `rejected`, `rejected_by_code`, `rejections`
 
 
@@ -51,6 +52,8 @@ def check_tasks(
             continue
         result.tasks += 1
         result.agents[name] += 1
+        if "response" in c.record and "reward" in c.record:
+            result.rollout_lines += 1
     if result.rejected:
         first = result.rejections[0]
         raise CollectError(
