@@ -917,3 +917,19 @@ def test_an_empty_input_is_one_sentence(tmp_path: Path, monkeypatch: pytest.Monk
         res = runner.invoke(app, ["rescore", "empty.jsonl", "-o", "out.jsonl", "-s", srv.url], env={"GYMVERL_VERIFY_URL": ""})
     assert res.exit_code == 1, res.output
     assert "error: empty.jsonl: file is empty (no rollouts)." in res.output and "rescored rollouts written" not in res.output
+
+
+def test_rows_of_several_agents_sent_to_one_server_are_told_so() -> None:
+    """`rescore --server <math_with_judge URL>` on rows of math_with_judge and xlam_fc: the xlam_fc
+    rows fail 422 (question: Field required) and the advice was to re-join task fields with
+    --tasks, which cannot help. With several agents on one pool, the advice is one server per agent."""
+    from gymverl.rescore.summary import RescoreSummary
+
+    s = RescoreSummary(input="in.jsonl", output="out.jsonl", failures_path="out.failures.jsonl")
+    s.required_missing["question"] += 8
+    s.agents |= {"math_with_judge_simple_agent", "xlam_fc_simple_agent"}
+    w = s.warning() or ""
+    assert "several agents (math_with_judge_simple_agent, xlam_fc_simple_agent)" in w and "--server AGENT=URL" in w
+    assert "--tasks" not in w
+    s.agents = {"math_with_judge_simple_agent"}
+    assert "--tasks" in (s.warning() or "")

@@ -252,6 +252,9 @@ class _Run:
                 self._drain()
                 continue
             item.record = c.record
+            if self.client.routes == {} and len(self.summary.agents) < 8:
+                # one pool for every row: remember a few agent names (`RescoreSummary.warning`)
+                self.summary.agents.add(agent_name(c.record))
             await queue.put(item)
         self._input_exhausted = True
 

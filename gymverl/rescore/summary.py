@@ -68,6 +68,8 @@ class RescoreSummary:
     request_schemas: dict[str, str | None] = field(default_factory=dict)
     guessed_fields: dict[str, bool] = field(default_factory=dict)
     resumed_from: int = 0
+    # Agents named by rows sent to one pool of servers (no NAME=URL routes; at most 8 kept).
+    agents: set[str | None] = field(default_factory=set)
     complete: bool = False
     interrupted: str | None = None
     seconds: float = 0.0
@@ -202,7 +204,15 @@ class RescoreSummary:
         if not parts:
             return None
         text = "; ".join(parts)
-        if self.required_missing or self.suspicious:
+        if self.required_missing and len(self.agents - {None}) >= 2:
+            # Rows of several agents all went to the same server(s): the rows of an agent whose
+            # verifier that is not lack its fields by design; no task file would supply them.
+            names = ", ".join(sorted(a for a in self.agents if a))
+            text += (
+                f". The rows name several agents ({names}) and were all sent to the same --server: give each "
+                "agent its own resources server with --server AGENT=URL (repeatable)"
+            )
+        elif self.required_missing or self.suspicious:
             if self.task_source is None:
                 hint = "re-join task fields from the NeMo Gym input file with --tasks TASKS.jsonl (or keep <stem>_materialized_inputs.jsonl beside the rollouts)"
             else:
