@@ -65,7 +65,7 @@ def render_collection(col: dict[str, Any] | None, show_tasks: int = 30, out: Con
     f = col.get("failures")
     if f:
         note = f"from {f['path']}" + (f"; {f['superseded_rollouts']} earlier failures were retried successfully" if f["superseded_rollouts"] else "")
-        t.add_row("failed", _red(col["failed"]), note)
+        t.add_row("failed (side file)", _red(col["failed"]), note)
     if col["expected"] is not None:
         t.add_row("missing", _red(col["missing"]), "neither present nor failed")
         t.add_row("tasks without rollouts", _red(col["tasks_without_rollouts"]), "")
@@ -105,7 +105,7 @@ def _stats_rows(d: dict[str, Any]) -> list[tuple[str, str]]:
         ("tasks all failed", _fmt(d["tasks_all_failed"])),
         ("tasks zero variance", _fmt(d["tasks_zero_variance"])),
         ("incomplete", f"[yellow]{d['incomplete']}[/]" if d["incomplete"] else "0"),
-        ("failed", _red(d["failed"])),
+        ("failed in file", _red(d["failed"])),
     ]
     if d["masked"]:
         rows.append(("masked (left out)", f"[yellow]{d['masked']}[/]"))
