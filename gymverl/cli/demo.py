@@ -48,7 +48,7 @@ def demo(
     try:
         report = run_demo(opts, DemoReporter(view))  # a DemoError becomes its sentence in _PipelineOrder
     except KeyboardInterrupt:
-        exit_interrupted("NeMo Gym servers and training stopped")
+        exit_interrupted("the demo stopped, and the NeMo Gym servers it started with it")
     if as_json:
         print_json(report.to_dict())
     else:
