@@ -223,17 +223,24 @@ except typer.Exit as exc:
 """
 
 
-@pytest.mark.parametrize("how", ["fail", "exit_interrupted"])
-def test_a_second_ctrl_c_on_the_way_out_still_exits_130(how: str) -> None:
-    p = subprocess.Popen([sys.executable, "-c", _SLOW_EXIT, how], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _ctrl_c_when(ready: str, code: str, *args: str, pause: float = 0.0) -> tuple[int, str]:
+    """Run `code`, press Ctrl-C once it prints `ready` (and `pause` s more): (exit status, stderr)."""
+    p = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        assert p.stdout.readline().strip() == "exiting"
+        assert p.stdout.readline().strip() == ready
+        time.sleep(pause)
         p.send_signal(signal.SIGINT)
         _, err = p.communicate(timeout=15)
     finally:
         if p.poll() is None:
             p.kill()
-    assert p.returncode == 130, err
+    return p.returncode, err
+
+
+@pytest.mark.parametrize("how", ["fail", "exit_interrupted"])
+def test_a_second_ctrl_c_on_the_way_out_still_exits_130(how: str) -> None:
+    code, err = _ctrl_c_when("exiting", _SLOW_EXIT, how)
+    assert code == 130, err
     assert "interrupted" in err and "Traceback" not in err
 
 
@@ -259,16 +266,8 @@ except typer.Exit as exc:
 
 
 def test_a_ctrl_c_during_interpreter_teardown_still_exits_130() -> None:
-    p = subprocess.Popen([sys.executable, "-c", _SLOW_TEARDOWN], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert p.stdout.readline().strip() == "finalizing"
-        time.sleep(0.3)
-        p.send_signal(signal.SIGINT)
-        _, err = p.communicate(timeout=15)
-    finally:
-        if p.poll() is None:
-            p.kill()
-    assert p.returncode == 130, err
+    code, err = _ctrl_c_when("finalizing", _SLOW_TEARDOWN, pause=0.3)
+    assert code == 130, err
 
 
 def test_an_interrupted_command_run_in_process_leaves_signal_handling_alone() -> None:
