@@ -224,6 +224,8 @@ def load_tokenizer(model: str) -> Any:
     except ConvertError as exc:
         if "no chat template" in str(exc):
             raise TrainError(f"the tokenizer in {model} has no chat template; SFT needs one.") from None
+        if "no tokenizer files" in str(exc):
+            raise TrainError(str(exc)) from None
         raise TrainError(f"{model}: no usable tokenizer ({exc}).") from None
 
 

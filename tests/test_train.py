@@ -196,6 +196,18 @@ def test_default_batch_size_fits_a_small_validation_split(tmp_path, model_dir):
     assert any("capped at the 4 validation rows" in n for n in plan.notes)
 
 
+def test_a_model_folder_without_tokenizer_files_says_so(tmp_path, model_dir):
+    """transformers builds an empty tokenizer from config.json alone: the precheck said "has no
+    chat template"; what is missing is the tokenizer files."""
+    import shutil
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(model_dir / "config.json", bare / "config.json")
+    with pytest.raises(tr.TrainError, match=r"has no tokenizer files \(tokenizer.json, tokenizer_config.json\)"):
+        tr.load_tokenizer(str(bare))
+
+
 def test_batch_not_multiple_of_world(data, model_dir, tmp_path):
     with pytest.raises(tr.TrainError, match="multiple of the 4"):
         tr.plan_training(_opts(data, model_dir, tmp_path, nproc=4, batch_size=6), check_device=False)
@@ -515,7 +527,7 @@ def test_model_without_chat_template_fails_the_dry_run(tmp_path, data, model_dir
     empty.mkdir()
     (empty / "config.json").write_text("{}")
     res, err = _dry(data, empty, tmp_path)
-    assert res.exit_code == 2 and err.startswith(f"error: {empty}: no usable tokenizer") and "Traceback" not in res.output, err
+    assert res.exit_code == 2 and err.startswith(f"error: {empty} has no tokenizer files") and "Traceback" not in res.output, err
 
 
 def test_shared_workplace_assistant_rows_are_refused_with_their_length(tmp_path, tiny_model):

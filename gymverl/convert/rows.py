@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -28,6 +29,11 @@ class TokenCounter:
     """Counts chat-template tokens of a conversation with the user's tokenizer (for --max-tokens)."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
+        folder = Path(path)
+        if folder.is_dir() and not any(folder.glob("tokenizer*")) and not any(folder.glob("*.model")):
+            # transformers may build an empty tokenizer from config.json alone ("no chat template"
+            # then) or fail obscurely: say what is missing
+            raise ConvertError(f"{path} has no tokenizer files (tokenizer.json, tokenizer_config.json); copy them from the model's source.")
         try:
             from transformers import AutoTokenizer
 
