@@ -205,8 +205,10 @@ def test_grpo_steps_on_cpu_with_a_real_math_env(policy: tuple[Path, Any], nemo_g
     for n, m in steps.items():
         # the rollout sampled from the trainer's weights (synced before every step): its logprobs are
         # the trainer's own, up to bf16/fp32 rounding (measured ~0.004; with the sync cut out of
-        # CPURollout.update_weights, step 2 measured 0.99 after step 1's update at lr 1e-2)
-        assert m["training/rollout_probs_diff_max"] < 1e-2, (n, m["training/rollout_probs_diff_max"])
+        # CPURollout.update_weights, step 2 measured 0.99 after step 1's update at lr 1e-2). The max over
+        # the sampled tokens varies from run to run (0.004 to 0.011 measured; CI once saw 0.0112 at
+        # 1e-2), so the bound sits well between rounding and a missed sync.
+        assert m["training/rollout_probs_diff_max"] < 5e-2, (n, m["training/rollout_probs_diff_max"])
         assert m["response_length/mean"] > 0 and m["num_turns/mean"] == 2.0  # user + the model's answer
     assert [steps[1]["critic/score/mean"], steps[2]["critic/score/mean"]] == result["rewards"]
     # rewards are the verifier's: right and wrong answers within the groups, so GRPO has a gradient
