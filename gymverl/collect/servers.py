@@ -188,10 +188,10 @@ def check_server_configs(env: Path, paths: Sequence[Path], agents: Iterable[str]
     for name in sorted(set(agents)):
         if not any(re.search(rf"^{re.escape(name)}:\s*$", t, re.M) for t in texts):
             hint = agent_config_hint(env, name)
-            add = f"add --servers {hint.split('/')[1] if hint and hint.startswith('resources_servers/') else (hint or '<its config>')}"
+            server = hint.split("/")[1] if hint and hint.startswith("resources_servers/") else (hint or "<its config>")
             raise CollectError(
                 f"agent {name!r} (named by the tasks) is defined in none of the configs --servers starts "
-                f"({', '.join(p.name for p in paths)}); {add}, or --agent to collect one agent's tasks only."
+                f"({', '.join(p.name for p in paths)}); add --servers {server}."
             )
     uses_policy = any(re.search(r"^\s+name:\s*policy_model\s*$", t, re.M) for t in texts)
     if uses_policy and not policy_url and not any(re.search(r"^policy_model:\s*$", t, re.M) for t in texts):
