@@ -50,7 +50,6 @@ from gymverl.collect.servers import (  # noqa: F401
     _resolve,
     _server_config,
     agent_config_hint,
-    check_server_configs,
     check_servers,
     resolve_server_configs,
     start_hint,
@@ -131,8 +130,7 @@ def collect(
 
     with contextlib.ExitStack() as stack:
         if servers:
-            configs = resolve_server_configs(env, servers, policy_url, model_type)
-            check_server_configs(env, configs, tasks.agents, policy_url)
+            configs = resolve_server_configs(env, servers, policy_url, model_type, agents=tasks.agents)
             stage("servers", {"configs": [str(c) for c in configs]})
             ng = NemoGymServers(
                 configs,

@@ -26,6 +26,15 @@ def _get(url: str, timeout: float) -> bytes:
         return resp.read()
 
 
+def _defines(name: str) -> re.Pattern[str]:
+    """A NeMo Gym config's top-level key `name:`: how a config defines a server instance or an agent."""
+    return re.compile(rf"^{re.escape(name)}:\s*$", re.M)
+
+
+# An agent or server config that calls the policy model (`model_server: {type: ..., name: policy_model}`).
+_CALLS_POLICY = re.compile(r"^\s+name:\s*policy_model\s*$", re.M)
+
+
 def agent_config_hint(env: Path | None, agent: str) -> str | None:
     """The shipped NeMo Gym config (path relative to the package) that defines `agent`, if any."""
     if env is None:
@@ -34,7 +43,7 @@ def agent_config_hint(env: Path | None, agent: str) -> str | None:
         root = package_dir(env)
     except NemoGymError:
         return None
-    pattern = re.compile(rf"^{re.escape(agent)}:\s*$", re.M)
+    pattern = _defines(agent)
     for sub in ("resources_servers", "responses_api_agents", "environments", "benchmarks"):
         # A server's own `<name>/configs/<name>.yaml` first: it is the one its README starts.
         found = sorted((root / sub).glob("*/configs/*.yaml"), key=lambda c: (c.stem != c.parent.parent.name, str(c)))
@@ -150,9 +159,16 @@ def check_servers(head_url: str, agents: Iterable[str], *, env: Path | None = No
     return urls
 
 
-def resolve_server_configs(env: Path, configs: Sequence[str], policy_url: str | None, model_type: str) -> list[Path]:
+def resolve_server_configs(
+    env: Path, configs: Sequence[str], policy_url: str | None, model_type: str, agents: Iterable[str] = ()
+) -> list[Path]:
     """Config paths for ng_run: a bare name means that resources server's shipped config; adds a model
-    server config (`model_type`) when a policy URL is given and no config defines `policy_model`."""
+    server config (`model_type`) when a policy URL is given and no config defines `policy_model`.
+
+    Checked before ng_run starts anything (CollectError, usage, exit 2): every agent in `agents` (the
+    tasks') is defined by one of the configs (a missing one was found only after starting the others,
+    ~40 s), and configs that call `policy_model` get one from --policy-url or a config (ng_run failed
+    on its config otherwise)."""
     root = package_dir(env)
     paths: list[Path] = []
     for c in configs:
@@ -164,38 +180,24 @@ def resolve_server_configs(env: Path, configs: Sequence[str], policy_url: str | 
                 paths.append(resources_server_config(env, part))
             else:
                 raise CollectError(f"NeMo Gym config not found: {part} (looked in . and {root}).")
-    if policy_url:
-        defines_policy = re.compile(r"^policy_model:\s*$", re.M)
-        if not any(defines_policy.search(p.read_text(errors="replace")) for p in paths):
-            model_cfg = root / "responses_api_models" / model_type / "configs" / f"{model_type}.yaml"
-            if not model_cfg.exists():
-                raise CollectError(f"unknown NeMo Gym model server type {model_type!r} (no {model_cfg}).")
-            paths.append(model_cfg)
-    return paths
-
-
-def check_server_configs(env: Path, paths: Sequence[Path], agents: Iterable[str], policy_url: str | None) -> None:
-    """Before ng_run starts `paths` (`resolve_server_configs`): CollectError (usage, exit 2) when an
-    agent of the tasks is defined in none of them (it was found only after starting the others:
-    ~40 s), or when they use `policy_model` and neither --policy-url nor a config defines it (ng_run
-    then failed with its config error)."""
-    texts = []
-    for p in paths:
-        try:
-            texts.append(p.read_text(errors="replace"))
-        except OSError:
-            return  # ng_run will say it better
+    texts = [p.read_text(errors="replace") for p in paths]
     for name in sorted(set(agents)):
-        if not any(re.search(rf"^{re.escape(name)}:\s*$", t, re.M) for t in texts):
+        if not any(_defines(name).search(t) for t in texts):
             hint = agent_config_hint(env, name)
             server = hint.split("/")[1] if hint and hint.startswith("resources_servers/") else (hint or "<its config>")
             raise CollectError(
                 f"agent {name!r} (named by the tasks) is defined in none of the configs --servers starts "
                 f"({', '.join(p.name for p in paths)}); add --servers {server}."
             )
-    uses_policy = any(re.search(r"^\s+name:\s*policy_model\s*$", t, re.M) for t in texts)
-    if uses_policy and not policy_url and not any(re.search(r"^policy_model:\s*$", t, re.M) for t in texts):
-        raise CollectError(
-            "the servers --servers starts call a policy model (policy_model) that nothing defines: "
-            "pass --policy-url with the URL of an OpenAI-compatible server of the model to collect from."
-        )
+    if not any(_defines("policy_model").search(t) for t in texts):
+        if policy_url:
+            model_cfg = root / "responses_api_models" / model_type / "configs" / f"{model_type}.yaml"
+            if not model_cfg.exists():
+                raise CollectError(f"unknown NeMo Gym model server type {model_type!r} (no {model_cfg}).")
+            paths.append(model_cfg)
+        elif any(_CALLS_POLICY.search(t) for t in texts):
+            raise CollectError(
+                "the servers --servers starts call a policy model (policy_model) that nothing defines: "
+                "pass --policy-url with the URL of an OpenAI-compatible server of the model to collect from."
+            )
+    return paths
