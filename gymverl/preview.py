@@ -50,6 +50,12 @@ _IMAGE_COLUMNS = ("images", "videos", "audios")
 _TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model", "vocab.json")
 
 
+def holds_tokenizer(folder: Path) -> bool:
+    """True when directory `folder` has one of a Hugging Face tokenizer's files (`_TOKENIZER_FILES`):
+    without them transformers may build an empty tokenizer from config.json alone, or fail obscurely."""
+    return any((folder / name).is_file() for name in _TOKENIZER_FILES)
+
+
 class PreviewError(UsageError):
     """The preview cannot be made (bad file, row, or tokenizer): one sentence, exit code 2."""
 
@@ -132,7 +138,7 @@ def load_tokenizer(path: str | Path) -> Any:
     p = Path(path).expanduser()
     if not p.is_dir():
         raise PreviewError(f"{path}: no such tokenizer directory." if not p.exists() else f"{path}: not a directory (give the model's tokenizer directory).")
-    if not any((p / name).is_file() for name in _TOKENIZER_FILES):
+    if not holds_tokenizer(p):
         raise PreviewError(f"{path} holds no tokenizer (none of {', '.join(_TOKENIZER_FILES)}).")
     try:
         from transformers import AutoTokenizer

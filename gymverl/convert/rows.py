@@ -29,10 +29,10 @@ class TokenCounter:
     """Counts chat-template tokens of a conversation with the user's tokenizer (for --max-tokens)."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
+        from gymverl.preview import holds_tokenizer
+
         folder = Path(path)
-        if folder.is_dir() and not any(folder.glob("tokenizer*")) and not any(folder.glob("*.model")):
-            # transformers may build an empty tokenizer from config.json alone ("no chat template"
-            # then) or fail obscurely: say what is missing
+        if folder.is_dir() and not holds_tokenizer(folder):  # ("no chat template" would be misleading)
             raise ConvertError(f"{path} has no tokenizer files (tokenizer.json, tokenizer_config.json); copy them from the model's source.")
         try:
             from transformers import AutoTokenizer
