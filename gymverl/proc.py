@@ -20,6 +20,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -112,13 +113,11 @@ def _all_stop_signals(handler: Any) -> Iterator[None]:
 
 def _exit_interrupted(signum: int, frame: Any) -> None:
     with contextlib.suppress(Exception):
-        import sys
-
         sys.stderr.flush()
     os._exit(130)
 
 
-_exiting_interrupted = False
+_exit_at_once = False  # set by exit_now_on_stop_signals
 
 
 def exit_now_on_stop_signals() -> None:
@@ -129,10 +128,10 @@ def exit_now_on_stop_signals() -> None:
     raise a KeyboardInterrupt nobody catches, and the process would die of SIGINT (-2) instead of
     exiting 130. After the atexit hooks these signals are ignored (`_ignore_stop_signals_at_exit`).
     No-op outside the main thread."""
-    global _exiting_interrupted
+    global _exit_at_once
     if threading.current_thread() is not threading.main_thread():
         return
-    _exiting_interrupted = True
+    _exit_at_once = True
     for sig in (signal.SIGINT, *STOP_SIGNALS):
         signal.signal(sig, _exit_interrupted)
 
@@ -141,7 +140,7 @@ def _ignore_stop_signals_at_exit() -> None:
     # Interpreter finalization (module teardown, after every atexit hook) resets each signal with a
     # Python handler to SIG_DFL, so one more Ctrl-C then killed an exiting command (-2, not 130).
     # An ignored signal is left ignored, and nothing is left to clean up by then.
-    if _exiting_interrupted and threading.current_thread() is threading.main_thread():
+    if _exit_at_once and threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, *STOP_SIGNALS):
             signal.signal(sig, signal.SIG_IGN)
 

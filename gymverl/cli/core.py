@@ -212,7 +212,7 @@ def fail(message: str, code: int = EXIT_USAGE) -> None:
     `message` is plain text, never markup: messages hold paths, option values and commands to paste
     (`pip install 'gymverl[plot]'`), whose brackets rich would otherwise eat as styles."""
     if code == EXIT_INTERRUPTED:
-        _exiting_interrupted()
+        exiting_interrupted()
     error(message)
     raise typer.Exit(code)
 
@@ -220,9 +220,10 @@ def fail(message: str, code: int = EXIT_USAGE) -> None:
 _fail_now = fail  # the name the error handler above has always used
 
 
-def _exiting_interrupted() -> None:
-    # Cleanup is done and the program only exits now: a second Ctrl-C must not turn exit 130 into
-    # death by SIGINT (-2). Not in-process (tests, CliRunner): the process goes on there.
+def exiting_interrupted() -> None:
+    """Call when an interrupted command has cleaned up and only exits (130) now: run as a program,
+    a further Ctrl-C, SIGTERM or SIGHUP then exits 130 at once instead of dying of SIGINT (-2).
+    In-process (tests, CliRunner) nothing changes: the process goes on there."""
     if _AS_PROGRAM:
         exit_now_on_stop_signals()
 
@@ -230,7 +231,7 @@ def _exiting_interrupted() -> None:
 def exit_interrupted(sentence: str) -> None:
     """After a command's Ctrl-C (or SIGTERM/SIGHUP) cleanup: print "interrupted: `sentence`." on
     stderr and exit 130; run as a program, a further Ctrl-C from here on also exits 130 at once."""
-    _exiting_interrupted()
+    exiting_interrupted()
     err_console.print(f"[yellow]interrupted[/]: {escape(sentence)}.")
     raise typer.Exit(EXIT_INTERRUPTED)
 

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.markup import escape
 
-from gymverl.cli.core import _exiting_interrupted, command, console, err_console, error, fail, print_json, warn
+from gymverl.cli.core import command, console, err_console, error, exiting_interrupted, fail, print_json, warn
 from gymverl.cli.options import arg, input_arg, number, opt
 from gymverl.cli.progress import progress_bar, showing
 from gymverl.cli.render import render_rejections, render_rejects_written, render_rescore, render_validation
@@ -258,7 +258,7 @@ def rescore(
                 f"Continue with the same command plus --resume.", highlight=False,
             )
         if summary.interrupted.startswith(("interrupted", "terminated")):
-            _exiting_interrupted()  # rescore has stopped and saved; a second Ctrl-C only exits 130 sooner
+            exiting_interrupted()  # rescore has stopped and saved; a second Ctrl-C only exits 130 sooner
             raise typer.Exit(EXIT_INTERRUPTED)
         raise typer.Exit(EXIT_REJECTED)
     if summary.lines == 0:
