@@ -13,6 +13,8 @@ Exit codes (the same for every command, documented in the README and in `--help`
 2    usage error: a bad option value, a missing or unusable input file, an output that would
      overwrite an input
 130  interrupted (Ctrl-C, SIGTERM, SIGHUP)
+141  stopped because the program reading the output went away (`gymverl stats x | head -1`):
+     128 + SIGPIPE, what `cat` or `grep` exit with there, printed nothing more
 ==== ==========================================================================================
 """
 
@@ -25,6 +27,9 @@ EXIT_FAILED = 1  # rows rejected or failed, or the run could not finish (not a u
 EXIT_REJECTED = EXIT_FAILED  # the historical name, kept: "some input lines were rejected"
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+# The reader of stdout closed it (a pipe into `head`): Unix tools die of SIGPIPE there (128 + 13),
+# so `set -o pipefail` scripts already know this status. Not 1: no input was rejected.
+EXIT_BROKEN_PIPE = 141
 
 
 class GymverlError(Exception):

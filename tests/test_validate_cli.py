@@ -214,3 +214,27 @@ def test_a_tasks_file_checked_as_rollouts_gets_the_input_kind_hint(tmp_path):
     bad = write(tmp_path, (SAMPLE_DATA / "rollouts.jsonl").read_bytes() + b'{"responses_create_params": {}}\n')
     res = invoke(bad)
     assert res.exit_code == 1 and "--input-kind tasks" not in res.output
+
+
+@pytest.mark.parametrize("args", [["stats", "-"], ["validate", "-"], ["validate", "-", "--json"]], ids=["stats", "validate", "validate-json"])
+def test_a_closed_output_pipe_exits_141_quietly(args):
+    """`gymverl stats x | head -1`: once the reader is gone, exit 141 (128 + SIGPIPE, as `cat` does)
+    with nothing on stderr; rich's own handler exited 1, the code for rejected input."""
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader went away before the first write
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "gymverl.cli", *args],
+            input=(SAMPLE_DATA / "rollouts.jsonl").read_bytes(),
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            timeout=120,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+    finally:
+        os.close(write_end)
+    assert (proc.returncode, proc.stderr.decode()) == (141, "")

@@ -20,7 +20,7 @@ from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup
 
 from gymverl import __version__
-from gymverl.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, GymverlError, UsageError, from_os_error
+from gymverl.errors import EXIT_BROKEN_PIPE, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, GymverlError, UsageError, from_os_error
 from gymverl.proc import exit_now_on_stop_signals, signals_as_interrupt
 
 try:  # typer >= 0.2x carries its own copy of click; its exceptions are not click's
@@ -74,6 +74,8 @@ class _PipelineOrder(TyperGroup):
             raise
         except GymverlError as exc:
             _fail_now(str(exc), exc.exit_code)
+        except BrokenPipeError:  # a plain print() or json.dump to a closed pipe (the consoles: _Console)
+            exit_broken_pipe()
         except OSError as exc:
             err = from_os_error(exc)
             _fail_now(str(err), err.exit_code)
@@ -162,8 +164,29 @@ def command(name: str | None = None, **kw: Any) -> Any:
     return app.command(name, cls=_Command, **kw)
 
 
-console = Console()
-err_console = Console(stderr=True)
+def exit_broken_pipe() -> None:
+    """stdout's reader went away (`gymverl stats x | head -1`): exit 141 (128 + SIGPIPE) at once and
+    quietly, as `cat` does; stdout now points at /dev/null so that the interpreter's last flush
+    cannot raise again. (Python ignores SIGPIPE, and rich's own handler exits 1, which here means
+    "some input was rejected".)"""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # (no real stdout: nothing to protect)
+        pass
+    raise SystemExit(EXIT_BROKEN_PIPE)
+
+
+class _Console(Console):
+    """rich's Console, with the exit status of a closed output pipe that the exit codes document."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        exit_broken_pipe()
+
+
+console = _Console()
+err_console = _Console(stderr=True)
 
 
 @dataclass
