@@ -319,6 +319,18 @@ def _override_int(overrides: list[str], key: str, default: int) -> int:
     return int(value) if value is not None and value.isdigit() else default
 
 
+def token_budget(opts: TrainOptions) -> int | None:
+    """Tokens per micro batch and process (VeRL's `data.max_token_len_per_gpu`) when VeRL packs
+    micro batches by tokens (`data.use_dynamic_bsz`, on by default in its SFT trainer); None when an
+    override turns that off and `--micro-batch-size` rows make a micro batch instead."""
+    if str(_override_value(opts.overrides, "data.use_dynamic_bsz")).lower() in ("false", "0"):
+        return None
+    override = _override_value(opts.overrides, "data.max_token_len_per_gpu")
+    if override is not None and override.isdigit():
+        return int(override)
+    return max(VERL_DEFAULT_MAX_TOKEN_LEN, _override_int(opts.overrides, "data.max_length", opts.max_length))
+
+
 # ---- the command ----------------------------------------------------------------------------------
 
 
@@ -369,7 +381,7 @@ def build_command(
         ("data.max_length", opts.max_length),
         # Dynamic batching packs rows up to this many tokens; a row longer than it fails VeRL's
         # assertion, so any --max-length above VeRL's 8192 must raise it too.
-        ("data.max_token_len_per_gpu", max(VERL_DEFAULT_MAX_TOKEN_LEN, _override_int(opts.overrides, "data.max_length", opts.max_length))),
+        ("data.max_token_len_per_gpu", token_budget(opts)),
         ("model.path", opts.model if _looks_like_hub_id(opts.model) and not Path(opts.model).exists() else Path(opts.model).expanduser().resolve()),
         ("optim.lr", opts.lr),
         ("trainer.total_epochs", opts.epochs),
@@ -458,6 +470,13 @@ def plan_training(opts: TrainOptions, *, check_device: bool = True, check_out: b
         raise TrainError(
             f"{opts.val}: {val_rows} validation rows, fewer than the batch size {batch_size} "
             "(VeRL validates in batches of that size), lower --batch-size or add rows."
+        )
+    per_rank = batch_size // world
+    if token_budget(opts) is None and per_rank % opts.micro_batch_size:
+        # VeRL asserts this ("data size must be divisible by ... micro_batch_size_per_gpu") mid-run.
+        raise TrainError(
+            f"with data.use_dynamic_bsz=false each of the {world} training processes splits its {per_rank} rows "
+            f"per step into micro batches of --micro-batch-size {opts.micro_batch_size}, which must divide {per_rank}."
         )
     per_epoch = steps_per_epoch(rows, batch_size, world)
     if per_epoch == 0:

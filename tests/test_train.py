@@ -213,6 +213,30 @@ def test_batch_not_multiple_of_world(data, model_dir, tmp_path):
         tr.plan_training(_opts(data, model_dir, tmp_path, nproc=4, batch_size=6), check_device=False)
 
 
+def test_static_micro_batches_must_divide_each_process_share(data, model_dir, tmp_path):
+    """With VeRL's token packing turned off, micro batches of --micro-batch-size rows must divide each
+    process's rows per step, or VeRL fails its assertion mid-run: said before anything starts."""
+    static = ["data.use_dynamic_bsz=false"]
+    with pytest.raises(tr.TrainError, match="micro batches of --micro-batch-size 4, which must divide 6"):
+        tr.plan_training(_opts(data, model_dir, tmp_path, batch_size=6, overrides=static), check_device=False)
+    tr.plan_training(_opts(data, model_dir, tmp_path, batch_size=6, micro_batch_size=3, overrides=static), check_device=False)
+    # token packing (VeRL's default): --micro-batch-size does not shape training micro batches
+    tr.plan_training(_opts(data, model_dir, tmp_path, batch_size=6), check_device=False)
+
+
+@pytest.mark.parametrize(
+    "extra, shown",
+    [([], "3 global (3 per process, micro batches packed up to 8192 tokens)"),
+     (["--", "data.max_token_len_per_gpu=4096"], "packed up to 4096 tokens"),
+     (["--micro-batch-size", "1", "--", "data.use_dynamic_bsz=false"], "3 global (3 per process, micro batches of 1 rows)")],
+)
+def test_plan_says_how_micro_batches_are_made(data, model_dir, tmp_path, extra, shown):
+    """The plan printed "batch 3 global, micro 4 per process": VeRL packs micro batches by tokens unless told otherwise."""
+    res = runner.invoke(app, ["train-offline", str(data), "-m", str(model_dir), "-o", str(tmp_path / "r"), "--batch-size", "3", "--dry-run", *extra])
+    assert res.exit_code == 0, res.output
+    assert shown in " ".join(res.output.replace("│", " ").split())
+
+
 def test_existing_outdir(data, model_dir, tmp_path):
     out = tmp_path / "run"
     (out / "checkpoints").mkdir(parents=True)

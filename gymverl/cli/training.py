@@ -44,7 +44,7 @@ def train_offline_command(
     batch_size: Annotated[
         Optional[int], typer.Option("--batch-size", callback=number(min=1), rich_help_panel="Training", help="Global batch size (rows per optimizer step). Default: VeRL's 256, capped at the dataset size.", show_default=False)
     ] = None,
-    micro_batch_size: Annotated[int, typer.Option("--micro-batch-size", callback=number(min=1), rich_help_panel="Training", help="Rows per forward pass per process.")] = TrainOptions.micro_batch_size,
+    micro_batch_size: Annotated[int, typer.Option("--micro-batch-size", callback=number(min=1), rich_help_panel="Training", help="Rows per micro batch and process, used only when VeRL's token packing is off (-- data.use_dynamic_bsz=false); by default VeRL packs micro batches up to data.max_token_len_per_gpu tokens.")] = TrainOptions.micro_batch_size,
     max_length: Annotated[int, typer.Option("--max-length", callback=number(min=1, unit='tokens'), rich_help_panel="Training", help="Maximum tokens per conversation.")] = TrainOptions.max_length,
     lora_rank: Annotated[int, typer.Option("--lora-rank", callback=number(min=0), rich_help_panel="Training", help="LoRA rank; 0 trains all weights.")] = TrainOptions.lora_rank,
     lora_alpha: Annotated[Optional[int], typer.Option("--lora-alpha", callback=number(min=1), rich_help_panel="Training", help="LoRA alpha (default 2 x rank).", show_default=False)] = None,

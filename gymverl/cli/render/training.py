@@ -11,6 +11,7 @@ from rich.table import Table
 
 from gymverl.cli.render.rollouts import render_stats
 from gymverl.cli.render.tables import Titled, _facts, _out
+from gymverl.train import token_budget
 
 
 def _print_plan(t: Table, plan: Any, out: Console) -> None:
@@ -34,7 +35,12 @@ def render_train_plan(plan: Any, out: Console | None = None) -> None:
     t.add_row("train rows", str(plan.train_rows))
     if plan.val_rows is not None:
         t.add_row("val rows", str(plan.val_rows))
-    t.add_row("batch size", f"{plan.batch_size} global, micro {o.micro_batch_size} per process")
+    per_rank = plan.batch_size // (o.nproc * o.nnodes)
+    budget = token_budget(o)
+    # VeRL packs micro batches by tokens by default (data.use_dynamic_bsz): --micro-batch-size rows
+    # make a micro batch only when an override turns that off.
+    micro = f"micro batches packed up to {budget} tokens" if budget is not None else f"micro batches of {o.micro_batch_size} rows"
+    t.add_row("batch size", f"{plan.batch_size} global ({per_rank} per process, {micro})")
     t.add_row("steps", f"{plan.steps_per_epoch} per epoch x {o.epochs} epoch(s) = {plan.total_steps}")
     if o.lora_rank:
         t.add_row("LoRA", f"rank {o.lora_rank}, alpha {o.lora_alpha if o.lora_alpha is not None else 2 * o.lora_rank}, modules {o.lora_target_modules}")
