@@ -181,8 +181,10 @@ class FieldRules:
         kept = [k for k, v in self.guessed.items() if v]
         dropped = [k for k, v in self.guessed.items() if not v]
         return (
-            "task fields were guessed from field names (no tasks file, materialized inputs or server schema says which "
-            f"fields /verify takes): sent as task fields: {_names(kept)}; left out as verifier outputs: {_names(dropped)}; "
+            # (to-parquet reads no running server; the installed NeMo Gym's request models, when found,
+            # only check the rows for fields they lack: a warning of its own)
+            "task fields were guessed from field names (no tasks file or materialized inputs lists them, and no running "
+            f"server's /verify schema was read): sent as task fields: {_names(kept)}; left out as verifier outputs: {_names(dropped)}; "
             "pass --tasks with the NeMo Gym input file (or keep <stem>_materialized_inputs.jsonl beside the rollouts) to decide exactly."
         )
 
