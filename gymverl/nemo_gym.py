@@ -586,6 +586,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             while not warmup:
                 time.sleep(3600)
     except KeyboardInterrupt:
+        # (the servers were stopped on the way out of running_resources_servers)
+        print("interrupted: the NeMo Gym servers were stopped.", file=sys.stderr)
         return 130
     except GymverlError as exc:
         if getattr(exc, "tail", ""):

@@ -252,6 +252,7 @@ def test_sigterm_stops_ng_run_ray_and_every_server(nemo_gym_env: Path) -> None:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, stderr[-2000:]
+    assert stderr.rstrip().endswith("interrupted: the NeMo Gym servers were stopped."), stderr[-2000:]
     deadline = time.monotonic() + 15
     while _marked(mark) and time.monotonic() < deadline:
         time.sleep(0.5)  # Ray workers exit a moment after their raylet
