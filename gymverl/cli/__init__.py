@@ -12,7 +12,7 @@
     demo.py       demo
 
 Exit codes (all commands): 0 success, 1 the job ran but some input was rejected or failed,
-2 usage error (bad option, missing file, ...), 130 interrupted.
+2 usage error (bad option, missing file, ...), 130 interrupted, 141 the output pipe was closed.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The Typer app every command registers on, the two consoles, and the one place errors become exit codes.
 
 Exit codes (all commands): 0 success, 1 the job ran but some input was rejected or failed,
-2 usage error (bad option, missing file, ...), 130 interrupted.
+2 usage error (bad option, missing file, ...), 130 interrupted, 141 the output pipe was closed.
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ app = _App(
     name="gymverl",
     help=(
         "Turn NeMo Gym rollouts into VeRL training data and training runs.\n\n"
-        "Exit codes: 0 success; 1 some input rejected or failed; 2 usage error; 130 interrupted."
+        "Exit codes: 0 success; 1 some input rejected or failed; 2 usage error; 130 interrupted; 141 the output pipe was closed (`| head`)."
     ),
     no_args_is_help=True,
     add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, PowerShell)
