@@ -216,7 +216,11 @@ def test_a_tasks_file_checked_as_rollouts_gets_the_input_kind_hint(tmp_path):
     assert res.exit_code == 1 and "--input-kind tasks" not in res.output
 
 
-@pytest.mark.parametrize("args", [["stats", "-"], ["validate", "-"], ["validate", "-", "--json"]], ids=["stats", "validate", "validate-json"])
+@pytest.mark.parametrize(
+    "args",
+    [["stats", "-"], ["validate", "-"], ["validate", "-", "--json"], ["--help"], ["stats", "--help"]],
+    ids=["stats", "validate", "validate-json", "help", "command-help"],
+)
 def test_a_closed_output_pipe_exits_141_quietly(args):
     """`gymverl stats x | head -1`: once the reader is gone, exit 141 (128 + SIGPIPE, as `cat` does)
     with nothing on stderr; rich's own handler exited 1, the code for rejected input."""
@@ -238,3 +242,16 @@ def test_a_closed_output_pipe_exits_141_quietly(args):
     finally:
         os.close(write_end)
     assert (proc.returncode, proc.stderr.decode()) == (141, "")
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full (a device that is always full)")
+@pytest.mark.parametrize("args", [["--help"], ["to-parquet", "--help"], ["--version"]])
+def test_help_to_a_full_disk_is_one_sentence(args):
+    """`gymverl --help > /dev/full` printed a Python traceback (the error came before any command ran)."""
+    import subprocess
+    import sys
+
+    with open("/dev/full", "wb") as full:
+        proc = subprocess.run([sys.executable, "-m", "gymverl.cli", *args], stdout=full, stderr=subprocess.PIPE, timeout=120,
+                              cwd=Path(__file__).resolve().parent.parent)  # fmt: skip
+    assert (proc.returncode, proc.stderr.decode().strip()) == (1, "error: no space left on device.")

@@ -140,7 +140,16 @@ class _App(typer.Typer):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         global _AS_PROGRAM
         _AS_PROGRAM = True
-        return super().__call__(*args, **kwargs)
+        try:
+            return super().__call__(*args, **kwargs)
+        except BrokenPipeError:
+            exit_broken_pipe()
+        except OSError as exc:
+            # Raised outside a command's own handler (`_PipelineOrder.invoke`): --help or --version
+            # written to a full disk (`> /dev/full`). One sentence, never a traceback.
+            err = from_os_error(exc)
+            error(str(err))
+            raise SystemExit(err.exit_code) from None
 
 
 _AS_PROGRAM = False  # set by `_App.__call__`: this process exits when the command is done
@@ -187,6 +196,30 @@ class _Console(Console):
 
 console = _Console()
 err_console = _Console(stderr=True)
+
+
+def _help_consoles_exit_141() -> None:
+    """Typer prints --help (and its usage errors) through consoles of its own, whose broken-pipe
+    handler is rich's (exit 1): give them ours, so `gymverl --help | head -1` exits 141 too.
+    (typer has no setting for it; its one console factory is wrapped, and left alone if absent.)"""
+    try:
+        from typer import rich_utils
+    except ImportError:  # pragma: no cover - typer without rich
+        return
+    make = getattr(rich_utils, "_get_rich_console", None)
+    if make is None or getattr(make, "_gymverl", False):
+        return
+
+    def make_console(*args: Any, **kwargs: Any) -> Console:
+        made = make(*args, **kwargs)
+        made.on_broken_pipe = exit_broken_pipe  # type: ignore[method-assign]
+        return made
+
+    make_console._gymverl = True  # type: ignore[attr-defined]
+    rich_utils._get_rich_console = make_console
+
+
+_help_consoles_exit_141()
 
 
 @dataclass
