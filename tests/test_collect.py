@@ -150,7 +150,7 @@ def test_tasks_without_agent_need_agent_option(tmp_path: Path) -> None:
     del row["agent_ref"]
     f = tmp_path / "t.jsonl"
     f.write_text(json.dumps(row) + "\n")
-    with pytest.raises(C.CollectError, match="lines 1 name no agent .*--agent"):
+    with pytest.raises(C.CollectError, match="line 1 names no agent .*--agent"):
         C.check_tasks(f)
     assert C.check_tasks(f, agent="a").agents == {"a": 1}
 

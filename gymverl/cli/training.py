@@ -67,7 +67,7 @@ def train_offline_command(
 
     Example: gymverl train-offline sft.parquet -m ./Qwen2.5-0.5B -o runs/sft --epochs 2 -- optim.weight_decay=0.1
 
-    Exit code 0 when training (and the export) finished, 1 when VeRL failed, 2 on usage errors.
+    Exit code 0 when training (and the export) finished, 1 when VeRL failed, 2 on usage errors, 130 interrupted.
     """
     from gymverl import train as tr
 

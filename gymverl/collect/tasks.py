@@ -64,7 +64,8 @@ def check_tasks(
         )
     if result.missing_agent:
         lines = ", ".join(map(str, result.missing_agent[:10])) + (" …" if len(result.missing_agent) > 10 else "")
-        raise CollectError(f"{p}: lines {lines} name no agent (`agent_ref`); pass --agent NAME.")
+        which = f"line {lines} names" if len(result.missing_agent) == 1 else f"lines {lines} name"
+        raise CollectError(f"{p}: {which} no agent (`agent_ref`); pass --agent NAME.")
     if result.lines == 0:
         raise CollectError(f"{p}: file is empty (no tasks).")
     return result

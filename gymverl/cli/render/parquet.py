@@ -23,7 +23,7 @@ def render_to_parquet(summary: dict[str, Any], out: Console | None = None) -> No
     if kind == "materialized_inputs":
         kind = "NeMo Gym materialized inputs: one line per (task, repeat), one row per task"
     t.add_row("input lines", str(summary["lines"]), kind)
-    t.add_row("rejected", _red(summary["rejected"]), "unusable lines (see below)")
+    t.add_row("rejected", _red(summary["rejected"]), "unusable lines (see below)" if summary["rejected"] else "unusable lines")
     if summary.get("blank"):
         t.add_row("blank lines", str(summary["blank"]), "skipped (empty or only whitespace)")
     for rule, n in summary["filtered"].items():
