@@ -220,6 +220,17 @@ def test_rl_from_tasks_and_from_rollouts(tmp_path: Path) -> None:
     assert s.filtered == {"solved": 4, "unsolved": 4} and s.kept_lines == 12
 
 
+@pytest.mark.parametrize("fmt", ["sft", "dpo"])
+def test_tasks_with_a_format_that_holds_no_task_fields_is_said_unread(tmp_path: Path, fmt: str) -> None:
+    """sft/dpo rows hold no task fields: --tasks printed "task fields joined 0 from tasks.jsonl", as
+    if the join had failed. Now it is not read, and a warning says why."""
+    s = convert(ROLLOUTS, tmp_path / "o", ConvertOptions(fmt=fmt, tasks_path=TASKS))
+    assert s.task_source is None and s.to_dict()["task_fields"]["source"] is None
+    assert [w for w in s.warnings if w.startswith("--tasks ")] == [f"--tasks {TASKS} was not read: {fmt} rows hold no task fields (only --format rl joins them)."]
+    res = runner.invoke(app, ["to-parquet", str(ROLLOUTS), "--tasks", str(TASKS), "-f", fmt, "-o", str(tmp_path / "cli")])
+    assert res.exit_code == 0 and "task fields joined" not in res.output and "was not read" in " ".join(res.output.split())
+
+
 def test_tasks_file_decides_task_fields(tmp_path: Path) -> None:
     slim = tmp_path / "tasks.jsonl"
     slim.write_text("\n".join(json.dumps({"responses_create_params": t["responses_create_params"], "expected_answer": t.get("expected_answer")}) for t in _records(TASKS)) + "\n")

@@ -49,10 +49,12 @@ def detect_input_kind(path: str | os.PathLike[str], max_lines: int = 50) -> str:
 
 def _task_source(opts: ConvertOptions, src: Input, tasks_input: bool) -> TaskSource | None:
     """The task rows joined onto rl rows: --tasks, else the materialized inputs beside a rollouts file."""
+    if tasks_input or opts.fmt != "rl":
+        return None  # sft/dpo rows hold no task fields (`convert` says so of --tasks); a tasks file has its own
     if opts.tasks_path is not None:
         return TaskSource(opts.tasks_path)
-    if tasks_input or opts.fmt != "rl" or not opts.side_files:
-        return None  # sft/dpo rows hold no task fields; a tasks file has its own
+    if not opts.side_files:
+        return None
     found = sidecar_paths(src).materialized
     return TaskSource(found, "materialized") if found is not None else None
 
@@ -214,6 +216,9 @@ def convert(
         kind = "materialized_inputs"  # one line per (task, repeat): rows are grouped by task below
     summary = ConvertSummary(str(src), str(output) if output is not None else None, opts.fmt, input_kind=kind, dry_run=opts.dry_run)
     source = _task_source(opts, src, tasks_input)
+    if opts.tasks_path is not None and source is None:
+        # It read as "task fields joined 0" before: as if the join had failed.
+        summary.warnings.append(f"--tasks {opts.tasks_path} was not read: {opts.fmt} rows hold no task fields (only --format rl joins them).")
     if source is not None:
         task_keys = frozenset(source.field_names)
         summary.task_source, summary.task_source_kind = str(source.path), source.kind

@@ -51,7 +51,7 @@ def _to_parquet(rollouts: Path, tasks: Path, out: Path, val_fraction: float) -> 
     }
     done: dict[str, dict[str, Any]] = {}
     for fmt, sel in plans.items():
-        summary = convert(rollouts, out / fmt, ConvertOptions(fmt=fmt, select=sel, tasks_path=tasks_path)).to_dict()
+        summary = convert(rollouts, out / fmt, ConvertOptions(fmt=fmt, select=sel, tasks_path=tasks_path if fmt == "rl" else None)).to_dict()
         if summary["rejected"]:
             raise RuntimeError(f"{fmt}: {summary['rejected']} input lines rejected: {summary['rejections'][:3]}")
         files = summary["files"]

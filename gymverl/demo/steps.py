@@ -251,9 +251,8 @@ class Demo:
         """Convert to VeRL parquet: rl (one prompt per task) and sft (correct rollouts only)."""
         out = self.out / "parquet"
         vf = f"{self.opts.val_fraction:g}"
-        common = [self.current, *self.tasks_args(), "--val-fraction", vf]
-        self.cmd("gymverl", "to-parquet", *common, "--format", "rl", "-o", out / "rl")
-        self.cmd("gymverl", "to-parquet", *common, "--format", "sft", "--min-reward", "1.0", "-o", out / "sft")
+        self.cmd("gymverl", "to-parquet", self.current, *self.tasks_args(), "--val-fraction", vf, "--format", "rl", "-o", out / "rl")
+        self.cmd("gymverl", "to-parquet", self.current, "--val-fraction", vf, "--format", "sft", "--min-reward", "1.0", "-o", out / "sft")
         done = _to_parquet(self.current, self.tasks, out, self.opts.val_fraction)
         res.details = done
         res.outputs = [Path(p) for fmt in done.values() for p in fmt.get("files", [])]
