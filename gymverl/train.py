@@ -481,6 +481,9 @@ def plan_training(opts: TrainOptions, *, check_device: bool = True, check_out: b
     per_epoch = steps_per_epoch(rows, batch_size, world)
     if per_epoch == 0:
         raise TrainError(f"{rows} training rows over {world} processes give no full batch of {batch_size}.")
+    left_out = rows - per_epoch * batch_size
+    if left_out > 0:
+        notes.append(f"{left_out} of the {rows} training rows are left out of each epoch (VeRL drops the last incomplete batch of {batch_size})")
 
     data_class = DATA_CLASS if columns["messages"] in ("string", "large_string") else None
 
@@ -605,6 +608,11 @@ def plan_from_rollouts(
     if note:
         plan.notes.append(note)
     plan.notes.insert(0, f"{prepared.rows} train + {prepared.val_rows} val rows selected from {prepared.lines} rollout lines")
+    if select.get("val_fraction") and not prepared.val_rows and user_val is None:
+        # The split is by task: with few tasks a small fraction can hold none of them.
+        plan.notes.insert(1, f"--val-fraction {select['val_fraction']:g} put no task in the validation split, so this run validates nothing; raise it or give --val")
+    if dry_run:
+        plan.notes.append(f"the command reads {data_dir.resolve()}, which a real run writes first (a dry run writes nothing)")
     return plan, prepared
 
 

@@ -376,6 +376,14 @@ def test_steps_per_epoch_matches_verl_sampler():
         assert tr.steps_per_epoch(rows, batch, world) == len(loader), (rows, batch, world)
 
 
+def test_plan_names_the_rows_each_epoch_leaves_out(data, model_dir, tmp_path):
+    """64 rows in batches of 24: 2 steps, and 16 rows VeRL's drop_last leaves out (said, not silent)."""
+    plan = tr.plan_training(_opts(data, model_dir, tmp_path, batch_size=24), check_device=False)
+    assert plan.steps_per_epoch == 2
+    assert "16 of the 64 training rows are left out of each epoch (VeRL drops the last incomplete batch of 24)" in plan.notes
+    assert not [n for n in tr.plan_training(_opts(data, model_dir, tmp_path, batch_size=16), check_device=False).notes if "left out" in n]
+
+
 def test_latest_checkpoint(tmp_path):
     assert tr.latest_checkpoint(tmp_path) is None
     for n in (2, 10, 4):
@@ -407,6 +415,21 @@ def test_cli_from_rollouts_dry_run(model_dir, tmp_path):
     rewards = [json.loads(line)["reward"] for line in (SAMPLE_DATA / "rollouts.jsonl").read_text().splitlines()]
     assert 0 < plan["train_rows"] <= sum(r >= 1.0 for r in rewards)
     assert not out.exists()
+    assert any(n.startswith(f"the command reads {(out / 'data').resolve()}, which a real run writes first") for n in plan["notes"])
+
+
+def test_cli_from_rollouts_says_when_the_val_fraction_holds_no_task(model_dir, tmp_path):
+    """5 tasks and --val-fraction 0.1: no task falls in the split; that was only "11 train + 0 val rows"."""
+    from conftest import SAMPLE_DATA
+
+    res = runner.invoke(
+        app,
+        ["train-offline", "--from-rollouts", str(SAMPLE_DATA / "rollouts.jsonl"), "-m", str(model_dir), "-o", str(tmp_path / "r"),
+         "--val-fraction", "0.1", "--dry-run", "--json"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    notes = json.loads(res.stdout)["notes"]
+    assert "--val-fraction 0.1 put no task in the validation split, so this run validates nothing; raise it or give --val" in notes
 
 
 def test_cli_from_rollouts_rejected_lines_exit_1(model_dir, tmp_path):
