@@ -129,6 +129,14 @@ def parquet_info(path: Path) -> tuple[int, dict[str, str]]:
     try:
         pf = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises several types for a bad file
+        try:
+            with path.open("rb") as f:
+                head = f.read(64).lstrip()
+        except OSError:
+            head = b""
+        if head[:1] == b"{" or path.name.endswith((".jsonl", ".jsonl.gz", ".json")):
+            # A rollout file where parquet goes: the fix is one option away.
+            raise TrainError(f"{path}: not a parquet file but JSON lines; to train on rollouts, give them with --from-rollouts {path}.") from None
         raise TrainError(f"{path}: not a readable parquet file ({exc}).") from None
     schema = pf.schema_arrow
     return pf.metadata.num_rows, {f.name: str(f.type) for f in schema}

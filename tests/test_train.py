@@ -280,6 +280,11 @@ def test_missing_or_bad_data(tmp_path, model_dir):
     bad.write_text("not parquet")
     with pytest.raises(tr.TrainError, match="not a readable parquet"):
         tr.plan_training(tr.TrainOptions(train=bad, model=str(model_dir), out=tmp_path / "o"), check_device=False)
+    # rollouts where parquet goes: the error names the option that takes them
+    rollouts = tmp_path / "rollouts.jsonl"
+    rollouts.write_text('{"responses_create_params": {"input": "x"}, "response": {"output": []}, "reward": 1}\n')
+    with pytest.raises(tr.TrainError, match=r"not a parquet file but JSON lines; to train on rollouts, give them with --from-rollouts .*rollouts\.jsonl"):
+        tr.plan_training(tr.TrainOptions(train=rollouts, model=str(model_dir), out=tmp_path / "o"), check_device=False)
     nomsg = tmp_path / "rl.parquet"
     pq.write_table(pa.table({"prompt": ["x"] * 4}), nomsg)
     with pytest.raises(tr.TrainError, match="no `messages` column"):
