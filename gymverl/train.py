@@ -333,10 +333,8 @@ def token_budget(opts: TrainOptions) -> int | None:
     override turns that off and `--micro-batch-size` rows make a micro batch instead."""
     if str(_override_value(opts.overrides, "data.use_dynamic_bsz")).lower() in ("false", "0"):
         return None
-    override = _override_value(opts.overrides, "data.max_token_len_per_gpu")
-    if override is not None and override.isdigit():
-        return int(override)
-    return max(VERL_DEFAULT_MAX_TOKEN_LEN, _override_int(opts.overrides, "data.max_length", opts.max_length))
+    default = max(VERL_DEFAULT_MAX_TOKEN_LEN, _override_int(opts.overrides, "data.max_length", opts.max_length))
+    return _override_int(opts.overrides, "data.max_token_len_per_gpu", default)
 
 
 # ---- the command ----------------------------------------------------------------------------------
