@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import gymverl
@@ -110,3 +112,11 @@ def test_unknown_attribute_is_an_attribute_error():
         assert "nope" in str(exc)
     else:
         raise AssertionError("gymverl.nope resolved")
+
+
+def test_python_dash_m_gymverl_runs_the_cli() -> None:
+    """`python -m gymverl` is the `gymverl` command (it said "No module named gymverl.__main__")."""
+    r = subprocess.run([sys.executable, "-m", "gymverl", "--version"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == f"gymverl {gymverl.__version__}", (r.returncode, r.stdout, r.stderr)
+    r = subprocess.run([sys.executable, "-m", "gymverl", "validate", "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "Usage: python -m gymverl validate" in r.stdout, r.stdout
