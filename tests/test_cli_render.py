@@ -26,11 +26,13 @@ def _stats_at_80(path: Path) -> str:
     return CliRunner(env=NARROW).invoke(app, ["stats", str(path)]).output
 
 
-def test_stats_group_names_are_not_broken_mid_word_at_80_columns(tmp_path):
+@pytest.mark.parametrize("columns", [60, 66, 72, 76, 80, 100])
+def test_stats_group_names_are_not_broken_mid_word_at_80_columns(columns):
     """The group columns of `stats` are headed by agent names; at 80 columns they used to be folded
-    mid-word (`math_with_judge_s` / `imple_agent`). Now they break only after their own separators."""
-    out = _stats_at_80(SAMPLE)
-    assert max(len(line) for line in out.splitlines()) <= 80
+    mid-word (`math_with_judge_s` / `imple_agent`). Now they break only after their own separators,
+    at any width: at 76 the room was reckoned 2 columns too wide (`math_with_judge` / `_`)."""
+    out = CliRunner(env={**NARROW, "COLUMNS": str(columns)}).invoke(app, ["stats", str(SAMPLE)]).output
+    assert max(len(line) for line in out.splitlines()) <= columns
     header = [line.split("┃")[1:-1] for line in out.split("┡")[0].splitlines() if line.startswith("┃")]
     for col, name in ((2, "math_with_judge_simple_agent"), (3, "xlam_fc_simple_agent")):
         lines = [cells[col].strip() for cells in header if cells[col].strip()]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.cells import cell_len
 from rich.console import Console
 from rich.markup import escape
 
@@ -136,11 +137,13 @@ def render_stats(data: dict[str, Any], show_tasks: int = 30, compact: bool = Fal
     t.add_column("metric", style="bold", no_wrap=True, min_width=19)
     t.add_column("all", justify="right", no_wrap=True, min_width=11)
     groups = data["groups"]
-    # Group names head their columns; on a narrow terminal they wrap at their own separators.
-    room = (out.width - 19 - 13 - 3 * (len(groups) + 2)) // max(len(groups), 1)
-    for g in groups:
-        t.add_column(escape(_wrap_name(g["name"], max(room, 8))), justify="right", overflow="fold")
     columns = [_stats_rows(o)] + [_stats_rows(g) for g in groups]
+    # Group names head their columns; on a narrow terminal they wrap at their own separators, in
+    # the room the two no_wrap columns leave: each column costs its text, 2 of padding and 1 of border.
+    used = 1 + sum(3 + max(min_width, *(cell_len(text) for text in texts)) for min_width, texts in ((19, [label for label, _ in columns[0]]), (11, [v for _, v in columns[0]])))
+    room = (out.width - used - 3 * len(groups)) // max(len(groups), 1)
+    for g in groups:
+        t.add_column(escape(_wrap_name(g["name"], max(room, 1))), justify="right", overflow="fold")
     for label, _ in columns[0]:
         t.add_row(label, *(dict(col).get(label, "-") for col in columns))
     out.print(t)
