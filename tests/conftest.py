@@ -14,6 +14,15 @@ SAMPLE_DATA = REPO / "sample_data"
 SHARED = Path(os.environ.get("GYMVERL_SHARED", REPO.parent / "shared"))
 FIXTURES = SHARED / "fixtures" / "nemo_gym_rollouts"
 FIXTURE_FILES = sorted(FIXTURES.glob("*.jsonl"))
+NO_SHARED = f"shared/ not found at {SHARED} (only CI and development sessions have it beside the repo)"
+
+
+def fixture_params(name: str = "stem") -> list[object]:
+    """`FIXTURE_FILES` as parameters with ids (`p.stem` or `p.name`); without shared/, one parameter
+    skipped with the reason (an empty list would skip as "got empty parameter set")."""
+    if not FIXTURE_FILES:
+        return [pytest.param(None, marks=pytest.mark.skip(reason=NO_SHARED), id="no-shared")]
+    return [pytest.param(p, id=getattr(p, name)) for p in FIXTURE_FILES]
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -35,7 +44,7 @@ def fixture_files() -> list[Path]:
     A user's clone has no ../shared: skipped with the reason. Where shared/ exists (CI, sessions)
     but the fixtures are missing, that is a broken checkout: fail loudly."""
     if not SHARED.is_dir():
-        pytest.skip(f"shared/ not found at {SHARED} (only CI and development sessions have it beside the repo)")
+        pytest.skip(NO_SHARED)
     assert FIXTURE_FILES, f"shared NeMo Gym rollout fixtures not found under {FIXTURES}"
     return FIXTURE_FILES
 

@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from conftest import FIXTURE_FILES, SAMPLE_DATA
+from conftest import SAMPLE_DATA, fixture_params
 from gymverl.cli import app
 from gymverl.records import iter_checked, validate_file
 
@@ -22,7 +22,7 @@ def test_fixtures_are_present(fixture_files):
     assert len(fixture_files) >= 10
 
 
-@pytest.mark.parametrize("path", FIXTURE_FILES, ids=[p.name for p in FIXTURE_FILES])
+@pytest.mark.parametrize("path", fixture_params("name"))
 def test_shared_fixture_validates(path, tmp_path):
     rejects = tmp_path / "rejects.jsonl"
     s = validate_file(path, rejects=rejects)

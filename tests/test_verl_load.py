@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import FIXTURE_FILES, SAMPLE_DATA
+from conftest import SAMPLE_DATA, fixture_params
 from gymverl.convert import ConvertOptions, convert
 from gymverl.messages import chat_tools, rollout_messages
 from gymverl.select import SelectOptions
@@ -165,7 +165,7 @@ def test_rows_with_different_tools_render_only_their_own_keys(tmp_path: Path, to
     assert '"amount": null' in leaked and leaked != weather
 
 
-@pytest.mark.parametrize("path", FIXTURE_FILES, ids=[p.stem for p in FIXTURE_FILES])
+@pytest.mark.parametrize("path", fixture_params())
 def test_every_real_fixture_converts_and_loads(tmp_path: Path, tok: Any, path: Path) -> None:
     s = convert(path, tmp_path / "sft", ConvertOptions(fmt="sft"))
     assert s.rejected == 0 and s.accounted == s.lines > 0 and s.rows["train"] > 0
@@ -186,8 +186,8 @@ def test_every_real_fixture_converts_and_loads(tmp_path: Path, tok: Any, path: P
     assert all(rl[i]["raw_prompt"][-1]["role"] == "user" for i in range(len(rl)))
 
 
-def test_reasoning_can_be_kept(tmp_path: Path, tok: Any) -> None:
-    path = next(p for p in FIXTURE_FILES if p.stem == "xlam_fc")  # reasoning items with summary text
+def test_reasoning_can_be_kept(tmp_path: Path, tok: Any, fixture_files: list[Path]) -> None:
+    path = next(p for p in fixture_files if p.stem == "xlam_fc")  # reasoning items with summary text
     s = convert(path, tmp_path / "sft", ConvertOptions(fmt="sft", include_reasoning=True, select=SelectOptions(min_reward=1.0)))
     ds = _sft_dataset(s.files["train"], tok)
     trained = _trained(tok, ds[0])
