@@ -15,6 +15,12 @@ The guarantees (stated once, in the README too):
   the first one's PID. The sidecar is removed on release. (An output directory holds its lock
   inside: `DIR/.gymverl.lock`.) Holding the lock, a run removes the temp files of that output
   left by a killed run.
+- **Links and streams.** An output that is a symlink is written through it: the new file replaces
+  the link's final target (beside it, on its filesystem), and the link stays a link. An output that
+  exists and is neither a regular file nor a directory (`/dev/null`, `/dev/stdout`, a named pipe)
+  is a stream: JSONL outputs (rejects files) and plots are written into it in place; outputs that
+  must be files (parquet, rescore's resumable files) refuse it in one sentence (`check_outputs`).
+  Renaming over such a path would replace the device or pipe with a regular file.
 - **No leftovers.** Work files (to-parquet's spill, unfinished parquet shards) live in a
   `scratch_dir` that is removed on any exit; one left by a SIGKILLed run is removed by the next
   run that makes a scratch directory in the same place.
@@ -29,6 +35,7 @@ import gzip
 import os
 import re
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import IO, Iterable, Iterator
@@ -77,8 +84,47 @@ def new_temp_file(directory: str | os.PathLike[str], *, prefix: str, suffix: str
     return Path(tmp)
 
 
+def output_path(path: str | os.PathLike[str]) -> Path:
+    """Where an output named `path` is written: a symlink's final target (so the link stays a link and
+    the rename happens beside the target, on its filesystem), else `path` itself."""
+    p = Path(path)
+    if not p.is_symlink() or stream_kind(p) is not None:
+        # (a link to a device or pipe, such as /proc/self/fd/1, is opened through the link itself:
+        # its "real path" names no file)
+        return p
+    return Path(os.path.realpath(p))
+
+
+_SPECIAL_KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"))
+
+
+def stream_kind(path: str | os.PathLike[str]) -> str | None:
+    """"a character device", "a named pipe", ... when `path` (symlinks followed) exists and is neither a
+    regular file nor a directory: an output there is written in place, never renamed over; else None."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    for test, kind in _SPECIAL_KINDS:
+        if test(mode):
+            return kind
+    return None
+
+
+def _write_in_place(tmp: Path, final: Path) -> None:
+    # A device or pipe cannot be replaced atomically: its reader gets the bytes, in one pass.
+    with open(tmp, "rb") as src, open(final, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+    remove_quietly(tmp)
+
+
 def commit_temp(tmp: str | os.PathLike[str], final: str | os.PathLike[str]) -> None:
-    """fsync the finished temp file `tmp`, rename it over `final` (same filesystem) and fsync the directory."""
+    """fsync the finished temp file `tmp`, rename it over `final` (same filesystem) and fsync the directory.
+
+    A `final` that is a device or pipe (`stream_kind`) is written into instead, and `tmp` removed."""
+    if stream_kind(final) is not None:
+        _write_in_place(Path(tmp), Path(final))
+        return
     _fsync_file(Path(tmp))
     os.replace(tmp, final)
     fsync_dir(Path(final).parent)
@@ -97,9 +143,13 @@ def atomic_path(path: str | os.PathLike[str], *, prefix: str | None = None) -> I
 
     The caller writes the temp path itself (any library that takes a path: pyarrow, matplotlib).
     The file is fsync'ed before the rename and given the permissions a plain `open()` would give.
-    Raises whatever writing raised; the final path is untouched then.
+    Raises whatever writing raised; the final path is untouched then. A symlink is written through
+    (`output_path`); a device or pipe (`stream_kind`) is yielded itself, to be written in place.
     """
-    final = Path(path)
+    final = output_path(path)
+    if stream_kind(final) is not None:
+        yield final
+        return
     tmp_path = new_temp_file(final.parent, prefix=prefix or f".{final.name}.")
     try:
         yield tmp_path
@@ -160,14 +210,29 @@ def _identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def check_outputs(outputs: Iterable[str | os.PathLike[str] | None], inputs: Iterable[str | os.PathLike[str] | None]) -> None:
+def check_outputs(
+    outputs: Iterable[str | os.PathLike[str] | None],
+    inputs: Iterable[str | os.PathLike[str] | None],
+    *,
+    streams: Iterable[str | os.PathLike[str] | None] = (),
+) -> None:
     """Refuse (UsageError, exit 2) an output that is an input of the same command, or two outputs that are one file.
 
     Compares resolved paths and (device, inode), so a symlink or hard link to an input is caught.
     `None` entries and `-` (stdin/stdout) are ignored. Call it before anything is written.
+    `outputs` must be regular files (or directories): a device or named pipe there is refused.
+    `streams` (rejects files, plots) may also be one (`/dev/null`, `/dev/stdout`: written in place,
+    and two streams may share it).
     """
     ins = [Path(p) for p in inputs if p is not None and str(p) != "-"]
     outs = [Path(p) for p in outputs if p is not None and str(p) != "-"]
+    for out in outs:
+        kind = stream_kind(out)
+        if kind is not None:
+            raise UsageError(f"output {out} is {kind}, not a regular file: this output is written whole and renamed into place (or resumed), so give it a file path.")
+    for p in streams:
+        if p is not None and str(p) != "-" and stream_kind(p) is None:
+            outs.append(Path(p))
     in_ids = {}
     for p in ins:
         ident = _identity(p)
@@ -216,12 +281,16 @@ class OutputLock:
     """
 
     def __init__(self, output: str | os.PathLike[str]) -> None:
-        self.output = Path(output)
+        self.output = output_path(output)  # a symlink's target: the file really written
         self.path = _lock_path(self.output)
         self._fd: int | None = None
 
     def acquire(self) -> "OutputLock":
-        """Take the lock or raise `RunError` (exit 1) naming the PID that holds it. Never blocks."""
+        """Take the lock or raise `RunError` (exit 1) naming the PID that holds it. Never blocks.
+
+        A device or pipe (`/dev/null`) is not locked: it is a stream, and its directory is not ours."""
+        if stream_kind(self.output) is not None:
+            return self
         self.output.parent.mkdir(parents=True, exist_ok=True)
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())

@@ -505,3 +505,79 @@ def test_a_later_run_removes_what_a_killed_run_left(tmp_path: Path, big_input: P
     assert r.returncode == 0, r.stderr
     assert _tree(out) == ["train.parquet"]
     assert not list(tmp_path.glob(".rej.jsonl.*"))
+
+
+# ---- outputs that are links, devices or pipes (a rename over them replaced them with a file) -----
+
+
+def _fifo_reader(fifo: Path) -> tuple[Any, list[bytes]]:
+    """Read `fifo` to its end in a thread (a writer's open blocks until a reader comes)."""
+    import threading
+
+    got: list[bytes] = []
+
+    def read() -> None:
+        with open(fifo, "rb") as f:
+            got.append(f.read())
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    return t, got
+
+
+def test_a_symlinked_output_is_written_through_the_link(tmp_path: Path) -> None:
+    """`--rejects LINK` turned the link into a plain file and left its target stale."""
+    (tmp_path / "far").mkdir()
+    target = tmp_path / "far" / "rejects.jsonl"
+    target.write_text("old\n")
+    link = tmp_path / "rejects.jsonl"
+    link.symlink_to(target)
+    with JsonlWriter(link) as w:
+        w.write({"line": 1})
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert target.read_bytes() == b'{"line":1}\n'
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file or lock left beside the link
+    pq_target = tmp_path / "far" / "data.parquet"
+    pq_link = tmp_path / "data.parquet"
+    pq_link.symlink_to(pq_target)
+    convert(ROLLOUTS, pq_link, ConvertOptions(fmt="sft"))
+    assert pq_link.is_symlink() and pq.read_table(pq_target).num_rows > 0
+
+
+def test_a_pipe_given_as_rejects_is_written_in_place(tmp_path: Path) -> None:
+    """A named pipe (or /dev/stdout, /dev/null) given as a rejects file became a regular file, and its
+    reader got nothing. Now the rejects go into the pipe, and it stays a pipe."""
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(ROLLOUTS.read_bytes() + b"{broken\n")
+    for command in (["validate", src], ["to-parquet", src, "-o", tmp_path / "o"]):
+        fifo = tmp_path / "rejects.fifo"
+        os.mkfifo(fifo)
+        reader, got = _fifo_reader(fifo)
+        r = _cli(*command, "--rejects", fifo)
+        reader.join(30)
+        assert r.returncode == 1, (command, r.stderr)
+        assert fifo.is_fifo(), command
+        assert [orjson.loads(line)["code"] for line in got[0].splitlines()] == ["invalid_json"], command
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], command  # no lock file beside the pipe
+        fifo.unlink()
+
+
+def test_outputs_that_must_be_files_refuse_a_pipe(tmp_path: Path) -> None:
+    """Parquet and rescore outputs are renamed into place (or resumed): a pipe there is one sentence, exit 2."""
+    fifo = tmp_path / "out.parquet"
+    os.mkfifo(fifo)
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(fifo)
+    for args in (["to-parquet", ROLLOUTS, "-o", fifo], ["rescore", ROLLOUTS, "-o", link, "-s", "http://127.0.0.1:9"]):
+        r = _cli(*args)
+        assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+            f"error: output {args[3]} is a named pipe, not a regular file: this output is written whole and renamed into place (or resumed), so give it a file path."
+        ], (args, r.stderr)
+        assert fifo.is_fifo() and link.is_symlink()
+    with pytest.raises(UsageError, match="is a named pipe"):
+        check_outputs([fifo], [])
+    check_outputs([], [], streams=[fifo, link])  # rejects files and plots may share one stream
+    with output_lock(fifo):
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["link.jsonl", "out.parquet"]  # a stream is not locked
+    with atomic_path(link) as p:
+        assert p == link  # written in place, through the link

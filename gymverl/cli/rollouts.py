@@ -41,7 +41,7 @@ def validate(
     with contextlib.ExitStack() as stack:
         path = input_arg(stack, rollouts)
         # The rejects file is never the input (nor a link to it), and one run at a time writes it.
-        check_outputs([rejects], [user_path(path)])
+        check_outputs([], [user_path(path)], streams=[rejects])
         with output_lock(rejects):
             summary = validate_file(path, rejects=rejects, tasks=tasks or input_kind == "tasks", max_line_bytes=int(max_line_mb * 1e6))
         warnings: list[str] = []
@@ -149,7 +149,7 @@ def stats(
         if tasks is not None:
             check_input_path(tasks)  # a regular file (read by key): missing, a directory, Parquet, a pipe: one sentence
         # Checked up front (plot_stats checks again): a bad --plot path must not cost a full read first.
-        check_outputs([plot], [user_path(path), user_path(other), tasks])
+        check_outputs([], [user_path(path), user_path(other), tasks], streams=[plot])
         result = _compute_stats(path, threshold, group_by, not as_json, tasks)
         before = _compute_stats(other, threshold, group_by, not as_json, tasks) if other is not None else None
     from gymverl.stats import compare_stats, plot_stats

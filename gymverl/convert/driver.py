@@ -232,7 +232,7 @@ def convert(
     )
     # No output may be an input (same path, symlink or hard link): refused before anything is written.
     splits = SPLITS if sel.val_fraction > 0 else ("train",)
-    check_outputs([*([] if opts.dry_run else sink.planned_outputs(splits)), opts.rejects_path], inputs)
+    check_outputs([] if opts.dry_run else sink.planned_outputs(splits), inputs, streams=[opts.rejects_path])
     if sel.max_tokens is None or not opts.tokenizer:
         counter = None
     elif counter is None:

@@ -20,7 +20,7 @@ from gymverl.formats import dpo as dpo_fmt
 from gymverl.formats import rl as rl_fmt
 from gymverl.formats import sft as sft_fmt
 from gymverl.errors import GymverlError, UsageError, from_os_error
-from gymverl.files import check_outputs, commit_temp, new_temp_file, remove_quietly, scratch_dir
+from gymverl.files import check_outputs, commit_temp, new_temp_file, output_path, remove_quietly, scratch_dir
 from gymverl.proc import shielded
 
 from gymverl.convert.options import ConvertError
@@ -50,13 +50,14 @@ class ParquetSink:
         batch_rows: int = 1000,
         protect: tuple[str | os.PathLike[str] | None, ...] = (),
     ) -> None:
-        self.output = output
+        # A single-file output that is a symlink is written through it (`gymverl.files.output_path`).
+        self.single_file = output.suffix == ".parquet"
+        self.output = output_path(output) if self.single_file else output
         self.schema = schema
         self.shard_size = shard_size
         self.dry_run = dry_run
         self.batch_rows = batch_rows
         self.protect = protect
-        self.single_file = output.suffix == ".parquet"
         self.dir = output.parent if self.single_file else output
         self.counts: Counter[str] = Counter()
         self.image_rows = 0  # rows with an `images` cell, and the images in them

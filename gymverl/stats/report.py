@@ -101,7 +101,7 @@ def plot_stats(stats: RolloutStats, out: str | os.PathLike[str], against: Rollou
     from gymverl.errors import from_os_error
     from gymverl.files import atomic_path, check_outputs, output_lock
 
-    check_outputs([out], [stats.path, against.path if against is not None else None])
+    check_outputs([], [stats.path, against.path if against is not None else None], streams=[out])
     import matplotlib
 
     matplotlib.use("Agg")
