@@ -255,3 +255,28 @@ def test_help_to_a_full_disk_is_one_sentence(args):
         proc = subprocess.run([sys.executable, "-m", "gymverl.cli", *args], stdout=full, stderr=subprocess.PIPE, timeout=120,
                               cwd=Path(__file__).resolve().parent.parent)  # fmt: skip
     assert (proc.returncode, proc.stderr.decode().strip()) == (1, "error: no space left on device.")
+
+
+def test_rewards_near_the_double_limit_give_strict_json_and_no_crash(tmp_path: Path) -> None:
+    """Two finite rewards of 1.7e308: their sum overflows. `stats` crashed in its table (int(inf)) and
+    `--json` of stats and validate printed `Infinity`/`NaN`, which strict JSON parsers refuse."""
+    row = json.loads((SAMPLE_DATA / "rollouts.jsonl").read_text().splitlines()[0])
+    row["reward"] = 1.7e308
+    p = tmp_path / "big.jsonl"
+    p.write_text("".join(json.dumps({**row, "_ng_rollout_index": i}) + "\n" for i in range(2)))
+
+    def strict(text: str) -> dict:
+        def refuse(constant: str) -> None:
+            raise AssertionError(f"not strict JSON: {constant}")
+
+        return json.loads(text, parse_constant=refuse)
+
+    runner = CliRunner()
+    for command in ("stats", "validate"):
+        r = runner.invoke(app, [command, str(p), "--json"])
+        assert r.exit_code == 0, r.output
+        data = strict(r.stdout)
+        reward = data["overall"]["reward"] if command == "stats" else data["reward"]
+        assert reward["mean"] is None and reward["max"] == 1.7e308  # the sum overflowed
+        r = runner.invoke(app, [command, str(p)])
+        assert r.exit_code == 0 and "overflow" in r.stdout and "internal error" not in r.output, r.output

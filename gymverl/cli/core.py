@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -303,9 +304,21 @@ def warn(message: str) -> None:
     err_console.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
+def _finite(data: Any) -> Any:
+    # Rewards are finite, but a sum or variance of rewards near 1.8e308 overflows a double.
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(v) for v in data]
+    return data
+
+
 def print_json(data: Any) -> None:
-    """Machine-readable output for `--json` (stdout, nothing else on it)."""
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    """Machine-readable output for `--json` (stdout, nothing else on it): strict JSON, so a statistic
+    that overflowed a double (the mean of rewards near 1.8e308) is null, never `Infinity` or `NaN`."""
+    sys.stdout.write(json.dumps(_finite(data), indent=2, default=str, allow_nan=False) + "\n")
 
 
 def version_callback(value: bool) -> None:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 from typing import Any
 
 from rich.cells import cell_len
@@ -27,7 +29,8 @@ def render_validation(summary: dict[str, Any], title: str = "validate", out: Con
         t.add_row("rollouts per task", f"min {rpt['min']}  mean {rpt['mean']:.2f}  max {rpt['max']}")
     rw = summary["reward"]
     if rw["mean"] is not None:
-        t.add_row("reward", f"mean {rw['mean']:.4f}  min {rw['min']:g}  max {rw['max']:g}")
+        mean = f"{rw['mean']:.4f}" if math.isfinite(rw["mean"]) else "overflow"  # (a sum of rewards near 1.8e308)
+        t.add_row("reward", f"mean {mean}  min {rw['min']:g}  max {rw['max']:g}")
         if rw["out_of_0_1"]:
             t.add_row("rewards outside 0-1", str(rw["out_of_0_1"]))
     t.add_row("incomplete responses", f"[yellow]{summary['incomplete']}[/]" if summary["incomplete"] else "0")

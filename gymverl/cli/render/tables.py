@@ -7,6 +7,7 @@ separators (`_wrap_name`). Text that is data (paths, reasons, library sentences)
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable
 
 from rich.console import Console, ConsoleOptions, RenderResult
@@ -32,7 +33,11 @@ def _fmt(x: Any, digits: int = 4) -> str:
     if x is None:
         return "-"
     if isinstance(x, float):
-        return f"{x:.{digits}f}".rstrip("0").rstrip(".") if x != int(x) or abs(x) >= 1e15 else f"{x:.0f}"
+        if not math.isfinite(x):
+            return "overflow"  # (rewards are finite: only a sum or variance of huge ones gets here)
+        if abs(x) >= 1e15:
+            return f"{x:.{digits}g}"
+        return f"{x:.{digits}f}".rstrip("0").rstrip(".") if x != int(x) else f"{x:.0f}"
     return str(x)
 
 
