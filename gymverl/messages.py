@@ -354,17 +354,22 @@ def response_messages(
 
 
 def chat_tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
-    """Responses-API tool schemas -> chat-completions `tools` (`{"type": "function", "function": {...}}`)."""
+    """Responses-API tool schemas -> chat-completions `tools` (`{"type": "function", "function": {...}}`).
+
+    Raises MessageError for a tool that is not an object, not a function, or has no name (a chat
+    template cannot render a nameless tool, and the model could never call it)."""
     out: list[dict[str, Any]] = []
     for tool in tools or []:
         if not isinstance(tool, dict):
             raise MessageError(f"tool is a {type(tool).__name__}, not an object")
         if tool.get("type", "function") != "function":
             raise MessageError(f"unsupported tool type {tool.get('type')!r}")
-        if isinstance(tool.get("function"), dict):  # already chat form
-            out.append({"type": "function", "function": dict(tool["function"])})
+        fn: dict[str, Any] = dict(tool["function"]) if isinstance(tool.get("function"), dict) else {"name": tool.get("name")}  # (chat form already, or flat)
+        if not isinstance(fn.get("name"), str) or not fn["name"]:
+            raise MessageError("a tool of the task has no name")
+        if isinstance(tool.get("function"), dict):
+            out.append({"type": "function", "function": fn})
             continue
-        fn: dict[str, Any] = {"name": tool.get("name")}
         if tool.get("description") is not None:
             fn["description"] = tool["description"]
         fn["parameters"] = tool.get("parameters") or {"type": "object", "properties": {}}

@@ -472,3 +472,25 @@ def test_shared_case_mcqa_rollouts_are_warned_about(tmp_path: Path) -> None:
     assert any(w.startswith("5 RL rows name no agent") and "carry only: expected_answer," in w for w in s.warnings), s.warnings
     res = runner.invoke(app, ["to-parquet", str(src), "-f", "rl", "-o", str(tmp_path / "cli"), "--strict"])
     assert res.exit_code == 2 and "name no agent" in res.output and not (tmp_path / "cli").exists()
+
+
+@pytest.mark.parametrize("fmt", ["sft", "dpo", "rl"])
+@pytest.mark.parametrize("tool", [{"type": "function", "parameters": {}}, {"type": "function", "function": {"name": "", "parameters": {}}}])
+def test_a_nameless_tool_is_rejected_in_every_format(tmp_path: Path, fmt: str, tool: dict) -> None:
+    """rl rejected a prompt tool without a name (`bad_tools`); sft and dpo wrote it as `"name": null`,
+    which no chat template can render and no model can call. The one tools converter now refuses it."""
+    rows = [json.loads(line) for line in ROLLOUTS.read_text().splitlines() if line.strip()]
+    # a task with both a solved and a failed rollout, so dpo pairs it (an unpaired task never reads its tools)
+    bad_task = next(t for t in (r["_ng_task_index"] for r in rows) if len({r["reward"] for r in rows if r["_ng_task_index"] == t}) > 1)
+    for row in rows:
+        if row["_ng_task_index"] == bad_task:
+            row["responses_create_params"]["tools"] = [tool]
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    s = convert(src, tmp_path / "o", ConvertOptions(fmt=fmt, select=SelectOptions(drop_incomplete=False)))
+    bad_lines = [i + 1 for i, r in enumerate(rows) if r["_ng_task_index"] == bad_task]
+    rejected = [r for r in s.rejections if "has no name" in r["reason"]]
+    assert rejected and {r["line"] for r in rejected} <= set(bad_lines), s.rejections
+    for path in s.files.get("train", []):
+        for cell in pq.read_table(path).to_pydict().get("tools", []):
+            assert cell is None or '"name":null' not in cell.replace(" ", ""), cell

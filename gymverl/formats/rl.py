@@ -125,10 +125,6 @@ def rl_tools(record: dict[str, Any]) -> list[dict[str, Any]] | None:
         tools = chat_tools((record.get("responses_create_params") or {}).get("tools"))
     except MessageError as exc:
         raise RowError("bad_tools", f"cannot convert the task's tools: {exc}") from None
-    for tool in tools:
-        name = tool["function"].get("name")
-        if not isinstance(name, str) or not name:
-            raise RowError("bad_tools", "a tool of the task has no name")
     return tools or None
 
 
