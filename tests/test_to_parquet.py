@@ -474,11 +474,12 @@ def test_shared_case_mcqa_rollouts_are_warned_about(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "name no agent" in res.output and not (tmp_path / "cli").exists()
 
 
-@pytest.mark.parametrize("fmt", ["sft", "dpo", "rl"])
+@pytest.mark.parametrize("fmt", ["sft", "dpo", "rl", "sft-grouped"])
 @pytest.mark.parametrize("tool", [{"type": "function", "parameters": {}}, {"type": "function", "function": {"name": "", "parameters": {}}}])
 def test_a_nameless_tool_is_rejected_in_every_format(tmp_path: Path, fmt: str, tool: dict) -> None:
     """rl rejected a prompt tool without a name (`bad_tools`); sft and dpo wrote it as `"name": null`,
-    which no chat template can render and no model can call. The one tools converter now refuses it."""
+    which no chat template can render and no model can call. The one tools converter now refuses it,
+    and the rejected lines are not counted `valid` too."""
     rows = [json.loads(line) for line in ROLLOUTS.read_text().splitlines() if line.strip()]
     # a task with both a solved and a failed rollout, so dpo pairs it (an unpaired task never reads its tools)
     bad_task = next(t for t in (r["_ng_task_index"] for r in rows) if len({r["reward"] for r in rows if r["_ng_task_index"] == t}) > 1)
@@ -487,10 +488,13 @@ def test_a_nameless_tool_is_rejected_in_every_format(tmp_path: Path, fmt: str, t
             row["responses_create_params"]["tools"] = [tool]
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    s = convert(src, tmp_path / "o", ConvertOptions(fmt=fmt, select=SelectOptions(drop_incomplete=False)))
+    grouped = {"best_of_n": 4} if fmt == "sft-grouped" else {}
+    s = convert(src, tmp_path / "o", ConvertOptions(fmt=fmt.split("-")[0], select=SelectOptions(drop_incomplete=False, **grouped)))
     bad_lines = [i + 1 for i, r in enumerate(rows) if r["_ng_task_index"] == bad_task]
     rejected = [r for r in s.rejections if "has no name" in r["reason"]]
     assert rejected and {r["line"] for r in rejected} <= set(bad_lines), s.rejections
+    # A line rejected while its row was built is not also `valid` (it was: 6 lines gave valid 6 + rejected 2).
+    assert s.valid + s.rejected + s.blank == s.lines == len(rows), (s.valid, s.rejected, s.lines)
     for path in s.files.get("train", []):
         for cell in pq.read_table(path).to_pydict().get("tools", []):
             assert cell is None or '"name":null' not in cell.replace(" ", ""), cell

@@ -91,7 +91,7 @@ class _FastMeta(_FastRollouts):
 def _pass1_result(ctx: _Ctx, c: Checked) -> LineResult:
     """Grouped pass 1: one line -> its selection facts (+ raw line if still in the running) or a rejection."""
     if c.record is None:
-        return Rejected(c.line, c.code or "unknown", c.reason or "", c.raw, False)
+        return Rejected(c.line, c.code or "unknown", c.reason or "", c.raw)
     rec = c.record
     sel = ctx.opts.select
     key = task_key(rec)
@@ -103,7 +103,7 @@ def _pass1_result(ctx: _Ctx, c: Checked) -> LineResult:
             try:
                 status = "max_tokens" if _too_long_rollout(ctx, rec) else None
             except RowError as exc:
-                return Rejected(c.line, exc.code, exc.reason, c.raw, True)
+                return Rejected(c.line, exc.code, exc.reason, c.raw)
     dk = dedup_key(rec) if sel.dedup and status is None else None
     ri = rec.get("_ng_rollout_index")
     ri = ri if isinstance(ri, int) and not isinstance(ri, bool) and ri >= 0 else None
@@ -135,7 +135,6 @@ def _convert_grouped(ctx: _Ctx, lines: Iterator[LineResult], total: int | None) 
             for r in lines:
                 s.lines += 1
                 if type(r) is Rejected:
-                    s.valid += r.valid
                     ctx.reject(r.line, r.code, r.reason, r.raw)
                     continue
                 s.valid += 1
@@ -289,7 +288,7 @@ def _emit_rl(ctx: _Ctx, key: str, split: str, members: list[Member], stats: tupl
     except RowError as exc:
         # Every rollout of the task shares the prompt that failed: all are rejected with its reason.
         for i, m in enumerate(members):
-            ctx.reject(m.line, exc.code, exc.reason if i == 0 else f"{exc.reason} (same task as line {members[0].line})", raw if i == 0 else b"")
+            ctx.reject(m.line, exc.code, exc.reason if i == 0 else f"{exc.reason} (same task as line {members[0].line})", raw if i == 0 else b"", counted_valid=True)
         s.tasks_dropped[exc.code] += 1
         return
     if _rl_too_long(ctx, row):
@@ -320,7 +319,7 @@ def _emit_sft(ctx: _Ctx, key: str, split: str, kept: list[Member], raws: dict[in
         try:
             row, status = _sft_build(ctx, orjson.loads(raw), m.line, key)
         except RowError as exc:
-            ctx.reject(m.line, exc.code, exc.reason, raw)
+            ctx.reject(m.line, exc.code, exc.reason, raw, counted_valid=True)
             continue
         if row is None:
             s.filtered[status or "max_tokens"] += 1
@@ -342,7 +341,7 @@ def _emit_dpo(ctx: _Ctx, key: str, split: str, pairs: list[tuple[Member, Member]
             try:
                 sides.append(_dpo_build(ctx, orjson.loads(raw)))
             except RowError as exc:
-                ctx.reject(m.line, exc.code, exc.reason, raw)
+                ctx.reject(m.line, exc.code, exc.reason, raw, counted_valid=True)
                 sides.append(None)
         c, r = sides
         if c is None or r is None:

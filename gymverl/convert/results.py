@@ -10,13 +10,12 @@ from typing import Any, NamedTuple, Union
 
 
 class Rejected(NamedTuple):
-    """A line that becomes no row: not a valid record (`valid` False) or one no row can be built from."""
+    """A line that becomes no row: not a valid record, or a valid one no row can be built from."""
 
     line: int
     code: str
     reason: str
     raw: bytes
-    valid: bool
 
 
 class Filtered(NamedTuple):

@@ -32,7 +32,7 @@ def _fast_stream_result(ctx: _Ctx, reader: fast_fmt.FastSFT, line: Line) -> Line
 def _stream_result(ctx: _Ctx, c: Checked) -> LineResult:
     """Streaming: one line -> a row, a filter verdict or a rejection."""
     if c.record is None:
-        return Rejected(c.line, c.code or "unknown", c.reason or "", c.raw, False)
+        return Rejected(c.line, c.code or "unknown", c.reason or "", c.raw)
     rec = c.record
     sel = ctx.opts.select
     key = _key_of(c, ctx.tasks_input)
@@ -47,7 +47,7 @@ def _stream_result(ctx: _Ctx, c: Checked) -> LineResult:
             if status is None:
                 row, status = _sft_build(ctx, rec, c.line, key)
     except RowError as exc:
-        return Rejected(c.line, exc.code, exc.reason, c.raw, True)
+        return Rejected(c.line, exc.code, exc.reason, c.raw)
     if status or row is None:
         return Filtered(status or "unknown")
     if ctx.tasks_input:
@@ -65,7 +65,6 @@ def _convert_streaming(ctx: _Ctx, results: Iterator[LineResult]) -> None:
         s.lines += 1
         kind = type(r)
         if kind is Rejected:
-            s.valid += r.valid
             ctx.reject(r.line, r.code, r.reason, r.raw)
             continue
         s.valid += 1

@@ -23,7 +23,7 @@ class ConvertSummary(Rejections):
     dry_run: bool = False
     grouped: bool = False
     lines: int = 0
-    valid: int = 0
+    valid: int = 0  # rollouts that became rows or were filtered: lines = valid + rejected + blank
     blank: int = 0  # blank lines: skipped, counted in `lines`
     rejects: Tally = field(default_factory=Tally)  # rejected lines: `rejected`, `rejected_by_code`, `rejections`
     filtered: Counter[str] = field(default_factory=Counter)  # rule -> input lines removed by it
