@@ -181,6 +181,9 @@ class Rollout(Task, kw_only=True):
 
     response: RolloutResponse
     reward: Finite
+    # NeMo Gym marks a rollout whose verification failed `mask_sample: true` (not a measurement);
+    # any other type would read as "not masked" and turn that failure into a trained reward.
+    mask_sample: Optional[bool] = None
 
 
 # ---- the rules both shapes share -----------------------------------------------------------------
@@ -491,7 +494,7 @@ class Record(msgspec.Struct, Generic[C], gc=False):
     task_index: Optional[Index] = msgspec.field(default=None, name="_ng_task_index")
     rollout_index: Optional[Index] = msgspec.field(default=None, name="_ng_rollout_index")
     agent_ref: Union[Agent, str, None] = None
-    mask_sample: Any = None
+    mask_sample: Optional[bool] = None
 
 
 # The fields `messages.convert_items` reads of an item, in its order (for a typed item, in C).

@@ -69,6 +69,8 @@ def _test(t: Any, v: str) -> tuple[str, str, bool]:
         return f"isinstance({v}, list)", "an array", False
     if isinstance(t, _mi.StructType):
         return f"isinstance({v}, dict)", "an object", False
+    if isinstance(t, _mi.BoolType):
+        return f"isinstance({v}, bool)", "true or false", True
     if isinstance(t, _mi.FloatType) and _is_finite(t):
         return f"not isinstance({v}, bool) and isinstance({v}, (int, float))", "a number", False
     if isinstance(t, _mi.IntType) and (t.ge, t.gt, t.lt, t.multiple_of) == (0, None, None, None):
@@ -414,5 +416,5 @@ def field_type(info: Any, *keys: str) -> Any:
 def json_starts(t: Any) -> frozenset[int]:
     """The first bytes (ints) of the JSON text of a value of msgspec.inspect type `t`, for a field
     the fast path keeps raw."""
-    starts = {_mi.NoneType: b"n", _mi.ListType: b"[", _mi.StrType: b'"', _mi.StructType: b"{", _mi.DictType: b"{"}
+    starts = {_mi.NoneType: b"n", _mi.ListType: b"[", _mi.StrType: b'"', _mi.StructType: b"{", _mi.DictType: b"{", _mi.BoolType: b"tf"}
     return frozenset(starts[type(m)][0] for m in _members(_unwrap(t)[0]))

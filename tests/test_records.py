@@ -144,6 +144,10 @@ BAD_INPUTS: list[tuple[str, bytes, int, str, str]] = [
      "'response.output[0]' is a function_call without a string 'name' and 'call_id'"),
     ("function_call_output_no_call_id", line(with_value("response.output[1].call_id", 7)) + b"\n", 1, "bad_item",
      "'response.output[1]' is a function_call_output without a string 'call_id'"),
+    # A mask that is not a boolean read as "not masked": the failed verification became a trained 0.0.
+    ("mask_sample_string", line(good(mask_sample="true")) + b"\n", 1, "wrong_type",
+     "'mask_sample' must be true or false, got 'true'"),
+    ("mask_sample_number", line(good(mask_sample=1)) + b"\n", 1, "wrong_type", "'mask_sample' must be true or false, got 1"),
     ("nan_reward", line(good()).replace(b'"reward":1.0', b'"reward":NaN') + b"\n", 1, "non_finite_number",
      "'reward' is NaN, which is not a finite number (JSON has no NaN or Infinity)"),
     ("infinity_reward", line(good()).replace(b'"reward":1.0', b'"reward":Infinity') + b"\n", 1, "non_finite_number",
