@@ -23,7 +23,7 @@ from typing import IO, Any, Iterator, Union
 
 import orjson
 from gymverl.errors import UsageError, from_os_error
-from gymverl.files import atomic_open, open_append
+from gymverl.files import atomic_open, is_gzip_name, open_append
 from gymverl.inputs import READ_CHUNK, Input, InputError, as_input, regular_file
 
 # How many counted items (rejected lines, failures, duplicates) a report shows; all are counted.
@@ -509,6 +509,25 @@ class Rejections:
         }
 
 
+def refuse_foreign_rejects(path: Path) -> None:
+    """Raise UsageError when `path` holds something other than a rejects file (rescore's output guard,
+    for `--rejects`): a typo such as `--rejects tasks.jsonl` must not replace that file. An empty
+    file, a stream (`/dev/null`) and an earlier rejects file (`{line, code, reason, ...}` lines) may
+    be replaced."""
+    try:
+        if not path.is_file() or path.stat().st_size == 0:
+            return
+        opener = gzip.open if is_gzip_name(path) else open
+        with opener(path, "rb") as f:  # type: ignore[operator]
+            first = f.readline(RAW_KEEP_BYTES * 8)
+        rec = orjson.loads(first)
+        if isinstance(rec, dict) and {"line", "code", "reason"} <= rec.keys():
+            return
+    except (OSError, EOFError, zlib.error, orjson.JSONDecodeError):
+        pass  # unreadable or not JSON: not a rejects file
+    raise UsageError(f"{path} already exists and is not a rejects file gymverl wrote; choose another --rejects path or remove it.")
+
+
 class RejectsWriter:
     """Record every unusable input line as `{line, code, reason, raw}` in a JSONL file (atomic; gzip when named .gz)."""
 
@@ -518,6 +537,7 @@ class RejectsWriter:
 
     def __enter__(self) -> "RejectsWriter":
         if self._writer:
+            refuse_foreign_rejects(self._writer.path)
             self._writer.__enter__()
         return self
 

@@ -581,3 +581,23 @@ def test_outputs_that_must_be_files_refuse_a_pipe(tmp_path: Path) -> None:
         assert sorted(p.name for p in tmp_path.iterdir()) == ["link.jsonl", "out.parquet"]  # a stream is not locked
     with atomic_path(link) as p:
         assert p == link  # written in place, through the link
+
+
+def test_rejects_never_replace_a_file_that_is_not_a_rejects_file(tmp_path: Path) -> None:
+    """`validate in.jsonl --rejects tasks.jsonl` emptied tasks.jsonl (exit 0); rescore refused the same
+    slip for its output. Now --rejects refuses an existing file that is not an earlier rejects file."""
+    src = _write_rollouts(tmp_path / "in.jsonl", 6, bad_every=3)
+    victim = tmp_path / "tasks.jsonl"
+    shutil.copy(TASKS, victim)
+    for command in (["validate", src], ["to-parquet", src, "-o", tmp_path / "o"]):
+        r = _cli(*command, "--rejects", victim)
+        assert r.returncode == 2 and r.stderr.strip() == (
+            f"error: {victim} already exists and is not a rejects file gymverl wrote; choose another --rejects path or remove it."
+        ), (command, r.stderr)
+        assert victim.read_bytes() == TASKS.read_bytes()
+        assert not (tmp_path / "o").exists()  # refused before anything was made
+    for name in ("rejects.jsonl", "rejects.jsonl.gz"):  # an earlier rejects file (plain or gzip) is replaced
+        for _ in range(2):
+            r = _cli("validate", src, "--rejects", tmp_path / name)
+            assert r.returncode == 1, r.stderr
+        assert [p.obj["line"] for p in read_jsonl(tmp_path / name)] == [1, 4]

@@ -15,7 +15,7 @@ from typing import Iterator
 from gymverl.formats import FORMATS, FieldRules
 from gymverl.formats import rl as rl_fmt
 from gymverl.inputs import Input, as_input
-from gymverl.jsonl import RejectsWriter, read_jsonl
+from gymverl.jsonl import RejectsWriter, read_jsonl, refuse_foreign_rejects
 from gymverl.sidecars import JOIN_REASONS, TaskSource, is_materialized_inputs, sidecar_paths, stem_of
 from gymverl.select import needs_grouping
 from gymverl.errors import from_os_error
@@ -233,6 +233,8 @@ def convert(
     # No output may be an input (same path, symlink or hard link): refused before anything is written.
     splits = SPLITS if sel.val_fraction > 0 else ("train",)
     check_outputs([] if opts.dry_run else sink.planned_outputs(splits), inputs, streams=[opts.rejects_path])
+    if opts.rejects_path:
+        refuse_foreign_rejects(Path(opts.rejects_path))  # (RejectsWriter checks again; here nothing is made yet)
     if sel.max_tokens is None or not opts.tokenizer:
         counter = None
     elif counter is None:
