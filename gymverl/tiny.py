@@ -103,6 +103,15 @@ def build_tiny_model(
     )
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config)
-    model.save_pretrained(str(out), safe_serialization=True)
+    from transformers.utils import logging as hf_logging
+
+    # A one-shard model needs no "Writing model shards" bar: on stderr it read as a message of the demo.
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(str(out), safe_serialization=True)
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
     GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, max_new_tokens=16).save_pretrained(str(out))
     return out

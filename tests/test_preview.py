@@ -442,3 +442,13 @@ def test_rl_rows_for_the_env_loop_render_their_tools(tok: Any, tiny_model: Path,
             seen_tools = True
             assert all(f'"name": "{t["function"]["name"]}"' in pv.sections[0].text for t in tools)
     assert seen_tools
+
+
+def test_building_the_tiny_model_prints_nothing(tmp_path, capfd):
+    """`gymverl demo 2> err` held transformers' "Writing model shards 0%...100%" bar: stderr is for
+    warnings and errors."""
+    from gymverl.tiny import build_tiny_model
+
+    build_tiny_model(tmp_path / "m")
+    out, err = capfd.readouterr()
+    assert "Writing model shards" not in err + out, err
