@@ -933,3 +933,16 @@ def test_rows_of_several_agents_sent_to_one_server_are_told_so() -> None:
     assert "--tasks" not in w
     s.agents = {"math_with_judge_simple_agent"}
     assert "--tasks" in (s.warning() or "")
+
+
+def test_the_rewards_went_down_warning_gives_its_advice_once() -> None:
+    """With guessed task fields, the warning said "pass --tasks ... to decide exactly. Re-join task
+    fields ... with --tasks ..." in one breath: the guess's part already gives that advice."""
+    from gymverl.rescore.summary import RescoreSummary
+
+    s = RescoreSummary("in.jsonl", "out.jsonl", "out.failures.jsonl", rescored=20, went_down=11)
+    assert s.suspicious
+    assert (s.warning() or "").count("--tasks") == 1 and "Re-join" in (s.warning() or "")  # no guess: the advice alone
+    s.guessed_fields = {"question": True, "extracted_answer": False}
+    w = s.warning() or ""
+    assert w.count("--tasks") == 1 and "went down" in w and "task fields were guessed" in w, w

@@ -213,11 +213,14 @@ class RescoreSummary:
                 "agent its own resources server with --server AGENT=URL (repeatable)"
             )
         elif self.required_missing or self.suspicious:
+            hint = None
             if self.task_source is None:
-                hint = "re-join task fields from the NeMo Gym input file with --tasks TASKS.jsonl (or keep <stem>_materialized_inputs.jsonl beside the rollouts)"
+                if not self.guessed_fields:  # (the guess's own part already gives this advice)
+                    hint = "re-join task fields from the NeMo Gym input file with --tasks TASKS.jsonl (or keep <stem>_materialized_inputs.jsonl beside the rollouts)"
             else:
                 hint = f"the task rows joined from {self.task_source} do not supply them: check that it is the input these rollouts were collected from"
-            text += ". " + hint[0].upper() + hint[1:]
+            if hint:
+                text += ". " + hint[0].upper() + hint[1:]
         return text + "."
 
     def to_dict(self, per_task: bool | None = None) -> dict[str, Any]:
