@@ -281,7 +281,8 @@ def test_to_parquet_keeps_verifier_metadata_and_warns_about_guessed_fields(tmp_p
     task = json.loads(rows[0]["extra_info"]["nemo_gym"])["task"]
     assert task == {"verifier_metadata": {"expected_city": "Tokyo"}}  # no old outputs (expected_weather, ...)
     (warning,) = [w for w in summary["warnings"] if "guessed" in w]
-    assert "sent as task fields: verifier_metadata;" in warning
+    # to-parquet sends nothing and reads no server: its wording says so (it borrowed rescore's)
+    assert "kept as task fields (extra_info.nemo_gym.task): verifier_metadata;" in warning and "server" not in warning
     assert "left out as verifier outputs: expected_weather, final_response_mentions_weather, tool_call_seen;" in warning
 
 

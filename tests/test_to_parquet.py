@@ -428,6 +428,10 @@ def test_rl_rows_naming_no_agent_say_their_verifier_cannot_be_checked(tmp_path: 
     with pytest.raises(ConvertError, match="--strict: 3 RL rows name no agent"):
         convert(src, tmp_path / "strict", ConvertOptions(fmt="rl", strict=True))
     assert not (tmp_path / "strict").exists()
+    bare = [{k: v for k, v in _mcqa_rollout(i, None).items() if k in ("responses_create_params", "response", "reward", "_ng_task_index")} for i in range(2)]
+    s = convert(_write(tmp_path / "bare.jsonl", bare), tmp_path / "bare", ConvertOptions(fmt="rl"))
+    (w,) = [w for w in s.warnings if "name no agent" in w]
+    assert "they carry no task field," in w and "none" not in w, w  # it said "they carry only: none"
     res = runner.invoke(app, ["to-parquet", str(src), "-f", "rl", "-o", str(tmp_path / "cli"), "--strict"])
     assert res.exit_code == 2 and "name no agent" in res.output and "Traceback" not in res.output
 

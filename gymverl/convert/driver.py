@@ -101,10 +101,10 @@ def _fields_the_verifier_takes(s: ConvertSummary) -> list[str]:
     for agent, rows in sorted(s.unjoined_by_agent.items(), key=lambda kv: (kv[0] is not None, kv[0] or "")):
         have = s.unjoined_fields.get(agent, Counter())
         if agent is None:
-            carried = ", ".join(sorted(have)) or "none"
+            carried = f"they carry only: {', '.join(sorted(have))}" if have else "they carry no task field"
             out.append(
                 f"{rows} RL rows name no agent (agent_ref), so gymverl cannot tell which verifier grades them or check "
-                f"that they carry the task fields it reads; they carry only: {carried}, and a verifier that reads fields "
+                f"that they carry the task fields it reads; {carried}, and a verifier that reads fields "
                 f"they lack (NeMo Gym's mcqa reads options and grading_mode, for one) scores them wrongly; {fix}."
             )
             continue
@@ -257,7 +257,7 @@ def convert(
                 if problems and opts.strict:
                     raise ConvertError(f"--strict: {problems[0]}")
                 summary.warnings.extend(problems)
-                guess = rules.guess_warning() if opts.fmt == "rl" else None
+                guess = rules.guess_warning(sent=False) if opts.fmt == "rl" else None
                 if guess:  # once per run, naming every field the name heuristic decided
                     summary.warnings.append(guess)
                 unchecked = _verifier_fields_unchecked(summary) if opts.fmt == "rl" and not tasks_input and source is None else None

@@ -174,17 +174,21 @@ class FieldRules:
             if not (is_ng_key(k) or k == "responses_create_params") and self.is_task_field(k)
         }
 
-    def guess_warning(self) -> str | None:
-        """One sentence naming the fields decided by the heuristic, or None when none was guessed."""
+    def guess_warning(self, *, sent: bool = True) -> str | None:
+        """One sentence naming the fields decided by the heuristic, or None when none was guessed.
+
+        `sent`: the fields went to a running server's /verify (rescore), which could have declared
+        them; False: they were written into rows for a later /verify (to-parquet reads no server)."""
         if not self.guessed:
             return None
         kept = [k for k, v in self.guessed.items() if v]
         dropped = [k for k, v in self.guessed.items() if not v]
+        # (to-parquet: the installed NeMo Gym's request models, when found, only check the rows for
+        # fields they lack: a warning of its own)
+        unknown = "no tasks file or materialized inputs lists them" + (", and no running server's /verify schema was read" if sent else "")
+        verb = "sent as task fields" if sent else "kept as task fields (extra_info.nemo_gym.task)"
         return (
-            # (to-parquet reads no running server; the installed NeMo Gym's request models, when found,
-            # only check the rows for fields they lack: a warning of its own)
-            "task fields were guessed from field names (no tasks file or materialized inputs lists them, and no running "
-            f"server's /verify schema was read): sent as task fields: {_names(kept)}; left out as verifier outputs: {_names(dropped)}; "
+            f"task fields were guessed from field names ({unknown}): {verb}: {_names(kept)}; left out as verifier outputs: {_names(dropped)}; "
             "pass --tasks with the NeMo Gym input file (or keep <stem>_materialized_inputs.jsonl beside the rollouts) to decide exactly."
         )
 
