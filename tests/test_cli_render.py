@@ -261,3 +261,20 @@ def test_titles_are_text_not_markup():
                "rollouts_per_task": {}, "reward": {"mean": None}, "incomplete": 0}
     render_validation(summary, out=Console(file=buf, width=120))
     assert "validate: /data/[bold]run[/bold]/r.jsonl" in buf.getvalue()
+
+
+def test_demo_status_lines_wrap_under_themselves():
+    """A demo step's status line longer than the terminal went on at column 0 ("(ready before
+    rescoring)" under the step's rule); now every wrapped line keeps the 2-space indent, and no
+    line carries trailing spaces."""
+    from types import SimpleNamespace
+
+    from gymverl.cli.render.training import DemoReporter
+
+    buf = io.StringIO()
+    reporter = DemoReporter(out=Console(file=buf, width=80, force_terminal=False))
+    summary = "starting math_with_judge, xlam_fc via ng_run in the background (ready before rescoring) [not markup]"
+    reporter.done(SimpleNamespace(status="ok", seconds=0.2, summary=summary, outputs=[]))
+    lines = buf.getvalue().splitlines()
+    assert len(lines) == 2 and all(line.startswith("  ") and line == line.rstrip() and len(line) <= 80 for line in lines), lines
+    assert " ".join(line.strip() for line in lines) == f"✓ ok (0.2 s) {summary}"

@@ -88,7 +88,7 @@ class Demo:
             self.run_step("rescore", "Rescore the rollouts against NeMo Gym /verify", self.step_rescore)
             self.run_step("stats", "Reward statistics", self.step_stats)
             self.run_step("parquet", "Convert to VeRL parquet (rl and sft)", self.step_parquet)
-            self.run_step("preview", "Preview what training sees (rl prompt with its tools, sft trained tokens)", self.step_preview)
+            self.run_step("preview", "Preview what training sees (rl tools, sft trained tokens)", self.step_preview)
             self.run_step("reward", "Score rl prompts with the VeRL reward function (NeMo Gym /verify)", self.step_reward)
             self.stop_servers()  # training needs the cores more than idle servers do
             self.run_step("train", "Train offline on CPU: VeRL SFT trainer, tiny model", self.step_train)
@@ -171,7 +171,7 @@ class Demo:
         res.details = {"lines": summary.lines, "valid": summary.valid, "rejected": summary.rejected}
         res.summary = (
             f"{summary.lines} lines: {summary.valid} valid rollouts, {summary.rejected} rejected; "
-            f"{data['tasks']} tasks, {summary.incomplete} truncated responses"
+            f"{data['tasks']} tasks, {summary.incomplete} truncated response{'' if summary.incomplete == 1 else 's'}"
         )
         res.outputs = [self.out / "validate.json"] + ([rejects] if summary.rejected else [])
         if summary.rejected:
@@ -321,8 +321,8 @@ class Demo:
         env = " ".join(f"{agent}={url}" for agent, url in self.urls.items())
         self.r.info(
             # Absolute paths: the hint is meant to be pasted into a shell anywhere, not only here.
-            f"in VeRL: GYMVERL_VERIFY_URL={_shell(env)} python -m verl.trainer.main_ppo "
-            f"data.train_files={_shell(str(self.rl_files[0].resolve()) if self.rl_files else 'RL.parquet')} ... "
+            f"in VeRL, with your model and trainer overrides: GYMVERL_VERIFY_URL={_shell(env)} python -m verl.trainer.main_ppo "
+            f"data.train_files={_shell(str(self.rl_files[0].resolve()) if self.rl_files else 'RL.parquet')} "
             f"reward.custom_reward_function.path={_shell(str(Path(gymverl.reward.__file__).resolve()))} "
             "reward.custom_reward_function.name=compute_score "
             # rows with tools name gymverl's agent loop (agent_name=gymverl_tools); VeRL's workers load it from here

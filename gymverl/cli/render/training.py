@@ -7,6 +7,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
 from rich.table import Table
 
 from gymverl.cli.render.rollouts import render_stats
@@ -132,10 +133,11 @@ class DemoReporter:
         from gymverl.demo import display_path
 
         style = self.STYLE.get(result.status, "")
-        self.out.print(
-            f"  [{style}]{self.MARK.get(result.status, '')} {result.status}[/] [dim]({result.seconds:.1f} s)[/] {escape(result.summary)}",
-            highlight=False,
-        )
+        # Indented as a block: a summary longer than the terminal wraps under itself, not at column 0.
+        line = f"[{style}]{self.MARK.get(result.status, '')} {result.status}[/] [dim]({result.seconds:.1f} s)[/] {escape(result.summary)}"
+        for part in Text.from_markup(line).wrap(self.out, max(self.out.width - 2, 20)):
+            part.rstrip()
+            self.out.print(Text("  ") + part, highlight=False, soft_wrap=True)
         for p in result.outputs:
             self.out.print(f"    [dim]->[/] {escape(display_path(p))}", highlight=False)
 
