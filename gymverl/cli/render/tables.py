@@ -59,7 +59,9 @@ def _facts(title: str, *, notes: bool = False, right: bool = True) -> Table:
     t.add_column(style="bold")
     t.add_column(justify="right" if right else "left")
     if notes:
-        t.add_column(style="dim")
+        # fold: a path in a note is shown whole over several lines, never cut with "…" (rich still
+        # wraps at spaces first; only a word wider than the column is folded)
+        t.add_column(style="dim", overflow="fold")
     return t
 
 
