@@ -285,3 +285,10 @@ def test_demo_status_lines_wrap_under_themselves():
     lines = buf.getvalue().splitlines()
     assert len(lines) == 2 and all(line.startswith("  ") and line == line.rstrip() and len(line) <= 80 for line in lines), lines
     assert " ".join(line.strip() for line in lines) == f"✓ ok (0.2 s) {summary}"
+    # so do its progress lines and warnings (they ran past 80 columns); commands to paste stay whole
+    buf.truncate(0), buf.seek(0)
+    reporter.info("servers ready after 21 s: math_with_judge http://127.0.0.1:12329, xlam_fc http://127.0.0.1:11719")
+    reporter.info("same as: gymverl rescore sample_data/rollouts.jsonl -o demo/rescored.jsonl --failures demo/rescore-failures.jsonl")
+    lines = buf.getvalue().splitlines()
+    assert len(lines) == 3 and all(line.startswith("  ") and line == line.rstrip() for line in lines), lines
+    assert len(lines[0]) <= 80 and len(lines[1]) <= 80 and len(lines[2]) > 80 and lines[2].startswith("  same as: gymverl rescore")

@@ -126,18 +126,23 @@ class DemoReporter:
         self.out.rule(f"[bold][{index}/{total}] {title}", align="left")
 
     def info(self, message: str) -> None:
-        style = "dim" if message.startswith("same as:") else ("yellow" if "warning" in message else "")
-        self.out.print(f"  [{style}]{escape(message)}[/]" if style else f"  {escape(message)}", highlight=False, soft_wrap=True)
+        if message.startswith(("same as:", "in VeRL")):
+            # A command to paste: one line whatever the width (a wrapped one would paste as two).
+            self.out.print(f"  [dim]{escape(message)}[/]", highlight=False, soft_wrap=True)
+            return
+        self._indented(f"[yellow]{escape(message)}[/]" if "warning" in message else escape(message))
+
+    def _indented(self, markup: str) -> None:
+        # Indented as a block: a line longer than the terminal wraps under itself, not at column 0.
+        for part in Text.from_markup(markup).wrap(self.out, max(self.out.width - 2, 20)):
+            part.rstrip()
+            self.out.print(Text("  ") + part, highlight=False, soft_wrap=True)
 
     def done(self, result: Any) -> None:
         from gymverl.demo import display_path
 
         style = self.STYLE.get(result.status, "")
-        # Indented as a block: a summary longer than the terminal wraps under itself, not at column 0.
-        line = f"[{style}]{self.MARK.get(result.status, '')} {result.status}[/] [dim]({result.seconds:.1f} s)[/] {escape(result.summary)}"
-        for part in Text.from_markup(line).wrap(self.out, max(self.out.width - 2, 20)):
-            part.rstrip()
-            self.out.print(Text("  ") + part, highlight=False, soft_wrap=True)
+        self._indented(f"[{style}]{self.MARK.get(result.status, '')} {result.status}[/] [dim]({result.seconds:.1f} s)[/] {escape(result.summary)}")
         for p in result.outputs:
             self.out.print(f"    [dim]->[/] {escape(display_path(p))}", highlight=False)
 
