@@ -364,10 +364,11 @@ def chat_tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
             raise MessageError(f"tool is a {type(tool).__name__}, not an object")
         if tool.get("type", "function") != "function":
             raise MessageError(f"unsupported tool type {tool.get('type')!r}")
-        fn: dict[str, Any] = dict(tool["function"]) if isinstance(tool.get("function"), dict) else {"name": tool.get("name")}  # (chat form already, or flat)
+        chat_form = isinstance(tool.get("function"), dict)
+        fn: dict[str, Any] = dict(tool["function"]) if chat_form else {"name": tool.get("name")}
         if not isinstance(fn.get("name"), str) or not fn["name"]:
             raise MessageError("a tool of the task has no name")
-        if isinstance(tool.get("function"), dict):
+        if chat_form:
             out.append({"type": "function", "function": fn})
             continue
         if tool.get("description") is not None:

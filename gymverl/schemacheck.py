@@ -416,5 +416,5 @@ def field_type(info: Any, *keys: str) -> Any:
 def json_starts(t: Any) -> frozenset[int]:
     """The first bytes (ints) of the JSON text of a value of msgspec.inspect type `t`, for a field
     the fast path keeps raw."""
-    starts = {_mi.NoneType: b"n", _mi.ListType: b"[", _mi.StrType: b'"', _mi.StructType: b"{", _mi.DictType: b"{", _mi.BoolType: b"tf"}
+    starts = {_mi.NoneType: b"n", _mi.ListType: b"[", _mi.StrType: b'"', _mi.StructType: b"{", _mi.DictType: b"{"}
     return frozenset(starts[type(m)][0] for m in _members(_unwrap(t)[0]))

@@ -137,7 +137,6 @@ def _convert_grouped(ctx: _Ctx, lines: Iterator[LineResult], total: int | None) 
                 if type(r) is Rejected:
                     ctx.reject(r.line, r.code, r.reason, r.raw)
                     continue
-                s.valid += 1
                 parts.add(r)
         except BaseException:
             parts.close(quiet=True)  # the first error (or the interrupt) is what the user sees
@@ -288,7 +287,7 @@ def _emit_rl(ctx: _Ctx, key: str, split: str, members: list[Member], stats: tupl
     except RowError as exc:
         # Every rollout of the task shares the prompt that failed: all are rejected with its reason.
         for i, m in enumerate(members):
-            ctx.reject(m.line, exc.code, exc.reason if i == 0 else f"{exc.reason} (same task as line {members[0].line})", raw if i == 0 else b"", counted_valid=True)
+            ctx.reject(m.line, exc.code, exc.reason if i == 0 else f"{exc.reason} (same task as line {members[0].line})", raw if i == 0 else b"")
         s.tasks_dropped[exc.code] += 1
         return
     if _rl_too_long(ctx, row):
@@ -319,7 +318,7 @@ def _emit_sft(ctx: _Ctx, key: str, split: str, kept: list[Member], raws: dict[in
         try:
             row, status = _sft_build(ctx, orjson.loads(raw), m.line, key)
         except RowError as exc:
-            ctx.reject(m.line, exc.code, exc.reason, raw, counted_valid=True)
+            ctx.reject(m.line, exc.code, exc.reason, raw)
             continue
         if row is None:
             s.filtered[status or "max_tokens"] += 1
@@ -341,7 +340,7 @@ def _emit_dpo(ctx: _Ctx, key: str, split: str, pairs: list[tuple[Member, Member]
             try:
                 sides.append(_dpo_build(ctx, orjson.loads(raw)))
             except RowError as exc:
-                ctx.reject(m.line, exc.code, exc.reason, raw, counted_valid=True)
+                ctx.reject(m.line, exc.code, exc.reason, raw)
                 sides.append(None)
         c, r = sides
         if c is None or r is None:

@@ -90,10 +90,7 @@ class _Ctx:
             self._fast = fast_fmt.FastSFT(include_reasoning=self.opts.include_reasoning) if ok else False
         return self._fast or None
 
-    def reject(self, line: int, code: str, reason: str, raw: bytes, *, counted_valid: bool = False) -> None:
-        """Count and record a rejected line; `counted_valid`: pass 1 counted it valid, and it is not."""
-        if counted_valid:
-            self.summary.valid -= 1  # lines = valid + rejected + blank, as in `validate`
+    def reject(self, line: int, code: str, reason: str, raw: bytes) -> None:
         self.summary.reject(line, code, reason)
         self.rejects.add(line, code, reason, raw)
 

@@ -67,7 +67,6 @@ def _convert_streaming(ctx: _Ctx, results: Iterator[LineResult]) -> None:
         if kind is Rejected:
             ctx.reject(r.line, r.code, r.reason, r.raw)
             continue
-        s.valid += 1
         if kind is Filtered:
             s.filtered[r.rule] += 1
             continue

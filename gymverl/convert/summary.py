@@ -23,7 +23,6 @@ class ConvertSummary(Rejections):
     dry_run: bool = False
     grouped: bool = False
     lines: int = 0
-    valid: int = 0  # rollouts that became rows or were filtered: lines = valid + rejected + blank
     blank: int = 0  # blank lines: skipped, counted in `lines`
     rejects: Tally = field(default_factory=Tally)  # rejected lines: `rejected`, `rejected_by_code`, `rejections`
     filtered: Counter[str] = field(default_factory=Counter)  # rule -> input lines removed by it
@@ -55,6 +54,12 @@ class ConvertSummary(Rejections):
     def reject(self, line: int, code: str, reason: str) -> None:
         """Count one rejected input line (keeping the first few as examples)."""
         self.rejects.reject(line, code, reason)
+
+    @property
+    def valid(self) -> int:
+        """Rollouts that became rows or were filtered: every line that is neither rejected (as a record
+        or while its row was built) nor blank, so lines = valid + rejected + blank, as in `validate`."""
+        return self.lines - self.rejected - self.blank
 
     @property
     def accounted(self) -> int:

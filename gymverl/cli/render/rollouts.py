@@ -137,13 +137,16 @@ def render_stats(data: dict[str, Any], show_tasks: int = 30, compact: bool = Fal
     o = data["overall"]
     title = f"stats: {data['path']}  (correct = reward >= {data['threshold']:g})"
     t = Titled(title=title, title_justify="left")
-    t.add_column("metric", style="bold", no_wrap=True, min_width=19)
-    t.add_column("all", justify="right", no_wrap=True, min_width=11)
+    metric_width, all_width = 19, 11
+    t.add_column("metric", style="bold", no_wrap=True, min_width=metric_width)
+    t.add_column("all", justify="right", no_wrap=True, min_width=all_width)
     groups = data["groups"]
     columns = [_stats_rows(o)] + [_stats_rows(g) for g in groups]
     # Group names head their columns; on a narrow terminal they wrap at their own separators, in
     # the room the two no_wrap columns leave: each column costs its text, 2 of padding and 1 of border.
-    used = 1 + sum(3 + max(min_width, *(cell_len(text) for text in texts)) for min_width, texts in ((19, [label for label, _ in columns[0]]), (11, [v for _, v in columns[0]])))
+    metric_width = max(metric_width, *(cell_len(label) for label, _ in columns[0]))
+    all_width = max(all_width, *(cell_len(value) for _, value in columns[0]))
+    used = 1 + (3 + metric_width) + (3 + all_width)
     room = (out.width - used - 3 * len(groups)) // max(len(groups), 1)
     for g in groups:
         t.add_column(escape(_wrap_name(g["name"], max(room, 1))), justify="right", overflow="fold")
