@@ -35,7 +35,7 @@ from io import BytesIO
 from typing import Any, Callable, Iterable, Mapping
 
 from gymverl.jsonl import dumps
-from gymverl.schema import content_text, is_transitions
+from gymverl.schema import content_text, is_transitions, tools_fault
 
 ROLE_MAP = {"developer": "system"}
 
@@ -356,18 +356,15 @@ def response_messages(
 def chat_tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
     """Responses-API tool schemas -> chat-completions `tools` (`{"type": "function", "function": {...}}`).
 
-    Raises MessageError for a tool that is not an object, not a function, or has no name (a chat
-    template cannot render a nameless tool, and the model could never call it)."""
+    Raises ContentError("bad_tools") for a tool a chat model cannot be given (`schema.tools_fault`:
+    not an object, not a function, or nameless)."""
+    fault = tools_fault(tools)
+    if fault is not None:
+        raise ContentError("bad_tools", fault)
     out: list[dict[str, Any]] = []
     for tool in tools or []:
-        if not isinstance(tool, dict):
-            raise MessageError(f"tool is a {type(tool).__name__}, not an object")
-        if tool.get("type", "function") != "function":
-            raise MessageError(f"unsupported tool type {tool.get('type')!r}")
         chat_form = isinstance(tool.get("function"), dict)
-        fn: dict[str, Any] = dict(tool["function"]) if chat_form else {"name": tool.get("name")}
-        if not isinstance(fn.get("name"), str) or not fn["name"]:
-            raise MessageError("a tool of the task has no name")
+        fn: dict[str, Any] = dict(tool["function"]) if chat_form else {"name": tool["name"]}
         if chat_form:
             out.append({"type": "function", "function": fn})
             continue

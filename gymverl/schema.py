@@ -265,6 +265,36 @@ def is_json_object_text(value: Any) -> bool:
         return False
 
 
+def tool_fault(tool: Any) -> str | None:
+    """Why one entry of a task's `tools` cannot be offered to a chat model, or None when it can.
+
+    gymverl renders tools with the model's chat template (`messages.chat_tools`), which knows function
+    tools only: a Responses-API one (`{"type": "function", "name": ...}`, `type` may be left out) or a
+    chat-completions one (`{"type": "function", "function": {"name": ...}}`), named by a non-empty
+    string. Other kinds (`web_search`, `mcp`, ...) and nameless tools cannot be rendered, and the
+    model could never call them; the rollout then teaches nothing true about its tools.
+    """
+    if not isinstance(tool, dict):
+        return f"is {_type_name(tool)}, not a tool object"
+    kind = tool.get("type", "function")
+    if kind != "function":
+        return f"has type {_short(kind)}: only function tools can be given to a chat model"
+    fn = tool.get("function")
+    name = fn.get("name") if isinstance(fn, dict) else tool.get("name")
+    if not isinstance(name, str) or not name:
+        return "has no name"
+    return None
+
+
+def tools_fault(tools: Any) -> str | None:
+    """The first `tool_fault` of a task's `tools` (a list, or None for none), with its place."""
+    for i, tool in enumerate(tools or ()):
+        fault = tool_fault(tool)
+        if fault is not None:
+            return f"'responses_create_params.tools[{i}]' {fault}"
+    return None
+
+
 def content_text(content: Any) -> str:
     """Concatenate the text parts of a Responses-API message `content` (string or parts list)."""
     if content is None:
@@ -522,8 +552,20 @@ _CHECKS = compile_checks()
 REQUIRED_KEYS: tuple[str, ...] = _CHECKS["REQUIRED_KEYS"]  # the keys every rollout line has
 ITEM_TYPES: frozenset[str] = _CHECKS["ITEM_TYPES"]
 MESSAGE_ROLES: frozenset[str] = _CHECKS["MESSAGE_ROLES"]
-check_record: Callable[[Any], None] = _CHECKS["check_record"]
-check_record.__doc__ = """Raise RecordError with a one-sentence reason when `obj` is not a usable rollout (`Rollout`)."""
+_check_rollout: Callable[[Any], None] = _CHECKS["check_record"]
+
+
+def check_record(obj: Any) -> None:
+    """Raise RecordError with a one-sentence reason when `obj` is not a usable rollout (`Rollout`,
+    and tools a chat model can be given: `tools_fault`, code "bad_tools")."""
+    _check_rollout(obj)
+    tools = obj["responses_create_params"].get("tools")
+    if tools:
+        fault = tools_fault(tools)
+        if fault is not None:
+            raise RecordError("bad_tools", fault)
+
+
 check_task: Callable[[Any], None] = _CHECKS["check_task"]
 check_task.__doc__ = """Raise RecordError unless `obj` is a valid NeMo Gym task (input row, `Task`): the part shared with rollouts."""
 check_items: Callable[[list[Any], str], None] = _CHECKS["check_items"]
@@ -559,6 +601,7 @@ class _Cache(dict):  # type: ignore[type-arg]
 
 _INPUTS = _Cache()
 _DIGESTS = _Cache()
+_TOOLS = _Cache()
 _INPUT_BY_TAIL = _Cache()  # last 64 bytes of a long prompt -> (its Raw, its facts)
 
 
@@ -594,6 +637,20 @@ def _input_facts_of(key: bytes) -> tuple[int, bool] | None:
     elif inp is not None and items_ok(inp):
         value = (sum(1 for item in inp if item.type == "function_call" and not is_json_object_text(item.arguments)), prompt_state(inp) is True)
     return _INPUTS.put(key, value)
+
+
+def _tools_ok(raw: Any) -> bool:
+    """True when the raw JSON `tools` of a task has no `tools_fault` (cached by the JSON: the
+    rollouts of a task, and often all tasks of an environment, share their tools)."""
+    key = bytes(raw)
+    ok = _TOOLS.get(key)
+    if ok is None:
+        try:
+            tools = orjson.loads(key)
+        except orjson.JSONDecodeError:
+            tools = None
+        ok = _TOOLS.put(key, (tools is None or type(tools) is list) and tools_fault(tools) is None)
+    return ok
 
 
 def prompt_digest(params: Any) -> str | None:
@@ -641,7 +698,7 @@ def rollout_facts(rec: Any, content: bool = True, inp: tuple[int, bool] | None =
     if inp is None:
         inp = _input_facts(params.input)
     tools = params.tools
-    if inp is None or (tools is not _RAW_MISSING and memoryview(tools)[0] not in _TOOLS_STARTS):
+    if inp is None or (tools is not _RAW_MISSING and (memoryview(tools)[0] not in _TOOLS_STARTS or (len(tools) > 2 and not _tools_ok(tools)))):
         return None
     response = rec.response
     output = response.output

@@ -168,12 +168,17 @@ def test_chat_tools(name, tools, expected):
 
 @pytest.mark.parametrize(
     "tools, message",
-    [([{"type": "web_search"}], "unsupported tool type 'web_search'"), (["f"], "tool is a str, not an object")],
+    [
+        ([{"type": "web_search"}], "'responses_create_params.tools[0]' has type 'web_search': only function tools can be given to a chat model"),
+        (["f"], "'responses_create_params.tools[0]' is string, not a tool object"),
+        ([{"type": "function", "name": "f"}, {"type": "function", "function": {"name": ""}}], "'responses_create_params.tools[1]' has no name"),
+    ],
 )
 def test_chat_tools_errors(tools, message):
     with pytest.raises(MessageError) as exc:
         chat_tools(tools)
     assert str(exc.value) == message
+    assert exc.value.code == "bad_tools"
 
 
 def _real_rollouts():

@@ -479,7 +479,7 @@ def test_shared_case_mcqa_rollouts_are_warned_about(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("fmt", ["sft", "dpo", "rl", "sft-grouped"])
-@pytest.mark.parametrize("tool", [{"type": "function", "parameters": {}}, {"type": "function", "function": {"name": "", "parameters": {}}}])
+@pytest.mark.parametrize("tool", [{"type": "function", "parameters": {}}, {"type": "function", "function": {"name": "", "parameters": {}}}, {"type": "web_search"}])
 def test_a_nameless_tool_is_rejected_in_every_format(tmp_path: Path, fmt: str, tool: dict) -> None:
     """rl rejected a prompt tool without a name (`bad_tools`); sft and dpo wrote it as `"name": null`,
     which no chat template can render and no model can call. The one tools converter now refuses it,
@@ -495,7 +495,7 @@ def test_a_nameless_tool_is_rejected_in_every_format(tmp_path: Path, fmt: str, t
     grouped = {"best_of_n": 4} if fmt == "sft-grouped" else {}
     s = convert(src, tmp_path / "o", ConvertOptions(fmt=fmt.split("-")[0], select=SelectOptions(drop_incomplete=False, **grouped)))
     bad_lines = [i + 1 for i, r in enumerate(rows) if r["_ng_task_index"] == bad_task]
-    rejected = [r for r in s.rejections if "has no name" in r["reason"]]
+    rejected = [r for r in s.rejections if r["code"] == "bad_tools" and ("has no name" in r["reason"] or "only function tools" in r["reason"])]
     assert rejected and {r["line"] for r in rejected} <= set(bad_lines), s.rejections
     # A line rejected while its row was built is not also `valid` (it was: 6 lines gave valid 6 + rejected 2).
     assert s.valid + s.rejected + s.blank == s.lines == len(rows), (s.valid, s.rejected, s.lines)

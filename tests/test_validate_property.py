@@ -574,3 +574,29 @@ def test_long_prompts_with_the_same_ending_keep_their_own_facts(workdir):
         both_ways(workdir, line + b"\n")
     fast = _FastRollouts()
     assert [fast(line)[5] for line in lines * 2] == [malformed_calls(orjson.loads(line)) for line in lines * 2] == [0, 1, 0, 1] * 2
+
+
+@pytest.mark.parametrize(
+    "tools, reason",
+    [
+        ([{"type": "function", "parameters": {}}], "'responses_create_params.tools[0]' has no name"),
+        ([{"type": "function", "name": "f"}, {"type": "function", "function": {"name": ""}}], "'responses_create_params.tools[1]' has no name"),
+        ([{"type": "web_search"}], "'responses_create_params.tools[0]' has type 'web_search': only function tools can be given to a chat model"),
+        (["get_weather"], "'responses_create_params.tools[0]' is string, not a tool object"),
+        ([{"type": "function", "name": "f"}, {"function": {"name": "g"}}], None),
+        ([], None),
+        (None, None),
+    ],
+)
+def test_validate_rejects_the_tools_to_parquet_cannot_convert(workdir, tools, reason):
+    """validate called a rollout with a nameless or non-function tool valid, then every to-parquet
+    format rejected it (`bad_tools`): "valid" must mean "converts". Both paths, the same verdict."""
+    rec = orjson.loads(GOOD)
+    rec["responses_create_params"]["tools"] = tools
+    data = orjson.dumps(rec) + b"\n"
+    both_ways(workdir, data)
+    s = validate_file(workdir / "both.jsonl")
+    if reason is None:
+        assert s.valid == 1, s.rejections
+    else:
+        assert s.valid == 0 and s.rejected == 1 and s.rejections[0]["code"] == "bad_tools" and s.rejections[0]["reason"] == reason, s.rejections
