@@ -142,7 +142,10 @@ class LineReader:
     def _physical(self) -> Iterator[Line]:
         max_line_bytes = self.max_line_bytes
         src = self.input
-        first = min(max_line_bytes + 1, READ_CHUNK)
+        # The limit is on a line's content: "\r\n" may follow it (+2), and one byte more tells a
+        # longer line (read no further: a huge line never sits in memory).
+        limit = max_line_bytes + 2
+        first = min(limit, READ_CHUNK)
         number = 0
         try:
             with src.open() as f:
@@ -158,16 +161,17 @@ class LineReader:
                         # A long line: read on in pieces, never more than the limit (+1 byte to know).
                         pieces = [chunk]
                         size = len(chunk)
-                        while size <= max_line_bytes:
-                            more = f.readline(min(READ_CHUNK, max_line_bytes + 1 - size))
+                        while size < limit:
+                            more = f.readline(min(READ_CHUNK, limit - size))
                             if not more:
                                 break
                             pieces.append(more)
                             size += len(more)
                             if more.endswith(b"\n"):
                                 break
-                        if size > max_line_bytes and not pieces[-1].endswith(b"\n"):
+                        if size >= limit and not pieces[-1].endswith(b"\n"):
                             kept = pieces[0][:RAW_KEEP_BYTES]
+                            last = pieces[-1][-1:]
                             del pieces, chunk
                             ended = False
                             while True:  # skip the rest of the line, 1 MB at a time
@@ -175,21 +179,29 @@ class LineReader:
                                 if not rest:
                                     break
                                 if rest.endswith(b"\n"):
-                                    size += len(rest) - 1
+                                    # its content: without the "\n", nor a "\r" before it
+                                    size += len(rest) - 1 - ((rest[-2:-1] or last) == b"\r")
                                     ended = True
                                     break
                                 size += len(rest)
+                                last = rest[-1:]
                             yield Line(number, kept, size, oversize=True, unterminated=not ended)
                             if not ended:
                                 return
                             continue
                         chunk = b"".join(pieces)
                         del pieces
-                    if chunk.endswith(b"\n"):
-                        yield Line(number, chunk[:-1].rstrip(b"\r"), len(chunk) - 1)
+                    ended = chunk.endswith(b"\n")
+                    data = chunk[:-1].rstrip(b"\r") if ended else chunk
+                    if len(data) > max_line_bytes:  # (at most 2 bytes over: the cases above stop sooner)
+                        yield Line(number, data[:RAW_KEEP_BYTES], len(data), oversize=True, unterminated=not ended)
+                    elif ended:
+                        yield Line(number, data, len(data))
                         continue
-                    yield Line(number, chunk, len(chunk), unterminated=True)
-                    return
+                    else:
+                        yield Line(number, data, len(data), unterminated=True)
+                    if not ended:
+                        return
         except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
             # Only compressed input gets here: a cut or corrupt .gz cannot be read past this point.
             raise InputError(f"{src.name}: corrupt or truncated gzip data after line {number} ({exc}).") from None
@@ -296,13 +308,20 @@ def _size(n: int) -> str:
     return f"{n} bytes"
 
 
+def _too_long(size: int, limit: int) -> str:
+    shown, cap = _size(size), _size(limit)
+    if shown == cap:  # "2 KB, over the 2 KB limit" says nothing: give the bytes
+        shown, cap = f"{size:,} bytes", f"{limit:,}-byte"
+    return f"line is {shown}, over the {cap} limit per line"
+
+
 def parse_line(line: Line, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Parsed:
     """Parse one line as JSON; failures carry a stable code and a one-sentence reason."""
     if line.oversize:
         return Parsed(
             line.number,
             code="line_too_long",
-            reason=f"line is {_size(line.size)}, over the {_size(max_line_bytes)} limit per line",
+            reason=_too_long(line.size, max_line_bytes),
             raw=line.data,
         )
     try:

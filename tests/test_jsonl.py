@@ -92,7 +92,7 @@ def test_oversize_line_is_rejected_and_the_next_line_still_read(tmp_path):
     out = parsed(tmp_path, b'{"a": 1}\n' + big + b'\n{"a": 3}\n', max_line_bytes=1000)
     assert [(p.number, p.code) for p in out] == [(1, None), (2, "line_too_long"), (3, None)]
     assert out[1].reason == "line is 5 KB, over the 1 KB limit per line"
-    assert out[1].raw == big[:1001]  # what was read before the limit was hit
+    assert out[1].raw == big[:1002]  # what was read before the limit was hit (room for "\r\n")
     assert out[2].obj == {"a": 3}
 
 
@@ -277,3 +277,20 @@ def test_multi_megabyte_line_read_in_pieces(tmp_path, limit_extra, code):
     assert [(p.number, p.code) for p in out] == [(1, code), (2, None)]
     if code is None:
         assert out[0].obj == {"x": "é" * 1_300_000}
+
+
+@pytest.mark.parametrize("end", [b"\n", b"\r\n", b""])
+@pytest.mark.parametrize("extra, code", [(0, None), (1, "line_too_long"), (2, "line_too_long")])
+def test_the_limit_is_on_the_content_whatever_the_line_end(tmp_path, end, extra, code):
+    """A 2,000-byte record ending in CRLF was rejected by --max-line-mb 0.002 while the same record
+    ending in LF passed (the "\\r" counted): the limit is on a line's content, "\\r\\n", "\\n" or none."""
+    record = b'{"a": "' + b"x" * (2000 + extra - 9) + b'"}'
+    assert len(record) == 2000 + extra
+    if end:
+        out = parsed(tmp_path, record + end + b'{"b": 2}' + end, max_line_bytes=2000)
+        assert [p.code for p in out] == [code, None]
+    else:  # the last line, unterminated
+        out = parsed(tmp_path, record, max_line_bytes=2000)
+        assert [p.code for p in out] == [code]
+    if code:
+        assert out[0].reason == f"line is {2000 + extra:,} bytes, over the 2,000-byte limit per line"
