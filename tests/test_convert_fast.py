@@ -23,6 +23,7 @@ from gymverl.formats import fast as fast_fmt
 from gymverl.formats import sft as sft_fmt
 from gymverl.formats import rl as rl_fmt
 from gymverl.select import SelectOptions
+from gymverl.sidecars import prompt_key
 
 from conftest import REPO, SAMPLE_DATA
 
@@ -322,11 +323,15 @@ def _mixed_file(path: Path) -> Path:
         for f in rng.sample(list(MUTATIONS.values()), 2):
             f(r)
         recs.append(r)
+    prompts = {r.get("_ng_task_index"): prompt_key(r) for r in base}
     for n, r in enumerate(recs[len(base) :], start=1000):
         # Copies are further repeats of their task: the same (task, repeat) twice is a repeated
-        # rollout, and a changed prompt under it another task (both checked in test_to_parquet).
+        # rollout (checked in test_to_parquet). A copy whose prompt changed is another task: under
+        # its old index, conversion stops (test_ng07_to_parquet), so it gets an index of its own.
         if "_ng_rollout_index" in r:
             r["_ng_rollout_index"] = n
+        if isinstance(r.get("_ng_task_index"), int) and prompts.get(r["_ng_task_index"]) != prompt_key(r):
+            r["_ng_task_index"] = n
     lines = [json.dumps(r, ensure_ascii=False).encode() for r in recs]
     lines[3:3] = [
         b"\xef\xbb\xbf" + lines[0],  # byte order mark mid-file

@@ -166,6 +166,47 @@ def test_concatenated_collections_with_different_prompts_under_one_index_are_ref
     assert res.exit_code == 2 and "different prompts" in res.output and "Traceback" not in res.output
 
 
+@pytest.mark.parametrize("rollout_index", ["distinct", "none"])
+@pytest.mark.parametrize("fmt, sel", [("rl", {}), ("dpo", {"pairs_per_task": 2}), ("sft", {"best_of_n": 1})])
+@pytest.mark.parametrize("path", ["fast", "exact", "2 workers"])
+def test_two_prompts_under_one_task_index_are_refused_whatever_the_rollout_indexes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rollout_index: str, fmt: str, sel: dict[str, Any], path: str
+) -> None:
+    """Only a repeated (task, rollout) pair used to compare prompts: with distinct rollout indexes
+    (or none), two prompts under task 0 were merged, silently. dpo paired "What is 2+2?" with the
+    answer "Rome"; rl wrote one row, the other prompt gone, its rollouts counted in n and pass_rate."""
+    rows = [rollout("What is 2+2?", 0, 0, 1.0, answer="4"), rollout("What is 2+2?", 0, 1, 0.0, answer="5"),
+            rollout("Capital of France?", 0, 2, 1.0, answer="Paris"), rollout("Capital of France?", 0, 3, 0.0, answer="Rome")]
+    if rollout_index == "none":
+        for r in rows:
+            r.pop("_ng_rollout_index")
+    src = tmp_path / "in.jsonl"
+    write_jsonl(src, rows)
+    if path == "exact":
+        from gymverl import records
+        from gymverl.formats import fast
+
+        monkeypatch.setattr(records, "_msgspec", None)
+        monkeypatch.setattr(fast, "msgspec", None)
+    opts = ConvertOptions(fmt=fmt, select=SelectOptions(**sel), workers=2 if path == "2 workers" else 1)
+    with pytest.raises(ConvertError, match="lines 1 and 3 are rollouts of task .*#0 but have different prompts"):
+        convert(src, tmp_path / "out", opts)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("fmt", ["rl", "dpo"])
+def test_one_prompt_written_two_ways_is_one_task(tmp_path: Path, fmt: str) -> None:
+    """The fingerprint is of the JSON as written: the same prompt with its keys in another order
+    (another collector version) is still one task, as the prompts compare equal."""
+    rows = [rollout("What is 2+2?", 0, r, float(r % 2), answer=str(r)) for r in range(4)]
+    for r in rows[2:]:
+        r["responses_create_params"]["input"] = [dict(reversed(list(item.items()))) for item in r["responses_create_params"]["input"]]
+    src = tmp_path / "in.jsonl"
+    write_jsonl(src, rows)
+    s = convert(src, tmp_path / "out", ConvertOptions(fmt=fmt, select=SelectOptions(pairs_per_task=2) if fmt == "dpo" else SelectOptions()))
+    assert s.tasks == 1 and sum(s.rows.values()) == (1 if fmt == "rl" else 2), s
+
+
 # ---- real 0.7.0 files --------------------------------------------------------------------------
 
 

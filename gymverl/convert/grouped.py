@@ -4,10 +4,12 @@ dedup): pass 1 spills selection facts by task key, pass 2 decides and writes one
 from __future__ import annotations
 
 import tempfile
+import zlib
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
 
+import msgspec
 import orjson
 
 from gymverl.formats import RowError
@@ -46,7 +48,7 @@ class _FastPass1:
             found = self.check(line.data)
             if found is not None:
                 self.hits += 1
-                (reward, key, _agent, incomplete, masked, malformed, empty, _no_prompt), ri = found
+                (reward, key, _agent, incomplete, masked, malformed, empty, _no_prompt), ri, params = found
             elif self.tried >= 1000 and self.hits * 2 < self.tried:
                 self.check = None
         if found is None:
@@ -54,13 +56,13 @@ class _FastPass1:
             if got is None:
                 return None
             reward, key, incomplete, masked, ri = got.reward, got.key, got.incomplete, got.masked, got.rollout_index
-            malformed, empty = got.malformed, got.empty
+            malformed, empty, params = got.malformed, got.empty, got.rec.responses_create_params
         sel = self.ctx.opts.select
         if self.ctx.opts.fmt == "rl":
             status = "masked" if masked and sel.drop_masked else None
         else:
             status = record_status(reward, incomplete, sel, masked, malformed, empty)
-        return MetaResult(key, line.number, reward, status, None, ri, line.data if status is None else b"")
+        return MetaResult(key, line.number, reward, status, None, ri, _PRINTS(key, params), line.data if status is None else b"")
 
 
 class _FastMeta(_FastRollouts):
@@ -76,7 +78,7 @@ class _FastMeta(_FastRollouts):
         # to the slower full decode (as it did when contents were left raw here).
         self.facts = facts
 
-    def __call__(self, data: bytes) -> tuple[tuple[float, str, str | None, bool, bool, int, bool, bool], int | None] | None:  # type: ignore[override]
+    def __call__(self, data: bytes) -> tuple[tuple[float, str, str | None, bool, bool, int, bool, bool], int | None, Any] | None:  # type: ignore[override]
         if data[:3] == b"\xef\xbb\xbf":  # simdjson skips a byte order mark, orjson rejects it
             return None
         try:
@@ -85,7 +87,7 @@ class _FastMeta(_FastRollouts):
         except Exception:  # noqa: BLE001 - any doubt goes to the exact path
             return None
         got = _fast_summary(rec, self.facts)
-        return None if got is None else (got, rec.rollout_index)
+        return None if got is None else (got, rec.rollout_index, rec.responses_create_params)
 
 
 def _pass1_result(ctx: _Ctx, c: Checked) -> LineResult:
@@ -107,7 +109,45 @@ def _pass1_result(ctx: _Ctx, c: Checked) -> LineResult:
     dk = dedup_key(rec) if sel.dedup and status is None else None
     ri = rec.get("_ng_rollout_index")
     ri = ri if isinstance(ri, int) and not isinstance(ri, bool) and ri >= 0 else None
-    return MetaResult(key, c.line, float(rec["reward"]), status, dk, ri, c.raw if status is None else b"")
+    return MetaResult(key, c.line, float(rec["reward"]), status, dk, ri, _PRINTS.of_record(rec), c.raw if status is None else b"")
+
+
+class _PromptPrints:
+    """A fingerprint of a rollout's prompt: CRC-32 of its raw `input`, `instructions` and `tools`.
+
+    Pass 1 spills it with the selection facts, so that pass 2 can tell when one task key holds two
+    prompts (collections each numbered from 0 and concatenated) without keeping any prompt. Equal
+    fingerprints are taken as one prompt; different ones are settled by comparing the prompts
+    (`_check_one_prompt`): the same prompt written two ways (another key order, a dict-path line)
+    differs here, not there. The last fingerprint of recent task keys is remembered with its
+    prompt, as a task's rollouts mostly arrive together: most lines then cost a memcmp, not a CRC.
+    """
+
+    def __init__(self, size: int = 512) -> None:
+        self._recent: dict[str, tuple[Any, Any, Any, int]] = {}
+        self.size = size
+
+    def __call__(self, key: str, params: Any) -> int:
+        """The fingerprint of a typed record's prompt (`schema.Params`, raw JSON values)."""
+        inp, ins, tools = params.input, params.instructions, params.tools
+        seen = self._recent.get(key)
+        if seen is not None and seen[0] == inp and seen[1] == ins and seen[2] == tools:
+            return seen[3]
+        crc = zlib.crc32(tools, zlib.crc32(ins, zlib.crc32(inp)))
+        if len(self._recent) >= self.size:
+            self._recent.clear()
+        # their own copies: never keep a line alive
+        self._recent[key] = (msgspec.Raw(bytes(inp)), msgspec.Raw(bytes(ins)), msgspec.Raw(bytes(tools)), crc)
+        return crc
+
+    @staticmethod
+    def of_record(rec: dict[str, Any]) -> int:
+        """The fingerprint of a plain record (the dict path): of its prompt as orjson writes it."""
+        rcp = rec.get("responses_create_params") or {}
+        return zlib.crc32(orjson.dumps([rcp.get("input"), rcp.get("instructions"), rcp.get("tools")]))
+
+
+_PRINTS = _PromptPrints()  # (per process: the workers of -j each hold their own)
 
 
 def _convert_grouped(ctx: _Ctx, lines: Iterator[LineResult], total: int | None) -> None:
@@ -150,6 +190,9 @@ def _convert_grouped(ctx: _Ctx, lines: Iterator[LineResult], total: int | None) 
 def _finish_partition(ctx: _Ctx, meta_path: Path, data_path: Path) -> None:
     s, sel, fmt = ctx.summary, ctx.opts.select, ctx.opts.fmt
     groups = _read_groups(meta_path)
+    mixed = [key for key, members in groups.items() if len({m.prompt for m in members}) > 1]
+    if mixed:
+        _check_one_prompt(ctx, groups, mixed, data_path)
     repeated = [key for key, members in groups.items() if _repeats_rollouts(members)]
     if repeated:
         _settle_repeats(ctx, groups, repeated, data_path)
@@ -202,6 +245,29 @@ def _finish_partition(ctx: _Ctx, meta_path: Path, data_path: Path) -> None:
             _emit_sft(ctx, key, split, what, raws)
         else:
             _emit_dpo(ctx, key, split, what, raws)
+
+
+def _check_one_prompt(ctx: _Ctx, groups: dict[str, list[Member]], keys: list[str], data_path: Path) -> None:
+    """Task keys whose rollouts' prompt fingerprints differ: the same prompt written two ways, or two tasks.
+
+    Two prompts under one task index are different tasks (collections each numbered from 0 and
+    concatenated): merging them would put one prompt's rollouts under the other (wrong pass rates,
+    a prompt dropped from rl, dpo pairs across prompts), so the conversion stops with one sentence.
+    Only rollouts still in the running are compared (a rollout a rule removed in pass 1 was not
+    kept, and makes no row).
+    """
+    kept = {key: [m for m in groups[key] if m.status is None] for key in keys}
+    raws = _read_slots(data_path, {m.slot for ms in kept.values() for m in ms})
+    for key, ms in kept.items():
+        first: dict[str, int] = {}
+        for m in sorted(ms, key=lambda m: m.line):
+            first.setdefault(prompt_key(orjson.loads(raws[m.slot])), m.line)
+        if len(first) > 1:
+            a, b = sorted(first.values())[:2]
+            raise ConvertError(
+                f"{ctx.summary.input}: lines {a} and {b} are rollouts of task {key} but have different prompts, "
+                "as when collections each numbered from 0 are concatenated; convert each collection on its own (or renumber _ng_task_index)."
+            )
 
 
 def _repeats_rollouts(members: list[Member]) -> bool:

@@ -36,7 +36,8 @@ class RowResult(NamedTuple):
 class MetaResult(NamedTuple):
     """Grouped pass 1: the selection facts of a valid rollout (spilled by `spill._Partitions`) and
     its raw line to spill (b"" once a rule removed it). `status` is the rule that removed it, if any;
-    `dedup` its dedup key (only with --dedup); `rollout` its `_ng_rollout_index` when usable."""
+    `dedup` its dedup key (only with --dedup); `rollout` its `_ng_rollout_index` when usable;
+    `prompt` a fingerprint of its prompt (equal prompts as written: equal fingerprints)."""
 
     key: str
     line: int
@@ -44,6 +45,7 @@ class MetaResult(NamedTuple):
     status: str | None
     dedup: str | None
     rollout: int | None
+    prompt: int | None
     raw: bytes
 
 

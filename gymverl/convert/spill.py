@@ -48,7 +48,7 @@ class _Partitions:
                 self._recent.clear()
             i = self._recent[key] = self.index(key)
         try:
-            self._meta[i].write(orjson.dumps([key, r.line, r.reward, r.status, r.dedup, r.rollout], option=orjson.OPT_APPEND_NEWLINE))
+            self._meta[i].write(orjson.dumps([key, r.line, r.reward, r.status, r.dedup, r.rollout, r.prompt], option=orjson.OPT_APPEND_NEWLINE))
             data = self._data[i]
             data.write(r.raw)
             data.write(b"\n")
@@ -97,6 +97,6 @@ def _read_groups(meta_path: Path) -> dict[str, list[Member]]:
     groups: dict[str, list[Member]] = {}
     with open(meta_path, "rb") as f:
         for slot, raw in enumerate(f):
-            key, line, reward, status, dk, ri = orjson.loads(raw)
-            groups.setdefault(key, []).append(Member(line, reward, status, dk, slot, ri))
+            key, line, reward, status, dk, ri, prompt = orjson.loads(raw)
+            groups.setdefault(key, []).append(Member(line, reward, status, dk, slot, ri, prompt))
     return groups
