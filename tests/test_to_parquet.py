@@ -9,6 +9,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
@@ -335,7 +336,7 @@ def test_worker_processes_give_the_same_result(tmp_path: Path, fmt: str, sel: di
 def test_single_file_output(tmp_path: Path, fmt: str) -> None:
     # Before: commit() renamed the temp file to out.parquet, then deleted it as a "stale" val file: exit 2.
     out = tmp_path / "out.parquet"
-    out.write_bytes(b"an older out.parquet")
+    pq.write_table(pa.table({"older": [1]}), out)  # an older out.parquet
     res = runner.invoke(app, ["to-parquet", str(ROLLOUTS), "-o", str(out), "-f", fmt, "--json"])
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
@@ -502,3 +503,18 @@ def test_a_nameless_tool_is_rejected_in_every_format(tmp_path: Path, fmt: str, t
     for path in s.files.get("train", []):
         for cell in pq.read_table(path).to_pydict().get("tools", []):
             assert cell is None or '"name":null' not in cell.replace(" ", ""), cell
+
+
+def test_a_parquet_output_never_replaces_a_file_that_is_not_parquet(tmp_path: Path) -> None:
+    """`to-parquet -o keep.parquet` replaced an existing text file of that name (exit 0); an earlier
+    Parquet output is still replaced (a re-run), and the refusal is one sentence, exit 2."""
+    out = tmp_path / "keep.parquet"
+    out.write_text("my notes\n")
+    res = runner.invoke(app, ["to-parquet", str(ROLLOUTS), "-f", "sft", "-o", str(out)])
+    assert res.exit_code == 2 and "is not a Parquet file" in res.output and "Traceback" not in res.output
+    assert out.read_text() == "my notes\n"
+    out.unlink()
+    for _ in range(2):  # written, then replaced by the re-run
+        res = runner.invoke(app, ["to-parquet", str(ROLLOUTS), "-f", "sft", "-o", str(out)])
+        assert res.exit_code == 0, res.output
+        assert pq.read_table(out).num_rows > 0

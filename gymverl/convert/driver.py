@@ -191,6 +191,8 @@ def convert(
         raise ConvertError(f"{out}: exists and is not a directory.")
     if out.suffix == ".parquet" and out.is_dir():
         raise ConvertError(f"{out}: is a directory; give a directory without the .parquet suffix or a file path.")
+    if out.suffix == ".parquet" and not opts.dry_run:
+        _refuse_foreign_parquet(out)
     if opts.select.max_tokens is not None and not opts.tokenizer:
         raise ConvertError("--max-tokens needs --tokenizer (a local Hugging Face tokenizer directory).")
     # Detection reads the first lines, conversion all of them: a pipe is spooled first.
@@ -339,3 +341,18 @@ def _fewer_gc_passes() -> Iterator[None]:
         yield
     finally:
         gc.set_threshold(*old)
+
+
+def _refuse_foreign_parquet(out: Path) -> None:
+    """A `.parquet` output replaces an earlier Parquet file (a re-run), never another file: `-o
+    notes.parquet` over a text file was replaced silently (rescore refuses such a slip too). An empty
+    file, a link to a Parquet file and a stream (refused later, by name) pass here."""
+    try:
+        if not out.is_file() or out.stat().st_size == 0:
+            return
+        with open(out, "rb") as f:
+            if f.read(4) == b"PAR1":
+                return
+    except OSError:
+        return  # unreadable: the write itself says why
+    raise ConvertError(f"{out} already exists and is not a Parquet file; choose another --output or remove it.")
