@@ -191,8 +191,6 @@ def convert(
         raise ConvertError(f"{out}: exists and is not a directory.")
     if out.suffix == ".parquet" and out.is_dir():
         raise ConvertError(f"{out}: is a directory; give a directory without the .parquet suffix or a file path.")
-    if out.suffix == ".parquet" and not opts.dry_run:
-        _refuse_foreign_parquet(out)
     if opts.select.max_tokens is not None and not opts.tokenizer:
         raise ConvertError("--max-tokens needs --tokenizer (a local Hugging Face tokenizer directory).")
     # Detection reads the first lines, conversion all of them: a pipe is spooled first.
@@ -235,6 +233,8 @@ def convert(
     # No output may be an input (same path, symlink or hard link): refused before anything is written.
     splits = SPLITS if sel.val_fraction > 0 else ("train",)
     check_outputs([] if opts.dry_run else sink.planned_outputs(splits), inputs, streams=[opts.rejects_path])
+    if out.suffix == ".parquet" and not opts.dry_run:
+        _refuse_foreign_parquet(out)
     if opts.rejects_path:
         refuse_foreign_rejects(Path(opts.rejects_path))  # (RejectsWriter checks again; here nothing is made yet)
     if sel.max_tokens is None or not opts.tokenizer:
