@@ -423,3 +423,11 @@ def test_real_blackjack_rewards_minus_one_to_one(fixture_files: list[Path]) -> N
     assert o["reward"]["min"] == min(rewards) == -1.0
     assert o["correct"] == rewards.count(1.0)  # only wins count at the default threshold
     assert compute_stats(path, threshold=0.0).to_dict()["overall"]["correct"] == sum(1 for r in rewards if r >= 0)
+
+
+def test_grouping_by_a_field_no_rollout_has_says_so() -> None:
+    """`stats --group-by nosuchfield` gave one group, `"groups": []` and no warning: a misspelt
+    field went unnoticed."""
+    warned = compute_stats(ROLLOUTS, group_by="nosuchfield").to_dict()["warnings"]
+    assert "no rollout (nor its task row) has a field 'nosuchfield': every rollout is in the group (missing)." in warned
+    assert not any("has a field" in w for w in compute_stats(ROLLOUTS, group_by="expected_answer").to_dict()["warnings"])

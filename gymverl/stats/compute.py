@@ -435,6 +435,9 @@ class RolloutStats(Rejections):
                 "concatenated?): they are reported as separate tasks, KEY@PROMPTHASH."
             )
         assert self.overall is not None
+        if self.group_by not in (GROUP_BY_AGENT, GROUP_BY_NONE) and list(self.groups) == ["(missing)"]:
+            # A misspelt field name would otherwise give one group and no word about it.
+            out.append(f"no rollout (nor its task row) has a field '{self.group_by}': every rollout is in the group (missing).")
         if self.overall.masked:
             out.append(f"{self.overall.masked} masked rollouts (mask_sample: true) are left out of every mean, pass rate and pass@k.")
         w = self.collection.warning() if self.collection is not None else None
