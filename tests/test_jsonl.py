@@ -294,3 +294,21 @@ def test_the_limit_is_on_the_content_whatever_the_line_end(tmp_path, end, extra,
         assert [p.code for p in out] == [code]
     if code:
         assert out[0].reason == f"line is {2000 + extra:,} bytes, over the 2,000-byte limit per line"
+
+
+@pytest.mark.parametrize(
+    "value, where",
+    [(b"158456325028528675187087900672", "'expected_answer'"), (b"18446744073709551616", "'expected_answer'"),
+     (b"-9223372036854775809", "'expected_answer'"), (b'[1, {"x": 100000000000000000000000}]', "'expected_answer[1].x'")],
+)
+def test_an_integer_beyond_64_bits_is_rejected_not_rounded(tmp_path, value, where):
+    """orjson reads an integer beyond 64 bits as a float, silently: an expected answer of 2**97 was
+    written to the rl rows and sent to the verifier as 1.5845632502852868e+29."""
+    line = b'{"expected_answer": ' + value + b', "id": "12345678901234567890123"}'
+    (p,) = parsed(tmp_path, line + b"\n")
+    assert p.code == "integer_too_large" and p.reason.startswith(f"{where} is "), p.reason
+    assert "an integer beyond 64 bits" in p.reason and p.reason.endswith("write it as a string")
+    # the largest 64-bit values, and long digit runs in strings or decimals, are read as they are
+    for fine in (b"18446744073709551615", b"-9223372036854775808", b'"158456325028528675187087900672"', b"1584563250285286751870.5"):
+        (p,) = parsed(tmp_path, b'{"expected_answer": ' + fine + b"}\n")
+        assert p.code is None and p.obj["expected_answer"] == orjson.loads(fine)

@@ -467,8 +467,10 @@ def test_task_index_beyond_64_bits_same_verdict_on_both_paths(tmp_path, monkeypa
     else:
         assert (s.valid, s.rejected) == (0, 1)
         assert s.first_rejections[0]["line"] == 1
-        assert s.first_rejections[0]["code"] == "wrong_type"
-        assert "'_ng_task_index' must be a non-negative integer" in s.first_rejections[0]["reason"]
+        # (it was `wrong_type`, "must be a non-negative integer, got 1.8446744073709552e+19": the
+        # float orjson made of it; the reason now names the integer the file holds)
+        assert s.first_rejections[0]["code"] == "integer_too_large"
+        assert s.first_rejections[0]["reason"].startswith(f"'_ng_task_index' is {value}, an integer beyond 64 bits")
 
 
 def test_nemo_gym_bookkeeping_keys_are_never_task_fields():

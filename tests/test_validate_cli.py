@@ -86,7 +86,7 @@ def test_rejects_raw_is_cut_at_64kb(tmp_path):
     (row,) = [orjson.loads(x) for x in rejects.read_bytes().splitlines()]
     assert row["code"] == "line_too_long"
     assert row["reason"] == "line is 100 KB, over the 50 KB limit per line"  # 100,041 bytes
-    assert row["raw"] == bad[:50_001].decode() and row["raw_truncated"] is True
+    assert row["raw"] == bad[:50_002].decode() and row["raw_truncated"] is True  # read up to the limit + "\r\n"
     r2 = invoke(src, "--rejects", rejects)  # under the default limit: a whole-line reject, raw cut at 64 KB
     assert r2.exit_code == 1
     (row,) = [orjson.loads(x) for x in rejects.read_bytes().splitlines()]
