@@ -602,6 +602,7 @@ class _Cache(dict):  # type: ignore[type-arg]
 _INPUTS = _Cache()
 _DIGESTS = _Cache()
 _TOOLS = _Cache()
+_TOOLS_BY_LEN = _Cache()
 _INPUT_BY_TAIL = _Cache()  # last 64 bytes of a long prompt -> (its Raw, its facts)
 
 
@@ -642,6 +643,11 @@ def _input_facts_of(key: bytes) -> tuple[int, bool] | None:
 def _tools_ok(raw: Any) -> bool:
     """True when the raw JSON `tools` of a task has no `tools_fault` (cached by the JSON: the
     rollouts of a task, and often all tasks of an environment, share their tools)."""
+    # First by length, compared whole (a memcmp): an environment gives every task the same tools,
+    # so this skips copying and hashing them on nearly every line.
+    seen = _TOOLS_BY_LEN.get(len(raw))
+    if seen is not None and seen[0] == raw:
+        return seen[1]
     key = bytes(raw)
     ok = _TOOLS.get(key)
     if ok is None:
@@ -650,6 +656,7 @@ def _tools_ok(raw: Any) -> bool:
         except orjson.JSONDecodeError:
             tools = None
         ok = _TOOLS.put(key, (tools is None or type(tools) is list) and tools_fault(tools) is None)
+    _TOOLS_BY_LEN.put(len(key), (msgspec.Raw(key), ok))
     return ok
 
 
