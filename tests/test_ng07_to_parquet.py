@@ -249,3 +249,26 @@ def test_a_field_only_some_tasks_have_is_no_warning_when_every_row_joins(tmp_pat
     src = write_jsonl(tmp_path / "r.jsonl", [rollout("q one", 0, 0, 1.0), rollout("q two", 1, 0, 0.0)])
     s = convert(src, tmp_path / "o", ConvertOptions(fmt="rl", strict=True))
     assert s.joined == 2 and s.rows_missing_fields == 0 and not s.warnings
+
+
+@pytest.mark.parametrize("fmt, sel, kept_lines", [("dpo", {}, [2, 3]), ("sft", {"best_of_n": 1}, [2])])
+def test_a_chosen_rollout_whose_row_fails_gives_way_to_the_next(tmp_path: Path, fmt: str, sel: dict[str, Any], kept_lines: list[int]) -> None:
+    """Selection ran before rows were built: the best rollout's row failed (a file part it cannot
+    carry), so dpo wrote no pair (the others called `unpaired`, falsely: they pair) and best-of-n 1
+    wrote nothing (the next best called `best_of_n`). Rows are now chosen among those that build."""
+    rows = [rollout("Sky colour?", 0, 0, 1.0, answer="blue!"), rollout("Sky colour?", 0, 1, 0.5, answer="blue"),
+            rollout("Sky colour?", 0, 2, 0.0, answer="I don't know")]
+    rows[0]["response"]["output"][0]["content"].append({"type": "input_file", "file_id": "f1"})
+    src = tmp_path / "in.jsonl"
+    write_jsonl(src, rows)
+    for workers in (1, 2):
+        s = convert(src, tmp_path / f"out{workers}", ConvertOptions(fmt=fmt, select=SelectOptions(**sel), workers=workers))
+        assert [r["line"] for r in s.rejections] == [1] and s.rejections[0]["code"] == "unsupported_content", s.rejections
+        assert sum(s.rows.values()) == 1 and s.kept_lines == len(kept_lines), s
+        assert dict(s.filtered) == ({} if fmt == "dpo" else {"best_of_n": 1}) and not s.tasks_dropped, (s.filtered, s.tasks_dropped)
+        assert s.valid + s.rejected + s.blank == s.lines == 3
+        (row,) = _rows(tmp_path / f"out{workers}")
+        if fmt == "dpo":
+            assert (row["extra_info"]["chosen_line"], row["extra_info"]["rejected_line"]) == (2, 3), row["extra_info"]
+        else:
+            assert json.loads(row["messages"])[-1]["content"] == "blue"

@@ -7,7 +7,7 @@ import tempfile
 import zlib
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import msgspec
 import orjson
@@ -197,7 +197,8 @@ def _finish_partition(ctx: _Ctx, meta_path: Path, data_path: Path) -> None:
     if repeated:
         _settle_repeats(ctx, groups, repeated, data_path)
     # Decide every task first, then read back only the rollouts that become rows.
-    plan: list[tuple[str, str, Any]] = []  # (task key, split, what to build)
+    plan: list[tuple[str, str, Any]] = []  # rl: (task key, split, (measured rollouts, statistics))
+    pending: list[tuple[str, str, list[Member], list[str | None]]] = []  # sft/dpo: (task key, split, rollouts, pass-1 statuses)
     needed: set[int] = set()
     for key, members in groups.items():
         s.tasks = (s.tasks or 0) + 1
@@ -221,30 +222,46 @@ def _finish_partition(ctx: _Ctx, meta_path: Path, data_path: Path) -> None:
             plan.append((key, split, (measured, stats)))
             needed.add(measured[0].slot)
             continue
-        select_task(members, sel)
-        if fmt == "sft":
-            kept = [m for m in members if m.status is None]
-            what: Any = kept
-            needed.update(m.slot for m in kept)
-        else:
-            what = pair_task(members, sel)
-            needed.update(m.slot for p in what for m in p)
-        for m in members:
-            if m.status is not None:
-                s.filtered[m.status] += 1
-        if what:
-            plan.append((key, split, what))
-        else:
-            s.tasks_dropped[_drop_reason(members)] += 1
+        pending.append((key, split, members, [m.status for m in members]))
     raws = _read_slots(data_path, needed)
-    for key, split, what in plan:
-        if fmt == "rl":
-            members, stats = what
-            _emit_rl(ctx, key, split, members, stats, raws[members[0].slot])
-        elif fmt == "sft":
-            _emit_sft(ctx, key, split, what, raws)
-        else:
-            _emit_dpo(ctx, key, split, what, raws)
+    for key, split, (members, stats) in plan:
+        _emit_rl(ctx, key, split, members, stats, raws[members[0].slot])
+    # sft / dpo: rows are chosen among the rollouts whose rows can be built. A chosen rollout whose
+    # row fails (rejected with its reason) leaves its task, and the task is chosen again without
+    # it: a broken best rollout gives way to the next, a broken pair side to another pair, as if
+    # pass 1 had rejected the line. Nothing of a task is written or counted until it settles.
+    raws = {}
+    while pending:
+        chosen = []
+        needed = set()
+        for key, split, members, before in pending:
+            for m, status in zip(members, before):
+                m.status = status  # pass 1's verdicts; selection starts again from them
+            select_task(members, sel)
+            what: Any = [m for m in members if m.status is None] if fmt == "sft" else pair_task(members, sel)
+            needed.update(m.slot for m in (what if fmt == "sft" else [m for p in what for m in p]))
+            chosen.append((key, split, members, before, what))
+        raws.update(_read_slots(data_path, needed - raws.keys()))
+        pending = []
+        for key, split, members, before, what in chosen:
+            built = _build_sft(ctx, key, what, raws) if fmt == "sft" else _build_dpo(ctx, key, what, raws)
+            if built.failed:
+                gone = {id(m) for m in built.failed}
+                left = [(m, status) for m, status in zip(members, before) if id(m) not in gone]
+                pending.append((key, split, [m for m, _ in left], [status for _, status in left]))
+                continue
+            for m in members:
+                if m.status is not None:
+                    s.filtered[m.status] += 1
+            for status in built.filtered:
+                s.filtered[status] += 1
+            for row in built.rows:
+                ctx.sink.add(split, row)
+            s.kept_lines += built.kept
+            if built.rows:
+                s.tasks_by_split[split] += 1
+            elif not what:
+                s.tasks_dropped[_drop_reason(members)] += 1
 
 
 def _check_one_prompt(ctx: _Ctx, groups: dict[str, list[Member]], keys: list[str], data_path: Path) -> None:
@@ -367,9 +384,21 @@ def _emit_rl(ctx: _Ctx, key: str, split: str, members: list[Member], stats: tupl
     ctx.sink.add(split, row)
 
 
-def _emit_sft(ctx: _Ctx, key: str, split: str, kept: list[Member], raws: dict[int, bytes]) -> None:
-    s = ctx.summary
-    wrote = False
+class _Built(NamedTuple):
+    """A task's sft/dpo rows, built before any is written: `failed` are the chosen rollouts whose row
+    could not be built (already rejected with their reason); `filtered` the rules rows met while
+    being built (--max-tokens); `kept` the rollouts the rows hold."""
+
+    rows: list[dict[str, Any]]
+    kept: int
+    filtered: list[str]
+    failed: list[Member]
+
+
+def _build_sft(ctx: _Ctx, key: str, kept: list[Member], raws: dict[int, bytes]) -> _Built:
+    rows: list[dict[str, Any]] = []
+    filtered: list[str] = []
+    failed: list[Member] = []
     reader = ctx.fast_reader()
     for m in kept:
         raw = raws[m.slot]
@@ -377,28 +406,24 @@ def _emit_sft(ctx: _Ctx, key: str, split: str, kept: list[Member], raws: dict[in
             got = reader.decode(raw, validated=True)  # pass 1 validated the line
             row = _fast_sft_row(ctx, reader, got, m.line) if got is not None and got.key == key else None
             if row is not None:
-                s.kept_lines += 1
-                ctx.sink.add(split, row)
-                wrote = True
+                rows.append(row)
                 continue
         try:
             row, status = _sft_build(ctx, orjson.loads(raw), m.line, key)
         except RowError as exc:
             ctx.reject(m.line, exc.code, exc.reason, raw)
+            failed.append(m)
             continue
         if row is None:
-            s.filtered[status or "max_tokens"] += 1
+            filtered.append(status or "max_tokens")
             continue
-        s.kept_lines += 1
-        ctx.sink.add(split, row)
-        wrote = True
-    if wrote:
-        s.tasks_by_split[split] += 1
+        rows.append(row)
+    return _Built(rows, len(rows), filtered, failed)
 
 
-def _emit_dpo(ctx: _Ctx, key: str, split: str, pairs: list[tuple[Member, Member]], raws: dict[int, bytes]) -> None:
-    s = ctx.summary
-    wrote = False
+def _build_dpo(ctx: _Ctx, key: str, pairs: list[tuple[Member, Member]], raws: dict[int, bytes]) -> _Built:
+    rows: list[dict[str, Any]] = []
+    failed: list[Member] = []
     for chosen, rejected in pairs:
         sides: list[dict[str, Any] | None] = []
         for m in (chosen, rejected):
@@ -407,15 +432,12 @@ def _emit_dpo(ctx: _Ctx, key: str, split: str, pairs: list[tuple[Member, Member]
                 sides.append(_dpo_build(ctx, orjson.loads(raw)))
             except RowError as exc:
                 ctx.reject(m.line, exc.code, exc.reason, raw)
+                failed.append(m)
                 sides.append(None)
         c, r = sides
         if c is None or r is None:
-            # The usable half of a broken pair has nobody left to pair with.
-            s.filtered["unpaired"] += int(c is not None) + int(r is not None)
             continue
-        s.kept_lines += 2
-        ctx.sink.add(
-            split,
+        rows.append(
             dpo_fmt.dpo_row(
                 c,
                 r,
@@ -425,11 +447,9 @@ def _emit_dpo(ctx: _Ctx, key: str, split: str, pairs: list[tuple[Member, Member]
                 task_key=key,
                 chosen_line=chosen.line,
                 rejected_line=rejected.line,
-            ),
+            )
         )
-        wrote = True
-    if wrote:
-        s.tasks_by_split[split] += 1
+    return _Built(rows, 2 * len(rows), [], failed)
 
 
 def _drop_reason(members: list[Member]) -> str:
