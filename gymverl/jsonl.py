@@ -366,7 +366,9 @@ def _big_int_reason(data: bytes) -> str | None:
     where, text = found
     what = f"'{where}'" if where else "the line"
     shown = text if len(text) <= 40 else text[:36] + "..."
-    return f"{what} is {shown}, an integer beyond 64 bits that would be read as {float(text)!r}; write it as a string"
+    said = f"{what} is {shown}, an integer beyond 64 bits that would be read as {float(text)!r}"
+    # NeMo Gym's own numbers (reward, _ng_* indexes) must stay numbers: no advice to quote them.
+    return said if where == "reward" or where.startswith("_ng_") else said + "; write it as a string"
 
 
 def read_jsonl(source: InputSource | LineReader, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[Parsed]:

@@ -278,7 +278,7 @@ def tool_fault(tool: Any) -> str | None:
         return f"is {_type_name(tool)}, not a tool object"
     kind = tool.get("type", "function")
     if kind != "function":
-        return f"has type {_short(kind)}: only function tools can be given to a chat model"
+        return f"has type {'null' if kind is None else _short(kind)}: only function tools can be given to a chat model"
     fn = tool.get("function")
     name = fn.get("name") if isinstance(fn, dict) else tool.get("name")
     if not isinstance(name, str) or not name:

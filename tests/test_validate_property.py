@@ -583,6 +583,7 @@ def test_long_prompts_with_the_same_ending_keep_their_own_facts(workdir):
         ([{"type": "function", "name": "f"}, {"type": "function", "function": {"name": ""}}], "'responses_create_params.tools[1]' has no name"),
         ([{"type": "web_search"}], "'responses_create_params.tools[0]' has type 'web_search': only function tools can be given to a chat model"),
         (["get_weather"], "'responses_create_params.tools[0]' is string, not a tool object"),
+        ([{"type": None, "name": "f"}], "'responses_create_params.tools[0]' has type null: only function tools can be given to a chat model"),
         ([{"type": "function", "name": "f"}, {"function": {"name": "g"}}], None),
         ([], None),
         (None, None),
