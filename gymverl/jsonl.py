@@ -171,7 +171,6 @@ class LineReader:
                                 break
                         if size >= limit and not pieces[-1].endswith(b"\n"):
                             kept = pieces[0][:RAW_KEEP_BYTES]
-                            last = pieces[-1][-1:]
                             del pieces, chunk
                             ended = False
                             while True:  # skip the rest of the line, 1 MB at a time
@@ -179,12 +178,10 @@ class LineReader:
                                 if not rest:
                                     break
                                 if rest.endswith(b"\n"):
-                                    # its content: without the "\n", nor a "\r" before it
-                                    size += len(rest) - 1 - ((rest[-2:-1] or last) == b"\r")
+                                    size += len(rest) - 1
                                     ended = True
                                     break
                                 size += len(rest)
-                                last = rest[-1:]
                             yield Line(number, kept, size, oversize=True, unterminated=not ended)
                             if not ended:
                                 return
@@ -193,13 +190,16 @@ class LineReader:
                         del pieces
                     ended = chunk.endswith(b"\n")
                     data = chunk[:-1].rstrip(b"\r") if ended else chunk
+                    # `size` stays the bytes on disk but the "\n" (readers add it up to file offsets);
+                    # the limit is on the content.
+                    size = len(chunk) - ended
                     if len(data) > max_line_bytes:  # (at most 2 bytes over: the cases above stop sooner)
-                        yield Line(number, data[:RAW_KEEP_BYTES], len(data), oversize=True, unterminated=not ended)
+                        yield Line(number, data[:RAW_KEEP_BYTES], size, oversize=True, unterminated=not ended)
                     elif ended:
-                        yield Line(number, data, len(data))
+                        yield Line(number, data, size)
                         continue
                     else:
-                        yield Line(number, data, len(data), unterminated=True)
+                        yield Line(number, data, size, unterminated=True)
                     if not ended:
                         return
         except (EOFError, zlib.error, gzip.BadGzipFile) as exc:

@@ -169,12 +169,14 @@ def test_concatenated_collections_with_different_prompts_under_one_index_are_ref
 @pytest.mark.parametrize("rollout_index", ["distinct", "none"])
 @pytest.mark.parametrize("fmt, sel", [("rl", {}), ("dpo", {"pairs_per_task": 2}), ("sft", {"best_of_n": 1})])
 @pytest.mark.parametrize("path", ["fast", "exact", "2 workers"])
-def test_two_prompts_under_one_task_index_are_refused_whatever_the_rollout_indexes(
+def test_two_prompts_under_one_task_index_are_named_whatever_the_rollout_indexes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rollout_index: str, fmt: str, sel: dict[str, Any], path: str
 ) -> None:
     """Only a repeated (task, rollout) pair used to compare prompts: with distinct rollout indexes
-    (or none), two prompts under task 0 were merged, silently. dpo paired "What is 2+2?" with the
-    answer "Rome"; rl wrote one row, the other prompt gone, its rollouts counted in n and pass_rate."""
+    (or none), two prompts under task 0 were merged without a word. dpo paired "What is 2+2?" with
+    the answer "Rome"; rl wrote one row, the other prompt gone, its rollouts counted in n and
+    pass_rate. Such tasks are now named in a warning. (Not refused: NeMo Gym's blackjack deals
+    each rollout its own hand, in its prompt; see test_verl_load's blackjack fixture.)"""
     rows = [rollout("What is 2+2?", 0, 0, 1.0, answer="4"), rollout("What is 2+2?", 0, 1, 0.0, answer="5"),
             rollout("Capital of France?", 0, 2, 1.0, answer="Paris"), rollout("Capital of France?", 0, 3, 0.0, answer="Rome")]
     if rollout_index == "none":
@@ -189,9 +191,11 @@ def test_two_prompts_under_one_task_index_are_refused_whatever_the_rollout_index
         monkeypatch.setattr(records, "_msgspec", None)
         monkeypatch.setattr(fast, "msgspec", None)
     opts = ConvertOptions(fmt=fmt, select=SelectOptions(**sel), workers=2 if path == "2 workers" else 1)
-    with pytest.raises(ConvertError, match="lines 1 and 3 are rollouts of task .*#0 but have different prompts"):
-        convert(src, tmp_path / "out", opts)
-    assert not (tmp_path / "out").exists()
+    s = convert(src, tmp_path / "out", opts)
+    warned = [w for w in s.warnings if "different prompts" in w]
+    assert len(warned) == 1 and warned[0].startswith("1 task holds rollouts with different prompts (")
+    assert "#0 (lines 1 and 3)):" in warned[0], warned[0]
+    assert s.mixed_prompt_tasks == 1 and s.accounted == s.lines == 4
 
 
 @pytest.mark.parametrize("fmt", ["rl", "dpo"])
@@ -205,6 +209,7 @@ def test_one_prompt_written_two_ways_is_one_task(tmp_path: Path, fmt: str) -> No
     write_jsonl(src, rows)
     s = convert(src, tmp_path / "out", ConvertOptions(fmt=fmt, select=SelectOptions(pairs_per_task=2) if fmt == "dpo" else SelectOptions()))
     assert s.tasks == 1 and sum(s.rows.values()) == (1 if fmt == "rl" else 2), s
+    assert s.mixed_prompt_tasks == 0 and not [w for w in s.warnings if "different prompts" in w]
 
 
 # ---- real 0.7.0 files --------------------------------------------------------------------------

@@ -275,6 +275,15 @@ def convert(
             with contextlib.suppress(OSError):
                 out.rmdir()
     summary.warnings.extend(sink.warnings)
+    if summary.mixed_prompt_tasks:
+        n = summary.mixed_prompt_tasks
+        summary.warnings.append(
+            f"{n} task{'s hold' if n != 1 else ' holds'} rollouts with different prompts ({', '.join(summary.mixed_prompt_examples)}"
+            f"{', ...' if n > len(summary.mixed_prompt_examples) else ''}): "
+            + ("each rl row keeps its task's first prompt" if opts.fmt == "rl" else "pairs and --best-of-n choose across them")
+            + ". An environment that deals each rollout its own start (blackjack) writes them so; "
+            "collections each numbered from 0 and concatenated do too: convert each collection on its own."
+        )
     summary.rows = Counter(sink.counts)
     summary.image_rows, summary.images = sink.image_rows, sink.images
     if arguments_guessed and sink.tool_rows:

@@ -116,7 +116,8 @@ class _PromptPrints:
     """A fingerprint of a rollout's prompt: CRC-32 of its raw `input`, `instructions` and `tools`.
 
     Pass 1 spills it with the selection facts, so that pass 2 can tell when one task key holds two
-    prompts (collections each numbered from 0 and concatenated) without keeping any prompt. Equal
+    prompts (an environment dealing each rollout its own start; concatenated collections) without
+    keeping any prompt. Equal
     fingerprints are taken as one prompt; different ones are settled by comparing the prompts
     (`_check_one_prompt`): the same prompt written two ways (another key order, a dict-path line)
     differs here, not there. The last fingerprint of recent task keys is remembered with its
@@ -265,13 +266,13 @@ def _finish_partition(ctx: _Ctx, meta_path: Path, data_path: Path) -> None:
 
 
 def _check_one_prompt(ctx: _Ctx, groups: dict[str, list[Member]], keys: list[str], data_path: Path) -> None:
-    """Task keys whose rollouts' prompt fingerprints differ: the same prompt written two ways, or two tasks.
+    """Task keys whose rollouts' prompt fingerprints differ: the same prompt written two ways, or not.
 
-    Two prompts under one task index are different tasks (collections each numbered from 0 and
-    concatenated): merging them would put one prompt's rollouts under the other (wrong pass rates,
-    a prompt dropped from rl, dpo pairs across prompts), so the conversion stops with one sentence.
-    Only rollouts still in the running are compared (a rollout a rule removed in pass 1 was not
-    kept, and makes no row).
+    Different prompts under one task index are counted for a warning, never merged silently: an
+    environment that deals each rollout its own start (NeMo Gym's blackjack: each rollout's hand is in
+    its prompt) writes them so, and so do collections each numbered from 0 and concatenated without
+    rollout indexes that repeat (those that repeat stop the conversion: `_settle_repeats`). Only
+    rollouts still in the running are compared (a rollout a rule removed in pass 1 makes no row).
     """
     kept = {key: [m for m in groups[key] if m.status is None] for key in keys}
     raws = _read_slots(data_path, {m.slot for ms in kept.values() for m in ms})
@@ -281,10 +282,10 @@ def _check_one_prompt(ctx: _Ctx, groups: dict[str, list[Member]], keys: list[str
             first.setdefault(prompt_key(orjson.loads(raws[m.slot])), m.line)
         if len(first) > 1:
             a, b = sorted(first.values())[:2]
-            raise ConvertError(
-                f"{ctx.summary.input}: lines {a} and {b} are rollouts of task {key} but have different prompts, "
-                "as when collections each numbered from 0 are concatenated; convert each collection on its own (or renumber _ng_task_index)."
-            )
+            s = ctx.summary
+            s.mixed_prompt_tasks += 1
+            if len(s.mixed_prompt_examples) < 3:
+                s.mixed_prompt_examples.append(f"{key} (lines {a} and {b})")
 
 
 def _repeats_rollouts(members: list[Member]) -> bool:

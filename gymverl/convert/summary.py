@@ -43,6 +43,8 @@ class ConvertSummary(Rejections):
     # fields they carry: checked against the fields the agent's verifier takes (convert.driver).
     unjoined_by_agent: Counter[str | None] = field(default_factory=Counter)
     unjoined_fields: dict[str | None, Counter[str]] = field(default_factory=dict)
+    mixed_prompt_tasks: int = 0  # task keys whose rollouts hold different prompts (`grouped._check_one_prompt`)
+    mixed_prompt_examples: list[str] = field(default_factory=list)  # the first few: "KEY (lines A and B)"
     repeats_merged: int = 0  # materialized-input lines that repeat a task already written
     image_rows: int = 0  # rows that carry images (the `images` column)
     images: int = 0  # images in those rows
