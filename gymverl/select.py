@@ -151,7 +151,7 @@ class Member:
     dedup: str | None = None
     slot: int = -1  # where the converter keeps this rollout's row payload
     rollout: int | None = None  # `_ng_rollout_index`, when recorded
-    prompt: int | None = None  # a fingerprint of its prompt (`convert.grouped._PromptPrints`): differs, the prompts may
+    prompt: int | None = None  # a fingerprint of its prompt (`convert.grouped._PromptPrints`): equal prompts, equal prints
 
 
 def task_status(members: Iterable[Member], opts: SelectOptions) -> str | None:

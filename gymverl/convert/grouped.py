@@ -258,7 +258,7 @@ def _finish_partition(ctx: _Ctx, meta_path: Path, data_path: Path) -> None:
                 s.filtered[status] += 1
             for row in built.rows:
                 ctx.sink.add(split, row)
-            s.kept_lines += built.kept
+            s.kept_lines += len(built.rows) * (1 if fmt == "sft" else 2)  # a dpo row holds two rollouts
             if built.rows:
                 s.tasks_by_split[split] += 1
             elif not what:
@@ -388,10 +388,9 @@ def _emit_rl(ctx: _Ctx, key: str, split: str, members: list[Member], stats: tupl
 class _Built(NamedTuple):
     """A task's sft/dpo rows, built before any is written: `failed` are the chosen rollouts whose row
     could not be built (already rejected with their reason); `filtered` the rules rows met while
-    being built (--max-tokens); `kept` the rollouts the rows hold."""
+    being built (--max-tokens)."""
 
     rows: list[dict[str, Any]]
-    kept: int
     filtered: list[str]
     failed: list[Member]
 
@@ -419,7 +418,7 @@ def _build_sft(ctx: _Ctx, key: str, kept: list[Member], raws: dict[int, bytes]) 
             filtered.append(status or "max_tokens")
             continue
         rows.append(row)
-    return _Built(rows, len(rows), filtered, failed)
+    return _Built(rows, filtered, failed)
 
 
 def _build_dpo(ctx: _Ctx, key: str, pairs: list[tuple[Member, Member]], raws: dict[int, bytes]) -> _Built:
@@ -450,7 +449,7 @@ def _build_dpo(ctx: _Ctx, key: str, pairs: list[tuple[Member, Member]], raws: di
                 rejected_line=rejected.line,
             )
         )
-    return _Built(rows, 2 * len(rows), [], failed)
+    return _Built(rows, [], failed)
 
 
 def _drop_reason(members: list[Member]) -> str:
