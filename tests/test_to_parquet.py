@@ -518,3 +518,28 @@ def test_a_parquet_output_never_replaces_a_file_that_is_not_parquet(tmp_path: Pa
         res = runner.invoke(app, ["to-parquet", str(ROLLOUTS), "-f", "sft", "-o", str(out)])
         assert res.exit_code == 0, res.output
         assert pq.read_table(out).num_rows > 0
+
+
+@pytest.mark.parametrize(
+    ("name", "opts"),
+    [
+        ("train.parquet", {}),
+        ("val.parquet", {"select": SelectOptions(val_fraction=0.4)}),
+        ("train-00001-of-00002.parquet", {"shard_size": 10}),  # (19 rows) a shard name, known only when committing
+    ],
+)
+def test_an_output_directory_never_replaces_a_file_that_is_not_parquet(tmp_path: Path, name: str, opts: dict[str, Any]) -> None:
+    """`-o DIR` replaced a text file named like one of its outputs (`train.parquet`, `val.parquet`, a
+    shard) silently: only the single-file `-o X.parquet` was checked. Refused, exit 2, nothing kept."""
+    out = tmp_path / "o"
+    out.mkdir()
+    keep = out / name
+    keep.write_text("my notes\n")
+    with pytest.raises(ConvertError, match="is not a Parquet file") as exc:
+        convert(ROLLOUTS, out, ConvertOptions(fmt="sft", **opts))
+    assert exc.value.exit_code == 2
+    assert keep.read_text() == "my notes\n"
+    assert sorted(p.name for p in out.iterdir()) == [name]  # no shard, temp or lock left beside it
+    keep.unlink()
+    s = convert(ROLLOUTS, out, ConvertOptions(fmt="sft", **opts))
+    assert name in {Path(p).name for paths in s.files.values() for p in paths}, s.files

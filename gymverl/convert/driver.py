@@ -24,7 +24,7 @@ from gymverl.progress import OnProgress
 
 from gymverl.convert.options import ConvertError, ConvertOptions
 from gymverl.convert.summary import ConvertSummary
-from gymverl.convert.parquet import ParquetSink, SCHEMAS, SPLITS
+from gymverl.convert.parquet import ParquetSink, SCHEMAS, SPLITS, refuse_foreign_parquet
 from gymverl.convert.rows import TokenCounter, _Ctx
 from gymverl.convert.stream import _convert_streaming, _stream_result
 from gymverl.convert.grouped import _convert_grouped, _pass1_result
@@ -233,8 +233,8 @@ def convert(
     # No output may be an input (same path, symlink or hard link): refused before anything is written.
     splits = SPLITS if sel.val_fraction > 0 else ("train",)
     check_outputs([] if opts.dry_run else sink.planned_outputs(splits), inputs, streams=[opts.rejects_path])
-    if out.suffix == ".parquet" and not opts.dry_run:
-        _refuse_foreign_parquet(out)
+    if not opts.dry_run:
+        refuse_foreign_parquet(sink.planned_outputs(splits))
     if opts.rejects_path:
         refuse_foreign_rejects(Path(opts.rejects_path))  # (RejectsWriter checks again; here nothing is made yet)
     if sel.max_tokens is None or not opts.tokenizer:
@@ -350,18 +350,3 @@ def _fewer_gc_passes() -> Iterator[None]:
         yield
     finally:
         gc.set_threshold(*old)
-
-
-def _refuse_foreign_parquet(out: Path) -> None:
-    """A `.parquet` output replaces an earlier Parquet file (a re-run), never another file: `-o
-    notes.parquet` over a text file was replaced silently (rescore refuses such a slip too). An empty
-    file, a link to a Parquet file and a stream (refused later, by name) pass here."""
-    try:
-        if not out.is_file() or out.stat().st_size == 0:
-            return
-        with open(out, "rb") as f:
-            if f.read(4) == b"PAR1":
-                return
-    except OSError:
-        return  # unreadable: the write itself says why
-    raise ConvertError(f"{out} already exists and is not a Parquet file; choose another --output or remove it.")

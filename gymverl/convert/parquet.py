@@ -159,7 +159,8 @@ class ParquetSink:
     def commit(self) -> dict[str, list[str]]:
         """Close every shard and move the temp files to their final names; returns split -> paths.
 
-        Raises UsageError before renaming anything if a final name is one of `protect` (an input).
+        Raises UsageError before renaming anything if a final name is one of `protect` (an input),
+        ConvertError if one holds a file that is not Parquet (`refuse_foreign_parquet`).
         """
         files: dict[str, list[str]] = {}
         if self.dry_run:
@@ -175,6 +176,7 @@ class ParquetSink:
             raise self._write_error(exc) from None
         moves = [(split, tmp, final) for split in SPLITS for tmp, final in zip(self._shards[split], self._final_names(split, len(self._shards[split])))]
         check_outputs([final for _, _, final in moves], self.protect)
+        refuse_foreign_parquet([final for _, _, final in moves])  # shard names are known only now
         # A few renames: a signal now must not leave half of the new shard set beside half of the old.
         with shielded():
             for split, tmp, final in moves:
@@ -201,6 +203,27 @@ class ParquetSink:
                 remove_quietly(*self._shards[split])
                 self._shards[split] = []
             self._scratch.close()
+
+
+def refuse_foreign_parquet(outputs: list[Path]) -> None:
+    """Raise ConvertError (exit 2) when an output path holds a file that is not Parquet.
+
+    An output replaces an earlier Parquet file (a re-run), never another file: `-o notes.parquet`
+    over a text file, or a text `train.parquet` inside `-o DIR`, was replaced silently (rescore
+    refuses such a slip too). An empty file, a link to a Parquet file and a stream (refused
+    elsewhere, by name) pass here. Only the magic number is read: a cut Parquet file is still one
+    of ours to replace.
+    """
+    for out in outputs:
+        try:
+            if not out.is_file() or out.stat().st_size == 0:
+                continue
+            with open(out, "rb") as f:
+                if f.read(4) == b"PAR1":
+                    continue
+        except OSError:
+            continue  # unreadable: the write itself says why
+        raise ConvertError(f"{out} already exists and is not a Parquet file; choose another --output or remove it.")
 
 
 def _is_gymverl_output(path: Path) -> bool:
