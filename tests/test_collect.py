@@ -452,7 +452,7 @@ def test_sigterm_stops_the_collector_like_ctrl_c(tmp_path: Path, nemo_gym_env: P
     assert signal.getsignal(signal.SIGTERM) is before  # our handler is only installed while collecting
 
 
-def _result(tmp_path: Path, *, rc: int = 0, written: int = 20, failed: int = 0, valid: int = 20, rejected: int = 0) -> C.CollectResult:
+def _result(tmp_path: Path, *, rc: int = 0, written: int = 20, failed: int = 0, valid: int = 20, rejected: int = 0, earlier: int = 0) -> C.CollectResult:
     from gymverl.records import ValidationSummary
 
     v = ValidationSummary(str(tmp_path / "o.jsonl"))
@@ -462,7 +462,7 @@ def _result(tmp_path: Path, *, rc: int = 0, written: int = 20, failed: int = 0, 
 
     fails = FailureReport("f.jsonl", attempts=failed, failed={(t, 0): FailedRollout(1, "x", "", t) for t in range(failed)})
     r = C.CollectResult(
-        str(tmp_path / "o.jsonl"), "log", [], 20, C.RunResult(rc, False, written, failed, 1.0), v, "f.jsonl", False, 1, "",
+        str(tmp_path / "o.jsonl"), "log", [], 20, C.RunResult(rc, False, written, failed, 1.0, earlier=earlier), v, "f.jsonl", False, 1, "",
         failures=fails,
     )
     C._verdict(r)
@@ -478,6 +478,15 @@ def test_verdict_says_what_is_wrong(tmp_path: Path) -> None:
     assert r.code == 1 and "8 rollouts missing" in r.message
     r = _result(tmp_path, valid=19, rejected=1)
     assert r.code == 1 and "1 lines rejected by validation" in r.message
+
+
+def test_a_resume_says_what_this_run_collected(tmp_path: Path) -> None:
+    """`collect --resume` with nothing left said "collected 20 rollouts", as if this run had."""
+    r = _result(tmp_path, written=20, earlier=20)
+    assert r.code == 0 and r.message.startswith("nothing was left to collect:") and "already holds all 20 rollouts (5 tasks)" in r.message
+    r = _result(tmp_path, written=20, earlier=12)
+    assert r.code == 0 and r.message.startswith("collected 8 more rollouts:") and "holds 20 rollouts (5 tasks)" in r.message
+    assert _result(tmp_path).message.startswith("collected 20 rollouts (5 tasks) into")
 
 
 def test_cli_passes_args_after_double_dash_and_reports_a_collector_failure(fake_head: str, tmp_path: Path) -> None:
@@ -576,7 +585,7 @@ def test_resume_counts_only_rollouts_that_never_succeeded(
     else:
         assert res.exit_code == 0, res.output
         assert data["failed_rollouts"] == 0 and data["retried_failed_attempts"] == 3
-        assert data["message"].startswith("collected 4 rollouts (2 tasks)")
+        assert data["message"].startswith("nothing was left to collect:") and "holds all 4 rollouts (2 tasks)" in data["message"]
         assert "3 earlier failed attempts were retried" in data["message"]
     assert data["failures"]["attempts"] == 3 and data["failed_attempts_this_run"] == 0
     assert data["quality"] is None  # no health-check files: nothing claimed
@@ -593,7 +602,7 @@ def test_resume_of_the_real_07_collection_exits_0(tmp_path: Path, nemo_gym_env: 
     res = runner.invoke(app, ["collect", "-i", str(tmp_path / "tasks.jsonl"), "-o", str(out), "-n", "4", "-c", "1", "--resume"])
     assert res.exit_code == 0, res.output
     text = " ".join(res.output.split())
-    assert "collected 20 rollouts" in text and "11 earlier failed attempts were retried" in text, text
+    assert "nothing was left to collect" in text and "holds all 20 rollouts" in text and "11 earlier failed attempts were retried" in text, text
 
 
 def test_quality_summary_of_07s_collector_is_reported(tmp_path: Path, nemo_gym_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -95,4 +95,11 @@ def _verdict(r: CollectResult) -> None:
         r.message = f"collection finished with problems: {', '.join(problems)}; {kept}{retried}."
         return
     r.ok, r.code = True, 0
-    r.message = f"collected {valid} rollouts ({len(v.rollouts_per_task) if v else 0} tasks) into {r.output}{retried}."
+    tasks = f"({len(v.rollouts_per_task) if v else 0} tasks)"
+    added = r.run.written - r.run.earlier
+    if not r.run.earlier:
+        r.message = f"collected {valid} rollouts {tasks} into {r.output}{retried}."
+    elif added <= 0:  # a --resume with nothing left: "collected 20" read as if this run had
+        r.message = f"nothing was left to collect: {r.output} already holds all {valid} rollouts {tasks}{retried}."
+    else:
+        r.message = f"collected {added} more rollout{'s' if added != 1 else ''}: {r.output} holds {valid} rollouts {tasks}{retried}."

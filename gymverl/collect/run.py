@@ -52,6 +52,7 @@ class RunResult:
     failed: int  # failed attempts this run (lines it appended to the failures file)
     seconds: float
     reason: str | None = None
+    earlier: int = 0  # lines the output already held when this run started (--resume)
 
 
 def failure_reason(log_path: Path, max_bytes: int = 256 * 1024) -> str | None:
@@ -80,6 +81,7 @@ def run_collector(
     written, failures = LineCounter(out), LineCounter(sidecar_paths(out)["failures"])
     # The failures file is appended across --resume runs: count this run's attempts only.
     earlier = failures.update()
+    held = written.update()  # (--resume) what this run adds is told apart from what was there
     log = Path(log_path)
     start = time.monotonic()
     interrupted = False
@@ -98,4 +100,4 @@ def run_collector(
     if on_progress is not None:
         on_progress(ProgressEvent(n, total, ROWS, failed=f))
     rc = child.returncode
-    return RunResult(rc, interrupted, n, f, time.monotonic() - start, None if rc == 0 else failure_reason(log))
+    return RunResult(rc, interrupted, n, f, time.monotonic() - start, None if rc == 0 else failure_reason(log), earlier=held)
