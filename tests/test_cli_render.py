@@ -292,3 +292,37 @@ def test_demo_status_lines_wrap_under_themselves():
     lines = buf.getvalue().splitlines()
     assert len(lines) == 3 and all(line.startswith("  ") and line == line.rstrip() for line in lines), lines
     assert len(lines[0]) <= 80 and len(lines[1]) <= 80 and len(lines[2]) > 80 and lines[2].startswith("  same as: gymverl rescore")
+
+
+LONG_DIR = "a_rather_long_directory_name_for_testing/another_long_segment_here"
+
+
+def _path_lines(out: str, path: str) -> list[str]:
+    """The pieces of `path` as `out` shows it over several lines (a table row: its last cell)."""
+    cells = [(line.split("│")[-2] if line.count("│") > 1 else line).strip() for line in out.splitlines()]
+    m = re.search("\n?".join(map(re.escape, path)), "\n".join(cells))
+    assert m is not None, f"{path} not found whole in:\n{out}"
+    return m.group().split("\n")
+
+
+@pytest.mark.parametrize("columns", [50, 80])
+def test_paths_break_only_after_their_separators(tmp_path: Path, columns: int) -> None:
+    """The output file under a table (`train: .../train.parqu` / `et`) and a path in a note cell
+    (`from .../tasks_fi` / `le.jsonl`) were folded wherever the line ended; they now break only
+    after their own separators, between directories first."""
+    from gymverl.cli.render import Breakable
+    from gymverl.cli.render.tables import _facts  # (the collection and to-parquet tables are such tables)
+
+    deep = tmp_path / LONG_DIR
+    out_file, note_path = str(deep / "out_dir_long_name" / "train.parquet"), str(deep / "materialized_inputs_of_the_run.jsonl")
+    buf = io.StringIO()
+    console = Console(file=buf, width=columns, force_terminal=False)
+    t = _facts("t", notes=True)
+    t.add_row("expected rollouts", "8", f"2 tasks, from {note_path}")
+    console.print(t)
+    console.print(Breakable(f"train: [bold]{out_file}[/]"))  # as `render_to_parquet` prints it
+    out = buf.getvalue()
+    assert max(len(line) for line in out.splitlines()) <= columns, out
+    for path in (out_file, note_path):
+        lines = _path_lines(out, path)
+        assert len(lines) > 1 and all(line[-1] in "/_-.:#" for line in lines[:-1]), lines

@@ -13,7 +13,7 @@ from rich.markup import escape
 from gymverl.cli.core import command, console, err_console, error, exiting_interrupted, fail, print_json, warn
 from gymverl.cli.options import arg, input_arg, number, opt
 from gymverl.cli.progress import progress_bar, showing
-from gymverl.cli.render import render_rejections, render_rejects_written, render_rescore, render_validation
+from gymverl.cli.render import Breakable, render_rejections, render_rejects_written, render_rescore, render_validation
 from gymverl.errors import EXIT_INTERRUPTED, EXIT_REJECTED
 from gymverl.jsonl import check_input_path
 from gymverl.limits import DEFAULT_CONCURRENCY, DEFAULT_HEAD_URL, DEFAULT_RETRIES, DEFAULT_TIMEOUT, MAX_CONCURRENCY, MAX_RETRIES
@@ -243,7 +243,7 @@ def rescore(
     else:
         render_rescore(data, show_tasks)
         if summary.complete and summary.lines:
-            console.print(f"rescored rollouts written to [bold]{output}[/]" + (f"; failures in [bold]{summary.failures_path}[/]" if data["failed"] or data["rejected"] else ""))
+            console.print(Breakable(f"rescored rollouts written to [bold]{escape(str(output))}[/]" + (f"; failures in [bold]{escape(str(summary.failures_path))}[/]" if data["failed"] or data["rejected"] else "")))
     if warning:
         warn(warning)
     if summary.interrupted:

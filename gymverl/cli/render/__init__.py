@@ -18,13 +18,13 @@ from __future__ import annotations
 from gymverl.cli.render.parquet import TRAINED_STYLE, render_preview, render_section, render_to_parquet
 from gymverl.cli.render.rescore import render_rescore
 from gymverl.cli.render.rollouts import render_collection, render_comparison, render_stats, render_validation
-from gymverl.cli.render.tables import _wrap_name, render_rejections, render_rejects_written
+from gymverl.cli.render.tables import Breakable, _wrap_name, render_rejections, render_rejects_written
 from gymverl.cli.render.training import (
     DemoReporter, render_demo, render_online_plan, render_online_result, render_train_plan, render_train_result,
 )
 
 __all__ = [
-    "TRAINED_STYLE", "DemoReporter", "render_collection", "render_comparison", "render_demo", "render_online_plan",
+    "Breakable", "TRAINED_STYLE", "DemoReporter", "render_collection", "render_comparison", "render_demo", "render_online_plan",
     "render_online_result", "render_preview", "render_rejections", "render_rejects_written", "render_rescore",
     "render_section", "render_stats", "render_to_parquet", "render_train_plan", "render_train_result",
     "render_validation", "_wrap_name",

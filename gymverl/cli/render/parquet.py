@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from gymverl.cli import core
-from gymverl.cli.render.tables import _facts, _out, _red, _verbose, render_rejections
+from gymverl.cli.render.tables import Breakable, _facts, _out, _red, _verbose, render_rejections
 
 
 def render_to_parquet(summary: dict[str, Any], out: Console | None = None) -> None:
@@ -53,10 +53,10 @@ def render_to_parquet(summary: dict[str, Any], out: Console | None = None) -> No
     for split, paths in summary["files"].items():
         if _verbose():  # every shard, one per line
             for path in paths:
-                out.print(f"{split}: [bold]{escape(path)}[/]", soft_wrap=True)
+                out.print(Breakable(f"{split}: [bold]{escape(path)}[/]"))
             continue
         shown = paths[0] if len(paths) == 1 else f"{paths[0]} … ({len(paths)} shards)"
-        out.print(f"{split}: [bold]{escape(shown)}[/]")
+        out.print(Breakable(f"{split}: [bold]{escape(shown)}[/]"))
 
 
 TRAINED_STYLE = "bold black on green"

@@ -8,9 +8,11 @@ separators (`_wrap_name`). Text that is data (paths, reasons, library sentences)
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Iterable
 
 from rich.console import Console, ConsoleOptions, RenderResult
+from rich.measure import Measurement
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
@@ -54,13 +56,14 @@ def _signed(delta: float, digits: int) -> str:
 
 
 def _facts(title: str, *, notes: bool = False, right: bool = True) -> Table:
-    """A headerless two-column table (bold label, value; `notes`: a third, dim column)."""
-    t = Titled(title=title, show_header=False, title_justify="left")
+    """A headerless two-column table (bold label, value; `notes`: a third, dim column, whose paths
+    break only after their separators: `Breakable`)."""
+    t = (_Noted if notes else Titled)(title=title, show_header=False, title_justify="left")
     t.add_column(style="bold")
     t.add_column(justify="right" if right else "left")
     if notes:
-        # fold: a path in a note is shown whole over several lines, never cut with "…" (rich still
-        # wraps at spaces first; only a word wider than the column is folded)
+        # fold: a path in a note is shown whole over several lines, never cut with "…" (`_Noted`
+        # breaks it after its separators; only a piece wider than the column is folded)
         t.add_column(style="dim", overflow="fold")
     return t
 
@@ -82,15 +85,10 @@ _SEPARATORS = "_/-.:#"
 
 def _wrap_name(name: str, width: int) -> str:
     """`name` as lines of at most `width` characters, broken only after its own separators
-    (`math_with_` / `judge_simple_` / `agent`), never mid-word; a piece wider than `width` stays whole."""
-    pieces, piece = [], ""
-    for ch in name:
-        piece += ch
-        if ch in _SEPARATORS:
-            pieces.append(piece)
-            piece = ""
-    if piece:
-        pieces.append(piece)
+    (`math_with_` / `judge_simple_` / `agent`), never mid-word; a piece wider than `width` stays whole.
+    A path breaks between its directories first (`.../out/` / `train.parquet`, not `train.` / `parquet`)."""
+    pieces = _pieces(name, "/") if "/" in name else [name]
+    pieces = [q for p in pieces for q in (_pieces(p, _SEPARATORS) if len(p) > width else [p])]
     lines = [""]
     for piece in pieces:
         if lines[-1] and len(lines[-1]) + len(piece) > width:
@@ -99,27 +97,88 @@ def _wrap_name(name: str, width: int) -> str:
     return "\n".join(lines)
 
 
-def _title_lines(title: str, width: int) -> str:
-    """`title` with each word wider than `width` (a path, a long name) broken only after its own
-    separators (`_wrap_name`); rich wraps the rest at its spaces."""
-    return " ".join(_wrap_name(word, width) if len(word) > width else word for word in title.split(" "))
+def _pieces(name: str, separators: str) -> list[str]:
+    """`name` cut after each of its `separators`."""
+    pieces, piece = [], ""
+    for ch in name:
+        piece += ch
+        if ch in separators:
+            pieces.append(piece)
+            piece = ""
+    if piece:
+        pieces.append(piece)
+    return pieces
+
+
+def _breaks(plain: str, width: int) -> list[int]:
+    """Offsets in `plain` where a word wider than `width` (a path, a long name) is broken: only after
+    its own separators (`_wrap_name`); rich wraps everything else at its spaces."""
+    offsets: list[int] = []
+    for m in _WORD.finditer(plain):
+        if m.end() - m.start() > width:
+            at = m.start()
+            for line in _wrap_name(m.group(), width).split("\n")[:-1]:
+                at += len(line)
+                offsets.append(at)
+    return offsets
+
+
+_WORD = re.compile(r"\S+")
+
+
+class Breakable:
+    """Text (rich markup, or a `Text`) that wraps at spaces and breaks a word wider than the line
+    (a path, a long name) only after its own separators, never mid-word.
+
+    rich folds such a word wherever the line ends (`train.parqu` / `et` at 80 columns). Used for
+    paths printed on their own line, for note cells, and for `Titled` titles: its width is the
+    cell's or the console's, known only when rendered."""
+
+    def __init__(self, text: str | Text, style: str = "") -> None:
+        self.text = text if isinstance(text, Text) else Text.from_markup(text)
+        self.style = style
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        text = self.text.copy()
+        if self.style:
+            text.stylize(self.style)
+        offsets = _breaks(text.plain, options.max_width)
+        if not offsets:
+            yield text
+            return
+        # Each break becomes a new line (a line's style runs on); rich wraps the rest at spaces.
+        yield Text("\n").join(text.divide(offsets))
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        plain = self.text.plain
+        pieces = [p for word in plain.split() for p in _wrap_name(word, 1).split("\n")]
+        longest = max((len(line) for line in plain.splitlines()), default=0)
+        return Measurement(min(max((len(p) for p in pieces), default=0), longest), longest)
 
 
 class Titled(Table):
     """A rich Table whose title is printed above it at the console's width, as text (never markup).
 
     rich wraps a table's title at the table's own width, often narrow (a two-column summary), so the
-    path in `stats: PATH` or `rescore: IN -> OUT` was folded mid-word at 80 columns; here a word
-    wider than the line breaks only after its own separators (`/`, `_`, ...)."""
+    path in `stats: PATH` or `rescore: IN -> OUT` was folded mid-word at 80 columns; here it is a
+    `Breakable` line of the console's width."""
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         title, self.title = self.title, None
         try:
             if title:
-                yield Text(_title_lines(str(title), options.max_width), style="table.title")
+                yield from Breakable(Text(str(title)), style="table.title").__rich_console__(console, options)
             yield from super().__rich_console__(console, options)
         finally:
             self.title = title
+
+
+class _Noted(Titled):
+    """A `_facts` table with notes: a note (rich markup) is a `Breakable` cell."""
+
+    def add_row(self, *cells: Any, **kwargs: Any) -> None:
+        *head, note = cells
+        super().add_row(*head, Breakable(note) if isinstance(note, str) and note else note, **kwargs)
 
 
 def _bars(title: str, rows: Iterable[tuple[str, int]], width: int = 20) -> Table:
@@ -163,4 +222,4 @@ def render_rejections(
 def render_rejects_written(rejects: Any, rejected: int, out: Console | None = None) -> None:
     """Where `--rejects` put the rejected lines (nothing when there were none or no --rejects)."""
     if rejects and rejected:
-        _out(out).print(f"rejected lines written to [bold]{escape(str(rejects))}[/]")
+        _out(out).print(Breakable(f"rejected lines written to [bold]{escape(str(rejects))}[/]"))

@@ -11,7 +11,7 @@ from rich.text import Text
 from rich.table import Table
 
 from gymverl.cli.render.rollouts import render_stats
-from gymverl.cli.render.tables import Titled, _facts, _out
+from gymverl.cli.render.tables import Breakable, Titled, _facts, _out
 from gymverl.train import token_budget
 
 
@@ -70,7 +70,7 @@ def render_train_result(result: Any, out: Console | None = None) -> None:
     t.add_row("log", escape(str(result.log)))
     out.print(t)
     if result.hf_model:
-        out.print(f"Hugging Face model: [bold green]{escape(str(result.hf_model))}[/]")
+        out.print(Breakable(f"Hugging Face model: [bold green]{escape(str(result.hf_model))}[/]"))
 
 
 def render_online_plan(plan: Any, out: Console | None = None) -> None:
@@ -163,4 +163,4 @@ def render_demo(report: Any, out: Console | None = None) -> None:
         style = DemoReporter.STYLE.get(s.status, "")
         t.add_row(s.name, f"[{style}]{s.status}[/]", f"{s.seconds:.1f} s", escape(s.summary))
     out.print(t)
-    out.print(f"step report: [bold]{escape(str(report.out / 'demo.json'))}[/]")
+    out.print(Breakable(f"step report: [bold]{escape(str(report.out / 'demo.json'))}[/]"))
