@@ -35,17 +35,14 @@ from io import BytesIO
 from typing import Any, Callable, Iterable, Mapping
 
 from gymverl.jsonl import dumps
-from gymverl.schema import content_text, is_transitions, tools_fault
+from gymverl.schema import IMAGE_PART_TYPES, MEDIA_PART_TYPES, UNSUPPORTED_PART_TYPES, content_text, is_transitions, tools_fault
 
 ROLE_MAP = {"developer": "system"}
 
 IMAGE_PLACEHOLDER = "<image>"
 # The placeholders VeRL's datasets split message text on (`re.split("(<image>|<video>|<audio>)")`).
 MEDIA_PLACEHOLDERS = ("<image>", "<video>", "<audio>")
-IMAGE_PART_TYPES = frozenset({"input_image", "image_url"})
-# Parts that hold content other than text and images: refused rather than silently dropped.
-UNSUPPORTED_PART_TYPES = frozenset({"input_file", "input_audio", "input_video", "file", "audio", "video"})
-_NON_TEXT_PART_TYPES = IMAGE_PART_TYPES | UNSUPPORTED_PART_TYPES
+_NON_TEXT_PART_TYPES = MEDIA_PART_TYPES
 _DATA_URL = re.compile(r"data:(image/[\w.+-]+)?((?:;[\w.+-]+=[^;,]*)*)(;base64)?,", re.ASCII)
 
 
@@ -298,6 +295,26 @@ def prompt_messages(
     elif inp:
         messages.extend(items_to_messages(inp, include_reasoning=include_reasoning, images=images))
     return messages
+
+
+def prompt_fault(responses_create_params: Any, images: list[dict[str, Any]] | None = None) -> tuple[str, str] | None:
+    """(code, reason) when no training row can carry this task prompt, else None.
+
+    The rule rl and sft rows apply to their prompt (`prompt_messages` with images, then
+    `check_placeholders`): an image that is not inline (`image_not_inline`) or does not open
+    (`bad_image`), a file, audio or video part (`unsupported_content`), a media placeholder in the
+    text beside images (`placeholder_in_text`). `validate` counts these, so a prompt `to-parquet`
+    will reject is named before converting. Items that are no messages at all are the schema's to
+    reject (None here). `images`, when given, receives the prompt's images.
+    """
+    images = [] if images is None else images
+    try:
+        check_placeholders(prompt_messages(responses_create_params, images=images), images)
+    except ContentError as exc:
+        return exc.code, str(exc)
+    except MessageError:
+        return None
+    return None
 
 
 def rollout_messages(

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from gymverl.inputs import as_input
+from gymverl.messages import prompt_fault
 from gymverl.jsonl import DEFAULT_MAX_LINE_BYTES, MAX_SHOWN, InputError, Line, Parsed, Rejections, RejectsWriter, Tally, iter_lines, parse_line, read_jsonl
 from gymverl.progress import OnProgress, track_lines
 
@@ -234,6 +235,10 @@ class ValidationSummary(Rejections):
     transitions: int = 0  # aviary per-step transition lists (the last step is read)
     no_prompt: int = 0  # conversations without a prompt: blank, or starting with a model turn (starts_without_prompt)
     no_prompt_lines: list[int] = field(default_factory=list)
+    # Prompts no training row can carry (`messages.prompt_fault`: an image URL, a file part, ...), by
+    # code: to-parquet rejects these rollouts, so validate names them first.
+    uncarried_prompts: Counter[str] = field(default_factory=Counter)
+    uncarried_prompt_lines: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.rejects.limit = self.max_examples
@@ -251,13 +256,14 @@ class ValidationSummary(Rejections):
             return
         rec = c.record
         reward = rec.get("reward")
+        fault = prompt_fault(rec["responses_create_params"])
         if isinstance(reward, bool) or not isinstance(reward, (int, float)):
             # A tasks file: no reward yet.
-            self._add_valid(None, task_key(rec), agent_name(rec), False, False)
+            self._add_valid(None, task_key(rec), agent_name(rec), False, False, 0, False, False, fault and fault[0], line=c.line)
         else:
             self._add_valid(
                 float(reward), task_key(rec), agent_name(rec), is_incomplete(rec), rec.get("mask_sample") is True,
-                malformed_calls(rec), empty_answer(rec), starts_without_prompt(rec),
+                malformed_calls(rec), empty_answer(rec), starts_without_prompt(rec), fault and fault[0],
                 line=c.line, transitions=is_transitions(rec["response"].get("output")),
             )
 
@@ -271,6 +277,7 @@ class ValidationSummary(Rejections):
         malformed: int = 0,
         empty: bool = False,
         no_prompt: bool = False,
+        uncarried: str | None = None,
         *,
         line: int = 0,
         transitions: bool = False,
@@ -279,6 +286,10 @@ class ValidationSummary(Rejections):
         self.valid += 1
         self.rollouts_per_task[key] += 1
         self.agents[agent or "(unnamed)"] += 1
+        if uncarried is not None:  # (rare)
+            self.uncarried_prompts[uncarried] += 1
+            if len(self.uncarried_prompt_lines) < self.max_examples:
+                self.uncarried_prompt_lines.append(line)
         if reward is None:
             return
         self.transitions += transitions
@@ -339,6 +350,9 @@ class ValidationSummary(Rejections):
             "malformed_tool_calls": {"rollouts": self.malformed_calls, "lines": self.malformed_call_lines},
             "empty_answers": {"rollouts": self.empty_answers, "lines": self.empty_answer_lines},
             "no_prompt": {"rollouts": self.no_prompt, "lines": self.no_prompt_lines},
+            "uncarried_prompts": {
+                "rollouts": sum(self.uncarried_prompts.values()), "lines": self.uncarried_prompt_lines, "by_reason": dict(self.uncarried_prompts.most_common()),
+            },
             "transitions": self.transitions,
             "agents": dict(self.agents.most_common()),
         }

@@ -357,6 +357,11 @@ def content_blank(content: Any) -> bool:
 
 
 _TEXT_PART_TYPES = frozenset({"input_text", "output_text", "refusal"})
+# Content parts that are not text (`messages.content_with_images`): images are carried inline, the
+# other kinds are refused rather than silently dropped.
+IMAGE_PART_TYPES = frozenset({"input_image", "image_url"})
+UNSUPPORTED_PART_TYPES = frozenset({"input_file", "input_audio", "input_video", "file", "audio", "video"})
+MEDIA_PART_TYPES = IMAGE_PART_TYPES | UNSUPPORTED_PART_TYPES
 
 
 def content_says(content: Any) -> bool:
@@ -599,6 +604,8 @@ class _Cache(dict):  # type: ignore[type-arg]
         return value
 
 
+# (malformed tool calls, asks something, prompt fault code) of a task input: `input_facts`.
+InputFacts = tuple[int, bool, Optional[str]]
 _INPUTS = _Cache()
 _DIGESTS = _Cache()
 _TOOLS = _Cache()
@@ -606,9 +613,9 @@ _TOOLS_BY_LEN = _Cache()
 _INPUT_BY_TAIL = _Cache()  # last 64 bytes of a long prompt -> (its Raw, its facts)
 
 
-def _input_facts(raw: Any) -> tuple[int, bool] | None:
-    """(malformed tool calls, asks something: `input_facts`) of `responses_create_params.input` as raw JSON; None when
-    `check_task` would reject it or the typed decode is unsure (cached by the JSON)."""
+def _input_facts(raw: Any) -> InputFacts | None:
+    """`input_facts` of `responses_create_params.input` as raw JSON; None when `check_task` would
+    reject it or the typed decode is unsure (cached by the JSON)."""
     if len(raw) < 1024:
         return _input_facts_of(bytes(raw))
     # A long prompt: first found by its last 64 bytes (where prompts differ: the question comes
@@ -623,21 +630,67 @@ def _input_facts(raw: Any) -> tuple[int, bool] | None:
     return value
 
 
-def _input_facts_of(key: bytes) -> tuple[int, bool] | None:
+def _input_facts_of(key: bytes) -> InputFacts | None:
     try:
         return _INPUTS[key]
     except KeyError:
         pass
-    value: tuple[int, bool] | None = None
+    value: InputFacts | None = None
     try:
         inp = _decode_input(key)
     except Exception:  # noqa: BLE001 - any doubt goes to the dict path
         inp = None
     if type(inp) is str:
-        value = (0, bool(inp.strip()))
+        value = (0, bool(inp.strip()), None)
     elif inp is not None and items_ok(inp):
-        value = (sum(1 for item in inp if item.type == "function_call" and not is_json_object_text(item.arguments)), prompt_state(inp) is True)
+        malformed = sum(1 for item in inp if item.type == "function_call" and not is_json_object_text(item.arguments))
+        try:
+            value = (malformed, prompt_state(inp) is True, _input_fault(orjson.loads(key)) if _has_media(inp) else None)
+        except orjson.JSONDecodeError:
+            value = None  # (what msgspec reads and orjson does not: the dict path has the word)
     return _INPUTS.put(key, value)
+
+
+def _has_media(inp: list[Any]) -> bool:
+    """True when typed input items hold a part that is not text (`MEDIA_PART_TYPES`): only then can
+    a row fail to carry the prompt, so text prompts are never converted here."""
+    for item in inp:
+        content = item.content
+        if type(content) is list:
+            for part in content:
+                if type(part) is Part and type(part.type) is str and part.type in MEDIA_PART_TYPES:
+                    return True
+    return False
+
+
+# An input with images and no fault of its own: whether its prompt can be carried also reads the
+# instructions (`<image>` written there is a placeholder too); `rollout_facts` asks `_prompt_fault`.
+_WITH_INSTRUCTIONS = "(instructions decide)"
+
+
+def _input_fault(inp: Any) -> str | None:
+    """The `messages.prompt_fault` code of a parsed input list alone (or `_WITH_INSTRUCTIONS`)."""
+    from gymverl.messages import prompt_fault  # (messages reads this module: imported when first needed)
+
+    images: list[dict[str, Any]] = []
+    fault = prompt_fault({"input": inp}, images)
+    return fault[0] if fault is not None else (_WITH_INSTRUCTIONS if images else None)
+
+
+_FAULTS = _Cache()
+
+
+def _prompt_fault(params: Any) -> str | None:
+    """The `messages.prompt_fault` code of a typed record's prompt (input and instructions), cached."""
+    from gymverl.messages import prompt_fault
+
+    key = (bytes(params.input), bytes(params.instructions))
+    try:
+        return _FAULTS[key]
+    except KeyError:
+        pass
+    fault = prompt_fault({"input": orjson.loads(key[0]), "instructions": orjson.loads(key[1])})
+    return _FAULTS.put(key, fault[0] if fault is not None else None)
 
 
 def _tools_ok(raw: Any) -> bool:
@@ -674,30 +727,34 @@ def prompt_digest(params: Any) -> str | None:
 
 
 # The facts of one rollout: (reward, task key, agent, incomplete, masked, malformed tool calls,
-# no final answer, starts without a prompt), as `gymverl.records` reads them from the dict.
-Facts = tuple[float, str, Optional[str], bool, bool, int, bool, bool]
+# no final answer, starts without a prompt, why no row can carry its prompt), as `gymverl.records`
+# reads them from the dict.
+Facts = tuple[float, str, Optional[str], bool, bool, int, bool, bool, Optional[str]]
 
 
-def input_facts(inp: str | list[dict[str, Any]]) -> tuple[int, bool]:
-    """(malformed tool calls, asks something) of a parsed `responses_create_params.input` that
-    `check_task` accepts (a string or a list of items), read as `records.malformed_calls` and
-    `records.starts_without_prompt` read it: asks something when the string is not blank, or
-    `prompt_state` of the items is True (otherwise the whole record decides, on the dict path)."""
+def input_facts(inp: str | list[dict[str, Any]], fault: bool = True) -> InputFacts:
+    """(malformed tool calls, asks something, prompt fault) of a parsed `responses_create_params.input`
+    that `check_task` accepts (a string or a list of items), read as `records.malformed_calls`,
+    `records.starts_without_prompt` and `messages.prompt_fault` read it: asks something when the
+    string is not blank, or `prompt_state` of the items is True (otherwise the whole record
+    decides, on the dict path); the fault is a code, `_WITH_INSTRUCTIONS` when images leave it to
+    the instructions, or None (always with `fault=False`: for a caller whose own conversion refuses
+    every prompt that is not plain text)."""
     if type(inp) is str:
-        return (0, bool(inp.strip()))
+        return (0, bool(inp.strip()), None)
     malformed = 0
     for item in inp:
         if item.get("type") == "function_call" and "arguments" in item:
             malformed += not is_json_object_text(item["arguments"])
-    return (malformed, prompt_state(inp) is True)
+    return (malformed, prompt_state(inp) is True, _input_fault(inp) if fault else None)
 
 
 def rollout_facts(rec: Any, content: bool = True, inp: tuple[int, bool] | None = None) -> Facts | None:
     """The rest of `check_record` on a typed record (from a line simdjson validated), and its facts;
     None when the dict path must decide.
 
-    `content=False` skips the content checks (malformed calls, empty answer, prompt) and reports
-    (0, False, False): rl rows never use them. `inp`: the caller's `input_facts` of this record's
+    `content=False` skips the content checks (malformed calls, empty answer, prompt, prompt fault)
+    and reports (0, False, False, None): rl rows never use them. `inp`: the caller's `input_facts` of this record's
     input when it has them already (the fast SFT path parses each distinct prompt once, for its
     conversion: keying and decoding it again here cost it more than the rest of the facts).
     """
@@ -732,8 +789,10 @@ def rollout_facts(rec: Any, content: bool = True, inp: tuple[int, bool] | None =
         key = f"{agent}#{index}" if agent else f"#{index}"  # task_key_of, inlined: once per line
     masked = rec.mask_sample is True
     if not content:
-        return (reward, key, agent, incomplete, masked, 0, False, False)
-    malformed, asks = inp
+        return (reward, key, agent, incomplete, masked, 0, False, False, None)
+    malformed, asks, fault = inp
+    if fault is _WITH_INSTRUCTIONS:
+        fault = None if params.instructions is _RAW_MISSING else _prompt_fault(params)
     if not asks:
         return None  # rare (a blank prompt, aviary's flat form): whether there is a prompt reads instructions and output too
     last = None
@@ -751,4 +810,4 @@ def rollout_facts(rec: Any, content: bool = True, inp: tuple[int, bool] | None =
         empty = False
     else:
         empty = content_blank(last.content)
-    return (reward, key, agent, incomplete, masked, malformed, empty, False)
+    return (reward, key, agent, incomplete, masked, malformed, empty, False, fault)

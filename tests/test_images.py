@@ -280,3 +280,43 @@ def test_an_earlier_output_without_the_images_column_is_still_recognised(tmp_pat
     other = tmp_path / "other.parquet"
     pq.write_table(pa.table({"prompt": ["x"]}), other)
     assert not _is_gymverl_output(other)
+
+
+def test_validate_names_the_prompts_to_parquet_will_reject(tmp_path: Path) -> None:
+    """validate called every line below valid, and to-parquet then rejected 4 of them (an image URL,
+    an image that does not open, a file part, `<image>` written in the instructions beside an
+    image). validate now counts them by code with their lines, on its fast path and its exact path
+    alike, and they are exactly the lines to-parquet rejects, for rl and sft."""
+    from gymverl import records
+    from gymverl.records import validate_file
+
+    png = _data_url(_png())
+    recs = [
+        _rollout(0, 0, 1.0, png),
+        _rollout(1, 0, 1.0, "https://example.com/cat.png"),  # line 2
+        _rollout(2, 0, 1.0, "data:image/png;base64," + base64.b64encode(b"not a png").decode()),  # line 3
+        _rollout(3, 0, 1.0, png),
+        _rollout(4, 0, 1.0, png),  # line 5: instructions with a placeholder of their own
+        _rollout(5, 0, 1.0, png),  # same input, instructions without one: carried
+    ]
+    recs[3]["responses_create_params"]["input"][1]["content"].append({"type": "input_file", "file_id": "file-1"})  # line 4
+    recs[4]["responses_create_params"]["instructions"] = "Look at <image> first."
+    recs[5]["responses_create_params"]["instructions"] = "Look closely."
+    src = tmp_path / "mixed.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    want = {"image_not_inline": 1, "bad_image": 1, "unsupported_content": 1, "placeholder_in_text": 1}
+
+    fast = validate_file(src).to_dict()
+    saved = records._msgspec
+    records._msgspec = None  # the exact (orjson) path for every line
+    try:
+        exact = validate_file(src).to_dict()
+    finally:
+        records._msgspec = saved
+    assert fast == exact
+    assert fast["valid"] == 6 and fast["uncarried_prompts"] == {"rollouts": 4, "lines": [2, 3, 4, 5], "by_reason": want}
+    for fmt in ("rl", "sft"):
+        s = convert(src, tmp_path / fmt, ConvertOptions(fmt=fmt))
+        assert {r["line"]: r["code"] for r in s.rejections} == dict(zip([2, 3, 4, 5], ["image_not_inline", "bad_image", "unsupported_content", "placeholder_in_text"])), (fmt, s.rejections)
+    res = runner.invoke(app, ["validate", str(src)], env={"COLUMNS": "120"})
+    assert res.exit_code == 0 and "prompt no row can carry (to-parquet rejects)" in res.output, res.output

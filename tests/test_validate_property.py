@@ -197,6 +197,7 @@ def test_valid_record_shapes_round_trip(workdir):
 import contextlib  # noqa: E402
 
 from gymverl import records  # noqa: E402
+from gymverl.messages import prompt_fault  # noqa: E402
 from gymverl.records import _FastRollouts, agent_name, empty_answer, is_incomplete, malformed_calls, starts_without_prompt, task_key  # noqa: E402
 
 
@@ -222,11 +223,16 @@ def both_ways(workdir: Path, data: bytes) -> None:
     assert (workdir / "fast.rejects.jsonl").read_bytes() == (workdir / "slow.rejects.jsonl").read_bytes()
 
 
+def _fault(rec: dict) -> str | None:
+    fault = prompt_fault(rec["responses_create_params"])
+    return fault and fault[0]
+
+
 def test_accelerators_are_installed_and_used():
     assert records._msgspec is not None and records._simdjson is not None, "pip install msgspec pysimdjson"
     found = _FastRollouts()(GOOD)
     rec = orjson.loads(GOOD)
-    assert found == (1.0, task_key(rec), agent_name(rec), is_incomplete(rec), False, malformed_calls(rec), empty_answer(rec), starts_without_prompt(rec))
+    assert found == (1.0, task_key(rec), agent_name(rec), is_incomplete(rec), False, malformed_calls(rec), empty_answer(rec), starts_without_prompt(rec), _fault(rec))
 
 
 def test_fast_path_accepts_the_sample_rollouts():
@@ -237,7 +243,7 @@ def test_fast_path_accepts_the_sample_rollouts():
         rec = orjson.loads(raw)
         assert fast(raw) == (
             float(rec["reward"]), task_key(rec), agent_name(rec), is_incomplete(rec), False,
-            malformed_calls(rec), empty_answer(rec), starts_without_prompt(rec),
+            malformed_calls(rec), empty_answer(rec), starts_without_prompt(rec), _fault(rec),
         )
 
 
@@ -277,7 +283,7 @@ def test_repeated_keys_read_like_orjson(workdir, key, value, first, item_key, it
             check_record(rec)
             assert found == (
                 float(rec["reward"]), task_key(rec), agent_name(rec), is_incomplete(rec), rec.get("mask_sample") is True,
-                malformed_calls(rec), empty_answer(rec), starts_without_prompt(rec),
+                malformed_calls(rec), empty_answer(rec), starts_without_prompt(rec), _fault(rec),
             )
 
 
@@ -550,7 +556,7 @@ def test_fast_path_reads_rollouts_without_a_task_index():
         line = orjson.dumps(rec)
         assert fast(line) == (
             float(rec["reward"]), task_key(rec), agent_name(rec), is_incomplete(rec), False,
-            malformed_calls(rec), empty_answer(rec), starts_without_prompt(rec),
+            malformed_calls(rec), empty_answer(rec), starts_without_prompt(rec), _fault(rec),
         )
         assert "@" in task_key(rec)
 

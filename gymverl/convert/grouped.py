@@ -17,6 +17,7 @@ from gymverl.formats import dpo as dpo_fmt
 from gymverl.formats import fast as fast_fmt
 from gymverl.jsonl import Line
 from gymverl.records import Checked, _FastRollouts, _fast_summary, agent_name, is_incomplete, task_key
+from gymverl.schema import Facts
 from gymverl.sidecars import merge_fields, prompt_key
 from gymverl.select import Member, dedup_key, pair_task, record_status, select_task, split_of, task_status
 from gymverl.files import scratch_dir
@@ -48,7 +49,7 @@ class _FastPass1:
             found = self.check(line.data)
             if found is not None:
                 self.hits += 1
-                (reward, key, _agent, incomplete, masked, malformed, empty, _no_prompt), ri, params = found
+                (reward, key, _agent, incomplete, masked, malformed, empty, _no_prompt, _fault), ri, params = found
             elif self.tried >= 1000 and self.hits * 2 < self.tried:
                 self.check = None
         if found is None:
@@ -78,7 +79,7 @@ class _FastMeta(_FastRollouts):
         # to the slower full decode (as it did when contents were left raw here).
         self.facts = facts
 
-    def __call__(self, data: bytes) -> tuple[tuple[float, str, str | None, bool, bool, int, bool, bool], int | None, Any] | None:  # type: ignore[override]
+    def __call__(self, data: bytes) -> tuple[Facts, int | None, Any] | None:  # type: ignore[override]
         if data[:3] == b"\xef\xbb\xbf":  # simdjson skips a byte order mark, orjson rejects it
             return None
         try:

@@ -52,7 +52,7 @@ class FastRollout:
         self, rec: Any, facts: schema.Facts, prompt: _Prompt | None, tools: list[dict[str, Any]] | None
     ) -> None:
         self.rec = rec
-        self.reward, self.key, self.agent, self.incomplete, self.masked, self.malformed, self.empty, _ = facts
+        self.reward, self.key, self.agent, self.incomplete, self.masked, self.malformed, self.empty, _, _ = facts
         self.rollout_index: int | None = rec.rollout_index
         self.prompt = prompt  # (converted prompt messages, whether one is an assistant turn, input facts)
         self.tools = tools  # chat tools ([] when none)
@@ -138,7 +138,7 @@ class FastSFT:
                 ok = True
             if ok:
                 messages = prompt_messages({"instructions": orjson.loads(bytes(instructions)), "input": inp}, include_reasoning=self.include_reasoning)
-                value = (messages, any(m.get("role") == "assistant" for m in messages), schema.input_facts(inp))
+                value = (messages, any(m.get("role") == "assistant" for m in messages), schema.input_facts(inp, fault=False))  # (a prompt with media parts failed prompt_messages above)
         except (orjson.JSONDecodeError, RecordError, MessageError):
             value = None
         if len(self._prompts) >= self.cache_size:

@@ -45,6 +45,12 @@ def render_validation(summary: dict[str, Any], title: str = "validate", out: Con
         if found.get("rollouts"):
             lines = ", ".join(map(str, found["lines"])) + (", ..." if found["rollouts"] > len(found["lines"]) else "")
             t.add_row(label, f"[yellow]{found['rollouts']}[/] ({'line' if found['rollouts'] == 1 else 'lines'} {lines})")
+    uncarried = summary.get("uncarried_prompts") or {}
+    if uncarried.get("rollouts"):
+        n, lines = uncarried["rollouts"], ", ".join(map(str, uncarried["lines"]))
+        why = ", ".join(f"{code} {k}" for code, k in uncarried["by_reason"].items())
+        more = ", ..." if n > len(uncarried["lines"]) else ""
+        t.add_row("prompt no row can carry (to-parquet rejects)", f"[yellow]{n}[/] ({why}; {'line' if n == 1 else 'lines'} {lines}{more})")
     if summary.get("transitions"):
         t.add_row("aviary transition lists (last step read)", str(summary["transitions"]))
     agents = summary.get("agents") or {}
