@@ -193,11 +193,14 @@ def _finish_partition(ctx: _Ctx, meta_path: Path, data_path: Path) -> None:
     s, sel, fmt = ctx.summary, ctx.opts.select, ctx.opts.fmt
     groups = _read_groups(meta_path)
     mixed = [key for key, members in groups.items() if len({m.prompt for m in members}) > 1]
-    if mixed:
-        _check_one_prompt(ctx, groups, mixed, data_path)
     repeated = [key for key, members in groups.items() if _repeats_rollouts(members)]
-    if repeated:
-        _settle_repeats(ctx, groups, repeated, data_path)
+    if mixed or repeated:
+        # Both checks compare prompts of rollouts read back from the partition: read and key each once.
+        kept = {key: [m for m in groups[key] if m.status is None] for key in mixed}
+        twice = _repeated_pairs(groups, repeated)
+        prompts = _prompt_keys(data_path, {m.slot for ms in (*kept.values(), *twice.values()) for m in ms})
+        _check_one_prompt(ctx, kept, prompts)
+        _settle_repeats(ctx, groups, repeated, twice, prompts)
     # Decide every task first, then read back only the rollouts that become rows.
     plan: list[tuple[str, str, Any]] = []  # rl: (task key, split, (measured rollouts, statistics))
     pending: list[tuple[str, str, list[Member], list[str | None]]] = []  # sft/dpo: (task key, split, rollouts, pass-1 statuses)
@@ -266,21 +269,25 @@ def _finish_partition(ctx: _Ctx, meta_path: Path, data_path: Path) -> None:
                 s.tasks_dropped[_drop_reason(members)] += 1
 
 
-def _check_one_prompt(ctx: _Ctx, groups: dict[str, list[Member]], keys: list[str], data_path: Path) -> None:
+def _prompt_keys(data_path: Path, slots: set[int]) -> dict[int, str]:
+    """`sidecars.prompt_key` of the rollouts in `slots` of a partition's data file (one read)."""
+    return {slot: prompt_key(orjson.loads(raw)) for slot, raw in _read_slots(data_path, slots).items()}
+
+
+def _check_one_prompt(ctx: _Ctx, kept: dict[str, list[Member]], prompts: dict[int, str]) -> None:
     """Task keys whose rollouts' prompt fingerprints differ: the same prompt written two ways, or not.
 
     Different prompts under one task index are counted for a warning, never merged silently: an
     environment that deals each rollout its own start (NeMo Gym's blackjack: each rollout's hand is in
     its prompt) writes them so, and so do collections each numbered from 0 and concatenated without
-    rollout indexes that repeat (those that repeat stop the conversion: `_settle_repeats`). Only
-    rollouts still in the running are compared (a rollout a rule removed in pass 1 makes no row).
+    rollout indexes that repeat (those that repeat stop the conversion: `_settle_repeats`). `kept`:
+    per task key, only the rollouts still in the running (a rollout a rule removed in pass 1 makes
+    no row); `prompts`: their `_prompt_keys`.
     """
-    kept = {key: [m for m in groups[key] if m.status is None] for key in keys}
-    raws = _read_slots(data_path, {m.slot for ms in kept.values() for m in ms})
     for key, ms in kept.items():
         first: dict[str, int] = {}
         for m in sorted(ms, key=lambda m: m.line):
-            first.setdefault(prompt_key(orjson.loads(raws[m.slot])), m.line)
+            first.setdefault(prompts[m.slot], m.line)
         if len(first) > 1:
             a, b = sorted(first.values())[:2]
             s = ctx.summary
@@ -298,8 +305,21 @@ def _repeats_rollouts(members: list[Member]) -> bool:
     return len(distinct) - (1 if nones else 0) < len(ris) - nones
 
 
-def _settle_repeats(ctx: _Ctx, groups: dict[str, list[Member]], keys: list[str], data_path: Path) -> None:
-    """Task keys whose (task, repeat) pairs occur twice: the same rollout repeated, or two tasks.
+def _repeated_pairs(groups: dict[str, list[Member]], keys: list[str]) -> dict[tuple[str, int], list[Member]]:
+    """(task key, rollout index) -> its rollouts still in the running, for pairs that occur twice."""
+    by_pair: dict[tuple[str, int], list[Member]] = {}
+    for key in keys:
+        for m in groups[key]:
+            if m.rollout is not None and m.status is None:
+                by_pair.setdefault((key, m.rollout), []).append(m)
+    return {pair: ms for pair, ms in by_pair.items() if len(ms) > 1}
+
+
+def _settle_repeats(
+    ctx: _Ctx, groups: dict[str, list[Member]], keys: list[str], twice: dict[tuple[str, int], list[Member]], prompts: dict[int, str]
+) -> None:
+    """Task keys whose (task, repeat) pairs occur twice (`twice`: `_repeated_pairs`; `prompts`:
+    their `_prompt_keys`): the same rollout repeated, or two tasks.
 
     Two prompts under one task index are different tasks (collections each numbered from 0 and
     concatenated): merging them would put one prompt's rollouts under the other (wrong pass
@@ -307,15 +327,8 @@ def _settle_repeats(ctx: _Ctx, groups: dict[str, list[Member]], keys: list[str],
     one sentence. The same prompt twice is one rollout written twice: the later lines are
     counted under `repeated_rollout`.
     """
-    by_pair: dict[tuple[str, int], list[Member]] = {}
-    for key in keys:
-        for m in groups[key]:
-            if m.rollout is not None and m.status is None:
-                by_pair.setdefault((key, m.rollout), []).append(m)
-    twice = {pair: ms for pair, ms in by_pair.items() if len(ms) > 1}
-    raws = _read_slots(data_path, {m.slot for ms in twice.values() for m in ms})
     for (key, ri), ms in twice.items():
-        if len({prompt_key(orjson.loads(raws[m.slot])) for m in ms}) > 1:
+        if len({prompts[m.slot] for m in ms}) > 1:
             lines = sorted(m.line for m in ms)
             raise ConvertError(
                 f"{ctx.summary.input}: lines {lines[0]} and {lines[1]} are rollout {ri} of task {key} but have different prompts, "
