@@ -10,6 +10,8 @@ reaches gymverl only, which then stops the child once, in order) and is stopped 
 `Supervised.stop` with one ladder: SIGINT to the group, then SIGTERM, then SIGKILL to the group and
 to every descendant seen, including those that left the group (torchrun starts its workers in
 sessions of their own). Nothing gymverl started outlives it, short of a SIGKILL to gymverl itself.
+Children start with SIGINT and SIGTERM at their defaults even where gymverl ignores them (a shell's
+background job ignores SIGINT), and a SIGINT the child ignores anyway is not waited for.
 """
 
 from __future__ import annotations
@@ -155,6 +157,52 @@ def shielded() -> contextlib.AbstractContextManager[None]:
     return _all_stop_signals(signal.SIG_IGN)
 
 
+# ---- the ladder's signals in children --------------------------------------------------------------
+
+# An ignored signal stays ignored across exec (a handled one is reset to its default), and a shell
+# starts a background job (`cmd &` in a script or a container's entrypoint) with SIGINT ignored. The
+# children then ignored the ladder's polite SIGINT: ng_run and Ray sat out the whole grace (30 s)
+# before SIGTERM, and `python -m gymverl.nemo_gym` took 33 s to exit after SIGTERM, past
+# Kubernetes' 30 s before SIGKILL. The children are in sessions of their own, so only gymverl's
+# ladder ever sends them these signals: they must act on them.
+_LADDER_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _ignore(signum: int, frame: Any) -> None:
+    """Does what SIG_IGN does, but as a handler, which exec resets to the default."""
+
+
+@contextlib.contextmanager
+def _ladder_signals_default_in_children() -> Iterator[None]:
+    """While starting a child: an ignored SIGINT/SIGTERM is ignored by a handler instead, so the
+    child gets its default action (gymverl itself still ignores it). Main thread only: elsewhere
+    handlers cannot be changed, and `Supervised.stop` skips a SIGINT the child ignores."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    swapped = [sig for sig in _LADDER_SIGNALS if signal.getsignal(sig) is signal.SIG_IGN]
+    for sig in swapped:
+        signal.signal(sig, _ignore)
+    try:
+        yield
+    finally:
+        for sig in swapped:
+            if signal.getsignal(sig) is _ignore:  # nobody replaced it meanwhile
+                signal.signal(sig, signal.SIG_IGN)
+
+
+def _ignores(pid: int, sig: int) -> bool:
+    """True when process `pid` ignores `sig` (its SigIgn mask in /proc; False when unknown)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"SigIgn:"):
+                    return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
 # ---- the process tree (Linux /proc; elsewhere the process group only) ------------------------------
 
 
@@ -277,8 +325,9 @@ class Supervised:
 
         The ladder: SIGINT to the group (what Ctrl-C in a terminal would do; `grace` seconds, default
         GRACE), then SIGTERM, then SIGKILL to the group and to every descendant seen (TERM_WAIT and
-        KILL_WAIT seconds). A rung is skipped as soon as nothing is left; another Ctrl-C/SIGTERM while
-        stopping skips to the next rung. Safe to call twice and after the child exited.
+        KILL_WAIT seconds). A rung is skipped as soon as nothing is left, and SIGINT when the child
+        ignores it; another Ctrl-C/SIGTERM while stopping skips to the next rung. Safe to call twice
+        and after the child exited.
         """
         grace = self.grace if grace is None else grace
         hurry = threading.Event()
@@ -288,6 +337,11 @@ class Supervised:
                 for sig, wait in ((signal.SIGINT, grace), (signal.SIGTERM, TERM_WAIT), (signal.SIGKILL, KILL_WAIT)):
                     if not self.running():
                         break
+                    if sig == signal.SIGINT and self.popen.returncode is None and _ignores(self.pid, sig):
+                        # Only the leader gets SIGINT, and it would ignore it: waiting `grace` for
+                        # it is time lost (a child that ignores SIGINT itself, or one started from
+                        # a thread of a gymverl that ignores it).
+                        continue
                     live = self._tree.refresh()
                     # The polite signal goes to the group only: the leader shuts its own workers down.
                     self._tree.signal(sig, () if sig == signal.SIGINT else live)
@@ -326,14 +380,17 @@ def start(
 ) -> Supervised:
     """Start `argv` in a new session (own process group), stdin from /dev/null unless given.
 
-    `popen` goes to subprocess.Popen (stdout, stderr, env, cwd, ...). While the child runs, SIGTERM
-    and SIGHUP raise KeyboardInterrupt in gymverl's main thread (`signals_as_interrupt`), so the
-    caller's cleanup, i.e. `stop()`, runs for them as for Ctrl-C, also when gymverl is a library.
+    `popen` goes to subprocess.Popen (stdout, stderr, env, cwd, ...). The child gets the default
+    SIGINT and SIGTERM even where gymverl ignores them (they are how `Supervised.stop` asks it to
+    stop). While the child runs, SIGTERM and SIGHUP raise KeyboardInterrupt in gymverl's main thread
+    (`signals_as_interrupt`), so the caller's cleanup, i.e. `stop()`, runs for them as for Ctrl-C,
+    also when gymverl is a library.
     """
     popen.setdefault("stdin", subprocess.DEVNULL)
     held = _hold_signals()
     try:
-        child = subprocess.Popen(list(argv), start_new_session=True, **popen)
+        with _ladder_signals_default_in_children():
+            child = subprocess.Popen(list(argv), start_new_session=True, **popen)
     except BaseException:
         if held:
             _release_signals()

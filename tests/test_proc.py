@@ -75,6 +75,50 @@ def test_stop_reaches_descendants_that_left_the_group(tmp_path: Path) -> None:
     assert child.stop() == child.returncode  # twice is fine
 
 
+
+def _sig_ignored(pid: int, sig: int) -> bool:
+    with open(f"/proc/{pid}/status") as f:
+        mask = next(int(line.split()[1], 16) for line in f if line.startswith("SigIgn:"))
+    return bool(mask >> (sig - 1) & 1)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads SigIgn from /proc")
+def test_a_child_acts_on_sigint_also_when_gymverl_ignores_it(tmp_path: Path) -> None:
+    """A shell starts a background job (`python -m gymverl.nemo_gym mcqa &`) with SIGINT ignored,
+    and an ignored signal stays ignored across exec: ng_run and Ray sat out the ladder's whole SIGINT
+    grace and SIGTERM came 30 s late. Children now start with it at its default; gymverl still ignores it."""
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        child = proc.start([sys.executable, "-c", "import time; print(flush=True); time.sleep(60)"], stdout=subprocess.PIPE)
+        try:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # gymverl's own choice is kept
+            child.popen.stdout.readline()  # type: ignore[union-attr]  # running (exec'd, handlers set)
+            assert not _sig_ignored(child.pid, signal.SIGINT) and not _sig_ignored(child.pid, signal.SIGTERM)
+            t0 = time.monotonic()
+            assert child.stop(grace=30) == -signal.SIGINT  # an uncaught KeyboardInterrupt: the first rung
+            assert time.monotonic() - t0 < 10
+        finally:
+            child.stop(grace=0)
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads SigIgn from /proc")
+def test_a_child_that_ignores_sigint_is_not_given_the_grace(tmp_path: Path) -> None:
+    """Only the leader gets SIGINT: when it ignores it, waiting `grace` is time lost; SIGTERM comes at once."""
+    pidfile = tmp_path / "pids"
+    child = proc.start([sys.executable, "-c", STUBBORN, str(pidfile)])
+    pids = _pids(pidfile)
+    try:
+        t0 = time.monotonic()
+        assert child.stop(grace=30) == -signal.SIGTERM
+        took = time.monotonic() - t0
+    finally:
+        left = _alive(pids)
+        _cleanup(pids)
+    assert left == [], f"left running: {left}"
+    assert took < proc.TERM_WAIT + proc.KILL_WAIT + 3, took  # not 30 s of SIGINT grace first
+
 def test_sigterm_to_gymverl_stops_the_collector_and_its_workers(tmp_path: Path, nemo_gym_env: Path, default_stop_signals) -> None:
     """SIGTERM while collecting: the collector and a worker in its own session are both gone afterwards
     (the old ladder signalled the collector's group only)."""
