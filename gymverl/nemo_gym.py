@@ -494,20 +494,24 @@ class NemoGymServers:
                 return inst["url"]
         raise NemoGymError(f"no NeMo Gym server named {name!r}; running: {', '.join(self.urls)}")
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: float | None = None) -> None:
         """Stop ng_run and everything it started (servers, Ray) with `gymverl.proc`'s ladder; twice is fine.
 
         Also from another thread while `start()` runs there: it then starts nothing more and raises.
         A stopped NemoGymServers is not started again (make a new one).
 
         `timeout`: seconds ng_run gets after SIGINT (it stops its servers and Ray itself) before
-        SIGTERM and SIGKILL reach the whole group and every descendant.
+        SIGTERM and SIGKILL reach the whole group and every descendant; default `proc.GRACE`.
         """
         with self._lock:
             self._stopped.set()
             child = self._proc
         if child is not None:
-            child.stop(grace=timeout)
+            # Not the 30 s it was: with SIGTERM's and SIGKILL's waits the whole ladder must end
+            # before Kubernetes' SIGKILL (30 s after SIGTERM by default), or what ng_run started
+            # outlives us. ng_run's own shutdown has its limits: 1 s per server after SIGINT
+            # (then SIGKILL, 2 s), then `ray.shutdown()`; it took 3.5-5 s here.
+            child.stop(grace=proc.GRACE if timeout is None else timeout)
             self.signalled = self.signalled or child.signalled
         if self._reader is not None:
             self._reader.join(timeout=5)

@@ -285,6 +285,24 @@ def test_stop_signal_stops_ng_run_ray_and_every_server_within_seconds(nemo_gym_e
         urllib.request.urlopen(url + "/", timeout=5)  # noqa: S310 - loopback
 
 
+def test_stop_ladder_ends_before_kubernetes_sigkill(nemo_gym_env: Path) -> None:
+    """Kubernetes sends SIGKILL 30 s after SIGTERM: even when ng_run hangs, SIGINT's grace plus the
+    SIGTERM and SIGKILL waits must end before it (the grace was 30 s: 40 s in all)."""
+    from gymverl import proc
+
+    graces: list[float] = []
+
+    class Child:
+        signalled = False
+
+        def stop(self, grace: float) -> None:
+            graces.append(grace)
+
+    servers = nemo_gym.start_resources_servers(["mcqa"], env=nemo_gym_env)
+    servers._proc = Child()  # type: ignore[assignment]
+    servers.stop()
+    assert len(graces) == 1 and graces[0] + proc.TERM_WAIT + proc.KILL_WAIT < 30, graces
+
 @pytest.mark.nemo_gym
 def test_stop_from_another_thread_while_starting_leaves_nothing(nemo_gym_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The demo starts servers in a background thread and stops them from the main one (Ctrl-C):
