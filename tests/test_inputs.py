@@ -500,3 +500,15 @@ def test_spool_that_does_not_fit_is_one_sentence_exit_1_and_removed(tmp_path):
     assert r.returncode == 1, err
     assert err.count("\n") == 1 and err.startswith("error: ") and "file too large" in err and "Traceback" not in err
     assert spools(spool_dir) == [] and not (tmp_path / "out").exists()
+
+
+def test_sft_repeats_in_a_pipe_read_once_are_refused_in_one_sentence(tmp_path: Path) -> None:
+    """Settling repeated (task, rollout) pairs reads the input again (streaming sft hands it to the
+    grouped conversion): a pipe given with --input-kind rollouts (not kept by detection) cannot be
+    read again, and says so (exit 2), writing nothing; with detection (auto) the copy it keeps serves."""
+    data = DATA * 2
+    r = gymverl("to-parquet", "-", "-o", str(tmp_path / "o"), "--input-kind", "rollouts", stdin=data)
+    assert r.returncode == 2 and "repeat a (task, rollout) pair" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "o").exists()
+    r = gymverl("to-parquet", "-", "-o", str(tmp_path / "o"), "--json", stdin=data)
+    assert r.returncode == 0 and json.loads(r.stdout)["filtered"]["repeated_rollout"] == 19, r.stderr

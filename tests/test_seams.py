@@ -146,9 +146,13 @@ def test_one_jsonable_and_shared_constants():
 
 
 def _big(tmp_path: Path, n: int = 5000) -> Path:
-    lines = [x for x in SAMPLE.read_bytes().splitlines() if x.strip()]
+    """The sample rollouts repeated to `n` lines, each its own rollout (a repeated (task, rollout)
+    pair would send sft through the grouped conversion, a second pass)."""
+    import json
+
+    lines = [json.loads(x) for x in SAMPLE.read_bytes().splitlines() if x.strip()]
     p = tmp_path / "big.jsonl"
-    p.write_bytes(b"\n".join(lines[i % len(lines)] for i in range(n)) + b"\n")
+    p.write_text("".join(json.dumps({**lines[i % len(lines)], "_ng_rollout_index": i}) + "\n" for i in range(n)))
     return p
 
 

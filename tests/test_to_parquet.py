@@ -543,3 +543,21 @@ def test_an_output_directory_never_replaces_a_file_that_is_not_parquet(tmp_path:
     keep.unlink()
     s = convert(ROLLOUTS, out, ConvertOptions(fmt="sft", **opts))
     assert name in {Path(p).name for paths in s.files.values() for p in paths}, s.files
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sft_never_writes_one_rollout_twice(tmp_path: Path, workers: int) -> None:
+    """A file holding the sample rollouts twice (two collections concatenated) gave 38 sft rows, each
+    rollout twice, with no word: only the grouped paths settled repeats. Streaming sft now notices a
+    (task, rollout) pair seen before and lets the grouped conversion settle the input, so the later
+    copies are filtered as `repeated_rollout` as the README says; a file without repeats streams."""
+    twice = tmp_path / "twice.jsonl"
+    twice.write_bytes(ROLLOUTS.read_bytes() * 2)
+    s = convert(twice, tmp_path / "o", ConvertOptions(fmt="sft", workers=workers))
+    once = convert(ROLLOUTS, tmp_path / "o1", ConvertOptions(fmt="sft", workers=workers))
+    assert not once.grouped and s.grouped
+    assert s.rows == once.rows and s.filtered["repeated_rollout"] == once.rows["train"]
+    assert s.lines == s.rejected + sum(s.filtered.values()) + s.kept_lines == 40
+    pairs = [(r["extra_info"]["task_key"], r["extra_info"]["rollout_index"]) for r in _rows(tmp_path / "o", "train")]
+    assert len(pairs) == len(set(pairs)) == once.rows["train"]
+

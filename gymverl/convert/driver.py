@@ -4,6 +4,7 @@ grouped conversion, and fills in the summary's warnings."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import gc
 import os
 import time
@@ -14,7 +15,7 @@ from typing import Iterator
 
 from gymverl.formats import FORMATS, FieldRules
 from gymverl.formats import rl as rl_fmt
-from gymverl.inputs import Input, as_input
+from gymverl.inputs import Input, InputError, as_input
 from gymverl.jsonl import RejectsWriter, read_jsonl, refuse_foreign_rejects
 from gymverl.sidecars import JOIN_REASONS, TaskSource, is_materialized_inputs, sidecar_paths, stem_of
 from gymverl.select import needs_grouping
@@ -26,7 +27,7 @@ from gymverl.convert.options import ConvertError, ConvertOptions
 from gymverl.convert.summary import ConvertSummary
 from gymverl.convert.parquet import ParquetSink, SCHEMAS, SPLITS, refuse_foreign_parquet
 from gymverl.convert.rows import TokenCounter, _Ctx
-from gymverl.convert.stream import _convert_streaming, _stream_result
+from gymverl.convert.stream import RepeatedRollouts, _convert_streaming, _stream_result
 from gymverl.convert.grouped import _convert_grouped, _pass1_result
 from gymverl.convert.workers import _local_results, _parallel_results
 
@@ -227,9 +228,10 @@ def convert(
     rules = FieldRules(task_keys=task_keys, ground_truth_field=opts.ground_truth_field, keep_all=tasks_input)
     # The user's file (a pipe has no path to protect; its spooled copy is ours).
     inputs = (None if src.spooled else src.path, opts.tasks_path, source.path if source is not None else None)
-    sink = ParquetSink(
-        out, SCHEMAS[opts.fmt], shard_size=opts.shard_size, dry_run=opts.dry_run, batch_rows=opts.batch_rows, protect=inputs
-    )
+    def new_sink() -> ParquetSink:
+        return ParquetSink(out, SCHEMAS[opts.fmt], shard_size=opts.shard_size, dry_run=opts.dry_run, batch_rows=opts.batch_rows, protect=inputs)
+
+    sink = new_sink()
     # No output may be an input (same path, symlink or hard link): refused before anything is written.
     splits = SPLITS if sel.val_fraction > 0 else ("train",)
     check_outputs([] if opts.dry_run else sink.planned_outputs(splits), inputs, streams=[opts.rejects_path])
@@ -253,8 +255,19 @@ def convert(
         # Held for the whole run: a second gymverl writing the same output (or rejects file) is refused.
         with output_lock(None if opts.dry_run else out, opts.rejects_path):
             try:
-                with _fewer_gc_passes():
-                    _run(opts, src, summary, rules, sink, counter, tasks_input, on_progress, total, source)
+                before = copy.deepcopy(summary)  # (small yet: no line read)
+                try:
+                    with _fewer_gc_passes():
+                        _run(opts, src, summary, rules, sink, counter, tasks_input, on_progress, total, source)
+                except RepeatedRollouts:
+                    # Rare: a (task, rollout) pair occurs twice. Nothing is committed yet; the grouped
+                    # conversion reads the input again and settles them as rl and dpo do.
+                    sink.abort()
+                    sink, summary = new_sink(), before
+                    summary.grouped = True
+                    _reread(src, opts)
+                    with _fewer_gc_passes():
+                        _run(opts, src, summary, rules, sink, counter, tasks_input, on_progress, total, source)
                 problems = _task_field_problems(summary, src, source, opts.side_files) if opts.fmt == "rl" and not tasks_input else []
                 if problems and opts.strict:
                     raise ConvertError(f"--strict: {problems[0]}")
@@ -338,6 +351,17 @@ def _run(
                 _convert_grouped(ctx, results, total)
             else:
                 _convert_streaming(ctx, results)
+
+
+def _reread(src: Input, opts: ConvertOptions) -> None:
+    """Make `src` readable again for a second conversion, or say why it cannot be."""
+    try:
+        src.reusable(opts.tmp_dir)
+    except InputError:
+        raise ConvertError(
+            f"{src}: some lines repeat a (task, rollout) pair, and settling them reads the input again, but it is a pipe "
+            "already read; write it to a file first (or leave --input-kind at auto, which keeps a copy)."
+        ) from None
 
 
 @contextlib.contextmanager

@@ -19,9 +19,11 @@ class Rejected(NamedTuple):
 
 
 class Filtered(NamedTuple):
-    """A valid rollout removed by a per-rollout rule (`select.RULES`)."""
+    """A valid rollout removed by a per-rollout rule (`select.RULES`); streaming sft also gives its
+    (task key, rollout index) `pair`, to tell a repeated rollout (`stream.RepeatedRollouts`)."""
 
     rule: str
+    pair: tuple[str, int] | None = None
 
 
 class RowResult(NamedTuple):

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from array import array
 from typing import Any, Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from gymverl.formats import RowError
 from gymverl.formats import fast as fast_fmt
@@ -24,7 +28,7 @@ def _fast_stream_result(ctx: _Ctx, reader: fast_fmt.FastSFT, line: Line) -> Line
     split = split_of(got.key, sel.val_fraction, sel.split_seed)
     status = record_status(got.reward, got.incomplete, sel, got.masked, got.malformed, got.empty)
     if status:
-        return Filtered(status)
+        return Filtered(status, None if got.rollout_index is None else (got.key, got.rollout_index))
     row = _fast_sft_row(ctx, reader, got, line.number)
     return None if row is None else RowResult(split, row, line.number)
 
@@ -49,7 +53,8 @@ def _stream_result(ctx: _Ctx, c: Checked) -> LineResult:
     except RowError as exc:
         return Rejected(c.line, exc.code, exc.reason, c.raw)
     if status or row is None:
-        return Filtered(status or "unknown")
+        ri = rec.get("_ng_rollout_index")
+        return Filtered(status or "unknown", (key, ri) if ctx.opts.fmt == "sft" and type(ri) is int else None)
     if ctx.tasks_input:
         # Materialized inputs repeat each task once per repeat: the converter keeps one row per
         # (task index, prompt), so it needs the prompt (computed here, in the worker).
@@ -57,10 +62,22 @@ def _stream_result(ctx: _Ctx, c: Checked) -> LineResult:
     return RowResult(split, row, c.line)
 
 
+class RepeatedRollouts(Exception):
+    """Streaming sft met a (task key, rollout index) pair twice: the grouped conversion, which
+    settles repeats (`repeated_rollout`, or a refusal for two prompts), must convert the input."""
+
+
 def _convert_streaming(ctx: _Ctx, results: Iterator[LineResult]) -> None:
-    """One pass, row by row: sft without task-level rules, or rl from a tasks file."""
+    """One pass, row by row: sft without task-level rules, or rl from a tasks file.
+
+    sft: every valid rollout's (task, rollout index) is kept as a 64-bit hash (8 bytes a line, never
+    the lines); when one occurs twice (concatenated collections, a file written twice),
+    RepeatedRollouts is raised at the end, before anything is committed: the streaming rows would
+    train on that rollout twice.
+    """
     s = ctx.summary
     seen: dict[str, str] = {}  # rl from tasks: task key -> prompt key (bounded by the task count)
+    pairs = array("q") if ctx.opts.fmt == "sft" else None
     for r in results:
         s.lines += 1
         kind = type(r)
@@ -69,9 +86,16 @@ def _convert_streaming(ctx: _Ctx, results: Iterator[LineResult]) -> None:
             continue
         if kind is Filtered:
             s.filtered[r.rule] += 1
+            if r.pair is not None and pairs is not None:
+                pairs.append(hash(r.pair))
             continue
         split, row = r.split, r.row
         s.kept_lines += 1
+        if pairs is not None:
+            info = row["extra_info"]
+            ri = info["rollout_index"]
+            if ri is not None:
+                pairs.append(hash((info["task_key"], ri)))
         if ctx.tasks_input:
             split = _one_row_per_task(ctx, seen, row, split, r.prompt)
             if split is None:
@@ -82,6 +106,17 @@ def _convert_streaming(ctx: _Ctx, results: Iterator[LineResult]) -> None:
             if not row["reward_model"]["ground_truth"]:
                 s.missing_ground_truth += 1
         ctx.sink.add(split, row)
+    if pairs is not None and _repeats(pairs):
+        raise RepeatedRollouts
+
+
+def _repeats(hashes: array) -> bool:  # type: ignore[type-arg]
+    """True when two of `hashes` are equal (sorted in C by pyarrow; a collision of two different
+    pairs only costs the exact, grouped conversion)."""
+    if len(hashes) < 2:
+        return False
+    values = pa.Array.from_buffers(pa.int64(), len(hashes), [None, pa.py_buffer(hashes)]).sort()
+    return bool(pc.any(pc.equal(values[1:], values[:-1])).as_py())
 
 
 def _one_row_per_task(ctx: _Ctx, seen: dict[str, str], row: dict[str, Any], split: str, prompt: str) -> str | None:
