@@ -561,3 +561,17 @@ def test_sft_never_writes_one_rollout_twice(tmp_path: Path, workers: int) -> Non
     pairs = [(r["extra_info"]["task_key"], r["extra_info"]["rollout_index"]) for r in _rows(tmp_path / "o", "train")]
     assert len(pairs) == len(set(pairs)) == once.rows["train"]
 
+
+
+def test_sft_without_min_reward_says_how_many_rows_are_failed_answers(tmp_path: Path) -> None:
+    """Plain `to-parquet --format sft` wrote 19 rows, 8 of them answers the verifier scored 0, with no
+    word: SFT trains on them as targets. A warning now counts them and names --min-reward; with it
+    (or with every row solved) there is none."""
+    s = convert(ROLLOUTS, tmp_path / "a", ConvertOptions(fmt="sft"))
+    failed = sum(1 for r in _rows(tmp_path / "a") if r["extra_info"]["reward"] < 1.0)
+    assert failed == s.unsolved_rows == 8
+    assert any(w.startswith(f"{failed} of 19 sft rows come from rollouts with a reward below 1") and "--min-reward 1" in w for w in s.warnings), s.warnings
+    s = convert(ROLLOUTS, tmp_path / "b", ConvertOptions(fmt="sft", select=SelectOptions(min_reward=1.0)))
+    assert s.unsolved_rows == 0 and not any("--min-reward" in w for w in s.warnings)
+    s = convert(ROLLOUTS, tmp_path / "c", ConvertOptions(fmt="sft", select=SelectOptions(best_of_n=1)))  # grouped: the same count
+    assert s.unsolved_rows == sum(1 for r in _rows(tmp_path / "c") if r["extra_info"]["reward"] < 1.0)

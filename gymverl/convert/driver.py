@@ -299,6 +299,12 @@ def convert(
         )
     summary.rows = Counter(sink.counts)
     summary.image_rows, summary.images = sink.image_rows, sink.images
+    if summary.unsolved_rows and sel.min_reward is None:
+        n, t = summary.unsolved_rows, sel.solved_threshold
+        summary.warnings.append(
+            f"{n} of {sum(summary.rows.values())} sft rows come from rollouts with a reward below {t:g} (answers the verifier failed): "
+            f"SFT trains on them as targets. --min-reward {t:g} keeps only solved rollouts (rejection sampling)."
+        )
     if arguments_guessed and sink.tool_rows:
         summary.warnings.append(
             f"{sink.tool_rows} dpo rows have tools; their tool-call arguments are written as the model's JSON text, "

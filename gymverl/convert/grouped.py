@@ -261,7 +261,7 @@ def _finish_partition(ctx: _Ctx, meta_path: Path, data_path: Path) -> None:
             for status in built.filtered:
                 s.filtered[status] += 1
             for row in built.rows:
-                ctx.sink.add(split, row)
+                ctx.write(split, row)
             s.kept_lines += len(built.rows) * (1 if fmt == "sft" else 2)  # a dpo row holds two rollouts
             if built.rows:
                 s.tasks_by_split[split] += 1
@@ -396,7 +396,7 @@ def _emit_rl(ctx: _Ctx, key: str, split: str, members: list[Member], stats: tupl
         s.missing_ground_truth += 1
     s.kept_lines += len(members)
     s.tasks_by_split[split] += 1
-    ctx.sink.add(split, row)
+    ctx.write(split, row)
 
 
 class _Built(NamedTuple):

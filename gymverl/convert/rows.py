@@ -94,6 +94,15 @@ class _Ctx:
         self.summary.reject(line, code, reason)
         self.rejects.add(line, code, reason, raw)
 
+    def write(self, split: str, row: dict[str, Any]) -> None:
+        """Queue a finished row of `split`. An sft row from a rollout below `--solved-threshold` is
+        counted (`ConvertSummary.unsolved_rows`): without --min-reward SFT trains on failed answers."""
+        if self.opts.fmt == "sft":
+            reward = row["extra_info"]["reward"]
+            if reward is not None and reward < self.opts.select.solved_threshold:
+                self.summary.unsolved_rows += 1
+        self.sink.add(split, row)
+
 
 def _fast_sft_row(ctx: _Ctx, reader: fast_fmt.FastSFT, got: fast_fmt.FastRollout, line: int) -> dict[str, Any] | None:
     """The SFT row of a decoded rollout (built by `sft_row`, like every SFT row), or None."""

@@ -105,7 +105,7 @@ def _convert_streaming(ctx: _Ctx, results: Iterator[LineResult]) -> None:
             s.tasks_by_split[split] += 1
             if not row["reward_model"]["ground_truth"]:
                 s.missing_ground_truth += 1
-        ctx.sink.add(split, row)
+        ctx.write(split, row)
     if pairs is not None and _repeats(pairs):
         raise RepeatedRollouts
 

@@ -46,6 +46,7 @@ class ConvertSummary(Rejections):
     mixed_prompt_tasks: int = 0  # task keys whose rollouts hold different prompts (`grouped._check_one_prompt`)
     mixed_prompt_examples: list[str] = field(default_factory=list)  # the first few: "KEY (lines A and B)"
     repeats_merged: int = 0  # materialized-input lines that repeat a task already written
+    unsolved_rows: int = 0  # sft rows from rollouts below --solved-threshold (`_Ctx.write`)
     image_rows: int = 0  # rows that carry images (the `images` column)
     images: int = 0  # images in those rows
     files: dict[str, list[str]] = field(default_factory=dict)
@@ -94,6 +95,7 @@ class ConvertSummary(Rejections):
                 "rows_without_source": self.rows_without_source,
             },
             "repeats_merged": self.repeats_merged,
+            "unsolved_rows": self.unsolved_rows,
             "images": {"rows": self.image_rows, "images": self.images},
             "files": self.files,
             "bytes_written": self.bytes_written,
