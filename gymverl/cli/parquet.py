@@ -63,7 +63,9 @@ def to_parquet(
     rejected with its line number and reason. SFT rows store `messages`/`tools` as JSON strings:
     train with data.custom_cls.path=<gymverl/verl_data.py> data.custom_cls.name=GymverlSFTDataset.
 
-    Exit code 0 success; 1 some lines were rejected or no row was kept; 2 usage error; 130 interrupted.
+    Exit code 0 success; 1 some lines were rejected, no row was kept, or rl rows may lack task fields
+    their verifier needs (written, with a warning; --strict: exit 2, nothing written); 2 usage error;
+    130 interrupted.
     """
     from gymverl.convert import ConvertOptions, convert
     from gymverl.select import SelectOptions
@@ -129,7 +131,7 @@ def to_parquet(
         render_rejects_written(rejects, summary.rejected)
         for w in summary.warnings:
             warn(w)
-    if summary.rejected or sum(summary.rows.values()) == 0:
+    if summary.rejected or sum(summary.rows.values()) == 0 or summary.task_field_problems:
         raise typer.Exit(EXIT_REJECTED)
 
 

@@ -272,6 +272,7 @@ def convert(
                 if problems and opts.strict:
                     raise ConvertError(f"--strict: {problems[0]}")
                 summary.warnings.extend(problems)
+                summary.task_field_problems = len(problems)
                 guess = rules.guess_warning(sent=False) if opts.fmt == "rl" else None
                 if guess:  # once per run, naming every field the name heuristic decided
                     summary.warnings.append(guess)
