@@ -338,6 +338,13 @@ def _rl(table: Any, tokenizer: Any, tokenizer_dir: str | Path, answer: str | Non
         pv.verify = VerifyPreview(answer=answer, agent=agent or row.get("data_source"), body=body)
 
 
+def _of_the_row(message: str) -> str:
+    """The first line of a dataset error about the one-row file preview loads: its "row 0" is the
+    row asked for ("cannot load row 2: row 0 has ..." named the wrong row)."""
+    first = message.splitlines()[0] if message else ""
+    return "it " + first[len("row 0 "):] if first.startswith("row 0 ") else first
+
+
 def _sft(table: Any, tokenizer: Any, pv: Preview) -> None:
     import pyarrow.parquet as pq
 
@@ -359,7 +366,7 @@ def _sft(table: Any, tokenizer: Any, pv: Preview) -> None:
                 item = GymverlSFTDataset(one, tokenizer, dict(config))[0]
         except AssertionError as exc:
             if "ignore_input_ids_mismatch" not in str(exc):
-                raise PreviewError(f"VeRL's MultiTurnSFTDataset cannot load row {pv.row}: {str(exc).splitlines()[0]}") from None
+                raise PreviewError(f"VeRL's MultiTurnSFTDataset cannot load row {pv.row}: {_of_the_row(str(exc))}") from None
             pv.warnings.append(
                 "VeRL's MultiTurnSFTDataset stops on this row (rendering each turn separately differs from rendering the whole "
                 "conversation); training needs data.ignore_input_ids_mismatch=true and then sees the text below."
@@ -367,7 +374,7 @@ def _sft(table: Any, tokenizer: Any, pv: Preview) -> None:
             with _quiet():
                 item = GymverlSFTDataset(one, tokenizer, {**config, "ignore_input_ids_mismatch": True})[0]
         except (ValueError, KeyError, TypeError) as exc:
-            raise PreviewError(f"VeRL's MultiTurnSFTDataset cannot load row {pv.row}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+            raise PreviewError(f"VeRL's MultiTurnSFTDataset cannot load row {pv.row}: {_of_the_row(str(exc)) or type(exc).__name__}") from None
     ids = [int(x) for x in item["input_ids"].tolist()]
     mask = [int(x) for x in item["loss_mask"].tolist()]
     pv.sections.append(Section(name="conversation", text=decode(tokenizer, ids), token_ids=ids, trained=spans_from_mask(tokenizer, ids, mask)))

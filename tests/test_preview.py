@@ -452,3 +452,14 @@ def test_building_the_tiny_model_prints_nothing(tmp_path, capfd):
     build_tiny_model(tmp_path / "m")
     out, err = capfd.readouterr()
     assert "Writing model shards" not in err + out, err
+
+
+def test_a_dataset_error_names_the_row_asked_for() -> None:
+    """preview loads the row asked for as a one-row file, so the dataset's own sentence said "row 0"
+    ("cannot load row 2: row 0 has a tool call ..."); it now reads "cannot load row 2: it has ..."."""
+    from gymverl.preview import _of_the_row
+
+    assert _of_the_row("row 0 has a tool call whose arguments are not a JSON object ('x')\nmore") == (
+        "it has a tool call whose arguments are not a JSON object ('x')"
+    )
+    assert _of_the_row("assertion failed") == "assertion failed" and _of_the_row("") == ""

@@ -575,3 +575,24 @@ def test_sft_without_min_reward_says_how_many_rows_are_failed_answers(tmp_path: 
     assert s.unsolved_rows == 0 and not any("--min-reward" in w for w in s.warnings)
     s = convert(ROLLOUTS, tmp_path / "c", ConvertOptions(fmt="sft", select=SelectOptions(best_of_n=1)))  # grouped: the same count
     assert s.unsolved_rows == sum(1 for r in _rows(tmp_path / "c") if r["extra_info"]["reward"] < 1.0)
+
+
+def test_a_val_split_that_draws_no_task_is_named(tmp_path: Path) -> None:
+    """`--val-fraction 0.05` on the sample's 5 tasks wrote no val.parquet and said nothing (tasks are
+    split by a hash of their key): a warning now says val is empty and what to change."""
+    s = convert(ROLLOUTS, tmp_path / "o", ConvertOptions(fmt="sft", select=SelectOptions(val_fraction=0.05, min_reward=1.0)))
+    assert s.rows["val"] == 0 and s.rows["train"] > 0 and not (tmp_path / "o" / "val.parquet").exists()
+    assert any(w.startswith("--val-fraction 0.05 put no row in val") for w in s.warnings), s.warnings
+    s = convert(ROLLOUTS, tmp_path / "p", ConvertOptions(fmt="sft", select=SelectOptions(val_fraction=0.4, min_reward=1.0)))
+    assert s.rows["val"] > 0 and not any("put no row in val" in w for w in s.warnings)
+
+
+def test_output_named_as_the_input_gets_the_input_sentence(tmp_path: Path) -> None:
+    """`to-parquet X.jsonl -o X.jsonl` said "exists and is not a directory"; it is the input, and the
+    sentence every command uses for that is what a user needs. (And one option "selects".)"""
+    src = tmp_path / "r.jsonl"
+    src.write_bytes(ROLLOUTS.read_bytes())
+    res = runner.invoke(app, ["to-parquet", str(src), "-o", str(src)])
+    assert res.exit_code == 2 and "is the input" in res.output and src.read_bytes() == ROLLOUTS.read_bytes(), res.output
+    res = runner.invoke(app, ["to-parquet", str(src), "-o", str(tmp_path / "o"), "-f", "rl", "--min-reward", "1"])
+    assert res.exit_code == 2 and "--min-reward selects rollouts" in " ".join(res.output.split()), res.output

@@ -189,6 +189,7 @@ def convert(
     if out.suffix == ".parquet" and opts.select.val_fraction > 0:
         raise ConvertError("with --val-fraction, --output must be a directory (train.parquet and val.parquet go into it).")
     if out.exists() and not out.is_dir() and out.suffix != ".parquet":
+        check_outputs([out], [src.path])  # `-o` naming the input itself: that sentence, not this one
         raise ConvertError(f"{out}: exists and is not a directory.")
     if out.suffix == ".parquet" and out.is_dir():
         raise ConvertError(f"{out}: is a directory; give a directory without the .parquet suffix or a file path.")
@@ -208,7 +209,8 @@ def convert(
     if opts.fmt == "rl":
         unused = [n for n, v in (("--min-reward", sel.min_reward), ("--best-of-n", sel.best_of_n), ("--dedup", sel.dedup)) if v]
         if unused:
-            raise ConvertError(f"{', '.join(unused)} select rollouts, but --format rl writes one row per task; use --drop-solved/--drop-unsolved.")
+            verb = "select" if len(unused) > 1 else "selects"
+            raise ConvertError(f"{', '.join(unused)} {verb} rollouts, but --format rl writes one row per task; use --drop-solved/--drop-unsolved.")
     if tasks_input and (sel.drop_solved or sel.drop_unsolved):
         raise ConvertError("--drop-solved/--drop-unsolved need rollouts with rewards, not a tasks file.")
 
@@ -300,6 +302,13 @@ def convert(
         )
     summary.rows = Counter(sink.counts)
     summary.image_rows, summary.images = sink.image_rows, sink.images
+    if sel.val_fraction > 0 and summary.rows["train"] and not summary.rows["val"]:
+        # The split is by a hash of the task key: with few tasks a small fraction may draw none.
+        tasks = f" of {summary.tasks} tasks" if summary.tasks else ""
+        summary.warnings.append(
+            f"--val-fraction {sel.val_fraction:g} put no row in val (tasks are split by a hash of their key, and none{tasks} "
+            "fell in val): no val.parquet was written; raise --val-fraction or change --split-seed."
+        )
     if summary.unsolved_rows and sel.min_reward is None:
         n, t = summary.unsolved_rows, sel.solved_threshold
         summary.warnings.append(
