@@ -596,3 +596,13 @@ def test_output_named_as_the_input_gets_the_input_sentence(tmp_path: Path) -> No
     assert res.exit_code == 2 and "is the input" in res.output and src.read_bytes() == ROLLOUTS.read_bytes(), res.output
     res = runner.invoke(app, ["to-parquet", str(src), "-o", str(tmp_path / "o"), "-f", "rl", "--min-reward", "1"])
     assert res.exit_code == 2 and "--min-reward selects rollouts" in " ".join(res.output.split()), res.output
+
+
+def test_a_mistyped_tmp_dir_is_refused_not_created(tmp_path: Path) -> None:
+    """`--tmp-dir /nonexistent/x` was created, parents and all, and left behind (exit 0)."""
+    bad = tmp_path / "no" / "such" / "dir"
+    with pytest.raises(ConvertError, match="neither it nor its parent directory exists") as exc:
+        convert(ROLLOUTS, tmp_path / "o", ConvertOptions(fmt="sft", tmp_dir=str(bad), select=SelectOptions(best_of_n=1)))
+    assert exc.value.exit_code == 2 and not (tmp_path / "no").exists() and not (tmp_path / "o").exists()
+    s = convert(ROLLOUTS, tmp_path / "o", ConvertOptions(fmt="sft", tmp_dir=str(tmp_path / "spill"), select=SelectOptions(best_of_n=1)))
+    assert s.rows["train"] > 0  # a new directory under an existing one is still made

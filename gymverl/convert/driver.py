@@ -195,6 +195,11 @@ def convert(
         raise ConvertError(f"{out}: is a directory; give a directory without the .parquet suffix or a file path.")
     if opts.select.max_tokens is not None and not opts.tokenizer:
         raise ConvertError("--max-tokens needs --tokenizer (a local Hugging Face tokenizer directory).")
+    tmp = Path(opts.tmp_dir) if opts.tmp_dir is not None else None
+    if tmp is not None and not tmp.is_dir() and not tmp.parent.is_dir():
+        # A new directory is made for the spill, but not a whole mistyped path (`/nonexistent/x`
+        # was created, parents and all, and left behind).
+        raise ConvertError(f"--tmp-dir {tmp}: neither it nor its parent directory exists; give a directory to spill into.")
     # Detection reads the first lines, conversion all of them: a pipe is spooled first.
     kind = opts.input_kind if opts.input_kind != "auto" else detect_input_kind(src.reusable(opts.tmp_dir))
     if kind not in ("rollouts", "tasks"):
