@@ -63,9 +63,9 @@ def to_parquet(
     rejected with its line number and reason. SFT rows store `messages`/`tools` as JSON strings:
     train with data.custom_cls.path=<gymverl/verl_data.py> data.custom_cls.name=GymverlSFTDataset.
 
-    Exit code 0 success; 1 some lines were rejected, no row was kept, or rl rows may lack task fields
-    their verifier needs (written, with a warning; --strict: exit 2, nothing written); 2 usage error;
-    130 interrupted.
+    Exit code 0 success; 1 some lines were rejected, no row was kept, or rl rows lack task fields their
+    verifier takes (written, with a warning naming them; --strict: exit 2, nothing written, also for
+    fields they may lack); 2 usage error; 130 interrupted.
     """
     from gymverl.convert import ConvertOptions, convert
     from gymverl.select import SelectOptions

@@ -60,36 +60,40 @@ def _task_source(opts: ConvertOptions, src: Input, tasks_input: bool) -> TaskSou
     return TaskSource(found, "materialized") if found is not None else None
 
 
-def _task_field_problems(s: ConvertSummary, src: Input, source: TaskSource | None, side_files: bool = True) -> list[str]:
-    """Truthful warnings about rl rows that may lack task fields /verify needs (errors with --strict)."""
-    out = []
+def _task_field_problems(s: ConvertSummary, src: Input, source: TaskSource | None, side_files: bool = True) -> list[tuple[str, bool]]:
+    """Truthful warnings about rl rows that may lack task fields /verify needs (errors with --strict),
+    each with whether it names fields the rows are known to lack (a tasks file or the installed
+    server's request model says so: the CLI then exits 1) rather than fields they may lack."""
+    out: list[tuple[str, bool]] = []
     if s.rows_without_source:
         side = f"{stem_of(str(src))}_materialized_inputs.jsonl"
         # With --no-side-files the file may well be there: say it was skipped, not missing.
         why = f"--no-side-files skipped any {side} beside {src}" if not side_files else f"no {side} is beside {src}"
-        out.append(
+        out.append((
             f"{s.rows_without_source} RL rows come from NeMo Gym >= 0.5 rollouts, whose lines keep only the task fields "
             "the verifier echoes (0.7.0 drops e.g. math_with_judge's question, mcqa's options, xlam_fc's expected_answers); "
             f"{why} and no --tasks was given, so their "
-            "extra_info.nemo_gym.task may lack fields /verify needs: give --tasks with the materialized inputs or the original tasks file."
-        )
+            "extra_info.nemo_gym.task may lack fields /verify needs: give --tasks with the materialized inputs or the original tasks file.",
+            False,
+        ))
     if source is None:
         out += _fields_the_verifier_takes(s)
     if source is not None and s.rows_missing_fields:
         fields = ", ".join(f"{k} ({n} rows)" for k, n in s.missing_task_fields.most_common())
         why = "; ".join(f"{n} {JOIN_REASONS.get(r, r)}" for r, n in s.not_joined.most_common())
-        out.append(
+        out.append((
             f"{s.rows_missing_fields} RL rows lack task fields that {source.path} has for their agent: {fields}"
             + (f" (no task row joined: {why})" if why else "")
-            + "; /verify gets only the fields in extra_info.nemo_gym.task, so these rows may score wrongly."
-        )
+            + "; /verify gets only the fields in extra_info.nemo_gym.task, so these rows may score wrongly.",
+            True,
+        ))
     elif source is not None and s.not_joined:
         why = "; ".join(f"{n} {JOIN_REASONS.get(r, r)}" for r, n in s.not_joined.most_common())
-        out.append(f"{sum(s.not_joined.values())} RL rows found no task row in {source.path} ({why}); they keep the task fields of their rollout line.")
+        out.append((f"{sum(s.not_joined.values())} RL rows found no task row in {source.path} ({why}); they keep the task fields of their rollout line.", False))
     return out
 
 
-def _fields_the_verifier_takes(s: ConvertSummary) -> list[str]:
+def _fields_the_verifier_takes(s: ConvertSummary) -> list[tuple[str, bool]]:
     """With no task file joined: rows of an agent that lack fields its resources server's /verify
     declares in the installed NeMo Gym (`ng_fields.server_request_fields`: what rescore reads from a
     running server's /openapi.json), and rows that name no agent, whose verifier cannot be known."""
@@ -103,21 +107,23 @@ def _fields_the_verifier_takes(s: ConvertSummary) -> list[str]:
         have = s.unjoined_fields.get(agent, Counter())
         if agent is None:
             carried = f"they carry only: {', '.join(sorted(have))}" if have else "they carry no task field"
-            out.append(
+            out.append((
                 f"{rows} RL rows name no agent (agent_ref), so gymverl cannot tell which verifier grades them or check "
                 f"that they carry the task fields it reads; {carried}, and a verifier that reads fields "
-                f"they lack (NeMo Gym's mcqa reads options and grading_mode, for one) scores them wrongly; {fix}."
-            )
+                f"they lack (NeMo Gym's mcqa reads options and grading_mode, for one) scores them wrongly; {fix}.",
+                False,
+            ))
             continue
         server = server_for_agent(agent)
         takes = server_request_fields(server)
         absent = sorted((k for k in takes or () if have[k] < rows and not is_ng_key(k)), key=lambda k: (have[k], k))
         if absent:
             fields = ", ".join(f"{k} (absent from {rows - have[k]} rows)" for k in absent)
-            out.append(
+            out.append((
                 f"{rows} RL rows of agent {agent} lack task fields that {server}'s /verify takes in the installed NeMo Gym: "
-                f"{fields}; /verify gets only the fields in extra_info.nemo_gym.task, so these rows may score wrongly; {fix}."
-            )
+                f"{fields}; /verify gets only the fields in extra_info.nemo_gym.task, so these rows may score wrongly; {fix}.",
+                True,
+            ))
     return out
 
 
@@ -277,9 +283,9 @@ def convert(
                         _run(opts, src, summary, rules, sink, counter, tasks_input, on_progress, total, source)
                 problems = _task_field_problems(summary, src, source, opts.side_files) if opts.fmt == "rl" and not tasks_input else []
                 if problems and opts.strict:
-                    raise ConvertError(f"--strict: {problems[0]}")
-                summary.warnings.extend(problems)
-                summary.task_field_problems = len(problems)
+                    raise ConvertError(f"--strict: {problems[0][0]}")
+                summary.warnings.extend(text for text, _ in problems)
+                summary.task_field_problems = sum(known for _, known in problems)
                 guess = rules.guess_warning(sent=False) if opts.fmt == "rl" else None
                 if guess:  # once per run, naming every field the name heuristic decided
                     summary.warnings.append(guess)

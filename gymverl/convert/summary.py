@@ -47,8 +47,9 @@ class ConvertSummary(Rejections):
     mixed_prompt_examples: list[str] = field(default_factory=list)  # the first few: "KEY (lines A and B)"
     repeats_merged: int = 0  # materialized-input lines that repeat a task already written
     unsolved_rows: int = 0  # sft rows from rollouts below --solved-threshold (`_Ctx.write`)
-    # rl: warnings that rows may lack task fields /verify needs (`driver._task_field_problems`; the
-    # CLI exits 1 for them: such rows score wrongly, e.g. a right tool call 0.0 and "not sure" 1.0)
+    # rl: warnings that name task fields rows lack, known from a tasks file or the installed server's
+    # request model (`driver._task_field_problems`; the CLI exits 1 for them: such rows score wrongly,
+    # e.g. a right tool call 0.0 and "not sure" 1.0). Fields rows only may lack: a warning alone.
     task_field_problems: int = 0
     image_rows: int = 0  # rows that carry images (the `images` column)
     images: int = 0  # images in those rows
