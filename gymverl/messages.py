@@ -42,7 +42,6 @@ ROLE_MAP = {"developer": "system"}
 IMAGE_PLACEHOLDER = "<image>"
 # The placeholders VeRL's datasets split message text on (`re.split("(<image>|<video>|<audio>)")`).
 MEDIA_PLACEHOLDERS = ("<image>", "<video>", "<audio>")
-_NON_TEXT_PART_TYPES = MEDIA_PART_TYPES
 _DATA_URL = re.compile(r"data:(image/[\w.+-]+)?((?:;[\w.+-]+=[^;,]*)*)(;base64)?,", re.ASCII)
 
 
@@ -110,7 +109,7 @@ def content_with_images(content: Any, images: list[dict[str, Any]] | None) -> st
     for p in content:
         if type(p) is dict:
             kind = p.get("type")
-            if kind in _NON_TEXT_PART_TYPES:
+            if kind in MEDIA_PART_TYPES:
                 break
             text = p.get("text")
             if text is None and kind == "refusal":
@@ -124,7 +123,7 @@ def content_with_images(content: Any, images: list[dict[str, Any]] | None) -> st
     else:
         return "".join(texts)
     for p in content:
-        if isinstance(p, dict) and p.get("type") in _NON_TEXT_PART_TYPES:
+        if isinstance(p, dict) and p.get("type") in MEDIA_PART_TYPES:
             break
     else:
         return content_text(content)
@@ -174,7 +173,7 @@ def _output_text(output: Any, images: list[dict[str, Any]] | None = None) -> str
     if isinstance(output, list) and all(isinstance(p, dict) for p in output):
         if all(isinstance(p.get("text"), str) for p in output):
             return content_text(output)
-        if any(p.get("type") in _NON_TEXT_PART_TYPES for p in output):
+        if any(p.get("type") in MEDIA_PART_TYPES for p in output):
             return content_with_images(output, images)
     return _json_text(output)
 

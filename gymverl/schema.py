@@ -749,7 +749,7 @@ def input_facts(inp: str | list[dict[str, Any]], fault: bool = True) -> InputFac
     return (malformed, prompt_state(inp) is True, _input_fault(inp) if fault else None)
 
 
-def rollout_facts(rec: Any, content: bool = True, inp: tuple[int, bool] | None = None) -> Facts | None:
+def rollout_facts(rec: Any, content: bool = True, inp: InputFacts | None = None) -> Facts | None:
     """The rest of `check_record` on a typed record (from a line simdjson validated), and its facts;
     None when the dict path must decide.
 

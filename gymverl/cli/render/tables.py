@@ -151,7 +151,7 @@ class Breakable:
 
     def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
         plain = self.text.plain
-        pieces = [p for word in plain.split() for p in _wrap_name(word, 1).split("\n")]
+        pieces = [p for word in plain.split() for p in _pieces(word, _SEPARATORS)]
         longest = max((len(line) for line in plain.splitlines()), default=0)
         return Measurement(min(max((len(p) for p in pieces), default=0), longest), longest)
 
