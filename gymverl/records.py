@@ -207,6 +207,12 @@ def reward_bin(r: float, edges: tuple[float, ...] | list[float] = REWARD_EDGES) 
     return min(bisect_right(edges, r), len(edges) - 1) - 1
 
 
+# Valid lines are counted in batches of this many (`ValidationSummary.fold`): the counters update in
+# C (`Counter.update`, `sum`, `min`), where counting one line at a time in Python took longer than
+# checking it.
+_FOLD_EVERY = 1024
+
+
 @dataclass
 class ValidationSummary(Rejections):
     """Counts gathered while streaming a rollout file; the report `gymverl validate` prints."""
@@ -239,6 +245,9 @@ class ValidationSummary(Rejections):
     # code: to-parquet rejects these rollouts, so validate names them first.
     uncarried_prompts: Counter[str] = field(default_factory=Counter)
     uncarried_prompt_lines: list[int] = field(default_factory=list)
+    # Valid lines' facts and line numbers not yet counted (`add_facts`, `fold`).
+    _pending: list[tuple[Any, ...]] = field(default_factory=list, repr=False, compare=False)
+    _pending_lines: list[int] = field(default_factory=list, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.rejects.limit = self.max_examples
@@ -249,7 +258,7 @@ class ValidationSummary(Rejections):
         return self.rejects.shown
 
     def add(self, c: Checked) -> None:
-        """Fold one checked line into the summary."""
+        """Fold one checked line into the summary (valid ones are counted at the next `fold`)."""
         if c.record is None:
             self.lines += 1
             self.rejects.add(c.code or "unknown", {"line": c.line, "code": c.code, "reason": c.reason})
@@ -259,63 +268,82 @@ class ValidationSummary(Rejections):
         fault = prompt_fault(rec["responses_create_params"])
         if isinstance(reward, bool) or not isinstance(reward, (int, float)):
             # A tasks file: no reward yet.
-            self._add_valid(None, task_key(rec), agent_name(rec), False, False, 0, False, False, fault and fault[0], line=c.line)
-        else:
-            self._add_valid(
+            self.add_facts((None, task_key(rec), agent_name(rec), False, False, 0, False, False, fault and fault[0]), c.line)
+            return
+        self.transitions += is_transitions(rec["response"].get("output"))
+        self.add_facts(
+            (
                 float(reward), task_key(rec), agent_name(rec), is_incomplete(rec), rec.get("mask_sample") is True,
                 malformed_calls(rec), empty_answer(rec), starts_without_prompt(rec), fault and fault[0],
-                line=c.line, transitions=is_transitions(rec["response"].get("output")),
-            )
+            ),
+            c.line,
+        )
 
-    def _add_valid(
-        self,
-        reward: float | None,
-        key: str,
-        agent: str | None,
-        incomplete: bool,
-        masked: bool,
-        malformed: int = 0,
-        empty: bool = False,
-        no_prompt: bool = False,
-        uncarried: str | None = None,
-        *,
-        line: int = 0,
-        transitions: bool = False,
-    ) -> None:
-        self.lines += 1
-        self.valid += 1
-        self.rollouts_per_task[key] += 1
-        self.agents[agent or "(unnamed)"] += 1
-        if uncarried is not None:  # (rare)
-            self.uncarried_prompts[uncarried] += 1
-            if len(self.uncarried_prompt_lines) < self.max_examples:
-                self.uncarried_prompt_lines.append(line)
-        if reward is None:
+    def add_facts(self, facts: tuple[Any, ...], line: int) -> None:
+        """Count one valid line from its facts (`gymverl.schema.Facts`; a task line's reward is
+        None) at `line` (1-based). Counted in batches: `fold` before reading the summary."""
+        self._pending.append(facts)
+        self._pending_lines.append(line)
+        if len(self._pending) >= _FOLD_EVERY:
+            self.fold()
+
+    def fold(self) -> None:
+        """Count the valid lines added since the last fold: the counters and the reward statistics
+        follow the lines' order, as adding them one at a time would."""
+        if not self._pending:
             return
-        self.transitions += transitions
-        if malformed or empty or no_prompt:  # (rare: most rollouts have none of these)
-            for flag, lines, name in ((malformed, self.malformed_call_lines, "malformed_calls"), (empty, self.empty_answer_lines, "empty_answers"), (no_prompt, self.no_prompt_lines, "no_prompt")):
-                if flag:
-                    setattr(self, name, getattr(self, name) + 1)
-                    if len(lines) < self.max_examples:
-                        lines.append(line)
-        r = reward
-        self.reward_sum += r
-        if self.reward_min is None or r < self.reward_min:
-            self.reward_min = r
-        if self.reward_max is None or r > self.reward_max:
-            self.reward_max = r
-        if len(self.reward_values) < 50 or r in self.reward_values:
-            self.reward_values[r] += 1
-        if 0.0 <= r <= 1.0:
-            # reward_bin(r), inlined: this runs once per valid line.
-            self.reward_hist[min(bisect_right(REWARD_EDGES, r), 10) - 1] += 1
-        else:
-            self.reward_out_of_range += 1
-        if incomplete:
-            self.incomplete += 1
-        if masked:
-            self.masked += 1
+        # (emptied in place: validate_file appends to these very lists)
+        batch, lines = self._pending[:], self._pending_lines[:]
+        self._pending.clear()
+        self._pending_lines.clear()
+        n = len(batch)
+        self.lines += n
+        self.valid += n
+        rewards, keys, agents, _, _, _, _, _, uncarried = columns = tuple(zip(*batch))
+        # Counter.update counts an iterable in C, in order (so most_common's ties keep line order).
+        self.rollouts_per_task.update(keys)
+        for agent, count in Counter(agents).items():
+            self.agents[agent or "(unnamed)"] += count
+        if uncarried.count(None) != n:  # (rare)
+            for i, code in enumerate(uncarried):
+                if code is not None:
+                    self.uncarried_prompts[code] += 1
+                    if len(self.uncarried_prompt_lines) < self.max_examples:
+                        self.uncarried_prompt_lines.append(lines[i])
+        if None in rewards:  # task lines (no reward): only the counts above
+            kept = [i for i, r in enumerate(rewards) if r is not None]
+            columns = tuple(zip(*[batch[i] for i in kept])) or ((),) * 9
+            lines = [lines[i] for i in kept]
+            rewards = columns[0]
+        if not rewards:
+            return
+        _, _, _, incomplete, masked, malformed, empty, no_prompt, _ = columns
+        for flags, examples, name in ((malformed, self.malformed_call_lines, "malformed_calls"), (empty, self.empty_answer_lines, "empty_answers"), (no_prompt, self.no_prompt_lines, "no_prompt")):
+            found = len(flags) - flags.count(0)  # (False == 0: the rollouts with the flag)
+            if found:  # (rare: most rollouts have none of these)
+                setattr(self, name, getattr(self, name) + found)
+                for i, flag in enumerate(flags):
+                    if len(examples) >= self.max_examples:
+                        break
+                    if flag:
+                        examples.append(lines[i])
+        self.reward_sum = sum(rewards, self.reward_sum)  # (in C; Python 3.12+ also compensates its rounding)
+        low, high = min(rewards), max(rewards)
+        if self.reward_min is None or low < self.reward_min:
+            self.reward_min = low
+        if self.reward_max is None or high > self.reward_max:
+            self.reward_max = high
+        # Each distinct reward once, in order of first appearance: the first 50 distinct values are
+        # kept with their counts (as one at a time), and binned.
+        for r, count in Counter(rewards).items():
+            if len(self.reward_values) < 50 or r in self.reward_values:
+                self.reward_values[r] += count
+            if 0.0 <= r <= 1.0:
+                self.reward_hist[min(bisect_right(REWARD_EDGES, r), 10) - 1] += count
+            else:
+                self.reward_out_of_range += count
+        self.incomplete += sum(incomplete)
+        self.masked += sum(masked)
 
     @property
     def reward_mean(self) -> float | None:
@@ -367,25 +395,30 @@ class _FastRollouts:
     keys the schema's rules read (`gymverl.schema.Record`), typed, keeping the last of repeated keys
     as orjson does. Only "valid" is trusted: any other outcome sends the line down the orjson path,
     which has the final word and the exact reason, so results are identical with or without these
-    packages. A byte order mark at the start of a line (simdjson skips it, orjson does not) also
-    goes that way.
+    packages. A byte order mark at the start of a line (simdjson skips it, orjson rejects it) goes
+    that way too: msgspec rejects it.
     """
 
     def __init__(self) -> None:
         assert _simdjson is not None and _msgspec is not None
         self._parser = _simdjson.Parser()
         self._decode = _schema.record_decoder()
+        parse, decode, facts = self._parser.parse, self._decode, _schema.rollout_facts
+
+        def check(data: bytes) -> _schema.Facts | None:
+            try:
+                parse(data)  # validation only: the lazy document is dropped at once
+                rec = decode(data)
+            except Exception:  # noqa: BLE001 - any doubt goes to the exact path
+                return None
+            return facts(rec)
+
+        # `self(data)` as a plain function (`validate_file` calls it per line: a method call cost more)
+        self.check: Callable[[bytes], _schema.Facts | None] = check
 
     def __call__(self, data: bytes) -> _schema.Facts | None:
-        """`gymverl.schema.rollout_facts` when `data` is certainly valid, else None."""
-        if data[:3] == b"\xef\xbb\xbf":
-            return None
-        try:
-            self._parser.parse(data)  # validation only: the lazy document is dropped at once
-            rec = self._decode(data)
-        except Exception:
-            return None
-        return _schema.rollout_facts(rec)
+        """`gymverl.schema.rollout_facts` of `data` when it is certainly a valid rollout, else None."""
+        return self.check(data)
 
 
 # The fast facts of a decoded record (convert's pass 1 calls it with content=False for rl).
@@ -413,14 +446,19 @@ def validate_file(
     check = check_task if tasks else check_record
     # The fast path only confirms valid rollouts; tasks files and callers that want each parsed
     # record (on_line) take the orjson path for every line.
-    fast = _FastRollouts() if _msgspec is not None and not tasks and on_line is None else None
+    fast = _FastRollouts().check if _msgspec is not None and not tasks and on_line is None else None
+    # `summary.add_facts`, inlined: once per line
+    pending, numbers = summary._pending, summary._pending_lines
     with RejectsWriter(rejects) as rw:
         lines = iter_lines(src, max_line_bytes)
         for line in lines if on_progress is None else track_lines(lines, on_progress, src.progress_total):
             if fast is not None and not line.oversize:
                 found = fast(line.data)
                 if found is not None:
-                    summary._add_valid(*found, line=line.number)
+                    pending.append(found)
+                    numbers.append(line.number)
+                    if len(pending) >= _FOLD_EVERY:
+                        summary.fold()
                     continue
             c = check_line(line, check, max_line_bytes)
             summary.add(c)
@@ -428,6 +466,7 @@ def validate_file(
                 rw.add(c.line, c.code or "unknown", c.reason or "", c.raw)
             if on_line is not None:
                 on_line(c)
+    summary.fold()
     summary.blank = lines.blank  # skipped, not rejected; still accounted for in `lines`
     summary.lines += lines.blank
     return summary

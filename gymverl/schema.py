@@ -32,6 +32,7 @@ Both shapes meet in the same rules: `agent_of`, `incomplete_of`, `task_key_of` (
 
 
 import hashlib
+import struct
 import sys
 from operator import attrgetter
 from typing import Annotated, Any, Callable, ClassVar, Generic, Literal, Optional, TypeVar, Union
@@ -348,14 +349,17 @@ def content_blank(content: Any) -> bool:
                 continue
             text = part.refusal
         # `_raw_text_nonblank`'s first-character test, inlined: the usual answer ends here
-        head = memoryview(text)
-        if len(head) > 2 and head[0] == 0x22 and 0x21 <= head[1] <= 0x7E and head[1] != 0x5C and head[1] != 0x22:
-            return False
+        if len(text) > 2:
+            quote, c = _first_two(text)
+            if quote == 0x22 and 0x21 <= c <= 0x7E and c != 0x5C and c != 0x22:
+                return False
         if _raw_text_nonblank(text):
             return False
     return True
 
 
+# The first two bytes of a raw JSON value (at least 2 long), without copying it: faster than a memoryview.
+_first_two = struct.Struct("2B").unpack_from
 _TEXT_PART_TYPES = frozenset({"input_text", "output_text", "refusal"})
 # Content parts that are not text (`messages.content_with_images`): images are carried inline, the
 # other kinds are refused rather than silently dropped.
@@ -490,7 +494,7 @@ class Item(msgspec.Struct, Generic[C], gc=False):
     """
 
     type: Optional[str] = "message"
-    role: Optional[str] = None
+    role: Optional[Role] = None  # the declared roles, checked in C (any other fails the decode)
     content: C = None  # type: ignore[assignment]
     name: Optional[str] = None
     call_id: Optional[str] = None
@@ -610,23 +614,20 @@ _INPUTS = _Cache()
 _DIGESTS = _Cache()
 _TOOLS = _Cache()
 _TOOLS_BY_LEN = _Cache()
-_INPUT_BY_TAIL = _Cache()  # last 64 bytes of a long prompt -> (its Raw, its facts)
+_INPUT_BY_LEN = _Cache()  # a prompt's length -> (its Raw, its facts): the last prompt seen of that length
 
 
 def _input_facts(raw: Any) -> InputFacts | None:
     """`input_facts` of `responses_create_params.input` as raw JSON; None when `check_task` would
     reject it or the typed decode is unsure (cached by the JSON)."""
-    if len(raw) < 1024:
-        return _input_facts_of(bytes(raw))
-    # A long prompt: first found by its last 64 bytes (where prompts differ: the question comes
-    # last), then compared whole as Raw (a memcmp), without copying and hashing all of it.
-    tail = bytes(memoryview(raw)[-64:])
-    seen = _INPUT_BY_TAIL.get(tail)
+    # First by length, compared whole (a memcmp): the n rollouts of a task share their prompt, so
+    # this skips copying and hashing it (a hash of a long prompt cost more than its other facts).
+    seen = _INPUT_BY_LEN.get(len(raw))
     if seen is not None and seen[0] == raw:
         return seen[1]
     key = bytes(raw)
     value = _input_facts_of(key)
-    _INPUT_BY_TAIL.put(tail, (msgspec.Raw(key), value))  # its own copy: never keeps the line alive
+    _INPUT_BY_LEN.put(len(key), (msgspec.Raw(key), value))  # its own copy: never keeps the line alive
     return value
 
 
@@ -694,8 +695,9 @@ def _prompt_fault(params: Any) -> str | None:
 
 
 def _tools_ok(raw: Any) -> bool:
-    """True when the raw JSON `tools` of a task has no `tools_fault` (cached by the JSON: the
-    rollouts of a task, and often all tasks of an environment, share their tools)."""
+    """True when the raw JSON `tools` of a task has the declared type (`TaskParams.tools`, told by
+    its first byte) and no `tools_fault` (cached by the JSON: the rollouts of a task, and often all
+    tasks of an environment, share their tools)."""
     # First by length, compared whole (a memcmp): an environment gives every task the same tools,
     # so this skips copying and hashing them on nearly every line.
     seen = _TOOLS_BY_LEN.get(len(raw))
@@ -704,11 +706,15 @@ def _tools_ok(raw: Any) -> bool:
     key = bytes(raw)
     ok = _TOOLS.get(key)
     if ok is None:
-        try:
-            tools = orjson.loads(key)
-        except orjson.JSONDecodeError:
-            tools = None
-        ok = _TOOLS.put(key, (tools is None or type(tools) is list) and tools_fault(tools) is None)
+        if key[0] not in _TOOLS_STARTS:
+            ok = False
+        else:
+            try:
+                tools = orjson.loads(key)
+            except orjson.JSONDecodeError:
+                tools = None
+            ok = (tools is None or type(tools) is list) and tools_fault(tools) is None
+        _TOOLS.put(key, ok)
     _TOOLS_BY_LEN.put(len(key), (msgspec.Raw(key), ok))
     return ok
 
@@ -762,7 +768,7 @@ def rollout_facts(rec: Any, content: bool = True, inp: InputFacts | None = None)
     if inp is None:
         inp = _input_facts(params.input)
     tools = params.tools
-    if inp is None or (tools is not _RAW_MISSING and (memoryview(tools)[0] not in _TOOLS_STARTS or (len(tools) > 2 and not _tools_ok(tools)))):
+    if inp is None or (tools is not _RAW_MISSING and not _tools_ok(tools)):
         return None
     response = rec.response
     output = response.output
@@ -799,8 +805,15 @@ def rollout_facts(rec: Any, content: bool = True, inp: InputFacts | None = None)
     for item in output:
         t = item.type
         if t == "function_call":
-            if not is_json_object_text(item.arguments):
+            # is_json_object_text, inlined for typed arguments (always a str): once per call
+            args = item.arguments
+            if args[:1] != "{" and args.lstrip()[:1] != "{":
                 malformed += 1
+            else:
+                try:
+                    malformed += type(orjson.loads(args)) is not dict
+                except orjson.JSONDecodeError:
+                    malformed += 1
             last = item
         elif item.role == "assistant" and (t == "message" or t is None):
             last = item

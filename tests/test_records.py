@@ -15,6 +15,7 @@ import pytest
 from conftest import SAMPLE_DATA
 from gymverl.jsonl import InputError
 from gymverl.records import (
+    ValidationSummary,
     ROLLOUT_KEYS,
     RecordError,
     agent_name,
@@ -486,3 +487,75 @@ def test_nemo_gym_bookkeeping_keys_are_never_task_fields():
     assert input_fields(rec) == {"expected_answer": "4"}
     assert FieldRules(keep_all=True).task_fields(rec) == {"expected_answer": "4"}
     assert is_ng_key("_ng_anything") and is_ng_key("reward") and not is_ng_key("question")
+
+
+def _count_one_at_a_time(facts: list[tuple[Any, ...]], lines: list[int], max_examples: int) -> dict[str, Any]:
+    """The summary's counting rules, applied line by line (what `ValidationSummary.fold` batches)."""
+    from bisect import bisect_right
+
+    from gymverl.records import REWARD_EDGES
+
+    out: dict[str, Any] = {"tasks": Counter(), "agents": Counter(), "values": Counter(), "hist": [0] * 10, "out": 0, "sum": 0.0, "min": None, "max": None,
+                           "incomplete": 0, "masked": 0, "uncarried": Counter(), "uncarried_lines": []}
+    for name in ("malformed", "empty", "no_prompt"):
+        out[name], out[name + "_lines"] = 0, []
+    for (r, key, agent, incomplete, masked, malformed, empty, no_prompt, uncarried), line in zip(facts, lines):
+        out["tasks"][key] += 1
+        out["agents"][agent or "(unnamed)"] += 1
+        if uncarried is not None:
+            out["uncarried"][uncarried] += 1
+            if len(out["uncarried_lines"]) < max_examples:
+                out["uncarried_lines"].append(line)
+        if r is None:
+            continue
+        for flag, name in ((malformed, "malformed"), (empty, "empty"), (no_prompt, "no_prompt")):
+            if flag:
+                out[name] += 1
+                if len(out[name + "_lines"]) < max_examples:
+                    out[name + "_lines"].append(line)
+        out["sum"] += r
+        out["min"] = r if out["min"] is None or r < out["min"] else out["min"]
+        out["max"] = r if out["max"] is None or r > out["max"] else out["max"]
+        if len(out["values"]) < 50 or r in out["values"]:
+            out["values"][r] += 1
+        if 0.0 <= r <= 1.0:
+            out["hist"][min(bisect_right(REWARD_EDGES, r), 10) - 1] += 1
+        else:
+            out["out"] += 1
+        out["incomplete"] += incomplete
+        out["masked"] += masked
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_batched_counting_equals_counting_line_by_line(seed: int) -> None:
+    # validate counts valid lines in batches (`fold`): the counts, the order of the counters' keys
+    # (most_common's ties), the first example lines and the float sum must be those of counting
+    # one line at a time, across batch boundaries, with rewards first seen after 50 distinct ones.
+    import random
+
+    rng = random.Random(seed)
+    facts, lines = [], []
+    for i in range(rng.randint(2000, 5000)):
+        reward = None if rng.random() < 0.05 else rng.choice([0.0, -0.0, 1.0, 0.5, 1.5, -1.0, 0.3 * 3, rng.random(), i / 7])
+        facts.append((reward, f"a#{rng.randint(0, 300)}", rng.choice(["a", "b", None, ""]), rng.random() < 0.1, rng.random() < 0.1,
+                      rng.choice([0, 0, 0, 0, 0, 0, 0, 0, 2]), rng.random() < 0.02, rng.random() < 0.01, rng.choice([None] * 30 + ["image_url"])))
+        lines.append(i * 2 + 1)
+    s = ValidationSummary("x", max_examples=7)
+    for f, n in zip(facts, lines):
+        s.add_facts(f, n)
+        if rng.random() < 0.001:
+            s.fold()  # an exact-path line or the end may fold any time
+    s.fold()
+    want = _count_one_at_a_time(facts, lines, 7)
+    assert (s.lines, s.valid) == (len(facts), len(facts))
+    assert list(s.rollouts_per_task.items()) == list(want["tasks"].items())
+    assert list(s.agents.items()) == list(want["agents"].items())
+    assert list(s.reward_values.items()) == list(want["values"].items()) and len(s.reward_values) == 50
+    assert (s.reward_hist, s.reward_out_of_range) == (want["hist"], want["out"])
+    assert (s.reward_sum, s.reward_min, s.reward_max) == (want["sum"], want["min"], want["max"])
+    assert (s.incomplete, s.masked) == (want["incomplete"], want["masked"])
+    assert (s.malformed_calls, s.malformed_call_lines) == (want["malformed"], want["malformed_lines"])
+    assert (s.empty_answers, s.empty_answer_lines) == (want["empty"], want["empty_lines"])
+    assert (s.no_prompt, s.no_prompt_lines) == (want["no_prompt"], want["no_prompt_lines"])
+    assert (list(s.uncarried_prompts.items()), s.uncarried_prompt_lines) == (list(want["uncarried"].items()), want["uncarried_lines"])

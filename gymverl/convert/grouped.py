@@ -80,9 +80,7 @@ class _FastMeta(_FastRollouts):
         self.facts = facts
 
     def __call__(self, data: bytes) -> tuple[Facts, int | None, Any] | None:  # type: ignore[override]
-        if data[:3] == b"\xef\xbb\xbf":  # simdjson skips a byte order mark, orjson rejects it
-            return None
-        try:
+        try:  # (a byte order mark, which orjson rejects and simdjson skips, fails msgspec's decode)
             self._parser.parse(data)  # validation only: the lazy document is dropped at once
             rec = self._decode(data)
         except Exception:  # noqa: BLE001 - any doubt goes to the exact path
