@@ -608,34 +608,58 @@ class _Cache(dict):  # type: ignore[type-arg]
         return value
 
 
+class RawCache:
+    """Values keyed by a raw JSON value (a `msgspec.Raw` from the typed decode, or bytes): the
+    prompts and tools the n rollouts of a task share, converted once per distinct value.
+
+    `get` finds a value first by the JSON's length, compared whole with the copy kept (a memcmp),
+    and only then copies and hashes the JSON: a hash of a long prompt cost more than its other facts.
+    Each table empties itself when it holds `size` entries.
+    """
+
+    MISSING: ClassVar[Any] = object()
+
+    def __init__(self, size: int = 512) -> None:
+        self.by_len: _Cache = _Cache(size)  # length -> (Raw copy, value): the last one seen of that length
+        self._by_json: _Cache = _Cache(size)  # bytes -> (Raw copy, value)
+
+    def get(self, raw: Any) -> Any:
+        """The value stored for JSON equal to `raw`, or `RawCache.MISSING`."""
+        seen = self.by_len.get(len(raw))
+        if seen is not None and seen[0] == raw:
+            return seen[1]
+        seen = self._by_json.get(bytes(raw))
+        if seen is None:
+            return RawCache.MISSING
+        self.by_len.put(len(raw), seen)
+        return seen[1]
+
+    def put(self, raw: Any, value: Any) -> Any:
+        """Store `value` for `raw` (a copy of it: never keeps a line alive); returns `value`."""
+        key = bytes(raw)
+        entry = (msgspec.Raw(key), value)
+        self._by_json.put(key, entry)
+        self.by_len.put(len(key), entry)
+        return value
+
+
 # (malformed tool calls, asks something, prompt fault code) of a task input: `input_facts`.
 InputFacts = tuple[int, bool, Optional[str]]
-_INPUTS = _Cache()
+_INPUTS = RawCache()
 _DIGESTS = _Cache()
-_TOOLS = _Cache()
-_TOOLS_BY_LEN = _Cache()
-_INPUT_BY_LEN = _Cache()  # a prompt's length -> (its Raw, its facts): the last prompt seen of that length
+_TOOLS = RawCache()
 
 
 def _input_facts(raw: Any) -> InputFacts | None:
     """`input_facts` of `responses_create_params.input` as raw JSON; None when `check_task` would
     reject it or the typed decode is unsure (cached by the JSON)."""
-    # First by length, compared whole (a memcmp): the n rollouts of a task share their prompt, so
-    # this skips copying and hashing it (a hash of a long prompt cost more than its other facts).
-    seen = _INPUT_BY_LEN.get(len(raw))
-    if seen is not None and seen[0] == raw:
-        return seen[1]
-    key = bytes(raw)
-    value = _input_facts_of(key)
-    _INPUT_BY_LEN.put(len(key), (msgspec.Raw(key), value))  # its own copy: never keeps the line alive
+    value = _INPUTS.get(raw)
+    if value is RawCache.MISSING:
+        value = _INPUTS.put(raw, _input_facts_of(bytes(raw)))
     return value
 
 
 def _input_facts_of(key: bytes) -> InputFacts | None:
-    try:
-        return _INPUTS[key]
-    except KeyError:
-        pass
     value: InputFacts | None = None
     try:
         inp = _decode_input(key)
@@ -649,7 +673,7 @@ def _input_facts_of(key: bytes) -> InputFacts | None:
             value = (malformed, prompt_state(inp) is True, _input_fault(orjson.loads(key)) if _has_media(inp) else None)
         except orjson.JSONDecodeError:
             value = None  # (what msgspec reads and orjson does not: the dict path has the word)
-    return _INPUTS.put(key, value)
+    return value
 
 
 def _has_media(inp: list[Any]) -> bool:
@@ -698,14 +722,9 @@ def _tools_ok(raw: Any) -> bool:
     """True when the raw JSON `tools` of a task has the declared type (`TaskParams.tools`, told by
     its first byte) and no `tools_fault` (cached by the JSON: the rollouts of a task, and often all
     tasks of an environment, share their tools)."""
-    # First by length, compared whole (a memcmp): an environment gives every task the same tools,
-    # so this skips copying and hashing them on nearly every line.
-    seen = _TOOLS_BY_LEN.get(len(raw))
-    if seen is not None and seen[0] == raw:
-        return seen[1]
-    key = bytes(raw)
-    ok = _TOOLS.get(key)
-    if ok is None:
+    ok = _TOOLS.get(raw)
+    if ok is RawCache.MISSING:
+        key = bytes(raw)
         if key[0] not in _TOOLS_STARTS:
             ok = False
         else:
@@ -715,7 +734,6 @@ def _tools_ok(raw: Any) -> bool:
                 tools = None
             ok = (tools is None or type(tools) is list) and tools_fault(tools) is None
         _TOOLS.put(key, ok)
-    _TOOLS_BY_LEN.put(len(key), (msgspec.Raw(key), ok))
     return ok
 
 
@@ -755,7 +773,7 @@ def input_facts(inp: str | list[dict[str, Any]], fault: bool = True) -> InputFac
     return (malformed, prompt_state(inp) is True, _input_fault(inp) if fault else None)
 
 
-def rollout_facts(rec: Any, content: bool = True, inp: InputFacts | None = None) -> Facts | None:
+def rollout_facts(rec: Any, content: bool = True, inp: InputFacts | None = None, tools: bool = True) -> Facts | None:
     """The rest of `check_record` on a typed record (from a line simdjson validated), and its facts;
     None when the dict path must decide.
 
@@ -763,12 +781,16 @@ def rollout_facts(rec: Any, content: bool = True, inp: InputFacts | None = None)
     and reports (0, False, False, None): rl rows never use them. `inp`: the caller's `input_facts` of this record's
     input when it has them already (the fast SFT path parses each distinct prompt once, for its
     conversion: keying and decoding it again here cost it more than the rest of the facts).
+    `tools=False`: the caller has checked the tools already (the fast SFT path converts them with
+    `messages.chat_tools`, which refuses what `tools_fault` does).
     """
     params = rec.responses_create_params
     if inp is None:
-        inp = _input_facts(params.input)
-    tools = params.tools
-    if inp is None or (tools is not _RAW_MISSING and not _tools_ok(tools)):
+        # `_INPUTS.get`'s first lookup, inlined: once per line
+        raw = params.input
+        seen = _INPUTS.by_len.get(len(raw))
+        inp = seen[1] if seen is not None and seen[0] == raw else _input_facts(raw)
+    if inp is None or (tools and params.tools is not _RAW_MISSING and not _tools_ok(params.tools)):
         return None
     response = rec.response
     output = response.output

@@ -23,7 +23,6 @@ from typing import Any
 import orjson
 
 from gymverl import schema
-from gymverl.jsonl import UTF8_BOM
 from gymverl.messages import MessageError, chat_tools, convert_items, prompt_messages
 from gymverl.schema import RecordError, check_items
 
@@ -67,8 +66,9 @@ class FastSFT:
         self.cache_size = cache_size
         self._parser = simdjson.Parser()
         self._decode = schema.record_decoder(Any)
-        self._prompts: dict[Any, _Prompt | None] = {}
-        self._tools: dict[bytes, list[dict[str, Any]] | None] = {}
+        self._prompts = schema.RawCache(cache_size)  # input JSON (no instructions) -> _Prompt | None
+        self._prompts_with_instructions: dict[tuple[bytes, bytes], _Prompt | None] = {}
+        self._tools = schema.RawCache(cache_size)  # tools JSON -> chat tools | None
 
     def decode(self, data: bytes, *, validated: bool = False, rows: bool = True) -> FastRollout | None:
         """The rollout facts when `data` is certainly a valid rollout, else None.
@@ -76,16 +76,12 @@ class FastSFT:
         `validated=True` skips the JSON syntax check (the line passed it already, e.g. in pass 1);
         `rows=False` only checks the prompt and tools instead of converting them (selection only).
         """
-        if not validated:
-            if data[:3] == UTF8_BOM:  # simdjson skips a byte order mark, orjson rejects it
-                return None
-            try:
-                self._parser.parse(data)  # validation only: the lazy document is dropped at once
-            except Exception:  # noqa: BLE001 - any doubt goes to the exact path
-                return None
         try:
+            if not validated:
+                self._parser.parse(data)  # validation only: the lazy document is dropped at once
+            # (a byte order mark, which simdjson skips and orjson rejects, fails this decode)
             rec = self._decode(data)
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - any doubt goes to the exact path
             return None
         if not rows:
             facts = schema.rollout_facts(rec)
@@ -99,7 +95,7 @@ class FastSFT:
         tools = self._chat_tools(rcp.tools)
         if tools is None:
             return None
-        facts = schema.rollout_facts(rec, True, prompt[2])
+        facts = schema.rollout_facts(rec, True, prompt[2], tools=False)  # (_chat_tools checked them)
         if facts is None:
             return None
         return FastRollout(rec, facts, prompt, tools)
@@ -112,8 +108,12 @@ class FastSFT:
         except MessageError:
             return None
         messages, prompt_has_assistant, _ = got.prompt  # type: ignore[misc]
-        if not prompt_has_assistant and not any(m["role"] == "assistant" for m in response):
-            return None  # no assistant turn: the exact path rejects it with its reason
+        if not prompt_has_assistant:
+            for m in response:  # (a loop, not any(...): a generator per line cost more)
+                if m["role"] == "assistant":
+                    break
+            else:
+                return None  # no assistant turn: the exact path rejects it with its reason
         conv = messages + response
         if conv[0]["role"] in ("assistant", "tool"):
             return None  # no prompt (aviary's flat form): the exact path rejects it with its reason
@@ -123,12 +123,24 @@ class FastSFT:
         # Keyed by the raw JSON of input (+ instructions when present: msgspec hands back the very
         # default object when the key is missing).
         instructions = rcp.instructions
-        inp_json = bytes(rcp.input)
-        key: Any = inp_json if instructions is schema._RAW_MISSING else (bytes(instructions), inp_json)
+        raw = rcp.input
+        if instructions is schema._RAW_MISSING:
+            value = self._prompts.get(raw)
+            if value is schema.RawCache.MISSING:
+                value = self._prompts.put(raw, self._convert_prompt(bytes(raw), instructions))
+            return value
+        key = (bytes(instructions), bytes(raw))
         try:
-            return self._prompts[key]
+            return self._prompts_with_instructions[key]
         except KeyError:
             pass
+        value = self._convert_prompt(key[1], instructions)
+        if len(self._prompts_with_instructions) >= self.cache_size:
+            self._prompts_with_instructions.clear()
+        self._prompts_with_instructions[key] = value
+        return value
+
+    def _convert_prompt(self, inp_json: bytes, instructions: Any) -> _Prompt | None:
         value: _Prompt | None = None
         try:
             inp = orjson.loads(inp_json)
@@ -141,27 +153,22 @@ class FastSFT:
                 value = (messages, any(m.get("role") == "assistant" for m in messages), schema.input_facts(inp, fault=False))  # (a prompt with media parts failed prompt_messages above)
         except (orjson.JSONDecodeError, RecordError, MessageError):
             value = None
-        if len(self._prompts) >= self.cache_size:
-            self._prompts.clear()
-        self._prompts[key] = value
         return value
 
     def _chat_tools(self, raw: Any) -> list[dict[str, Any]] | None:
         if raw is schema._RAW_MISSING:  # no tools key
             return _NO_TOOLS
-        key = bytes(raw)
-        try:
-            return self._tools[key]
-        except KeyError:
-            pass
-        value: list[dict[str, Any]] | None = None
+        value = self._tools.get(raw)
+        if value is schema.RawCache.MISSING:
+            value = self._tools.put(raw, self._convert_tools(bytes(raw)))
+        return value
+
+    @staticmethod
+    def _convert_tools(key: bytes) -> list[dict[str, Any]] | None:
         try:
             tools = orjson.loads(key)
             if tools is None or isinstance(tools, list):
-                value = chat_tools(tools) if tools else []
+                return chat_tools(tools) if tools else []
         except (orjson.JSONDecodeError, MessageError):
-            value = None
-        if len(self._tools) >= self.cache_size:
-            self._tools.clear()
-        self._tools[key] = value
-        return value
+            pass
+        return None
