@@ -198,7 +198,7 @@ def _dict_fields(item: Any) -> tuple[Any, ...]:
     kind = get("type", "message")
     if kind is None and "role" in item:
         kind = "message"
-    return kind, get("role"), get("content"), get("call_id"), get("id"), get("name"), get("arguments", "{}"), get("output", ""), get("summary")
+    return kind, get("role"), get("content"), get("name"), get("call_id"), get("id"), get("arguments", "{}"), get("output", ""), get("summary")
 
 
 def items_to_messages(
@@ -221,7 +221,7 @@ def convert_items(
 ) -> list[dict[str, Any]]:
     """The one Responses-API items -> chat messages converter, for either shape of item.
 
-    `fields(item)` gives (type, role, content, call_id, id, name, arguments, output, summary):
+    `fields(item)` gives (type, role, content, name, call_id, id, arguments, output, summary):
     `_dict_fields` for parsed dicts (`items_to_messages`), `gymverl.schema.item_fields` for the
     typed items of `gymverl.schema.Record[Any]` (the fast path decodes, this converts). A type of
     None with a role is a message. MessageError (or its ContentError) when an item cannot be converted.
@@ -233,7 +233,7 @@ def convert_items(
     # No helper closures and no per-item allocations beyond the messages: this loop runs for every
     # response of `to-parquet --format sft`.
     for item in items:
-        kind, role, content, call_id, item_id, name, arguments, output, summary = fields(item)
+        kind, role, content, name, call_id, item_id, arguments, output, summary = fields(item)
         if kind == "message" or (kind is None and role is not None):
             if not isinstance(role, str):
                 raise MessageError("message item without a role")

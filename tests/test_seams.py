@@ -136,7 +136,8 @@ def test_one_jsonable_and_shared_constants():
     assert demo.jsonable is runner.jsonable is jsonl.jsonable
     assert jsonl.jsonable({1: (Path("a"), math.nan, 0.5)}) == {"1": ["a", None, 0.5]}
     assert (preview.TOOLS_AGENT, preview.STOCK_AGENT) == (rl.TOOLS_AGENT, rl.STOCK_AGENT)
-    assert fast.UTF8_BOM is jsonl.UTF8_BOM and reward.DEFAULT_CONCURRENCY == DEFAULT_CONCURRENCY
+    # (the fast readers keep no copy of the byte order mark: msgspec refuses a line starting with one)
+    assert not hasattr(fast, "UTF8_BOM") and reward.DEFAULT_CONCURRENCY == DEFAULT_CONCURRENCY
     assert verl_data.decode_row is decode_row and verl_data.decode_json is decode_json
     assert decode_row({"messages": '[{"role": "user", "content": "hi"}]', "chosen": ['{"role": "assistant"}'], "x": "1"}) == {
         "messages": [{"role": "user", "content": "hi"}], "chosen": [{"role": "assistant"}], "x": "1"}

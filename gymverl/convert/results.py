@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Union
+from typing import Any, Union
+
+import msgspec
+
+# Per-line handlers return one of these; they run inline or in worker processes (so: picklable),
+# one per line: msgspec Structs, whose C constructor costs a fraction of a NamedTuple's. gc=False:
+# they hold plain values and rows, which never refer back to them.
 
 
-# Per-line handlers return one of these; they run inline or in worker processes (so: plain, picklable
-# tuples, built once per line: NamedTuple costs about what the tagged tuples they replace did).
-
-
-class Rejected(NamedTuple):
+class Rejected(msgspec.Struct, gc=False):
     """A line that becomes no row: not a valid record, or a valid one no row can be built from."""
 
     line: int
@@ -18,7 +20,7 @@ class Rejected(NamedTuple):
     raw: bytes
 
 
-class Filtered(NamedTuple):
+class Filtered(msgspec.Struct, gc=False):
     """A valid rollout removed by a per-rollout rule (`select.RULES`); streaming sft also gives its
     (task key, rollout index) `pair`, to tell a repeated rollout (`stream.RepeatedRollouts`)."""
 
@@ -26,7 +28,7 @@ class Filtered(NamedTuple):
     pair: tuple[str, int] | None = None
 
 
-class RowResult(NamedTuple):
+class RowResult(msgspec.Struct, gc=False):
     """Streaming: a finished row of `split`; `prompt` (the prompt key) only for rl rows from a tasks file."""
 
     split: str
@@ -35,7 +37,7 @@ class RowResult(NamedTuple):
     prompt: str | None = None
 
 
-class MetaResult(NamedTuple):
+class MetaResult(msgspec.Struct, gc=False):
     """Grouped pass 1: the selection facts of a valid rollout (spilled by `spill._Partitions`) and
     its raw line to spill (b"" once a rule removed it). `status` is the rule that removed it, if any;
     `dedup` its dedup key (only with --dedup); `rollout` its `_ng_rollout_index` when usable;

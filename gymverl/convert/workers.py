@@ -3,6 +3,7 @@ pool of worker processes (`_parallel_results`), results yielded in input order e
 
 from __future__ import annotations
 
+import functools
 import signal
 from typing import Any, Callable, Iterator
 
@@ -55,7 +56,8 @@ def _fast_handler(ctx: _Ctx, handler: Any) -> Callable[[Line], LineResult | None
         if ctx.opts.fmt != "sft":
             return None
         reader = ctx.fast_reader()
-        return None if reader is None else lambda line: _fast_stream_result(ctx, reader, line)
+        # (a partial, not a lambda: no Python frame of its own per line)
+        return None if reader is None else functools.partial(_fast_stream_result, ctx, reader)
     if ctx.opts.select.dedup:  # the dedup key needs the whole parsed response
         return None
     reader = ctx.fast_reader()
