@@ -848,5 +848,12 @@ def rollout_facts(rec: Any, content: bool = True, inp: InputFacts | None = None,
     elif last.type == "function_call":
         empty = False
     else:
-        empty = content_blank(last.content)
+        content = last.content
+        # content_blank's usual answer, inlined (once per line): one typed text part whose JSON
+        # starts with a printable ASCII character
+        if type(content) is list and len(content) == 1 and type(part := content[0]) is Part and len(text := part.text) > 2:
+            quote, c = _first_two(text)
+            empty = False if quote == 0x22 and 0x21 <= c <= 0x7E and c != 0x5C and c != 0x22 else content_blank(content)
+        else:
+            empty = content_blank(content)
     return (reward, key, agent, incomplete, masked, malformed, empty, False, fault)
