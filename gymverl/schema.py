@@ -849,11 +849,18 @@ def rollout_facts(rec: Any, content: bool = True, inp: InputFacts | None = None,
         empty = False
     else:
         content = last.content
-        # content_blank's usual answer, inlined (once per line): one typed text part whose JSON
-        # starts with a printable ASCII character
-        if type(content) is list and len(content) == 1 and type(part := content[0]) is Part and len(text := part.text) > 2:
-            quote, c = _first_two(text)
-            empty = False if quote == 0x22 and 0x21 <= c <= 0x7E and c != 0x5C and c != 0x22 else content_blank(content)
-        else:
+        empty = None
+        # content_blank's usual answer, inlined (once per line): one text part starting with a
+        # character that is not white space (typed: its raw JSON; `Record[Any]`: a dict)
+        if type(content) is list and len(content) == 1:
+            part = content[0]
+            if type(part) is Part:
+                if len(text := part.text) > 2:
+                    quote, c = _first_two(text)
+                    if quote == 0x22 and 0x21 <= c <= 0x7E and c != 0x5C and c != 0x22:
+                        empty = False
+            elif type(part) is dict and type(text := part.get("text")) is str and text and not text[0].isspace():
+                empty = False
+        if empty is None:
             empty = content_blank(content)
     return (reward, key, agent, incomplete, masked, malformed, empty, False, fault)
