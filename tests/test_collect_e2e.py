@@ -74,10 +74,17 @@ def _run_json(*args: str):
     return res, json.loads(res.stdout)
 
 
-def test_four_validated_rollouts_per_task_with_real_rewards(stack: str, policy: PolicyServer, tmp_path: Path) -> None:
+def test_four_validated_rollouts_per_task_with_real_rewards(stack: str, policy: PolicyServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "rollouts.jsonl"
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
     res, data = _run_json("-i", str(TASKS), "-o", str(out), "--num-samples", "4", "--concurrency", "4", "--head-url", stack)
     assert res.exit_code == 0, res.output
+    # NeMo Gym's collector is a Hydra app: it wrote outputs/<date>/<time>/ into the working directory.
+    # It now writes into a scratch directory beside the output, removed when the collector is done.
+    assert list(cwd.iterdir()) == []
+    assert not [p for p in tmp_path.iterdir() if p.name == "outputs" or p.name.startswith(".gymverl-")], list(tmp_path.iterdir())
     # Preflight found every server each agent uses in NeMo Gym's own config, down to the policy URL.
     assert {"math_with_judge_simple_agent", "xlam_fc_simple_agent", "math_with_judge", "xlam_fc", "policy_model"} < set(data["servers"])
     assert data["servers"]["policy_model upstream"] == policy.base_url

@@ -58,6 +58,8 @@ from gymverl.collect.run import LineCounter, RunResult, failure_reason, run_coll
 from gymverl.collect.quality import QUALITY_SUMMARY, ROLLOUT_VERDICTS, quality_report, quality_sentence  # noqa: F401
 from gymverl.collect.result import CollectResult, _verdict
 from gymverl.errors import EXIT_FAILED
+from gymverl.files import scratch_dir
+from gymverl.overrides import override, override_key
 from gymverl.limits import DEFAULT_HEAD_URL
 from gymverl.nemo_gym import NemoGymError, NemoGymServers, find_env
 from gymverl.progress import OnProgress
@@ -147,6 +149,11 @@ def collect(
                 raise CollectError(str(exc), code=EXIT_FAILED) from None
             head_url = f"http://127.0.0.1:{ng.head_port}"
         agent_urls = check_servers(head_url, tasks.agents, env=env)
+        if not any(override_key(e) == "hydra.run.dir" for e in extra):
+            # NeMo Gym's collector (`gym eval run`, `ng_collect_rollouts`) reads its options through
+            # Hydra: left alone it writes outputs/<date>/<time>/ (its own log, which the collect log
+            # holds too) into the user's working directory.
+            extra = [override("hydra.run.dir", stack.enter_context(scratch_dir(out.parent, kind="hydra"))), *extra]
         argv = collector_argv(
             collector,
             input=tasks.path,
