@@ -458,7 +458,8 @@ class VerifyClient:
             candidates = self._candidates(agent)
         if not candidates:
             names = ", ".join(sorted(self.routes)) or "(none)"
-            return VerifyResult(False, reason="no_server", error=f"no --server for agent {agent!r} (routes: {names})")
+            who = f"agent {agent!r}" if agent else "rollouts without an agent (no agent_ref)"
+            return VerifyResult(False, reason="no_server", error=f"no --server for {who} (routes: {names})")
         data = body if isinstance(body, bytes) else encode_body(body)
         start = time.monotonic()
         last: _Retryable | None = None

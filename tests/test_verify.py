@@ -360,3 +360,11 @@ def test_a_server_url_with_a_bad_port_or_no_host_is_a_usage_error_for_every_comm
         lines = [x for x in res.output.splitlines() if x.strip()]
         assert res.exit_code == 2 and len(lines) == 1 and says in lines[0] and "internal error" not in lines[0], res.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+
+
+def test_a_row_without_an_agent_and_no_route_says_so() -> None:
+    # It said "no --server for agent None".
+    row = {k: v for k, v in sample_rows()[0].items() if k != "agent_ref"}
+    (res,) = run(verify_all(VerifyClient(["xlam_fc=http://127.0.0.1:9"]), [row]))
+    assert not res.ok and res.reason == "no_server"
+    assert "rollouts without an agent (no agent_ref)" in res.error and "None" not in res.error, res.error

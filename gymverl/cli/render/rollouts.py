@@ -132,7 +132,7 @@ def _stats_rows(d: dict[str, Any]) -> list[tuple[str, str]]:
         rows += [
             (f"{unit} mean / median", f"{_fmt(ln['mean'], 1)} / {_fmt(ln['median'], 1)}"),
             (f"{unit} p90 / max", f"{_fmt(ln['p90'], 1)} / {_fmt(ln['max'], 1)}"),
-            (f"{unit} ok / not ok", f"{_fmt(ln['mean_correct'], 1)} / {_fmt(ln['mean_incorrect'], 1)}"),
+            (f"{unit} right / wrong", f"{_fmt(ln['mean_correct'], 1)} / {_fmt(ln['mean_incorrect'], 1)}"),
         ]
     return rows
 
@@ -168,7 +168,7 @@ def render_stats(data: dict[str, Any], show_tasks: int = 30, compact: bool = Fal
             if ln["unit"] == "output_tokens"
             else "characters of response text (not every rollout has response.usage.output_tokens)"
         )
-        out.print(f"[dim]length = {note}[/]")
+        out.print(f"[dim]length = {note}; right / wrong: mean of each[/]")
 
     per_task = data.get("per_task") or []
     if per_task and (len(per_task) <= show_tasks or _verbose()):
