@@ -312,3 +312,21 @@ def test_a_global_flag_after_the_command_says_where_it_goes() -> None:
     assert "No such option: -q (-q is an option of gymverl itself: it goes before the command, as in `gymverl -q validate ...`)." in text
     res = runner.invoke(app, ["validate", "x.jsonl", "--bogus"])
     assert res.exit_code == 2 and "gymverl itself" not in res.output
+
+
+def test_a_command_run_with_json_that_fails_prints_json_too(tmp_path: Path) -> None:
+    # A script reading stdout of `--json` got nothing when the command stopped with an error (only
+    # collect printed one): now every command prints {"ok": false, "exit_code", "message"}, and the
+    # sentence on stderr as before. A command that printed its JSON prints no second object.
+    from conftest import SAMPLE_DATA
+
+    rollouts = str(SAMPLE_DATA / "rollouts.jsonl")
+    for args in (["to-parquet", rollouts, "-o", str(tmp_path / "o"), "-f", "rl", "--min-reward", "1"],
+                 ["validate", str(tmp_path / "missing.jsonl")], ["stats", str(tmp_path / "missing.jsonl")]):
+        res = runner.invoke(app, [*args, "--json"])
+        assert res.exit_code == 2 and json.loads(res.stdout) == {"ok": False, "exit_code": 2, "message": res.stderr.strip().removeprefix("error: ")}, (args, res.output)
+        assert runner.invoke(app, args).stdout == ""  # without --json, stdout stays empty
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    res = runner.invoke(app, ["validate", str(empty), "--json"])  # its summary, then exit 1: one object
+    assert res.exit_code == 1 and json.loads(res.stdout)["error"] == "file is empty"

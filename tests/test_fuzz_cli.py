@@ -159,13 +159,18 @@ def _invoke(args: list[str]) -> Any:
 
 
 def _json_out(result: Any) -> dict[str, Any] | None:
-    """The --json summary, or None when the command stopped with one `error:` sentence instead."""
+    """The --json summary, or None when the command stopped with one `error:` sentence instead (on
+    stderr, and as `{"ok": false, "exit_code", "message"}` on stdout)."""
     text = result.stdout
     if "{" not in text:
         usage = result.exit_code == 2 and "Usage:" in result.output  # click's own usage error box
         assert usage or (result.exit_code != 0 and result.output.count("error:") == 1), result.output
         return None
-    return json.loads(text[text.index("{") :])
+    data = json.loads(text[text.index("{") :])
+    if data.get("ok") is False and set(data) == {"ok", "exit_code", "message"}:
+        assert data["exit_code"] == result.exit_code != 0 and result.output.count("error:") == 1, result.output
+        return None
+    return data
 
 
 def _physical_lines(data: bytes) -> int:

@@ -431,3 +431,13 @@ def test_grouping_by_a_field_no_rollout_has_says_so() -> None:
     warned = compute_stats(ROLLOUTS, group_by="nosuchfield").to_dict()["warnings"]
     assert "no rollout (nor its task row) has a field 'nosuchfield': every rollout is in the group (missing)." in warned
     assert not any("has a field" in w for w in compute_stats(ROLLOUTS, group_by="expected_answer").to_dict()["warnings"])
+
+
+def test_stats_on_a_tasks_file_says_it_is_one() -> None:
+    # It printed an empty table and five "missing required key 'response'" lines, with no hint
+    # (validate and to-parquet both say what the file is).
+    res = runner.invoke(app, ["stats", str(SAMPLE_DATA / "tasks.jsonl")])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert "looks like a NeMo Gym tasks file" in res.output and "gymverl collect" in res.output, res.output
+    res = runner.invoke(app, ["stats", str(SAMPLE_DATA / "tasks.jsonl"), "--json"])
+    assert any("looks like a NeMo Gym tasks file" in w for w in json.loads(res.stdout)["warnings"])

@@ -67,6 +67,9 @@ class _PipelineOrder(TyperGroup):
         return sorted(names, key=lambda n: self.ORDER.index(n) if n in self.ORDER else len(self.ORDER))
 
     def invoke(self, ctx: Any) -> Any:
+        # (read before click hands the arguments to the command; "--" ends gymverl's own)
+        args = [*getattr(ctx, "protected_args", []), *ctx.args]
+        INVOCATION.start(wants_json="--json" in args[: args.index("--")] if "--" in args else "--json" in args)
         try:
             # SIGTERM / SIGHUP stop every command the way Ctrl-C does (same cleanup, exit 130).
             with signals_as_interrupt():
@@ -263,14 +266,33 @@ VERBOSE_HELP = (
 OLD_VERBOSE_HELP = "Same as the global --verbose/-v (gymverl -v train-...): echo every line VeRL prints."
 
 
+@dataclass
+class Invocation:
+    """What this command line asked for and printed, for `fail`: a command run with `--json` that
+    fails before printing its JSON prints `{"ok": false, "exit_code", "message"}` on stdout too, so a
+    script reading stdout always gets JSON (`collect --json` adds its rejected task lines)."""
+
+    wants_json: bool = False
+    json_written: bool = False
+
+    def start(self, *, wants_json: bool) -> None:
+        self.wants_json, self.json_written = wants_json, False
+
+
+INVOCATION = Invocation()
+
+
 def fail(message: str, code: int = EXIT_USAGE) -> None:
-    """Print one clear sentence to stderr and exit with `code`.
+    """Print one clear sentence to stderr and exit with `code` (with `--json`, also as JSON on stdout
+    unless the command printed its JSON already: `Invocation`).
 
     `message` is plain text, never markup: messages hold paths, option values and commands to paste
     (`pip install 'gymverl[plot]'`), whose brackets rich would otherwise eat as styles."""
     if code == EXIT_INTERRUPTED:
         exiting_interrupted()
     error(message)
+    if INVOCATION.wants_json and not INVOCATION.json_written:
+        print_json({"ok": False, "exit_code": code, "message": message})
     raise typer.Exit(code)
 
 
@@ -318,6 +340,7 @@ def _finite(data: Any) -> Any:
 def print_json(data: Any) -> None:
     """Machine-readable output for `--json` (stdout, nothing else on it): strict JSON, so a statistic
     that overflowed a double (the mean of rewards near 1.8e308) is null, never `Infinity` or `NaN`."""
+    INVOCATION.json_written = True
     sys.stdout.write(json.dumps(_finite(data), indent=2, default=str, allow_nan=False) + "\n")
 
 

@@ -161,6 +161,12 @@ def stats(
         except ImportError:
             fail("--plot needs matplotlib: pip install 'gymverl[plot]'.")
     data = result.to_dict(per_task=per_task or len(result.tasks) <= 1000)
+    if result.rejected and path.path is not None:
+        from gymverl.convert import detect_input_kind  # to-parquet's test, as validate's hint
+
+        if detect_input_kind(path.path) == "tasks":
+            data["warnings"] = [*(data.get("warnings") or []), f"{path.name} looks like a NeMo Gym tasks file (no 'response' in "
+                                "its lines): stats reads rollouts; collect them first (gymverl collect)."]
     if as_json:
         out: dict[str, Any] = data
         if before is not None:
