@@ -34,7 +34,7 @@ RULES: dict[str, str] = {
     "unsolved": "task solved by no rollout (--drop-unsolved)",
     "duplicate": "same response as another rollout of the task (--dedup)",
     "best_of_n": "not among the best --best-of-n of its task",
-    "unpaired": "no rollout of the task to pair with at the required margin (dpo)",
+    "unpaired": "in no preference pair: nothing to pair with at the required margin, or past --pairs-per-task (dpo)",
 }
 TASK_RULES = ("max_tokens", "solved", "unsolved")
 _NOT_MEASURED = ("masked", "repeated_rollout")
