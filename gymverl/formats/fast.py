@@ -18,7 +18,7 @@ without msgspec/pysimdjson installed).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import orjson
 
@@ -26,11 +26,12 @@ from gymverl import schema
 from gymverl.messages import MessageError, chat_tools, convert_items, prompt_messages
 from gymverl.schema import RecordError, check_items
 
+import msgspec  # (gymverl.schema needs it too)
+
 try:
-    import msgspec
     import simdjson
-except ImportError:  # pragma: no cover - optional accelerators
-    msgspec = simdjson = None  # type: ignore[assignment]
+except ImportError:  # pragma: no cover - the optional accelerator
+    simdjson = None
 
 _NO_TOOLS: list[dict[str, Any]] = []  # shared, read-only
 # A converted prompt: (chat messages, whether one is an assistant turn, `schema.input_facts` of its input).
@@ -39,22 +40,32 @@ _Prompt = tuple[list[dict[str, Any]], bool, tuple[int, bool]]
 
 def available() -> bool:
     """True when msgspec and pysimdjson are installed (otherwise every line takes the orjson path)."""
-    return msgspec is not None and simdjson is not None
+    return simdjson is not None
 
 
-class FastRollout:
-    """What the fast decoder read from one valid rollout line (`gymverl.schema.rollout_facts`)."""
+class FastRollout(msgspec.Struct, gc=False):
+    """What the fast decoder read from one valid rollout line (`gymverl.schema.rollout_facts`).
 
-    __slots__ = ("rec", "key", "agent", "reward", "incomplete", "masked", "rollout_index", "prompt", "tools", "malformed", "empty")
+    (A msgspec Struct: one is built per line, and its C constructor costs less than an `__init__`.)
+    """
 
-    def __init__(
-        self, rec: Any, facts: schema.Facts, prompt: _Prompt | None, tools: list[dict[str, Any]] | None
-    ) -> None:
-        self.rec = rec
-        self.reward, self.key, self.agent, self.incomplete, self.masked, self.malformed, self.empty, _, _ = facts
-        self.rollout_index: int | None = rec.rollout_index
-        self.prompt = prompt  # (converted prompt messages, whether one is an assistant turn, input facts)
-        self.tools = tools  # chat tools ([] when none)
+    rec: Any
+    reward: float
+    key: str
+    agent: Optional[str]
+    incomplete: bool
+    masked: bool
+    malformed: int
+    empty: bool
+    rollout_index: Optional[int]
+    prompt: Any = None  # (converted prompt messages, whether one is an assistant turn, input facts)
+    tools: Optional[list[dict[str, Any]]] = None  # chat tools ([] when none)
+
+    @classmethod
+    def of(cls, rec: Any, facts: schema.Facts, prompt: _Prompt | None = None, tools: list[dict[str, Any]] | None = None) -> "FastRollout":
+        """The rollout `rec` with its `facts`."""
+        reward, key, agent, incomplete, masked, malformed, empty, _, _ = facts
+        return cls(rec, reward, key, agent, incomplete, masked, malformed, empty, rec.rollout_index, prompt, tools)
 
 
 class FastSFT:
@@ -85,7 +96,7 @@ class FastSFT:
             return None
         if not rows:
             facts = schema.rollout_facts(rec)
-            return None if facts is None else FastRollout(rec, facts, None, None)
+            return None if facts is None else FastRollout.of(rec, facts)
         # Converted here too, so a None later means "cannot convert", not "invalid". The prompt's
         # input facts come from its cached conversion: each distinct prompt is keyed and parsed once.
         rcp = rec.responses_create_params
@@ -98,7 +109,7 @@ class FastSFT:
         facts = schema.rollout_facts(rec, True, prompt[2], tools=False)  # (_chat_tools checked them)
         if facts is None:
             return None
-        return FastRollout(rec, facts, prompt, tools)
+        return FastRollout.of(rec, facts, prompt, tools)
 
     def conversation(self, got: FastRollout) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
         """(messages, tools) exactly as `sft.conversation` builds them, or None (exact path decides)."""
