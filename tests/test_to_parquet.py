@@ -606,3 +606,11 @@ def test_a_mistyped_tmp_dir_is_refused_not_created(tmp_path: Path) -> None:
     assert exc.value.exit_code == 2 and not (tmp_path / "no").exists() and not (tmp_path / "o").exists()
     s = convert(ROLLOUTS, tmp_path / "o", ConvertOptions(fmt="sft", tmp_dir=str(tmp_path / "spill"), select=SelectOptions(best_of_n=1)))
     assert s.rows["train"] > 0  # a new directory under an existing one is still made
+
+
+def test_dpo_with_min_reward_that_leaves_nothing_to_pair_says_why(tmp_path: Path) -> None:
+    # dpo pairs a task's better rollouts with its worse ones; --min-reward 1 removed every worse one
+    # first, and the run ended with only "no rows were kept".
+    s = convert(ROLLOUTS, tmp_path / "o", ConvertOptions(fmt="dpo", select=SelectOptions(min_reward=1.0)))
+    assert sum(s.rows.values()) == 0 and s.filtered["min_reward"] == 8
+    assert any(w.startswith("--min-reward removed 8 rollouts before pairing") for w in s.warnings), s.warnings

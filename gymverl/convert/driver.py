@@ -348,6 +348,12 @@ def convert(
         )
     if sum(summary.rows.values()) == 0:
         summary.warnings.append("no rows were kept, so nothing was written.")
+        if opts.fmt == "dpo" and opts.select.min_reward is not None and summary.filtered.get("min_reward"):
+            # Pairs need a worse rollout of the same task: --min-reward removed them before pairing.
+            summary.warnings.append(
+                f"--min-reward removed {summary.filtered['min_reward']} rollouts before pairing, and dpo pairs each "
+                "task's better rollouts with its worse ones (the rejected answers): drop --min-reward, or use --min-margin."
+            )
     return summary
 
 
