@@ -831,15 +831,8 @@ def rollout_facts(rec: Any, content: bool = True, inp: InputFacts | None = None,
     for item in output:
         t = item.type
         if t == "function_call":
-            # is_json_object_text, inlined for typed arguments (always a str): once per call
-            args = item.arguments
-            if args[:1] != "{" and args.lstrip()[:1] != "{":
+            if not is_json_object_text(item.arguments):
                 malformed += 1
-            else:
-                try:
-                    malformed += type(orjson.loads(args)) is not dict
-                except orjson.JSONDecodeError:
-                    malformed += 1
             last = item
         elif item.role == "assistant" and (t == "message" or t is None):
             last = item
@@ -848,19 +841,5 @@ def rollout_facts(rec: Any, content: bool = True, inp: InputFacts | None = None,
     elif last.type == "function_call":
         empty = False
     else:
-        content = last.content
-        empty = None
-        # content_blank's usual answer, inlined (once per line): one text part starting with a
-        # character that is not white space (typed: its raw JSON; `Record[Any]`: a dict)
-        if type(content) is list and len(content) == 1:
-            part = content[0]
-            if type(part) is Part:
-                if len(text := part.text) > 2:
-                    quote, c = _first_two(text)
-                    if quote == 0x22 and 0x21 <= c <= 0x7E and c != 0x5C and c != 0x22:
-                        empty = False
-            elif type(part) is dict and type(text := part.get("text")) is str and text and not text[0].isspace():
-                empty = False
-        if empty is None:
-            empty = content_blank(content)
+        empty = content_blank(last.content)
     return (reward, key, agent, incomplete, masked, malformed, empty, False, fault)

@@ -353,10 +353,10 @@ def test_items_ok_on_typed_items_agrees_with_check_items(items: list[Any]) -> No
 
 @pytest.mark.parametrize("text", ["x", "", " ", "\n", " \t\n", "\nanswer", "  x", "\u00a0", "\u3000", "\u3000x", "é", "\\", '"', "/", "\b", "\ud7ff", "null"])
 @pytest.mark.parametrize("content", [Any, None])
-def test_the_inlined_final_answer_test_agrees_with_content_blank(text: str, content: Any) -> None:
-    # rollout_facts reads the usual answer (one text part) without calling content_blank: on both
-    # typed shapes (raw texts: Record[TextParts]; dicts: Record[Any], the fast SFT reader's) its
-    # "no final answer" must be the dict path's, for texts that start with white space, escapes,
+def test_the_typed_final_answer_test_agrees_with_the_dict_path(text: str, content: Any) -> None:
+    # content_blank reads the usual answer (one text part) by its first bytes: on both typed shapes
+    # (raw texts: Record[TextParts]; dicts: Record[Any], the fast SFT reader's) rollout_facts' "no
+    # final answer" must be the dict path's, for texts that start with white space, escapes,
     # non-ASCII white space, or nothing.
     rec = good()
     rec["response"]["output"] = [{"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": text}]}]
