@@ -45,13 +45,9 @@ def validate(
         with output_lock(rejects):
             summary = validate_file(path, rejects=rejects, tasks=tasks or input_kind == "tasks", max_line_bytes=int(max_line_mb * 1e6))
         warnings: list[str] = []
-        if summary.rejected and not (tasks or input_kind == "tasks") and path.path is not None:
-            from gymverl.convert import detect_input_kind  # to-parquet's test, so both commands agree
-
-            if detect_input_kind(path.path) == "tasks":
-                warnings.append(
-                    f"{path.name} looks like a NeMo Gym tasks file (no 'response' in its lines): check it with --input-kind tasks."
-                )
+        hint = _tasks_file_hint(path, "check it with --input-kind tasks") if summary.rejected and not (tasks or input_kind == "tasks") else None
+        if hint:
+            warnings.append(hint)
     empty = summary.valid + summary.rejected == 0  # blank lines alone are no rollouts either
     data = summary.to_dict()
     if empty:
@@ -81,6 +77,18 @@ def validate(
 
 
 # ---- stats -------------------------------------------------------------------------------------
+
+
+def _tasks_file_hint(path: Input, advice: str) -> str | None:
+    """The warning for a file of rejected lines that is a NeMo Gym tasks file (to-parquet's test,
+    `detect_input_kind`, so the commands agree), ending with `advice`; None otherwise."""
+    if path.path is None:
+        return None  # (a pipe cannot be read again)
+    from gymverl.convert import detect_input_kind
+
+    if detect_input_kind(path.path) != "tasks":
+        return None
+    return f"{path.name} looks like a NeMo Gym tasks file (no 'response' in its lines): {advice}."
 
 
 def _compute_stats(path: Input, threshold: float, group_by: str, show_progress: bool, tasks: Optional[Path] = None) -> Any:
@@ -161,12 +169,9 @@ def stats(
         except ImportError:
             fail("--plot needs matplotlib: pip install 'gymverl[plot]'.")
     data = result.to_dict(per_task=per_task or len(result.tasks) <= 1000)
-    if result.rejected and path.path is not None:
-        from gymverl.convert import detect_input_kind  # to-parquet's test, as validate's hint
-
-        if detect_input_kind(path.path) == "tasks":
-            data["warnings"] = [*(data.get("warnings") or []), f"{path.name} looks like a NeMo Gym tasks file (no 'response' in "
-                                "its lines): stats reads rollouts; collect them first (gymverl collect)."]
+    hint = _tasks_file_hint(path, "stats reads rollouts; collect them first (gymverl collect)") if result.rejected else None
+    if hint:
+        data["warnings"] = [*(data.get("warnings") or []), hint]
     if as_json:
         out: dict[str, Any] = data
         if before is not None:

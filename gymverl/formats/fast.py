@@ -13,20 +13,19 @@ a conversion error, no assistant turn, a value whose reading could depend on the
 or other non-text content part: `prompt_messages` without an images list refuses those) these
 functions return None and the caller takes the exact orjson path for that line, which has the final
 word and the exact reasons. So conversions give the same rows with or without this module (or
-without msgspec/pysimdjson installed).
+without pysimdjson installed).
 """
 
 from __future__ import annotations
 
 from typing import Any, Optional
 
+import msgspec  # (required: gymverl.schema is built on it)
 import orjson
 
 from gymverl import schema
 from gymverl.messages import MessageError, chat_tools, convert_items, prompt_messages
 from gymverl.schema import RecordError, check_items
-
-import msgspec  # (gymverl.schema needs it too)
 
 try:
     import simdjson
@@ -35,11 +34,11 @@ except ImportError:  # pragma: no cover - the optional accelerator
 
 _NO_TOOLS: list[dict[str, Any]] = []  # shared, read-only
 # A converted prompt: (chat messages, whether one is an assistant turn, `schema.input_facts` of its input).
-_Prompt = tuple[list[dict[str, Any]], bool, tuple[int, bool]]
+_Prompt = tuple[list[dict[str, Any]], bool, schema.InputFacts]
 
 
 def available() -> bool:
-    """True when msgspec and pysimdjson are installed (otherwise every line takes the orjson path)."""
+    """True when pysimdjson is installed (otherwise every line takes the orjson path)."""
     return simdjson is not None
 
 
@@ -78,7 +77,7 @@ class FastSFT:
         self._parser = simdjson.Parser()
         self._decode = schema.record_decoder(Any)
         self._prompts = schema.RawCache(cache_size)  # input JSON (no instructions) -> _Prompt | None
-        self._prompts_with_instructions: dict[tuple[bytes, bytes], _Prompt | None] = {}
+        self._prompts_with_instructions = schema._Cache(cache_size)  # (instructions JSON, input JSON) -> _Prompt | None
         self._tools = schema.RawCache(cache_size)  # tools JSON -> chat tools | None
 
     def decode(self, data: bytes, *, validated: bool = False, rows: bool = True) -> FastRollout | None:
@@ -144,12 +143,7 @@ class FastSFT:
         try:
             return self._prompts_with_instructions[key]
         except KeyError:
-            pass
-        value = self._convert_prompt(key[1], instructions)
-        if len(self._prompts_with_instructions) >= self.cache_size:
-            self._prompts_with_instructions.clear()
-        self._prompts_with_instructions[key] = value
-        return value
+            return self._prompts_with_instructions.put(key, self._convert_prompt(key[1], instructions))
 
     def _convert_prompt(self, inp_json: bytes, instructions: Any) -> _Prompt | None:
         value: _Prompt | None = None
