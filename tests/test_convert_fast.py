@@ -449,6 +449,33 @@ def test_table_builder_matches_from_pylist(schema: pa.Schema) -> None:
     assert built > 20
 
 
+@pytest.mark.parametrize("schema", [sft_fmt.SCHEMA, dpo_fmt.SCHEMA, rl_fmt.SCHEMA], ids=["sft", "dpo", "rl"])
+def test_table_builder_takes_json_cells_as_utf8_bytes(schema: pa.Schema) -> None:
+    """The format builders keep JSON cells as UTF-8 bytes (`formats.json_cell`): the builder stores
+    them as the strings they encode, the same table as from the str values."""
+    rng = random.Random(11)
+    checked = 0
+    for _ in range(100):
+        rows = [{f.name: _value(f.type, rng) for f in schema} for _ in range(rng.randint(1, 20))]
+
+        def encoded(v: Any) -> Any:
+            if isinstance(v, str):
+                return v.encode()
+            if isinstance(v, list):
+                return [encoded(x) for x in v]
+            return {k: encoded(x) for k, x in v.items()} if isinstance(v, dict) else v
+
+        try:
+            want = conv._to_table(rows, schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError):
+            continue
+        got = conv._to_table([encoded(r) for r in rows], schema)
+        got.validate(full=True)
+        assert got.equals(want)
+        checked += 1
+    assert checked > 20
+
+
 def test_table_builder_falls_back_for_unexpected_types() -> None:
     schema = sft_fmt.SCHEMA
     row = {"messages": "[]", "tools": None, "data_source": "d", "extra_info": {"split": "train", "index": True, "task_key": "k", "line": 1, "reward": 1.0, "rollout_index": None}}

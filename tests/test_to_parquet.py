@@ -614,3 +614,21 @@ def test_dpo_with_min_reward_that_leaves_nothing_to_pair_says_why(tmp_path: Path
     s = convert(ROLLOUTS, tmp_path / "o", ConvertOptions(fmt="dpo", select=SelectOptions(min_reward=1.0)))
     assert sum(s.rows.values()) == 0 and s.filtered["min_reward"] == 8
     assert any(w.startswith("--min-reward removed 8 rollouts before pairing") for w in s.warnings), s.warnings
+
+
+@pytest.mark.parametrize("fmt", ["sft", "rl", "dpo"])
+def test_conversation_columns_are_written_without_a_dictionary(tmp_path: Path, fmt: str) -> None:
+    """Per-rollout texts (messages, prompts, chosen/rejected, nemo_gym records, image bytes) are
+    written plain, every other column dictionary-encoded: each path the writer names is a real
+    column of the file (a misspelt one would silently leave its column as it was)."""
+    from gymverl.convert.parquet import _PLAIN_LEAVES
+
+    s = convert(ROLLOUTS, tmp_path / fmt, ConvertOptions(fmt=fmt))
+    meta = pq.ParquetFile(s.files["train"][0]).metadata
+    paths = set()
+    for i in range(meta.num_columns):
+        col = meta.row_group(0).column(i)
+        paths.add(col.path_in_schema)
+        assert ("RLE_DICTIONARY" in col.encodings) == (col.path_in_schema not in _PLAIN_LEAVES), col.path_in_schema
+    plain = {"sft": {"messages"}, "rl": {"prompt.list.element.content", "extra_info.nemo_gym"}, "dpo": {"prompt.list.element", "chosen.list.element"}}[fmt]
+    assert plain <= paths & _PLAIN_LEAVES

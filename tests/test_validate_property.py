@@ -425,7 +425,7 @@ def _rl_and_sft(record) -> None:
     from gymverl.formats import FieldRules, RowError
     from gymverl.formats.rl import rl_row
     from gymverl.formats.sft import sft_row
-    from gymverl.jsonl import dumps
+    from gymverl.convert.parquet import SCHEMAS, _to_table
     from gymverl.records import task_key
 
     key = task_key(record)
@@ -435,7 +435,7 @@ def _rl_and_sft(record) -> None:
         except RowError:
             continue
         orjson.loads(row["extra_info"]["nemo_gym"])
-        dumps(row)
+        _to_table([{**row, "extra_info": {**row["extra_info"], "split": "train", "index": 0}}], SCHEMAS["rl"])  # the writer takes it
     for reasoning in (False, True):
         try:
             row = sft_row(record, data_source="d", task_key=key, line=1, include_reasoning=reasoning)

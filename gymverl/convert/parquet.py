@@ -11,7 +11,7 @@ from collections import Counter
 from itertools import accumulate, chain
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -110,7 +110,7 @@ class ParquetSink:
                     self._tmp_dir = self._scratch.enter_context(scratch_dir(self.dir, kind="parquet"))
                 tmp = new_temp_file(self._tmp_dir, prefix=f"{split}-", suffix=".parquet")
                 self._shards[split].append(tmp)
-                w = self._writer[split] = pq.ParquetWriter(tmp, self.schema, compression="zstd")
+                w = self._writer[split] = pq.ParquetWriter(tmp, self.schema, compression="zstd", use_dictionary=_dictionary_columns(self.schema))
             w.write_table(table)
             self._in_shard[split] += table.num_rows
             if self.shard_size and self._in_shard[split] >= self.shard_size:
@@ -305,18 +305,25 @@ def _column(values: list[Any], f: pa.Field) -> pa.Array:
         raise _Unbuildable
     bitmap = _validity(values) if nulls else None
     if t == pa.string():
-        texts = [v if v is not None else "" for v in values] if nulls else values
-        joined = "".join(texts)
-        if joined.isascii():  # one character per byte: no per-value encoding needed
-            data = joined.encode()
-            lengths = list(map(len, texts))
-        else:
-            try:
-                encoded = [v.encode() for v in texts]
-            except UnicodeEncodeError:  # lone surrogates: Arrow reports them
-                raise _Unbuildable from None
+        if str not in types:  # JSON cells (`formats.json_cell`): UTF-8 bytes already, stored as they are
+            encoded = [v if v is not None else b"" for v in values] if nulls else values
             data = b"".join(encoded)
             lengths = list(map(len, encoded))
+        elif bytes in types:  # (str and bytes in one column: no format writes that)
+            raise _Unbuildable
+        else:
+            texts = [v if v is not None else "" for v in values] if nulls else values
+            joined = "".join(texts)
+            if joined.isascii():  # one character per byte: no per-value encoding needed
+                data = joined.encode()
+                lengths = list(map(len, texts))
+            else:
+                try:
+                    encoded = [v.encode() for v in texts]
+                except UnicodeEncodeError:  # lone surrogates: Arrow reports them
+                    raise _Unbuildable from None
+                data = b"".join(encoded)
+                lengths = list(map(len, encoded))
         if len(data) >= 2**31:  # beyond 32-bit offsets: Arrow decides what to do
             raise _Unbuildable
         offsets = array("i", accumulate(lengths, initial=0))
@@ -346,7 +353,7 @@ def _column(values: list[Any], f: pa.Field) -> pa.Array:
 
 
 _NONE_ONLY = frozenset({type(None)})
-_STR_TYPES = frozenset({str, type(None)})
+_STR_TYPES = frozenset({str, bytes, type(None)})  # bytes: UTF-8 JSON text (`formats.json_cell`)
 _INT_TYPES = frozenset({int, type(None)})
 _FLOAT_TYPES = frozenset({float, int, type(None)})
 _STRUCT_TYPES = frozenset({dict, type(None)})
@@ -378,3 +385,29 @@ def _validity(values: list[Any]) -> pa.Buffer:
 
 
 SCHEMAS = {"sft": sft_fmt.SCHEMA, "rl": rl_fmt.SCHEMA, "dpo": dpo_fmt.SCHEMA}
+
+# Leaf columns whose values are (nearly) all distinct: a rollout's conversation, a task's prompt and
+# record, image bytes. Parquet's dictionary encoding would hash each value before giving up on the
+# column (Arrow falls back to plain encoding once a dictionary passes 1 MiB): they are written
+# plain from the start, the rest (sources, task keys, tools, rewards, ...) dictionary-encoded.
+_PLAIN_LEAVES = frozenset(
+    {"messages", "prompt.list.element", "chosen.list.element", "rejected.list.element", "prompt.list.element.content", "extra_info.nemo_gym", "images.list.element.bytes"}
+)
+
+
+def _leaves(f: pa.Field, prefix: str = "") -> Iterator[str]:
+    """The parquet column paths of field `f` (`extra_info.task_key`, `images.list.element.bytes`: a list's
+    values are `element`, the parquet spec's name, which pyarrow writes by default)."""
+    name = prefix + f.name
+    if pa.types.is_struct(f.type):
+        for child in f.type:
+            yield from _leaves(child, name + ".")
+    elif type(f.type) is pa.ListType:
+        yield from _leaves(f.type.value_field.with_name("element"), name + ".list.")
+    else:
+        yield name
+
+
+def _dictionary_columns(schema: pa.Schema) -> list[str]:
+    """The column paths of `schema` worth dictionary encoding (`use_dictionary`): all but `_PLAIN_LEAVES`."""
+    return [path for f in schema for path in _leaves(f) if path not in _PLAIN_LEAVES]

@@ -73,15 +73,23 @@ GROUND_TRUTH_KEYS = (
 )
 
 
-def dumps_str(obj: Any) -> str:
-    """Compact JSON text (UTF-8, not ASCII-escaped) for a JSON-string column.
+def json_cell(obj: Any) -> bytes:
+    """Compact JSON text, as UTF-8 bytes (not ASCII-escaped), for a JSON-string column cell.
 
-    `gymverl.jsonl.dumps`: orjson, and the standard library only for values nested deeper than the
-    254 levels orjson writes (any line validate accepts, up to orjson's 1024 read levels, converts)."""
+    The format builders keep JSON cells (sft `messages`, `tools`, ...) as bytes: `ParquetSink`
+    stores them as Arrow strings as they are, where a str would be decoded here and encoded again
+    there. `gymverl.jsonl.dumps`: orjson (always valid UTF-8), and the standard library only for
+    values nested deeper than the 254 levels orjson writes (any line validate accepts, up to
+    orjson's 1024 read levels, converts)."""
     try:  # orjson directly first: this runs for every row's messages and tools
-        return orjson.dumps(obj, option=_DUMPS).decode()
+        return orjson.dumps(obj, option=_DUMPS)
     except orjson.JSONEncodeError:
-        return dumps(obj).decode()
+        return dumps(obj)
+
+
+def dumps_str(obj: Any) -> str:
+    """`json_cell` as a str (a value that is text in its own right, e.g. a ground truth)."""
+    return json_cell(obj).decode()
 
 
 # The columns gymverl writes as JSON text (or, dpo, one JSON text per message); `decode_row` reads them.

@@ -31,7 +31,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from gymverl.formats import RowError, dumps_str
+from gymverl.formats import RowError, json_cell
 from gymverl.formats.sft import arguments_as_objects, no_prompt_reason, task_tools
 from gymverl.records import starts_without_prompt
 from gymverl.messages import MessageError, chat_tools, rollout_parts
@@ -65,14 +65,14 @@ SCHEMA = pa.schema(
 )
 
 
-def encode_messages(messages: list[dict[str, Any]]) -> list[str]:
+def encode_messages(messages: list[dict[str, Any]]) -> list[bytes]:
     """A message list as the cell value of a `MESSAGES` column: one compact JSON text per message."""
-    return [dumps_str(m) for m in messages]
+    return [json_cell(m) for m in messages]
 
 
 def dpo_side(record: dict[str, Any], *, include_reasoning: bool = False, object_arguments: bool = False) -> dict[str, Any]:
     """The parts of one rollout a pair needs: `prompt` and `response` (encoded message lists) and
-    `tools` (JSON string or None). RowError when the rollout cannot be one side of a pair.
+    `tools` (JSON text, `json_cell`, or None). RowError when the rollout cannot be one side of a pair.
 
     `object_arguments`: tool-call arguments that are JSON objects are written as objects, not as
     the model's JSON text. A DPO trainer renders rows with the model's own chat template, and
@@ -92,7 +92,7 @@ def dpo_side(record: dict[str, Any], *, include_reasoning: bool = False, object_
         raise RowError("no_prompt", no_prompt_reason(record, blank=bool(prompt) and prompt[0]["role"] not in ("assistant", "tool")))
     if object_arguments:
         prompt, response = arguments_as_objects(prompt), arguments_as_objects(response)
-    return {"prompt": encode_messages(prompt), "response": encode_messages(response), "tools": dumps_str(tools) if tools else None}
+    return {"prompt": encode_messages(prompt), "response": encode_messages(response), "tools": json_cell(tools) if tools else None}
 
 
 def dpo_row(

@@ -33,6 +33,7 @@ except ImportError:  # pragma: no cover - the optional accelerator
     simdjson = None
 
 _NO_TOOLS: list[dict[str, Any]] = []  # shared, read-only
+_MISSING: Any = schema.RawCache.MISSING  # not in a cache (None is a cached "cannot convert")
 # A converted prompt: (chat messages, whether one is an assistant turn, `schema.input_facts` of its input).
 _Prompt = tuple[list[dict[str, Any]], bool, schema.InputFacts]
 
@@ -76,8 +77,10 @@ class FastSFT:
         self.cache_size = cache_size
         self._parser = simdjson.Parser()
         self._decode = schema.record_decoder(Any)
-        self._prompts = schema.RawCache(cache_size)  # input JSON (no instructions) -> _Prompt | None
-        self._prompts_with_instructions = schema._Cache(cache_size)  # (instructions JSON, input JSON) -> _Prompt | None
+        # input JSON, or (instructions JSON, input JSON) -> _Prompt | None. Keyed by the JSON's bytes,
+        # not a RawCache: the rollouts of different tasks, interleaved by the collector, have prompts
+        # of one length (only the question differs), where its lookup by length only costs more.
+        self._prompts = schema._Cache(cache_size)
         self._tools = schema.RawCache(cache_size)  # tools JSON -> chat tools | None
 
     def decode(self, data: bytes, *, validated: bool = False, rows: bool = True) -> FastRollout | None:
@@ -133,17 +136,13 @@ class FastSFT:
         # Keyed by the raw JSON of input (+ instructions when present: msgspec hands back the very
         # default object when the key is missing).
         instructions = rcp.instructions
-        raw = rcp.input
-        if instructions is schema._RAW_MISSING:
-            value = self._prompts.get(raw)
-            if value is schema.RawCache.MISSING:
-                value = self._prompts.put(raw, self._convert_prompt(bytes(raw), instructions))
-            return value
-        key = (bytes(instructions), bytes(raw))
-        try:
-            return self._prompts_with_instructions[key]
-        except KeyError:
-            return self._prompts_with_instructions.put(key, self._convert_prompt(key[1], instructions))
+        key: Any = bytes(rcp.input)
+        if instructions is not schema._RAW_MISSING:
+            key = (bytes(instructions), key)
+        value = self._prompts.get(key, _MISSING)
+        if value is _MISSING:
+            value = self._prompts.put(key, self._convert_prompt(key if type(key) is bytes else key[1], instructions))
+        return value
 
     def _convert_prompt(self, inp_json: bytes, instructions: Any) -> _Prompt | None:
         value: _Prompt | None = None

@@ -32,7 +32,7 @@ from typing import Any, Mapping
 
 import pyarrow as pa
 
-from gymverl.formats import FieldRules, RowError, dumps_str
+from gymverl.formats import FieldRules, RowError, json_cell
 from gymverl.records import agent_name, is_transitions, starts_without_prompt
 from gymverl.messages import MessageError, chat_tools, check_placeholders, prompt_messages
 
@@ -166,11 +166,11 @@ def rl_row(
             "split": None,
             "index": None,
             "task_key": task_key,
-            "nemo_gym": dumps_str(nemo_gym),
+            "nemo_gym": json_cell(nemo_gym),
             "n": n,
             "pass_rate": pass_rate,
             "mean_reward": mean_reward,
-            "tools": dumps_str(tools) if tools else None,
+            "tools": json_cell(tools) if tools else None,
         },
         "agent_name": ENV_AGENT if agent_loop == "env" else (TOOLS_AGENT if tools else STOCK_AGENT),
         "images": images or None,

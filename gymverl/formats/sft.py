@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
-from gymverl.formats import RowError, dumps_str
+from gymverl.formats import RowError, json_cell
 from gymverl.formats.rl import IMAGES
 from gymverl.jsonl import dumps
 from gymverl.messages import MessageError, check_placeholders, chat_tools, prompt_messages, response_messages, rollout_parts
@@ -153,14 +153,16 @@ def sft_row(
     tools: list[dict[str, Any]] | None = None,
     images: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """One SFT row (split/index filled in by the writer); pass `messages`/`tools`/`images` if already built."""
+    """One SFT row (split/index filled in by the writer); pass `messages`/`tools`/`images` if already built.
+
+    `messages` and `tools` are JSON text as UTF-8 bytes (`json_cell`), which the writer stores as strings."""
     if messages is None:
         images = []
         messages, tools = conversation(record, include_reasoning=include_reasoning, images=images)
     idx = record.get("_ng_rollout_index")
     return {
-        "messages": dumps_str(messages),
-        "tools": dumps_str(tools) if tools else None,
+        "messages": json_cell(messages),
+        "tools": json_cell(tools) if tools else None,
         "data_source": data_source,
         "extra_info": {
             "split": None,
