@@ -7,7 +7,6 @@ import contextlib
 import os
 import re
 from array import array
-from collections import Counter
 from itertools import accumulate, chain
 from operator import itemgetter
 from pathlib import Path
@@ -59,7 +58,7 @@ class ParquetSink:
         self.batch_rows = batch_rows
         self.protect = protect
         self.dir = output.parent if self.single_file else output
-        self.counts: Counter[str] = Counter()
+        self.counts: dict[str, int] = {}  # rows per split (a split without rows has no key)
         self.image_rows = 0  # rows with an `images` cell, and the images in them
         self.tool_rows = 0  # rows with a `tools` cell (sft/dpo)
         self.images = 0
@@ -67,7 +66,10 @@ class ParquetSink:
         self._buf: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
         self._shards: dict[str, list[Path]] = {s: [] for s in SPLITS}
         self._writer: dict[str, pq.ParquetWriter | None] = {s: None for s in SPLITS}
-        self._in_shard: Counter[str] = Counter()
+        self._in_shard: dict[str, int] = {s: 0 for s in SPLITS}  # rows in the open shard
+        # Buffered rows of a split that make the next write: a batch, or what fills the open shard.
+        # (Kept per split instead of derived per row: `add` runs for every row.)
+        self._flush_at: dict[str, int] = {s: self._room(s) for s in SPLITS}
         self._scratch = contextlib.ExitStack()
         self._tmp_dir: Path | None = None
 
@@ -77,8 +79,9 @@ class ParquetSink:
             raise ConvertError("a validation split needs --output to be a directory, not a .parquet file.")
         info = row["extra_info"]
         info["split"] = split
-        info["index"] = self.counts[split]
-        self.counts[split] += 1
+        n = self.counts.get(split, 0)
+        info["index"] = n
+        self.counts[split] = n + 1
         if row.get("tools"):
             self.tool_rows += 1
         images = row.get("images")
@@ -89,9 +92,11 @@ class ParquetSink:
             return
         buf = self._buf[split]
         buf.append(row)
-        room = self.shard_size - self._in_shard[split] if self.shard_size else self.batch_rows
-        if len(buf) >= min(self.batch_rows, room):
+        if len(buf) >= self._flush_at[split]:
             self._flush(split)
+
+    def _room(self, split: str) -> int:
+        return min(self.batch_rows, self.shard_size - self._in_shard[split]) if self.shard_size else self.batch_rows
 
     def _write_error(self, exc: OSError) -> GymverlError:
         where = f"output {self.output}" if self.single_file else f"output directory {self.dir}"
@@ -117,6 +122,7 @@ class ParquetSink:
                 self._writer[split] = None
                 w.close()
                 self._in_shard[split] = 0
+            self._flush_at[split] = self._room(split)
         except OSError as exc:
             raise self._write_error(exc) from None
 
