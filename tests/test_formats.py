@@ -197,3 +197,26 @@ def test_a_files_classes_are_read_once_and_only_where_a_class_can_be(tmp_path, m
     assert ng_fields._classes(str(indented), 0, 0) == () and len(parsed) == 1
     # a class at column 0 inside a string is parsed (and is no class): the same as before
     assert ng_fields._classes(str(script), 0, 0) == () and len(parsed) == 2
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        [{"role": "user", "content": "é ☃ \u2028"}],
+        {1: "a", "b": [{2: 3, None: True}]},  # non-str keys (written as strings)
+        [[[[[["deep"]]]]]] * 2,
+        {"a": [[]] * 3, "b": 1.5, "c": None},
+    ],
+)
+def test_json_cell_writes_what_jsonl_dumps_writes(value) -> None:
+    import numpy as np
+
+    from gymverl.formats import json_cell
+    from gymverl.jsonl import dumps
+
+    assert json_cell(value) == dumps(value)
+    assert json_cell({"n": np.int64(3), "x": np.float32(0.5)}) == dumps({"n": np.int64(3), "x": np.float32(0.5)})
+    deep: list = []
+    for _ in range(300):  # deeper than orjson writes (254 levels)
+        deep = [deep]
+    assert json_cell(deep) == dumps(deep) and json.loads(json_cell(deep))

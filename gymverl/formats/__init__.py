@@ -17,7 +17,7 @@ from typing import Any, Iterable
 
 import orjson
 
-from gymverl.jsonl import _DUMPS, dumps
+from gymverl.jsonl import dumps
 from gymverl.ng_fields import REQUEST_FIELDS, RESPONSE_ONLY_FIELDS
 from gymverl.records import agent_name, is_ng_key
 
@@ -82,7 +82,9 @@ def json_cell(obj: Any) -> bytes:
     values nested deeper than the 254 levels orjson writes (any line validate accepts, up to
     orjson's 1024 read levels, converts)."""
     try:  # orjson directly first: this runs for every row's messages and tools
-        return orjson.dumps(obj, option=_DUMPS)
+        # (without OPT_NON_STR_KEYS, which costs half again: keys read from JSON are strings, and
+        # anything else, a non-str key or deep nesting, takes `dumps` below with the same output)
+        return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
     except orjson.JSONEncodeError:
         return dumps(obj)
 
