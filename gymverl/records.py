@@ -213,6 +213,14 @@ def reward_bin(r: float, edges: tuple[float, ...] | list[float] = REWARD_EDGES) 
 _FOLD_EVERY = 1024
 
 
+def reward_key(reward: float) -> str:
+    """A reward as a JSON object key (the `values` of validate's and stats' summaries): the shortest
+    text that reads back as the same float (`repr`), without a trailing ".0" ("1", "0.5", "1e-07").
+    Exact, so two distinct rewards never share a key."""
+    text = repr(float(reward))
+    return text[:-2] if text.endswith(".0") else text
+
+
 @dataclass
 class ValidationSummary(Rejections):
     """Counts gathered while streaming a rollout file; the report `gymverl validate` prints."""
@@ -364,7 +372,7 @@ class ValidationSummary(Rejections):
                 "max": self.reward_max,
                 "histogram": {f"{lo:.1f}-{hi:.1f}": n for lo, hi, n in zip(REWARD_EDGES, REWARD_EDGES[1:], self.reward_hist)},
                 "out_of_0_1": self.reward_out_of_range,
-                "values": {str(k): v for k, v in sorted(self.reward_values.items())} if len(self.reward_values) <= 20 else None,
+                "values": {reward_key(k): v for k, v in sorted(self.reward_values.items())} if len(self.reward_values) <= 20 else None,
             },
             "tasks": len(self.rollouts_per_task),
             "rollouts_per_task": {

@@ -309,7 +309,7 @@ def test_a_global_flag_after_the_command_says_where_it_goes() -> None:
     res = runner.invoke(app, ["validate", "x.jsonl", "-q"])
     assert res.exit_code == 2
     text = " ".join(res.output.replace("│", " ").split())
-    assert "No such option: -q (-q is an option of gymverl itself: it goes before the command, as in `gymverl -q validate ...`)." in text
+    assert "No such option: -q (-q is an option of gymverl itself: it goes before the command, as in `gymverl -q validate ...`); see `gymverl validate --help`." in text
     res = runner.invoke(app, ["validate", "x.jsonl", "--bogus"])
     assert res.exit_code == 2 and "gymverl itself" not in res.output
 
@@ -330,3 +330,34 @@ def test_a_command_run_with_json_that_fails_prints_json_too(tmp_path: Path) -> N
     empty.write_text("\n")
     res = runner.invoke(app, ["validate", str(empty), "--json"])  # its summary, then exit 1: one object
     assert res.exit_code == 1 and json.loads(res.stdout)["error"] == "file is empty"
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["to-parquet", "in.jsonl", "-o", "out", "--bogus-opt"], "No such option: --bogus-opt"),
+        (["to-parquet", "in.jsonl", "-o", "out", "--min-reward", "abc"], "Invalid value for '--min-reward'"),
+        (["validate"], "Missing argument"),
+        (["bogus"], "No such command 'bogus'"),
+        (["--bogus", "validate", "x"], "No such option: --bogus"),
+    ],
+)
+def test_click_usage_errors_are_one_sentence_and_json_too(args, says) -> None:
+    """An unknown option, a value of the wrong type or a missing argument was click's usage box
+    ("Usage: ...", "Error" in a frame) and, with --json, nothing on stdout."""
+    res = runner.invoke(app, [*args, "--json"] if args[0] != "--bogus" else args)
+    assert res.exit_code == 2, res.output
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0] and "--help`." in lines[0], res.stderr
+    assert "Usage:" not in res.output and "╭" not in res.output
+    if args[0] != "--bogus":
+        data = json.loads(res.stdout)
+        assert data == {"ok": False, "exit_code": 2, "message": lines[0][len("error: ") :]}
+
+
+def test_an_unknown_option_is_never_told_an_old_spelling() -> None:
+    """The hidden old spellings (OPTION_ALIASES) parse, but the "Possible options" hint names the
+    current one: `--bogus-opt` was told "(Possible options: --out)"."""
+    res = runner.invoke(app, ["to-parquet", "in.jsonl", "-o", "out", "--bogus-opt"])
+    assert res.exit_code == 2
+    assert "--out)" not in res.stderr and "--out," not in res.stderr and "Possible options: --output" in res.stderr, res.stderr

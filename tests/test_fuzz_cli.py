@@ -163,8 +163,7 @@ def _json_out(result: Any) -> dict[str, Any] | None:
     stderr, and as `{"ok": false, "exit_code", "message"}` on stdout)."""
     text = result.stdout
     if "{" not in text:
-        usage = result.exit_code == 2 and "Usage:" in result.output  # click's own usage error box
-        assert usage or (result.exit_code != 0 and result.output.count("error:") == 1), result.output
+        assert result.exit_code != 0 and result.output.count("error:") == 1, result.output
         return None
     data = json.loads(text[text.index("{") :])
     if data.get("ok") is False and set(data) == {"ok", "exit_code", "message"}:

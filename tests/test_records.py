@@ -380,7 +380,7 @@ def test_summary_of_sample_rollouts_matches_plain_reading():
     assert d["reward"]["mean"] == pytest.approx(sum(rewards) / len(rewards))
     assert (d["reward"]["min"], d["reward"]["max"]) == (min(rewards), max(rewards))
     assert sum(d["reward"]["histogram"].values()) + d["reward"]["out_of_0_1"] == len(rows)
-    assert d["reward"]["values"] == {str(k): v for k, v in sorted(Counter(rewards).items())}
+    assert d["reward"]["values"] == {(str(k)[:-2] if str(k).endswith(".0") else str(k)): v for k, v in sorted(Counter(rewards).items())}
     assert d["incomplete"] == incomplete >= 1
     assert d["agents"] == dict(Counter(r["agent_ref"]["name"] for r in rows))
 

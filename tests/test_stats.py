@@ -441,3 +441,17 @@ def test_stats_on_a_tasks_file_says_it_is_one() -> None:
     assert "looks like a NeMo Gym tasks file" in res.output and "gymverl collect" in res.output, res.output
     res = runner.invoke(app, ["stats", str(SAMPLE_DATA / "tasks.jsonl"), "--json"])
     assert any("looks like a NeMo Gym tasks file" in w for w in json.loads(res.stdout)["warnings"])
+
+
+def test_reward_values_keep_every_distinct_reward_and_agree_with_validate(tmp_path: Path) -> None:
+    """stats wrote reward values with `{x:g}` (6 digits): 0.1234561 and 0.1234564 became one key,
+    the second count overwriting the first; validate wrote `str(x)` ("1.0" where stats wrote "1")."""
+    from gymverl.records import validate_file
+
+    rows = _rows()[:6]
+    for r, reward in zip(rows, [0.1234561, 0.1234564, 1.0, 1.0, 0.0, 1e-07]):
+        r["reward"] = reward
+    path = _write(tmp_path / "r.jsonl", rows)
+    want = {"0": 1, "1e-07": 1, "0.1234561": 1, "0.1234564": 1, "1": 2}
+    assert compute_stats(path).to_dict()["overall"]["reward"]["values"] == want
+    assert validate_file(path).to_dict()["reward"]["values"] == want

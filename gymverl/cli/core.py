@@ -29,6 +29,11 @@ try:  # typer >= 0.2x carries its own copy of click; its exceptions are not clic
 except ImportError:  # pragma: no cover - older typer uses click itself
     _typer_click_exc = click.exceptions
 
+# click's own usage errors (an unknown option, a value of the wrong type, a missing argument) become
+# one sentence like every other error (`_usage_sentence`); "no arguments: here is the help" stays click's.
+_USAGE_ERRORS = (_typer_click_exc.UsageError, click.exceptions.UsageError)
+_HELP_NOT_ERRORS = tuple(getattr(m, "NoArgsIsHelpError") for m in (_typer_click_exc, click.exceptions) if hasattr(m, "NoArgsIsHelpError"))
+
 # Exceptions that already mean "exit with this code and this usage message": let click handle them.
 _CLICK_PASS_THROUGH = (
     typer.Exit, typer.Abort, click.exceptions.ClickException, click.exceptions.Abort, click.exceptions.Exit,
@@ -66,6 +71,16 @@ class _PipelineOrder(TyperGroup):
         names = super().list_commands(ctx)
         return sorted(names, key=lambda n: self.ORDER.index(n) if n in self.ORDER else len(self.ORDER))
 
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        # gymverl's own options (`gymverl --bogus validate`): one sentence too
+        try:
+            return super().parse_args(ctx, args)
+        except _HELP_NOT_ERRORS:
+            raise
+        except _USAGE_ERRORS as exc:
+            _fail_now(_usage_sentence(exc), exc.exit_code)
+            raise  # (unreachable: _fail_now exits)
+
     def invoke(self, ctx: Any) -> Any:
         # (read before click hands the arguments to the command; "--" ends gymverl's own)
         args = [*getattr(ctx, "protected_args", []), *ctx.args]
@@ -74,6 +89,10 @@ class _PipelineOrder(TyperGroup):
             # SIGTERM / SIGHUP stop every command the way Ctrl-C does (same cleanup, exit 130).
             with signals_as_interrupt():
                 return super().invoke(ctx)
+        except _HELP_NOT_ERRORS:
+            raise
+        except _USAGE_ERRORS as exc:
+            _fail_now(_usage_sentence(exc), exc.exit_code)
         except _CLICK_PASS_THROUGH:
             raise
         except GymverlError as exc:
@@ -89,6 +108,13 @@ class _PipelineOrder(TyperGroup):
             if os.environ.get("GYMVERL_DEBUG"):
                 raise
             _fail_now(f"internal error ({type(exc).__name__}: {exc}); set GYMVERL_DEBUG=1 for the traceback.", EXIT_FAILED)
+
+
+def _usage_sentence(exc: Any) -> str:
+    """A click usage error as one sentence that says where the help is
+    ("No such option: --bogus; see `gymverl to-parquet --help`.")."""
+    where = exc.ctx.command_path if exc.ctx is not None else "gymverl"
+    return f"{exc.format_message().strip().rstrip('.')}; see `{where} --help`."
 
 
 def reflow(text: str | None) -> str | None:
@@ -120,6 +146,8 @@ class _Command(TyperCommand):
         try:
             return super().parse_args(ctx, args)
         except _typer_click_exc.NoSuchOption as exc:
+            if exc.possibilities:  # an old spelling (OPTION_ALIASES) is never suggested: its new one is
+                exc.possibilities = list(dict.fromkeys(OPTION_ALIASES.get(p, p) for p in exc.possibilities))  # type: ignore[misc]
             if exc.option_name in _GLOBAL_FLAGS:  # `gymverl validate x -q`: say where it goes
                 exc.message = (
                     f"{exc.message} ({exc.option_name} is an option of gymverl itself: it goes before the command, "

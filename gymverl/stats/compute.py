@@ -13,7 +13,7 @@ import orjson
 from gymverl.inputs import as_input
 from gymverl.jsonl import Rejections, Tally, iter_lines
 from gymverl.progress import OnProgress, track_lines
-from gymverl.records import Checked, agent_name, check_line, check_record, content_text, empty_answer, is_incomplete, starts_without_prompt, iter_checked, malformed_calls, output_items, output_tokens, task_key
+from gymverl.records import Checked, agent_name, check_line, check_record, content_text, empty_answer, is_incomplete, starts_without_prompt, iter_checked, malformed_calls, output_items, output_tokens, reward_key, task_key
 from gymverl.sidecars import CollectionReport, PairSet, Sidecars, TaskSource, collection_report, prompt_key, sidecar_paths
 
 from gymverl.stats.distribution import Distribution, _sample_std, reward_edges
@@ -243,7 +243,7 @@ class GroupStats:
             "pass_at_k": pass_at_k_table(tasks),
             "reward": {
                 **self.reward.summary(),
-                "values": {_num_key(k): v for k, v in (self.reward.distinct() or {}).items()} or None,
+                "values": {reward_key(k): v for k, v in (self.reward.distinct() or {}).items()} or None,
                 "histogram": [
                     {"lo": lo, "hi": hi, "count": c} for lo, hi, c in zip(edges, edges[1:], hist)
                 ],
@@ -268,10 +268,6 @@ class GroupStats:
                 "mean_incorrect": sum_i / n_incorrect if n_incorrect else None,
             },
         }
-
-
-def _num_key(x: float) -> str:
-    return f"{x:g}"
 
 
 def _count_summary(ns: list[int]) -> dict[str, Any]:
