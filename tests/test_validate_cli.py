@@ -280,3 +280,15 @@ def test_rewards_near_the_double_limit_give_strict_json_and_no_crash(tmp_path: P
         assert reward["mean"] is None and reward["max"] == 1.7e308  # the sum overflowed
         r = runner.invoke(app, [command, str(p)])
         assert r.exit_code == 0 and "overflow" in r.stdout and "internal error" not in r.output, r.output
+
+
+def test_a_tasks_file_summary_has_no_rollout_rows() -> None:
+    """`validate --input-kind tasks` showed "rollouts per task min 1" and "incomplete responses 0":
+    a tasks file has neither."""
+    res = runner.invoke(app, ["validate", str(SAMPLE_DATA / "tasks.jsonl"), "--input-kind", "tasks"])
+    assert res.exit_code == 0, res.output
+    assert "tasks" in res.output and "rollouts per task" not in res.output and "incomplete responses" not in res.output
+    data = json.loads(runner.invoke(app, ["validate", str(SAMPLE_DATA / "tasks.jsonl"), "--input-kind", "tasks", "--json"]).stdout)
+    assert data["input_kind"] == "tasks" and data["valid"] == 5
+    res = runner.invoke(app, ["validate", str(SAMPLE_DATA / "rollouts.jsonl")])
+    assert "rollouts per task" in res.output and "incomplete responses" in res.output

@@ -50,6 +50,7 @@ def validate(
             warnings.append(hint)
     empty = summary.valid + summary.rejected == 0  # blank lines alone are no rollouts either
     data = summary.to_dict()
+    data["input_kind"] = "tasks" if tasks or input_kind == "tasks" else "rollouts"
     if empty:
         data["error"] = "file is empty"
     # NeMo Gym >= 0.5 side files: which of the rollouts asked for failed or are missing, per task.

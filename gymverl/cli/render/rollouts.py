@@ -15,8 +15,10 @@ from gymverl.cli.render.tables import Titled, _bars, _facts, _fmt, _name_column,
 
 
 def render_validation(summary: dict[str, Any], title: str = "validate", out: Console | None = None) -> None:
-    """Render a validation summary (from `ValidationSummary.to_dict`) as rich tables."""
+    """Render a validation summary (from `ValidationSummary.to_dict`) as rich tables. A tasks file's
+    (`input_kind` "tasks") has no rollouts per task and no responses: those rows are left out."""
     out = _out(out)
+    rollouts = summary.get("input_kind") != "tasks"
     t = _facts(f"{title}: {summary['path']}")
     t.add_row("lines", str(summary["lines"]))
     t.add_row("valid", f"[green]{summary['valid']}[/]")
@@ -25,7 +27,7 @@ def render_validation(summary: dict[str, Any], title: str = "validate", out: Con
         t.add_row("blank lines (skipped)", str(summary["blank"]))
     t.add_row("tasks", str(summary["tasks"]))
     rpt = summary["rollouts_per_task"]
-    if summary["tasks"]:
+    if summary["tasks"] and rollouts:
         t.add_row("rollouts per task", f"min {rpt['min']}  mean {rpt['mean']:.2f}  max {rpt['max']}")
     rw = summary["reward"]
     if rw["mean"] is not None:
@@ -33,7 +35,8 @@ def render_validation(summary: dict[str, Any], title: str = "validate", out: Con
         t.add_row("reward", f"mean {mean}  min {rw['min']:g}  max {rw['max']:g}")
         if rw["out_of_0_1"]:
             t.add_row("rewards outside 0-1", str(rw["out_of_0_1"]))
-    t.add_row("incomplete responses", f"[yellow]{summary['incomplete']}[/]" if summary["incomplete"] else "0")
+    if rollouts:
+        t.add_row("incomplete responses", f"[yellow]{summary['incomplete']}[/]" if summary["incomplete"] else "0")
     if summary.get("masked"):
         t.add_row("mask_sample", str(summary["masked"]))
     for key, label in (
