@@ -78,13 +78,13 @@ class _PipelineOrder(TyperGroup):
         except _HELP_NOT_ERRORS:
             raise
         except _USAGE_ERRORS as exc:
+            INVOCATION.start(wants_json=_wants_json(args))
             _fail_now(_usage_sentence(exc), exc.exit_code)
             raise  # (unreachable: _fail_now exits)
 
     def invoke(self, ctx: Any) -> Any:
         # (read before click hands the arguments to the command; "--" ends gymverl's own)
-        args = [*getattr(ctx, "protected_args", []), *ctx.args]
-        INVOCATION.start(wants_json="--json" in args[: args.index("--")] if "--" in args else "--json" in args)
+        INVOCATION.start(wants_json=_wants_json([*getattr(ctx, "protected_args", []), *ctx.args]))
         try:
             # SIGTERM / SIGHUP stop every command the way Ctrl-C does (same cleanup, exit 130).
             with signals_as_interrupt():
@@ -108,6 +108,11 @@ class _PipelineOrder(TyperGroup):
             if os.environ.get("GYMVERL_DEBUG"):
                 raise
             _fail_now(f"internal error ({type(exc).__name__}: {exc}); set GYMVERL_DEBUG=1 for the traceback.", EXIT_FAILED)
+
+
+def _wants_json(args: list[str]) -> bool:
+    """Whether a command line asks for `--json` ("--" ends gymverl's own arguments)."""
+    return "--json" in (args[: args.index("--")] if "--" in args else args)
 
 
 def _usage_sentence(exc: Any) -> str:
