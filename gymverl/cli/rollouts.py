@@ -38,19 +38,20 @@ def validate(
 
     if input_kind not in ("rollouts", "tasks"):
         fail(f"--input-kind must be rollouts or tasks, not {input_kind!r}.")
+    tasks_file = tasks or input_kind == "tasks"
     with contextlib.ExitStack() as stack:
         path = input_arg(stack, rollouts)
         # The rejects file is never the input (nor a link to it), and one run at a time writes it.
         check_outputs([], [user_path(path)], streams=[rejects])
         with output_lock(rejects):
-            summary = validate_file(path, rejects=rejects, tasks=tasks or input_kind == "tasks", max_line_bytes=int(max_line_mb * 1e6))
+            summary = validate_file(path, rejects=rejects, tasks=tasks_file, max_line_bytes=int(max_line_mb * 1e6))
         warnings: list[str] = []
-        hint = _tasks_file_hint(path, "check it with --input-kind tasks") if summary.rejected and not (tasks or input_kind == "tasks") else None
+        hint = _tasks_file_hint(path, "check it with --input-kind tasks") if summary.rejected and not tasks_file else None
         if hint:
             warnings.append(hint)
     empty = summary.valid + summary.rejected == 0  # blank lines alone are no rollouts either
     data = summary.to_dict()
-    data["input_kind"] = "tasks" if tasks or input_kind == "tasks" else "rollouts"
+    data["input_kind"] = "tasks" if tasks_file else "rollouts"
     if empty:
         data["error"] = "file is empty"
     # NeMo Gym >= 0.5 side files: which of the rollouts asked for failed or are missing, per task.

@@ -136,12 +136,11 @@ class FastSFT:
         # Keyed by the raw JSON of input (+ instructions when present: msgspec hands back the very
         # default object when the key is missing).
         instructions = rcp.instructions
-        key: Any = bytes(rcp.input)
-        if instructions is not schema._RAW_MISSING:
-            key = (bytes(instructions), key)
+        inp = bytes(rcp.input)
+        key: Any = inp if instructions is schema._RAW_MISSING else (bytes(instructions), inp)
         value = self._prompts.get(key, _MISSING)
         if value is _MISSING:
-            value = self._prompts.put(key, self._convert_prompt(key if type(key) is bytes else key[1], instructions))
+            value = self._prompts.put(key, self._convert_prompt(inp, instructions))
         return value
 
     def _convert_prompt(self, inp_json: bytes, instructions: Any) -> _Prompt | None:
